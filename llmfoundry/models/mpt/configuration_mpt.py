@@ -1,0 +1,278 @@
+"""Configuration of MPT models (the architecture behind MPT-7B/30B), in Hugging Face form.
+
+This file ships inside exported checkpoints as ``trust_remote_code``, so it imports only
+``transformers``, ``torch`` and its sibling files.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from transformers import PretrainedConfig
+
+ATTN_CONFIG_DEFAULTS: dict[str, Any] = {
+    "attn_type": "multihead_attention",
+    "attn_pdrop": 0.0,
+    "attn_impl": "flash",
+    "qk_ln": False,
+    "qk_gn": False,
+    "clip_qkv": None,
+    "softmax_scale": None,
+    "attn_uses_sequence_id": False,
+    "sliding_window_size": -1,
+    "attn_logit_softcapping": None,
+    "alibi": False,
+    "alibi_bias_max": 8,
+    "rope": False,
+    "rope_theta": 10000,
+    "rope_impl": "dail",
+    "rope_dail_config": {"type": "original", "pos_idx_in_fp32": True, "xpos_scale_base": 512},
+    "rope_hf_config": {"type": "no_scaling", "factor": 1.0},
+    "kv_n_heads": None,
+    "fused_qkv": True,
+}
+
+FFN_CONFIG_DEFAULTS: dict[str, Any] = {"ffn_type": "mptmlp"}
+
+INIT_CONFIG_DEFAULTS: dict[str, Any] = {
+    "name": "kaiming_normal_",
+    "fan_mode": "fan_in",
+    "init_nonlinearity": "relu",
+    "init_div_is_residual": True,
+    "emb_init_std": None,
+    "emb_init_uniform_lim": None,
+    "init_std": None,
+    "init_gain": 0.0,
+}
+
+ATTN_TYPES = ("multihead_attention", "multiquery_attention", "grouped_query_attention")
+# "flash" runs flash-attn when installed and PyTorch's fused SDPA kernels otherwise;
+# "sdpa" asks for SDPA explicitly.
+ATTN_IMPLS = ("torch", "flash", "sdpa")
+NORM_TYPES = ("layernorm", "low_precision_layernorm", "rmsnorm", "low_precision_rmsnorm")
+FFN_TYPES = ("mptmlp", "mptglu")
+FFN_ACT_FNS = ("gelu", "relu", "silu")
+INIT_NAMES = (
+    "kaiming_normal_",
+    "kaiming_uniform_",
+    "xavier_normal_",
+    "xavier_uniform_",
+    "small_init_",
+    "neox_init_",
+    "baseline_",
+)
+INIT_DEVICES = ("cpu", "meta", "mixed")
+FC_TYPES = ("torch",)
+
+
+class MPTConfigError(ValueError):
+    """An MPTConfig field (or a combination of fields) that the model cannot run with."""
+
+
+def _merge_defaults(name: str, given: dict[str, Any] | None, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Fill the missing keys of a nested config from its defaults; unknown keys are an error.
+
+    Args:
+        name: the nested config's key, for error messages (``attn_config``, ...).
+        given: what the user set (or None).
+        defaults: the defaults for every known key.
+
+    Returns:
+        A new dict with every key of ``defaults``.
+
+    Raises:
+        MPTConfigError: if ``given`` has a key that ``defaults`` does not know.
+    """
+    merged = copy.deepcopy(defaults)
+    for key, value in (given or {}).items():
+        if key not in defaults:
+            known = ", ".join(sorted(defaults))
+            raise MPTConfigError(f"model.{name}.{key} is not a known key; known keys: {known}")
+        if isinstance(value, dict) and isinstance(defaults[key], dict):
+            merged[key] = {**defaults[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+class MPTConfig(PretrainedConfig):
+    """Hyper-parameters of an MPT decoder, with LLM Foundry's names and defaults.
+
+    Args:
+        d_model: width of the residual stream.
+        n_heads: number of query heads.
+        n_layers: number of transformer blocks.
+        expansion_ratio: FFN hidden size as a multiple of ``d_model`` (unless
+            ``ffn_config.ffn_hidden_size`` is set).
+        max_seq_len: longest sequence the model accepts.
+        vocab_size: number of token embeddings.
+        resid_pdrop: dropout on each block's residual branches.
+        emb_pdrop: dropout on the embeddings.
+        learned_pos_emb: add a learned absolute position embedding (``transformer.wpe``).
+        attn_config: attention options (see ``ATTN_CONFIG_DEFAULTS``).
+        ffn_config: feed-forward options: ``ffn_type``, ``ffn_act_fn``, ``ffn_hidden_size``.
+        init_device: where weights are first created: ``cpu``, ``meta`` or ``mixed``.
+        logit_scale: multiply the output logits by this number, or by ``1/sqrt(d_model)``
+            when set to ``"inv_sqrt_d_model"``.
+        no_bias: drop every bias from linear and norm layers.
+        embedding_fraction: scale the gradient reaching the embeddings by this fraction.
+        norm_type: ``layernorm``, ``low_precision_layernorm``, ``rmsnorm`` or
+            ``low_precision_rmsnorm``.
+        norm_eps: epsilon of every norm.
+        use_cache: return key/value caches for generation.
+        init_config: parameter initialization options (see ``INIT_CONFIG_DEFAULTS``).
+        fc_type: linear layer implementation (``torch``).
+        tie_word_embeddings: share the input embedding with the output projection.
+        use_pad_tok_in_ffn: run the FFN on pad tokens too (True) or skip them (False).
+        final_logit_softcapping: if set, logits become ``c * tanh(logits / c)``.
+        **kwargs: passed to ``PretrainedConfig``.
+
+    Raises:
+        MPTConfigError: if a value or a combination of values is invalid.
+    """
+
+    model_type = "mpt"
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "n_heads",
+        "num_hidden_layers": "n_layers",
+    }
+
+    def __init__(
+        self,
+        d_model: int = 2048,
+        n_heads: int = 16,
+        n_layers: int = 24,
+        expansion_ratio: float = 4,
+        max_seq_len: int = 2048,
+        vocab_size: int = 50368,
+        resid_pdrop: float = 0.0,
+        emb_pdrop: float = 0.0,
+        learned_pos_emb: bool = True,
+        attn_config: dict[str, Any] | None = None,
+        ffn_config: dict[str, Any] | None = None,
+        init_device: str = "cpu",
+        logit_scale: float | str | None = None,
+        no_bias: bool = False,
+        embedding_fraction: float = 1.0,
+        norm_type: str = "low_precision_layernorm",
+        norm_eps: float = 1e-05,
+        use_cache: bool = False,
+        init_config: dict[str, Any] | None = None,
+        fc_type: str = "torch",
+        tie_word_embeddings: bool = True,
+        use_pad_tok_in_ffn: bool = True,
+        final_logit_softcapping: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.n_layers = n_layers
+        self.expansion_ratio = expansion_ratio
+        self.max_seq_len = max_seq_len
+        self.vocab_size = vocab_size
+        self.resid_pdrop = resid_pdrop
+        self.emb_pdrop = emb_pdrop
+        self.learned_pos_emb = learned_pos_emb
+        self.attn_config = _merge_defaults("attn_config", attn_config, ATTN_CONFIG_DEFAULTS)
+        self.ffn_config = _merge_defaults(
+            "ffn_config",
+            ffn_config,
+            {**FFN_CONFIG_DEFAULTS, "ffn_act_fn": None, "ffn_hidden_size": None},
+        )
+        self.init_device = init_device
+        self.logit_scale = logit_scale
+        self.no_bias = no_bias
+        self.embedding_fraction = embedding_fraction
+        self.norm_type = norm_type
+        self.norm_eps = norm_eps
+        self.use_cache = use_cache
+        self.init_config = _merge_defaults("init_config", init_config, INIT_CONFIG_DEFAULTS)
+        self.fc_type = fc_type
+        self.use_pad_tok_in_ffn = use_pad_tok_in_ffn
+        self.final_logit_softcapping = final_logit_softcapping
+        # Older checkpoints carry keys that no longer mean anything; drop them quietly.
+        for legacy_key in ("verbose",):
+            kwargs.pop(legacy_key, None)
+        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        self._validate()
+
+    @property
+    def kv_n_heads(self) -> int:
+        """Number of key/value heads implied by ``attn_type`` (and ``kv_n_heads`` for GQA)."""
+        attn_type = self.attn_config["attn_type"]
+        if attn_type == "multiquery_attention":
+            return 1
+        if attn_type == "grouped_query_attention":
+            return int(self.attn_config["kv_n_heads"])
+        return self.n_heads
+
+    @property
+    def ffn_hidden_size(self) -> int:
+        """Hidden width of the feed-forward block."""
+        explicit = self.ffn_config.get("ffn_hidden_size")
+        if explicit is not None:
+            return int(explicit)
+        return int(self.d_model * self.expansion_ratio)
+
+    @property
+    def logit_multiplier(self) -> float | None:
+        """The number ``logit_scale`` stands for (None when unset)."""
+        if self.logit_scale is None:
+            return None
+        if isinstance(self.logit_scale, str):
+            return 1 / math.sqrt(self.d_model)
+        return float(self.logit_scale)
+
+    def _validate(self) -> None:
+        """Check each field and the combinations the model cannot run with."""
+        attn = self.attn_config
+        if self.d_model % self.n_heads != 0:
+            raise MPTConfigError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+        checks: list[tuple[str, Any, tuple[Any, ...]]] = [
+            ("attn_config.attn_type", attn["attn_type"], ATTN_TYPES),
+            ("attn_config.attn_impl", attn["attn_impl"], ATTN_IMPLS),
+            ("norm_type", self.norm_type, NORM_TYPES),
+            ("ffn_config.ffn_type", self.ffn_config["ffn_type"], FFN_TYPES),
+            ("init_config.name", self.init_config["name"], INIT_NAMES),
+            ("init_device", self.init_device, INIT_DEVICES),
+            ("fc_type", self.fc_type, FC_TYPES),
+        ]
+        act = self.ffn_config.get("ffn_act_fn")
+        if act is not None:
+            checks.append(("ffn_config.ffn_act_fn", act.get("name") if isinstance(act, dict) else act, FFN_ACT_FNS))
+        for key, value, allowed in checks:
+            if value not in allowed:
+                raise MPTConfigError(f"model.{key}={value!r} is not supported; choose one of {', '.join(allowed)}")
+        if isinstance(self.logit_scale, str) and self.logit_scale != "inv_sqrt_d_model":
+            raise MPTConfigError(
+                f"model.logit_scale={self.logit_scale!r} is not supported; use a number or 'inv_sqrt_d_model'"
+            )
+        if not 0 < self.embedding_fraction <= 1:
+            raise MPTConfigError(f"model.embedding_fraction={self.embedding_fraction} must be in (0, 1]")
+        for key in ("resid_pdrop", "emb_pdrop"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise MPTConfigError(f"model.{key}={getattr(self, key)} must be a probability in [0, 1]")
+        if not 0 <= attn["attn_pdrop"] <= 1:
+            raise MPTConfigError(f"model.attn_config.attn_pdrop={attn['attn_pdrop']} must be in [0, 1]")
+        if attn["attn_type"] == "grouped_query_attention":
+            kv = attn["kv_n_heads"]
+            if kv is None or kv <= 0 or self.n_heads % kv != 0:
+                raise MPTConfigError(
+                    f"model.attn_config.kv_n_heads={kv} must be a positive divisor of n_heads={self.n_heads} "
+                    "for grouped_query_attention"
+                )
+        if attn["alibi"] and attn["rope"]:
+            raise MPTConfigError("model.attn_config: alibi and rope cannot both be on; pick one position scheme")
+        # Options owned by later work: refuse them loudly rather than ignore them.
+        unsupported = {
+            "attn_config.rope": attn["rope"],
+            "attn_config.qk_gn": attn["qk_gn"],
+            "attn_config.attn_uses_sequence_id": attn["attn_uses_sequence_id"],
+            "attn_config.sliding_window_size": attn["sliding_window_size"] not in (-1, None),
+        }
+        for key, is_set in unsupported.items():
+            if is_set:
+                raise MPTConfigError(f"model.{key} is not supported yet by this MPT implementation; turn it off")

@@ -1,0 +1,99 @@
+"""Load tokenizers by hub name or local folder, and train small byte-level BPE tokenizers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from llmfoundry.utils.exceptions import TokenizerError
+
+logger = logging.getLogger(__name__)
+
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+
+
+def build_tokenizer(tokenizer_name: str, tokenizer_kwargs: Mapping[str, Any] | None = None) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a local folder or a Hugging Face Hub name.
+
+    A tokenizer without a pad token gets its EOS token as pad token (as LLM Foundry does), so
+    that batches can be padded.
+
+    Args:
+        tokenizer_name: a folder written by ``save_pretrained`` or a hub name.
+        tokenizer_kwargs: passed to ``AutoTokenizer.from_pretrained`` (e.g. ``model_max_length``).
+
+    Returns:
+        The tokenizer.
+
+    Raises:
+        TokenizerError: if it cannot be found or loaded.
+    """
+    kwargs = dict(tokenizer_kwargs or {})
+    # A hub name is "name" or "org/name"; anything else can only be a local path.
+    looks_local = tokenizer_name.startswith((".", "/", "~")) or tokenizer_name.count("/") > 1
+    if looks_local and not Path(tokenizer_name).expanduser().exists():
+        raise TokenizerError(
+            f"tokenizer folder '{tokenizer_name}' does not exist; pass a folder written by save_pretrained or a hub name"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, **kwargs)
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TokenizerError(
+            f"could not load tokenizer '{tokenizer_name}' ({first_line}); pass a local folder with tokenizer files, "
+            "or a hub name when the Hub is reachable"
+        ) from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def train_byte_level_bpe(
+    texts: Iterable[str],
+    vocab_size: int,
+    output_dir: str | Path | None = None,
+    model_max_length: int = 2048,
+) -> PreTrainedTokenizerFast:
+    """Train a GPT-2-style byte-level BPE tokenizer on ``texts``.
+
+    The vocabulary starts with ``<|endoftext|>`` (id 0, used as BOS/EOS/UNK) and ``<|pad|>`` (id 1).
+
+    Args:
+        texts: training documents.
+        vocab_size: total vocabulary size, special tokens included.
+        output_dir: if given, ``save_pretrained`` writes the tokenizer there.
+        model_max_length: recorded in the tokenizer config.
+
+    Returns:
+        The trained tokenizer.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    core.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    core.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=EOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        model_max_length=model_max_length,
+    )
+    if output_dir is not None:
+        tokenizer.save_pretrained(str(output_dir))
+        logger.info("saved tokenizer (vocab %d) to %s", len(tokenizer), output_dir)
+    return tokenizer

@@ -1,0 +1,43 @@
+"""Shared fixtures: a small real-text corpus and a byte-level BPE tokenizer trained on it.
+
+Nothing is downloaded: the corpus is read from the running Python's standard library sources.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from llmfoundry.utils.tokenizer_utils import build_tokenizer, train_byte_level_bpe
+
+STDLIB_MODULES = ("json/__init__.py", "json/decoder.py", "json/encoder.py", "textwrap.py", "shlex.py", "heapq.py")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+
+
+@pytest.fixture(scope="session")
+def corpus_texts() -> list[str]:
+    """A few stdlib source files, as documents (about 150 KB of real text)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    return [(stdlib / name).read_text(encoding="utf-8") for name in STDLIB_MODULES]
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, corpus_texts: list[str]) -> Path:
+    """A byte-level BPE tokenizer (vocab 512, ``<|endoftext|>`` = 0, ``<|pad|>`` = 1) saved to a folder."""
+    out = tmp_path_factory.mktemp("tokenizer")
+    train_byte_level_bpe(corpus_texts, vocab_size=512, output_dir=out, model_max_length=128)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir: Path) -> PreTrainedTokenizerBase:
+    """The fixture tokenizer, loaded back through the normal loading path."""
+    return build_tokenizer(str(tokenizer_dir))
