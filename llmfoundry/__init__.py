@@ -1,0 +1,13 @@
+"""LLM Foundry: train, finetune, evaluate, export and serve LLMs from YAML configs.
+
+Importing the package registers every built-in component (models, data loaders, optimizers,
+schedulers, callbacks, loggers, algorithms) in ``llmfoundry.registry``.
+"""
+
+import logging
+
+from llmfoundry import algorithms, callbacks, loggers, models, optim  # noqa: F401  (registration)
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+__version__ = "0.1.0"

@@ -42,7 +42,7 @@ class Registry(Generic[T]):
         return self._catalogue.register(name, func=func)
 
     def __contains__(self, name: str) -> bool:
-        return self._catalogue.has(name)
+        return name in self.get_all()
 
     def get(self, name: str) -> T:
         """The entry registered as ``name``.

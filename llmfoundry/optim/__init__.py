@@ -1,0 +1,48 @@
+"""Optimizers and learning-rate schedulers available by name in a run config."""
+
+import torch
+from composer.optim import (
+    ConstantScheduler,
+    ConstantWithWarmupScheduler,
+    CosineAnnealingScheduler,
+    CosineAnnealingWarmRestartsScheduler,
+    CosineAnnealingWithWarmupScheduler,
+    DecoupledAdamW,
+    DecoupledSGDW,
+    ExponentialScheduler,
+    LinearScheduler,
+    LinearWithWarmupScheduler,
+    MultiStepScheduler,
+    MultiStepWithWarmupScheduler,
+    PolynomialScheduler,
+    PolynomialWithWarmupScheduler,
+    StepScheduler,
+)
+
+from llmfoundry import registry
+
+for _name, _cls in {
+    "decoupled_adamw": DecoupledAdamW,
+    "decoupled_sgdw": DecoupledSGDW,
+    "adamw": torch.optim.AdamW,
+    "adam": torch.optim.Adam,
+    "sgd": torch.optim.SGD,
+}.items():
+    registry.optimizers.register(_name, func=_cls)
+
+for _name, _cls in {
+    "constant": ConstantScheduler,
+    "constant_with_warmup": ConstantWithWarmupScheduler,
+    "cosine": CosineAnnealingScheduler,
+    "cosine_with_warmup": CosineAnnealingWithWarmupScheduler,
+    "cosine_warm_restarts": CosineAnnealingWarmRestartsScheduler,
+    "exponential": ExponentialScheduler,
+    "linear": LinearScheduler,
+    "linear_decay_with_warmup": LinearWithWarmupScheduler,
+    "multistep": MultiStepScheduler,
+    "multistep_with_warmup": MultiStepWithWarmupScheduler,
+    "polynomial": PolynomialScheduler,
+    "polynomial_with_warmup": PolynomialWithWarmupScheduler,
+    "step": StepScheduler,
+}.items():
+    registry.schedulers.register(_name, func=_cls)

@@ -1,0 +1,243 @@
+"""Load a run config: YAML + dotlist overrides -> resolved variables -> a validated dataclass.
+
+Rules (shared by train and eval):
+- ``${variables.x}`` interpolations resolve against the ``variables:`` section.
+- Older YAMLs keep variables at the top level (``data_local: ...`` used as ``${data_local}``).
+  Such a key is accepted, with a warning, when something in the config refers to it.
+- Any other unknown top-level key fails with the closest valid key; a value of the wrong type
+  fails naming the key and the expected type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import yaml
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
+
+logger = logging.getLogger(__name__)
+
+ConfigT = TypeVar("ConfigT")
+
+# The first name of an interpolation: ``${data_local}`` and ``${variables.x}`` give data_local, variables.
+_INTERPOLATION = re.compile(r"\$\{\s*([A-Za-z_][\w]*)")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """The top level of a training run config, with LLM Foundry's keys and defaults.
+
+    Component sections (``model``, ``tokenizer``, ``optimizer``, ``scheduler``, loaders) are
+    ``{name: ..., **kwargs}`` mappings validated by their builders; mappings of components
+    (``callbacks``, ``loggers``, ``algorithms``) are ``{registry_name: kwargs}``.
+    """
+
+    model: dict[str, Any]
+    tokenizer: dict[str, Any]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    train_loader: dict[str, Any]
+    max_duration: int | str
+    max_seq_len: int
+    global_train_batch_size: int
+    seed: int = 17
+    precision: str = "amp_bf16"
+    device_train_microbatch_size: int | str = "auto"
+    device_eval_batch_size: int | None = None
+    eval_loader: dict[str, Any] | None = None
+    eval_interval: int | str = 1
+    eval_first: bool = False
+    eval_subset_num_batches: int = -1
+    train_subset_num_batches: int = -1
+    callbacks: dict[str, Any] | None = None
+    loggers: dict[str, Any] | None = None
+    algorithms: dict[str, Any] | None = None
+    progress_bar: bool = False
+    log_to_console: bool = True
+    console_log_interval: int | str = "1ba"
+    python_log_level: str | None = "debug"
+    log_config: bool = True
+    save_folder: str | None = None
+    save_interval: int | str = "1000ba"
+    save_filename: str | None = None
+    save_latest_filename: str | None = None
+    save_overwrite: bool = False
+    save_weights_only: bool = False
+    save_num_checkpoints_to_keep: int = -1
+    load_path: str | None = None
+    load_weights_only: bool = False
+    load_strict_model_weights: bool = True
+    autoresume: bool = False
+    run_name: str | None = None
+    dist_timeout: int | float = 600.0
+    metadata: dict[str, Any] | None = None
+    variables: dict[str, Any] | None = None
+
+
+def load_yaml_with_overrides(yaml_path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """Read a YAML file and merge ``key=value`` dotlist overrides into it (unresolved).
+
+    Raises:
+        MissingFileError: if the YAML does not exist.
+        ConfigError: if the YAML or an override cannot be parsed.
+    """
+    path = Path(yaml_path)
+    if not path.is_file():
+        raise MissingFileError(f"config file '{yaml_path}' does not exist; pass the path of a YAML run config")
+    try:
+        base = OmegaConf.load(path)
+    except (OmegaConfBaseException, yaml.YAMLError) as err:
+        raise ConfigError(f"could not parse '{yaml_path}': {str(err).splitlines()[0]}") from err
+    if not isinstance(base, DictConfig):
+        raise ConfigError(f"'{yaml_path}' must hold a mapping of keys at the top level")
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. max_duration=10ba)")
+    try:
+        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"could not apply overrides {list(overrides)}: {str(err).splitlines()[0]}") from err
+    assert isinstance(merged, DictConfig)
+    return merged
+
+
+def _referenced_top_level_keys(node: Any) -> set[str]:
+    """Names of top-level keys that some interpolation (``${name...}``) in the config refers to."""
+    found: set[str] = set()
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            found |= _referenced_top_level_keys(node._get_node(key)._value())  # type: ignore[union-attr]
+    elif isinstance(node, ListConfig):
+        for index in range(len(node)):
+            found |= _referenced_top_level_keys(node._get_node(index)._value())  # type: ignore[union-attr]
+    elif isinstance(node, str):
+        found |= set(_INTERPOLATION.findall(node))
+    return found
+
+
+def resolve_config(cfg: DictConfig, valid_keys: set[str]) -> dict[str, Any]:
+    """Resolve interpolations and move legacy top-level variables under ``variables``.
+
+    Args:
+        cfg: the merged, unresolved config.
+        valid_keys: the top-level keys of the target dataclass.
+
+    Returns:
+        A plain, fully resolved dict.
+
+    Raises:
+        ConfigError: on an unknown top-level key that nothing refers to, or a failed interpolation.
+    """
+    referenced = _referenced_top_level_keys(cfg)
+    legacy = []
+    for key in cfg.keys():
+        key = str(key)
+        if key in valid_keys:
+            continue
+        if key not in referenced:
+            raise ConfigError(f"unknown top-level key '{key}'{did_you_mean(key, valid_keys)}")
+        legacy.append(key)
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"could not resolve the config: {str(err).splitlines()[0]}") from err
+    assert isinstance(resolved, dict)
+    if legacy:
+        variables = resolved.setdefault("variables", {}) or {}
+        for key in legacy:
+            logger.warning(
+                "top-level key '%s' is read as a variable; move it under `variables:` and refer to it as "
+                "${variables.%s} (top-level variables are deprecated)",
+                key,
+                key,
+            )
+            variables[key] = resolved.pop(key)
+        resolved["variables"] = variables
+    return {str(k): v for k, v in resolved.items()}
+
+
+def _matches(value: Any, annotation: Any) -> bool:
+    """Whether ``value`` fits a (simple) type annotation."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if origin in (dict, Mapping):
+        return isinstance(value, dict)
+    if origin in (list, Sequence):
+        return isinstance(value, list)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(annotation, type):
+        return isinstance(value, annotation)
+    return True
+
+
+def _type_name(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    if origin is not None:
+        return {dict: "mapping", list: "list"}.get(origin, str(origin))
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def to_dataclass(resolved: Mapping[str, Any], cls: type[ConfigT]) -> ConfigT:
+    """Build ``cls`` from a resolved config, checking required keys and value types.
+
+    Raises:
+        ConfigError: naming a missing required key, or a key whose value has the wrong type.
+    """
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for name, field in fields.items():
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        if required and name not in resolved:
+            raise ConfigError(f"required key '{name}' is missing from the config")
+    for key, value in resolved.items():
+        if key not in fields:
+            raise ConfigError(f"unknown top-level key '{key}'{did_you_mean(key, fields)}")
+        if not _matches(value, hints[key]):
+            raise ConfigError(
+                f"{key} must be {_type_name(hints[key])}, got {type(value).__name__} {value!r}"
+            )
+    return cls(**resolved)
+
+
+def load_config(
+    yaml_path: str | Path, overrides: Sequence[str] = (), cls: type[ConfigT] = TrainConfig  # type: ignore[assignment]
+) -> tuple[ConfigT, dict[str, Any]]:
+    """Load, resolve and validate a run config.
+
+    Args:
+        yaml_path: the YAML file.
+        overrides: ``key=value`` dotlist overrides (``train_loader.num_workers=0``).
+        cls: the dataclass that validates the top level.
+
+    Returns:
+        The validated dataclass and the resolved config as a plain dict (for logging).
+
+    Raises:
+        MissingFileError, ConfigError: see the helpers above.
+    """
+    merged = load_yaml_with_overrides(yaml_path, overrides)
+    valid = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    resolved = resolve_config(merged, valid)
+    return to_dataclass(resolved, cls), resolved
