@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar, Union
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
@@ -112,17 +112,18 @@ def load_yaml_with_overrides(yaml_path: str | Path, overrides: Sequence[str] = (
 
 
 def _referenced_top_level_keys(node: Any) -> set[str]:
-    """Names of top-level keys that some interpolation (``${name...}``) in the config refers to."""
-    found: set[str] = set()
-    if isinstance(node, DictConfig):
-        for key in node.keys():
-            found |= _referenced_top_level_keys(node._get_node(key)._value())  # type: ignore[union-attr]
-    elif isinstance(node, ListConfig):
-        for index in range(len(node)):
-            found |= _referenced_top_level_keys(node._get_node(index)._value())  # type: ignore[union-attr]
-    elif isinstance(node, str):
-        found |= set(_INTERPOLATION.findall(node))
-    return found
+    """Names of top-level keys that some interpolation (``${name...}``) in the config refers to.
+
+    Args:
+        node: the unresolved config as plain containers (``to_container(resolve=False)``).
+    """
+    if isinstance(node, dict):
+        return set().union(*(_referenced_top_level_keys(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_referenced_top_level_keys(v) for v in node))
+    if isinstance(node, str):
+        return set(_INTERPOLATION.findall(node))
+    return set()
 
 
 def resolve_config(cfg: DictConfig, valid_keys: set[str]) -> dict[str, Any]:
@@ -138,7 +139,7 @@ def resolve_config(cfg: DictConfig, valid_keys: set[str]) -> dict[str, Any]:
     Raises:
         ConfigError: on an unknown top-level key that nothing refers to, or a failed interpolation.
     """
-    referenced = _referenced_top_level_keys(cfg)
+    referenced = _referenced_top_level_keys(OmegaConf.to_container(cfg, resolve=False))
     legacy = []
     for key in cfg.keys():
         key = str(key)

@@ -57,7 +57,7 @@ def test_misspelled_yaml_key_fails(tmp_path: Path) -> None:
 
 
 def test_legacy_top_level_variable_is_accepted_with_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    text = MINIMAL.replace("train_loader: {name: text, dataset: {local: x}}", "train_loader: {name: text, dataset: {local: ${data_local}}}")
+    text = MINIMAL.replace("train_loader: {name: text, dataset: {local: x}}", "train_loader: {name: text, dataset: {local: \"${data_local}\"}}")
     text += "data_local: ./my-data\n"
     with caplog.at_level(logging.WARNING, logger="llmfoundry.utils.config_utils"):
         cfg, _ = load_config(_write(tmp_path, text))

@@ -1,0 +1,32 @@
+"""The end-to-end demo on CPU, offline: corpus -> tokenizer -> MDS -> train -> eval -> export -> generate."""
+
+import argparse
+import sys
+
+from llmfoundry.command_utils.demo import run_demo
+from llmfoundry.utils.cli_utils import run_user_command
+
+
+def main(args: argparse.Namespace) -> None:
+    """Run the demo and print what it measured and where everything went."""
+    result = run_demo(args.out_dir, max_duration=args.max_duration)
+    print(f"\ntrain loss: {result.first_train_loss:.3f} (first batch) -> {result.last_train_loss:.3f} (last batch)")
+    if result.eval_loss is not None:
+        print(f"eval loss on held-out files: {result.eval_loss:.3f}")
+    for name, path in [
+        ("text corpus", result.out_dir / "text"),
+        ("tokenizer", result.tokenizer_dir),
+        ("MDS data", result.mds_dir),
+        ("Composer checkpoint", result.checkpoint),
+        ("Hugging Face export", result.hf_dir),
+    ]:
+        print(f"{name:>20}: {path}")
+    for text in result.generations:
+        print("-" * 60 + "\n" + text)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out_dir", default="demo_out")
+    parser.add_argument("--max_duration", default="250ba", help="training length, e.g. 250ba")
+    sys.exit(run_user_command(main, parser.parse_args()))

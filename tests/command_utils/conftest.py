@@ -1,0 +1,137 @@
+"""Fixtures for the command tests: tiny MDS data, a tiny run YAML and one trained checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streaming import MDSWriter
+from transformers import PreTrainedTokenizerBase
+
+SEQ_LEN = 64
+
+RUN_YAML = """
+variables:
+  data_local: {data}
+  tokenizer_name: {tokenizer}
+  max_seq_len: {seq}
+  global_seed: 7
+max_seq_len: ${{variables.max_seq_len}}
+run_name: tiny-test
+model:
+  name: mpt_causal_lm
+  d_model: 64
+  n_heads: 4
+  n_layers: 2
+  expansion_ratio: 2
+  max_seq_len: ${{variables.max_seq_len}}
+  vocab_size: 512
+  attn_config:
+    attn_impl: torch
+tokenizer:
+  name: ${{variables.tokenizer_name}}
+  kwargs:
+    model_max_length: ${{variables.max_seq_len}}
+train_loader:
+  name: text
+  dataset:
+    local: ${{variables.data_local}}
+    split: train
+    shuffle: true
+    shuffle_seed: ${{variables.global_seed}}
+    max_seq_len: ${{variables.max_seq_len}}
+  drop_last: true
+  num_workers: 0
+eval_loader:
+  name: text
+  dataset:
+    local: ${{variables.data_local}}
+    split: val
+    max_seq_len: ${{variables.max_seq_len}}
+  drop_last: false
+  num_workers: 0
+optimizer:
+  name: decoupled_adamw
+  lr: 3.0e-3
+  betas: [0.9, 0.95]
+  weight_decay: 0.0
+scheduler:
+  name: constant_with_warmup
+  t_warmup: 0ba
+max_duration: 12ba
+eval_interval: 6ba
+eval_subset_num_batches: 2
+global_train_batch_size: 8
+device_train_microbatch_size: 4
+device_eval_batch_size: 8
+precision: amp_bf16
+seed: ${{variables.global_seed}}
+log_to_console: false
+python_log_level: null
+callbacks:
+  lr_monitor: {{}}
+  speed_monitor:
+    window_size: 2
+save_folder: {save}
+save_interval: 6ba
+"""
+
+
+def write_token_mds(folder: Path, token_ids: list[int], seq_len: int) -> int:
+    """Write ``token_ids`` as consecutive ``seq_len`` samples in an MDS ``tokens`` column."""
+    n_samples = len(token_ids) // seq_len
+    with MDSWriter(out=str(folder), columns={"tokens": "ndarray:int32"}) as writer:
+        for i in range(n_samples):
+            writer.write({"tokens": np.asarray(token_ids[i * seq_len : (i + 1) * seq_len], dtype=np.int32)})
+    return n_samples
+
+
+@pytest.fixture(scope="session")
+def mds_dir(tmp_path_factory: pytest.TempPathFactory, corpus_texts: list[str], tokenizer: PreTrainedTokenizerBase) -> Path:
+    """``train`` and ``val`` splits of 64-token samples from the fixture corpus."""
+    root = tmp_path_factory.mktemp("mds")
+    ids: list[int] = []
+    for text in corpus_texts:
+        ids += tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+    cut = int(len(ids) * 0.9)
+    write_token_mds(root / "train", ids[:cut], SEQ_LEN)
+    write_token_mds(root / "val", ids[cut:], SEQ_LEN)
+    return root
+
+
+def write_run_yaml(folder: Path, mds: Path, tokenizer_dir: Path, save: Path) -> Path:
+    """A complete LLM Foundry-style run YAML for the tiny model."""
+    path = folder / "tiny.yaml"
+    path.write_text(RUN_YAML.format(data=mds, tokenizer=tokenizer_dir, seq=SEQ_LEN, save=save))
+    return path
+
+
+@dataclass
+class TrainedRun:
+    """A finished tiny training run."""
+
+    yaml: Path
+    checkpoint: Path
+    losses: list[float]
+    eval_losses: list[float]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, mds_dir: Path, tokenizer_dir: Path) -> TrainedRun:
+    """Train the tiny model for 12 batches in-process and keep its losses and final checkpoint."""
+    from composer.loggers import InMemoryLogger
+
+    from llmfoundry.command_utils.train import train
+    from llmfoundry.utils.config_utils import TrainConfig, load_config
+
+    folder = tmp_path_factory.mktemp("run")
+    yaml_path = write_run_yaml(folder, mds_dir, tokenizer_dir, folder / "checkpoints")
+    cfg, resolved = load_config(yaml_path, [], TrainConfig)
+    memory = InMemoryLogger()
+    trainer = train(cfg, resolved, extra_loggers=[memory])
+    trainer.close()
+    losses = [float(v) for _, v in memory.data["loss/train/total"]]
+    eval_losses = [float(v) for _, v in memory.data["metrics/eval/LanguageCrossEntropy"]]
+    return TrainedRun(yaml_path, folder / "checkpoints" / "latest-rank0.pt", losses, eval_losses)

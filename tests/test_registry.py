@@ -1,0 +1,91 @@
+"""Registries: built-ins are registered, unknown names get suggestions, plugins load by entry point."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import llmfoundry  # noqa: F401
+from llmfoundry import registry
+from llmfoundry.utils.builders import build_callbacks, build_optimizer, build_scheduler
+from llmfoundry.utils.exceptions import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_builtins_are_registered() -> None:
+    assert "mpt_causal_lm" in registry.models
+    assert "text" in registry.dataloaders
+    assert {"decoupled_adamw", "adamw"} <= set(registry.optimizers.get_all())
+    assert {"cosine_with_warmup", "constant_with_warmup", "linear_decay_with_warmup"} <= set(
+        registry.schedulers.get_all()
+    )
+    assert {"speed_monitor", "lr_monitor", "memory_monitor", "runtime_estimator"} <= set(
+        registry.callbacks.get_all()
+    )
+    assert "gradient_clipping" in registry.algorithms
+
+
+def test_unknown_name_suggests_closest() -> None:
+    with pytest.raises(ConfigError, match="'decoupled_adamx'.*did you mean 'decoupled_adamw'"):
+        registry.optimizers.get("decoupled_adamx")
+
+
+def test_unknown_kwarg_names_key_path() -> None:
+    import torch
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(ConfigError, match=r"optimizer\.weight_decy is not a valid key; did you mean 'weight_decay'"):
+        build_optimizer({"name": "decoupled_adamw", "lr": 1e-3, "weight_decy": 0.1}, params)
+    with pytest.raises(ConfigError, match=r"callbacks\.speed_monitor\.window is not a valid key"):
+        build_callbacks({"speed_monitor": {"window": 3}})
+
+
+def test_builders_pass_kwargs_through() -> None:
+    import torch
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    opt = build_optimizer({"name": "decoupled_adamw", "lr": 0.25, "betas": [0.8, 0.9]}, params)
+    assert opt.param_groups[0]["lr"] == 0.25
+    assert tuple(opt.param_groups[0]["betas"]) == (0.8, 0.9)
+    sched = build_scheduler({"name": "cosine_with_warmup", "t_warmup": "7ba", "alpha_f": 0.1})
+    assert str(sched.t_warmup) == "7ba" and sched.alpha_f == 0.1  # type: ignore[attr-defined]
+    (monitor,) = build_callbacks({"speed_monitor": {"window_size": 3}})
+    assert type(monitor).__name__ == "SpeedMonitor"
+
+
+def test_plugin_registers_through_entry_point(tmp_path: Path) -> None:
+    """A third-party package's entry point shows up in the registry (in a fresh process)."""
+    (tmp_path / "my_plugin.py").write_text("def build(**kwargs):\n    return ('plugin', kwargs)\n")
+    dist_info = tmp_path / "my_plugin-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugin\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text("[llmfoundry_callbacks]\nmy_callback = my_plugin:build\n")
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "from llmfoundry.utils.builders import build_callbacks;"
+        "print(build_callbacks({'my_callback': {'x': 1}}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert "[('plugin', {'x': 1})]" in out.stdout
+
+
+def test_registry_cli_lists_entries() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "llmfoundry.cli.cli", "registry", "list", "optimizers"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert out.stdout.startswith("optimizers:")
+    assert "  decoupled_adamw" in out.stdout.splitlines()
+    bad = subprocess.run(
+        [sys.executable, "-m", "llmfoundry.cli.cli", "registry", "list", "optimizer"],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2
+    assert "did you mean 'optimizers'" in bad.stderr
