@@ -6,7 +6,7 @@ schedulers, callbacks, loggers, algorithms) in ``llmfoundry.registry``.
 
 import logging
 
-from llmfoundry import algorithms, callbacks, loggers, models, optim  # noqa: F401  (registration)
+from llmfoundry import algorithms, callbacks, data, loggers, models, optim  # noqa: F401  (registration)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

@@ -74,10 +74,12 @@ callbacks_with_config: Registry[Callable[..., Any]] = Registry(
     "Callbacks that also need the whole run config: (config: dict, **kwargs) -> Callback.",
 )
 optimizers: Registry[Callable[..., Any]] = Registry(
-    "optimizers", "Optimizer classes: (params: Iterable[Tensor], **kwargs) -> torch.optim.Optimizer."
+    "optimizers",
+    "Optimizer classes: (params: Iterable[Tensor], **kwargs) -> torch.optim.Optimizer.",
 )
 schedulers: Registry[Callable[..., Any]] = Registry(
-    "schedulers", "Composer schedulers: (**kwargs) -> ComposerScheduler; times such as t_warmup take '100ba'."
+    "schedulers",
+    "Composer schedulers: (**kwargs) -> ComposerScheduler; times such as t_warmup take '100ba'.",
 )
 algorithms: Registry[Callable[..., Any]] = Registry(
     "algorithms", "Composer Algorithm classes: (**kwargs) -> Algorithm."
@@ -100,7 +102,8 @@ icl_datasets: Registry[Callable[..., Any]] = Registry(
     "icl_datasets", "In-context-learning datasets by task type: (**task_section) -> Dataset."
 )
 config_transforms: Registry[Callable[..., Any]] = Registry(
-    "config_transforms", "Functions applied to the raw run config before validation: (dict) -> dict."
+    "config_transforms",
+    "Functions applied to the raw run config before validation: (dict) -> dict.",
 )
 
 ALL_REGISTRIES: dict[str, Registry[Any]] = {

@@ -10,7 +10,9 @@ from llmfoundry.utils.cli_utils import run_user_command
 def main(args: argparse.Namespace) -> None:
     """Run the demo and print what it measured and where everything went."""
     result = run_demo(args.out_dir, max_duration=args.max_duration)
-    print(f"\ntrain loss: {result.first_train_loss:.3f} (first batch) -> {result.last_train_loss:.3f} (last batch)")
+    print(
+        f"\ntrain loss: {result.first_train_loss:.3f} (first batch) -> {result.last_train_loss:.3f} (last batch)"
+    )
     if result.eval_loss is not None:
         print(f"eval loss on held-out files: {result.eval_loss:.3f}")
     for name, path in [

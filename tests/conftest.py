@@ -14,7 +14,14 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.utils.tokenizer_utils import build_tokenizer, train_byte_level_bpe
 
-STDLIB_MODULES = ("json/__init__.py", "json/decoder.py", "json/encoder.py", "textwrap.py", "shlex.py", "heapq.py")
+STDLIB_MODULES = (
+    "json/__init__.py",
+    "json/decoder.py",
+    "json/encoder.py",
+    "textwrap.py",
+    "shlex.py",
+    "heapq.py",
+)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -38,7 +38,9 @@ def test_unknown_kwarg_names_key_path() -> None:
     import torch
 
     params = [torch.nn.Parameter(torch.zeros(2))]
-    with pytest.raises(ConfigError, match=r"optimizer\.weight_decy is not a valid key; did you mean 'weight_decay'"):
+    with pytest.raises(
+        ConfigError, match=r"optimizer\.weight_decy is not a valid key; did you mean 'weight_decay'"
+    ):
         build_optimizer({"name": "decoupled_adamw", "lr": 1e-3, "weight_decy": 0.1}, params)
     with pytest.raises(ConfigError, match=r"callbacks\.speed_monitor\.window is not a valid key"):
         build_callbacks({"speed_monitor": {"window": 3}})
@@ -63,13 +65,17 @@ def test_plugin_registers_through_entry_point(tmp_path: Path) -> None:
     dist_info = tmp_path / "my_plugin-0.1.dist-info"
     dist_info.mkdir()
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugin\nVersion: 0.1\n")
-    (dist_info / "entry_points.txt").write_text("[llmfoundry_callbacks]\nmy_callback = my_plugin:build\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[llmfoundry_callbacks]\nmy_callback = my_plugin:build\n"
+    )
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "from llmfoundry.utils.builders import build_callbacks;"
         "print(build_callbacks({'my_callback': {'x': 1}}))"
     )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
     assert "[('plugin', {'x': 1})]" in out.stdout
 
 

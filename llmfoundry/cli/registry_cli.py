@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, help="Inspect the registries (what a config's `name:` can be).")
+app = typer.Typer(
+    no_args_is_help=True, help="Inspect the registries (what a config's `name:` can be)."
+)
 
 
 @app.command("list")
@@ -17,7 +19,9 @@ def list_registries(
     from llmfoundry.utils.exceptions import did_you_mean
 
     if name is not None and name not in ALL_REGISTRIES:
-        typer.echo(f"error: no registry named '{name}'{did_you_mean(name, ALL_REGISTRIES)}", err=True)
+        typer.echo(
+            f"error: no registry named '{name}'{did_you_mean(name, ALL_REGISTRIES)}", err=True
+        )
         raise typer.Exit(code=2)
     selected = {name: ALL_REGISTRIES[name]} if name else ALL_REGISTRIES
     for reg_name, reg in selected.items():

@@ -53,7 +53,9 @@ def mpt_config_from_checkpoint(state: dict[str, Any], path: str) -> MPTConfig:
     model_meta = _huggingface_metadata(state, path)["model"]["config"]
     class_name = str(model_meta.get("class", ""))
     if not class_name.endswith("MPTForCausalLM"):
-        raise ConfigError(f"'{path}' holds a {class_name or 'unknown'} model; only MPT checkpoints convert so far")
+        raise ConfigError(
+            f"'{path}' holds a {class_name or 'unknown'} model; only MPT checkpoints convert so far"
+        )
     config = MPTConfig.from_dict(dict(model_meta["content"]))
     assert isinstance(config, MPTConfig)
     return config
@@ -111,15 +113,20 @@ def _copy_model_code(folder: Path) -> None:
 
 
 def save_mpt_as_hf(
-    model: MPTForCausalLM, tokenizer: PreTrainedTokenizerBase | None, output_path: str | Path, output_precision: str
+    model: MPTForCausalLM,
+    tokenizer: PreTrainedTokenizerBase | None,
+    output_path: str | Path,
+    output_precision: str,
 ) -> Path:
     """Write ``model`` (cast to ``output_precision``) and ``tokenizer`` as a loadable HF folder.
 
     The folder appears complete or not at all: it is written under a temporary name first.
     """
     if output_precision not in OUTPUT_DTYPES:
-        raise ConfigError(f"--output_precision={output_precision!r}: choose one of {', '.join(OUTPUT_DTYPES)}")
-    model = model.to(OUTPUT_DTYPES[output_precision])
+        raise ConfigError(
+            f"--output_precision={output_precision!r}: choose one of {', '.join(OUTPUT_DTYPES)}"
+        )
+    torch.nn.Module.to(model, OUTPUT_DTYPES[output_precision])
     model.config.auto_map = dict(AUTO_MAP)
     model.config.architectures = ["MPTForCausalLM"]
     with atomic_directory(output_path) as staging:

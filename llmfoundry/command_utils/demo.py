@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import shutil
 import sysconfig
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llmfoundry.command_utils.convert_composer_to_hf import convert_composer_to_hf
 from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
@@ -63,11 +65,13 @@ def build_corpus(text_dir: Path, max_bytes: int) -> dict[str, int]:
     return counts
 
 
-def _train_losses(trainer_logged: dict[str, list[tuple[object, object]]]) -> list[float]:
-    return [float(value) for _, value in trainer_logged.get("loss/train/total", [])]  # type: ignore[arg-type]
+def _train_losses(logged: Mapping[str, Sequence[tuple[Any, Any]]]) -> list[float]:
+    return [float(value) for _, value in logged.get("loss/train/total", [])]
 
 
-def run_demo(out_dir: str | Path = "demo_out", max_bytes: int = 3_000_000, max_duration: str = "300ba") -> DemoResult:
+def run_demo(
+    out_dir: str | Path = "demo_out", max_bytes: int = 3_000_000, max_duration: str = "300ba"
+) -> DemoResult:
     """Run every stage of the demo, writing all artefacts under ``out_dir``.
 
     Args:
@@ -87,11 +91,17 @@ def run_demo(out_dir: str | Path = "demo_out", max_bytes: int = 3_000_000, max_d
 
     logger.info("[1/6] building the corpus from %s", sysconfig.get_paths()["stdlib"])
     counts = build_corpus(text_dir, max_bytes)
-    logger.info("corpus: %d train files, %d val files in %s", counts["train"], counts["val"], text_dir)
+    logger.info(
+        "corpus: %d train files, %d val files in %s", counts["train"], counts["val"], text_dir
+    )
 
     logger.info("[2/6] training a byte-level BPE tokenizer")
-    train_texts = (p.read_text(encoding="utf-8") for p in sorted((text_dir / "train").glob("*.txt")))
-    train_byte_level_bpe(train_texts, vocab_size=4096, output_dir=tokenizer_dir, model_max_length=128)
+    train_texts = (
+        p.read_text(encoding="utf-8") for p in sorted((text_dir / "train").glob("*.txt"))
+    )
+    train_byte_level_bpe(
+        train_texts, vocab_size=4096, output_dir=tokenizer_dir, model_max_length=128
+    )
 
     logger.info("[3/6] converting text to MDS (concatenated 128-token samples)")
     for split in ("train", "val"):
@@ -133,7 +143,9 @@ def run_demo(out_dir: str | Path = "demo_out", max_bytes: int = 3_000_000, max_d
     logger.info("[6/6] exporting to Hugging Face format and generating")
     hf_dir = convert_composer_to_hf(str(checkpoint), str(out / "hf"), output_precision="fp32")
     model, tokenizer = load_model_and_tokenizer(str(hf_dir), trust_remote_code=True)
-    generations = generate(model, tokenizer, PROMPTS, max_new_tokens=48, do_sample=False)
+    generations = generate(
+        model, tokenizer, PROMPTS, max_new_tokens=48, do_sample=False, repetition_penalty=1.3
+    )
     return DemoResult(
         out_dir=out,
         tokenizer_dir=tokenizer_dir,

@@ -7,10 +7,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 
@@ -46,7 +51,10 @@ def read_prompts(prompts: Sequence[str]) -> list[str]:
 
 
 def load_model_and_tokenizer(
-    name_or_path: str, trust_remote_code: bool = False, model_dtype: str = "fp32", device: str = "cpu"
+    name_or_path: str,
+    trust_remote_code: bool = False,
+    model_dtype: str = "fp32",
+    device: str = "cpu",
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer for generation (left padding for batches).
 
@@ -65,7 +73,8 @@ def load_model_and_tokenizer(
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, trust_remote_code=trust_remote_code, dtype=MODEL_DTYPES[model_dtype]
     )
-    return model.to(device).eval(), tokenizer
+    torch.nn.Module.to(model, torch.device(device))
+    return model.eval(), tokenizer
 
 
 @torch.no_grad()
@@ -90,7 +99,7 @@ def generate(
     """
     encoded = tokenizer(list(prompts), return_tensors="pt", padding=True).to(model.device)
     start = time.perf_counter()
-    output = model.generate(
+    output = cast(Any, model).generate(
         **encoded,
         max_new_tokens=max_new_tokens,
         pad_token_id=tokenizer.pad_token_id,

@@ -78,10 +78,15 @@ def compute_batch_sizes(cfg: TrainConfig, world_size: int, device: Device) -> Ba
     per_device = cfg.global_train_batch_size // world_size
     micro = cfg.device_train_microbatch_size
     if isinstance(micro, str) and micro != "auto":
-        raise ConfigError(f"device_train_microbatch_size must be an integer or 'auto', got {micro!r}")
+        raise ConfigError(
+            f"device_train_microbatch_size must be an integer or 'auto', got {micro!r}"
+        )
     if micro == "auto" and device.name != "gpu":
         # Composer's automatic microbatching searches for the largest batch that fits in GPU memory.
-        logger.info("device_train_microbatch_size=auto needs a GPU; using the full device batch (%d)", per_device)
+        logger.info(
+            "device_train_microbatch_size=auto needs a GPU; using the full device batch (%d)",
+            per_device,
+        )
         micro = per_device
     return BatchSizes(
         device_train_batch_size=per_device,
@@ -90,11 +95,15 @@ def compute_batch_sizes(cfg: TrainConfig, world_size: int, device: Device) -> Ba
     )
 
 
-def build_evaluators(cfg: TrainConfig, tokenizer: Any, model: Any, batch_sizes: BatchSizes) -> list[Evaluator]:
+def build_evaluators(
+    cfg: TrainConfig, tokenizer: Any, model: Any, batch_sizes: BatchSizes
+) -> list[Evaluator]:
     """One evaluator for ``eval_loader`` (if set), scored with the model's eval metrics."""
     if cfg.eval_loader is None:
         return []
-    loader: DataSpec = build_dataloader("eval_loader", cfg.eval_loader, tokenizer, batch_sizes.device_eval_batch_size)
+    loader: DataSpec = build_dataloader(
+        "eval_loader", cfg.eval_loader, tokenizer, batch_sizes.device_eval_batch_size
+    )
     metric_names = sorted(model.get_metrics(is_train=False).keys())
     return [Evaluator(label="eval", dataloader=loader, metric_names=metric_names)]
 
@@ -125,7 +134,9 @@ def build_trainer(
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model: %s with %.2fM parameters", cfg.model.get("name"), n_params / 1e6)
 
-    train_loader = build_dataloader("train_loader", cfg.train_loader, tokenizer, batch_sizes.device_train_batch_size)
+    train_loader = build_dataloader(
+        "train_loader", cfg.train_loader, tokenizer, batch_sizes.device_train_batch_size
+    )
     evaluators = build_evaluators(cfg, tokenizer, model, batch_sizes)
 
     optimizer = build_optimizer(cfg.optimizer, model.parameters())

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
 from llmfoundry.utils.exceptions import ConfigError
-from llmfoundry.utils.registry_utils import construct_from_registry
+from llmfoundry.utils.registry_utils import accepted_kwargs, construct_from_registry
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
 _TOKENIZER_KEYS = {"name", "kwargs"}
@@ -42,23 +42,35 @@ def build_tokenizer_from_section(section: Mapping[str, Any]) -> PreTrainedTokeni
     return build_tokenizer(name, kwargs)
 
 
-def build_composer_model(section: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase | None) -> ComposerModel:
+def build_composer_model(
+    section: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase | None
+) -> ComposerModel:
     """Build the ``model:`` section's entry from the ``models`` registry."""
     return construct_from_registry(registry.models, "model", section, tokenizer=tokenizer)
 
 
 def build_dataloader(
-    section_name: str, section: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, device_batch_size: int
+    section_name: str,
+    section: Mapping[str, Any],
+    tokenizer: PreTrainedTokenizerBase,
+    device_batch_size: int,
 ) -> DataSpec:
     """Build a loader section (``train_loader``, ``eval_loader``) from the ``dataloaders`` registry."""
-    return construct_from_registry(
-        registry.dataloaders, section_name, section, tokenizer=tokenizer, device_batch_size=device_batch_size
-    )
+    extra: dict[str, Any] = {"tokenizer": tokenizer, "device_batch_size": device_batch_size}
+    builder = registry.dataloaders.get(str(section["name"])) if "name" in section else None
+    if builder is not None and "section" in (accepted_kwargs(builder) or set()):
+        # Builders that name their section in error messages (train_loader vs eval_loader).
+        extra["section"] = section_name
+    return construct_from_registry(registry.dataloaders, section_name, section, **extra)
 
 
-def build_optimizer(section: Mapping[str, Any], params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def build_optimizer(
+    section: Mapping[str, Any], params: Iterable[torch.nn.Parameter]
+) -> torch.optim.Optimizer:
     """Build the ``optimizer:`` section over ``params``."""
-    return construct_from_registry(registry.optimizers, "optimizer", section, list(params), reserved={"params"})
+    return construct_from_registry(
+        registry.optimizers, "optimizer", section, list(params), reserved={"params"}
+    )
 
 
 def build_scheduler(section: Mapping[str, Any]) -> ComposerScheduler:
@@ -73,9 +85,13 @@ def _build_named_components(
     components = []
     for name, kwargs in (section or {}).items():
         if kwargs is not None and not isinstance(kwargs, Mapping):
-            raise ConfigError(f"{section_name}.{name} must be a mapping of keyword arguments (or empty)")
+            raise ConfigError(
+                f"{section_name}.{name} must be a mapping of keyword arguments (or empty)"
+            )
         if "name" in (kwargs or {}):
-            raise ConfigError(f"{section_name}.{name}.name is not allowed: the key '{name}' already names the entry")
+            raise ConfigError(
+                f"{section_name}.{name}.name is not allowed: the key '{name}' already names the entry"
+            )
         components.append(
             construct_from_registry(reg, f"{section_name}.{name}", {"name": name, **(kwargs or {})})
         )

@@ -39,12 +39,16 @@ def load_composer_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(f"checkpoint '{path}' does not exist; pass the .pt file Composer saved")
+        raise MissingFileError(
+            f"checkpoint '{path}' does not exist; pass the .pt file Composer saved"
+        )
     try:
         with torch.serialization.safe_globals(_composer_safe_globals()):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
-        raise DatasetError(f"'{path}' is not a readable Composer checkpoint: {str(err).splitlines()[0]}") from err
+        raise DatasetError(
+            f"'{path}' is not a readable Composer checkpoint: {str(err).splitlines()[0]}"
+        ) from err
     if not isinstance(state, dict) or "state" not in state:
         raise DatasetError(f"'{path}' is not a Composer checkpoint (no 'state' key)")
     return state

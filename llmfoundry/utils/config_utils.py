@@ -93,7 +93,9 @@ def load_yaml_with_overrides(yaml_path: str | Path, overrides: Sequence[str] = (
     """
     path = Path(yaml_path)
     if not path.is_file():
-        raise MissingFileError(f"config file '{yaml_path}' does not exist; pass the path of a YAML run config")
+        raise MissingFileError(
+            f"config file '{yaml_path}' does not exist; pass the path of a YAML run config"
+        )
     try:
         base = OmegaConf.load(path)
     except (OmegaConfBaseException, yaml.YAMLError) as err:
@@ -102,11 +104,15 @@ def load_yaml_with_overrides(yaml_path: str | Path, overrides: Sequence[str] = (
         raise ConfigError(f"'{yaml_path}' must hold a mapping of keys at the top level")
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value (e.g. max_duration=10ba)")
+            raise ConfigError(
+                f"override '{item}' must look like key=value (e.g. max_duration=10ba)"
+            )
     try:
         merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as err:
-        raise ConfigError(f"could not apply overrides {list(overrides)}: {str(err).splitlines()[0]}") from err
+        raise ConfigError(
+            f"could not apply overrides {list(overrides)}: {str(err).splitlines()[0]}"
+        ) from err
     assert isinstance(merged, DictConfig)
     return merged
 
@@ -141,7 +147,7 @@ def resolve_config(cfg: DictConfig, valid_keys: set[str]) -> dict[str, Any]:
     """
     referenced = _referenced_top_level_keys(OmegaConf.to_container(cfg, resolve=False))
     legacy = []
-    for key in cfg.keys():
+    for key in cfg:
         key = str(key)
         if key in valid_keys:
             continue
@@ -209,7 +215,9 @@ def to_dataclass(resolved: Mapping[str, Any], cls: type[ConfigT]) -> ConfigT:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for name, field in fields.items():
-        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        required = (
+            field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        )
         if required and name not in resolved:
             raise ConfigError(f"required key '{name}' is missing from the config")
     for key, value in resolved.items():
@@ -223,7 +231,9 @@ def to_dataclass(resolved: Mapping[str, Any], cls: type[ConfigT]) -> ConfigT:
 
 
 def load_config(
-    yaml_path: str | Path, overrides: Sequence[str] = (), cls: type[ConfigT] = TrainConfig  # type: ignore[assignment]
+    yaml_path: str | Path,
+    overrides: Sequence[str] = (),
+    cls: type[ConfigT] = TrainConfig,  # type: ignore[assignment]
 ) -> tuple[ConfigT, dict[str, Any]]:
     """Load, resolve and validate a run config.
 

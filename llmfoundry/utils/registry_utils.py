@@ -25,7 +25,9 @@ def accepted_kwargs(func: Any) -> set[str] | None:
     return names
 
 
-def check_kwargs(func: Any, kwargs: Mapping[str, Any], section: str, reserved: set[str] | None = None) -> None:
+def check_kwargs(
+    func: Any, kwargs: Mapping[str, Any], section: str, reserved: set[str] | None = None
+) -> None:
     """Fail on a key of ``kwargs`` that ``func`` does not take.
 
     Args:
@@ -43,12 +45,14 @@ def check_kwargs(func: Any, kwargs: Mapping[str, Any], section: str, reserved: s
     allowed = accepted - (reserved or set())
     for key in kwargs:
         if key not in allowed:
-            raise ConfigError(f"{section}.{key} is not a valid key{did_you_mean(key, allowed)} (valid: {', '.join(sorted(allowed))})")
+            raise ConfigError(
+                f"{section}.{key} is not a valid key{did_you_mean(key, allowed)} (valid: {', '.join(sorted(allowed))})"
+            )
 
 
 def construct_from_registry(
     registry: Registry[Any],
-    section: str,
+    key_path: str,
     config: Mapping[str, Any],
     *args: Any,
     reserved: set[str] | None = None,
@@ -58,7 +62,7 @@ def construct_from_registry(
 
     Args:
         registry: where to look the name up.
-        section: the key path of the section, for messages (``scheduler``, ``callbacks.lr_monitor``).
+        key_path: the key path of the section, for messages (``scheduler``, ``callbacks.lr_monitor``).
         config: the section, with a ``name`` key.
         *args: positional arguments the builder supplies (e.g. the model's parameters).
         reserved: keyword names supplied by the builder in ``extra``; the config may not set them.
@@ -71,15 +75,17 @@ def construct_from_registry(
         ConfigError: on a missing ``name``, an unknown name or an unknown key.
     """
     if "name" not in config:
-        raise ConfigError(f"{section}.name is missing; it names an entry of the '{registry.name}' registry")
+        raise ConfigError(
+            f"{key_path}.name is missing; it names an entry of the '{registry.name}' registry"
+        )
     kwargs = {k: v for k, v in config.items() if k != "name"}
     func = registry.get(str(config["name"]))
-    check_kwargs(func, kwargs, section, reserved=(reserved or set()) | set(extra))
+    check_kwargs(func, kwargs, key_path, reserved=(reserved or set()) | set(extra))
     try:
         inspect.signature(func).bind(*args, **kwargs, **extra)
     except TypeError as err:
         # A required argument the config did not give.
-        raise ConfigError(f"{section} ({config['name']}): {err}") from err
+        raise ConfigError(f"{key_path} ({config['name']}): {err}") from err
     except ValueError:
         pass  # no introspectable signature (some builtins): let the call itself decide
     return func(*args, **kwargs, **extra)

@@ -17,7 +17,9 @@ EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 
 
-def build_tokenizer(tokenizer_name: str, tokenizer_kwargs: Mapping[str, Any] | None = None) -> PreTrainedTokenizerBase:
+def build_tokenizer(
+    tokenizer_name: str, tokenizer_kwargs: Mapping[str, Any] | None = None
+) -> PreTrainedTokenizerBase:
     """Load a tokenizer from a local folder or a Hugging Face Hub name.
 
     A tokenizer without a pad token gets its EOS token as pad token (as LLM Foundry does), so

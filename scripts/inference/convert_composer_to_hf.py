@@ -20,8 +20,12 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--composer_path", required=True, help="Composer .pt checkpoint (path or URI)")
+    parser.add_argument(
+        "--composer_path", required=True, help="Composer .pt checkpoint (path or URI)"
+    )
     parser.add_argument("--hf_output_path", required=True, help="folder to write")
-    parser.add_argument("--local_checkpoint_save_location", default=None, help="keep a downloaded checkpoint here")
+    parser.add_argument(
+        "--local_checkpoint_save_location", default=None, help="keep a downloaded checkpoint here"
+    )
     parser.add_argument("--output_precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     sys.exit(run_user_command(main, parser.parse_args()))

@@ -12,11 +12,22 @@ def main(args: argparse.Namespace) -> None:
     import torch
 
     torch.manual_seed(args.seed)
-    model, tokenizer = load_model_and_tokenizer(args.name_or_path, args.trust_remote_code, args.model_dtype, args.device)
-    sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p} if args.do_sample else {}
+    model, tokenizer = load_model_and_tokenizer(
+        args.name_or_path, args.trust_remote_code, args.model_dtype, args.device
+    )
+    sampling = (
+        {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
+        if args.do_sample
+        else {}
+    )
     generations = generate(
-        model, tokenizer, read_prompts(args.prompts), args.max_new_tokens,
-        do_sample=args.do_sample, use_cache=args.use_cache, **sampling,
+        model,
+        tokenizer,
+        read_prompts(args.prompts),
+        args.max_new_tokens,
+        do_sample=args.do_sample,
+        use_cache=args.use_cache,
+        **sampling,
     )
     for generation in generations:
         print("#" * 40)
@@ -26,7 +37,9 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--name_or_path", required=True)
-    parser.add_argument("--prompts", nargs="+", default=["My name is"], help="prompts, or file::path")
+    parser.add_argument(
+        "--prompts", nargs="+", default=["My name is"], help="prompts, or file::path"
+    )
     parser.add_argument("--max_new_tokens", type=int, default=100)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top_k", type=int, default=50)

@@ -84,12 +84,18 @@ def write_token_mds(folder: Path, token_ids: list[int], seq_len: int) -> int:
     n_samples = len(token_ids) // seq_len
     with MDSWriter(out=str(folder), columns={"tokens": "ndarray:int32"}) as writer:
         for i in range(n_samples):
-            writer.write({"tokens": np.asarray(token_ids[i * seq_len : (i + 1) * seq_len], dtype=np.int32)})
+            writer.write(
+                {"tokens": np.asarray(token_ids[i * seq_len : (i + 1) * seq_len], dtype=np.int32)}
+            )
     return n_samples
 
 
 @pytest.fixture(scope="session")
-def mds_dir(tmp_path_factory: pytest.TempPathFactory, corpus_texts: list[str], tokenizer: PreTrainedTokenizerBase) -> Path:
+def mds_dir(
+    tmp_path_factory: pytest.TempPathFactory,
+    corpus_texts: list[str],
+    tokenizer: PreTrainedTokenizerBase,
+) -> Path:
     """``train`` and ``val`` splits of 64-token samples from the fixture corpus."""
     root = tmp_path_factory.mktemp("mds")
     ids: list[int] = []
@@ -119,7 +125,9 @@ class TrainedRun:
 
 
 @pytest.fixture(scope="session")
-def trained_run(tmp_path_factory: pytest.TempPathFactory, mds_dir: Path, tokenizer_dir: Path) -> TrainedRun:
+def trained_run(
+    tmp_path_factory: pytest.TempPathFactory, mds_dir: Path, tokenizer_dir: Path
+) -> TrainedRun:
     """Train the tiny model for 12 batches in-process and keep its losses and final checkpoint."""
     from composer.loggers import InMemoryLogger
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import torch
@@ -34,31 +35,55 @@ def _composer_model_from_checkpoint(checkpoint: Path, tokenizer_dir: Path) -> Co
 
     state = load_composer_checkpoint(checkpoint)
     config = state["state"]["integrations"]["huggingface"]["model"]["config"]["content"]
-    keys = ("d_model", "n_heads", "n_layers", "expansion_ratio", "max_seq_len", "vocab_size", "attn_config")
-    model = ComposerMPTCausalLM(tokenizer=build_tokenizer(str(tokenizer_dir)), **{k: config[k] for k in keys})
+    keys = (
+        "d_model",
+        "n_heads",
+        "n_layers",
+        "expansion_ratio",
+        "max_seq_len",
+        "vocab_size",
+        "attn_config",
+    )
+    model = ComposerMPTCausalLM(
+        tokenizer=build_tokenizer(str(tokenizer_dir)), **{k: config[k] for k in keys}
+    )
     model.load_state_dict(state["state"]["model"])
     return model.eval()
 
 
 def test_export_folder_is_complete(hf_dir: Path) -> None:
     names = {p.name for p in hf_dir.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "modeling_mpt.py", "configuration_mpt.py"} <= names
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "modeling_mpt.py",
+        "configuration_mpt.py",
+    } <= names
     config = json.loads((hf_dir / "config.json").read_text())
     assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_mpt.MPTForCausalLM"
     assert config["model_type"] == "mpt"
-    assert not any(p.name.startswith(".") for p in hf_dir.parent.iterdir()), "no staging folder left behind"
+    assert not any(p.name.startswith(".") for p in hf_dir.parent.iterdir()), (
+        "no staging folder left behind"
+    )
 
 
-def test_exported_greedy_generation_equals_checkpoint(hf_dir: Path, trained_run: TrainedRun, tokenizer_dir: Path) -> None:
+def test_exported_greedy_generation_equals_checkpoint(
+    hf_dir: Path, trained_run: TrainedRun, tokenizer_dir: Path
+) -> None:
     composer_model = _composer_model_from_checkpoint(trained_run.checkpoint, tokenizer_dir)
-    hf_model = AutoModelForCausalLM.from_pretrained(str(hf_dir), trust_remote_code=True).eval()
+    hf_model: Any = AutoModelForCausalLM.from_pretrained(str(hf_dir), trust_remote_code=True).eval()
     assert type(hf_model).__name__ == "MPTForCausalLM"
-    assert type(hf_model).__module__.startswith("transformers_modules"), "loaded from the exported code"
+    assert type(hf_model).__module__.startswith("transformers_modules"), (
+        "loaded from the exported code"
+    )
     tokenizer = AutoTokenizer.from_pretrained(str(hf_dir), trust_remote_code=True)
     for prompt in PROMPTS:
         ids = tokenizer(prompt, return_tensors="pt")
         with torch.no_grad():
-            expected = composer_model.model.generate(**ids, max_new_tokens=20, do_sample=False)
+            expected = cast(Any, composer_model.model).generate(
+                **ids, max_new_tokens=20, do_sample=False
+            )
             got = hf_model.generate(**ids, max_new_tokens=20, do_sample=False)
             torch.testing.assert_close(hf_model(**ids).logits, composer_model.model(**ids).logits)
         assert torch.equal(got, expected)
@@ -67,12 +92,18 @@ def test_exported_greedy_generation_equals_checkpoint(hf_dir: Path, trained_run:
 def test_generate_helper_batches_with_left_padding(hf_dir: Path) -> None:
     model, tokenizer = load_model_and_tokenizer(str(hf_dir), trust_remote_code=True)
     together = generate(model, tokenizer, PROMPTS, max_new_tokens=12, do_sample=False)
-    alone = [generate(model, tokenizer, [p], max_new_tokens=12, do_sample=False)[0] for p in PROMPTS]
+    alone = [
+        generate(model, tokenizer, [p], max_new_tokens=12, do_sample=False)[0] for p in PROMPTS
+    ]
     assert [g.continuation for g in together] == [g.continuation for g in alone]
 
 
-def test_bf16_export_halves_the_weights(hf_dir: Path, trained_run: TrainedRun, tmp_path: Path) -> None:
-    out = convert_composer_to_hf(str(trained_run.checkpoint), str(tmp_path / "bf16"), output_precision="bf16")
+def test_bf16_export_halves_the_weights(
+    hf_dir: Path, trained_run: TrainedRun, tmp_path: Path
+) -> None:
+    out = convert_composer_to_hf(
+        str(trained_run.checkpoint), str(tmp_path / "bf16"), output_precision="bf16"
+    )
     model = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True)
     assert next(model.parameters()).dtype == torch.bfloat16
     fp32_size = (hf_dir / "model.safetensors").stat().st_size
@@ -82,15 +113,34 @@ def test_bf16_export_halves_the_weights(hf_dir: Path, trained_run: TrainedRun, t
 def test_scripts_convert_then_generate(trained_run: TrainedRun, tmp_path: Path) -> None:
     out = tmp_path / "scripted"
     convert = subprocess.run(
-        [sys.executable, str(REPO / "scripts/inference/convert_composer_to_hf.py"),
-         "--composer_path", str(trained_run.checkpoint), "--hf_output_path", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "scripts/inference/convert_composer_to_hf.py"),
+            "--composer_path",
+            str(trained_run.checkpoint),
+            "--hf_output_path",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert convert.returncode == 0, convert.stderr[-2000:]
     gen = subprocess.run(
-        [sys.executable, str(REPO / "scripts/inference/hf_generate.py"), "--name_or_path", str(out),
-         "--trust_remote_code", "--prompts", "def ", "--max_new_tokens", "8"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "scripts/inference/hf_generate.py"),
+            "--name_or_path",
+            str(out),
+            "--trust_remote_code",
+            "--prompts",
+            "def ",
+            "--max_new_tokens",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert gen.returncode == 0, gen.stderr[-2000:]
     assert "def " in gen.stdout
@@ -98,10 +148,21 @@ def test_scripts_convert_then_generate(trained_run: TrainedRun, tmp_path: Path) 
 
 def test_convert_missing_checkpoint_is_one_line(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts/inference/convert_composer_to_hf.py"),
-         "--composer_path", str(tmp_path / "missing.pt"), "--hf_output_path", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(REPO / "scripts/inference/convert_composer_to_hf.py"),
+            "--composer_path",
+            str(tmp_path / "missing.pt"),
+            "--hf_output_path",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == f"error: checkpoint '{tmp_path / 'missing.pt'}' does not exist; pass the .pt file Composer saved"
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == f"error: checkpoint '{tmp_path / 'missing.pt'}' does not exist; pass the .pt file Composer saved"
+    )
     assert not (tmp_path / "out").exists()

@@ -21,7 +21,9 @@ TRAIN_SCRIPT = REPO / "scripts/train/train.py"
 
 
 def _composer() -> str:
-    found = shutil.which("composer", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]))
+    found = shutil.which(
+        "composer", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
+    )
     assert found, "the composer launcher is installed with mosaicml"
     return found
 
@@ -41,27 +43,45 @@ def test_checkpoints_are_saved_at_interval(trained_run: TrainedRun) -> None:
     assert trained_run.checkpoint.resolve().name == "ep0-ba12-rank0.pt"
 
 
-def test_batch_sizes_split_over_processes(tmp_path: Path, mds_dir: Path, tokenizer_dir: Path) -> None:
+def test_batch_sizes_split_over_processes(
+    tmp_path: Path, mds_dir: Path, tokenizer_dir: Path
+) -> None:
     from composer.devices import DeviceCPU
 
-    cfg, _ = load_config(write_run_yaml(tmp_path, mds_dir, tokenizer_dir, tmp_path / "ck"), [], TrainConfig)
+    cfg, _ = load_config(
+        write_run_yaml(tmp_path, mds_dir, tokenizer_dir, tmp_path / "ck"), [], TrainConfig
+    )
     sizes = compute_batch_sizes(cfg, world_size=2, device=DeviceCPU())
     assert (sizes.device_train_batch_size, sizes.device_train_microbatch_size) == (4, 4)
     assert sizes.device_eval_batch_size == 8
     auto_cfg, _ = load_config(
-        write_run_yaml(tmp_path, mds_dir, tokenizer_dir, tmp_path / "ck"), ["device_train_microbatch_size=auto"]
+        write_run_yaml(tmp_path, mds_dir, tokenizer_dir, tmp_path / "ck"),
+        ["device_train_microbatch_size=auto"],
     )
     assert compute_batch_sizes(auto_cfg, 1, DeviceCPU()).device_train_microbatch_size == 8
-    with pytest.raises(ConfigError, match="global_train_batch_size=8 must be divisible by the number of processes \\(3\\)"):
+    with pytest.raises(
+        ConfigError,
+        match="global_train_batch_size=8 must be divisible by the number of processes \\(3\\)",
+    ):
         compute_batch_sizes(cfg, world_size=3, device=DeviceCPU())
 
 
 @pytest.mark.slow
-def test_composer_launcher_trains_and_saves(tmp_path: Path, mds_dir: Path, tokenizer_dir: Path) -> None:
+def test_composer_launcher_trains_and_saves(
+    tmp_path: Path, mds_dir: Path, tokenizer_dir: Path
+) -> None:
     save = tmp_path / "ckpt"
     yaml_path = write_run_yaml(tmp_path, mds_dir, tokenizer_dir, save)
     result = subprocess.run(
-        [_composer(), "-n", "1", str(TRAIN_SCRIPT), str(yaml_path), "max_duration=3ba", "eval_interval=3ba"],
+        [
+            _composer(),
+            "-n",
+            "1",
+            str(TRAIN_SCRIPT),
+            str(yaml_path),
+            "max_duration=3ba",
+            "eval_interval=3ba",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -72,7 +92,9 @@ def test_composer_launcher_trains_and_saves(tmp_path: Path, mds_dir: Path, token
 
 
 @pytest.mark.slow
-def test_misspelled_key_fails_in_one_line(tmp_path: Path, mds_dir: Path, tokenizer_dir: Path) -> None:
+def test_misspelled_key_fails_in_one_line(
+    tmp_path: Path, mds_dir: Path, tokenizer_dir: Path
+) -> None:
     yaml_path = write_run_yaml(tmp_path, mds_dir, tokenizer_dir, tmp_path / "ck")
     result = subprocess.run(
         [sys.executable, str(TRAIN_SCRIPT), str(yaml_path), "max_durations=5ba"],
@@ -89,9 +111,15 @@ def test_misspelled_key_fails_in_one_line(tmp_path: Path, mds_dir: Path, tokeniz
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("model.d_modle=64", "model.d_modle is not a valid key for mpt_causal_lm; did you mean 'd_model'"),
+        (
+            "model.d_modle=64",
+            "model.d_modle is not a valid key for mpt_causal_lm; did you mean 'd_model'",
+        ),
         ("train_loader.dataset.split=nosuch", "nosuch"),
-        ("tokenizer.name=./no/such/tokenizer", "tokenizer folder './no/such/tokenizer' does not exist"),
+        (
+            "tokenizer.name=./no/such/tokenizer",
+            "tokenizer folder './no/such/tokenizer' does not exist",
+        ),
     ],
 )
 def test_bad_component_input_fails_with_a_named_error(

@@ -46,18 +46,27 @@ def test_variables_resolve_and_overrides_apply(tmp_path: Path) -> None:
 
 
 def test_misspelled_override_suggests_the_real_key(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"unknown top-level key 'max_durations'; did you mean 'max_duration'\?"):
+    with pytest.raises(
+        ConfigError, match=r"unknown top-level key 'max_durations'; did you mean 'max_duration'\?"
+    ):
         load_config(_write(tmp_path, MINIMAL), ["max_durations=5ba"])
 
 
 def test_misspelled_yaml_key_fails(tmp_path: Path) -> None:
     text = MINIMAL.replace("global_train_batch_size: 4", "global_train_batchsize: 4")
-    with pytest.raises(ConfigError, match="global_train_batchsize.*did you mean 'global_train_batch_size'"):
+    with pytest.raises(
+        ConfigError, match="global_train_batchsize.*did you mean 'global_train_batch_size'"
+    ):
         load_config(_write(tmp_path, text))
 
 
-def test_legacy_top_level_variable_is_accepted_with_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    text = MINIMAL.replace("train_loader: {name: text, dataset: {local: x}}", "train_loader: {name: text, dataset: {local: \"${data_local}\"}}")
+def test_legacy_top_level_variable_is_accepted_with_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = MINIMAL.replace(
+        "train_loader: {name: text, dataset: {local: x}}",
+        'train_loader: {name: text, dataset: {local: "${data_local}"}}',
+    )
     text += "data_local: ./my-data\n"
     with caplog.at_level(logging.WARNING, logger="llmfoundry.utils.config_utils"):
         cfg, _ = load_config(_write(tmp_path, text))

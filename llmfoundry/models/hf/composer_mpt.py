@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +47,9 @@ def build_mpt_config(model_section: Mapping[str, Any]) -> MPTConfig:
     """
     for key in model_section:
         if key not in _MPT_CONFIG_KEYS:
-            raise ConfigError(f"model.{key} is not a valid key for mpt_causal_lm{did_you_mean(key, _MPT_CONFIG_KEYS)}")
+            raise ConfigError(
+                f"model.{key} is not a valid key for mpt_causal_lm{did_you_mean(key, _MPT_CONFIG_KEYS)}"
+            )
     try:
         return MPTConfig(**model_section)
     except MPTConfigError as err:
@@ -80,7 +82,9 @@ class ComposerMPTCausalLM(HuggingFaceModel):
         **mpt_config: Any,
     ) -> None:
         if loss_fn not in LOSS_FNS:
-            raise ConfigError(f"model.loss_fn={loss_fn!r} is not supported; choose one of {', '.join(LOSS_FNS)}")
+            raise ConfigError(
+                f"model.loss_fn={loss_fn!r} is not supported; choose one of {', '.join(LOSS_FNS)}"
+            )
         config = build_mpt_config(mpt_config)
         if tokenizer is not None and len(tokenizer) > config.vocab_size:
             raise ConfigError(
@@ -94,7 +98,7 @@ class ComposerMPTCausalLM(HuggingFaceModel):
         eval_metrics += _build_metrics(additional_eval_metrics or [])
         super().__init__(
             model=model,
-            tokenizer=tokenizer,
+            tokenizer=cast(Any, tokenizer),
             use_logits=True,
             metrics=train_metrics if use_train_metrics else None,
             eval_metrics=eval_metrics,
@@ -125,13 +129,16 @@ class ComposerMPTCausalLM(HuggingFaceModel):
         """Mean next-token cross-entropy over the tokens whose label is not -100."""
         logits = outputs.logits
         targets = shift_labels(batch["labels"])
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100)
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100
+        )
 
     def eval_forward(self, batch: Mapping[str, Any], outputs: Any | None = None) -> Any:
         """Logits for metric updates; ``self.labels`` holds the shifted targets."""
         if batch.get("mode") in ("generate", "icl_task"):
             return super().eval_forward(dict(batch), outputs)
         outputs = outputs if outputs is not None else self.forward(batch)
+        assert outputs is not None
         self.labels = shift_labels(batch["labels"])
         return outputs.logits
 
@@ -141,7 +148,7 @@ class ComposerMPTCausalLM(HuggingFaceModel):
         Attention counts ``2 x 2 x d_model x seq_len^2`` per layer and sequence (scores and the
         weighted sum), as LLM Foundry does.
         """
-        config: MPTConfig = self.model.config
+        config = cast(MPTConfig, self.model.config)
         batch_size, seq_len = batch["input_ids"].shape[:2]
         params = sum(p.numel() for p in self.model.parameters())
         per_sequence = 2 * params * seq_len + config.n_layers * 4 * config.d_model * seq_len**2

@@ -23,7 +23,9 @@ logger = logging.getLogger(__name__)
 _announced_sdpa_fallback = False
 
 
-def alibi_slopes(n_heads: int, alibi_bias_max: float = 8, device: torch.device | str | None = None) -> torch.Tensor:
+def alibi_slopes(
+    n_heads: int, alibi_bias_max: float = 8, device: torch.device | str | None = None
+) -> torch.Tensor:
     """Per-head ALiBi slopes (Press et al. 2022), as LLM Foundry computes them.
 
     For a head count that is not a power of two, slopes are taken from the next power of two,
@@ -33,7 +35,9 @@ def alibi_slopes(n_heads: int, alibi_bias_max: float = 8, device: torch.device |
         A float32 tensor of shape ``(n_heads,)``.
     """
     padded = 2 ** math.ceil(math.log2(n_heads))
-    exponents = torch.arange(1, padded + 1, dtype=torch.float32, device=device) * (alibi_bias_max / padded)
+    exponents = torch.arange(1, padded + 1, dtype=torch.float32, device=device) * (
+        alibi_bias_max / padded
+    )
     slopes = 1.0 / torch.pow(2, exponents)
     if padded != n_heads:
         slopes = torch.cat([slopes[1::2], slopes[::2]])[:n_heads]
@@ -71,7 +75,9 @@ def _masked_bias(
     """
     if allowed is None:
         return bias.to(dtype) if bias is not None else None
-    base = bias.to(dtype) if bias is not None else torch.zeros((), dtype=dtype, device=allowed.device)
+    base = (
+        bias.to(dtype) if bias is not None else torch.zeros((), dtype=dtype, device=allowed.device)
+    )
     return base.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
@@ -83,8 +89,9 @@ def torch_attention(
     allowed: torch.Tensor | None,
     softmax_scale: float,
     dropout_p: float,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """Reference attention: ``softmax(q k^T * scale + bias, masked) v``.
+    """Reference attention: ``softmax(cap(q k^T * scale) + bias, masked) v``.
 
     Args:
         query: ``(b, h, q, d)``.
@@ -95,16 +102,22 @@ def torch_attention(
             None means plain causal attention (query ``i`` sees keys ``<= i + k - q``).
         softmax_scale: multiplier of the scores.
         dropout_p: dropout on the attention weights (0 in eval).
+        softcap: if set, the scaled scores become ``softcap * tanh(scores / softcap)`` before
+            the bias and mask are applied (``attn_logit_softcapping``, as in Gemma 2).
 
     Returns:
         ``(b, h, q, d)``.
     """
     scores = torch.matmul(query, key.transpose(-2, -1)) * softmax_scale
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
     if bias is not None:
         scores = scores + bias.to(scores.dtype)
     if allowed is None:
         q_len, k_len = query.shape[-2], key.shape[-2]
-        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(
+            k_len - q_len
+        )
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)
     if dropout_p > 0:
@@ -120,19 +133,31 @@ def sdpa_attention(
     allowed: torch.Tensor | None,
     softmax_scale: float,
     dropout_p: float,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """The same function as :func:`torch_attention`, through ``F.scaled_dot_product_attention``.
 
     With no bias and plain causal masking (``allowed`` is None) the ``is_causal`` flag lets
     PyTorch pick its flash kernel; otherwise the mask is folded into an additive bias.
+    SDPA cannot transform the scores, so with ``softcap`` set this runs the reference math.
     """
+    if softcap is not None:
+        return torch_attention(query, key, value, bias, allowed, softmax_scale, dropout_p, softcap)
     q_len, k_len = query.shape[-2], key.shape[-2]
     if allowed is None and (bias is not None or q_len != k_len):
-        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(
+            k_len - q_len
+        )
     mask = _masked_bias(bias, allowed, query.dtype)
     is_causal = mask is None and q_len > 1
     return F.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=softmax_scale
+        query,
+        key,
+        value,
+        attn_mask=mask,
+        dropout_p=dropout_p,
+        is_causal=is_causal,
+        scale=softmax_scale,
     )
 
 
@@ -141,7 +166,9 @@ def _resolve_impl(attn_impl: str) -> str:
     global _announced_sdpa_fallback
     if attn_impl == "flash" and not _announced_sdpa_fallback:
         # flash-attn's varlen kernels are not wired in; SDPA dispatches to a flash kernel on GPUs.
-        logger.info("attn_impl=flash: using torch scaled_dot_product_attention (fused kernels where available)")
+        logger.info(
+            "attn_impl=flash: using torch scaled_dot_product_attention (fused kernels where available)"
+        )
         _announced_sdpa_fallback = True
     return "torch" if attn_impl == "torch" else "sdpa"
 
@@ -168,11 +195,14 @@ class GroupedQueryAttention(nn.Module):
         self.softmax_scale = attn["softmax_scale"] or 1 / math.sqrt(self.head_dim)
         self.attn_pdrop = attn["attn_pdrop"]
         self.clip_qkv = attn["clip_qkv"]
+        self.softcap = attn["attn_logit_softcapping"]
         self.impl = _resolve_impl(attn["attn_impl"])
         self.fused_qkv = attn["fused_qkv"]
         bias = not config.no_bias
         if self.fused_qkv:
-            self.Wqkv = nn.Linear(self.d_model, self.d_model + 2 * self.kv_dim, bias=bias, device=device)
+            self.Wqkv = nn.Linear(
+                self.d_model, self.d_model + 2 * self.kv_dim, bias=bias, device=device
+            )
             # Split points of the fused weight, so that init treats q, k and v as separate matrices.
             self.Wqkv._fused = (0, [self.d_model, self.d_model + self.kv_dim])  # type: ignore[assignment]
         else:
@@ -195,7 +225,9 @@ class GroupedQueryAttention(nn.Module):
         else:
             query, key, value = self.Wq(x), self.Wk(x), self.Wv(x)
             if self.clip_qkv:
-                query, key, value = (t.clamp(min=-self.clip_qkv, max=self.clip_qkv) for t in (query, key, value))
+                query, key, value = (
+                    t.clamp(min=-self.clip_qkv, max=self.clip_qkv) for t in (query, key, value)
+                )
         if self.qk_ln:
             dtype = query.dtype
             query, key = self.q_ln(query).to(dtype), self.k_ln(key).to(dtype)
@@ -233,8 +265,12 @@ class GroupedQueryAttention(nn.Module):
         key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
         dropout_p = self.attn_pdrop if self.training else 0.0
         if self.impl == "torch":
-            out = torch_attention(query, key, value, bias, allowed, self.softmax_scale, dropout_p)
+            out = torch_attention(
+                query, key, value, bias, allowed, self.softmax_scale, dropout_p, self.softcap
+            )
         else:
-            out = sdpa_attention(query, key, value, bias, allowed, self.softmax_scale, dropout_p)
+            out = sdpa_attention(
+                query, key, value, bias, allowed, self.softmax_scale, dropout_p, self.softcap
+            )
         out = out.transpose(1, 2).reshape(batch, seq, self.d_model)
         return self.out_proj(out)

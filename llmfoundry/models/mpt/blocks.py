@@ -55,7 +55,9 @@ class MPTBlock(nn.Module):
         Returns:
             ``(b, s, d_model)``.
         """
-        x = x + self.resid_attn_dropout(self.attn(self.norm_1(x), bias, allowed, past_key_values, layer_idx))
+        x = x + self.resid_attn_dropout(
+            self.attn(self.norm_1(x), bias, allowed, past_key_values, layer_idx)
+        )
         h = self.norm_2(x)
         if self.use_pad_tok_in_ffn or token_mask is None:
             ffn_out = self.ffn(h)

@@ -66,12 +66,23 @@ INIT_NAMES = (
 INIT_DEVICES = ("cpu", "meta", "mixed")
 FC_TYPES = ("torch",)
 
+# Keys that published MPT configs carry but that select nothing here (mosaicml/mpt-7b has
+# ``attn_config.prefix_lm: false``; LLM Foundry exports copy ``fc_type`` into ``ffn_config`` and
+# write ``attn_config.kv_dim: null``). Each is accepted at these inert values only, then dropped.
+LEGACY_INERT_KEYS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "attn_config": {"prefix_lm": (False,), "kv_dim": (None,)},
+    "ffn_config": {"fc_type": ("torch", {"name": "torch"})},
+    "init_config": {},
+}
+
 
 class MPTConfigError(ValueError):
     """An MPTConfig field (or a combination of fields) that the model cannot run with."""
 
 
-def _merge_defaults(name: str, given: dict[str, Any] | None, defaults: dict[str, Any]) -> dict[str, Any]:
+def _merge_defaults(
+    name: str, given: dict[str, Any] | None, defaults: dict[str, Any]
+) -> dict[str, Any]:
     """Fill the missing keys of a nested config from its defaults; unknown keys are an error.
 
     Args:
@@ -83,10 +94,19 @@ def _merge_defaults(name: str, given: dict[str, Any] | None, defaults: dict[str,
         A new dict with every key of ``defaults``.
 
     Raises:
-        MPTConfigError: if ``given`` has a key that ``defaults`` does not know.
+        MPTConfigError: if ``given`` has a key that ``defaults`` does not know (legacy keys of
+            ``LEGACY_INERT_KEYS`` are accepted at their inert value and dropped).
     """
     merged = copy.deepcopy(defaults)
+    inert = LEGACY_INERT_KEYS[name]
     for key, value in (given or {}).items():
+        if key in inert and key not in defaults:
+            if value not in inert[key]:
+                raise MPTConfigError(
+                    f"model.{name}.{key}={value!r} is not supported; "
+                    f"only {' or '.join(repr(v) for v in inert[key])} is accepted"
+                )
+            continue
         if key not in defaults:
             known = ", ".join(sorted(defaults))
             raise MPTConfigError(f"model.{name}.{key} is not a known key; known keys: {known}")
@@ -95,6 +115,17 @@ def _merge_defaults(name: str, given: dict[str, Any] | None, defaults: dict[str,
         else:
             merged[key] = value
     return merged
+
+
+def _fc_type_name(fc_type: str | dict[str, Any]) -> str:
+    """``fc_type`` as a name: LLM Foundry writes it either as ``torch`` or as ``{name: torch}``."""
+    if isinstance(fc_type, dict):
+        if set(fc_type) != {"name"}:
+            raise MPTConfigError(
+                f"model.fc_type={fc_type!r}: only the 'name' key is supported (e.g. {{name: torch}})"
+            )
+        return fc_type["name"]
+    return fc_type
 
 
 class MPTConfig(PretrainedConfig):
@@ -123,7 +154,8 @@ class MPTConfig(PretrainedConfig):
         norm_eps: epsilon of every norm.
         use_cache: return key/value caches for generation.
         init_config: parameter initialization options (see ``INIT_CONFIG_DEFAULTS``).
-        fc_type: linear layer implementation (``torch``).
+        fc_type: linear layer implementation: ``torch``, or ``{name: torch}`` as recent LLM
+            Foundry exports write it.
         tie_word_embeddings: share the input embedding with the output projection.
         use_pad_tok_in_ffn: run the FFN on pad tokens too (True) or skip them (False).
         final_logit_softcapping: if set, logits become ``c * tanh(logits / c)``.
@@ -161,7 +193,7 @@ class MPTConfig(PretrainedConfig):
         norm_eps: float = 1e-05,
         use_cache: bool = False,
         init_config: dict[str, Any] | None = None,
-        fc_type: str = "torch",
+        fc_type: str | dict[str, Any] = "torch",
         tie_word_embeddings: bool = True,
         use_pad_tok_in_ffn: bool = True,
         final_logit_softcapping: float | None = None,
@@ -190,13 +222,16 @@ class MPTConfig(PretrainedConfig):
         self.norm_eps = norm_eps
         self.use_cache = use_cache
         self.init_config = _merge_defaults("init_config", init_config, INIT_CONFIG_DEFAULTS)
-        self.fc_type = fc_type
+        self.fc_type = _fc_type_name(fc_type)
         self.use_pad_tok_in_ffn = use_pad_tok_in_ffn
         self.final_logit_softcapping = final_logit_softcapping
         # Older checkpoints carry keys that no longer mean anything; drop them quietly.
         for legacy_key in ("verbose",):
             kwargs.pop(legacy_key, None)
-        super().__init__(tie_word_embeddings=tie_word_embeddings, **kwargs)
+        # transformers 5 no longer declares ``tie_word_embeddings`` on the base config; it is an
+        # ordinary attribute, read by the model and written to config.json.
+        self.tie_word_embeddings = tie_word_embeddings
+        super().__init__(**kwargs)
         self._validate()
 
     @property
@@ -230,7 +265,9 @@ class MPTConfig(PretrainedConfig):
         """Check each field and the combinations the model cannot run with."""
         attn = self.attn_config
         if self.d_model % self.n_heads != 0:
-            raise MPTConfigError(f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})")
+            raise MPTConfigError(
+                f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
+            )
         checks: list[tuple[str, Any, tuple[Any, ...]]] = [
             ("attn_config.attn_type", attn["attn_type"], ATTN_TYPES),
             ("attn_config.attn_impl", attn["attn_impl"], ATTN_IMPLS),
@@ -242,21 +279,35 @@ class MPTConfig(PretrainedConfig):
         ]
         act = self.ffn_config.get("ffn_act_fn")
         if act is not None:
-            checks.append(("ffn_config.ffn_act_fn", act.get("name") if isinstance(act, dict) else act, FFN_ACT_FNS))
+            checks.append(
+                (
+                    "ffn_config.ffn_act_fn",
+                    act.get("name") if isinstance(act, dict) else act,
+                    FFN_ACT_FNS,
+                )
+            )
         for key, value, allowed in checks:
             if value not in allowed:
-                raise MPTConfigError(f"model.{key}={value!r} is not supported; choose one of {', '.join(allowed)}")
+                raise MPTConfigError(
+                    f"model.{key}={value!r} is not supported; choose one of {', '.join(allowed)}"
+                )
         if isinstance(self.logit_scale, str) and self.logit_scale != "inv_sqrt_d_model":
             raise MPTConfigError(
                 f"model.logit_scale={self.logit_scale!r} is not supported; use a number or 'inv_sqrt_d_model'"
             )
         if not 0 < self.embedding_fraction <= 1:
-            raise MPTConfigError(f"model.embedding_fraction={self.embedding_fraction} must be in (0, 1]")
+            raise MPTConfigError(
+                f"model.embedding_fraction={self.embedding_fraction} must be in (0, 1]"
+            )
         for key in ("resid_pdrop", "emb_pdrop"):
             if not 0 <= getattr(self, key) <= 1:
-                raise MPTConfigError(f"model.{key}={getattr(self, key)} must be a probability in [0, 1]")
+                raise MPTConfigError(
+                    f"model.{key}={getattr(self, key)} must be a probability in [0, 1]"
+                )
         if not 0 <= attn["attn_pdrop"] <= 1:
-            raise MPTConfigError(f"model.attn_config.attn_pdrop={attn['attn_pdrop']} must be in [0, 1]")
+            raise MPTConfigError(
+                f"model.attn_config.attn_pdrop={attn['attn_pdrop']} must be in [0, 1]"
+            )
         if attn["attn_type"] == "grouped_query_attention":
             kv = attn["kv_n_heads"]
             if kv is None or kv <= 0 or self.n_heads % kv != 0:
@@ -264,8 +315,23 @@ class MPTConfig(PretrainedConfig):
                     f"model.attn_config.kv_n_heads={kv} must be a positive divisor of n_heads={self.n_heads} "
                     "for grouped_query_attention"
                 )
+        softcap = attn["attn_logit_softcapping"]
+        if softcap is not None and not softcap > 0:
+            raise MPTConfigError(
+                f"model.attn_config.attn_logit_softcapping={softcap} must be a positive number"
+            )
+        if self.final_logit_softcapping is not None and not self.final_logit_softcapping > 0:
+            raise MPTConfigError(
+                f"model.final_logit_softcapping={self.final_logit_softcapping} must be a positive number"
+            )
+        if self.init_config["name"] == "baseline_" and self.init_config["init_std"] is None:
+            raise MPTConfigError(
+                "model.init_config.init_std must be set when init_config.name is baseline_"
+            )
         if attn["alibi"] and attn["rope"]:
-            raise MPTConfigError("model.attn_config: alibi and rope cannot both be on; pick one position scheme")
+            raise MPTConfigError(
+                "model.attn_config: alibi and rope cannot both be on; pick one position scheme"
+            )
         # Options owned by later work: refuse them loudly rather than ignore them.
         unsupported = {
             "attn_config.rope": attn["rope"],
@@ -275,4 +341,6 @@ class MPTConfig(PretrainedConfig):
         }
         for key, is_set in unsupported.items():
             if is_set:
-                raise MPTConfigError(f"model.{key} is not supported yet by this MPT implementation; turn it off")
+                raise MPTConfigError(
+                    f"model.{key} is not supported yet by this MPT implementation; turn it off"
+                )

@@ -23,6 +23,13 @@ from .norm import build_norm
 from .param_init import init_mpt_module
 
 
+def _self_keys(seq_len: int, past_len: int, device: torch.device) -> torch.Tensor:
+    """``(seq_len, past_len + seq_len)`` booleans, True where query ``i`` meets its own key."""
+    keys = torch.arange(past_len + seq_len, device=device)
+    queries = torch.arange(past_len, past_len + seq_len, device=device)
+    return keys.view(1, -1) == queries.view(-1, 1)
+
+
 class MPTPreTrainedModel(PreTrainedModel):
     """Shared plumbing: config class, weight init and the names ``transformers`` looks for."""
 
@@ -54,7 +61,9 @@ class MPTModel(MPTPreTrainedModel):
             self.wpe = nn.Embedding(config.max_seq_len, config.d_model)
         self.emb_drop = nn.Dropout(config.emb_pdrop)
         self.blocks = nn.ModuleList([MPTBlock(config) for _ in range(config.n_layers)])
-        self.norm_f = build_norm(config.norm_type, config.d_model, config.norm_eps, not config.no_bias, None)
+        self.norm_f = build_norm(
+            config.norm_type, config.d_model, config.norm_eps, not config.no_bias, None
+        )
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -63,7 +72,9 @@ class MPTModel(MPTPreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.wte = value
 
-    def _positions(self, attention_mask: torch.Tensor | None, past_len: int, seq_len: int, device: torch.device) -> torch.Tensor:
+    def _positions(
+        self, attention_mask: torch.Tensor | None, past_len: int, seq_len: int, device: torch.device
+    ) -> torch.Tensor:
         """Position of each new token, counting only non-pad tokens (so left padding is harmless)."""
         if attention_mask is None:
             return torch.arange(past_len, past_len + seq_len, device=device).unsqueeze(0)
@@ -79,7 +90,11 @@ class MPTModel(MPTPreTrainedModel):
         the SDPA path use its fastest kernel.
         """
         key_len = past_len + seq_len
-        bias = alibi_bias(self.config.n_heads, key_len, self.alibi_bias_max, device) if self.alibi else None
+        bias = (
+            alibi_bias(self.config.n_heads, key_len, self.alibi_bias_max, device)
+            if self.alibi
+            else None
+        )
         has_padding = attention_mask is not None and not bool(attention_mask.bool().all())
         if not has_padding and past_len == 0:
             return bias, None
@@ -87,11 +102,12 @@ class MPTModel(MPTPreTrainedModel):
         allowed = causal.view(1, 1, seq_len, key_len)
         if has_padding:
             assert attention_mask is not None
-            if attention_mask.shape[1] != key_len:
-                raise ValueError(
-                    f"attention_mask covers {attention_mask.shape[1]} tokens but the cache plus input hold {key_len}"
-                )
             allowed = allowed & attention_mask.bool().view(-1, 1, 1, key_len)
+            # A pad query would otherwise have no key left, and a fully masked softmax row turns
+            # uniform over *every* key, future tokens included: the logit at the last pad would
+            # see the next real token (a label leak) and the torch and SDPA paths would disagree
+            # on its gradient. Letting each query see itself keeps pad rows causal and finite.
+            allowed = allowed | _self_keys(seq_len, past_len, device).view(1, 1, seq_len, key_len)
         return bias, allowed
 
     def forward(
@@ -110,7 +126,9 @@ class MPTModel(MPTPreTrainedModel):
         Args:
             input_ids: ``(b, s)`` token ids (or pass ``inputs_embeds``).
             attention_mask: ``(b, past + s)``, 1 for real tokens and 0 for padding.
-            past_key_values: a ``Cache`` from an earlier call, for incremental decoding.
+            past_key_values: a ``Cache`` from an earlier call, for incremental decoding. A given
+                cache is always attended to and extended, whatever ``use_cache`` says (as in
+                ``transformers``' own models): its length already set the positions and mask.
             inputs_embeds: ``(b, s, d_model)`` instead of ``input_ids``.
             use_cache: return a cache (defaults to ``config.use_cache``).
             output_hidden_states: also return each block's input and the final output.
@@ -125,7 +143,7 @@ class MPTModel(MPTPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         x = self.wte(input_ids) if inputs_embeds is None else inputs_embeds
-        batch, seq_len = x.shape[:2]
+        seq_len = x.shape[1]
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache()
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
@@ -133,6 +151,13 @@ class MPTModel(MPTPreTrainedModel):
             raise ValueError(
                 f"sequence length {past_len + seq_len} exceeds max_seq_len={self.config.max_seq_len} "
                 "of a model with learned position embeddings"
+            )
+        if attention_mask is not None and attention_mask.shape[1] != past_len + seq_len:
+            # Positions and the padding mask are read off the mask, so a mask of the new tokens
+            # only would silently restart positions at 0.
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[1]} tokens but the cache plus input "
+                f"hold {past_len + seq_len}; pass the mask of the cached and the new tokens"
             )
         if self.config.learned_pos_emb:
             x = x + self.wpe(self._positions(attention_mask, past_len, seq_len, x.device))
@@ -146,7 +171,7 @@ class MPTModel(MPTPreTrainedModel):
         for layer_idx, block in enumerate(self.blocks):
             if output_hidden_states:
                 hidden_states.append(x)
-            x = block(x, bias, allowed, token_mask, past_key_values if use_cache else None, layer_idx)
+            x = block(x, bias, allowed, token_mask, past_key_values, layer_idx)
         x = self.norm_f(x)
         if output_hidden_states:
             hidden_states.append(x)
@@ -168,7 +193,11 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.config: MPTConfig = config
         self.transformer = MPTModel(config)
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head: nn.Linear | None = (
+            None
+            if config.tie_word_embeddings
+            else nn.Linear(config.d_model, config.vocab_size, bias=False)
+        )
         self.logit_multiplier = config.logit_multiplier
         self.post_init()
 
@@ -242,7 +271,10 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
                 ignore_index=-100,
             )
         return CausalLMOutputWithPast(
-            loss=loss, logits=logits, past_key_values=out.past_key_values, hidden_states=out.hidden_states
+            loss=loss,
+            logits=logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
         )
 
     def prepare_inputs_for_generation(

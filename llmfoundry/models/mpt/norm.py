@@ -85,7 +85,9 @@ class LPRMSNorm(RMSNorm):
             return self._normalize(x.to(dtype), _maybe_cast(self.weight, dtype))
 
 
-def build_norm(norm_type: str, d_model: int, eps: float, bias: bool, device: str | None) -> nn.Module:
+def build_norm(
+    norm_type: str, d_model: int, eps: float, bias: bool, device: str | None
+) -> nn.Module:
     """Create the norm layer named by ``norm_type`` (one of MPTConfig's ``norm_type`` values)."""
     if norm_type == "layernorm":
         return nn.LayerNorm(d_model, eps=eps, bias=bias, device=device)

@@ -8,6 +8,7 @@ weight 1, bias 0.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from functools import partial
@@ -36,11 +37,17 @@ def _weight_init_fn(config: MPTConfig) -> tuple[InitFn, float]:
         divisor = float(div)
     if name == "kaiming_normal_":
         fn: InitFn = partial(
-            nn.init.kaiming_normal_, a=cfg["init_gain"], mode=cfg["fan_mode"], nonlinearity=cfg["init_nonlinearity"]
+            nn.init.kaiming_normal_,
+            a=cfg["init_gain"],
+            mode=cfg["fan_mode"],
+            nonlinearity=cfg["init_nonlinearity"],
         )
     elif name == "kaiming_uniform_":
         fn = partial(
-            nn.init.kaiming_uniform_, a=cfg["init_gain"], mode=cfg["fan_mode"], nonlinearity=cfg["init_nonlinearity"]
+            nn.init.kaiming_uniform_,
+            a=cfg["init_gain"],
+            mode=cfg["fan_mode"],
+            nonlinearity=cfg["init_nonlinearity"],
         )
     elif name == "xavier_normal_":
         fn = partial(nn.init.xavier_normal_, gain=cfg["init_gain"])
@@ -48,7 +55,9 @@ def _weight_init_fn(config: MPTConfig) -> tuple[InitFn, float]:
         fn = partial(nn.init.xavier_uniform_, gain=cfg["init_gain"])
     elif name == "baseline_":
         if cfg["init_std"] is None:
-            raise ValueError("model.init_config.init_std must be set when init_config.name is baseline_")
+            raise ValueError(
+                "model.init_config.init_std must be set when init_config.name is baseline_"
+            )
         fn = partial(nn.init.normal_, mean=0.0, std=float(cfg["init_std"]))
     elif name == "small_init_":
         fn = partial(nn.init.normal_, mean=0.0, std=math.sqrt(2 / (5 * config.d_model)))
@@ -68,7 +77,7 @@ def _init_linear(module: nn.Linear, fn: InitFn, divisor: float) -> None:
         else:
             dim, splits = fused
             bounds = [0, *splits, module.weight.shape[dim]]
-            for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+            for start, end in itertools.pairwise(bounds):
                 fn(module.weight.narrow(dim, start, end - start))
         if getattr(module, "_is_residual", False):
             module.weight.div_(divisor)
@@ -84,7 +93,11 @@ def _init_embedding(module: nn.Embedding, fn: InitFn, config: MPTConfig) -> None
     if std is not None:
         nn.init.normal_(module.weight, mean=0.0, std=float(std))
     elif lim is not None:
-        low, high = (-float(lim), float(lim)) if isinstance(lim, (int, float)) else (float(lim[0]), float(lim[1]))
+        low, high = (
+            (-float(lim), float(lim))
+            if isinstance(lim, (int, float))
+            else (float(lim[0]), float(lim[1]))
+        )
         nn.init.uniform_(module.weight, low, high)
     else:
         fn(module.weight)

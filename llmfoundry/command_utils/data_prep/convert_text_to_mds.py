@@ -1,0 +1,426 @@
+"""Convert a folder of text files to MDS: every ``*.txt`` file (searched recursively) is a document.
+
+The documents are tokenized and concatenated into samples of exactly ``concat_tokens`` tokens.
+With several processes the files are split into contiguous groups, each written by one worker
+to its own sub-folder (``0/``, ``1/``, ...), and the groups' indexes are merged into one
+``index.json`` at the top of the output folder.
+
+A finished conversion leaves a done-marker recording its arguments and input files. Running
+the same conversion again does nothing; running a different one into the same folder fails
+unless ``reprocess`` is set, which deletes the folder's contents and converts again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streaming.base.util import merge_index
+from tqdm import tqdm
+
+from llmfoundry.data.data import (
+    TOKENS_COLUMNS,
+    ConcatTokensDataset,
+    MDSWriteSummary,
+    check_compression,
+    write_mds,
+)
+from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
+from llmfoundry.utils.tokenizer_utils import build_tokenizer
+
+logger = logging.getLogger(__name__)
+
+DONE_FILENAME = ".text_to_mds_conversion_done"
+
+
+@dataclass(frozen=True)
+class GroupTask:
+    """One worker's share of a conversion: its files and where it writes them."""
+
+    files: list[str]
+    out: str
+    tokenizer_name: str
+    concat_tokens: int
+    bos_text: str
+    eos_text: str
+    no_wrap: bool
+    compression: str | None
+
+
+def convert_text_to_mds(
+    tokenizer_name: str,
+    output_folder: str,
+    input_folder: str,
+    concat_tokens: int,
+    eos_text: str | None = "",
+    bos_text: str | None = "",
+    no_wrap: bool = False,
+    compression: str | None = "zstd",
+    processes: int = 1,
+    reprocess: bool = False,
+    use_tokenizer_eos: bool = False,
+) -> MDSWriteSummary:
+    """Convert the ``*.txt`` files under ``input_folder`` to concatenated-token MDS samples.
+
+    Args:
+        tokenizer_name: the tokenizer folder or hub name.
+        output_folder: where the MDS goes (local paths only for now).
+        input_folder: the folder searched recursively for ``*.txt`` files (local only for now).
+        concat_tokens: tokens per sample.
+        eos_text: text put after each document.
+        bos_text: text put before each document.
+        no_wrap: drop the rest of a document once it has filled a sample.
+        compression: shard compression (``zstd``), or None/``"none"``.
+        processes: worker processes; the files are split into this many groups at most.
+        reprocess: convert again even if the output folder holds a finished conversion.
+        use_tokenizer_eos: use the tokenizer's EOS token as ``eos_text``.
+
+    Returns:
+        What was written (or, when the conversion was already done, what had been written).
+
+    Raises:
+        ConfigError: on bad options, or an output folder holding a different conversion or other
+            files (the message says to pass ``--reprocess``).
+        MissingFileError: if ``input_folder`` does not exist.
+        DatasetError: if it holds no ``*.txt`` file, a file is not UTF-8, or nothing was written.
+        TokenizerError: if the tokenizer cannot be loaded.
+    """
+    check_options(
+        input_folder, output_folder, concat_tokens, processes, eos_text, use_tokenizer_eos
+    )
+    compression = check_compression(compression)
+    files = find_text_files(input_folder)
+    record = conversion_record(
+        input_folder,
+        files,
+        tokenizer_name=tokenizer_name,
+        concat_tokens=concat_tokens,
+        bos_text=bos_text or "",
+        eos_text=eos_text or "",
+        use_tokenizer_eos=use_tokenizer_eos,
+        no_wrap=no_wrap,
+        compression=compression,
+        processes=processes,
+    )
+    if not reprocess:
+        done = previous_conversion(output_folder, record)
+        if done is not None:
+            logger.info(
+                "already converted, nothing to do (pass --reprocess to redo): %s", done.describe()
+            )
+            return done
+    remove_folder(output_folder)
+
+    if use_tokenizer_eos:
+        eos_text = tokenizer_eos_text(tokenizer_name)
+    tasks = group_tasks(
+        files,
+        output_folder,
+        processes,
+        tokenizer_name=tokenizer_name,
+        concat_tokens=concat_tokens,
+        bos_text=bos_text or "",
+        eos_text=eos_text or "",
+        no_wrap=no_wrap,
+        compression=compression,
+    )
+    try:
+        summary = run_tasks(tasks, len(files), output_folder)
+    except BaseException:
+        remove_folder(output_folder)  # a failed conversion leaves nothing that looks finished
+        raise
+    if summary.num_samples == 0:
+        remove_folder(output_folder)
+        summary.check_not_empty()
+    write_done_marker(output_folder, record, summary)
+    logger.info("%s", summary.describe())
+    return summary
+
+
+def check_options(
+    input_folder: str,
+    output_folder: str,
+    concat_tokens: int,
+    processes: int,
+    eos_text: str | None,
+    use_tokenizer_eos: bool,
+) -> None:
+    """Fail on options that cannot work together.
+
+    Raises:
+        ConfigError: naming the option.
+    """
+    for flag, folder in (("--input_folder", input_folder), ("--output_folder", output_folder)):
+        if "://" in folder:
+            raise ConfigError(
+                f"{flag} '{folder}': object-store paths are not supported by convert_text_to_mds yet; "
+                "use a local folder"
+            )
+    if not isinstance(concat_tokens, int) or isinstance(concat_tokens, bool) or concat_tokens <= 0:
+        raise ConfigError(f"--concat_tokens must be a positive integer, got {concat_tokens!r}")
+    if not isinstance(processes, int) or isinstance(processes, bool) or processes <= 0:
+        raise ConfigError(f"--processes must be a positive integer, got {processes!r}")
+    if use_tokenizer_eos and eos_text:
+        raise ConfigError(
+            "--eos_text and --use_tokenizer_eos both set the EOS text; pass one of them"
+        )
+    output, input_ = Path(output_folder).resolve(), Path(input_folder).resolve()
+    if output == input_ or output in input_.parents:
+        raise ConfigError(
+            f"--output_folder '{output_folder}' contains --input_folder '{input_folder}'; "
+            "(re)processing would delete the input; choose another output folder"
+        )
+
+
+def tokenizer_eos_text(tokenizer_name: str) -> str:
+    """The text of the tokenizer's EOS token (for ``--use_tokenizer_eos``).
+
+    Raises:
+        ConfigError: if the tokenizer has no EOS token.
+        TokenizerError: if the tokenizer cannot be loaded.
+    """
+    eos_token = build_tokenizer(tokenizer_name).eos_token
+    if not isinstance(eos_token, str) or not eos_token:
+        raise ConfigError(
+            f"--use_tokenizer_eos: tokenizer '{tokenizer_name}' has no EOS token; pass --eos_text"
+        )
+    return eos_token
+
+
+def find_text_files(input_folder: str) -> list[Path]:
+    """The ``*.txt`` files under ``input_folder``, recursively, sorted by relative path.
+
+    Raises:
+        MissingFileError: if the folder does not exist.
+        DatasetError: if it holds no ``*.txt`` file.
+    """
+    folder = Path(input_folder)
+    if not folder.is_dir():
+        raise MissingFileError(f"--input_folder '{input_folder}' does not exist or is not a folder")
+    files = sorted(
+        (p for p in folder.rglob("*.txt") if p.is_file()),
+        key=lambda p: p.relative_to(folder).as_posix(),
+    )
+    if not files:
+        raise DatasetError(f"--input_folder '{input_folder}' holds no *.txt files")
+    return files
+
+
+def conversion_record(input_folder: str, files: list[Path], **options: Any) -> dict[str, Any]:
+    """What identifies a conversion: its options and its input files (relative path, size).
+
+    Args:
+        input_folder: the input folder (recorded as an absolute path).
+        files: the input files, found under ``input_folder``.
+        **options: the conversion's other options.
+
+    Returns:
+        A JSON-compatible record.
+    """
+    root = Path(input_folder)
+    listing = [[f.relative_to(root).as_posix(), f.stat().st_size] for f in files]
+    return {"args": {"input_folder": str(root.resolve()), **options}, "files": listing}
+
+
+def previous_conversion(output_folder: str, record: dict[str, Any]) -> MDSWriteSummary | None:
+    """The summary of a finished identical conversion in ``output_folder``, if there is one.
+
+    Returns:
+        The recorded summary, or None when the folder is absent or empty (free to write).
+
+    Raises:
+        ConfigError: if the folder holds a different conversion, or files without a done-marker
+            (an interrupted run, or unrelated data); the message says to pass ``--reprocess``.
+    """
+    folder = Path(output_folder)
+    marker = folder / DONE_FILENAME
+    if not marker.is_file():
+        if folder.is_dir() and any(folder.iterdir()):
+            raise ConfigError(
+                f"--output_folder '{output_folder}' is not empty and holds no finished conversion "
+                "(an interrupted run?); pass --reprocess to overwrite it, or choose another folder"
+            )
+        return None
+    try:
+        done = json.loads(marker.read_text(encoding="utf-8"))
+        previous = {"args": done["args"], "files": done["files"]}
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ConfigError(
+            f"the done-marker {marker} is unreadable; pass --reprocess to convert again"
+        ) from None
+    difference = describe_difference(previous, json.loads(json.dumps(record)))
+    if difference:
+        raise ConfigError(
+            f"--output_folder '{output_folder}' holds a conversion with {difference}; "
+            "pass --reprocess to replace it, or choose another folder"
+        )
+    return MDSWriteSummary(int(done["num_samples"]), int(done["num_tokens"]), output_folder)
+
+
+def describe_difference(previous: dict[str, Any], current: dict[str, Any]) -> str:
+    """How two conversion records differ, in a few words (``""`` if they do not)."""
+    changed = [
+        f"{key} {previous['args'].get(key)!r} (now {value!r})"
+        for key, value in current["args"].items()
+        if previous["args"].get(key) != value
+    ]
+    if changed:
+        return "different arguments: " + ", ".join(changed)
+    before, after = dict(map(tuple, previous["files"])), dict(map(tuple, current["files"]))
+    if before != after:
+        added = len(after.keys() - before.keys())
+        removed = len(before.keys() - after.keys())
+        resized = sum(1 for name in after.keys() & before.keys() if after[name] != before[name])
+        return f"different input files ({added} added, {removed} removed, {resized} changed size)"
+    return ""
+
+
+def remove_folder(folder: str) -> None:
+    """Delete ``folder`` and everything in it, if it exists."""
+    if Path(folder).exists():
+        logger.info("removing the previous contents of %s", folder)
+        shutil.rmtree(folder)
+
+
+def group_tasks(
+    files: list[Path], output_folder: str, processes: int, **options: Any
+) -> list[GroupTask]:
+    """Split ``files`` into at most ``processes`` contiguous groups, one task each.
+
+    A single group writes straight into ``output_folder``; several write to ``<output_folder>/<i>``.
+
+    Args:
+        files: the input files, in order.
+        output_folder: the output folder.
+        processes: the most groups to make.
+        **options: the other :class:`GroupTask` fields.
+
+    Returns:
+        The tasks.
+    """
+    per_group = math.ceil(len(files) / min(processes, len(files)))
+    groups = [files[start : start + per_group] for start in range(0, len(files), per_group)]
+    return [
+        GroupTask(
+            files=[str(f) for f in group],
+            out=output_folder if len(groups) == 1 else os.path.join(output_folder, str(index)),
+            **options,
+        )
+        for index, group in enumerate(groups)
+    ]
+
+
+def run_tasks(tasks: list[GroupTask], num_files: int, output_folder: str) -> MDSWriteSummary:
+    """Run the group tasks (in worker processes when there are several) with a progress bar.
+
+    Returns:
+        The combined summary; several groups' indexes are merged into ``output_folder``.
+    """
+    with tqdm(total=num_files, desc="files", unit=" files") as bar:
+        if len(tasks) == 1:
+            summaries = [convert_group(tasks[0], lambda: bar.update(1))]
+        else:
+            summaries = run_in_workers(tasks, bar)
+    if len(tasks) > 1:
+        merge_group_indexes([task.out for task in tasks], output_folder)
+    total = MDSWriteSummary(0, 0, output_folder)
+    for summary in summaries:
+        total = total.merged_with(summary, output_folder)
+    return total
+
+
+def merge_group_indexes(group_folders: list[str], output_folder: str) -> None:
+    """Write ``output_folder/index.json`` covering the shards of every group folder."""
+    # merge_index warns about its temporary folder and the existing output folder, both
+    # expected here; keep those two lines out of the user's log.
+    previous_disable = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        merge_index([os.path.join(folder, "index.json") for folder in group_folders], output_folder)
+    finally:
+        logging.disable(previous_disable)
+
+
+_files_done: Any = None  # a worker's shared counter of converted files, set by its initializer
+
+
+def run_in_workers(tasks: list[GroupTask], bar: tqdm) -> list[MDSWriteSummary]:
+    """Run each task in its own worker process, advancing ``bar`` as files are converted."""
+    # The default start method (fork on Linux) lets workers reuse the parent's imports, which
+    # take seconds (torch, transformers, streaming).
+    context = multiprocessing.get_context()
+    files_done = context.Value("q", 0)
+    with context.Pool(len(tasks), initializer=_set_files_done, initargs=(files_done,)) as pool:
+        pending = pool.map_async(_convert_group_in_worker, tasks)
+        while not pending.ready():
+            pending.wait(0.2)
+            bar.update(files_done.value - bar.n)
+        summaries = pending.get()
+    bar.update(files_done.value - bar.n)
+    return summaries
+
+
+def _set_files_done(counter: Any) -> None:
+    global _files_done
+    _files_done = counter
+
+
+def _count_file_done() -> None:
+    with _files_done.get_lock():
+        _files_done.value += 1
+
+
+def _convert_group_in_worker(task: GroupTask) -> MDSWriteSummary:
+    return convert_group(task, _count_file_done)
+
+
+def convert_group(task: GroupTask, on_file_done: Callable[[], object]) -> MDSWriteSummary:
+    """Convert one group's files into its MDS folder.
+
+    Args:
+        task: the files, the output folder and the conversion options.
+        on_file_done: called after each file has been read.
+
+    Returns:
+        What this group wrote.
+    """
+    tokenizer = build_tokenizer(task.tokenizer_name)
+    documents = read_documents(task.files, on_file_done)
+    samples = ConcatTokensDataset(
+        documents, tokenizer, task.concat_tokens, task.bos_text, task.eos_text, task.no_wrap
+    )
+    return write_mds(samples, task.out, TOKENS_COLUMNS, task.compression)
+
+
+def read_documents(files: list[str], on_file_done: Callable[[], object]) -> Iterator[str]:
+    """Yield each file's text, calling ``on_file_done`` after each.
+
+    Raises:
+        DatasetError: if a file is not UTF-8 text.
+    """
+    for file in files:
+        try:
+            text = Path(file).read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise DatasetError(
+                f"'{file}' is not UTF-8 text (byte {err.start}); convert or remove it"
+            ) from err
+        yield text
+        on_file_done()
+
+
+def write_done_marker(output_folder: str, record: dict[str, Any], summary: MDSWriteSummary) -> None:
+    """Record a finished conversion in ``output_folder``, atomically (temp name, then rename)."""
+    marker = Path(output_folder) / DONE_FILENAME
+    temporary = marker.with_name(marker.name + ".tmp")
+    content = {**record, "num_samples": summary.num_samples, "num_tokens": summary.num_tokens}
+    temporary.write_text(json.dumps(content, indent=1), encoding="utf-8")
+    os.replace(temporary, marker)

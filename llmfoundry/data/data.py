@@ -1,0 +1,286 @@
+"""The converters' core: turn documents into samples and write them as MDS.
+
+Pretraining data is a stream of token ids cut into samples of exactly ``max_length`` tokens:
+:class:`ConcatTokensDataset` tokenizes each document, puts the BOS/EOS separator tokens around
+it, appends it to a buffer and cuts full samples off the front. :class:`NoConcatDataset` passes
+the documents through as text. :func:`write_mds` writes either kind of sample to an MDS folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from streaming import MDSWriter
+from streaming.base.compression import get_compressions
+from torch.utils.data import IterableDataset
+from transformers import PreTrainedTokenizerBase
+
+from llmfoundry.utils.exceptions import ConfigError, DatasetError, did_you_mean
+
+logger = logging.getLogger(__name__)
+
+TOKENS_COLUMNS = {"tokens": "ndarray:int32"}
+TEXT_COLUMNS = {"text": "str"}
+
+Document = str | Mapping[str, Any]
+
+
+def iter_document_texts(documents: Iterable[Document]) -> Iterator[str]:
+    """Yield the text of each document.
+
+    Args:
+        documents: strings, or rows (such as a Hugging Face dataset's) with a ``text`` field.
+
+    Yields:
+        Each document's text.
+
+    Raises:
+        DatasetError: if a row has no string ``text`` field (names the row's index).
+    """
+    for index, document in enumerate(documents):
+        if isinstance(document, str):
+            yield document
+            continue
+        text = document.get("text")
+        if not isinstance(text, str):
+            raise DatasetError(
+                f"document {index} has no string 'text' field (keys: {', '.join(map(str, document))}); "
+                "every row needs its text in a 'text' field"
+            )
+        yield text
+
+
+class NoConcatDataset(IterableDataset):
+    """Documents as they are: yields ``{'text': str}`` for each one.
+
+    Args:
+        documents: strings, or rows with a ``text`` field (a Hugging Face dataset works).
+    """
+
+    def __init__(self, documents: Iterable[Document]) -> None:
+        self.documents = documents
+
+    def __iter__(self) -> Iterator[dict[str, str]]:
+        for text in iter_document_texts(self.documents):
+            yield {"text": text}
+
+
+class ConcatTokensDataset(IterableDataset):
+    """Tokenized documents, concatenated and cut into samples of exactly ``max_length`` tokens.
+
+    Each document becomes ``bos tokens + tokenizer(document) + eos tokens``; the document is
+    tokenized as the tokenizer does by default (a tokenizer that adds its own BOS, like Llama's,
+    adds it here too), the separators without special tokens. The pieces are appended to a buffer
+    and full samples are cut off its front. With wrapping (the default) what is left after the
+    last full sample starts the next one; with ``no_wrap`` the buffer is emptied after a document
+    has filled a sample, so the rest of that document is dropped. Short documents still share a
+    sample. The final partial sample is dropped.
+
+    Args:
+        documents: strings, or rows with a ``text`` field (a Hugging Face dataset works).
+        tokenizer: the tokenizer.
+        max_length: tokens per sample.
+        bos_text: text put before each document (e.g. ``<|endoftext|>``), or ``""``.
+        eos_text: text put after each document, or ``""``.
+        no_wrap: drop the rest of a document once it has filled a sample.
+
+    Raises:
+        ConfigError: if ``max_length`` is not a positive integer.
+
+    Yields (when iterated):
+        ``{'tokens': np.ndarray}`` of ``max_length`` int32 token ids.
+    """
+
+    def __init__(
+        self,
+        documents: Iterable[Document],
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+        bos_text: str = "",
+        eos_text: str = "",
+        no_wrap: bool = False,
+    ) -> None:
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= 0:
+            raise ConfigError(f"concat_tokens must be a positive integer, got {max_length!r}")
+        self.documents = documents
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.should_wrap = not no_wrap
+        self.bos_tokens = separator_tokens(tokenizer, bos_text or "", "bos_text")
+        self.eos_tokens = separator_tokens(tokenizer, eos_text or "", "eos_text")
+        warn_about_separators(tokenizer, bos_text or "", eos_text or "")
+
+    def __iter__(self) -> Iterator[dict[str, NDArray[np.int32]]]:
+        length = self.max_length
+        buffer = np.empty(0, dtype=np.int32)
+        for text in iter_document_texts(self.documents):
+            # verbose=False: documents are longer than model_max_length on purpose.
+            ids = self.tokenizer(text, truncation=False, padding=False, verbose=False)["input_ids"]
+            buffer = np.concatenate(
+                [buffer, self.bos_tokens, np.asarray(ids, dtype=np.int32), self.eos_tokens]
+            )
+            num_full = len(buffer) // length
+            if num_full == 0:
+                continue
+            if not self.should_wrap:
+                num_full = 1
+            for start in range(0, num_full * length, length):
+                yield {"tokens": buffer[start : start + length].copy()}
+            if self.should_wrap:
+                buffer = buffer[num_full * length :].copy()
+            else:
+                buffer = np.empty(0, dtype=np.int32)
+
+
+def separator_tokens(tokenizer: PreTrainedTokenizerBase, text: str, name: str) -> NDArray[np.int32]:
+    """Token ids of a BOS/EOS separator text (no special tokens added by the tokenizer).
+
+    Args:
+        tokenizer: the tokenizer.
+        text: the separator text, or ``""`` for none.
+        name: the option that set it (``bos_text``), for the warning.
+
+    Returns:
+        The ids (empty for ``""``); a warning is logged when they are more than one token.
+    """
+    if not text:
+        return np.empty(0, dtype=np.int32)
+    ids = tokenizer(text, add_special_tokens=False, truncation=False, padding=False)["input_ids"]
+    if len(ids) > 1:
+        logger.warning(
+            "%s %r is %d tokens, not one; each document will be wrapped in all of them "
+            "(use the tokenizer's special token text, e.g. %r, for a single separator token)",
+            name,
+            text,
+            len(ids),
+            tokenizer.eos_token,
+        )
+    return np.asarray(ids, dtype=np.int32)
+
+
+def warn_about_separators(tokenizer: PreTrainedTokenizerBase, bos_text: str, eos_text: str) -> None:
+    """Warn when documents would run together, or when separators may be doubled.
+
+    Args:
+        tokenizer: the tokenizer.
+        bos_text: the BOS separator text, or ``""``.
+        eos_text: the EOS separator text, or ``""``.
+    """
+    adds_special_tokens = len(tokenizer("", verbose=False)["input_ids"]) > 0
+    if not adds_special_tokens and not bos_text and not eos_text:
+        logger.warning(
+            "the tokenizer adds no BOS/EOS token and bos_text/eos_text are empty: documents will be "
+            "concatenated with no separator; pass --eos_text %r (or --use_tokenizer_eos)",
+            tokenizer.eos_token,
+        )
+    elif adds_special_tokens and (bos_text or eos_text):
+        logger.warning(
+            "the tokenizer adds special tokens of its own and bos_text/eos_text are set too: "
+            "documents may get duplicated separators"
+        )
+
+
+@dataclass(frozen=True)
+class MDSWriteSummary:
+    """What a conversion wrote.
+
+    Attributes:
+        num_samples: samples written.
+        num_tokens: tokens written (0 for text samples, which are not tokenized).
+        out: the output folder.
+    """
+
+    num_samples: int
+    num_tokens: int
+    out: str
+
+    def merged_with(self, other: MDSWriteSummary, out: str) -> MDSWriteSummary:
+        """The summary of this write and ``other`` together, as written to ``out``."""
+        return MDSWriteSummary(
+            self.num_samples + other.num_samples, self.num_tokens + other.num_tokens, out
+        )
+
+    def check_not_empty(self) -> None:
+        """Raise if nothing was written.
+
+        Raises:
+            DatasetError: naming the output folder and the likely cause.
+        """
+        if self.num_samples == 0:
+            raise DatasetError(
+                f"no samples were written to {self.out}: the input is empty or, when "
+                "concatenating, holds fewer tokens than one sample; add data or lower --concat_tokens"
+            )
+
+    def describe(self) -> str:
+        """A one-line summary for the log."""
+        if self.num_tokens:
+            return f"wrote {self.num_samples:,} samples ({self.num_tokens:,} tokens) to {self.out}"
+        return f"wrote {self.num_samples:,} text samples (not tokenized) to {self.out}"
+
+
+def check_compression(compression: str | None) -> str | None:
+    """The shard compression to use: ``None`` for none (also spelled ``"none"``), else a known one.
+
+    Args:
+        compression: e.g. ``zstd``, ``zstd:7``, ``gz``, ``none`` or None.
+
+    Returns:
+        The compression, or None.
+
+    Raises:
+        ConfigError: on an unknown compression, with the closest known one.
+    """
+    if compression is None or compression.lower() in ("", "none"):
+        return None
+    known = get_compressions()
+    if compression not in known:
+        raise ConfigError(
+            f"--compression '{compression}' is not supported{did_you_mean(compression, known)} "
+            "(use none, zstd, gz, bz2, br or snappy, optionally with a level: zstd:7)"
+        )
+    return compression
+
+
+def write_mds(
+    samples: Iterable[Mapping[str, Any]],
+    out: str,
+    columns: Mapping[str, str],
+    compression: str | None,
+) -> MDSWriteSummary:
+    """Write ``samples`` to a new MDS folder.
+
+    Args:
+        samples: dicts with the keys of ``columns``.
+        out: the output folder (must be empty or absent).
+        columns: MDS column encodings, e.g. :data:`TOKENS_COLUMNS` or :data:`TEXT_COLUMNS`.
+        compression: shard compression (``zstd``) or None.
+
+    Returns:
+        The counts written.
+
+    Raises:
+        Whatever reading ``samples`` raises; the partial output folder is removed first.
+    """
+    num_samples = 0
+    num_tokens = 0
+    try:
+        with MDSWriter(out=out, columns=dict(columns), compression=compression) as writer:
+            for sample in samples:
+                writer.write(dict(sample))
+                num_samples += 1
+                if "tokens" in sample:
+                    num_tokens += len(sample["tokens"])
+    except BaseException:
+        # The writer finishes its index even when interrupted; remove the partial folder so it
+        # cannot be mistaken for a whole dataset (MDSWriter only writes into an empty folder).
+        if "://" not in out:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return MDSWriteSummary(num_samples=num_samples, num_tokens=num_tokens, out=out)

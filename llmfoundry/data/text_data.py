@@ -1,0 +1,446 @@
+"""Pretraining data: token (or text) samples from MDS folders, batched for a causal LM.
+
+:class:`StreamingTextDataset` reads the MDS written by ``scripts/data_prep/convert_*.py``;
+:class:`CausalLMCollator` pads samples into a batch; :func:`build_text_dataloader` is the
+``text`` entry of the ``dataloaders`` registry (a ``train_loader:``/``eval_loader:`` section).
+
+Run as a script to print a few samples of a dataset::
+
+    python llmfoundry/data/text_data.py --local_path my-mds --split val --tokenizer my-tokenizer
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from composer.core import DataSpec
+from streaming import Stream, StreamingDataset
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+
+from llmfoundry.utils.exceptions import ConfigError, DatasetError, TokenizerError, did_you_mean
+from llmfoundry.utils.registry_utils import check_kwargs
+
+logger = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100  # label value that the cross-entropy loss skips
+TOKEN_ENCODING_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+CONVERT_HINT = "write it with scripts/data_prep/convert_text_to_mds.py or convert_dataset_json.py"
+
+
+class StreamingTextDataset(StreamingDataset):
+    """Samples of token ids from MDS folders, local or streamed from an object store.
+
+    A sample is read from its ``tokens`` column (``ndarray`` of int32/int64, or legacy ``bytes``
+    decoded with ``token_encoding_type``; ``input_ids`` is accepted too) or, failing that, from a
+    ``text`` column tokenized on the fly. Either way it is truncated to ``max_seq_len``. The
+    keyword arguments after ``max_seq_len`` are ``streaming.StreamingDataset``'s, with its
+    defaults.
+
+    Args:
+        tokenizer: needed for ``text`` columns; may be None for token columns.
+        max_seq_len: the longest sample, in tokens.
+        streams: several sources mixed together, instead of ``remote``/``local``.
+        remote: where the MDS files live (an object-store URI), or None for local data only.
+        local: the local folder (cache, when ``remote`` is set).
+        split: the sub-folder of ``local``/``remote`` to read (``train``, ``val``).
+        download_retry: download attempts per shard.
+        download_timeout: seconds allowed per shard download.
+        validate_hash: hash algorithm to check shards with, or None.
+        keep_zip: keep compressed shards after decompressing.
+        epoch_size: samples per epoch (resampled), or None for the dataset's size.
+        predownload: samples to download ahead per worker.
+        cache_limit: bytes (or ``"10gb"``) of local cache before shards are evicted.
+        partition_algo: how samples are split over nodes, ranks and workers.
+        num_canonical_nodes: nodes the shuffle is defined for (keeps resumption stable).
+        batch_size: per-device batch size (set by the data loader builder).
+        shuffle: shuffle the samples.
+        shuffle_algo: streaming's shuffle algorithm (``py1e``, ``py1br``, ...).
+        shuffle_seed: the shuffle's seed.
+        shuffle_block_size: samples per shuffle block.
+        sampling_method: ``balanced`` or ``fixed``.
+        sampling_granularity: samples drawn per shard at a time.
+        batching_method: ``random``, ``stratified``, ``per_stream`` or ``device_per_stream``.
+        allow_unsafe_types: allow pickle columns.
+        replication: ranks that see the same samples (tensor/sequence parallelism).
+        stream_name: the streams registry entry used for ``remote``/``local``.
+        stream_config: extra keyword arguments for that stream.
+        token_encoding_type: the dtype of legacy ``bytes`` token columns.
+        eos_token_id: the EOS id, stored for sequence-id computation.
+        bos_token_id: the BOS id, stored for sequence-id computation.
+
+    Raises:
+        ConfigError: on a bad ``max_seq_len`` or ``token_encoding_type``, or no data source.
+        DatasetError: if a local folder or split (with no ``remote``) has no MDS index.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase | None,
+        max_seq_len: int,
+        streams: Sequence[Stream] | None = None,
+        remote: str | None = None,
+        local: str | None = None,
+        split: str | None = None,
+        download_retry: int = 2,
+        download_timeout: float = 60,
+        validate_hash: str | None = None,
+        keep_zip: bool = False,
+        epoch_size: int | str | None = None,
+        predownload: int | None = None,
+        cache_limit: int | str | None = None,
+        partition_algo: str = "relaxed",
+        num_canonical_nodes: int | None = None,
+        batch_size: int | None = None,
+        shuffle: bool = False,
+        shuffle_algo: str = "py1e",
+        shuffle_seed: int = 9176,
+        shuffle_block_size: int | None = None,
+        sampling_method: str = "balanced",
+        sampling_granularity: int = 1,
+        batching_method: str = "random",
+        allow_unsafe_types: bool = False,
+        replication: int | None = None,
+        stream_name: str = "stream",
+        stream_config: dict[str, Any] | None = None,
+        token_encoding_type: str = "int64",
+        eos_token_id: int | None = None,
+        bos_token_id: int | None = None,
+    ) -> None:
+        if not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool) or max_seq_len <= 0:
+            raise ConfigError(f"max_seq_len must be a positive integer, got {max_seq_len!r}")
+        if token_encoding_type not in TOKEN_ENCODING_TYPES:
+            raise ConfigError(
+                f"token_encoding_type '{token_encoding_type}' is not supported"
+                f"{did_you_mean(token_encoding_type, TOKEN_ENCODING_TYPES)} "
+                f"(supported: {', '.join(TOKEN_ENCODING_TYPES)})"
+            )
+        if not streams and not remote and not local:
+            raise ConfigError(
+                "the dataset needs `local` (a folder of MDS files), `remote` or `streams`"
+            )
+        for stream in streams or []:
+            check_index_available(stream.local, stream.split or split, stream.remote or remote)
+        if not streams:
+            check_index_available(local, split, remote)
+
+        super().__init__(
+            streams=streams,
+            remote=remote,
+            local=local,
+            split=split,
+            download_retry=download_retry,
+            download_timeout=download_timeout,
+            validate_hash=validate_hash,
+            keep_zip=keep_zip,
+            epoch_size=epoch_size,
+            predownload=predownload,
+            cache_limit=cache_limit,
+            partition_algo=partition_algo,
+            num_canonical_nodes=num_canonical_nodes,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            shuffle_algo=shuffle_algo,
+            shuffle_seed=shuffle_seed,
+            shuffle_block_size=shuffle_block_size,
+            sampling_method=sampling_method,
+            sampling_granularity=sampling_granularity,
+            batching_method=batching_method,
+            allow_unsafe_types=allow_unsafe_types,
+            replication=replication,
+            stream_name=stream_name,
+            stream_config=stream_config,
+        )
+        self.tokenizer = tokenizer
+        self.max_seq_len = max_seq_len
+        self.token_encoding_type = token_encoding_type
+        self.eos_token_id = eos_token_id
+        self.bos_token_id = bos_token_id
+
+    def __getitem__(self, idx: int) -> torch.Tensor:  # type: ignore[override]
+        """The token ids of sample ``idx`` (int64, at most ``max_seq_len`` of them).
+
+        Raises:
+            DatasetError: if the sample has no ``tokens``, ``input_ids`` or ``text`` column.
+            ConfigError: if it has only text and the dataset has no tokenizer.
+        """
+        sample = super().__getitem__(idx)
+        for column in ("tokens", "input_ids"):
+            if column in sample:
+                return self._read_tokens(sample[column])
+        if "text" in sample:
+            return self._tokenize(sample["text"])
+        raise DatasetError(
+            f"sample {idx} has no 'tokens', 'input_ids' or 'text' column "
+            f"(columns: {', '.join(sample)}); {CONVERT_HINT}"
+        )
+
+    def _read_tokens(self, value: np.ndarray | bytes) -> torch.Tensor:
+        if isinstance(value, bytes):
+            value = np.frombuffer(value, dtype=self.token_encoding_type)
+        return torch.from_numpy(np.array(value[: self.max_seq_len], dtype=np.int64))  # a copy
+
+    def _tokenize(self, text: str) -> torch.Tensor:
+        if self.tokenizer is None:
+            raise ConfigError(
+                "the dataset holds text, which needs a tokenizer; set the run's `tokenizer` "
+                "(or --tokenizer)"
+            )
+        ids = self.tokenizer(text, truncation=True, max_length=self.max_seq_len)["input_ids"]
+        return torch.tensor(ids, dtype=torch.int64)
+
+
+def check_index_available(local: str | None, split: str | None, remote: str | None) -> None:
+    """Fail early, by name, when local-only data has no MDS index.
+
+    Args:
+        local: the local folder.
+        split: the split sub-folder, or None.
+        remote: the remote; when set, missing local files are downloaded, so nothing is checked.
+
+    Raises:
+        DatasetError: naming the missing folder or split and how to create it.
+    """
+    if remote or local is None:
+        return
+    folder = Path(local)
+    if not folder.is_dir():
+        raise DatasetError(
+            f"dataset folder '{local}' does not exist and no remote is set; {CONVERT_HINT}"
+        )
+    index = folder / (split or "") / "index.json"
+    if index.is_file():
+        return
+    if split:
+        found = sorted(p.parent.name for p in folder.glob("*/index.json"))
+        raise DatasetError(
+            f"split '{split}' not found in '{local}' (no {index}); "
+            f"splits there: {', '.join(found) or 'none'}; {CONVERT_HINT}"
+        )
+    raise DatasetError(f"no MDS index at '{index}'; {CONVERT_HINT}")
+
+
+class CausalLMCollator:
+    """Pad token-id samples on the right into a causal-LM batch.
+
+    Labels equal ``input_ids`` with ``-100`` at the padding; they are not shifted (the model
+    scores ``labels[t]`` against its prediction at ``t - 1``).
+
+    Args:
+        pad_token_id: the id put in padded positions.
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, samples: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Batch ``samples`` (1-D tensors of token ids) padded to the longest one.
+
+        Returns:
+            ``input_ids``, ``attention_mask`` (1 on real tokens) and ``labels``, each
+            ``(batch, longest)`` int64.
+        """
+        longest = max(len(sample) for sample in samples)
+        input_ids = torch.full((len(samples), longest), self.pad_token_id, dtype=torch.int64)
+        attention_mask = torch.zeros((len(samples), longest), dtype=torch.int64)
+        for row, sample in enumerate(samples):
+            input_ids[row, : len(sample)] = torch.as_tensor(sample, dtype=torch.int64)
+            attention_mask[row, : len(sample)] = 1
+        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def count_tokens_in_batch(batch: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Token counts of a batch, for Composer's token-based durations and logging.
+
+    Args:
+        batch: a batch from :class:`CausalLMCollator`.
+
+    Returns:
+        ``total``: non-padding tokens; ``loss_generating``: tokens with a label that is scored
+        (the first position of each row has no prediction before it, so it is not counted).
+    """
+    total = int(batch["attention_mask"].sum().item())
+    labels = batch["labels"]
+    scored = int((labels[:, 1:] != IGNORE_INDEX).sum().item())
+    return {"total": total, "loss_generating": scored}
+
+
+def build_streams(streams: Mapping[str, Mapping[str, Any]], section: str) -> list[Stream]:
+    """Build the ``streams:`` mapping (``{name: {remote, local, split, proportion, ...}}``).
+
+    Args:
+        streams: each stream's keyword arguments for ``streaming.Stream``, by name.
+        section: the key path of the mapping, for messages.
+
+    Returns:
+        The streams.
+
+    Raises:
+        ConfigError: naming an unknown key of a stream.
+    """
+    built = []
+    for name, kwargs in streams.items():
+        if not isinstance(kwargs, Mapping):
+            raise ConfigError(f"{section}.{name} must be a mapping of Stream keyword arguments")
+        check_kwargs(Stream, kwargs, f"{section}.{name}")
+        built.append(Stream(**kwargs))
+    return built
+
+
+def pad_token_id_of(tokenizer: PreTrainedTokenizerBase | None) -> int:
+    """The tokenizer's pad id (EOS id when it has no pad token; 0 without a tokenizer).
+
+    Raises:
+        TokenizerError: if the tokenizer has neither a pad nor an EOS token.
+    """
+    if tokenizer is None:
+        return 0
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id
+    if not isinstance(pad_id, int):
+        raise TokenizerError(
+            "the tokenizer has no pad or EOS token to pad batches with; "
+            "set tokenizer.kwargs.pad_token"
+        )
+    return pad_id
+
+
+def build_text_dataloader(
+    tokenizer: PreTrainedTokenizerBase,
+    device_batch_size: int,
+    dataset: Mapping[str, Any],
+    drop_last: bool = True,
+    num_workers: int = 8,
+    pin_memory: bool = True,
+    prefetch_factor: int = 2,
+    persistent_workers: bool = True,
+    timeout: float = 0,
+    *,
+    section: str = "train_loader",
+) -> DataSpec:
+    """Build a ``text`` loader section: MDS samples padded into causal-LM batches.
+
+    Args:
+        tokenizer: the run's tokenizer (its pad id pads the batches).
+        device_batch_size: samples per batch on this device.
+        dataset: :class:`StreamingTextDataset`'s keyword arguments (``max_seq_len`` is required;
+            ``streams`` is a mapping of stream name to ``streaming.Stream`` keyword arguments).
+        drop_last: drop the last incomplete batch.
+        num_workers: data loader worker processes (0 loads in the main process).
+        pin_memory: pin batches in page-locked memory.
+        prefetch_factor: batches loaded ahead per worker (ignored with 0 workers).
+        persistent_workers: keep workers alive between epochs (ignored with 0 workers).
+        timeout: seconds to wait for a batch from a worker (0: forever).
+        section: the loader's key path, for messages (``train_loader``, ``eval_loader``).
+
+    Returns:
+        A ``DataSpec`` whose token count is the number of non-padding tokens.
+
+    Raises:
+        ConfigError: naming an unknown or missing ``dataset`` key.
+        DatasetError: if the data is missing.
+    """
+    dataset_kwargs = dict(dataset)
+    check_kwargs(
+        StreamingTextDataset,
+        dataset_kwargs,
+        f"{section}.dataset",
+        reserved={"tokenizer", "batch_size"},
+    )
+    if "max_seq_len" not in dataset_kwargs:
+        raise ConfigError(
+            f"{section}.dataset.max_seq_len is missing; set the sample length in tokens"
+        )
+    if dataset_kwargs.get("streams") is not None:
+        dataset_kwargs["streams"] = build_streams(
+            dataset_kwargs["streams"], f"{section}.dataset.streams"
+        )
+    text_dataset = StreamingTextDataset(
+        tokenizer=tokenizer, batch_size=device_batch_size, **dataset_kwargs
+    )
+    # torch rejects prefetch_factor/persistent_workers when loading in the main process.
+    worker_kwargs: dict[str, Any] = (
+        {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers}
+        if num_workers > 0
+        else {}
+    )
+    loader = DataLoader(
+        text_dataset,
+        batch_size=device_batch_size,
+        collate_fn=CausalLMCollator(pad_token_id_of(tokenizer)),
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        timeout=timeout,
+        **worker_kwargs,
+    )
+    return DataSpec(loader, get_num_tokens_in_batch=count_tokens_in_batch)
+
+
+def print_samples(
+    local_path: str,
+    split: str | None,
+    tokenizer_name: str | None,
+    max_seq_len: int,
+    remote_path: str | None = None,
+    num_batches: int = 2,
+    batch_size: int = 2,
+) -> None:
+    """Print the first samples of an MDS dataset: decoded text with a tokenizer, else token ids.
+
+    Raises:
+        UserError: if the data or tokenizer is missing.
+    """
+    from llmfoundry.utils.tokenizer_utils import build_tokenizer
+
+    tokenizer = build_tokenizer(tokenizer_name) if tokenizer_name else None
+    dataset = StreamingTextDataset(
+        tokenizer=tokenizer,
+        max_seq_len=max_seq_len,
+        local=local_path,
+        remote=remote_path,
+        split=split,
+        batch_size=batch_size,
+    )
+    loader = DataLoader(
+        dataset, batch_size=batch_size, collate_fn=CausalLMCollator(pad_token_id_of(tokenizer))
+    )
+    for batch_index, batch in enumerate(loader):
+        if batch_index >= num_batches:
+            break
+        for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
+            ids = row[mask.bool()].tolist()
+            print(f"--- {len(ids)} tokens ---")
+            print(tokenizer.decode(ids) if tokenizer is not None else ids)
+
+
+if __name__ == "__main__":
+    import sys
+
+    from llmfoundry.utils.cli_utils import run_user_command
+
+    parser = argparse.ArgumentParser(description="Print a few samples of an MDS text dataset.")
+    parser.add_argument("--local_path", required=True, help="the local MDS folder")
+    parser.add_argument("--remote_path", default=None, help="the remote MDS folder, if any")
+    parser.add_argument("--split", default="val", help="the split sub-folder (default: val)")
+    parser.add_argument("--tokenizer", default=None, help="decode samples with this tokenizer")
+    parser.add_argument("--max_seq_len", type=int, default=32, help="truncate samples to this")
+    args = parser.parse_args()
+    sys.exit(
+        run_user_command(
+            print_samples,
+            args.local_path,
+            args.split,
+            args.tokenizer,
+            args.max_seq_len,
+            args.remote_path,
+        )
+    )

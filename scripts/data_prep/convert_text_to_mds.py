@@ -1,0 +1,34 @@
+"""Convert a folder of ``*.txt`` files to concatenated-token MDS; see ``--help``."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+try:
+    import llmfoundry  # noqa: F401
+except ImportError:  # a checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
+from llmfoundry.utils.cli_utils import parse_bool, run_user_command
+
+parser = argparse.ArgumentParser(description="Convert a folder of *.txt files to MDS.")
+parser.add_argument("--input_folder", required=True, help="searched recursively for *.txt files")
+parser.add_argument("--output_folder", required=True, help="where the MDS goes")
+parser.add_argument("--compression", default="zstd", help="shard compression (default: zstd)")
+parser.add_argument("--concat_tokens", type=int, required=True, help="tokens per sample")
+parser.add_argument("--tokenizer", dest="tokenizer_name", required=True, help="folder or hub name")
+parser.add_argument("--bos_text", default="", help="text put before each document")
+parser.add_argument("--eos_text", default="", help="text put after each document")
+parser.add_argument(
+    "--use_tokenizer_eos", action="store_true", help="use the tokenizer's EOS as eos_text"
+)
+parser.add_argument(
+    "--no_wrap", action="store_true", help="drop a document's tokens past one sample"
+)
+parser.add_argument("--processes", type=int, default=min(max((os.cpu_count() or 1) - 2, 1), 32))
+parser.add_argument("--reprocess", type=parse_bool, nargs="?", const=True, default=False)
+
+if __name__ == "__main__":
+    sys.exit(run_user_command(convert_text_to_mds, **vars(parser.parse_args())))

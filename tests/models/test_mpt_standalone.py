@@ -1,0 +1,59 @@
+"""``llmfoundry/models/mpt`` ships inside exported checkpoints: it must stand alone."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+import llmfoundry.models.mpt as mpt_package
+from tests.models.mpt_helpers import random_ids, tiny_config, tiny_model
+
+MPT_DIR = Path(mpt_package.__file__).parent
+ALLOWED_PACKAGES = {"torch", "transformers"} | set(sys.stdlib_module_names)
+
+
+def _absolute_imports(path: Path) -> list[str]:
+    """The top-level package of every non-relative import in ``path``."""
+    names: list[str] = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            assert node.module is not None
+            names.append(node.module.split(".")[0])
+    return names
+
+
+def test_mpt_folder_imports_only_torch_transformers_and_stdlib() -> None:
+    files = sorted(MPT_DIR.glob("*.py"))
+    assert {f.name for f in files} >= {"configuration_mpt.py", "modeling_mpt.py", "attention.py"}
+    for path in files:
+        outside = set(_absolute_imports(path)) - ALLOWED_PACKAGES
+        assert not outside, f"{path.name} imports {sorted(outside)}"
+
+
+def test_loads_as_trust_remote_code(tmp_path: Path) -> None:
+    """A checkpoint holding the folder's files loads through ``AutoModelForCausalLM`` alone."""
+    config = tiny_config(attn_config={"alibi": True}, learned_pos_emb=False)
+    config.auto_map = {
+        "AutoConfig": "configuration_mpt.MPTConfig",
+        "AutoModelForCausalLM": "modeling_mpt.MPTForCausalLM",
+    }
+    model = tiny_model(config)
+    model.save_pretrained(tmp_path)
+    for source in MPT_DIR.glob("*.py"):
+        if source.name != "__init__.py":
+            shutil.copy(source, tmp_path / source.name)
+
+    remote_config = AutoConfig.from_pretrained(tmp_path, trust_remote_code=True)
+    remote = AutoModelForCausalLM.from_pretrained(tmp_path, trust_remote_code=True).eval()
+    assert not type(remote).__module__.startswith("llmfoundry")
+    assert remote_config.attn_config == config.attn_config
+    ids = random_ids(2, 12)
+    with torch.no_grad():
+        assert torch.equal(remote(ids).logits, model(ids).logits)
