@@ -9,10 +9,10 @@ setup:
 	$(UV) sync --frozen
 
 demo: setup
-	$(UV) run --frozen python scripts/demo.py
+	HF_HUB_OFFLINE=1 $(UV) run --frozen python scripts/demo.py
 
 test: setup
-	$(UV) run --frozen pytest
+	HF_HUB_OFFLINE=1 $(UV) run --frozen pytest
 
 lint: setup
 	$(UV) run --frozen ruff check .

@@ -203,5 +203,8 @@ def train_from_yaml(yaml_path: str | Path, overrides: Sequence[str] = ()) -> Tra
     # Leave the process group cleanly so that no rank is torn down mid-collective.
     trainer.close()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Every rank reaches here before any tears the group down: a rank that destroys it
+        # while another is still in its last collective (a checkpoint barrier, say) aborts it.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return trainer

@@ -131,3 +131,31 @@ def test_bad_component_input_fails_with_a_named_error(
     yaml_path = write_run_yaml(tmp_path, mds_dir, tokenizer_dir, tmp_path / "ck")
     with pytest.raises(UserError, match=message):
         train_from_yaml(yaml_path, [override])
+
+
+@pytest.mark.slow
+@pytest.mark.world_size(2)
+def test_two_process_ddp_run_under_the_launcher(
+    tmp_path: Path, mds_dir: Path, tokenizer_dir: Path
+) -> None:
+    """``composer -n 2`` on CPU (gloo): both ranks train on their half of the global batch and exit cleanly."""
+    save = tmp_path / "ckpt"
+    yaml_path = write_run_yaml(tmp_path, mds_dir, tokenizer_dir, save)
+    result = subprocess.run(
+        [
+            _composer(),
+            "-n",
+            "2",
+            str(TRAIN_SCRIPT),
+            str(yaml_path),
+            "max_duration=3ba",
+            "eval_interval=3ba",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The launcher saves one checkpoint per run (rank 0 writes the DDP state).
+    assert (save / "ep0-ba3-rank0.pt").is_file()
