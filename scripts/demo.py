@@ -30,5 +30,5 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out_dir", default="demo_out")
-    parser.add_argument("--max_duration", default="250ba", help="training length, e.g. 250ba")
+    parser.add_argument("--max_duration", default="500ba", help="training length, e.g. 500ba")
     sys.exit(run_user_command(main, parser.parse_args()))

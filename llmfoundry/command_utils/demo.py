@@ -70,7 +70,7 @@ def _train_losses(logged: Mapping[str, Sequence[tuple[Any, Any]]]) -> list[float
 
 
 def run_demo(
-    out_dir: str | Path = "demo_out", max_bytes: int = 3_000_000, max_duration: str = "300ba"
+    out_dir: str | Path = "demo_out", max_bytes: int = 3_000_000, max_duration: str = "500ba"
 ) -> DemoResult:
     """Run every stage of the demo, writing all artefacts under ``out_dir``.
 

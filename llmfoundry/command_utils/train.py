@@ -51,7 +51,7 @@ def setup_logging(python_log_level: str | None) -> None:
     if python_log_level is None:
         return
     level = python_log_level.upper()
-    logging.basicConfig(format="%(asctime)s: rank%(process)d [%(levelname)s] %(name)s: %(message)s")
+    logging.basicConfig(format="%(asctime)s: pid%(process)d [%(levelname)s] %(name)s: %(message)s")
     for name in ("llmfoundry", "composer"):
         logging.getLogger(name).setLevel(level)
 

@@ -1,0 +1,88 @@
+"""ComposerMPTCausalLM: the Composer-facing wrapper's loss, metrics, init devices and key checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmfoundry.models.hf import ComposerMPTCausalLM
+from llmfoundry.utils.exceptions import ConfigError
+
+TINY = {
+    "d_model": 32,
+    "n_heads": 4,
+    "n_layers": 2,
+    "max_seq_len": 16,
+    "vocab_size": 64,
+    "attn_config": {"attn_impl": "torch"},
+}
+
+
+def _batch(pad_last: int = 0) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    ids = torch.randint(2, 64, (3, 12))
+    mask = torch.ones_like(ids)
+    if pad_last:
+        mask[0, -pad_last:] = 0
+        ids[0, -pad_last:] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def test_loss_matches_the_hf_model_loss_and_ignores_padding() -> None:
+    model = ComposerMPTCausalLM(**TINY).eval()
+    batch = _batch(pad_last=4)
+    with torch.no_grad():
+        outputs = model(batch)
+        loss = model.loss(outputs, batch)
+        hf_loss = model.model(**batch).loss
+    torch.testing.assert_close(loss, hf_loss)
+    # the padded tail does not change the loss of the other rows' tokens: recompute by hand
+    logits = outputs.logits[:, :-1]
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    manual = torch.nn.functional.cross_entropy(logits[keep], targets[keep])
+    torch.testing.assert_close(loss, manual)
+
+
+def test_eval_metrics_score_shifted_labels() -> None:
+    model = ComposerMPTCausalLM(**TINY).eval()
+    batch = _batch()
+    with torch.no_grad():
+        logits = model.eval_forward(batch)
+        loss = model.loss(model(batch), batch)
+    metric = model.get_metrics(is_train=False)["LanguageCrossEntropy"]
+    model.update_metric(batch, logits, metric)
+    torch.testing.assert_close(metric.compute(), loss)
+    assert torch.equal(batch["labels"], _batch()["labels"]), "the batch is not modified in place"
+
+
+@pytest.mark.parametrize("init_device", ["meta", "mixed"])
+def test_meta_init_is_materialized_with_real_weights(init_device: str) -> None:
+    model = ComposerMPTCausalLM(init_device=init_device, **TINY)
+    for name, param in model.named_parameters():
+        assert param.device.type == "cpu", name
+        assert torch.isfinite(param).all(), name
+    wqkv = model.model.transformer.blocks[0].attn.Wqkv.weight
+    assert wqkv.std() > 0.01
+    norm = model.model.transformer.blocks[0].norm_1.weight
+    assert torch.equal(norm, torch.ones_like(norm))
+
+
+def test_bad_keys_fail_with_named_errors() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"model\.n_head is not a valid key for mpt_causal_lm; did you mean 'n_heads'",
+    ):
+        ComposerMPTCausalLM(n_head=4, **{k: v for k, v in TINY.items() if k != "n_heads"})
+    with pytest.raises(ConfigError, match=r"model\.loss_fn='fancy'"):
+        ComposerMPTCausalLM(loss_fn="fancy", **TINY)
+    with pytest.raises(ConfigError, match=r"model\.attn_config\.attn_impl='cuda'"):
+        ComposerMPTCausalLM(**{**TINY, "attn_config": {"attn_impl": "cuda"}})
+
+
+def test_vocab_smaller_than_tokenizer_is_refused(tokenizer) -> None:  # noqa: ANN001
+    with pytest.raises(
+        ConfigError, match="model.vocab_size=64 is smaller than the tokenizer's 512 tokens"
+    ):
+        ComposerMPTCausalLM(tokenizer=tokenizer, **TINY)
