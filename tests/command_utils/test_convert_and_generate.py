@@ -66,6 +66,9 @@ def test_export_folder_is_complete(hf_dir: Path) -> None:
     assert not any(p.name.startswith(".") for p in hf_dir.parent.iterdir()), (
         "no staging folder left behind"
     )
+    # Tools that load only the tokenizer do it without trust_remote_code.
+    tokenizer = AutoTokenizer.from_pretrained(str(hf_dir))
+    assert tokenizer.decode(tokenizer("def f(x):")["input_ids"]) == "def f(x):"
 
 
 def test_exported_greedy_generation_equals_checkpoint(

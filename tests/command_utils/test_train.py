@@ -66,28 +66,27 @@ def test_batch_sizes_split_over_processes(
         compute_batch_sizes(cfg, world_size=3, device=DeviceCPU())
 
 
+def _launch_three_batches(nproc: int, tmp_path: Path, mds_dir: Path, tokenizer_dir: Path) -> Path:
+    """Run ``composer -n <nproc> train.py`` for 3 batches; return the checkpoint folder."""
+    save = tmp_path / "ckpt"
+    yaml_path = write_run_yaml(tmp_path, mds_dir, tokenizer_dir, save)
+    command = [_composer(), "-n", str(nproc), str(TRAIN_SCRIPT), str(yaml_path)]
+    result = subprocess.run(
+        [*command, "max_duration=3ba", "eval_interval=3ba"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return save
+
+
 @pytest.mark.slow
 def test_composer_launcher_trains_and_saves(
     tmp_path: Path, mds_dir: Path, tokenizer_dir: Path
 ) -> None:
-    save = tmp_path / "ckpt"
-    yaml_path = write_run_yaml(tmp_path, mds_dir, tokenizer_dir, save)
-    result = subprocess.run(
-        [
-            _composer(),
-            "-n",
-            "1",
-            str(TRAIN_SCRIPT),
-            str(yaml_path),
-            "max_duration=3ba",
-            "eval_interval=3ba",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    save = _launch_three_batches(1, tmp_path, mds_dir, tokenizer_dir)
     assert (save / "ep0-ba3-rank0.pt").is_file()
 
 
@@ -138,24 +137,7 @@ def test_bad_component_input_fails_with_a_named_error(
 def test_two_process_ddp_run_under_the_launcher(
     tmp_path: Path, mds_dir: Path, tokenizer_dir: Path
 ) -> None:
-    """``composer -n 2`` on CPU (gloo): both ranks train on their half of the global batch and exit cleanly."""
-    save = tmp_path / "ckpt"
-    yaml_path = write_run_yaml(tmp_path, mds_dir, tokenizer_dir, save)
-    result = subprocess.run(
-        [
-            _composer(),
-            "-n",
-            "2",
-            str(TRAIN_SCRIPT),
-            str(yaml_path),
-            "max_duration=3ba",
-            "eval_interval=3ba",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    # The launcher saves one checkpoint per run (rank 0 writes the DDP state).
+    """``composer -n 2`` on CPU (gloo): both ranks train on their half of the batch and exit 0."""
+    save = _launch_three_batches(2, tmp_path, mds_dir, tokenizer_dir)
+    # Rank 0 writes the checkpoint of the replicated (DDP) state.
     assert (save / "ep0-ba3-rank0.pt").is_file()

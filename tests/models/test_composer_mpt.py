@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.models.hf import ComposerMPTCausalLM
 from llmfoundry.utils.exceptions import ConfigError
@@ -81,7 +82,7 @@ def test_bad_keys_fail_with_named_errors() -> None:
         ComposerMPTCausalLM(**{**TINY, "attn_config": {"attn_impl": "cuda"}})
 
 
-def test_vocab_smaller_than_tokenizer_is_refused(tokenizer) -> None:  # noqa: ANN001
+def test_vocab_smaller_than_tokenizer_is_refused(tokenizer: PreTrainedTokenizerBase) -> None:
     with pytest.raises(
         ConfigError, match="model.vocab_size=64 is smaller than the tokenizer's 512 tokens"
     ):

@@ -209,6 +209,12 @@ class MPTConfig(PretrainedConfig):
         self.emb_pdrop = emb_pdrop
         self.learned_pos_emb = learned_pos_emb
         self.attn_config = _merge_defaults("attn_config", attn_config, ATTN_CONFIG_DEFAULTS)
+        pdrop = self.attn_config["attn_pdrop"]
+        if isinstance(pdrop, float) and pdrop.is_integer():
+            # transformers' own MptConfig types attn_pdrop as int and rejects 0.0; writing 0 keeps
+            # an exported config.json readable by it, which AutoTokenizer.from_pretrained(folder)
+            # does whenever trust_remote_code is off.
+            self.attn_config["attn_pdrop"] = int(pdrop)
         self.ffn_config = _merge_defaults(
             "ffn_config",
             ffn_config,
