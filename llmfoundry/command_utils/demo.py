@@ -44,24 +44,33 @@ class DemoResult:
 
 
 def build_corpus(text_dir: Path, max_bytes: int) -> dict[str, int]:
-    """Copy standard-library modules (sorted, up to ``max_bytes``) into ``train/`` and ``val/`` text folders.
+    """Copy standard-library modules (sorted, up to ``max_bytes``) into ``train/`` and ``val/``.
+
+    Every ``VAL_EVERY``-th module goes to ``val/`` (at least one module does, however small
+    ``max_bytes`` is); the rest go to ``train/``.
 
     Returns:
         The number of files in each split.
     """
     stdlib = Path(sysconfig.get_paths()["stdlib"])
-    counts = {"train": 0, "val": 0}
+    selected: list[tuple[str, str]] = []
     total = 0
-    for index, source in enumerate(sorted(stdlib.glob("*.py"))):
+    for source in sorted(stdlib.glob("*.py")):
         text = source.read_text(encoding="utf-8", errors="replace")
         if total + len(text) > max_bytes:
             break
-        split = "val" if index % VAL_EVERY == VAL_EVERY - 1 else "train"
-        target = text_dir / split / f"{source.stem}.txt"
+        selected.append((source.stem, text))
+        total += len(text)
+    if len(selected) < 2:
+        raise ValueError(f"max_bytes={max_bytes} holds fewer than two standard-library modules")
+    val_names = {name for name, _ in selected[VAL_EVERY - 1 :: VAL_EVERY]} or {selected[-1][0]}
+    counts = {"train": 0, "val": 0}
+    for name, text in selected:
+        split = "val" if name in val_names else "train"
+        target = text_dir / split / f"{name}.txt"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text, encoding="utf-8")
         counts[split] += 1
-        total += len(text)
     return counts
 
 
