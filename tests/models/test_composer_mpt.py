@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.models.hf import ComposerMPTCausalLM
+from llmfoundry.models.mpt import MPTForCausalLM
 from llmfoundry.utils.exceptions import ConfigError
 
 TINY = {
@@ -64,9 +67,9 @@ def test_meta_init_is_materialized_with_real_weights(init_device: str) -> None:
     for name, param in model.named_parameters():
         assert param.device.type == "cpu", name
         assert torch.isfinite(param).all(), name
-    wqkv = model.model.transformer.blocks[0].attn.Wqkv.weight
-    assert wqkv.std() > 0.01
-    norm = model.model.transformer.blocks[0].norm_1.weight
+    block: Any = cast(MPTForCausalLM, model.model).transformer.blocks[0]
+    assert block.attn.Wqkv.weight.std() > 0.01
+    norm = block.norm_1.weight
     assert torch.equal(norm, torch.ones_like(norm))
 
 
