@@ -20,7 +20,6 @@ from composer.devices import Device
 from composer.loggers import LoggerDestination
 from composer.utils import dist, get_device, reproducibility
 
-import llmfoundry  # noqa: F401  (registers every built-in component)
 from llmfoundry.utils.builders import (
     build_algorithms,
     build_callbacks,
