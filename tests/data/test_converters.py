@@ -150,7 +150,15 @@ def test_json_converter_writes_tokens_that_read_back_unchanged(
     )
 
     summary = convert_dataset_json(
-        str(source), str(tmp_path / "mds"), "train", 64, str(tokenizer_dir), "", EOS, False, "zstd"
+        str(source),
+        str(tmp_path / "mds" / "train"),
+        "train",
+        64,
+        str(tokenizer_dir),
+        "",
+        EOS,
+        False,
+        "zstd",
     )
 
     expected = [
@@ -168,7 +176,8 @@ def test_json_converter_reads_a_folder_of_files_in_order(
     write_jsonl(folder / "b.jsonl", [{"text": d} for d in documents[2:]])
     write_jsonl(folder / "a.jsonl", [{"text": d} for d in documents[:2]])
 
-    convert_dataset_json(str(folder), str(tmp_path / "mds"), "val", None, None, "", "", False, None)
+    out = str(tmp_path / "mds" / "val")
+    convert_dataset_json(str(folder), out, "train", None, None, "", "", False, None)
 
     dataset = StreamingTextDataset(
         tokenizer=None, max_seq_len=8, local=str(tmp_path / "mds"), split="val"
@@ -183,7 +192,7 @@ def test_json_converter_names_the_file_and_line_of_a_bad_row(tmp_path: Path) -> 
         DatasetError, match=r"rows\.jsonl:3: row has no 'text' field \(keys: body\)"
     ):
         convert_dataset_json(str(source), str(tmp_path / "mds"), "train", None, None)
-    assert not (tmp_path / "mds" / "train").exists()  # no half-written output left behind
+    assert not (tmp_path / "mds").exists()  # no half-written output left behind
 
     source.write_text('{"text": "one"}\n{"text": oops}\n', encoding="utf-8")
     with pytest.raises(DatasetError, match=r"rows\.jsonl:2: not valid JSON"):
@@ -198,6 +207,10 @@ def test_json_converter_errors_name_the_input(tmp_path: Path) -> None:
         convert_dataset_json(str(source), str(tmp_path / "out"), "train", concat_tokens=8)
     with pytest.raises(ConfigError, match="did you mean 'zstd'"):
         convert_dataset_json(str(source), str(tmp_path / "out"), "train", compression="zstdd")
+    with pytest.raises(
+        ConfigError, match=r"--split='val': JSON-lines input has only a 'train' split"
+    ):
+        convert_dataset_json(str(source), str(tmp_path / "out"), "val")
 
 
 # convert_text_to_mds

@@ -2,7 +2,8 @@
 
 Each row is one document. With ``concat_tokens`` the documents are tokenized and concatenated
 into samples of exactly that many tokens (column ``tokens``); without it each document is one
-sample (column ``text``). The output goes to ``<out_root>/<split>/``.
+sample (column ``text``). As in LLM Foundry, the MDS files go straight into ``out_root``
+(point a loader's ``local``/``split`` at it, e.g. ``--out_root my-data/train``).
 """
 
 from __future__ import annotations
@@ -47,8 +48,8 @@ def convert_dataset_json(
     Args:
         path: a ``.jsonl``/``.json`` file with one JSON object per line, or a folder searched
             recursively for such files (read in sorted order).
-        out_root: the output root; samples go to ``<out_root>/<split>/``, which must be empty.
-        split: the name of the output sub-folder.
+        out_root: the output folder (must be empty); its name is usually the split name.
+        split: the split of the input to read: a JSON-lines file has only ``train``.
         concat_tokens: tokens per sample; None writes untokenized text samples.
         tokenizer: the tokenizer folder or hub name (required with ``concat_tokens``).
         bos_text: text put before each document when concatenating.
@@ -67,8 +68,13 @@ def convert_dataset_json(
         TokenizerError: if the tokenizer cannot be loaded.
     """
     compression = check_compression(compression)
+    if split != "train":
+        raise ConfigError(
+            f"--split={split!r}: JSON-lines input has only a 'train' split; put other splits in "
+            "their own file and --out_root"
+        )
     files = find_json_files(path)
-    out = str(Path(out_root) / split)
+    out = out_root
     check_output_empty(out)
     documents = tqdm(iter_json_texts(files), desc="documents", unit=" docs")
     if concat_tokens is None:
@@ -117,7 +123,7 @@ def check_output_empty(out: str) -> None:
     folder = Path(out)
     if folder.is_dir() and any(folder.iterdir()):
         raise ConfigError(
-            f"output folder '{out}' is not empty; delete it or choose another --out_root/--split"
+            f"output folder '{out}' is not empty; delete it or choose another --out_root"
         )
 
 
