@@ -15,9 +15,9 @@ from llmfoundry.utils.cli_utils import run_user_command
 parser = argparse.ArgumentParser(description="Convert JSON-lines files with a 'text' field to MDS.")
 parser.add_argument("--path", required=True, help="a JSON-lines file or a folder of them")
 parser.add_argument(
-    "--out_root", required=True, help="output root; samples go to <out_root>/<split>"
+    "--out_root", required=True, help="output folder for the MDS files (e.g. my-data/train)"
 )
-parser.add_argument("--split", default="train", help="output sub-folder (default: train)")
+parser.add_argument("--split", default="train", help="input split to read (JSON-lines: train)")
 parser.add_argument(
     "--concat_tokens", type=int, help="tokenize and concatenate into this many tokens"
 )
