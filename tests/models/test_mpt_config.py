@@ -52,10 +52,18 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "kv_dim_set": ({"attn_config": {"kv_dim": 16}}, r"attn_config\.kv_dim=16"),
     "ffn_fc_type_te": ({"ffn_config": {"fc_type": "te"}}, r"ffn_config\.fc_type='te'"),
     # Not implemented: refused by name rather than silently ignored.
-    "rope_unsupported": ({"attn_config": {"rope": True}}, r"attn_config\.rope"),
-    "sliding_window_unsupported": (
-        {"attn_config": {"sliding_window_size": 16}},
-        r"attn_config\.sliding_window_size",
+    "rope_bad_impl": ({"attn_config": {"rope": True, "rope_impl": "neox"}}, r"rope_impl='neox'"),
+    "rope_xpos": (
+        {"attn_config": {"rope": True, "rope_dail_config": {"type": "xpos"}}},
+        r"rope_dail_config\.type='xpos'",
+    ),
+    "rope_hf_dynamic": (
+        {"attn_config": {"rope": True, "rope_impl": "hf", "rope_hf_config": {"type": "dynamic"}}},
+        r"rope_hf_config\.type='dynamic'",
+    ),
+    "sliding_window_zero": (
+        {"attn_config": {"sliding_window_size": 0}},
+        r"attn_config\.sliding_window_size=0",
     ),
     "sequence_id_unsupported": (
         {"attn_config": {"attn_uses_sequence_id": True}},

@@ -18,6 +18,7 @@ from torch import nn
 
 from .configuration_mpt import MPTConfig
 from .norm import build_norm
+from .rotary import apply_rotary
 
 logger = logging.getLogger(__name__)
 _announced_sdpa_fallback = False
@@ -240,6 +241,7 @@ class GroupedQueryAttention(nn.Module):
         allowed: torch.Tensor | None,
         past_key_values: Any | None = None,
         layer_idx: int = 0,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Attend from every position of ``x`` to the cached and current keys.
 
@@ -250,6 +252,7 @@ class GroupedQueryAttention(nn.Module):
                 causal attention over equal-length query and key.
             past_key_values: a ``transformers`` ``Cache``; this layer's keys/values are appended.
             layer_idx: this layer's index in the cache.
+            rotary: RoPE ``(cos, sin)`` of the new tokens' positions, or None without RoPE.
 
         Returns:
             ``(b, s, d_model)``.
@@ -259,6 +262,8 @@ class GroupedQueryAttention(nn.Module):
         query = query.view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
         key = key.view(batch, seq, self.kv_n_heads, self.head_dim).transpose(1, 2)
         value = value.view(batch, seq, self.kv_n_heads, self.head_dim).transpose(1, 2)
+        if rotary is not None:
+            query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, layer_idx)
         n_rep = self.n_heads // self.kv_n_heads

@@ -40,6 +40,7 @@ class MPTBlock(nn.Module):
         token_mask: torch.Tensor | None = None,
         past_key_values: Any | None = None,
         layer_idx: int = 0,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Run the block.
 
@@ -51,12 +52,13 @@ class MPTBlock(nn.Module):
                 ``use_pad_tok_in_ffn=False`` the FFN skips those tokens.
             past_key_values: a ``transformers`` ``Cache`` or None.
             layer_idx: this block's index in the cache.
+            rotary: RoPE ``(cos, sin)`` for the new tokens, or None.
 
         Returns:
             ``(b, s, d_model)``.
         """
         x = x + self.resid_attn_dropout(
-            self.attn(self.norm_1(x), bias, allowed, past_key_values, layer_idx)
+            self.attn(self.norm_1(x), bias, allowed, past_key_values, layer_idx, rotary)
         )
         h = self.norm_2(x)
         if self.use_pad_tok_in_ffn or token_mask is None:

@@ -51,6 +51,7 @@ ATTN_TYPES = ("multihead_attention", "multiquery_attention", "grouped_query_atte
 # "flash" runs flash-attn when installed and PyTorch's fused SDPA kernels otherwise;
 # "sdpa" asks for SDPA explicitly.
 ATTN_IMPLS = ("torch", "flash", "sdpa")
+ROPE_IMPLS = ("dail", "hf")
 NORM_TYPES = ("layernorm", "low_precision_layernorm", "rmsnorm", "low_precision_rmsnorm")
 FFN_TYPES = ("mptmlp", "mptglu")
 FFN_ACT_FNS = ("gelu", "relu", "silu")
@@ -241,6 +242,42 @@ class MPTConfig(PretrainedConfig):
         self._validate()
 
     @property
+    def rope_position_scale(self) -> float:
+        """Multiplier of positions before the rotation (``1 / factor`` for ``linear`` scaling)."""
+        hf = self.attn_config["rope_hf_config"]
+        if self.attn_config["rope_impl"] == "hf" and hf.get("type") == "linear":
+            return 1.0 / float(hf["factor"])
+        return 1.0
+
+    def _validate_rope(self) -> None:
+        """Check the RoPE settings this implementation can honour."""
+        attn = self.attn_config
+        if (self.d_model // self.n_heads) % 2:
+            raise MPTConfigError(
+                f"model.attn_config.rope needs an even head size; d_model/n_heads is {self.d_model // self.n_heads}"
+            )
+        if attn["rope_impl"] not in ROPE_IMPLS:
+            raise MPTConfigError(
+                f"model.attn_config.rope_impl={attn['rope_impl']!r} is not supported; choose one of {', '.join(ROPE_IMPLS)}"
+            )
+        dail_type = attn["rope_dail_config"].get("type")
+        if attn["rope_impl"] == "dail" and dail_type != "original":
+            raise MPTConfigError(
+                f"model.attn_config.rope_dail_config.type={dail_type!r} is not supported yet; use 'original'"
+            )
+        hf_type = attn["rope_hf_config"].get("type")
+        if attn["rope_impl"] == "hf" and hf_type not in ("no_scaling", "linear"):
+            raise MPTConfigError(
+                f"model.attn_config.rope_hf_config.type={hf_type!r} is not supported yet; use no_scaling or linear"
+            )
+        if (
+            attn["rope_impl"] == "hf"
+            and hf_type == "linear"
+            and not float(attn["rope_hf_config"]["factor"]) > 0
+        ):
+            raise MPTConfigError("model.attn_config.rope_hf_config.factor must be positive")
+
+    @property
     def kv_n_heads(self) -> int:
         """Number of key/value heads implied by ``attn_type`` (and ``kv_n_heads`` for GQA)."""
         attn_type = self.attn_config["attn_type"]
@@ -338,12 +375,17 @@ class MPTConfig(PretrainedConfig):
             raise MPTConfigError(
                 "model.attn_config: alibi and rope cannot both be on; pick one position scheme"
             )
+        if attn["rope"]:
+            self._validate_rope()
+        window = attn["sliding_window_size"]
+        if window is not None and window != -1 and (not isinstance(window, int) or window < 1):
+            raise MPTConfigError(
+                f"model.attn_config.sliding_window_size={window!r} must be -1 (off) or a positive integer"
+            )
         # Options owned by later work: refuse them loudly rather than ignore them.
         unsupported = {
-            "attn_config.rope": attn["rope"],
             "attn_config.qk_gn": attn["qk_gn"],
             "attn_config.attn_uses_sequence_id": attn["attn_uses_sequence_id"],
-            "attn_config.sliding_window_size": attn["sliding_window_size"] not in (-1, None),
         }
         for key, is_set in unsupported.items():
             if is_set:

@@ -21,6 +21,7 @@ from .blocks import MPTBlock
 from .configuration_mpt import MPTConfig
 from .norm import build_norm
 from .param_init import init_mpt_module
+from .rotary import rotary_cos_sin
 
 
 def _self_keys(seq_len: int, past_len: int, device: torch.device) -> torch.Tensor:
@@ -81,6 +82,14 @@ class MPTModel(MPTPreTrainedModel):
         positions = attention_mask.long().cumsum(dim=1) - 1
         return positions[:, -seq_len:].clamp(min=0)
 
+    def _rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """RoPE cosines and sines for the new tokens' positions (None without RoPE)."""
+        if not self.config.attn_config["rope"]:
+            return None
+        head_dim = self.config.d_model // self.config.n_heads
+        theta = float(self.config.attn_config["rope_theta"])
+        return rotary_cos_sin(positions, head_dim, theta, self.config.rope_position_scale)
+
     def _attention_inputs(
         self, attention_mask: torch.Tensor | None, past_len: int, seq_len: int, device: torch.device
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -96,9 +105,15 @@ class MPTModel(MPTPreTrainedModel):
             else None
         )
         has_padding = attention_mask is not None and not bool(attention_mask.bool().all())
-        if not has_padding and past_len == 0:
+        window: int | None = self.config.attn_config["sliding_window_size"]
+        if window == -1:
+            window = None
+        if not has_padding and window is None and past_len == 0:
             return bias, None
         causal = torch.ones(seq_len, key_len, dtype=torch.bool, device=device).tril(past_len)
+        if window is not None:
+            # Query i sees keys j with i - window <= j <= i: flash-attn's (window, 0) semantics.
+            causal = causal & ~torch.ones_like(causal).tril(past_len - window - 1)
         allowed = causal.view(1, 1, seq_len, key_len)
         if has_padding:
             assert attention_mask is not None
@@ -159,8 +174,10 @@ class MPTModel(MPTPreTrainedModel):
                 f"attention_mask covers {attention_mask.shape[1]} tokens but the cache plus input "
                 f"hold {past_len + seq_len}; pass the mask of the cached and the new tokens"
             )
+        positions = self._positions(attention_mask, past_len, seq_len, x.device)
         if self.config.learned_pos_emb:
-            x = x + self.wpe(self._positions(attention_mask, past_len, seq_len, x.device))
+            x = x + self.wpe(positions)
+        rotary = self._rotary(positions)
         if self.embedding_fraction < 1:
             # Scale the gradient reaching the embeddings without changing the forward value.
             x = x * self.embedding_fraction + x.detach() * (1 - self.embedding_fraction)
@@ -171,7 +188,7 @@ class MPTModel(MPTPreTrainedModel):
         for layer_idx, block in enumerate(self.blocks):
             if output_hidden_states:
                 hidden_states.append(x)
-            x = block(x, bias, allowed, token_mask, past_key_values, layer_idx)
+            x = block(x, bias, allowed, token_mask, past_key_values, layer_idx, rotary)
         x = self.norm_f(x)
         if output_hidden_states:
             hidden_states.append(x)
