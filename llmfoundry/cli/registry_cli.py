@@ -14,7 +14,6 @@ def list_registries(
     name: str | None = typer.Argument(None, help="A registry (e.g. optimizers); omit to list all."),
 ) -> None:
     """Print each registry with its entries, or the entries of one registry."""
-    import llmfoundry  # noqa: F401  (registers the built-ins)
     from llmfoundry.registry import ALL_REGISTRIES
     from llmfoundry.utils.exceptions import did_you_mean
 

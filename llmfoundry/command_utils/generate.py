@@ -12,12 +12,12 @@ from typing import Any, cast
 import torch
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
+from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +66,8 @@ def load_model_and_tokenizer(
         raise ConfigError(f"--model_dtype={model_dtype!r}: choose one of {', '.join(MODEL_DTYPES)}")
     if name_or_path.startswith((".", "/")) and not Path(name_or_path).exists():
         raise MissingFileError(f"model folder '{name_or_path}' does not exist")
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    tokenizer = build_tokenizer(name_or_path, {"trust_remote_code": trust_remote_code})
     tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(
         name_or_path, trust_remote_code=trust_remote_code, dtype=MODEL_DTYPES[model_dtype]
     )
@@ -117,3 +115,40 @@ def generate(
     )
     texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
     return [Generation(prompt=p, continuation=t) for p, t in zip(prompts, texts, strict=True)]
+
+
+def generate_from_pretrained(
+    name_or_path: str,
+    prompts: Sequence[str],
+    max_new_tokens: int = 100,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 50,
+    top_p: float = 1.0,
+    use_cache: bool = True,
+    trust_remote_code: bool = False,
+    model_dtype: str = "fp32",
+    device: str = "cpu",
+    seed: int = 42,
+) -> list[Generation]:
+    """Load a model by folder or hub name and generate for ``prompts`` (``file::path`` allowed).
+
+    Sampling settings apply only with ``do_sample``; greedy decoding ignores them.
+
+    Raises:
+        ConfigError, MissingFileError, TokenizerError: on a bad dtype, path or tokenizer.
+    """
+    torch.manual_seed(seed)
+    model, tokenizer = load_model_and_tokenizer(
+        name_or_path, trust_remote_code, model_dtype, device
+    )
+    sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}
+    return generate(
+        model,
+        tokenizer,
+        read_prompts(prompts),
+        max_new_tokens,
+        do_sample=do_sample,
+        use_cache=use_cache,
+        **sampling,
+    )

@@ -3,33 +3,13 @@
 import argparse
 import sys
 
-from llmfoundry.command_utils.generate import generate, load_model_and_tokenizer, read_prompts
+from llmfoundry.command_utils.generate import generate_from_pretrained
 from llmfoundry.utils.cli_utils import run_user_command
 
 
 def main(args: argparse.Namespace) -> None:
-    """Load the model, generate for every prompt, print prompt and continuation."""
-    import torch
-
-    torch.manual_seed(args.seed)
-    model, tokenizer = load_model_and_tokenizer(
-        args.name_or_path, args.trust_remote_code, args.model_dtype, args.device
-    )
-    sampling = (
-        {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p}
-        if args.do_sample
-        else {}
-    )
-    generations = generate(
-        model,
-        tokenizer,
-        read_prompts(args.prompts),
-        args.max_new_tokens,
-        do_sample=args.do_sample,
-        use_cache=args.use_cache,
-        **sampling,
-    )
-    for generation in generations:
+    """Generate for every prompt and print prompt plus continuation."""
+    for generation in generate_from_pretrained(**vars(args)):
         print("#" * 40)
         print(generation.prompt + generation.continuation)
 

@@ -98,17 +98,17 @@ def convert_text_to_mds(
     )
     compression = check_compression(compression)
     files = find_text_files(input_folder)
+    # What every worker needs to convert its files; the record adds what identifies the run.
+    options: dict[str, Any] = {
+        "tokenizer_name": tokenizer_name,
+        "concat_tokens": concat_tokens,
+        "bos_text": bos_text or "",
+        "eos_text": eos_text or "",
+        "no_wrap": no_wrap,
+        "compression": compression,
+    }
     record = conversion_record(
-        input_folder,
-        files,
-        tokenizer_name=tokenizer_name,
-        concat_tokens=concat_tokens,
-        bos_text=bos_text or "",
-        eos_text=eos_text or "",
-        use_tokenizer_eos=use_tokenizer_eos,
-        no_wrap=no_wrap,
-        compression=compression,
-        processes=processes,
+        input_folder, files, **options, use_tokenizer_eos=use_tokenizer_eos, processes=processes
     )
     if not reprocess:
         done = previous_conversion(output_folder, record)
@@ -120,18 +120,8 @@ def convert_text_to_mds(
     remove_folder(output_folder)
 
     if use_tokenizer_eos:
-        eos_text = tokenizer_eos_text(tokenizer_name)
-    tasks = group_tasks(
-        files,
-        output_folder,
-        processes,
-        tokenizer_name=tokenizer_name,
-        concat_tokens=concat_tokens,
-        bos_text=bos_text or "",
-        eos_text=eos_text or "",
-        no_wrap=no_wrap,
-        compression=compression,
-    )
+        options["eos_text"] = tokenizer_eos_text(tokenizer_name)
+    tasks = group_tasks(files, output_folder, processes, **options)
     try:
         summary = run_tasks(tasks, len(files), output_folder)
     except BaseException:
