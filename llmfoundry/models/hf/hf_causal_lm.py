@@ -1,0 +1,574 @@
+"""``ComposerHFCausalLM``: any Hugging Face causal LM, optionally with LoRA, for Composer (``name: hf_causal_lm``).
+
+The model comes from ``AutoModelForCausalLM`` (a local folder or a Hub id; both take the same
+path), its config can be edited before the weights load (``config_overrides``), and a LoRA
+adapter can be added (``peft_config``) or resumed (``pretrained_lora_id_or_path``). Loading
+problems surface as our one-line user errors naming the ``model.*`` key to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import torch
+from composer.metrics.nlp import LanguageCrossEntropy, LanguagePerplexity
+from composer.models import HuggingFaceModel
+from huggingface_hub.errors import StrictDataclassError
+from peft import LoraConfig, PeftModel, get_peft_model
+from torchmetrics import Metric
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+from llmfoundry import registry
+from llmfoundry.models.hf.composer_mpt import shift_labels as shift_labels_for_next_token
+from llmfoundry.utils.exceptions import (
+    ConfigError,
+    MissingDependencyError,
+    MissingFileError,
+    did_you_mean,
+)
+
+logger = logging.getLogger(__name__)
+
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
+INIT_DEVICES = ("cpu", "meta", "mixed")
+# auto_map entries that mean "this checkpoint ships its own Python code for the model".
+REMOTE_CODE_CLASSES = ("AutoConfig", "AutoModelForCausalLM")
+TRUST_HINT = "set model.trust_remote_code: true to run the code it ships"
+LORA_KEYS = frozenset(field.name for field in dataclasses.fields(LoraConfig))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _looks_like_local_path(name: str) -> bool:
+    """True for names that can only be folders (a Hub id is ``name`` or ``org/name``)."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+
+
+def resolve_attn_implementation(
+    use_flash_attention_2: bool, attn_implementation: str | None
+) -> str | None:
+    """The ``attn_implementation`` to ask transformers for (None: transformers' default, SDPA where supported).
+
+    Raises:
+        ConfigError: for an unknown implementation or two keys that disagree.
+        MissingDependencyError: if FlashAttention 2 is asked for but ``flash-attn`` is not installed.
+    """
+    if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(
+            f"model.attn_implementation={attn_implementation!r} is not supported"
+            f"{did_you_mean(attn_implementation, ATTN_IMPLEMENTATIONS)} (choose one of {', '.join(ATTN_IMPLEMENTATIONS)})"
+        )
+    if use_flash_attention_2:
+        if attn_implementation not in (None, "flash_attention_2"):
+            raise ConfigError(
+                f"model.use_flash_attention_2: true contradicts model.attn_implementation={attn_implementation!r}; "
+                "set only one of them"
+            )
+        attn_implementation = "flash_attention_2"
+    if (
+        attn_implementation == "flash_attention_2"
+        and importlib.util.find_spec("flash_attn") is None
+    ):
+        key = "use_flash_attention_2" if use_flash_attention_2 else "attn_implementation"
+        raise MissingDependencyError(
+            f"model.{key} asks for FlashAttention 2, but flash-attn is not installed; "
+            "install the 'gpu' extra (pip install 'llm-foundry[gpu]') or use attn_implementation: sdpa"
+        )
+    return attn_implementation
+
+
+def build_quantization_config(load_in_8bit: bool, pretrained: bool) -> Any | None:
+    """A bitsandbytes 8-bit config for ``load_in_8bit: true``, else None.
+
+    Raises:
+        MissingDependencyError: if bitsandbytes is not installed.
+        ConfigError: if the model is not loaded from pretrained weights (nothing to quantize).
+    """
+    if not load_in_8bit:
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise MissingDependencyError(
+            "model.load_in_8bit: true needs bitsandbytes, which is not installed; "
+            "pip install bitsandbytes (it needs a CUDA GPU) or set model.load_in_8bit: false"
+        )
+    if not pretrained:
+        raise ConfigError("model.load_in_8bit: true only applies with model.pretrained: true")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def build_lora_config(section: Mapping[str, Any]) -> LoraConfig:
+    """Build the ``model.peft_config`` section (``{peft_type: LORA, r: 8, target_modules: [...]}``).
+
+    ``peft_type`` and ``task_type`` are case-insensitive; ``task_type`` defaults to ``CAUSAL_LM``.
+    Only LoRA is supported, as Composer's PEFT integration only handles LoRA.
+
+    Raises:
+        ConfigError: for a missing or unsupported ``peft_type``, an unknown key or a bad value.
+    """
+    fields = dict(section)
+    peft_type = str(fields.get("peft_type", "")).upper()
+    if peft_type != "LORA":
+        raise ConfigError(
+            f"model.peft_config.peft_type={fields.get('peft_type')!r} is not supported; set it to LORA"
+        )
+    fields["peft_type"] = peft_type
+    fields["task_type"] = str(fields.get("task_type", "CAUSAL_LM")).upper()
+    for key in fields:
+        if key not in LORA_KEYS:
+            raise ConfigError(
+                f"model.peft_config.{key} is not a LoRA option{did_you_mean(key, LORA_KEYS)}"
+            )
+    if isinstance(fields.get("target_modules"), Sequence) and not isinstance(
+        fields["target_modules"], str
+    ):
+        fields["target_modules"] = list(fields["target_modules"])
+    try:
+        return LoraConfig(**fields)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model.peft_config is invalid: {_first_line(err)}") from err
+
+
+def _merge_nested(
+    current: Mapping[str, Any], update: Mapping[str, Any], path: str
+) -> dict[str, Any]:
+    """``current`` with ``update``'s keys replaced, recursing into dicts; new keys are errors."""
+    merged = dict(current)
+    for key, value in update.items():
+        if key not in merged:
+            raise ConfigError(
+                f"{path}.{key} is not a key of this model's {path.rsplit('.', 1)[-1]}"
+                f"{did_you_mean(str(key), merged)} (it has: {', '.join(map(str, merged))})"
+            )
+        if isinstance(value, Mapping) and isinstance(merged[key], Mapping):
+            merged[key] = _merge_nested(merged[key], value, f"{path}.{key}")
+        else:
+            merged[key] = value
+    return merged
+
+
+def apply_config_overrides(
+    config: PretrainedConfig, overrides: Mapping[str, Any], path: str = "model.config_overrides"
+) -> None:
+    """Set ``overrides`` on ``config`` in place; a dict value merges into an existing dict field.
+
+    Raises:
+        ConfigError: naming ``model.config_overrides.<key>`` for a key the config does not have
+            (nested keys included) or a value of the wrong type.
+    """
+    for key, value in overrides.items():
+        key_path = f"{path}.{key}"
+        if not hasattr(config, key):
+            known = config.to_dict()
+            raise ConfigError(
+                f"{key_path}: the model's {type(config).__name__} has no field '{key}'{did_you_mean(key, known)}"
+            )
+        current = getattr(config, key)
+        if isinstance(value, Mapping) and isinstance(current, PretrainedConfig):
+            apply_config_overrides(current, value, key_path)  # a sub-config (e.g. text_config)
+            continue
+        if isinstance(value, Mapping) and isinstance(current, Mapping):
+            value = _merge_nested(current, value, key_path)
+        try:
+            setattr(config, key, value)
+        except (StrictDataclassError, TypeError, ValueError) as err:
+            raise ConfigError(f"{key_path}={value!r} is invalid: {_first_line(err)}") from err
+
+
+def _read_config_dict(name: str, token: str | bool | None) -> dict[str, Any]:
+    """The raw ``config.json`` of ``name``, read without running any code.
+
+    Raises:
+        MissingFileError: if ``name`` is neither a folder with a config.json nor a reachable Hub model.
+    """
+    if _looks_like_local_path(name) and not os.path.isdir(os.path.expanduser(name)):
+        raise MissingFileError(
+            f"model.pretrained_model_name_or_path={name!r}: no such folder; "
+            "give an existing model folder or a Hugging Face Hub id"
+        )
+    try:
+        config_dict, _ = PretrainedConfig.get_config_dict(os.path.expanduser(name), token=token)
+    except (OSError, ValueError) as err:
+        raise MissingFileError(
+            f"model.pretrained_model_name_or_path={name!r} could not be read as a model folder or "
+            f"Hub model ({_first_line(err)})"
+        ) from err
+    if not config_dict:  # transformers 5 returns {} for a folder without config.json
+        raise MissingFileError(
+            f"model.pretrained_model_name_or_path={name!r} has no config.json; "
+            "point it at a folder written by save_pretrained"
+        )
+    return config_dict
+
+
+def _uses_builtin_instead_of_shipped_code(
+    name: str, config_dict: Mapping[str, Any], trust_remote_code: bool
+) -> bool:
+    """Decide how a checkpoint that ships its own code is treated when remote code is off.
+
+    Returns:
+        True when transformers would substitute its own implementation of the ``model_type``
+        for the shipped code (it implements ``mpt``, for one, with fewer options than ours):
+        loading must then match the weights exactly.
+
+    Raises:
+        ConfigError: if the code is needed and transformers has no implementation of its own.
+    """
+    auto_map = config_dict.get("auto_map") or {}
+    if trust_remote_code or not any(cls in auto_map for cls in REMOTE_CODE_CLASSES):
+        return False
+    model_type = config_dict.get("model_type")
+    if model_type not in CONFIG_MAPPING:
+        raise ConfigError(
+            f"model.pretrained_model_name_or_path={name!r} needs its own model code "
+            f"(model_type {model_type!r}, which transformers does not implement); {TRUST_HINT}"
+        )
+    logger.warning(
+        "%s ships its own model code but model.trust_remote_code is false: trying transformers' "
+        "built-in '%s' implementation instead",
+        name,
+        model_type,
+    )
+    return True
+
+
+def _builtin_mismatch_error(name: str, detail: str) -> ConfigError:
+    return ConfigError(
+        f"model.pretrained_model_name_or_path={name!r} ships its own model code and transformers' "
+        f"built-in implementation does not fit it ({detail}); {TRUST_HINT}"
+    )
+
+
+def _materialize_on_cpu(model: PreTrainedModel) -> None:
+    """Give a meta-device model real CPU storage and initial values.
+
+    Sharding meta weights in place belongs to the distributed (FSDP) setup; without it, a
+    meta-built model is filled in here so that it can run.
+    """
+    model.to_empty(device="cpu")
+    model.init_weights()
+
+
+def load_hf_causal_lm(
+    name: str,
+    *,
+    pretrained: bool = True,
+    config_overrides: Mapping[str, Any] | None = None,
+    trust_remote_code: bool = False,
+    token: str | bool | None = None,
+    attn_implementation: str | None = None,
+    init_device: str = "cpu",
+    quantization_config: Any | None = None,
+) -> PreTrainedModel:
+    """Load (``pretrained``) or build from its config a causal LM, in fp32 for training.
+
+    ``init_device: meta`` / ``mixed`` build a from-config model on the meta device, then
+    materialize it on CPU; pretrained weights are always loaded on CPU.
+
+    Raises:
+        MissingFileError: if ``name`` cannot be found.
+        ConfigError: if remote code is needed but not trusted, or an override/option does not fit.
+    """
+    config_dict = _read_config_dict(name, token)
+    builtin_fallback = _uses_builtin_instead_of_shipped_code(name, config_dict, trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, token=token)
+    except (StrictDataclassError, ValueError) as err:
+        if builtin_fallback:
+            raise _builtin_mismatch_error(name, _first_line(err)) from err
+        raise ConfigError(
+            f"model.pretrained_model_name_or_path={name!r}: its config could not be loaded ({_first_line(err)})"
+        ) from err
+    apply_config_overrides(config, config_overrides or {})
+    options: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if attn_implementation is not None:
+        options["attn_implementation"] = attn_implementation
+    try:
+        if pretrained:
+            if init_device != "cpu":
+                logger.info(
+                    "init_device=%s with pretrained weights: loading them on CPU", init_device
+                )
+            # transformers 5 loads in the checkpoint's dtype by default; training wants fp32
+            # master weights (Composer's autocast handles lower precision).
+            loaded: Any = AutoModelForCausalLM.from_pretrained(
+                name,
+                config=config,
+                token=token,
+                dtype=torch.float32,
+                quantization_config=quantization_config,
+                output_loading_info=True,
+                **options,
+            )
+            model, info = loaded
+            unmatched = [*info.get("missing_keys", []), *info.get("unexpected_keys", [])]
+            if builtin_fallback and unmatched:
+                raise _builtin_mismatch_error(name, f"unmatched weights: {sorted(unmatched)[:4]}")
+        elif init_device == "cpu":
+            model = AutoModelForCausalLM.from_config(config, **options)
+        else:
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, **options)
+            _materialize_on_cpu(model)
+    except (RuntimeError, StrictDataclassError, ValueError) as err:
+        if builtin_fallback:
+            raise _builtin_mismatch_error(name, _first_line(err)) from err
+        if pretrained and "mismatched_sizes" in str(err):
+            cause = "check model.config_overrides" if config_overrides else "its config.json is off"
+            raise ConfigError(
+                f"model.pretrained_model_name_or_path={name!r}: its weights do not fit the model "
+                f"config (the load report above lists them); {cause}"
+            ) from err
+        if attn_implementation is not None and "attention" in str(err).lower():
+            raise ConfigError(
+                f"model.attn_implementation={attn_implementation!r} does not work with "
+                f"{name!r}: {_first_line(err)}"
+            ) from err
+        raise
+    return cast(PreTrainedModel, model)
+
+
+def _fit_vocab_to_tokenizer(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, allow_embedding_resizing: bool
+) -> None:
+    """Grow the embeddings to the tokenizer's size when allowed; a larger tokenizer is an error otherwise.
+
+    Raises:
+        ConfigError: if the tokenizer has more tokens than the model and resizing is not allowed.
+    """
+    model_vocab = getattr(model.config, "vocab_size", None)
+    if model_vocab is None:  # e.g. multimodal configs keep it in a sub-config
+        embedding_weight = cast(torch.Tensor, model.get_input_embeddings().weight)
+        model_vocab = int(embedding_weight.shape[0])
+    if len(tokenizer) <= model_vocab:
+        return
+    if not allow_embedding_resizing:
+        raise ConfigError(
+            f"the tokenizer has {len(tokenizer)} tokens but the model only {model_vocab} embeddings; "
+            "set model.allow_embedding_resizing: true to grow them, or use the model's own tokenizer"
+        )
+    logger.warning("resizing the model's embeddings from %d to %d", model_vocab, len(tokenizer))
+    model.resize_token_embeddings(len(tokenizer))
+
+
+def _set_pad_token_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Give the model the tokenizer's pad id when it has none (generation warns without one)."""
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None or getattr(model.config, "pad_token_id", None) is not None:
+        return
+    try:
+        model.config.pad_token_id = pad_id
+    except StrictDataclassError:
+        logger.info("%s has no pad_token_id field; leaving it unset", type(model.config).__name__)
+        return
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None and generation_config.pad_token_id is None:
+        generation_config.pad_token_id = pad_id
+
+
+def _add_adapter(
+    model: PreTrainedModel,
+    lora_config: LoraConfig | None,
+    pretrained_lora_id_or_path: str | None,
+    token: str | bool | None,
+) -> PreTrainedModel | PeftModel:
+    """Wrap ``model`` with a trainable LoRA adapter: loaded from ``pretrained_lora_id_or_path`` or new.
+
+    Raises:
+        MissingFileError: if the adapter cannot be found.
+        ConfigError: if the LoRA target modules are not in the model.
+    """
+    if pretrained_lora_id_or_path is not None:
+        if lora_config is not None:
+            logger.warning(
+                "model.pretrained_lora_id_or_path is set: its adapter config is used and "
+                "model.peft_config is ignored"
+            )
+        path = os.path.expanduser(pretrained_lora_id_or_path)
+        if _looks_like_local_path(path) and not os.path.isdir(path):
+            raise MissingFileError(
+                f"model.pretrained_lora_id_or_path={pretrained_lora_id_or_path!r}: no such folder"
+            )
+        try:
+            return PeftModel.from_pretrained(model, path, is_trainable=True, token=token)
+        except (OSError, ValueError) as err:
+            raise MissingFileError(
+                f"model.pretrained_lora_id_or_path={pretrained_lora_id_or_path!r} could not be loaded "
+                f"as a LoRA adapter ({_first_line(err)})"
+            ) from err
+    if lora_config is None:
+        return model
+    try:
+        return cast(PeftModel, get_peft_model(model, lora_config))
+    except ValueError as err:
+        targets = lora_config.target_modules  # peft turns a list into a set
+        shown = sorted(targets) if isinstance(targets, set) else targets
+        raise ConfigError(
+            f"model.peft_config.target_modules={shown!r} does not fit the model: {_first_line(err)}"
+        ) from err
+
+
+def _build_metrics(names: Sequence[str]) -> list[Metric]:
+    return [registry.metrics.get(name)() for name in names]
+
+
+class ComposerHFCausalLM(HuggingFaceModel):
+    """Any ``AutoModelForCausalLM`` for Composer: next-token cross-entropy loss, LM metrics, LoRA.
+
+    Args:
+        tokenizer: saved into checkpoints; its pad id fills a missing ``pad_token_id``.
+        pretrained_model_name_or_path: a local model folder or a Hugging Face Hub id.
+        pretrained: load the weights; if False, build a freshly initialized model from the config.
+        config_overrides: config fields to change before building; a dict merges into a dict
+            field (``attn_config: {attn_impl: torch}``), a key the config lacks is an error.
+        use_flash_attention_2: shorthand for ``attn_implementation: flash_attention_2``.
+        attn_implementation: ``eager``, ``sdpa``, ``flash_attention_2`` or ``flex_attention``;
+            None keeps transformers' default (SDPA where the model supports it).
+        trust_remote_code: run the Python code a checkpoint ships. Off by default; with it off,
+            a checkpoint that ships code loads only if transformers' built-in implementation of
+            its ``model_type`` matches its weights exactly.
+        use_auth_token: Hugging Face Hub token (or True for the stored one), passed as ``token``.
+        init_device: ``cpu``, ``meta`` or ``mixed``. Without pretrained weights, ``meta``/``mixed``
+            build on the meta device and then materialize on CPU; pretrained weights always load
+            on CPU.
+        load_in_8bit: quantize the pretrained weights to 8 bits with bitsandbytes.
+        peft_config: a LoRA config (``{peft_type: LORA, r: 8, lora_alpha: 16,
+            target_modules: [Wqkv]}``); only the adapter's weights train.
+        pretrained_lora_id_or_path: an existing adapter (folder or Hub id) to keep training;
+            takes precedence over ``peft_config``.
+        should_save_peft_only: with an adapter, checkpoints hold only the adapter's weights.
+        use_train_metrics: compute metrics on training batches too.
+        additional_train_metrics: names in the ``metrics`` registry to add to training.
+        additional_eval_metrics: names in the ``metrics`` registry to add to evaluation.
+        allow_embedding_resizing: grow the embeddings when the tokenizer has more tokens than
+            the model; if False that mismatch is an error.
+        use_logits: evaluation hands the metrics logits (else the model's whole output).
+        shift_labels: score position ``t`` against label ``t + 1`` (True for causal LMs).
+
+    Raises:
+        ConfigError: on an unusable option, override or adapter config, or code not trusted.
+        MissingFileError: if the model or adapter cannot be found.
+        MissingDependencyError: if flash-attn or bitsandbytes is asked for but not installed.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase | None,
+        pretrained_model_name_or_path: str,
+        pretrained: bool = True,
+        config_overrides: Mapping[str, Any] | None = None,
+        use_flash_attention_2: bool = False,
+        attn_implementation: str | None = None,
+        trust_remote_code: bool = False,
+        use_auth_token: str | bool | None = None,
+        init_device: str = "cpu",
+        load_in_8bit: bool = False,
+        peft_config: Mapping[str, Any] | None = None,
+        pretrained_lora_id_or_path: str | None = None,
+        should_save_peft_only: bool = True,
+        use_train_metrics: bool = True,
+        additional_train_metrics: list[str] | None = None,
+        additional_eval_metrics: list[str] | None = None,
+        allow_embedding_resizing: bool = False,
+        use_logits: bool = True,
+        shift_labels: bool = True,
+    ) -> None:
+        if init_device not in INIT_DEVICES:
+            raise ConfigError(
+                f"model.init_device={init_device!r} is not supported{did_you_mean(init_device, INIT_DEVICES)} "
+                f"(choose one of {', '.join(INIT_DEVICES)})"
+            )
+        # Check every option before the (possibly slow) load.
+        attn_implementation = resolve_attn_implementation(
+            use_flash_attention_2, attn_implementation
+        )
+        quantization_config = build_quantization_config(load_in_8bit, pretrained)
+        lora_config = build_lora_config(peft_config) if peft_config is not None else None
+
+        model = load_hf_causal_lm(
+            pretrained_model_name_or_path,
+            pretrained=pretrained,
+            config_overrides=config_overrides,
+            trust_remote_code=trust_remote_code,
+            token=use_auth_token,
+            attn_implementation=attn_implementation,
+            init_device=init_device,
+            quantization_config=quantization_config,
+        )
+        if tokenizer is not None:
+            _fit_vocab_to_tokenizer(model, tokenizer, allow_embedding_resizing)
+            _set_pad_token_id(model, tokenizer)
+        wrapped = _add_adapter(model, lora_config, pretrained_lora_id_or_path, use_auth_token)
+
+        train_metrics: list[Metric] = [LanguageCrossEntropy(), LanguagePerplexity()]
+        train_metrics += _build_metrics(additional_train_metrics or [])
+        eval_metrics: list[Metric] = [LanguageCrossEntropy(), LanguagePerplexity()]
+        eval_metrics += _build_metrics(additional_eval_metrics or [])
+        super().__init__(
+            model=cast(Any, wrapped),
+            tokenizer=cast(Any, tokenizer),
+            use_logits=use_logits,
+            metrics=train_metrics if use_train_metrics else None,
+            eval_metrics=eval_metrics,
+            shift_labels=shift_labels,
+            allow_embedding_resizing=allow_embedding_resizing,
+            should_save_peft_only=should_save_peft_only,
+        )
+        # Counted once: every parameter (frozen ones included) does forward and backward work.
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+
+    def forward(self, batch: Mapping[str, Any]) -> Any:
+        """Run the model on the batch's model inputs; ``labels`` are left to ``loss``."""
+        inputs = {k: v for k, v in batch.items() if k in self.model_forward_args and k != "labels"}
+        return self.model(**inputs)
+
+    def loss(self, outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Mean next-token cross-entropy over the tokens whose label is not -100."""
+        logits = outputs.logits
+        targets = batch["labels"]
+        if self.shift_labels:
+            targets = shift_labels_for_next_token(targets)
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100
+        )
+
+    def eval_forward(self, batch: Mapping[str, Any], outputs: Any | None = None) -> Any:
+        """Logits (or the whole output without ``use_logits``) for metric updates.
+
+        ``self.labels`` holds the targets; unlike Composer's version, the batch is not modified.
+        """
+        if batch.get("mode") in ("generate", "icl_task"):
+            # Composer's version pops and shifts the labels in place: hand it copies.
+            copied = dict(batch)
+            if "labels" in copied:
+                copied["labels"] = copied["labels"].clone()
+            return super().eval_forward(copied, outputs)
+        outputs = outputs if outputs is not None else self.forward(batch)
+        assert outputs is not None
+        labels = batch["labels"]
+        self.labels = shift_labels_for_next_token(labels) if self.shift_labels else labels
+        return outputs.logits if self.use_logits else outputs
+
+    def flops_per_batch(self, batch: Mapping[str, Any]) -> int:
+        """Approximate forward+backward FLOPs of a batch, for MFU: 3 x 2 x params x tokens."""
+        batch_size, seq_len = batch["input_ids"].shape[:2]
+        return int(6 * self.n_params * batch_size * seq_len)
+
+
+registry.models.register("hf_causal_lm", func=ComposerHFCausalLM)

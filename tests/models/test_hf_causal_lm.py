@@ -1,0 +1,401 @@
+"""ComposerHFCausalLM (``hf_causal_lm``): loading local HF folders, config overrides, LoRA, errors.
+
+Every model is built and saved locally (no Hub access): a tiny MPT exported with its remote
+code, and a tiny Llama saved with ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import peft
+import pytest
+import torch
+from composer import Trainer
+from composer.loggers import InMemoryLogger
+from torch.utils.data import DataLoader
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from llmfoundry.command_utils.convert_composer_to_hf import save_mpt_as_hf
+from llmfoundry.models.hf import ComposerHFCausalLM
+from llmfoundry.models.mpt import MPTForCausalLM
+from llmfoundry.utils.builders import build_composer_model
+from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, MissingFileError
+from tests.models.mpt_helpers import tiny_config, tiny_model
+
+VOCAB = 512  # the tokenizer fixture's size
+LORA_WQKV = {
+    "peft_type": "LORA",
+    "task_type": "CAUSAL_LM",
+    "r": 8,
+    "lora_alpha": 16,
+    "lora_dropout": 0.05,
+    "target_modules": ["Wqkv"],
+}
+
+
+def _ids(batch: int = 2, seq_len: int = 16, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(2, VOCAB, (batch, seq_len), generator=generator)
+
+
+@torch.no_grad()
+def _logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    return model.eval()(input_ids=ids).logits
+
+
+def _embedding_weight(model: Any) -> torch.Tensor:
+    return model.get_input_embeddings().weight
+
+
+def _save_mpt(folder: Path, **config: Any) -> MPTForCausalLM:
+    model = tiny_model(tiny_config(vocab_size=VOCAB, **config))
+    save_mpt_as_hf(model, None, folder, "fp32")
+    return model
+
+
+@pytest.fixture(scope="module")
+def mpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, MPTForCausalLM]:
+    """A tiny MPT exported with its code, and the model it was saved from."""
+    folder = tmp_path_factory.mktemp("mpt") / "model"
+    return folder, _save_mpt(folder)
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama (hidden 32, 2 layers, GQA) saved with ``save_pretrained``."""
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("llama") / "model"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def test_remote_code_mpt_loads_with_the_same_logits_and_loss(
+    mpt: tuple[Path, MPTForCausalLM], tokenizer: PreTrainedTokenizerBase
+) -> None:
+    folder, original = mpt
+    model = ComposerHFCausalLM(tokenizer, str(folder), trust_remote_code=True)
+    ids = _ids()
+    torch.testing.assert_close(_logits(model.model, ids), _logits(original, ids))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert model.model.config.pad_token_id == tokenizer.pad_token_id == 1
+
+    labels = ids.clone()
+    labels[0, -5:] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    with torch.no_grad():
+        loss = model.loss(model(batch), batch)
+    logits = _logits(original, ids)[:, :-1]
+    targets = labels[:, 1:]
+    keep = targets != -100
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits[keep], targets[keep]))
+    assert model.flops_per_batch(batch) == 6 * model.n_params * ids.numel()
+
+    with torch.no_grad():
+        eval_logits = model.eval_forward(batch)
+    metric = model.get_metrics(is_train=False)["LanguageCrossEntropy"]
+    model.update_metric(batch, eval_logits, metric)
+    torch.testing.assert_close(metric.compute(), loss)
+    assert torch.equal(batch["labels"], labels), "the batch is not modified in place"
+
+
+def test_shipped_code_without_trust_remote_code_is_a_config_error(
+    mpt: tuple[Path, MPTForCausalLM], tmp_path: Path
+) -> None:
+    # transformers implements model_type "mpt" itself, differently: it must not silently replace
+    # the shipped code. Plain MPT: the built-in class rejects the weights' shapes.
+    folder, _ = mpt
+    with pytest.raises(ConfigError, match=r"model\.trust_remote_code: true"):
+        ComposerHFCausalLM(None, str(folder))
+    # GQA: the built-in config class rejects the attention type.
+    gqa = tmp_path / "gqa"
+    _save_mpt(gqa, attn_config={"attn_type": "grouped_query_attention", "kv_n_heads": 2})
+    with pytest.raises(ConfigError, match=r"model\.trust_remote_code: true"):
+        ComposerHFCausalLM(None, str(gqa))
+    # A model_type transformers does not know at all.
+    custom = tmp_path / "custom"
+    shutil.copytree(folder, custom)
+    config = json.loads((custom / "config.json").read_text())
+    config["model_type"] = "my_own_mpt"
+    (custom / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match=r"needs its own model code.*model\.trust_remote_code"):
+        ComposerHFCausalLM(None, str(custom))
+
+
+def test_mpt_that_transformers_implements_loads_without_remote_code(tmp_path: Path) -> None:
+    # transformers' own MPT covers this variant (ALiBi, no biases, 4x MLP): no code runs from
+    # the folder, and the outputs are the same.
+    folder = tmp_path / "native"
+    original = _save_mpt(
+        folder, no_bias=True, learned_pos_emb=False, expansion_ratio=4, attn_config={"alibi": True}
+    )
+    model = ComposerHFCausalLM(None, str(folder))
+    assert type(model.model).__module__.startswith("transformers.models.mpt.")
+    ids = _ids()
+    torch.testing.assert_close(_logits(model.model, ids), _logits(original, ids))
+
+
+def test_builtin_class_that_would_drop_weights_is_refused(tmp_path: Path) -> None:
+    # Biases that transformers' MPT has no place for would be dropped silently on load; the
+    # folder claims model_type "mpt" here to reach that path whatever the exporter writes.
+    folder = tmp_path / "biased"
+    _save_mpt(
+        folder, no_bias=False, learned_pos_emb=False, expansion_ratio=4, attn_config={"alibi": True}
+    )
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "mpt"}))
+    with pytest.raises(ConfigError, match=r"unmatched weights.*model\.trust_remote_code: true"):
+        ComposerHFCausalLM(None, str(folder))
+    model = ComposerHFCausalLM(None, str(folder), trust_remote_code=True)
+    assert isinstance(model.model, PreTrainedModel)
+    assert type(model.model).__name__ == "MPTForCausalLM"
+
+
+def test_config_overrides_merge_into_nested_dicts(tmp_path: Path) -> None:
+    # Saved for FlashAttention (MPT's default attn_impl); the override switches it to torch.
+    folder = tmp_path / "mpt_flash"
+    original = _save_mpt(folder, learned_pos_emb=False, attn_config={"attn_impl": "flash"})
+    model = ComposerHFCausalLM(
+        None,
+        str(folder),
+        trust_remote_code=True,
+        config_overrides={"max_seq_len": 32, "attn_config": {"attn_impl": "torch"}},
+    )
+    config = model.model.config
+    assert config.max_seq_len == 32
+    assert config.attn_config["attn_impl"] == "torch"
+    assert config.attn_config["rope_hf_config"] == {"type": "no_scaling", "factor": 1.0}
+    ids = _ids()
+    torch.testing.assert_close(
+        _logits(model.model, ids), _logits(original, ids), atol=2e-5, rtol=1e-5
+    )
+
+
+def test_config_override_that_reshapes_weights_is_a_config_error(
+    mpt: tuple[Path, MPTForCausalLM],
+) -> None:
+    folder, _ = mpt  # learned position embeddings: max_seq_len sets their shape
+    with pytest.raises(ConfigError, match=r"weights do not fit .*model\.config_overrides"):
+        ComposerHFCausalLM(
+            None, str(folder), trust_remote_code=True, config_overrides={"max_seq_len": 32}
+        )
+
+
+def test_config_override_reaches_a_nested_dict_two_levels_down(
+    mpt: tuple[Path, MPTForCausalLM],
+) -> None:
+    folder, _ = mpt
+    model = ComposerHFCausalLM(
+        None,
+        str(folder),
+        trust_remote_code=True,
+        config_overrides={"attn_config": {"rope_hf_config": {"factor": 2.0}}},
+    )
+    assert model.model.config.attn_config["rope_hf_config"] == {"type": "no_scaling", "factor": 2.0}
+    assert model.model.config.attn_config["attn_impl"] == "torch"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"n_layer": 3}, r"model\.config_overrides\.n_layer: .*did you mean 'n_layers'"),
+        (
+            {"attn_config": {"attn_imp": "torch"}},
+            r"model\.config_overrides\.attn_config\.attn_imp is not a key .*did you mean 'attn_impl'",
+        ),
+    ],
+)
+def test_unknown_config_override_keys_are_named(
+    mpt: tuple[Path, MPTForCausalLM], overrides: dict[str, Any], message: str
+) -> None:
+    folder, _ = mpt
+    with pytest.raises(ConfigError, match=message):
+        ComposerHFCausalLM(None, str(folder), trust_remote_code=True, config_overrides=overrides)
+
+
+def test_config_override_of_the_wrong_type_is_named(llama_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"model\.config_overrides\.num_hidden_layers='two'"):
+        ComposerHFCausalLM(None, str(llama_dir), config_overrides={"num_hidden_layers": "two"})
+
+
+def test_lora_on_llama_trains_only_the_adapter(
+    llama_dir: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    model = ComposerHFCausalLM(
+        tokenizer,
+        str(llama_dir),
+        attn_implementation="eager",
+        peft_config={"peft_type": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]},
+    )
+    assert isinstance(model.model, peft.PeftModel)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    # 2 layers x (q_proj, v_proj) x (lora_A, lora_B)
+    assert len(trainable) == 8
+    assert all("lora_" in name and ("q_proj" in name or "v_proj" in name) for name in trainable)
+    base: Any = model.model.base_model.model
+    assert base.config._attn_implementation == "eager"
+    # checkpoints hold only the adapter (should_save_peft_only defaults to True)
+    assert set(model.state_dict()) == {f"{name}" for name in trainable}
+
+
+def _fixed_batches(n_rows: int = 4, seq_len: int = 32) -> DataLoader:
+    ids = _ids(n_rows, seq_len, seed=1)
+    rows = [
+        {"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()}
+        for row in ids
+    ]
+    return DataLoader(rows, batch_size=n_rows)  # pyright: ignore[reportArgumentType]
+
+
+def test_lora_finetune_of_mpt_wqkv_trains_and_saves_a_peft_adapter(
+    mpt: tuple[Path, MPTForCausalLM], tokenizer: PreTrainedTokenizerBase, tmp_path: Path
+) -> None:
+    folder, _ = mpt
+    model = ComposerHFCausalLM(
+        tokenizer, str(folder), trust_remote_code=True, peft_config=LORA_WQKV
+    )
+    frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" not in n}
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    assert lora_before and all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
+
+    in_memory = InMemoryLogger()
+    trainer = Trainer(
+        model=model,
+        train_dataloader=_fixed_batches(),
+        max_duration="15ba",
+        optimizers=torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2),
+        loggers=[in_memory],
+        device="cpu",
+        progress_bar=False,
+        log_to_console=False,
+        seed=0,
+    )
+    trainer.fit()
+    losses = [float(value) for _, value in in_memory.data["loss/train/total"]]
+    assert len(losses) == 15
+    assert losses[-1] < 0.8 * losses[0], losses
+
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[n], before) for n, before in frozen_before.items())
+    assert all(not torch.equal(params[n], before) for n, before in lora_before.items())
+
+    adapter_dir = tmp_path / "adapter"
+    model.model.save_pretrained(str(adapter_dir))
+    assert (adapter_dir / "adapter_config.json").is_file()
+    assert (adapter_dir / "adapter_model.safetensors").is_file()
+
+    ids = _ids(seed=2)
+    trained_logits = _logits(model.model, ids)
+    base = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
+    reloaded = peft.PeftModel.from_pretrained(base, adapter_dir)
+    torch.testing.assert_close(_logits(reloaded, ids), trained_logits)
+
+    resumed = ComposerHFCausalLM(
+        tokenizer, str(folder), trust_remote_code=True, pretrained_lora_id_or_path=str(adapter_dir)
+    )
+    torch.testing.assert_close(_logits(resumed.model, ids), trained_logits)
+    assert any(p.requires_grad for n, p in resumed.named_parameters() if "lora_" in n)
+
+
+def test_missing_optional_dependencies_name_the_fix(llama_dir: Path) -> None:
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(MissingDependencyError, match=r"model\.load_in_8bit.*bitsandbytes"):
+            ComposerHFCausalLM(None, str(llama_dir), load_in_8bit=True)
+    if importlib.util.find_spec("flash_attn") is None:
+        with pytest.raises(
+            MissingDependencyError, match=r"model\.use_flash_attention_2.*flash-attn.*'gpu' extra"
+        ):
+            ComposerHFCausalLM(None, str(llama_dir), use_flash_attention_2=True)
+
+
+def test_bad_options_fail_naming_the_key(llama_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError, match=r"model\.peft_config\.lora_alpah .*did you mean 'lora_alpha'"
+    ):
+        ComposerHFCausalLM(
+            None, str(llama_dir), peft_config={"peft_type": "LORA", "lora_alpah": 16}
+        )
+    with pytest.raises(ConfigError, match=r"model\.peft_config\.peft_type='PREFIX_TUNING'"):
+        ComposerHFCausalLM(None, str(llama_dir), peft_config={"peft_type": "PREFIX_TUNING"})
+    with pytest.raises(ConfigError, match=r"model\.peft_config\.target_modules=\['Wqkv'\]"):
+        ComposerHFCausalLM(None, str(llama_dir), peft_config=LORA_WQKV)
+    with pytest.raises(
+        ConfigError, match=r"model\.attn_implementation='spda'.*did you mean 'sdpa'"
+    ):
+        ComposerHFCausalLM(None, str(llama_dir), attn_implementation="spda")
+    with pytest.raises(ConfigError, match=r"model\.init_device='gpu'"):
+        ComposerHFCausalLM(None, str(llama_dir), init_device="gpu")
+    with pytest.raises(
+        MissingFileError, match=r"model\.pretrained_model_name_or_path=.*no such folder"
+    ):
+        ComposerHFCausalLM(None, str(tmp_path / "nowhere"))
+    with pytest.raises(
+        MissingFileError, match=r"model\.pretrained_model_name_or_path=.*no config\.json"
+    ):
+        ComposerHFCausalLM(None, str(tmp_path))
+    with pytest.raises(
+        MissingFileError, match=r"model\.pretrained_lora_id_or_path=.*no such folder"
+    ):
+        ComposerHFCausalLM(None, str(llama_dir), pretrained_lora_id_or_path=str(tmp_path / "none"))
+
+
+def test_a_larger_tokenizer_needs_allow_embedding_resizing(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        vocab_size=VOCAB - 12,
+    )
+    folder = tmp_path / "small_vocab"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    with pytest.raises(ConfigError, match=r"model\.allow_embedding_resizing: true"):
+        ComposerHFCausalLM(tokenizer, str(folder))
+    model = ComposerHFCausalLM(tokenizer, str(folder), allow_embedding_resizing=True)
+    assert _embedding_weight(model.model).shape[0] == len(tokenizer)
+
+
+@pytest.mark.parametrize("init_device", ["cpu", "meta"])
+def test_registry_builds_a_fresh_model_from_the_config(
+    llama_dir: Path, tokenizer: PreTrainedTokenizerBase, init_device: str
+) -> None:
+    section = {
+        "name": "hf_causal_lm",
+        "pretrained_model_name_or_path": str(llama_dir),
+        "pretrained": False,
+        "init_device": init_device,
+        "config_overrides": {"num_hidden_layers": 1},
+    }
+    model = build_composer_model(section, tokenizer)
+    assert isinstance(model, ComposerHFCausalLM)
+    assert model.model.config.num_hidden_layers == 1
+    saved = LlamaForCausalLM.from_pretrained(llama_dir)
+    fresh_embedding = _embedding_weight(model.model)
+    assert fresh_embedding.device.type == "cpu"
+    assert torch.isfinite(fresh_embedding).all()
+    assert not torch.equal(fresh_embedding, _embedding_weight(saved))
+    with pytest.raises(
+        ConfigError, match=r"model\.pretrained_model_name_or_pth is not a valid key"
+    ):
+        build_composer_model({**section, "pretrained_model_name_or_pth": "x"}, tokenizer)
