@@ -14,7 +14,10 @@ BASE: dict[str, Any] = {"d_model": 32, "n_heads": 4, "n_layers": 2, "vocab_size"
 INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "alibi_and_rope": ({"attn_config": {"alibi": True, "rope": True}}, r"alibi and rope"),
     "d_model_not_divisible": ({"d_model": 30}, r"model\.d_model \(30\).*n_heads \(4\)"),
-    "bad_attn_impl": ({"attn_config": {"attn_impl": "triton"}}, r"attn_config\.attn_impl='triton'"),
+    "bad_attn_impl": (
+        {"attn_config": {"attn_impl": "xformers"}},
+        r"attn_config\.attn_impl='xformers' .*torch, flash, sdpa, triton, flex",
+    ),
     "unknown_attn_key": ({"attn_config": {"alibi_bias": 8}}, r"attn_config\.alibi_bias is not"),
     "unknown_init_key": ({"init_config": {"std": 0.02}}, r"init_config\.std is not"),
     "unknown_ffn_key": ({"ffn_config": {"hidden": 64}}, r"ffn_config\.hidden is not"),
@@ -28,7 +31,11 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "bad_attn_type": ({"attn_config": {"attn_type": "linear"}}, r"attn_config\.attn_type='linear'"),
     "bad_norm_type": ({"norm_type": "batchnorm"}, r"model\.norm_type='batchnorm'"),
-    "bad_ffn_type": ({"ffn_config": {"ffn_type": "te_ln_mlp"}}, r"ffn_config\.ffn_type"),
+    "bad_ffn_type": ({"ffn_config": {"ffn_type": "moe"}}, r"ffn_config\.ffn_type='moe'"),
+    "te_ffn_without_te": (
+        {"ffn_config": {"ffn_type": "te_ln_mlp"}},
+        r"ffn_config\.ffn_type needs NVIDIA TransformerEngine.*'te' extra",
+    ),
     "bad_activation": ({"ffn_config": {"ffn_act_fn": {"name": "tanh"}}}, r"ffn_config\.ffn_act_fn"),
     "bad_init_name": ({"init_config": {"name": "orthogonal_"}}, r"init_config\.name"),
     "baseline_without_std": ({"init_config": {"name": "baseline_"}}, r"init_config\.init_std"),
@@ -42,7 +49,13 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     ),
     "bad_final_softcap": ({"final_logit_softcapping": -1.0}, r"model\.final_logit_softcapping"),
     "bad_init_device": ({"init_device": "gpu"}, r"model\.init_device='gpu'"),
-    "bad_fc_type": ({"fc_type": "te"}, r"model\.fc_type='te'"),
+    "bad_fc_type": ({"fc_type": "cuda"}, r"model\.fc_type='cuda'"),
+    "te_fc_without_te": ({"fc_type": "te"}, r"model\.fc_type needs NVIDIA TransformerEngine"),
+    "flex_with_dropout": (
+        {"attn_config": {"attn_impl": "flex", "attn_pdrop": 0.1}},
+        r"attn_impl='flex'.*attn_pdrop",
+    ),
+    "qk_ln_and_qk_gn": ({"attn_config": {"qk_ln": True, "qk_gn": True}}, r"qk_ln and qk_gn"),
     "fc_type_dict_with_options": (
         {"fc_type": {"name": "torch", "bias": False}},
         r"model\.fc_type=",
@@ -57,17 +70,13 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
         {"attn_config": {"rope": True, "rope_dail_config": {"type": "xpos"}}},
         r"rope_dail_config\.type='xpos'",
     ),
-    "rope_hf_dynamic": (
-        {"attn_config": {"rope": True, "rope_impl": "hf", "rope_hf_config": {"type": "dynamic"}}},
-        r"rope_hf_config\.type='dynamic'",
+    "rope_hf_unknown_scaling": (
+        {"attn_config": {"rope": True, "rope_impl": "hf", "rope_hf_config": {"type": "yarn"}}},
+        r"rope_hf_config\.type='yarn'.*no_scaling, linear, dynamic",
     ),
     "sliding_window_zero": (
         {"attn_config": {"sliding_window_size": 0}},
         r"attn_config\.sliding_window_size=0",
-    ),
-    "sequence_id_unsupported": (
-        {"attn_config": {"attn_uses_sequence_id": True}},
-        r"attn_config\.attn_uses_sequence_id",
     ),
 }
 

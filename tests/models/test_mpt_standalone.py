@@ -15,6 +15,20 @@ from tests.models.mpt_helpers import random_ids, tiny_config, tiny_model
 
 MPT_DIR = Path(mpt_package.__file__).parent
 ALLOWED_PACKAGES = {"torch", "transformers"} | set(sys.stdlib_module_names)
+# Optional accelerators, imported inside functions only after checking that they are installed.
+OPTIONAL_PACKAGES = {"flash_attn", "transformer_engine"}
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """Packages imported at module level (an optional package must not be one of them)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            assert node.module is not None
+            names.add(node.module.split(".")[0])
+    return names
 
 
 def _absolute_imports(path: Path) -> list[str]:
@@ -33,8 +47,10 @@ def test_mpt_folder_imports_only_torch_transformers_and_stdlib() -> None:
     files = sorted(MPT_DIR.glob("*.py"))
     assert {f.name for f in files} >= {"configuration_mpt.py", "modeling_mpt.py", "attention.py"}
     for path in files:
-        outside = set(_absolute_imports(path)) - ALLOWED_PACKAGES
+        outside = set(_absolute_imports(path)) - ALLOWED_PACKAGES - OPTIONAL_PACKAGES
         assert not outside, f"{path.name} imports {sorted(outside)}"
+        eager_optional = _top_level_imports(path) & OPTIONAL_PACKAGES
+        assert not eager_optional, f"{path.name} imports {sorted(eager_optional)} at load time"
 
 
 def test_loads_as_trust_remote_code(tmp_path: Path) -> None:

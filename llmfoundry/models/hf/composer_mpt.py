@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
 from llmfoundry.models.mpt import MPTConfig, MPTConfigError, MPTForCausalLM
+from llmfoundry.models.mpt.modeling_mpt import MPTCausalLMOutput
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,34 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
 
 def _build_metrics(names: Sequence[str]) -> list[Metric]:
     return [registry.metrics.get(name)() for name in names]
+
+
+def _takes_token_losses(metric: Metric) -> bool:
+    """Whether ``metric`` can be updated from per-token losses instead of logits.
+
+    Exact types only: a subclass may have changed what ``update`` accumulates.
+    """
+    return (
+        type(metric) in (LanguageCrossEntropy, LanguagePerplexity)
+        and cast(LanguageCrossEntropy, metric).ignore_index == -100
+    )
+
+
+def _add_token_losses(
+    metric: LanguageCrossEntropy, token_losses: torch.Tensor, targets: torch.Tensor
+) -> None:
+    """Accumulate per-token losses as ``metric.update(logits, targets)`` would from logits.
+
+    ``token_losses`` is 0 wherever ``targets`` is -100, so its sum is the metric's ``sum_loss``.
+    """
+    sum_loss = cast(torch.Tensor, metric.sum_loss)  # torchmetrics states, untyped
+    total_items = cast(torch.Tensor, metric.total_items)
+    metric.sum_loss = sum_loss + token_losses.to(sum_loss).sum()
+    metric.total_items = total_items + (targets.to(total_items.device) != metric.ignore_index).sum()
+    # What torchmetrics' update wrapper does around every ``update``: drop the cached result
+    # and count the update (``compute`` warns when called on a metric never updated).
+    metric._computed = None
+    metric._update_count += 1
 
 
 def build_mpt_config(model_section: Mapping[str, Any]) -> MPTConfig:
@@ -62,8 +91,11 @@ class ComposerMPTCausalLM(HuggingFaceModel):
     Args:
         tokenizer: saved into checkpoints so that exports carry it.
         use_train_metrics: compute metrics on training batches too.
-        loss_fn: ``fused_crossentropy`` or ``torch_crossentropy`` (both run PyTorch's
-            cross-entropy here; the fused kernel is not required).
+        loss_fn: ``torch_crossentropy``: full logits, then PyTorch's cross-entropy.
+            ``fused_crossentropy``: in training, the model computes the head and the loss
+            together, chunk by chunk, never materialising the ``(batch, seq, vocab)`` fp32
+            logits (``MPTForCausalLM.forward(loss_impl="fused")``); the same value and
+            gradients within fp32 rounding. Evaluation computes full logits either way.
         additional_train_metrics: names in the ``metrics`` registry to add to training.
         additional_eval_metrics: names in the ``metrics`` registry to add to evaluation.
         **mpt_config: every other key of the ``model:`` section, as ``MPTConfig`` kwargs.
@@ -92,6 +124,7 @@ class ComposerMPTCausalLM(HuggingFaceModel):
                 "raise model.vocab_size"
             )
         model = self._build_model(config)
+        self.loss_fn = loss_fn
         train_metrics: list[Metric] = [LanguageCrossEntropy(), LanguagePerplexity()]
         train_metrics += _build_metrics(additional_train_metrics or [])
         eval_metrics: list[Metric] = [LanguageCrossEntropy(), LanguagePerplexity()]
@@ -122,11 +155,32 @@ class ComposerMPTCausalLM(HuggingFaceModel):
         return model
 
     def forward(self, batch: Mapping[str, Any]) -> Any:
-        """Run the model on ``input_ids`` / ``attention_mask`` (labels are used by ``loss``)."""
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"))
+        """Run the model on ``input_ids`` / ``attention_mask``.
+
+        With ``loss_fn: fused_crossentropy``, in training mode and with ``labels`` in the batch,
+        the model also computes the loss (inside its own forward, where FSDP has unsharded the
+        head's weight) and returns no logits. Otherwise ``loss`` scores the returned logits.
+        """
+        if self.loss_fn == "fused_crossentropy" and self.training and "labels" in batch:
+            return self.model(
+                **self._model_inputs(batch), labels=batch["labels"], loss_impl="fused"
+            )
+        return self._logits_forward(batch)
+
+    def _model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The batch entries the model reads: ids, mask, and packed ``sequence_id`` if used."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch.get("attention_mask")}
+        if cast(MPTConfig, self.model.config).attn_config["attn_uses_sequence_id"]:
+            inputs["sequence_id"] = batch.get("sequence_id")
+        return inputs
+
+    def _logits_forward(self, batch: Mapping[str, Any]) -> MPTCausalLMOutput:
+        return self.model(**self._model_inputs(batch))
 
     def loss(self, outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor:
         """Mean next-token cross-entropy over the tokens whose label is not -100."""
+        if outputs.logits is None:  # the fused path already computed it
+            return outputs.loss
         logits = outputs.logits
         targets = shift_labels(batch["labels"])
         return F.cross_entropy(
@@ -134,13 +188,37 @@ class ComposerMPTCausalLM(HuggingFaceModel):
         )
 
     def eval_forward(self, batch: Mapping[str, Any], outputs: Any | None = None) -> Any:
-        """Logits for metric updates; ``self.labels`` holds the shifted targets."""
+        """What ``update_metric`` scores; ``self.labels`` holds the shifted targets.
+
+        Usually the logits. For the outputs of a fused training step (train metrics), the
+        outputs themselves: their per-token losses update the cross-entropy and perplexity
+        metrics, and logits are computed (without grad, by a second forward) only if another
+        train metric needs them.
+        """
         if batch.get("mode") in ("generate", "icl_task"):
             return super().eval_forward(dict(batch), outputs)
-        outputs = outputs if outputs is not None else self.forward(batch)
-        assert outputs is not None
         self.labels = shift_labels(batch["labels"])
+        if outputs is not None and outputs.logits is None:
+            train_metrics = self.get_metrics(is_train=True).values()
+            if all(_takes_token_losses(metric) for metric in train_metrics):
+                return outputs
+            with torch.no_grad():
+                logits = self._logits_forward(batch).logits
+            return MPTCausalLMOutput(logits=logits, token_losses=outputs.token_losses)
+        if outputs is None:
+            outputs = self._logits_forward(batch)
         return outputs.logits
+
+    def update_metric(self, batch: Any, outputs: Any, metric: Metric) -> dict[str, Any]:
+        """Update ``metric`` from logits, or from per-token losses where the fused loss left some."""
+        token_losses = getattr(outputs, "token_losses", None)
+        if token_losses is not None and _takes_token_losses(metric):
+            assert self.labels is not None, "eval_forward sets the labels"
+            _add_token_losses(cast(LanguageCrossEntropy, metric), token_losses, self.labels)
+            return {}
+        if isinstance(outputs, MPTCausalLMOutput):
+            outputs = outputs.logits
+        return super().update_metric(batch, outputs, metric)
 
     def flops_per_batch(self, batch: Mapping[str, Any]) -> int:
         """Forward+backward FLOPs of a batch, for MFU: 3 x (2 x params x tokens + attention).

@@ -1,27 +1,68 @@
 """MPT attention: multi-head, multi-query and grouped-query attention with ALiBi and a KV cache.
 
-Two implementations compute the same function:
+Every implementation computes the same function:
 - ``torch``: the explicit math (scores, bias, mask, softmax), the reference.
-- ``flash`` / ``sdpa``: PyTorch's ``scaled_dot_product_attention``, which dispatches to fused
+- ``sdpa``: PyTorch's ``scaled_dot_product_attention``, which dispatches to fused
   (flash / memory-efficient) kernels where the hardware has them.
+- ``flash``: the flash-attn package when it is installed and the inputs suit it (CUDA, half
+  precision, no padding or packed sequences), SDPA otherwise.
+- ``flex`` / ``triton``: PyTorch FlexAttention, with ALiBi and soft-capping as a score
+  modification and causal, sliding-window, padding and sequence-id masks as a block mask
+  (compiled on GPU). FlexAttention has no CPU backward, so on CPU it runs only without
+  gradients and hands training steps to SDPA.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configuration_mpt import MPTConfig
+from .configuration_mpt import FLEX_IMPLS, MPTConfig
+from .fc import build_linear
 from .norm import build_norm
 from .rotary import apply_rotary
 
 logger = logging.getLogger(__name__)
-_announced_sdpa_fallback = False
+_announced: set[str] = set()
+_compiled_flex: Any = None
+
+
+def _announce_once(key: str, message: str) -> None:
+    """Log ``message`` the first time ``key`` is seen in this process."""
+    if key not in _announced:
+        _announced.add(key)
+        logger.info(message)
+
+
+@dataclass
+class AttentionInputs:
+    """What every block's attention needs besides its own input, built once per forward.
+
+    Attributes:
+        bias: additive ALiBi bias ``(1, n_heads, 1, key_len)`` for the dense paths, or None.
+        allowed: boolean mask broadcastable to ``(b, 1, q, key_len)``; None means plain causal
+            attention over equal-length query and key.
+        block_mask: FlexAttention ``BlockMask`` of the same mask, when the flex path runs.
+        alibi_slopes: per-head ALiBi slopes ``(n_heads,)`` (float32), or None without ALiBi.
+        plain_causal: True when the mask is causal (and windowed) only, with no padding or
+            sequence ids: the case flash-attn's dense kernel handles.
+        window: the sliding window (flash-attn's ``(window, 0)``), or None.
+    """
+
+    bias: torch.Tensor | None = None
+    allowed: torch.Tensor | None = None
+    block_mask: Any = None
+    alibi_slopes: torch.Tensor | None = None
+    plain_causal: bool = True
+    window: int | None = None
 
 
 def alibi_slopes(
@@ -162,16 +203,99 @@ def sdpa_attention(
     )
 
 
-def _resolve_impl(attn_impl: str) -> str:
-    """Map the configured ``attn_impl`` to the function that will run (``torch`` or ``sdpa``)."""
-    global _announced_sdpa_fallback
-    if attn_impl == "flash" and not _announced_sdpa_fallback:
-        # flash-attn's varlen kernels are not wired in; SDPA dispatches to a flash kernel on GPUs.
-        logger.info(
-            "attn_impl=flash: using torch scaled_dot_product_attention (fused kernels where available)"
+def flex_available_here(device: torch.device) -> bool:
+    """Whether FlexAttention can run now: on GPU always, on CPU only without autograd."""
+    return device.type != "cpu" or not torch.is_grad_enabled()
+
+
+def _flex_fn() -> Any:
+    """``flex_attention``, compiled once per process on GPU (eager on CPU)."""
+    global _compiled_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if _compiled_flex is None and torch.cuda.is_available():
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex if _compiled_flex is not None else flex_attention
+
+
+def flex_attention_call(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    inputs: AttentionInputs,
+    softmax_scale: float,
+    softcap: float | None,
+) -> torch.Tensor:
+    """FlexAttention with the same semantics as :func:`torch_attention` (no dropout).
+
+    ``key``/``value`` keep their ``kv_n_heads`` heads (FlexAttention groups them itself).
+    """
+    slopes = inputs.alibi_slopes
+    key_len = key.shape[-2]
+
+    def score_mod(score: Any, b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+        if softcap is not None:
+            score = softcap * torch.tanh(score / softcap)
+        if slopes is not None:
+            score = score + slopes[h] * (kv_idx - (key_len - 1))
+        return score
+
+    modify = softcap is not None or slopes is not None
+    with warnings.catch_warnings():
+        # Eager FlexAttention (CPU) warns that it is unfused; we run it eagerly on purpose.
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        out = _flex_fn()(
+            query,
+            key,
+            value,
+            score_mod=score_mod if modify else None,
+            block_mask=inputs.block_mask,
+            scale=softmax_scale,
+            enable_gqa=key.shape[1] != query.shape[1],
         )
-        _announced_sdpa_fallback = True
-    return "torch" if attn_impl == "torch" else "sdpa"
+    return out  # type: ignore[return-value]
+
+
+def flash_attn_ready(query: torch.Tensor, inputs: AttentionInputs, dropout_p: float) -> bool:
+    """Whether the flash-attn package can run this call (else SDPA runs it)."""
+    del dropout_p
+    return (
+        query.is_cuda
+        and query.dtype in (torch.float16, torch.bfloat16)
+        and inputs.plain_causal
+        and importlib.util.find_spec("flash_attn") is not None
+    )
+
+
+def flash_attn_call(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    inputs: AttentionInputs,
+    softmax_scale: float,
+    dropout_p: float,
+    softcap: float | None,
+) -> torch.Tensor:
+    """flash-attn's dense causal kernel; inputs and output are ``(b, heads, s, d)``.
+
+    flash-attn aligns the causal mask to the bottom right (queries are the last positions, as
+    with a KV cache), takes ALiBi as ``-slope * |i - j|`` (equal to our key-only bias inside a
+    causal softmax) and groups key/value heads itself.
+    """
+    from flash_attn import flash_attn_func  # type: ignore[import-not-found]
+
+    out = flash_attn_func(
+        query.transpose(1, 2),
+        key.transpose(1, 2),
+        value.transpose(1, 2),
+        dropout_p=dropout_p,
+        softmax_scale=softmax_scale,
+        causal=True,
+        window_size=(inputs.window, 0) if inputs.window is not None else (-1, -1),
+        alibi_slopes=inputs.alibi_slopes,
+        softcap=softcap or 0.0,
+    )
+    return out.transpose(1, 2)
 
 
 class GroupedQueryAttention(nn.Module):
@@ -197,24 +321,30 @@ class GroupedQueryAttention(nn.Module):
         self.attn_pdrop = attn["attn_pdrop"]
         self.clip_qkv = attn["clip_qkv"]
         self.softcap = attn["attn_logit_softcapping"]
-        self.impl = _resolve_impl(attn["attn_impl"])
+        self.impl = attn["attn_impl"]
         self.fused_qkv = attn["fused_qkv"]
         bias = not config.no_bias
         if self.fused_qkv:
-            self.Wqkv = nn.Linear(
-                self.d_model, self.d_model + 2 * self.kv_dim, bias=bias, device=device
+            self.Wqkv = build_linear(
+                config, self.d_model, self.d_model + 2 * self.kv_dim, bias, device
             )
             # Split points of the fused weight, so that init treats q, k and v as separate matrices.
             self.Wqkv._fused = (0, [self.d_model, self.d_model + self.kv_dim])  # type: ignore[assignment]
         else:
-            self.Wq = nn.Linear(self.d_model, self.d_model, bias=bias, device=device)
-            self.Wk = nn.Linear(self.d_model, self.kv_dim, bias=bias, device=device)
-            self.Wv = nn.Linear(self.d_model, self.kv_dim, bias=bias, device=device)
+            self.Wq = build_linear(config, self.d_model, self.d_model, bias, device)
+            self.Wk = build_linear(config, self.d_model, self.kv_dim, bias, device)
+            self.Wv = build_linear(config, self.d_model, self.kv_dim, bias, device)
+        # qk_ln normalizes the whole query (d_model) and key (kv_dim); qk_gn normalizes each
+        # head on its own, with one head_dim-sized weight shared by all heads.
         self.qk_ln = attn["qk_ln"]
-        if self.qk_ln:
-            self.q_ln = build_norm(config.norm_type, self.d_model, config.norm_eps, bias, device)
-            self.k_ln = build_norm(config.norm_type, self.kv_dim, config.norm_eps, bias, device)
-        self.out_proj = nn.Linear(self.d_model, self.d_model, bias=bias, device=device)
+        self.qk_gn = attn["qk_gn"]
+        if self.qk_ln or self.qk_gn:
+            q_size, k_size = (
+                (self.head_dim, self.head_dim) if self.qk_gn else (self.d_model, self.kv_dim)
+            )
+            self.q_ln = build_norm(config.norm_type, q_size, config.norm_eps, bias, device)
+            self.k_ln = build_norm(config.norm_type, k_size, config.norm_eps, bias, device)
+        self.out_proj = build_linear(config, self.d_model, self.d_model, bias, device)
         self.out_proj._is_residual = True  # type: ignore[assignment]
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -232,13 +362,17 @@ class GroupedQueryAttention(nn.Module):
         if self.qk_ln:
             dtype = query.dtype
             query, key = self.q_ln(query).to(dtype), self.k_ln(key).to(dtype)
+        elif self.qk_gn:
+            dtype = query.dtype
+            query = self.q_ln(query.unflatten(-1, (self.n_heads, self.head_dim))).to(dtype)
+            key = self.k_ln(key.unflatten(-1, (self.kv_n_heads, self.head_dim))).to(dtype)
+            query, key = query.flatten(-2), key.flatten(-2)
         return query, key, value
 
     def forward(
         self,
         x: torch.Tensor,
-        bias: torch.Tensor | None,
-        allowed: torch.Tensor | None,
+        inputs: AttentionInputs,
         past_key_values: Any | None = None,
         layer_idx: int = 0,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -247,9 +381,7 @@ class GroupedQueryAttention(nn.Module):
 
         Args:
             x: ``(b, s, d_model)``.
-            bias: additive bias broadcastable to ``(b, n_heads, s, key_len)`` (ALiBi), or None.
-            allowed: boolean mask broadcastable to ``(b, 1, s, key_len)``, or None for plain
-                causal attention over equal-length query and key.
+            inputs: the bias and masks shared by every block (see :class:`AttentionInputs`).
             past_key_values: a ``transformers`` ``Cache``; this layer's keys/values are appended.
             layer_idx: this layer's index in the cache.
             rotary: RoPE ``(cos, sin)`` of the new tokens' positions, or None without RoPE.
@@ -266,16 +398,37 @@ class GroupedQueryAttention(nn.Module):
             query, key = apply_rotary(query, *rotary), apply_rotary(key, *rotary)
         if past_key_values is not None:
             key, value = past_key_values.update(key, value, layer_idx)
-        n_rep = self.n_heads // self.kv_n_heads
-        key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
-        dropout_p = self.attn_pdrop if self.training else 0.0
-        if self.impl == "torch":
-            out = torch_attention(
-                query, key, value, bias, allowed, self.softmax_scale, dropout_p, self.softcap
-            )
-        else:
-            out = sdpa_attention(
-                query, key, value, bias, allowed, self.softmax_scale, dropout_p, self.softcap
-            )
+        out = self._attend(query, key, value, inputs)
         out = out.transpose(1, 2).reshape(batch, seq, self.d_model)
         return self.out_proj(out)
+
+    def _attend(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, inputs: AttentionInputs
+    ) -> torch.Tensor:
+        """Dispatch to the configured implementation; ``key``/``value`` have kv_n_heads heads."""
+        dropout_p = self.attn_pdrop if self.training else 0.0
+        if self.impl in FLEX_IMPLS and inputs.block_mask is not None:
+            return flex_attention_call(query, key, value, inputs, self.softmax_scale, self.softcap)
+        if self.impl == "flash" and flash_attn_ready(query, inputs, dropout_p):
+            return flash_attn_call(
+                query, key, value, inputs, self.softmax_scale, dropout_p, self.softcap
+            )
+        if self.impl != "torch":
+            _announce_once(
+                self.impl,
+                f"attn_impl={self.impl}: running torch scaled_dot_product_attention here "
+                "(fused kernels where the hardware has them)",
+            )
+        n_rep = self.n_heads // self.kv_n_heads
+        key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
+        attention = torch_attention if self.impl == "torch" else sdpa_attention
+        return attention(
+            query,
+            key,
+            value,
+            inputs.bias,
+            inputs.allowed,
+            self.softmax_scale,
+            dropout_p,
+            self.softcap,
+        )

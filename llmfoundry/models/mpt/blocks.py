@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .attention import GroupedQueryAttention
+from .attention import AttentionInputs, GroupedQueryAttention
 from .configuration_mpt import MPTConfig
 from .ffn import build_ffn
 from .norm import build_norm
@@ -26,7 +26,12 @@ class MPTBlock(nn.Module):
         bias = not config.no_bias
         self.norm_1 = build_norm(config.norm_type, config.d_model, config.norm_eps, bias, device)
         self.attn = GroupedQueryAttention(config, device)
-        self.norm_2 = build_norm(config.norm_type, config.d_model, config.norm_eps, bias, device)
+        # TransformerEngine's LayerNormMLP normalizes its own input.
+        self.norm_2 = (
+            nn.Identity()
+            if config.ffn_config["ffn_type"] == "te_ln_mlp"
+            else build_norm(config.norm_type, config.d_model, config.norm_eps, bias, device)
+        )
         self.ffn = build_ffn(config, device)
         self.resid_attn_dropout = nn.Dropout(config.resid_pdrop)
         self.resid_ffn_dropout = nn.Dropout(config.resid_pdrop)
@@ -35,8 +40,7 @@ class MPTBlock(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        bias: torch.Tensor | None,
-        allowed: torch.Tensor | None,
+        inputs: AttentionInputs,
         token_mask: torch.Tensor | None = None,
         past_key_values: Any | None = None,
         layer_idx: int = 0,
@@ -46,8 +50,7 @@ class MPTBlock(nn.Module):
 
         Args:
             x: ``(b, s, d_model)``.
-            bias: additive attention bias (see ``GroupedQueryAttention.forward``).
-            allowed: boolean attention mask (see ``GroupedQueryAttention.forward``).
+            inputs: the attention bias and masks (see :class:`AttentionInputs`).
             token_mask: ``(b, s)`` booleans, False on pad tokens; with
                 ``use_pad_tok_in_ffn=False`` the FFN skips those tokens.
             past_key_values: a ``transformers`` ``Cache`` or None.
@@ -58,7 +61,7 @@ class MPTBlock(nn.Module):
             ``(b, s, d_model)``.
         """
         x = x + self.resid_attn_dropout(
-            self.attn(self.norm_1(x), bias, allowed, past_key_values, layer_idx, rotary)
+            self.attn(self.norm_1(x), inputs, past_key_values, layer_idx, rotary)
         )
         h = self.norm_2(x)
         if self.use_pad_tok_in_ffn or token_mask is None:

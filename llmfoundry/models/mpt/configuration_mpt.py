@@ -7,10 +7,14 @@ This file ships inside exported checkpoints as ``trust_remote_code``, so it impo
 from __future__ import annotations
 
 import copy
+import importlib.util
+import logging
 import math
 from typing import Any
 
 from transformers import PretrainedConfig
+
+logger = logging.getLogger(__name__)
 
 ATTN_CONFIG_DEFAULTS: dict[str, Any] = {
     "attn_type": "multihead_attention",
@@ -48,12 +52,14 @@ INIT_CONFIG_DEFAULTS: dict[str, Any] = {
 }
 
 ATTN_TYPES = ("multihead_attention", "multiquery_attention", "grouped_query_attention")
-# "flash" runs flash-attn when installed and PyTorch's fused SDPA kernels otherwise;
-# "sdpa" asks for SDPA explicitly.
-ATTN_IMPLS = ("torch", "flash", "sdpa")
+# "flash" runs flash-attn when installed and PyTorch's fused SDPA kernels otherwise; "sdpa" asks
+# for SDPA explicitly. "triton" (the name LLM Foundry's retired Triton kernel had) and "flex" run
+# PyTorch FlexAttention.
+ATTN_IMPLS = ("torch", "flash", "sdpa", "triton", "flex")
+FLEX_IMPLS = ("triton", "flex")
 ROPE_IMPLS = ("dail", "hf")
 NORM_TYPES = ("layernorm", "low_precision_layernorm", "rmsnorm", "low_precision_rmsnorm")
-FFN_TYPES = ("mptmlp", "mptglu")
+FFN_TYPES = ("mptmlp", "mptglu", "te_ln_mlp")
 FFN_ACT_FNS = ("gelu", "relu", "silu")
 INIT_NAMES = (
     "kaiming_normal_",
@@ -65,7 +71,13 @@ INIT_NAMES = (
     "baseline_",
 )
 INIT_DEVICES = ("cpu", "meta", "mixed")
-FC_TYPES = ("torch",)
+FC_TYPES = ("torch", "te")
+ROPE_HF_TYPES = ("no_scaling", "linear", "dynamic")
+
+# Keys every ``PretrainedConfig`` writes; transformers' native MPT saves its ``attn_config`` as a
+# config object, so a native config.json carries these inside ``attn_config`` too. They mean
+# nothing to attention and are dropped on load.
+_PRETRAINED_CONFIG_KEYS = frozenset(PretrainedConfig().to_dict()) | {"_name_or_path"}
 
 # Keys that published MPT configs carry but that select nothing here (mosaicml/mpt-7b has
 # ``attn_config.prefix_lm: false``; LLM Foundry exports copy ``fc_type`` into ``ffn_config`` and
@@ -75,6 +87,10 @@ LEGACY_INERT_KEYS: dict[str, dict[str, tuple[Any, ...]]] = {
     "ffn_config": {"fc_type": ("torch", {"name": "torch"})},
     "init_config": {},
 }
+
+
+# The model_type written for configs that only our code can run (see ``MPTConfig.to_dict``).
+REMOTE_CODE_MODEL_TYPE = "llmfoundry_mpt"
 
 
 class MPTConfigError(ValueError):
@@ -101,6 +117,8 @@ def _merge_defaults(
     merged = copy.deepcopy(defaults)
     inert = LEGACY_INERT_KEYS[name]
     for key, value in (given or {}).items():
+        if name == "attn_config" and key in _PRETRAINED_CONFIG_KEYS and key not in defaults:
+            continue
         if key in inert and key not in defaults:
             if value not in inert[key]:
                 raise MPTConfigError(
@@ -235,6 +253,17 @@ class MPTConfig(PretrainedConfig):
         # Older checkpoints carry keys that no longer mean anything; drop them quietly.
         for legacy_key in ("verbose",):
             kwargs.pop(legacy_key, None)
+        # transformers' native MptConfig names the norm epsilon ``layer_norm_epsilon``: read it
+        # from a native config.json, and write it back so that the native class reads ours.
+        native_eps = kwargs.pop("layer_norm_epsilon", None)
+        if native_eps is not None and norm_eps == 1e-05:
+            self.norm_eps = float(native_eps)
+        self.layer_norm_epsilon = self.norm_eps
+        if learned_pos_emb and (self.attn_config["alibi"] or self.attn_config["rope"]):
+            # Published MPT configs (mpt-7b) say learned_pos_emb: true next to alibi: true; the
+            # position scheme in attention replaces the learned table, as in LLM Foundry.
+            logger.info("attn_config.alibi or rope is on: setting learned_pos_emb to False")
+            self.learned_pos_emb = False
         # transformers 5 no longer declares ``tie_word_embeddings`` on the base config; it is an
         # ordinary attribute, read by the model and written to config.json.
         self.tie_word_embeddings = tie_word_embeddings
@@ -248,6 +277,27 @@ class MPTConfig(PretrainedConfig):
         if self.attn_config["rope_impl"] == "hf" and hf.get("type") == "linear":
             return 1.0 / float(hf["factor"])
         return 1.0
+
+    def rope_theta_for(self, total_len: int) -> float:
+        """The RoPE base for a sequence of ``total_len`` tokens (cache included).
+
+        It is ``rope_theta``, except with ``rope_hf_config.type: dynamic`` past ``max_seq_len``,
+        where the base grows as in dynamic NTK scaling (transformers' ``dynamic`` rope type):
+        ``theta * (factor * len / max_seq_len - (factor - 1)) ** (d / (d - 2))``.
+        """
+        attn = self.attn_config
+        theta = float(attn["rope_theta"])
+        hf = attn["rope_hf_config"]
+        if (
+            attn["rope_impl"] != "hf"
+            or hf.get("type") != "dynamic"
+            or total_len <= self.max_seq_len
+        ):
+            return theta
+        head_dim = self.d_model // self.n_heads
+        factor = float(hf["factor"])
+        growth = factor * total_len / self.max_seq_len - (factor - 1)
+        return theta * growth ** (head_dim / (head_dim - 2))
 
     def _validate_rope(self) -> None:
         """Check the RoPE settings this implementation can honour."""
@@ -263,16 +313,18 @@ class MPTConfig(PretrainedConfig):
         dail_type = attn["rope_dail_config"].get("type")
         if attn["rope_impl"] == "dail" and dail_type != "original":
             raise MPTConfigError(
-                f"model.attn_config.rope_dail_config.type={dail_type!r} is not supported yet; use 'original'"
+                f"model.attn_config.rope_dail_config.type={dail_type!r} is not supported; use 'original' "
+                "(xpos rescales cached keys as the sequence grows, which a KV cache cannot honour)"
             )
         hf_type = attn["rope_hf_config"].get("type")
-        if attn["rope_impl"] == "hf" and hf_type not in ("no_scaling", "linear"):
+        if attn["rope_impl"] == "hf" and hf_type not in ROPE_HF_TYPES:
             raise MPTConfigError(
-                f"model.attn_config.rope_hf_config.type={hf_type!r} is not supported yet; use no_scaling or linear"
+                f"model.attn_config.rope_hf_config.type={hf_type!r} is not supported; "
+                f"choose one of {', '.join(ROPE_HF_TYPES)}"
             )
         if (
             attn["rope_impl"] == "hf"
-            and hf_type == "linear"
+            and hf_type != "no_scaling"
             and not float(attn["rope_hf_config"]["factor"]) > 0
         ):
             raise MPTConfigError("model.attn_config.rope_hf_config.factor must be positive")
@@ -382,13 +434,85 @@ class MPTConfig(PretrainedConfig):
             raise MPTConfigError(
                 f"model.attn_config.sliding_window_size={window!r} must be -1 (off) or a positive integer"
             )
-        # Options owned by later work: refuse them loudly rather than ignore them.
-        unsupported = {
-            "attn_config.qk_gn": attn["qk_gn"],
-            "attn_config.attn_uses_sequence_id": attn["attn_uses_sequence_id"],
+        if attn["qk_ln"] and attn["qk_gn"]:
+            raise MPTConfigError(
+                "model.attn_config: qk_ln and qk_gn cannot both be on; qk_gn normalizes each head, "
+                "qk_ln the whole query/key"
+            )
+        if attn["attn_impl"] in FLEX_IMPLS and attn["attn_pdrop"]:
+            raise MPTConfigError(
+                f"model.attn_config.attn_impl={attn['attn_impl']!r} (FlexAttention) has no attention "
+                "dropout; set attn_config.attn_pdrop to 0 or use attn_impl torch, flash or sdpa"
+            )
+        self._validate_transformer_engine()
+
+    def _validate_transformer_engine(self) -> None:
+        """``fc_type: te`` and ``ffn_type: te_ln_mlp`` need NVIDIA TransformerEngine installed."""
+        wants_te = {
+            "fc_type": self.fc_type == "te",
+            "ffn_config.ffn_type": self.ffn_config["ffn_type"] == "te_ln_mlp",
         }
-        for key, is_set in unsupported.items():
-            if is_set:
+        for key, wanted in wants_te.items():
+            if wanted and importlib.util.find_spec("transformer_engine") is None:
+                fallback = "torch" if key == "fc_type" else "mptmlp"
                 raise MPTConfigError(
-                    f"model.{key} is not supported yet by this MPT implementation; turn it off"
+                    f"model.{key} needs NVIDIA TransformerEngine, which is not installed; "
+                    f"install the 'te' extra (pip install 'llm-foundry[te]') or set {key}: {fallback}"
                 )
+
+    def native_incompatibilities(self) -> list[str]:
+        """Why transformers' native ``MptForCausalLM`` cannot run this config (empty if it can).
+
+        The native class always uses ALiBi (with ``alibi_bias_max`` 8), multi-head attention
+        with one fused ``Wqkv``, bias-free layers, a 4x GELU MLP and LayerNorm; it ignores every
+        other option, so a config that sets one would load there and compute something else.
+        """
+        attn = self.attn_config
+        act = self.ffn_config.get("ffn_act_fn")
+        checks = {
+            "attn_config.attn_type must be multihead_attention": attn["attn_type"]
+            == "multihead_attention",
+            "attn_config.alibi must be on": bool(attn["alibi"]),
+            "attn_config.alibi_bias_max must be 8": attn["alibi_bias_max"] == 8,
+            "attn_config.attn_pdrop must be 0": not attn["attn_pdrop"],
+            "attn_config.qk_ln and qk_gn must be off": not (attn["qk_ln"] or attn["qk_gn"]),
+            "attn_config.fused_qkv must be on": bool(attn["fused_qkv"]),
+            "attn_config.sliding_window_size must be -1": attn["sliding_window_size"] in (-1, None),
+            "attn_config.attn_logit_softcapping must be unset": attn["attn_logit_softcapping"]
+            is None,
+            "no_bias must be true": bool(self.no_bias),
+            "ffn_config.ffn_type must be mptmlp": self.ffn_config["ffn_type"] == "mptmlp",
+            "the FFN width must be 4 * d_model": self.ffn_hidden_size == 4 * self.d_model,
+            "ffn_config.ffn_act_fn must be exact gelu": act is None
+            or act in ("gelu", {"name": "gelu"}, {"name": "gelu", "approximate": "none"}),
+            "norm_type must be layernorm or low_precision_layernorm": self.norm_type
+            in ("layernorm", "low_precision_layernorm"),
+            "fc_type must be torch": self.fc_type == "torch",
+            "logit_scale must be unset": self.logit_scale is None,
+            "final_logit_softcapping must be unset": self.final_logit_softcapping is None,
+        }
+        return [reason for reason, holds in checks.items() if not holds]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as saved to config.json.
+
+        ``model_type`` is ``mpt`` only when transformers' native MPT computes the same function
+        (see :meth:`native_incompatibilities`); otherwise it is ``llmfoundry_mpt``, so that
+        loading the folder without ``trust_remote_code`` fails instead of silently running the
+        native model on weights it does not understand.
+        """
+        output = super().to_dict()
+        output["model_type"] = (
+            self.model_type if not self.native_incompatibilities() else REMOTE_CODE_MODEL_TYPE
+        )
+        return output
+
+    @classmethod
+    def get_config_dict(
+        cls, pretrained_model_name_or_path: Any, **kwargs: Any
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Read config.json, treating ``llmfoundry_mpt`` (see :meth:`to_dict`) as ``mpt``."""
+        config_dict, unused = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") == REMOTE_CODE_MODEL_TYPE:
+            config_dict["model_type"] = cls.model_type
+        return config_dict, unused

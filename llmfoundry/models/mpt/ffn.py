@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .configuration_mpt import MPTConfig
+from .fc import build_linear, build_te_ln_mlp
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 _DEFAULT_ACT: dict[str, Any] = {"name": "gelu", "approximate": "none"}
@@ -35,9 +36,9 @@ class MPTMLP(nn.Module):
     def __init__(self, config: MPTConfig, device: str | None = None) -> None:
         super().__init__()
         hidden, bias = config.ffn_hidden_size, not config.no_bias
-        self.up_proj = nn.Linear(config.d_model, hidden, bias=bias, device=device)
+        self.up_proj = build_linear(config, config.d_model, hidden, bias, device)
         self.act = build_activation(config.ffn_config.get("ffn_act_fn"))
-        self.down_proj = nn.Linear(hidden, config.d_model, bias=bias, device=device)
+        self.down_proj = build_linear(config, hidden, config.d_model, bias, device)
         self.down_proj._is_residual = True  # type: ignore[assignment]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,16 +50,18 @@ class MPTGLU(MPTMLP):
 
     def __init__(self, config: MPTConfig, device: str | None = None) -> None:
         super().__init__(config, device)
-        self.gate_proj = nn.Linear(
-            config.d_model, config.ffn_hidden_size, bias=not config.no_bias, device=device
+        self.gate_proj = build_linear(
+            config, config.d_model, config.ffn_hidden_size, not config.no_bias, device
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
-def build_ffn(config: MPTConfig, device: str | None = None) -> MPTMLP:
+def build_ffn(config: MPTConfig, device: str | None = None) -> nn.Module:
     """Create the FFN named by ``config.ffn_config['ffn_type']``."""
+    if config.ffn_config["ffn_type"] == "te_ln_mlp":
+        return build_te_ln_mlp(config, device)
     if config.ffn_config["ffn_type"] == "mptglu":
         return MPTGLU(config, device)
     return MPTMLP(config, device)

@@ -7,6 +7,7 @@ checkpoints (``transformer.wte``, ``transformer.blocks.N.attn.Wqkv``, ``transfor
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -16,12 +17,32 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from .attention import alibi_bias
+from .attention import (
+    AttentionInputs,
+    GroupedQueryAttention,
+    alibi_bias,
+    alibi_slopes,
+    flex_available_here,
+)
 from .blocks import MPTBlock
-from .configuration_mpt import MPTConfig
+from .configuration_mpt import FLEX_IMPLS, MPTConfig
+from .cross_entropy import chunked_lm_cross_entropy
+from .ffn import MPTMLP
 from .norm import build_norm
 from .param_init import init_mpt_module
 from .rotary import rotary_cos_sin
+
+# Module kinds that activation checkpointing can target, by the names LLM Foundry configs use
+# (lower-cased class names, and the attention/FFN type names).
+CHECKPOINT_TARGETS: dict[str, type[nn.Module]] = {
+    "mptblock": MPTBlock,
+    "groupedqueryattention": GroupedQueryAttention,
+    "grouped_query_attention": GroupedQueryAttention,
+    "multihead_attention": GroupedQueryAttention,
+    "multiquery_attention": GroupedQueryAttention,
+    "mptmlp": MPTMLP,
+    "mptglu": MPTMLP,
+}
 
 
 def _self_keys(seq_len: int, past_len: int, device: torch.device) -> torch.Tensor:
@@ -82,39 +103,87 @@ class MPTModel(MPTPreTrainedModel):
         positions = attention_mask.long().cumsum(dim=1) - 1
         return positions[:, -seq_len:].clamp(min=0)
 
-    def _rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _rotary(
+        self, positions: torch.Tensor, total_len: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """RoPE cosines and sines for the new tokens' positions (None without RoPE)."""
         if not self.config.attn_config["rope"]:
             return None
         head_dim = self.config.d_model // self.config.n_heads
-        theta = float(self.config.attn_config["rope_theta"])
+        theta = self.config.rope_theta_for(total_len)
         return rotary_cos_sin(positions, head_dim, theta, self.config.rope_position_scale)
 
-    def _attention_inputs(
-        self, attention_mask: torch.Tensor | None, past_len: int, seq_len: int, device: torch.device
-    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The additive bias (ALiBi) and the boolean mask shared by every block.
+    def _checked_sequence_id(
+        self, sequence_id: torch.Tensor | None, total_len: int
+    ) -> torch.Tensor | None:
+        """``sequence_id`` when ``attn_uses_sequence_id`` is on (validated), else None."""
+        if not self.config.attn_config["attn_uses_sequence_id"]:
+            return None
+        if sequence_id is None:
+            if self.training:
+                raise ValueError(
+                    "attn_config.attn_uses_sequence_id is on but no sequence_id was passed; "
+                    "use a dataloader that packs sequences and emits sequence_id"
+                )
+            return None
+        if sequence_id.shape[-1] != total_len:
+            raise ValueError(
+                f"sequence_id covers {sequence_id.shape[-1]} tokens but the cache plus input hold "
+                f"{total_len}"
+            )
+        return sequence_id
 
-        The mask is None when it is plain causal over equal-length query and key, which lets
-        the SDPA path use its fastest kernel.
+    def _attention_inputs(
+        self,
+        attention_mask: torch.Tensor | None,
+        sequence_id: torch.Tensor | None,
+        past_len: int,
+        seq_len: int,
+        device: torch.device,
+    ) -> AttentionInputs:
+        """The ALiBi bias and the attention mask shared by every block.
+
+        Query ``i`` (at position ``past_len + i``) may see key ``j`` when ``j`` is not in its
+        future, lies within the sliding window, is not padding, and belongs to the same packed
+        sequence; every query may always see its own key (see below). The dense mask is None
+        when it is plain causal over equal-length query and key, which lets SDPA use its
+        fastest kernel; the flex path gets the same mask as a ``BlockMask``.
         """
         key_len = past_len + seq_len
-        bias = (
-            alibi_bias(self.config.n_heads, key_len, self.alibi_bias_max, device)
-            if self.alibi
-            else None
-        )
-        has_padding = attention_mask is not None and not bool(attention_mask.bool().all())
-        window: int | None = self.config.attn_config["sliding_window_size"]
+        attn = self.config.attn_config
+        window: int | None = attn["sliding_window_size"]
         if window == -1:
             window = None
-        if not has_padding and window is None and past_len == 0:
-            return bias, None
+        has_padding = attention_mask is not None and not bool(attention_mask.bool().all())
+        inputs = AttentionInputs(
+            alibi_slopes=alibi_slopes(self.config.n_heads, self.alibi_bias_max, device)
+            if self.alibi
+            else None,
+            plain_causal=not has_padding and sequence_id is None,
+            window=window,
+        )
+        if attn["attn_impl"] in FLEX_IMPLS and flex_available_here(device):
+            inputs.block_mask = self._block_mask(
+                attention_mask if has_padding else None,
+                sequence_id,
+                past_len,
+                seq_len,
+                window,
+                device,
+            )
+            return inputs
+        if self.alibi:
+            inputs.bias = alibi_bias(self.config.n_heads, key_len, self.alibi_bias_max, device)
+        if inputs.plain_causal and window is None and past_len == 0:
+            return inputs
         causal = torch.ones(seq_len, key_len, dtype=torch.bool, device=device).tril(past_len)
         if window is not None:
             # Query i sees keys j with i - window <= j <= i: flash-attn's (window, 0) semantics.
             causal = causal & ~torch.ones_like(causal).tril(past_len - window - 1)
         allowed = causal.view(1, 1, seq_len, key_len)
+        if sequence_id is not None:
+            same = sequence_id[:, -seq_len:].unsqueeze(-1) == sequence_id.unsqueeze(-2)
+            allowed = allowed & same.unsqueeze(1)
         if has_padding:
             assert attention_mask is not None
             allowed = allowed & attention_mask.bool().view(-1, 1, 1, key_len)
@@ -123,7 +192,45 @@ class MPTModel(MPTPreTrainedModel):
             # see the next real token (a label leak) and the torch and SDPA paths would disagree
             # on its gradient. Letting each query see itself keeps pad rows causal and finite.
             allowed = allowed | _self_keys(seq_len, past_len, device).view(1, 1, seq_len, key_len)
-        return bias, allowed
+        inputs.allowed = allowed
+        return inputs
+
+    @staticmethod
+    def _block_mask(
+        attention_mask: torch.Tensor | None,
+        sequence_id: torch.Tensor | None,
+        past_len: int,
+        seq_len: int,
+        window: int | None,
+        device: torch.device,
+    ) -> Any:
+        """The mask of :meth:`_attention_inputs` as a FlexAttention ``BlockMask``."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        key_ok = attention_mask.bool() if attention_mask is not None else None
+
+        def mask_mod(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
+            q_pos = q_idx + past_len
+            allowed = kv_idx <= q_pos
+            if window is not None:
+                allowed = allowed & (q_pos - kv_idx <= window)
+            if sequence_id is not None:
+                allowed = allowed & (sequence_id[b, q_pos] == sequence_id[b, kv_idx])
+            if key_ok is not None:
+                allowed = (allowed & key_ok[b, kv_idx]) | (kv_idx == q_pos)
+            return allowed
+
+        per_row = key_ok is not None or sequence_id is not None
+        batch = (key_ok if key_ok is not None else sequence_id).shape[0] if per_row else None  # type: ignore[union-attr]
+        return create_block_mask(
+            mask_mod,
+            B=batch,
+            H=None,
+            Q_LEN=seq_len,
+            KV_LEN=past_len + seq_len,
+            device=device,
+            _compile=device.type == "cuda",
+        )
 
     def forward(
         self,
@@ -134,6 +241,7 @@ class MPTModel(MPTPreTrainedModel):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        sequence_id: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
         """Run the decoder.
@@ -148,10 +256,17 @@ class MPTModel(MPTPreTrainedModel):
             use_cache: return a cache (defaults to ``config.use_cache``).
             output_hidden_states: also return each block's input and the final output.
             return_dict: accepted for ``transformers`` compatibility; outputs are always a dict.
+            sequence_id: ``(b, past + s)`` index of the packed document each token belongs to;
+                with ``attn_uses_sequence_id`` a token attends only within its document.
+                Required in training with that option, ignored without it.
             **kwargs: extra generation inputs (e.g. ``cache_position``), ignored.
 
         Returns:
             ``BaseModelOutputWithPast`` with ``last_hidden_state`` ``(b, s, d_model)``.
+
+        Raises:
+            ValueError: on inconsistent inputs (mask or sequence ids of the wrong length, a
+                sequence longer than learned positions allow, missing sequence ids in training).
         """
         del return_dict, kwargs
         use_cache = self.config.use_cache if use_cache is None else use_cache
@@ -174,21 +289,22 @@ class MPTModel(MPTPreTrainedModel):
                 f"attention_mask covers {attention_mask.shape[1]} tokens but the cache plus input "
                 f"hold {past_len + seq_len}; pass the mask of the cached and the new tokens"
             )
+        doc_ids = self._checked_sequence_id(sequence_id, past_len + seq_len)
         positions = self._positions(attention_mask, past_len, seq_len, x.device)
         if self.config.learned_pos_emb:
             x = x + self.wpe(positions)
-        rotary = self._rotary(positions)
+        rotary = self._rotary(positions, past_len + seq_len)
         if self.embedding_fraction < 1:
             # Scale the gradient reaching the embeddings without changing the forward value.
             x = x * self.embedding_fraction + x.detach() * (1 - self.embedding_fraction)
         x = self.emb_drop(x)
-        bias, allowed = self._attention_inputs(attention_mask, past_len, seq_len, x.device)
+        attn_inputs = self._attention_inputs(attention_mask, doc_ids, past_len, seq_len, x.device)
         token_mask = attention_mask[:, -seq_len:].bool() if attention_mask is not None else None
         hidden_states: list[torch.Tensor] = []
         for layer_idx, block in enumerate(self.blocks):
             if output_hidden_states:
                 hidden_states.append(x)
-            x = block(x, bias, allowed, token_mask, past_key_values, layer_idx, rotary)
+            x = block(x, attn_inputs, token_mask, past_key_values, layer_idx, rotary)
         x = self.norm_f(x)
         if output_hidden_states:
             hidden_states.append(x)
@@ -197,6 +313,22 @@ class MPTModel(MPTPreTrainedModel):
             past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
         )
+
+
+LOSS_IMPLS = ("torch", "fused")
+
+
+@dataclass
+class MPTCausalLMOutput(CausalLMOutputWithPast):
+    """``CausalLMOutputWithPast`` plus the per-token losses of the fused loss.
+
+    Attributes:
+        token_losses: ``(b, s)`` detached fp32 loss of the prediction made at each position
+            (aligned with ``logits``; 0 where the next label is ignored and at the last position).
+            Only set by ``loss_impl="fused"``, which leaves ``logits`` None.
+    """
+
+    token_losses: torch.Tensor | None = None
 
 
 class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
@@ -233,6 +365,68 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
         else:
             self.lm_head = new_embeddings  # type: ignore[assignment]
 
+    # --- hooks for Composer's FSDP / FSDP2 and activation checkpointing -------------------------
+
+    def fsdp_wrap_fn(self, module: nn.Module) -> bool:
+        """Shard each transformer block as its own FSDP unit (the rest joins the root unit)."""
+        return isinstance(module, MPTBlock)
+
+    def activation_checkpointing_fn(self, module: nn.Module) -> bool:
+        """Recompute the modules named by ``activation_checkpointing_target`` in the backward.
+
+        The target is a list of module names (see :data:`CHECKPOINT_TARGETS`); by default every
+        ``MPTBlock`` is checkpointed.
+        """
+        targets = tuple(CHECKPOINT_TARGETS[name] for name in self.activation_checkpointing_target)
+        return isinstance(module, targets)
+
+    @property
+    def activation_checkpointing_target(self) -> list[str]:
+        """Names of the module kinds that activation checkpointing recomputes."""
+        return list(getattr(self, "_checkpoint_target", ["mptblock"]))
+
+    @activation_checkpointing_target.setter
+    def activation_checkpointing_target(self, names: str | list[str] | None) -> None:
+        if names is None:
+            names = ["mptblock"]
+        if isinstance(names, str):
+            names = [names]
+        canonical = [name.lower() for name in names]
+        for name in canonical:
+            if name not in CHECKPOINT_TARGETS:
+                raise ValueError(
+                    f"activation_checkpointing_target={name!r} is not a module of MPT; "
+                    f"choose from {', '.join(sorted(CHECKPOINT_TARGETS))}"
+                )
+        self._checkpoint_target = canonical
+
+    def param_init_fn(self, module: nn.Module) -> None:
+        """Initialize one module's own parameters (FSDP's hook for materializing meta weights).
+
+        Composer calls this on every module, after moving its meta parameters to real (possibly
+        sharded) storage.
+        """
+        init_mpt_module(module, self.config)
+
+    def compile_blocks(self, **compile_kwargs: Any) -> None:
+        """``torch.compile`` each transformer block in place (regional compilation).
+
+        Compiling the repeated block instead of the whole model compiles once and reuses the
+        result for every layer, and keeps the blocks as separate FSDP units.
+        """
+        for block in self.transformer.blocks:
+            block.compile(**compile_kwargs)
+
+    def num_parameters_without_embeddings(self) -> int:
+        """Parameters outside the token and position embeddings (and an untied head)."""
+        skip = {id(self.transformer.wte.weight)}
+        if self.lm_head is not None:
+            skip.add(id(self.lm_head.weight))
+        wpe = getattr(self.transformer, "wpe", None)
+        if wpe is not None:
+            skip.add(id(wpe.weight))
+        return sum(p.numel() for p in self.parameters() if id(p) not in skip)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Project hidden states to vocabulary logits (scaling and softcapping as configured)."""
         if self.lm_head is not None:
@@ -256,8 +450,10 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        *,
+        loss_impl: str = "torch",
         **kwargs: Any,
-    ) -> CausalLMOutputWithPast:
+    ) -> MPTCausalLMOutput:
         """Compute logits (and the next-token loss when ``labels`` are given).
 
         Args:
@@ -265,11 +461,22 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
                 output_hidden_states, return_dict: as in ``MPTModel.forward``.
             labels: ``(b, s)`` targets aligned with ``input_ids``; position ``t`` is scored
                 against the prediction made at ``t - 1``; ``-100`` is ignored.
+            loss_impl: ``"torch"``: full logits, then ``F.cross_entropy``. ``"fused"`` (only
+                with ``labels``): the head and the loss run chunk by chunk
+                (``chunked_lm_cross_entropy``), so the ``(b, s, vocab)`` logits are never
+                materialised; ``logits`` is None and ``token_losses`` holds per-token losses.
+                The head runs here rather than in a caller so that it sees unsharded weights
+                under FSDP.
             **kwargs: extra generation inputs, ignored.
 
         Returns:
-            ``CausalLMOutputWithPast``.
+            ``MPTCausalLMOutput``.
+
+        Raises:
+            ValueError: on an unknown ``loss_impl``.
         """
+        if loss_impl not in LOSS_IMPLS:
+            raise ValueError(f"loss_impl must be one of {LOSS_IMPLS}, got {loss_impl!r}")
         out = self.transformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -279,6 +486,8 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             **kwargs,
         )
+        if labels is not None and loss_impl == "fused":
+            return self._fused_loss_output(out, labels)
         logits = self.logits(out.last_hidden_state)
         loss = None
         if labels is not None:
@@ -287,11 +496,36 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
                 labels[:, 1:].reshape(-1).to(logits.device),
                 ignore_index=-100,
             )
-        return CausalLMOutputWithPast(
+        return MPTCausalLMOutput(
             loss=loss,
             logits=logits,
             past_key_values=out.past_key_values,
             hidden_states=out.hidden_states,
+        )
+
+    def _fused_loss_output(
+        self, out: BaseModelOutputWithPast, labels: torch.Tensor
+    ) -> MPTCausalLMOutput:
+        """The next-token loss from the final hidden states without full logits."""
+        hidden = out.last_hidden_state
+        assert hidden is not None
+        # Score every position against the next label (the last against nothing) rather than
+        # slicing off the last position, which would copy the hidden states.
+        labels = labels.to(hidden.device)
+        targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
+        weight = self.lm_head.weight if self.lm_head is not None else self.transformer.wte.weight
+        loss, token_losses = chunked_lm_cross_entropy(
+            hidden.reshape(-1, hidden.shape[-1]),
+            weight,
+            targets.reshape(-1),
+            logit_multiplier=self.logit_multiplier,
+            softcap=self.config.final_logit_softcapping,
+        )
+        return MPTCausalLMOutput(
+            loss=loss,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states,
+            token_losses=token_losses.view(labels.shape),
         )
 
     def prepare_inputs_for_generation(

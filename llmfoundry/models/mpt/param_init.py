@@ -26,6 +26,14 @@ def _is_loaded(param: torch.Tensor | None) -> bool:
     return param is None or bool(getattr(param, "_is_hf_initialized", False))
 
 
+def _is_sharded(tensor: torch.Tensor) -> bool:
+    """True for a distributed tensor (FSDP2 shards parameters as ``DTensor``)."""
+    return (
+        type(tensor).__name__ == "DTensor"
+        or type(getattr(tensor, "data", None)).__name__ == "DTensor"
+    )
+
+
 def _weight_init_fn(config: MPTConfig) -> tuple[InitFn, float]:
     """The weight initializer named by ``init_config.name`` and its residual divisor."""
     cfg = config.init_config
@@ -72,7 +80,10 @@ def _weight_init_fn(config: MPTConfig) -> tuple[InitFn, float]:
 def _init_linear(module: nn.Linear, fn: InitFn, divisor: float) -> None:
     if not _is_loaded(module.weight):
         fused = getattr(module, "_fused", None)
-        if fused is None:
+        if fused is None or _is_sharded(module.weight):
+            # A sharded (FSDP2 DTensor) weight cannot be narrowed across shards; drawing it
+            # whole gives the same distribution for the fan_in schemes (q, k and v share
+            # their input width) and differs only in the fan_out/xavier variants.
             fn(module.weight)
         else:
             dim, splits = fused
