@@ -267,3 +267,28 @@ def test_composer_model_passes_sequence_id_from_the_batch() -> None:
     assert torch.isfinite(loss)
     with pytest.raises(ValueError, match="no sequence_id"):
         composer_model({k: v for k, v in batch.items() if k != "sequence_id"})
+
+
+def test_fallback_is_announced_once_with_its_reason(caplog: pytest.LogCaptureFixture) -> None:
+    from llmfoundry.models.mpt import attention
+
+    attention._announced.discard("flex")
+    model = tiny_model(_config(ALIBI, "flex")).train()
+    ids = random_ids(1, 8)
+    with caplog.at_level("INFO", logger=attention.__name__):
+        model(ids, labels=ids).loss.backward()
+        model(ids, labels=ids).loss.backward()
+    messages = [r.getMessage() for r in caplog.records if "attn_impl=flex" in r.getMessage()]
+    assert len(messages) == 1 and "no CPU backward" in messages[0]
+
+
+@pytest.mark.gpu
+def test_gpu_compiled_blocks_match_eager() -> None:
+    model: Any = tiny_model(_config({**ALIBI, **GQA}, "flex"))
+    model = model.to("cuda")
+    ids = random_ids(2, SEQ_LEN).to("cuda")
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
+        expected = model(ids).logits.float()
+        model.compile_blocks()
+        actual = model(ids).logits.float()
+    torch.testing.assert_close(actual, expected, atol=5e-2, rtol=5e-2)

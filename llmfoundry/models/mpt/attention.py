@@ -203,6 +203,23 @@ def sdpa_attention(
     )
 
 
+def _sdpa_reason(attn_impl: str) -> str:
+    """Why a non-``torch`` implementation is running SDPA, said once per process."""
+    if attn_impl == "flash":
+        why = (
+            "flash-attn is not installed"
+            if importlib.util.find_spec("flash_attn") is None
+            else "flash-attn takes CUDA half-precision inputs without padding or packed sequences only"
+        )
+        return f"attn_impl=flash: {why}; using torch scaled_dot_product_attention (fused kernels where available)"
+    if attn_impl in FLEX_IMPLS:
+        return (
+            f"attn_impl={attn_impl}: FlexAttention has no CPU backward; training steps on CPU use "
+            "torch scaled_dot_product_attention (same masks and bias)"
+        )
+    return f"attn_impl={attn_impl}: using torch scaled_dot_product_attention"
+
+
 def flex_available_here(device: torch.device) -> bool:
     """Whether FlexAttention can run now: on GPU always, on CPU only without autograd."""
     return device.type != "cpu" or not torch.is_grad_enabled()
@@ -214,7 +231,9 @@ def _flex_fn() -> Any:
     from torch.nn.attention.flex_attention import flex_attention
 
     if _compiled_flex is None and torch.cuda.is_available():
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        # Default dynamic-shape handling: a second sequence length (each decoding step has a
+        # longer key) marks lengths dynamic instead of recompiling for every one.
+        _compiled_flex = torch.compile(flex_attention)
     return _compiled_flex if _compiled_flex is not None else flex_attention
 
 
@@ -414,11 +433,7 @@ class GroupedQueryAttention(nn.Module):
                 query, key, value, inputs, self.softmax_scale, dropout_p, self.softcap
             )
         if self.impl != "torch":
-            _announce_once(
-                self.impl,
-                f"attn_impl={self.impl}: running torch scaled_dot_product_attention here "
-                "(fused kernels where the hardware has them)",
-            )
+            _announce_once(self.impl, _sdpa_reason(self.impl))
         n_rep = self.n_heads // self.kv_n_heads
         key, value = _repeat_kv(key, n_rep), _repeat_kv(value, n_rep)
         attention = torch_attention if self.impl == "torch" else sdpa_attention
