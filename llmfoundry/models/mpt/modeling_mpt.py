@@ -18,16 +18,13 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .attention import (
-    AttentionInputs,
     GroupedQueryAttention,
-    alibi_bias,
-    alibi_slopes,
-    flex_available_here,
 )
 from .blocks import MPTBlock
-from .configuration_mpt import FLEX_IMPLS, MPTConfig
+from .configuration_mpt import MPTConfig
 from .cross_entropy import chunked_lm_cross_entropy
 from .ffn import MPTMLP
+from .masks import build_attention_inputs
 from .norm import build_norm
 from .param_init import init_mpt_module
 from .rotary import rotary_cos_sin
@@ -43,13 +40,6 @@ CHECKPOINT_TARGETS: dict[str, type[nn.Module]] = {
     "mptmlp": MPTMLP,
     "mptglu": MPTMLP,
 }
-
-
-def _self_keys(seq_len: int, past_len: int, device: torch.device) -> torch.Tensor:
-    """``(seq_len, past_len + seq_len)`` booleans, True where query ``i`` meets its own key."""
-    keys = torch.arange(past_len + seq_len, device=device)
-    queries = torch.arange(past_len, past_len + seq_len, device=device)
-    return keys.view(1, -1) == queries.view(-1, 1)
 
 
 class MPTPreTrainedModel(PreTrainedModel):
@@ -75,8 +65,6 @@ class MPTModel(MPTPreTrainedModel):
     def __init__(self, config: MPTConfig) -> None:
         super().__init__(config)
         self.config: MPTConfig = config
-        self.alibi = bool(config.attn_config["alibi"])
-        self.alibi_bias_max = config.attn_config["alibi_bias_max"]
         self.embedding_fraction = config.embedding_fraction
         self.wte = nn.Embedding(config.vocab_size, config.d_model)
         if config.learned_pos_emb:
@@ -132,105 +120,6 @@ class MPTModel(MPTPreTrainedModel):
                 f"{total_len}"
             )
         return sequence_id
-
-    def _attention_inputs(
-        self,
-        attention_mask: torch.Tensor | None,
-        sequence_id: torch.Tensor | None,
-        past_len: int,
-        seq_len: int,
-        device: torch.device,
-    ) -> AttentionInputs:
-        """The ALiBi bias and the attention mask shared by every block.
-
-        Query ``i`` (at position ``past_len + i``) may see key ``j`` when ``j`` is not in its
-        future, lies within the sliding window, is not padding, and belongs to the same packed
-        sequence; every query may always see its own key (see below). The dense mask is None
-        when it is plain causal over equal-length query and key, which lets SDPA use its
-        fastest kernel; the flex path gets the same mask as a ``BlockMask``.
-        """
-        key_len = past_len + seq_len
-        attn = self.config.attn_config
-        window: int | None = attn["sliding_window_size"]
-        if window == -1:
-            window = None
-        has_padding = attention_mask is not None and not bool(attention_mask.bool().all())
-        inputs = AttentionInputs(
-            alibi_slopes=alibi_slopes(self.config.n_heads, self.alibi_bias_max, device)
-            if self.alibi
-            else None,
-            plain_causal=not has_padding and sequence_id is None,
-            window=window,
-        )
-        if attn["attn_impl"] in FLEX_IMPLS and flex_available_here(device):
-            inputs.block_mask = self._block_mask(
-                attention_mask if has_padding else None,
-                sequence_id,
-                past_len,
-                seq_len,
-                window,
-                device,
-            )
-            return inputs
-        if self.alibi:
-            inputs.bias = alibi_bias(self.config.n_heads, key_len, self.alibi_bias_max, device)
-        if inputs.plain_causal and window is None and past_len == 0:
-            return inputs
-        causal = torch.ones(seq_len, key_len, dtype=torch.bool, device=device).tril(past_len)
-        if window is not None:
-            # Query i sees keys j with i - window <= j <= i: flash-attn's (window, 0) semantics.
-            causal = causal & ~torch.ones_like(causal).tril(past_len - window - 1)
-        allowed = causal.view(1, 1, seq_len, key_len)
-        if sequence_id is not None:
-            same = sequence_id[:, -seq_len:].unsqueeze(-1) == sequence_id.unsqueeze(-2)
-            allowed = allowed & same.unsqueeze(1)
-        if has_padding:
-            assert attention_mask is not None
-            allowed = allowed & attention_mask.bool().view(-1, 1, 1, key_len)
-            # A pad query would otherwise have no key left, and a fully masked softmax row turns
-            # uniform over *every* key, future tokens included: the logit at the last pad would
-            # see the next real token (a label leak) and the torch and SDPA paths would disagree
-            # on its gradient. Letting each query see itself keeps pad rows causal and finite.
-            allowed = allowed | _self_keys(seq_len, past_len, device).view(1, 1, seq_len, key_len)
-        inputs.allowed = allowed
-        return inputs
-
-    @staticmethod
-    def _block_mask(
-        attention_mask: torch.Tensor | None,
-        sequence_id: torch.Tensor | None,
-        past_len: int,
-        seq_len: int,
-        window: int | None,
-        device: torch.device,
-    ) -> Any:
-        """The mask of :meth:`_attention_inputs` as a FlexAttention ``BlockMask``."""
-        from torch.nn.attention.flex_attention import create_block_mask
-
-        key_ok = attention_mask.bool() if attention_mask is not None else None
-
-        def mask_mod(b: Any, h: Any, q_idx: Any, kv_idx: Any) -> Any:
-            q_pos = q_idx + past_len
-            allowed = kv_idx <= q_pos
-            if window is not None:
-                allowed = allowed & (q_pos - kv_idx <= window)
-            if sequence_id is not None:
-                allowed = allowed & (sequence_id[b, q_pos] == sequence_id[b, kv_idx])
-            if key_ok is not None:
-                allowed = (allowed & key_ok[b, kv_idx]) | (kv_idx == q_pos)
-            return allowed
-
-        per_row = key_ok is not None or sequence_id is not None
-        batch = (key_ok if key_ok is not None else sequence_id).shape[0] if per_row else None  # type: ignore[union-attr]
-        return create_block_mask(
-            mask_mod,
-            B=batch,
-            H=None,
-            Q_LEN=seq_len,
-            KV_LEN=past_len + seq_len,
-            device=device,
-            _compile=device.type == "cuda",
-        )
 
     def forward(
         self,
@@ -298,7 +187,9 @@ class MPTModel(MPTPreTrainedModel):
             # Scale the gradient reaching the embeddings without changing the forward value.
             x = x * self.embedding_fraction + x.detach() * (1 - self.embedding_fraction)
         x = self.emb_drop(x)
-        attn_inputs = self._attention_inputs(attention_mask, doc_ids, past_len, seq_len, x.device)
+        attn_inputs = build_attention_inputs(
+            self.config, attention_mask, doc_ids, past_len, seq_len, x.device
+        )
         token_mask = attention_mask[:, -seq_len:].bool() if attention_mask is not None else None
         hidden_states: list[torch.Tensor] = []
         for layer_idx, block in enumerate(self.blocks):
