@@ -94,3 +94,14 @@ def generate(model: Any, input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor
     ``transformers``' own) satisfies for pyright, hence the ``Any``.
     """
     return model.generate(input_ids, **kwargs)
+
+
+def assert_same_grads(
+    reference: torch.nn.Module, other: torch.nn.Module, *, atol: float = 1e-5, rtol: float = 1e-4
+) -> None:
+    """Every parameter of ``other`` got the gradient its namesake in ``reference`` got."""
+    for (name, p_ref), (_, p_other) in zip(
+        reference.named_parameters(), other.named_parameters(), strict=True
+    ):
+        assert p_ref.grad is not None and p_other.grad is not None, name
+        assert_close(p_other.grad, p_ref.grad, name, atol=atol, rtol=rtol)

@@ -17,7 +17,15 @@ import torch
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
 from llmfoundry.models.mpt.attention import AttentionInputs
 
-from .mpt_helpers import PAD_ID, assert_close, clone_with, random_ids, tiny_config, tiny_model
+from .mpt_helpers import (
+    PAD_ID,
+    assert_close,
+    assert_same_grads,
+    clone_with,
+    random_ids,
+    tiny_config,
+    tiny_model,
+)
 
 SEQ_LEN = 24
 GQA = {"attn_type": "grouped_query_attention", "kv_n_heads": 2}
@@ -78,11 +86,7 @@ def test_sdpa_matches_torch_forward_and_backward(case: str, padded: bool) -> Non
     assert_close(out.logits, out_ref.logits)
     out_ref.loss.backward()
     out.loss.backward()
-    for (name, p_ref), (_, p) in zip(
-        reference.named_parameters(), other.named_parameters(), strict=True
-    ):
-        assert p_ref.grad is not None and p.grad is not None, name
-        assert_close(p.grad, p_ref.grad, name, atol=1e-5, rtol=1e-4)
+    assert_same_grads(reference, other)
 
 
 @pytest.mark.parametrize("impl", ["flex", "triton"])

@@ -14,6 +14,7 @@ from tests.models.mpt_helpers import (
     PAD_ID,
     VOCAB_SIZE,
     assert_close,
+    assert_same_grads,
     clone_with,
     generate,
     left_pad,
@@ -147,11 +148,7 @@ def _assert_same_forward_backward(
     assert_close(out_other.loss, out_ref.loss)
     out_ref.loss.backward()
     out_other.loss.backward()
-    for (name, p_ref), (_, p_other) in zip(
-        reference.named_parameters(), other.named_parameters(), strict=True
-    ):
-        assert p_ref.grad is not None and p_other.grad is not None, name
-        assert_close(p_other.grad, p_ref.grad, name, atol=1e-5, rtol=1e-4)
+    assert_same_grads(reference, other)
 
 
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left_padded"])

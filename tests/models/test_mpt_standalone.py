@@ -19,10 +19,10 @@ ALLOWED_PACKAGES = {"torch", "transformers"} | set(sys.stdlib_module_names)
 OPTIONAL_PACKAGES = {"flash_attn", "transformer_engine"}
 
 
-def _top_level_imports(path: Path) -> set[str]:
-    """Packages imported at module level (an optional package must not be one of them)."""
+def _imported_packages(nodes: list[ast.AST]) -> set[str]:
+    """The top-level package of every non-relative import among ``nodes``."""
     names: set[str] = set()
-    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+    for node in nodes:
         if isinstance(node, ast.Import):
             names.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0:
@@ -31,23 +31,21 @@ def _top_level_imports(path: Path) -> set[str]:
     return names
 
 
-def _absolute_imports(path: Path) -> list[str]:
-    """The top-level package of every non-relative import in ``path``."""
-    names: list[str] = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names.extend(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            assert node.module is not None
-            names.append(node.module.split(".")[0])
-    return names
+def _absolute_imports(path: Path) -> set[str]:
+    """Packages imported anywhere in ``path``."""
+    return _imported_packages(list(ast.walk(ast.parse(path.read_text(encoding="utf-8")))))
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """Packages imported at module level (an optional package must not be one of them)."""
+    return _imported_packages(list(ast.parse(path.read_text(encoding="utf-8")).body))
 
 
 def test_mpt_folder_imports_only_torch_transformers_and_stdlib() -> None:
     files = sorted(MPT_DIR.glob("*.py"))
     assert {f.name for f in files} >= {"configuration_mpt.py", "modeling_mpt.py", "attention.py"}
     for path in files:
-        outside = set(_absolute_imports(path)) - ALLOWED_PACKAGES - OPTIONAL_PACKAGES
+        outside = _absolute_imports(path) - ALLOWED_PACKAGES - OPTIONAL_PACKAGES
         assert not outside, f"{path.name} imports {sorted(outside)}"
         eager_optional = _top_level_imports(path) & OPTIONAL_PACKAGES
         assert not eager_optional, f"{path.name} imports {sorted(eager_optional)} at load time"

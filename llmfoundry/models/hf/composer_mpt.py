@@ -36,8 +36,10 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
     return targets
 
 
-def _build_metrics(names: Sequence[str]) -> list[Metric]:
-    return [registry.metrics.get(name)() for name in names]
+def build_lm_metrics(additional: Sequence[str] | None) -> list[Metric]:
+    """LanguageCrossEntropy and LanguagePerplexity plus the named ``metrics`` registry entries."""
+    metrics: list[Metric] = [LanguageCrossEntropy(), LanguagePerplexity()]
+    return metrics + [registry.metrics.get(name)() for name in additional or []]
 
 
 def _takes_token_losses(metric: Metric) -> bool:
@@ -125,16 +127,12 @@ class ComposerMPTCausalLM(HuggingFaceModel):
             )
         model = self._build_model(config)
         self.loss_fn = loss_fn
-        train_metrics: list[Metric] = [LanguageCrossEntropy(), LanguagePerplexity()]
-        train_metrics += _build_metrics(additional_train_metrics or [])
-        eval_metrics: list[Metric] = [LanguageCrossEntropy(), LanguagePerplexity()]
-        eval_metrics += _build_metrics(additional_eval_metrics or [])
         super().__init__(
             model=model,
             tokenizer=cast(Any, tokenizer),
             use_logits=True,
-            metrics=train_metrics if use_train_metrics else None,
-            eval_metrics=eval_metrics,
+            metrics=build_lm_metrics(additional_train_metrics) if use_train_metrics else None,
+            eval_metrics=build_lm_metrics(additional_eval_metrics),
             shift_labels=True,
             allow_embedding_resizing=False,
         )

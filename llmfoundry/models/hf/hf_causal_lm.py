@@ -16,11 +16,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 import torch
-from composer.metrics.nlp import LanguageCrossEntropy, LanguagePerplexity
 from composer.models import HuggingFaceModel
 from huggingface_hub.errors import StrictDataclassError
 from peft import LoraConfig, PeftModel, get_peft_model
-from torchmetrics import Metric
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -31,6 +29,7 @@ from transformers import (
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from llmfoundry import registry
+from llmfoundry.models.hf.composer_mpt import build_lm_metrics
 from llmfoundry.models.hf.composer_mpt import shift_labels as shift_labels_for_next_token
 from llmfoundry.utils.exceptions import (
     ConfigError,
@@ -424,10 +423,6 @@ def _add_adapter(
         ) from err
 
 
-def _build_metrics(names: Sequence[str]) -> list[Metric]:
-    return [registry.metrics.get(name)() for name in names]
-
-
 class ComposerHFCausalLM(HuggingFaceModel):
     """Any ``AutoModelForCausalLM`` for Composer: next-token cross-entropy loss, LM metrics, LoRA.
 
@@ -516,16 +511,12 @@ class ComposerHFCausalLM(HuggingFaceModel):
             _set_pad_token_id(model, tokenizer)
         wrapped = _add_adapter(model, lora_config, pretrained_lora_id_or_path, use_auth_token)
 
-        train_metrics: list[Metric] = [LanguageCrossEntropy(), LanguagePerplexity()]
-        train_metrics += _build_metrics(additional_train_metrics or [])
-        eval_metrics: list[Metric] = [LanguageCrossEntropy(), LanguagePerplexity()]
-        eval_metrics += _build_metrics(additional_eval_metrics or [])
         super().__init__(
             model=cast(Any, wrapped),
             tokenizer=cast(Any, tokenizer),
             use_logits=use_logits,
-            metrics=train_metrics if use_train_metrics else None,
-            eval_metrics=eval_metrics,
+            metrics=build_lm_metrics(additional_train_metrics) if use_train_metrics else None,
+            eval_metrics=build_lm_metrics(additional_eval_metrics),
             shift_labels=shift_labels,
             allow_embedding_resizing=allow_embedding_resizing,
             should_save_peft_only=should_save_peft_only,
