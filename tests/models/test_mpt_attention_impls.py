@@ -142,14 +142,16 @@ def test_flex_cached_decoding_matches_full_forward() -> None:
     assert_close(torch.cat(steps, dim=1), full)
 
 
-@pytest.mark.parametrize("scheme", ["alibi", "rope"])
+@pytest.mark.parametrize("scheme", ["alibi", "rope", "learned_positions"])
 def test_packed_documents_do_not_see_each_other(scheme: str) -> None:
-    """With sequence ids, each packed document gets the logits it has on its own.
-
-    ALiBi and RoPE are relative, so a document's logits do not depend on where it starts.
-    """
-    attn = {**(ALIBI if scheme == "alibi" else ROPE), "attn_uses_sequence_id": True}
-    model = tiny_model(_config(attn, "sdpa"))
+    """With sequence ids, each packed document gets the logits it has on its own: it sees
+    only itself, and its positions restart at 0 (which matters for learned positions)."""
+    position = {"alibi": ALIBI, "rope": ROPE, "learned_positions": {}}[scheme]
+    config = tiny_config(
+        {**position, "attn_uses_sequence_id": True, "attn_impl": "sdpa"},
+        learned_pos_emb=scheme == "learned_positions",
+    )
+    model = tiny_model(config)
     ids = random_ids(1, SEQ_LEN, seed=7)
     sequence_id = _packed_sequence_id(1, SEQ_LEN)
     with torch.no_grad():

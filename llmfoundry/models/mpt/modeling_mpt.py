@@ -83,9 +83,25 @@ class MPTModel(MPTPreTrainedModel):
         self.wte = value
 
     def _positions(
-        self, attention_mask: torch.Tensor | None, past_len: int, seq_len: int, device: torch.device
+        self,
+        attention_mask: torch.Tensor | None,
+        doc_ids: torch.Tensor | None,
+        past_len: int,
+        seq_len: int,
+        device: torch.device,
     ) -> torch.Tensor:
-        """Position of each new token, counting only non-pad tokens (so left padding is harmless)."""
+        """Position of each new token.
+
+        Positions count only non-pad tokens (so left padding is harmless) and, in a packed row
+        (``doc_ids`` given), restart at 0 with every document, so that a packed example gets
+        the positions it has on its own.
+        """
+        if doc_ids is not None:
+            index = torch.arange(doc_ids.shape[1], device=device).expand_as(doc_ids)
+            starts = torch.ones_like(doc_ids, dtype=torch.bool)
+            starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+            doc_start = torch.where(starts, index, 0).cummax(dim=1).values
+            return (index - doc_start)[:, -seq_len:]
         if attention_mask is None:
             return torch.arange(past_len, past_len + seq_len, device=device).unsqueeze(0)
         positions = attention_mask.long().cumsum(dim=1) - 1
@@ -179,7 +195,7 @@ class MPTModel(MPTPreTrainedModel):
                 f"hold {past_len + seq_len}; pass the mask of the cached and the new tokens"
             )
         doc_ids = self._checked_sequence_id(sequence_id, past_len + seq_len)
-        positions = self._positions(attention_mask, past_len, seq_len, x.device)
+        positions = self._positions(attention_mask, doc_ids, past_len, seq_len, x.device)
         if self.config.learned_pos_emb:
             x = x + self.wpe(positions)
         rotary = self._rotary(positions, past_len + seq_len)
