@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -186,24 +188,106 @@ def warn_about_separators(tokenizer: PreTrainedTokenizerBase, bos_text: str, eos
         )
 
 
+SKIP_HINT = "fix the row, or pass --skip_bad_rows to skip such rows"
+
+
+class BadRowError(DatasetError):
+    """A row of input that cannot be converted (bad JSON, bad UTF-8, no string text field).
+
+    The message is ``problem`` followed by what to do (:data:`SKIP_HINT`).
+
+    Args:
+        reason: a few words naming the kind of problem (``"invalid JSON"``), for the summary.
+        problem: where the row is and what is wrong with it.
+    """
+
+    def __init__(self, reason: str, problem: str) -> None:
+        super().__init__(f"{problem}; {SKIP_HINT}")
+        self.reason = reason
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[type[BadRowError], tuple[str, str]]:
+        # Rebuilt from both arguments when sent from a worker process.
+        return (type(self), (self.reason, self.problem))
+
+
+MAX_SKIPPED_ROWS_LOGGED = 5
+
+
+class RowStats:
+    """Counts the input rows a conversion reads and the bad rows it drops.
+
+    Bad rows are errors unless ``skip_bad_rows`` is set; then they are counted by reason and
+    the first few are logged.
+
+    Args:
+        skip_bad_rows: count and skip bad rows instead of failing on the first one.
+    """
+
+    def __init__(self, skip_bad_rows: bool = False) -> None:
+        self.skip_bad_rows = skip_bad_rows
+        self.rows_read = 0
+        self.dropped: Counter[str] = Counter()
+
+    def bad_row(self, error: BadRowError) -> None:
+        """Drop a bad row when skipping, else fail on it.
+
+        Raises:
+            BadRowError: ``error`` itself, unless bad rows are skipped.
+        """
+        if not self.skip_bad_rows:
+            raise error
+        self.dropped[error.reason] += 1
+        skipped = sum(self.dropped.values())
+        if skipped <= MAX_SKIPPED_ROWS_LOGGED:
+            logger.warning("skipping a bad row: %s", error.problem)
+        if skipped == MAX_SKIPPED_ROWS_LOGGED:
+            logger.warning("further bad rows are skipped without a message (see the summary)")
+
+    def add(self, rows_read: int, dropped: Mapping[str, int]) -> None:
+        """Add counts taken elsewhere (e.g. in a worker process)."""
+        self.rows_read += rows_read
+        self.dropped.update(dropped)
+
+    def take(self) -> tuple[int, dict[str, int]]:
+        """The counts so far, which are then reset (to send them on in pieces)."""
+        counts = (self.rows_read, dict(self.dropped))
+        self.rows_read = 0
+        self.dropped = Counter()
+        return counts
+
+
 @dataclass(frozen=True)
 class MDSWriteSummary:
-    """What a conversion wrote.
+    """What a conversion read and wrote.
 
     Attributes:
         num_samples: samples written.
         num_tokens: tokens written (0 for text samples, which are not tokenized).
         out: the output folder.
+        rows_read: input rows (documents) read, bad ones included.
+        rows_dropped: bad rows skipped, by reason.
+        bytes_on_disk: size of the output folder's files.
     """
 
     num_samples: int
     num_tokens: int
     out: str
+    rows_read: int = 0
+    rows_dropped: dict[str, int] = field(default_factory=dict)
+    bytes_on_disk: int = 0
 
     def merged_with(self, other: MDSWriteSummary, out: str) -> MDSWriteSummary:
         """The summary of this write and ``other`` together, as written to ``out``."""
+        dropped = Counter(self.rows_dropped)
+        dropped.update(other.rows_dropped)
         return MDSWriteSummary(
-            self.num_samples + other.num_samples, self.num_tokens + other.num_tokens, out
+            num_samples=self.num_samples + other.num_samples,
+            num_tokens=self.num_tokens + other.num_tokens,
+            out=out,
+            rows_read=self.rows_read + other.rows_read,
+            rows_dropped=dict(dropped),
+            bytes_on_disk=self.bytes_on_disk + other.bytes_on_disk,
         )
 
     def check_not_empty(self) -> None:
@@ -213,16 +297,62 @@ class MDSWriteSummary:
             DatasetError: naming the output folder and the likely cause.
         """
         if self.num_samples == 0:
+            dropped = f" ({self.describe_dropped()})" if self.rows_dropped else ""
             raise DatasetError(
-                f"no samples were written to {self.out}: the input is empty or, when "
+                f"no samples were written to {self.out}{dropped}: the input is empty or, when "
                 "concatenating, holds fewer tokens than one sample; add data or lower --concat_tokens"
             )
+
+    def describe_dropped(self) -> str:
+        """The bad rows skipped, e.g. ``"2 rows dropped: 1 invalid JSON, 1 missing text field"``."""
+        total = sum(self.rows_dropped.values())
+        if total == 0:
+            return "no rows dropped"
+        reasons = ", ".join(f"{n:,} {reason}" for reason, n in sorted(self.rows_dropped.items()))
+        return f"{total:,} rows dropped: {reasons}"
 
     def describe(self) -> str:
         """A one-line summary for the log."""
         if self.num_tokens:
-            return f"wrote {self.num_samples:,} samples ({self.num_tokens:,} tokens) to {self.out}"
-        return f"wrote {self.num_samples:,} text samples (not tokenized) to {self.out}"
+            written = f"wrote {self.num_samples:,} samples ({self.num_tokens:,} tokens)"
+        else:
+            written = f"wrote {self.num_samples:,} text samples (not tokenized)"
+        return (
+            f"read {self.rows_read:,} rows ({self.describe_dropped()}); {written}; "
+            f"{format_size(self.bytes_on_disk)} on disk in {self.out}"
+        )
+
+
+def format_size(num_bytes: int) -> str:
+    """``num_bytes`` in a readable unit (``"1.5 MB"``)."""
+    size = float(num_bytes)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1000
+    raise AssertionError("unreachable")
+
+
+def folder_size(folder: str) -> int:
+    """Total size in bytes of the files under a local ``folder`` (0 for a remote or absent one)."""
+    if "://" in folder or not Path(folder).is_dir():
+        return 0
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def check_output_empty(out: str, flag: str = "--out_root") -> None:
+    """Refuse to write into a folder that already has files.
+
+    Args:
+        out: the output folder.
+        flag: the option that named it, for the message.
+
+    Raises:
+        ConfigError: naming the folder.
+    """
+    folder = Path(out)
+    if folder.is_dir() and any(folder.iterdir()):
+        raise ConfigError(f"output folder '{out}' is not empty; delete it or choose another {flag}")
 
 
 def check_compression(compression: str | None) -> str | None:
@@ -253,17 +383,23 @@ def write_mds(
     out: str,
     columns: Mapping[str, str],
     compression: str | None,
+    rows: RowStats | None = None,
 ) -> MDSWriteSummary:
     """Write ``samples`` to a new MDS folder.
+
+    MDS writes ``index.json`` only when it finishes, so a killed process leaves none; on an
+    exception (an interrupt included) the partial folder is removed, because the writer would
+    otherwise finish an index for the samples written so far.
 
     Args:
         samples: dicts with the keys of ``columns``.
         out: the output folder (must be empty or absent).
         columns: MDS column encodings, e.g. :data:`TOKENS_COLUMNS` or :data:`TEXT_COLUMNS`.
         compression: shard compression (``zstd``) or None.
+        rows: the counts of rows read and dropped while producing ``samples``, for the summary.
 
     Returns:
-        The counts written.
+        The counts read and written.
 
     Raises:
         Whatever reading ``samples`` raises; the partial output folder is removed first.
@@ -283,4 +419,11 @@ def write_mds(
         if "://" not in out:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    return MDSWriteSummary(num_samples=num_samples, num_tokens=num_tokens, out=out)
+    return MDSWriteSummary(
+        num_samples=num_samples,
+        num_tokens=num_tokens,
+        out=out,
+        rows_read=rows.rows_read if rows else 0,
+        rows_dropped=dict(rows.dropped) if rows else {},
+        bytes_on_disk=folder_size(out),
+    )

@@ -30,6 +30,11 @@ parser.add_argument(
     "--no_wrap", action="store_true", help="drop a document's tokens past one sample"
 )
 parser.add_argument("--compression", default=None, help="shard compression, e.g. zstd")
+parser.add_argument(
+    "--skip_bad_rows",
+    action="store_true",
+    help="skip rows that are not UTF-8 JSON objects with a string 'text' field (counted in the summary)",
+)
 
 if __name__ == "__main__":
     sys.exit(run_user_command(convert_dataset_json, **vars(parser.parse_args())))

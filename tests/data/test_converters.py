@@ -199,6 +199,55 @@ def test_json_converter_names_the_file_and_line_of_a_bad_row(tmp_path: Path) -> 
         convert_dataset_json(str(source), str(tmp_path / "mds"), "train", None, None)
 
 
+def test_json_converter_names_bad_utf8_and_non_string_text(tmp_path: Path) -> None:
+    source = tmp_path / "rows.jsonl"
+    source.write_bytes(b'{"text": "one"}\n\n{"text": "caf\xe9"}\n')
+    with pytest.raises(
+        DatasetError,
+        match=r"rows\.jsonl:3: not valid UTF-8 \(byte 13 of the line\); re-encode the file as "
+        r"UTF-8; fix the row, or pass --skip_bad_rows",
+    ):
+        convert_dataset_json(str(source), str(tmp_path / "mds"), "train", None, None)
+
+    write_jsonl(source, [{"text": "one"}, {"text": ["a", "list"]}])
+    with pytest.raises(
+        DatasetError, match=r"rows\.jsonl:2: field 'text' must be a string, got list"
+    ):
+        convert_dataset_json(str(source), str(tmp_path / "mds"), "train", None, None)
+    assert not (tmp_path / "mds").exists()
+
+
+def test_json_converter_skips_and_counts_bad_rows_only_when_asked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = tmp_path / "rows.jsonl"
+    source.write_bytes(
+        b'{"text": "one"}\n{"text": oops}\n\xff\n[1, 2]\n{"body": 1}\n{"text": 5}\n{"text": "two"}\n'
+    )
+
+    with caplog.at_level(logging.INFO, logger="llmfoundry"):
+        summary = convert_dataset_json(
+            str(source), str(tmp_path / "mds"), "train", None, None, skip_bad_rows=True
+        )
+
+    dataset = StreamingTextDataset(tokenizer=None, max_seq_len=8, local=str(tmp_path / "mds"))
+    assert [dataset.get_item(i)["text"] for i in range(dataset.num_samples)] == ["one", "two"]
+    assert summary.rows_read == 7
+    assert summary.rows_dropped == {
+        "invalid JSON": 1,
+        "invalid UTF-8": 1,
+        "not a JSON object": 1,
+        "missing text field": 1,
+        "non-string text field": 1,
+    }
+    assert "skipping a bad row: " in caplog.text and "rows.jsonl:2: not valid JSON" in caplog.text
+    assert (
+        "read 7 rows (5 rows dropped: 1 invalid JSON, 1 invalid UTF-8, 1 missing text field, "
+        "1 non-string text field, 1 not a JSON object); wrote 2 text samples (not tokenized); "
+    ) in caplog.text
+    assert summary.bytes_on_disk > 0 and f"on disk in {tmp_path / 'mds'}" in caplog.text
+
+
 def test_json_converter_errors_name_the_input(tmp_path: Path) -> None:
     with pytest.raises(MissingFileError, match=r"'.*missing\.jsonl' does not exist"):
         convert_dataset_json(str(tmp_path / "missing.jsonl"), str(tmp_path / "out"), "train")
@@ -244,6 +293,7 @@ def test_text_converter_concatenates_the_files_in_order(
     expected = [s["tokens"].tolist() for s in ConcatTokensDataset(ordered, tokenizer, 64, "", EOS)]
     assert read_tokens(tmp_path / "mds") == expected
     assert summary.num_tokens == 64 * len(expected)
+    assert summary.rows_read == len(documents)  # each file is one document
     assert (tmp_path / "mds" / DONE_FILENAME).is_file()
 
 
@@ -308,6 +358,7 @@ def test_two_processes_write_the_same_samples_as_one(
     assert sorted(p.name for p in (tmp_path / "two").iterdir() if p.is_dir()) == ["0", "1"]
     assert sorted(read_tokens(tmp_path / "two")) == sorted(read_tokens(tmp_path / "one"))
     assert two.num_samples == one.num_samples == len(texts)
+    assert two.rows_read == one.rows_read == len(texts)
 
 
 def test_use_tokenizer_eos_uses_the_tokenizers_eos(

@@ -18,10 +18,13 @@ from tqdm import tqdm
 from llmfoundry.data.data import (
     TEXT_COLUMNS,
     TOKENS_COLUMNS,
+    BadRowError,
     ConcatTokensDataset,
     MDSWriteSummary,
     NoConcatDataset,
+    RowStats,
     check_compression,
+    check_output_empty,
     write_mds,
 )
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
@@ -42,6 +45,7 @@ def convert_dataset_json(
     eos_text: str | None = "",
     no_wrap: bool = False,
     compression: str | None = None,
+    skip_bad_rows: bool = False,
 ) -> MDSWriteSummary:
     """Convert a JSON-lines file, or a folder of them, to an MDS folder.
 
@@ -56,14 +60,17 @@ def convert_dataset_json(
         eos_text: text put after each document when concatenating.
         no_wrap: when concatenating, drop the rest of a document once it has filled a sample.
         compression: shard compression (``zstd``), or None/``"none"``.
+        skip_bad_rows: skip (and count) rows that are not valid UTF-8 JSON objects with a
+            string ``text`` field, instead of failing on the first.
 
     Returns:
-        What was written.
+        What was read and written (also logged as a summary).
 
     Raises:
         MissingFileError: if ``path`` does not exist.
-        DatasetError: on a row that is not a JSON object with a string ``text`` field (names the
-            file and line), or when no sample was written.
+        DatasetError: on a row that is not a valid UTF-8 JSON object with a string ``text``
+            field (names the file and line; unless ``skip_bad_rows``), or when no sample was
+            written.
         ConfigError: on inconsistent options or a non-empty output folder.
         TokenizerError: if the tokenizer cannot be loaded.
     """
@@ -76,11 +83,12 @@ def convert_dataset_json(
     files = find_json_files(path)
     out = out_root
     check_output_empty(out)
-    documents = tqdm(iter_json_texts(files), desc="documents", unit=" docs")
+    rows = RowStats(skip_bad_rows)
+    documents = tqdm(iter_json_texts(files, rows), desc="documents", unit=" docs")
     if concat_tokens is None:
         if tokenizer is not None:
             logger.warning("--tokenizer is ignored without --concat_tokens: writing text samples")
-        summary = write_mds(NoConcatDataset(documents), out, TEXT_COLUMNS, compression)
+        summary = write_mds(NoConcatDataset(documents), out, TEXT_COLUMNS, compression, rows)
     else:
         if tokenizer is None:
             raise ConfigError("--concat_tokens needs --tokenizer to tokenize the documents with")
@@ -88,7 +96,7 @@ def convert_dataset_json(
         samples = ConcatTokensDataset(
             documents, built, concat_tokens, bos_text or "", eos_text or "", no_wrap
         )
-        summary = write_mds(samples, out, TOKENS_COLUMNS, compression)
+        summary = write_mds(samples, out, TOKENS_COLUMNS, compression, rows)
     summary.check_not_empty()
     logger.info("%s", summary.describe())
     return summary
@@ -114,56 +122,72 @@ def find_json_files(path: str) -> list[Path]:
     return files
 
 
-def check_output_empty(out: str) -> None:
-    """Refuse to write into a folder that already has files.
-
-    Raises:
-        ConfigError: naming the folder.
-    """
-    folder = Path(out)
-    if folder.is_dir() and any(folder.iterdir()):
-        raise ConfigError(
-            f"output folder '{out}' is not empty; delete it or choose another --out_root"
-        )
-
-
-def iter_json_texts(files: list[Path]) -> Iterator[str]:
+def iter_json_texts(files: list[Path], rows: RowStats | None = None) -> Iterator[str]:
     """Yield the ``text`` field of every row of the JSON-lines ``files`` (blank lines skipped).
 
+    Args:
+        files: the files, read in order.
+        rows: counts the rows read and decides what happens to bad ones (default: fail).
+
     Raises:
-        DatasetError: naming the file and line of a row that is not valid JSON, not an object,
-            or has no string ``text`` field.
+        BadRowError: naming the file and line of a row that is not UTF-8, not valid JSON, not an
+            object, or has no string ``text`` field (unless ``rows`` skips bad rows).
     """
+    rows = rows if rows is not None else RowStats()
     for file in files:
-        with file.open(encoding="utf-8") as lines:
+        # Binary, decoded line by line, so that bad UTF-8 is reported with its line number.
+        with file.open("rb") as lines:
             for line_number, line in enumerate(lines, start=1):
-                if line.strip():
+                if not line.strip():
+                    continue
+                rows.rows_read += 1
+                try:
                     yield text_of_row(line, f"{file}:{line_number}")
+                except BadRowError as bad:
+                    rows.bad_row(bad)
 
 
-def text_of_row(line: str, where: str) -> str:
+def text_of_row(line: bytes | str, where: str) -> str:
     """The ``text`` field of one JSON-lines row.
 
     Args:
-        line: the row.
+        line: the row, as read from the file.
         where: ``file:line``, for messages.
 
     Raises:
-        DatasetError: if the row is not a JSON object with a string ``text`` field.
+        BadRowError: if the row is not UTF-8, or not a JSON object with a string ``text`` field.
     """
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise BadRowError(
+                "invalid UTF-8",
+                f"{where}: not valid UTF-8 (byte {err.start} of the line); re-encode the file as "
+                "UTF-8",
+            ) from err
     try:
         row = json.loads(line)
     except json.JSONDecodeError as err:
-        raise DatasetError(
-            f"{where}: not valid JSON ({err.msg}); each line must be one JSON object with a 'text' field"
+        raise BadRowError(
+            "invalid JSON",
+            f"{where}: not valid JSON ({err.msg}); each line must be one JSON object with a "
+            "'text' field",
         ) from err
     if not isinstance(row, dict):
-        raise DatasetError(
-            f"{where}: expected a JSON object with a 'text' field, got {type(row).__name__}"
+        raise BadRowError(
+            "not a JSON object",
+            f"{where}: expected a JSON object with a 'text' field, got {type(row).__name__}",
         )
     if "text" not in row:
         keys = ", ".join(row) or "none"
-        raise DatasetError(f"{where}: row has no 'text' field (keys: {keys}); every row needs one")
+        raise BadRowError(
+            "missing text field",
+            f"{where}: row has no 'text' field (keys: {keys}); every row needs one",
+        )
     if not isinstance(row["text"], str):
-        raise DatasetError(f"{where}: 'text' must be a string, got {type(row['text']).__name__}")
+        raise BadRowError(
+            "non-string text field",
+            f"{where}: field 'text' must be a string, got {type(row['text']).__name__}",
+        )
     return row["text"]

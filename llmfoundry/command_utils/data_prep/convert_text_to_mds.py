@@ -19,7 +19,7 @@ import multiprocessing
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,9 @@ from llmfoundry.data.data import (
     TOKENS_COLUMNS,
     ConcatTokensDataset,
     MDSWriteSummary,
+    RowStats,
     check_compression,
+    folder_size,
     write_mds,
 )
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
@@ -252,7 +254,14 @@ def previous_conversion(output_folder: str, record: dict[str, Any]) -> MDSWriteS
             f"--output_folder '{output_folder}' holds a conversion with {difference}; "
             "pass --reprocess to replace it, or choose another folder"
         )
-    return MDSWriteSummary(int(done["num_samples"]), int(done["num_tokens"]), output_folder)
+    return MDSWriteSummary(
+        num_samples=int(done["num_samples"]),
+        num_tokens=int(done["num_tokens"]),
+        out=output_folder,
+        rows_read=int(done.get("rows_read", 0)),
+        rows_dropped={str(k): int(v) for k, v in done.get("rows_dropped", {}).items()},
+        bytes_on_disk=int(done.get("bytes_on_disk", 0)),
+    )
 
 
 def describe_difference(previous: dict[str, Any], current: dict[str, Any]) -> str:
@@ -324,7 +333,7 @@ def run_tasks(tasks: list[GroupTask], num_files: int, output_folder: str) -> MDS
     total = MDSWriteSummary(0, 0, output_folder)
     for summary in summaries:
         total = total.merged_with(summary, output_folder)
-    return total
+    return replace(total, bytes_on_disk=folder_size(output_folder))
 
 
 def merge_group_indexes(group_folders: list[str], output_folder: str) -> None:
@@ -383,20 +392,30 @@ def convert_group(task: GroupTask, on_file_done: Callable[[], object]) -> MDSWri
         What this group wrote.
     """
     tokenizer = build_tokenizer(task.tokenizer_name)
-    documents = read_documents(task.files, on_file_done)
+    rows = RowStats()
+    documents = read_documents(task.files, on_file_done, rows)
     samples = ConcatTokensDataset(
         documents, tokenizer, task.concat_tokens, task.bos_text, task.eos_text, task.no_wrap
     )
-    return write_mds(samples, task.out, TOKENS_COLUMNS, task.compression)
+    return write_mds(samples, task.out, TOKENS_COLUMNS, task.compression, rows)
 
 
-def read_documents(files: list[str], on_file_done: Callable[[], object]) -> Iterator[str]:
+def read_documents(
+    files: list[str], on_file_done: Callable[[], object], rows: RowStats | None = None
+) -> Iterator[str]:
     """Yield each file's text, calling ``on_file_done`` after each.
+
+    Args:
+        files: the text files, in order.
+        on_file_done: called after each file has been read.
+        rows: counts the files read (each file is one row, a document).
 
     Raises:
         DatasetError: if a file is not UTF-8 text.
     """
     for file in files:
+        if rows is not None:
+            rows.rows_read += 1
         try:
             text = Path(file).read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
@@ -411,6 +430,7 @@ def write_done_marker(output_folder: str, record: dict[str, Any], summary: MDSWr
     """Record a finished conversion in ``output_folder``, atomically (temp name, then rename)."""
     marker = Path(output_folder) / DONE_FILENAME
     temporary = marker.with_name(marker.name + ".tmp")
-    content = {**record, "num_samples": summary.num_samples, "num_tokens": summary.num_tokens}
+    counts = {key: value for key, value in asdict(summary).items() if key != "out"}
+    content = {**record, **counts}
     temporary.write_text(json.dumps(content, indent=1), encoding="utf-8")
     os.replace(temporary, marker)
