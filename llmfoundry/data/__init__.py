@@ -1,6 +1,7 @@
 """Data: MDS text loaders for pretraining and the core of the data-prep converters.
 
-Importing this package registers the ``text`` entry of the ``dataloaders`` registry.
+Importing this package registers the ``text`` and ``finetuning`` entries of the
+``dataloaders`` registry.
 """
 
 from llmfoundry import registry
@@ -12,6 +13,12 @@ from llmfoundry.data.data import (
     NoConcatDataset,
     write_mds,
 )
+from llmfoundry.data.finetuning import (
+    BinPackCollator,
+    Seq2SeqFinetuningCollator,
+    build_finetuning_dataloader,
+    dataset_constructor,
+)
 from llmfoundry.data.text_data import (
     CausalLMCollator,
     StreamingTextDataset,
@@ -20,16 +27,21 @@ from llmfoundry.data.text_data import (
 )
 
 registry.dataloaders.register("text", func=build_text_dataloader)
+registry.dataloaders.register("finetuning", func=build_finetuning_dataloader)
 
 __all__ = [
     "TEXT_COLUMNS",
     "TOKENS_COLUMNS",
+    "BinPackCollator",
     "CausalLMCollator",
     "ConcatTokensDataset",
     "MDSWriteSummary",
     "NoConcatDataset",
+    "Seq2SeqFinetuningCollator",
     "StreamingTextDataset",
+    "build_finetuning_dataloader",
     "build_text_dataloader",
     "count_tokens_in_batch",
+    "dataset_constructor",
     "write_mds",
 ]

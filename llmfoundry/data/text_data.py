@@ -13,18 +13,27 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from composer.core import DataSpec
 from streaming import Stream, StreamingDataset
+from streaming.base.dataset import _ShardState  # pyright: ignore[reportPrivateUsage]
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
-from llmfoundry.utils.exceptions import ConfigError, DatasetError, TokenizerError, did_you_mean
+from llmfoundry.utils.exceptions import (
+    ConfigError,
+    DatasetError,
+    TokenizerError,
+    UserError,
+    did_you_mean,
+)
 from llmfoundry.utils.registry_utils import check_kwargs
 
 logger = logging.getLogger(__name__)
@@ -32,6 +41,11 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100  # label value that the cross-entropy loss skips
 TOKEN_ENCODING_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 CONVERT_HINT = "write it with scripts/data_prep/convert_text_to_mds.py or convert_dataset_json.py"
+BAD_SHARD_HINT = (
+    "the file is truncated or corrupted: convert the dataset again (or copy it again), or delete "
+    "the file from the local cache so that it is downloaded again from `remote`; "
+    "`validate_hash: sha1` checks downloads when the index records hashes"
+)
 
 
 class StreamingTextDataset(StreamingDataset):
@@ -162,15 +176,19 @@ class StreamingTextDataset(StreamingDataset):
         self.token_encoding_type = token_encoding_type
         self.eos_token_id = eos_token_id
         self.bos_token_id = bos_token_id
+        # An error in Streaming's download threads, kept to be raised by name (see on_exception).
+        self._thread_error: BaseException | None = None
+        self._check_local_shard_sizes()
 
     def __getitem__(self, idx: int) -> torch.Tensor:  # type: ignore[override]
         """The token ids of sample ``idx`` (int64, at most ``max_seq_len`` of them).
 
         Raises:
-            DatasetError: if the sample has no ``tokens``, ``input_ids`` or ``text`` column.
+            DatasetError: if the sample has no ``tokens``, ``input_ids`` or ``text`` column, or
+                its shard cannot be read (naming the shard file).
             ConfigError: if it has only text and the dataset has no tokenizer.
         """
-        sample = super().__getitem__(idx)
+        sample = self._read_sample(idx)
         for column in ("tokens", "input_ids"):
             if column in sample:
                 return self._read_tokens(sample[column])
@@ -180,6 +198,119 @@ class StreamingTextDataset(StreamingDataset):
             f"sample {idx} has no 'tokens', 'input_ids' or 'text' column "
             f"(columns: {', '.join(sample)}); {CONVERT_HINT}"
         )
+
+    def __iter__(self) -> Iterator[torch.Tensor]:  # type: ignore[override]
+        """This worker's samples for the epoch, in order.
+
+        Raises:
+            DatasetError: if a shard could not be downloaded, decompressed or read. (Streaming
+                itself would end the epoch early, without an error, when its download thread
+                fails.)
+        """
+        self._thread_error = None
+        # Streaming yields `self[i]`, which is this class's token tensor.
+        yield from cast(Iterator[torch.Tensor], super().__iter__())
+        self._raise_thread_error()
+
+    def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
+        """Download and decompress a shard (Streaming's), naming the shard when that fails.
+
+        Raises:
+            DatasetError: naming the shard file and what to do.
+        """
+        try:
+            super().prepare_shard(shard_id, blocking)
+        except UserError:
+            raise
+        except Exception as error:
+            self._stop_threads()
+            # Streaming leaves a failed shard PREPARING, and whoever waits for it (the main
+            # thread, blocking) would wait forever; REMOTE makes the next reader try, and fail,
+            # itself.
+            if self._shard_states[shard_id] == _ShardState.PREPARING:
+                self._shard_states[shard_id] = _ShardState.REMOTE
+            raise DatasetError(
+                f"cannot prepare shard {self._shard_path(shard_id)} "
+                f"({type(error).__name__}: {error}); {BAD_SHARD_HINT}"
+            ) from error
+
+    def on_exception(self, future: Future) -> None:
+        """Record a download thread's error and stop the other threads.
+
+        Streaming re-raises it inside the thread pool's callback, where nobody sees it, and the
+        epoch then ends early; keeping it lets :meth:`__iter__` and :meth:`__getitem__` raise it.
+        """
+        error = future.exception()
+        if error is not None:
+            self._thread_error = error
+            self._stop_threads()
+
+    def _stop_threads(self) -> None:
+        """Tell Streaming's download threads to stop (they check this event).
+
+        Without it, a failure raised in the main thread leaves the thread that waits for the
+        failed shard waiting forever, and the process hangs at exit.
+        """
+        event = getattr(self, "_event", None)
+        if event is not None:
+            event.set()
+
+    def _raise_thread_error(self) -> None:
+        error = self._thread_error
+        if error is None:
+            return
+        if isinstance(error, UserError):
+            raise error
+        raise DatasetError(
+            f"reading the dataset failed ({type(error).__name__}: {error}); {BAD_SHARD_HINT}"
+        ) from error
+
+    def _read_sample(self, idx: int) -> dict[str, Any]:
+        """Streaming's sample ``idx`` (a column dict), with read failures named by shard file."""
+        try:
+            return super().__getitem__(idx)
+        except UserError:
+            raise
+        except Exception as error:
+            self._stop_threads()
+            self._raise_thread_error()
+            shard_id, _ = self.spanner[idx]
+            raise DatasetError(
+                f"cannot read sample {idx} from shard {self._shard_path(shard_id)} "
+                f"({type(error).__name__}: {error}); {BAD_SHARD_HINT}"
+            ) from error
+
+    def _shard_path(self, shard_id: int) -> str:
+        """The local path of shard ``shard_id``'s (first) file, compressed if it is."""
+        shard = self.shards[shard_id]
+        raw_info, zip_info = shard.file_pairs[0]
+        info = zip_info or raw_info
+        return os.path.join(shard.dirname, shard.split, info.basename)
+
+    def _check_local_shard_sizes(self) -> None:
+        """Fail by name on a local shard file whose size differs from its index entry.
+
+        Streaming downloads and decompresses to a temporary name and then renames, so a file of
+        the wrong size was cut short (an interrupted copy or conversion) or overwritten.
+
+        Raises:
+            DatasetError: naming the file, both sizes and what to do.
+        """
+        for shard in self.shards:
+            for raw_info, zip_info in shard.file_pairs:
+                for info in (raw_info, zip_info):
+                    if info is None:
+                        continue
+                    path = os.path.join(shard.dirname, shard.split, info.basename)
+                    try:
+                        size = os.path.getsize(path)
+                    except OSError:
+                        continue  # not here yet: downloaded (and checked) when needed
+                    if size != info.bytes:
+                        raise DatasetError(
+                            f"shard file {path} has {size} bytes but its index.json says "
+                            f"{info.bytes}; {BAD_SHARD_HINT}"
+                        )
 
     def _read_tokens(self, value: np.ndarray | bytes) -> torch.Tensor:
         if isinstance(value, bytes):
@@ -232,19 +363,38 @@ class CausalLMCollator:
     Labels equal ``input_ids`` with ``-100`` at the padding; they are not shifted (the model
     scores ``labels[t]`` against its prediction at ``t - 1``).
 
+    With ``eos_token_id`` (or ``bos_token_id``) the batch also gets ``sequence_id``: the index,
+    within its row, of the document each token belongs to in a sample of concatenated documents,
+    for models that keep attention within a document (``attn_uses_sequence_id``). An EOS token
+    ends its document; a BOS token starts a new one.
+
     Args:
         pad_token_id: the id put in padded positions.
+        eos_token_id: the id that separates concatenated documents, ending each one.
+        bos_token_id: the id that separates concatenated documents, starting each one.
+
+    Raises:
+        ConfigError: if both ``eos_token_id`` and ``bos_token_id`` are given.
     """
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(
+        self, pad_token_id: int, eos_token_id: int | None = None, bos_token_id: int | None = None
+    ) -> None:
+        if eos_token_id is not None and bos_token_id is not None:
+            raise ConfigError(
+                "set only one of dataset.eos_token_id and dataset.bos_token_id: it marks the "
+                "boundary between concatenated documents (for sequence_id)"
+            )
         self.pad_token_id = pad_token_id
+        self.eos_token_id = eos_token_id
+        self.bos_token_id = bos_token_id
 
     def __call__(self, samples: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Batch ``samples`` (1-D tensors of token ids) padded to the longest one.
 
         Returns:
             ``input_ids``, ``attention_mask`` (1 on real tokens) and ``labels``, each
-            ``(batch, longest)`` int64.
+            ``(batch, longest)`` int64, and ``sequence_id`` when a separator id is set.
         """
         longest = max(len(sample) for sample in samples)
         input_ids = torch.full((len(samples), longest), self.pad_token_id, dtype=torch.int64)
@@ -253,7 +403,15 @@ class CausalLMCollator:
             input_ids[row, : len(sample)] = torch.as_tensor(sample, dtype=torch.int64)
             attention_mask[row, : len(sample)] = 1
         labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if self.bos_token_id is not None:
+            batch["sequence_id"] = torch.cumsum(input_ids == self.bos_token_id, dim=1)
+        elif self.eos_token_id is not None:
+            # Documents counted up to and including each token; an EOS belongs to the document
+            # it ends, so the count moves on one position later.
+            ends = torch.cumsum(input_ids == self.eos_token_id, dim=1)
+            batch["sequence_id"] = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], 1)
+        return batch
 
 
 def count_tokens_in_batch(batch: Mapping[str, torch.Tensor]) -> dict[str, int]:
@@ -320,8 +478,8 @@ def build_text_dataloader(
     drop_last: bool = True,
     num_workers: int = 8,
     pin_memory: bool = True,
-    prefetch_factor: int = 2,
-    persistent_workers: bool = True,
+    prefetch_factor: int | None = None,
+    persistent_workers: bool | None = None,
     timeout: float = 0,
     *,
     section: str = "train_loader",
@@ -336,8 +494,10 @@ def build_text_dataloader(
         drop_last: drop the last incomplete batch.
         num_workers: data loader worker processes (0 loads in the main process).
         pin_memory: pin batches in page-locked memory.
-        prefetch_factor: batches loaded ahead per worker (ignored with 0 workers).
-        persistent_workers: keep workers alive between epochs (ignored with 0 workers).
+        prefetch_factor: batches loaded ahead per worker (None: 2). With 0 workers it does not
+            apply and is dropped with a logged note.
+        persistent_workers: keep workers alive between epochs (None: True). With 0 workers it
+            does not apply and is dropped with a logged note.
         timeout: seconds to wait for a batch from a worker (0: forever).
         section: the loader's key path, for messages (``train_loader``, ``eval_loader``).
 
@@ -366,23 +526,55 @@ def build_text_dataloader(
     text_dataset = StreamingTextDataset(
         tokenizer=tokenizer, batch_size=device_batch_size, **dataset_kwargs
     )
-    # torch rejects prefetch_factor/persistent_workers when loading in the main process.
-    worker_kwargs: dict[str, Any] = (
-        {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers}
-        if num_workers > 0
-        else {}
+    collator = CausalLMCollator(
+        pad_token_id_of(tokenizer), text_dataset.eos_token_id, text_dataset.bos_token_id
     )
     loader = DataLoader(
         text_dataset,
         batch_size=device_batch_size,
-        collate_fn=CausalLMCollator(pad_token_id_of(tokenizer)),
+        collate_fn=collator,
         drop_last=drop_last,
         num_workers=num_workers,
         pin_memory=pin_memory,
         timeout=timeout,
-        **worker_kwargs,
+        **worker_process_kwargs(num_workers, prefetch_factor, persistent_workers, section),
     )
     return DataSpec(loader, get_num_tokens_in_batch=count_tokens_in_batch)
+
+
+def worker_process_kwargs(
+    num_workers: int,
+    prefetch_factor: int | None,
+    persistent_workers: bool | None,
+    section: str,
+) -> dict[str, Any]:
+    """The ``DataLoader`` options that only apply to worker processes, with their defaults.
+
+    torch rejects ``prefetch_factor`` and ``persistent_workers`` when batches are loaded in the
+    main process (``num_workers: 0``); an LLM Foundry loader section often sets them anyway, so
+    they are dropped there, with one logged note.
+
+    Returns:
+        ``prefetch_factor`` (default 2) and ``persistent_workers`` (default True) with workers;
+        nothing without.
+    """
+    if num_workers > 0:
+        return {
+            "prefetch_factor": 2 if prefetch_factor is None else prefetch_factor,
+            "persistent_workers": True if persistent_workers is None else persistent_workers,
+        }
+    given = {"prefetch_factor": prefetch_factor, "persistent_workers": persistent_workers}
+    dropped = [f"{section}.{key}" for key, value in given.items() if value is not None]
+    if dropped:
+        verb = "applies" if len(dropped) == 1 else "apply"
+        logger.info(
+            "num_workers is 0 (batches load in the main process), so %s, which only %s to "
+            "worker processes, %s ignored",
+            " and ".join(dropped),
+            verb,
+            "is" if len(dropped) == 1 else "are",
+        )
+    return {}
 
 
 def print_samples(

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from streaming import MDSWriter
+from omegaconf import OmegaConf
+from streaming import MDSWriter, Stream
 from streaming.base.util import clean_stale_shared_memory
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
+from llmfoundry.command_utils.data_prep.convert_dataset_json import convert_dataset_json
+from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
 from llmfoundry.data import CausalLMCollator, StreamingTextDataset, build_text_dataloader
 from llmfoundry.data.text_data import print_samples
+from llmfoundry.utils.builders import build_dataloader
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 
 PAD_ID = 1
@@ -198,3 +207,265 @@ def test_print_samples_decodes_with_a_tokenizer(
     )
     print_samples(str(tmp_path / "mds"), "val", str(tokenizer_dir), 32)
     assert capsys.readouterr().out.splitlines()[1::2] == ["hello world", "x = 1"]
+
+
+# --- Streaming features: remote cache, stream mixtures, shuffling, worker options, bad shards ---
+
+
+def id_stream(folder: Path, first_id: int, count: int, **writer_kwargs: Any) -> Path:
+    """``count`` one-token samples ``[first_id]``, ``[first_id + 1]``, ...: each names itself."""
+    samples = [{"tokens": np.asarray([first_id + i], np.int32)} for i in range(count)]
+    with MDSWriter(out=str(folder), columns={"tokens": "ndarray:int32"}, **writer_kwargs) as out:
+        for sample in samples:
+            out.write(sample)
+    return folder
+
+
+def epoch_ids(dataset: Iterable[torch.Tensor]) -> list[int]:
+    """The sample ids of one pass over ``dataset`` (one-token samples)."""
+    return [int(sample[0]) for sample in dataset]
+
+
+def epoch_ids_full(dataset: Iterable[torch.Tensor]) -> list[list[int]]:
+    """The samples of one pass over ``dataset``, as lists of ids."""
+    return [sample.tolist() for sample in dataset]
+
+
+def test_remote_is_streamed_into_an_empty_local_cache(
+    tmp_path: Path, tokenizer_dir: Path, corpus_texts: list[str]
+) -> None:
+    text_dir = tmp_path / "text"
+    text_dir.mkdir()
+    for number, text in enumerate(corpus_texts[:3]):
+        (text_dir / f"doc{number}.txt").write_text(text, encoding="utf-8")
+    remote = tmp_path / "remote"
+    convert_text_to_mds(str(tokenizer_dir), str(remote / "train"), str(text_dir), concat_tokens=32)
+    remote_shards = sorted(p.name for p in (remote / "train").glob("shard.*"))
+    direct = StreamingTextDataset(tokenizer=None, max_seq_len=32, local=str(remote), split="train")
+    expected = [direct[i].tolist() for i in range(direct.num_samples)]
+    del direct
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    streamed = StreamingTextDataset(
+        tokenizer=None,
+        max_seq_len=32,
+        remote=str(remote),
+        local=str(cache),
+        split="train",
+        batch_size=1,
+    )
+    assert epoch_ids_full(streamed) == expected
+    cached_shards = sorted(p.name for p in (cache / "train").glob("shard.*"))
+    assert remote_shards and all(name.endswith(".zstd") for name in remote_shards)
+    # The compressed shards were downloaded and decompressed into the cache.
+    assert [name.removesuffix(".zstd") for name in remote_shards] == cached_shards
+    assert (cache / "train" / "index.json").is_file()
+
+
+def test_stream_proportions_set_each_streams_share_of_the_epoch(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    id_stream(tmp_path / "small" / "train", 1000, 20)
+    id_stream(tmp_path / "large" / "train", 2000, 10)
+    # MPT-7B's data-mix style: named streams with remote/local/split/proportion, and an epoch
+    # size. Streaming draws floor(epoch_size * proportion) samples from each stream (40 * 1/4 =
+    # 10 of small's 20, without repeats; 40 * 3/4 = 30 of large's 10: each 3 times).
+    section = OmegaConf.to_container(
+        OmegaConf.create(
+            f"""
+            name: text
+            dataset:
+              max_seq_len: 8
+              epoch_size: 40
+              shuffle: true
+              streams:
+                small:
+                  remote: {tmp_path / "small"}
+                  local: {tmp_path / "cache" / "small"}
+                  split: train
+                  proportion: 0.25
+                large:
+                  remote: {tmp_path / "large"}
+                  local: {tmp_path / "cache" / "large"}
+                  split: train
+                  proportion: 0.75
+            drop_last: false
+            num_workers: 0
+            pin_memory: false
+            """
+        )
+    )
+    assert isinstance(section, dict)
+    spec = build_dataloader("train_loader", section, tokenizer, 4)  # type: ignore[arg-type]
+    ids = [int(i) for batch in spec.dataloader for i in batch["input_ids"][:, 0]]
+
+    small = [i for i in ids if i < 2000]
+    large = [i for i in ids if i >= 2000]
+    assert (len(small), len(large)) == (10, 30)
+    assert len(set(small)) == 10 and set(small) <= set(range(1000, 1020))
+    assert Counter(large) == {2000 + i: 3 for i in range(10)}
+
+
+@pytest.mark.parametrize(
+    ("weights", "expected_counts"),
+    [
+        # repeat: a multiple of the stream's own size; a stream without weights is read once.
+        ({"large": {"repeat": 2}}, (20, 20)),
+        # choose: an absolute number of samples per epoch (more than the stream holds: every
+        # sample once, then 5 of them again).
+        ({"small": {"choose": 5}, "large": {"choose": 15}}, (5, 15)),
+    ],
+)
+def test_stream_repeat_and_choose_set_absolute_counts(
+    tmp_path: Path,
+    weights: dict[str, dict[str, Any]],
+    expected_counts: tuple[int, int],
+) -> None:
+    id_stream(tmp_path / "small", 1000, 20)
+    id_stream(tmp_path / "large", 2000, 10)
+    streams = [
+        Stream(local=str(tmp_path / name), **weights.get(name, {})) for name in ("small", "large")
+    ]
+    dataset = StreamingTextDataset(tokenizer=None, max_seq_len=8, streams=streams, batch_size=1)
+    ids = epoch_ids(dataset)
+
+    small = Counter(i for i in ids if i < 2000)
+    large = Counter(i for i in ids if i >= 2000)
+    assert (sum(small.values()), sum(large.values())) == expected_counts
+    if "repeat" in weights.get("large", {}):
+        assert large == {2000 + i: 2 for i in range(10)}
+        assert small == {1000 + i: 1 for i in range(20)}
+    else:
+        assert max(small.values()) == 1
+        assert set(large) == set(range(2000, 2010))
+        assert sorted(large.values()) == [1] * 5 + [2] * 5
+
+
+def test_text_and_token_samples_from_the_converters_give_the_expected_ids(
+    tmp_path: Path, tokenizer_dir: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    documents = ["def f(x):\n    return x + 1\n", "import os\n" * 20, "x = 1\n"]
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": d}) + "\n" for d in documents), "utf-8")
+    convert_dataset_json(str(jsonl), str(tmp_path / "text" / "train"))
+    convert_dataset_json(
+        str(jsonl),
+        str(tmp_path / "tokens" / "train"),
+        concat_tokens=16,
+        tokenizer=str(tokenizer_dir),
+    )
+
+    as_text = StreamingTextDataset(
+        tokenizer=tokenizer,
+        max_seq_len=16,
+        local=str(tmp_path / "text"),
+        split="train",
+        batch_size=1,
+    )
+    ids = [tokenizer(d)["input_ids"] for d in documents]
+    assert epoch_ids_full(as_text) == [i[:16] for i in ids]
+    assert len(ids[1]) > 16  # the long document really was truncated
+
+    as_tokens = StreamingTextDataset(
+        tokenizer=None,
+        max_seq_len=16,
+        local=str(tmp_path / "tokens"),
+        split="train",
+        batch_size=1,
+    )
+    concatenated = [token for i in ids for token in i]
+    expected = [concatenated[s : s + 16] for s in range(0, len(concatenated) - 15, 16)]
+    assert epoch_ids_full(as_tokens) == expected
+
+
+def test_zero_workers_drops_worker_options_with_one_note(
+    token_mds: Path, tokenizer: PreTrainedTokenizerBase, caplog: pytest.LogCaptureFixture
+) -> None:
+    section = {
+        "name": "text",
+        "dataset": {"local": str(token_mds), "split": "train", "max_seq_len": 16},
+        "num_workers": 0,
+        "prefetch_factor": 2,
+        "persistent_workers": True,
+        "pin_memory": False,
+    }
+    with caplog.at_level(logging.INFO, logger="llmfoundry.data.text_data"):
+        spec = build_dataloader("eval_loader", section, tokenizer, 4)
+    assert len(list(spec.dataloader)) == 2
+    notes = [r.getMessage() for r in caplog.records if "num_workers is 0" in r.getMessage()]
+    assert notes == [
+        "num_workers is 0 (batches load in the main process), so eval_loader.prefetch_factor and "
+        "eval_loader.persistent_workers, which only apply to worker processes, are ignored"
+    ]
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="llmfoundry.data.text_data"):
+        build_dataloader("eval_loader", {**section, "num_workers": 1}, tokenizer, 4)
+        build_dataloader(
+            "eval_loader",
+            {
+                k: v
+                for k, v in section.items()
+                if k not in ("prefetch_factor", "persistent_workers")
+            },
+            tokenizer,
+            4,
+        )
+    assert not [r for r in caplog.records if "num_workers is 0" in r.getMessage()]
+
+
+def test_seeded_shuffle_is_deterministic_and_differs_from_file_order(tmp_path: Path) -> None:
+    id_stream(tmp_path / "mds", 0, 64)
+
+    def order(**shuffle: Any) -> list[int]:
+        dataset = StreamingTextDataset(
+            tokenizer=None, max_seq_len=4, local=str(tmp_path / "mds"), batch_size=1, **shuffle
+        )
+        return epoch_ids(dataset)
+
+    unshuffled = order()
+    seeded = order(shuffle=True, shuffle_seed=17)
+    assert unshuffled == list(range(64))
+    assert seeded == order(shuffle=True, shuffle_seed=17)
+    assert seeded != unshuffled and sorted(seeded) == unshuffled
+    assert order(shuffle=True, shuffle_seed=18) != seeded
+
+
+def test_sequence_id_counts_documents_from_eos_or_bos() -> None:
+    samples = [torch.tensor([5, 0, 6, 7, 0, 8]), torch.tensor([0, 9, 9])]
+    eos_batch = CausalLMCollator(pad_token_id=PAD_ID, eos_token_id=0)(samples)
+    assert eos_batch["sequence_id"].tolist() == [[0, 0, 1, 1, 1, 2], [0, 1, 1, 1, 1, 1]]
+    bos_batch = CausalLMCollator(pad_token_id=PAD_ID, bos_token_id=0)(samples)
+    assert bos_batch["sequence_id"].tolist() == [[0, 1, 1, 1, 2, 2], [1, 1, 1, 1, 1, 1]]
+    assert "sequence_id" not in CausalLMCollator(pad_token_id=PAD_ID)(samples)
+    with pytest.raises(ConfigError, match="only one of dataset.eos_token_id and"):
+        CausalLMCollator(pad_token_id=PAD_ID, eos_token_id=0, bos_token_id=0)
+
+
+def test_truncated_shard_is_named_when_the_dataset_is_built(tmp_path: Path) -> None:
+    id_stream(tmp_path / "mds", 0, 200, size_limit=1024)
+    shard = tmp_path / "mds" / "shard.00001.mds"
+    shard.write_bytes(shard.read_bytes()[:100])
+
+    with pytest.raises(DatasetError) as error:
+        StreamingTextDataset(tokenizer=None, max_seq_len=4, local=str(tmp_path / "mds"))
+    message = str(error.value)
+    assert "\n" not in message
+    assert re.search(r"shard file .*shard\.00001\.mds has 100 bytes but its index\.json", message)
+    assert "convert the dataset again" in message and "validate_hash" in message
+
+
+def test_corrupted_compressed_shard_is_named_when_read(tmp_path: Path) -> None:
+    id_stream(tmp_path / "mds", 0, 200, size_limit=1024, compression="zstd")
+    shard = tmp_path / "mds" / "shard.00001.mds.zstd"
+    shard.write_bytes(bytes(len(shard.read_bytes())))  # same size, all zeros
+
+    dataset = StreamingTextDataset(
+        tokenizer=None, max_seq_len=4, local=str(tmp_path / "mds"), batch_size=1
+    )
+    with pytest.raises(DatasetError) as error:
+        epoch_ids(dataset)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "shard.00001.mds.zstd" in message and "truncated or corrupted" in message

@@ -1,0 +1,200 @@
+"""Pack several finetuning examples into each row of a batch.
+
+With ``packing_ratio: r`` the data loader hands :class:`BinPackCollator` ``int(r x
+device_batch_size)`` examples at a time. It packs them, first-fit-decreasing (longest first,
+each into the first row with room), into ``device_batch_size`` rows of ``max_seq_len`` tokens.
+Examples that fit in no row are kept and packed first-come with the next call, so an example is
+neither lost nor repeated, except those still waiting when the data ends (``leftovers``).
+
+``sequence_id`` numbers the examples of a row 0, 1, 2, ... and is **-1 on padding**; a model
+with ``attn_uses_sequence_id`` lets a token attend only within its own example. Each example's
+first label is already -100 (see :mod:`.collator`), so no example is scored from the one before.
+
+``packing_ratio: auto`` (:func:`auto_packing_ratio`) simulates the packer on a sample of the
+data for every candidate batch size ``n = device_batch_size .. device_batch_size x max_ratio``
+(``max_ratio = max_seq_len // shortest example``, capped at :data:`MAX_AUTO_RATIO`) and picks
+the largest ``n`` for which every simulated batch packs all of its examples (nothing carried
+over); the ratio is ``n / device_batch_size`` (1 means no packing).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from llmfoundry.data.finetuning.collator import IGNORE_INDEX, Seq2SeqFinetuningCollator
+
+logger = logging.getLogger(__name__)
+
+PAD_SEQUENCE_ID = -1
+MAX_AUTO_RATIO = 32
+Packed = tuple[list[int], list[int]]  # (input_ids, labels) of one example
+
+
+def first_fit_decreasing(
+    lengths: Sequence[int], num_bins: int, capacity: int
+) -> tuple[list[list[int]], list[int]]:
+    """Assign items to at most ``num_bins`` bins of ``capacity``, longest first.
+
+    Args:
+        lengths: each item's size (each at most ``capacity``).
+        num_bins: the number of bins.
+        capacity: each bin's size.
+
+    Returns:
+        ``(bins, leftover)``: item indices per bin (in placement order) and the indices that
+        fit nowhere, in their original order.
+    """
+    bins: list[list[int]] = [[] for _ in range(num_bins)]
+    room = [capacity] * num_bins
+    leftover: list[int] = []
+    # Stable sort: equal lengths keep arrival order, so carried-over items go first.
+    for item in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for b in range(num_bins):
+            if lengths[item] <= room[b]:
+                bins[b].append(item)
+                room[b] -= lengths[item]
+                break
+        else:
+            leftover.append(item)
+    return bins, sorted(leftover)
+
+
+class BinPackCollator:
+    """Pack examples into ``device_batch_size`` rows (see the module docstring).
+
+    Args:
+        collator: the unpacked collator (its masking, truncation and pad id are used).
+        device_batch_size: rows per batch.
+
+    Attributes:
+        leftovers: examples waiting for the next batch (``(input_ids, labels)``).
+        tokens_real: non-padding tokens emitted so far.
+        tokens_total: tokens (rows x ``max_seq_len``) emitted so far.
+    """
+
+    def __init__(self, collator: Seq2SeqFinetuningCollator, device_batch_size: int) -> None:
+        if not collator.decoder_only_format:
+            raise ValueError("packing needs decoder_only_format: true")
+        self.collator = collator
+        self.device_batch_size = device_batch_size
+        self.leftovers: list[Packed] = []
+        self.tokens_real = 0
+        self.tokens_total = 0
+
+    @property
+    def efficiency(self) -> float:
+        """The fraction of emitted tokens that are not padding."""
+        return self.tokens_real / self.tokens_total if self.tokens_total else 0.0
+
+    def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Pack this call's examples and any leftovers into one batch.
+
+        Returns:
+            ``input_ids``, ``attention_mask``, ``labels`` and ``sequence_id``, each
+            ``(device_batch_size, max_seq_len)`` int64.
+        """
+        items = self.leftovers + [self.collator.sequence(example) for example in examples]
+        max_seq_len = self.collator.max_seq_len
+        bins, leftover = first_fit_decreasing(
+            [len(ids) for ids, _ in items], self.device_batch_size, max_seq_len
+        )
+        self.leftovers = [items[i] for i in leftover]
+        batch = self._rows([[items[i] for i in row] for row in bins])
+        real = int(batch["attention_mask"].sum().item())
+        self.tokens_real += real
+        self.tokens_total += batch["input_ids"].numel()
+        logger.debug(
+            "packed %d examples (%d carried over): %.1f%% of tokens are not padding "
+            "(%.1f%% so far)",
+            len(items) - len(leftover),
+            len(leftover),
+            100 * real / batch["input_ids"].numel(),
+            100 * self.efficiency,
+        )
+        return batch
+
+    def _rows(self, rows: Sequence[Sequence[Packed]]) -> dict[str, torch.Tensor]:
+        shape = (len(rows), self.collator.max_seq_len)
+        input_ids = torch.full(shape, self.collator.pad_token_id, dtype=torch.int64)
+        labels = torch.full(shape, IGNORE_INDEX, dtype=torch.int64)
+        attention_mask = torch.zeros(shape, dtype=torch.int64)
+        sequence_id = torch.full(shape, PAD_SEQUENCE_ID, dtype=torch.int64)
+        for r, row in enumerate(rows):
+            start = 0
+            for doc, (ids, row_labels) in enumerate(row):
+                end = start + len(ids)
+                input_ids[r, start:end] = torch.as_tensor(ids, dtype=torch.int64)
+                labels[r, start:end] = torch.as_tensor(row_labels, dtype=torch.int64)
+                attention_mask[r, start:end] = 1
+                sequence_id[r, start:end] = doc
+                start = end
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "sequence_id": sequence_id,
+        }
+
+
+def simulate_packing(
+    lengths: Sequence[int], examples_per_batch: int, device_batch_size: int, capacity: int
+) -> tuple[bool, float]:
+    """Run the packer over ``lengths`` in batches of ``examples_per_batch``.
+
+    Returns:
+        ``(no_carry_over, efficiency)``: whether every batch packed all of its examples, and
+        the fraction of non-padding tokens over the simulated batches.
+    """
+    carried: list[int] = []
+    real = total = 0
+    no_carry_over = True
+    for start in range(0, len(lengths) - examples_per_batch + 1, examples_per_batch):
+        items = carried + list(lengths[start : start + examples_per_batch])
+        bins, leftover = first_fit_decreasing(items, device_batch_size, capacity)
+        carried = [items[i] for i in leftover]
+        no_carry_over = no_carry_over and not leftover
+        real += sum(items[i] for row in bins for i in row)
+        total += device_batch_size * capacity
+    return no_carry_over, (real / total if total else 0.0)
+
+
+def auto_packing_ratio(lengths: Sequence[int], device_batch_size: int, max_seq_len: int) -> float:
+    """The largest packing ratio that never carries an example over, on ``lengths``.
+
+    Args:
+        lengths: token counts (after truncation) of a sample of the dataset, in loader order.
+        device_batch_size: rows per batch.
+        max_seq_len: tokens per row.
+
+    Returns:
+        ``n / device_batch_size`` for the largest candidate ``n`` (see the module docstring);
+        1.0 when no candidate above ``device_batch_size`` qualifies or the sample is too small.
+    """
+    if not lengths:
+        return 1.0
+    max_ratio = min(MAX_AUTO_RATIO, max(1, max_seq_len // max(1, min(lengths))))
+    best = device_batch_size
+    for examples_per_batch in range(device_batch_size + 1, device_batch_size * max_ratio + 1):
+        if examples_per_batch > len(lengths):
+            break
+        no_carry_over, _ = simulate_packing(
+            lengths, examples_per_batch, device_batch_size, max_seq_len
+        )
+        if no_carry_over:
+            best = examples_per_batch
+    ratio = best / device_batch_size
+    _, efficiency = simulate_packing(lengths, best, device_batch_size, max_seq_len)
+    logger.info(
+        "packing_ratio: auto chose %.3g (%d examples per batch of %d rows) from %d sampled "
+        "examples; %.1f%% of tokens are not padding",
+        ratio,
+        best,
+        device_batch_size,
+        len(lengths),
+        100 * efficiency,
+    )
+    return ratio

@@ -1,0 +1,99 @@
+"""Label masking, truncation and padding of the finetuning collator, on hand-made turns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llmfoundry.data.finetuning import Seq2SeqFinetuningCollator, TargetPolicy, build_sequence
+from llmfoundry.data.finetuning.collator import count_tokens_in_batch, is_trainable
+from llmfoundry.utils.exceptions import ConfigError
+
+X = -100
+PAD = 1
+# Two turns: prompt [10, 11, 12] -> response [20, 21]; prompt [13] -> response [22, 23, 24].
+TURNS = [
+    {"input_ids": [10, 11, 12], "labels": [20, 21]},
+    {"input_ids": [13], "labels": [22, 23, 24]},
+]
+INPUT_IDS = [10, 11, 12, 20, 21, 13, 22, 23, 24]
+
+
+@pytest.mark.parametrize(
+    ("target_prompts", "target_responses", "expected_labels"),
+    [
+        # The first token is never a target: nothing precedes it.
+        ("none", "last", [X, X, X, X, X, X, 22, 23, 24]),
+        ("none", "all", [X, X, X, 20, 21, X, 22, 23, 24]),
+        ("all", "last", [X, 11, 12, X, X, 13, 22, 23, 24]),
+        ("all", "all", [X, 11, 12, 20, 21, 13, 22, 23, 24]),
+        # Only the 3-token prompt is long enough.
+        ("length>=2", "all", [X, 11, 12, 20, 21, X, 22, 23, 24]),
+        ("length>=1", "last", [X, 11, 12, X, X, 13, 22, 23, 24]),
+        ("length>=4", "last", [X, X, X, X, X, X, 22, 23, 24]),
+    ],
+)
+def test_labels_follow_target_settings(
+    target_prompts: str, target_responses: str, expected_labels: list[int]
+) -> None:
+    collator = Seq2SeqFinetuningCollator(PAD, 12, target_prompts, target_responses)
+    batch = collator([{"turns": TURNS}])
+    assert batch["input_ids"][0].tolist() == [*INPUT_IDS, PAD, PAD, PAD]
+    assert batch["labels"][0].tolist() == [*expected_labels, X, X, X]
+    assert batch["attention_mask"][0].tolist() == [1] * 9 + [0] * 3
+
+
+@pytest.mark.parametrize(
+    ("prompts", "responses", "pattern"),
+    [
+        ("some", "last", r"target_prompts is 'some'; use none, all or length>=N"),
+        ("length>=x", "last", r"target_prompts"),
+        ("none", "first", r"target_responses is 'first'; use last or all"),
+    ],
+)
+def test_bad_target_settings_are_config_errors(prompts: str, responses: str, pattern: str) -> None:
+    with pytest.raises(ConfigError, match=pattern):
+        TargetPolicy.from_config(prompts, responses)
+
+
+def test_long_examples_keep_their_first_max_seq_len_tokens() -> None:
+    policy = TargetPolicy.from_config("none", "last")
+    ids, labels = build_sequence(TURNS, policy, 8)
+    assert ids == INPUT_IDS[:8]  # the end of the last response is cut
+    assert labels == [X, X, X, X, X, X, 22, 23]
+
+
+def test_examples_whose_prompt_fills_max_seq_len_are_not_trainable() -> None:
+    policy = TargetPolicy.from_config("none", "last")
+    assert is_trainable(TURNS, policy, 7)  # one token of the last response survives
+    assert not is_trainable(TURNS, policy, 6)  # everything before it fills max_seq_len
+    # Even when the prompts are targets, a prompt filling max_seq_len drops the example.
+    assert not is_trainable(TURNS, TargetPolicy.from_config("all", "all"), 6)
+
+
+def test_pad_trimming_pads_to_the_longest_example() -> None:
+    short = {"turns": [{"input_ids": [5], "labels": [6, 7]}]}
+    trimming = Seq2SeqFinetuningCollator(PAD, 32, allow_pad_trimming=True)
+    batch = trimming([{"turns": TURNS}, short])
+    assert batch["input_ids"].shape == (2, 9)
+    assert batch["input_ids"][1].tolist() == [5, 6, 7] + [PAD] * 6
+    assert batch["labels"][1].tolist() == [X, 6, 7] + [X] * 6
+    full = Seq2SeqFinetuningCollator(PAD, 32)([{"turns": TURNS}, short])
+    assert full["input_ids"].shape == (2, 32)
+    assert torch.equal(full["input_ids"][:, :9], batch["input_ids"])
+
+
+def test_token_counts_exclude_padding() -> None:
+    batch = Seq2SeqFinetuningCollator(PAD, 12)([{"turns": TURNS}])
+    assert count_tokens_in_batch(batch) == {"total": 9, "loss_generating": 3}
+
+
+def test_encoder_decoder_batches_split_prompt_and_response() -> None:
+    collator = Seq2SeqFinetuningCollator(PAD, 4, decoder_only_format=False)
+    batch = collator([{"turns": [{"input_ids": [10, 11, 12, 13, 14], "labels": [20, 21]}]}])
+    assert batch["input_ids"].tolist() == [[10, 11, 12, 13]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1]]
+    assert batch["labels"].tolist() == [[20, 21, X, X]]
+    assert batch["decoder_attention_mask"].tolist() == [[1, 1, 0, 0]]
+    with pytest.raises(ConfigError, match="single-turn"):
+        collator([{"turns": TURNS}])

@@ -1,0 +1,286 @@
+"""The ``finetuning`` data loader end to end: HF JSON and MDS sources, config and data errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from streaming import MDSWriter
+from streaming.base.util import clean_stale_shared_memory
+from transformers import PreTrainedTokenizerBase
+
+from llmfoundry import registry
+from llmfoundry.data.finetuning import build_finetuning_dataloader, dataset_constructor
+from llmfoundry.data.finetuning.collator import IGNORE_INDEX
+from llmfoundry.utils.builders import build_dataloader
+from llmfoundry.utils.exceptions import ConfigError, DatasetError
+
+EOS, PAD = 0, 1
+X = IGNORE_INDEX
+ROWS = [
+    {"prompt": "def loads(s):", "response": " return decode(s)"},
+    {"prompt": "import json", "response": "\nimport re"},
+    {"prompt": "class Encoder:", "response": "\n    pass"},
+    {"prompt": "x = [", "response": "1, 2, 3]"},
+    {"prompt": "while True:", "response": "\n    break"},
+    {"prompt": "if not s:", "response": "\n    return None"},
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _clean_shared_memory() -> None:
+    clean_stale_shared_memory()
+
+
+def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def json_dataset(tmp_path: Path, rows: Sequence[Mapping[str, Any]], **overrides: Any) -> dict:
+    """A ``dataset:`` section reading ``rows`` from a local JSONL file, as a YAML would."""
+    data_file = write_jsonl(tmp_path / "train.jsonl", rows)
+    section = {
+        "hf_name": "json",
+        "hf_kwargs": {"data_files": {"train": str(data_file)}, "cache_dir": str(tmp_path / "hf")},
+        "split": "train",
+        "preprocessing_fn": None,
+        "max_seq_len": 32,
+        "allow_pad_trimming": False,
+        "decoder_only_format": True,
+        "shuffle": False,
+        "target_prompts": "none",
+        "target_responses": "last",
+        "packing_ratio": None,
+    }
+    return {**section, **overrides}
+
+
+def ids(tokenizer: PreTrainedTokenizerBase, text: str, special: bool = False) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def test_yaml_section_builds_through_the_registry(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    section = {
+        "name": "finetuning",
+        "dataset": json_dataset(tmp_path, ROWS),
+        "drop_last": True,
+        "num_workers": 0,
+        "pin_memory": False,
+        "prefetch_factor": 2,
+        "persistent_workers": True,
+        "timeout": 0,
+    }
+    assert registry.dataloaders.get("finetuning") is build_finetuning_dataloader
+    spec = build_dataloader("train_loader", section, tokenizer, 2)
+    batches = list(spec.dataloader)
+    assert len(batches) == 3
+    first = batches[0]
+    assert set(first) == {"input_ids", "attention_mask", "labels"}
+    assert first["input_ids"].shape == (2, 32)
+    prompt = ids(tokenizer, ROWS[0]["prompt"], special=True)
+    response = [*ids(tokenizer, ROWS[0]["response"]), EOS]
+    n = len(prompt) + len(response)
+    assert first["input_ids"][0, :n].tolist() == prompt + response
+    assert first["input_ids"][0, n:].eq(PAD).all()
+    assert first["labels"][0].tolist() == [IGNORE_INDEX] * len(prompt) + response + [
+        IGNORE_INDEX
+    ] * (32 - n)
+    assert spec.get_num_tokens_in_batch is not None
+    assert spec.get_num_tokens_in_batch(first) == int(first["attention_mask"].sum())
+
+
+def test_unknown_dataset_key_suggests_the_right_one(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    dataset = json_dataset(tmp_path, ROWS, max_seq_length=32)
+    with pytest.raises(
+        ConfigError,
+        match=r"train_loader\.dataset\.max_seq_length is not a valid key; did you mean 'max_seq_len'",
+    ):
+        build_finetuning_dataloader(tokenizer, 2, dataset)
+
+
+def test_missing_split_names_the_available_ones(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    dataset = json_dataset(tmp_path, ROWS, split="validation")
+    with pytest.raises(
+        DatasetError, match=r"split 'validation' is not a split of 'json'; available: \['train'\]"
+    ):
+        build_finetuning_dataloader(tokenizer, 2, dataset, section="eval_loader")
+
+
+def test_bad_row_names_the_file_row_and_field(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    rows = [*ROWS[:3], {"prompt": "a", "response": ""}, *ROWS[3:]]
+    dataset = json_dataset(tmp_path, rows)
+    with pytest.raises(DatasetError, match=r"train\.jsonl', row 3: field 'response' is empty"):
+        build_finetuning_dataloader(tokenizer, 2, dataset)
+
+
+def test_long_examples_are_truncated_or_dropped_and_counted(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase, caplog: pytest.LogCaptureFixture
+) -> None:
+    long_prompt = "import json\n" * 20  # far more than 32 tokens: dropped
+    long_response = "return None\n" * 20  # cut to max_seq_len
+    rows = [
+        *ROWS[:2],
+        {"prompt": long_prompt, "response": "x"},
+        {"prompt": "y", "response": long_response},
+    ]
+    dataset = json_dataset(tmp_path, rows, allow_pad_trimming=True)
+    with caplog.at_level(logging.INFO, logger="llmfoundry.data.finetuning"):
+        spec = build_finetuning_dataloader(tokenizer, 1, dataset, drop_last=False)
+    assert "4 examples; 1 longer than max_seq_len=32 are truncated" in caplog.text
+    assert "1 dropped" in caplog.text
+    batches = list(spec.dataloader)
+    assert len(batches) == 3  # the dropped example is gone
+    truncated = batches[2]
+    assert truncated["input_ids"].shape == (1, 32)
+    assert (
+        truncated["input_ids"][0].tolist()
+        == (ids(tokenizer, "y", special=True) + ids(tokenizer, long_response))[:32]
+    )
+    assert batches[0]["input_ids"].shape[1] < 32  # pad trimming
+
+
+def test_preprocessing_fn_by_import_path(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "my_tasks.py").write_text(
+        "def question_answer(row):\n    return {'prompt': 'Q: ' + row['q'], 'response': ' A: ' + row['a']}\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    rows = [{"q": "why?", "a": "because"}, {"q": "how?", "a": "so"}]
+    dataset = json_dataset(tmp_path, rows, preprocessing_fn="my_tasks:question_answer")
+    batch = next(iter(build_finetuning_dataloader(tokenizer, 2, dataset).dataloader))
+    expected = ids(tokenizer, "Q: why?", special=True) + ids(tokenizer, " A: because") + [EOS]
+    assert batch["input_ids"][0, : len(expected)].tolist() == expected
+
+    with pytest.raises(
+        ConfigError,
+        match=r"preprocessing_fn: module 'my_tasks' has no function 'question_answr'; did you mean 'question_answer'",
+    ):
+        build_finetuning_dataloader(
+            tokenizer, 2, {**dataset, "preprocessing_fn": "my_tasks:question_answr"}
+        )
+    with pytest.raises(ConfigError, match=r"cannot import module 'no_such_tasks'"):
+        build_finetuning_dataloader(
+            tokenizer, 2, {**dataset, "preprocessing_fn": "no_such_tasks:question_answer"}
+        )
+    # A row the function fails on (JSON loading fills the missing field with None) is named.
+    write_jsonl(tmp_path / "train.jsonl", [*rows, {"q": "no answer"}])
+    with pytest.raises(
+        DatasetError, match=r"row 2: preprocessing function question_answer failed \(TypeError"
+    ):
+        build_finetuning_dataloader(tokenizer, 2, dataset)
+
+
+def test_registered_alpaca_preprocessing(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    assert {
+        "tatsu-lab/alpaca",
+        "mosaicml/dolly_hhrlhf",
+        "bigscience/P3",
+        "Muennighoff/flan",
+    } <= set(dataset_constructor.print_registered_tasks())
+    alpaca = dataset_constructor.resolve(None, "tatsu-lab/alpaca", "key")
+    assert alpaca is not None
+    example = alpaca({"instruction": "Add.", "input": "1 2", "output": "3"})
+    assert example["prompt"].endswith(
+        "### Instruction:\nAdd.\n\n### Input:\n1 2\n\n### Response:\n"
+    )
+    assert example["response"] == "3"
+    rows = [{"instruction": "Say hi.", "input": "", "output": "hi"}] * 2
+    dataset = json_dataset(tmp_path, rows, preprocessing_fn="tatsu-lab/alpaca", max_seq_len=128)
+    batch = next(iter(build_finetuning_dataloader(tokenizer, 2, dataset).dataloader))
+    assert (batch["labels"] != IGNORE_INDEX).sum(dim=1).tolist() == [
+        len(ids(tokenizer, "hi")) + 1
+    ] * 2
+
+
+def test_packing_ratio_packs_rows_and_keeps_every_example(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    dataset = json_dataset(tmp_path, ROWS * 4, packing_ratio=3)
+    spec = build_finetuning_dataloader(tokenizer, 2, dataset)
+    batches = list(spec.dataloader)
+    assert len(batches) == 4  # 24 examples, 6 per batch
+    seen = 0
+    for batch in batches:
+        assert batch["input_ids"].shape == (2, 32)
+        assert torch.equal(batch["sequence_id"] >= 0, batch["attention_mask"].bool())
+        seen += int((batch["sequence_id"].amax(dim=1) + 1).sum())
+    collate_fn: Any = spec.dataloader.collate_fn  # type: ignore[attr-defined]
+    assert seen + len(collate_fn.leftovers) == 24
+
+
+def test_auto_packing_ratio(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase, caplog: pytest.LogCaptureFixture
+) -> None:
+    dataset = json_dataset(tmp_path, ROWS * 10, packing_ratio="auto", max_seq_len=64)
+    with caplog.at_level(logging.INFO, logger="llmfoundry.data.finetuning"):
+        spec = build_finetuning_dataloader(tokenizer, 2, dataset)
+    assert "packing_ratio: auto chose" in caplog.text
+    batch_size = spec.dataloader.batch_size  # type: ignore[attr-defined]
+    assert batch_size is not None and batch_size > 2
+    assert "sequence_id" in next(iter(spec.dataloader))
+
+
+def write_mds(folder: Path, columns: dict[str, str], samples: Sequence[Mapping[str, Any]]) -> None:
+    with MDSWriter(out=str(folder), columns=columns) as writer:
+        for sample in samples:
+            writer.write(dict(sample))
+
+
+def test_mds_token_columns(tmp_path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    samples = [
+        {"input_ids": np.asarray([5, 6, 7], np.int32), "labels": np.asarray([8, 9, EOS], np.int32)},
+        {"input_ids": np.asarray([10], np.int32), "labels": np.asarray([11, EOS], np.int32)},
+    ]
+    write_mds(
+        tmp_path / "mds" / "train",
+        {"input_ids": "ndarray:int32", "labels": "ndarray:int32"},
+        samples,
+    )
+    dataset = {"local": str(tmp_path / "mds"), "split": "train", "max_seq_len": 8, "shuffle": False}
+    batch = next(iter(build_finetuning_dataloader(tokenizer, 2, dataset).dataloader))
+    assert batch["input_ids"].tolist() == [
+        [5, 6, 7, 8, 9, EOS, PAD, PAD],
+        [10, 11, EOS] + [PAD] * 5,
+    ]
+    assert batch["labels"].tolist() == [[X, X, X, 8, 9, EOS, X, X], [X, 11, EOS] + [X] * 5]
+
+
+def test_mds_text_columns(tmp_path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+    write_mds(tmp_path / "mds", {"prompt": "str", "response": "str"}, ROWS[:2])
+    dataset = {"local": str(tmp_path / "mds"), "max_seq_len": 32, "shuffle": False}
+    batch = next(iter(build_finetuning_dataloader(tokenizer, 2, dataset).dataloader))
+    expected = (
+        ids(tokenizer, ROWS[1]["prompt"], special=True)
+        + ids(tokenizer, ROWS[1]["response"])
+        + [EOS]
+    )
+    assert batch["input_ids"][1, : len(expected)].tolist() == expected
+
+
+def test_a_source_is_required(tokenizer: PreTrainedTokenizerBase) -> None:
+    with pytest.raises(ConfigError, match=r"train_loader\.dataset needs a source: hf_name"):
+        build_finetuning_dataloader(tokenizer, 2, {"max_seq_len": 8})
+    with pytest.raises(ConfigError, match=r"train_loader\.dataset\.max_seq_len is missing"):
+        build_finetuning_dataloader(tokenizer, 2, {"hf_name": "json"})
+    with pytest.raises(ConfigError, match=r"packing_ratio is 0\.5"):
+        build_finetuning_dataloader(
+            tokenizer, 2, {"hf_name": "json", "max_seq_len": 8, "packing_ratio": 0.5}
+        )
