@@ -14,6 +14,7 @@ Every implementation computes the same function:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import math
@@ -33,6 +34,12 @@ from .rotary import apply_rotary
 logger = logging.getLogger(__name__)
 _announced: set[str] = set()
 _compiled_flex: Any = None
+
+
+@functools.cache
+def flash_attn_installed() -> bool:
+    """Whether the flash-attn package is importable (looked up once: it is asked per layer)."""
+    return importlib.util.find_spec("flash_attn") is not None
 
 
 def _announce_once(key: str, message: str) -> None:
@@ -86,18 +93,15 @@ def alibi_slopes(
     return slopes
 
 
-def alibi_bias(
-    n_heads: int, key_len: int, alibi_bias_max: float, device: torch.device | str | None = None
-) -> torch.Tensor:
-    """Additive ALiBi bias of shape ``(1, n_heads, 1, key_len)``.
+def alibi_bias(slopes: torch.Tensor, key_len: int) -> torch.Tensor:
+    """Additive ALiBi bias of shape ``(1, n_heads, 1, key_len)`` from :func:`alibi_slopes`.
 
     The bias of key ``j`` is ``slope * (j - (key_len - 1))``: it depends on the key only, which,
     inside a causal softmax, is the same as ``-slope * (i - j)`` for query ``i`` (softmax ignores a
     per-row constant). That keeps it valid with a KV cache, where queries are the last positions.
     """
-    distance = torch.arange(1 - key_len, 1, dtype=torch.float32, device=device)
-    slopes = alibi_slopes(n_heads, alibi_bias_max, device=device)
-    return (slopes.view(1, n_heads, 1, 1) * distance.view(1, 1, 1, key_len)).contiguous()
+    distance = torch.arange(1 - key_len, 1, dtype=torch.float32, device=slopes.device)
+    return (slopes.view(1, -1, 1, 1) * distance.view(1, 1, 1, key_len)).contiguous()
 
 
 def _repeat_kv(tensor: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -208,7 +212,7 @@ def _sdpa_reason(attn_impl: str) -> str:
     if attn_impl == "flash":
         why = (
             "flash-attn is not installed"
-            if importlib.util.find_spec("flash_attn") is None
+            if not flash_attn_installed()
             else "flash-attn takes CUDA half-precision inputs without padding or packed sequences only"
         )
         return f"attn_impl=flash: {why}; using torch scaled_dot_product_attention (fused kernels where available)"
@@ -282,7 +286,7 @@ def flash_attn_ready(query: torch.Tensor, inputs: AttentionInputs, dropout_p: fl
         query.is_cuda
         and query.dtype in (torch.float16, torch.bfloat16)
         and inputs.plain_causal
-        and importlib.util.find_spec("flash_attn") is not None
+        and flash_attn_installed()
     )
 
 

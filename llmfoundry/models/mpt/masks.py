@@ -70,8 +70,8 @@ def build_attention_inputs(
             device,
         )
         return inputs
-    if attn["alibi"]:
-        inputs.bias = alibi_bias(config.n_heads, key_len, alibi_bias_max, device)
+    if inputs.alibi_slopes is not None:
+        inputs.bias = alibi_bias(inputs.alibi_slopes, key_len)
     if inputs.plain_causal and window is None and past_len == 0:
         return inputs
     causal = torch.ones(seq_len, key_len, dtype=torch.bool, device=device).tril(past_len)
