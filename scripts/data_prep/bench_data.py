@@ -6,8 +6,11 @@ file with a row per source file; a byte-level BPE tokenizer is trained on it. Th
 
 - ``convert_text_to_mds`` (zstd, as its default) and ``convert_dataset_json`` (with
   ``--concat_tokens``, and without: text samples) convert the corpus;
+- ``convert_finetuning_dataset`` converts prompt/response pairs cut from the same files
+  (``--pair_lines`` lines of prompt, then as many of response);
 - the ``text`` data loader reads one epoch of the token MDS with each ``--num_workers`` (and the
-  text MDS, tokenizing on the fly, with 0 workers).
+  text MDS, tokenizing on the fly, with 0 workers); the ``finetuning`` loader reads the pairs'
+  MDS padded to ``--concat_tokens`` and packed (``packing_ratio: auto``).
 
 Each case runs in a child forked from this process after the imports (``import llmfoundry``
 alone takes many seconds, which would dwarf a small case), so one case's memory cannot hide
@@ -22,19 +25,27 @@ resident imports, shown as "base MB"). Loader times include starting the worker 
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import json
 import multiprocessing
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partialmethod
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from llmfoundry.command_utils.data_prep.convert_dataset_json import convert_dataset_json
+from llmfoundry.command_utils.data_prep.convert_finetuning_dataset import (
+    convert_finetuning_dataset,
+)
 from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
 from llmfoundry.command_utils.demo import build_corpus
+from llmfoundry.data.finetuning import build_finetuning_dataloader
 from llmfoundry.data.text_data import build_text_dataloader
 from llmfoundry.utils.tokenizer_utils import build_tokenizer, train_byte_level_bpe
 
@@ -50,6 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--vocab_size", type=int, default=2048)
     parser.add_argument("--concat_tokens", type=int, default=512, help="tokens per MDS sample")
     parser.add_argument("--batch_size", type=int, default=8, help="loader batch size")
+    parser.add_argument(
+        "--pair_lines", type=int, default=8, help="lines of prompt (and of response) per pair"
+    )
     parser.add_argument("--num_workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--out_dir", default=None, help="work folder (default: a temp folder)")
     return parser.parse_args(argv)
@@ -65,6 +79,9 @@ def proc_status_mb(field: str) -> float:
 
 def _run_case(work: Callable[[], dict[str, Any]], conn: Connection) -> None:
     """In the forked child: reset the peak RSS, run ``work``, send its numbers back."""
+    # Only the handlers this child registers run when it ends (see below): the inherited ones
+    # belong to the parent (its temporary folder's cleanup, for one).
+    atexit._clear()
     try:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
         base = proc_status_mb("VmRSS")
@@ -77,6 +94,9 @@ def _run_case(work: Callable[[], dict[str, Any]], conn: Connection) -> None:
         result = {"error": f"{type(error).__name__}: {error}"}
     conn.send(result)
     conn.close()
+    # A forked Process ends with os._exit, which skips atexit handlers; Streaming frees its
+    # shared memory in one (else the resource tracker warns about "leaked" segments).
+    atexit._run_exitfuncs()
 
 
 def run_case(work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -107,6 +127,24 @@ def build_inputs(root: Path, corpus_mb: float, vocab_size: int) -> tuple[Path, P
     return text_dir, jsonl, tokenizer_dir, len(files)
 
 
+def build_pairs(text_dir: Path, out: Path, pair_lines: int) -> int:
+    """Prompt/response rows cut from the corpus files (``pair_lines`` lines each) as JSON lines.
+
+    Returns:
+        The number of rows.
+    """
+    rows = []
+    for file in sorted(text_dir.rglob("*.txt")):
+        lines = file.read_text(encoding="utf-8").splitlines(keepends=True)
+        for start in range(0, len(lines) - 2 * pair_lines + 1, 2 * pair_lines):
+            prompt = "".join(lines[start : start + pair_lines])
+            response = "".join(lines[start + pair_lines : start + 2 * pair_lines])
+            if response.strip():
+                rows.append(json.dumps({"prompt": prompt, "response": response}))
+    out.write_text("".join(row + "\n" for row in rows), encoding="utf-8")
+    return len(rows)
+
+
 def converter_row(name: str, result: dict[str, Any]) -> str:
     """A markdown row of the converters' table."""
     if "error" in result:
@@ -133,6 +171,8 @@ def loader_row(name: str, result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Build the inputs, run every case, print two markdown tables."""
     args = parse_args(argv)
+    # The converters' progress bars (stderr) would interleave with the tables (stdout).
+    tqdm.__init__ = partialmethod(tqdm.__init__, disable=True)  # type: ignore[method-assign]
     with tempfile.TemporaryDirectory(prefix="bench_data_") as temp:
         root = Path(args.out_dir or temp)
         root.mkdir(parents=True, exist_ok=True)
@@ -161,6 +201,16 @@ def main(argv: list[str] | None = None) -> None:
             summary = convert_dataset_json(str(jsonl), str(mds["json_text"] / "train"))
             return {"rows": summary.rows_read, "tokens": 0}
 
+        pairs = root / "pairs.jsonl"
+        num_pairs = build_pairs(text_dir, pairs, args.pair_lines)
+
+        def finetuning_pairs() -> dict[str, Any]:
+            summary = convert_finetuning_dataset(
+                str(pairs), str(root / "mds" / "finetuning"), tokenizer_name,
+                max_seq_len=args.concat_tokens,
+            )["train"]  # fmt: skip
+            return {"rows": summary.rows_read, "tokens": summary.num_tokens}
+
         print(
             f"corpus: {num_docs} documents, {corpus_mb:.1f} MiB; tokenizer vocab "
             f"{args.vocab_size}; concat_tokens {args.concat_tokens}\n"
@@ -171,6 +221,7 @@ def main(argv: list[str] | None = None) -> None:
             "convert_text_to_mds (zstd)": text_to_mds,
             "convert_dataset_json --concat_tokens": json_tokens,
             "convert_dataset_json (text samples)": json_text,
+            f"convert_finetuning_dataset ({num_pairs:,} pairs)": finetuning_pairs,
         }
         for name, work in cases.items():
             print(converter_row(name, run_case(work)), flush=True)
@@ -202,7 +253,29 @@ def main(argv: list[str] | None = None) -> None:
             result = run_case(loader_epoch(mds["text_to_mds"], workers))
             print(loader_row(f"token samples, num_workers {workers}", result), flush=True)
         result = run_case(loader_epoch(mds["json_text"], 0))
-        print(loader_row("text samples (tokenized on the fly), num_workers 0", result))
+        print(loader_row("text samples (tokenized on the fly), num_workers 0", result), flush=True)
+
+        def finetuning_epoch(packing_ratio: str | None) -> Callable[[], dict[str, Any]]:
+            def work() -> dict[str, Any]:
+                dataset = {
+                    "local": str(root / "mds" / "finetuning"), "split": "train",
+                    "max_seq_len": args.concat_tokens, "packing_ratio": packing_ratio,
+                }  # fmt: skip
+                spec = build_finetuning_dataloader(tokenizer, args.batch_size, dataset)
+                batches = tokens = 0
+                for batch in spec.dataloader:
+                    batches += 1
+                    tokens += int(batch["attention_mask"].sum())
+                del spec
+                gc.collect()
+                return {"batches": batches, "tokens": tokens}
+
+            return work
+
+        for ratio in (None, "auto"):
+            result = run_case(finetuning_epoch(ratio))
+            label = "packed (packing_ratio auto)" if ratio else "padded"
+            print(loader_row(f"finetuning pairs, {label}, num_workers 0", result), flush=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import datasets
 from torch.utils.data import DataLoader, IterableDataset
@@ -439,7 +439,7 @@ def convert_split(
     out = os.path.join(out_root, plan.folder)
     stats = RowStats(options.skip_bad_rows)
     workers = worker_count(num_workers, rows.num_shards)
-    samples = iter_split_samples(rows, plan.hf_split, options, stats, workers)
+    samples = iter_split_samples(rows, TextSamples(plan.hf_split, options), stats, workers)
     if plan.max_samples is not None:
         samples = itertools.islice(samples, plan.max_samples)
     progress = tqdm(samples, desc=plan.folder, total=total, unit=" samples")
@@ -460,19 +460,54 @@ def worker_count(num_workers: int | None, num_shards: int) -> int:
     return min(num_workers, num_shards)
 
 
+class RowConverter(Protocol):
+    """Turns a split's rows into samples; sent to DataLoader workers, so it must pickle."""
+
+    @property
+    def skip_bad_rows(self) -> bool:
+        """Whether bad rows are counted and skipped rather than raised."""
+        ...
+
+    def samples(
+        self, rows: Iterable[Mapping[str, Any]], stats: RowStats, worker: int | None
+    ) -> Iterator[dict[str, Any]]:
+        """The samples of ``rows``, counting rows read and dropped in ``stats``.
+
+        ``worker`` is the DataLoader worker's id when several share the split (for messages).
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class TextSamples:
+    """This converter's :class:`RowConverter`: text samples or concatenated token samples."""
+
+    hf_split: str
+    options: SampleOptions
+
+    @property
+    def skip_bad_rows(self) -> bool:
+        """Whether bad rows are counted and skipped rather than raised."""
+        return self.options.skip_bad_rows
+
+    def samples(
+        self, rows: Iterable[Mapping[str, Any]], stats: RowStats, worker: int | None
+    ) -> Iterator[dict[str, Any]]:
+        """See :func:`samples_of_rows`."""
+        return samples_of_rows(rows, self.hf_split, self.options, stats, worker)
+
+
 def iter_split_samples(
     rows: Iterable[Mapping[str, Any]],
-    hf_split: str,
-    options: SampleOptions,
+    converter: RowConverter,
     stats: RowStats,
     workers: int,
 ) -> Iterator[dict[str, Any]]:
-    """The samples of a split, read here (``workers == 0``) or by DataLoader workers.
+    """The samples of a split, made here (``workers == 0``) or by DataLoader workers.
 
     Args:
         rows: the split's rows.
-        hf_split: the split's name, for messages.
-        options: how rows become samples.
+        converter: turns rows into samples.
         stats: receives the counts of rows read and dropped.
         workers: DataLoader worker processes, or 0.
 
@@ -484,10 +519,10 @@ def iter_split_samples(
         DatasetError: if reading the data fails.
     """
     if workers == 0:
-        yield from samples_of_rows(rows, hf_split, options, stats, worker=None)
+        yield from converter.samples(rows, stats, None)
         return
     loader = DataLoader(
-        WorkerSamples(rows, hf_split, options),
+        WorkerSamples(rows, converter),
         batch_size=None,  # the samples pass through one by one, as the workers yield them
         num_workers=workers,
         collate_fn=_unchanged,
@@ -523,21 +558,19 @@ def samples_of_rows(
     )
 
 
-def texts_of_rows(
-    rows: Iterable[Mapping[str, Any]],
-    hf_split: str,
-    column: str,
-    stats: RowStats,
-    worker: int | None,
-) -> Iterator[str]:
-    """Yield each row's text, counting rows in ``stats``.
+def iter_rows(
+    rows: Iterable[Mapping[str, Any]], place: str, stats: RowStats
+) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """Yield ``(row number from 1, row)``, counting each row read in ``stats``.
+
+    Args:
+        rows: the split's rows.
+        place: the split (and worker), for messages (``split 'train'``).
+        stats: counts the rows read.
 
     Raises:
-        BadRowError: naming the split, row (from 1) and column of a row whose text is missing
-            or not a string, unless ``stats`` skips bad rows.
-        DatasetError: if the dataset's files cannot be read.
+        DatasetError: if the dataset's files cannot be read (names the last good row).
     """
-    place = f"split '{hf_split}'" if worker is None else f"split '{hf_split}' (worker {worker})"
     iterator = iter(rows)
     for number in itertools.count(1):
         try:
@@ -553,6 +586,30 @@ def texts_of_rows(
                 "convert_dataset_json.py names the bad line)"
             ) from err
         stats.rows_read += 1
+        yield number, row
+
+
+def split_place(hf_split: str, worker: int | None) -> str:
+    """How messages name a split's rows: ``split 'train'`` (and the worker, if several)."""
+    return f"split '{hf_split}'" if worker is None else f"split '{hf_split}' (worker {worker})"
+
+
+def texts_of_rows(
+    rows: Iterable[Mapping[str, Any]],
+    hf_split: str,
+    column: str,
+    stats: RowStats,
+    worker: int | None,
+) -> Iterator[str]:
+    """Yield each row's text, counting rows in ``stats``.
+
+    Raises:
+        BadRowError: naming the split, row (from 1) and column of a row whose text is missing
+            or not a string, unless ``stats`` skips bad rows.
+        DatasetError: if the dataset's files cannot be read.
+    """
+    place = split_place(hf_split, worker)
+    for number, row in iter_rows(rows, place, stats):
         text = row.get(column)
         if isinstance(text, str):
             yield text
@@ -585,26 +642,22 @@ class WorkerSamples(IterableDataset):
 
     Args:
         rows: the split's rows (a ``datasets`` IterableDataset shares its shards among workers).
-        hf_split: the split's name, for messages.
-        options: how rows become samples.
+        converter: turns rows into samples.
     """
 
-    def __init__(
-        self, rows: Iterable[Mapping[str, Any]], hf_split: str, options: SampleOptions
-    ) -> None:
+    def __init__(self, rows: Iterable[Mapping[str, Any]], converter: RowConverter) -> None:
         self.rows = rows
-        self.hf_split = hf_split
-        self.options = options
+        self.converter = converter
 
     def __iter__(self) -> Iterator[WorkerRecord]:
         from torch.utils.data import get_worker_info
 
         info = get_worker_info()
-        stats = RowStats(self.options.skip_bad_rows)
+        stats = RowStats(self.converter.skip_bad_rows)
         # Rows are numbered within each worker's shards: say whose when there are several.
         worker = info.id if info is not None and info.num_workers > 1 else None
         try:
-            for sample in samples_of_rows(self.rows, self.hf_split, self.options, stats, worker):
+            for sample in self.converter.samples(self.rows, stats, worker):
                 yield WorkerRecord(sample, *stats.take())
         except UserError as err:
             yield WorkerRecord(None, *stats.take(), error=err)

@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -134,6 +135,29 @@ def iter_json_texts(files: list[Path], rows: RowStats | None = None) -> Iterator
             object, or has no string ``text`` field (unless ``rows`` skips bad rows).
     """
     rows = rows if rows is not None else RowStats()
+    for where, row in iter_json_rows(files, rows, "'text' field"):
+        try:
+            yield text_of_object(row, where)
+        except BadRowError as bad:
+            rows.bad_row(bad)
+
+
+def iter_json_rows(
+    files: list[Path], rows: RowStats, expected: str
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield ``(file:line, object)`` for every row of the JSON-lines ``files``.
+
+    Blank lines are skipped; every other line counts as a row read.
+
+    Args:
+        files: the files, read in order.
+        rows: counts the rows read and decides what happens to bad ones.
+        expected: what a row must hold, for messages (``'text' field``).
+
+    Raises:
+        BadRowError: naming the file and line of a row that is not UTF-8, not valid JSON or not
+            an object (unless ``rows`` skips bad rows).
+    """
     for file in files:
         # Binary, decoded line by line, so that bad UTF-8 is reported with its line number.
         with file.open("rb") as lines:
@@ -141,21 +165,23 @@ def iter_json_texts(files: list[Path], rows: RowStats | None = None) -> Iterator
                 if not line.strip():
                     continue
                 rows.rows_read += 1
+                where = f"{file}:{line_number}"
                 try:
-                    yield text_of_row(line, f"{file}:{line_number}")
+                    yield where, json_object_of_line(line, where, expected)
                 except BadRowError as bad:
                     rows.bad_row(bad)
 
 
-def text_of_row(line: bytes | str, where: str) -> str:
-    """The ``text`` field of one JSON-lines row.
+def json_object_of_line(line: bytes | str, where: str, expected: str) -> dict[str, Any]:
+    """Parse one JSON-lines row, which must be a JSON object.
 
     Args:
         line: the row, as read from the file.
         where: ``file:line``, for messages.
+        expected: what the object must hold, for messages (``'text' field``).
 
     Raises:
-        BadRowError: if the row is not UTF-8, or not a JSON object with a string ``text`` field.
+        BadRowError: if the row is not UTF-8, not valid JSON or not an object.
     """
     if isinstance(line, bytes):
         try:
@@ -172,13 +198,22 @@ def text_of_row(line: bytes | str, where: str) -> str:
         raise BadRowError(
             "invalid JSON",
             f"{where}: not valid JSON ({err.msg}); each line must be one JSON object with a "
-            "'text' field",
+            f"{expected}",
         ) from err
     if not isinstance(row, dict):
         raise BadRowError(
             "not a JSON object",
-            f"{where}: expected a JSON object with a 'text' field, got {type(row).__name__}",
+            f"{where}: expected a JSON object with a {expected}, got {type(row).__name__}",
         )
+    return row
+
+
+def text_of_object(row: dict[str, Any], where: str) -> str:
+    """The ``text`` field of a parsed row.
+
+    Raises:
+        BadRowError: if the field is missing or not a string.
+    """
     if "text" not in row:
         keys = ", ".join(row) or "none"
         raise BadRowError(

@@ -1,0 +1,359 @@
+"""convert_finetuning_dataset: tokenized MDS that the finetuning loader reads back exactly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import types
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from streaming import StreamingDataset
+from streaming.base.util import clean_stale_shared_memory
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from llmfoundry.command_utils.data_prep.convert_finetuning_dataset import (
+    convert_finetuning_dataset,
+)
+from llmfoundry.data.finetuning import build_finetuning_dataloader, tokenize_example
+from llmfoundry.utils.exceptions import ConfigError, DatasetError
+
+ROWS = [
+    {"prompt": "def loads(s):", "response": " return decode(s)"},
+    {"prompt": "import json", "response": "\nimport re"},
+    {"prompt": "class Encoder:", "response": "\n    pass"},
+    {"prompt": "x = [", "response": "1, 2, 3]"},
+    {"prompt": "while True:", "response": "\n    break"},
+    {"prompt": "if not s:", "response": "\n    return None"},
+]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|endoftext|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+CHATS = [
+    {
+        "messages": [
+            {"role": "user", "content": "def f(x):"},
+            {"role": "assistant", "content": "return x"},
+            {"role": "user", "content": "import json"},
+            {"role": "assistant", "content": "json.dumps(value)"},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "while True:"},
+            {"role": "assistant", "content": "break"},
+        ]
+    },
+]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _clean_shared_memory() -> None:
+    clean_stale_shared_memory()
+
+
+def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any] | str]) -> Path:
+    lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return path
+
+
+def stored_samples(folder: Path | str) -> list[dict[str, Any]]:
+    """The samples of an MDS folder, in order."""
+    dataset = StreamingDataset(local=str(folder), shuffle=False, batch_size=1)
+    return [dataset[i] for i in range(len(dataset))]
+
+
+def loader_batches(
+    tokenizer: PreTrainedTokenizerBase, dataset: dict[str, Any], batch_size: int = 2
+) -> list[dict[str, torch.Tensor]]:
+    spec = build_finetuning_dataloader(tokenizer, batch_size, dataset, drop_last=False)
+    return list(spec.dataloader)
+
+
+def assert_same_batches(
+    left: list[dict[str, torch.Tensor]], right: list[dict[str, torch.Tensor]]
+) -> None:
+    assert len(left) == len(right) > 0
+    for a, b in zip(left, right, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_prompt_response_round_trip_matches_the_hf_loader(
+    tmp_path: Path, tokenizer_dir: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    summaries = convert_finetuning_dataset(
+        dataset=str(data), out_root=str(tmp_path / "mds"), tokenizer=str(tokenizer_dir)
+    )
+    summary = summaries["train"]
+    assert (summary.num_samples, summary.rows_read, summary.rows_dropped) == (6, 6, {})
+    expected_turns = [tokenize_example(row, tokenizer, "row")["turns"] for row in ROWS]
+    assert summary.num_tokens == sum(
+        len(t[0]["input_ids"]) + len(t[0]["labels"]) for t in expected_turns
+    )
+    stored = stored_samples(str(tmp_path / "mds" / "train"))
+    assert [(s["input_ids"].tolist(), s["labels"].tolist()) for s in stored] == [
+        (t[0]["input_ids"], t[0]["labels"]) for t in expected_turns
+    ]
+    assert stored[0]["input_ids"].dtype == np.int32
+
+    common = {"max_seq_len": 16, "shuffle": False, "target_prompts": "length>=4"}
+    from_mds = loader_batches(
+        tokenizer, {"local": str(tmp_path / "mds"), "split": "train", **common}
+    )
+    from_json = loader_batches(
+        tokenizer,
+        {
+            "hf_name": "json",
+            "hf_kwargs": {"data_files": {"train": str(data)}, "cache_dir": str(tmp_path / "hf")},
+            "split": "train",
+            **common,
+        },
+    )
+    assert_same_batches(from_mds, from_json)
+
+
+def test_chats_are_written_as_turns_and_read_back_exactly(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    chat_dir = tmp_path / "chat-tokenizer"
+    chat_tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    chat_tokenizer.chat_template = CHAT_TEMPLATE
+    chat_tokenizer.save_pretrained(str(chat_dir))
+    data = write_jsonl(tmp_path / "chats.jsonl", CHATS)
+    summaries = convert_finetuning_dataset(
+        dataset=str(data), out_root=str(tmp_path / "mds"), tokenizer=str(chat_dir)
+    )
+    assert summaries["train"].num_samples == 2
+    stored = stored_samples(str(tmp_path / "mds" / "train"))
+    assert set(stored[0]) == {"turns"}
+    assert len(stored[0]["turns"]) == 2  # one turn per assistant message
+
+    common = {"max_seq_len": 64, "shuffle": False, "target_responses": "all"}
+    from_mds = loader_batches(
+        chat_tokenizer, {"local": str(tmp_path / "mds"), "split": "train", **common}
+    )
+    from_json = loader_batches(
+        chat_tokenizer,
+        {
+            "hf_name": "json",
+            "hf_kwargs": {"data_files": {"train": str(data)}, "cache_dir": str(tmp_path / "hf")},
+            "split": "train",
+            **common,
+        },
+    )
+    assert_same_batches(from_mds, from_json)
+
+
+def test_bad_rows_are_named_by_file_and_line_and_leave_no_index(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    data = write_jsonl(
+        tmp_path / "train.jsonl", [*ROWS[:2], {"prompt": "a", "response": ""}, *ROWS[2:]]
+    )
+    out = tmp_path / "mds"
+    with pytest.raises(DatasetError, match=r"train\.jsonl:3.*field 'response' is empty"):
+        convert_finetuning_dataset(
+            dataset=str(data), out_root=str(out), tokenizer=str(tokenizer_dir)
+        )
+    assert not list(out.rglob("index.json"))
+
+    (tmp_path / "bad").mkdir()
+    raw = tmp_path / "bad" / "train.jsonl"
+    raw.write_bytes(json.dumps(ROWS[0]).encode() + b"\n" + b'{"prompt": "\xff", "response": "x"}\n')
+    with pytest.raises(DatasetError, match=r"train\.jsonl:2: not valid UTF-8"):
+        convert_finetuning_dataset(
+            dataset=str(raw), out_root=str(tmp_path / "out2"), tokenizer=str(tokenizer_dir)
+        )
+    assert not list((tmp_path / "out2").rglob("index.json"))
+
+
+def test_skipping_bad_rows_counts_them_by_reason(tmp_path: Path, tokenizer_dir: Path) -> None:
+    data = write_jsonl(
+        tmp_path / "train.jsonl",
+        [
+            *ROWS,
+            {"prompt": "a", "response": ""},
+            {"prompt": 3, "response": "x"},
+            "{not json",
+            {"question": "no prompt field"},
+        ],
+    )
+    summary = convert_finetuning_dataset(
+        dataset=str(data),
+        out_root=str(tmp_path / "mds"),
+        tokenizer=str(tokenizer_dir),
+        skip_bad_rows=True,
+    )["train"]
+    assert summary.num_samples == len(ROWS)
+    assert summary.rows_read == len(ROWS) + 4
+    assert summary.rows_dropped == {"invalid example": 3, "invalid JSON": 1}
+    assert "4 rows dropped: 1 invalid JSON, 3 invalid example" in summary.describe()
+
+
+def test_prompts_filling_max_seq_len_are_dropped_long_examples_kept(
+    tmp_path: Path,
+    tokenizer_dir: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    long_prompt = {"prompt": "import json\n" * 20, "response": "x"}
+    long_response = {"prompt": "y", "response": "return None\n" * 20}
+    data = write_jsonl(tmp_path / "train.jsonl", [ROWS[0], long_prompt, long_response])
+    with caplog.at_level(logging.INFO):
+        summary = convert_finetuning_dataset(
+            dataset=str(data),
+            out_root=str(tmp_path / "mds"),
+            tokenizer=str(tokenizer_dir),
+            max_seq_len=32,
+        )["train"]
+    assert summary.num_samples == 2
+    assert summary.rows_dropped == {"prompt fills max_seq_len": 1}
+    assert "1 examples longer than max_seq_len=32 were kept whole" in caplog.text
+    stored = stored_samples(str(tmp_path / "mds" / "train"))
+    kept = tokenize_example(long_response, tokenizer, "row")["turns"][0]
+    assert stored[1]["labels"].tolist() == kept["labels"]  # whole, not cut to 32
+
+
+def test_split_folder_default_and_explicit_splits(tmp_path: Path, tokenizer_dir: Path) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", ROWS[:4])
+    write_jsonl(folder / "test.jsonl", ROWS[4:])
+    # Defaults are train and validation; a missing validation is skipped with a warning.
+    summaries = convert_finetuning_dataset(
+        dataset=str(folder), out_root=str(tmp_path / "a"), tokenizer=str(tokenizer_dir)
+    )
+    assert {k: v.num_samples for k, v in summaries.items()} == {"train": 4}
+    summaries = convert_finetuning_dataset(
+        dataset=str(folder),
+        out_root=str(tmp_path / "b"),
+        tokenizer=str(tokenizer_dir),
+        splits=["train", "test"],
+    )
+    assert {k: v.num_samples for k, v in summaries.items()} == {"train": 4, "test": 2}
+    with pytest.raises(
+        ConfigError, match=r"has no split 'tset'; did you mean 'test'.*available: test, train"
+    ):
+        convert_finetuning_dataset(
+            dataset=str(folder),
+            out_root=str(tmp_path / "c"),
+            tokenizer=str(tokenizer_dir),
+            splits=["tset"],
+        )
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.fixture
+def user_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    module = types.ModuleType("my_preprocessors")
+
+    def qa(row: Mapping[str, Any]) -> dict[str, str]:
+        return {"prompt": f"Q: {row['question']}\nA:", "response": f" {row['answer']}"}
+
+    module.qa = qa  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "my_preprocessors", module)
+    yield "my_preprocessors:qa"
+
+
+def test_preprocessor_from_a_module_and_the_registered_alpaca_one(
+    tmp_path: Path, tokenizer_dir: Path, tokenizer: PreTrainedTokenizerBase, user_module: str
+) -> None:
+    qa_rows = [{"question": "1+1?", "answer": "2"}, {"question": "2+2?", "answer": "4"}]
+    data = write_jsonl(tmp_path / "qa.jsonl", qa_rows)
+    convert_finetuning_dataset(
+        dataset=str(data),
+        out_root=str(tmp_path / "qa"),
+        tokenizer=str(tokenizer_dir),
+        preprocessor=user_module,
+    )
+    stored = stored_samples(str(tmp_path / "qa" / "train"))
+    expected = tokenize_example({"prompt": "Q: 1+1?\nA:", "response": " 2"}, tokenizer, "r")
+    assert stored[0]["input_ids"].tolist() == expected["turns"][0]["input_ids"]
+    assert stored[0]["labels"].tolist() == expected["turns"][0]["labels"]
+
+    alpaca = write_jsonl(
+        tmp_path / "alpaca.jsonl", [{"instruction": "Add 1 and 1.", "input": "", "output": "2"}]
+    )
+    convert_finetuning_dataset(
+        dataset=str(alpaca),
+        out_root=str(tmp_path / "alpaca"),
+        tokenizer=str(tokenizer_dir),
+        preprocessor="tatsu-lab/alpaca",
+    )
+    stored = stored_samples(str(tmp_path / "alpaca" / "train"))
+    text = tokenizer.decode(stored[0]["input_ids"].tolist())
+    assert isinstance(text, str)
+    assert text.endswith("### Instruction:\nAdd 1 and 1.\n\n### Response:\n")
+
+    with pytest.raises(ConfigError, match="--preprocessor and --skip-preprocessing"):
+        convert_finetuning_dataset(
+            dataset=str(data),
+            out_root=str(tmp_path / "x"),
+            tokenizer=str(tokenizer_dir),
+            preprocessor=user_module,
+            skip_preprocessing=True,
+        )
+    with pytest.raises(
+        ConfigError, match=r"--preprocessor: 'tatsu-lab/alpacca' is not a registered"
+    ):
+        convert_finetuning_dataset(
+            dataset=str(data),
+            out_root=str(tmp_path / "y"),
+            tokenizer=str(tokenizer_dir),
+            preprocessor="tatsu-lab/alpacca",
+        )
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_hf_builder_source_with_workers_writes_the_same_examples(
+    tmp_path: Path, tokenizer_dir: Path, num_workers: int
+) -> None:
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    reference = convert_finetuning_dataset(
+        dataset=str(data), out_root=str(tmp_path / "ref"), tokenizer=str(tokenizer_dir)
+    )["train"]
+    summary = convert_finetuning_dataset(
+        dataset="json",
+        data_files=[str(data)],
+        out_root=str(tmp_path / "hf"),
+        tokenizer=str(tokenizer_dir),
+        num_workers=num_workers,
+    )["train"]
+    assert (summary.num_samples, summary.num_tokens, summary.rows_read) == (
+        reference.num_samples,
+        reference.num_tokens,
+        reference.rows_read,
+    )
+
+    def rows(folder: str) -> list[tuple[list[int], list[int]]]:
+        stored = stored_samples(folder)
+        return sorted((s["input_ids"].tolist(), s["labels"].tolist()) for s in stored)
+
+    assert rows(str(tmp_path / "hf" / "train")) == rows(str(tmp_path / "ref" / "train"))
+
+
+def test_option_errors(tmp_path: Path, tokenizer_dir: Path) -> None:
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    with pytest.raises(ConfigError, match="--tokenizer is required"):
+        convert_finetuning_dataset(dataset=str(data), out_root=str(tmp_path / "a"), tokenizer=None)
+    with pytest.raises(ConfigError, match="--max_seq_len must be a positive integer"):
+        convert_finetuning_dataset(
+            dataset=str(data), out_root=str(tmp_path / "a"), tokenizer="t", max_seq_len=0
+        )
+    (tmp_path / "full" / "train").mkdir(parents=True)
+    (tmp_path / "full" / "train" / "old.mds").write_text("x")
+    with pytest.raises(ConfigError, match=r"output folder '.*full/train' is not empty"):
+        convert_finetuning_dataset(
+            dataset=str(data), out_root=str(tmp_path / "full"), tokenizer=str(tokenizer_dir)
+        )
