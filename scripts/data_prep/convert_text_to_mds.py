@@ -13,9 +13,15 @@ except ImportError:  # a checkout that is not installed
 from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
 from llmfoundry.utils.cli_utils import parse_bool, run_user_command
 
-parser = argparse.ArgumentParser(description="Convert a folder of *.txt files to MDS.")
-parser.add_argument("--input_folder", required=True, help="searched recursively for *.txt files")
-parser.add_argument("--output_folder", required=True, help="where the MDS goes")
+parser = argparse.ArgumentParser(
+    description="Convert a folder of *.txt files to MDS. Either folder may be an s3://, gs:// or "
+    "oci:// URI: remote input is downloaded to a temporary folder ($TMPDIR) first; remote output "
+    "is written there and uploaded when done, its done-marker last."
+)
+parser.add_argument(
+    "--input_folder", required=True, help="local folder or URI, searched recursively for *.txt"
+)
+parser.add_argument("--output_folder", required=True, help="local folder or URI for the MDS")
 parser.add_argument("--compression", default="zstd", help="shard compression (default: zstd)")
 parser.add_argument("--concat_tokens", type=int, required=True, help="tokens per sample")
 parser.add_argument("--tokenizer", dest="tokenizer_name", required=True, help="folder or hub name")
@@ -28,7 +34,15 @@ parser.add_argument(
     "--no_wrap", action="store_true", help="drop a document's tokens past one sample"
 )
 parser.add_argument("--processes", type=int, default=min(max((os.cpu_count() or 1) - 2, 1), 32))
-parser.add_argument("--reprocess", type=parse_bool, nargs="?", const=True, default=False)
+parser.add_argument(
+    "--reprocess",
+    type=parse_bool,
+    nargs="?",
+    const=True,
+    default=False,
+    help="redo a finished or different conversion, deleting the output folder's contents "
+    "(a remote one's only once the new conversion is ready to upload)",
+)
 
 if __name__ == "__main__":
     sys.exit(run_user_command(convert_text_to_mds, **vars(parser.parse_args())))

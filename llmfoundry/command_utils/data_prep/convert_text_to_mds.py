@@ -8,6 +8,16 @@ to its own sub-folder (``0/``, ``1/``, ...), and the groups' indexes are merged 
 A finished conversion leaves a done-marker recording its arguments and input files. Running
 the same conversion again does nothing; running a different one into the same folder fails
 unless ``reprocess`` is set, which deletes the folder's contents and converts again.
+
+Either folder may be an object-store URI (``s3://``, ``gs://`` or ``oci://``: the schemes whose
+folders Streaming's storage layer can list). A remote input folder is listed and its ``*.txt``
+objects are downloaded into a local temporary folder first; the record identifies them by key
+and size. A remote output folder is written locally (in a temporary folder, under ``$TMPDIR``)
+and uploaded once the whole conversion has succeeded: shards first, then the groups' indexes,
+then the top-level ``index.json``, and the done-marker last, so an interrupted run never leaves
+a remote folder that looks finished. With ``reprocess``, every object under the remote output
+prefix is deleted (the done-marker first) just before that upload, so no stale shard survives;
+a conversion that fails before then leaves the previous remote dataset as it was.
 """
 
 from __future__ import annotations
@@ -18,9 +28,11 @@ import math
 import multiprocessing
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from streaming.base.util import merge_index
@@ -36,11 +48,23 @@ from llmfoundry.data.data import (
     write_mds,
 )
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
+from llmfoundry.utils.object_store import RemoteFolder, check_listable, is_remote
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
 logger = logging.getLogger(__name__)
 
 DONE_FILENAME = ".text_to_mds_conversion_done"
+DOWNLOAD_THREADS = 8
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """One input text file."""
+
+    name: str  # its path relative to the input folder (the object key below a remote prefix)
+    size: int | None  # in bytes, when known
+    local: str  # where it is read from (for a remote input, where it is downloaded to)
+    label: str  # how messages name it: the local path or the object's URI
 
 
 @dataclass(frozen=True)
@@ -55,6 +79,7 @@ class GroupTask:
     eos_text: str
     no_wrap: bool
     compression: str | None
+    labels: list[str] | None = None  # how messages name ``files`` (default: their paths)
 
 
 def convert_text_to_mds(
@@ -74,32 +99,38 @@ def convert_text_to_mds(
 
     Args:
         tokenizer_name: the tokenizer folder or hub name.
-        output_folder: where the MDS goes (local paths only for now).
-        input_folder: the folder searched recursively for ``*.txt`` files (local only for now).
+        output_folder: where the MDS goes: a local folder or an ``s3://``, ``gs://`` or
+            ``oci://`` URI (written locally, then uploaded; see the module docstring).
+        input_folder: the folder searched recursively for ``*.txt`` files: a local folder or an
+            ``s3://``, ``gs://`` or ``oci://`` URI (its objects are downloaded first).
         concat_tokens: tokens per sample.
         eos_text: text put after each document.
         bos_text: text put before each document.
         no_wrap: drop the rest of a document once it has filled a sample.
         compression: shard compression (``zstd``), or None/``"none"``.
         processes: worker processes; the files are split into this many groups at most.
-        reprocess: convert again even if the output folder holds a finished conversion.
+        reprocess: convert again even if the output folder holds a finished conversion; its
+            previous contents are deleted (for a remote output, only once the new conversion is
+            ready to upload).
         use_tokenizer_eos: use the tokenizer's EOS token as ``eos_text``.
 
     Returns:
         What was written (or, when the conversion was already done, what had been written).
 
     Raises:
-        ConfigError: on bad options, or an output folder holding a different conversion or other
-            files (the message says to pass ``--reprocess``).
-        MissingFileError: if ``input_folder`` does not exist.
-        DatasetError: if it holds no ``*.txt`` file, a file is not UTF-8, or nothing was written.
+        ConfigError: on bad options, an unsupported URI scheme, an unreachable bucket or missing
+            credentials, or an output folder holding a different conversion or other files (the
+            message says to pass ``--reprocess``).
+        MissingFileError: if a local ``input_folder`` does not exist.
+        MissingDependencyError: if the object store's client library is not installed.
+        DatasetError: if the input holds no ``*.txt`` file, a file is not UTF-8, or nothing was
+            written.
         TokenizerError: if the tokenizer cannot be loaded.
     """
     check_options(
         input_folder, output_folder, concat_tokens, processes, eos_text, use_tokenizer_eos
     )
     compression = check_compression(compression)
-    files = find_text_files(input_folder)
     # What every worker needs to convert its files; the record adds what identifies the run.
     options: dict[str, Any] = {
         "tokenizer_name": tokenizer_name,
@@ -109,20 +140,47 @@ def convert_text_to_mds(
         "no_wrap": no_wrap,
         "compression": compression,
     }
-    record = conversion_record(
-        input_folder, files, **options, use_tokenizer_eos=use_tokenizer_eos, processes=processes
-    )
-    if not reprocess:
-        done = previous_conversion(output_folder, record)
-        if done is not None:
-            logger.info(
-                "already converted, nothing to do (pass --reprocess to redo): %s", done.describe()
-            )
-            return done
-    remove_folder(output_folder)
+    with tempfile.TemporaryDirectory(prefix="text_to_mds-") as scratch:
+        # Both buckets are reached before any work, so bad credentials fail in seconds.
+        source = open_remote(input_folder, "--input_folder", Path(scratch) / "input")
+        target = open_remote(output_folder, "--output_folder", Path(scratch) / "output")
+        files = find_text_files(input_folder, source)
+        record = conversion_record(
+            input_folder, files, **options, use_tokenizer_eos=use_tokenizer_eos, processes=processes
+        )
+        if not reprocess:
+            done = previous_conversion(output_folder, record, target)
+            if done is not None:
+                logger.info(
+                    "already converted, nothing to do (pass --reprocess to redo): %s",
+                    done.describe(),
+                )
+                return done
+        if target is None:
+            remove_folder(output_folder)
+        if source is not None:
+            download_text_files(source, files)
+        if use_tokenizer_eos:
+            options["eos_text"] = tokenizer_eos_text(tokenizer_name)
+        summary = convert_files(
+            files, str(target.local) if target else output_folder, processes, **options
+        )
+        write_done_marker(summary.out, record, summary)
+        if target is not None:
+            upload_conversion(target, reprocess)
+        summary = replace(summary, out=output_folder)
+    logger.info("%s", summary.describe())
+    return summary
 
-    if use_tokenizer_eos:
-        options["eos_text"] = tokenizer_eos_text(tokenizer_name)
+
+def convert_files(
+    files: list[InputFile], output_folder: str, processes: int, **options: Any
+) -> MDSWriteSummary:
+    """Convert ``files`` into the local ``output_folder`` (removed again if that fails).
+
+    Raises:
+        DatasetError: if a file is not UTF-8, or no sample was written.
+    """
     tasks = group_tasks(files, output_folder, processes, **options)
     try:
         summary = run_tasks(tasks, len(files), output_folder)
@@ -132,9 +190,17 @@ def convert_text_to_mds(
     if summary.num_samples == 0:
         remove_folder(output_folder)
         summary.check_not_empty()
-    write_done_marker(output_folder, record, summary)
-    logger.info("%s", summary.describe())
     return summary
+
+
+def open_remote(folder: str, flag: str, local: Path) -> RemoteFolder | None:
+    """A :class:`RemoteFolder` for ``folder`` if it is a URI (``local`` is its staging folder), else None.
+
+    Raises:
+        ConfigError: if the bucket cannot be reached.
+        MissingDependencyError: if the object store's client library is not installed.
+    """
+    return RemoteFolder(folder, flag, local) if is_remote(folder) else None
 
 
 def check_options(
@@ -151,11 +217,8 @@ def check_options(
         ConfigError: naming the option.
     """
     for flag, folder in (("--input_folder", input_folder), ("--output_folder", output_folder)):
-        if "://" in folder:
-            raise ConfigError(
-                f"{flag} '{folder}': object-store paths are not supported by convert_text_to_mds yet; "
-                "use a local folder"
-            )
+        if is_remote(folder):
+            check_listable(folder, flag)
     if not isinstance(concat_tokens, int) or isinstance(concat_tokens, bool) or concat_tokens <= 0:
         raise ConfigError(f"--concat_tokens must be a positive integer, got {concat_tokens!r}")
     if not isinstance(processes, int) or isinstance(processes, bool) or processes <= 0:
@@ -164,8 +227,15 @@ def check_options(
         raise ConfigError(
             "--eos_text and --use_tokenizer_eos both set the EOS text; pass one of them"
         )
-    output, input_ = Path(output_folder).resolve(), Path(input_folder).resolve()
-    if output == input_ or output in input_.parents:
+    if is_remote(input_folder) != is_remote(output_folder):
+        return
+    if is_remote(output_folder):
+        output, input_ = output_folder.rstrip("/"), input_folder.rstrip("/")
+        contains = input_ == output or input_.startswith(output + "/")
+    else:
+        output_path, input_path = Path(output_folder).resolve(), Path(input_folder).resolve()
+        contains = output_path == input_path or output_path in input_path.parents
+    if contains:
         raise ConfigError(
             f"--output_folder '{output_folder}' contains --input_folder '{input_folder}'; "
             "(re)processing would delete the input; choose another output folder"
@@ -187,43 +257,93 @@ def tokenizer_eos_text(tokenizer_name: str) -> str:
     return eos_token
 
 
-def find_text_files(input_folder: str) -> list[Path]:
+def find_text_files(input_folder: str, source: RemoteFolder | None = None) -> list[InputFile]:
     """The ``*.txt`` files under ``input_folder``, recursively, sorted by relative path.
 
+    Args:
+        input_folder: a local folder or a URI.
+        source: the opened remote folder, when ``input_folder`` is a URI; its files are to be
+            downloaded into ``source.local``.
+
     Raises:
-        MissingFileError: if the folder does not exist.
+        MissingFileError: if a local folder does not exist.
         DatasetError: if it holds no ``*.txt`` file.
+        ConfigError: if a remote folder cannot be listed.
     """
+    if source is not None:
+        files = [
+            InputFile(name, size, str(source.local / name), source.url(name))
+            for name, size in source.list_files().items()
+            if name.endswith(".txt")
+        ]
+        if not files:
+            raise DatasetError(
+                f"--input_folder '{input_folder}' holds no *.txt objects (searched recursively)"
+            )
+        for file in files:  # each is downloaded to <local>/<name>: it must stay inside
+            parts = PurePosixPath(file.name).parts
+            if file.name.startswith("/") or ".." in parts or "" in file.name.split("/"):
+                raise DatasetError(
+                    f"--input_folder: the object {file.label} has a key that is not a plain "
+                    "relative path (empty, '/' or '..' parts); rename it or move it elsewhere"
+                )
+        return files
     folder = Path(input_folder)
     if not folder.is_dir():
         raise MissingFileError(f"--input_folder '{input_folder}' does not exist or is not a folder")
-    files = sorted(
+    paths = sorted(
         (p for p in folder.rglob("*.txt") if p.is_file()),
         key=lambda p: p.relative_to(folder).as_posix(),
     )
-    if not files:
+    if not paths:
         raise DatasetError(f"--input_folder '{input_folder}' holds no *.txt files")
-    return files
+    return [
+        InputFile(p.relative_to(folder).as_posix(), p.stat().st_size, str(p), str(p)) for p in paths
+    ]
 
 
-def conversion_record(input_folder: str, files: list[Path], **options: Any) -> dict[str, Any]:
+def download_text_files(source: RemoteFolder, files: list[InputFile]) -> None:
+    """Download ``files`` from ``source`` to their local paths, a few at a time.
+
+    Raises:
+        ConfigError: if a download fails.
+    """
+    with (
+        tqdm(total=len(files), desc="downloading", unit=" files") as bar,
+        ThreadPoolExecutor(DOWNLOAD_THREADS) as pool,
+    ):
+        for _ in pool.map(lambda file: source.download(file.name, file.local), files):
+            bar.update(1)
+
+
+def conversion_record(input_folder: str, files: list[InputFile], **options: Any) -> dict[str, Any]:
     """What identifies a conversion: its options and its input files (relative path, size).
 
     Args:
-        input_folder: the input folder (recorded as an absolute path).
-        files: the input files, found under ``input_folder``.
+        input_folder: the input folder (recorded as an absolute path, or as the URI).
+        files: the input files, found under ``input_folder`` (a remote file's size is None
+            when the object store does not list sizes).
         **options: the conversion's other options.
 
     Returns:
         A JSON-compatible record.
     """
-    root = Path(input_folder)
-    listing = [[f.relative_to(root).as_posix(), f.stat().st_size] for f in files]
-    return {"args": {"input_folder": str(root.resolve()), **options}, "files": listing}
+    location = (
+        input_folder.rstrip("/") if is_remote(input_folder) else str(Path(input_folder).resolve())
+    )
+    listing = [[file.name, file.size] for file in files]
+    return {"args": {"input_folder": location, **options}, "files": listing}
 
 
-def previous_conversion(output_folder: str, record: dict[str, Any]) -> MDSWriteSummary | None:
+def previous_conversion(
+    output_folder: str, record: dict[str, Any], target: RemoteFolder | None = None
+) -> MDSWriteSummary | None:
     """The summary of a finished identical conversion in ``output_folder``, if there is one.
+
+    Args:
+        output_folder: the output folder.
+        record: the conversion about to run.
+        target: the opened remote folder, when ``output_folder`` is a URI.
 
     Returns:
         The recorded summary, or None when the folder is absent or empty (free to write).
@@ -232,21 +352,24 @@ def previous_conversion(output_folder: str, record: dict[str, Any]) -> MDSWriteS
         ConfigError: if the folder holds a different conversion, or files without a done-marker
             (an interrupted run, or unrelated data); the message says to pass ``--reprocess``.
     """
-    folder = Path(output_folder)
-    marker = folder / DONE_FILENAME
-    if not marker.is_file():
-        if folder.is_dir() and any(folder.iterdir()):
+    if target is None:
+        marker_text, holds_files = local_marker(output_folder)
+    else:
+        marker_text, holds_files = remote_marker(target)
+    if marker_text is None:
+        if holds_files:
             raise ConfigError(
                 f"--output_folder '{output_folder}' is not empty and holds no finished conversion "
                 "(an interrupted run?); pass --reprocess to overwrite it, or choose another folder"
             )
         return None
     try:
-        done = json.loads(marker.read_text(encoding="utf-8"))
+        done = json.loads(marker_text)
         previous = {"args": done["args"], "files": done["files"]}
     except (json.JSONDecodeError, KeyError, TypeError):
         raise ConfigError(
-            f"the done-marker {marker} is unreadable; pass --reprocess to convert again"
+            f"the done-marker in --output_folder '{output_folder}' is unreadable; "
+            "pass --reprocess to convert again"
         ) from None
     difference = describe_difference(previous, json.loads(json.dumps(record)))
     if difference:
@@ -262,6 +385,64 @@ def previous_conversion(output_folder: str, record: dict[str, Any]) -> MDSWriteS
         rows_dropped={str(k): int(v) for k, v in done.get("rows_dropped", {}).items()},
         bytes_on_disk=int(done.get("bytes_on_disk", 0)),
     )
+
+
+def local_marker(output_folder: str) -> tuple[str | None, bool]:
+    """The done-marker's text in a local folder (None if absent), and whether it holds files."""
+    folder = Path(output_folder)
+    marker = folder / DONE_FILENAME
+    text = marker.read_text(encoding="utf-8") if marker.is_file() else None
+    return text, folder.is_dir() and any(folder.iterdir())
+
+
+def remote_marker(target: RemoteFolder) -> tuple[str | None, bool]:
+    """The done-marker's text under a remote prefix (None if absent), and whether it holds objects.
+
+    Raises:
+        ConfigError: if the prefix cannot be listed or the marker downloaded.
+    """
+    objects = target.list_files()
+    if DONE_FILENAME not in objects:
+        return None, bool(objects)
+    # Next to the staging folder, not in it: the MDS writer wants an empty folder.
+    local = target.local.with_name("previous" + DONE_FILENAME)
+    target.download(DONE_FILENAME, local)
+    return local.read_text(encoding="utf-8"), True
+
+
+def upload_conversion(target: RemoteFolder, reprocess: bool) -> None:
+    """Upload the finished local conversion in ``target.local`` to the remote prefix.
+
+    Shards go first, then the groups' ``index.json`` files, then the top-level one, and the
+    done-marker last, so an interrupted upload never looks finished. With ``reprocess`` the
+    prefix's previous objects are deleted first (the done-marker before anything else).
+
+    Raises:
+        ConfigError: if the prefix gained objects meanwhile (without ``reprocess``), or a
+            deletion or upload fails.
+    """
+    stale = target.list_files()
+    if stale:
+        if not reprocess:
+            raise ConfigError(
+                f"--output_folder '{target.uri}' received other objects during the conversion; "
+                "pass --reprocess to overwrite them, or choose another folder"
+            )
+        logger.info(
+            "deleting the %d objects of the previous conversion in %s", len(stale), target.uri
+        )
+        target.delete(sorted(stale, key=lambda name: name != DONE_FILENAME))
+    names = [p.relative_to(target.local).as_posix() for p in target.local.rglob("*") if p.is_file()]
+    names.sort(
+        key=lambda name: (
+            name == DONE_FILENAME,
+            name == "index.json",
+            name.endswith("index.json"),
+            name,
+        )
+    )
+    for name in tqdm(names, desc="uploading", unit=" files"):
+        target.upload(name)
 
 
 def describe_difference(previous: dict[str, Any], current: dict[str, Any]) -> str:
@@ -290,7 +471,7 @@ def remove_folder(folder: str) -> None:
 
 
 def group_tasks(
-    files: list[Path], output_folder: str, processes: int, **options: Any
+    files: list[InputFile], output_folder: str, processes: int, **options: Any
 ) -> list[GroupTask]:
     """Split ``files`` into at most ``processes`` contiguous groups, one task each.
 
@@ -309,7 +490,8 @@ def group_tasks(
     groups = [files[start : start + per_group] for start in range(0, len(files), per_group)]
     return [
         GroupTask(
-            files=[str(f) for f in group],
+            files=[f.local for f in group],
+            labels=[f.label for f in group],
             out=output_folder if len(groups) == 1 else os.path.join(output_folder, str(index)),
             **options,
         )
@@ -393,7 +575,7 @@ def convert_group(task: GroupTask, on_file_done: Callable[[], object]) -> MDSWri
     """
     tokenizer = build_tokenizer(task.tokenizer_name)
     rows = RowStats()
-    documents = read_documents(task.files, on_file_done, rows)
+    documents = read_documents(task.files, on_file_done, rows, task.labels)
     samples = ConcatTokensDataset(
         documents, tokenizer, task.concat_tokens, task.bos_text, task.eos_text, task.no_wrap
     )
@@ -401,7 +583,10 @@ def convert_group(task: GroupTask, on_file_done: Callable[[], object]) -> MDSWri
 
 
 def read_documents(
-    files: list[str], on_file_done: Callable[[], object], rows: RowStats | None = None
+    files: list[str],
+    on_file_done: Callable[[], object],
+    rows: RowStats | None = None,
+    labels: list[str] | None = None,
 ) -> Iterator[str]:
     """Yield each file's text, calling ``on_file_done`` after each.
 
@@ -409,18 +594,19 @@ def read_documents(
         files: the text files, in order.
         on_file_done: called after each file has been read.
         rows: counts the files read (each file is one row, a document).
+        labels: how messages name the files (default: their paths).
 
     Raises:
         DatasetError: if a file is not UTF-8 text.
     """
-    for file in files:
+    for file, label in zip(files, labels or files, strict=True):
         if rows is not None:
             rows.rows_read += 1
         try:
             text = Path(file).read_text(encoding="utf-8")
         except UnicodeDecodeError as err:
             raise DatasetError(
-                f"'{file}' is not UTF-8 text (byte {err.start}); convert or remove it"
+                f"'{label}' is not UTF-8 text (byte {err.start}); convert or remove it"
             ) from err
         yield text
         on_file_done()
