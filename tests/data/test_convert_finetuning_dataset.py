@@ -22,6 +22,7 @@ from llmfoundry.command_utils.data_prep.convert_finetuning_dataset import (
 )
 from llmfoundry.data.finetuning import build_finetuning_dataloader, tokenize_example
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
+from tests.data.conftest import BUCKET
 
 ROWS = [
     {"prompt": "def loads(s):", "response": " return decode(s)"},
@@ -357,3 +358,56 @@ def test_option_errors(tmp_path: Path, tokenizer_dir: Path) -> None:
         convert_finetuning_dataset(
             dataset=str(data), out_root=str(tmp_path / "full"), tokenizer=str(tokenizer_dir)
         )
+
+
+def remote_keys(client: Any, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix + "/")
+    return sorted(
+        obj["Key"][len(prefix) + 1 :] for page in pages for obj in page.get("Contents", [])
+    )
+
+
+def test_remote_out_root_is_uploaded_complete_and_streams_back(
+    tmp_path: Path, tokenizer_dir: Path, tokenizer: PreTrainedTokenizerBase, s3: Any
+) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", ROWS)
+    write_jsonl(folder / "validation.jsonl", ROWS[:2])
+    out_root = f"s3://{BUCKET}/ft"
+    summaries = convert_finetuning_dataset(
+        dataset=str(folder), out_root=out_root, tokenizer=str(tokenizer_dir),
+        local=str(tmp_path / "staging"),
+    )  # fmt: skip
+    assert summaries["train"].out == f"{out_root}/train"
+    assert remote_keys(s3, "ft/train") == ["index.json", "shard.00000.mds"]
+    assert remote_keys(s3, "ft/validation") == ["index.json", "shard.00000.mds"]
+
+    convert_finetuning_dataset(
+        dataset=str(folder), out_root=str(tmp_path / "local"), tokenizer=str(tokenizer_dir)
+    )
+    common = {"split": "train", "max_seq_len": 16, "shuffle": False}
+    streamed = loader_batches(
+        tokenizer, {"remote": out_root, "local": str(tmp_path / "cache"), **common}
+    )
+    local = loader_batches(tokenizer, {"local": str(tmp_path / "local"), **common})
+    assert_same_batches(streamed, local)
+
+    # A split folder that already holds objects is refused before anything is written.
+    with pytest.raises(
+        ConfigError, match=r"output folder 's3://corpus-bucket/ft/train' is not empty"
+    ):
+        convert_finetuning_dataset(
+            dataset=str(folder), out_root=out_root, tokenizer=str(tokenizer_dir)
+        )
+
+
+def test_failed_remote_conversion_uploads_nothing(
+    tmp_path: Path, tokenizer_dir: Path, s3: Any
+) -> None:
+    data = write_jsonl(tmp_path / "train.jsonl", [*ROWS, {"prompt": "a", "response": 5}])
+    with pytest.raises(DatasetError, match=r"train\.jsonl:7.*field 'response' must be a string"):
+        convert_finetuning_dataset(
+            dataset=str(data), out_root=f"s3://{BUCKET}/bad", tokenizer=str(tokenizer_dir)
+        )
+    assert remote_keys(s3, "bad/train") == []

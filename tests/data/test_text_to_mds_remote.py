@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
-from moto import mock_aws
 from streaming.base.util import clean_stale_shared_memory
 
 from llmfoundry.command_utils.data_prep.convert_text_to_mds import (
@@ -19,33 +16,13 @@ from llmfoundry.command_utils.data_prep.convert_text_to_mds import (
 from llmfoundry.data import StreamingTextDataset
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 from llmfoundry.utils.object_store import RemoteFolder
+from tests.data.conftest import BUCKET
 from tests.data.test_converters import EOS, read_tokens, write_text_files
-
-BUCKET = "corpus-bucket"
 
 
 @pytest.fixture(autouse=True, scope="module")
 def _clean_shared_memory() -> None:
     clean_stale_shared_memory()
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A mocked S3 with one empty bucket; yields a boto3 client for it."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    # Streaming's S3 clients use S3_ENDPOINT_URL when set; moto intercepts the default endpoint.
-    monkeypatch.delenv("S3_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
 
 
 @pytest.fixture

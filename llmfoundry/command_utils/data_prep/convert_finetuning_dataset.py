@@ -23,12 +23,18 @@ learned); longer examples that still fit a target are kept whole and counted, an
 truncates them to its own ``max_seq_len``. Bad rows (missing or non-string fields, an empty
 response, invalid JSON or UTF-8) fail the conversion with the row named, unless
 ``--skip_bad_rows`` is given; then they are skipped and counted by reason in the summary.
+
+``--out_root`` may be an ``s3://``, ``gs://`` or ``oci://`` URI: each split is written to a
+local folder (``--local/<split>``, or a temporary one) and uploaded once it is complete, shards
+first and ``index.json`` last, so a failed conversion never leaves a remote split that looks
+finished. Each remote split folder must be empty.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,6 +69,7 @@ from llmfoundry.data.finetuning.dataloader import _preprocess
 from llmfoundry.data.finetuning.formatting import MESSAGES_KEYS, tokenize_example
 from llmfoundry.data.finetuning.tasks import PreprocessingFn, dataset_constructor
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, did_you_mean
+from llmfoundry.utils.object_store import RemoteFolder, check_listable, is_remote
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -203,7 +210,8 @@ def convert_finetuning_dataset(
             name; by default the one registered for ``dataset``, if any.
         skip_preprocessing: use the rows as they are (they hold ``prompt``/``response`` or
             ``messages``), even if a function is registered for ``dataset``.
-        local: accepted for LLM Foundry compatibility; only used with a remote ``out_root``.
+        local: with a remote ``out_root``, the local folder the splits are written to before
+            they are uploaded (default: a temporary folder, deleted afterwards).
         compression: shard compression (``zstd``), or None/``"none"``.
         num_workers: DataLoader worker processes reading a Hugging Face dataset's shards;
             None uses the available CPUs (at most one per shard), 0 reads in this process.
@@ -227,10 +235,61 @@ def convert_finetuning_dataset(
     check_options(tokenizer, max_seq_len, num_workers, preprocessor, skip_preprocessing)
     assert tokenizer is not None  # checked
     compression = check_compression(compression)
+    remote = is_remote(out_root)
+    if remote:
+        check_listable(out_root, "--out_root")
     preprocess = None if skip_preprocessing else resolve_preprocessor(preprocessor, dataset)
     sources = find_sources(dataset, data_subset, data_files, splits)
-    for source in sources:
-        check_output_empty(os.path.join(out_root, source.name))
+    with tempfile.TemporaryDirectory(prefix="convert_finetuning_") as staging:
+        local_root = (local or staging) if remote else out_root
+        targets: dict[str, RemoteFolder] = {}
+        for source in sources:
+            local_split = os.path.join(local_root, source.name)
+            check_output_empty(local_split, "--local" if remote else "--out_root")
+            if remote:
+                targets[source.name] = empty_remote_split(out_root, source.name, local_split)
+        return convert_sources(
+            sources,
+            targets,
+            local_root,
+            tokenizer,
+            tokenizer_kwargs,
+            preprocess,
+            max_seq_len,
+            skip_bad_rows,
+            compression,
+            num_workers,
+        )
+
+
+def empty_remote_split(out_root: str, split: str, local_split: str) -> RemoteFolder:
+    """The remote folder of a split, checked to be empty.
+
+    Raises:
+        ConfigError: if it holds objects, or the bucket cannot be reached.
+    """
+    target = RemoteFolder(f"{out_root.rstrip('/')}/{split}", "--out_root", local_split)
+    if target.list_files():
+        raise ConfigError(
+            f"output folder '{target.uri}' is not empty; delete its objects or choose another "
+            "--out_root"
+        )
+    return target
+
+
+def convert_sources(
+    sources: list[SplitSource],
+    targets: Mapping[str, RemoteFolder],
+    local_root: str,
+    tokenizer: str,
+    tokenizer_kwargs: str | Mapping[str, Any] | None,
+    preprocess: PreprocessingFn | None,
+    max_seq_len: int,
+    skip_bad_rows: bool,
+    compression: str | None,
+    num_workers: int | None,
+) -> dict[str, MDSWriteSummary]:
+    """Convert each split into ``local_root/<split>``, uploading it when it has a target."""
     built = build_tokenizer(tokenizer, parse_tokenizer_kwargs(tokenizer_kwargs))
     multi_turn = first_example_is_chat(sources[0], preprocess)
     layout = "chat turns (column 'turns')" if multi_turn else "prompt/response (input_ids/labels)"
@@ -245,9 +304,26 @@ def convert_finetuning_dataset(
             multi_turn=multi_turn,
             skip_bad_rows=skip_bad_rows,
         )
-        summary = convert_split(source, converter, out_root, compression, num_workers)
+        summary = convert_split(source, converter, local_root, compression, num_workers)
+        if source.name in targets:
+            upload_split(targets[source.name])
+            summary = replace(summary, out=targets[source.name].uri)
         summaries[source.name] = summary
     return summaries
+
+
+def upload_split(target: RemoteFolder) -> None:
+    """Upload a finished split folder: the shards first, ``index.json`` last.
+
+    Raises:
+        ConfigError: if an upload fails.
+    """
+    names = sorted(
+        (p.relative_to(target.local).as_posix() for p in target.local.rglob("*") if p.is_file()),
+        key=lambda name: (name == "index.json", name),
+    )
+    for name in tqdm(names, desc=f"uploading to {target.uri}", unit=" files"):
+        target.upload(name)
 
 
 def check_options(
