@@ -15,6 +15,11 @@ A sequence longer than ``max_seq_len`` keeps its first ``max_seq_len`` tokens (i
 of its last response). :func:`is_trainable` tells the dataset builder which examples to drop:
 those whose tokens before the final response already fill ``max_seq_len`` and those left with
 no target token.
+
+Examples read from MDS are not filtered when the loader is built (a streaming dataset is read
+shard by shard, and dropping samples would change how many batches each rank gets), so the
+collator built for them counts, with :class:`TruncationStats`, the examples it truncates and
+those left without a target; see :class:`Seq2SeqFinetuningCollator` for what happens to them.
 """
 
 from __future__ import annotations
@@ -122,6 +127,62 @@ def is_trainable(
     return any(label != IGNORE_INDEX for label in labels)
 
 
+class TruncationStats:
+    """Counts of collated examples that were truncated or left without a target token.
+
+    Logged sparingly: a warning the first time an example is truncated or untrainable, then a
+    summary after collated batch 2, 4, 8, 16, ... whenever the counts grew since the last
+    summary (so at most about log2(batches) messages). Each data loader worker process keeps
+    (and logs) its own counts.
+
+    Attributes:
+        batches: batches collated.
+        examples: examples collated.
+        truncated: examples longer than ``max_seq_len`` (cut to it).
+        untrainable: examples with no target token within ``max_seq_len``.
+    """
+
+    def __init__(self, max_seq_len: int, source: str = "MDS") -> None:
+        self.max_seq_len = max_seq_len
+        self.source = source
+        self.batches = 0
+        self.examples = 0
+        self.truncated = 0
+        self.untrainable = 0
+        self._logged: tuple[int, int] = (0, 0)
+
+    def record(self, length: int, trainable: bool) -> None:
+        """Count one example of ``length`` tokens (before truncation)."""
+        self.examples += 1
+        if length > self.max_seq_len:
+            self.truncated += 1
+        if not trainable:
+            self.untrainable += 1
+
+    def end_batch(self) -> None:
+        """Count a collated batch and log the counts if it is time to."""
+        self.batches += 1
+        counts = (self.truncated, self.untrainable)
+        if counts == self._logged:
+            return
+        first = self._logged == (0, 0)
+        if not first and self.batches & (self.batches - 1):  # not a power of two
+            return
+        self._logged = counts
+        logger.log(
+            logging.WARNING if first else logging.INFO,
+            "%s finetuning examples: %d of %d collated so far (%d batches) were longer than "
+            "max_seq_len=%d and truncated; %d had no target token left within max_seq_len "
+            "(they add nothing to the loss; convert with a larger max_seq_len or filter them)",
+            self.source,
+            self.truncated,
+            self.examples,
+            self.batches,
+            self.max_seq_len,
+            self.untrainable,
+        )
+
+
 class Seq2SeqFinetuningCollator:
     """Batch tokenized finetuning examples (``{'turns': [...]}``) for training.
 
@@ -138,6 +199,14 @@ class Seq2SeqFinetuningCollator:
         target_responses: ``last`` or ``all``.
         decoder_only_format: one sequence per example; False for encoder-decoder batches.
         allow_pad_trimming: trim the batch to its longest example instead of ``max_seq_len``.
+        track_truncation: count (and log, see :class:`TruncationStats`) truncated examples and
+            examples with no target token left. The loader sets it for MDS sources, whose
+            examples were not checked when it was built. Such an untrainable example stays in
+            its batch as a row whose labels are all -100 (adding nothing to the loss, as if it
+            were dropped), so the batch keeps its size; the packing collator leaves it out.
+
+    Attributes:
+        stats: the counts, when ``track_truncation`` (else None).
 
     Raises:
         ConfigError: on a bad target setting or ``max_seq_len``.
@@ -151,6 +220,7 @@ class Seq2SeqFinetuningCollator:
         target_responses: str = "last",
         decoder_only_format: bool = True,
         allow_pad_trimming: bool = False,
+        track_truncation: bool = False,
     ) -> None:
         if not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool) or max_seq_len <= 0:
             raise ConfigError(f"max_seq_len must be a positive integer, got {max_seq_len!r}")
@@ -159,16 +229,45 @@ class Seq2SeqFinetuningCollator:
         self.policy = TargetPolicy.from_config(target_prompts, target_responses)
         self.decoder_only_format = decoder_only_format
         self.allow_pad_trimming = allow_pad_trimming
+        self.stats = TruncationStats(max_seq_len) if track_truncation else None
 
     def sequence(self, example: Mapping[str, Any]) -> tuple[list[int], list[int]]:
         """The example's ``(input_ids, labels)`` after masking and truncation."""
         return build_sequence(example["turns"], self.policy, self.max_seq_len)
 
+    def batch_sequences(
+        self, examples: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[list[int], list[int], bool]]:
+        """One batch's ``(input_ids, labels, trainable)`` per example, counted in ``stats``.
+
+        ``trainable`` is :func:`is_trainable`'s answer (False: the tokens before the final
+        response fill ``max_seq_len`` or no target token is left).
+        """
+        sequences = []
+        for example in examples:
+            turns = example["turns"]
+            input_ids, labels = build_sequence(turns, self.policy, self.max_seq_len)
+            length = example_length(turns)
+            trainable = length - len(turns[-1]["labels"]) < self.max_seq_len and any(
+                label != IGNORE_INDEX for label in labels
+            )
+            if self.stats is not None:
+                self.stats.record(length, trainable)
+            sequences.append((input_ids, labels, trainable))
+        if self.stats is not None:
+            self.stats.end_batch()
+        return sequences
+
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Collate ``examples`` into a batch (see the class docstring for its keys)."""
         if not self.decoder_only_format:
             return self._encoder_decoder_batch(examples)
-        sequences = [self.sequence(example) for example in examples]
+        # An untrainable example (only possible from MDS) keeps its row, fully masked, as if
+        # it had been dropped: it must not train on prompts whose response was cut away.
+        sequences = [
+            (ids, labels if trainable else [IGNORE_INDEX] * len(labels))
+            for ids, labels, trainable in self.batch_sequences(examples)
+        ]
         width = self.max_seq_len
         if self.allow_pad_trimming:
             width = max((len(ids) for ids, _ in sequences), default=1)
@@ -186,10 +285,17 @@ class Seq2SeqFinetuningCollator:
                     "dataset.decoder_only_format: false takes single-turn prompt/response "
                     f"examples, but an example has {len(turns)} turns; use decoder_only_format: true"
                 )
-            prompt = list(turns[0]["input_ids"])[: self.max_seq_len]
-            response = list(turns[0]["labels"])[: self.max_seq_len]
+            prompt = list(turns[0]["input_ids"])
+            response = list(turns[0]["labels"])
+            if self.stats is not None:
+                # The response is never empty, so it always keeps a target.
+                self.stats.record(max(len(prompt), len(response)), trainable=True)
+            prompt = prompt[: self.max_seq_len]
+            response = response[: self.max_seq_len]
             prompts.append((prompt, prompt))
             responses.append((response, response))
+        if self.stats is not None:
+            self.stats.end_batch()
         width = self.max_seq_len
         prompt_width = response_width = width
         if self.allow_pad_trimming:

@@ -5,12 +5,18 @@ A ``train_loader:`` section with ``name: finetuning`` reads its examples from on
 * **a Hugging Face dataset**: ``dataset.hf_name`` (a hub id, or a builder such as ``json`` with
   ``hf_kwargs: {data_files: ...}``) and ``dataset.split``; rows go through the preprocessing
   function (``dataset.preprocessing_fn`` or the one registered for ``hf_name``), are tokenized
-  into turns and filtered once, when the loader is built;
+  into turns and filtered once, when the loader is built (on each node's local rank 0 first,
+  which fills the ``datasets`` cache for the other ranks; see :mod:`.hf_source`, which also
+  covers ``safe_load``);
 * **MDS** (``dataset.local``/``remote``/``streams`` plus ``streaming.StreamingDataset``'s keys),
-  read by :class:`StreamingFinetuningDataset`. A sample holds either the token columns
+  read by :class:`StreamingFinetuningDataset`. A sample holds one of: the token columns
   ``input_ids`` (the prompt) and ``labels`` (the response) as ``ndarray`` (or legacy ``bytes``
-  of ``token_encoding_type``), a single turn already tokenized; or text columns ``prompt`` and
-  ``response`` (or ``messages`` as a ``json`` column), tokenized when read.
+  of ``token_encoding_type``), a single turn already tokenized; a ``turns`` column (``json``),
+  the list of ``{'input_ids': [...], 'labels': [...]}`` turns of a tokenized chat; or text
+  columns ``prompt`` and ``response`` (or ``messages`` as a ``json`` column), tokenized when
+  read. MDS examples are not filtered when the loader is built: its collator counts and logs
+  those it truncates and those left with no target token (kept as fully masked rows, or left
+  out when packing; see :mod:`.collator`).
 
 See :mod:`.collator` for label masking and truncation and :mod:`.packing` for packing.
 """
@@ -28,7 +34,6 @@ import datasets
 import numpy as np
 from composer.core import DataSpec
 from composer.utils import dist
-from streaming import StreamingDataset
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedTokenizerBase
 
@@ -39,8 +44,14 @@ from llmfoundry.data.finetuning.collator import (
     example_length,
     is_trainable,
 )
-from llmfoundry.data.finetuning.formatting import tokenize_example
-from llmfoundry.data.finetuning.packing import MAX_AUTO_RATIO, BinPackCollator, auto_packing_ratio
+from llmfoundry.data.finetuning.formatting import Turn, tokenize_example
+from llmfoundry.data.finetuning.hf_source import check_safe_load, local_rank_zero_first
+from llmfoundry.data.finetuning.packing import (
+    MAX_AUTO_RATIO,
+    BinPackCollator,
+    auto_packing_ratio,
+    check_max_leftover_bins_to_keep,
+)
 from llmfoundry.data.finetuning.tasks import PreprocessingFn, dataset_constructor
 from llmfoundry.data.text_data import (
     StreamingTextDataset,
@@ -86,6 +97,10 @@ class FinetuningDatasetConfig:
         target_prompts: ``none``, ``all`` or ``length>=N`` (which prompts are loss targets).
         target_responses: ``last`` or ``all`` (which responses are loss targets).
         packing_ratio: examples per row to pack (a number >= 1), ``auto``, or None (no packing).
+        max_leftover_bins_to_keep: when packing, how many bins of examples that did not fit
+            a batch to carry over to the next (None: all; see :mod:`.packing`).
+        safe_load: allow only local data that runs no code when loaded (see
+            :mod:`.hf_source`); no effect on MDS sources, which never run code.
         streaming: the remaining keys, for ``StreamingFinetuningDataset`` (MDS sources).
     """
 
@@ -100,6 +115,8 @@ class FinetuningDatasetConfig:
     target_prompts: str = "none"
     target_responses: str = "last"
     packing_ratio: float | str | None = None
+    max_leftover_bins_to_keep: int | None = None
+    safe_load: bool = False
     streaming: dict[str, Any] = field(default_factory=dict)
 
 
@@ -162,6 +179,11 @@ def parse_dataset_config(dataset: Mapping[str, Any], key: str) -> FinetuningData
         if config.packing_ratio not in (None, 1, 1.0):
             raise ConfigError(f"{key}.packing_ratio needs decoder_only_format: true")
     _check_packing_ratio(config.packing_ratio, f"{key}.packing_ratio")
+    check_max_leftover_bins_to_keep(
+        config.max_leftover_bins_to_keep, f"{key}.max_leftover_bins_to_keep"
+    )
+    if not isinstance(config.safe_load, bool):
+        raise ConfigError(f"{key}.safe_load must be true or false, got {config.safe_load!r}")
     return config
 
 
@@ -222,20 +244,39 @@ def build_hf_finetuning_dataset(
 ) -> tuple[datasets.Dataset, list[int]]:
     """Load, preprocess, tokenize and filter an HF dataset into ``{'turns': [...]}`` rows.
 
+    With several processes, each node's local rank 0 does this first and the node's other
+    ranks then read the ``datasets`` cache it filled (:func:`.hf_source.local_rank_zero_first`).
+
     Returns:
         The dataset and each kept example's length in tokens after truncation.
 
     Raises:
         DatasetError: naming the source, row and field of a bad example, or if every example
             is dropped.
-        ConfigError: on a bad preprocessing function.
+        ConfigError: on a bad preprocessing function, or a source ``safe_load`` refuses.
     """
     assert config.hf_name is not None
-    raw = load_hf_split(config.hf_name, config.split, config.hf_kwargs, key)
+    hf_name = config.hf_name
+    if config.safe_load:
+        check_safe_load(hf_name, config.hf_kwargs, key)
     function = dataset_constructor.resolve(
-        config.preprocessing_fn, config.hf_name, f"{key}.preprocessing_fn"
+        config.preprocessing_fn, hf_name, f"{key}.preprocessing_fn"
     )
-    source = describe_source(config.hf_name, config.split, config.hf_kwargs)
+    source = describe_source(hf_name, config.split, config.hf_kwargs)
+    return local_rank_zero_first(
+        lambda: _tokenize_and_filter(config, function, tokenizer, source, key), source
+    )
+
+
+def _tokenize_and_filter(
+    config: FinetuningDatasetConfig,
+    function: PreprocessingFn | None,
+    tokenizer: PreTrainedTokenizerBase,
+    source: str,
+    key: str,
+) -> tuple[datasets.Dataset, list[int]]:
+    assert config.hf_name is not None
+    raw = load_hf_split(config.hf_name, config.split, config.hf_kwargs, key)
     policy = TargetPolicy.from_config(config.target_prompts, config.target_responses, key)
     max_seq_len = config.max_seq_len
     decoder_only = config.decoder_only_format
@@ -317,10 +358,13 @@ class StreamingFinetuningDataset(StreamingTextDataset):
         """Sample ``idx`` as ``{'turns': [...]}``.
 
         Raises:
-            DatasetError: if the sample has none of the supported column sets, or bad text.
+            DatasetError: if the sample has none of the supported column sets, a malformed
+                ``turns`` column, or bad text (naming the sample).
         """
-        sample = StreamingDataset.__getitem__(self, idx)
+        sample = self._read_sample(idx)
         where = f"MDS sample {idx}"
+        if "turns" in sample:
+            return {"turns": check_turns(sample["turns"], where)}
         if "input_ids" in sample and "labels" in sample:
             prompt = self._token_list(sample["input_ids"])
             response = self._token_list(sample["labels"])
@@ -332,13 +376,64 @@ class StreamingFinetuningDataset(StreamingTextDataset):
             return tokenize_example(example, self.tokenizer, where)
         raise DatasetError(
             f"{where} has columns {', '.join(sample)}; finetuning MDS needs 'input_ids' and "
-            "'labels' (token ids) or 'prompt' and 'response' (text) or 'messages'"
+            "'labels' (token ids), 'turns' (tokenized chat turns), 'prompt' and 'response' "
+            "(text) or 'messages'"
         )
 
     def _token_list(self, value: np.ndarray | bytes) -> list[int]:
         if isinstance(value, bytes):
             value = np.frombuffer(value, dtype=self.token_encoding_type)
         return [int(x) for x in value]
+
+
+def check_turns(value: Any, where: str) -> list[Turn]:
+    """Check a ``turns`` value: a non-empty list of ``{'input_ids': [...], 'labels': [...]}``.
+
+    Token ids are non-negative integers; a turn's ``labels`` (its response) is not empty, its
+    ``input_ids`` (prompt) may be.
+
+    Args:
+        value: the decoded ``turns`` column.
+        where: the sample, for messages (``MDS sample 3``).
+
+    Returns:
+        The turns, as lists of ``int``.
+
+    Raises:
+        DatasetError: naming the sample, the turn and what is wrong, on one line.
+    """
+    fix = "re-convert it with convert_finetuning_dataset"
+    if not isinstance(value, list) or not value:
+        got = "an empty list" if value == [] else type(value).__name__
+        raise DatasetError(
+            f"{where}: column 'turns' must be a non-empty list of {{'input_ids', 'labels'}} "
+            f"turns, got {got}; {fix}"
+        )
+    turns: list[Turn] = []
+    for number, turn in enumerate(value):
+        if not isinstance(turn, dict) or set(turn) != {"input_ids", "labels"}:
+            got = f"keys {sorted(turn)}" if isinstance(turn, dict) else type(turn).__name__
+            raise DatasetError(
+                f"{where}: turn {number} of column 'turns' must be a dict with exactly "
+                f"'input_ids' and 'labels', got {got}; {fix}"
+            )
+        checked: Turn = {}
+        for field_name in ("input_ids", "labels"):
+            tokens = turn[field_name]
+            if not isinstance(tokens, list) or not all(
+                isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in tokens
+            ):
+                raise DatasetError(
+                    f"{where}: turn {number} '{field_name}' of column 'turns' must be a list of "
+                    f"non-negative integer token ids; {fix}"
+                )
+            checked[field_name] = tokens
+        if not checked["labels"]:
+            raise DatasetError(
+                f"{where}: turn {number} of column 'turns' has empty 'labels' (no response); {fix}"
+            )
+        turns.append(checked)
+    return turns
 
 
 def build_finetuning_dataloader(
@@ -386,6 +481,8 @@ def build_finetuning_dataloader(
         target_responses=config.target_responses,
         decoder_only_format=config.decoder_only_format,
         allow_pad_trimming=config.allow_pad_trimming,
+        # HF examples were counted and filtered when loaded; MDS ones are counted as collated.
+        track_truncation=config.hf_name is None,
     )
     if config.hf_name is not None:
         examples, lengths = build_hf_finetuning_dataset(config, tokenizer, key)
@@ -421,7 +518,7 @@ def build_finetuning_dataloader(
         sampler = None
     collate_fn: Callable[[Any], Any] = collator
     if examples_per_batch > device_batch_size:
-        collate_fn = BinPackCollator(collator, device_batch_size)
+        collate_fn = BinPackCollator(collator, device_batch_size, config.max_leftover_bins_to_keep)
     worker_kwargs = worker_process_kwargs(num_workers, prefetch_factor, persistent_workers, section)
     loader = DataLoader(
         torch_dataset,

@@ -6,6 +6,13 @@ each into the first row with room), into ``device_batch_size`` rows of ``max_seq
 Examples that fit in no row are kept and packed first-come with the next call, so an example is
 neither lost nor repeated, except those still waiting when the data ends (``leftovers``).
 
+``max_leftover_bins_to_keep: k`` bounds what is carried over: the leftover examples are packed
+into rows ("bins") of their own, first-fit-decreasing, and only the examples of the ``k``
+fullest bins are kept; the others are discarded, counted (``discarded_examples``,
+``discarded_tokens``) and logged sparingly. None (the default) keeps them all; 0 carries
+nothing over. An example with no target token left within ``max_seq_len`` (only possible from
+MDS, see :mod:`.collator`) is not packed at all.
+
 ``sequence_id`` numbers the examples of a row 0, 1, 2, ... and is **-1 on padding**; a model
 with ``attn_uses_sequence_id`` lets a token attend only within its own example. Each example's
 first label is already -100 (see :mod:`.collator`), so no example is scored from the one before.
@@ -26,6 +33,7 @@ from typing import Any
 import torch
 
 from llmfoundry.data.finetuning.collator import IGNORE_INDEX, Seq2SeqFinetuningCollator
+from llmfoundry.utils.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -69,21 +77,40 @@ class BinPackCollator:
     Args:
         collator: the unpacked collator (its masking, truncation and pad id are used).
         device_batch_size: rows per batch.
+        max_leftover_bins_to_keep: how many bins of leftover examples to carry over to the
+            next batch (None: all of them).
 
     Attributes:
         leftovers: examples waiting for the next batch (``(input_ids, labels)``).
         tokens_real: non-padding tokens emitted so far.
         tokens_total: tokens (rows x ``max_seq_len``) emitted so far.
+        discarded_examples: leftover examples discarded by ``max_leftover_bins_to_keep``.
+        discarded_tokens: their tokens.
+        skipped_untrainable: examples not packed because no target token was left.
+
+    Raises:
+        ConfigError: if ``max_leftover_bins_to_keep`` is not None or an integer >= 0.
     """
 
-    def __init__(self, collator: Seq2SeqFinetuningCollator, device_batch_size: int) -> None:
+    def __init__(
+        self,
+        collator: Seq2SeqFinetuningCollator,
+        device_batch_size: int,
+        max_leftover_bins_to_keep: int | None = None,
+    ) -> None:
         if not collator.decoder_only_format:
             raise ValueError("packing needs decoder_only_format: true")
+        check_max_leftover_bins_to_keep(max_leftover_bins_to_keep, "max_leftover_bins_to_keep")
         self.collator = collator
         self.device_batch_size = device_batch_size
+        self.max_leftover_bins_to_keep = max_leftover_bins_to_keep
         self.leftovers: list[Packed] = []
         self.tokens_real = 0
         self.tokens_total = 0
+        self.discarded_examples = 0
+        self.discarded_tokens = 0
+        self.skipped_untrainable = 0
+        self._discard_events = 0
 
     @property
     def efficiency(self) -> float:
@@ -97,12 +124,14 @@ class BinPackCollator:
             ``input_ids``, ``attention_mask``, ``labels`` and ``sequence_id``, each
             ``(device_batch_size, max_seq_len)`` int64.
         """
-        items = self.leftovers + [self.collator.sequence(example) for example in examples]
+        fresh = self.collator.batch_sequences(examples)
+        self.skipped_untrainable += sum(1 for *_, trainable in fresh if not trainable)
+        items = self.leftovers + [(ids, labels) for ids, labels, trainable in fresh if trainable]
         max_seq_len = self.collator.max_seq_len
         bins, leftover = first_fit_decreasing(
             [len(ids) for ids, _ in items], self.device_batch_size, max_seq_len
         )
-        self.leftovers = [items[i] for i in leftover]
+        self.leftovers = self._keep_leftovers([items[i] for i in leftover])
         batch = self._rows([[items[i] for i in row] for row in bins])
         real = int(batch["attention_mask"].sum().item())
         self.tokens_real += real
@@ -111,11 +140,37 @@ class BinPackCollator:
             "packed %d examples (%d carried over): %.1f%% of tokens are not padding "
             "(%.1f%% so far)",
             len(items) - len(leftover),
-            len(leftover),
+            len(self.leftovers),
             100 * real / batch["input_ids"].numel(),
             100 * self.efficiency,
         )
         return batch
+
+    def _keep_leftovers(self, leftovers: list[Packed]) -> list[Packed]:
+        """The leftovers of the ``max_leftover_bins_to_keep`` fullest bins, in arrival order."""
+        keep = self.max_leftover_bins_to_keep
+        if keep is None or not leftovers:
+            return leftovers
+        lengths = [len(ids) for ids, _ in leftovers]
+        bins, _ = first_fit_decreasing(lengths, len(leftovers), self.collator.max_seq_len)
+        # Fullest first; the sort is stable, so equal bins keep first-fit order.
+        bins = sorted((b for b in bins if b), key=lambda b: -sum(lengths[i] for i in b))
+        kept = sorted(i for b in bins[:keep] for i in b)
+        discarded = len(leftovers) - len(kept)
+        if discarded:
+            self.discarded_examples += discarded
+            self.discarded_tokens += sum(lengths) - sum(lengths[i] for i in kept)
+            self._discard_events += 1
+            if self._discard_events & (self._discard_events - 1) == 0:  # 1, 2, 4, 8, ...
+                logger.info(
+                    "packing: max_leftover_bins_to_keep=%d discarded %d leftover examples "
+                    "(%d tokens) so far, in %d batches that had more leftovers than that",
+                    keep,
+                    self.discarded_examples,
+                    self.discarded_tokens,
+                    self._discard_events,
+                )
+        return [leftovers[i] for i in kept]
 
     def _rows(self, rows: Sequence[Sequence[Packed]]) -> dict[str, torch.Tensor]:
         shape = (len(rows), self.collator.max_seq_len)
@@ -138,6 +193,21 @@ class BinPackCollator:
             "labels": labels,
             "sequence_id": sequence_id,
         }
+
+
+def check_max_leftover_bins_to_keep(value: Any, key: str) -> None:
+    """Check a ``max_leftover_bins_to_keep`` value (None or an integer >= 0).
+
+    Raises:
+        ConfigError: naming ``key`` and the accepted values.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"{key} is {value!r}; use a whole number >= 0 (leftover bins carried to the next "
+            "batch) or null (keep them all)"
+        )
 
 
 def simulate_packing(

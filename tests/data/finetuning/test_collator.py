@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -97,3 +99,32 @@ def test_encoder_decoder_batches_split_prompt_and_response() -> None:
     assert batch["decoder_attention_mask"].tolist() == [[1, 1, 0, 0]]
     with pytest.raises(ConfigError, match="single-turn"):
         collator([{"turns": TURNS}])
+
+
+def test_truncation_stats_are_logged_sparingly(caplog: pytest.LogCaptureFixture) -> None:
+    collator = Seq2SeqFinetuningCollator(PAD, 6, track_truncation=True)
+    long_example = {"turns": [{"input_ids": [10, 11], "labels": [20, 21, 22, 23, 24]}]}
+    short_example = {"turns": [{"input_ids": [10], "labels": [20]}]}
+    with caplog.at_level(logging.INFO, logger="llmfoundry.data.finetuning"):
+        for _ in range(64):
+            collator([long_example, short_example])
+        collator([short_example])  # batch 65: nothing new to report
+    assert collator.stats is not None
+    assert (collator.stats.examples, collator.stats.truncated) == (129, 64)
+    records = [r for r in caplog.records if "finetuning examples" in r.getMessage()]
+    # The first truncation warns; then a summary after batches 2, 4, 8, 16, 32 and 64.
+    assert [r.levelno for r in records] == [logging.WARNING] + [logging.INFO] * 6
+    assert (
+        records[-1]
+        .getMessage()
+        .startswith(
+            "MDS finetuning examples: 64 of 128 collated so far (64 batches) were longer than "
+            "max_seq_len=6 and truncated"
+        )
+    )
+
+
+def test_untracked_collator_keeps_no_stats() -> None:
+    collator = Seq2SeqFinetuningCollator(PAD, 4)
+    collator([{"turns": TURNS}])
+    assert collator.stats is None

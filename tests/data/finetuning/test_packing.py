@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import Counter
 
@@ -17,6 +18,7 @@ from llmfoundry.data.finetuning import (
 )
 from llmfoundry.data.finetuning.collator import IGNORE_INDEX
 from llmfoundry.data.finetuning.packing import PAD_SEQUENCE_ID
+from llmfoundry.utils.exceptions import ConfigError
 
 PAD = 1
 X = IGNORE_INDEX
@@ -149,3 +151,57 @@ def test_packed_loss_equals_the_sum_of_unpacked_losses(
         )
     assert packed_loss.item() > 0
     assert abs(packed_loss.item() - unpacked_loss.item()) < 1e-4
+
+
+def example_of_length(length: int, marker: int) -> dict:
+    """A one-turn example of ``length`` tokens (prompt: the marker; response: the rest)."""
+    return {"turns": [{"input_ids": [marker], "labels": [2] * (length - 1)}]}
+
+
+def test_max_leftover_bins_to_keep_keeps_the_fullest_leftover_bins(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One 10-token row; 10 fills it and 7, 6, 4, 3, 2 are left over. Packed into bins of 10
+    # (first-fit-decreasing) they make [7, 3], [6, 4], [2]: the two fullest hold 7, 3, 6, 4.
+    lengths = [10, 7, 6, 4, 3, 2]
+    examples = [example_of_length(n, 40 + i) for i, n in enumerate(lengths)]
+    base = Seq2SeqFinetuningCollator(PAD, 10)
+
+    keep_all = BinPackCollator(base, device_batch_size=1)
+    keep_all(examples)
+    assert [len(ids) for ids, _ in keep_all.leftovers] == [7, 6, 4, 3, 2]
+    assert keep_all.discarded_examples == 0
+
+    keep_two = BinPackCollator(base, device_batch_size=1, max_leftover_bins_to_keep=2)
+    with caplog.at_level(logging.INFO, logger="llmfoundry.data.finetuning"):
+        keep_two(examples)
+    # Kept in arrival order; the 2-token example is discarded, counted and logged.
+    assert [ids[0] for ids, _ in keep_two.leftovers] == [41, 42, 43, 44]
+    assert (keep_two.discarded_examples, keep_two.discarded_tokens) == (1, 2)
+    assert "max_leftover_bins_to_keep=2 discarded 1 leftover examples (2 tokens)" in caplog.text
+    # The next batch starts with the kept leftovers.
+    batch = keep_two([])
+    assert batch["input_ids"][0, 0].item() == 41  # the 7-token example, longest first
+
+    keep_none = BinPackCollator(base, device_batch_size=1, max_leftover_bins_to_keep=0)
+    keep_none(examples)
+    assert keep_none.leftovers == [] and keep_none.discarded_examples == 5
+
+
+@pytest.mark.parametrize("value", [-1, 2.0, False])
+def test_max_leftover_bins_to_keep_must_be_a_whole_number(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"max_leftover_bins_to_keep is .*; use a whole number"):
+        BinPackCollator(Seq2SeqFinetuningCollator(PAD, 10), 1, value)  # type: ignore[arg-type]
+
+
+def test_packing_leaves_out_examples_without_a_target() -> None:
+    # max_seq_len 4: the 5-token prompt fills it, so its response is cut away.
+    untrainable = {"turns": [{"input_ids": [5, 6, 7, 8, 9], "labels": [10]}]}
+    trainable = {"turns": [{"input_ids": [11], "labels": [12]}]}
+    base = Seq2SeqFinetuningCollator(PAD, 4, "all", "last", track_truncation=True)
+    collator = BinPackCollator(base, device_batch_size=1)
+    batch = collator([untrainable, trainable])
+    assert batch["input_ids"].tolist() == [[11, 12, PAD, PAD]]
+    assert collator.skipped_untrainable == 1 and collator.leftovers == []
+    assert base.stats is not None
+    assert (base.stats.truncated, base.stats.untrainable) == (1, 1)
