@@ -7,19 +7,22 @@ model, build the data, build the optimization pieces, assemble the ``Trainer`` a
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import logging
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from composer import Evaluator, Trainer
-from composer.core import DataSpec
 from composer.devices import Device
 from composer.loggers import LoggerDestination
+from composer.profiler import JSONTraceHandler, Profiler, cyclic_schedule
 from composer.utils import dist, get_device, reproducibility
 
+from llmfoundry.command_utils.parallelism import build_parallelism_config
 from llmfoundry.utils.builders import (
     build_algorithms,
     build_callbacks,
@@ -31,7 +34,8 @@ from llmfoundry.utils.builders import (
     build_tokenizer_from_section,
 )
 from llmfoundry.utils.config_utils import TrainConfig, load_config
-from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.exceptions import ConfigError, MissingFileError
+from llmfoundry.utils.object_store import is_remote
 
 logger = logging.getLogger(__name__)
 
@@ -64,17 +68,29 @@ def runtime_precision(precision: str, device: Device) -> str:
 
 
 def compute_batch_sizes(cfg: TrainConfig, world_size: int, device: Device) -> BatchSizes:
-    """Split ``global_train_batch_size`` over the processes.
+    """Split ``global_train_batch_size`` over the processes (or take ``device_train_batch_size``).
 
     Raises:
-        ConfigError: if the global batch does not divide evenly.
+        ConfigError: if neither is set, they disagree, or the global batch does not divide evenly.
     """
-    if cfg.global_train_batch_size % world_size != 0:
+    global_batch, device_batch = cfg.global_train_batch_size, cfg.device_train_batch_size
+    if global_batch is None:
+        if device_batch is None:
+            raise ConfigError(
+                "set global_train_batch_size (split over the processes) or device_train_batch_size"
+            )
+        global_batch = device_batch * world_size
+    if global_batch % world_size != 0:
         raise ConfigError(
-            f"global_train_batch_size={cfg.global_train_batch_size} must be divisible by the number of "
+            f"global_train_batch_size={global_batch} must be divisible by the number of "
             f"processes ({world_size})"
         )
-    per_device = cfg.global_train_batch_size // world_size
+    per_device = global_batch // world_size
+    if device_batch is not None and device_batch != per_device:
+        raise ConfigError(
+            f"device_train_batch_size={device_batch} disagrees with global_train_batch_size="
+            f"{global_batch} over {world_size} processes ({per_device} each); set only one"
+        )
     micro = cfg.device_train_microbatch_size
     if isinstance(micro, str) and micro != "auto":
         raise ConfigError(
@@ -87,6 +103,11 @@ def compute_batch_sizes(cfg: TrainConfig, world_size: int, device: Device) -> Ba
             per_device,
         )
         micro = per_device
+    if isinstance(micro, int) and (micro <= 0 or per_device % micro != 0):
+        raise ConfigError(
+            f"device_train_microbatch_size={micro} must be a positive divisor of the device "
+            f"batch ({per_device})"
+        )
     return BatchSizes(
         device_train_batch_size=per_device,
         device_train_microbatch_size=micro,
@@ -94,17 +115,150 @@ def compute_batch_sizes(cfg: TrainConfig, world_size: int, device: Device) -> Ba
     )
 
 
+def apply_cuda_env(cfg: TrainConfig) -> None:
+    """Set the CUDA allocator/loading environment from the config, before CUDA starts."""
+    allocator = []
+    if cfg.max_split_size_mb is not None:
+        allocator.append(f"max_split_size_mb:{cfg.max_split_size_mb}")
+    if cfg.expandable_segments:
+        allocator.append("expandable_segments:True")
+    if allocator:
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ",".join(allocator)
+    if cfg.cuda_load_lazy:
+        os.environ["CUDA_MODULE_LOADING"] = "LAZY"
+
+
+def import_code_paths(code_paths: Sequence[str] | None) -> None:
+    """Import each ``code_paths`` file (so that what it registers is available by name).
+
+    Raises:
+        MissingFileError: if a file does not exist.
+        ConfigError: if a file is not a Python file.
+    """
+    for index, path in enumerate(code_paths or ()):
+        file = Path(path)
+        if not file.is_file():
+            raise MissingFileError(f"code_paths[{index}]: '{path}' does not exist")
+        if file.suffix != ".py":
+            raise ConfigError(f"code_paths[{index}]: '{path}' is not a Python (.py) file")
+        name = f"llmfoundry_user_code.{file.stem}"
+        spec = importlib.util.spec_from_file_location(name, file)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        logger.info("imported code_paths[%d]: %s", index, path)
+
+
+def run_name_of(cfg: TrainConfig) -> str | None:
+    """The run's name: ``run_name``, else ``$RUN_NAME``."""
+    return cfg.run_name or os.environ.get("RUN_NAME") or None
+
+
+def check_run_options(cfg: TrainConfig) -> None:
+    """Fail, before anything is built, on checkpoint and resumption options that cannot work.
+
+    Raises:
+        ConfigError: on autoresume without run_name or save_folder, contradicting
+            only_*_checkpoint flags, or a save_folder that cannot be created.
+        MissingFileError: if a local load_path does not exist.
+    """
+    if cfg.autoresume:
+        if run_name_of(cfg) is None:
+            raise ConfigError(
+                "autoresume needs a run_name (or $RUN_NAME): it finds the run's checkpoints by name"
+            )
+        if cfg.save_folder is None:
+            raise ConfigError("autoresume needs save_folder: it resumes from the checkpoints there")
+    if cfg.only_hf_checkpoint and cfg.only_composer_checkpoint:
+        raise ConfigError("only_hf_checkpoint and only_composer_checkpoint contradict; set one")
+    local_load = cfg.load_path is not None and not is_remote(cfg.load_path)
+    if local_load and "{" not in str(cfg.load_path) and not Path(str(cfg.load_path)).exists():
+        raise MissingFileError(
+            f"load_path '{cfg.load_path}' does not exist; give a checkpoint file or folder"
+        )
+    if cfg.save_folder is not None and not is_remote(cfg.save_folder):
+        # Placeholders ({run_name}, {rank}) are filled in later; check the part before them.
+        fixed = Path(cfg.save_folder.split("{", 1)[0] or ".")
+        try:
+            fixed.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(
+                f"save_folder '{cfg.save_folder}' cannot be created ({err.strerror}); choose a "
+                "writable folder"
+            ) from err
+        if not os.access(fixed, os.W_OK):
+            raise ConfigError(f"save_folder '{cfg.save_folder}' is not writable")
+
+
+def build_profiler(section: Mapping[str, Any] | None) -> Profiler | None:
+    """Composer's profiler from ``profiler: {schedule: {...}, json_trace_handler: {...}, ...}``.
+
+    Raises:
+        ConfigError: if ``schedule`` is missing.
+    """
+    if section is None:
+        return None
+    options = dict(section)
+    if "schedule" not in options:
+        raise ConfigError(
+            "profiler.schedule is missing; give {skip_first, wait, warmup, active, repeat}"
+        )
+    schedule = cyclic_schedule(**options.pop("schedule"))
+    handlers = []
+    if options.get("json_trace_handler") is not None:
+        handlers.append(JSONTraceHandler(**options.pop("json_trace_handler")))
+    options.pop("json_trace_handler", None)
+    return Profiler(schedule=schedule, trace_handlers=handlers, **options)
+
+
+def flatten(prefix: str, value: Any) -> dict[str, Any]:
+    """``{'a': {'b': 1}}`` as ``{'prefix/a/b': 1}``."""
+    if not isinstance(value, Mapping):
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, inner in value.items():
+        flat.update(flatten(f"{prefix}/{key}", inner))
+    return flat
+
+
 def build_evaluators(
     cfg: TrainConfig, tokenizer: Any, model: Any, batch_sizes: BatchSizes
 ) -> list[Evaluator]:
-    """One evaluator for ``eval_loader`` (if set), scored with the model's eval metrics."""
-    if cfg.eval_loader is None:
-        return []
-    loader: DataSpec = build_dataloader(
-        "eval_loader", cfg.eval_loader, tokenizer, batch_sizes.device_eval_batch_size
-    )
+    """The evaluators of ``eval_loader`` (label ``eval``) and of each ``eval_loaders`` entry.
+
+    Raises:
+        ConfigError: if both are set, or an ``eval_loaders`` entry has no unique ``label``.
+    """
+    if cfg.eval_loader is not None and cfg.eval_loaders is not None:
+        raise ConfigError("set eval_loader or eval_loaders (a list with labels), not both")
+    if cfg.icl_tasks or cfg.icl_tasks_str or cfg.eval_gauntlet or cfg.eval_gauntlet_str:
+        logger.warning(
+            "icl_tasks / eval_gauntlet are not run during training yet: ICL evaluation during "
+            "training is not implemented; run scripts/eval/eval.py on the checkpoints"
+        )
+    sections: list[tuple[str, str, Mapping[str, Any]]] = []
+    if cfg.eval_loader is not None:
+        sections.append(("eval", "eval_loader", cfg.eval_loader))
+    for index, section in enumerate(cfg.eval_loaders or ()):
+        label = section.get("label")
+        if not isinstance(label, str) or not label:
+            raise ConfigError(f"eval_loaders[{index}].label is missing; name each eval loader")
+        if any(f"eval/{label}" == existing for existing, _, _ in sections):
+            raise ConfigError(f"eval_loaders[{index}].label '{label}' is used twice")
+        loader = {k: v for k, v in section.items() if k != "label"}
+        sections.append((f"eval/{label}", f"eval_loaders[{index}]", loader))
     metric_names = sorted(model.get_metrics(is_train=False).keys())
-    return [Evaluator(label="eval", dataloader=loader, metric_names=metric_names)]
+    return [
+        Evaluator(
+            label=label,
+            dataloader=build_dataloader(
+                key, section, tokenizer, batch_sizes.device_eval_batch_size
+            ),
+            metric_names=metric_names,
+        )
+        for label, key, section in sections
+    ]
 
 
 def build_trainer(
@@ -123,10 +277,20 @@ def build_trainer(
         The trainer.
     """
     setup_logging(cfg.python_log_level)
+    check_run_options(cfg)
+    apply_cuda_env(cfg)
+    import_code_paths(cfg.code_paths)
     reproducibility.seed_all(cfg.seed)
     device = get_device(None)
     dist.initialize_dist(device, timeout=cfg.dist_timeout)
     batch_sizes = compute_batch_sizes(cfg, dist.get_world_size(), device)
+    parallelism = build_parallelism_config(
+        cfg.fsdp_config,
+        cfg.tp_config,
+        device.name,
+        dist.get_world_size(),
+        dist.get_local_world_size(),
+    )
 
     tokenizer = build_tokenizer_from_section(cfg.tokenizer)
     model = build_composer_model(cfg.model, tokenizer)
@@ -141,7 +305,7 @@ def build_trainer(
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     scheduler = build_scheduler(cfg.scheduler)
     trainer = Trainer(
-        run_name=cfg.run_name or os.environ.get("RUN_NAME"),
+        run_name=run_name_of(cfg),
         model=model,
         train_dataloader=train_loader,
         train_subset_num_batches=cfg.train_subset_num_batches,
@@ -160,22 +324,33 @@ def build_trainer(
         progress_bar=cfg.progress_bar,
         log_to_console=cfg.log_to_console,
         console_log_interval=cfg.console_log_interval,
-        save_folder=cfg.save_folder,
+        save_folder=None if cfg.only_hf_checkpoint else cfg.save_folder,
         save_interval=cfg.save_interval,
         save_filename=cfg.save_filename or "ep{epoch}-ba{batch}-rank{rank}.pt",
         save_latest_filename=cfg.save_latest_filename or "latest-rank{rank}.pt",
         save_overwrite=cfg.save_overwrite,
         save_weights_only=cfg.save_weights_only,
         save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+        save_ignore_keys=cfg.save_ignore_keys,
         load_path=cfg.load_path,
         load_weights_only=cfg.load_weights_only,
         load_strict_model_weights=cfg.load_strict_model_weights,
+        load_ignore_keys=cfg.load_ignore_keys,
         autoresume=cfg.autoresume,
+        parallelism_config=parallelism,
+        accumulate_train_batch_on_tokens=cfg.accumulate_train_batch_on_tokens,
+        compile_config=cfg.compile_config,
+        profiler=build_profiler(cfg.profiler),
         seed=cfg.seed,
         dist_timeout=cfg.dist_timeout,
     )
     if cfg.log_config and logged_config is not None:
         trainer.logger.log_hyperparameters(logged_config)
+    if cfg.metadata:
+        metadata = dict(cfg.metadata)
+        trainer.logger.log_hyperparameters(
+            flatten("metadata", metadata) if cfg.flatten_metadata else {"metadata": metadata}
+        )
     return trainer
 
 
@@ -190,6 +365,9 @@ def train(
     multiple of ``save_interval`` (Composer saves at the end of training).
     """
     trainer = build_trainer(cfg, logged_config, extra_loggers)
+    if cfg.eval_first and trainer.state.timestamp.batch.value == 0:
+        logger.info("eval_first: evaluating before training")
+        trainer.eval()
     logger.info("training for %s", cfg.max_duration)
     trainer.fit()
     return trainer

@@ -40,6 +40,8 @@ class TrainConfig:
     Component sections (``model``, ``tokenizer``, ``optimizer``, ``scheduler``, loaders) are
     ``{name: ..., **kwargs}`` mappings validated by their builders; mappings of components
     (``callbacks``, ``loggers``, ``algorithms``) are ``{registry_name: kwargs}``.
+    ``global_train_batch_size`` or ``device_train_batch_size`` sets the batch (the global one
+    is split over the processes, so the same YAML does the same optimisation on any number).
     """
 
     model: dict[str, Any]
@@ -49,24 +51,47 @@ class TrainConfig:
     train_loader: dict[str, Any]
     max_duration: int | str
     max_seq_len: int
-    global_train_batch_size: int
+    global_train_batch_size: int | None = None
+    device_train_batch_size: int | None = None
     seed: int = 17
     precision: str = "amp_bf16"
-    device_train_microbatch_size: int | str = "auto"
-    device_eval_batch_size: int | None = None
+    code_paths: list[str] | None = None
+    # CUDA allocator and loading knobs, applied before CUDA starts.
+    max_split_size_mb: int | None = None
+    expandable_segments: bool = False
+    cuda_load_lazy: bool = False
+    # Distributed training.
+    dist_timeout: int | float = 600.0
+    fsdp_config: dict[str, Any] | None = None
+    tp_config: dict[str, Any] | None = None
+    # Evaluation.
     eval_loader: dict[str, Any] | None = None
+    eval_loaders: list[dict[str, Any]] | None = None
+    icl_tasks: list[dict[str, Any]] | str | None = None
+    icl_tasks_str: str | None = None
+    eval_gauntlet: dict[str, Any] | str | None = None
+    eval_gauntlet_str: str | None = None
+    icl_subset_num_batches: int | None = None
+    icl_seq_len: int | None = None
     eval_interval: int | str = 1
     eval_first: bool = False
     eval_subset_num_batches: int = -1
+    device_eval_batch_size: int | None = None
+    # Batches.
+    device_train_microbatch_size: int | str = "auto"
+    accumulate_train_batch_on_tokens: bool = True
     train_subset_num_batches: int = -1
+    # Components.
     callbacks: dict[str, Any] | None = None
     loggers: dict[str, Any] | None = None
     algorithms: dict[str, Any] | None = None
+    # Logging.
     progress_bar: bool = False
     log_to_console: bool = True
     console_log_interval: int | str = "1ba"
     python_log_level: str | None = "debug"
     log_config: bool = True
+    # Checkpoints.
     save_folder: str | None = None
     save_interval: int | str = "1000ba"
     save_filename: str | None = None
@@ -74,13 +99,21 @@ class TrainConfig:
     save_overwrite: bool = False
     save_weights_only: bool = False
     save_num_checkpoints_to_keep: int = -1
+    save_ignore_keys: list[str] | None = None
     load_path: str | None = None
     load_weights_only: bool = False
     load_strict_model_weights: bool = True
+    load_ignore_keys: list[str] | None = None
+    only_hf_checkpoint: bool = False
+    only_composer_checkpoint: bool = False
     autoresume: bool = False
     run_name: str | None = None
-    dist_timeout: int | float = 600.0
+    # Compilation and profiling.
+    compile_config: dict[str, Any] | None = None
+    profiler: dict[str, Any] | None = None
+    # Bookkeeping.
     metadata: dict[str, Any] | None = None
+    flatten_metadata: bool = True
     variables: dict[str, Any] | None = None
 
 

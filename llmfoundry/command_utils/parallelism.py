@@ -1,0 +1,232 @@
+"""Turn a run config's ``fsdp_config`` / ``tp_config`` into Composer's ``parallelism_config``.
+
+LLM Foundry YAMLs describe FSDP with FSDP1's keys (``sharding_strategy``, ``mixed_precision``,
+``activation_checkpointing``, ``limit_all_gathers``, ...). We serve them with FSDP2
+(``fully_shard``, DTensor parameters), which runs on CPU as well as GPU:
+
+* ``sharding_strategy``: ``FULL_SHARD`` reshards parameters after the forward pass,
+  ``SHARD_GRAD_OP`` keeps them gathered until the backward pass (ZeRO-2);
+  ``HYBRID_SHARD`` / ``_HYBRID_SHARD_ZERO2`` shard within a node and replicate across nodes
+  (a 2-D device mesh); ``NO_SHARD`` is plain data parallelism (Composer's DDP).
+* ``mixed_precision`` (``PURE`` / ``DEFAULT`` / ``FULL``, or a mapping of dtypes), ``activation_checkpointing``,
+  ``activation_cpu_offload``, ``state_dict_type`` (``full`` by default, as in LLM Foundry) and
+  ``verbose`` carry over.
+* FSDP1-only keys whose behaviour FSDP2 already has (``use_orig_params: true``,
+  ``limit_all_gathers``, ``sync_module_states``, prefetch settings, ...) are accepted; one that
+  asks for something FSDP2 does not do (``use_orig_params: false``, ``cpu_offload: true``,
+  reentrant checkpointing) is named in one warning.
+
+FSDP1 itself is used when ``FSDP_VERSION=1`` is set in the environment, on CUDA only (it has
+no CPU support). On a single CPU process FSDP brings nothing and is dropped with one warning,
+so a GPU YAML runs unchanged on a laptop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import Any
+
+from composer.utils.parallelism import FSDP2Config, FSDPConfig, TPConfig
+
+from llmfoundry.utils.exceptions import ConfigError, did_you_mean
+
+logger = logging.getLogger(__name__)
+
+SHARDING_STRATEGIES = (
+    "FULL_SHARD",
+    "SHARD_GRAD_OP",
+    "HYBRID_SHARD",
+    "_HYBRID_SHARD_ZERO2",
+    "NO_SHARD",
+)
+MIXED_PRECISIONS = ("PURE", "DEFAULT", "FULL")
+STATE_DICT_TYPES = ("full", "sharded", "local")
+# FSDP1 keys and the value FSDP2 behaves as (None: any value behaves the same under FSDP2).
+FSDP1_ONLY_KEYS: dict[str, Any] = {
+    "use_orig_params": True,
+    "limit_all_gathers": None,
+    "sync_module_states": None,
+    "forward_prefetch": None,
+    "forward_prefetch_limit": None,
+    "backward_prefetch": None,
+    "backward_prefetch_limit": None,
+    "auto_wrap": True,
+    "cpu_offload": False,
+    "activation_checkpointing_reentrant": False,
+    "keep_low_precision_grads": False,
+    "load_monolith_rank0_only": None,
+    "data_parallel_shard_degree": None,
+    "data_parallel_replicate_degree": None,
+    "sharded_ckpt_prefix_dir": None,
+    "te_checkpoint_wrapper": False,
+    "te_shard_fp8_weight": False,
+    "ignored_modules": None,
+    "process_group": None,
+    "load_planner": None,
+    "save_planner": None,
+}
+FSDP_KEYS = sorted({f.name for f in fields(FSDPConfig)} - {"_device_mesh"})
+
+
+def fsdp_version() -> int:
+    """1 when ``FSDP_VERSION=1`` is set, else 2 (our default; Composer's own default is 1).
+
+    Raises:
+        ConfigError: on another value.
+    """
+    value = os.environ.get("FSDP_VERSION", "2").strip()
+    if value not in ("1", "2"):
+        raise ConfigError(f"FSDP_VERSION={value!r} in the environment; use 1 or 2")
+    return int(value)
+
+
+def check_fsdp_config(fsdp_config: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate the keys and values of ``fsdp_config``.
+
+    Returns:
+        A plain dict copy.
+
+    Raises:
+        ConfigError: naming an unknown key (with the closest one) or a bad value.
+    """
+    config = dict(fsdp_config)
+    for key in config:
+        if key not in FSDP_KEYS:
+            raise ConfigError(
+                f"fsdp_config.{key} is not a valid key{did_you_mean(key, FSDP_KEYS)} "
+                f"(valid: {', '.join(FSDP_KEYS)})"
+            )
+    choices = {
+        "sharding_strategy": SHARDING_STRATEGIES,
+        "mixed_precision": MIXED_PRECISIONS,
+        "state_dict_type": STATE_DICT_TYPES,
+    }
+    for key, allowed in choices.items():
+        if key in config:
+            value = config[key]
+            if key == "mixed_precision" and isinstance(value, Mapping):
+                continue  # {param_dtype, reduce_dtype, buffer_dtype}: Composer reads it as is
+            normalized = str(value).upper() if key != "state_dict_type" else value
+            if normalized not in allowed:
+                raise ConfigError(
+                    f"fsdp_config.{key} is {value!r}; use one of {', '.join(allowed)}"
+                )
+            config[key] = normalized
+    return config
+
+
+def build_parallelism_config(
+    fsdp_config: Mapping[str, Any] | None,
+    tp_config: Mapping[str, Any] | None,
+    device_name: str,
+    world_size: int,
+    local_world_size: int,
+) -> dict[str, Any] | None:
+    """Composer's ``parallelism_config`` for a run (see the module docstring).
+
+    Args:
+        fsdp_config: the run's ``fsdp_config`` section, or None.
+        tp_config: the run's ``tp_config`` section, or None.
+        device_name: Composer's device name (``cpu``, ``gpu``).
+        world_size: processes in the run.
+        local_world_size: processes on this node.
+
+    Returns:
+        ``{'fsdp': FSDP2Config | FSDPConfig, 'tp': TPConfig}`` entries, or None for none.
+
+    Raises:
+        ConfigError: on a bad key or value, FSDP1 off CUDA, or tensor parallelism without FSDP.
+    """
+    parallelism: dict[str, Any] = {}
+    if fsdp_config is not None:
+        config = check_fsdp_config(fsdp_config)
+        fsdp = build_fsdp(config, device_name, world_size, local_world_size)
+        if fsdp is not None:
+            parallelism["fsdp"] = fsdp
+    if tp_config is not None:
+        if "fsdp" not in parallelism:
+            raise ConfigError(
+                "tp_config needs fsdp_config too (Composer runs tensor parallelism inside FSDP)"
+            )
+        parallelism["tp"] = build_tp(tp_config)
+    return parallelism or None
+
+
+def build_fsdp(
+    config: dict[str, Any], device_name: str, world_size: int, local_world_size: int
+) -> FSDP2Config | FSDPConfig | None:
+    """The FSDP config object for a validated ``fsdp_config`` (None: no FSDP)."""
+    strategy = config.pop("sharding_strategy", "FULL_SHARD")
+    if world_size == 1 and device_name == "cpu":
+        logger.warning(
+            "fsdp_config is ignored: this run has a single CPU process, where sharding brings "
+            "nothing; launch with `composer -n N` to shard over N processes"
+        )
+        return None
+    if strategy == "NO_SHARD":
+        logger.info("fsdp_config.sharding_strategy NO_SHARD: training with plain data parallelism")
+        return None
+    if fsdp_version() == 1:
+        if device_name != "gpu":
+            raise ConfigError(
+                "FSDP_VERSION=1 asks for FSDP1, which needs CUDA GPUs; unset it to use FSDP2"
+            )
+        return FSDPConfig(**config, sharding_strategy=strategy)
+    config.setdefault("state_dict_type", "full")
+    ignored = [
+        f"{key}: {config[key]!r}"
+        for key, behaves_as in FSDP1_ONLY_KEYS.items()
+        if key in config and behaves_as is not None and config[key] != behaves_as
+    ]
+    if ignored:
+        logger.warning(
+            "fsdp_config: FSDP2 does not do %s; these settings are ignored", ", ".join(ignored)
+        )
+    kept = {k: v for k, v in config.items() if k not in FSDP1_ONLY_KEYS}
+    fsdp2 = FSDP2Config(
+        reshard_after_forward=strategy in ("FULL_SHARD", "HYBRID_SHARD"),
+        **kept,
+    )
+    if strategy in ("HYBRID_SHARD", "_HYBRID_SHARD_ZERO2"):
+        fsdp2.device_mesh = hybrid_mesh(device_name, world_size, local_world_size)
+    return fsdp2
+
+
+def hybrid_mesh(device_name: str, world_size: int, local_world_size: int) -> Any:
+    """A (nodes, processes per node) device mesh: replicate across nodes, shard within one.
+
+    Raises:
+        ConfigError: if the processes do not fill whole nodes.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if world_size % local_world_size != 0:
+        raise ConfigError(
+            f"fsdp_config.sharding_strategy HYBRID_SHARD needs the same number of processes on "
+            f"every node ({world_size} processes, {local_world_size} on this node)"
+        )
+    device_type = "cuda" if device_name == "gpu" else "cpu"
+    return init_device_mesh(
+        device_type,
+        (world_size // local_world_size, local_world_size),
+        mesh_dim_names=("dp_replicate", "dp_shard"),
+    )
+
+
+def build_tp(tp_config: Mapping[str, Any]) -> TPConfig:
+    """Composer's ``TPConfig`` from ``tp_config`` (``tensor_parallel_degree``, ``layer_plan``).
+
+    Raises:
+        ConfigError: naming an unknown key.
+    """
+    valid = sorted({f.name for f in fields(TPConfig)} - {"device_mesh"})
+    for key in tp_config:
+        if key not in valid:
+            raise ConfigError(
+                f"tp_config.{key} is not a valid key{did_you_mean(key, valid)} "
+                f"(valid: {', '.join(valid)})"
+            )
+    return TPConfig(**dict(tp_config))
