@@ -1,23 +1,85 @@
-"""Logger destinations available by name in a run config's ``loggers:`` section."""
+"""Logger destinations available by name in a run config's ``loggers:`` section.
+
+The experiment trackers are Composer's classes; ``wandb`` and ``file`` are thin subclasses that
+fix Composer 0.32 against current ``wandb`` and bring back ``file``'s ``log_level`` key. Those that need an optional package are
+registered through :func:`requiring`, so a config naming one without the package fails when the
+logger is built, with one line naming the extra to install (``pip install
+'llm-foundry[loggers]'``) instead of Composer's multi-line import error mid-setup.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from collections.abc import Callable
+from typing import Any
 
 from composer.loggers import (
     CometMLLogger,
-    FileLogger,
     InMemoryLogger,
+    LoggerDestination,
     MLFlowLogger,
     TensorboardLogger,
-    WandBLogger,
 )
 
 from llmfoundry import registry
+from llmfoundry.loggers.file_logger import FileLogger
+from llmfoundry.loggers.run_artifacts import RunArtifactsLogger, build_run_artifacts_logger
+from llmfoundry.loggers.wandb_logger import WandBLogger
+from llmfoundry.utils.exceptions import MissingDependencyError
 
-for _name, _cls in {
-    "wandb": WandBLogger,
-    "tensorboard": TensorboardLogger,
+LOGGERS_EXTRA_HINT = "pip install 'llm-foundry[loggers]'"
+
+
+def requiring(
+    cls: type[LoggerDestination], module: str, install_hint: str
+) -> Callable[..., LoggerDestination]:
+    """``cls`` as a factory that first checks ``module`` is importable.
+
+    The factory keeps ``cls``'s signature (through ``__wrapped__``), so a misspelled config key
+    is still reported by name.
+
+    Args:
+        cls: the logger class.
+        module: the top-level module it imports.
+        install_hint: the command that installs it, for the message.
+
+    Returns:
+        The factory.
+
+    Raises:
+        MissingDependencyError: (from the factory) if ``module`` is not installed.
+    """
+
+    @functools.wraps(cls, updated=())
+    def build(*args: Any, **kwargs: Any) -> LoggerDestination:
+        if importlib.util.find_spec(module) is None:
+            raise MissingDependencyError(
+                f"the {cls.__name__} logger needs the '{module}' package, which is not installed: "
+                f"{install_hint}"
+            )
+        return cls(*args, **kwargs)
+
+    return build
+
+
+for _name, _entry in {
+    "wandb": requiring(WandBLogger, "wandb", LOGGERS_EXTRA_HINT),
+    # Composer's TensorboardLogger writes through torch.utils.tensorboard, which needs tensorboard.
+    "tensorboard": requiring(TensorboardLogger, "tensorboard", LOGGERS_EXTRA_HINT),
     "inmemory": InMemoryLogger,
     "in_memory_logger": InMemoryLogger,
-    "mlflow": MLFlowLogger,
-    "comet_ml": CometMLLogger,
+    "mlflow": requiring(MLFlowLogger, "mlflow", LOGGERS_EXTRA_HINT),
+    "comet_ml": requiring(CometMLLogger, "comet_ml", "pip install comet_ml"),
     "file": FileLogger,
+    "run_artifacts": RunArtifactsLogger,
 }.items():
-    registry.loggers.register(_name, func=_cls)
+    registry.loggers.register(_name, func=_entry)
+
+__all__ = [
+    "FileLogger",
+    "RunArtifactsLogger",
+    "WandBLogger",
+    "build_run_artifacts_logger",
+    "requiring",
+]
