@@ -23,6 +23,7 @@ from composer.profiler import JSONTraceHandler, Profiler, cyclic_schedule
 from composer.utils import dist, get_device, reproducibility
 
 from llmfoundry.command_utils.parallelism import build_parallelism_config
+from llmfoundry.loggers.run_artifacts import RunArtifactsLogger, build_run_artifacts_logger
 from llmfoundry.utils.builders import (
     build_algorithms,
     build_callbacks,
@@ -212,6 +213,18 @@ def build_profiler(section: Mapping[str, Any] | None) -> Profiler | None:
     return Profiler(schedule=schedule, trace_handlers=handlers, **options)
 
 
+def with_run_artifacts(
+    loggers: list[LoggerDestination], save_folder: str | None
+) -> list[LoggerDestination]:
+    """``loggers`` plus the run-artefacts destination (metrics.csv/json/png), unless configured.
+
+    The files go to ``<save_folder>/metrics``, or ``{run_name}/metrics`` without a save_folder.
+    """
+    if any(isinstance(destination, RunArtifactsLogger) for destination in loggers):
+        return loggers
+    return [*loggers, build_run_artifacts_logger(save_folder)]
+
+
 def flatten(prefix: str, value: Any) -> dict[str, Any]:
     """``{'a': {'b': 1}}`` as ``{'prefix/a/b': 1}``."""
     if not isinstance(value, Mapping):
@@ -319,7 +332,7 @@ def build_trainer(
         precision=runtime_precision(cfg.precision, device),  # type: ignore[arg-type]
         device_train_microbatch_size=batch_sizes.device_train_microbatch_size,
         callbacks=build_callbacks(cfg.callbacks),
-        loggers=[*build_loggers(cfg.loggers), *extra_loggers],
+        loggers=[*with_run_artifacts(build_loggers(cfg.loggers), cfg.save_folder), *extra_loggers],
         algorithms=build_algorithms(cfg.algorithms),
         progress_bar=cfg.progress_bar,
         log_to_console=cfg.log_to_console,

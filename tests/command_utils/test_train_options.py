@@ -164,6 +164,12 @@ def test_a_gpu_yaml_trains_on_cpu_unchanged(
     assert "precision=amp_bf16 is not available on CPU" in caplog.text
     assert caplog.text.count("fsdp_config is ignored") == 1
     assert "prefetch_factor" in caplog.text  # dropped with a note, not an error
+    # Every run leaves its metrics next to its checkpoints.
+    metrics = tmp_path / "ck" / "metrics"
+    rows = (metrics / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "step,metric,value"
+    assert sum(row.split(",")[1] == "loss/train/total" for row in rows[1:]) == 2
+    assert (metrics / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 USER_CODE = """
