@@ -20,6 +20,16 @@ from composer.optim import (
 )
 
 from llmfoundry import registry
+from llmfoundry.optim.adaptive_lion import DecoupledAdaLRLion, DecoupledClipLion
+from llmfoundry.optim.lion import DecoupledLionW
+from llmfoundry.optim.scheduler import InverseSquareRootWithWarmupScheduler
+
+__all__ = [
+    "DecoupledAdaLRLion",
+    "DecoupledClipLion",
+    "DecoupledLionW",
+    "InverseSquareRootWithWarmupScheduler",
+]
 
 for _name, _cls in {
     "decoupled_adamw": DecoupledAdamW,
@@ -27,6 +37,9 @@ for _name, _cls in {
     "adamw": torch.optim.AdamW,
     "adam": torch.optim.Adam,
     "sgd": torch.optim.SGD,
+    "decoupled_lionw": DecoupledLionW,
+    "clip_lion": DecoupledClipLion,
+    "adalr_lion": DecoupledAdaLRLion,
 }.items():
     registry.optimizers.register(_name, func=_cls)
 
@@ -44,5 +57,6 @@ for _name, _cls in {
     "polynomial": PolynomialScheduler,
     "polynomial_with_warmup": PolynomialWithWarmupScheduler,
     "step": StepScheduler,
+    "inv_sqrt_tf": InverseSquareRootWithWarmupScheduler,
 }.items():
     registry.schedulers.register(_name, func=_cls)
