@@ -6,6 +6,7 @@ constructor's keyword arguments, and an unknown key fails naming its key path.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -99,8 +100,55 @@ def _build_named_components(
 
 
 def build_callbacks(section: Mapping[str, Any] | None) -> list[Callback]:
-    """Build the ``callbacks:`` section (``{speed_monitor: {window_size: 10}, ...}``)."""
-    return _build_named_components(registry.callbacks, "callbacks", section)
+    """Build the ``callbacks:`` section (``{speed_monitor: {window_size: 10}, ...}``).
+
+    Entries registered in ``callbacks_with_config`` (and not in ``callbacks``) are left to
+    :func:`build_callbacks_with_config`.
+    """
+    plain = {
+        name: kwargs for name, kwargs in (section or {}).items() if not _needs_run_config(name)
+    }
+    return _build_named_components(registry.callbacks, "callbacks", plain)
+
+
+def _needs_run_config(name: str) -> bool:
+    return name in registry.callbacks_with_config and name not in registry.callbacks
+
+
+def build_callbacks_with_config(
+    section: Mapping[str, Any] | None, config: Mapping[str, Any]
+) -> list[Callback]:
+    """Build the ``callbacks:`` entries registered in ``callbacks_with_config``.
+
+    Each such entry is called as ``entry(config, **kwargs)``: ``config`` is the whole resolved
+    run config (plus anything the trainer adds, e.g. ``device_train_batch_size``) and ``kwargs``
+    the entry's keys. Its first parameter is filled by the builder, so the YAML may not set it.
+
+    Args:
+        section: the ``callbacks:`` section; entries of the plain ``callbacks`` registry are skipped.
+        config: the run config handed to each entry.
+
+    Returns:
+        The callbacks, in section order.
+    """
+    callbacks = []
+    for name, kwargs in (section or {}).items():
+        if not _needs_run_config(name):
+            continue
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise ConfigError(f"callbacks.{name} must be a mapping of keyword arguments (or empty)")
+        func = registry.callbacks_with_config.get(name)
+        config_param = next(iter(inspect.signature(func).parameters), "config")
+        callbacks.append(
+            construct_from_registry(
+                registry.callbacks_with_config,
+                f"callbacks.{name}",
+                {"name": name, **(kwargs or {})},
+                dict(config),
+                reserved={config_param},
+            )
+        )
+    return callbacks
 
 
 def build_loggers(section: Mapping[str, Any] | None) -> list[LoggerDestination]:
@@ -116,6 +164,7 @@ def build_algorithms(section: Mapping[str, Any] | None) -> list[Algorithm]:
 __all__ = [
     "build_algorithms",
     "build_callbacks",
+    "build_callbacks_with_config",
     "build_composer_model",
     "build_dataloader",
     "build_loggers",

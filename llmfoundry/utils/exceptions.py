@@ -34,6 +34,10 @@ class MissingDependencyError(UserError):
     """An optional dependency is not installed (names the extra that provides it)."""
 
 
+class TrainingDivergedError(UserError):
+    """Training stopped because the loss diverged (NaN/inf, a persistent spike, or stays high)."""
+
+
 def closest_match(word: str, candidates: Iterable[str]) -> str | None:
     """The candidate most similar to ``word``, if any is reasonably close."""
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
