@@ -95,3 +95,19 @@ def test_registry_cli_lists_entries() -> None:
     )
     assert bad.returncode == 2
     assert "did you mean 'optimizers'" in bad.stderr
+
+
+def test_a_loggers_own_name_argument_passes_through() -> None:
+    from composer.loggers import InMemoryLogger, WandBLogger
+
+    from llmfoundry.utils.builders import build_callbacks, build_loggers
+    from llmfoundry.utils.exceptions import ConfigError
+
+    built = build_loggers(
+        {"wandb": {"project": "p", "name": "my-run", "init_kwargs": {"mode": "disabled"}}}
+    )
+    assert isinstance(built[0], WandBLogger)
+    assert built[0]._init_kwargs["name"] == "my-run"
+    assert isinstance(build_loggers({"inmemory": {}})[0], InMemoryLogger)
+    with pytest.raises(ConfigError, match=r"callbacks\.lr_monitor\.name is not a valid key"):
+        build_callbacks({"lr_monitor": {"name": "x"}})

@@ -27,6 +27,7 @@ from llmfoundry.loggers.run_artifacts import RunArtifactsLogger, build_run_artif
 from llmfoundry.utils.builders import (
     build_algorithms,
     build_callbacks,
+    build_callbacks_with_config,
     build_composer_model,
     build_dataloader,
     build_loggers,
@@ -331,7 +332,16 @@ def build_trainer(
         device=device,
         precision=runtime_precision(cfg.precision, device),  # type: ignore[arg-type]
         device_train_microbatch_size=batch_sizes.device_train_microbatch_size,
-        callbacks=build_callbacks(cfg.callbacks),
+        callbacks=[
+            *build_callbacks(cfg.callbacks),
+            *build_callbacks_with_config(
+                cfg.callbacks,
+                {
+                    **(logged_config or dataclasses.asdict(cfg)),
+                    "device_train_batch_size": batch_sizes.device_train_batch_size,
+                },
+            ),
+        ],
         loggers=[*with_run_artifacts(build_loggers(cfg.loggers), cfg.save_folder), *extra_loggers],
         algorithms=build_algorithms(cfg.algorithms),
         progress_bar=cfg.progress_bar,

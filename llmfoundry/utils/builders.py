@@ -89,12 +89,20 @@ def _build_named_components(
             raise ConfigError(
                 f"{section_name}.{name} must be a mapping of keyword arguments (or empty)"
             )
-        if "name" in (kwargs or {}):
+        options = dict(kwargs or {})
+        # The section key names the entry; an entry's own `name` argument (wandb's run name,
+        # say) is passed through to it.
+        own_name = {"name": options.pop("name")} if "name" in options else {}
+        accepted = accepted_kwargs(reg.get(name)) if own_name else None
+        if accepted is not None and "name" not in accepted:
             raise ConfigError(
-                f"{section_name}.{name}.name is not allowed: the key '{name}' already names the entry"
+                f"{section_name}.{name}.name is not a valid key: the key '{name}' already names "
+                "the entry"
             )
         components.append(
-            construct_from_registry(reg, f"{section_name}.{name}", {"name": name, **(kwargs or {})})
+            construct_from_registry(
+                reg, f"{section_name}.{name}", {"name": name, **options}, **own_name
+            )
         )
     return components
 
