@@ -5,7 +5,11 @@ Nothing is downloaded: the corpus is read from the running Python's standard lib
 
 from __future__ import annotations
 
+import atexit
+import gc
+import os
 import sysconfig
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +26,33 @@ STDLIB_MODULES = (
     "shlex.py",
     "heapq.py",
 )
+
+
+# Open file descriptors above which finished tests' Streaming shared memory is released.
+OPEN_FILES_TO_RELEASE_AT = 4000
+
+
+@pytest.fixture(autouse=True)
+def _release_streaming_shared_memory() -> Iterator[None]:
+    """Close the shared memory of the Streaming datasets that finished tests left behind.
+
+    Streaming registers each shared-memory block's cleanup with ``atexit``, which keeps every
+    block (and its file descriptor) alive until the process exits. A training run builds a
+    handful of datasets; this test process builds hundreds and would run out of descriptors
+    (the limit here is 20,000), so once many are open the finished tests' blocks are closed.
+    """
+    yield
+    if len(os.listdir("/proc/self/fd")) < OPEN_FILES_TO_RELEASE_AT:
+        return
+    from streaming.base.shared.memory import SharedMemory
+
+    gc.collect()
+    for block in [o for o in gc.get_objects() if isinstance(o, SharedMemory)]:
+        try:
+            block.cleanup()
+        except (BufferError, OSError):  # still viewed by a live array: leave it open
+            continue
+        atexit.unregister(block.cleanup)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
