@@ -39,8 +39,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from llmfoundry import registry
 from llmfoundry.utils.builders import build_dataloader, build_tokenizer_from_section
-from llmfoundry.utils.exceptions import ConfigError, did_you_mean
-from llmfoundry.utils.registry_utils import check_kwargs
+from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.registry_utils import check_keys, check_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -272,12 +272,7 @@ def build_phases(train_loader: dict[str, Any], schedule: Any, first_duration: An
 def _build_phase(train_loader: dict[str, Any], entry: Any, path: str) -> Phase:
     if not isinstance(entry, dict):
         raise ConfigError(f"{path} must be a mapping with duration and dataset")
-    for key in entry:
-        if key not in _ENTRY_KEYS:
-            raise ConfigError(
-                f"{path}.{key} is not a valid key{did_you_mean(key, _ENTRY_KEYS)} "
-                f"(valid: {', '.join(_ENTRY_KEYS)})"
-            )
+    check_keys(entry, _ENTRY_KEYS, path)
     if "duration" not in entry:
         raise ConfigError(f"{path}.duration is missing; give the phase's length, e.g. '1000tok'")
     if "dataset" not in entry and "train_loader" not in entry:

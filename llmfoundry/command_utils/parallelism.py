@@ -31,7 +31,8 @@ from typing import Any
 
 from composer.utils.parallelism import FSDP2Config, FSDPConfig, TPConfig
 
-from llmfoundry.utils.exceptions import ConfigError, did_you_mean
+from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.registry_utils import check_keys
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +94,7 @@ def check_fsdp_config(fsdp_config: Mapping[str, Any]) -> dict[str, Any]:
         ConfigError: naming an unknown key (with the closest one) or a bad value.
     """
     config = dict(fsdp_config)
-    for key in config:
-        if key not in FSDP_KEYS:
-            raise ConfigError(
-                f"fsdp_config.{key} is not a valid key{did_you_mean(key, FSDP_KEYS)} "
-                f"(valid: {', '.join(FSDP_KEYS)})"
-            )
+    check_keys(config, FSDP_KEYS, "fsdp_config")
     choices = {
         "sharding_strategy": SHARDING_STRATEGIES,
         "mixed_precision": MIXED_PRECISIONS,
@@ -222,11 +218,5 @@ def build_tp(tp_config: Mapping[str, Any]) -> TPConfig:
     Raises:
         ConfigError: naming an unknown key.
     """
-    valid = sorted({f.name for f in fields(TPConfig)} - {"device_mesh"})
-    for key in tp_config:
-        if key not in valid:
-            raise ConfigError(
-                f"tp_config.{key} is not a valid key{did_you_mean(key, valid)} "
-                f"(valid: {', '.join(valid)})"
-            )
+    check_keys(tp_config, {f.name for f in fields(TPConfig)} - {"device_mesh"}, "tp_config")
     return TPConfig(**dict(tp_config))

@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
 from llmfoundry.utils.exceptions import ConfigError
-from llmfoundry.utils.registry_utils import accepted_kwargs, construct_from_registry
+from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys, construct_from_registry
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
 _TOKENIZER_KEYS = {"name", "kwargs"}
@@ -32,9 +32,7 @@ def build_tokenizer_from_section(section: Mapping[str, Any]) -> PreTrainedTokeni
         ConfigError: on a missing name or an unknown key.
         TokenizerError: if the tokenizer cannot be loaded.
     """
-    for key in section:
-        if key not in _TOKENIZER_KEYS:
-            raise ConfigError(f"tokenizer.{key} is not a valid key (valid: kwargs, name)")
+    check_keys(section, _TOKENIZER_KEYS, "tokenizer")
     if "name" not in section:
         raise ConfigError("tokenizer.name is missing; give a hub name or a local tokenizer folder")
     name, kwargs = str(section["name"]), dict(section.get("kwargs") or {})

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from llmfoundry.registry import Registry
@@ -42,11 +42,25 @@ def check_kwargs(
     accepted = accepted_kwargs(func)
     if accepted is None:
         return
-    allowed = accepted - (reserved or set())
-    for key in kwargs:
+    check_keys(kwargs, accepted - (reserved or set()), section)
+
+
+def check_keys(keys: Iterable[Any], allowed: Collection[str], section: str) -> None:
+    """Fail on a key that is not in ``allowed``.
+
+    Args:
+        keys: the keys of a config section.
+        allowed: the keys it may have.
+        section: the key path of the section, for the message (``fsdp_config``).
+
+    Raises:
+        ConfigError: naming the unknown key, the closest allowed one and all of them.
+    """
+    for key in keys:
         if key not in allowed:
             raise ConfigError(
-                f"{section}.{key} is not a valid key{did_you_mean(key, allowed)} (valid: {', '.join(sorted(allowed))})"
+                f"{section}.{key} is not a valid key{did_you_mean(str(key), allowed)} "
+                f"(valid: {', '.join(sorted(allowed))})"
             )
 
 

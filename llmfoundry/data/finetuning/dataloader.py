@@ -59,8 +59,8 @@ from llmfoundry.data.text_data import (
     pad_token_id_of,
     worker_process_kwargs,
 )
-from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError, did_you_mean
-from llmfoundry.utils.registry_utils import accepted_kwargs
+from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
+from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys
 
 logger = logging.getLogger(__name__)
 
@@ -137,13 +137,7 @@ def parse_dataset_config(dataset: Mapping[str, Any], key: str) -> FinetuningData
         "batch_size",
         *own,
     }
-    valid = own | streaming_keys
-    for name in dataset:
-        if name not in valid:
-            raise ConfigError(
-                f"{key}.{name} is not a valid key{did_you_mean(str(name), valid)} "
-                f"(valid: {', '.join(sorted(valid))})"
-            )
+    check_keys(dataset, own | streaming_keys, key)
     if "max_seq_len" not in dataset:
         raise ConfigError(f"{key}.max_seq_len is missing; set the longest sequence in tokens")
     config = FinetuningDatasetConfig(
