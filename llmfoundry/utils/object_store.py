@@ -11,11 +11,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from streaming.base.storage import CloudDownloader, CloudUploader
+from tqdm import tqdm
 
 from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, UserError
 
@@ -168,6 +169,23 @@ class RemoteFolder:
         """
         with user_errors(self.flag, self.url(name), "upload it"):
             self._uploader.upload_file(name)
+
+    def upload_local_files(self, last: Callable[[str], tuple[bool, ...]]) -> None:
+        """Upload every file under the local folder, in the order ``last`` gives, with a bar.
+
+        Args:
+            last: a sort key of a relative name; files whose key is larger go later (so an
+                index or a done-marker can be uploaded after what it describes).
+
+        Raises:
+            ConfigError: if an upload fails.
+        """
+        names = sorted(
+            (p.relative_to(self.local).as_posix() for p in self.local.rglob("*") if p.is_file()),
+            key=lambda name: (*last(name), name),
+        )
+        for name in tqdm(names, desc=f"uploading to {self.uri}", unit=" files"):
+            self.upload(name)
 
     def delete(self, names: list[str]) -> None:
         """Delete the objects ``names``, in order (so the caller can delete a marker first).

@@ -65,7 +65,7 @@ from llmfoundry.data.data import (
     write_mds,
 )
 from llmfoundry.data.finetuning.collator import TargetPolicy, example_length, is_trainable
-from llmfoundry.data.finetuning.dataloader import _preprocess
+from llmfoundry.data.finetuning.dataloader import preprocess_row
 from llmfoundry.data.finetuning.formatting import MESSAGES_KEYS, tokenize_example
 from llmfoundry.data.finetuning.tasks import PreprocessingFn, dataset_constructor
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, did_you_mean
@@ -139,7 +139,7 @@ class FinetuningSamples:
             BadRowError: if preprocessing fails or the example is malformed.
         """
         try:
-            example = _preprocess(self.preprocess, row, where)
+            example = preprocess_row(self.preprocess, row, where)
         except DatasetError as err:
             raise BadRowError("preprocessing failed", str(err)) from err
         try:
@@ -242,32 +242,38 @@ def convert_finetuning_dataset(
     sources = find_sources(dataset, data_subset, data_files, splits)
     with tempfile.TemporaryDirectory(prefix="convert_finetuning_") as staging:
         local_root = (local or staging) if remote else out_root
-        targets: dict[str, RemoteFolder] = {}
-        for source in sources:
-            local_split = os.path.join(local_root, source.name)
-            check_output_empty(local_split, "--local" if remote else "--out_root")
-            if remote:
-                targets[source.name] = empty_remote_split(out_root, source.name, local_split)
-        return convert_sources(
-            sources,
-            targets,
-            local_root,
-            tokenizer,
-            tokenizer_kwargs,
-            preprocess,
-            max_seq_len,
-            skip_bad_rows,
-            compression,
-            num_workers,
+        targets = {s.name: split_target(out_root, local_root, s.name, remote) for s in sources}
+        built = build_tokenizer(tokenizer, parse_tokenizer_kwargs(tokenizer_kwargs))
+        multi_turn = first_example_is_chat(sources[0], preprocess)
+        layout = (
+            "chat turns (column 'turns')" if multi_turn else "prompt/response (input_ids/labels)"
         )
+        logger.info("writing %s, tokenized with %s", layout, tokenizer)
+        return {
+            source.name: convert_split(
+                source,
+                FinetuningSamples(
+                    source.name, preprocess, built, max_seq_len, multi_turn, skip_bad_rows
+                ),
+                local_root,
+                compression,
+                num_workers,
+                targets[source.name],
+            )
+            for source in sources
+        }
 
 
-def empty_remote_split(out_root: str, split: str, local_split: str) -> RemoteFolder:
-    """The remote folder of a split, checked to be empty.
+def split_target(out_root: str, local_root: str, split: str, remote: bool) -> RemoteFolder | None:
+    """Check that a split's output folders are empty; its remote folder if ``out_root`` is one.
 
     Raises:
-        ConfigError: if it holds objects, or the bucket cannot be reached.
+        ConfigError: if the local or remote folder holds files, or the bucket cannot be reached.
     """
+    local_split = os.path.join(local_root, split)
+    check_output_empty(local_split, "--local" if remote else "--out_root")
+    if not remote:
+        return None
     target = RemoteFolder(f"{out_root.rstrip('/')}/{split}", "--out_root", local_split)
     if target.list_files():
         raise ConfigError(
@@ -275,55 +281,6 @@ def empty_remote_split(out_root: str, split: str, local_split: str) -> RemoteFol
             "--out_root"
         )
     return target
-
-
-def convert_sources(
-    sources: list[SplitSource],
-    targets: Mapping[str, RemoteFolder],
-    local_root: str,
-    tokenizer: str,
-    tokenizer_kwargs: str | Mapping[str, Any] | None,
-    preprocess: PreprocessingFn | None,
-    max_seq_len: int,
-    skip_bad_rows: bool,
-    compression: str | None,
-    num_workers: int | None,
-) -> dict[str, MDSWriteSummary]:
-    """Convert each split into ``local_root/<split>``, uploading it when it has a target."""
-    built = build_tokenizer(tokenizer, parse_tokenizer_kwargs(tokenizer_kwargs))
-    multi_turn = first_example_is_chat(sources[0], preprocess)
-    layout = "chat turns (column 'turns')" if multi_turn else "prompt/response (input_ids/labels)"
-    logger.info("writing %s, tokenized with %s", layout, tokenizer)
-    summaries: dict[str, MDSWriteSummary] = {}
-    for source in sources:
-        converter = FinetuningSamples(
-            hf_split=source.name,
-            preprocess=preprocess,
-            tokenizer=built,
-            max_seq_len=max_seq_len,
-            multi_turn=multi_turn,
-            skip_bad_rows=skip_bad_rows,
-        )
-        summary = convert_split(source, converter, local_root, compression, num_workers)
-        if source.name in targets:
-            upload_split(targets[source.name])
-            summary = replace(summary, out=targets[source.name].uri)
-        summaries[source.name] = summary
-    return summaries
-
-
-def upload_split(target: RemoteFolder) -> None:
-    """Upload a finished split folder: the shards first, ``index.json`` last.
-
-    Raises:
-        ConfigError: if an upload fails.
-    """
-    names = sorted(
-        (p.relative_to(target.local).as_posix() for p in target.local.rglob("*") if p.is_file()),
-        key=lambda name: (name == "index.json", name),
-    )
-    for name in tqdm(names, desc=f"uploading to {target.uri}", unit=" files"):
-        target.upload(name)
 
 
 def check_options(
@@ -426,7 +383,7 @@ def first_example_is_chat(source: SplitSource, preprocess: PreprocessingFn | Non
     stats = RowStats(skip_bad_rows=True)
     for _, row in source.located_rows(stats):
         try:
-            example = _preprocess(preprocess, row, "the first row")
+            example = preprocess_row(preprocess, row, "the first row")
         except DatasetError:
             continue
         return any(key in example for key in MESSAGES_KEYS)
@@ -439,14 +396,19 @@ def convert_split(
     out_root: str,
     compression: str | None,
     num_workers: int | None,
+    target: RemoteFolder | None = None,
 ) -> MDSWriteSummary:
-    """Write one split to ``out_root/<split>``.
+    """Write one split to ``out_root/<split>``, then upload it to ``target`` if given.
+
+    The upload sends the shards first and ``index.json`` last, so an interrupted upload never
+    looks like a finished split.
 
     Returns:
         What was read and written.
 
     Raises:
         DatasetError: on a bad row, unreadable data, or when no example was written.
+        ConfigError: if an upload fails.
     """
     out = os.path.join(out_root, source.name)
     stats = RowStats(converter.skip_bad_rows)
@@ -469,6 +431,9 @@ def convert_split(
             f"split '{source.name}': no examples were written to {out}{dropped}; check the "
             "rows, --preprocessor and --max_seq_len"
         )
+    if target is not None:
+        target.upload_local_files(last=lambda name: (name == "index.json",))
+        summary = replace(summary, out=target.uri)
     logger.info(
         "split %s: %s; %d examples longer than max_seq_len=%d were kept whole (the loader "
         "truncates them)",

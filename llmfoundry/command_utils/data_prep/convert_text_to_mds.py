@@ -432,17 +432,13 @@ def upload_conversion(target: RemoteFolder, reprocess: bool) -> None:
             "deleting the %d objects of the previous conversion in %s", len(stale), target.uri
         )
         target.delete(sorted(stale, key=lambda name: name != DONE_FILENAME))
-    names = [p.relative_to(target.local).as_posix() for p in target.local.rglob("*") if p.is_file()]
-    names.sort(
-        key=lambda name: (
+    target.upload_local_files(
+        last=lambda name: (
             name == DONE_FILENAME,
             name == "index.json",
             name.endswith("index.json"),
-            name,
         )
     )
-    for name in tqdm(names, desc="uploading", unit=" files"):
-        target.upload(name)
 
 
 def describe_difference(previous: dict[str, Any], current: dict[str, Any]) -> str:

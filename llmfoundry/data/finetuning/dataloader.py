@@ -277,7 +277,7 @@ def _tokenize_and_filter(
 
     def tokenize_row(row: dict[str, Any], index: int) -> dict[str, Any]:
         where = f"{source}, row {index}"
-        example = _preprocess(function, row, where)
+        example = preprocess_row(function, row, where)
         turns = tokenize_example(example, tokenizer, where)["turns"]
         trainable = is_trainable(turns, policy, max_seq_len) if decoder_only else True
         return {"turns": turns, "_length": example_length(turns), "_trainable": trainable}
@@ -314,9 +314,19 @@ def _tokenize_and_filter(
     return kept.remove_columns(["_length", "_trainable"]), kept_lengths
 
 
-def _preprocess(
+def preprocess_row(
     function: PreprocessingFn | None, row: Mapping[str, Any], where: str
 ) -> Mapping[str, Any]:
+    """``function(row)`` (or ``row`` itself without a function), checked to return a mapping.
+
+    Args:
+        function: the preprocessing function, or None.
+        row: the dataset's row.
+        where: the row's source and number, for messages.
+
+    Raises:
+        DatasetError: naming ``where`` if the function fails or returns something else.
+    """
     if function is None:
         return row
     name = getattr(function, "__name__", repr(function))
