@@ -38,6 +38,7 @@ from llmfoundry.utils.builders import (
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 from llmfoundry.utils.object_store import is_remote
+from llmfoundry.utils.registry_utils import check_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -196,8 +197,10 @@ def check_run_options(cfg: TrainConfig) -> None:
 def build_profiler(section: Mapping[str, Any] | None) -> Profiler | None:
     """Composer's profiler from ``profiler: {schedule: {...}, json_trace_handler: {...}, ...}``.
 
+    The other keys are ``composer.profiler.Profiler``'s keyword arguments.
+
     Raises:
-        ConfigError: if ``schedule`` is missing.
+        ConfigError: if ``schedule`` is missing, or on a key that is not an argument.
     """
     if section is None:
         return None
@@ -206,12 +209,17 @@ def build_profiler(section: Mapping[str, Any] | None) -> Profiler | None:
         raise ConfigError(
             "profiler.schedule is missing; give {skip_first, wait, warmup, active, repeat}"
         )
-    schedule = cyclic_schedule(**options.pop("schedule"))
+    schedule_options = dict(options.pop("schedule"))
+    check_kwargs(cyclic_schedule, schedule_options, "profiler.schedule")
+    json_options = options.pop("json_trace_handler", None)
     handlers = []
-    if options.get("json_trace_handler") is not None:
-        handlers.append(JSONTraceHandler(**options.pop("json_trace_handler")))
-    options.pop("json_trace_handler", None)
-    return Profiler(schedule=schedule, trace_handlers=handlers, **options)
+    if json_options is not None:
+        check_kwargs(JSONTraceHandler, json_options, "profiler.json_trace_handler")
+        handlers.append(JSONTraceHandler(**json_options))
+    check_kwargs(Profiler, options, "profiler", reserved={"schedule", "trace_handlers"})
+    return Profiler(
+        schedule=cyclic_schedule(**schedule_options), trace_handlers=handlers, **options
+    )
 
 
 def with_run_artifacts(

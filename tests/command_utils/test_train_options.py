@@ -228,3 +228,20 @@ def test_code_paths_eval_loaders_eval_first_and_metadata(
         assert [int(ts.batch) for ts, _ in history] == [0, 2]
     assert memory.hyperparameters["metadata/team/name"] == "data"
     assert memory.hyperparameters["metadata/ticket"] == 7
+
+
+def test_profiler_section_builds_composers_profiler(tmp_path: Path) -> None:
+    from composer.profiler import JSONTraceHandler, Profiler
+
+    from llmfoundry.command_utils.train import build_profiler
+
+    schedule = {"skip_first": 0, "wait": 0, "warmup": 1, "active": 2, "repeat": 1}
+    profiler = build_profiler(
+        {"schedule": schedule, "json_trace_handler": {"folder": str(tmp_path / "traces")}}
+    )
+    assert isinstance(profiler, Profiler)
+    assert [type(h) for h in profiler.trace_handlers] == [JSONTraceHandler]
+    with pytest.raises(ConfigError, match=r"profiler\.schedule\.warmpu is not a valid key; did"):
+        build_profiler({"schedule": {**schedule, "warmpu": 1}})
+    with pytest.raises(ConfigError, match=r"profiler\.schedule is missing"):
+        build_profiler({"json_trace_handler": {}})
