@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from composer import Evaluator, Trainer
+from composer.core import Precision
 from composer.devices import Device
 from composer.loggers import LoggerDestination
 from composer.profiler import JSONTraceHandler, Profiler, cyclic_schedule
@@ -36,7 +37,12 @@ from llmfoundry.utils.builders import (
     build_tokenizer_from_section,
 )
 from llmfoundry.utils.config_utils import TrainConfig, load_config
-from llmfoundry.utils.exceptions import ConfigError, MissingFileError
+from llmfoundry.utils.exceptions import (
+    ConfigError,
+    MissingDependencyError,
+    MissingFileError,
+    closest_match,
+)
 from llmfoundry.utils.object_store import is_remote
 from llmfoundry.utils.registry_utils import check_kwargs
 
@@ -62,8 +68,52 @@ def setup_logging(python_log_level: str | None) -> None:
         logging.getLogger(name).setLevel(level)
 
 
+# FP8 matmuls need Ada (8.9) or Hopper (9.0) tensor cores or newer.
+FP8_MIN_CAPABILITY = (8, 9)
+
+
+def check_fp8_available(device: Device) -> None:
+    """Refuse ``precision: amp_fp8`` where it cannot run (before any training starts).
+
+    Raises:
+        ConfigError: on a device other than an NVIDIA GPU of compute capability 8.9 or newer.
+        MissingDependencyError: when TransformerEngine is not installed.
+    """
+    if device.name != "gpu" or not torch.cuda.is_available():
+        raise ConfigError(
+            f"precision=amp_fp8 needs an NVIDIA GPU of compute capability "
+            f"{'.'.join(map(str, FP8_MIN_CAPABILITY))}+ (Ada, Hopper or newer) and this run is on "
+            f"{device.name}: use precision=amp_bf16"
+        )
+    capability = torch.cuda.get_device_capability()
+    if capability < FP8_MIN_CAPABILITY:
+        raise ConfigError(
+            f"precision=amp_fp8 needs compute capability {'.'.join(map(str, FP8_MIN_CAPABILITY))}+; "
+            f"{torch.cuda.get_device_name()} has {'.'.join(map(str, capability))}: "
+            "use precision=amp_bf16"
+        )
+    if importlib.util.find_spec("transformer_engine") is None:
+        raise MissingDependencyError(
+            "precision=amp_fp8 runs through NVIDIA TransformerEngine, which is not installed: "
+            "pip install 'llm-foundry[te]' (or use precision=amp_bf16)"
+        )
+
+
 def runtime_precision(precision: str, device: Device) -> str:
-    """The precision to train with: as configured, except fp32 on CPU (which has no AMP in Composer)."""
+    """The precision to train with: as configured, except fp32 on CPU (which has no AMP in Composer).
+
+    Raises:
+        ConfigError: for an unknown precision, or ``amp_fp8`` where it cannot run.
+        MissingDependencyError: for ``amp_fp8`` without TransformerEngine.
+    """
+    choices = [p.value for p in Precision]
+    if precision not in choices:
+        suggestion = closest_match(precision, choices)
+        hint = f"did you mean '{suggestion}'? " if suggestion else ""
+        raise ConfigError(f"precision={precision!r} is unknown: {hint}choose one of {choices}")
+    if precision == "amp_fp8":
+        check_fp8_available(device)
+        return precision
     if device.name == "cpu" and precision != "fp32":
         logger.warning("precision=%s is not available on CPU; training in fp32", precision)
         return "fp32"
@@ -304,6 +354,7 @@ def build_trainer(
     import_code_paths(cfg.code_paths)
     reproducibility.seed_all(cfg.seed)
     device = get_device(None)
+    precision = runtime_precision(cfg.precision, device)
     dist.initialize_dist(device, timeout=cfg.dist_timeout)
     batch_sizes = compute_batch_sizes(cfg, dist.get_world_size(), device)
     parallelism = build_parallelism_config(
@@ -338,7 +389,7 @@ def build_trainer(
         schedulers=scheduler,
         max_duration=cfg.max_duration,
         device=device,
-        precision=runtime_precision(cfg.precision, device),  # type: ignore[arg-type]
+        precision=precision,  # type: ignore[arg-type]
         device_train_microbatch_size=batch_sizes.device_train_microbatch_size,
         callbacks=[
             *build_callbacks(cfg.callbacks),

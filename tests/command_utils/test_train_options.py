@@ -40,6 +40,12 @@ def config(
         ),
         (["fsdp_config={sharding_stratgy: FULL_SHARD}"], ConfigError, "did you mean"),
         (["code_paths=[/no/such/file.py]"], MissingFileError, r"code_paths\[0\]"),
+        (
+            ["precision=amp_fp8"],
+            ConfigError,
+            "amp_fp8 needs an NVIDIA GPU .* use precision=amp_bf16",
+        ),
+        (["precision=amp_bf61"], ConfigError, "did you mean 'amp_bf16'"),
     ],
 )
 def test_bad_run_options_fail_before_training(
