@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from llmfoundry.models.hf.composer_mpt import ComposerMPTCausalLM
 from llmfoundry.models.mpt import MPTForCausalLM
 from llmfoundry.models.mpt.attention import GroupedQueryAttention
 from llmfoundry.models.mpt.blocks import MPTBlock
+from llmfoundry.utils.exceptions import ConfigError
 
 from .mpt_helpers import VOCAB_SIZE, assert_close, random_ids, tiny_config, tiny_model
 
@@ -70,6 +72,60 @@ def test_bad_activation_checkpointing_target_names_the_choices() -> None:
     model = tiny_model(tiny_config())
     with pytest.raises(ValueError, match=r"activation_checkpointing_target='mlp'.*mptblock"):
         model.activation_checkpointing_target = ["mlp"]
+
+
+def _checkpointed(target: Any, n_layers: int = 6) -> list[tuple[int, str]]:
+    """(block index, module class) of every module the target checkpoints."""
+    composer_model = _composer_model(n_layers=n_layers, activation_checkpointing_target=target)
+    model: MPTForCausalLM = composer_model.model  # type: ignore[assignment]
+    check = generate_composer_model_check_fn(composer_model)
+    return [
+        (index, type(module).__name__)
+        for index, block in enumerate(model.transformer.blocks)
+        for module in block.modules()
+        if check(module)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        # A block checkpointed whole is not checkpointed again inside.
+        (["mptblock", "grouped_query_attention"], [(i, "MPTBlock") for i in range(6)]),
+        ({"mptblock": 2}, [(0, "MPTBlock"), (1, "MPTBlock")]),
+        ({"mptblock": -1}, [(i, "MPTBlock") for i in range(6)]),
+        ({"mptblock": "first-1,last-2"}, [(0, "MPTBlock"), (4, "MPTBlock"), (5, "MPTBlock")]),
+        # middle-m starts at (n_layers - 1) // 2 - m // 2, as in LLM Foundry.
+        ({"mptblock": ["middle-2"]}, [(1, "MPTBlock"), (2, "MPTBlock")]),
+        (
+            {"grouped_query_attention": "range-1-3", "mptmlp": [0, 5]},
+            [
+                (0, "MPTMLP"),
+                (1, "GroupedQueryAttention"),
+                (2, "GroupedQueryAttention"),
+                (5, "MPTMLP"),
+            ],
+        ),
+    ],
+)
+def test_activation_checkpointing_target_selects_blocks(
+    target: Any, expected: list[tuple[int, str]]
+) -> None:
+    assert _checkpointed(target) == expected
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ({"mptblock": "first-2", "mptmlp": [1]}, "assigns block 1 to both mptblock and mptmlp"),
+        ({"mptblock": "top-2"}, "'top-2' is not one of first-n, last-k, middle-m, range-i-j"),
+        ({"mptblock": [9]}, "names block 9; the model has blocks 0..5"),
+        ({"attention": 1}, "model.activation_checkpointing_target='attention' is not a module"),
+    ],
+)
+def test_bad_activation_checkpointing_target_is_a_config_error(target: Any, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        _checkpointed(target)
 
 
 def test_checkpointed_blocks_give_the_same_gradients() -> None:

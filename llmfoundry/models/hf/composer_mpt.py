@@ -100,6 +100,9 @@ class ComposerMPTCausalLM(HuggingFaceModel):
             gradients within fp32 rounding. Evaluation computes full logits either way.
         additional_train_metrics: names in the ``metrics`` registry to add to training.
         additional_eval_metrics: names in the ``metrics`` registry to add to evaluation.
+        activation_checkpointing_target: which modules of which blocks ``fsdp_config``'s
+            ``activation_checkpointing`` recomputes (None: every block); the forms are listed in
+            ``llmfoundry.models.mpt.checkpoint_targets``.
         **mpt_config: every other key of the ``model:`` section, as ``MPTConfig`` kwargs.
 
     Raises:
@@ -113,6 +116,7 @@ class ComposerMPTCausalLM(HuggingFaceModel):
         loss_fn: str = "fused_crossentropy",
         additional_train_metrics: list[str] | None = None,
         additional_eval_metrics: list[str] | None = None,
+        activation_checkpointing_target: Any = None,
         **mpt_config: Any,
     ) -> None:
         if loss_fn not in LOSS_FNS:
@@ -126,6 +130,10 @@ class ComposerMPTCausalLM(HuggingFaceModel):
                 "raise model.vocab_size"
             )
         model = self._build_model(config)
+        try:
+            model.activation_checkpointing_target = activation_checkpointing_target
+        except ValueError as err:
+            raise ConfigError(f"model.{err}") from err
         self.loss_fn = loss_fn
         super().__init__(
             model=model,

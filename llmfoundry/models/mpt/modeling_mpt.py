@@ -21,6 +21,7 @@ from .attention import (
     GroupedQueryAttention,
 )
 from .blocks import MPTBlock
+from .checkpoint_targets import build_checkpoint_plan
 from .configuration_mpt import MPTConfig
 from .cross_entropy import chunked_lm_cross_entropy
 from .ffn import MPTMLP
@@ -281,31 +282,46 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
     def activation_checkpointing_fn(self, module: nn.Module) -> bool:
         """Recompute the modules named by ``activation_checkpointing_target`` in the backward.
 
-        The target is a list of module names (see :data:`CHECKPOINT_TARGETS`); by default every
-        ``MPTBlock`` is checkpointed.
+        See :mod:`.checkpoint_targets` for the forms the target takes; by default every
+        ``MPTBlock`` is checkpointed. A module inside a block checkpointed as a whole is not
+        wrapped again.
         """
-        targets = tuple(CHECKPOINT_TARGETS[name] for name in self.activation_checkpointing_target)
-        return isinstance(module, targets)
+        block = self._block_index(module)
+        if block is None:
+            return False
+        plan = getattr(self, "_checkpoint_plan", None) or build_checkpoint_plan(
+            None, self.config.n_layers, CHECKPOINT_TARGETS
+        )
+        for name, blocks in plan.items():
+            if isinstance(module, CHECKPOINT_TARGETS[name]) and (blocks is None or block in blocks):
+                whole_block = plan.get("mptblock", frozenset())
+                inside_checkpointed_block = not isinstance(module, MPTBlock) and (
+                    whole_block is None or block in whole_block
+                )
+                return not inside_checkpointed_block
+        return False
+
+    def _block_index(self, module: nn.Module) -> int | None:
+        """The index of the transformer block holding ``module`` (None if none does)."""
+        if getattr(self, "_block_of_module", None) is None:
+            self._block_of_module = {
+                id(inner): index
+                for index, block in enumerate(self.transformer.blocks)
+                for inner in block.modules()
+            }
+        return self._block_of_module.get(id(module))
 
     @property
-    def activation_checkpointing_target(self) -> list[str]:
-        """Names of the module kinds that activation checkpointing recomputes."""
-        return list(getattr(self, "_checkpoint_target", ["mptblock"]))
+    def activation_checkpointing_target(self) -> Any:
+        """The ``activation_checkpointing_target`` as configured (None: every block)."""
+        return getattr(self, "_checkpoint_target", None)
 
     @activation_checkpointing_target.setter
-    def activation_checkpointing_target(self, names: str | list[str] | None) -> None:
-        if names is None:
-            names = ["mptblock"]
-        if isinstance(names, str):
-            names = [names]
-        canonical = [name.lower() for name in names]
-        for name in canonical:
-            if name not in CHECKPOINT_TARGETS:
-                raise ValueError(
-                    f"activation_checkpointing_target={name!r} is not a module of MPT; "
-                    f"choose from {', '.join(sorted(CHECKPOINT_TARGETS))}"
-                )
-        self._checkpoint_target = canonical
+    def activation_checkpointing_target(self, target: Any) -> None:
+        self._checkpoint_plan = build_checkpoint_plan(
+            target, self.config.n_layers, CHECKPOINT_TARGETS
+        )
+        self._checkpoint_target = target
 
     def param_init_fn(self, module: nn.Module) -> None:
         """Initialize one module's own parameters (FSDP's hook for materializing meta weights).
