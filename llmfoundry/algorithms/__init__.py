@@ -13,9 +13,33 @@ from composer.algorithms import (
 )
 
 from llmfoundry import registry
+from llmfoundry.utils.exceptions import ConfigError, did_you_mean
+
+CLIPPING_TYPES = ("norm", "value", "adaptive")
+
+
+def gradient_clipping(clipping_type: str, clipping_threshold: float) -> GradientClipping:
+    """Composer's ``GradientClipping``, with its arguments checked when the run is built.
+
+    Composer itself would only reject a misspelled ``clipping_type`` after the first batch.
+
+    Raises:
+        ConfigError: on an unknown ``clipping_type`` or a threshold that is not positive.
+    """
+    if clipping_type not in CLIPPING_TYPES:
+        raise ConfigError(
+            f"algorithms.gradient_clipping.clipping_type={clipping_type!r} is not one of "
+            f"{', '.join(CLIPPING_TYPES)}{did_you_mean(clipping_type, CLIPPING_TYPES)}"
+        )
+    if not clipping_threshold > 0:
+        raise ConfigError(
+            f"algorithms.gradient_clipping.clipping_threshold={clipping_threshold!r} must be > 0"
+        )
+    return GradientClipping(clipping_type=clipping_type, clipping_threshold=clipping_threshold)
+
 
 for _name, _cls in {
-    "gradient_clipping": GradientClipping,
+    "gradient_clipping": gradient_clipping,
     "alibi": Alibi,
     "gated_linear_units": GatedLinearUnits,
     "low_precision_layernorm": LowPrecisionLayerNorm,
