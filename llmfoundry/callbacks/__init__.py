@@ -2,13 +2,19 @@
 
 Entries of ``callbacks_with_config`` also receive the whole run config (see
 ``llmfoundry.utils.builders.build_callbacks_with_config``).
+
+``speed_monitor`` (Composer's ``SpeedMonitor``) logs ``throughput/*`` and, for models with a
+``flops_per_batch`` (``mpt_causal_lm``, ``hf_causal_lm``), ``throughput/flops_per_sec`` and
+``throughput/device/mfu``. MFU needs the device's peak FLOP/s: on a GPU Composer knows (A100,
+H100, H200, ...) it is looked up from the device name and precision; anywhere else (a CPU, an
+unlisted accelerator) give it yourself, e.g. ``speed_monitor: {gpu_flops_available: 312.0e12}``,
+or MFU is not logged. ``memory_monitor`` is our ``MemoryMonitor``: Composer's CUDA statistics
+on GPU, the process's resident memory (``memory/cpu_rss_mb``, ``memory/cpu_peak_rss_mb``) on CPU.
 """
 
 from composer.callbacks import (
     EarlyStopper,
-    Generate,
     LRMonitor,
-    MemoryMonitor,
     MemorySnapshot,
     NaNMonitor,
     OOMObserver,
@@ -22,7 +28,10 @@ from composer.callbacks import (
 from llmfoundry import registry
 from llmfoundry.callbacks.curriculum_learning import CurriculumLearning
 from llmfoundry.callbacks.env_logging import EnvironmentLoggingCallback
+from llmfoundry.callbacks.eval_output_logging import EvalOutputLogging
+from llmfoundry.callbacks.generate import Generate
 from llmfoundry.callbacks.kill_loss_spike import KillLossSpike
+from llmfoundry.callbacks.memory_monitor import MemoryMonitor
 from llmfoundry.callbacks.run_timeout import RunTimeout
 from llmfoundry.callbacks.scheduled_gc import ScheduledGarbageCollector
 
@@ -43,6 +52,7 @@ for _name, _cls in {
     "run_timeout": RunTimeout,
     "scheduled_gc": ScheduledGarbageCollector,
     "env_logging": EnvironmentLoggingCallback,
+    "eval_output_logging": EvalOutputLogging,
 }.items():
     registry.callbacks.register(_name, func=_cls)
 

@@ -134,6 +134,8 @@ class ComposerMPTCausalLM(HuggingFaceModel):
             model.activation_checkpointing_target = activation_checkpointing_target
         except ValueError as err:
             raise ConfigError(f"model.{err}") from err
+        # Counted before any FSDP wrapping: FSDP1's flat parameters only hold a rank's shard.
+        self.n_total_params = sum(p.numel() for p in model.parameters())
         self.loss_fn = loss_fn
         super().__init__(
             model=model,
@@ -227,15 +229,22 @@ class ComposerMPTCausalLM(HuggingFaceModel):
         return super().update_metric(batch, outputs, metric)
 
     def flops_per_batch(self, batch: Mapping[str, Any]) -> int:
-        """Forward+backward FLOPs of a batch, for MFU: 3 x (2 x params x tokens + attention).
+        """Forward+backward FLOPs of a batch, for MFU (LLM Foundry's count).
 
-        Attention counts ``2 x 2 x d_model x seq_len^2`` per layer and sequence (scores and the
-        weighted sum), as LLM Foundry does.
+        With ``P`` every parameter (embeddings included, a tied one once), ``L`` layers, width
+        ``d``, ``B`` sequences of ``s`` tokens: a forward costs ``2 P`` per token (a multiply and
+        an add per weight) plus, per layer and sequence, ``2 x 2 d s^2`` for attention (the
+        ``QK^T`` scores and the weighted sum of values); the backward costs twice the forward::
+
+            flops = 3 B (2 P s + 4 L d s^2) = 6 P (B s) + 12 L d s^2 B
+
+        Padding is counted like real tokens; ``P`` is counted when the model is built.
         """
         config = cast(MPTConfig, self.model.config)
         batch_size, seq_len = batch["input_ids"].shape[:2]
-        params = sum(p.numel() for p in self.model.parameters())
-        per_sequence = 2 * params * seq_len + config.n_layers * 4 * config.d_model * seq_len**2
+        per_sequence = (
+            2 * self.n_total_params * seq_len + config.n_layers * 4 * config.d_model * seq_len**2
+        )
         return int(3 * per_sequence * batch_size)
 
 
