@@ -108,7 +108,10 @@ def test_remote_code_mpt_loads_with_the_same_logits_and_loss(
     targets = labels[:, 1:]
     keep = targets != -100
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits[keep], targets[keep]))
-    assert model.flops_per_batch(batch) == 6 * model.n_params * ids.numel()
+    # 6 x params x tokens, plus attention: 12 x layers x width x seq^2 per sequence.
+    config = original.config
+    attention = 12 * config.n_layers * config.d_model * ids.shape[1] ** 2 * ids.shape[0]
+    assert model.flops_per_batch(batch) == 6 * model.n_params * ids.numel() + attention
 
     with torch.no_grad():
         eval_logits = model.eval_forward(batch)

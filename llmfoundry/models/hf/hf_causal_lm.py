@@ -557,9 +557,18 @@ class ComposerHFCausalLM(HuggingFaceModel):
         return outputs.logits if self.use_logits else outputs
 
     def flops_per_batch(self, batch: Mapping[str, Any]) -> int:
-        """Approximate forward+backward FLOPs of a batch, for MFU: 3 x 2 x params x tokens."""
+        """Forward+backward FLOPs of a batch, for MFU, counted as for MPT.
+
+        ``3 B (2 P s + 4 L d s^2)`` for ``B`` sequences of ``s`` tokens, ``P`` parameters, and
+        the attention of ``L`` layers of width ``d`` (the config's ``num_hidden_layers`` and
+        ``hidden_size``; a config without them counts parameters only).
+        """
         batch_size, seq_len = batch["input_ids"].shape[:2]
-        return int(6 * self.n_params * batch_size * seq_len)
+        config = self.model.config
+        layers = getattr(config, "num_hidden_layers", None) or 0
+        width = getattr(config, "hidden_size", None) or 0
+        per_sequence = 2 * self.n_params * seq_len + 4 * layers * width * seq_len**2
+        return int(3 * batch_size * per_sequence)
 
 
 registry.models.register("hf_causal_lm", func=ComposerHFCausalLM)
