@@ -251,3 +251,27 @@ def test_profiler_section_builds_composers_profiler(tmp_path: Path) -> None:
         build_profiler({"schedule": {**schedule, "warmpu": 1}})
     with pytest.raises(ConfigError, match=r"profiler\.schedule is missing"):
         build_profiler({"json_trace_handler": {}})
+
+
+def test_console_log_interval_and_progress_bar(
+    tmp_path: Path, mds_dir: Path, tokenizer_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The console gets the train metrics every ``console_log_interval``; ``progress_bar`` draws
+    a bar instead of nothing."""
+    base = ["max_duration=4ba", "eval_loader=null", "save_folder=null", "log_to_console=true"]
+    cfg, resolved = config(tmp_path, mds_dir, tokenizer_dir, [*base, "console_log_interval=2ba"])
+    train(cfg, resolved).close()
+    console = capfd.readouterr().err
+    # Composer always shows the first batch, then every interval.
+    assert [line for line in console.splitlines() if line.startswith("[batch=")] == [
+        "[batch=1/4]:",
+        "[batch=2/4]:",
+        "[batch=4/4]:",
+    ]
+    assert "Train loss/train/total:" in console
+
+    cfg, resolved = config(tmp_path, mds_dir, tokenizer_dir, [*base, "progress_bar=true"])
+    train(cfg, resolved).close()
+    console = capfd.readouterr().err
+    assert "train" in console and "4/4" in console  # the bar reached its end
+    assert not any(line.startswith("[batch=") for line in console.splitlines())
