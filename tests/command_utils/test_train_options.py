@@ -275,3 +275,27 @@ def test_console_log_interval_and_progress_bar(
     console = capfd.readouterr().err
     assert "train" in console and "4/4" in console  # the bar reached its end
     assert not any(line.startswith("[batch=") for line in console.splitlines())
+
+
+def test_compile_config_compiles_the_model_and_trains_the_same(
+    tmp_path: Path, mds_dir: Path, tokenizer_dir: Path
+) -> None:
+    """``compile_config`` goes to ``torch.compile`` (here its ``eager`` backend, which traces the
+    model with dynamo without generating code): same losses as the uncompiled run."""
+    losses = {}
+    for name, extra in (("plain", []), ("compiled", ["compile_config={backend: eager}"])):
+        (tmp_path / name).mkdir()
+        cfg, resolved = config(
+            tmp_path / name,
+            mds_dir,
+            tokenizer_dir,
+            ["max_duration=3ba", "eval_loader=null", "save_folder=null", *extra],
+        )
+        memory = InMemoryLogger()
+        trainer = train(cfg, resolved, extra_loggers=[memory])
+        forward = trainer.state.model.forward
+        assert hasattr(forward, "_torchdynamo_orig_callable") == (name == "compiled")
+        trainer.close()
+        losses[name] = [float(v) for _, v in memory.data["loss/train/total"]]
+    assert len(losses["plain"]) == 3
+    assert losses["compiled"] == pytest.approx(losses["plain"], rel=1e-5)
