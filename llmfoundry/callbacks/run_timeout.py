@@ -1,59 +1,60 @@
-"""Stop training cleanly once it has run for a given number of seconds."""
+"""``run_timeout``: end a process that is still alive long after training finished.
+
+What it guards against: a run whose training is over but whose process does not exit (a rank
+stuck in a collective at teardown, an upload that never returns, a dataloader worker that
+holds the interpreter). On a cluster such a run keeps its GPUs until someone notices.
+
+At ``fit_end`` the callback starts a daemon timer. If the process is still running ``timeout``
+seconds later, the callback logs an error and sends SIGINT to its own process, which raises
+``KeyboardInterrupt`` in the main thread, so the run ends with a traceback of where it hung and
+a non-zero exit status. A process that exits in time never notices the timer (it is a daemon).
+"""
 
 from __future__ import annotations
 
 import logging
-import time
+import os
+import signal
+import threading
 
-import torch
 from composer.core import Callback, State
 from composer.loggers import Logger
-from composer.utils import dist
 
 from llmfoundry.utils.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-class RunTimeout(Callback):
-    """Stop training after ``timeout`` seconds of wall-clock time since ``fit()`` started.
+def _interrupt_hung_process(timeout: float) -> None:
+    log.error(
+        "run_timeout: the process is still alive %s s after training ended; interrupting it "
+        "(SIGINT) so that it exits instead of holding its devices",
+        timeout,
+    )
+    os.kill(os.getpid(), signal.SIGINT)
 
-    The check runs after every batch, and the ranks agree on it (any rank over time stops all).
-    The stop goes through ``state.stop_training()``: the run ends as if ``max_duration`` had been
-    reached at that batch, so Composer's checkpoint saver writes a final checkpoint (when
-    ``save_folder`` is set) and the run can be resumed from it.
+
+class RunTimeout(Callback):
+    """Interrupt the process if it has not exited ``timeout`` seconds after ``fit`` ended.
 
     Args:
-        timeout: seconds of training (measured from fit start in this process; a resumed run
-            starts counting again).
+        timeout: seconds to wait after training ends (LLM Foundry's default: 1800).
 
     Raises:
         ConfigError: on a non-positive ``timeout``.
     """
 
-    def __init__(self, timeout: float) -> None:
-        if timeout <= 0:
+    def __init__(self, timeout: float = 1800) -> None:
+        if not timeout > 0:
             raise ConfigError(f"callbacks.run_timeout.timeout={timeout} must be > 0 seconds")
         self.timeout = timeout
-        self._started_at: float | None = None
+        self.timer: threading.Timer | None = None
 
-    def fit_start(self, state: State, logger: Logger) -> None:
+    def fit_end(self, state: State, logger: Logger) -> None:
+        """Start (or restart, after a second ``fit``) the countdown to the interrupt."""
         del state, logger
-        self._started_at = time.monotonic()
-
-    def batch_end(self, state: State, logger: Logger) -> None:
-        del logger
-        if self._started_at is None:
-            return
-        elapsed = time.monotonic() - self._started_at
-        over = state.device.tensor_to_device(torch.tensor([int(elapsed > self.timeout)]))
-        dist.all_reduce(over, reduce_operation="MAX")
-        if int(over.item()):
-            log.warning(
-                "run_timeout: %.1f s of training exceeds timeout=%s s; stopping after batch %d",
-                elapsed,
-                self.timeout,
-                int(state.timestamp.batch),
-            )
-            state.stop_training()
-            self._started_at = None
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = threading.Timer(self.timeout, _interrupt_hung_process, [self.timeout])
+        self.timer.daemon = True
+        self.timer.start()

@@ -1,51 +1,70 @@
-"""run_timeout stops training early and leaves a final checkpoint."""
+"""run_timeout interrupts a process that hangs after training, and only after training."""
 
 from __future__ import annotations
 
-import logging
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
 
-from llmfoundry import registry
 from llmfoundry.callbacks.run_timeout import RunTimeout
 from llmfoundry.utils.exceptions import ConfigError
 
-from .scripted import BatchRecorder, ScriptedLossModel, scripted_trainer
+REPO = Path(__file__).resolve().parents[2]
 
+# Trains 4 slow batches (0.3 s each, longer than the 0.5 s timeout in total), then "hangs".
+HANGING_RUN = textwrap.dedent(
+    """
+    import logging, sys, time
+    sys.path.insert(0, {repo!r})
+    logging.basicConfig(level=logging.ERROR)
+    from llmfoundry import registry
+    from tests.callbacks.scripted import BatchRecorder, ScriptedLossModel, scripted_trainer
 
-def test_timeout_stops_early_with_a_final_checkpoint(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, logger="llmfoundry.callbacks.run_timeout")
     recorder = BatchRecorder()
     trainer = scripted_trainer(
-        ScriptedLossModel(sleep_s=0.1),
-        [registry.callbacks.get("run_timeout")(timeout=0.25), recorder],
-        max_duration="50ba",
-        save_folder=tmp_path,
-        save_interval="1000ba",
+        ScriptedLossModel(sleep_s=0.3),
+        [registry.callbacks.get("run_timeout")(timeout={timeout}), recorder],
+        max_duration="4ba",
     )
     trainer.fit()
-    trainer.close()
-    stopped_at = recorder.batches[-1]
-    assert 2 <= stopped_at <= 6, recorder.batches
-    assert int(trainer.state.timestamp.batch) == stopped_at
-    # the interval (1000ba) never came: this checkpoint is the one written at the stop
-    assert (tmp_path / f"ep0-ba{stopped_at}-rank0.pt").is_file()
-    assert any(f"stopping after batch {stopped_at}" in r.getMessage() for r in caplog.records)
+    print("trained", recorder.batches, flush=True)
+    print("fit ended at", time.monotonic(), flush=True)
+    time.sleep({hang_s})
+    print("exited normally", flush=True)
+    """
+)
 
 
-def test_no_stop_within_the_timeout() -> None:
-    recorder = BatchRecorder()
-    trainer = scripted_trainer(
-        ScriptedLossModel(), [RunTimeout(timeout=600), recorder], max_duration="5ba"
+def run(tmp_path: Path, timeout: float, hang_s: float) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "run.py"
+    script.write_text(HANGING_RUN.format(repo=str(REPO), timeout=timeout, hang_s=hang_s))
+    return subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
     )
-    trainer.fit()
-    trainer.close()
-    assert recorder.batches == [1, 2, 3, 4, 5]
+
+
+def test_hang_after_training_is_interrupted(tmp_path: Path) -> None:
+    result = run(tmp_path, timeout=0.5, hang_s=120)
+    # Training (1.2 s, longer than the timeout) was not cut: the clock starts at fit end.
+    assert "trained [1, 2, 3, 4]" in result.stdout, result.stderr[-2000:]
+    assert "exited normally" not in result.stdout
+    assert result.returncode != 0  # interrupted: 130, or -SIGINT
+    assert "still alive 0.5 s after training ended" in result.stderr
+
+
+def test_process_that_exits_in_time_is_left_alone(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = run(tmp_path, timeout=30, hang_s=0.1)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "exited normally" in result.stdout
+    assert time.monotonic() - started < 30  # the daemon timer did not hold the exit
 
 
 def test_timeout_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="callbacks.run_timeout.timeout=0 must be > 0"):
         RunTimeout(timeout=0)
+    assert RunTimeout().timeout == 1800
