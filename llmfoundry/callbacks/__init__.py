@@ -30,6 +30,7 @@ from llmfoundry.callbacks.curriculum_learning import CurriculumLearning
 from llmfoundry.callbacks.env_logging import EnvironmentLoggingCallback
 from llmfoundry.callbacks.eval_output_logging import EvalOutputLogging
 from llmfoundry.callbacks.generate import Generate
+from llmfoundry.callbacks.hf_checkpointer import HuggingFaceCheckpointer
 from llmfoundry.callbacks.kill_loss_spike import KillLossSpike
 from llmfoundry.callbacks.memory_monitor import MemoryMonitor
 from llmfoundry.callbacks.run_timeout import RunTimeout
@@ -53,6 +54,7 @@ for _name, _cls in {
     "scheduled_gc": ScheduledGarbageCollector,
     "env_logging": EnvironmentLoggingCallback,
     "eval_output_logging": EvalOutputLogging,
+    "hf_checkpointer": HuggingFaceCheckpointer,
 }.items():
     registry.callbacks.register(_name, func=_cls)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,19 +17,25 @@ import torch
 from composer.utils import get_file
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from llmfoundry.models import mpt as mpt_package
+from llmfoundry.models.hf.export import AUTO_MAP, OUTPUT_DTYPES, save_mpt_as_hf
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
 from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
-from llmfoundry.utils.file_utils import atomic_directory
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-AUTO_MAP = {
-    "AutoConfig": "configuration_mpt.MPTConfig",
-    "AutoModelForCausalLM": "modeling_mpt.MPTForCausalLM",
-}
+# The export helpers live in ``llmfoundry.models.hf.export`` (callbacks use them too); these
+# names stay importable from here.
+__all__ = [
+    "AUTO_MAP",
+    "OUTPUT_DTYPES",
+    "convert_composer_to_hf",
+    "mpt_config_from_checkpoint",
+    "mpt_model_from_checkpoint",
+    "save_mpt_as_hf",
+    "tokenizer_from_checkpoint",
+]
+
 MODEL_PREFIX = "model."
 
 
@@ -104,39 +109,6 @@ def mpt_model_from_checkpoint(state: dict[str, Any], config: MPTConfig) -> MPTFo
     return model.eval()
 
 
-def _copy_model_code(folder: Path) -> None:
-    """Copy the standalone MPT sources next to the weights (for ``trust_remote_code``)."""
-    source_dir = Path(mpt_package.__file__).parent
-    for source in sorted(source_dir.glob("*.py")):
-        if source.name != "__init__.py":
-            shutil.copy2(source, folder / source.name)
-
-
-def save_mpt_as_hf(
-    model: MPTForCausalLM,
-    tokenizer: PreTrainedTokenizerBase | None,
-    output_path: str | Path,
-    output_precision: str,
-) -> Path:
-    """Write ``model`` (cast to ``output_precision``) and ``tokenizer`` as a loadable HF folder.
-
-    The folder appears complete or not at all: it is written under a temporary name first.
-    """
-    if output_precision not in OUTPUT_DTYPES:
-        raise ConfigError(
-            f"--output_precision={output_precision!r}: choose one of {', '.join(OUTPUT_DTYPES)}"
-        )
-    torch.nn.Module.to(model, OUTPUT_DTYPES[output_precision])
-    model.config.auto_map = dict(AUTO_MAP)
-    model.config.architectures = ["MPTForCausalLM"]
-    with atomic_directory(output_path) as staging:
-        model.save_pretrained(staging)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(staging)
-        _copy_model_code(staging)
-    return Path(output_path)
-
-
 def convert_composer_to_hf(
     composer_path: str,
     hf_output_path: str,
@@ -148,7 +120,7 @@ def convert_composer_to_hf(
     Args:
         composer_path: the ``.pt`` checkpoint.
         hf_output_path: the folder to write.
-        output_precision: ``fp32``, ``fp16`` or ``bf16``.
+        output_precision: ``fp32``, ``fp16`` or ``bf16`` (or ``float32``/``float16``/``bfloat16``).
         local_checkpoint_save_location: where to keep a downloaded remote checkpoint.
 
     Returns:

@@ -213,7 +213,8 @@ def check_run_options(cfg: TrainConfig) -> None:
 
     Raises:
         ConfigError: on autoresume without run_name or save_folder, contradicting
-            only_*_checkpoint flags, or a save_folder that cannot be created.
+            only_*_checkpoint flags, only_hf_checkpoint without an hf_checkpointer callback,
+            or a save_folder that cannot be created.
         MissingFileError: if a local load_path does not exist.
     """
     if cfg.autoresume:
@@ -225,6 +226,12 @@ def check_run_options(cfg: TrainConfig) -> None:
             raise ConfigError("autoresume needs save_folder: it resumes from the checkpoints there")
     if cfg.only_hf_checkpoint and cfg.only_composer_checkpoint:
         raise ConfigError("only_hf_checkpoint and only_composer_checkpoint contradict; set one")
+    if cfg.only_hf_checkpoint and "hf_checkpointer" not in (cfg.callbacks or {}):
+        raise ConfigError(
+            "only_hf_checkpoint: true writes no Composer checkpoint, so the model is saved only by "
+            "the hf_checkpointer callback; add callbacks.hf_checkpointer (save_folder, "
+            "save_interval) or set only_hf_checkpoint: false"
+        )
     local_load = cfg.load_path is not None and not is_remote(cfg.load_path)
     if local_load and "{" not in str(cfg.load_path) and not Path(str(cfg.load_path)).exists():
         raise MissingFileError(

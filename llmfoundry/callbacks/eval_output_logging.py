@@ -1,0 +1,260 @@
+"""``eval_output_logging``: after each evaluation, a table per evaluator of what the model saw and scored.
+
+For a language-modeling eval batch (``eval_loader`` → evaluator ``eval``, ``eval_loaders`` →
+``eval/<label>``) each sample becomes one row:
+
+* ``input``: the decoded input text, padding left out and special tokens kept (with
+  ``log_tokenized: true``, ``input_ids``: the token ids instead);
+* ``loss``: the mean next-token cross-entropy over the sample's scored labels (not -100),
+  computed from the logits of the eval step itself (the model is not run again);
+* ``label_tokens``: how many labels were scored.
+
+Weighting each row's ``loss`` by its ``label_tokens`` gives back the evaluator's
+``LanguageCrossEntropy``. Rows of every rank are gathered, and global rank 0 logs
+``eval_outputs/ba{batch}/{evaluator}`` through ``logger.log_table``.
+
+Extension point (ICL tasks): rows are dicts ``{column: value}`` and a table's columns are the
+union of its rows' keys, in first-seen order. Two hooks produce them:
+
+* :meth:`EvalOutputLogging.rows_after_forward` runs once per microbatch right after the eval
+  forward (``Event.EVAL_AFTER_FORWARD``), where ``state.batch`` is the microbatch and
+  ``state.outputs`` what ``eval_forward`` returned; it builds the LM rows above for batches
+  without a ``mode`` key;
+* :meth:`EvalOutputLogging.rows_at_batch_end` runs at ``Event.EVAL_BATCH_END``, after the
+  metrics were updated, where ``state.metric_outputs`` holds what ``update_metric`` returned.
+  It returns no rows today; ICL batches (``mode: icl_task`` or ``generate``) should be turned
+  into rows there, from the batch and the metric's per-sample outputs. With microbatching only
+  the last microbatch is visible at that event, so an ICL metric should return its per-sample
+  results for the whole batch.
+
+Known limit: when a distributed sampler pads the last batch with repeated samples and a
+microbatch holds just one sample, Composer still runs the forward on it, so that sample can
+appear twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from composer.core import Callback, State
+from composer.loggers import Logger
+from composer.utils import dist
+from transformers import PreTrainedTokenizerBase
+
+from llmfoundry.utils.exceptions import ConfigError
+
+log = logging.getLogger(__name__)
+
+KEY = "callbacks.eval_output_logging"
+TABLE_PREFIX = "eval_outputs"
+IGNORE_INDEX = -100
+SUBSET_SEED = 0
+
+Row = dict[str, Any]
+
+
+def table_name(batch: int, evaluator_label: str) -> str:
+    """The table's name: ``eval_outputs/ba{batch}/{evaluator_label}``."""
+    return f"{TABLE_PREFIX}/ba{batch}/{evaluator_label}"
+
+
+def per_sample_losses(
+    logits: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean cross-entropy per sample over the targets that are not -100, and their count.
+
+    Computed in fp32 one sample at a time, so the extra memory is one sample's logits.
+
+    Args:
+        logits: ``(batch, seq, vocab)``, position ``t`` scored against ``targets[:, t]``.
+        targets: ``(batch, seq)`` token ids, -100 where not scored.
+
+    Returns:
+        ``(losses, counts)``, both ``(batch,)`` on the CPU; a sample without scored targets
+        has loss NaN.
+    """
+    sums = []
+    for sample_logits, sample_targets in zip(logits, targets, strict=True):
+        sums.append(
+            F.cross_entropy(
+                sample_logits.float(),
+                sample_targets.to(sample_logits.device),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+        )
+    counts = (targets != IGNORE_INDEX).sum(dim=1).cpu()
+    total = torch.stack(sums).cpu()
+    losses = torch.where(counts > 0, total / counts.clamp(min=1), torch.nan)
+    return losses, counts
+
+
+def deterministic_subset(rows: list[Row], size: int) -> list[Row]:
+    """``size`` rows picked at random with a fixed seed, in their original order (all if ``size`` is -1).
+
+    The same number of rows gives the same picks at every evaluation, so the same samples
+    can be followed through training.
+    """
+    if size < 0 or size >= len(rows):
+        return rows
+    picked = sorted(random.Random(SUBSET_SEED).sample(range(len(rows)), size))
+    return [rows[i] for i in picked]
+
+
+def rows_to_table(rows: list[Row]) -> tuple[list[str], list[list[Any]]]:
+    """Columns (union of the rows' keys, first seen first) and row values (None where missing)."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    return columns, [[row.get(column) for column in columns] for row in rows]
+
+
+def _unwrapped(state: State) -> Any:
+    return state.model.module if state.is_model_ddp else state.model
+
+
+def _logits_of(outputs: Any) -> torch.Tensor | None:
+    """The logits in what ``eval_forward`` returned: the tensor itself or its ``logits``."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, Mapping) and isinstance(outputs.get("logits"), torch.Tensor):
+        return outputs["logits"]
+    logits = getattr(outputs, "logits", None)
+    return logits if isinstance(logits, torch.Tensor) else None
+
+
+def _targets_of(model: Any, batch: Mapping[str, Any], logits: torch.Tensor) -> torch.Tensor:
+    """What the metrics score the logits against.
+
+    Our models' ``eval_forward`` stores them in ``model.labels`` (the labels shifted by one);
+    otherwise they are derived from the batch's labels the same way.
+    """
+    stored = getattr(model, "labels", None)
+    if isinstance(stored, torch.Tensor) and stored.shape == logits.shape[:2]:
+        return stored
+    labels = cast(torch.Tensor, batch["labels"])
+    if not getattr(model, "shift_labels", False):
+        return labels
+    targets = torch.roll(labels, shifts=-1, dims=-1)
+    targets[..., -1] = IGNORE_INDEX
+    return targets
+
+
+class EvalOutputLogging(Callback):
+    """Log a table of each evaluator's samples, per-sample losses and label counts after every eval.
+
+    Args:
+        log_tokenized: log the input's token ids (column ``input_ids``) instead of its
+            decoded text (column ``input``).
+        subset_sample: keep this many rows per evaluator, picked at random with a fixed seed
+            (the same picks at every evaluation); -1 keeps all.
+
+    Raises:
+        ConfigError: if ``subset_sample`` is neither -1 nor positive.
+    """
+
+    def __init__(self, log_tokenized: bool = False, subset_sample: int = -1) -> None:
+        if subset_sample != -1 and subset_sample < 1:
+            raise ConfigError(
+                f"{KEY}.subset_sample={subset_sample} must be -1 (every row) or a positive count"
+            )
+        self.log_tokenized = log_tokenized
+        self.subset_sample = subset_sample
+        self._rows: dict[str, list[Row]] = {}
+        self._warned: set[str] = set()
+
+    def eval_start(self, state: State, logger: Logger) -> None:
+        del logger
+        self._rows[self._label(state)] = []
+
+    def eval_after_forward(self, state: State, logger: Logger) -> None:
+        del logger
+        self._add(state, self.rows_after_forward(state))
+
+    def eval_batch_end(self, state: State, logger: Logger) -> None:
+        del logger
+        self._add(state, self.rows_at_batch_end(state))
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        """Gather the evaluator's rows from every rank; rank 0 logs the table."""
+        label = self._label(state)
+        local_rows = self._rows.pop(label, [])
+        gathered = dist.all_gather_object(local_rows)
+        if dist.get_global_rank() != 0:
+            return
+        rows = [row for rank_rows in gathered for row in rank_rows]
+        if not rows:
+            log.warning("eval_output_logging: evaluator %s produced no rows to log", label)
+            return
+        columns, values = rows_to_table(deterministic_subset(rows, self.subset_sample))
+        logger.log_table(
+            columns=columns, rows=values, name=table_name(int(state.timestamp.batch), label)
+        )
+
+    def rows_after_forward(self, state: State) -> list[Row]:
+        """Rows for the microbatch just evaluated: one per sample of a language-modeling batch.
+
+        A batch with a ``mode`` key (ICL) or without ``labels`` or logits gives no rows here.
+        """
+        batch = state.batch
+        if not isinstance(batch, Mapping) or "mode" in batch or "labels" not in batch:
+            return []
+        logits = _logits_of(state.outputs)
+        if logits is None or logits.dim() != 3:
+            return []
+        targets = _targets_of(_unwrapped(state), batch, logits)
+        losses, counts = per_sample_losses(logits, targets)
+        inputs = self._inputs(state, batch)
+        return [
+            {
+                inputs[0]: value,
+                "loss": float(loss),
+                "label_tokens": int(count),
+            }
+            for value, loss, count in zip(inputs[1], losses.tolist(), counts.tolist(), strict=True)
+        ]
+
+    def rows_at_batch_end(self, state: State) -> list[Row]:
+        """Rows built after the metric update (``state.metric_outputs``); none yet.
+
+        ICL tasks add their rows here (see the module docstring).
+        """
+        del state
+        return []
+
+    def _inputs(self, state: State, batch: Mapping[str, Any]) -> tuple[str, list[Any]]:
+        """The input column's name and, per sample, its unpadded token ids or decoded text."""
+        input_ids = cast(torch.Tensor, batch["input_ids"]).cpu()
+        mask = batch.get("attention_mask")
+        keep = (
+            cast(torch.Tensor, mask).cpu().bool()
+            if mask is not None
+            else torch.ones_like(input_ids, dtype=torch.bool)
+        )
+        ids = [row[row_keep].tolist() for row, row_keep in zip(input_ids, keep, strict=True)]
+        tokenizer = cast(
+            PreTrainedTokenizerBase | None, getattr(_unwrapped(state), "tokenizer", None)
+        )
+        if self.log_tokenized or tokenizer is None:
+            if tokenizer is None and not self.log_tokenized:
+                self._warn_once(state, "the model has no tokenizer: logging token ids")
+            return "input_ids", ids
+        return "input", tokenizer.batch_decode(ids, skip_special_tokens=False)
+
+    def _add(self, state: State, rows: list[Row]) -> None:
+        self._rows.setdefault(self._label(state), []).extend(rows)
+
+    def _warn_once(self, state: State, message: str) -> None:
+        label = self._label(state)
+        if label not in self._warned:
+            self._warned.add(label)
+            log.warning("eval_output_logging (%s): %s", label, message)
+
+    @staticmethod
+    def _label(state: State) -> str:
+        return str(state.dataloader_label)

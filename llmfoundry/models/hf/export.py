@@ -1,0 +1,139 @@
+"""Writing models as Hugging Face folders: the dtype names, MPT's bundled code, weight copies.
+
+Shared by the offline converter (``command_utils.convert_composer_to_hf``) and the
+``hf_checkpointer`` callback, which exports while training runs. An exported MPT folder holds
+``model.safetensors``, ``config.json`` (whose ``auto_map`` points at the bundled code), the
+tokenizer files and the standalone MPT sources, so that
+``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` loads it anywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from llmfoundry.models import mpt as mpt_package
+from llmfoundry.models.mpt import MPTForCausalLM
+from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.file_utils import atomic_directory
+
+# The converter's names for the output dtypes (its ``--output_precision`` choices).
+OUTPUT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The long names (the callback's ``precision`` values in LLM Foundry YAMLs), same dtypes.
+LONG_DTYPE_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
+PRECISION_CHOICES = (*LONG_DTYPE_NAMES, *OUTPUT_DTYPES)
+AUTO_MAP = {
+    "AutoConfig": "configuration_mpt.MPTConfig",
+    "AutoModelForCausalLM": "modeling_mpt.MPTForCausalLM",
+}
+
+ModelT = TypeVar("ModelT", bound=PreTrainedModel)
+
+
+def dtype_of_precision(precision: str, key: str) -> torch.dtype:
+    """The dtype named by ``precision``: ``float32``/``bfloat16``/``float16`` or ``fp32``/``bf16``/``fp16``.
+
+    Args:
+        precision: the name.
+        key: the config key or flag that gave it, for the error message.
+
+    Raises:
+        ConfigError: naming ``key`` and the valid choices for an unknown name.
+    """
+    short = LONG_DTYPE_NAMES.get(precision, precision)
+    if short not in OUTPUT_DTYPES:
+        raise ConfigError(
+            f"{key}={precision!r} is not a supported precision; choose one of "
+            f"{', '.join(PRECISION_CHOICES)}"
+        )
+    return OUTPUT_DTYPES[short]
+
+
+def copy_mpt_code(folder: str | Path) -> None:
+    """Copy the standalone MPT sources into ``folder`` (what ``trust_remote_code`` runs)."""
+    source_dir = Path(mpt_package.__file__).parent
+    for source in sorted(source_dir.glob("*.py")):
+        if source.name != "__init__.py":
+            shutil.copy2(source, Path(folder) / source.name)
+
+
+def copy_with_weights(
+    model: ModelT, state_dict: Mapping[str, torch.Tensor], dtype: torch.dtype
+) -> ModelT:
+    """A new model of ``model``'s class and config holding ``state_dict`` cast to ``dtype``.
+
+    ``model`` itself is left untouched (training may go on with it); the copy is built on the
+    meta device, so no memory is spent on an initialization that is overwritten at once.
+
+    Args:
+        model: the model whose class and config the copy takes (its weights are not read).
+        state_dict: every persistent weight of the model, by name.
+        dtype: the floating-point dtype of the copy.
+
+    Returns:
+        The copy, in eval mode, on the device of the ``state_dict`` tensors.
+    """
+    config: Any = copy.deepcopy(model.config)
+    if isinstance(model, MPTForCausalLM):
+        config.init_device = "cpu"  # built on meta below whatever the run asked for
+    with torch.device("meta"):
+        clone = type(model)(config)
+    weights = {
+        name: tensor.to(dtype) if tensor.is_floating_point() else tensor
+        for name, tensor in state_dict.items()
+    }
+    clone.load_state_dict(weights, strict=True, assign=True)
+    if getattr(config, "tie_word_embeddings", False):
+        clone.tie_weights()  # the cast above made separate copies of tied weights
+    return clone.eval()
+
+
+def write_mpt_folder(
+    model: MPTForCausalLM, tokenizer: PreTrainedTokenizerBase | None, folder: str | Path
+) -> None:
+    """Save ``model`` (in its current dtype), ``tokenizer`` and the MPT sources into ``folder``.
+
+    Sets ``auto_map`` and ``architectures`` on ``model.config`` so that the folder loads with
+    ``AutoModelForCausalLM`` and ``trust_remote_code=True``.
+    """
+    model.config.auto_map = dict(AUTO_MAP)
+    model.config.architectures = ["MPTForCausalLM"]
+    model.save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    copy_mpt_code(folder)
+
+
+def save_mpt_as_hf(
+    model: MPTForCausalLM,
+    tokenizer: PreTrainedTokenizerBase | None,
+    output_path: str | Path,
+    output_precision: str,
+) -> Path:
+    """Cast ``model`` to ``output_precision`` in place and write it with ``tokenizer`` as an HF folder.
+
+    The folder appears complete or not at all: it is written under a temporary name first.
+
+    Args:
+        model: the model; it is cast to the output dtype.
+        tokenizer: saved alongside when given.
+        output_path: the folder to write (replaced if it exists).
+        output_precision: ``fp32``/``fp16``/``bf16`` (or ``float32``/``float16``/``bfloat16``).
+
+    Returns:
+        The output folder.
+
+    Raises:
+        ConfigError: for an unknown precision.
+    """
+    dtype = dtype_of_precision(output_precision, "--output_precision")
+    torch.nn.Module.to(model, dtype)
+    with atomic_directory(output_path) as staging:
+        write_mpt_folder(model, tokenizer, staging)
+    return Path(output_path)
