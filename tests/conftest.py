@@ -33,6 +33,13 @@ OPEN_FILES_TO_RELEASE_AT = 4000
 
 
 @pytest.fixture(autouse=True)
+def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run each test in its own temporary folder: whatever a run writes relative to the working
+    directory (a ``save_folder: null`` run's ``{run_name}/metrics``, say) stays out of the repo."""
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
 def _release_streaming_shared_memory() -> Iterator[None]:
     """Close the shared memory of the Streaming datasets that finished tests left behind.
 

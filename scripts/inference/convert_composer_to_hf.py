@@ -27,5 +27,9 @@ if __name__ == "__main__":
     parser.add_argument(
         "--local_checkpoint_save_location", default=None, help="keep a downloaded checkpoint here"
     )
-    parser.add_argument("--output_precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument(
+        "--output_precision",
+        default="fp32",
+        choices=["fp32", "fp16", "bf16", "float32", "float16", "bfloat16"],
+    )
     sys.exit(run_user_command(main, parser.parse_args()))

@@ -270,7 +270,9 @@ def test_console_log_interval_and_progress_bar(
     ]
     assert "Train loss/train/total:" in console
 
-    cfg, resolved = config(tmp_path, mds_dir, tokenizer_dir, [*base, "progress_bar=true"])
+    cfg, resolved = config(
+        tmp_path, mds_dir, tokenizer_dir, [*base, "progress_bar=true", "log_to_console=false"]
+    )
     train(cfg, resolved).close()
     console = capfd.readouterr().err
     assert "train" in console and "4/4" in console  # the bar reached its end
