@@ -160,3 +160,14 @@ def test_warmup_schedulers_with_epoch_times(name: str) -> None:
         if token % 10 == 0:
             value = scheduler(_at(state, batch=token // 10))
             assert value == pytest.approx(expected), (name, token)
+
+
+def test_constant_with_warmup_ramps_to_alpha_then_holds() -> None:
+    # Warmup over 100 tokens from 0 to alpha = 0.5, then 0.5 until the end.
+    scheduler = build_scheduler(
+        {"name": "constant_with_warmup", "t_warmup": "100tok", "alpha": 0.5}
+    )
+    state = _state("1000tok")
+    expected = {0: 0.0, 50: 0.25, 100: 0.5, 550: 0.5, 1000: 0.5}
+    for token, value in expected.items():
+        assert scheduler(_at(state, token=token)) == pytest.approx(value), token
