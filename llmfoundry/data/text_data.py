@@ -535,7 +535,8 @@ def build_text_dataloader(
         collate_fn=collator,
         drop_last=drop_last,
         num_workers=num_workers,
-        pin_memory=pin_memory,
+        # Pinning needs an accelerator; without one torch warns on every loader.
+        pin_memory=pin_memory and torch.cuda.is_available(),
         timeout=timeout,
         **worker_process_kwargs(num_workers, prefetch_factor, persistent_workers, section),
     )

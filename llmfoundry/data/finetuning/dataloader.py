@@ -32,6 +32,7 @@ from typing import Any
 
 import datasets
 import numpy as np
+import torch
 from composer.core import DataSpec
 from composer.utils import dist
 from torch.utils.data import DataLoader, Dataset
@@ -531,7 +532,8 @@ def build_finetuning_dataloader(
         sampler=sampler,
         drop_last=drop_last,
         num_workers=num_workers,
-        pin_memory=pin_memory,
+        # Pinning needs an accelerator; without one torch warns on every loader.
+        pin_memory=pin_memory and torch.cuda.is_available(),
         timeout=timeout,
         **worker_kwargs,
     )
