@@ -28,6 +28,7 @@ from composer.callbacks import (
 from llmfoundry import registry
 from llmfoundry.callbacks.curriculum_learning import CurriculumLearning
 from llmfoundry.callbacks.env_logging import EnvironmentLoggingCallback
+from llmfoundry.callbacks.eval_gauntlet_callback import EvalGauntlet
 from llmfoundry.callbacks.eval_output_logging import EvalOutputLogging
 from llmfoundry.callbacks.generate import Generate
 from llmfoundry.callbacks.hf_checkpointer import HuggingFaceCheckpointer
@@ -54,6 +55,7 @@ for _name, _cls in {
     "scheduled_gc": ScheduledGarbageCollector,
     "env_logging": EnvironmentLoggingCallback,
     "eval_output_logging": EvalOutputLogging,
+    "eval_gauntlet": EvalGauntlet,
     "hf_checkpointer": HuggingFaceCheckpointer,
 }.items():
     registry.callbacks.register(_name, func=_cls)

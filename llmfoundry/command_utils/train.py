@@ -23,7 +23,9 @@ from composer.loggers import LoggerDestination
 from composer.profiler import JSONTraceHandler, Profiler, cyclic_schedule
 from composer.utils import dist, get_device, reproducibility
 
+from llmfoundry.callbacks.eval_gauntlet_callback import EvalGauntlet
 from llmfoundry.command_utils.parallelism import build_parallelism_config
+from llmfoundry.eval import InContextLearningMetric, build_icl_evaluators
 from llmfoundry.loggers.run_artifacts import RunArtifactsLogger, build_run_artifacts_logger
 from llmfoundry.utils.builders import (
     build_algorithms,
@@ -304,18 +306,15 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
 def build_evaluators(
     cfg: TrainConfig, tokenizer: Any, model: Any, batch_sizes: BatchSizes
 ) -> list[Evaluator]:
-    """The evaluators of ``eval_loader`` (label ``eval``) and of each ``eval_loaders`` entry.
+    """The evaluators of ``eval_loader`` (label ``eval``), of each ``eval_loaders`` entry, and of
+    ``icl_tasks`` (``icl_tasks_str``): one per task and shot count, at ``icl_seq_len`` (else
+    ``max_seq_len``) with ``device_eval_batch_size`` questions per batch.
 
     Raises:
         ConfigError: if both are set, or an ``eval_loaders`` entry has no unique ``label``.
     """
     if cfg.eval_loader is not None and cfg.eval_loaders is not None:
         raise ConfigError("set eval_loader or eval_loaders (a list with labels), not both")
-    if cfg.icl_tasks or cfg.icl_tasks_str or cfg.eval_gauntlet or cfg.eval_gauntlet_str:
-        logger.warning(
-            "icl_tasks / eval_gauntlet are not run during training yet: ICL evaluation during "
-            "training is not implemented; run scripts/eval/eval.py on the checkpoints"
-        )
     sections: list[tuple[str, str, Mapping[str, Any]]] = []
     if cfg.eval_loader is not None:
         sections.append(("eval", "eval_loader", cfg.eval_loader))
@@ -327,8 +326,13 @@ def build_evaluators(
             raise ConfigError(f"eval_loaders[{index}].label '{label}' is used twice")
         loader = {k: v for k, v in section.items() if k != "label"}
         sections.append((f"eval/{label}", f"eval_loaders[{index}]", loader))
-    metric_names = sorted(model.get_metrics(is_train=False).keys())
-    return [
+    # The in-context-learning metrics score only the ICL evaluators' batches.
+    metric_names = sorted(
+        name
+        for name, metric in model.get_metrics(is_train=False).items()
+        if not isinstance(metric, InContextLearningMetric)
+    )
+    evaluators = [
         Evaluator(
             label=label,
             dataloader=build_dataloader(
@@ -338,6 +342,34 @@ def build_evaluators(
         )
         for label, key, section in sections
     ]
+    icl_tasks = cfg.icl_tasks or cfg.icl_tasks_str
+    if icl_tasks:
+        icl_evaluators, _ = build_icl_evaluators(
+            icl_tasks,
+            tokenizer,
+            default_max_seq_len=cfg.icl_seq_len or cfg.max_seq_len,
+            default_batch_size=batch_sizes.device_eval_batch_size,
+            icl_subset_num_batches=cfg.icl_subset_num_batches,
+        )
+        evaluators += icl_evaluators
+    return evaluators
+
+
+def build_gauntlet(cfg: TrainConfig) -> list[EvalGauntlet]:
+    """The ``eval_gauntlet`` (a section or a YAML path) as a callback scoring each eval round.
+
+    Raises:
+        ConfigError: on a gauntlet without ``icl_tasks`` to score, or a bad gauntlet config.
+    """
+    gauntlet = cfg.eval_gauntlet or cfg.eval_gauntlet_str
+    if not gauntlet:
+        return []
+    if not (cfg.icl_tasks or cfg.icl_tasks_str):
+        raise ConfigError(
+            "eval_gauntlet scores icl_tasks benchmarks, but the run has no icl_tasks; add "
+            "icl_tasks (a list or a YAML path) or remove eval_gauntlet"
+        )
+    return [EvalGauntlet.from_config(gauntlet)]
 
 
 def build_trainer(
@@ -407,6 +439,7 @@ def build_trainer(
                     "device_train_batch_size": batch_sizes.device_train_batch_size,
                 },
             ),
+            *build_gauntlet(cfg),
         ],
         loggers=[*with_run_artifacts(build_loggers(cfg.loggers), cfg.save_folder), *extra_loggers],
         algorithms=build_algorithms(cfg.algorithms),

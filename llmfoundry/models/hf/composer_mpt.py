@@ -15,6 +15,7 @@ from torchmetrics import Metric
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
+from llmfoundry.eval.metrics import ICL_METRICS
 from llmfoundry.models.mpt import MPTConfig, MPTConfigError, MPTForCausalLM
 from llmfoundry.models.mpt.modeling_mpt import MPTCausalLMOutput
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
@@ -40,6 +41,13 @@ def build_lm_metrics(additional: Sequence[str] | None) -> list[Metric]:
     """LanguageCrossEntropy and LanguagePerplexity plus the named ``metrics`` registry entries."""
     metrics: list[Metric] = [LanguageCrossEntropy(), LanguagePerplexity()]
     return metrics + [registry.metrics.get(name)() for name in additional or []]
+
+
+def build_eval_metrics(additional: Sequence[str] | None) -> list[Metric]:
+    """``build_lm_metrics`` plus the in-context-learning metrics that ``icl_tasks`` evaluators use."""
+    metrics = build_lm_metrics(additional)
+    present = {type(metric).__name__ for metric in metrics}
+    return metrics + [cls() for name, cls in ICL_METRICS.items() if name not in present]
 
 
 def _takes_token_losses(metric: Metric) -> bool:
@@ -142,7 +150,7 @@ class ComposerMPTCausalLM(HuggingFaceModel):
             tokenizer=cast(Any, tokenizer),
             use_logits=True,
             metrics=build_lm_metrics(additional_train_metrics) if use_train_metrics else None,
-            eval_metrics=build_lm_metrics(additional_eval_metrics),
+            eval_metrics=build_eval_metrics(additional_eval_metrics),
             shift_labels=True,
             allow_embedding_resizing=False,
         )
@@ -204,7 +212,11 @@ class ComposerMPTCausalLM(HuggingFaceModel):
         train metric needs them.
         """
         if batch.get("mode") in ("generate", "icl_task"):
-            return super().eval_forward(dict(batch), outputs)
+            # Composer's version pops and shifts the labels in place: hand it copies.
+            copied = dict(batch)
+            if isinstance(copied.get("labels"), torch.Tensor):
+                copied["labels"] = copied["labels"].clone()
+            return super().eval_forward(copied, outputs)
         self.labels = shift_labels(batch["labels"])
         if outputs is not None and outputs.logits is None:
             train_metrics = self.get_metrics(is_train=True).values()

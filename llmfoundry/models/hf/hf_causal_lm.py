@@ -29,7 +29,7 @@ from transformers import (
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from llmfoundry import registry
-from llmfoundry.models.hf.composer_mpt import build_lm_metrics
+from llmfoundry.models.hf.composer_mpt import build_eval_metrics, build_lm_metrics
 from llmfoundry.models.hf.composer_mpt import shift_labels as shift_labels_for_next_token
 from llmfoundry.utils.exceptions import (
     ConfigError,
@@ -516,7 +516,7 @@ class ComposerHFCausalLM(HuggingFaceModel):
             tokenizer=cast(Any, tokenizer),
             use_logits=use_logits,
             metrics=build_lm_metrics(additional_train_metrics) if use_train_metrics else None,
-            eval_metrics=build_lm_metrics(additional_eval_metrics),
+            eval_metrics=build_eval_metrics(additional_eval_metrics),
             shift_labels=shift_labels,
             allow_embedding_resizing=allow_embedding_resizing,
             should_save_peft_only=should_save_peft_only,
@@ -547,7 +547,7 @@ class ComposerHFCausalLM(HuggingFaceModel):
         if batch.get("mode") in ("generate", "icl_task"):
             # Composer's version pops and shifts the labels in place: hand it copies.
             copied = dict(batch)
-            if "labels" in copied:
+            if isinstance(copied.get("labels"), torch.Tensor):
                 copied["labels"] = copied["labels"].clone()
             return super().eval_forward(copied, outputs)
         outputs = outputs if outputs is not None else self.forward(batch)

@@ -1,0 +1,592 @@
+"""``eval_gauntlet``: composite scores over in-context-learning benchmarks.
+
+A gauntlet groups ICL benchmarks into categories and reports one score per category and per
+average of categories, so a run is summarised by a handful of numbers instead of dozens of
+accuracies. The config (the ``eval_gauntlet:`` section of a run YAML, or a YAML file holding
+one) looks like::
+
+    eval_gauntlet:
+      weighting: EQUAL              # EQUAL | SAMPLE_SZ | LOG_SAMPLE_SZ
+      subtract_random_baseline: true
+      rescale_accuracy: true
+      averages:                     # optional; default: default_average over every category
+        core_average: [world_knowledge, commonsense_reasoning]
+      categories:
+      - name: world_knowledge
+        benchmarks:
+        - {name: jeopardy, num_fewshot: 3, random_baseline: 0}
+
+How the numbers are made:
+
+* a benchmark's raw score is the accuracy metric (the first metric whose name contains
+  ``Accuracy``, else the first metric) of the evaluator labelled ``{name}/{num_fewshot}-shot``.
+  A task split into categories (evaluators ``{name}/{category}/{k}-shot`` or
+  ``{name}/{k}-shot/{category}``) scores the plain mean of its categories' accuracies;
+* with ``subtract_random_baseline`` the score is ``raw - random_baseline``, and with
+  ``rescale_accuracy`` as well it is then divided by ``1 - random_baseline`` (so chance is 0
+  and a perfect score 1);
+* a category's score is the weighted mean of its benchmarks' scores, the weight being 1
+  (``EQUAL``), the benchmark's number of samples (``SAMPLE_SZ``) or
+  ``max(log2(samples), 1)`` (``LOG_SAMPLE_SZ``). Sample counts come from ``benchmark_sizes``
+  when given, else from ``len()`` of the evaluator's dataset (else the samples it evaluated);
+* an average is the plain mean of its categories' scores.
+
+A benchmark whose evaluator did not run is skipped (one warning names all of them); a category
+left with no benchmark, and an average left with no category, are left out.
+
+The callback computes the scores once per evaluation round: at ``Event.EVAL_AFTER_ALL`` during
+``fit`` and at ``Event.EVAL_STANDALONE_END`` after ``Trainer.eval()``. It logs
+``icl/metrics/eval_gauntlet/{category}`` and ``icl/metrics/eval_gauntlet/{average}`` and keeps
+them in :attr:`EvalGauntlet.last_scores` (``gauntlet_table`` renders them as markdown). Do not
+also call its hooks by hand after ``Trainer.eval()``: that would log the round twice.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence, Sized
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from composer.core import Callback, State
+from composer.loggers import Logger
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
+from llmfoundry.utils.registry_utils import check_keys
+
+log = logging.getLogger(__name__)
+
+KEY = "eval_gauntlet"
+LOG_PREFIX = "icl/metrics/eval_gauntlet"
+DEFAULT_AVERAGE = "default_average"
+
+_SECTION_KEYS = {
+    "weighting",
+    "subtract_random_baseline",
+    "rescale_accuracy",
+    "averages",
+    "categories",
+}
+_CATEGORY_KEYS = {"name", "benchmarks"}
+_BENCHMARK_KEYS = {"name", "num_fewshot", "random_baseline"}
+
+
+class Weighting(enum.Enum):
+    """How a benchmark's score counts towards its category's score."""
+
+    EQUAL = "EQUAL"
+    SAMPLE_SZ = "SAMPLE_SZ"
+    LOG_SAMPLE_SZ = "LOG_SAMPLE_SZ"
+
+
+@dataclass(frozen=True)
+class GauntletBenchmark:
+    """One benchmark of a category: the evaluator ``{name}/{num_fewshot}-shot``."""
+
+    name: str
+    num_fewshot: int
+    random_baseline: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """The evaluator label this benchmark scores (``piqa/0-shot``)."""
+        return f"{self.name}/{self.num_fewshot}-shot"
+
+
+@dataclass(frozen=True)
+class GauntletCategory:
+    """A named group of benchmarks whose scores are averaged into one."""
+
+    name: str
+    benchmarks: tuple[GauntletBenchmark, ...]
+
+
+@dataclass(frozen=True)
+class GauntletConfig:
+    """A validated ``eval_gauntlet`` section."""
+
+    categories: tuple[GauntletCategory, ...]
+    weighting: Weighting = Weighting.EQUAL
+    subtract_random_baseline: bool = True
+    rescale_accuracy: bool = True
+    averages: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- config parsing
+
+
+def _plain(value: Any) -> Any:
+    """OmegaConf containers as plain dicts/lists; anything else unchanged."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _require(section: Mapping[str, Any], key: str, path: str) -> Any:
+    if key not in section or section[key] is None:
+        raise ConfigError(f"{path}.{key} is missing")
+    return section[key]
+
+
+def _as_list(value: Any, path: str) -> list[Any]:
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise ConfigError(f"{path} must be a list, got {type(value).__name__}")
+    return list(value)
+
+
+def _as_mapping(value: Any, path: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path} must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _as_bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path} must be true or false, got {value!r}")
+    return value
+
+
+def _parse_weighting(value: Any, path: str) -> Weighting:
+    if isinstance(value, Weighting):
+        return value
+    names = [w.value for w in Weighting]
+    if not isinstance(value, str) or value.upper() not in names:
+        raise ConfigError(f"{path} must be one of {', '.join(names)}, got {value!r}")
+    return Weighting(value.upper())
+
+
+def _parse_benchmark(raw: Any, path: str, need_baseline: bool) -> GauntletBenchmark:
+    section = _as_mapping(raw, path)
+    check_keys(section, _BENCHMARK_KEYS, path)
+    name = _require(section, "name", path)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{path}.name must be a non-empty string, got {name!r}")
+    num_fewshot = _require(section, "num_fewshot", path)
+    if isinstance(num_fewshot, bool) or not isinstance(num_fewshot, int) or num_fewshot < 0:
+        raise ConfigError(f"{path}.num_fewshot must be an integer >= 0, got {num_fewshot!r}")
+    if need_baseline:
+        baseline = _require(section, "random_baseline", path)
+    else:
+        baseline = section.get("random_baseline", 0.0)
+        baseline = 0.0 if baseline is None else baseline
+    if isinstance(baseline, bool) or not isinstance(baseline, int | float):
+        raise ConfigError(f"{path}.random_baseline must be a number in [0, 1), got {baseline!r}")
+    if not 0.0 <= float(baseline) < 1.0:
+        raise ConfigError(f"{path}.random_baseline must be in [0, 1), got {baseline!r}")
+    return GauntletBenchmark(name=name, num_fewshot=num_fewshot, random_baseline=float(baseline))
+
+
+def _parse_category(raw: Any, path: str, need_baseline: bool) -> GauntletCategory:
+    section = _as_mapping(raw, path)
+    check_keys(section, _CATEGORY_KEYS, path)
+    name = _require(section, "name", path)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"{path}.name must be a non-empty string, got {name!r}")
+    benchmarks = _as_list(_require(section, "benchmarks", path), f"{path}.benchmarks")
+    if not benchmarks:
+        raise ConfigError(f"{path}.benchmarks is empty; list at least one benchmark")
+    return GauntletCategory(
+        name=name,
+        benchmarks=tuple(
+            _parse_benchmark(b, f"{path}.benchmarks[{i}]", need_baseline)
+            for i, b in enumerate(benchmarks)
+        ),
+    )
+
+
+def _parse_averages(raw: Any, categories: Sequence[str], path: str) -> dict[str, tuple[str, ...]]:
+    if raw is None:
+        return {DEFAULT_AVERAGE: tuple(categories)}
+    averages: dict[str, tuple[str, ...]] = {}
+    for name, members in _as_mapping(raw, path).items():
+        member_list = _as_list(members, f"{path}.{name}")
+        if not member_list:
+            raise ConfigError(f"{path}.{name} is empty; list the categories it averages")
+        for i, member in enumerate(member_list):
+            if member not in categories:
+                raise ConfigError(
+                    f"{path}.{name}[{i}] names unknown category {member!r}"
+                    f"{did_you_mean(str(member), categories)} (categories: {', '.join(categories)})"
+                )
+        if name in categories:
+            raise ConfigError(f"{path}.{name} has the same name as a category; rename the average")
+        averages[str(name)] = tuple(str(m) for m in member_list)
+    return averages
+
+
+def parse_gauntlet_config(section: Mapping[str, Any], path: str = KEY) -> GauntletConfig:
+    """Validate an ``eval_gauntlet`` section into a :class:`GauntletConfig`.
+
+    Args:
+        section: the section's contents (``weighting``, ``categories``, ...).
+        path: the key path of the section, for messages.
+
+    Returns:
+        The typed config; ``averages`` defaults to ``default_average`` over every category.
+
+    Raises:
+        ConfigError: on an unknown key (named by its full path, with a suggestion), a missing
+            key, a ``random_baseline`` outside [0, 1), an unknown weighting, a duplicate
+            category or an average naming an unknown category.
+    """
+    section = _as_mapping(_plain(section), path)
+    check_keys(section, _SECTION_KEYS, path)
+    subtract = _as_bool(
+        section.get("subtract_random_baseline", True), f"{path}.subtract_random_baseline"
+    )
+    rescale = _as_bool(section.get("rescale_accuracy", True), f"{path}.rescale_accuracy")
+    weighting = _parse_weighting(section.get("weighting", "EQUAL"), f"{path}.weighting")
+    raw_categories = _as_list(_require(section, "categories", path), f"{path}.categories")
+    if not raw_categories:
+        raise ConfigError(f"{path}.categories is empty; list at least one category")
+    categories = tuple(
+        _parse_category(c, f"{path}.categories[{i}]", need_baseline=subtract)
+        for i, c in enumerate(raw_categories)
+    )
+    names = [c.name for c in categories]
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise ConfigError(f"{path}.categories[{i}].name {name!r} is used by two categories")
+    return GauntletConfig(
+        categories=categories,
+        weighting=weighting,
+        subtract_random_baseline=subtract,
+        rescale_accuracy=rescale,
+        averages=_parse_averages(section.get("averages"), names, f"{path}.averages"),
+    )
+
+
+def load_gauntlet_config(
+    section_or_path: Mapping[str, Any] | str | os.PathLike[str] | GauntletConfig,
+) -> GauntletConfig:
+    """Read a gauntlet config from a run config's section or from a YAML file.
+
+    Args:
+        section_or_path: the ``eval_gauntlet:`` section's contents, a path to a YAML file whose
+            top level holds ``eval_gauntlet:`` (relative paths are relative to the working
+            directory), or an already built :class:`GauntletConfig`.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        MissingFileError: the file does not exist.
+        ConfigError: the file has no ``eval_gauntlet`` key, or the section is invalid (see
+            :func:`parse_gauntlet_config`).
+    """
+    if isinstance(section_or_path, GauntletConfig):
+        return section_or_path
+    if isinstance(section_or_path, str | os.PathLike):
+        file = Path(section_or_path)
+        if not file.is_file():
+            raise MissingFileError(
+                f"{KEY}: gauntlet file {str(file)!r} does not exist; give a YAML file path "
+                "(relative to the working directory) or the section itself"
+            )
+        loaded = _plain(OmegaConf.load(file))
+        if not isinstance(loaded, Mapping) or KEY not in loaded:
+            raise ConfigError(f"{file}: the file has no top-level '{KEY}:' section")
+        return parse_gauntlet_config(loaded[KEY], f"{KEY} ({file})")
+    return parse_gauntlet_config(section_or_path)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def benchmark_weight(weighting: Weighting, n_samples: int | None, label: str) -> float:
+    """The weight of a benchmark with ``n_samples`` samples under ``weighting``.
+
+    Raises:
+        ConfigError: a size-based weighting but the benchmark's size is unknown.
+    """
+    if weighting is Weighting.EQUAL:
+        return 1.0
+    if not n_samples:
+        raise ConfigError(
+            f"{KEY}.weighting {weighting.value} needs the number of samples of {label}, which "
+            "is unknown; pass benchmark_sizes or use weighting: EQUAL"
+        )
+    if weighting is Weighting.SAMPLE_SZ:
+        return float(n_samples)
+    return max(math.log2(n_samples), 1.0)
+
+
+def adjusted_score(config: GauntletConfig, raw: float, random_baseline: float) -> float:
+    """A benchmark's raw accuracy after the config's baseline subtraction and rescaling."""
+    if not config.subtract_random_baseline:
+        return raw
+    score = raw - random_baseline
+    if config.rescale_accuracy:
+        score /= 1.0 - random_baseline
+    return score
+
+
+@dataclass(frozen=True)
+class GauntletScores:
+    """One round's results: per benchmark (adjusted), per category and per average."""
+
+    benchmarks: dict[str, float]
+    categories: dict[str, float]
+    averages: dict[str, float]
+    missing: tuple[str, ...]
+
+    def composite(self) -> dict[str, float]:
+        """Category scores followed by averages, the numbers the callback logs."""
+        return {**self.categories, **self.averages}
+
+
+def score_gauntlet(
+    config: GauntletConfig, accuracies: Mapping[str, float], sizes: Mapping[str, int]
+) -> GauntletScores:
+    """Combine benchmark accuracies into category and average scores.
+
+    Args:
+        config: the gauntlet.
+        accuracies: raw accuracy per benchmark label (``piqa/0-shot``); absent = did not run.
+        sizes: number of samples per benchmark label (needed for size-based weightings).
+
+    Returns:
+        The scores; ``missing`` lists the benchmark labels absent from ``accuracies``.
+    """
+    benchmark_scores: dict[str, float] = {}
+    category_scores: dict[str, float] = {}
+    missing: list[str] = []
+    for category in config.categories:
+        total = weight_sum = 0.0
+        for bench in category.benchmarks:
+            if bench.label not in accuracies:
+                missing.append(bench.label)
+                continue
+            score = adjusted_score(config, accuracies[bench.label], bench.random_baseline)
+            benchmark_scores[bench.label] = score
+            weight = benchmark_weight(config.weighting, sizes.get(bench.label), bench.label)
+            total += weight * score
+            weight_sum += weight
+        if weight_sum > 0:
+            category_scores[category.name] = total / weight_sum
+    averages: dict[str, float] = {}
+    for name, members in config.averages.items():
+        present = [category_scores[m] for m in members if m in category_scores]
+        if present:
+            averages[name] = sum(present) / len(present)
+    return GauntletScores(benchmark_scores, category_scores, averages, tuple(missing))
+
+
+def gauntlet_table(scores: Mapping[str, float] | GauntletScores) -> str:
+    """A markdown table of scores (``| name | score |``), in the order given.
+
+    Args:
+        scores: name → score (e.g. :attr:`EvalGauntlet.last_scores`), or a
+            :class:`GauntletScores` (categories, then averages).
+
+    Returns:
+        The table, without a trailing newline.
+    """
+    if isinstance(scores, GauntletScores):
+        scores = scores.composite()
+    values = {name: f"{value:.4f}" for name, value in scores.items()}
+    name_width = max([len("name"), *(len(name) for name in values)])
+    score_width = max([len("score"), *(len(text) for text in values.values())])
+    lines = [
+        f"| {'name':<{name_width}} | {'score':>{score_width}} |",
+        f"| {'-' * name_width} | {'-' * (score_width - 1)}: |",
+    ]
+    lines += [f"| {n:<{name_width}} | {t:>{score_width}} |" for n, t in values.items()]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- callback
+
+
+def _pick_accuracy(metrics: Mapping[str, Any]) -> Any | None:
+    for name, metric in metrics.items():
+        if "Accuracy" in name:
+            return metric
+    return next(iter(metrics.values()), None)
+
+
+def _matches(label: str, bench: GauntletBenchmark) -> bool:
+    """Whether evaluator ``label`` is ``bench`` itself or one of its categories."""
+    if label == bench.label:
+        return True
+    parts = label.split("/")
+    shot = f"{bench.num_fewshot}-shot"
+    return len(parts) == 3 and parts[0] == bench.name and shot in (parts[1], parts[2])
+
+
+def _dataset_size(state: State) -> int | None:
+    dataset = getattr(state.dataloader, "dataset", None)
+    if not isinstance(dataset, Sized):
+        return None
+    try:
+        return len(dataset)
+    except TypeError:  # e.g. an IterableDataset whose __len__ refuses
+        return None
+
+
+class EvalGauntlet(Callback):
+    """Log composite scores over ICL benchmarks after each evaluation round.
+
+    Args:
+        categories: the ``categories`` list of the config (see the module docstring).
+        weighting: ``EQUAL``, ``SAMPLE_SZ`` or ``LOG_SAMPLE_SZ``.
+        subtract_random_baseline: subtract each benchmark's ``random_baseline``.
+        rescale_accuracy: with ``subtract_random_baseline``, divide by ``1 - random_baseline``.
+        averages: average name → the categories it averages (default: ``default_average``
+            over every category).
+        benchmark_sizes: samples per benchmark label (``piqa/0-shot``), overriding the sizes
+            read from the evaluators' datasets.
+
+    Raises:
+        ConfigError: the config is invalid (see :func:`parse_gauntlet_config`).
+    """
+
+    def __init__(
+        self,
+        categories: Sequence[Mapping[str, Any]],
+        weighting: str = "EQUAL",
+        subtract_random_baseline: bool = True,
+        rescale_accuracy: bool = True,
+        averages: Mapping[str, Sequence[str]] | None = None,
+        benchmark_sizes: Mapping[str, int] | None = None,
+    ) -> None:
+        section: dict[str, Any] = {
+            "categories": categories,
+            "weighting": weighting,
+            "subtract_random_baseline": subtract_random_baseline,
+            "rescale_accuracy": rescale_accuracy,
+        }
+        if averages is not None:
+            section["averages"] = averages
+        self.config = parse_gauntlet_config(section)
+        self.benchmark_sizes = dict(_plain(benchmark_sizes) or {})
+        self.last_scores: dict[str, float] = {}
+        self.last_result: GauntletScores | None = None
+        self._sizes_seen: dict[str, int] = {}
+        self._ran: set[str] = set()
+        self._warned: set[str] = set()
+
+    @classmethod
+    def from_config(
+        cls,
+        config: GauntletConfig | Mapping[str, Any] | str | os.PathLike[str],
+        benchmark_sizes: Mapping[str, int] | None = None,
+    ) -> EvalGauntlet:
+        """Build the callback from a section, a YAML file path or a :class:`GauntletConfig`.
+
+        Raises:
+            MissingFileError, ConfigError: see :func:`load_gauntlet_config`.
+        """
+        parsed = load_gauntlet_config(config)
+        return cls(
+            categories=[
+                {"name": c.name, "benchmarks": [asdict(b) for b in c.benchmarks]}
+                for c in parsed.categories
+            ],
+            weighting=parsed.weighting.value,
+            subtract_random_baseline=parsed.subtract_random_baseline,
+            rescale_accuracy=parsed.rescale_accuracy,
+            averages={name: list(members) for name, members in parsed.averages.items()},
+            benchmark_sizes=benchmark_sizes,
+        )
+
+    # -- events
+
+    def eval_before_all(self, state: State, logger: Logger) -> None:
+        """Start a round during ``fit``."""
+        del state, logger
+        self._ran.clear()
+
+    def eval_standalone_start(self, state: State, logger: Logger) -> None:
+        """Start a round of ``Trainer.eval()``."""
+        del state, logger
+        self._ran.clear()
+
+    def eval_end(self, state: State, logger: Logger) -> None:
+        """Note which evaluator ran and how many samples its dataset holds."""
+        del logger
+        label = state.dataloader_label
+        if label is None:
+            return
+        self._ran.add(label)
+        size = _dataset_size(state) or int(state.eval_timestamp.sample)
+        if size:
+            self._sizes_seen[label] = size
+
+    def eval_after_all(self, state: State, logger: Logger) -> None:
+        """Score and log the round that just ended during ``fit``."""
+        self.score_and_log(state, logger)
+
+    def eval_standalone_end(self, state: State, logger: Logger) -> None:
+        """Score and log the round that ``Trainer.eval()`` just ran."""
+        self.score_and_log(state, logger)
+
+    # -- scoring
+
+    def score_and_log(self, state: State, logger: Logger) -> dict[str, float]:
+        """Score the evaluators of this round, log the composite scores and keep them.
+
+        Returns:
+            Category scores followed by averages (also in :attr:`last_scores`).
+        """
+        result = self.compute(state, labels=self._ran or None)
+        if result.composite():
+            logger.log_metrics({f"{LOG_PREFIX}/{k}": v for k, v in result.composite().items()})
+        return self.last_scores
+
+    def compute(self, state: State, labels: set[str] | None = None) -> GauntletScores:
+        """Score the gauntlet from ``state.eval_metrics``, warning about missing benchmarks.
+
+        Args:
+            state: the trainer state after evaluation.
+            labels: evaluator labels to use (default: every label in ``state.eval_metrics``).
+
+        Returns:
+            The scores, also kept in :attr:`last_result` and :attr:`last_scores`.
+        """
+        usable = {
+            label: metrics
+            for label, metrics in state.eval_metrics.items()
+            if labels is None or label in labels
+        }
+        accuracies: dict[str, float] = {}
+        sizes: dict[str, int] = {}
+        for category in self.config.categories:
+            for bench in category.benchmarks:
+                parts = [label for label in usable if _matches(label, bench)]
+                metrics = [_pick_accuracy(usable[label]) for label in parts]
+                values = [float(m.compute()) for m in metrics if m is not None]
+                if not values or len(values) < len(parts):
+                    continue
+                accuracies[bench.label] = sum(values) / len(values)
+                sizes[bench.label] = sum(self._sizes_seen.get(label, 0) for label in parts)
+        sizes.update(self.benchmark_sizes)
+        result = score_gauntlet(self.config, accuracies, sizes)
+        self._warn_missing(result)
+        self.last_result = result
+        self.last_scores = result.composite()
+        return result
+
+    def _warn_missing(self, result: GauntletScores) -> None:
+        # Warn once per benchmark/category, not at every evaluation round of a long run.
+        new = [label for label in result.missing if f"benchmark:{label}" not in self._warned]
+        if new:
+            log.warning(
+                "eval_gauntlet: no evaluator ran for %s; these benchmarks are skipped",
+                ", ".join(new),
+            )
+            self._warned.update(f"benchmark:{label}" for label in new)
+        for category in self.config.categories:
+            key = f"category:{category.name}"
+            if category.name not in result.categories and key not in self._warned:
+                log.warning(
+                    "eval_gauntlet: category %r has no benchmark that ran; it is left out of "
+                    "the averages",
+                    category.name,
+                )
+                self._warned.add(key)

@@ -1,0 +1,26 @@
+"""In-context-learning evaluation: task datasets, metrics and the ``icl_tasks`` evaluator builder.
+
+Importing the package registers the ICL metrics (``registry.metrics``) and task types
+(``registry.icl_datasets``).
+"""
+
+from llmfoundry.eval.datasets import TASK_DATASETS, split_icl_batch
+from llmfoundry.eval.icl import build_icl_evaluators
+from llmfoundry.eval.metrics import (
+    ICL_METRICS,
+    InContextLearningGenerationExactMatchAccuracy,
+    InContextLearningLMAccuracy,
+    InContextLearningMetric,
+    InContextLearningMultipleChoiceAccuracy,
+)
+
+__all__ = [
+    "ICL_METRICS",
+    "TASK_DATASETS",
+    "InContextLearningGenerationExactMatchAccuracy",
+    "InContextLearningLMAccuracy",
+    "InContextLearningMetric",
+    "InContextLearningMultipleChoiceAccuracy",
+    "build_icl_evaluators",
+    "split_icl_batch",
+]

@@ -1,0 +1,110 @@
+"""Shared pieces of the ICL tests: a tiny seeded MPT, JSONL writing, hand scoring, Composer eval."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from composer import Trainer
+from composer.core import Evaluator
+from composer.loggers import InMemoryLogger
+from composer.models import HuggingFaceModel
+from transformers import PreTrainedTokenizerBase
+
+from llmfoundry.eval.metrics import cut_generation, normalize_answer
+from llmfoundry.models.hf import ComposerMPTCausalLM
+
+TINY_MPT = {
+    "d_model": 64,
+    "n_heads": 4,
+    "n_layers": 2,
+    "expansion_ratio": 2,
+    "max_seq_len": 64,
+    "vocab_size": 512,
+    "attn_config": {"attn_impl": "torch"},
+}
+
+
+def tiny_mpt(tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> ComposerMPTCausalLM:
+    """A randomly initialized 2-layer MPT (seeded), in eval mode."""
+    torch.manual_seed(seed)
+    return ComposerMPTCausalLM(tokenizer=tokenizer, **TINY_MPT).eval()
+
+
+def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> str:
+    """Write ``rows`` one JSON object per line; return the path as a string."""
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return str(path)
+
+
+def continuation_log_probs(
+    model: HuggingFaceModel, tokenizer: PreTrainedTokenizerBase, prompt: str, continuation: str
+) -> torch.Tensor:
+    """Log-probabilities of the continuation's tokens after ``prompt``, from one unpadded forward."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    continuation_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + continuation_ids])
+    with torch.no_grad():
+        logits = cast(Any, model.model)(input_ids=ids).logits[0].float()
+    log_probs = torch.log_softmax(logits, dim=-1)
+    positions = torch.arange(len(prompt_ids) - 1, len(prompt_ids) + len(continuation_ids) - 1)
+    return log_probs[positions, torch.tensor(continuation_ids)]
+
+
+def all_tokens_are_argmax(
+    model: HuggingFaceModel, tokenizer: PreTrainedTokenizerBase, prompt: str, continuation: str
+) -> bool:
+    """Whether the model's argmax predicts every continuation token after ``prompt``."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    continuation_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([prompt_ids + continuation_ids])
+    with torch.no_grad():
+        logits = cast(Any, model.model)(input_ids=ids).logits[0]
+    predicted = logits[len(prompt_ids) - 1 : -1].argmax(dim=-1)
+    return predicted.tolist() == continuation_ids
+
+
+def greedy_text(
+    model: HuggingFaceModel, tokenizer: PreTrainedTokenizerBase, prompt: str, new_tokens: int
+) -> str:
+    """The model's greedy continuation of ``prompt`` (``new_tokens`` tokens, stops at EOS)."""
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    with torch.no_grad():
+        out = cast(Any, model.model).generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=new_tokens,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+
+
+def exact_match(generated: str, answers: Sequence[str], stops: Sequence[str] = ()) -> bool:
+    """LLM Foundry's rule: the normalized, cut generation starts with a normalized answer."""
+    cleaned = normalize_answer(cut_generation(generated, stops, None))
+    return any(cleaned.startswith(normalize_answer(a)) for a in answers)
+
+
+def run_eval(model: HuggingFaceModel, evaluators: Sequence[Evaluator]) -> dict[str, float]:
+    """Evaluate with Composer's Trainer; the last logged value of every metric key."""
+    memory = InMemoryLogger()
+    trainer = Trainer(
+        model=model,
+        eval_dataloader=list(evaluators),
+        loggers=[memory],
+        device="cpu",
+        progress_bar=False,
+        log_to_console=False,
+    )
+    trainer.eval()
+    trainer.close()
+    return {
+        key: float(values[-1][1])
+        for key, values in memory.data.items()
+        if key.startswith("metrics/")
+    }
