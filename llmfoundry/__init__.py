@@ -7,7 +7,7 @@ schedulers, callbacks, loggers, algorithms) in ``llmfoundry.registry``.
 import logging
 
 import llmfoundry.eval  # noqa: F401  (registration: ICL metrics and task types)
-from llmfoundry import algorithms, callbacks, data, loggers, models, optim  # noqa: F401  (registration)
+from llmfoundry import algorithms, callbacks, data, loggers, metrics, models, optim  # noqa: F401  (registration)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 

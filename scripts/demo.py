@@ -4,6 +4,7 @@ import argparse
 import sys
 
 from llmfoundry.command_utils.demo import run_demo
+from llmfoundry.command_utils.eval import render_tables
 from llmfoundry.utils.cli_utils import run_user_command
 
 
@@ -21,10 +22,13 @@ def main(args: argparse.Namespace) -> None:
         ("MDS data", result.mds_dir),
         ("Composer checkpoint", result.checkpoint),
         ("Hugging Face export", result.hf_dir),
+        *(("eval results", path) for path in result.evaluation.files),
     ]:
         print(f"{name:>20}: {path}")
     for text in result.generations:
         print("-" * 60 + "\n" + text)
+    print("-" * 60 + "\nthe sample ICL tasks (scripts/eval/yamls/demo.yaml):\n")
+    print(render_tables(result.evaluation))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,33 @@ def _run_in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+# What Composer's single-process ``dist.initialize_dist`` puts in the environment.
+LAUNCHER_ENV_VARS = (
+    "WORLD_SIZE",
+    "LOCAL_WORLD_SIZE",
+    "NODE_RANK",
+    "RANK",
+    "LOCAL_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+)
+
+
+@pytest.fixture(autouse=True)
+def _leave_no_process_group() -> Iterator[None]:
+    """Tear down the process group an in-process run started, and restore the launcher
+    variables Composer set for it, so that no test sees an earlier test's distributed state."""
+    before = {name: os.environ.get(name) for name in LAUNCHER_ENV_VARS}
+    yield
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(autouse=True)
 def _release_streaming_shared_memory() -> Iterator[None]:
     """Close the shared memory of the Streaming datasets that finished tests left behind.

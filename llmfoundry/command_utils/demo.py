@@ -1,4 +1,5 @@
-"""The end-to-end demo: real text -> tokenizer -> MDS -> train -> evaluate -> export -> generate.
+"""The end-to-end demo: real text -> tokenizer -> MDS -> train -> evaluate -> export -> generate
+-> evaluate on the sample ICL tasks and gauntlet.
 
 Runs offline on a CPU in a few minutes. The corpus is the running Python installation's own
 standard-library sources, so nothing is downloaded and every machine has it.
@@ -6,6 +7,7 @@ standard-library sources, so nothing is downloaded and every machine has it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import sysconfig
@@ -16,14 +18,17 @@ from typing import Any
 
 from llmfoundry.command_utils.convert_composer_to_hf import convert_composer_to_hf
 from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
+from llmfoundry.command_utils.eval import EvalResults, evaluate
 from llmfoundry.command_utils.generate import generate, load_model_and_tokenizer
 from llmfoundry.command_utils.train import train
-from llmfoundry.utils.config_utils import TrainConfig, load_config
+from llmfoundry.utils.config_utils import EvalConfig, TrainConfig, load_config
 from llmfoundry.utils.tokenizer_utils import EOS_TOKEN, train_byte_level_bpe
 
 logger = logging.getLogger(__name__)
 
-DEMO_YAML = Path(__file__).resolve().parents[2] / "scripts/train/yamls/pretrain/mpt-tiny-cpu.yaml"
+REPO = Path(__file__).resolve().parents[2]
+DEMO_YAML = REPO / "scripts/train/yamls/pretrain/mpt-tiny-cpu.yaml"
+DEMO_EVAL_YAML = REPO / "scripts/eval/yamls/demo.yaml"
 VAL_EVERY = 20  # every 20th source file goes to the validation split
 PROMPTS = ("def ", "import os\n\n\nclass ")
 
@@ -41,6 +46,7 @@ class DemoResult:
     last_train_loss: float
     eval_loss: float | None
     generations: list[str]
+    evaluation: EvalResults
 
 
 def build_corpus(text_dir: Path, max_bytes: int) -> dict[str, int]:
@@ -98,13 +104,13 @@ def run_demo(
         shutil.rmtree(out)
     text_dir, tokenizer_dir, mds_dir = out / "text", out / "tokenizer", out / "mds"
 
-    logger.info("[1/6] building the corpus from %s", sysconfig.get_paths()["stdlib"])
+    logger.info("[1/7] building the corpus from %s", sysconfig.get_paths()["stdlib"])
     counts = build_corpus(text_dir, max_bytes)
     logger.info(
         "corpus: %d train files, %d val files in %s", counts["train"], counts["val"], text_dir
     )
 
-    logger.info("[2/6] training a byte-level BPE tokenizer")
+    logger.info("[2/7] training a byte-level BPE tokenizer")
     train_texts = (
         p.read_text(encoding="utf-8") for p in sorted((text_dir / "train").glob("*.txt"))
     )
@@ -112,7 +118,7 @@ def run_demo(
         train_texts, vocab_size=4096, output_dir=tokenizer_dir, model_max_length=128
     )
 
-    logger.info("[3/6] converting text to MDS (concatenated 128-token samples)")
+    logger.info("[3/7] converting text to MDS (concatenated 128-token samples)")
     for split in ("train", "val"):
         convert_text_to_mds(
             tokenizer_name=str(tokenizer_dir),
@@ -127,7 +133,7 @@ def run_demo(
             reprocess=True,
         )
 
-    logger.info("[4/6] training the tiny MPT (%s)", max_duration)
+    logger.info("[4/7] training the tiny MPT (%s)", max_duration)
     cfg, resolved = load_config(
         DEMO_YAML,
         [
@@ -142,19 +148,27 @@ def run_demo(
     trainer = train(cfg, resolved, extra_loggers=[in_memory])
     losses = _train_losses(in_memory.data)
 
-    logger.info("[5/6] evaluating on the validation split")
+    logger.info("[5/7] evaluating on the validation split")
     trainer.eval()
     eval_values = in_memory.data.get("metrics/eval/LanguageCrossEntropy", [])
     eval_loss = float(eval_values[-1][1]) if eval_values else None  # type: ignore[arg-type]
     checkpoint = out / "checkpoints" / "latest-rank0.pt"
     trainer.close()
 
-    logger.info("[6/6] exporting to Hugging Face format and generating")
+    logger.info("[6/7] exporting to Hugging Face format and generating")
     hf_dir = convert_composer_to_hf(str(checkpoint), str(out / "hf"), output_precision="fp32")
     model, tokenizer = load_model_and_tokenizer(str(hf_dir), trust_remote_code=True)
     generations = generate(
         model, tokenizer, PROMPTS, max_new_tokens=48, do_sample=False, repetition_penalty=1.3
     )
+
+    logger.info("[7/7] evaluating the export and the checkpoint on the sample ICL tasks")
+    eval_cfg, eval_resolved = load_config(
+        DEMO_EVAL_YAML, [f"variables.demo_out={out}", "python_log_level=null"], EvalConfig
+    )
+    # The sample task files are named relative to the repository root.
+    with contextlib.chdir(REPO):
+        evaluation = evaluate(eval_cfg, eval_resolved)
     return DemoResult(
         out_dir=out,
         tokenizer_dir=tokenizer_dir,
@@ -165,4 +179,5 @@ def run_demo(
         last_train_loss=losses[-1],
         eval_loss=eval_loss,
         generations=[g.prompt + g.continuation for g in generations],
+        evaluation=evaluation,
     )

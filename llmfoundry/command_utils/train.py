@@ -38,7 +38,7 @@ from llmfoundry.utils.builders import (
     build_scheduler,
     build_tokenizer_from_section,
 )
-from llmfoundry.utils.config_utils import TrainConfig, load_config
+from llmfoundry.utils.config_utils import EvalConfig, TrainConfig, load_config
 from llmfoundry.utils.exceptions import (
     ConfigError,
     MissingDependencyError,
@@ -304,11 +304,12 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
 
 
 def build_evaluators(
-    cfg: TrainConfig, tokenizer: Any, model: Any, batch_sizes: BatchSizes
+    cfg: TrainConfig | EvalConfig, tokenizer: Any, model: Any, device_eval_batch_size: int
 ) -> list[Evaluator]:
     """The evaluators of ``eval_loader`` (label ``eval``), of each ``eval_loaders`` entry, and of
     ``icl_tasks`` (``icl_tasks_str``): one per task and shot count, at ``icl_seq_len`` (else
-    ``max_seq_len``) with ``device_eval_batch_size`` questions per batch.
+    ``max_seq_len``) with ``device_eval_batch_size`` questions per batch. Shared by the train
+    and eval commands.
 
     Raises:
         ConfigError: if both are set, or an ``eval_loaders`` entry has no unique ``label``.
@@ -335,9 +336,7 @@ def build_evaluators(
     evaluators = [
         Evaluator(
             label=label,
-            dataloader=build_dataloader(
-                key, section, tokenizer, batch_sizes.device_eval_batch_size
-            ),
+            dataloader=build_dataloader(key, section, tokenizer, device_eval_batch_size),
             metric_names=metric_names,
         )
         for label, key, section in sections
@@ -347,15 +346,15 @@ def build_evaluators(
         icl_evaluators, _ = build_icl_evaluators(
             icl_tasks,
             tokenizer,
-            default_max_seq_len=cfg.icl_seq_len or cfg.max_seq_len,
-            default_batch_size=batch_sizes.device_eval_batch_size,
+            default_max_seq_len=getattr(cfg, "icl_seq_len", None) or cfg.max_seq_len,
+            default_batch_size=device_eval_batch_size,
             icl_subset_num_batches=cfg.icl_subset_num_batches,
         )
         evaluators += icl_evaluators
     return evaluators
 
 
-def build_gauntlet(cfg: TrainConfig) -> list[EvalGauntlet]:
+def build_gauntlet(cfg: TrainConfig | EvalConfig) -> list[EvalGauntlet]:
     """The ``eval_gauntlet`` (a section or a YAML path) as a callback scoring each eval round.
 
     Raises:
@@ -412,7 +411,7 @@ def build_trainer(
     train_loader = build_dataloader(
         "train_loader", cfg.train_loader, tokenizer, batch_sizes.device_train_batch_size
     )
-    evaluators = build_evaluators(cfg, tokenizer, model, batch_sizes)
+    evaluators = build_evaluators(cfg, tokenizer, model, batch_sizes.device_eval_batch_size)
 
     optimizer = build_optimizer(cfg.optimizer, model.parameters())
     scheduler = build_scheduler(cfg.scheduler)

@@ -117,6 +117,46 @@ class TrainConfig:
     variables: dict[str, Any] | None = None
 
 
+@dataclasses.dataclass
+class EvalConfig:
+    """The top level of an evaluation config (``scripts/eval/eval.py``), with LLM Foundry's keys.
+
+    ``models`` is a list of ``{model_name, model, tokenizer, load_path}`` entries, each
+    evaluated on every ``icl_tasks`` task and ``eval_loader(s)`` loader. ``results_folder`` (ours)
+    is where the result tables are written as CSV and JSON (``{run_name}`` is filled in; null
+    writes no files).
+    """
+
+    models: list[dict[str, Any]]
+    max_seq_len: int
+    device_eval_batch_size: int
+    code_paths: list[str] | None = None
+    # What to evaluate on.
+    icl_tasks: list[dict[str, Any]] | str | None = None
+    icl_tasks_str: str | None = None
+    icl_subset_num_batches: int | None = None
+    eval_gauntlet: dict[str, Any] | str | None = None
+    eval_gauntlet_str: str | None = None
+    eval_loader: dict[str, Any] | None = None
+    eval_loaders: list[dict[str, Any]] | None = None
+    eval_subset_num_batches: int = -1
+    # Run settings.
+    seed: int = 17
+    precision: str = "amp_bf16"
+    run_name: str | None = None
+    dist_timeout: int | float = 600.0
+    fsdp_config: dict[str, Any] | None = None
+    # Components and logging.
+    callbacks: dict[str, Any] | None = None
+    loggers: dict[str, Any] | None = None
+    console_log_interval: int | str = "1ba"
+    python_log_level: str | None = "debug"
+    log_config: bool = True
+    metadata: dict[str, Any] | None = None
+    results_folder: str | None = "eval_results/{run_name}"
+    variables: dict[str, Any] | None = None
+
+
 def load_yaml_with_overrides(yaml_path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
     """Read a YAML file and merge ``key=value`` dotlist overrides into it (unresolved).
 

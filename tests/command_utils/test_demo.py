@@ -23,3 +23,23 @@ def test_demo_pipeline_writes_every_artefact(tmp_path: Path) -> None:
     assert result.eval_loss is not None and result.eval_loss < result.first_train_loss
     assert len(result.generations) == 2
     assert result.generations[0].startswith("def ") and len(result.generations[0]) > len("def ")
+
+    # scripts/eval/yamls/demo.yaml scored the export and the checkpoint alike, on every sample
+    # task type, and its eval loader saw what the training run's evaluation saw.
+    by_model: dict[str, dict[tuple[str, str, int | None, str], float]] = {}
+    for row in result.evaluation.rows():
+        key = (row.benchmark, row.subtask, row.num_fewshot, row.metric)
+        by_model.setdefault(row.model_name, {})[key] = row.value
+    assert set(by_model) == {"demo-mpt-hf", "demo-mpt-composer"}
+    hf, composer = by_model["demo-mpt-hf"], by_model["demo-mpt-composer"]
+    assert hf.keys() == composer.keys()
+    assert hf == pytest.approx(composer, rel=1e-5, abs=1e-6)
+    assert {key[0] for key in hf} == {"lambada", "piqa", "arc_easy", "winograd", "triviaqa", "eval"}
+    assert hf[("eval", "", None, "LanguageCrossEntropy")] == pytest.approx(result.eval_loss)
+    gauntlet = result.evaluation.models[0].gauntlet
+    assert {"world_knowledge", "commonsense_reasoning", "core_average"} <= gauntlet.keys()
+    assert [path.name for path in result.evaluation.files] == [
+        "results.csv",
+        "gauntlet.csv",
+        "results.json",
+    ]

@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
 from llmfoundry.eval.metrics import ICL_METRICS
+from llmfoundry.metrics import TokenAccuracy
 from llmfoundry.models.mpt import MPTConfig, MPTConfigError, MPTForCausalLM
 from llmfoundry.models.mpt.modeling_mpt import MPTCausalLMOutput
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
@@ -44,8 +45,12 @@ def build_lm_metrics(additional: Sequence[str] | None) -> list[Metric]:
 
 
 def build_eval_metrics(additional: Sequence[str] | None) -> list[Metric]:
-    """``build_lm_metrics`` plus the in-context-learning metrics that ``icl_tasks`` evaluators use."""
+    """``build_lm_metrics`` plus TokenAccuracy (eval always has logits; a fused-loss training step
+    has none, so it is not a default train metric) and the in-context-learning metrics that
+    ``icl_tasks`` evaluators use."""
     metrics = build_lm_metrics(additional)
+    if not any(isinstance(metric, TokenAccuracy) for metric in metrics):
+        metrics.append(TokenAccuracy())
     present = {type(metric).__name__ for metric in metrics}
     return metrics + [cls() for name, cls in ICL_METRICS.items() if name not in present]
 

@@ -1,0 +1,589 @@
+"""The evaluation command: every model of an ``EvalConfig`` on its ICL tasks and eval loaders.
+
+For each entry of ``models`` (in order) the command builds the tokenizer and model, loads the
+weights named by ``load_path`` (a Composer checkpoint, local or remote, or a Hugging Face model
+folder), and runs one Composer ``Trainer.eval()`` over:
+
+* the ``icl_tasks`` (one evaluator per task, few-shot count and category),
+* the ``eval_loader`` / ``eval_loaders`` (cross-entropy, perplexity and token accuracy),
+* and, with ``eval_gauntlet``, the gauntlet's composite scores.
+
+Rank 0 writes the results to ``results_folder`` as ``results.csv`` (one row per model x task x
+few-shot x metric), ``gauntlet.csv`` and ``results.json``; ``render_tables`` makes the markdown
+tables (ICL, eval loaders, gauntlet) that ``scripts/eval/eval.py`` prints.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from composer import Trainer
+from composer.loggers import InMemoryLogger, LoggerDestination
+from composer.models import ComposerModel
+from composer.utils import dist, get_device, reproducibility
+from peft import PeftModel
+from transformers import PreTrainedModel
+
+from llmfoundry.callbacks.eval_gauntlet_callback import load_gauntlet_config
+from llmfoundry.command_utils.parallelism import build_parallelism_config
+from llmfoundry.command_utils.train import (
+    build_evaluators,
+    build_gauntlet,
+    flatten,
+    import_code_paths,
+    runtime_precision,
+    setup_logging,
+)
+from llmfoundry.utils.builders import (
+    build_callbacks,
+    build_composer_model,
+    build_loggers,
+    build_tokenizer_from_section,
+)
+from llmfoundry.utils.config_utils import EvalConfig, load_config
+from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
+from llmfoundry.utils.object_store import is_remote
+
+logger = logging.getLogger(__name__)
+
+MODEL_KEYS = ("model_name", "model", "tokenizer", "load_path")
+_SHOT = re.compile(r"^(\d+)-shot$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """One validated entry of ``models``."""
+
+    index: int
+    model_name: str
+    model: dict[str, Any]
+    tokenizer: dict[str, Any]
+    load_path: str | None
+
+    @property
+    def where(self) -> str:
+        return f"models[{self.index}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class ResultRow:
+    """One metric of one evaluator for one model.
+
+    ``kind`` is ``icl`` (an ``icl_tasks`` evaluator: ``benchmark`` is the task label,
+    ``subtask`` its category, ``num_fewshot`` the shot count) or ``lm`` (an eval loader:
+    ``benchmark`` is its label, no subtask or shots).
+    """
+
+    model_name: str
+    kind: str
+    benchmark: str
+    subtask: str
+    num_fewshot: int | None
+    metric: str
+    value: float
+    category: str = ""
+
+
+@dataclasses.dataclass
+class ModelResults:
+    """What one model scored: its result rows and its gauntlet scores (name → score)."""
+
+    model_name: str
+    rows: list[ResultRow]
+    gauntlet: dict[str, float]
+
+
+@dataclasses.dataclass
+class EvalResults:
+    """Every model's results, and the files they were written to (rank 0 only)."""
+
+    run_name: str
+    models: list[ModelResults]
+    files: list[Path]
+
+    def rows(self) -> list[ResultRow]:
+        return [row for model in self.models for row in model.rows]
+
+
+# --------------------------------------------------------------------------- config
+
+
+def parse_models(cfg: EvalConfig) -> list[ModelEntry]:
+    """Validate the ``models`` list before anything is built.
+
+    Raises:
+        ConfigError: on an empty list, a non-mapping entry, an unknown or missing key, or a
+            ``model_name`` used twice.
+        MissingFileError: on a local ``load_path`` that does not exist.
+    """
+    if not cfg.models:
+        raise ConfigError("models is empty; list at least one {model_name, model, tokenizer} entry")
+    entries: list[ModelEntry] = []
+    for index, raw in enumerate(cfg.models):
+        where = f"models[{index}]"
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"{where} must be a mapping with keys {', '.join(MODEL_KEYS)}")
+        for key in raw:
+            if key not in MODEL_KEYS:
+                raise ConfigError(
+                    f"unknown key '{where}.{key}'{did_you_mean(str(key), MODEL_KEYS)}"
+                )
+        for key in ("model_name", "model"):
+            if raw.get(key) is None:
+                raise ConfigError(f"{where}.{key} is missing")
+        model = dict(raw["model"])
+        load_path = None if raw.get("load_path") is None else str(raw["load_path"])
+        if load_path is not None and not is_remote(load_path) and not Path(load_path).exists():
+            raise MissingFileError(
+                f"{where}.load_path '{load_path}' does not exist; give a Composer checkpoint "
+                "or a Hugging Face model folder"
+            )
+        tokenizer = raw.get("tokenizer")
+        if tokenizer is None:
+            # A Hugging Face folder or hub model carries its own tokenizer.
+            source = load_path if load_path and is_hf_folder(load_path) else None
+            source = source or model.get("pretrained_model_name_or_path")
+            if source is None:
+                raise ConfigError(
+                    f"{where}.tokenizer is missing; give {{name: <hub name or folder>}}"
+                )
+            tokenizer = {"name": str(source)}
+        entries.append(ModelEntry(index, str(raw["model_name"]), model, dict(tokenizer), load_path))
+    first_use: dict[str, ModelEntry] = {}
+    for entry in entries:
+        earlier = first_use.setdefault(entry.model_name, entry)
+        if earlier is not entry:
+            raise ConfigError(
+                f"{entry.where}.model_name '{entry.model_name}' is used twice (also by "
+                f"{earlier.where}); give each model its own name (it labels the result rows)"
+            )
+    return entries
+
+
+def check_eval_config(cfg: EvalConfig) -> None:
+    """Fail on configs that evaluate nothing or contradict themselves, before any model loads.
+
+    Raises:
+        ConfigError: nothing to evaluate, both ``eval_loader`` and ``eval_loaders``, a
+            non-positive batch size, or an invalid gauntlet (see ``load_gauntlet_config``).
+    """
+    if not (cfg.icl_tasks or cfg.icl_tasks_str or cfg.eval_loader or cfg.eval_loaders):
+        raise ConfigError(
+            "nothing to evaluate: give icl_tasks (a list or a YAML path) and/or eval_loader / "
+            "eval_loaders"
+        )
+    if cfg.device_eval_batch_size <= 0:
+        raise ConfigError(
+            f"device_eval_batch_size must be a positive integer, got {cfg.device_eval_batch_size}"
+        )
+    gauntlet = cfg.eval_gauntlet or cfg.eval_gauntlet_str
+    if gauntlet:
+        load_gauntlet_config(gauntlet)
+
+
+def is_hf_folder(path: str) -> bool:
+    """Whether ``path`` is a local Hugging Face model folder (it has a ``config.json``)."""
+    return not is_remote(path) and (Path(path) / "config.json").is_file()
+
+
+# --------------------------------------------------------------------------- model loading
+
+
+def build_model(entry: ModelEntry) -> tuple[ComposerModel, Any, str | None]:
+    """Build the entry's tokenizer and model, with weights from a Hugging Face ``load_path``.
+
+    Returns:
+        The model, its tokenizer, and the Composer checkpoint the Trainer should load (None
+        when there is none or the weights came from a Hugging Face folder).
+
+    Raises:
+        ConfigError: if a Hugging Face folder's weights do not fit the model.
+    """
+    section = dict(entry.model)
+    hf_folder = entry.load_path if entry.load_path and is_hf_folder(entry.load_path) else None
+    if hf_folder and section.get("name") == "hf_causal_lm":
+        # The folder is the model: load it directly rather than building and overwriting.
+        section["pretrained_model_name_or_path"] = hf_folder
+        section["pretrained"] = True
+    tokenizer = build_tokenizer_from_section(entry.tokenizer)
+    model = build_composer_model(section, tokenizer)
+    if hf_folder and section.get("name") != "hf_causal_lm":
+        load_hf_weights(model, hf_folder, f"{entry.where}.load_path")
+    return model, tokenizer, None if hf_folder else entry.load_path
+
+
+def load_hf_weights(model: ComposerModel, folder: str, where: str) -> None:
+    """Copy a Hugging Face folder's weights into ``model.model`` (same architecture, every key).
+
+    Raises:
+        ConfigError: if the wrapped model is not a ``PreTrainedModel``, or the folder's weights
+            miss, add or reshape any parameter of the model.
+    """
+    inner = getattr(model, "model", None)
+    if isinstance(inner, PeftModel):
+        raise ConfigError(
+            f"{where} '{folder}': a model with a LoRA adapter loads its base weights from "
+            "model.pretrained_model_name_or_path and the adapter from "
+            "model.pretrained_lora_id_or_path; remove load_path"
+        )
+    if not isinstance(inner, PreTrainedModel):
+        raise ConfigError(
+            f"{where} '{folder}' is a Hugging Face folder, but model.name builds "
+            f"{type(inner).__name__}, which cannot load one; use a Composer checkpoint"
+        )
+    try:
+        loaded, info = cast(
+            tuple[PreTrainedModel, dict[str, Any]],
+            type(inner).from_pretrained(
+                folder, config=inner.config, output_loading_info=True, dtype=torch.float32
+            ),
+        )
+    except (OSError, RuntimeError, ValueError) as err:
+        raise ConfigError(
+            f"{where} '{folder}' could not be loaded into {type(inner).__name__}: "
+            f"{str(err).splitlines()[0]}"
+        ) from err
+    problems = [
+        f"{name} {list(info.get(name) or [])[:3]}"
+        for name in ("missing_keys", "unexpected_keys", "mismatched_keys")
+        if info.get(name)
+    ]
+    if problems:
+        raise ConfigError(
+            f"{where} '{folder}' does not fit the model section ({type(inner).__name__}): "
+            f"{'; '.join(problems)}; make model match the folder's config.json"
+        )
+    inner.load_state_dict(loaded.state_dict())
+    del loaded
+
+
+# --------------------------------------------------------------------------- results
+
+
+def _parse_icl_label(label: str) -> tuple[str, str, int] | None:
+    """``piqa/0-shot`` → (piqa, '', 0); ``arc/physics/1-shot`` → (arc, physics, 1)."""
+    parts = label.split("/")
+    match = _SHOT.match(parts[-1]) if len(parts) >= 2 else None
+    if match is None:
+        return None
+    return parts[0], "/".join(parts[1:-1]), int(match.group(1))
+
+
+def _gauntlet_categories(gauntlet: Any) -> dict[str, str]:
+    """Benchmark (task label) → its gauntlet category (the first that lists it)."""
+    if not gauntlet:
+        return {}
+    config = load_gauntlet_config(gauntlet)
+    found: dict[str, str] = {}
+    for category in config.categories:
+        for bench in category.benchmarks:
+            found.setdefault(bench.name, category.name)
+    return found
+
+
+def collect_rows(
+    model_name: str,
+    trainer: Trainer,
+    memory: InMemoryLogger,
+    categories: Mapping[str, str],
+) -> list[ResultRow]:
+    """The last logged value of every evaluator's metrics, as result rows (evaluator order)."""
+    rows: list[ResultRow] = []
+    for evaluator in trainer.state.evaluators:
+        label = evaluator.label
+        for metric_name in evaluator.metric_names or ():
+            logged = memory.data.get(f"metrics/{label}/{metric_name}")
+            if not logged:
+                continue
+            value = float(cast(Any, logged[-1][1]))
+            icl = _parse_icl_label(label)
+            if icl is not None:
+                benchmark, subtask, shots = icl
+                rows.append(
+                    ResultRow(
+                        model_name,
+                        "icl",
+                        benchmark,
+                        subtask,
+                        shots,
+                        metric_name,
+                        value,
+                        categories.get(benchmark, ""),
+                    )
+                )
+            else:
+                benchmark = label.removeprefix("eval/") if label != "eval" else "eval"
+                rows.append(ResultRow(model_name, "lm", benchmark, "", None, metric_name, value))
+    return rows
+
+
+def _markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def _accuracy_rows(rows: Sequence[ResultRow]) -> list[ResultRow]:
+    """Per model and ICL evaluator, the row of its accuracy metric (else its first metric)."""
+    chosen: dict[tuple[str, str, str, int | None], ResultRow] = {}
+    for row in rows:
+        if row.kind != "icl":
+            continue
+        key = (row.model_name, row.benchmark, row.subtask, row.num_fewshot)
+        current = chosen.get(key)
+        if current is None or ("Accuracy" in row.metric and "Accuracy" not in current.metric):
+            chosen[key] = row
+    return list(chosen.values())
+
+
+def icl_table(rows: Sequence[ResultRow]) -> str:
+    """The ICL results: ``| Category | Benchmark | Subtask | Accuracy | Number few shot | Model |``."""
+    body = [
+        [
+            row.category,
+            row.benchmark,
+            row.subtask,
+            f"{row.value:.4f}",
+            f"{row.num_fewshot}-shot",
+            row.model_name,
+        ]
+        for row in _accuracy_rows(rows)
+    ]
+    header = ["Category", "Benchmark", "Subtask", "Accuracy", "Number few shot", "Model"]
+    return _markdown(header, body) if body else ""
+
+
+def lm_table(rows: Sequence[ResultRow]) -> str:
+    """The eval-loader results: one row per model and loader, one column per metric."""
+    lm = [row for row in rows if row.kind == "lm"]
+    metrics = list(dict.fromkeys(row.metric for row in lm))
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for row in lm:
+        cells.setdefault((row.model_name, row.benchmark), {})[row.metric] = f"{row.value:.4f}"
+    body = [
+        [model, loader, *(v.get(m, "") for m in metrics)] for (model, loader), v in cells.items()
+    ]
+    return _markdown(["Model", "Eval loader", *metrics], body) if body else ""
+
+
+def gauntlet_scores_table(models: Sequence[ModelResults]) -> str:
+    """The gauntlet scores: one row per category or average, one column per model."""
+    scored = [m for m in models if m.gauntlet]
+    names = list(dict.fromkeys(name for m in scored for name in m.gauntlet))
+    body = [
+        [name, *(f"{m.gauntlet[name]:.4f}" if name in m.gauntlet else "" for m in scored)]
+        for name in names
+    ]
+    return _markdown(["Gauntlet", *(m.model_name for m in scored)], body) if body else ""
+
+
+def render_tables(results: EvalResults) -> str:
+    """The markdown tables the command prints (ICL, eval loaders, gauntlet)."""
+    rows = results.rows()
+    sections = [
+        ("In-context learning", icl_table(rows)),
+        ("Eval loaders", lm_table(rows)),
+        ("Eval gauntlet", gauntlet_scores_table(results.models)),
+    ]
+    return "\n\n".join(f"### {title}\n\n{table}" for title, table in sections if table)
+
+
+CSV_COLUMNS = (
+    "model_name",
+    "kind",
+    "category",
+    "benchmark",
+    "subtask",
+    "num_fewshot",
+    "metric",
+    "value",
+)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+def write_results(
+    results: EvalResults, folder: Path, metadata: Mapping[str, Any] | None
+) -> list[Path]:
+    """Write ``results.csv``, ``gauntlet.csv`` (with a gauntlet) and ``results.json``.
+
+    Each file appears whole or not at all (written aside, then renamed).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for row in results.rows():
+        record = dataclasses.asdict(row)
+        record["num_fewshot"] = "" if row.num_fewshot is None else row.num_fewshot
+        writer.writerow([record[c] for c in CSV_COLUMNS])
+    _atomic_write(folder / "results.csv", buffer.getvalue())
+    written.append(folder / "results.csv")
+    if any(m.gauntlet for m in results.models):
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["model_name", "name", "score"])
+        for model in results.models:
+            for name, score in model.gauntlet.items():
+                writer.writerow([model.model_name, name, score])
+        _atomic_write(folder / "gauntlet.csv", buffer.getvalue())
+        written.append(folder / "gauntlet.csv")
+    document = {
+        "run_name": results.run_name,
+        "metadata": dict(metadata or {}),
+        "models": [
+            {
+                "model_name": model.model_name,
+                "results": [dataclasses.asdict(row) for row in model.rows],
+                "gauntlet": model.gauntlet,
+            }
+            for model in results.models
+        ],
+    }
+    _atomic_write(folder / "results.json", json.dumps(document, indent=2) + "\n")
+    written.append(folder / "results.json")
+    return written
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def evaluate_model(
+    cfg: EvalConfig,
+    entry: ModelEntry,
+    run_name: str | None,
+    logged_config: Mapping[str, Any] | None,
+    extra_loggers: Sequence[LoggerDestination],
+) -> tuple[ModelResults, str]:
+    """Evaluate one ``models`` entry.
+
+    Returns:
+        Its results and the Trainer's run name.
+    """
+    reproducibility.seed_all(cfg.seed)
+    device = get_device(None)
+    precision = runtime_precision(cfg.precision, device)
+    model, tokenizer, checkpoint = build_model(entry)
+    logger.info("%s: evaluating %s", entry.where, entry.model_name)
+    evaluators = build_evaluators(cfg, tokenizer, model, cfg.device_eval_batch_size)
+    gauntlet = build_gauntlet(cfg)
+    memory = InMemoryLogger()
+    has_adapter = isinstance(getattr(model, "model", None), PeftModel)
+    trainer = Trainer(
+        run_name=run_name,
+        model=model,
+        eval_dataloader=evaluators,
+        eval_subset_num_batches=cfg.eval_subset_num_batches,
+        callbacks=[*build_callbacks(cfg.callbacks), *gauntlet],
+        loggers=[*build_loggers(cfg.loggers), memory, *extra_loggers],
+        device=device,
+        precision=precision,  # type: ignore[arg-type]
+        parallelism_config=build_parallelism_config(
+            cfg.fsdp_config, None, device.name, dist.get_world_size(), dist.get_local_world_size()
+        ),
+        load_path=checkpoint,
+        load_weights_only=True,
+        # An adapter's checkpoint may hold only the adapter's weights.
+        load_strict_model_weights=not has_adapter,
+        progress_bar=False,
+        log_to_console=False,
+        console_log_interval=cfg.console_log_interval,
+        seed=cfg.seed,
+        dist_timeout=cfg.dist_timeout,
+    )
+    if cfg.log_config and logged_config is not None:
+        trainer.logger.log_hyperparameters({**logged_config, "model_name": entry.model_name})
+    if cfg.metadata:
+        trainer.logger.log_hyperparameters(flatten("metadata", dict(cfg.metadata)))
+    trainer.eval()
+    rows = collect_rows(
+        entry.model_name,
+        trainer,
+        memory,
+        _gauntlet_categories(cfg.eval_gauntlet or cfg.eval_gauntlet_str),
+    )
+    scores = dict(gauntlet[0].last_scores) if gauntlet else {}
+    name = trainer.state.run_name
+    trainer.close()
+    return ModelResults(entry.model_name, rows, scores), name
+
+
+def evaluate(
+    cfg: EvalConfig,
+    logged_config: Mapping[str, Any] | None = None,
+    extra_loggers: Sequence[LoggerDestination] = (),
+) -> EvalResults:
+    """Evaluate every model of ``cfg``; rank 0 writes the result files and logs the tables.
+
+    Args:
+        cfg: the validated eval config.
+        logged_config: the resolved config, logged as hyper-parameters when ``log_config``.
+        extra_loggers: logger destinations added to the config's (each model's Trainer gets them).
+
+    Returns:
+        The results of every model (the same on every rank) and the files written.
+    """
+    setup_logging(cfg.python_log_level)
+    import_code_paths(cfg.code_paths)
+    check_eval_config(cfg)
+    entries = parse_models(cfg)
+    device = get_device(None)
+    runtime_precision(cfg.precision, device)  # an unknown precision fails before any model loads
+    dist.initialize_dist(device, timeout=cfg.dist_timeout)
+    run_name = cfg.run_name or os.environ.get("RUN_NAME") or None
+    models: list[ModelResults] = []
+    for entry in entries:
+        result, trainer_run_name = evaluate_model(
+            cfg, entry, run_name, logged_config, extra_loggers
+        )
+        # Every model's Trainer shares the first one's (possibly generated) name.
+        run_name = run_name or trainer_run_name
+        models.append(result)
+    assert run_name is not None
+    results = EvalResults(run_name, models, [])
+    if dist.get_global_rank() == 0:
+        logger.info("results:\n%s", render_tables(results))
+        if cfg.results_folder:
+            folder = Path(cfg.results_folder.replace("{run_name}", run_name))
+            results.files = write_results(results, folder, cfg.metadata)
+            logger.info("results written to %s", folder)
+    return results
+
+
+def eval_from_yaml(yaml_path: str | Path, overrides: Sequence[str] = ()) -> EvalResults:
+    """Load ``yaml_path`` with dotlist ``overrides`` and evaluate; the entry point of ``eval.py``."""
+    cfg, resolved = load_config(yaml_path, overrides, EvalConfig)
+    results = evaluate(cfg, resolved)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return results
+
+
+__all__ = [
+    "EvalResults",
+    "ModelResults",
+    "ResultRow",
+    "eval_from_yaml",
+    "evaluate",
+    "render_tables",
+    "write_results",
+]
