@@ -12,6 +12,7 @@ from llmfoundry.eval.metrics import (
     InContextLearningLMAccuracy,
     InContextLearningMetric,
     InContextLearningMultipleChoiceAccuracy,
+    InContextLearningMultipleChoiceSumAccuracy,
 )
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "InContextLearningLMAccuracy",
     "InContextLearningMetric",
     "InContextLearningMultipleChoiceAccuracy",
+    "InContextLearningMultipleChoiceSumAccuracy",
     "build_icl_evaluators",
     "split_icl_batch",
 ]

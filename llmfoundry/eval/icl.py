@@ -107,6 +107,13 @@ def parse_task(index: int, section: Mapping[str, Any]) -> ICLTaskConfig:
             missing required key, an unknown task type or metric, or a bad ``num_fewshot``.
     """
     where = f"icl_tasks[{index}]"
+    if section.get("icl_task_type") == "code_evaluation":
+        # Scoring code tasks means running model-written code, which needs a sandbox we do not
+        # ship; say so before complaining about their keys (pass_at_k, ...).
+        raise ConfigError(
+            f"{where} ('{section.get('label')}'): icl_task_type 'code_evaluation' runs "
+            "model-written code and is not supported (no sandbox); remove the task"
+        )
     check_keys(section, _TASK_KEYS, where)
     for key in _REQUIRED_KEYS:
         if section.get(key) in (None, ""):

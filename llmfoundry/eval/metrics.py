@@ -27,6 +27,7 @@ __all__ = [
     "InContextLearningLMAccuracy",
     "InContextLearningMetric",
     "InContextLearningMultipleChoiceAccuracy",
+    "InContextLearningMultipleChoiceSumAccuracy",
     "continuation_log_likelihoods",
     "normalize_answer",
 ]
@@ -183,11 +184,20 @@ class InContextLearningGenerationExactMatchAccuracy(InContextLearningMetric):
         self._count(correct, len(outputs))
 
 
+class InContextLearningMultipleChoiceSumAccuracy(InContextLearningMultipleChoiceAccuracy):
+    """Multiple-choice accuracy scoring each choice by its *summed* log-likelihood (which
+    favours short choices); name it in a task's ``metric_names`` to use it."""
+
+    def __init__(self, dist_sync_on_step: bool = False) -> None:
+        super().__init__(dist_sync_on_step=dist_sync_on_step, length_normalized=False)
+
+
 ICL_METRICS: dict[str, type[InContextLearningMetric]] = {
     cls.__name__: cls
     for cls in (
         InContextLearningLMAccuracy,
         InContextLearningMultipleChoiceAccuracy,
+        InContextLearningMultipleChoiceSumAccuracy,
         InContextLearningGenerationExactMatchAccuracy,
     )
 }

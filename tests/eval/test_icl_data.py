@@ -252,6 +252,10 @@ def test_too_many_shots_names_the_file(tmp_path: Path, tokenizer: PreTrainedToke
         ),
         ({"metric_names": ["InContextLearningMCAccuracy"]}, r"icl_tasks\[1\]\.metric_names"),
         ({"label": None}, r"icl_tasks\[1\]\.label is missing"),
+        (
+            {"icl_task_type": "code_evaluation", "pass_at_k": 1},
+            r"icl_tasks\[1\] \('lm'\): icl_task_type 'code_evaluation' .* not supported",
+        ),
     ],
 )
 def test_bad_task_keys_name_the_key(

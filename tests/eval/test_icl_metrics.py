@@ -109,6 +109,28 @@ def test_multiple_choice_accuracy_matches_hand_mean_log_likelihood(
         assert results[key] == pytest.approx(expected), batch_size
 
 
+def test_metric_names_choose_the_summed_log_likelihood_rule(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase, model: ComposerMPTCausalLM
+) -> None:
+    task = {
+        "label": "mc",
+        "dataset_uri": write_jsonl(tmp_path / "mc.jsonl", MC_ROWS),
+        "icl_task_type": "multiple_choice",
+        "continuation_delimiter": DELIM,
+        "metric_names": [
+            "InContextLearningMultipleChoiceAccuracy",
+            "InContextLearningMultipleChoiceSumAccuracy",
+        ],
+    }
+    results = _evaluate(model, tokenizer, task, batch_size=2)
+    assert results["metrics/mc/0-shot/InContextLearningMultipleChoiceSumAccuracy"] == (
+        pytest.approx(_mc_expected(model, tokenizer, length_normalized=False))
+    )
+    assert results["metrics/mc/0-shot/InContextLearningMultipleChoiceAccuracy"] == (
+        pytest.approx(_mc_expected(model, tokenizer, length_normalized=True))
+    )
+
+
 def test_schema_scores_the_shared_continuation_after_each_option(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase, model: ComposerMPTCausalLM
 ) -> None:
