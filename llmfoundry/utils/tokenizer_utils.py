@@ -36,6 +36,10 @@ def build_tokenizer(
         TokenizerError: if it cannot be found or loaded.
     """
     kwargs = dict(tokenizer_kwargs or {})
+    # transformers reads the folder's model config first; for a model folder that ships its own
+    # code (an MPT export) it would otherwise stop and ask on the terminal whether to run that
+    # code. An explicit False answers no (the tokenizer itself needs no model code).
+    kwargs.setdefault("trust_remote_code", False)
     # A hub name is "name" or "org/name"; anything else can only be a local path.
     looks_local = tokenizer_name.startswith((".", "/", "~")) or tokenizer_name.count("/") > 1
     if looks_local and not Path(tokenizer_name).expanduser().exists():
