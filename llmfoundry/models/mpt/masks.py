@@ -52,7 +52,12 @@ def build_attention_inputs(
     window: int | None = attn["sliding_window_size"]
     if window == -1:
         window = None
-    has_padding = attention_mask is not None and not bool(attention_mask.bool().all())
+    # Export (ONNX, torch.export) traces one graph for every input: it cannot branch on the
+    # mask's values, so it always takes the masked path (right for any mask).
+    exporting = torch.compiler.is_exporting() or torch.jit.is_tracing()
+    has_padding = attention_mask is not None and (
+        exporting or not bool(attention_mask.bool().all())
+    )
     inputs = AttentionInputs(
         alibi_slopes=alibi_slopes(config.n_heads, alibi_bias_max, device)
         if attn["alibi"]

@@ -1,0 +1,127 @@
+"""convert_hf_to_onnx: an MPT export and a transformers Llama to ONNX with dynamic axes; the
+onnxruntime logits match PyTorch's on other shapes, and greedy text matches ``generate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+)
+
+from llmfoundry.command_utils.convert_hf_to_onnx import (
+    convert_hf_to_onnx,
+    onnx_greedy_generate,
+    run_onnx,
+)
+from llmfoundry.models.hf.export import save_mpt_as_hf
+from llmfoundry.utils.exceptions import ConfigError, MissingFileError
+from tests.models.mpt_helpers import tiny_config, tiny_model
+
+VOCAB = 512  # the tokenizer fixture's size
+PROMPTS = ["def load(path):", "import json\n\nclass"]
+
+
+@pytest.fixture(scope="module")
+def mpt_folder(
+    tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase
+) -> Path:
+    """A tiny MPT exported with its code and the fixture tokenizer."""
+    folder = tmp_path_factory.mktemp("mpt") / "hf"
+    save_mpt_as_hf(tiny_model(tiny_config(vocab_size=VOCAB)), tokenizer, folder, "fp32")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llama_folder(
+    tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase
+) -> Path:
+    """A tiny grouped-query Llama with the fixture tokenizer."""
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=64,
+        initializer_range=0.3,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("llama") / "hf"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _greedy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    with torch.no_grad():
+        out = model.generate(  # type: ignore[operator]
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=8,
+            do_sample=False,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+
+
+@pytest.mark.parametrize("kind", ["mpt", "llama"])
+def test_export_matches_pytorch_on_new_shapes_and_greedy_text(
+    kind: str,
+    mpt_folder: Path,
+    llama_folder: Path,
+    tmp_path: Path,
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    source = mpt_folder if kind == "mpt" else llama_folder
+    result = convert_hf_to_onnx(
+        str(source), str(tmp_path / "onnx"), export_batch_size=2, trust_remote_code=kind == "mpt"
+    )
+    assert result.max_abs_diff is not None and result.max_abs_diff < 1e-3
+    assert {"config.json", "model.onnx", "tokenizer.json"} <= {
+        p.name for p in result.folder.iterdir()
+    }
+    assert json.loads((result.folder / "onnx_export.json").read_text())["max_seq_len"] == 64
+
+    model = AutoModelForCausalLM.from_pretrained(source, trust_remote_code=kind == "mpt").eval()
+    session = onnxruntime.InferenceSession(
+        str(result.onnx_path), providers=["CPUExecutionProvider"]
+    )
+    # Batch and length other than the traced 2 x 16, with left padding on the first row.
+    for batch, length in [(1, 5), (4, 40)]:
+        generator = torch.Generator().manual_seed(batch)
+        ids = torch.randint(2, VOCAB, (batch, length), generator=generator)
+        mask = torch.ones_like(ids)
+        mask[0, :2] = 0
+        with torch.no_grad():
+            expected = model(input_ids=ids, attention_mask=mask, use_cache=False).logits.numpy()
+        got = run_onnx(session, ids, mask)
+        real = mask.numpy().astype(bool)
+        np.testing.assert_allclose(got[real], expected[real], atol=1e-4, rtol=1e-4)
+
+    for prompt in PROMPTS:
+        onnx_text = onnx_greedy_generate(result.onnx_path, tokenizer, prompt, max_new_tokens=8)
+        assert onnx_text == _greedy(model, tokenizer, prompt)
+
+
+def test_bad_inputs_name_the_flag_and_write_nothing(tmp_path: Path, mpt_folder: Path) -> None:
+    with pytest.raises(MissingFileError, match="model folder '/no/such/model' does not exist"):
+        convert_hf_to_onnx("/no/such/model", str(tmp_path / "out"))
+    with pytest.raises(ConfigError, match="--export_format='torchscript'"):
+        convert_hf_to_onnx(str(mpt_folder), str(tmp_path / "out"), export_format="torchscript")
+    with pytest.raises(ConfigError, match="--dtype='fp8'"):
+        convert_hf_to_onnx(str(mpt_folder), str(tmp_path / "out"), dtype="fp8")
+    assert not (tmp_path / "out").exists()
