@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing.pool
 import subprocess
 import sys
 from pathlib import Path
@@ -345,8 +346,15 @@ def test_text_converter_will_not_overwrite_unknown_files(
 
 
 def test_two_processes_write_the_same_samples_as_one(
-    tmp_path: Path, tokenizer_dir: Path, corpus_texts: list[str]
+    tmp_path: Path, tokenizer_dir: Path, corpus_texts: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A finished pool's workers must exit on their own: terminate() signals them, and a worker
+    # that is still starting up can lose that SIGTERM (Composer's inherited handler catches it
+    # before the child resets its signal state) and hang the join forever.
+    terminated: list[object] = []
+    monkeypatch.setattr(
+        multiprocessing.pool.Pool, "terminate", lambda pool: terminated.append(pool)
+    )
     # With no_wrap every long document yields exactly its first sample, whatever group it is
     # in; with wrapping the samples at group boundaries would differ.
     texts = [text[start : start + 3000] for text in corpus_texts[:3] for start in (0, 3000)]
@@ -359,6 +367,7 @@ def test_two_processes_write_the_same_samples_as_one(
     assert sorted(read_tokens(tmp_path / "two")) == sorted(read_tokens(tmp_path / "one"))
     assert two.num_samples == one.num_samples == len(texts)
     assert two.rows_read == one.rows_read == len(texts)
+    assert terminated == []
 
 
 def test_use_tokenizer_eos_uses_the_tokenizers_eos(

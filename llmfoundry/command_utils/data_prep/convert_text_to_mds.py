@@ -28,6 +28,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -535,18 +536,32 @@ def run_in_workers(tasks: list[GroupTask], bar: tqdm) -> list[MDSWriteSummary]:
     # take seconds (torch, transformers, streaming).
     context = multiprocessing.get_context()
     files_done = context.Value("q", 0)
-    with context.Pool(len(tasks), initializer=_set_files_done, initargs=(files_done,)) as pool:
+    pool = context.Pool(len(tasks), initializer=_set_files_done, initargs=(files_done,))
+    try:
         pending = pool.map_async(_convert_group_in_worker, tasks)
         while not pending.ready():
             pending.wait(0.2)
             bar.update(files_done.value - bar.n)
         summaries = pending.get()
+        # Let the workers finish on their own (a sentinel each). Terminating them instead
+        # sends SIGTERM, and a worker still starting up when it arrives can lose it: Composer
+        # (imported here) installs a Python SIGTERM handler that forked workers inherit, and
+        # CPython drops a signal caught between fork() and the child's after-fork reset; that
+        # worker then waits forever and so does the join.
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
     bar.update(files_done.value - bar.n)
     return summaries
 
 
 def _set_files_done(counter: Any) -> None:
     global _files_done
+    # A worker is ended by its pool, never by Composer's inherited SIGTERM handler.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _files_done = counter
 
 
