@@ -1,33 +1,36 @@
-"""Generate text from a Hugging Face model folder or hub name."""
+"""Generate text from a Hugging Face model folder or hub name (optionally with a LoRA adapter)."""
 
 import argparse
 import sys
 
-from llmfoundry.command_utils.generate import generate_from_pretrained
-from llmfoundry.utils.cli_utils import run_user_command
+from llmfoundry.command_utils.generate import (
+    add_model_flags,
+    add_sampling_flags,
+    generate_from_pretrained,
+)
+from llmfoundry.utils.cli_utils import parse_bool, run_user_command
 
 
 def main(args: argparse.Namespace) -> None:
-    """Generate for every prompt and print prompt plus continuation."""
-    for generation in generate_from_pretrained(**vars(args)):
+    """Generate for every prompt; print each prompt with its continuation and each batch's speed."""
+    run = generate_from_pretrained(**vars(args))
+    for index, batch in enumerate(run.batches, start=1):
+        for generation in batch.generations:
+            print("#" * 40)
+            print(generation.prompt + generation.continuation)
         print("#" * 40)
-        print(generation.prompt + generation.continuation)
+        print(
+            f"batch {index}/{len(run.batches)}: {len(batch.generations)} prompts, "
+            f"{batch.new_tokens} new tokens in {batch.latency_s:.3f} s "
+            f"({batch.tokens_per_s:.1f} tokens/s)"
+        )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--name_or_path", required=True)
-    parser.add_argument(
-        "--prompts", nargs="+", default=["My name is"], help="prompts, or file::path"
-    )
-    parser.add_argument("--max_new_tokens", type=int, default=100)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top_k", type=int, default=50)
-    parser.add_argument("--top_p", type=float, default=1.0)
-    parser.add_argument("--do_sample", action=argparse.BooleanOptionalAction, default=False)
-    parser.add_argument("--use_cache", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--model_dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--trust_remote_code", action=argparse.BooleanOptionalAction, default=False)
-    parser.add_argument("--seed", type=int, default=42)
+    add_model_flags(parser)
+    add_sampling_flags(parser)
+    parser.add_argument("--prompts", nargs="+", default=["My name is"], help="text, or file::path")
+    parser.add_argument("--max_batch_size", type=int, default=None)
+    parser.add_argument("--warmup", type=parse_bool, nargs="?", const=True, default=True)
     sys.exit(run_user_command(main, parser.parse_args()))
