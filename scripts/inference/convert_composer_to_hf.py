@@ -1,4 +1,4 @@
-"""Convert a Composer MPT checkpoint into a Hugging Face folder (loadable with trust_remote_code)."""
+"""Convert a Composer checkpoint (MPT, any HF causal LM, LoRA; a .pt file or a sharded folder) into a Hugging Face folder."""
 
 import argparse
 import sys
@@ -14,6 +14,11 @@ def main(args: argparse.Namespace) -> None:
         args.hf_output_path,
         output_precision=args.output_precision,
         local_checkpoint_save_location=args.local_checkpoint_save_location,
+        merge_lora=args.merge_lora,
+        base_model=args.base_model,
+        trust_remote_code=args.trust_remote_code,
+        hf_repo_for_upload=args.hf_repo_for_upload,
+        test_uploaded_model=args.test_uploaded_model,
     )
     print(f"Hugging Face model written to {out}")
 
@@ -21,7 +26,9 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--composer_path", required=True, help="Composer .pt checkpoint (path or URI)"
+        "--composer_path",
+        required=True,
+        help="Composer checkpoint: a .pt file or a sharded checkpoint folder (path or URI)",
     )
     parser.add_argument("--hf_output_path", required=True, help="folder to write")
     parser.add_argument(
@@ -31,5 +38,28 @@ if __name__ == "__main__":
         "--output_precision",
         default="fp32",
         choices=["fp32", "fp16", "bf16", "float32", "float16", "bfloat16"],
+    )
+    parser.add_argument(
+        "--merge_lora",
+        action="store_true",
+        help="for a LoRA checkpoint, write the base model with the adapter merged in",
+    )
+    parser.add_argument(
+        "--base_model",
+        default=None,
+        help="LoRA base model folder or Hub id, when the checkpoint holds only the adapter",
+    )
+    parser.add_argument(
+        "--hf_repo_for_upload", default=None, help="also push the folder to this Hub repo"
+    )
+    parser.add_argument(
+        "--test_uploaded_model",
+        action="store_true",
+        help="load the uploaded repo back and generate a few tokens",
+    )
+    parser.add_argument(
+        "--trust_remote_code",
+        action="store_true",
+        help="run the code a tokenizer or model ships (an MPT export needs it to load)",
     )
     sys.exit(run_user_command(main, parser.parse_args()))

@@ -79,19 +79,45 @@ def copy_with_weights(
     Returns:
         The copy, in eval mode, on the device of the ``state_dict`` tensors.
     """
-    config: Any = copy.deepcopy(model.config)
-    if isinstance(model, MPTForCausalLM):
+    return build_with_weights(type(model), copy.deepcopy(model.config), state_dict, dtype)
+
+
+def build_with_weights(
+    model_class: type[ModelT],
+    config: Any,
+    state_dict: Mapping[str, torch.Tensor],
+    dtype: torch.dtype,
+) -> ModelT:
+    """A ``model_class(config)`` holding ``state_dict`` cast to ``dtype``, built without an init.
+
+    The model is built on the meta device and the weights are assigned, not copied. Buffers
+    that are not saved in a state dict (rotary tables, say) stay on the meta device: the
+    model is fit for ``save_pretrained`` and weight surgery, not for running.
+
+    Args:
+        model_class: a ``PreTrainedModel`` subclass.
+        config: its config (an MPT config's ``init_device`` is set to ``cpu``).
+        state_dict: every persistent weight of the model, by name.
+        dtype: the floating-point dtype of the weights.
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        RuntimeError: if ``state_dict`` does not match the model's weights.
+    """
+    if issubclass(model_class, MPTForCausalLM):
         config.init_device = "cpu"  # built on meta below whatever the run asked for
     with torch.device("meta"):
-        clone = type(model)(config)
+        model = model_class(config)
     weights = {
         name: tensor.to(dtype) if tensor.is_floating_point() else tensor
         for name, tensor in state_dict.items()
     }
-    clone.load_state_dict(weights, strict=True, assign=True)
+    model.load_state_dict(weights, strict=True, assign=True)
     if getattr(config, "tie_word_embeddings", False):
-        clone.tie_weights()  # the cast above made separate copies of tied weights
-    return clone.eval()
+        model.tie_weights()  # the cast above made separate copies of tied weights
+    return model.eval()
 
 
 def write_mpt_folder(
