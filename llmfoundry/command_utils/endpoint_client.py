@@ -1,0 +1,348 @@
+"""Send a file of prompts to an OpenAI-compatible endpoint: the logic of ``endpoint_generate.py``.
+
+Prompts come from a text file (one per line) or a JSONL file (``.jsonl``/``.json``: one object
+per line with a ``prompt`` field). They are sent concurrently (``parallel`` at a time) to
+``/v1/completions`` or ``/v1/chat/completions`` (a prompt becomes one user message). A
+connection error, a timeout, 429 or a 5xx answer is retried with exponential backoff; other
+errors are recorded for their prompt. Results are written, in input order, as JSONL:
+``{"prompt", "text", "finish_reason", "latency_s", "error"}`` (``error`` null on success;
+``latency_s`` from the first attempt to the final answer, retries included).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from llmfoundry.utils.exceptions import (
+    ConfigError,
+    DatasetError,
+    MissingDependencyError,
+    MissingFileError,
+)
+
+try:
+    import httpx
+except ImportError as err:  # httpx comes with the serve extra (gradio needs it too)
+    raise MissingDependencyError(
+        "endpoint_generate needs httpx: pip install 'llm-foundry[serve]' (or pip install httpx)"
+    ) from err
+
+logger = logging.getLogger(__name__)
+
+JSONL_SUFFIXES = (".jsonl", ".json")
+RETRIED_STATUSES = frozenset({408, 429})
+
+
+@dataclass
+class EndpointResult:
+    """The answer to one prompt.
+
+    Attributes:
+        prompt: the prompt as read.
+        text: the completion (None if the request failed).
+        finish_reason: ``stop`` or ``length`` (None if the request failed).
+        latency_s: seconds from the first attempt to the final answer.
+        error: why the request failed, or None.
+    """
+
+    prompt: str
+    text: str | None
+    finish_reason: str | None
+    latency_s: float
+    error: str | None = None
+
+
+@dataclass
+class EndpointSummary:
+    """What a run of :func:`generate_from_endpoint` did.
+
+    Attributes:
+        results: one per prompt, in input order.
+        output: the JSONL file written.
+        elapsed_s: wall time of the whole run.
+    """
+
+    results: list[EndpointResult]
+    output: Path
+    elapsed_s: float
+
+    @property
+    def failed(self) -> int:
+        """How many prompts got no completion."""
+        return sum(result.error is not None for result in self.results)
+
+    def line(self) -> str:
+        """A one-line summary."""
+        latencies = [r.latency_s for r in self.results if r.error is None]
+        mean = sum(latencies) / len(latencies) if latencies else 0.0
+        top = max(latencies, default=0.0)
+        ok = len(self.results) - self.failed
+        return (
+            f"{len(self.results)} prompts: {ok} ok, {self.failed} failed; latency mean "
+            f"{mean:.3f}s, max {top:.3f}s; {self.elapsed_s:.1f}s in all; results in {self.output}"
+        )
+
+
+def read_prompts_file(path: str | Path) -> list[str]:
+    """Prompts from a text file (one per line, blank lines skipped) or a JSONL file.
+
+    A ``.jsonl``/``.json`` file holds one JSON object per line with a string ``prompt``.
+
+    Raises:
+        MissingFileError: if the file does not exist.
+        DatasetError: for a JSONL line that is not an object with a ``prompt``, or no prompts.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"prompts file '{path}' does not exist")
+    prompts: list[str] = []
+    jsonl = path.suffix.lower() in JSONL_SUFFIXES
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        if not jsonl:
+            prompts.append(line)
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DatasetError(f"{path}:{number}: not valid JSON ({err.msg})") from err
+        if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+            raise DatasetError(
+                f"{path}:{number}: each line must be an object with a string 'prompt'"
+            )
+        prompts.append(record["prompt"])
+    if not prompts:
+        raise DatasetError(f"prompts file '{path}' holds no prompts")
+    return prompts
+
+
+def resolve_endpoint(endpoint: str, chat: bool = False) -> tuple[str, bool]:
+    """The URL to post to and whether it is the chat API.
+
+    ``endpoint`` is either the full URL of ``.../completions`` or ``.../chat/completions``, or
+    the server's base URL (``http://host:port`` or ``http://host:port/v1``), to which the
+    completions path (the chat one with ``chat``) is added.
+
+    Raises:
+        ConfigError: if ``endpoint`` is not an http(s) URL, or names completions with ``chat``.
+    """
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"--endpoint={endpoint!r} must be an http(s) URL")
+    path = parts.path.rstrip("/")
+    if path.endswith("/chat/completions"):
+        return endpoint, True
+    if path.endswith("/completions"):
+        if chat:
+            raise ConfigError(
+                f"--endpoint={endpoint!r} is the completions API; drop --chat or use "
+                ".../chat/completions"
+            )
+        return endpoint, False
+    if not path.endswith("/v1"):
+        path += "/v1"
+    path += "/chat/completions" if chat else "/completions"
+    return urlunsplit(parts._replace(path=path)), chat
+
+
+def _api_base(url: str) -> str:
+    """``http://host:port/v1`` of a completions URL."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    for suffix in ("/chat/completions", "/completions"):
+        path = path.removesuffix(suffix)
+    return urlunsplit(parts._replace(path=path))
+
+
+def _error_message(response: httpx.Response) -> str:
+    """``HTTP <status>: <the server's message>``."""
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:500]
+    return f"HTTP {response.status_code}: {message}"
+
+
+@dataclass
+class _Settings:
+    url: str
+    chat: bool
+    model: str
+    max_tokens: int
+    temperature: float
+    retries: int
+    backoff_s: float
+
+
+def _request_body(settings: _Settings, prompt: str) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": settings.model,
+        "max_tokens": settings.max_tokens,
+        "temperature": settings.temperature,
+    }
+    if settings.chat:
+        body["messages"] = [{"role": "user", "content": prompt}]
+    else:
+        body["prompt"] = prompt
+    return body
+
+
+def _send(client: httpx.Client, settings: _Settings, prompt: str) -> EndpointResult:
+    """One prompt, with retries; failures become the result's ``error``."""
+    start = time.perf_counter()
+    error = ""
+    for attempt in range(settings.retries + 1):
+        if attempt:
+            time.sleep(settings.backoff_s * 2 ** (attempt - 1))
+        try:
+            response = client.post(settings.url, json=_request_body(settings, prompt))
+        except httpx.TransportError as err:  # connection refused or reset, timeouts
+            error = f"{type(err).__name__}: {err}"
+            logger.warning("prompt %r: %s (attempt %d)", prompt[:40], error, attempt + 1)
+            continue
+        if response.status_code >= 500 or response.status_code in RETRIED_STATUSES:
+            error = _error_message(response)
+            logger.warning("prompt %r: %s (attempt %d)", prompt[:40], error, attempt + 1)
+            continue
+        latency = time.perf_counter() - start
+        if response.status_code != 200:
+            return EndpointResult(prompt, None, None, latency, _error_message(response))
+        choice = response.json()["choices"][0]
+        text = choice["message"]["content"] if settings.chat else choice["text"]
+        return EndpointResult(prompt, text, choice["finish_reason"], latency)
+    attempts = settings.retries + 1
+    latency = time.perf_counter() - start
+    return EndpointResult(prompt, None, None, latency, f"{error} (after {attempts} attempts)")
+
+
+def served_model_name(client: httpx.Client, url: str) -> str:
+    """The first model the endpoint lists at ``/v1/models``.
+
+    Raises:
+        ConfigError: if the listing cannot be read (pass ``--model`` instead).
+    """
+    models_url = _api_base(url) + "/models"
+    try:
+        response = client.get(models_url)
+        response.raise_for_status()
+        return str(response.json()["data"][0]["id"])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as err:
+        raise ConfigError(
+            f"could not read the served model from {models_url} ({err}); pass --model"
+        ) from err
+
+
+def query_endpoint(
+    prompts: Sequence[str],
+    endpoint: str,
+    model: str | None = None,
+    chat: bool = False,
+    max_tokens: int = 64,
+    temperature: float = 0.0,
+    parallel: int = 4,
+    retries: int = 3,
+    backoff_s: float = 0.5,
+    timeout_s: float = 300.0,
+    api_key: str | None = None,
+    transport: httpx.BaseTransport | None = None,
+) -> list[EndpointResult]:
+    """Send every prompt to the endpoint, ``parallel`` at a time.
+
+    Args:
+        prompts: the prompts.
+        endpoint: completions URL or server base URL (see :func:`resolve_endpoint`).
+        model: the model name to request; default the first one the server lists.
+        chat: use the chat API (each prompt as one user message).
+        max_tokens: tokens to generate per prompt.
+        temperature: sampling temperature (0: greedy).
+        parallel: requests in flight at once.
+        retries: extra attempts after a connection error, timeout, 429 or 5xx.
+        backoff_s: wait before the first retry; doubled for each further one.
+        timeout_s: per-attempt HTTP timeout.
+        api_key: sent as a bearer token, if given.
+        transport: an httpx transport to use instead of the network (tests).
+
+    Returns:
+        One result per prompt, in input order.
+
+    Raises:
+        ConfigError: on bad settings or an unreadable model listing.
+    """
+    for name, value, minimum in (
+        ("parallel", parallel, 1),
+        ("max_tokens", max_tokens, 1),
+        ("retries", retries, 0),
+    ):
+        if value < minimum:
+            raise ConfigError(f"--{name} must be at least {minimum}, got {value}")
+    url, chat = resolve_endpoint(endpoint, chat)
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    limits = httpx.Limits(max_connections=parallel, max_keepalive_connections=parallel)
+    with httpx.Client(
+        timeout=timeout_s, headers=headers, limits=limits, transport=transport
+    ) as client:
+        settings = _Settings(
+            url=url,
+            chat=chat,
+            model=model or served_model_name(client, url),
+            max_tokens=max_tokens,
+            temperature=temperature,
+            retries=retries,
+            backoff_s=backoff_s,
+        )
+        with ThreadPoolExecutor(parallel, thread_name_prefix="endpoint") as pool:
+            return list(pool.map(lambda prompt: _send(client, settings, prompt), prompts))
+
+
+def write_results(results: Sequence[EndpointResult], output: str | Path) -> Path:
+    """Write ``results`` as JSONL, atomically (a temporary file renamed into place)."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            for result in results:
+                file.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
+        os.replace(temporary, output)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return output
+
+
+def generate_from_endpoint(
+    prompts_file: str | Path, output: str | Path, endpoint: str, **query: Any
+) -> EndpointSummary:
+    """Read prompts, query the endpoint, write the results: the whole command.
+
+    Args:
+        prompts_file: text (one prompt a line) or JSONL (``prompt`` field) file.
+        output: the JSONL file to write.
+        endpoint: completions URL or server base URL.
+        **query: settings passed to :func:`query_endpoint` (``model``, ``chat``,
+            ``max_tokens``, ``temperature``, ``parallel``, ``retries``, ...).
+
+    Returns:
+        The summary (results, output path, elapsed time).
+
+    Raises:
+        MissingFileError, DatasetError: for a missing or malformed prompts file.
+        ConfigError: on bad settings.
+    """
+    start = time.perf_counter()
+    prompts = read_prompts_file(prompts_file)
+    logger.info("sending %d prompts to %s", len(prompts), endpoint)
+    results = query_endpoint(prompts, endpoint, **query)
+    path = write_results(results, output)
+    return EndpointSummary(results=results, output=path, elapsed_s=time.perf_counter() - start)
