@@ -54,8 +54,8 @@ def llama_folder(
         vocab_size=VOCAB,
         max_position_embeddings=64,
         initializer_range=0.3,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=int(tokenizer.eos_token_id),  # type: ignore[arg-type]
+        pad_token_id=int(tokenizer.pad_token_id),  # type: ignore[arg-type]
     )
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("llama") / "hf"

@@ -54,9 +54,8 @@ def build_attention_inputs(
         window = None
     # Export (ONNX, torch.export) traces one graph for every input: it cannot branch on the
     # mask's values, so it always takes the masked path (right for any mask).
-    exporting = torch.compiler.is_exporting() or torch.jit.is_tracing()
     has_padding = attention_mask is not None and (
-        exporting or not bool(attention_mask.bool().all())
+        torch.compiler.is_exporting() or not bool(attention_mask.bool().all())
     )
     inputs = AttentionInputs(
         alibi_slopes=alibi_slopes(config.n_heads, alibi_bias_max, device)
