@@ -23,10 +23,8 @@ from transformers.generation.streamers import BaseStreamer
 from llmfoundry.command_utils.chat_template import render_chat, stop_strings
 from llmfoundry.command_utils.generate import (
     autocast_context,
-    check_autocast,
-    default_device,
     generation_token_ids,
-    load_model_and_tokenizer,
+    load_for_generation,
     sampling_kwargs,
 )
 from llmfoundry.utils.exceptions import ConfigError
@@ -331,17 +329,15 @@ def chat_from_pretrained(
         eos_token_id,
         pad_token_id,
     )
-    if device_map is None:
-        device = device or default_device()
-        check_autocast(torch.device(device).type, autocast_dtype)
-    model, tokenizer = load_model_and_tokenizer(
+    model, tokenizer = load_for_generation(
         name_or_path,
-        trust_remote_code,
-        model_dtype,
-        device or "cpu",
+        trust_remote_code=trust_remote_code,
+        model_dtype=model_dtype,
+        device=device,
+        device_map=device_map,
+        autocast_dtype=autocast_dtype,
         revision=revision,
         use_auth_token=use_auth_token,
-        device_map=device_map,
         attn_impl=attn_impl,
         adapter=adapter,
     )

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +27,7 @@ from llmfoundry.utils.exceptions import (
     MissingDependencyError,
     MissingFileError,
 )
+from llmfoundry.utils.file_utils import atomic_write_text
 
 try:
     import httpx
@@ -308,16 +307,9 @@ def query_endpoint(
 def write_results(results: Sequence[EndpointResult], output: str | Path) -> Path:
     """Write ``results`` as JSONL, atomically (a temporary file renamed into place)."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            for result in results:
-                file.write(json.dumps(asdict(result), ensure_ascii=False) + "\n")
-        os.replace(temporary, output)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_text(
+        output, "".join(json.dumps(asdict(r), ensure_ascii=False) + "\n" for r in results)
+    )
     return output
 
 

@@ -28,6 +28,7 @@ from typing import Any, cast
 
 import torch
 from composer import Trainer
+from composer.devices import Device
 from composer.loggers import InMemoryLogger, LoggerDestination
 from composer.models import ComposerModel
 from composer.utils import dist, get_device, reproducibility
@@ -52,6 +53,7 @@ from llmfoundry.utils.builders import (
 )
 from llmfoundry.utils.config_utils import EvalConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
+from llmfoundry.utils.file_utils import atomic_write_text
 from llmfoundry.utils.object_store import is_remote
 
 logger = logging.getLogger(__name__)
@@ -413,12 +415,6 @@ CSV_COLUMNS = (
 )
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-
-
 def write_results(
     results: EvalResults, folder: Path, metadata: Mapping[str, Any] | None
 ) -> list[Path]:
@@ -435,7 +431,7 @@ def write_results(
         record = dataclasses.asdict(row)
         record["num_fewshot"] = "" if row.num_fewshot is None else row.num_fewshot
         writer.writerow([record[c] for c in CSV_COLUMNS])
-    _atomic_write(folder / "results.csv", buffer.getvalue())
+    atomic_write_text(folder / "results.csv", buffer.getvalue())
     written.append(folder / "results.csv")
     if any(m.gauntlet for m in results.models):
         buffer = io.StringIO()
@@ -444,7 +440,7 @@ def write_results(
         for model in results.models:
             for name, score in model.gauntlet.items():
                 writer.writerow([model.model_name, name, score])
-        _atomic_write(folder / "gauntlet.csv", buffer.getvalue())
+        atomic_write_text(folder / "gauntlet.csv", buffer.getvalue())
         written.append(folder / "gauntlet.csv")
     document = {
         "run_name": results.run_name,
@@ -458,7 +454,7 @@ def write_results(
             for model in results.models
         ],
     }
-    _atomic_write(folder / "results.json", json.dumps(document, indent=2) + "\n")
+    atomic_write_text(folder / "results.json", json.dumps(document, indent=2) + "\n")
     written.append(folder / "results.json")
     return written
 
@@ -466,10 +462,20 @@ def write_results(
 # --------------------------------------------------------------------------- the command
 
 
+@dataclasses.dataclass
+class RunSetup:
+    """What every model of an eval run shares: device, precision, run name, gauntlet categories."""
+
+    device: Device
+    precision: str
+    run_name: str | None
+    categories: dict[str, str]
+
+
 def evaluate_model(
     cfg: EvalConfig,
     entry: ModelEntry,
-    run_name: str | None,
+    run: RunSetup,
     logged_config: Mapping[str, Any] | None,
     extra_loggers: Sequence[LoggerDestination],
 ) -> tuple[ModelResults, str]:
@@ -479,8 +485,7 @@ def evaluate_model(
         Its results and the Trainer's run name.
     """
     reproducibility.seed_all(cfg.seed)
-    device = get_device(None)
-    precision = runtime_precision(cfg.precision, device)
+    device, precision, run_name = run.device, run.precision, run.run_name
     model, tokenizer, checkpoint = build_model(entry)
     logger.info("%s: evaluating %s", entry.where, entry.model_name)
     evaluators = build_evaluators(cfg, tokenizer, model, cfg.device_eval_batch_size)
@@ -518,7 +523,7 @@ def evaluate_model(
         entry.model_name,
         trainer,
         memory,
-        _gauntlet_categories(cfg.eval_gauntlet or cfg.eval_gauntlet_str),
+        run.categories,
     )
     scores = dict(gauntlet[0].last_scores) if gauntlet else {}
     name = trainer.state.run_name
@@ -546,17 +551,21 @@ def evaluate(
     check_eval_config(cfg)
     entries = parse_models(cfg)
     device = get_device(None)
-    runtime_precision(cfg.precision, device)  # an unknown precision fails before any model loads
+    # An unknown precision fails here, before any model loads (and CPU's fallback warns once).
+    run = RunSetup(
+        device=device,
+        precision=runtime_precision(cfg.precision, device),
+        run_name=cfg.run_name or os.environ.get("RUN_NAME") or None,
+        categories=_gauntlet_categories(cfg.eval_gauntlet or cfg.eval_gauntlet_str),
+    )
     dist.initialize_dist(device, timeout=cfg.dist_timeout)
-    run_name = cfg.run_name or os.environ.get("RUN_NAME") or None
     models: list[ModelResults] = []
     for entry in entries:
-        result, trainer_run_name = evaluate_model(
-            cfg, entry, run_name, logged_config, extra_loggers
-        )
+        result, trainer_run_name = evaluate_model(cfg, entry, run, logged_config, extra_loggers)
         # Every model's Trainer shares the first one's (possibly generated) name.
-        run_name = run_name or trainer_run_name
+        run.run_name = run.run_name or trainer_run_name
         models.append(result)
+    run_name = run.run_name
     assert run_name is not None
     results = EvalResults(run_name, models, [])
     if dist.get_global_rank() == 0:

@@ -378,6 +378,42 @@ def generation_token_ids(
 
 
 @torch.no_grad()
+def load_for_generation(
+    name_or_path: str,
+    *,
+    trust_remote_code: bool = False,
+    model_dtype: str = "fp32",
+    device: str | None = None,
+    device_map: str | None = None,
+    autocast_dtype: str | None = None,
+    revision: str | None = None,
+    use_auth_token: str | bool | None = None,
+    attn_impl: str | None = None,
+    adapter: str | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """What the generation commands (generate, chat, benchmark) load: check ``autocast_dtype``
+    for the device (default: CUDA when available), then :func:`load_model_and_tokenizer`.
+
+    Raises:
+        ConfigError, MissingFileError, MissingDependencyError, TokenizerError: as
+            :func:`check_autocast` and :func:`load_model_and_tokenizer`.
+    """
+    if device_map is None:
+        device = device or default_device()
+        check_autocast(torch.device(device).type, autocast_dtype)
+    return load_model_and_tokenizer(
+        name_or_path,
+        trust_remote_code,
+        model_dtype,
+        device or "cpu",
+        revision=revision,
+        use_auth_token=use_auth_token,
+        device_map=device_map,
+        attn_impl=attn_impl,
+        adapter=adapter,
+    )
+
+
 def generate_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -557,17 +593,15 @@ def generate_from_pretrained(
         eos_token_id,
         pad_token_id,
     )
-    if device_map is None:
-        device = device or default_device()
-        check_autocast(torch.device(device).type, autocast_dtype)
-    model, tokenizer = load_model_and_tokenizer(
+    model, tokenizer = load_for_generation(
         name_or_path,
-        trust_remote_code,
-        model_dtype,
-        device or "cpu",
+        trust_remote_code=trust_remote_code,
+        model_dtype=model_dtype,
+        device=device,
+        device_map=device_map,
+        autocast_dtype=autocast_dtype,
         revision=revision,
         use_auth_token=use_auth_token,
-        device_map=device_map,
         attn_impl=attn_impl,
         adapter=adapter,
     )

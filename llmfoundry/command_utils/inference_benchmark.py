@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import itertools
 import logging
-import os
 import statistics
 import time
 from collections.abc import Sequence
@@ -25,11 +24,11 @@ from llmfoundry.command_utils.chat import model_max_positions
 from llmfoundry.command_utils.generate import (
     autocast_context,
     check_autocast,
-    default_device,
     generation_token_ids,
-    load_model_and_tokenizer,
+    load_for_generation,
 )
 from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.file_utils import atomic_file
 
 logger = logging.getLogger(__name__)
 
@@ -192,13 +191,10 @@ def benchmark_generation(
 def write_csv(rows: Sequence[BenchmarkRow], path: str | Path) -> Path:
     """Write the rows as a CSV with a header (written to a temporary name, then renamed)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    with partial.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_file(path) as partial, partial.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=[f.name for f in fields(BenchmarkRow)])
         writer.writeheader()
         writer.writerows(asdict(row) for row in rows)
-    os.replace(partial, path)
     return path
 
 
@@ -210,7 +206,6 @@ def plot_latency_vs_throughput(rows: Sequence[BenchmarkRow], path: str | Path) -
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure, axes = plt.subplots(figsize=(7, 5))
     shapes = sorted({(r.input_len, r.output_len) for r in rows})
     for input_len, output_len in shapes:
@@ -228,10 +223,9 @@ def plot_latency_vs_throughput(rows: Sequence[BenchmarkRow], path: str | Path) -
     axes.set_title("generate: latency vs throughput")
     axes.grid(True, alpha=0.3)
     axes.legend()
-    partial = path.with_name(f".{path.name}.partial.png")
-    figure.savefig(partial, dpi=100)
+    with atomic_file(path) as partial:
+        figure.savefig(partial, dpi=100, format="png")
     plt.close(figure)
-    os.replace(partial, path)
     return path
 
 
@@ -266,17 +260,15 @@ def run_benchmark(
         ConfigError, MissingFileError, MissingDependencyError, TokenizerError: on a bad flag,
             path, missing package or tokenizer.
     """
-    if device_map is None:
-        device = device or default_device()
-        check_autocast(torch.device(device).type, autocast_dtype)
-    model, tokenizer = load_model_and_tokenizer(
+    model, tokenizer = load_for_generation(
         name_or_path,
-        trust_remote_code,
-        model_dtype,
-        device or "cpu",
+        trust_remote_code=trust_remote_code,
+        model_dtype=model_dtype,
+        device=device,
+        device_map=device_map,
+        autocast_dtype=autocast_dtype,
         revision=revision,
         use_auth_token=use_auth_token,
-        device_map=device_map,
         attn_impl=attn_impl,
         adapter=adapter,
     )
