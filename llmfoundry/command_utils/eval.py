@@ -51,6 +51,7 @@ from llmfoundry.utils.builders import (
     build_loggers,
     build_tokenizer_from_section,
 )
+from llmfoundry.eval.sources import resolve_config_file
 from llmfoundry.utils.config_utils import EvalConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
 from llmfoundry.utils.file_utils import atomic_write_text
@@ -120,18 +121,47 @@ class EvalResults:
 # --------------------------------------------------------------------------- config
 
 
+def model_sections(cfg: EvalConfig) -> list[Any]:
+    """The ``models`` list, or the one model given at the top level (``model``, ``tokenizer``,
+    ``load_path``, ``model_name``; the name defaults to the model's ``name``).
+
+    Raises:
+        ConfigError: on both forms at once, neither, or a top-level model without a tokenizer.
+    """
+    if cfg.model is None:
+        for key in ("tokenizer", "load_path", "model_name"):
+            if getattr(cfg, key) is not None:
+                raise ConfigError(f"{key} is set at the top level but model is not; add model")
+        if not cfg.models:
+            raise ConfigError(
+                "models is empty; list at least one {model_name, model, tokenizer} entry (or "
+                "give one model at the top level: model, tokenizer, load_path)"
+            )
+        return list(cfg.models)
+    if cfg.models:
+        raise ConfigError("set model (one model) or models (a list), not both")
+    if cfg.tokenizer is None:
+        raise ConfigError("model is set at the top level, so tokenizer must be too")
+    section: dict[str, Any] = {
+        "model_name": cfg.model_name or str(cfg.model.get("name", "model")),
+        "model": cfg.model,
+        "tokenizer": cfg.tokenizer,
+    }
+    if cfg.load_path is not None:
+        section["load_path"] = cfg.load_path
+    return [section]
+
+
 def parse_models(cfg: EvalConfig) -> list[ModelEntry]:
-    """Validate the ``models`` list before anything is built.
+    """Validate the models to evaluate before anything is built.
 
     Raises:
         ConfigError: on an empty list, a non-mapping entry, an unknown or missing key, or a
             ``model_name`` used twice.
         MissingFileError: on a local ``load_path`` that does not exist.
     """
-    if not cfg.models:
-        raise ConfigError("models is empty; list at least one {model_name, model, tokenizer} entry")
     entries: list[ModelEntry] = []
-    for index, raw in enumerate(cfg.models):
+    for index, raw in enumerate(model_sections(cfg)):
         where = f"models[{index}]"
         if not isinstance(raw, Mapping):
             raise ConfigError(f"{where} must be a mapping with keys {', '.join(MODEL_KEYS)}")
@@ -190,7 +220,12 @@ def check_eval_config(cfg: EvalConfig) -> None:
         )
     gauntlet = cfg.eval_gauntlet or cfg.eval_gauntlet_str
     if gauntlet:
-        load_gauntlet_config(gauntlet)
+        load_gauntlet_config(resolve_config_file(gauntlet, anchors(cfg)))
+
+
+def anchors(cfg: EvalConfig) -> list[Path]:
+    """The run YAML's folder, where relative paths are also looked up."""
+    return [Path(cfg.config_dir)] if cfg.config_dir else []
 
 
 def is_hf_folder(path: str) -> bool:
@@ -273,12 +308,12 @@ def load_hf_weights(model: ComposerModel, folder: str, where: str) -> None:
 
 
 def _parse_icl_label(label: str) -> tuple[str, str, int] | None:
-    """``piqa/0-shot`` → (piqa, '', 0); ``arc/physics/1-shot`` → (arc, physics, 1)."""
+    """``piqa/0-shot`` → (piqa, '', 0); ``mmlu/5-shot/physics`` → (mmlu, physics, 5)."""
     parts = label.split("/")
-    match = _SHOT.match(parts[-1]) if len(parts) >= 2 else None
+    match = _SHOT.match(parts[1]) if len(parts) >= 2 else None
     if match is None:
         return None
-    return parts[0], "/".join(parts[1:-1]), int(match.group(1))
+    return parts[0], "/".join(parts[2:]), int(match.group(1))
 
 
 def _gauntlet_categories(gauntlet: Any) -> dict[str, str]:
@@ -556,7 +591,9 @@ def evaluate(
         device=device,
         precision=runtime_precision(cfg.precision, device),
         run_name=cfg.run_name or os.environ.get("RUN_NAME") or None,
-        categories=_gauntlet_categories(cfg.eval_gauntlet or cfg.eval_gauntlet_str),
+        categories=_gauntlet_categories(
+            resolve_config_file(cfg.eval_gauntlet or cfg.eval_gauntlet_str or {}, anchors(cfg))
+        ),
     )
     dist.initialize_dist(device, timeout=cfg.dist_timeout)
     models: list[ModelResults] = []
@@ -569,7 +606,6 @@ def evaluate(
     assert run_name is not None
     results = EvalResults(run_name, models, [])
     if dist.get_global_rank() == 0:
-        logger.info("results:\n%s", render_tables(results))
         if cfg.results_folder:
             folder = Path(cfg.results_folder.replace("{run_name}", run_name))
             results.files = write_results(results, folder, cfg.metadata)

@@ -26,6 +26,7 @@ from composer.utils import dist, get_device, reproducibility
 from llmfoundry.callbacks.eval_gauntlet_callback import EvalGauntlet
 from llmfoundry.command_utils.parallelism import build_parallelism_config
 from llmfoundry.eval import InContextLearningMetric, build_icl_evaluators
+from llmfoundry.eval.sources import resolve_config_file
 from llmfoundry.loggers.run_artifacts import RunArtifactsLogger, build_run_artifacts_logger
 from llmfoundry.utils.builders import (
     build_algorithms,
@@ -317,16 +318,19 @@ def build_evaluators(
     if cfg.eval_loader is not None and cfg.eval_loaders is not None:
         raise ConfigError("set eval_loader or eval_loaders (a list with labels), not both")
     sections: list[tuple[str, str, Mapping[str, Any]]] = []
-    if cfg.eval_loader is not None:
+    listed, list_key = cfg.eval_loaders, "eval_loaders"
+    if isinstance(cfg.eval_loader, list):  # LLM Foundry also takes the list under eval_loader
+        listed, list_key = cfg.eval_loader, "eval_loader"
+    elif cfg.eval_loader is not None:
         sections.append(("eval", "eval_loader", cfg.eval_loader))
-    for index, section in enumerate(cfg.eval_loaders or ()):
+    for index, section in enumerate(listed or ()):
         label = section.get("label")
         if not isinstance(label, str) or not label:
-            raise ConfigError(f"eval_loaders[{index}].label is missing; name each eval loader")
+            raise ConfigError(f"{list_key}[{index}].label is missing; name each eval loader")
         if any(f"eval/{label}" == existing for existing, _, _ in sections):
-            raise ConfigError(f"eval_loaders[{index}].label '{label}' is used twice")
+            raise ConfigError(f"{list_key}[{index}].label '{label}' is used twice")
         loader = {k: v for k, v in section.items() if k != "label"}
-        sections.append((f"eval/{label}", f"eval_loaders[{index}]", loader))
+        sections.append((f"eval/{label}", f"{list_key}[{index}]", loader))
     # The in-context-learning metrics score only the ICL evaluators' batches.
     metric_names = sorted(
         name
@@ -349,6 +353,7 @@ def build_evaluators(
             default_max_seq_len=getattr(cfg, "icl_seq_len", None) or cfg.max_seq_len,
             default_batch_size=device_eval_batch_size,
             icl_subset_num_batches=cfg.icl_subset_num_batches,
+            anchors=[Path(cfg.config_dir)] if cfg.config_dir else [],
         )
         evaluators += icl_evaluators
     return evaluators
@@ -368,7 +373,8 @@ def build_gauntlet(cfg: TrainConfig | EvalConfig) -> list[EvalGauntlet]:
             "eval_gauntlet scores icl_tasks benchmarks, but the run has no icl_tasks; add "
             "icl_tasks (a list or a YAML path) or remove eval_gauntlet"
         )
-    return [EvalGauntlet.from_config(gauntlet)]
+    anchors = [Path(cfg.config_dir)] if cfg.config_dir else []
+    return [EvalGauntlet.from_config(resolve_config_file(gauntlet, anchors))]
 
 
 def build_trainer(

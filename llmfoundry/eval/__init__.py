@@ -5,6 +5,7 @@ Importing the package registers the ICL metrics (``registry.metrics``) and task 
 """
 
 from llmfoundry.eval.datasets import TASK_DATASETS, split_icl_batch
+from llmfoundry.eval.generation import GenerationWithAnswersDataset
 from llmfoundry.eval.icl import build_icl_evaluators
 from llmfoundry.eval.metrics import (
     ICL_METRICS,
@@ -18,6 +19,7 @@ from llmfoundry.eval.metrics import (
 __all__ = [
     "ICL_METRICS",
     "TASK_DATASETS",
+    "GenerationWithAnswersDataset",
     "InContextLearningGenerationExactMatchAccuracy",
     "InContextLearningLMAccuracy",
     "InContextLearningMetric",

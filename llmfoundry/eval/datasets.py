@@ -1,4 +1,4 @@
-"""In-context-learning (ICL) task datasets: JSONL rows in, few-shot prompts, padded ICL batches out.
+"""In-context-learning (ICL) task datasets: rows in, LLM Foundry's prompts, padded ICL batches out.
 
 Every task type reads rows of its own shape (LLM Foundry's formats):
 
@@ -8,29 +8,25 @@ Every task type reads rows of its own shape (LLM Foundry's formats):
 ``language_modeling``                 ``context``, ``continuation``
 ``multiple_choice``                   ``query``, ``choices``, ``gold``
 ``schema``                            ``context_options``, ``continuation``, ``gold``
-``generation_task_with_answers``      ``context``, ``answer``, optional ``aliases``
+``generation_task_with_answers``      ``context``, ``answer``, optional ``aliases``,
+                                      optional ``chain_of_thought``
 ====================================  =========================================
 
-A row's prompt is ``prompt_string`` followed by ``num_fewshot`` examples drawn from the *other*
-rows (with ``fewshot_random_seed``: the same shots for the same row on every build), then the row
-itself, joined with ``example_delimiter``; each example is ``context + continuation_delimiter +
-answer`` and the row ends at its ``context + continuation_delimiter``. The prompt and the
-continuation are tokenized separately (the continuation without special tokens) and the prompt
-is cut from the left so that both fit ``max_seq_len``.
-
+The prompt text and its tokenization follow ``llmfoundry.eval.prompts`` (LLM Foundry 0.22's
+rules); a prompt is cut from the left so that it and its continuation fit ``max_seq_len``.
 Batches are dicts (``mode: icl_task``, or ``generate`` for generation tasks) that
-``llmfoundry.eval.metrics`` scores. A multiple-choice or schema question spans one row per
-choice; the loader's batch size counts questions, and ``split_icl_batch`` keeps a question's
-rows together when Composer splits a batch into microbatches.
+``llmfoundry.eval.metrics`` scores. Rows are padded to the longest in the batch (not to
+``max_seq_len``) and the attention mask is ``input_ids != pad id``, as in LLM Foundry. A
+multiple-choice or schema question spans one row per choice; ``split_icl_batch`` keeps a
+question's rows together when Composer splits a batch into microbatches.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,20 +34,25 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
-from llmfoundry.utils.exceptions import DatasetError, MissingFileError
+from llmfoundry.eval.prompts import PromptStyle, fewshot_indices, needs_prefix_space, strip_fields
+from llmfoundry.eval.sources import ICLRow
+from llmfoundry.utils.exceptions import DatasetError
 
 __all__ = [
+    "TASK_DATASETS",
     "TASK_TYPE_ALIASES",
-    "GenerationWithAnswersDataset",
     "ICLDataset",
     "ICLRow",
     "LanguageModelingDataset",
     "MultipleChoiceDataset",
     "SchemaDataset",
+    "encode_unique",
     "icl_num_samples",
-    "load_icl_rows",
+    "pad_sequences",
     "split_icl_batch",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Older task files name the generation type after its first use.
 TASK_TYPE_ALIASES = {"question_answering": "generation_task_with_answers"}
@@ -66,76 +67,35 @@ _SHARED_KEYS = (
 )
 
 
-@dataclass(frozen=True)
-class ICLRow:
-    """One JSONL row: its fields, and where it came from (for error messages)."""
+@dataclass
+class Example:
+    """A parsed row: the texts a task type needs (see each dataset's ``parse_row``)."""
 
-    fields: Mapping[str, Any]
-    source: str
-    line: int
-
-    def where(self, field: str) -> str:
-        """``file, row N, field 'x'`` for an error message."""
-        return f"{self.source}, row {self.line}, field '{field}'"
-
-
-def load_icl_rows(dataset_uri: str) -> list[ICLRow]:
-    """Read a JSONL file (one JSON object per line; blank lines skipped).
-
-    Raises:
-        MissingFileError: if the file does not exist.
-        DatasetError: on a line that is not a JSON object, or a file without rows.
-    """
-    path = Path(dataset_uri.removeprefix("file://"))
-    if not path.is_file():
-        raise MissingFileError(
-            f"ICL dataset_uri '{dataset_uri}' does not exist; point it at a local JSONL file"
-        )
-    rows = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                fields = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetError(
-                    f"{dataset_uri}, row {number}: not valid JSON ({err.msg})"
-                ) from err
-            if not isinstance(fields, dict):
-                raise DatasetError(f"{dataset_uri}, row {number}: expected a JSON object")
-            rows.append(ICLRow(fields, dataset_uri, number))
-    if not rows:
-        raise DatasetError(f"ICL dataset {dataset_uri} has no rows")
-    return rows
-
-
-@dataclass(frozen=True)
-class _Example:
-    """A row turned into text: the context(s) to score and the continuation(s) after them."""
-
-    contexts: list[str]  # one per choice for schema; one otherwise
-    continuations: list[str]  # one per choice for multiple choice; one otherwise
+    fields: dict[str, Any]
     gold: int = 0
-    answers: tuple[str, ...] = ()  # generation: accepted answers
+    answers: list[str] = field(default_factory=list)
 
 
 class ICLDataset(Dataset[dict[str, Any]]):
-    """Shared machinery of the ICL task datasets; subclasses parse rows and collate.
+    """Shared machinery of the ICL task datasets: parsing, few-shot preambles, tokenization.
 
     Args:
-        rows: the task's rows (``load_icl_rows``), e.g. those of one category.
-        tokenizer: tokenizes prompts and continuations; its pad (or EOS) id pads.
+        rows: the task's rows (``llmfoundry.eval.sources.read_task_rows``), e.g. of one category.
+        tokenizer: tokenizes prompts and continuations.
         max_seq_len: prompt plus continuation tokens of a row fit in this.
-        num_fewshot: examples from the other rows put before each row.
-        prompt_string: text at the very start of every prompt.
-        example_delimiter: text between examples.
-        continuation_delimiter: text between an example's context and its answer.
+        pad_tok_id: pads batches (default: the tokenizer's pad id, else its EOS id).
+        num_fewshot: examples from other rows put before each row.
         fewshot_random_seed: seeds the choice of shots.
+        prompt_string: text at the very start of every prompt.
+        example_delimiter: text before each example that follows other text.
+        continuation_delimiter: text between an example's context and its answer.
+        prelimiter: text before each example's context (LLM Foundry's ``prelimiter``, also
+            ``question_prelimiter``).
+        strip_dataset: strip the rows' strings and the prompt's trailing whitespace.
 
     Raises:
-        DatasetError: on a row with a missing or malformed field, or fewer other rows than
-            ``num_fewshot``.
+        DatasetError: on a row with a missing or malformed field (naming file, row and field).
+        ValueError: if there is no pad id to pad with.
     """
 
     def __init__(
@@ -143,49 +103,59 @@ class ICLDataset(Dataset[dict[str, Any]]):
         rows: Sequence[ICLRow],
         tokenizer: PreTrainedTokenizerBase,
         max_seq_len: int,
+        pad_tok_id: int | None = None,
         num_fewshot: int = 0,
+        fewshot_random_seed: int = 1234,
         prompt_string: str = "",
         example_delimiter: str = "\n",
         continuation_delimiter: str = " ",
-        fewshot_random_seed: int = 1234,
+        prelimiter: str = "",
+        strip_dataset: bool = True,
     ) -> None:
         if num_fewshot < 0:
             raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
-        if num_fewshot > len(rows) - 1:
-            source = rows[0].source if rows else "the dataset"
-            raise DatasetError(
-                f"{source}: num_fewshot={num_fewshot} needs at least {num_fewshot + 1} rows "
-                f"(shots come from the other rows) but there are {len(rows)}; lower num_fewshot"
-            )
         self.tokenizer = tokenizer
         self.max_seq_len = max_seq_len
-        # transformers types the ids loosely (``int | list[int] | ...``); here they are ints.
-        pad_id: Any = tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = tokenizer.eos_token_id
-        if pad_id is None:
-            raise ValueError("the tokenizer has neither a pad nor an EOS token to pad with")
-        self.pad_token_id = int(pad_id)
-        self.examples = [self.parse_row(row) for row in rows]
-        rng = random.Random(fewshot_random_seed)
-        self.shots = [
-            rng.sample([j for j in range(len(rows)) if j != i], num_fewshot)
-            for i in range(len(rows))
-        ]
-        self.prefixes = [
-            prompt_string
-            + "".join(
-                self.example_text(self.examples[j], continuation_delimiter) + example_delimiter
-                for j in shots
-            )
-            for shots in self.shots
-        ]
-        self.continuation_delimiter = continuation_delimiter
+        self.pad_token_id = _pad_id(tokenizer, pad_tok_id)
+        self.style = PromptStyle(
+            prompt_string,
+            example_delimiter,
+            continuation_delimiter,
+            prelimiter,
+            strip_dataset,
+            needs_prefix_space(tokenizer),
+        )
         self.rows = list(rows)
+        if num_fewshot > len(self.rows) - 1 and self.rows:
+            logger.warning(
+                "%s: num_fewshot=%d but the task has %d rows; each prompt gets the %d other rows",
+                self.rows[0].source,
+                num_fewshot,
+                len(self.rows),
+                len(self.rows) - 1,
+            )
+        self.examples = [
+            self.parse_row(row, strip_fields(row.fields) if strip_dataset else dict(row.fields))
+            for row in self.rows
+        ]
+        self.preambles = self._preambles(num_fewshot, fewshot_random_seed)
+        self.order = list(range(len(self.rows)))
 
     # --- what a subclass defines -------------------------------------------------------------
-    def parse_row(self, row: ICLRow) -> _Example:
-        """Check a row's fields and turn it into text."""
+    def parse_row(self, row: ICLRow, fields: dict[str, Any]) -> Example:
+        """Check a row's (stripped) fields and keep what the task needs."""
+        raise NotImplementedError
+
+    def shot_text(self, example: Example, preceded: bool) -> str:
+        """The text of ``example`` used as a shot (with its answer)."""
+        raise NotImplementedError
+
+    def row_texts(self, index: int) -> tuple[list[str], list[str]]:
+        """Row ``index``'s contexts (appended to its preamble) and scored continuations."""
+        raise NotImplementedError
+
+    def item(self, index: int) -> dict[str, Any]:
+        """What ``__getitem__`` returns for row ``index`` (before reordering)."""
         raise NotImplementedError
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -193,47 +163,81 @@ class ICLDataset(Dataset[dict[str, Any]]):
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------------------
-    @staticmethod
-    def example_text(example: _Example, continuation_delimiter: str) -> str:
-        """The text of a row used as a shot: its (gold) context, the delimiter, its answer."""
-        context = example.contexts[example.gold if len(example.contexts) > 1 else 0]
-        if example.answers:
-            answer = example.answers[0]
-        else:
-            answer = example.continuations[example.gold if len(example.continuations) > 1 else 0]
-        return context + continuation_delimiter + answer
+    def _preambles(self, num_fewshot: int, seed: int) -> list[str]:
+        rng = random.Random(seed)
+        preambles = []
+        for index in range(len(self.examples)):
+            text = self.style.prompt_string
+            if num_fewshot > 0:
+                for shot in fewshot_indices(len(self.examples), num_fewshot, index, rng):
+                    text += self.shot_text(self.examples[shot], preceded=len(text) > 0)
+            preambles.append(text)
+        return preambles
+
+    def prompt_texts(self, index: int) -> tuple[str, list[str], list[str]]:
+        """Row ``index``'s preamble, its contexts and its scored continuations, as text."""
+        contexts, continuations = self.row_texts(index)
+        return self.preambles[index], contexts, continuations
+
+    def encode_preambles(self) -> list[list[int]]:
+        """Each row's preamble ids: with special tokens, a trailing EOS dropped."""
+        eos = self.tokenizer.eos_token_id
+        encoded = encode_unique(self.tokenizer, self.preambles, add_special_tokens=True)
+        return [
+            ids[:-1] if eos is not None and len(ids) > 1 and ids[-1] == eos else ids
+            for ids in encoded
+        ]
+
+    def sort_by_length(self, lengths: Sequence[int], keep_first: int | None = None) -> None:
+        """Serve rows longest first (less padding per batch). With ``keep_first``, the first
+        ``keep_first`` rows stay the first served (sorted among themselves), so a subset of
+        batches covers the same rows as in file order."""
+        split = len(self.order) if keep_first is None else min(keep_first, len(self.order))
+        head = sorted(range(split), key=lambda i: -lengths[i])
+        tail = sorted(range(split, len(self.order)), key=lambda i: -lengths[i])
+        self.order = head + tail
+
+    def loader_batch_size(self, batch_size: int) -> int:
+        """Rows of the file per batch for a configured ``batch_size`` (LLM Foundry's rule)."""
+        return batch_size
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def prompt(self, index: int, context: str) -> str:
-        """The full prompt text of row ``index`` for one of its contexts."""
-        return self.prefixes[index] + context + self.continuation_delimiter
-
-    def encode_pair(
-        self, index: int, context: str, continuation: str
-    ) -> tuple[list[int], list[int]]:
-        """Prompt ids (left-truncated) and continuation ids that together fit ``max_seq_len``."""
-        prompt_ids = list(self.tokenizer(self.prompt(index, context))["input_ids"])
-        continuation_ids = list(self.tokenizer(continuation, add_special_tokens=False)["input_ids"])
-        row = self.rows[index]
-        if not continuation_ids:
-            raise DatasetError(f"{row.where('continuation')}: the continuation is empty")
-        room = self.max_seq_len - len(continuation_ids)
-        if room < 1:
-            raise DatasetError(
-                f"{row.where('continuation')}: the continuation has {len(continuation_ids)} tokens, "
-                f"leaving no room for the context in max_seq_len={self.max_seq_len}; raise max_seq_len"
-            )
-        if not prompt_ids:
-            raise DatasetError(f"{row.where('context')}: the prompt is empty")
-        return prompt_ids[-room:], continuation_ids
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.item(self.order[index])
 
 
-def _field(row: ICLRow, name: str, kind: type | tuple[type, ...]) -> Any:
-    if name not in row.fields:
+def _pad_id(tokenizer: PreTrainedTokenizerBase, pad_tok_id: int | None) -> int:
+    pad: Any = pad_tok_id if pad_tok_id is not None else tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError(
+            "the tokenizer has neither a pad nor an EOS token to pad with; set pad_tok_id in the task"
+        )
+    return int(pad)
+
+
+def encode_unique(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], add_special_tokens: bool
+) -> list[list[int]]:
+    """Token ids of each text, tokenizing each distinct text once (in one batched call)."""
+    unique = list(dict.fromkeys(texts))
+    if not unique:
+        return []
+    encoded = tokenizer(unique, add_special_tokens=add_special_tokens)["input_ids"]
+    by_text = {text: list(ids) for text, ids in zip(unique, encoded, strict=True)}
+    return [by_text[text] for text in texts]
+
+
+def require(
+    row: ICLRow, fields: Mapping[str, Any], name: str, kind: type | tuple[type, ...]
+) -> Any:
+    """``fields[name]`` if present and of ``kind``, else a DatasetError naming file/row/field."""
+    if name not in fields:
         raise DatasetError(f"{row.source}, row {row.line}: missing field '{name}'")
-    value = row.fields[name]
+    value = fields[name]
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         kinds = kind if isinstance(kind, tuple) else (kind,)
         expected = " or ".join(k.__name__ for k in kinds)
@@ -241,8 +245,9 @@ def _field(row: ICLRow, name: str, kind: type | tuple[type, ...]) -> Any:
     return value
 
 
-def _string_list(row: ICLRow, name: str) -> list[str]:
-    values = _field(row, name, list)
+def require_strings(row: ICLRow, fields: Mapping[str, Any], name: str) -> list[str]:
+    """A non-empty list of strings under ``name``."""
+    values = require(row, fields, name, list)
     if not values:
         raise DatasetError(f"{row.where(name)}: the list is empty")
     if not all(isinstance(v, str) for v in values):
@@ -250,17 +255,18 @@ def _string_list(row: ICLRow, name: str) -> list[str]:
     return values
 
 
-def _gold(row: ICLRow, num_options: int, options_field: str) -> int:
-    gold = _field(row, "gold", int)
+def _gold(row: ICLRow, fields: Mapping[str, Any], num_options: int, options: str) -> int:
+    gold = require(row, fields, "gold", int)
     if not 0 <= gold < num_options:
         raise DatasetError(
-            f"{row.where('gold')}: gold={gold} is out of range for {num_options} {options_field} "
+            f"{row.where('gold')}: gold={gold} is out of range for {num_options} {options} "
             f"(0..{num_options - 1})"
         )
     return gold
 
 
-def _pad(sequences: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+def pad_sequences(sequences: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
+    """Pad to the longest sequence, on the right (or the left)."""
     width = max(len(s) for s in sequences)
     padded = [
         ([value] * (width - len(s)) + s) if left else (s + [value] * (width - len(s)))
@@ -269,40 +275,86 @@ def _pad(sequences: list[list[int]], value: int, left: bool = False) -> torch.Te
     return torch.tensor(padded, dtype=torch.long)
 
 
+def trim_context(
+    context: list[int], continuation_len: int, max_seq_len: int, row: ICLRow
+) -> list[int]:
+    """Cut ``context`` from the left so that it and the continuation fit ``max_seq_len``."""
+    if len(context) + continuation_len <= max_seq_len:
+        return context
+    room = max_seq_len - continuation_len
+    if room < 1:
+        raise DatasetError(
+            f"{row.source}, row {row.line}: the continuation has {continuation_len} tokens, "
+            f"leaving no room for the context in max_seq_len={max_seq_len}; raise max_seq_len"
+        )
+    return context[-room:]
+
+
 class _LogLikelihoodDataset(ICLDataset):
-    """Tasks scored from logits: each item is one or more (prompt, continuation) rows."""
+    """Tasks scored from logits: each row is one or more (prompt, continuation) pairs."""
 
-    def encoded_rows(self, index: int) -> list[tuple[list[int], list[int]]]:
-        example = self.examples[index]
-        if len(example.contexts) > 1:  # schema: each context option before the one continuation
-            return [self.encode_pair(index, c, example.continuations[0]) for c in example.contexts]
-        return [self.encode_pair(index, example.contexts[0], c) for c in example.continuations]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.encoded = self._encode()
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"rows": self.encoded_rows(index), "gold": self.examples[index].gold}
+    def pairs(self, index: int) -> list[tuple[str, str]]:
+        """Row ``index``'s (context, continuation) texts, one per scored sequence."""
+        contexts, continuations = self.row_texts(index)
+        if len(contexts) > 1:  # schema: each context option before the one continuation
+            return [(c, continuations[0]) for c in contexts]
+        return [(contexts[0], c) for c in continuations]
+
+    def _encode(self) -> list[list[tuple[list[int], list[int]]]]:
+        preambles = self.encode_preambles()
+        pairs = [self.pairs(i) for i in range(len(self.examples))]
+        flat = [pair for row_pairs in pairs for pair in row_pairs]
+        contexts = encode_unique(self.tokenizer, [c for c, _ in flat], add_special_tokens=False)
+        continuations = encode_unique(
+            self.tokenizer, [c for _, c in flat], add_special_tokens=False
+        )
+        encoded: list[list[tuple[list[int], list[int]]]] = []
+        position = 0
+        for index, row_pairs in enumerate(pairs):
+            row = self.rows[index]
+            encoded_row = []
+            for _ in row_pairs:
+                continuation = continuations[position]
+                if not continuation:
+                    raise DatasetError(f"{row.where('continuation')}: the continuation is empty")
+                context = preambles[index] + contexts[position]
+                encoded_row.append(
+                    (trim_context(context, len(continuation), self.max_seq_len, row), continuation)
+                )
+                position += 1
+            encoded.append(encoded_row)
+        return encoded
+
+    def lengths(self) -> list[int]:
+        """Each row's longest sequence in tokens."""
+        return [max(len(c) + len(t) for c, t in row) for row in self.encoded]
+
+    def item(self, index: int) -> dict[str, Any]:
+        return {"rows": self.encoded[index], "gold": self.examples[index].gold}
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Right-padded rows, ``continuation_indices``, and each question's rows and gold."""
         sequences: list[list[int]] = []
-        label_rows: list[list[int]] = []
         continuation_indices: list[torch.Tensor] = []
         groupings: list[tuple[int, int]] = []
         for item in items:
             start = len(sequences)
             for prompt_ids, continuation_ids in item["rows"]:
                 sequences.append(prompt_ids + continuation_ids)
-                label_rows.append([-100] * len(prompt_ids) + continuation_ids)
                 continuation_indices.append(
                     torch.arange(len(prompt_ids), len(prompt_ids) + len(continuation_ids))
                 )
             groupings.append((start, len(sequences)))
-        input_ids = _pad(sequences, self.pad_token_id)
-        attention_mask = _pad([[1] * len(s) for s in sequences], 0).bool()
+        input_ids = pad_sequences(sequences, self.pad_token_id)
         return {
             "mode": "icl_task",
             "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "labels": _pad(label_rows, -100),
+            "attention_mask": input_ids != self.pad_token_id,
+            "labels": input_ids.clone(),
             "continuation_indices": continuation_indices,
             "choice_groupings": groupings,
             "gold_indices": [item["gold"] for item in items],
@@ -312,110 +364,83 @@ class _LogLikelihoodDataset(ICLDataset):
 class LanguageModelingDataset(_LogLikelihoodDataset):
     """``language_modeling`` rows: ``context`` and the ``continuation`` to predict exactly."""
 
-    def parse_row(self, row: ICLRow) -> _Example:
+    def parse_row(self, row: ICLRow, fields: dict[str, Any]) -> Example:
         """``context`` and ``continuation`` strings."""
-        return _Example([_field(row, "context", str)], [_field(row, "continuation", str)])
+        require(row, fields, "context", str)
+        require(row, fields, "continuation", str)
+        return Example(fields)
+
+    def shot_text(self, example: Example, preceded: bool) -> str:
+        """Context, delimiter, continuation."""
+        fields = example.fields
+        return self.style.context(fields["context"], preceded) + fields["continuation"]
+
+    def row_texts(self, index: int) -> tuple[list[str], list[str]]:
+        """The stripped context; the continuation (with a prefix space where needed)."""
+        fields, preceded = self.examples[index].fields, len(self.preambles[index]) > 0
+        return (
+            [self.style.final_context(fields["context"], preceded)],
+            [self.style.continuation(fields["continuation"])],
+        )
 
 
 class MultipleChoiceDataset(_LogLikelihoodDataset):
     """``multiple_choice`` rows: a ``query``, its ``choices`` and the index ``gold`` of the right one."""
 
-    def parse_row(self, row: ICLRow) -> _Example:
+    options_key = "choices"
+
+    def parse_row(self, row: ICLRow, fields: dict[str, Any]) -> Example:
         """``query`` string, non-empty ``choices`` list and an in-range ``gold``."""
-        query = _field(row, "query", str)
-        choices = _string_list(row, "choices")
-        return _Example([query], choices, _gold(row, len(choices), "choices"))
+        require(row, fields, "query", str)
+        choices = require_strings(row, fields, "choices")
+        return Example(fields, gold=_gold(row, fields, len(choices), "choices"))
+
+    def shot_text(self, example: Example, preceded: bool) -> str:
+        """Query, delimiter, gold choice."""
+        fields = example.fields
+        return self.style.context(fields["query"], preceded) + fields["choices"][example.gold]
+
+    def row_texts(self, index: int) -> tuple[list[str], list[str]]:
+        """The stripped query; every choice (with a prefix space where needed)."""
+        fields, preceded = self.examples[index].fields, len(self.preambles[index]) > 0
+        return (
+            [self.style.final_context(fields["query"], preceded)],
+            [self.style.continuation(choice) for choice in fields["choices"]],
+        )
+
+    def loader_batch_size(self, batch_size: int) -> int:
+        """Questions per batch: ``batch_size`` counts rows, one per choice of the first question."""
+        choices = len(self.examples[0].fields[self.options_key]) if self.examples else 1
+        return max(choices, batch_size) // choices
 
 
-class SchemaDataset(_LogLikelihoodDataset):
+class SchemaDataset(MultipleChoiceDataset):
     """``schema`` rows: ``context_options``, the shared ``continuation`` and the ``gold`` option.
 
     Each option is scored by the likelihood of the continuation after it.
     """
 
-    def parse_row(self, row: ICLRow) -> _Example:
+    options_key = "context_options"
+
+    def parse_row(self, row: ICLRow, fields: dict[str, Any]) -> Example:
         """Non-empty ``context_options``, a ``continuation`` string and an in-range ``gold``."""
-        options = _string_list(row, "context_options")
-        continuation = _field(row, "continuation", str)
-        return _Example(options, [continuation], _gold(row, len(options), "context_options"))
+        options = require_strings(row, fields, "context_options")
+        require(row, fields, "continuation", str)
+        return Example(fields, gold=_gold(row, fields, len(options), "context_options"))
 
+    def shot_text(self, example: Example, preceded: bool) -> str:
+        """Prelimiter, (delimiter), gold option, delimiter, continuation."""
+        fields = example.fields
+        option = fields["context_options"][example.gold]
+        return self.style.schema_shot(option, fields["continuation"], preceded)
 
-class GenerationWithAnswersDataset(ICLDataset):
-    """``generation_task_with_answers`` rows: ``context``, ``answer`` and optional ``aliases``.
-
-    Batches have ``mode: generate``; the model generates greedily (unless ``generation_kwargs``
-    say otherwise) up to ``max_new_tokens``, by default the longest answer or alias in tokens.
-
-    Args:
-        cot_delimiter: the answer is what follows the last occurrence of this in the output.
-        early_stopping_criteria: the output is cut at the first of these strings.
-        do_normalization: compare normalized strings (see ``normalize_answer``).
-        generation_kwargs: extra ``generate`` arguments (override the defaults).
-        **kwargs: ``ICLDataset``'s arguments.
-    """
-
-    def __init__(
-        self,
-        rows: Sequence[ICLRow],
-        tokenizer: PreTrainedTokenizerBase,
-        max_seq_len: int,
-        cot_delimiter: str = "",
-        early_stopping_criteria: Sequence[str] | None = None,
-        do_normalization: bool = True,
-        generation_kwargs: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(rows, tokenizer, max_seq_len, **kwargs)
-        self.cot_delimiter = cot_delimiter
-        self.early_stopping_criteria = list(early_stopping_criteria or [])
-        self.do_normalization = do_normalization
-        longest_answer = max(
-            len(tokenizer(answer, add_special_tokens=False)["input_ids"])
-            for example in self.examples
-            for answer in example.answers
+    def row_texts(self, index: int) -> tuple[list[str], list[str]]:
+        """Every option (see ``PromptStyle.schema_options``); the continuation."""
+        fields, preceded = self.examples[index].fields, len(self.preambles[index]) > 0
+        return (
+            self.style.schema_options(fields["context_options"], preceded),
+            [self.style.continuation(fields["continuation"])],
         )
-        self.generation_kwargs: dict[str, Any] = {
-            "max_new_tokens": max(1, longest_answer),
-            "pad_token_id": self.pad_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-            "do_sample": False,
-            "use_cache": True,
-            **(generation_kwargs or {}),
-        }
-
-    def parse_row(self, row: ICLRow) -> _Example:
-        """``context`` and ``answer`` strings; ``aliases`` (strings) are also accepted."""
-        context = _field(row, "context", str)
-        answer = _field(row, "answer", str)
-        aliases = _string_list(row, "aliases") if "aliases" in row.fields else []
-        answers = tuple(dict.fromkeys([answer, *aliases]))
-        return _Example([context], [answer], answers=answers)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        prompt_ids = list(
-            self.tokenizer(self.prompt(index, self.examples[index].contexts[0]))["input_ids"]
-        )
-        room = self.max_seq_len - int(self.generation_kwargs["max_new_tokens"])
-        if room < 1:
-            raise DatasetError(
-                f"{self.rows[index].where('answer')}: max_new_tokens leaves no room for the "
-                f"prompt in max_seq_len={self.max_seq_len}; raise max_seq_len"
-            )
-        return {"prompt": prompt_ids[-room:], "answers": list(self.examples[index].answers)}
-
-    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        """Left-padded prompts, the accepted answers as ``labels``, and generation settings."""
-        prompts = [item["prompt"] for item in items]
-        return {
-            "mode": "generate",
-            "input_ids": _pad(prompts, self.pad_token_id, left=True),
-            "attention_mask": _pad([[1] * len(p) for p in prompts], 0, left=True).bool(),
-            "labels": [item["answers"] for item in items],
-            "generation_kwargs": dict(self.generation_kwargs),
-            "cot_delimiter": self.cot_delimiter,
-            "early_stopping_criteria": list(self.early_stopping_criteria),
-            "do_normalization": self.do_normalization,
-        }
 
 
 def icl_num_samples(batch: Mapping[str, Any]) -> int:
@@ -467,7 +492,6 @@ TASK_DATASETS: dict[str, type[ICLDataset]] = {
     "language_modeling": LanguageModelingDataset,
     "multiple_choice": MultipleChoiceDataset,
     "schema": SchemaDataset,
-    "generation_task_with_answers": GenerationWithAnswersDataset,
 }
 
 for _task_type, _dataset_cls in TASK_DATASETS.items():

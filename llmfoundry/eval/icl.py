@@ -1,20 +1,21 @@
 """Build Composer ``Evaluator``s from an ``icl_tasks`` config (a list of task sections or a YAML path).
 
-A task section::
+A task section (LLM Foundry's keys)::
 
     - label: piqa
-      dataset_uri: scripts/eval/local_data/multiple_choice/piqa_mini.jsonl
+      dataset_uri: eval/local_data/commonsense_reasoning/piqa.jsonl
       num_fewshot: [0, 5]
       icl_task_type: multiple_choice
       continuation_delimiter: "\\nAnswer: "
 
 gives one evaluator per shot count (and per ``category`` with ``has_categories: true``),
-labelled ``piqa/0-shot``, ``piqa/5-shot`` (``piqa/<category>/0-shot``); Composer logs their
+labelled ``piqa/0-shot``, ``piqa/5-shot`` (``mmlu/5-shot/<category>``); Composer logs their
 results as ``metrics/piqa/0-shot/InContextLearningMultipleChoiceAccuracy``.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,16 +31,18 @@ from llmfoundry import registry
 from llmfoundry.eval.datasets import (
     TASK_TYPE_ALIASES,
     ICLDataset,
-    ICLRow,
     icl_num_samples,
-    load_icl_rows,
     split_icl_batch,
 )
-from llmfoundry.eval.metrics import ICL_METRICS
-from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError, did_you_mean
+from llmfoundry.eval.generation import GenerationWithAnswersDataset
+from llmfoundry.eval.metrics import ICL_METRICS, METRIC_ALIASES
+from llmfoundry.eval.sources import ICLRow, read_task_rows, resolve_relative, split_by_category
+from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
 from llmfoundry.utils.registry_utils import check_keys
 
-__all__ = ["ICLTaskConfig", "build_icl_evaluators", "load_icl_task_sections"]
+__all__ = ["ICLTaskConfig", "build_icl_evaluators", "load_icl_task_sections", "parse_task"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_METRICS = {
     "language_modeling": ["InContextLearningLMAccuracy"],
@@ -63,8 +66,13 @@ class ICLTaskConfig:
     prompt_string: str = ""
     example_delimiter: str = "\n"
     continuation_delimiter: str = " "
+    prelimiter: str = ""
     fewshot_random_seed: int = 1234
     has_categories: bool = False
+    strip_dataset: bool = True
+    pad_tok_id: int | None = None
+    hf_loading_vars: dict[str, Any] | None = None
+    hf_parsing_map: dict[str, list[str]] | None = None
     # generation tasks only (other task types ignore them, as LLM Foundry does)
     cot_delimiter: str = ""
     early_stopping_criteria: list[str] | None = None
@@ -72,31 +80,73 @@ class ICLTaskConfig:
     generation_kwargs: dict[str, Any] | None = None
 
 
-_TASK_KEYS = {f.name for f in fields(ICLTaskConfig)}
+_TASK_KEYS = {f.name for f in fields(ICLTaskConfig)} | {"question_prelimiter"}
 _REQUIRED_KEYS = ("label", "dataset_uri", "icl_task_type")
+_GENERATION_KEYS = (
+    "cot_delimiter",
+    "early_stopping_criteria",
+    "do_normalization",
+    "generation_kwargs",
+)
 
 
-def load_icl_task_sections(icl_tasks: str | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The task sections of ``icl_tasks``: the list itself, or the ``icl_tasks`` list of a YAML file.
+def load_icl_task_sections(
+    icl_tasks: str | Sequence[Mapping[str, Any]], anchors: Sequence[Path] = ()
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """The task sections of ``icl_tasks`` and the folders their relative paths may be relative to.
+
+    ``icl_tasks`` is the list itself, or the path of a YAML file with an ``icl_tasks`` list
+    (looked up in the working directory, then in ``anchors`` and the folders above them).
 
     Raises:
         MissingFileError: if the YAML file does not exist.
         ConfigError: if it has no ``icl_tasks`` list, or an entry is not a mapping.
     """
+    anchors = list(anchors)
     if isinstance(icl_tasks, str):
-        path = Path(icl_tasks)
-        if not path.is_file():
-            raise MissingFileError(f"icl_tasks file '{icl_tasks}' does not exist")
+        path = resolve_relative(icl_tasks, anchors)
+        if path is None:
+            raise MissingFileError(
+                f"icl_tasks file '{icl_tasks}' does not exist (looked in the working directory "
+                "and the run YAML's folders)"
+            )
         loaded = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
         if not isinstance(loaded, dict) or not isinstance(loaded.get("icl_tasks"), list):
             raise ConfigError(f"icl_tasks file '{icl_tasks}' must hold a list under 'icl_tasks:'")
         icl_tasks = loaded["icl_tasks"]
+        anchors = [path.resolve().parent, *anchors]
     sections = []
     for index, section in enumerate(icl_tasks):
         if not isinstance(section, Mapping):
             raise ConfigError(f"icl_tasks[{index}] must be a mapping of task keys")
         sections.append({str(k): v for k, v in section.items()})
-    return sections
+    return sections, anchors
+
+
+def _metric_names(where: str, names: Sequence[str]) -> list[str]:
+    """Metric class names for ``metric_names`` given as class names or LLM Foundry's short names."""
+    resolved = []
+    for name in names:
+        name = METRIC_ALIASES.get(name, name)
+        if name not in ICL_METRICS:
+            known = sorted([*ICL_METRICS, *METRIC_ALIASES])
+            raise ConfigError(
+                f"{where}.metric_names: '{name}' is not an ICL metric"
+                f"{did_you_mean(name, known)} (known: {', '.join(known)})"
+            )
+        resolved.append(name)
+    return resolved
+
+
+def _check_task_type(where: str, values: dict[str, Any]) -> str:
+    task_type = TASK_TYPE_ALIASES.get(str(values["icl_task_type"]), str(values["icl_task_type"]))
+    if task_type not in registry.icl_datasets:
+        known = sorted(registry.icl_datasets.get_all())
+        raise ConfigError(
+            f"{where}.icl_task_type '{task_type}' is not a known task type"
+            f"{did_you_mean(task_type, known)} (known: {', '.join(known)})"
+        )
+    return task_type
 
 
 def parse_task(index: int, section: Mapping[str, Any]) -> ICLTaskConfig:
@@ -114,19 +164,20 @@ def parse_task(index: int, section: Mapping[str, Any]) -> ICLTaskConfig:
             f"{where} ('{section.get('label')}'): icl_task_type 'code_evaluation' runs "
             "model-written code and is not supported (no sandbox); remove the task"
         )
+    if "num_beams" in section:
+        raise ConfigError(f"{where}.num_beams is not a task key; use generation_kwargs.num_beams")
     check_keys(section, _TASK_KEYS, where)
     for key in _REQUIRED_KEYS:
         if section.get(key) in (None, ""):
             raise ConfigError(f"{where}.{key} is missing")
     values = dict(section)
-    task_type = TASK_TYPE_ALIASES.get(str(values["icl_task_type"]), str(values["icl_task_type"]))
-    if task_type not in registry.icl_datasets:
-        known = sorted(registry.icl_datasets.get_all())
-        raise ConfigError(
-            f"{where}.icl_task_type '{task_type}' is not a known task type"
-            f"{did_you_mean(task_type, known)} (known: {', '.join(known)})"
-        )
-    values["icl_task_type"] = task_type
+    if "question_prelimiter" in values:
+        if "prelimiter" in values:
+            raise ConfigError(
+                f"{where} sets both prelimiter and question_prelimiter (the same key); keep one"
+            )
+        values["prelimiter"] = values.pop("question_prelimiter")
+    values["icl_task_type"] = _check_task_type(where, values)
     shots = values.get("num_fewshot", [0])
     shots = [shots] if isinstance(shots, int) else list(shots)
     if not shots or not all(
@@ -136,27 +187,9 @@ def parse_task(index: int, section: Mapping[str, Any]) -> ICLTaskConfig:
             f"{where}.num_fewshot must be a list of non-negative integers, got {shots!r}"
         )
     values["num_fewshot"] = shots
-    for name in values.get("metric_names") or []:
-        if name not in ICL_METRICS:
-            raise ConfigError(
-                f"{where}.metric_names: '{name}' is not an ICL metric"
-                f"{did_you_mean(name, ICL_METRICS)} (known: {', '.join(sorted(ICL_METRICS))})"
-            )
+    if values.get("metric_names") is not None:
+        values["metric_names"] = _metric_names(where, values["metric_names"])
     return ICLTaskConfig(**values)
-
-
-def _split_by_category(task: ICLTaskConfig, rows: list[ICLRow]) -> dict[str | None, list[ICLRow]]:
-    if not task.has_categories:
-        return {None: rows}
-    groups: dict[str | None, list[ICLRow]] = {}
-    for row in rows:
-        category = row.fields.get("category")
-        if not isinstance(category, str) or not category:
-            raise DatasetError(
-                f"{row.source}, row {row.line}: missing field 'category' (the task has has_categories: true)"
-            )
-        groups.setdefault(category, []).append(row)
-    return groups
 
 
 def _build_dataset(
@@ -167,24 +200,42 @@ def _build_dataset(
     num_fewshot: int,
 ) -> ICLDataset:
     dataset_cls = registry.icl_datasets.get(task.icl_task_type)
-    common: dict[str, Any] = {
+    kwargs: dict[str, Any] = {
+        "pad_tok_id": task.pad_tok_id,
         "num_fewshot": num_fewshot,
+        "fewshot_random_seed": task.fewshot_random_seed,
         "prompt_string": task.prompt_string,
         "example_delimiter": task.example_delimiter,
         "continuation_delimiter": task.continuation_delimiter,
-        "fewshot_random_seed": task.fewshot_random_seed,
+        "prelimiter": task.prelimiter,
+        "strip_dataset": task.strip_dataset,
     }
-    if task.icl_task_type == "generation_task_with_answers":
-        common.update(
-            cot_delimiter=task.cot_delimiter,
-            early_stopping_criteria=task.early_stopping_criteria,
-            do_normalization=task.do_normalization,
-            generation_kwargs=task.generation_kwargs,
-        )
-    dataset = dataset_cls(rows, tokenizer, max_seq_len, **common)
+    if issubclass(dataset_cls, GenerationWithAnswersDataset):
+        kwargs.update({key: getattr(task, key) for key in _GENERATION_KEYS})
+    dataset = dataset_cls(rows, tokenizer, max_seq_len, **kwargs)
     if not isinstance(dataset, ICLDataset):
         raise TypeError(f"icl_datasets entry '{task.icl_task_type}' did not build an ICLDataset")
     return dataset
+
+
+def _data_spec(dataset: ICLDataset, batch_size: int, subset_num_batches: int | None) -> DataSpec:
+    """The loader of one evaluator; log-likelihood rows are served longest first."""
+    per_batch = dataset.loader_batch_size(batch_size)
+    lengths = getattr(dataset, "lengths", None)
+    if callable(lengths):
+        # Keep a subset of batches on the same rows as in file order (LLM Foundry's subset).
+        keep = None
+        if subset_num_batches is not None and subset_num_batches > 0:
+            keep = subset_num_batches * per_batch * dist.get_world_size()
+        dataset.sort_by_length(lengths(), keep_first=keep)
+    loader = DataLoader(
+        dataset,
+        batch_size=per_batch,
+        sampler=dist.get_sampler(dataset, shuffle=False, drop_last=False),
+        collate_fn=dataset.collate,
+        num_workers=0,
+    )
+    return DataSpec(loader, split_batch=split_icl_batch, get_num_samples_in_batch=icl_num_samples)
 
 
 def build_icl_evaluators(
@@ -193,6 +244,7 @@ def build_icl_evaluators(
     default_max_seq_len: int,
     default_batch_size: int,
     icl_subset_num_batches: int | None = None,
+    anchors: Sequence[Path] = (),
 ) -> tuple[list[Evaluator], list[str]]:
     """One ``Evaluator`` per task, shot count (and category), plus the metric keys they log.
 
@@ -200,52 +252,52 @@ def build_icl_evaluators(
         icl_tasks: the task sections, or the path of a YAML file with an ``icl_tasks`` list.
         tokenizer: the model's tokenizer.
         default_max_seq_len: a task's ``max_seq_len`` when it sets none.
-        default_batch_size: a task's ``batch_size`` (questions per batch) when it sets none.
+        default_batch_size: a task's ``batch_size`` when it sets none (rows per batch;
+            multiple-choice batches hold ``batch_size // choices`` questions, as in LLM Foundry).
         icl_subset_num_batches: evaluate only this many batches of each evaluator.
+        anchors: folders (the run YAML's) that relative paths may be relative to, after the
+            working directory.
 
     Returns:
-        The evaluators (labels ``{label}/{k}-shot`` or ``{label}/{category}/{k}-shot``) and the
+        The evaluators (labels ``{label}/{k}-shot`` or ``{label}/{k}-shot/{category}``) and the
         logger keys of their results (``metrics/{evaluator label}/{MetricName}``).
 
     Raises:
         ConfigError: on an invalid task section (naming ``icl_tasks[i].key``).
         MissingFileError: if a ``dataset_uri`` or the tasks file does not exist.
-        DatasetError: on bad rows (naming the file, row and field) or too few rows for a shot count.
+        DatasetError: on bad rows (naming the file, row and field).
     """
     evaluators: list[Evaluator] = []
     logger_keys: list[str] = []
-    for index, section in enumerate(load_icl_task_sections(icl_tasks)):
+    sections, anchors = load_icl_task_sections(icl_tasks, anchors)
+    rows_cache: dict[tuple[str, str, str], list[ICLRow]] = {}
+    for index, section in enumerate(sections):
         task = parse_task(index, section)
-        if str(task.dataset_uri).startswith(("hf://", "s3://", "gs://", "oci://")):
-            raise ConfigError(
-                f"icl_tasks[{index}].dataset_uri '{task.dataset_uri}': only local JSONL files are "
-                "supported; download the data and point dataset_uri at the file"
+        cache_key = (task.dataset_uri, repr(task.hf_loading_vars), repr(task.hf_parsing_map))
+        if cache_key not in rows_cache:
+            rows_cache[cache_key] = read_task_rows(
+                task.dataset_uri, task.label, anchors, task.hf_loading_vars, task.hf_parsing_map
             )
-        rows = load_icl_rows(task.dataset_uri)
-        max_seq_len = task.max_seq_len or default_max_seq_len
-        batch_size = task.batch_size or default_batch_size
+        rows = rows_cache[cache_key]
+        groups = split_by_category(rows) if task.has_categories else {"": rows}
         metric_names = list(task.metric_names or DEFAULT_METRICS[task.icl_task_type])
-        for category, category_rows in _split_by_category(task, rows).items():
-            for num_fewshot in task.num_fewshot:
-                dataset = _build_dataset(task, category_rows, tokenizer, max_seq_len, num_fewshot)
-                loader = DataLoader(
-                    dataset,
-                    batch_size=batch_size,
-                    sampler=dist.get_sampler(dataset, shuffle=False, drop_last=False),
-                    collate_fn=dataset.collate,
-                    num_workers=0,
+        for num_fewshot in task.num_fewshot:
+            for category, category_rows in groups.items():
+                dataset = _build_dataset(
+                    task,
+                    category_rows,
+                    tokenizer,
+                    task.max_seq_len or default_max_seq_len,
+                    num_fewshot,
                 )
-                label = "/".join(
-                    part for part in (task.label, category, f"{num_fewshot}-shot") if part
+                label = "/".join(p for p in (task.label, f"{num_fewshot}-shot", category) if p)
+                spec = _data_spec(
+                    dataset, task.batch_size or default_batch_size, icl_subset_num_batches
                 )
                 evaluators.append(
                     Evaluator(
                         label=label,
-                        dataloader=DataSpec(
-                            loader,
-                            split_batch=split_icl_batch,
-                            get_num_samples_in_batch=icl_num_samples,
-                        ),
+                        dataloader=spec,
                         metric_names=metric_names,
                         subset_num_batches=icl_subset_num_batches,
                     )

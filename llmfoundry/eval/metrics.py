@@ -23,8 +23,12 @@ from torchmetrics import Metric
 from llmfoundry import registry
 
 __all__ = [
+    "METRIC_ALIASES",
+    "InContextLearningExpectedCalibrationError",
     "InContextLearningGenerationExactMatchAccuracy",
     "InContextLearningLMAccuracy",
+    "InContextLearningLMExpectedCalibrationError",
+    "InContextLearningMCExpectedCalibrationError",
     "InContextLearningMetric",
     "InContextLearningMultipleChoiceAccuracy",
     "InContextLearningMultipleChoiceSumAccuracy",
@@ -151,10 +155,14 @@ def normalize_answer(text: str) -> str:
 def cut_generation(
     text: str, early_stopping_criteria: Sequence[str] | None, cot_delimiter: str | None
 ) -> str:
-    """The answer part of a generation: up to the first stop sequence, after the last CoT delimiter."""
-    for stop in early_stopping_criteria or ():
-        if stop:
-            text = text.split(stop, 1)[0]
+    """The answer part of a generation: up to the first stop match, after the last CoT delimiter.
+
+    As in LLM Foundry the stop strings are joined into one regular expression (``a|b``), so a
+    stop string with regex characters (``.``, ``?``) matches as a pattern.
+    """
+    stops = [stop for stop in early_stopping_criteria or () if stop]
+    if stops:
+        text = re.split("|".join(stops), text)[0]
     if cot_delimiter:
         text = text.split(cot_delimiter)[-1]
     return text
@@ -192,6 +200,86 @@ class InContextLearningMultipleChoiceSumAccuracy(InContextLearningMultipleChoice
         super().__init__(dist_sync_on_step=dist_sync_on_step, length_normalized=False)
 
 
+# --- Expected calibration error (ECE), as LLM Foundry defines it ---------------------------------
+# Predictions fall into ``n_buckets`` equal confidence buckets; the error is the bucket-size
+# weighted mean of ``|accuracy in bucket - bucket midpoint|``.
+
+
+class InContextLearningExpectedCalibrationError(InContextLearningMetric):
+    """Base of the ECE metrics: per-bucket counts of predictions and of right predictions.
+
+    Args:
+        dist_sync_on_step: synchronize the states on every ``forward``.
+        n_buckets: how many equal-width confidence buckets split [0, 1].
+    """
+
+    def __init__(self, dist_sync_on_step: bool = False, n_buckets: int = 10) -> None:
+        super().__init__(dist_sync_on_step=dist_sync_on_step)
+        if n_buckets < 1:
+            raise ValueError(f"n_buckets must be >= 1, got {n_buckets}")
+        self.n_buckets = n_buckets
+        self.add_state("bucket_totals", default=torch.zeros(n_buckets), dist_reduce_fx="sum")
+        self.add_state("bucket_correct", default=torch.zeros(n_buckets), dist_reduce_fx="sum")
+
+    def _record(self, confidence: float, right: bool) -> None:
+        bucket = min(int(confidence * self.n_buckets), self.n_buckets - 1)
+        totals = cast(torch.Tensor, self.bucket_totals)
+        totals[bucket] += 1
+        if right:
+            cast(torch.Tensor, self.bucket_correct)[bucket] += 1
+
+    def compute(self) -> torch.Tensor:
+        """The bucket-weighted mean gap between accuracy and confidence."""
+        totals = cast(torch.Tensor, self.bucket_totals)
+        correct = cast(torch.Tensor, self.bucket_correct)
+        result = torch.tensor(0.0, device=totals.device)
+        for bucket in range(self.n_buckets):
+            if totals[bucket] == 0:
+                continue
+            midpoint = (bucket + 0.5) / self.n_buckets
+            accuracy = correct[bucket] / totals[bucket]
+            result += totals[bucket] / totals.sum() * torch.abs(accuracy - midpoint)
+        return result
+
+
+def _continuation_probs(
+    outputs: torch.Tensor, labels: torch.Tensor, row: int, positions: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The row's probabilities at the positions predicting its continuation, and the targets."""
+    before = positions.to(outputs.device) - 1
+    probs = torch.softmax(outputs[row, before].float(), dim=-1)
+    return probs, labels[row, before.to(labels.device)].to(probs.device)
+
+
+class InContextLearningLMExpectedCalibrationError(InContextLearningExpectedCalibrationError):
+    """ECE of language-modeling tasks (confidence: the least sure continuation token)."""
+
+    def update(self, batch: Mapping[str, Any], outputs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Bucket every row of the batch."""
+        for row, positions in enumerate(batch["continuation_indices"]):
+            probs, targets = _continuation_probs(outputs, labels, row, positions)
+            top = probs.max(dim=-1)
+            right = bool((top.indices == targets).all())
+            self._record(float(top.values.min()), right)
+
+
+class InContextLearningMCExpectedCalibrationError(InContextLearningExpectedCalibrationError):
+    """ECE of multiple-choice and schema tasks (confidence: best choice's share of the scores)."""
+
+    def update(self, batch: Mapping[str, Any], outputs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Bucket every question of the batch."""
+        scores = []
+        for row, positions in enumerate(batch["continuation_indices"]):
+            probs, targets = _continuation_probs(outputs, labels, row, positions)
+            scores.append(float(probs.gather(-1, targets.unsqueeze(-1)).mean()))
+        for (start, end), gold in zip(
+            batch["choice_groupings"], batch["gold_indices"], strict=True
+        ):
+            choice_scores = scores[start:end]
+            best = choice_scores.index(max(choice_scores))
+            self._record(max(choice_scores) / sum(choice_scores), best == int(gold))
+
+
 ICL_METRICS: dict[str, type[InContextLearningMetric]] = {
     cls.__name__: cls
     for cls in (
@@ -199,8 +287,21 @@ ICL_METRICS: dict[str, type[InContextLearningMetric]] = {
         InContextLearningMultipleChoiceAccuracy,
         InContextLearningMultipleChoiceSumAccuracy,
         InContextLearningGenerationExactMatchAccuracy,
+        InContextLearningLMExpectedCalibrationError,
+        InContextLearningMCExpectedCalibrationError,
     )
+}
+
+# The names LLM Foundry registers these metrics under (``metric_names`` takes either form).
+METRIC_ALIASES = {
+    "lm_accuracy": "InContextLearningLMAccuracy",
+    "mc_accuracy": "InContextLearningMultipleChoiceAccuracy",
+    "qa_accuracy": "InContextLearningGenerationExactMatchAccuracy",
+    "lm_expected_calibration_error": "InContextLearningLMExpectedCalibrationError",
+    "mc_expected_calibration_error": "InContextLearningMCExpectedCalibrationError",
 }
 
 for _name, _cls in ICL_METRICS.items():
     registry.metrics.register(_name, func=_cls)
+for _alias, _name in METRIC_ALIASES.items():
+    registry.metrics.register(_alias, func=ICL_METRICS[_name])

@@ -15,7 +15,7 @@ import logging
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -65,7 +65,7 @@ class TrainConfig:
     fsdp_config: dict[str, Any] | None = None
     tp_config: dict[str, Any] | None = None
     # Evaluation.
-    eval_loader: dict[str, Any] | None = None
+    eval_loader: dict[str, Any] | list[dict[str, Any]] | None = None
     eval_loaders: list[dict[str, Any]] | None = None
     icl_tasks: list[dict[str, Any]] | str | None = None
     icl_tasks_str: str | None = None
@@ -115,6 +115,9 @@ class TrainConfig:
     metadata: dict[str, Any] | None = None
     flatten_metadata: bool = True
     variables: dict[str, Any] | None = None
+    # Not a YAML key: the folder of the YAML the config came from (set by ``load_config``);
+    # relative ``icl_tasks`` / ``eval_gauntlet`` / ``dataset_uri`` paths may be relative to it.
+    config_dir: str | None = dataclasses.field(default=None, init=False, repr=False)
 
 
 @dataclasses.dataclass
@@ -122,14 +125,19 @@ class EvalConfig:
     """The top level of an evaluation config (``scripts/eval/eval.py``), with LLM Foundry's keys.
 
     ``models`` is a list of ``{model_name, model, tokenizer, load_path}`` entries, each
-    evaluated on every ``icl_tasks`` task and ``eval_loader(s)`` loader. ``results_folder`` (ours)
-    is where the result tables are written as CSV and JSON (``{run_name}`` is filled in; null
-    writes no files).
+    evaluated on every ``icl_tasks`` task and ``eval_loader(s)`` loader; one model may instead
+    be given at the top level (``model``, ``tokenizer``, ``load_path``, ``model_name``), as in
+    a training YAML. ``results_folder`` (ours) is where the result tables are written as CSV
+    and JSON (``{run_name}`` is filled in; null writes no files).
     """
 
-    models: list[dict[str, Any]]
     max_seq_len: int
     device_eval_batch_size: int
+    models: list[dict[str, Any]] | None = None
+    model: dict[str, Any] | None = None
+    tokenizer: dict[str, Any] | None = None
+    load_path: str | None = None
+    model_name: str | None = None
     code_paths: list[str] | None = None
     # What to evaluate on.
     icl_tasks: list[dict[str, Any]] | str | None = None
@@ -137,7 +145,7 @@ class EvalConfig:
     icl_subset_num_batches: int | None = None
     eval_gauntlet: dict[str, Any] | str | None = None
     eval_gauntlet_str: str | None = None
-    eval_loader: dict[str, Any] | None = None
+    eval_loader: dict[str, Any] | list[dict[str, Any]] | None = None
     eval_loaders: list[dict[str, Any]] | None = None
     eval_subset_num_batches: int = -1
     # Run settings.
@@ -155,10 +163,19 @@ class EvalConfig:
     metadata: dict[str, Any] | None = None
     results_folder: str | None = "eval_results/{run_name}"
     variables: dict[str, Any] | None = None
+    # Not a YAML key: the folder of the YAML the config came from (set by ``load_config``);
+    # relative ``icl_tasks`` / ``eval_gauntlet`` / ``dataset_uri`` paths may be relative to it.
+    config_dir: str | None = dataclasses.field(default=None, init=False, repr=False)
 
 
-def load_yaml_with_overrides(yaml_path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+def load_yaml_with_overrides(
+    yaml_path: str | Path, overrides: Sequence[str] = (), valid_keys: Collection[str] = ()
+) -> DictConfig:
     """Read a YAML file and merge ``key=value`` dotlist overrides into it (unresolved).
+
+    An override whose first part is not one of ``valid_keys`` but names an entry of the YAML's
+    ``variables`` sets that variable (``model_name_or_path=x`` sets
+    ``variables.model_name_or_path``).
 
     Raises:
         MissingFileError: if the YAML does not exist.
@@ -180,6 +197,16 @@ def load_yaml_with_overrides(yaml_path: str | Path, overrides: Sequence[str] = (
             raise ConfigError(
                 f"override '{item}' must look like key=value (e.g. max_duration=10ba)"
             )
+    variables = base.get("variables")
+    if valid_keys and isinstance(variables, DictConfig):
+        overrides = [
+            f"variables.{item}"
+            if (root := item.split("=", 1)[0].split(".", 1)[0]) not in valid_keys
+            and root not in base
+            and root in variables
+            else item
+            for item in overrides
+        ]
     try:
         merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
     except OmegaConfBaseException as err:
@@ -286,7 +313,7 @@ def to_dataclass(resolved: Mapping[str, Any], cls: type[ConfigT]) -> ConfigT:
         ConfigError: naming a missing required key, or a key whose value has the wrong type.
     """
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     for name, field in fields.items():
         required = (
             field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
@@ -321,7 +348,10 @@ def load_config(
     Raises:
         MissingFileError, ConfigError: see the helpers above.
     """
-    merged = load_yaml_with_overrides(yaml_path, overrides)
-    valid = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    valid = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    merged = load_yaml_with_overrides(yaml_path, overrides, valid)
     resolved = resolve_config(merged, valid)
-    return to_dataclass(resolved, cls), resolved
+    config = to_dataclass(resolved, cls)
+    if hasattr(config, "config_dir"):
+        config.config_dir = str(Path(yaml_path).resolve().parent)
+    return config, resolved

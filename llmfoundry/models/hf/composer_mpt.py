@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from composer.metrics.nlp import LanguageCrossEntropy, LanguagePerplexity
+from composer.metrics.nlp import LanguageCrossEntropy, LanguagePerplexity, MaskedAccuracy
 from composer.models import HuggingFaceModel
 from torchmetrics import Metric
 from transformers import PreTrainedTokenizerBase
@@ -268,3 +268,4 @@ class ComposerMPTCausalLM(HuggingFaceModel):
 registry.models.register("mpt_causal_lm", func=ComposerMPTCausalLM)
 registry.metrics.register("language_cross_entropy", func=LanguageCrossEntropy)
 registry.metrics.register("language_perplexity", func=LanguagePerplexity)
+registry.metrics.register("masked_accuracy", func=MaskedAccuracy)
