@@ -45,13 +45,13 @@ from llmfoundry.command_utils.train import (
     runtime_precision,
     setup_logging,
 )
+from llmfoundry.eval.sources import resolve_config_file
 from llmfoundry.utils.builders import (
     build_callbacks,
     build_composer_model,
     build_loggers,
     build_tokenizer_from_section,
 )
-from llmfoundry.eval.sources import resolve_config_file
 from llmfoundry.utils.config_utils import EvalConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
 from llmfoundry.utils.file_utils import atomic_write_text

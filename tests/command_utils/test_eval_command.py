@@ -64,8 +64,10 @@ def _tasks(folder: Path) -> str:
     qa = write_jsonl(folder / "qa.jsonl", QA_ROWS)
     return (
         "icl_tasks:\n"
+        # batch_size counts rows (LLM Foundry): 15 // 3 choices = all 5 questions in one batch,
+        # within eval_subset_num_batches.
         f"- {{label: mc, dataset_uri: {mc}, num_fewshot: [0, 1], icl_task_type: multiple_choice,"
-        " continuation_delimiter: ' =>'}\n"
+        " continuation_delimiter: ' =>', batch_size: 15}\n"
         f"- {{label: qa, dataset_uri: {qa}, num_fewshot: [0], "
         "icl_task_type: generation_task_with_answers, continuation_delimiter: ' A:'}\n"
         "eval_gauntlet:\n  categories:\n  - name: reasoning\n    benchmarks:\n"
@@ -348,7 +350,7 @@ def test_demo_eval_yaml_matches_the_demo_model() -> None:
 
     cfg, _ = load_config(REPO / "scripts/eval/yamls/demo.yaml", [], EvalConfig)
     train_cfg, _ = load_config(REPO / "scripts/train/yamls/pretrain/mpt-tiny-cpu.yaml")
-    composer_entry = next(m for m in cfg.models if m.get("load_path"))
+    composer_entry = next(m for m in cfg.models or [] if m.get("load_path"))
     architecture = ("d_model", "n_heads", "n_layers", "expansion_ratio", "vocab_size", "norm_type")
     for key in architecture:
         assert composer_entry["model"][key] == train_cfg.model[key], key

@@ -15,6 +15,7 @@ from composer.models import HuggingFaceModel
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.eval.metrics import cut_generation, normalize_answer
+from llmfoundry.eval.prompts import needs_prefix_space
 from llmfoundry.models.hf import ComposerMPTCausalLM
 
 TINY_MPT = {
@@ -40,12 +41,23 @@ def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> str:
     return str(path)
 
 
+def scored(tokenizer: PreTrainedTokenizerBase, continuation: str) -> str:
+    """The continuation as ICL tasks score it: with a leading space where the tokenizer needs
+    one (LLM Foundry's rule, see ``llmfoundry.eval.prompts``)."""
+    if needs_prefix_space(tokenizer) and not continuation.startswith(" "):
+        return " " + continuation
+    return continuation
+
+
 def continuation_log_probs(
     model: HuggingFaceModel, tokenizer: PreTrainedTokenizerBase, prompt: str, continuation: str
 ) -> torch.Tensor:
-    """Log-probabilities of the continuation's tokens after ``prompt``, from one unpadded forward."""
+    """Log-probabilities of the (scored) continuation's tokens after ``prompt``, from one
+    unpadded forward."""
     prompt_ids = tokenizer(prompt)["input_ids"]
-    continuation_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    continuation_ids = tokenizer(scored(tokenizer, continuation), add_special_tokens=False)[
+        "input_ids"
+    ]
     ids = torch.tensor([prompt_ids + continuation_ids])
     with torch.no_grad():
         logits = cast(Any, model.model)(input_ids=ids).logits[0].float()
@@ -57,9 +69,11 @@ def continuation_log_probs(
 def all_tokens_are_argmax(
     model: HuggingFaceModel, tokenizer: PreTrainedTokenizerBase, prompt: str, continuation: str
 ) -> bool:
-    """Whether the model's argmax predicts every continuation token after ``prompt``."""
+    """Whether the model's argmax predicts every (scored) continuation token after ``prompt``."""
     prompt_ids = tokenizer(prompt)["input_ids"]
-    continuation_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    continuation_ids = tokenizer(scored(tokenizer, continuation), add_special_tokens=False)[
+        "input_ids"
+    ]
     ids = torch.tensor([prompt_ids + continuation_ids])
     with torch.no_grad():
         logits = cast(Any, model.model)(input_ids=ids).logits[0]

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.eval import build_icl_evaluators, split_icl_batch
-from llmfoundry.eval.datasets import icl_num_samples
+from llmfoundry.eval.datasets import ICLDataset, icl_num_samples
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 
 from .helpers import write_jsonl
@@ -37,16 +37,13 @@ def _batches(task: dict[str, Any], tokenizer: PreTrainedTokenizerBase, **kw: Any
     return list(_loader(evaluators[0]))
 
 
-def _prompts(batches: list[dict], tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    """Each row's decoded prompt: its input ids before the continuation."""
-    prompts = []
-    for batch in batches:
-        for row, positions in enumerate(batch["continuation_indices"]):
-            prompts.append(str(tokenizer.decode(batch["input_ids"][row, : int(positions[0])])))
-    return prompts
+def _dataset(evaluator: Evaluator) -> ICLDataset:
+    dataset = _loader(evaluator).dataset
+    assert isinstance(dataset, ICLDataset)
+    return dataset
 
 
-def test_fewshot_prompt_holds_k_other_rows_and_is_stable(
+def test_fewshot_prompts_hold_k_other_rows_and_follow_the_seed(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
     task = {
@@ -54,27 +51,21 @@ def test_fewshot_prompt_holds_k_other_rows_and_is_stable(
         "dataset_uri": write_jsonl(tmp_path / "lm.jsonl", LM_ROWS),
         "icl_task_type": "language_modeling",
         "num_fewshot": [2],
-        "prompt_string": "Complete:\n",
-        "example_delimiter": "\n",
         "continuation_delimiter": " ->",
     }
-    prompts = _prompts(_batches(task, tokenizer), tokenizer)
-    assert len(prompts) == len(LM_ROWS)
-    shots_seen = set()
-    for i, prompt in enumerate(prompts):
-        shots = re.findall(r"ctx(\d) -> cont(\d)", prompt)
+
+    def preambles(**change: Any) -> list[str]:
+        evaluators, _ = build_icl_evaluators([{**task, **change}], tokenizer, 64, 2)
+        dataset = _dataset(evaluators[0])
+        return [dataset.prompt_texts(i)[0] for i in range(len(dataset))]
+
+    first = preambles()
+    for i, preamble in enumerate(first):
+        shots = re.findall(r"ctx(\d) ->cont(\d)", preamble)
         assert len(shots) == 2 and all(a == b for a, b in shots)
-        others = [int(a) for a, _ in shots]
-        assert i not in others and len(set(others)) == 2
-        shots_seen.add(tuple(others))
-        # prompt_string, two "context delimiter continuation" shots, then the row's own context
-        a, b = others
-        assert prompt == f"Complete:\nctx{a} -> cont{a}\nctx{b} -> cont{b}\nctx{i} ->"
-    assert len(shots_seen) > 1  # shots are drawn per row, not one fixed pair
-    # Rebuilding (same seed) gives the same prompts; another seed gives other shots.
-    assert _prompts(_batches(task, tokenizer), tokenizer) == prompts
-    reseeded = _prompts(_batches({**task, "fewshot_random_seed": 99}, tokenizer), tokenizer)
-    assert reseeded != prompts
+        assert str(i) not in {a for a, _ in shots}  # never the row itself
+    assert preambles() == first  # the same seed gives the same shots
+    assert preambles(fewshot_random_seed=99) != first
 
 
 def test_context_is_cut_from_the_left_and_continuation_kept(
@@ -91,7 +82,8 @@ def test_context_is_cut_from_the_left_and_continuation_kept(
     assert batch["attention_mask"][0].sum() == 16  # exactly max_seq_len
     start = int(batch["continuation_indices"][0][0])
     assert batch["input_ids"][0, start:16].tolist() == continuation_ids
-    assert str(tokenizer.decode(batch["input_ids"][0, :start])).endswith("word end ")
+    # The context is right-stripped; the space starts the continuation (" cont0").
+    assert str(tokenizer.decode(batch["input_ids"][0, :start])).endswith("word end")
     # shorter rows are right-padded with the pad id and masked out
     short = int(batch["attention_mask"][1].sum())
     assert (batch["input_ids"][1, short:] == tokenizer.pad_token_id).all()
@@ -110,7 +102,8 @@ def test_multiple_choice_batches_count_questions_and_split_keeps_them_whole(
         "dataset_uri": write_jsonl(tmp_path / "mc.jsonl", rows),
         "icl_task_type": "multiple_choice",
     }
-    batch = _batches(task, tokenizer, bs=3)[0]
+    # batch_size counts rows, as in LLM Foundry: 9 rows // 3 choices (first row) = 3 questions.
+    batch = _batches(task, tokenizer, bs=9)[0]
     assert batch["mode"] == "icl_task"
     assert batch["input_ids"].shape[0] == 9  # one row per choice
     assert batch["choice_groupings"] == [(0, 3), (3, 5), (5, 9)]
@@ -169,12 +162,12 @@ def test_categories_make_one_evaluator_each(
     }
     evaluators, keys = build_icl_evaluators([task], tokenizer, 64, 2)
     assert [e.label for e in evaluators] == [
-        "lm/even/0-shot",
-        "lm/even/1-shot",
-        "lm/odd/0-shot",
-        "lm/odd/1-shot",
+        "lm/0-shot/even",
+        "lm/0-shot/odd",
+        "lm/1-shot/even",
+        "lm/1-shot/odd",
     ]
-    assert keys[0] == "metrics/lm/even/0-shot/InContextLearningLMAccuracy"
+    assert keys[0] == "metrics/lm/0-shot/even/InContextLearningLMAccuracy"
     assert len(cast(Sized, _loader(evaluators[0]).dataset)) == 3
 
 
@@ -226,17 +219,19 @@ def test_bad_rows_name_file_row_and_field(
     assert "\n" not in str(err.value)
 
 
-def test_too_many_shots_names_the_file(tmp_path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
+def test_more_shots_than_rows_uses_every_other_row(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
     task = {
         "label": "lm",
         "dataset_uri": write_jsonl(tmp_path / "lm.jsonl", LM_ROWS),
         "icl_task_type": "language_modeling",
-        "num_fewshot": [0, 6],
+        "num_fewshot": [6],
     }
-    with pytest.raises(
-        DatasetError, match=r"lm\.jsonl: num_fewshot=6 needs at least 7 rows .* there are 6"
-    ):
-        build_icl_evaluators([task], tokenizer, 64, 2)
+    evaluators, _ = build_icl_evaluators([task], tokenizer, 256, 2)
+    dataset = _dataset(evaluators[0])
+    for i in range(len(LM_ROWS)):
+        assert len(re.findall(r"ctx\d", dataset.prompt_texts(i)[0])) == len(LM_ROWS) - 1
 
 
 @pytest.mark.parametrize(
@@ -252,9 +247,10 @@ def test_too_many_shots_names_the_file(tmp_path: Path, tokenizer: PreTrainedToke
         ),
         ({"metric_names": ["InContextLearningMCAccuracy"]}, r"icl_tasks\[1\]\.metric_names"),
         ({"label": None}, r"icl_tasks\[1\]\.label is missing"),
+        ({"num_beams": 4}, r"icl_tasks\[1\]\.num_beams .* use generation_kwargs\.num_beams"),
         (
-            {"icl_task_type": "code_evaluation", "pass_at_k": 1},
-            r"icl_tasks\[1\] \('lm'\): icl_task_type 'code_evaluation' .* not supported",
+            {"prelimiter": "Q:", "question_prelimiter": "Q:"},
+            r"icl_tasks\[1\] sets both prelimiter and question_prelimiter",
         ),
     ],
 )

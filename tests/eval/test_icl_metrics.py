@@ -45,13 +45,18 @@ def _evaluate(model, tokenizer, task: dict, batch_size: int) -> dict[str, float]
 def test_language_modeling_accuracy_matches_hand_argmax(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase, model: ComposerMPTCausalLM
 ) -> None:
-    contexts = ["def load(path):", "import json", "class Decoder:", "for key in", "return", "x = ["]
-    rows = []
-    for i, context in enumerate(contexts):
-        prompt = context + DELIM
-        # Half the rows continue with the model's own greedy tokens, so some must be right.
-        continuation = greedy_text(model, tokenizer, prompt, 2) if i % 2 == 0 else " value)"
-        rows.append({"context": context, "continuation": continuation})
+    candidates = [
+        "def load(path):", "import json", "class Decoder:", "for key in", "return", "x = [",
+        "while True:", "if name", "with open", "print(", "try:", "raise", "self.value",
+        "lambda x:", "assert", "yield", "del items", "global state", "async def", "await",
+    ]  # fmt: skip
+    # Rows the model gets right continue with its own greedy tokens; a scored continuation
+    # starts with a space (LLM Foundry's prefix-space rule), so keep greedy texts that do.
+    greedy = [(c, greedy_text(model, tokenizer, c + DELIM, 2)) for c in candidates]
+    right = [(c, text) for c, text in greedy if text.startswith(" ") and text.strip()][:3]
+    assert len(right) == 3
+    rows = [{"context": c, "continuation": text} for c, text in right]
+    rows += [{"context": c, "continuation": " value)"} for c in candidates[:3]]
     expected_each = [
         all_tokens_are_argmax(model, tokenizer, r["context"] + DELIM, r["continuation"])
         for r in rows
@@ -153,7 +158,8 @@ def test_schema_scores_the_shared_continuation_after_each_option(
     for row in rows:
         scores = [
             float(
-                continuation_log_probs(model, tokenizer, option + DELIM, row["continuation"]).mean()
+                # Zero-shot schema rows are the option alone, no delimiter (LLM Foundry's layout).
+                continuation_log_probs(model, tokenizer, option, row["continuation"]).mean()
             )
             for option in row["context_options"]
         ]

@@ -53,7 +53,9 @@ def test_icl_tasks_run_at_the_eval_interval(
         "icl_subset_num_batches=3",  # the ICL evaluator: all 3 batches (else it would take 1)
         "save_folder=null",
         "precision=fp32",  # the hand computation below is in fp32
-        "device_eval_batch_size=2",  # 5 questions: batches of 2, 2 and 1
+        # Rows per batch, as in LLM Foundry: 6 // 3 choices (first question) = 2 questions, so
+        # the 5 questions come in batches of 2, 2 and 1.
+        "device_eval_batch_size=6",
     ]
     cfg, resolved = load_config(yaml_path, overrides, TrainConfig)
     memory = InMemoryLogger()

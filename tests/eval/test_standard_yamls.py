@@ -1,0 +1,575 @@
+"""LLM Foundry's standard eval YAMLs (``scripts/eval/yamls``): the run configs load, the task
+lists and gauntlets agree with each other and with the benchmark manifest, and every task list
+builds its evaluators, with LLM Foundry's evaluator labels, from data of the right shape.
+
+The benchmark files are not committed, so the build tests write a few synthetic rows of each
+task's shape to ``eval/local_data/...`` in a temporary working directory (where LLM Foundry's
+relative ``dataset_uri`` paths look first); the long-context tasks' Hugging Face loads are faked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import OmegaConf
+from transformers import PreTrainedTokenizerBase
+
+from llmfoundry.callbacks.eval_gauntlet_callback import GauntletConfig, load_gauntlet_config
+from llmfoundry.command_utils.eval import parse_models
+from llmfoundry.command_utils.parallelism import check_fsdp_config
+from llmfoundry.eval import build_icl_evaluators
+from llmfoundry.eval.icl import parse_task
+from llmfoundry.utils.config_utils import EvalConfig, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPTS = REPO / "scripts"  # LLM Foundry's relative paths are relative to scripts/
+YAMLS = SCRIPTS / "eval" / "yamls"
+MANIFEST = REPO / "llmfoundry" / "eval" / "data" / "manifest.tsv"
+
+TASK_LISTS = {
+    "v0.1": "tasks_v0.1.yaml",
+    "v0.2": "tasks_v0.2.yaml",
+    "v0.3": "tasks_v0.3.yaml",
+}
+GAUNTLETS = {
+    "v0.1": "eval_gauntlet_v0.1.yaml",
+    "v0.2": "eval_gauntlet_v0.2.yaml",
+    "v0.3": "eval_gauntlet_v0.3.yaml",
+}
+LONG_CONTEXT = "long_context_tasks.yaml"
+
+# LLM Foundry's default metric per task type (the last part of each logged metric key).
+DEFAULT_METRIC = {
+    "language_modeling": "InContextLearningLMAccuracy",
+    "multiple_choice": "InContextLearningMultipleChoiceAccuracy",
+    "schema": "InContextLearningMultipleChoiceAccuracy",
+    "generation_task_with_answers": "InContextLearningGenerationExactMatchAccuracy",
+}
+CATEGORIES = ("zoology", "astronomy")  # written unsorted: evaluators come in sorted order
+
+Section = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _task_sections(name: str) -> list[Section]:
+    loaded = OmegaConf.to_container(OmegaConf.load(YAMLS / name), resolve=True)
+    assert isinstance(loaded, dict) and isinstance(loaded.get("icl_tasks"), list), (
+        f"{name}: expected a list under 'icl_tasks:'"
+    )
+    return [dict(section) for section in loaded["icl_tasks"]]
+
+
+def _shots(section: Mapping[str, Any]) -> list[int]:
+    shots = section.get("num_fewshot", [0])
+    return [shots] if isinstance(shots, int) else list(shots)
+
+
+def _runs(sections: list[Section]) -> set[tuple[str, int]]:
+    """Every (label, num_fewshot) pair the task list runs."""
+    return {(s["label"], k) for s in sections for k in _shots(s)}
+
+
+def _manifest() -> dict[str, set[str] | None]:
+    """Manifest path -> the suites (task-list versions) tagged as using it (None: no column)."""
+    entries: dict[str, set[str] | None] = {}
+    for line in MANIFEST.read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        entries[fields[0]] = set(fields[3].split(",")) - {"-"} if len(fields) > 3 else None
+    return entries
+
+
+def _manifest_paths() -> set[str]:
+    return set(_manifest())
+
+
+def _expected_evaluators(sections: list[Section]) -> list[tuple[str, str]]:
+    """LLM Foundry's (evaluator label, metric) pairs, in its order: per task, per shot count, per
+    category (sorted) for tasks with has_categories."""
+    expected = []
+    for section in sections:
+        metric = DEFAULT_METRIC[section["icl_task_type"]]
+        for k in _shots(section):
+            if section.get("has_categories"):
+                expected += [
+                    (f"{section['label']}/{k}-shot/{c}", metric) for c in sorted(CATEGORIES)
+                ]
+            else:
+                expected.append((f"{section['label']}/{k}-shot", metric))
+    return expected
+
+
+def _rows(section: Mapping[str, Any], count: int, category: str | None = None) -> list[Section]:
+    """``count`` small synthetic rows of the shape the section's task type reads."""
+    task_type = section["icl_task_type"]
+    rows: list[Section] = []
+    for i in range(count):
+        if task_type == "language_modeling":
+            row: Section = {"context": f"The number after {i} is", "continuation": f" {i + 1}"}
+        elif task_type == "multiple_choice":
+            row = {"query": f"Which is {i}?", "choices": [f"{i}", "x", "y", "z"], "gold": 0}
+        elif task_type == "schema":
+            row = {
+                "context_options": [f"Anna paid {i}.", f"Ben paid {i}."],
+                "continuation": " She was broke.",
+                "gold": 0,
+            }
+        elif task_type == "generation_task_with_answers":
+            row = {"context": f"What is {i} plus 1?", "answer": f"{i + 1}", "aliases": [f"{i + 1}"]}
+            if section.get("cot_delimiter"):
+                row["chain_of_thought"] = f"{i} and one more make {i + 1}."
+        else:
+            raise AssertionError(f"{section['label']}: no synthetic rows for type {task_type!r}")
+        if category is not None:
+            row["category"] = category
+        rows.append(row)
+    return rows
+
+
+def _write_local_data(root: Path, sections: list[Section]) -> None:
+    """Write every task's dataset_uri under ``root``, with enough rows for its largest shot count."""
+    for section in sections:
+        count = max(3, max(_shots(section)) + 2)
+        categories = CATEGORIES if section.get("has_categories") else (None,)
+        rows = [row for c in categories for row in _rows(section, count, c)]
+        path = root / section["dataset_uri"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+
+def _check_evaluators(
+    evaluators: list[Any], logger_keys: list[str], sections: list[Section], name: str
+) -> None:
+    expected = _expected_evaluators(sections)
+    labels = [e.label for e in evaluators]
+    wanted = [label for label, _ in expected]
+    assert labels == wanted, (
+        f"{name}: evaluator labels differ from LLM Foundry's.\n"
+        f"  missing: {sorted(set(wanted) - set(labels))}\n"
+        f"  unexpected: {sorted(set(labels) - set(wanted))}\n"
+        f"  same labels in another order: {sorted(labels) == sorted(wanted)}"
+    )
+    for evaluator, (label, metric) in zip(evaluators, expected, strict=True):
+        assert list(evaluator.metric_names) == [metric], (
+            f"{name}: {label} scores {evaluator.metric_names}, LLM Foundry scores [{metric}]"
+        )
+    assert logger_keys == [f"metrics/{label}/{metric}" for label, metric in expected], (
+        f"{name}: logger keys differ from LLM Foundry's metrics/{{label}}/{{metric}}"
+    )
+    for evaluator in evaluators:  # the synthetic rows go all the way into a batch
+        batch = next(iter(evaluator.dataloader.dataloader))
+        assert batch["input_ids"].shape[0] > 0, f"{name}: {evaluator.label} gave an empty batch"
+
+
+# --------------------------------------------------------------------------- run configs
+
+# yaml -> (overrides, expected resolved values). Models are checked separately.
+RUN_CONFIGS: dict[str, tuple[list[str], dict[str, Any]]] = {
+    "hf_eval.yaml": (
+        [],
+        {
+            "max_seq_len": 1024,
+            "precision": "fp32",
+            "device_eval_batch_size": 4,
+            "icl_tasks": "eval/yamls/tasks_v0.3.yaml",
+            "eval_gauntlet": "eval/yamls/eval_gauntlet_v0.3.yaml",
+        },
+    ),
+    "mpt_eval.yaml": (
+        [],
+        {"max_seq_len": 1024, "precision": "amp_fp16", "seed": 1, "device_eval_batch_size": 16},
+    ),
+    "hf_lora_eval.yaml": (
+        [],
+        {
+            "max_seq_len": 2048,
+            "precision": "amp_fp16",
+            "seed": 1,
+            "device_eval_batch_size": 4,
+            "icl_tasks": "eval/yamls/tasks_v0.2.yaml",
+            "eval_gauntlet": "eval/yamls/eval_gauntlet_v0.2.yaml",
+        },
+    ),
+    "hf_8bit_eval.yaml": (
+        [],
+        {
+            "max_seq_len": 1024,
+            "precision": "amp_fp16",
+            "seed": 1,
+            "device_eval_batch_size": 4,
+            "fsdp_config": None,
+            "icl_tasks": "eval/yamls/tasks_light.yaml",
+            "eval_gauntlet": None,
+        },
+    ),
+    "test_eval.yaml": (
+        [],
+        {
+            "max_seq_len": 128,
+            "precision": "fp32",
+            "seed": 1,
+            "device_eval_batch_size": 4,
+            "icl_subset_num_batches": 1,
+        },
+    ),
+}
+
+# yaml -> (model_name, model.name, tokenizer name) of its single models entry.
+RUN_MODELS = {
+    "hf_eval.yaml": ("EleutherAI/gpt-neo-125m", "hf_causal_lm", "EleutherAI/gpt-neo-125m"),
+    "mpt_eval.yaml": ("mpt_test", "mpt_causal_lm", "EleutherAI/gpt-neox-20b"),
+    "hf_lora_eval.yaml": ("facebook/opt-350m", "hf_causal_lm", "facebook/opt-350m"),
+    "hf_8bit_eval.yaml": ("bigscience/bloom-1b7", "hf_causal_lm", "bigscience/bloom-1b7"),
+    "test_eval.yaml": ("tiny_mpt", "mpt_causal_lm", "EleutherAI/gpt-neox-20b"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUN_CONFIGS))
+def test_run_yaml_loads_with_llm_foundry_settings(name: str) -> None:
+    overrides, expected = RUN_CONFIGS[name]
+    cfg, _ = load_config(YAMLS / name, overrides, EvalConfig)
+    for key, value in expected.items():
+        assert getattr(cfg, key) == value, (
+            f"{name}: {key} is {getattr(cfg, key)!r}, expected {value!r}"
+        )
+    assert cfg.results_folder == "eval_results/{run_name}", (
+        f"{name} should keep the default results_folder"
+    )
+
+    (entry,) = parse_models(cfg)
+    model_name, model_class, tokenizer_name = RUN_MODELS[name]
+    assert (entry.model_name, entry.model["name"], entry.tokenizer["name"]) == (
+        model_name,
+        model_class,
+        tokenizer_name,
+    ), f"{name}: unexpected models[0]"
+    assert entry.tokenizer["kwargs"]["model_max_length"] == cfg.max_seq_len, (
+        f"{name}: the tokenizer's model_max_length should follow max_seq_len"
+    )
+    if cfg.fsdp_config is not None:
+        check_fsdp_config(cfg.fsdp_config)
+
+
+def test_hf_eval_takes_a_local_model_folder(tmp_path: Path) -> None:
+    folder = str(tmp_path / "my-model")
+    for override in (f"model_name_or_path={folder}", f"variables.model_name_or_path={folder}"):
+        cfg, _ = load_config(YAMLS / "hf_eval.yaml", [override], EvalConfig)
+        (entry,) = parse_models(cfg)
+        assert entry.model_name == folder, override
+        assert entry.model["pretrained_model_name_or_path"] == folder, override
+        assert entry.tokenizer["name"] == folder, override
+
+
+def test_hf_lora_eval_takes_an_adapter() -> None:
+    cfg, _ = load_config(
+        YAMLS / "hf_lora_eval.yaml", ["lora_id_or_path=/adapters/mine"], EvalConfig
+    )
+    (entry,) = parse_models(cfg)
+    assert entry.model["pretrained_lora_id_or_path"] == "/adapters/mine"
+    cfg, _ = load_config(YAMLS / "hf_lora_eval.yaml", [], EvalConfig)
+    assert parse_models(cfg)[0].model["pretrained_lora_id_or_path"] == "ybelkada/opt-350m-lora"
+
+
+def test_specific_run_yaml_settings() -> None:
+    cfg, _ = load_config(YAMLS / "mpt_eval.yaml", [], EvalConfig)
+    (entry,) = parse_models(cfg)
+    assert entry.load_path is None, "mpt_eval.yaml leaves load_path for the user to fill in"
+    assert entry.model["d_model"] == 768 and entry.model["n_layers"] == 12
+    cfg, _ = load_config(YAMLS / "hf_8bit_eval.yaml", [], EvalConfig)
+    assert parse_models(cfg)[0].model["load_in_8bit"] is True
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("hf_eval.yaml", "icl_tasks"),
+        ("hf_eval.yaml", "eval_gauntlet"),
+        ("hf_lora_eval.yaml", "icl_tasks"),
+        ("hf_lora_eval.yaml", "eval_gauntlet"),
+        pytest.param(
+            "hf_8bit_eval.yaml",
+            "icl_tasks",
+            marks=pytest.mark.xfail(
+                strict=True, reason="LLM Foundry's tasks_light.yaml is not shipped yet"
+            ),
+        ),
+    ],
+)
+def test_run_yaml_references_a_shipped_file(name: str, key: str) -> None:
+    cfg, _ = load_config(YAMLS / name, [], EvalConfig)
+    path = getattr(cfg, key)
+    assert isinstance(path, str)
+    assert (SCRIPTS / path).is_file(), f"{name}: {key} '{path}' is not a file under scripts/"
+
+
+@pytest.mark.parametrize("name", ["mpt_eval.yaml", "test_eval.yaml"])
+def test_inline_tasks_parse_and_are_in_the_manifest(name: str) -> None:
+    cfg, _ = load_config(YAMLS / name, [], EvalConfig)
+    assert isinstance(cfg.icl_tasks, list)
+    manifest = _manifest_paths()
+    for index, section in enumerate(cfg.icl_tasks):
+        parse_task(index, section)
+        assert f"scripts/{section['dataset_uri']}" in manifest, (
+            f"{name}: {section['dataset_uri']} is not in {MANIFEST.name}"
+        )
+    if isinstance(cfg.eval_gauntlet, dict):
+        gauntlet = load_gauntlet_config(cfg.eval_gauntlet)
+        runs = _runs([dict(s) for s in cfg.icl_tasks])
+        for category in gauntlet.categories:
+            for b in category.benchmarks:
+                assert (b.name, b.num_fewshot) in runs, f"{name}: no task runs {b.label}"
+
+
+# --------------------------------------------------------------------------- task lists
+
+# name -> (number of tasks, a few pinned facts: label -> expected subset of its section)
+TASK_FACTS: dict[str, tuple[int, dict[str, Section]]] = {
+    "tasks_v0.1.yaml": (
+        49,
+        {
+            "jeopardy": {"num_fewshot": [10], "has_categories": True},
+            "gsm8k": {
+                "dataset_uri": "eval/local_data/symbolic_problem_solving/gsm8k.jsonl",
+                "num_fewshot": [3],
+                "cot_delimiter": " #### ",
+                "continuation_delimiter": "\nA: Let's think step by step. ",
+                "question_prelimiter": "Q: ",
+            },
+            "bbq": {"num_fewshot": [3], "has_categories": True},
+            "winogrande": {"icl_task_type": "schema", "num_fewshot": [0]},
+        },
+    ),
+    "tasks_v0.2.yaml": (
+        35,
+        {
+            "gsm8k": {"num_fewshot": [8, 5], "cot_delimiter": " #### "},
+            "svamp": {"continuation_delimiter": "\nUsing the formula below:\n"},
+            "arc_challenge": {"num_fewshot": [3, 25]},
+            "hellaswag": {"num_fewshot": [0, 10]},
+        },
+    ),
+    "tasks_v0.3.yaml": (
+        32,
+        {
+            "gsm8k": {
+                "dataset_uri": "eval/local_data/symbolic_problem_solving/gsm8k_prepended_8shot.jsonl",
+                "num_fewshot": [0],
+                "icl_task_type": "generation_task_with_answers",
+                "cot_delimiter": "The answer is ",
+                "continuation_delimiter": "\n\nA:",
+                "question_prelimiter": "",
+                "do_normalization": False,
+                "early_stopping_criteria": ["\n\n", "Question:"],
+            },
+            "triviaqa_sm_sub": {"num_fewshot": [3], "do_normalization": True},
+            "mmlu": {
+                "num_fewshot": [5],
+                "continuation_delimiter": "\nAnswer: ",
+                "has_categories": True,
+            },
+            "winograd": {"icl_task_type": "schema", "num_fewshot": [3]},
+        },
+    ),
+    LONG_CONTEXT: (
+        33,
+        {
+            "kv_pairs_middle_4k": {
+                "hf_loading_vars": {
+                    "name": "kv_pairs",
+                    "context_length": 4096,
+                    "section": "middle",
+                    "split": "test",
+                },
+            },
+            # as in LLM Foundry's file
+            "wikiqa_8k": {
+                "hf_loading_vars": {"name": "wikiqa", "context_length": 2048, "split": "test"}
+            },
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TASK_FACTS))
+def test_task_list_entries_parse(name: str) -> None:
+    sections = _task_sections(name)
+    for index, section in enumerate(sections):
+        parse_task(index, section)
+
+
+@pytest.mark.parametrize("name", sorted(TASK_FACTS))
+def test_task_list_matches_llm_foundry(name: str) -> None:
+    count, facts = TASK_FACTS[name]
+    sections = _task_sections(name)
+    assert len(sections) == count, f"{name}: {len(sections)} tasks, LLM Foundry's has {count}"
+    by_label = {s["label"]: s for s in sections}
+    for label, expected in facts.items():
+        assert label in by_label, f"{name}: no task '{label}'"
+        actual = {key: by_label[label].get(key) for key in expected}
+        assert actual == expected, f"{name}: task '{label}' differs from LLM Foundry's"
+    runs = [(s["label"], k) for s in sections for k in _shots(s)]
+    repeated = sorted({run for run in runs if runs.count(run) > 1})
+    assert not repeated, f"{name}: (label, num_fewshot) pairs run twice: {repeated}"
+    types = {s["icl_task_type"] for s in sections}
+    assert types <= set(DEFAULT_METRIC), (
+        f"{name}: unexpected task types {types - set(DEFAULT_METRIC)}"
+    )
+
+
+@pytest.mark.parametrize("version", sorted(TASK_LISTS))
+def test_task_list_files_are_in_the_manifest(version: str) -> None:
+    name = TASK_LISTS[version]
+    manifest = _manifest()
+    used = {
+        f"scripts/{s['dataset_uri']}"
+        for s in _task_sections(name)
+        if not s["dataset_uri"].startswith("hf://")
+    }
+    missing = sorted(used - set(manifest))
+    assert not missing, f"{name}: dataset_uri not in {MANIFEST.relative_to(REPO)}: {missing}"
+    if any(suites is not None for suites in manifest.values()):
+        # The download command fetches a suite by these tags: they must name exactly these files.
+        tagged = {path for path, suites in manifest.items() if suites and version in suites}
+        assert tagged == used, (
+            f"{MANIFEST.name} suite {version}: tagged but unused {sorted(tagged - used)}, "
+            f"used but untagged {sorted(used - tagged)}"
+        )
+
+
+def test_long_context_tasks_read_the_hub() -> None:
+    for section in _task_sections(LONG_CONTEXT):
+        assert section["dataset_uri"] == "hf://mosaicml/long_context_eval", section["label"]
+        assert section["hf_loading_vars"]["split"] == "test", section["label"]
+        assert section["num_fewshot"] == [0], section["label"]
+
+
+# --------------------------------------------------------------------------- gauntlets
+
+# version -> (categories, benchmarks, core_average members, pinned random baselines)
+GAUNTLET_FACTS: dict[str, tuple[list[str], int, int, dict[str, float]]] = {
+    "v0.1": (
+        [
+            "world_knowledge",
+            "commonsense_reasoning",
+            "language_understanding",
+            "symbolic_problem_solving",
+            "reading_comprehension",
+            "safety",
+        ],
+        49,
+        5,
+        {"bigbench_misconceptions/10-shot": 0.5, "mmlu/10-shot": 0.25, "gsm8k/3-shot": 0.0},
+    ),
+    "v0.2": (
+        [
+            "world_knowledge",
+            "commonsense_reasoning",
+            "language_understanding",
+            "symbolic_problem_solving",
+            "reading_comprehension",
+        ],
+        33,
+        5,
+        {"gsm8k/8-shot": 0.0, "agi_eval_lsat_ar/5-shot": 0.25, "copa/0-shot": 0.5},
+    ),
+    "v0.3": (
+        [
+            "world_knowledge",
+            "commonsense_reasoning",
+            "language_understanding",
+            "symbolic_problem_solving",
+            "reading_comprehension",
+        ],
+        31,
+        5,
+        {"mmlu/5-shot": 0.25, "gsm8k/0-shot": 0.0, "winogrande/5-shot": 0.5, "boolq/0-shot": 0.5},
+    ),
+}
+
+
+def _gauntlet(version: str) -> GauntletConfig:
+    return load_gauntlet_config(str(YAMLS / GAUNTLETS[version]))
+
+
+@pytest.mark.parametrize("version", sorted(GAUNTLETS))
+def test_gauntlet_matches_llm_foundry(version: str) -> None:
+    categories, n_benchmarks, n_core, baselines = GAUNTLET_FACTS[version]
+    gauntlet = _gauntlet(version)
+    assert [c.name for c in gauntlet.categories] == categories
+    benchmarks = {b.label: b for c in gauntlet.categories for b in c.benchmarks}
+    assert len(benchmarks) == n_benchmarks, f"{GAUNTLETS[version]}: {len(benchmarks)} benchmarks"
+    assert gauntlet.weighting.value == "EQUAL"
+    assert gauntlet.subtract_random_baseline and gauntlet.rescale_accuracy
+    assert list(gauntlet.averages) == ["core_average"]
+    assert len(gauntlet.averages["core_average"]) == n_core
+    for label, baseline in baselines.items():
+        assert benchmarks[label].random_baseline == baseline, f"{GAUNTLETS[version]}: {label}"
+
+
+@pytest.mark.parametrize("version", sorted(GAUNTLETS))
+def test_gauntlet_benchmarks_are_run_by_its_task_list(version: str) -> None:
+    runs = _runs(_task_sections(TASK_LISTS[version]))
+    not_run = [
+        b.label
+        for c in _gauntlet(version).categories
+        for b in c.benchmarks
+        if (b.name, b.num_fewshot) not in runs
+    ]
+    assert not not_run, (
+        f"{GAUNTLETS[version]} scores benchmarks {TASK_LISTS[version]} does not run: {not_run}"
+    )
+
+
+# --------------------------------------------------------------------------- building
+
+
+@pytest.mark.parametrize("name", sorted(TASK_LISTS.values()))
+def test_task_list_builds_its_evaluators(
+    name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    sections = _task_sections(name)
+    _write_local_data(tmp_path, sections)
+    monkeypatch.chdir(tmp_path)  # as LLM Foundry's users run from scripts/
+    evaluators, logger_keys = build_icl_evaluators(
+        str(YAMLS / name), tokenizer, default_max_seq_len=256, default_batch_size=4
+    )
+    _check_evaluators(evaluators, logger_keys, sections, name)
+
+
+def test_long_context_tasks_build_from_the_hub(
+    monkeypatch: pytest.MonkeyPatch, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    import datasets
+
+    sections = _task_sections(LONG_CONTEXT)
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    def fake_load_dataset(path: str, **kwargs: Any) -> datasets.Dataset:
+        calls.append((path, kwargs))
+        return datasets.Dataset.from_list(
+            _rows({"icl_task_type": "generation_task_with_answers"}, 3)
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    evaluators, logger_keys = build_icl_evaluators(
+        str(YAMLS / LONG_CONTEXT), tokenizer, default_max_seq_len=256, default_batch_size=4
+    )
+    _check_evaluators(evaluators, logger_keys, sections, LONG_CONTEXT)
+    # Tasks with the same hf_loading_vars (wikiqa_2k/4k/8k) may share one load.
+    assert {path for path, _ in calls} == {"mosaicml/long_context_eval"}
+    loaded = {json.dumps(kwargs, sort_keys=True) for _, kwargs in calls}
+    wanted = {json.dumps(s["hf_loading_vars"], sort_keys=True) for s in sections}
+    assert loaded == wanted, (
+        f"load_dataset kwargs differ from the tasks' hf_loading_vars: "
+        f"missing {sorted(wanted - loaded)}, unexpected {sorted(loaded - wanted)}"
+    )
