@@ -15,13 +15,9 @@ tables (ICL, eval loaders, gauntlet) that ``scripts/eval/eval.py`` prints.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
-import json
 import logging
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -36,6 +32,15 @@ from peft import PeftModel
 from transformers import PreTrainedModel
 
 from llmfoundry.callbacks.eval_gauntlet_callback import load_gauntlet_config
+from llmfoundry.command_utils.eval_results import (
+    EvalResults,
+    EvalThroughput,
+    ModelResults,
+    collect_rows,
+    gauntlet_categories,
+    render_tables,
+    write_results,
+)
 from llmfoundry.command_utils.parallelism import build_parallelism_config
 from llmfoundry.command_utils.train import (
     build_evaluators,
@@ -54,13 +59,11 @@ from llmfoundry.utils.builders import (
 )
 from llmfoundry.utils.config_utils import EvalConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
-from llmfoundry.utils.file_utils import atomic_write_text
 from llmfoundry.utils.object_store import is_remote
 
 logger = logging.getLogger(__name__)
 
 MODEL_KEYS = ("model_name", "model", "tokenizer", "load_path")
-_SHOT = re.compile(r"^(\d+)-shot$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,46 +79,6 @@ class ModelEntry:
     @property
     def where(self) -> str:
         return f"models[{self.index}]"
-
-
-@dataclasses.dataclass(frozen=True)
-class ResultRow:
-    """One metric of one evaluator for one model.
-
-    ``kind`` is ``icl`` (an ``icl_tasks`` evaluator: ``benchmark`` is the task label,
-    ``subtask`` its category, ``num_fewshot`` the shot count) or ``lm`` (an eval loader:
-    ``benchmark`` is its label, no subtask or shots).
-    """
-
-    model_name: str
-    kind: str
-    benchmark: str
-    subtask: str
-    num_fewshot: int | None
-    metric: str
-    value: float
-    category: str = ""
-
-
-@dataclasses.dataclass
-class ModelResults:
-    """What one model scored: its result rows and its gauntlet scores (name → score)."""
-
-    model_name: str
-    rows: list[ResultRow]
-    gauntlet: dict[str, float]
-
-
-@dataclasses.dataclass
-class EvalResults:
-    """Every model's results, and the files they were written to (rank 0 only)."""
-
-    run_name: str
-    models: list[ModelResults]
-    files: list[Path]
-
-    def rows(self) -> list[ResultRow]:
-        return [row for model in self.models for row in model.rows]
 
 
 # --------------------------------------------------------------------------- config
@@ -304,196 +267,6 @@ def load_hf_weights(model: ComposerModel, folder: str, where: str) -> None:
     del loaded
 
 
-# --------------------------------------------------------------------------- results
-
-
-def _parse_icl_label(label: str) -> tuple[str, str, int] | None:
-    """``piqa/0-shot`` → (piqa, '', 0); ``mmlu/5-shot/physics`` → (mmlu, physics, 5)."""
-    parts = label.split("/")
-    match = _SHOT.match(parts[1]) if len(parts) >= 2 else None
-    if match is None:
-        return None
-    return parts[0], "/".join(parts[2:]), int(match.group(1))
-
-
-def _gauntlet_categories(gauntlet: Any) -> dict[str, str]:
-    """Benchmark (task label) → its gauntlet category (the first that lists it)."""
-    if not gauntlet:
-        return {}
-    config = load_gauntlet_config(gauntlet)
-    found: dict[str, str] = {}
-    for category in config.categories:
-        for bench in category.benchmarks:
-            found.setdefault(bench.name, category.name)
-    return found
-
-
-def collect_rows(
-    model_name: str,
-    trainer: Trainer,
-    memory: InMemoryLogger,
-    categories: Mapping[str, str],
-) -> list[ResultRow]:
-    """The last logged value of every evaluator's metrics, as result rows (evaluator order)."""
-    rows: list[ResultRow] = []
-    for evaluator in trainer.state.evaluators:
-        label = evaluator.label
-        for metric_name in evaluator.metric_names or ():
-            logged = memory.data.get(f"metrics/{label}/{metric_name}")
-            if not logged:
-                continue
-            value = float(cast(Any, logged[-1][1]))
-            icl = _parse_icl_label(label)
-            if icl is not None:
-                benchmark, subtask, shots = icl
-                rows.append(
-                    ResultRow(
-                        model_name,
-                        "icl",
-                        benchmark,
-                        subtask,
-                        shots,
-                        metric_name,
-                        value,
-                        categories.get(benchmark, ""),
-                    )
-                )
-            else:
-                benchmark = label.removeprefix("eval/") if label != "eval" else "eval"
-                rows.append(ResultRow(model_name, "lm", benchmark, "", None, metric_name, value))
-    return rows
-
-
-def _markdown(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(header)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
-
-
-def _accuracy_rows(rows: Sequence[ResultRow]) -> list[ResultRow]:
-    """Per model and ICL evaluator, the row of its accuracy metric (else its first metric)."""
-    chosen: dict[tuple[str, str, str, int | None], ResultRow] = {}
-    for row in rows:
-        if row.kind != "icl":
-            continue
-        key = (row.model_name, row.benchmark, row.subtask, row.num_fewshot)
-        current = chosen.get(key)
-        if current is None or ("Accuracy" in row.metric and "Accuracy" not in current.metric):
-            chosen[key] = row
-    return list(chosen.values())
-
-
-def icl_table(rows: Sequence[ResultRow]) -> str:
-    """The ICL results: ``| Category | Benchmark | Subtask | Accuracy | Number few shot | Model |``."""
-    body = [
-        [
-            row.category,
-            row.benchmark,
-            row.subtask,
-            f"{row.value:.4f}",
-            f"{row.num_fewshot}-shot",
-            row.model_name,
-        ]
-        for row in _accuracy_rows(rows)
-    ]
-    header = ["Category", "Benchmark", "Subtask", "Accuracy", "Number few shot", "Model"]
-    return _markdown(header, body) if body else ""
-
-
-def lm_table(rows: Sequence[ResultRow]) -> str:
-    """The eval-loader results: one row per model and loader, one column per metric."""
-    lm = [row for row in rows if row.kind == "lm"]
-    metrics = list(dict.fromkeys(row.metric for row in lm))
-    cells: dict[tuple[str, str], dict[str, str]] = {}
-    for row in lm:
-        cells.setdefault((row.model_name, row.benchmark), {})[row.metric] = f"{row.value:.4f}"
-    body = [
-        [model, loader, *(v.get(m, "") for m in metrics)] for (model, loader), v in cells.items()
-    ]
-    return _markdown(["Model", "Eval loader", *metrics], body) if body else ""
-
-
-def gauntlet_scores_table(models: Sequence[ModelResults]) -> str:
-    """The gauntlet scores: one row per category or average, one column per model."""
-    scored = [m for m in models if m.gauntlet]
-    names = list(dict.fromkeys(name for m in scored for name in m.gauntlet))
-    body = [
-        [name, *(f"{m.gauntlet[name]:.4f}" if name in m.gauntlet else "" for m in scored)]
-        for name in names
-    ]
-    return _markdown(["Gauntlet", *(m.model_name for m in scored)], body) if body else ""
-
-
-def render_tables(results: EvalResults) -> str:
-    """The markdown tables the command prints (ICL, eval loaders, gauntlet)."""
-    rows = results.rows()
-    sections = [
-        ("In-context learning", icl_table(rows)),
-        ("Eval loaders", lm_table(rows)),
-        ("Eval gauntlet", gauntlet_scores_table(results.models)),
-    ]
-    return "\n\n".join(f"### {title}\n\n{table}" for title, table in sections if table)
-
-
-CSV_COLUMNS = (
-    "model_name",
-    "kind",
-    "category",
-    "benchmark",
-    "subtask",
-    "num_fewshot",
-    "metric",
-    "value",
-)
-
-
-def write_results(
-    results: EvalResults, folder: Path, metadata: Mapping[str, Any] | None
-) -> list[Path]:
-    """Write ``results.csv``, ``gauntlet.csv`` (with a gauntlet) and ``results.json``.
-
-    Each file appears whole or not at all (written aside, then renamed).
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
-    for row in results.rows():
-        record = dataclasses.asdict(row)
-        record["num_fewshot"] = "" if row.num_fewshot is None else row.num_fewshot
-        writer.writerow([record[c] for c in CSV_COLUMNS])
-    atomic_write_text(folder / "results.csv", buffer.getvalue())
-    written.append(folder / "results.csv")
-    if any(m.gauntlet for m in results.models):
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(["model_name", "name", "score"])
-        for model in results.models:
-            for name, score in model.gauntlet.items():
-                writer.writerow([model.model_name, name, score])
-        atomic_write_text(folder / "gauntlet.csv", buffer.getvalue())
-        written.append(folder / "gauntlet.csv")
-    document = {
-        "run_name": results.run_name,
-        "metadata": dict(metadata or {}),
-        "models": [
-            {
-                "model_name": model.model_name,
-                "results": [dataclasses.asdict(row) for row in model.rows],
-                "gauntlet": model.gauntlet,
-            }
-            for model in results.models
-        ],
-    }
-    atomic_write_text(folder / "results.json", json.dumps(document, indent=2) + "\n")
-    written.append(folder / "results.json")
-    return written
-
-
 # --------------------------------------------------------------------------- the command
 
 
@@ -525,6 +298,7 @@ def evaluate_model(
     logger.info("%s: evaluating %s", entry.where, entry.model_name)
     evaluators = build_evaluators(cfg, tokenizer, model, cfg.device_eval_batch_size)
     gauntlet = build_gauntlet(cfg)
+    throughput = EvalThroughput()
     memory = InMemoryLogger()
     has_adapter = isinstance(getattr(model, "model", None), PeftModel)
     trainer = Trainer(
@@ -532,7 +306,7 @@ def evaluate_model(
         model=model,
         eval_dataloader=evaluators,
         eval_subset_num_batches=cfg.eval_subset_num_batches,
-        callbacks=[*build_callbacks(cfg.callbacks), *gauntlet],
+        callbacks=[*build_callbacks(cfg.callbacks), *gauntlet, throughput],
         loggers=[*build_loggers(cfg.loggers), memory, *extra_loggers],
         device=device,
         precision=precision,  # type: ignore[arg-type]
@@ -563,7 +337,7 @@ def evaluate_model(
     scores = dict(gauntlet[0].last_scores) if gauntlet else {}
     name = trainer.state.run_name
     trainer.close()
-    return ModelResults(entry.model_name, rows, scores), name
+    return ModelResults(entry.model_name, rows, scores, throughput.records), name
 
 
 def evaluate(
@@ -591,7 +365,7 @@ def evaluate(
         device=device,
         precision=runtime_precision(cfg.precision, device),
         run_name=cfg.run_name or os.environ.get("RUN_NAME") or None,
-        categories=_gauntlet_categories(
+        categories=gauntlet_categories(
             resolve_config_file(cfg.eval_gauntlet or cfg.eval_gauntlet_str or {}, anchors(cfg))
         ),
     )
@@ -605,11 +379,10 @@ def evaluate(
     run_name = run.run_name
     assert run_name is not None
     results = EvalResults(run_name, models, [])
-    if dist.get_global_rank() == 0:
-        if cfg.results_folder:
-            folder = Path(cfg.results_folder.replace("{run_name}", run_name))
-            results.files = write_results(results, folder, cfg.metadata)
-            logger.info("results written to %s", folder)
+    if dist.get_global_rank() == 0 and cfg.results_folder:
+        folder = Path(cfg.results_folder.replace("{run_name}", run_name))
+        results.files = write_results(results, folder, cfg.metadata)
+        logger.info("results written to %s", folder)
     return results
 
 
@@ -626,7 +399,6 @@ def eval_from_yaml(yaml_path: str | Path, overrides: Sequence[str] = ()) -> Eval
 __all__ = [
     "EvalResults",
     "ModelResults",
-    "ResultRow",
     "eval_from_yaml",
     "evaluate",
     "render_tables",
