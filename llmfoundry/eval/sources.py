@@ -104,20 +104,21 @@ def _jsonl_rows(path: Path, source: str) -> list[ICLRow]:
 
 
 def _download_once_per_node(uri: str, label: str) -> Path:
-    """Fetch an object-store file to a per-node cache (local rank 0 downloads, others wait)."""
+    """Fetch an object-store file to a per-node cache: local rank 0 downloads it afresh, and
+    every process waits at a barrier (a copy left by an earlier run is never read as is)."""
     from composer.utils import dist
     from streaming.base.storage import CloudDownloader
 
     digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
     target = Path(tempfile.gettempdir()) / "llmfoundry-icl" / f"{digest}-{Path(uri).name}"
-    with dist.local_rank_zero_download_and_wait(str(target)):
-        if dist.get_local_rank() == 0:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(target.name + ".partial")
-            partial.unlink(missing_ok=True)
-            with user_errors(f"icl task '{label}' dataset_uri", uri, "download it"):
-                CloudDownloader.get(uri).download(uri, str(partial), 300.0)
-            partial.replace(target)
+    if dist.get_local_rank() == 0:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        partial.unlink(missing_ok=True)
+        with user_errors(f"icl task '{label}' dataset_uri", uri, "download it"):
+            CloudDownloader.get(uri).download(uri, str(partial), 300.0)
+        partial.replace(target)
+    dist.barrier()
     return target
 
 

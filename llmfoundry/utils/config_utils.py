@@ -73,6 +73,8 @@ class TrainConfig:
     eval_gauntlet_str: str | None = None
     icl_subset_num_batches: int | None = None
     icl_seq_len: int | None = None
+    # Run code_evaluation icl_tasks (model-written code, in a sandboxed subprocess).
+    allow_code_eval: bool = False
     eval_interval: int | str = 1
     eval_first: bool = False
     eval_subset_num_batches: int = -1
@@ -143,6 +145,8 @@ class EvalConfig:
     icl_tasks: list[dict[str, Any]] | str | None = None
     icl_tasks_str: str | None = None
     icl_subset_num_batches: int | None = None
+    # Run code_evaluation icl_tasks (model-written code, in a sandboxed subprocess).
+    allow_code_eval: bool = False
     eval_gauntlet: dict[str, Any] | str | None = None
     eval_gauntlet_str: str | None = None
     eval_loader: dict[str, Any] | list[dict[str, Any]] | None = None
@@ -207,14 +211,17 @@ def load_yaml_with_overrides(
             else item
             for item in overrides
         ]
-    try:
-        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as err:
-        raise ConfigError(
-            f"could not apply overrides {list(overrides)}: {str(err).splitlines()[0]}"
-        ) from err
-    assert isinstance(merged, DictConfig)
-    return merged
+    for item in overrides:
+        key, value = item.split("=", 1)
+        try:
+            # One item at a time, so that a key may index a list (models.0.load_path=...).
+            parsed = OmegaConf.from_dotlist([f"value={value}"])
+            OmegaConf.update(base, key, parsed["value"], merge=True)
+        except (OmegaConfBaseException, TypeError, ValueError, IndexError) as err:
+            raise ConfigError(
+                f"could not apply override '{item}': {str(err).splitlines()[0]}"
+            ) from err
+    return base
 
 
 def _referenced_top_level_keys(node: Any) -> set[str]:
@@ -352,6 +359,6 @@ def load_config(
     merged = load_yaml_with_overrides(yaml_path, overrides, valid)
     resolved = resolve_config(merged, valid)
     config = to_dataclass(resolved, cls)
-    if hasattr(config, "config_dir"):
+    if isinstance(config, TrainConfig | EvalConfig):
         config.config_dir = str(Path(yaml_path).resolve().parent)
     return config, resolved

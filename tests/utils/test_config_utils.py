@@ -106,3 +106,36 @@ def test_shipped_yamls_validate() -> None:
     for path in yamls:
         cfg, _ = load_config(path)
         assert cfg.model["name"] in {"mpt_causal_lm", "hf_causal_lm"}, path
+
+
+EVAL_YAML = """
+variables:
+  model_name_or_path: org/model
+max_seq_len: 64
+device_eval_batch_size: 2
+models:
+- model_name: first
+  model:
+    name: hf_causal_lm
+    pretrained_model_name_or_path: ${variables.model_name_or_path}
+  tokenizer:
+    name: ${variables.model_name_or_path}
+"""
+
+
+def test_overrides_index_lists_and_set_named_variables(tmp_path: Path) -> None:
+    from llmfoundry.utils.config_utils import EvalConfig
+
+    path = tmp_path / "eval.yaml"
+    path.write_text(EVAL_YAML)
+    overrides = ["models.0.load_path=/ckpt/latest.pt", "model_name_or_path=/models/mine"]
+    cfg, resolved = load_config(path, overrides, EvalConfig)
+    assert cfg.models is not None
+    assert cfg.models[0]["load_path"] == "/ckpt/latest.pt"
+    # A bare name that is a variable (not a config key) sets the variable everywhere it is used.
+    assert cfg.models[0]["model"]["pretrained_model_name_or_path"] == "/models/mine"
+    assert cfg.models[0]["tokenizer"]["name"] == "/models/mine"
+    assert resolved["variables"]["model_name_or_path"] == "/models/mine"
+    assert cfg.config_dir == str(tmp_path.resolve())
+    with pytest.raises(ConfigError, match=r"could not apply override 'models\.3\.load_path=x'"):
+        load_config(path, ["models.3.load_path=x"], EvalConfig)
