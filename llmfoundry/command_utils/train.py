@@ -354,6 +354,7 @@ def build_evaluators(
             default_batch_size=device_eval_batch_size,
             icl_subset_num_batches=cfg.icl_subset_num_batches,
             anchors=[Path(cfg.config_dir)] if cfg.config_dir else [],
+            allow_code_eval=cfg.allow_code_eval,
         )
         evaluators += icl_evaluators
     return evaluators

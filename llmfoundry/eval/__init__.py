@@ -4,6 +4,7 @@ Importing the package registers the ICL metrics (``registry.metrics``) and task 
 (``registry.icl_datasets``).
 """
 
+from llmfoundry.eval.code_eval import CodeEvaluationDataset, InContextLearningCodeEvalAccuracy
 from llmfoundry.eval.datasets import TASK_DATASETS, split_icl_batch
 from llmfoundry.eval.generation import GenerationWithAnswersDataset
 from llmfoundry.eval.icl import build_icl_evaluators
@@ -11,6 +12,8 @@ from llmfoundry.eval.metrics import (
     ICL_METRICS,
     InContextLearningGenerationExactMatchAccuracy,
     InContextLearningLMAccuracy,
+    InContextLearningLMExpectedCalibrationError,
+    InContextLearningMCExpectedCalibrationError,
     InContextLearningMetric,
     InContextLearningMultipleChoiceAccuracy,
     InContextLearningMultipleChoiceSumAccuracy,
@@ -19,9 +22,13 @@ from llmfoundry.eval.metrics import (
 __all__ = [
     "ICL_METRICS",
     "TASK_DATASETS",
+    "CodeEvaluationDataset",
     "GenerationWithAnswersDataset",
+    "InContextLearningCodeEvalAccuracy",
     "InContextLearningGenerationExactMatchAccuracy",
     "InContextLearningLMAccuracy",
+    "InContextLearningLMExpectedCalibrationError",
+    "InContextLearningMCExpectedCalibrationError",
     "InContextLearningMetric",
     "InContextLearningMultipleChoiceAccuracy",
     "InContextLearningMultipleChoiceSumAccuracy",

@@ -10,6 +10,9 @@ Every task type reads rows of its own shape (LLM Foundry's formats):
 ``schema``                            ``context_options``, ``continuation``, ``gold``
 ``generation_task_with_answers``      ``context``, ``answer``, optional ``aliases``,
                                       optional ``chain_of_thought``
+``code_evaluation``                   ``prompt``, ``entry_point``, ``test_inputs``,
+                                      ``test_outputs``, ``language``,
+                                      ``canonical_solution`` (``llmfoundry.eval.code_eval``)
 ====================================  =========================================
 
 The prompt text and its tokenization follow ``llmfoundry.eval.prompts`` (LLM Foundry 0.22's
@@ -64,6 +67,8 @@ _SHARED_KEYS = (
     "cot_delimiter",
     "early_stopping_criteria",
     "do_normalization",
+    "pass_at_k",
+    "generations_per_sample",
 )
 
 
@@ -97,6 +102,9 @@ class ICLDataset(Dataset[dict[str, Any]]):
         DatasetError: on a row with a missing or malformed field (naming file, row and field).
         ValueError: if there is no pad id to pad with.
     """
+
+    # Task keys (``ICLTaskConfig`` fields) this type takes beyond the common ones.
+    task_keys: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -187,6 +195,10 @@ class ICLDataset(Dataset[dict[str, Any]]):
             ids[:-1] if eos is not None and len(ids) > 1 and ids[-1] == eos else ids
             for ids in encoded
         ]
+
+    def lengths(self) -> list[int] | None:
+        """Each row's length in tokens, for serving rows by length; None keeps file order."""
+        return None
 
     def sort_by_length(self, lengths: Sequence[int], keep_first: int | None = None) -> None:
         """Serve rows longest first (less padding per batch). With ``keep_first``, the first
@@ -329,8 +341,8 @@ class _LogLikelihoodDataset(ICLDataset):
             encoded.append(encoded_row)
         return encoded
 
-    def lengths(self) -> list[int]:
-        """Each row's longest sequence in tokens."""
+    def lengths(self) -> list[int] | None:
+        """Each row's longest sequence in tokens (scores do not depend on the batch)."""
         return [max(len(c) + len(t) for c, t in row) for row in self.encoded]
 
     def item(self, index: int) -> dict[str, Any]:

@@ -87,6 +87,13 @@ class GenerationWithAnswersDataset(ICLDataset):
         ValueError: if the tokenizer has no EOS token.
     """
 
+    task_keys = (
+        "cot_delimiter",
+        "early_stopping_criteria",
+        "do_normalization",
+        "generation_kwargs",
+    )
+
     def __init__(
         self,
         rows: Sequence[ICLRow],

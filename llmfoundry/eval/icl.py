@@ -16,7 +16,7 @@ results as ``metrics/piqa/0-shot/InContextLearningMultipleChoiceAccuracy``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,14 +27,15 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+import llmfoundry.eval.generation  # noqa: F401  (registers generation_task_with_answers)
 from llmfoundry import registry
+from llmfoundry.eval.code_eval import check_code_task
 from llmfoundry.eval.datasets import (
     TASK_TYPE_ALIASES,
     ICLDataset,
     icl_num_samples,
     split_icl_batch,
 )
-from llmfoundry.eval.generation import GenerationWithAnswersDataset
 from llmfoundry.eval.metrics import ICL_METRICS, METRIC_ALIASES
 from llmfoundry.eval.sources import ICLRow, read_task_rows, resolve_relative, split_by_category
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
@@ -49,6 +50,7 @@ DEFAULT_METRICS = {
     "multiple_choice": ["InContextLearningMultipleChoiceAccuracy"],
     "schema": ["InContextLearningMultipleChoiceAccuracy"],
     "generation_task_with_answers": ["InContextLearningGenerationExactMatchAccuracy"],
+    "code_evaluation": ["InContextLearningCodeEvalAccuracy"],
 }
 
 
@@ -78,6 +80,9 @@ class ICLTaskConfig:
     early_stopping_criteria: list[str] | None = None
     do_normalization: bool = True
     generation_kwargs: dict[str, Any] | None = None
+    # code_evaluation tasks only (they take generation_kwargs too)
+    pass_at_k: int | list[int] = 1
+    generations_per_sample: int = 1
 
 
 _TASK_KEYS = {f.name for f in fields(ICLTaskConfig)} | {"question_prelimiter"}
@@ -149,21 +154,21 @@ def _check_task_type(where: str, values: dict[str, Any]) -> str:
     return task_type
 
 
-def parse_task(index: int, section: Mapping[str, Any]) -> ICLTaskConfig:
+def parse_task(
+    index: int, section: Mapping[str, Any], allow_code_eval: bool = False
+) -> ICLTaskConfig:
     """Validate one task section into an ``ICLTaskConfig``.
+
+    ``code_evaluation`` tasks run model-written code and are refused unless ``allow_code_eval``.
 
     Raises:
         ConfigError: naming ``icl_tasks[i].key`` for an unknown key (with a close valid one), a
-            missing required key, an unknown task type or metric, or a bad ``num_fewshot``.
+            missing required key, an unknown task type or metric, or a bad ``num_fewshot``; or
+            naming the task for a code task without ``allow_code_eval``.
     """
     where = f"icl_tasks[{index}]"
     if section.get("icl_task_type") == "code_evaluation":
-        # Scoring code tasks means running model-written code, which needs a sandbox we do not
-        # ship; say so before complaining about their keys (pass_at_k, ...).
-        raise ConfigError(
-            f"{where} ('{section.get('label')}'): icl_task_type 'code_evaluation' runs "
-            "model-written code and is not supported (no sandbox); remove the task"
-        )
+        check_code_task(where, section, allow_code_eval)
     if "num_beams" in section:
         raise ConfigError(f"{where}.num_beams is not a task key; use generation_kwargs.num_beams")
     check_keys(section, _TASK_KEYS, where)
@@ -199,7 +204,9 @@ def _build_dataset(
     max_seq_len: int,
     num_fewshot: int,
 ) -> ICLDataset:
-    dataset_cls = registry.icl_datasets.get(task.icl_task_type)
+    dataset_cls: Callable[..., Any] = registry.icl_datasets.get(task.icl_task_type)
+    # The task-type keys a dataset class takes beyond the common ones (``task_keys``).
+    extra_keys: tuple[str, ...] = getattr(dataset_cls, "task_keys", ())
     kwargs: dict[str, Any] = {
         "pad_tok_id": task.pad_tok_id,
         "num_fewshot": num_fewshot,
@@ -210,8 +217,7 @@ def _build_dataset(
         "prelimiter": task.prelimiter,
         "strip_dataset": task.strip_dataset,
     }
-    if issubclass(dataset_cls, GenerationWithAnswersDataset):
-        kwargs.update({key: getattr(task, key) for key in _GENERATION_KEYS})
+    kwargs.update({key: getattr(task, key) for key in extra_keys})
     dataset = dataset_cls(rows, tokenizer, max_seq_len, **kwargs)
     if not isinstance(dataset, ICLDataset):
         raise TypeError(f"icl_datasets entry '{task.icl_task_type}' did not build an ICLDataset")
@@ -221,13 +227,13 @@ def _build_dataset(
 def _data_spec(dataset: ICLDataset, batch_size: int, subset_num_batches: int | None) -> DataSpec:
     """The loader of one evaluator; log-likelihood rows are served longest first."""
     per_batch = dataset.loader_batch_size(batch_size)
-    lengths = getattr(dataset, "lengths", None)
-    if callable(lengths):
+    lengths = dataset.lengths()
+    if lengths is not None:
         # Keep a subset of batches on the same rows as in file order (LLM Foundry's subset).
         keep = None
         if subset_num_batches is not None and subset_num_batches > 0:
             keep = subset_num_batches * per_batch * dist.get_world_size()
-        dataset.sort_by_length(lengths(), keep_first=keep)
+        dataset.sort_by_length(lengths, keep_first=keep)
     loader = DataLoader(
         dataset,
         batch_size=per_batch,
@@ -245,6 +251,7 @@ def build_icl_evaluators(
     default_batch_size: int,
     icl_subset_num_batches: int | None = None,
     anchors: Sequence[Path] = (),
+    allow_code_eval: bool = False,
 ) -> tuple[list[Evaluator], list[str]]:
     """One ``Evaluator`` per task, shot count (and category), plus the metric keys they log.
 
@@ -254,9 +261,12 @@ def build_icl_evaluators(
         default_max_seq_len: a task's ``max_seq_len`` when it sets none.
         default_batch_size: a task's ``batch_size`` when it sets none (rows per batch;
             multiple-choice batches hold ``batch_size // choices`` questions, as in LLM Foundry).
-        icl_subset_num_batches: evaluate only this many batches of each evaluator.
+        icl_subset_num_batches: evaluate only this many batches of each evaluator (not of
+            tasks split by category, as in LLM Foundry).
         anchors: folders (the run YAML's) that relative paths may be relative to, after the
             working directory.
+        allow_code_eval: run ``code_evaluation`` tasks (model-written code, in a sandboxed
+            subprocess); without it they are refused.
 
     Returns:
         The evaluators (labels ``{label}/{k}-shot`` or ``{label}/{k}-shot/{category}``) and the
@@ -272,7 +282,7 @@ def build_icl_evaluators(
     sections, anchors = load_icl_task_sections(icl_tasks, anchors)
     rows_cache: dict[tuple[str, str, str], list[ICLRow]] = {}
     for index, section in enumerate(sections):
-        task = parse_task(index, section)
+        task = parse_task(index, section, allow_code_eval)
         cache_key = (task.dataset_uri, repr(task.hf_loading_vars), repr(task.hf_parsing_map))
         if cache_key not in rows_cache:
             rows_cache[cache_key] = read_task_rows(
@@ -281,6 +291,9 @@ def build_icl_evaluators(
         rows = rows_cache[cache_key]
         groups = split_by_category(rows) if task.has_categories else {"": rows}
         metric_names = list(task.metric_names or DEFAULT_METRICS[task.icl_task_type])
+        # As in LLM Foundry, icl_subset_num_batches does not apply to a task split by category
+        # (its evaluators fall back to the run's eval_subset_num_batches).
+        subset = None if task.has_categories else icl_subset_num_batches
         for num_fewshot in task.num_fewshot:
             for category, category_rows in groups.items():
                 dataset = _build_dataset(
@@ -291,15 +304,13 @@ def build_icl_evaluators(
                     num_fewshot,
                 )
                 label = "/".join(p for p in (task.label, f"{num_fewshot}-shot", category) if p)
-                spec = _data_spec(
-                    dataset, task.batch_size or default_batch_size, icl_subset_num_batches
-                )
+                spec = _data_spec(dataset, task.batch_size or default_batch_size, subset)
                 evaluators.append(
                     Evaluator(
                         label=label,
                         dataloader=spec,
                         metric_names=metric_names,
-                        subset_num_batches=icl_subset_num_batches,
+                        subset_num_batches=subset,
                     )
                 )
                 logger_keys += [f"metrics/{label}/{name}" for name in metric_names]
