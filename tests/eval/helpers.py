@@ -12,8 +12,11 @@ from composer import Trainer
 from composer.core import Evaluator
 from composer.loggers import InMemoryLogger
 from composer.models import HuggingFaceModel
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from llmfoundry.eval import build_icl_evaluators
+from llmfoundry.eval.datasets import ICLDataset
 from llmfoundry.eval.metrics import cut_generation, normalize_answer
 from llmfoundry.eval.prompts import needs_prefix_space
 from llmfoundry.models.hf import ComposerMPTCausalLM
@@ -122,3 +125,55 @@ def run_eval(model: HuggingFaceModel, evaluators: Sequence[Evaluator]) -> dict[s
         for key, values in memory.data.items()
         if key.startswith("metrics/")
     }
+
+
+# --- building ICL evaluators in tests ------------------------------------------------------
+
+SEQ = 128
+
+
+def icl_evaluators(
+    tasks: list[dict[str, Any]] | str,
+    tokenizer: PreTrainedTokenizerBase,
+    batch_size: int = 2,
+    **kwargs: Any,
+) -> list[Evaluator]:
+    """The evaluators of ``tasks`` at max_seq_len ``SEQ``."""
+    evaluators, _ = build_icl_evaluators(tasks, tokenizer, SEQ, batch_size, **kwargs)
+    return evaluators
+
+
+def icl_loader(evaluator: Evaluator) -> DataLoader:
+    loader = evaluator.dataloader.dataloader
+    assert isinstance(loader, DataLoader)
+    return loader
+
+
+def icl_dataset(evaluator: Evaluator) -> ICLDataset:
+    dataset = icl_loader(evaluator).dataset
+    assert isinstance(dataset, ICLDataset)
+    return dataset
+
+
+def only_dataset(
+    task: dict[str, Any], tokenizer: PreTrainedTokenizerBase, **kwargs: Any
+) -> ICLDataset:
+    evaluators = icl_evaluators([task], tokenizer, **kwargs)
+    assert len(evaluators) == 1
+    return icl_dataset(evaluators[0])
+
+
+def all_prompts(dataset: ICLDataset) -> list[tuple[str, list[str], list[str]]]:
+    return [dataset.prompt_texts(i) for i in range(len(dataset))]
+
+
+def first_batch(task: dict[str, Any], tokenizer: PreTrainedTokenizerBase, bs: int = 2) -> dict:
+    return next(iter(icl_loader(icl_evaluators([task], tokenizer, bs)[0])))
+
+
+def token_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def lm_task(uri: str, **keys: Any) -> dict[str, Any]:
+    return {"label": "lm", "dataset_uri": uri, "icl_task_type": "language_modeling", **keys}

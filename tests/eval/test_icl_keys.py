@@ -1,5 +1,4 @@
-"""Every ``icl_tasks`` key, shown by its effect: where rows come from (``hf://`` with
-``hf_loading_vars`` / ``hf_parsing_map``, ``s3://``, relative local paths), how prompts and
+"""Every ``icl_tasks`` key, shown by its effect (where rows come from: test_icl_sources.py): how prompts and
 batches are built (``pad_tok_id``, delimiters, ``prompt_string``, ``fewshot_random_seed``,
 ``strip_dataset``, ``has_categories``), what generation batches carry (``generation_kwargs``,
 ``early_stopping_criteria``, ``cot_delimiter``, ``do_normalization``), what is scored
@@ -8,10 +7,8 @@ batches are built (``pad_tok_id``, delimiters, ``prompt_string``, ``fewshot_rand
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,269 +16,31 @@ import pytest
 import torch
 from composer.core import Evaluator
 from composer.metrics.nlp import MaskedAccuracy
-from streaming.base.storage import CloudDownloader
-from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase, StoppingCriteriaList
 
 from llmfoundry import registry
 from llmfoundry.eval import build_icl_evaluators
-from llmfoundry.eval.datasets import ICLDataset
 from llmfoundry.eval.generation import StopOnSequence
 from llmfoundry.eval.metrics import (
     InContextLearningGenerationExactMatchAccuracy,
     InContextLearningLMExpectedCalibrationError,
     InContextLearningMCExpectedCalibrationError,
 )
-from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
+from llmfoundry.utils.exceptions import ConfigError
 from tests.data.conftest import BUCKET, s3  # noqa: F401  (the moto S3 fixture)
 
-from .helpers import write_jsonl
-
-SEQ = 128
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _evaluators(
-    tasks: list[dict[str, Any]] | str,
-    tokenizer: PreTrainedTokenizerBase,
-    batch_size: int = 2,
-    **kwargs: Any,
-) -> list[Evaluator]:
-    evaluators, _ = build_icl_evaluators(tasks, tokenizer, SEQ, batch_size, **kwargs)
-    return evaluators
-
-
-def _loader(evaluator: Evaluator) -> DataLoader:
-    loader = evaluator.dataloader.dataloader
-    assert isinstance(loader, DataLoader)
-    return loader
-
-
-def _dataset(evaluator: Evaluator) -> ICLDataset:
-    dataset = _loader(evaluator).dataset
-    assert isinstance(dataset, ICLDataset)
-    return dataset
-
-
-def _only(task: dict[str, Any], tokenizer: PreTrainedTokenizerBase, **kwargs: Any) -> ICLDataset:
-    evaluators = _evaluators([task], tokenizer, **kwargs)
-    assert len(evaluators) == 1
-    return _dataset(evaluators[0])
-
-
-def _prompts(dataset: ICLDataset) -> list[tuple[str, list[str], list[str]]]:
-    return [dataset.prompt_texts(i) for i in range(len(dataset))]
-
-
-def _first_batch(task: dict[str, Any], tokenizer: PreTrainedTokenizerBase, bs: int = 2) -> dict:
-    return next(iter(_loader(_evaluators([task], tokenizer, bs)[0])))
-
-
-def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _lm_task(uri: str, **keys: Any) -> dict[str, Any]:
-    return {"label": "lm", "dataset_uri": uri, "icl_task_type": "language_modeling", **keys}
-
-
-# --------------------------------------------------------------------------- hf://
-
-
-HUB_TRAIN = [
-    {"question": "What color is the sky?", "options": "red or blue", "label": "blue", "year": 2020},
-    {"question": "What color is grass?", "options": "green or pink", "label": "green", "year": 21},
-]
-HUB_TEST = [{"question": "Snow is?", "options": "white or black", "label": "white", "year": 3}]
-
-
-@pytest.fixture
-def hub_folder(tmp_path: Path) -> Path:
-    """A local dataset folder as ``datasets.load_dataset`` reads it: one JSONL file per split."""
-    folder = tmp_path / "hub"
-    folder.mkdir()
-    write_jsonl(folder / "train.jsonl", HUB_TRAIN)
-    write_jsonl(folder / "test.jsonl", HUB_TEST)
-    return folder
-
-
-PARSING_MAP = {"context": ["question", "options", "year"], "continuation": ["label"]}
-
-
-def test_hf_parsing_map_joins_columns_with_spaces(
-    tmp_path: Path, hub_folder: Path, tokenizer: PreTrainedTokenizerBase
-) -> None:
-    cache = str(tmp_path / "hf-cache")
-    task = _lm_task(
-        f"hf://{hub_folder}",
-        hf_loading_vars={"split": "train", "cache_dir": cache},
-        hf_parsing_map=PARSING_MAP,
-    )
-    dataset = _only(task, tokenizer)
-    # Only the mapped ICL keys remain; columns are joined with one space (numbers as text).
-    assert [dict(row.fields) for row in dataset.rows] == [
-        {"context": "What color is the sky? red or blue 2020", "continuation": "blue"},
-        {"context": "What color is grass? green or pink 21", "continuation": "green"},
-    ]
-    assert _prompts(dataset) == [
-        ("", ["What color is the sky? red or blue 2020"], [" blue"]),
-        ("", ["What color is grass? green or pink 21"], [" green"]),
-    ]
-    # hf_loading_vars chooses what is loaded: another split ...
-    test_split = _only(
-        {**task, "hf_loading_vars": {"split": "test", "cache_dir": cache}}, tokenizer
-    )
-    assert _prompts(test_split) == [("", ["Snow is? white or black 3"], [" white"])]
-    # ... or a builder with its own data_files.
-    json_files = _lm_task(
-        "hf://json",
-        hf_loading_vars={
-            "data_files": str(hub_folder / "test.jsonl"),
-            "split": "train",
-            "cache_dir": cache,
-        },
-        hf_parsing_map={"context": ["options"], "continuation": ["question", "label"]},
-    )
-    assert _prompts(_only(json_files, tokenizer)) == [("", ["white or black"], [" Snow is? white"])]
-
-
-def test_hf_parsing_map_with_a_missing_column_names_it(
-    tmp_path: Path, hub_folder: Path, tokenizer: PreTrainedTokenizerBase
-) -> None:
-    task = _lm_task(
-        f"hf://{hub_folder}",
-        hf_loading_vars={"split": "train", "cache_dir": str(tmp_path / "hf-cache")},
-        hf_parsing_map={"context": ["question", "passage"], "continuation": ["label"]},
-    )
-    with pytest.raises(DatasetError) as err:
-        _evaluators([task], tokenizer)
-    message = str(err.value)
-    assert "\n" not in message
-    assert message.startswith(
-        f"hf://{hub_folder}, row 1: hf_parsing_map names column(s) ['passage']"
-    )
-    assert "(columns: ['label', 'options', 'question', 'year'])" in message
-
-
-def test_hf_dataset_without_a_split_asks_for_one(
-    tmp_path: Path, hub_folder: Path, tokenizer: PreTrainedTokenizerBase
-) -> None:
-    task = _lm_task(
-        f"hf://{hub_folder}",
-        hf_loading_vars={"cache_dir": str(tmp_path / "hf-cache")},
-        hf_parsing_map=PARSING_MAP,
-    )
-    with pytest.raises(ConfigError) as err:
-        _evaluators([task], tokenizer)
-    assert str(err.value) == (
-        f"icl task 'lm': hf://{hub_folder} loaded as DatasetDict; choose one split with "
-        "hf_loading_vars: {split: <name>}"
-    )
-
-
-# --------------------------------------------------------------------------- s3://
-
-
-LM_ROWS = [{"context": f"ctx{i}", "continuation": f" cont{i}"} for i in range(4)]
-
-
-def test_s3_dataset_uri_gives_the_local_rows_and_downloads_once(
-    s3: Any,  # noqa: F811
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    tokenizer: PreTrainedTokenizerBase,
-) -> None:
-    local = write_jsonl(tmp_path / "lm.jsonl", LM_ROWS)
-    s3.upload_file(local, BUCKET, "icl/lm.jsonl")
-    uri = f"s3://{BUCKET}/icl/lm.jsonl"
-    # The per-node cache lives under the temp folder; give this test its own.
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    fetched: list[str] = []
-    get = CloudDownloader.get
-
-    def counting_get(remote_dir: str | None = None) -> Any:
-        fetched.append(str(remote_dir))
-        return get(remote_dir)
-
-    monkeypatch.setattr(CloudDownloader, "get", counting_get)
-
-    # Two tasks on the same object, two shot counts each: four evaluators, one download.
-    tasks = [
-        _lm_task(uri, num_fewshot=[0, 1]),
-        {**_lm_task(uri, num_fewshot=[0, 1]), "label": "again", "continuation_delimiter": ":"},
-    ]
-    remote = _evaluators(tasks, tokenizer)
-    assert fetched == [uri]
-    from_disk = _evaluators([_lm_task(local, num_fewshot=[0, 1])], tokenizer)
-    for remote_eval, local_eval in zip(remote[:2], from_disk, strict=True):
-        remote_set, local_set = _dataset(remote_eval), _dataset(local_eval)
-        assert [dict(r.fields) for r in remote_set.rows] == LM_ROWS
-        assert _prompts(remote_set) == _prompts(local_set)
-    digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
-    cached = tmp_path / "tmp" / "llmfoundry-icl" / f"{digest}-lm.jsonl"
-    assert cached.read_bytes() == Path(local).read_bytes()
-    assert sorted(p.name for p in cached.parent.iterdir()) == [cached.name]  # no .partial left
-
-
-# --------------------------------------------------------------------------- local paths
-
-
-def test_missing_local_file_names_it_and_the_download_command(
-    tokenizer: PreTrainedTokenizerBase,
-) -> None:
-    benchmark = "eval/local_data/commonsense_reasoning/piqa.jsonl"
-    with pytest.raises(MissingFileError) as err:
-        _evaluators([{**_lm_task(benchmark), "label": "piqa"}], tokenizer)
-    assert str(err.value) == (
-        f"icl task 'piqa': dataset_uri '{benchmark}' does not exist; fetch LLM Foundry's "
-        "benchmark files with: llmfoundry eval download-data (or python "
-        "scripts/eval/download_eval_data.py) --suite all"
-    )
-    with pytest.raises(MissingFileError) as err:
-        _evaluators([_lm_task("data/mine.jsonl")], tokenizer)
-    assert str(err.value) == (
-        "icl task 'lm': dataset_uri 'data/mine.jsonl' does not exist; point dataset_uri at a "
-        "JSONL file (relative paths: the working directory, then the YAML's folders)"
-    )
-
-
-def test_relative_dataset_uri_is_found_from_the_tasks_yaml_folder_and_its_parents(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tokenizer: PreTrainedTokenizerBase
-) -> None:
-    # LLM Foundry's layout: scripts/eval/yamls/tasks.yaml names eval/local_data/x.jsonl, which
-    # is scripts/eval/local_data/x.jsonl (its users run from scripts/).
-    repo = tmp_path / "repo"
-    (repo / "scripts/eval/yamls").mkdir(parents=True)
-    (repo / "scripts/eval/local_data").mkdir(parents=True)
-    write_jsonl(repo / "scripts/eval/local_data/lm.jsonl", LM_ROWS[:2])
-    tasks = repo / "scripts/eval/yamls/tasks.yaml"
-    tasks.write_text(
-        "icl_tasks:\n- {label: lm, dataset_uri: eval/local_data/lm.jsonl, "
-        "icl_task_type: language_modeling}\n"
-    )
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    dataset = _dataset(_evaluators(str(tasks), tokenizer)[0])
-    assert [r.fields["context"] for r in dataset.rows] == ["ctx0", "ctx1"]
-    assert dataset.rows[0].source == "eval/local_data/lm.jsonl"
-
-    # The same relative path in the working directory wins (LLM Foundry's lookup).
-    (elsewhere / "eval/local_data").mkdir(parents=True)
-    write_jsonl(elsewhere / "eval/local_data/lm.jsonl", [{"context": "cwd", "continuation": " c"}])
-    dataset = _dataset(_evaluators(str(tasks), tokenizer)[0])
-    assert [r.fields["context"] for r in dataset.rows] == ["cwd"]
-
-    # An inline task list is anchored at the run YAML's folder (the ``anchors``).
-    monkeypatch.chdir(tmp_path)
-    inline = [_lm_task("eval/local_data/lm.jsonl")]
-    with pytest.raises(MissingFileError):
-        _evaluators(inline, tokenizer)
-    dataset = _dataset(_evaluators(inline, tokenizer, anchors=[repo / "scripts/eval/yamls"])[0])
-    assert [r.fields["context"] for r in dataset.rows] == ["ctx0", "ctx1"]
-
+from .helpers import (
+    SEQ,
+    all_prompts,
+    first_batch,
+    icl_dataset,
+    icl_evaluators,
+    icl_loader,
+    lm_task,
+    only_dataset,
+    token_ids,
+    write_jsonl,
+)
 
 # --------------------------------------------------------------------------- pad_tok_id
 
@@ -294,12 +53,12 @@ def test_pad_tok_id_pads_and_masks_every_token_equal_to_it(
         {"context": "a much longer context than the first one", "continuation": " end"},
     ]
     uri = write_jsonl(tmp_path / "lm.jsonl", rows)
-    short = _ids(tokenizer, "alpha beta") + _ids(tokenizer, " gamma")
-    pad = _ids(tokenizer, "alpha")[-1]  # the token "a", which the short row also holds
+    short = token_ids(tokenizer, "alpha beta") + token_ids(tokenizer, " gamma")
+    pad = token_ids(tokenizer, "alpha")[-1]  # the token "a", which the short row also holds
     real_pads = [i for i, token in enumerate(short) if token == pad]
     assert real_pads and pad != tokenizer.pad_token_id
 
-    batch = _first_batch(_lm_task(uri, pad_tok_id=pad), tokenizer)
+    batch = first_batch(lm_task(uri, pad_tok_id=pad), tokenizer)
     input_ids, mask = batch["input_ids"], batch["attention_mask"]
     # Longest row first; the short row is right-padded with pad_tok_id.
     assert input_ids[1, : len(short)].tolist() == short
@@ -308,11 +67,14 @@ def test_pad_tok_id_pads_and_masks_every_token_equal_to_it(
     assert torch.equal(mask, input_ids != pad)
     assert [bool(mask[1, i]) for i in real_pads] == [False] * len(real_pads)
 
-    default = _first_batch(_lm_task(uri), tokenizer)
+    default = first_batch(lm_task(uri), tokenizer)
     assert (default["input_ids"][1, len(short) :] == tokenizer.pad_token_id).all()
     assert default["attention_mask"][1].tolist() == [True] * len(short) + [False] * (
         default["input_ids"].shape[1] - len(short)
     )
+
+
+LM_ROWS = [{"context": f"ctx{i}", "continuation": f" cont{i}"} for i in range(4)]
 
 
 # --------------------------------------------------------------------------- generation keys
@@ -336,7 +98,7 @@ def _qa_task(tmp_path: Path, **keys: Any) -> dict[str, Any]:
 def test_generation_kwargs_reach_the_batch(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    default = _first_batch(_qa_task(tmp_path), tokenizer)["generation_kwargs"]
+    default = first_batch(_qa_task(tmp_path), tokenizer)["generation_kwargs"]
     longest = max(len(tokenizer(a)["input_ids"]) for a in ("Paris", "Rome", "Roma"))
     assert default == {
         "pad_token_id": tokenizer.pad_token_id,
@@ -349,7 +111,7 @@ def test_generation_kwargs_reach_the_batch(
         pad_tok_id=7,
         generation_kwargs={"max_new_tokens": 9, "num_beams": 3, "do_sample": False},
     )
-    batch = _first_batch(task, tokenizer)
+    batch = first_batch(task, tokenizer)
     assert batch["generation_kwargs"] == {
         "pad_token_id": 7,
         "use_cache": True,
@@ -359,16 +121,16 @@ def test_generation_kwargs_reach_the_batch(
         "do_sample": False,
     }
     # Prompts are left-padded with pad_tok_id.
-    shorter = len(_ids(tokenizer, "Q: of Italy?"))
+    shorter = len(token_ids(tokenizer, "Q: of Italy?"))
     assert batch["input_ids"][1, :-shorter].eq(7).all()
-    assert batch["input_ids"][1, -shorter:].tolist() == _ids(tokenizer, "Q: of Italy?")
+    assert batch["input_ids"][1, -shorter:].tolist() == token_ids(tokenizer, "Q: of Italy?")
 
 
 def test_stop_on_sequence_stops_when_every_row_has_produced_it(
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
     def rows(*texts: str) -> torch.LongTensor:
-        ids = [_ids(tokenizer, t) for t in texts]
+        ids = [token_ids(tokenizer, t) for t in texts]
         width = max(map(len, ids))
         padded = [[tokenizer.pad_token_id] * (width - len(i)) + i for i in ids]
         return cast(torch.LongTensor, torch.tensor(padded))
@@ -383,16 +145,18 @@ def test_stop_on_sequence_stops_when_every_row_has_produced_it(
 
     # A stop string produced token by token ("\n" "\n") counts as well.
     double = StopOnSequence("\n\n", tokenizer, batch_size=1)
-    newline = _ids(tokenizer, "\n")
+    newline = token_ids(tokenizer, "\n")
     assert len(newline) == 1
-    ending = cast(torch.LongTensor, torch.tensor([_ids(tokenizer, "x = 1") + newline + newline]))
+    ending = cast(
+        torch.LongTensor, torch.tensor([token_ids(tokenizer, "x = 1") + newline + newline])
+    )
     assert double(ending) is True
 
 
 def test_early_stopping_criteria_build_one_criterion_per_stop_string(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    batch = _first_batch(_qa_task(tmp_path, early_stopping_criteria=["\n\n", "Q:"]), tokenizer)
+    batch = first_batch(_qa_task(tmp_path, early_stopping_criteria=["\n\n", "Q:"]), tokenizer)
     criteria = batch["generation_kwargs"]["stopping_criteria"]
     assert isinstance(criteria, StoppingCriteriaList)
     assert [(type(c), c.stop, c.done) for c in criteria] == [
@@ -401,7 +165,7 @@ def test_early_stopping_criteria_build_one_criterion_per_stop_string(
     ]
     assert batch["early_stopping_criteria"] == ["\n\n", "Q:"]
     assert (
-        "stopping_criteria" not in _first_batch(_qa_task(tmp_path), tokenizer)["generation_kwargs"]
+        "stopping_criteria" not in first_batch(_qa_task(tmp_path), tokenizer)["generation_kwargs"]
     )
 
 
@@ -416,11 +180,11 @@ def test_cot_delimiter_and_do_normalization_change_the_score(
 ) -> None:
     labels = [["Paris"], ["Rome", "Roma"]]
     # The task keys reach the batch the metric reads.
-    plain = _first_batch(_qa_task(tmp_path), tokenizer)
+    plain = first_batch(_qa_task(tmp_path), tokenizer)
     assert (plain["cot_delimiter"], plain["do_normalization"]) == ("", True)
     assert plain["labels"] == labels
-    cot = _first_batch(_qa_task(tmp_path, cot_delimiter=" #### "), tokenizer)
-    strict = _first_batch(_qa_task(tmp_path, do_normalization=False), tokenizer)
+    cot = first_batch(_qa_task(tmp_path, cot_delimiter=" #### "), tokenizer)
+    strict = first_batch(_qa_task(tmp_path, do_normalization=False), tokenizer)
     assert cot["cot_delimiter"] == " #### " and strict["do_normalization"] is False
 
     reasoned = [" It is in France, so #### Paris", " Italy's is #### roma!"]
@@ -440,7 +204,7 @@ def test_stop_strings_are_one_regular_expression(
 
     def score(stops: list[str]) -> float:
         task = _qa_task(tmp_path, early_stopping_criteria=stops)
-        return _exact_match(_first_batch(task, tokenizer), outputs, labels)
+        return _exact_match(first_batch(task, tokenizer), outputs, labels)
 
     assert score(["\n"]) == 0.5  # row 2 is cut to " Q: no"
     assert score(["Q:"]) == 0.5  # row 1 keeps " Paris\n", row 2 is cut to " "
@@ -469,20 +233,20 @@ def test_prompt_string_and_delimiters_shape_the_prompt(
         "continuation_delimiter": " => ",
     }
     # With two rows and one shot, each row's shot is the other row.
-    shaped = _prompts(_only(_lm_task(uri, num_fewshot=[1], **keys), tokenizer))
+    shaped = all_prompts(only_dataset(lm_task(uri, num_fewshot=[1], **keys), tokenizer))
     assert shaped == [
         ("Colors: | Grass is => green", [" | Sky is =>"], [" blue"]),
         ("Colors: | Sky is => blue", [" | Grass is =>"], [" green"]),
     ]
-    defaults = _prompts(_only(_lm_task(uri, num_fewshot=[1]), tokenizer))
+    defaults = all_prompts(only_dataset(lm_task(uri, num_fewshot=[1]), tokenizer))
     assert defaults == [
         ("Grass is green", ["\nSky is"], [" blue"]),
         ("Sky is blue", ["\nGrass is"], [" green"]),
     ]
     # Zero-shot: the prompt string alone precedes the row (so the delimiter does too).
-    zero = _prompts(_only(_lm_task(uri, **keys), tokenizer))
+    zero = all_prompts(only_dataset(lm_task(uri, **keys), tokenizer))
     assert zero[0] == ("Colors:", [" | Sky is =>"], [" blue"])
-    assert _prompts(_only(_lm_task(uri, continuation_delimiter=" => "), tokenizer))[0] == (
+    assert all_prompts(only_dataset(lm_task(uri, continuation_delimiter=" => "), tokenizer))[0] == (
         "",
         ["Sky is =>"],
         [" blue"],
@@ -497,10 +261,10 @@ def test_fewshot_random_seed_chooses_the_shots(
 
     def shots(seed: int | None) -> list[list[int]]:
         keys = {} if seed is None else {"fewshot_random_seed": seed}
-        dataset = _only(_lm_task(uri, num_fewshot=[2], **keys), tokenizer)
+        dataset = only_dataset(lm_task(uri, num_fewshot=[2], **keys), tokenizer)
         return [
             [int(n) for n in re.findall(r"c(\d) v\d", preamble)]
-            for preamble, _, _ in _prompts(dataset)
+            for preamble, _, _ in all_prompts(dataset)
         ]
 
     # random.Random(seed) drawn as LLM Foundry draws (see tests/eval/test_icl_prompts.py).
@@ -514,8 +278,8 @@ def test_strip_dataset_false_keeps_the_rows_whitespace(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
     uri = write_jsonl(tmp_path / "lm.jsonl", [{"context": " Sky is\n", "continuation": " blue "}])
-    assert _prompts(_only(_lm_task(uri), tokenizer)) == [("", ["Sky is"], [" blue"])]
-    assert _prompts(_only(_lm_task(uri, strip_dataset=False), tokenizer)) == [
+    assert all_prompts(only_dataset(lm_task(uri), tokenizer)) == [("", ["Sky is"], [" blue"])]
+    assert all_prompts(only_dataset(lm_task(uri, strip_dataset=False), tokenizer)) == [
         ("", [" Sky is\n "], [" blue "])
     ]
 
@@ -528,7 +292,7 @@ def test_has_categories_gives_one_evaluator_per_category_in_sorted_order(
         {"context": f"c{i}", "continuation": f"v{i}", "category": c}
         for i, c in enumerate(categories)
     ]
-    task = _lm_task(write_jsonl(tmp_path / "lm.jsonl", rows), num_fewshot=[0, 1])
+    task = lm_task(write_jsonl(tmp_path / "lm.jsonl", rows), num_fewshot=[0, 1])
     evaluators, keys = build_icl_evaluators([{**task, "has_categories": True}], tokenizer, SEQ, 2)
     assert [e.label for e in evaluators] == [
         f"lm/{k}-shot/{c}" for k in (0, 1) for c in ("alpha", "mid", "zeta")
@@ -537,14 +301,14 @@ def test_has_categories_gives_one_evaluator_per_category_in_sorted_order(
         f"metrics/lm/0-shot/{c}/InContextLearningLMAccuracy" for c in ("alpha", "mid", "zeta")
     ]
     # Each evaluator holds its category's rows; a shot comes from the same category.
-    one_shot = {e.label: _prompts(_dataset(e)) for e in evaluators[3:]}
+    one_shot = {e.label: all_prompts(icl_dataset(e)) for e in evaluators[3:]}
     assert one_shot == {
         "lm/1-shot/alpha": [("c3 v3", ["\nc1"], [" v1"]), ("c1 v1", ["\nc3"], [" v3"])],
         "lm/1-shot/mid": [("c5 v5", ["\nc2"], [" v2"]), ("c2 v2", ["\nc5"], [" v5"])],
         "lm/1-shot/zeta": [("c4 v4", ["\nc0"], [" v0"]), ("c0 v0", ["\nc4"], [" v4"])],
     }
     # Without the key, one evaluator over every row.
-    assert [e.label for e in _evaluators([task], tokenizer)] == ["lm/0-shot", "lm/1-shot"]
+    assert [e.label for e in icl_evaluators([task], tokenizer)] == ["lm/0-shot", "lm/1-shot"]
 
 
 # --------------------------------------------------------------------------- metric_names
@@ -564,7 +328,7 @@ SHORT_NAMES = {
 def test_llm_foundry_metric_names_map_to_the_classes(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase, short: str, class_name: str
 ) -> None:
-    task = _lm_task(write_jsonl(tmp_path / "lm.jsonl", LM_ROWS), metric_names=[short])
+    task = lm_task(write_jsonl(tmp_path / "lm.jsonl", LM_ROWS), metric_names=[short])
     evaluators, keys = build_icl_evaluators([task], tokenizer, SEQ, 2)
     assert evaluators[0].metric_names == [class_name]
     assert keys == [f"metrics/lm/0-shot/{class_name}"]
@@ -575,7 +339,7 @@ def test_llm_foundry_metric_names_map_to_the_classes(
 def test_unknown_metric_name_suggests_the_closest(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    task = _lm_task(write_jsonl(tmp_path / "lm.jsonl", LM_ROWS), metric_names=["mc_acuracy"])
+    task = lm_task(write_jsonl(tmp_path / "lm.jsonl", LM_ROWS), metric_names=["mc_acuracy"])
     with pytest.raises(ConfigError) as err:
         build_icl_evaluators([task], tokenizer, SEQ, 2)
     message = str(err.value)
@@ -652,12 +416,12 @@ def test_icl_subset_num_batches_covers_the_first_batches_of_the_file(
 ) -> None:
     extra = [1, 6, 2, 8, 3, 7, 4, 5]  # row i's context grows with extra[i]
     rows = [{"context": f"r{i}" + " x" * n, "continuation": " y"} for i, n in enumerate(extra)]
-    task = _lm_task(write_jsonl(tmp_path / "lm.jsonl", rows))
+    task = lm_task(write_jsonl(tmp_path / "lm.jsonl", rows))
 
     def served(**kwargs: Any) -> tuple[Evaluator, list[list[int]]]:
-        evaluator = _evaluators([task], tokenizer, 2, **kwargs)[0]
+        evaluator = icl_evaluators([task], tokenizer, 2, **kwargs)[0]
         batches = []
-        for batch in _loader(evaluator):
+        for batch in icl_loader(evaluator):
             texts = tokenizer.batch_decode(
                 [
                     ids[mask]
