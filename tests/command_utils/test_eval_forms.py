@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from composer.loggers import InMemoryLogger
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 from llmfoundry.command_utils.eval import EvalResults, eval_from_yaml, evaluate
 from llmfoundry.utils.config_utils import EvalConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
+from tests.command_utils.tiny_models import save_tiny_llama
 from tests.eval.helpers import continuation_log_probs, tiny_mpt, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -278,20 +278,8 @@ models:
 def test_model_name_or_path_override_sets_the_variable(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=512,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path / "llama"
-    llama = LlamaForCausalLM(config).eval()
-    llama.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    folder = save_tiny_llama(tmp_path / "llama", tokenizer)
+    llama = LlamaForCausalLM.from_pretrained(folder).eval()
     uri = write_jsonl(tmp_path / "mc.jsonl", MC_ROWS)
     yaml_path = tmp_path / "hf_eval.yaml"
     yaml_path.write_text(HF_EVAL.format(tasks=_icl_tasks(uri)))
