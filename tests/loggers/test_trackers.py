@@ -6,6 +6,7 @@ import importlib.util
 import json
 import re
 import struct
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,13 @@ def test_wandb_offline_run_holds_losses(tmp_path: Path, monkeypatch: pytest.Monk
     reference = fit_with({"wandb": {"project": "tiny", "tags": ["test"]}})
 
     (run_file,) = (tmp_path / "wandb").glob("offline-run-*/run-*.wandb")
+    # wandb's service process writes the file; on a loaded machine the last records can land
+    # a moment after the run is closed, so wait (bounded) for the history to appear.
+    deadline = time.monotonic() + 60
     history = wandb_history(run_file)
+    while not any(TRAIN_LOSS in row for row in history) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        history = wandb_history(run_file)
     losses = {row["_step"]: row[TRAIN_LOSS] for row in history if TRAIN_LOSS in row}
     assert losses == pytest.approx(logged(reference, TRAIN_LOSS))
     evals = {row["_step"]: row[EVAL_METRIC] for row in history if EVAL_METRIC in row}
