@@ -62,6 +62,43 @@ class Registry(Generic[T]):
         """Every entry, built-in and from entry points, by name."""
         return dict(self._catalogue.get_all())
 
+    # LLM Foundry's spellings of the same operations (plug-ins call these).
+    @property
+    def namespace(self) -> tuple[str, str]:
+        """``("llmfoundry", name)``: the catalogue namespace of this registry."""
+        return ("llmfoundry", self.name)
+
+    @property
+    def entry_point_group(self) -> str:
+        """The Python entry-point group plug-ins use to add entries: ``llmfoundry_<name>``."""
+        return f"llmfoundry_{self.name}"
+
+    def __call__(self, name: str, func: T | None = None) -> Any:
+        """Same as :meth:`register`."""
+        return self.register(name, func)
+
+    def register_class(self, name: str, *, func: T) -> T:
+        """Register the class ``func`` under ``name`` and return it."""
+        self.register(name, func)
+        return func
+
+    def get_entry_point(self, name: str, default: T | None = None) -> T | None:
+        """The entry named ``name`` that comes from an installed entry point, else ``default``."""
+        return self._catalogue.get_entry_point(name, default)
+
+    def get_entry_points(self) -> dict[str, T]:
+        """Every entry that comes from an installed entry point, by name."""
+        return dict(self._catalogue.get_entry_points())
+
+    def find(self, name: str) -> dict[str, Any]:
+        """Where the entry ``name`` is defined: ``module``, ``file``, ``line_no``, ``docstring``.
+
+        Raises:
+            ConfigError: if there is no such entry.
+        """
+        self.get(name)  # the did-you-mean error for an unknown name
+        return dict(self._catalogue.find(name))
+
 
 loggers: Registry[Callable[..., Any]] = Registry(
     "loggers", "Composer LoggerDestination classes or factories: (**kwargs) -> LoggerDestination."
@@ -105,6 +142,32 @@ config_transforms: Registry[Callable[..., Any]] = Registry(
     "config_transforms",
     "Functions applied to the raw run config before validation: (dict) -> dict.",
 )
+dataset_replication_validators: Registry[Callable[..., Any]] = Registry(
+    "dataset_replication_validators",
+    "Replication checks: (loader_section: dict, tokenizer, device_batch_size) -> "
+    "(replication_factor, dataset_batch_size).",
+)
+collators: Registry[Callable[..., Any]] = Registry(
+    "collators",
+    "Collate-function builders: (loader_section: dict, tokenizer, dataset_batch_size) -> "
+    "(collate_fn, dataloader_batch_size).",
+)
+data_specs: Registry[Callable[..., Any]] = Registry(
+    "data_specs",
+    "DataSpec builders: (dataloader, dataset_section: dict) -> composer DataSpec.",
+)
+load_planners: Registry[Callable[..., Any]] = Registry(
+    "load_planners",
+    "torch.distributed.checkpoint LoadPlanner classes: (**kwargs) -> LoadPlanner.",
+)
+save_planners: Registry[Callable[..., Any]] = Registry(
+    "save_planners",
+    "torch.distributed.checkpoint SavePlanner classes: (**kwargs) -> SavePlanner.",
+)
+tp_strategies: Registry[Callable[..., Any]] = Registry(
+    "tp_strategies",
+    "Tensor-parallel layer plans: (model: ComposerModel) -> dict[str, ParallelStyle].",
+)
 
 ALL_REGISTRIES: dict[str, Registry[Any]] = {
     r.name: r
@@ -121,5 +184,20 @@ ALL_REGISTRIES: dict[str, Registry[Any]] = {
         metrics,
         icl_datasets,
         config_transforms,
+        dataset_replication_validators,
+        collators,
+        data_specs,
+        load_planners,
+        save_planners,
+        tp_strategies,
     )
 }
+"""Every registry that is not a layer registry, by name (``llmfoundry.layers_registry`` has those)."""
+
+
+
+def all_registries() -> dict[str, Registry[Any]]:
+    """Every registry by name, the layer registries of ``llmfoundry.layers_registry`` included."""
+    from llmfoundry.layers_registry import LAYER_REGISTRIES
+
+    return {**ALL_REGISTRIES, **{r.name: r for r in LAYER_REGISTRIES}}

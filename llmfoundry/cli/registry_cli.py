@@ -14,15 +14,16 @@ def list_registries(
     name: str | None = typer.Argument(None, help="A registry (e.g. optimizers); omit to list all."),
 ) -> None:
     """Print each registry with its entries, or the entries of one registry."""
-    from llmfoundry.registry import ALL_REGISTRIES
+    from llmfoundry.registry import all_registries
     from llmfoundry.utils.exceptions import did_you_mean
 
-    if name is not None and name not in ALL_REGISTRIES:
+    registries = all_registries()
+    if name is not None and name not in registries:
         typer.echo(
-            f"error: no registry named '{name}'{did_you_mean(name, ALL_REGISTRIES)}", err=True
+            f"error: no registry named '{name}'{did_you_mean(name, registries)}", err=True
         )
         raise typer.Exit(code=2)
-    selected = {name: ALL_REGISTRIES[name]} if name else ALL_REGISTRIES
+    selected = {name: registries[name]} if name else registries
     for reg_name, reg in selected.items():
         entries = sorted(reg.get_all())
         typer.echo(f"{reg_name}: {reg.description}")
