@@ -6,7 +6,10 @@ schedulers, callbacks, loggers, algorithms) in ``llmfoundry.registry``.
 
 import logging
 
-import llmfoundry.eval  # noqa: F401  (registration: ICL metrics and task types)
+import llmfoundry.eval  # registration: ICL metrics and task types
+import llmfoundry.tokenizers  # registration: tokenizers
+import llmfoundry.tp  # registration: tp_strategies
+import llmfoundry.utils.config_transforms  # noqa: F401  (registration: config_transforms)
 from llmfoundry import algorithms, callbacks, data, loggers, metrics, models, optim  # noqa: F401  (registration)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -1,9 +1,12 @@
 """The registries of MPT's layers: what an MPT config's layer names (``norm_type``, ``ffn_type``, ...) can be.
 
 Built-in layers live in the standalone ``llmfoundry.models.mpt`` sources (which an exported
-model carries with it) and are registered here under the names MPT configs use. A plug-in
-package adds a layer through the entry-point group ``llmfoundry_<registry>`` (for example
-``llmfoundry_norms``); an MPT built afterwards from a config naming it contains that layer.
+model carries with it, with their own table of them: ``models/mpt/layer_table.py``) and are
+registered here under LLM Foundry's names when ``llmfoundry.models.mpt`` is imported. A layer
+registered here in code, or by a plug-in package through the entry-point group
+``llmfoundry_<registry>`` (for example ``llmfoundry_norms``), is found by an MPT built
+afterwards from a config naming it; the config then records in ``layer_sources`` which module
+and distribution provided it, and an export of the model says so in its config.json.
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from llmfoundry.registry import Registry
 
 norms: Registry[Callable[..., Any]] = Registry(
     "norms",
-    "Normalization layers: (normalized_shape: int, eps: float, device: str | None, bias: bool) "
-    "-> nn.Module; named by MPT's norm_type.",
+    "Normalization layers: (normalized_shape: int, eps: float, device: str | None) -> nn.Module, "
+    "as LLM Foundry calls them (without bias, a bias parameter is removed after); named by "
+    "MPT's norm_type.",
 )
 fcs: Registry[Callable[..., Any]] = Registry(
     "fcs",
@@ -26,7 +30,8 @@ fcs: Registry[Callable[..., Any]] = Registry(
 ffns: Registry[Callable[..., Any]] = Registry(
     "ffns",
     "Feed-forward blocks: (d_model: int, expansion_ratio: float, device: str | None, bias: bool, "
-    "**ffn_config) -> nn.Module; named by ffn_config.ffn_type.",
+    "fc_type: dict, **ffn_config options) -> nn.Module (forward: x -> x); named by "
+    "ffn_config.ffn_type.",
 )
 ffns_with_norm: Registry[Callable[..., Any]] = Registry(
     "ffns_with_norm",
@@ -39,23 +44,29 @@ ffns_with_megablocks: Registry[Callable[..., Any]] = Registry(
 )
 attention_classes: Registry[Callable[..., Any]] = Registry(
     "attention_classes",
-    "Attention modules: (config: MPTConfig, device: str | None, **kwargs) -> nn.Module; "
-    "named by attn_config.attn_type.",
+    "Attention modules: (config: MPTConfig, device: str | None, attn_config: dict) -> nn.Module, "
+    "attn_config being the layer's own (block_overrides applied); forward(x, inputs, "
+    "past_key_values, layer_idx, rotary, kv_x) -> Tensor as MPT's GroupedQueryAttention; named "
+    "by attn_config.attn_type.",
 )
 attention_implementations: Registry[Callable[..., Any]] = Registry(
     "attention_implementations",
-    "Attention kernels: (query, key, value, **kwargs) -> (output, weights, past_key_value); "
-    "named by attn_config.attn_impl.",
+    "Attention kernels, called as LLM Foundry calls them: (query (b, s, h*d), key, value "
+    "(b, s_k, kv*d), n_heads, kv_n_heads, past_key_value, softmax_scale, attn_bias, "
+    "key_padding_mask, is_causal, dropout_p, training, needs_weights, attn_logit_softcapping, "
+    "sliding_window_size) -> (output (b, s, h*d), weights, past_key_value); named by "
+    "attn_config.attn_impl.",
 )
 param_init_fns: Registry[Callable[..., Any]] = Registry(
     "param_init_fns",
-    "Whole-model weight initializers: (module: nn.Module, **init_config) -> None; "
-    "named by init_config.name.",
+    "Weight initializers: (module: nn.Module, n_layers: int, d_model: int, **init_config) -> "
+    "None, called on one module at a time; named by init_config.name.",
 )
 module_init_fns: Registry[Callable[..., Any]] = Registry(
     "module_init_fns",
-    "Per-module initializers tried in turn by the param init functions: "
-    "(module: nn.Module, init_fn, **kwargs) -> bool (True when the module was handled).",
+    "Per-module initializers tried in turn by the param init functions: (module: nn.Module, "
+    "init_fn_, d_model, init_div_is_residual, div_is_residual, emb_init_std, "
+    "emb_init_uniform_lim) -> bool (True when the module was handled).",
 )
 
 LAYER_REGISTRIES: tuple[Registry[Any], ...] = (

@@ -10,6 +10,12 @@ H100, H200, ...) it is looked up from the device name and precision; anywhere el
 unlisted accelerator) give it yourself, e.g. ``speed_monitor: {gpu_flops_available: 312.0e12}``,
 or MFU is not logged. ``memory_monitor`` is our ``MemoryMonitor``: Composer's CUDA statistics
 on GPU, the process's resident memory (``memory/cpu_rss_mb``, ``memory/cpu_peak_rss_mb``) on CPU.
+
+LLM Foundry's other names work too: ``fdiff_metrics``, ``global_lr_scaling``,
+``layer_freezing``, ``mono_checkpoint_saver``, ``loss_perp_v_len``, ``load_checkpoint`` and
+(with the run config) ``dataset_swap``. ``async_eval`` needs the MosaicML platform and is
+refused when built, naming the alternatives; ``mbmoe_tok_per_expert`` (MegaBlocks MoE) is not
+provided here.
 """
 
 from composer.callbacks import (
@@ -26,14 +32,21 @@ from composer.callbacks import (
 )
 
 from llmfoundry import registry
+from llmfoundry.callbacks.async_eval import AsyncEval
 from llmfoundry.callbacks.curriculum_learning import CurriculumLearning
+from llmfoundry.callbacks.dataset_swap import DatasetSwap
 from llmfoundry.callbacks.env_logging import EnvironmentLoggingCallback
 from llmfoundry.callbacks.eval_gauntlet_callback import EvalGauntlet
 from llmfoundry.callbacks.eval_output_logging import EvalOutputLogging
+from llmfoundry.callbacks.fdiff import FDiffMetrics
 from llmfoundry.callbacks.generate import Generate
 from llmfoundry.callbacks.hf_checkpointer import HuggingFaceCheckpointer
 from llmfoundry.callbacks.kill_loss_spike import KillLossSpike
+from llmfoundry.callbacks.load_checkpoint import LoadCheckpoint
+from llmfoundry.callbacks.loss_perp_v_len import LossPerpVsContextLengthLogger
 from llmfoundry.callbacks.memory_monitor import MemoryMonitor
+from llmfoundry.callbacks.monolithic_checkpoint import MonolithicCheckpointSaver
+from llmfoundry.callbacks.resumption import GlobalLRScaling, LayerFreezing
 from llmfoundry.callbacks.run_timeout import RunTimeout
 from llmfoundry.callbacks.scheduled_gc import ScheduledGarbageCollector
 
@@ -57,7 +70,43 @@ for _name, _cls in {
     "eval_output_logging": EvalOutputLogging,
     "eval_gauntlet": EvalGauntlet,
     "hf_checkpointer": HuggingFaceCheckpointer,
+    "fdiff_metrics": FDiffMetrics,
+    "global_lr_scaling": GlobalLRScaling,
+    "layer_freezing": LayerFreezing,
+    "mono_checkpoint_saver": MonolithicCheckpointSaver,
+    "loss_perp_v_len": LossPerpVsContextLengthLogger,
+    "load_checkpoint": LoadCheckpoint,
 }.items():
     registry.callbacks.register(_name, func=_cls)
 
-registry.callbacks_with_config.register("curriculum_learning", func=CurriculumLearning)
+for _name, _cls in {
+    "async_eval": AsyncEval,
+    "curriculum_learning": CurriculumLearning,
+    "dataset_swap": DatasetSwap,
+}.items():
+    registry.callbacks_with_config.register(_name, func=_cls)
+
+# LLM Foundry's class name for run_timeout's callback.
+RunTimeoutCallback = RunTimeout
+
+__all__ = [
+    "AsyncEval",
+    "CurriculumLearning",
+    "DatasetSwap",
+    "EnvironmentLoggingCallback",
+    "EvalGauntlet",
+    "EvalOutputLogging",
+    "FDiffMetrics",
+    "Generate",
+    "GlobalLRScaling",
+    "HuggingFaceCheckpointer",
+    "KillLossSpike",
+    "LayerFreezing",
+    "LoadCheckpoint",
+    "LossPerpVsContextLengthLogger",
+    "MemoryMonitor",
+    "MonolithicCheckpointSaver",
+    "RunTimeout",
+    "RunTimeoutCallback",
+    "ScheduledGarbageCollector",
+]

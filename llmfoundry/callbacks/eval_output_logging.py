@@ -7,7 +7,12 @@ For a language-modeling eval batch (``eval_loader`` → evaluator ``eval``, ``ev
   ``log_tokenized: true``, ``input_ids``: the token ids instead);
 * ``loss``: the mean next-token cross-entropy over the sample's scored labels (not -100),
   computed from the logits of the eval step itself (the model is not run again);
-* ``label_tokens``: how many labels were scored.
+* ``label_tokens``: how many labels were scored;
+* ``outputs`` (LLM Foundry's ``log_output_text``; by default whenever the model has a
+  tokenizer): the model's most likely token at each scored position, decoded, i.e. what it
+  predicted where the labels were;
+* with LLM Foundry's ``log_tokens: true`` also ``input_tokens`` (the input's token ids,
+  padding left out) and ``output_tokens`` (the predicted ids behind ``outputs``).
 
 Weighting each row's ``loss`` by its ``label_tokens`` gives back the evaluator's
 ``LanguageCrossEntropy``. Rows of every rank are gathered, and global rank 0 logs
@@ -118,6 +123,29 @@ def _unwrapped(state: State) -> Any:
     return state.model.module if state.is_model_ddp else state.model
 
 
+def _tokenizer_of(state: State) -> PreTrainedTokenizerBase | None:
+    return cast(PreTrainedTokenizerBase | None, getattr(_unwrapped(state), "tokenizer", None))
+
+
+def _unpadded_ids(batch: Mapping[str, Any]) -> list[list[int]]:
+    """Each sample's input ids without the padding (where ``attention_mask`` is 0)."""
+    input_ids = cast(torch.Tensor, batch["input_ids"]).cpu()
+    mask = batch.get("attention_mask")
+    keep = (
+        cast(torch.Tensor, mask).cpu().bool()
+        if mask is not None
+        else torch.ones_like(input_ids, dtype=torch.bool)
+    )
+    return [row[row_keep].tolist() for row, row_keep in zip(input_ids, keep, strict=True)]
+
+
+def _predictions(logits: torch.Tensor, targets: torch.Tensor) -> list[list[int]]:
+    """Per sample, the most likely token at each position whose target is scored (not -100)."""
+    predicted = logits.argmax(dim=-1).cpu()
+    scored = (targets != IGNORE_INDEX).cpu()
+    return [row[keep].tolist() for row, keep in zip(predicted, scored, strict=True)]
+
+
 def _logits_of(outputs: Any) -> torch.Tensor | None:
     """The logits in what ``eval_forward`` returned: the tensor itself or its ``logits``."""
     if isinstance(outputs, torch.Tensor):
@@ -153,23 +181,41 @@ class EvalOutputLogging(Callback):
             decoded text (column ``input``).
         subset_sample: keep this many rows per evaluator, picked at random with a fixed seed
             (the same picks at every evaluation); -1 keeps all.
+        log_tokens: also log token ids: the input's (``input_tokens``) and the predicted
+            ones (``output_tokens``).
+        log_output_text: log the predictions as text (``outputs``): True, False, or None
+            (default) for whenever the model has a tokenizer.
 
     Raises:
-        ConfigError: if ``subset_sample`` is neither -1 nor positive.
+        ConfigError: if ``subset_sample`` is neither -1 nor positive; when evaluation starts,
+            if ``log_output_text`` is true and the model has no tokenizer.
     """
 
-    def __init__(self, log_tokenized: bool = False, subset_sample: int = -1) -> None:
+    def __init__(
+        self,
+        log_tokenized: bool = False,
+        subset_sample: int = -1,
+        log_tokens: bool = False,
+        log_output_text: bool | None = None,
+    ) -> None:
         if subset_sample != -1 and subset_sample < 1:
             raise ConfigError(
                 f"{KEY}.subset_sample={subset_sample} must be -1 (every row) or a positive count"
             )
         self.log_tokenized = log_tokenized
         self.subset_sample = subset_sample
+        self.log_tokens = log_tokens
+        self.log_output_text = log_output_text
         self._rows: dict[str, list[Row]] = {}
         self._warned: set[str] = set()
 
     def eval_start(self, state: State, logger: Logger) -> None:
         del logger
+        if self.log_output_text and _tokenizer_of(state) is None:
+            raise ConfigError(
+                f"{KEY}.log_output_text is true, but the model has no tokenizer to decode its "
+                "outputs with; give the model a tokenizer or leave log_output_text out"
+            )
         self._rows[self._label(state)] = []
 
     def eval_after_forward(self, state: State, logger: Logger) -> None:
@@ -209,15 +255,25 @@ class EvalOutputLogging(Callback):
             return []
         targets = _targets_of(_unwrapped(state), batch, logits)
         losses, counts = per_sample_losses(logits, targets)
-        inputs = self._inputs(state, batch)
-        return [
-            {
-                inputs[0]: value,
-                "loss": float(loss),
-                "label_tokens": int(count),
-            }
-            for value, loss, count in zip(inputs[1], losses.tolist(), counts.tolist(), strict=True)
+        column, inputs = self._inputs(state, batch)
+        rows: list[Row] = [
+            {column: value, "loss": float(loss), "label_tokens": int(count)}
+            for value, loss, count in zip(inputs, losses.tolist(), counts.tolist(), strict=True)
         ]
+        tokenizer = _tokenizer_of(state)
+        with_text = self.log_output_text is not False and tokenizer is not None
+        if with_text or self.log_tokens:
+            predicted = _predictions(logits, targets)
+            for row, ids in zip(rows, predicted, strict=True):
+                if with_text:
+                    assert tokenizer is not None
+                    row["outputs"] = tokenizer.decode(ids, skip_special_tokens=False)
+                if self.log_tokens:
+                    row["output_tokens"] = ids
+        if self.log_tokens:
+            for row, ids in zip(rows, _unpadded_ids(batch), strict=True):
+                row["input_tokens"] = ids
+        return rows
 
     def rows_at_batch_end(self, state: State) -> list[Row]:
         """Rows built after the metric update (``state.metric_outputs``); none yet.
@@ -229,17 +285,8 @@ class EvalOutputLogging(Callback):
 
     def _inputs(self, state: State, batch: Mapping[str, Any]) -> tuple[str, list[Any]]:
         """The input column's name and, per sample, its unpadded token ids or decoded text."""
-        input_ids = cast(torch.Tensor, batch["input_ids"]).cpu()
-        mask = batch.get("attention_mask")
-        keep = (
-            cast(torch.Tensor, mask).cpu().bool()
-            if mask is not None
-            else torch.ones_like(input_ids, dtype=torch.bool)
-        )
-        ids = [row[row_keep].tolist() for row, row_keep in zip(input_ids, keep, strict=True)]
-        tokenizer = cast(
-            PreTrainedTokenizerBase | None, getattr(_unwrapped(state), "tokenizer", None)
-        )
+        ids = _unpadded_ids(batch)
+        tokenizer = _tokenizer_of(state)
         if self.log_tokenized or tokenizer is None:
             if tokenizer is None and not self.log_tokenized:
                 self._warn_once(state, "the model has no tokenizer: logging token ids")

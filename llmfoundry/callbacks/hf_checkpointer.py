@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -32,7 +32,20 @@ from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llmfoundry.models.hf.export import copy_with_weights, dtype_of_precision, write_mpt_folder
+from llmfoundry.callbacks.hf_checkpointer_options import (
+    check_flat_imports,
+    check_mlflow_installed,
+    parse_flatten_imports,
+    parse_registration,
+    register_folder,
+    run_with_deadline,
+)
+from llmfoundry.models.hf.export import (
+    copy_with_weights,
+    dtype_of_precision,
+    save_tokenizer,
+    write_mpt_folder,
+)
 from llmfoundry.models.mpt import MPTForCausalLM
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.file_utils import atomic_directory
@@ -42,8 +55,6 @@ log = logging.getLogger(__name__)
 
 KEY = "callbacks.hf_checkpointer"
 HF_SUBFOLDER = "huggingface"
-# The MLflow artifact path the final folder is logged under before it is registered.
-MLFLOW_ARTIFACT_PATH = "huggingface_model"
 
 
 def parse_save_interval(save_interval: str | int | Time) -> Time:
@@ -145,7 +156,7 @@ def write_hf_folder(
             f"{type(hf_model).__name__}; use an mpt_causal_lm or hf_causal_lm model"
         )
     if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
+        save_tokenizer(tokenizer, folder)
 
 
 class HuggingFaceCheckpointer(Callback):
@@ -169,10 +180,21 @@ class HuggingFaceCheckpointer(Callback):
         overwrite: replace a folder of the same name; if False, finding one is an error.
         mlflow_registered_model_name: also log the final folder to the run's MLflow logger and
             register it in MLflow's model registry under this name.
+        mlflow_logging_config: ``task``, ``metadata`` and ``input_example`` of the registered
+            model (see :mod:`~llmfoundry.callbacks.hf_checkpointer_options`).
+        flatten_imports: packages the exported model code must not import (LLM Foundry
+            copies them into the export; ours imports none, which the export checks).
+        final_register_only: at the end of training only register the model; write no folder
+            to ``save_folder`` then (unless registering fails). Needs
+            ``mlflow_registered_model_name``; without it a warning says it is ignored.
+        register_wait_seconds: the longest the end of training waits for the registration.
 
     Raises:
-        ConfigError: on an unknown precision or unparsable save_interval; at the start of
-            training, with ``mlflow_registered_model_name`` but no ``mlflow`` logger.
+        ConfigError: on an unknown precision, unparsable save_interval or a bad value of the
+            options above; at the start of training, with ``mlflow_registered_model_name`` but
+            no ``mlflow`` logger.
+        MissingDependencyError: at the start of training, with
+            ``mlflow_registered_model_name`` but mlflow not installed.
     """
 
     def __init__(
@@ -183,6 +205,10 @@ class HuggingFaceCheckpointer(Callback):
         precision: str = "float32",
         overwrite: bool = True,
         mlflow_registered_model_name: str | None = None,
+        mlflow_logging_config: dict[str, Any] | None = None,
+        flatten_imports: Sequence[str] = ("llmfoundry",),
+        final_register_only: bool = False,
+        register_wait_seconds: int = 7200,
     ) -> None:
         self.dtype = dtype_of_precision(precision, f"{KEY}.precision")
         self.save_interval = parse_save_interval(save_interval)
@@ -190,12 +216,25 @@ class HuggingFaceCheckpointer(Callback):
         self.huggingface_folder_name = huggingface_folder_name
         self.overwrite = overwrite
         self.mlflow_registered_model_name = mlflow_registered_model_name
+        self.registration = parse_registration(
+            mlflow_registered_model_name, mlflow_logging_config, register_wait_seconds
+        )
+        self.flatten_imports = parse_flatten_imports(flatten_imports)
+        if final_register_only and self.registration is None:
+            log.warning(
+                "%s.final_register_only needs mlflow_registered_model_name; ignoring it and "
+                "writing the final folder to %s",
+                KEY,
+                save_folder,
+            )
+        self.final_register_only = final_register_only and self.registration is not None
         self._is_due: Callable[[State, Event], bool] = create_interval_scheduler(
             self.save_interval, include_end_of_training=False
         )
         self._mlflow_logger: MLFlowLogger | None = None
         self._last_saved_batch: int | None = None
         self._registered = False
+        self._registration_failed = False
         # The folder written last (local path or URI), for callers and tests.
         self.last_saved: str | None = None
 
@@ -203,6 +242,7 @@ class HuggingFaceCheckpointer(Callback):
         del state
         if self.mlflow_registered_model_name is None:
             return
+        check_mlflow_installed()
         mlflow_loggers = [d for d in logger.destinations if isinstance(d, MLFlowLogger)]
         if not mlflow_loggers:
             raise ConfigError(
@@ -225,7 +265,8 @@ class HuggingFaceCheckpointer(Callback):
         del logger
         # Every rank sees the same timestamp and flags, so all agree whether this save happens.
         saved_now = self._last_saved_batch == int(state.timestamp.batch)
-        if not saved_now or (self._mlflow_logger is not None and not self._registered):
+        unregistered = self._mlflow_logger is not None and not self._registered
+        if not saved_now or (unregistered and not self._registration_failed):
             self._save(state, final=True)
 
     def _save(self, state: State, final: bool) -> None:
@@ -266,6 +307,10 @@ class HuggingFaceCheckpointer(Callback):
         hf_model = unwrap_model(composer_model.model)
         tokenizer = cast(PreTrainedTokenizerBase | None, composer_model.tokenizer)
         weights = _strip_prefix(state_dict, "model.")
+        if final and self.final_register_only:
+            if self._register_only(hf_model, weights, tokenizer):
+                return
+            final = False  # registering failed (logged): keep the weights in save_folder
         log.info("%s: writing %s", KEY, destination)
         if is_remote(destination):
             self._write_remote(hf_model, weights, tokenizer, destination, final)
@@ -287,7 +332,7 @@ class HuggingFaceCheckpointer(Callback):
                 "another save_folder"
             )
         with atomic_directory(destination) as staging:
-            write_hf_folder(hf_model, weights, tokenizer, staging, self.dtype)
+            self._write_folder(hf_model, weights, tokenizer, staging)
         if final:
             self._register_with_mlflow(destination)
 
@@ -307,7 +352,7 @@ class HuggingFaceCheckpointer(Callback):
                     f"{KEY}: '{destination}' already holds files; set {KEY}.overwrite: true or "
                     "choose another save_folder"
                 )
-            write_hf_folder(hf_model, weights, tokenizer, Path(staging), self.dtype)
+            self._write_folder(hf_model, weights, tokenizer, Path(staging))
             # config.json last: a loader finds no config until every weight file is there.
             remote.upload_local_files(last=lambda name: (name == "config.json",))
             written = {p.relative_to(staging).as_posix() for p in Path(staging).rglob("*")}
@@ -315,25 +360,57 @@ class HuggingFaceCheckpointer(Callback):
             if final:
                 self._register_with_mlflow(Path(staging))
 
+    def _write_folder(
+        self,
+        hf_model: torch.nn.Module,
+        weights: dict[str, torch.Tensor],
+        tokenizer: PreTrainedTokenizerBase | None,
+        folder: Path,
+    ) -> None:
+        """Write the Hugging Face folder and check its code against ``flatten_imports``."""
+        write_hf_folder(hf_model, weights, tokenizer, folder, self.dtype)
+        check_flat_imports(folder, self.flatten_imports)
+
+    def _register_only(
+        self,
+        hf_model: torch.nn.Module,
+        weights: dict[str, torch.Tensor],
+        tokenizer: PreTrainedTokenizerBase | None,
+    ) -> bool:
+        """``final_register_only``: register a folder written to a temporary place.
+
+        Returns:
+            Whether it was registered; if not (the error is logged), the caller writes the
+            folder to ``save_folder`` instead, so that the final weights are kept.
+        """
+        with tempfile.TemporaryDirectory(prefix="hf_checkpointer-") as staging:
+            self._write_folder(hf_model, weights, tokenizer, Path(staging))
+            try:
+                self._register_with_mlflow(Path(staging))
+            except Exception as err:
+                log.error(
+                    "%s: registering the final model failed (%s: %s); writing it to save_folder",
+                    KEY,
+                    type(err).__name__,
+                    err,
+                )
+                self._registration_failed = True
+                return False
+        return True
+
     def _register_with_mlflow(self, folder: Path) -> None:
-        """Log ``folder`` as artifacts of the MLflow run and register them as a model version."""
-        if self._mlflow_logger is None or self.mlflow_registered_model_name is None:
+        """Log ``folder`` to the MLflow run and register it as a model version, waiting at most
+        ``register_wait_seconds``."""
+        registration = self.registration
+        if self._mlflow_logger is None or registration is None:
             return
         mlflow_logger: Any = self._mlflow_logger
-        client = mlflow_logger._mlflow_client
-        run_id = mlflow_logger._run_id
-        if run_id is None:  # the logger is disabled on this rank
+        if mlflow_logger._run_id is None:  # the logger is disabled on this rank
             log.warning("%s: the MLflow logger has no run; not registering the model", KEY)
             return
-        client.log_artifacts(run_id, str(folder), MLFLOW_ARTIFACT_PATH)
-        source = f"{client.get_run(run_id).info.artifact_uri}/{MLFLOW_ARTIFACT_PATH}"
-        name = self.mlflow_registered_model_name
-        from mlflow.exceptions import MlflowException
-
-        try:
-            client.get_registered_model(name)
-        except MlflowException:
-            client.create_registered_model(name)
-        version = client.create_model_version(name, source=source, run_id=run_id)
+        run_with_deadline(
+            lambda: register_folder(mlflow_logger, folder, registration),
+            registration.wait_seconds,
+            f"registering {registration.model_name} with MLflow",
+        )
         self._registered = True
-        log.info("%s: registered %s version %s from %s", KEY, name, version.version, source)

@@ -125,6 +125,10 @@ class ChatSession:
         autocast_dtype: run generation under ``torch.autocast`` in this dtype.
         output: where replies stream to (default: stdout).
         notices: where truncation and too-long notices go (default: stderr).
+        stop_tokens: more tokens that end a reply (LLM Foundry's ``--stop_tokens``: one string
+            split at spaces, or a list). A vocabulary entry (``<|im_end|>``, ``Ġreturn``) ends
+            generation as an EOS token does, and the reply is cut before its text; any other
+            string is a stop string (generation ends once the text holds it, cut before it).
 
     Raises:
         ConfigError: if ``max_new_tokens`` alone does not fit in ``max_seq_len``.
@@ -142,6 +146,7 @@ class ChatSession:
         autocast_dtype: str | None = None,
         output: TextIO | None = None,
         notices: TextIO | None = None,
+        stop_tokens: str | Sequence[str] | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -160,6 +165,13 @@ class ChatSession:
         self.notices = notices or sys.stderr
         self.turns: list[dict[str, str]] = []
         self._told_about_truncation = False
+        words = stop_tokens.split() if isinstance(stop_tokens, str) else list(stop_tokens or ())
+        vocab = tokenizer.get_vocab()
+        self.stop_token_ids = sorted({vocab[w] for w in words if w in vocab})
+        # A vocabulary entry (``Ġreturn``) ends the text where its decoded form (" return")
+        # starts; any other stop token is matched as text.
+        texts = (str(tokenizer.decode([vocab[w]])) if w in vocab else w for w in words)
+        self.stop_texts = [text for text in dict.fromkeys(texts) if text]
 
     def messages(self, next_user_message: str | None = None) -> list[dict[str, str]]:
         """The system prompt, the kept turns and, if given, the next user message."""
@@ -231,7 +243,10 @@ class ChatSession:
             self.generate_kwargs.get("eos_token_id"),
             self.generate_kwargs.get("pad_token_id"),
         )
-        stops = stop_strings(self.tokenizer)
+        if self.stop_token_ids:
+            eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+            eos = list(dict.fromkeys([*eos_ids, *self.stop_token_ids]))
+        stops = list(dict.fromkeys([*stop_strings(self.tokenizer), *self.stop_texts]))
         streamer = StopStringStreamer(self.tokenizer, self.output, stops)
         kwargs: dict[str, Any] = {
             **self.generate_kwargs,
@@ -308,9 +323,12 @@ def chat_from_pretrained(
     seed: int = 42,
     output: TextIO | None = None,
     notices: TextIO | None = None,
+    stop_tokens: str | Sequence[str] | None = None,
 ) -> ChatSession:
     """Load a model (as :func:`~llmfoundry.command_utils.generate.load_model_and_tokenizer`
-    does) and chat with it over ``lines``.
+    does) and chat with it over ``lines``. ``max_seq_len`` also sets the config's
+    ``max_seq_len`` where it has one (LLM Foundry's ``--max_seq_len``); ``stop_tokens`` are
+    those of :class:`ChatSession`.
 
     Returns:
         The session, with the turns it kept.
@@ -340,6 +358,7 @@ def chat_from_pretrained(
         use_auth_token=use_auth_token,
         attn_impl=attn_impl,
         adapter=adapter,
+        max_seq_len=max_seq_len,
     )
     torch.manual_seed(seed)
     session = ChatSession(
@@ -352,6 +371,7 @@ def chat_from_pretrained(
         autocast_dtype=autocast_dtype,
         output=output,
         notices=notices,
+        stop_tokens=stop_tokens,
     )
     run_chat(session, lines)
     return session

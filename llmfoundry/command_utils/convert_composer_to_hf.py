@@ -4,8 +4,8 @@
 What the checkpoint holds decides what is written:
 
 * an MPT (``mpt_causal_lm``): ``model.safetensors``, ``config.json`` whose ``auto_map`` points
-  at the bundled, self-contained MPT sources, and the tokenizer; it loads with
-  ``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)``;
+  at the bundled, self-contained MPT sources, and the tokenizer; ``AutoModelForCausalLM`` loads
+  it with ``trust_remote_code=True``, or without it once ``llmfoundry`` is imported;
 * any other Hugging Face causal LM (``hf_causal_lm``): the standard ``save_pretrained`` folder,
   which loads without remote code for an architecture transformers implements;
 * an ``hf_causal_lm`` trained with a LoRA adapter: the adapter folder
@@ -51,8 +51,10 @@ from llmfoundry.models.hf.export import (
     build_with_weights,
     dtype_of_precision,
     save_mpt_as_hf,
+    save_tokenizer,
     write_mpt_folder,
 )
+from llmfoundry.models.hf.loading import first_line
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
 from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError, UserError
@@ -89,11 +91,6 @@ FSDP_CLASS_PREFIX = "FSDP"
 # Checkpoint file names Composer writes (a remote path ending otherwise is taken as a folder).
 CHECKPOINT_FILE_SUFFIXES = (".pt", ".pt.tar", ".tar", ".pt.gz", ".pt.lz4", ".pt.zst")
 TEST_PROMPT = "Hello"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 # --- what the checkpoint holds ------------------------------------------------------------
@@ -324,7 +321,7 @@ def _cast(model: torch.nn.Module, dtype: torch.dtype) -> None:
 def _weights_mismatch(contents: CheckpointContents, err: BaseException) -> DatasetError:
     return DatasetError(
         f"the weights in '{contents.source}' do not fit the model config it records "
-        f"({_first_line(err)})"
+        f"({first_line(err)})"
     )
 
 
@@ -339,7 +336,7 @@ def _write_full_model(
         return
     model.save_pretrained(folder)
     if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
+        save_tokenizer(tokenizer, folder)
 
 
 def _build_full_model(contents: CheckpointContents, dtype: torch.dtype) -> PreTrainedModel:
@@ -391,7 +388,7 @@ def _assign_adapter_weights(
             raise _weights_mismatch(contents, err) from err
         raise DatasetError(
             f"the LoRA weights in '{contents.source}' do not fit the base model {base_source!r} "
-            f"({_first_line(err)}); pass --base_model with the model the adapter was trained on"
+            f"({first_line(err)}); pass --base_model with the model the adapter was trained on"
         ) from err
     if result.unexpected_keys:
         raise DatasetError(
@@ -450,7 +447,7 @@ def _load_base_model(
     except (OSError, ValueError) as err:
         raise MissingFileError(
             f"the LoRA base model '{name}' (from {origin}) could not be loaded "
-            f"({_first_line(err)}); pass --base_model with the base model's folder or Hub id"
+            f"({first_line(err)}); pass --base_model with the base model's folder or Hub id"
         ) from err
     return cast(PreTrainedModel, model), name
 
@@ -486,7 +483,7 @@ def _write_lora(
         # save_pretrained does (adapter name removed), next to adapter_config.json.
         model.save_pretrained(str(folder), state_dict=adapter)
         if contents.tokenizer is not None:
-            contents.tokenizer.save_pretrained(folder)
+            save_tokenizer(contents.tokenizer, folder)
         return
     if any(p.is_meta for n, p in model.named_parameters() if "lora_" not in n):
         raise DatasetError(f"'{contents.source}' lacks some of the base model's weights")
@@ -556,7 +553,7 @@ def upload_folder_to_hub(folder: Path, repo_id: str) -> None:
     except Exception as err:  # the Hub client raises network, HTTP and offline-mode errors
         raise ConfigError(
             f"--hf_repo_for_upload={repo_id!r}: could not upload to the Hugging Face Hub "
-            f"({type(err).__name__}: {_first_line(err)}); the converted folder is complete at "
+            f"({type(err).__name__}: {first_line(err)}); the converted folder is complete at "
             f"'{folder}'; check the network, HF_HUB_OFFLINE and your token (hf auth login or HF_TOKEN)"
         ) from err
     logger.info("uploaded %s to the Hugging Face Hub as %s", folder, repo_id)
@@ -574,7 +571,7 @@ def check_model_generates(
     Args:
         name_or_path: the folder or Hub repo id.
         is_adapter: it holds a LoRA adapter, loaded on the base its config names.
-        trust_remote_code: run the model code it ships (an MPT export needs it).
+        trust_remote_code: run the model code it ships (an MPT export does not need it).
         prompt: the text to continue.
         max_new_tokens: how many tokens to generate.
 
@@ -608,7 +605,7 @@ def check_model_generates(
         hint = "" if trust_remote_code else "; pass --trust_remote_code if it ships its own code"
         raise ConfigError(
             f"the converted model '{name_or_path}' could not be loaded and run "
-            f"({_first_line(err)}){hint}"
+            f"({first_line(err)}){hint}"
         ) from err
     text = tokenizer.decode(output[0], skip_special_tokens=True)
     logger.info("%s generates: %r", name_or_path, text)

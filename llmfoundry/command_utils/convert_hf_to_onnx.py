@@ -116,6 +116,69 @@ def verify_onnx(
     return float(np.abs(got - expected)[real].max())
 
 
+def _check_settings(name: str, dtype: str, export_format: str, export_batch_size: int) -> None:
+    """Raises ConfigError for a bad dtype, format or batch size, MissingFileError for a local
+    model folder that does not exist."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"--dtype={dtype!r}: choose one of {', '.join(DTYPES)}")
+    if export_format not in EXPORT_FORMATS:
+        raise ConfigError(
+            f"--export_format={export_format!r}: choose one of {', '.join(EXPORT_FORMATS)}"
+        )
+    if export_batch_size < 1:
+        raise ConfigError(f"--export_batch_size must be at least 1, got {export_batch_size}")
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+        raise MissingFileError(f"model folder '{name}' does not exist")
+
+
+def load_for_export(
+    name: str,
+    dtype: str,
+    trust_remote_code: bool,
+    from_pretrained_kwargs: Mapping[str, Any] | None,
+    revision: str | None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """The model (eval mode, in ``dtype``) and tokenizer, both at hub ``revision``.
+
+    Raises:
+        MissingFileError: if the model cannot be found (a local folder, a hub name or revision).
+    """
+    kwargs = dict(from_pretrained_kwargs or {})
+    if revision is not None:
+        kwargs["revision"] = revision
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name, trust_remote_code=trust_remote_code, dtype=DTYPES[dtype], **kwargs
+        ).eval()
+    except OSError as err:  # a missing revision or file: the Hub client's message says which
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        where = f" at revision {revision!r}" if revision is not None else ""
+        raise MissingFileError(f"'{name}'{where} could not be loaded: {first}") from err
+    tokenizer = build_tokenizer(name, {**kwargs, "trust_remote_code": trust_remote_code})
+    return model, tokenizer
+
+
+def _write_export_info(
+    folder: Path,
+    source: str,
+    revision: str | None,
+    dtype: str,
+    max_seq_len: int,
+    opset_version: int,
+) -> None:
+    """``onnx_export.json``: where the export came from and what its graph takes."""
+    info = {
+        "source": source,
+        "revision": revision,
+        "dtype": dtype,
+        "max_seq_len": max_seq_len,
+        "opset_version": opset_version,
+        "inputs": ["input_ids", "attention_mask"],
+        "outputs": ["logits"],
+    }
+    (folder / "onnx_export.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
 def convert_hf_to_onnx(
     pretrained_model_name_or_path: str,
     output_folder: str,
@@ -127,6 +190,7 @@ def convert_hf_to_onnx(
     from_pretrained_kwargs: Mapping[str, Any] | None = None,
     verify_export: bool = True,
     opset_version: int = 18,
+    revision: str | None = None,
 ) -> OnnxExport:
     """Export a causal LM folder (or hub name) to ONNX, and check it with onnxruntime.
 
@@ -138,9 +202,11 @@ def convert_hf_to_onnx(
         dtype: ``fp32``, ``fp16`` or ``bf16`` weights and activations.
         export_format: ``onnx``.
         trust_remote_code: allow the folder's own model code (needed for MPT exports).
-        from_pretrained_kwargs: more ``from_pretrained`` keyword arguments.
+        from_pretrained_kwargs: more ``from_pretrained`` keyword arguments (for the model and
+            the tokenizer).
         verify_export: compare onnxruntime's logits with PyTorch's on another shape.
         opset_version: the ONNX opset.
+        revision: the hub revision (branch, tag or commit) of the model and tokenizer.
 
     Returns:
         The folder, the ``.onnx`` path and the largest logit difference found.
@@ -150,26 +216,9 @@ def convert_hf_to_onnx(
             or an export whose logits differ from PyTorch's beyond the dtype's tolerance.
         MissingFileError: if a local model folder does not exist.
     """
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype={dtype!r}: choose one of {', '.join(DTYPES)}")
-    if export_format not in EXPORT_FORMATS:
-        raise ConfigError(
-            f"--export_format={export_format!r}: choose one of {', '.join(EXPORT_FORMATS)}"
-        )
-    if export_batch_size < 1:
-        raise ConfigError(f"--export_batch_size must be at least 1, got {export_batch_size}")
-    source = Path(pretrained_model_name_or_path).expanduser()
-    if pretrained_model_name_or_path.startswith((".", "/", "~")) and not source.exists():
-        raise MissingFileError(f"model folder '{pretrained_model_name_or_path}' does not exist")
-    kwargs = dict(from_pretrained_kwargs or {})
-    model = AutoModelForCausalLM.from_pretrained(
-        pretrained_model_name_or_path,
-        trust_remote_code=trust_remote_code,
-        dtype=DTYPES[dtype],
-        **kwargs,
-    ).eval()
-    tokenizer = build_tokenizer(
-        pretrained_model_name_or_path, {"trust_remote_code": trust_remote_code}
+    _check_settings(pretrained_model_name_or_path, dtype, export_format, export_batch_size)
+    model, tokenizer = load_for_export(
+        pretrained_model_name_or_path, dtype, trust_remote_code, from_pretrained_kwargs, revision
     )
     limit = max_seq_len or context_length(model)
     if limit < 2:
@@ -208,19 +257,8 @@ def convert_hf_to_onnx(
             ) from err
         model.config.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / "onnx_export.json").write_text(
-            json.dumps(
-                {
-                    "source": pretrained_model_name_or_path,
-                    "dtype": dtype,
-                    "max_seq_len": limit,
-                    "opset_version": opset_version,
-                    "inputs": ["input_ids", "attention_mask"],
-                    "outputs": ["logits"],
-                },
-                indent=2,
-            )
-            + "\n"
+        _write_export_info(
+            staging, pretrained_model_name_or_path, revision, dtype, limit, opset_version
         )
         max_abs_diff = None
         if verify_export:

@@ -41,10 +41,9 @@ from llmfoundry.command_utils.eval_results import (
     render_tables,
     write_results,
 )
+from llmfoundry.command_utils.evaluators import build_evaluators, build_gauntlet
 from llmfoundry.command_utils.parallelism import build_parallelism_config
 from llmfoundry.command_utils.train import (
-    build_evaluators,
-    build_gauntlet,
     flatten,
     import_code_paths,
     runtime_precision,

@@ -19,6 +19,11 @@ LLM Foundry YAMLs describe FSDP with FSDP1's keys (``sharding_strategy``, ``mixe
 FSDP1 itself is used when ``FSDP_VERSION=1`` is set in the environment, on CUDA only (it has
 no CPU support). On a single CPU process FSDP brings nothing and is dropped with one warning,
 so a GPU YAML runs unchanged on a laptop.
+
+``tp_config: {strategy, tensor_parallel_degree}`` asks for tensor parallelism (inside FSDP): the
+layer plan comes from the ``tp_strategies`` registry entry named by ``strategy`` (``ffn``: see
+``llmfoundry.tp``), built for the run's model. With a single process it is dropped with a
+warning, as in LLM Foundry.
 """
 
 from __future__ import annotations
@@ -30,7 +35,11 @@ from dataclasses import fields
 from typing import Any
 
 from composer.utils.parallelism import FSDP2Config, FSDPConfig, TPConfig
+from torch import nn
+from torch.distributed.tensor.parallel.style import ParallelStyle
 
+import llmfoundry.tp  # noqa: F401  (registration: tp_strategies)
+from llmfoundry import registry
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.registry_utils import check_keys
 
@@ -120,6 +129,7 @@ def build_parallelism_config(
     device_name: str,
     world_size: int,
     local_world_size: int,
+    model: nn.Module | None = None,
 ) -> dict[str, Any] | None:
     """Composer's ``parallelism_config`` for a run (see the module docstring).
 
@@ -129,6 +139,7 @@ def build_parallelism_config(
         device_name: Composer's device name (``cpu``, ``gpu``).
         world_size: processes in the run.
         local_world_size: processes on this node.
+        model: the model a ``tp_config.strategy`` builds its layer plan for.
 
     Returns:
         ``{'fsdp': FSDP2Config | FSDPConfig, 'tp': TPConfig}`` entries, or None for none.
@@ -143,11 +154,18 @@ def build_parallelism_config(
         if fsdp is not None:
             parallelism["fsdp"] = fsdp
     if tp_config is not None:
-        if "fsdp" not in parallelism:
+        check_tp_config(tp_config)
+        if world_size == 1:
+            logger.warning(
+                "tp_config is ignored: tensor parallelism needs more than one process; launch "
+                "with `composer -n N`"
+            )
+        elif "fsdp" not in parallelism:
             raise ConfigError(
                 "tp_config needs fsdp_config too (Composer runs tensor parallelism inside FSDP)"
             )
-        parallelism["tp"] = build_tp(tp_config)
+        else:
+            parallelism["tp"] = build_tp(tp_config, model)
     return parallelism or None
 
 
@@ -212,11 +230,47 @@ def hybrid_mesh(device_name: str, world_size: int, local_world_size: int) -> Any
     )
 
 
-def build_tp(tp_config: Mapping[str, Any]) -> TPConfig:
-    """Composer's ``TPConfig`` from ``tp_config`` (``tensor_parallel_degree``, ``layer_plan``).
+TP_KEYS = sorted({f.name for f in fields(TPConfig)} - {"device_mesh"} | {"strategy"})
+
+
+def check_tp_config(tp_config: Mapping[str, Any]) -> None:
+    """Validate ``tp_config``'s keys and its ``strategy`` name.
 
     Raises:
-        ConfigError: naming an unknown key.
+        ConfigError: naming an unknown key or strategy.
     """
-    check_keys(tp_config, {f.name for f in fields(TPConfig)} - {"device_mesh"}, "tp_config")
-    return TPConfig(**dict(tp_config))
+    check_keys(tp_config, TP_KEYS, "tp_config")
+    if "strategy" in tp_config:
+        registry.tp_strategies.get(str(tp_config["strategy"]))
+
+
+def build_tp_strategies(name: str, model: nn.Module) -> dict[str, ParallelStyle]:
+    """The layer plan of the ``tp_strategies`` entry ``name`` for ``model``.
+
+    Raises:
+        ConfigError: on an unknown strategy name.
+    """
+    return registry.tp_strategies.get(name)(model=model)
+
+
+def build_tp(tp_config: Mapping[str, Any], model: nn.Module | None = None) -> TPConfig:
+    """Composer's ``TPConfig`` from ``tp_config`` (``strategy`` or ``layer_plan``,
+    ``tensor_parallel_degree``).
+
+    Raises:
+        ConfigError: naming an unknown key or strategy, or when neither ``strategy`` nor
+            ``layer_plan`` (or both) is given.
+    """
+    check_tp_config(tp_config)
+    options = dict(tp_config)
+    strategy = options.pop("strategy", None)
+    if (strategy is None) == ("layer_plan" not in options):
+        raise ConfigError(
+            "tp_config needs a strategy (a tp_strategies entry such as 'ffn') and "
+            "tensor_parallel_degree; give strategy or layer_plan, not both"
+        )
+    if strategy is not None:
+        if model is None:
+            raise ValueError("tp_config.strategy builds its layer plan for a model; pass model")
+        options["layer_plan"] = build_tp_strategies(str(strategy), model)
+    return TPConfig(**options)

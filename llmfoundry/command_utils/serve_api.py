@@ -29,6 +29,7 @@ from llmfoundry.command_utils.serve_batching import (
     RowResult,
     ServedModel,
 )
+from llmfoundry.command_utils.serve_logprobs import parse_logprobs
 from llmfoundry.utils.exceptions import UserError
 
 if TYPE_CHECKING:
@@ -299,6 +300,8 @@ class _Prepared:
     max_tokens: int
     sampling: SamplingRequest
     stops: list[str]
+    logprobs: int | None = None
+    echo: bool = False
 
 
 @dataclass
@@ -412,6 +415,8 @@ class _Endpoint:
                     group=group,
                     on_done=lambda result, i=index: deliver((i, result)),
                     on_text=(lambda text, i=index: deliver((i, text))) if stream else None,
+                    logprobs=prepared.logprobs,
+                    echo=prepared.echo,
                 )
             )
         try:
@@ -603,12 +608,19 @@ def build_app(config: ServeConfig, served: ServedModel, worker: GenerationWorker
     async def completions(request: Request) -> Any:
         ends = deadline()
         body = await read_body(request)
+        try:
+            top_n = parse_logprobs(body.pop("logprobs", None))
+        except ValueError as err:
+            raise _invalid("logprobs", str(err)) from err
         sampling = parse_sampling(body, COMPLETION_FIELDS, endpoint.name, "max_tokens")
+        if top_n is not None and sampling.stream:
+            raise _invalid("logprobs", "'logprobs' is not supported with 'stream': true")
         echo = _bool_field(body, "echo")
         prompts = parse_prompts(body, config.max_prompts_per_request)
         prepared = endpoint.prepare(
             prompts, sampling, DEFAULT_COMPLETION_MAX_TOKENS, "max_tokens", "prompt"
         )
+        prepared.logprobs, prepared.echo = top_n, echo
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
 
         def response(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -641,7 +653,7 @@ def build_app(config: ServeConfig, served: ServedModel, worker: GenerationWorker
             {
                 "index": index,
                 "text": (prompts[index] if echo else "") + result.text,
-                "logprobs": None,
+                "logprobs": result.logprobs,
                 "finish_reason": result.finish_reason,
             }
             for index, result in enumerate(results)

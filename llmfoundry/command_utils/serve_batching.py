@@ -29,6 +29,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from llmfoundry.command_utils.serve_logprobs import completion_logprobs, kept_completion_tokens
 from llmfoundry.utils.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -75,12 +76,17 @@ class RowResult:
         finish_reason: ``stop`` (end of text or a stop string) or ``length`` (``max_tokens``).
         completion_tokens: tokens the model generated for it.
         error: set (and the rest empty) when generation failed.
+        token_ids: the generated ids (EOS left out; a cut-off stop string's included).
+        logprobs: the choice's ``logprobs`` object when the row asked for one
+            (:mod:`~llmfoundry.command_utils.serve_logprobs`).
     """
 
     text: str = ""
     finish_reason: str = "length"
     completion_tokens: int = 0
     error: str | None = None
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: dict[str, Any] | None = None
 
 
 @dataclass
@@ -99,6 +105,9 @@ class GenerationRow:
         on_text: called from the worker thread with each new piece of text (streaming), or None.
         cancelled: set when the caller has gone (timed out, disconnected): a queued row is
             dropped and a running one stops at its next token.
+        logprobs: list this many alternatives per token in the result's ``logprobs`` (None:
+            no log-probabilities).
+        echo: the log-probabilities also cover the prompt's tokens.
     """
 
     prompt_ids: list[int]
@@ -111,6 +120,8 @@ class GenerationRow:
     on_done: Callable[[RowResult], None]
     on_text: Callable[[str], None] | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
+    logprobs: int | None = None
+    echo: bool = False
 
     @property
     def batch_key(self) -> Hashable:
@@ -201,6 +212,7 @@ class _BatchProgress(StoppingCriteria):
             text=text,
             finish_reason=reason,
             completion_tokens=len(progress.tokens) + extra_tokens,
+            token_ids=list(progress.tokens),
         )
 
     def finish_all(self) -> list[RowResult]:
@@ -410,6 +422,12 @@ class GenerationWorker:
             stopping_criteria=StoppingCriteriaList([progress]),
         )
         results = progress.finish_all()
+        for row, result in zip(batch, results, strict=True):
+            if row.logprobs is not None and result.error is None:
+                completion = kept_completion_tokens(tokenizer, result.token_ids, result.text)
+                result.logprobs = completion_logprobs(
+                    model, tokenizer, row.prompt_ids, completion, row.logprobs, row.echo
+                )
         tokens = sum(result.completion_tokens for result in results)
         elapsed = time.perf_counter() - start
         logger.debug(

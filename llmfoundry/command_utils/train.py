@@ -10,23 +10,24 @@ import dataclasses
 import importlib.util
 import logging
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from composer import Evaluator, Trainer
+from composer import Trainer
 from composer.core import Precision
 from composer.devices import Device
 from composer.loggers import LoggerDestination
 from composer.profiler import JSONTraceHandler, Profiler, cyclic_schedule
 from composer.utils import dist, get_device, reproducibility
 
-from llmfoundry.callbacks.eval_gauntlet_callback import EvalGauntlet
-from llmfoundry.command_utils.parallelism import build_parallelism_config
-from llmfoundry.eval import InContextLearningMetric, build_icl_evaluators
-from llmfoundry.eval.sources import resolve_config_file
+from llmfoundry.command_utils.evaluators import build_evaluators, build_gauntlet
+from llmfoundry.command_utils.parallelism import (
+    build_parallelism_config,
+    check_fsdp_config,
+    check_tp_config,
+)
 from llmfoundry.loggers.run_artifacts import RunArtifactsLogger, build_run_artifacts_logger
 from llmfoundry.utils.builders import (
     build_algorithms,
@@ -39,7 +40,8 @@ from llmfoundry.utils.builders import (
     build_scheduler,
     build_tokenizer_from_section,
 )
-from llmfoundry.utils.config_utils import EvalConfig, TrainConfig, load_config
+from llmfoundry.utils.config_transforms import batch_size_info
+from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.exceptions import (
     ConfigError,
     MissingDependencyError,
@@ -48,6 +50,7 @@ from llmfoundry.utils.exceptions import (
 )
 from llmfoundry.utils.object_store import is_remote
 from llmfoundry.utils.registry_utils import check_kwargs
+from llmfoundry.utils.user_code import import_code_paths
 
 logger = logging.getLogger(__name__)
 
@@ -124,50 +127,36 @@ def runtime_precision(precision: str, device: Device) -> str:
 
 
 def compute_batch_sizes(cfg: TrainConfig, world_size: int, device: Device) -> BatchSizes:
-    """Split ``global_train_batch_size`` over the processes (or take ``device_train_batch_size``).
+    """This process's batch sizes (the arithmetic is ``config_transforms.batch_size_info``).
+
+    A config loaded by ``load_config`` was already split by the ``update_batch_size_info``
+    transform for the run's number of processes (``n_gpus``); its ``device_train_batch_size``
+    is then derived, so with another ``world_size`` the split is redone from the global batch.
+    ``device_train_microbatch_size: auto`` needs a GPU; elsewhere the whole device batch is one
+    microbatch.
 
     Raises:
-        ConfigError: if neither is set, they disagree, or the global batch does not divide evenly.
+        ConfigError: if neither batch size is set, they disagree, or they do not divide evenly.
     """
-    global_batch, device_batch = cfg.global_train_batch_size, cfg.device_train_batch_size
-    if global_batch is None:
-        if device_batch is None:
-            raise ConfigError(
-                "set global_train_batch_size (split over the processes) or device_train_batch_size"
-            )
-        global_batch = device_batch * world_size
-    if global_batch % world_size != 0:
-        raise ConfigError(
-            f"global_train_batch_size={global_batch} must be divisible by the number of "
-            f"processes ({world_size})"
-        )
-    per_device = global_batch // world_size
-    if device_batch is not None and device_batch != per_device:
-        raise ConfigError(
-            f"device_train_batch_size={device_batch} disagrees with global_train_batch_size="
-            f"{global_batch} over {world_size} processes ({per_device} each); set only one"
-        )
-    micro = cfg.device_train_microbatch_size
-    if isinstance(micro, str) and micro != "auto":
-        raise ConfigError(
-            f"device_train_microbatch_size must be an integer or 'auto', got {micro!r}"
-        )
+    derived = cfg.n_gpus is not None and cfg.global_train_batch_size is not None
+    info = batch_size_info(
+        cfg.global_train_batch_size,
+        None if derived else cfg.device_train_batch_size,
+        cfg.device_train_microbatch_size,
+        world_size,
+    )
+    micro = info.device_train_microbatch_size
     if micro == "auto" and device.name != "gpu":
         # Composer's automatic microbatching searches for the largest batch that fits in GPU memory.
         logger.info(
             "device_train_microbatch_size=auto needs a GPU; using the full device batch (%d)",
-            per_device,
+            info.device_train_batch_size,
         )
-        micro = per_device
-    if isinstance(micro, int) and (micro <= 0 or per_device % micro != 0):
-        raise ConfigError(
-            f"device_train_microbatch_size={micro} must be a positive divisor of the device "
-            f"batch ({per_device})"
-        )
+        micro = info.device_train_batch_size
     return BatchSizes(
-        device_train_batch_size=per_device,
+        device_train_batch_size=info.device_train_batch_size,
         device_train_microbatch_size=micro,
-        device_eval_batch_size=cfg.device_eval_batch_size or per_device,
+        device_eval_batch_size=cfg.device_eval_batch_size or info.device_train_batch_size,
     )
 
 
@@ -182,28 +171,6 @@ def apply_cuda_env(cfg: TrainConfig) -> None:
         os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ",".join(allocator)
     if cfg.cuda_load_lazy:
         os.environ["CUDA_MODULE_LOADING"] = "LAZY"
-
-
-def import_code_paths(code_paths: Sequence[str] | None) -> None:
-    """Import each ``code_paths`` file (so that what it registers is available by name).
-
-    Raises:
-        MissingFileError: if a file does not exist.
-        ConfigError: if a file is not a Python file.
-    """
-    for index, path in enumerate(code_paths or ()):
-        file = Path(path)
-        if not file.is_file():
-            raise MissingFileError(f"code_paths[{index}]: '{path}' does not exist")
-        if file.suffix != ".py":
-            raise ConfigError(f"code_paths[{index}]: '{path}' is not a Python (.py) file")
-        name = f"llmfoundry_user_code.{file.stem}"
-        spec = importlib.util.spec_from_file_location(name, file)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-        logger.info("imported code_paths[%d]: %s", index, path)
 
 
 def run_name_of(cfg: TrainConfig) -> str | None:
@@ -304,80 +271,6 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
     return flat
 
 
-def build_evaluators(
-    cfg: TrainConfig | EvalConfig, tokenizer: Any, model: Any, device_eval_batch_size: int
-) -> list[Evaluator]:
-    """The evaluators of ``eval_loader`` (label ``eval``), of each ``eval_loaders`` entry, and of
-    ``icl_tasks`` (``icl_tasks_str``): one per task and shot count, at ``icl_seq_len`` (else
-    ``max_seq_len``) with ``device_eval_batch_size`` questions per batch. Shared by the train
-    and eval commands.
-
-    Raises:
-        ConfigError: if both are set, or an ``eval_loaders`` entry has no unique ``label``.
-    """
-    if cfg.eval_loader is not None and cfg.eval_loaders is not None:
-        raise ConfigError("set eval_loader or eval_loaders (a list with labels), not both")
-    sections: list[tuple[str, str, Mapping[str, Any]]] = []
-    listed, list_key = cfg.eval_loaders, "eval_loaders"
-    if isinstance(cfg.eval_loader, list):  # LLM Foundry also takes the list under eval_loader
-        listed, list_key = cfg.eval_loader, "eval_loader"
-    elif cfg.eval_loader is not None:
-        sections.append(("eval", "eval_loader", cfg.eval_loader))
-    for index, section in enumerate(listed or ()):
-        label = section.get("label")
-        if not isinstance(label, str) or not label:
-            raise ConfigError(f"{list_key}[{index}].label is missing; name each eval loader")
-        if any(f"eval/{label}" == existing for existing, _, _ in sections):
-            raise ConfigError(f"{list_key}[{index}].label '{label}' is used twice")
-        loader = {k: v for k, v in section.items() if k != "label"}
-        sections.append((f"eval/{label}", f"{list_key}[{index}]", loader))
-    # The in-context-learning metrics score only the ICL evaluators' batches.
-    metric_names = sorted(
-        name
-        for name, metric in model.get_metrics(is_train=False).items()
-        if not isinstance(metric, InContextLearningMetric)
-    )
-    evaluators = [
-        Evaluator(
-            label=label,
-            dataloader=build_dataloader(key, section, tokenizer, device_eval_batch_size),
-            metric_names=metric_names,
-        )
-        for label, key, section in sections
-    ]
-    icl_tasks = cfg.icl_tasks or cfg.icl_tasks_str
-    if icl_tasks:
-        icl_evaluators, _ = build_icl_evaluators(
-            icl_tasks,
-            tokenizer,
-            default_max_seq_len=getattr(cfg, "icl_seq_len", None) or cfg.max_seq_len,
-            default_batch_size=device_eval_batch_size,
-            icl_subset_num_batches=cfg.icl_subset_num_batches,
-            anchors=[Path(cfg.config_dir)] if cfg.config_dir else [],
-            allow_code_eval=cfg.allow_code_eval,
-        )
-        evaluators += icl_evaluators
-    return evaluators
-
-
-def build_gauntlet(cfg: TrainConfig | EvalConfig) -> list[EvalGauntlet]:
-    """The ``eval_gauntlet`` (a section or a YAML path) as a callback scoring each eval round.
-
-    Raises:
-        ConfigError: on a gauntlet without ``icl_tasks`` to score, or a bad gauntlet config.
-    """
-    gauntlet = cfg.eval_gauntlet or cfg.eval_gauntlet_str
-    if not gauntlet:
-        return []
-    if not (cfg.icl_tasks or cfg.icl_tasks_str):
-        raise ConfigError(
-            "eval_gauntlet scores icl_tasks benchmarks, but the run has no icl_tasks; add "
-            "icl_tasks (a list or a YAML path) or remove eval_gauntlet"
-        )
-    anchors = [Path(cfg.config_dir)] if cfg.config_dir else []
-    return [EvalGauntlet.from_config(resolve_config_file(gauntlet, anchors))]
-
-
 def build_trainer(
     cfg: TrainConfig,
     logged_config: dict[str, Any] | None = None,
@@ -402,18 +295,24 @@ def build_trainer(
     precision = runtime_precision(cfg.precision, device)
     dist.initialize_dist(device, timeout=cfg.dist_timeout)
     batch_sizes = compute_batch_sizes(cfg, dist.get_world_size(), device)
+    # Bad parallelism keys fail before the model is built; a tp strategy's plan needs the model.
+    if cfg.fsdp_config is not None:
+        check_fsdp_config(cfg.fsdp_config)
+    if cfg.tp_config is not None:
+        check_tp_config(cfg.tp_config)
+
+    tokenizer = build_tokenizer_from_section(cfg.tokenizer)
+    model = build_composer_model(cfg.model, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("model: %s with %.2fM parameters", cfg.model.get("name"), n_params / 1e6)
     parallelism = build_parallelism_config(
         cfg.fsdp_config,
         cfg.tp_config,
         device.name,
         dist.get_world_size(),
         dist.get_local_world_size(),
+        model=model,
     )
-
-    tokenizer = build_tokenizer_from_section(cfg.tokenizer)
-    model = build_composer_model(cfg.model, tokenizer)
-    n_params = sum(p.numel() for p in model.parameters())
-    logger.info("model: %s with %.2fM parameters", cfg.model.get("name"), n_params / 1e6)
 
     train_loader = build_dataloader(
         "train_loader", cfg.train_loader, tokenizer, batch_sizes.device_train_batch_size
@@ -427,6 +326,7 @@ def build_trainer(
         model=model,
         train_dataloader=train_loader,
         train_subset_num_batches=cfg.train_subset_num_batches,
+        spin_dataloaders=cfg.spin_dataloaders,
         eval_dataloader=evaluators or None,
         eval_interval=cfg.eval_interval,
         eval_subset_num_batches=cfg.eval_subset_num_batches,

@@ -27,6 +27,15 @@ from streaming.base.dataset import _ShardState  # pyright: ignore[reportPrivateU
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
+from llmfoundry.data.loader_registries import (
+    TEXT_COLLATOR,
+    build_collate_fn,
+    build_data_spec,
+    loader_config,
+    validate_replication,
+)
+from llmfoundry.data.text_collator import CausalLMCollator
+from llmfoundry.data.text_collator import count_tokens_in_batch as count_tokens_in_batch
 from llmfoundry.utils.exceptions import (
     ConfigError,
     DatasetError,
@@ -34,11 +43,10 @@ from llmfoundry.utils.exceptions import (
     UserError,
     did_you_mean,
 )
-from llmfoundry.utils.registry_utils import check_kwargs
+from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys, check_kwargs
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100  # label value that the cross-entropy loss skips
 TOKEN_ENCODING_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 CONVERT_HINT = "write it with scripts/data_prep/convert_text_to_mds.py or convert_dataset_json.py"
 BAD_SHARD_HINT = (
@@ -357,79 +365,6 @@ def check_index_available(local: str | None, split: str | None, remote: str | No
     raise DatasetError(f"no MDS index at '{index}'; {CONVERT_HINT}")
 
 
-class CausalLMCollator:
-    """Pad token-id samples on the right into a causal-LM batch.
-
-    Labels equal ``input_ids`` with ``-100`` at the padding; they are not shifted (the model
-    scores ``labels[t]`` against its prediction at ``t - 1``).
-
-    With ``eos_token_id`` (or ``bos_token_id``) the batch also gets ``sequence_id``: the index,
-    within its row, of the document each token belongs to in a sample of concatenated documents,
-    for models that keep attention within a document (``attn_uses_sequence_id``). An EOS token
-    ends its document; a BOS token starts a new one.
-
-    Args:
-        pad_token_id: the id put in padded positions.
-        eos_token_id: the id that separates concatenated documents, ending each one.
-        bos_token_id: the id that separates concatenated documents, starting each one.
-
-    Raises:
-        ConfigError: if both ``eos_token_id`` and ``bos_token_id`` are given.
-    """
-
-    def __init__(
-        self, pad_token_id: int, eos_token_id: int | None = None, bos_token_id: int | None = None
-    ) -> None:
-        if eos_token_id is not None and bos_token_id is not None:
-            raise ConfigError(
-                "set only one of dataset.eos_token_id and dataset.bos_token_id: it marks the "
-                "boundary between concatenated documents (for sequence_id)"
-            )
-        self.pad_token_id = pad_token_id
-        self.eos_token_id = eos_token_id
-        self.bos_token_id = bos_token_id
-
-    def __call__(self, samples: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Batch ``samples`` (1-D tensors of token ids) padded to the longest one.
-
-        Returns:
-            ``input_ids``, ``attention_mask`` (1 on real tokens) and ``labels``, each
-            ``(batch, longest)`` int64, and ``sequence_id`` when a separator id is set.
-        """
-        longest = max(len(sample) for sample in samples)
-        input_ids = torch.full((len(samples), longest), self.pad_token_id, dtype=torch.int64)
-        attention_mask = torch.zeros((len(samples), longest), dtype=torch.int64)
-        for row, sample in enumerate(samples):
-            input_ids[row, : len(sample)] = torch.as_tensor(sample, dtype=torch.int64)
-            attention_mask[row, : len(sample)] = 1
-        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        if self.bos_token_id is not None:
-            batch["sequence_id"] = torch.cumsum(input_ids == self.bos_token_id, dim=1)
-        elif self.eos_token_id is not None:
-            # Documents counted up to and including each token; an EOS belongs to the document
-            # it ends, so the count moves on one position later.
-            ends = torch.cumsum(input_ids == self.eos_token_id, dim=1)
-            batch["sequence_id"] = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], 1)
-        return batch
-
-
-def count_tokens_in_batch(batch: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    """Token counts of a batch, for Composer's token-based durations and logging.
-
-    Args:
-        batch: a batch from :class:`CausalLMCollator`.
-
-    Returns:
-        ``total``: non-padding tokens; ``loss_generating``: tokens with a label that is scored
-        (the first position of each row has no prediction before it, so it is not counted).
-    """
-    total = int(batch["attention_mask"].sum().item())
-    labels = batch["labels"]
-    scored = int((labels[:, 1:] != IGNORE_INDEX).sum().item())
-    return {"total": total, "loss_generating": scored}
-
-
 def build_streams(streams: Mapping[str, Mapping[str, Any]], section: str) -> list[Stream]:
     """Build the ``streams:`` mapping (``{name: {remote, local, split, proportion, ...}}``).
 
@@ -471,6 +406,12 @@ def pad_token_id_of(tokenizer: PreTrainedTokenizerBase | None) -> int:
     return pad_id
 
 
+def eos_token_id_of(tokenizer: PreTrainedTokenizerBase | None) -> int | None:
+    """The tokenizer's EOS id, or None (no tokenizer, or no single EOS id)."""
+    eos_id = tokenizer.eos_token_id if tokenizer is not None else None
+    return eos_id if isinstance(eos_id, int) else None
+
+
 def build_text_dataloader(
     tokenizer: PreTrainedTokenizerBase,
     device_batch_size: int,
@@ -486,11 +427,15 @@ def build_text_dataloader(
 ) -> DataSpec:
     """Build a ``text`` loader section: MDS samples padded into causal-LM batches.
 
+    The replication validator, the collate function (``text_collator``) and the ``DataSpec``
+    come from their registries (see :mod:`llmfoundry.data.loader_registries`).
+
     Args:
         tokenizer: the run's tokenizer (its pad id pads the batches).
         device_batch_size: samples per batch on this device.
         dataset: :class:`StreamingTextDataset`'s keyword arguments (``max_seq_len`` is required;
-            ``streams`` is a mapping of stream name to ``streaming.Stream`` keyword arguments).
+            ``streams`` is a mapping of stream name to ``streaming.Stream`` keyword arguments),
+            and ``seq_parallel_replication`` (for the replication validator).
         drop_last: drop the last incomplete batch.
         num_workers: data loader worker processes (0 loads in the main process).
         pin_memory: pin batches in page-locked memory.
@@ -508,39 +453,47 @@ def build_text_dataloader(
         ConfigError: naming an unknown or missing ``dataset`` key.
         DatasetError: if the data is missing.
     """
-    dataset_kwargs = dict(dataset)
-    check_kwargs(
-        StreamingTextDataset,
-        dataset_kwargs,
-        f"{section}.dataset",
-        reserved={"tokenizer", "batch_size"},
+    key = f"{section}.dataset"
+    dataset_cfg = dict(dataset)
+    dataset_keys = (accepted_kwargs(StreamingTextDataset) or set()) - {"tokenizer", "batch_size"}
+    check_keys(dataset_cfg, dataset_keys | {"seq_parallel_replication"}, key)
+    if "max_seq_len" not in dataset_cfg:
+        raise ConfigError(f"{key}.max_seq_len is missing; set the sample length in tokens")
+    replication, dataset_batch_size = validate_replication(
+        dataset_cfg, tokenizer, device_batch_size, key
     )
-    if "max_seq_len" not in dataset_kwargs:
-        raise ConfigError(
-            f"{section}.dataset.max_seq_len is missing; set the sample length in tokens"
-        )
+    dataset_kwargs = {k: v for k, v in dataset_cfg.items() if k in dataset_keys}
+    dataset_kwargs["replication"] = replication if replication > 1 else None
     if dataset_kwargs.get("streams") is not None:
-        dataset_kwargs["streams"] = build_streams(
-            dataset_kwargs["streams"], f"{section}.dataset.streams"
-        )
+        dataset_kwargs["streams"] = build_streams(dataset_kwargs["streams"], f"{key}.streams")
     text_dataset = StreamingTextDataset(
-        tokenizer=tokenizer, batch_size=device_batch_size, **dataset_kwargs
+        tokenizer=tokenizer, batch_size=dataset_batch_size, **dataset_kwargs
     )
-    collator = CausalLMCollator(
-        pad_token_id_of(tokenizer), text_dataset.eos_token_id, text_dataset.bos_token_id
+    worker_kwargs = worker_process_kwargs(num_workers, prefetch_factor, persistent_workers, section)
+    loader_cfg = loader_config(
+        "text",
+        dataset_cfg,
+        drop_last=drop_last,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        timeout=timeout,
+        **worker_kwargs,
+    )
+    collate_fn, loader_batch_size = build_collate_fn(
+        TEXT_COLLATOR, loader_cfg, tokenizer, dataset_batch_size, key
     )
     loader = DataLoader(
         text_dataset,
-        batch_size=device_batch_size,
-        collate_fn=collator,
+        batch_size=loader_batch_size,
+        collate_fn=collate_fn,
         drop_last=drop_last,
         num_workers=num_workers,
         # Pinning needs an accelerator; without one torch warns on every loader.
         pin_memory=pin_memory and torch.cuda.is_available(),
         timeout=timeout,
-        **worker_process_kwargs(num_workers, prefetch_factor, persistent_workers, section),
+        **worker_kwargs,
     )
-    return DataSpec(loader, get_num_tokens_in_batch=count_tokens_in_batch)
+    return build_data_spec(loader, dataset_cfg, key)
 
 
 def worker_process_kwargs(

@@ -5,12 +5,18 @@ fix Composer 0.32 against current ``wandb`` and bring back ``file``'s ``log_leve
 registered through :func:`requiring`, so a config naming one without the package fails when the
 logger is built, with one line naming the extra to install (``pip install
 'llm-foundry[loggers]'``) instead of Composer's multi-line import error mid-setup.
+
+``mosaicml`` is Composer's ``MosaicMLLogger``, which reports run metadata to the MosaicML
+platform. It only talks to the platform inside one of the platform's runs (``MOSAICML_PLATFORM``
+is ``true`` and ``RUN_NAME`` names the run); anywhere else it is built disabled and the run goes
+on without it, contacting nothing.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -19,8 +25,10 @@ from composer.loggers import (
     InMemoryLogger,
     LoggerDestination,
     MLFlowLogger,
+    MosaicMLLogger,
     TensorboardLogger,
 )
+from composer.loggers.mosaicml_logger import MOSAICML_PLATFORM_ENV_VAR
 
 from llmfoundry import registry
 from llmfoundry.loggers.file_logger import FileLogger
@@ -63,6 +71,15 @@ def requiring(
     return build
 
 
+@functools.wraps(MosaicMLLogger, updated=())
+def mosaicml_logger(*args: Any, **kwargs: Any) -> MosaicMLLogger:
+    """Composer's ``MosaicMLLogger``, disabled unless this process is a MosaicML platform run."""
+    logger = MosaicMLLogger(*args, **kwargs)
+    if os.environ.get(MOSAICML_PLATFORM_ENV_VAR, "false").lower() != "true":
+        logger._enabled = False  # Composer's own switch; it alone gates every platform call
+    return logger
+
+
 for _name, _entry in {
     "wandb": requiring(WandBLogger, "wandb", LOGGERS_EXTRA_HINT),
     # Composer's TensorboardLogger writes through torch.utils.tensorboard, which needs tensorboard.
@@ -73,6 +90,7 @@ for _name, _entry in {
     "comet_ml": requiring(CometMLLogger, "comet_ml", "pip install comet_ml"),
     "file": FileLogger,
     "run_artifacts": RunArtifactsLogger,
+    "mosaicml": mosaicml_logger,
 }.items():
     registry.loggers.register(_name, func=_entry)
 
@@ -81,5 +99,6 @@ __all__ = [
     "RunArtifactsLogger",
     "WandBLogger",
     "build_run_artifacts_logger",
+    "mosaicml_logger",
     "requiring",
 ]

@@ -22,6 +22,7 @@ from composer.optim import (
 from llmfoundry import registry
 from llmfoundry.optim.adaptive_lion import DecoupledAdaLRLion, DecoupledClipLion
 from llmfoundry.optim.lion import DecoupledLionW
+from llmfoundry.optim.no_op import NoOp
 from llmfoundry.optim.scheduler import InverseSquareRootWithWarmupScheduler
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "DecoupledClipLion",
     "DecoupledLionW",
     "InverseSquareRootWithWarmupScheduler",
+    "NoOp",
 ]
 
 for _name, _cls in {
@@ -40,6 +42,7 @@ for _name, _cls in {
     "decoupled_lionw": DecoupledLionW,
     "clip_lion": DecoupledClipLion,
     "adalr_lion": DecoupledAdaLRLion,
+    "no_op": NoOp,
 }.items():
     registry.optimizers.register(_name, func=_cls)
 
@@ -57,6 +60,8 @@ for _name, _cls in {
     "polynomial": PolynomialScheduler,
     "polynomial_with_warmup": PolynomialWithWarmupScheduler,
     "step": StepScheduler,
+    # LLM Foundry's name; inv_sqrt_tf is this project's earlier name for the same schedule.
+    "inv_sqrt_with_warmup": InverseSquareRootWithWarmupScheduler,
     "inv_sqrt_tf": InverseSquareRootWithWarmupScheduler,
 }.items():
     registry.schedulers.register(_name, func=_cls)

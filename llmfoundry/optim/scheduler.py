@@ -1,4 +1,5 @@
-"""Learning-rate schedules beyond Composer's own: the inverse square root (``inv_sqrt_tf``)."""
+"""Learning-rate schedules beyond Composer's own: the inverse square root (``inv_sqrt_with_warmup``,
+also registered as ``inv_sqrt_tf``)."""
 
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ class InverseSquareRootWithWarmupScheduler(ComposerScheduler):
         mismatched = [f"{key}={time}" for key, time in times.items() if time.unit != unit]
         if mismatched:
             raise ValueError(
-                f"inv_sqrt_tf times must share one unit after conversion (t_max is in {unit.value}; "
+                f"inv_sqrt_with_warmup times must share one unit after conversion (t_max is in {unit.value}; "
                 f"got {', '.join(mismatched)}); give them in the same unit as max_duration or as 'dur'"
             )
         t_warmup, t_scale, t_cooldown, t_max = (

@@ -2,10 +2,16 @@
 
 Rules (shared by train and eval):
 - ``${variables.x}`` interpolations resolve against the ``variables:`` section.
-- Older YAMLs keep variables at the top level (``data_local: ...`` used as ``${data_local}``).
-  Such a key is accepted, with a warning, when something in the config refers to it.
+- Older YAMLs keep variables at the top level (``data_local: ...`` used as ``${data_local}``,
+  or a ``dataset: &hf_dataset`` section merged into the loaders with ``<<: *hf_dataset``).
+  Such a key is accepted and moved under ``variables``, with a warning, when an interpolation
+  or a YAML alias refers to it. (LLM Foundry 0.22's own loader rejects these keys.)
+- ``${x}`` where ``x`` lives under ``variables:`` (not at the top level) is read as
+  ``${variables.x}``, with a warning.
 - Any other unknown top-level key fails with the closest valid key; a value of the wrong type
   fails naming the key and the expected type.
+- A training config then goes through the ``config_transforms`` registry (after its
+  ``code_paths`` are imported) before it is validated: see ``config_transforms``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,22 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from llmfoundry.utils.config_transforms import (
+    apply_transforms_to_config,
+    calculate_batch_size_info,
+    update_batch_size_info,
+)
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
+from llmfoundry.utils.user_code import import_code_paths
+
+__all__ = [
+    "EvalConfig",
+    "TrainConfig",
+    "apply_transforms_to_config",
+    "calculate_batch_size_info",
+    "load_config",
+    "update_batch_size_info",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +104,12 @@ class TrainConfig:
     device_train_microbatch_size: int | str = "auto"
     accumulate_train_batch_on_tokens: bool = True
     train_subset_num_batches: int = -1
+    # Composer skips the batches a resumed run already trained on by iterating past them.
+    spin_dataloaders: bool = True
+    # Set by the update_batch_size_info config transform: the number of processes and the
+    # microbatches per device batch ('auto' with an automatic microbatch size).
+    n_gpus: int | None = None
+    device_train_grad_accum: int | str | None = None
     # Components.
     callbacks: dict[str, Any] | None = None
     loggers: dict[str, Any] | None = None
@@ -239,41 +266,119 @@ def _referenced_top_level_keys(node: Any) -> set[str]:
     return set()
 
 
-def resolve_config(cfg: DictConfig, valid_keys: set[str]) -> dict[str, Any]:
+def anchored_top_level_keys(text: str) -> set[str]:
+    """Top-level keys of a YAML document whose value has an anchor (``dataset: &hf_dataset``)
+    that an alias (``<<: *hf_dataset``) somewhere in the document refers to."""
+    anchors: dict[str, str] = {}
+    aliased: set[str] = set()
+    depth, at_key, key = 0, True, None
+    for event in yaml.parse(text):
+        if isinstance(event, yaml.AliasEvent):
+            aliased.add(str(event.anchor))
+        closes = isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent)
+        if depth == 1 and not closes:
+            if at_key:
+                key = event.value if isinstance(event, yaml.ScalarEvent) else None
+            elif key is not None and not isinstance(event, yaml.AliasEvent):
+                anchor = getattr(event, "anchor", None)
+                if anchor is not None:
+                    anchors[str(anchor)] = str(key)
+            at_key = not at_key
+        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            depth += 1
+        elif closes:
+            depth -= 1
+    return {key for anchor, key in anchors.items() if anchor in aliased}
+
+
+def _rewrite_strings(node: Any, rewrite: Any) -> Any:
+    """``node`` (plain containers) with ``rewrite`` applied to every string in it."""
+    if isinstance(node, dict):
+        return {k: _rewrite_strings(v, rewrite) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_rewrite_strings(v, rewrite) for v in node]
+    return rewrite(node) if isinstance(node, str) else node
+
+
+def _namespace_variable_references(container: dict[str, Any]) -> dict[str, Any]:
+    """Read ``${x}`` as ``${variables.x}`` where ``x`` is a variable but not a top-level key."""
+    variables = container.get("variables")
+    if not isinstance(variables, dict):
+        return container
+    misplaced = sorted(
+        name
+        for name in _referenced_top_level_keys(container)
+        if name not in container and name in variables
+    )
+    if not misplaced:
+        return container
+    for name in misplaced:
+        logger.warning(
+            "${%s} refers to variables.%s; write ${variables.%s} (LLM Foundry 0.22 does not "
+            "resolve ${%s} when %s is under `variables:`)",
+            name,
+            name,
+            name,
+            name,
+            name,
+        )
+    pattern = re.compile(r"(?<!\\)\$\{(\s*)(" + "|".join(map(re.escape, misplaced)) + r")\b")
+    rewritten = _rewrite_strings(container, lambda text: pattern.sub(r"${\1variables.\2", text))
+    assert isinstance(rewritten, dict)
+    return rewritten
+
+
+def resolve_config(
+    cfg: DictConfig,
+    valid_keys: set[str],
+    anchored: Collection[str] = (),
+    referenced_in_file: Collection[str] = (),
+) -> dict[str, Any]:
     """Resolve interpolations and move legacy top-level variables under ``variables``.
 
     Args:
         cfg: the merged, unresolved config.
         valid_keys: the top-level keys of the target dataclass.
+        anchored: top-level keys whose YAML anchors are referred to by aliases (see
+            :func:`anchored_top_level_keys`); these, like keys an interpolation refers to,
+            are read as variables.
+        referenced_in_file: top-level keys the YAML file's own interpolations refer to (an
+            override may have replaced the only reference, e.g. ``tokenizer.name=...`` for
+            ``${tokenizer_name}``); read as variables too.
 
     Returns:
-        A plain, fully resolved dict.
+        A plain, fully resolved dict; a top-level key that is neither valid nor a legacy
+        variable is kept (``to_dataclass`` rejects it, after any config transforms).
 
     Raises:
-        ConfigError: on an unknown top-level key that nothing refers to, or a failed interpolation.
+        ConfigError: on a failed interpolation.
     """
-    referenced = _referenced_top_level_keys(OmegaConf.to_container(cfg, resolve=False))
-    legacy = []
-    for key in cfg:
-        key = str(key)
+    container = OmegaConf.to_container(cfg, resolve=False)
+    assert isinstance(container, dict)
+    container = _namespace_variable_references({str(k): v for k, v in container.items()})
+    referenced = _referenced_top_level_keys(container) | set(referenced_in_file)
+    legacy: dict[str, str] = {}
+    for key in container:
         if key in valid_keys:
             continue
-        if key not in referenced:
-            raise ConfigError(f"unknown top-level key '{key}'{did_you_mean(key, valid_keys)}")
-        legacy.append(key)
+        if key in referenced:
+            legacy[key] = f"refer to it as ${{variables.{key}}}"
+        elif key in anchored:
+            legacy[key] = "keep its anchor there (YAML aliases use it)"
+        # Any other unknown key is left for the config transforms, then for validation.
     try:
-        resolved = OmegaConf.to_container(cfg, resolve=True)
+        resolved = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
     except OmegaConfBaseException as err:
         raise ConfigError(f"could not resolve the config: {str(err).splitlines()[0]}") from err
     assert isinstance(resolved, dict)
     if legacy:
         variables = resolved.setdefault("variables", {}) or {}
-        for key in legacy:
+        for key, modern in legacy.items():
             logger.warning(
-                "top-level key '%s' is read as a variable; move it under `variables:` and refer to it as "
-                "${variables.%s} (top-level variables are deprecated)",
+                "top-level key '%s' is read as a variable; move it under `variables:` and %s "
+                "(top-level variables are deprecated; LLM Foundry 0.22 rejects them)",
                 key,
-                key,
+                modern,
             )
             variables[key] = resolved.pop(key)
         resolved["variables"] = variables
@@ -349,15 +454,27 @@ def load_config(
         overrides: ``key=value`` dotlist overrides (``train_loader.num_workers=0``).
         cls: the dataclass that validates the top level.
 
+    A training config (``cls`` is :class:`TrainConfig`) is, as in LLM Foundry, then passed
+    through every registered config transform (``update_batch_size_info`` among them), after
+    its ``code_paths`` files are imported, and only then validated.
+
     Returns:
-        The validated dataclass and the resolved config as a plain dict (for logging).
+        The validated dataclass and the resolved (and transformed) config as a plain dict, for
+        logging.
 
     Raises:
         MissingFileError, ConfigError: see the helpers above.
     """
     valid = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     merged = load_yaml_with_overrides(yaml_path, overrides, valid)
-    resolved = resolve_config(merged, valid)
+    text = Path(yaml_path).read_text(encoding="utf-8")
+    in_file = _referenced_top_level_keys(OmegaConf.to_container(OmegaConf.create(text)))
+    resolved = resolve_config(merged, valid, anchored_top_level_keys(text), in_file)
+    if cls is TrainConfig:
+        code_paths = resolved.get("code_paths")
+        if isinstance(code_paths, list):
+            import_code_paths([str(path) for path in code_paths])
+        resolved = apply_transforms_to_config(resolved, "all")
     config = to_dataclass(resolved, cls)
     if isinstance(config, TrainConfig | EvalConfig):
         config.config_dir = str(Path(yaml_path).resolve().parent)

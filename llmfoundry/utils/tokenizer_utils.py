@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -20,14 +21,18 @@ PAD_TOKEN = "<|pad|>"
 def build_tokenizer(
     tokenizer_name: str, tokenizer_kwargs: Mapping[str, Any] | None = None
 ) -> PreTrainedTokenizerBase:
-    """Load a tokenizer from a local folder or a Hugging Face Hub name.
+    """Load a tokenizer from a local folder, a Hugging Face Hub name or the tokenizers registry.
 
-    A tokenizer without a pad token gets its EOS token as pad token (as LLM Foundry does), so
-    that batches can be padded.
+    A name in the ``tokenizers`` registry (``tiktoken``) is built from it with
+    ``tokenizer_kwargs``, as LLM Foundry does; a folder saved from one of those (its
+    ``tokenizer_config.json`` names the class) is loaded with that class, no remote code
+    needed. A tokenizer without a pad token gets its EOS token as pad token (as LLM Foundry
+    does), so that batches can be padded.
 
     Args:
-        tokenizer_name: a folder written by ``save_pretrained`` or a hub name.
-        tokenizer_kwargs: passed to ``AutoTokenizer.from_pretrained`` (e.g. ``model_max_length``).
+        tokenizer_name: a folder written by ``save_pretrained``, a hub name or a registry name.
+        tokenizer_kwargs: passed to ``AutoTokenizer.from_pretrained`` (e.g. ``model_max_length``)
+            or to the registry entry.
 
     Returns:
         The tokenizer.
@@ -35,7 +40,16 @@ def build_tokenizer(
     Raises:
         TokenizerError: if it cannot be found or loaded.
     """
-    kwargs = dict(tokenizer_kwargs or {})
+    tokenizer = _registered_tokenizer(tokenizer_name, tokenizer_kwargs or {})
+    if tokenizer is None:
+        tokenizer = _load_tokenizer(tokenizer_name, dict(tokenizer_kwargs or {}))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _load_tokenizer(tokenizer_name: str, kwargs: dict[str, Any]) -> PreTrainedTokenizerBase:
+    """A tokenizer from a folder or hub name (see :func:`build_tokenizer`)."""
     # transformers reads the folder's model config first; for a model folder that ships its own
     # code (an MPT export) it would otherwise stop and ask on the terminal whether to run that
     # code. An explicit False answers no (the tokenizer itself needs no model code).
@@ -46,17 +60,45 @@ def build_tokenizer(
         raise TokenizerError(
             f"tokenizer folder '{tokenizer_name}' does not exist; pass a folder written by save_pretrained or a hub name"
         )
+    loader: Any = _registered_class_of_folder(tokenizer_name) or AutoTokenizer
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, **kwargs)
+        tokenizer = loader.from_pretrained(tokenizer_name, **kwargs)
     except (OSError, ValueError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TokenizerError(
             f"could not load tokenizer '{tokenizer_name}' ({first_line}); pass a local folder with tokenizer files, "
             "or a hub name when the Hub is reachable"
         ) from err
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def _registered_tokenizer(name: str, kwargs: Mapping[str, Any]) -> PreTrainedTokenizerBase | None:
+    """The ``tokenizers`` registry's entry ``name`` built with ``kwargs``, or None if none."""
+    from llmfoundry import registry
+    from llmfoundry.utils.registry_utils import construct_from_registry
+
+    if name not in registry.tokenizers:
+        return None
+    # Registered tokenizers are our own code: the remote-code switch does not apply to them.
+    section = {"name": name, **{k: v for k, v in kwargs.items() if k != "trust_remote_code"}}
+    return construct_from_registry(registry.tokenizers, "tokenizer", section)
+
+
+def _registered_class_of_folder(name: str) -> type[PreTrainedTokenizerBase] | None:
+    """The registered tokenizer class a saved folder's ``tokenizer_config.json`` names, if any."""
+    config_file = Path(name).expanduser() / "tokenizer_config.json"
+    if not config_file.is_file():
+        return None
+    from llmfoundry import registry
+
+    try:
+        class_name = json.loads(config_file.read_text(encoding="utf-8")).get("tokenizer_class")
+    except (ValueError, AttributeError):
+        return None
+    for entry in registry.tokenizers.get_all().values():
+        if isinstance(entry, type) and entry.__name__ == class_name:
+            return cast(type[PreTrainedTokenizerBase], entry)
+    return None
 
 
 def train_byte_level_bpe(

@@ -1,4 +1,4 @@
-"""Convert finetuning examples (prompt/response or chats) to tokenized MDS; see ``--help``."""
+"""Convert finetuning examples (prompt/response or chats) to MDS; see ``--help``."""
 
 import argparse
 import sys
@@ -12,10 +12,11 @@ except ImportError:  # a checkout that is not installed
 from llmfoundry.command_utils.data_prep.convert_finetuning_dataset import (
     convert_finetuning_dataset,
 )
-from llmfoundry.utils.cli_utils import run_user_command
+from llmfoundry.utils.cli_utils import parse_bool, run_user_command
 
 parser = argparse.ArgumentParser(
-    description="Convert a finetuning dataset to tokenized MDS (input_ids/labels or turns)."
+    description="Convert a finetuning dataset to MDS: tokenized turns with --tokenizer, else "
+    "the text (prompt/response or messages)."
 )
 parser.add_argument(
     "--dataset",
@@ -46,7 +47,9 @@ parser.add_argument("--compression", default=None, help="shard compression, e.g.
 parser.add_argument(
     "--num_workers", type=int, help="reader processes (default: one per CPU; 0: none)"
 )
-parser.add_argument("--tokenizer", required=True, help="tokenizer folder or hub name")
+parser.add_argument(
+    "--tokenizer", help="tokenizer folder or hub name (default: write the examples as text)"
+)
 parser.add_argument(
     "--tokenizer_kwargs", help="tokenizer options as JSON, e.g. '{\"use_fast\": true}'"
 )
@@ -54,10 +57,36 @@ parser.add_argument(
     "--max_seq_len",
     type=int,
     default=2048,
-    help="drop examples whose prompt fills this many tokens (default 2048)",
+    help="drop tokenized examples with no target within this many tokens (default 2048)",
 )
 parser.add_argument(
-    "--skip_bad_rows", action="store_true", help="skip malformed rows (counted in the summary)"
+    "--target_prompts",
+    "--target-prompts",
+    default="none",
+    help="prompts that count as targets when deciding which examples to keep: none, all or "
+    "length>=N (default none)",
+)
+parser.add_argument(
+    "--target_responses",
+    "--target-responses",
+    default="last",
+    help="responses that count as targets: last or all (default last)",
+)
+parser.add_argument(
+    "--encoder_decoder",
+    "--encoder-decoder",
+    type=parse_bool,
+    nargs="?",
+    const=True,
+    default=False,
+    help="the data is for an encoder-decoder model: keep every example (needs the default targets)",
+)
+parser.add_argument(
+    "--skip_bad_rows",
+    "--skip-bad-rows",
+    dest="skip_bad_rows",
+    action="store_true",
+    help="skip malformed rows (counted in the summary)",
 )
 
 if __name__ == "__main__":

@@ -10,8 +10,11 @@ try:
 except ImportError:  # a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
-from llmfoundry.utils.cli_utils import parse_bool, run_user_command
+from llmfoundry.command_utils.data_prep.convert_text_to_mds import (
+    convert_text_to_mds,
+    parse_logging_level,
+)
+from llmfoundry.utils.cli_utils import configure_script_logging, parse_bool, run_user_command
 
 parser = argparse.ArgumentParser(
     description="Convert a folder of *.txt files to MDS. Either folder may be an s3://, gs:// or "
@@ -43,6 +46,26 @@ parser.add_argument(
     help="redo a finished or different conversion, deleting the output folder's contents "
     "(a remote one's only once the new conversion is ready to upload)",
 )
+parser.add_argument(
+    "--trust-remote-code",
+    "--trust_remote_code",
+    dest="trust_remote_code",
+    type=parse_bool,
+    nargs="?",
+    const=True,
+    default=False,
+    help="let the tokenizer run the Python code its folder ships (default: false)",
+)
+parser.add_argument(
+    "--logging-level",
+    "--logging_level",
+    dest="logging_level",
+    type=parse_logging_level,
+    default="INFO",
+    help="the script's logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default: INFO)",
+)
 
 if __name__ == "__main__":
-    sys.exit(run_user_command(convert_text_to_mds, **vars(parser.parse_args())))
+    options = vars(parser.parse_args())
+    configure_script_logging(options.pop("logging_level"))
+    sys.exit(run_user_command(convert_text_to_mds, **options))

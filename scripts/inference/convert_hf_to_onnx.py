@@ -5,11 +5,15 @@ import json
 import sys
 
 from llmfoundry.command_utils.convert_hf_to_onnx import convert_hf_to_onnx
+from llmfoundry.command_utils.generate import flag_names
 from llmfoundry.utils.cli_utils import run_user_command
 
 
 def main(args: argparse.Namespace) -> None:
     """Export, then say where the model went and how close onnxruntime came to PyTorch."""
+    from_pretrained_kwargs = json.loads(args.from_pretrained_kwargs or "{}")
+    if args.use_auth_token is not None:
+        from_pretrained_kwargs["token"] = args.use_auth_token
     result = convert_hf_to_onnx(
         args.pretrained_model_name_or_path,
         args.output_folder,
@@ -18,8 +22,9 @@ def main(args: argparse.Namespace) -> None:
         dtype=args.dtype,
         export_format=args.export_format,
         trust_remote_code=args.trust_remote_code,
-        from_pretrained_kwargs=json.loads(args.from_pretrained_kwargs or "{}"),
+        from_pretrained_kwargs=from_pretrained_kwargs,
         verify_export=args.verify_export,
+        revision=args.revision,
     )
     print(f"ONNX model written to {result.onnx_path}")
     if result.max_abs_diff is not None:
@@ -28,13 +33,16 @@ def main(args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--pretrained_model_name_or_path", required=True)
-    parser.add_argument("--output_folder", required=True)
-    parser.add_argument("--export_batch_size", type=int, default=8)
-    parser.add_argument("--max_seq_len", type=int, default=None)
-    parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    parser.add_argument("--export_format", default="onnx", choices=["onnx"])
-    parser.add_argument("--from_pretrained_kwargs", default="", help="JSON object")
-    parser.add_argument("--trust_remote_code", action=argparse.BooleanOptionalAction, default=False)
-    parser.add_argument("--verify_export", action=argparse.BooleanOptionalAction, default=True)
+    add = parser.add_argument
+    add(*flag_names("pretrained_model_name_or_path"), required=True)
+    add(*flag_names("output_folder"), required=True)
+    add(*flag_names("export_batch_size"), type=int, default=8)
+    add(*flag_names("max_seq_len"), type=int, default=None)
+    add(*flag_names("dtype"), default="fp32", choices=["fp32", "fp16", "bf16"])
+    add(*flag_names("export_format"), default="onnx", choices=["onnx"])
+    add(*flag_names("from_pretrained_kwargs"), default="", help="JSON object")
+    add(*flag_names("revision"), default=None, help="hub revision: branch, tag or commit")
+    add(*flag_names("use_auth_token"), default=None, help="hub token")
+    add(*flag_names("trust_remote_code"), action=argparse.BooleanOptionalAction, default=False)
+    add(*flag_names("verify_export"), action=argparse.BooleanOptionalAction, default=True)
     sys.exit(run_user_command(main, parser.parse_args()))

@@ -6,6 +6,7 @@ import sys
 from llmfoundry.command_utils.generate import (
     add_model_flags,
     add_sampling_flags,
+    flag_names,
     generate_from_pretrained,
 )
 from llmfoundry.utils.cli_utils import parse_bool, run_user_command
@@ -30,7 +31,15 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     add_model_flags(parser)
     add_sampling_flags(parser)
-    parser.add_argument("--prompts", nargs="+", default=["My name is"], help="text, or file::path")
-    parser.add_argument("--max_batch_size", type=int, default=None)
-    parser.add_argument("--warmup", type=parse_bool, nargs="?", const=True, default=True)
+    add = parser.add_argument
+    add(*flag_names("prompts", "-p"), nargs="+", default=["My name is"], help="text, or file::path")
+    add(
+        *flag_names("prompt_delimiter"),
+        default=None,
+        help="split file:: prompts at this string (default: a file is one prompt)",
+    )
+    add(*flag_names("max_batch_size"), type=int, default=None)
+    add(*flag_names("warmup"), type=parse_bool, nargs="?", const=True, default=True)
+    add(*flag_names("max_seq_len"), type=int, default=None, help="sets the config's max_seq_len")
+    add(*flag_names("no_repeat_ngram_size"), type=int, default=0, help="0: off")
     sys.exit(run_user_command(main, parser.parse_args()))

@@ -73,7 +73,7 @@ def test_lm_eval_table_holds_each_sample_its_loss_and_averages_to_the_metric(
     for step, (_, logged_loss) in zip((1, 2), metric, strict=True):
         table = _read_table(memory.tables[f"eval_outputs/ba{step}/eval"])
         columns, rows = table["columns"], table["data"]
-        assert columns == ["input", "loss", "label_tokens"]
+        assert columns == ["input", "loss", "label_tokens", "outputs"]
         assert [row[0] for row in rows] == expected_texts
         # Every position but the last is scored (the text loader's labels are its inputs).
         assert [row[2] for row in rows] == [MDS_SEQ_LEN - 1] * (2 * EVAL_BATCH)
@@ -159,7 +159,7 @@ def test_padding_and_ignored_labels_are_left_out_across_microbatches_and_evaluat
     for (_, _, columns, rows), samples, label in zip(
         recorder.tables, evaluators.values(), evaluators, strict=True
     ):
-        assert columns == ["input", "loss", "label_tokens"]
+        assert columns == ["input", "loss", "label_tokens", "outputs"]
         assert len(rows) == len(samples)
         for row, sample in zip(rows, samples, strict=True):
             kept = sample["input_ids"][sample["attention_mask"].bool()].tolist()
@@ -179,7 +179,7 @@ def test_subset_sample_and_log_tokenized(tokenizer: PreTrainedTokenizerBase) -> 
     )
     ((name, _, columns, rows),) = recorder_tok.tables
     assert name == "eval_outputs/ba0/eval"
-    assert columns == ["input_ids", "loss", "label_tokens"]
+    assert columns == ["input_ids", "loss", "label_tokens", "outputs"]
     assert len(rows) == 4
     all_ids = [s["input_ids"][s["attention_mask"].bool()].tolist() for s in samples]
     picked = [all_ids.index(row[0]) for row in rows]
@@ -187,6 +187,58 @@ def test_subset_sample_and_log_tokenized(tokenizer: PreTrainedTokenizerBase) -> 
     # Deterministic: the same 4 samples (and losses) as the run that logged text.
     assert [tokenizer.decode(row[0]) for row in rows] == [row[0] for row in full_subset]
     assert [row[1] for row in rows] == pytest.approx([row[1] for row in full_subset])
+
+
+def test_outputs_are_the_predictions_at_scored_positions_and_log_tokens_adds_ids(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    samples = _padded_samples(3, seed=5)
+    recorder, _ = _evaluate(tokenizer, {"eval": samples}, {"log_tokens": True})
+    ((_, _, columns, rows),) = recorder.tables
+    assert columns == [
+        "input",
+        "loss",
+        "label_tokens",
+        "outputs",
+        "output_tokens",
+        "input_tokens",
+    ]
+    model = _tiny_mpt(tokenizer)  # the same seed: the evaluated model's weights
+    model.eval()
+    for row, sample in zip(rows, samples, strict=True):
+        values = dict(zip(columns, row, strict=True))
+        kept = sample["attention_mask"].bool()
+        assert values["input_tokens"] == sample["input_ids"][kept].tolist()
+        with torch.no_grad():
+            logits = model.model(input_ids=sample["input_ids"][None]).logits[0]
+        # Position t predicts label t + 1: the predictions where a label is scored.
+        scored = (sample["labels"][1:] != -100).nonzero().flatten()
+        expected = logits[scored].argmax(dim=-1).tolist()
+        assert values["output_tokens"] == expected
+        assert values["outputs"] == tokenizer.decode(expected)
+        assert len(expected) == values["label_tokens"]
+
+
+def test_log_output_text_false_leaves_outputs_out_and_true_needs_a_tokenizer(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    samples = _padded_samples(2, seed=6)
+    recorder, _ = _evaluate(tokenizer, {"eval": samples}, {"log_output_text": False})
+    ((_, _, columns, _),) = recorder.tables
+    assert columns == ["input", "loss", "label_tokens"]
+    model = _tiny_mpt(tokenizer)
+    model.tokenizer = None
+    trainer = Trainer(
+        model=model,
+        callbacks=build_callbacks({"eval_output_logging": {"log_output_text": True}}),
+        device="cpu",
+        progress_bar=False,
+        log_to_console=False,
+    )
+    loader = DataLoader(samples, batch_size=2)  # pyright: ignore[reportArgumentType]
+    with pytest.raises(ConfigError, match="log_output_text is true, but the model has no tok"):
+        trainer.eval(eval_dataloader=Evaluator(label="eval", dataloader=loader))
+    trainer.close()
 
 
 @pytest.mark.parametrize("subset_sample", [0, -2])

@@ -252,3 +252,39 @@ def test_script_chats_over_stdin_until_eof(chat_dir: Path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Assistant: " in result.stdout
     assert f"[system] {SYSTEM}\n[user] Hi\n[assistant] " in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("stop_tokens", "reply", "generated"),
+    [
+        # A vocabulary entry: generation ends on its id; the reply ends before its text.
+        ("Ġreturn <|im_end|>", "Sure.", "Sure. return"),
+        # Not a single token: a stop string, matched in the text.
+        ("re.", "Su", "Sure."),
+    ],
+)
+def test_stop_tokens_end_the_reply(
+    model_and_tokenizer: tuple[PreTrainedModel, PreTrainedTokenizerBase],
+    stop_tokens: str,
+    reply: str,
+    generated: str,
+) -> None:
+    model, tokenizer = model_and_tokenizer
+    recorder = Recorder(model)
+    forced = _ids(tokenizer, "Sure. return 1 more text")
+    bias = {tuple(forced[: i + 1]): 50.0 * (i + 1) for i in range(len(forced))}
+    out = io.StringIO()
+    session = ChatSession(
+        model,
+        tokenizer,
+        max_new_tokens=len(forced) + 5,
+        generate_kwargs={"do_sample": False, "sequence_bias": bias},
+        output=out,
+        notices=io.StringIO(),
+        stop_tokens=stop_tokens,
+    )
+    assert session.reply("Hi") == reply
+    assert out.getvalue() == reply
+    prompt_ids, output, _ = recorder.calls[0]
+    assert output[0, len(prompt_ids) :].tolist() == _ids(tokenizer, generated)
+    assert session.turns[-1] == {"role": "assistant", "content": reply}

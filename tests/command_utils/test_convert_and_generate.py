@@ -16,6 +16,7 @@ from llmfoundry.command_utils.convert_composer_to_hf import convert_composer_to_
 from llmfoundry.command_utils.generate import generate, load_model_and_tokenizer
 from llmfoundry.models.hf import ComposerMPTCausalLM
 from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
+from tests.models.transformers_only import without_llmfoundry_auto_classes
 
 from .conftest import TrainedRun
 
@@ -77,7 +78,9 @@ def test_exported_greedy_generation_equals_checkpoint(
     hf_dir: Path, trained_run: TrainedRun, tokenizer_dir: Path
 ) -> None:
     composer_model = _composer_model_from_checkpoint(trained_run.checkpoint, tokenizer_dir)
-    hf_model: Any = AutoModelForCausalLM.from_pretrained(str(hf_dir), trust_remote_code=True).eval()
+    with without_llmfoundry_auto_classes():  # as where llmfoundry is not installed
+        hf_model: Any = AutoModelForCausalLM.from_pretrained(str(hf_dir), trust_remote_code=True)
+    hf_model.eval()
     assert type(hf_model).__name__ == "MPTForCausalLM"
     assert type(hf_model).__module__.startswith("transformers_modules"), (
         "loaded from the exported code"

@@ -3,6 +3,7 @@ per-batch latency and throughput, and errors that name the bad flag or file."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Any, cast
@@ -172,9 +173,9 @@ def test_autocast_runs_generate_under_bf16_and_refuses_fp16_on_cpu(llama_dir: Pa
 def test_device_map_needs_accelerate(llama_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model, _ = load_model_and_tokenizer(str(llama_dir), device_map="cpu")
     assert model.device.type == "cpu"
-    real_find_spec = generate_module.importlib.util.find_spec
+    real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
-        generate_module.importlib.util,
+        importlib.util,
         "find_spec",
         lambda name, *a: None if name == "accelerate" else real_find_spec(name, *a),
     )

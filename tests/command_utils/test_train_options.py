@@ -58,12 +58,13 @@ def test_bad_run_options_fail_before_training(
     message: str,
 ) -> None:
     monkeypatch.delenv("RUN_NAME", raising=False)
-    cfg, resolved = config(tmp_path, mds_dir, tokenizer_dir, overrides)
     built: list[Any] = []
     import llmfoundry.command_utils.train as train_module
 
     monkeypatch.setattr(train_module, "build_composer_model", lambda *a: built.append(a))
     with pytest.raises(error, match=message):
+        # code_paths are imported (and may fail) as the config loads, before its transforms.
+        cfg, resolved = config(tmp_path, mds_dir, tokenizer_dir, overrides)
         train(cfg, resolved)
     assert built == []  # failed before any model was built
 
@@ -89,12 +90,11 @@ def test_batch_size_options(tmp_path: Path, mds_dir: Path, tokenizer_dir: Path) 
     )
     sizes = compute_batch_sizes(cfg, world_size=2, device=DeviceCPU())
     assert sizes.device_train_batch_size == 4
-    cfg, _ = config(tmp_path, mds_dir, tokenizer_dir, ["device_train_batch_size=3"])
+    # The update_batch_size_info config transform checks the sizes as the config loads.
     with pytest.raises(ConfigError, match="device_train_batch_size=3 disagrees"):
-        compute_batch_sizes(cfg, world_size=2, device=DeviceCPU())
-    cfg, _ = config(tmp_path, mds_dir, tokenizer_dir, ["device_train_microbatch_size=3"])
+        config(tmp_path, mds_dir, tokenizer_dir, ["device_train_batch_size=3"])
     with pytest.raises(ConfigError, match="must be a positive divisor of the device batch"):
-        compute_batch_sizes(cfg, world_size=1, device=DeviceCPU())
+        config(tmp_path, mds_dir, tokenizer_dir, ["device_train_microbatch_size=3"])
 
 
 def test_fsdp_config_maps_to_fsdp2(

@@ -10,7 +10,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from streaming import StreamingDataset
@@ -66,6 +65,12 @@ def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any] | str]) -> Path:
     return path
 
 
+def index_columns(folder: Path) -> tuple[list[str], list[str]]:
+    """The column names and encodings an MDS folder's index.json records."""
+    shard = json.loads((folder / "index.json").read_text())["shards"][0]
+    return shard["column_names"], shard["column_encodings"]
+
+
 def stored_samples(folder: Path | str) -> list[dict[str, Any]]:
     """The samples of an MDS folder, in order."""
     dataset = StreamingDataset(local=str(folder), shuffle=False, batch_size=1)
@@ -102,11 +107,10 @@ def test_prompt_response_round_trip_matches_the_hf_loader(
     assert summary.num_tokens == sum(
         len(t[0]["input_ids"]) + len(t[0]["labels"]) for t in expected_turns
     )
+    # LLM Foundry 0.22's layout: one json column of turns.
+    assert index_columns(tmp_path / "mds" / "train") == (["turns"], ["json"])
     stored = stored_samples(str(tmp_path / "mds" / "train"))
-    assert [(s["input_ids"].tolist(), s["labels"].tolist()) for s in stored] == [
-        (t[0]["input_ids"], t[0]["labels"]) for t in expected_turns
-    ]
-    assert stored[0]["input_ids"].dtype == np.int32
+    assert [s["turns"] for s in stored] == expected_turns
 
     common = {"max_seq_len": 16, "shuffle": False, "target_prompts": "length>=4"}
     from_mds = loader_batches(
@@ -219,11 +223,11 @@ def test_prompts_filling_max_seq_len_are_dropped_long_examples_kept(
             max_seq_len=32,
         )["train"]
     assert summary.num_samples == 2
-    assert summary.rows_dropped == {"prompt fills max_seq_len": 1}
+    assert summary.rows_dropped == {"no target within max_seq_len": 1}
     assert "1 examples longer than max_seq_len=32 were kept whole" in caplog.text
     stored = stored_samples(str(tmp_path / "mds" / "train"))
-    kept = tokenize_example(long_response, tokenizer, "row")["turns"][0]
-    assert stored[1]["labels"].tolist() == kept["labels"]  # whole, not cut to 32
+    kept = tokenize_example(long_response, tokenizer, "row")["turns"]
+    assert stored[1]["turns"] == kept  # whole, not cut to 32
 
 
 def test_split_folder_default_and_explicit_splits(tmp_path: Path, tokenizer_dir: Path) -> None:
@@ -280,8 +284,7 @@ def test_preprocessor_from_a_module_and_the_registered_alpaca_one(
     )
     stored = stored_samples(str(tmp_path / "qa" / "train"))
     expected = tokenize_example({"prompt": "Q: 1+1?\nA:", "response": " 2"}, tokenizer, "r")
-    assert stored[0]["input_ids"].tolist() == expected["turns"][0]["input_ids"]
-    assert stored[0]["labels"].tolist() == expected["turns"][0]["labels"]
+    assert stored[0]["turns"] == expected["turns"]
 
     alpaca = write_jsonl(
         tmp_path / "alpaca.jsonl", [{"instruction": "Add 1 and 1.", "input": "", "output": "2"}]
@@ -293,7 +296,7 @@ def test_preprocessor_from_a_module_and_the_registered_alpaca_one(
         preprocessor="tatsu-lab/alpaca",
     )
     stored = stored_samples(str(tmp_path / "alpaca" / "train"))
-    text = tokenizer.decode(stored[0]["input_ids"].tolist())
+    text = tokenizer.decode(stored[0]["turns"][0]["input_ids"])
     assert isinstance(text, str)
     assert text.endswith("### Instruction:\nAdd 1 and 1.\n\n### Response:\n")
 
@@ -337,17 +340,26 @@ def test_hf_builder_source_with_workers_writes_the_same_examples(
         reference.rows_read,
     )
 
-    def rows(folder: str) -> list[tuple[list[int], list[int]]]:
-        stored = stored_samples(folder)
-        return sorted((s["input_ids"].tolist(), s["labels"].tolist()) for s in stored)
+    def rows(folder: str) -> list[str]:
+        return sorted(json.dumps(s["turns"]) for s in stored_samples(folder))
 
     assert rows(str(tmp_path / "hf" / "train")) == rows(str(tmp_path / "ref" / "train"))
 
 
 def test_option_errors(tmp_path: Path, tokenizer_dir: Path) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", ROWS)
-    with pytest.raises(ConfigError, match="--tokenizer is required"):
-        convert_finetuning_dataset(dataset=str(data), out_root=str(tmp_path / "a"), tokenizer=None)
+    with pytest.raises(ConfigError, match=r"--target_prompts is 'some'; use none, all or length"):
+        convert_finetuning_dataset(
+            dataset=str(data), out_root=str(tmp_path / "a"), tokenizer="t", target_prompts="some"
+        )
+    with pytest.raises(ConfigError, match="--encoder_decoder trains on the last response only"):
+        convert_finetuning_dataset(
+            dataset=str(data),
+            out_root=str(tmp_path / "a"),
+            tokenizer="t",
+            target_responses="all",
+            encoder_decoder=True,
+        )
     with pytest.raises(ConfigError, match="--max_seq_len must be a positive integer"):
         convert_finetuning_dataset(
             dataset=str(data), out_root=str(tmp_path / "a"), tokenizer="t", max_seq_len=0

@@ -17,12 +17,12 @@ import pytest
 import torch
 from composer import Trainer
 from composer.loggers import InMemoryLogger
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import (
     AutoModelForCausalLM,
     LlamaConfig,
     LlamaForCausalLM,
-    PreTrainedModel,
     PreTrainedTokenizerBase,
 )
 
@@ -121,56 +121,78 @@ def test_remote_code_mpt_loads_with_the_same_logits_and_loss(
     assert torch.equal(batch["labels"], labels), "the batch is not modified in place"
 
 
-def test_shipped_code_without_trust_remote_code_is_a_config_error(
+def test_mpt_folders_load_as_our_class_without_trust_remote_code(
     mpt: tuple[Path, MPTForCausalLM], tmp_path: Path
 ) -> None:
-    # transformers implements model_type "mpt" itself, differently: it must not silently replace
-    # the shipped code. Plain MPT: the built-in class rejects the weights' shapes.
-    folder, _ = mpt
-    with pytest.raises(ConfigError, match=r"model\.trust_remote_code: true"):
-        ComposerHFCausalLM(None, str(folder))
-    # GQA: the built-in config class rejects the attention type.
+    # Our MPT is registered for model_type mpt/llmfoundry_mpt: no shipped code runs, and
+    # transformers' own MptForCausalLM (ALiBi only) never stands in for it.
+    folder, original = mpt
     gqa = tmp_path / "gqa"
-    _save_mpt(gqa, attn_config={"attn_type": "grouped_query_attention", "kv_n_heads": 2})
-    with pytest.raises(ConfigError, match=r"model\.trust_remote_code: true"):
-        ComposerHFCausalLM(None, str(gqa))
-    # A model_type transformers does not know at all.
-    custom = tmp_path / "custom"
+    gqa_model = _save_mpt(
+        gqa, attn_config={"attn_type": "grouped_query_attention", "kv_n_heads": 2}
+    )
+    native = tmp_path / "native"  # a config transformers' own MPT could also run
+    native_model = _save_mpt(
+        native, no_bias=True, learned_pos_emb=False, expansion_ratio=4, attn_config={"alibi": True}
+    )
+    ids = _ids()
+    for path, reference in ((folder, original), (gqa, gqa_model), (native, native_model)):
+        model = ComposerHFCausalLM(None, str(path))
+        assert type(model.model) is MPTForCausalLM
+        torch.testing.assert_close(_logits(model.model, ids), _logits(reference, ids))
+
+
+def test_foreign_shipped_code_without_trust_remote_code_is_a_config_error(
+    mpt: tuple[Path, MPTForCausalLM], tmp_path: Path
+) -> None:
+    folder, _ = mpt
+    custom = tmp_path / "custom"  # a model_type neither transformers nor llmfoundry knows
     shutil.copytree(folder, custom)
     config = json.loads((custom / "config.json").read_text())
     config["model_type"] = "my_own_mpt"
     (custom / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ConfigError, match=r"needs its own model code.*model\.trust_remote_code"):
+    with pytest.raises(
+        ConfigError, match=r"needs its own model code.*model\.trust_remote_code: true"
+    ):
         ComposerHFCausalLM(None, str(custom))
 
 
-def test_mpt_that_transformers_implements_loads_without_remote_code(tmp_path: Path) -> None:
-    # transformers' own MPT covers this variant (ALiBi, no biases, 4x MLP): no code runs from
-    # the folder, and the outputs are the same.
-    folder = tmp_path / "native"
-    original = _save_mpt(
-        folder, no_bias=True, learned_pos_emb=False, expansion_ratio=4, attn_config={"alibi": True}
-    )
-    model = ComposerHFCausalLM(None, str(folder))
-    assert type(model.model).__module__.startswith("transformers.models.mpt.")
-    ids = _ids()
-    torch.testing.assert_close(_logits(model.model, ids), _logits(original, ids))
-
-
-def test_builtin_class_that_would_drop_weights_is_refused(tmp_path: Path) -> None:
-    # Biases that transformers' MPT has no place for would be dropped silently on load; the
-    # folder claims model_type "mpt" here to reach that path whatever the exporter writes.
+def test_mpt_weights_that_do_not_fit_the_config_are_refused(tmp_path: Path) -> None:
+    # Biases the config says are absent (no_bias: true) would be dropped silently on load.
     folder = tmp_path / "biased"
-    _save_mpt(
-        folder, no_bias=False, learned_pos_emb=False, expansion_ratio=4, attn_config={"alibi": True}
-    )
+    _save_mpt(folder, no_bias=False)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "model_type": "mpt"}))
-    with pytest.raises(ConfigError, match=r"unmatched weights.*model\.trust_remote_code: true"):
+    (folder / "config.json").write_text(json.dumps({**config, "no_bias": True}))
+    with pytest.raises(ConfigError, match=r"do not fit llmfoundry's MPTForCausalLM.*bias"):
         ComposerHFCausalLM(None, str(folder))
-    model = ComposerHFCausalLM(None, str(folder), trust_remote_code=True)
-    assert isinstance(model.model, PreTrainedModel)
-    assert type(model.model).__name__ == "MPTForCausalLM"
+
+
+def _with_foreign_auto_map(source: Path, folder: Path) -> Path:
+    shutil.copytree(source, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_custom.CustomLlama"}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_builtin_class_stands_in_for_untrusted_code_only_if_weights_match(
+    llama_dir: Path, tmp_path: Path
+) -> None:
+    # A llama folder that ships its own code: without trust, transformers' LlamaForCausalLM is
+    # used when it takes every weight; a weight it has no place for is an error, not a drop.
+    fitting = _with_foreign_auto_map(llama_dir, tmp_path / "fitting")
+    model = ComposerHFCausalLM(None, str(fitting))
+    assert type(model.model) is LlamaForCausalLM
+    reference = LlamaForCausalLM.from_pretrained(llama_dir)
+    ids = _ids()
+    torch.testing.assert_close(_logits(model.model, ids), _logits(reference, ids))
+    extra = _with_foreign_auto_map(llama_dir, tmp_path / "extra")
+    weights = load_file(extra / "model.safetensors")
+    save_file({**weights, "model.custom_gate.weight": torch.ones(4)}, extra / "model.safetensors")
+    with pytest.raises(
+        ConfigError, match=r"unmatched weights.*custom_gate.*trust_remote_code: true"
+    ):
+        ComposerHFCausalLM(None, str(extra))
 
 
 def test_config_overrides_merge_into_nested_dicts(tmp_path: Path) -> None:

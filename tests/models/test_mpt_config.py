@@ -66,9 +66,9 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
     "ffn_fc_type_te": ({"ffn_config": {"fc_type": "te"}}, r"ffn_config\.fc_type='te'"),
     # Not implemented: refused by name rather than silently ignored.
     "rope_bad_impl": ({"attn_config": {"rope": True, "rope_impl": "neox"}}, r"rope_impl='neox'"),
-    "rope_xpos": (
-        {"attn_config": {"rope": True, "rope_dail_config": {"type": "xpos"}}},
-        r"rope_dail_config\.type='xpos'",
+    "rope_dail_unknown_type": (
+        {"attn_config": {"rope": True, "rope_dail_config": {"type": "yarn"}}},
+        r"rope_dail_config\.type='yarn'.*original, xpos",
     ),
     "rope_hf_unknown_scaling": (
         {"attn_config": {"rope": True, "rope_impl": "hf", "rope_hf_config": {"type": "yarn"}}},

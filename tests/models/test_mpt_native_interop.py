@@ -2,7 +2,8 @@
 
 A config the native class can express loads in either class from either one's
 ``save_pretrained`` folder and gives the same logits; one it cannot express is exported with
-``model_type: llmfoundry_mpt`` so that only ``trust_remote_code`` (our code) loads it.
+``model_type: llmfoundry_mpt`` so that, in a process without llmfoundry, only
+``trust_remote_code`` (our bundled code) loads it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
 from llmfoundry.models.mpt.configuration_mpt import REMOTE_CODE_MODEL_TYPE
 
 from .mpt_helpers import VOCAB_SIZE, assert_close, generate, random_ids, randomize, tiny_model
+from .transformers_only import without_llmfoundry_auto_classes
 
 NATIVE_CASES: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -72,7 +74,8 @@ def test_our_folder_loads_in_native_class(case: str, tmp_path: Path) -> None:
     randomize(ours, seed=5)
     exported = save_mpt_as_hf(ours, None, tmp_path / "export", "fp32")
     assert json.loads((exported / "config.json").read_text())["model_type"] == "mpt"
-    loaded = AutoModelForCausalLM.from_pretrained(exported)
+    with without_llmfoundry_auto_classes():  # what transformers alone does with the folder
+        loaded = AutoModelForCausalLM.from_pretrained(exported)
     assert type(loaded) is MptForCausalLM
     ids = random_ids(2, 20, seed=2)
     assert_close(_logits(loaded.eval(), ids), _logits(ours, ids), atol=1e-5, rtol=0)
@@ -122,9 +125,10 @@ def test_inexpressible_export_needs_remote_code(case: str, tmp_path: Path) -> No
     saved = json.loads((exported / "config.json").read_text())
     assert saved["model_type"] == REMOTE_CODE_MODEL_TYPE
     assert saved["auto_map"]["AutoModelForCausalLM"] == "modeling_mpt.MPTForCausalLM"
-    with pytest.raises(ValueError, match="trust_remote_code"):
-        AutoModelForCausalLM.from_pretrained(exported)
-    remote = AutoModelForCausalLM.from_pretrained(exported, trust_remote_code=True).eval()
+    with without_llmfoundry_auto_classes():  # transformers alone runs the bundled code
+        with pytest.raises(ValueError, match="trust_remote_code"):
+            AutoModelForCausalLM.from_pretrained(exported)
+        remote = AutoModelForCausalLM.from_pretrained(exported, trust_remote_code=True).eval()
     assert type(remote).__name__ == "MPTForCausalLM" and type(remote) is not MPTForCausalLM
     ids = random_ids(2, 20, seed=6)
     assert_close(_logits(remote, ids), _logits(ours, ids), atol=1e-5, rtol=0)

@@ -1,4 +1,4 @@
-"""Convert finetuning examples (prompt/response pairs or chats) to tokenized MDS, one folder per split.
+"""Convert finetuning examples (prompt/response pairs or chats) to MDS, one folder per split.
 
 The rows come from a Hugging Face dataset (a Hub name, a local dataset folder, or a builder
 such as ``json`` with ``data_files``) or from local JSON-lines files: ``--dataset rows.jsonl``
@@ -8,18 +8,22 @@ line; other sources are streamed by ``datasets`` (optionally in DataLoader worke
 
 Each row goes through the preprocessing function (``--preprocessor``, else the one registered
 for the dataset's name in :data:`~llmfoundry.data.finetuning.dataset_constructor`, else none)
-and must then hold ``prompt``/``response`` strings or a ``messages`` chat. It is tokenized into
-turns exactly as the ``finetuning`` loader tokenizes examples it reads from a Hugging Face
-dataset, and written in the layout that loader reads from MDS:
+and must then hold ``prompt``/``response`` strings or a ``messages`` chat. The output is LLM
+Foundry 0.22's layout, which the ``finetuning`` loader (ours or LLM Foundry's) reads:
 
-* prompt/response datasets: columns ``input_ids`` (the prompt) and ``labels`` (the response),
-  ``ndarray:int32``, one turn per sample;
-* chat datasets (the first example has ``messages``): column ``turns`` (``json``), the list of
-  ``{'input_ids', 'labels'}`` turns.
+* with ``--tokenizer``: column ``turns`` (``json``), the list of ``{'input_ids', 'labels'}``
+  turns of each example, tokenized exactly as the loader tokenizes examples it reads from a
+  Hugging Face dataset (one turn per prompt/response pair, one per assistant message of a chat);
+* without: the text, columns ``prompt`` and ``response`` (``str``), or ``messages`` (``json``)
+  when the first example is a chat; the loader tokenizes it when it reads it.
 
-Examples whose tokens before the final response already fill ``--max_seq_len`` are dropped, as
-the loader would drop them (with its default ``target_prompts: none``, nothing of them could be
-learned); longer examples that still fit a target are kept whole and counted, and the loader
+When tokenizing, examples left with no loss target within ``--max_seq_len`` are dropped, as
+the loader would drop them under the targets ``--target_prompts`` (``none``, ``all`` or
+``length>=N``) and ``--target_responses`` (``last`` or ``all``) name: with the defaults, those
+whose tokens before the final response fill ``--max_seq_len``; with ``--target_prompts all`` a
+long prompt is itself a target and the example is kept. ``--encoder_decoder`` (data for an
+encoder-decoder model, whose encoder input is cut instead) keeps every example and requires
+the default targets. Longer examples that are kept are written whole and counted; the loader
 truncates them to its own ``max_seq_len``. Bad rows (missing or non-string fields, an empty
 response, invalid JSON or UTF-8) fail the conversion with the row named, unless
 ``--skip_bad_rows`` is given; then they are skipped and counted by reason in the summary.
@@ -35,14 +39,12 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from tqdm import tqdm
-from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.command_utils.data_prep.convert_dataset_hf import (
     iter_rows,
@@ -56,17 +58,21 @@ from llmfoundry.command_utils.data_prep.convert_dataset_json import (
     JSON_SUFFIXES,
     iter_json_rows,
 )
+from llmfoundry.command_utils.data_prep.finetuning_samples import (
+    FinetuningSamples,
+    LocatedRow,
+    TokenCounts,
+)
 from llmfoundry.data.data import (
-    BadRowError,
     MDSWriteSummary,
     RowStats,
     check_compression,
     check_output_empty,
     write_mds,
 )
-from llmfoundry.data.finetuning.collator import TargetPolicy, example_length, is_trainable
-from llmfoundry.data.finetuning.dataloader import preprocess_row
-from llmfoundry.data.finetuning.formatting import MESSAGES_KEYS, tokenize_example
+from llmfoundry.data.finetuning.collator import TargetPolicy
+from llmfoundry.data.finetuning.formatting import MESSAGES_KEYS
+from llmfoundry.data.finetuning.hf_source import preprocess_row
 from llmfoundry.data.finetuning.tasks import PreprocessingFn, dataset_constructor
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, did_you_mean
 from llmfoundry.utils.object_store import RemoteFolder, check_listable, is_remote
@@ -75,93 +81,7 @@ from llmfoundry.utils.tokenizer_utils import build_tokenizer
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPLITS = ("train", "validation")
-SINGLE_TURN_COLUMNS = {"input_ids": "ndarray:int32", "labels": "ndarray:int32"}
-TURNS_COLUMNS = {"turns": "json"}
-PROMPT_TOO_LONG = "prompt fills max_seq_len"
 EXPECTED_ROW = "'prompt'/'response' or 'messages'"
-# The loader's default targets, which decide which examples could teach nothing.
-DEFAULT_POLICY = TargetPolicy()
-
-LocatedRow = tuple[str, Mapping[str, Any]]  # (where the row is, for messages; the row)
-
-
-@dataclass(frozen=True)
-class FinetuningSamples:
-    """Turns rows into tokenized finetuning samples (a ``RowConverter`` for worker processes).
-
-    Attributes:
-        hf_split: the split's name, for messages.
-        preprocess: the preprocessing function, or None to use the rows as they are.
-        tokenizer: the tokenizer.
-        max_seq_len: examples whose prompt fills this many tokens are dropped.
-        multi_turn: write the ``turns`` column (chats) instead of ``input_ids``/``labels``.
-        skip_bad_rows: count and skip bad rows instead of failing on the first.
-    """
-
-    hf_split: str
-    preprocess: PreprocessingFn | None
-    tokenizer: PreTrainedTokenizerBase
-    max_seq_len: int
-    multi_turn: bool
-    skip_bad_rows: bool
-
-    def samples(
-        self, rows: Iterable[Mapping[str, Any]], stats: RowStats, worker: int | None
-    ) -> Iterator[dict[str, Any]]:
-        """The samples of a Hugging Face split's rows (numbered from 1 in messages)."""
-        place = split_place(self.hf_split, worker)
-        located = ((f"{place} row {n}", row) for n, row in iter_rows(rows, place, stats))
-        return self.samples_of_located_rows(located, stats)
-
-    def samples_of_located_rows(
-        self, rows: Iterable[LocatedRow], stats: RowStats
-    ) -> Iterator[dict[str, Any]]:
-        """The samples of ``(where, row)`` pairs, counting drops in ``stats``.
-
-        Raises:
-            BadRowError: naming where the row is, unless ``stats`` skips bad rows.
-        """
-        for where, row in rows:
-            try:
-                turns = self.turns_of_row(row, where)
-            except BadRowError as bad:
-                stats.bad_row(bad)
-                continue
-            if not is_trainable(turns, DEFAULT_POLICY, self.max_seq_len):
-                stats.dropped[PROMPT_TOO_LONG] += 1
-                continue
-            yield self.sample_of_turns(turns)
-
-    def turns_of_row(self, row: Mapping[str, Any], where: str) -> list[dict[str, list[int]]]:
-        """Preprocess and tokenize one row.
-
-        Raises:
-            BadRowError: if preprocessing fails or the example is malformed.
-        """
-        try:
-            example = preprocess_row(self.preprocess, row, where)
-        except DatasetError as err:
-            raise BadRowError("preprocessing failed", str(err)) from err
-        try:
-            turns = tokenize_example(example, self.tokenizer, where)["turns"]
-        except DatasetError as err:
-            raise BadRowError("invalid example", str(err)) from err
-        if len(turns) > 1 and not self.multi_turn:
-            raise BadRowError(
-                "multi-turn chat among prompt/response rows",
-                f"{where}: a chat of {len(turns)} turns in a dataset whose first example is a "
-                "prompt/response pair (written as single turns); convert chats separately",
-            )
-        return turns
-
-    def sample_of_turns(self, turns: list[dict[str, list[int]]]) -> dict[str, Any]:
-        """The MDS sample of a tokenized example, in this dataset's layout."""
-        if self.multi_turn:
-            return {"turns": turns}
-        return {
-            "input_ids": np.asarray(turns[0]["input_ids"], dtype=np.int32),
-            "labels": np.asarray(turns[0]["labels"], dtype=np.int32),
-        }
 
 
 @dataclass(frozen=True)
@@ -195,6 +115,9 @@ def convert_finetuning_dataset(
     max_seq_len: int = 2048,
     data_files: list[str] | None = None,
     skip_bad_rows: bool = False,
+    target_prompts: str = "none",
+    target_responses: str = "last",
+    encoder_decoder: bool = False,
 ) -> dict[str, MDSWriteSummary]:
     """Convert the splits of a finetuning dataset to MDS folders ``out_root/<split>``.
 
@@ -202,7 +125,7 @@ def convert_finetuning_dataset(
         dataset: a Hub name, a local dataset folder, a JSON-lines file or folder of
             ``<split>.jsonl`` files, or a builder name (``json``) with ``data_files``.
         out_root: the output folder; each split goes to its own (empty) sub-folder.
-        tokenizer: the tokenizer folder or hub name (required).
+        tokenizer: the tokenizer folder or hub name; None writes the examples as text.
         data_subset: the dataset's subset (config), if it has several.
         splits: the splits to convert; each must exist. By default ``train`` and
             ``validation``, skipping (with a warning) the ones the dataset lacks.
@@ -217,9 +140,14 @@ def convert_finetuning_dataset(
             None uses the available CPUs (at most one per shard), 0 reads in this process.
             JSON-lines files are always read in this process.
         tokenizer_kwargs: keyword arguments for the tokenizer, as a JSON object string or a dict.
-        max_seq_len: examples whose tokens before the final response fill this many are dropped.
+        max_seq_len: tokenized examples with no target within this many tokens are dropped.
         data_files: files for a builder name such as ``json`` (``load_dataset``'s data_files).
         skip_bad_rows: skip (and count) bad rows instead of failing on the first.
+        target_prompts: ``none``, ``all`` or ``length>=N``: which prompts count as targets
+            when deciding which tokenized examples to keep.
+        target_responses: ``last`` or ``all``: which responses count as targets.
+        encoder_decoder: the data is for an encoder-decoder model: keep every example (its
+            encoder input is cut, not dropped); needs the default targets.
 
     Returns:
         What was read and written, by split (each also logged as a summary).
@@ -232,8 +160,8 @@ def convert_finetuning_dataset(
         MissingFileError: if a local dataset path does not exist.
         TokenizerError: if the tokenizer cannot be loaded.
     """
-    check_options(tokenizer, max_seq_len, num_workers, preprocessor, skip_preprocessing)
-    assert tokenizer is not None  # checked
+    check_options(max_seq_len, num_workers, preprocessor, skip_preprocessing)
+    policy = check_targets(target_prompts, target_responses, encoder_decoder)
     compression = check_compression(compression)
     remote = is_remote(out_root)
     if remote:
@@ -243,18 +171,25 @@ def convert_finetuning_dataset(
     with tempfile.TemporaryDirectory(prefix="convert_finetuning_") as staging:
         local_root = (local or staging) if remote else out_root
         targets = {s.name: split_target(out_root, local_root, s.name, remote) for s in sources}
-        built = build_tokenizer(tokenizer, parse_tokenizer_kwargs(tokenizer_kwargs))
-        multi_turn = first_example_is_chat(sources[0], preprocess)
-        layout = (
-            "chat turns (column 'turns')" if multi_turn else "prompt/response (input_ids/labels)"
+        built = (
+            build_tokenizer(tokenizer, parse_tokenizer_kwargs(tokenizer_kwargs))
+            if tokenizer
+            else None
         )
-        logger.info("writing %s, tokenized with %s", layout, tokenizer)
+        chats = first_example_is_chat(sources[0], preprocess)
+        converter = FinetuningSamples(
+            "", preprocess, built, max_seq_len, chats, skip_bad_rows, policy, encoder_decoder
+        )
+        logger.info(
+            "writing %s examples (columns %s), %s",
+            "chat" if chats else "prompt/response",
+            ", ".join(converter.columns),
+            f"tokenized with {tokenizer}" if tokenizer else "as text",
+        )
         return {
             source.name: convert_split(
                 source,
-                FinetuningSamples(
-                    source.name, preprocess, built, max_seq_len, multi_turn, skip_bad_rows
-                ),
+                replace(converter, hf_split=source.name),
                 local_root,
                 compression,
                 num_workers,
@@ -284,7 +219,6 @@ def split_target(out_root: str, local_root: str, split: str, remote: bool) -> Re
 
 
 def check_options(
-    tokenizer: str | None,
     max_seq_len: int,
     num_workers: int | None,
     preprocessor: str | None,
@@ -295,8 +229,6 @@ def check_options(
     Raises:
         ConfigError: naming the option.
     """
-    if not tokenizer:
-        raise ConfigError("--tokenizer is required: the examples are written tokenized")
     if not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool) or max_seq_len <= 0:
         raise ConfigError(f"--max_seq_len must be a positive integer, got {max_seq_len!r}")
     if num_workers is not None and (
@@ -305,6 +237,24 @@ def check_options(
         raise ConfigError(f"--num_workers must be 0 or more, got {num_workers!r}")
     if preprocessor is not None and skip_preprocessing:
         raise ConfigError("--preprocessor and --skip-preprocessing contradict; pass one of them")
+
+
+def check_targets(
+    target_prompts: str, target_responses: str, encoder_decoder: bool
+) -> TargetPolicy:
+    """The targets that decide which examples are kept (as the loader's ``dataset`` keys).
+
+    Raises:
+        ConfigError: on a bad value, or targets other than the defaults with
+            ``--encoder_decoder``.
+    """
+    policy = TargetPolicy.from_config(target_prompts, target_responses, "--")
+    if encoder_decoder and policy != TargetPolicy():
+        raise ConfigError(
+            "--encoder_decoder trains on the last response only; leave --target_prompts none "
+            "and --target_responses last"
+        )
+    return policy
 
 
 def resolve_preprocessor(preprocessor: str | None, dataset: str) -> PreprocessingFn | None:
@@ -419,7 +369,7 @@ def convert_split(
         samples = iter_split_samples(source.hf_rows, converter, stats, workers)
     counts = TokenCounts(converter.max_seq_len)
     progress = tqdm(counts.count(samples), desc=source.name, unit=" examples")
-    columns = TURNS_COLUMNS if converter.multi_turn else SINGLE_TURN_COLUMNS
+    columns = converter.columns
     try:
         summary = write_mds(progress, out, columns, compression, stats)
     finally:
@@ -434,6 +384,9 @@ def convert_split(
     if target is not None:
         target.upload_local_files(last=lambda name: (name == "index.json",))
         summary = replace(summary, out=target.uri)
+    if converter.tokenizer is None:
+        logger.info("split %s: %s", source.name, summary.describe())
+        return summary
     logger.info(
         "split %s: %s; %d examples longer than max_seq_len=%d were kept whole (the loader "
         "truncates them)",
@@ -443,23 +396,3 @@ def convert_split(
         converter.max_seq_len,
     )
     return summary
-
-
-class TokenCounts:
-    """Counts the tokens of the samples passing through, and those longer than ``max_seq_len``."""
-
-    def __init__(self, max_seq_len: int) -> None:
-        self.max_seq_len = max_seq_len
-        self.tokens = 0
-        self.long_examples = 0
-
-    def count(self, samples: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Pass ``samples`` through, counting them."""
-        for sample in samples:
-            if "turns" in sample:
-                length = example_length(sample["turns"])
-            else:
-                length = len(sample["input_ids"]) + len(sample["labels"])
-            self.tokens += length
-            self.long_examples += length > self.max_seq_len
-            yield sample

@@ -10,6 +10,7 @@ from llmfoundry.data.finetuning.collator import (
     TargetPolicy,
     build_sequence,
     count_tokens_in_batch,
+    with_final_eos,
 )
 from llmfoundry.data.finetuning.dataloader import (
     FinetuningDatasetConfig,
@@ -39,4 +40,5 @@ __all__ = [
     "first_fit_decreasing",
     "tokenize_chat",
     "tokenize_example",
+    "with_final_eos",
 ]

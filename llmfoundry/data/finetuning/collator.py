@@ -1,7 +1,9 @@
 """Turn tokenized finetuning examples (turns) into model batches, with label masking.
 
-Decoder-only examples become one sequence: every turn's prompt then response, in order. Labels
-are the token ids where the loss is taken and ``-100`` elsewhere:
+Decoder-only examples become one sequence: every turn's prompt then response, in order. The
+final response ends with EOS: when it does not already (LLM Foundry's converter writes responses
+without it), the collator appends it. Labels are the token ids where the loss is taken and
+``-100`` elsewhere:
 
 * ``target_responses``: ``last`` makes only the final response a target, ``all`` every response.
 * ``target_prompts``: ``none`` makes no prompt a target, ``all`` every prompt, ``length>=N`` the
@@ -13,8 +15,14 @@ an example's first token as a prediction from the previous example's last token.
 
 A sequence longer than ``max_seq_len`` keeps its first ``max_seq_len`` tokens (it loses the end
 of its last response). :func:`is_trainable` tells the dataset builder which examples to drop:
-those whose tokens before the final response already fill ``max_seq_len`` and those left with
-no target token.
+those left with no target token within ``max_seq_len`` (with the default targets, those whose
+tokens before the final response fill ``max_seq_len``).
+
+A batch is ``max_seq_len`` wide; ``pad_to_longest`` makes it as wide as its longest example
+instead, and ``allow_pad_trimming`` trims every batch after the first (which keeps the full
+width, so that running out of memory shows at once) to its longest example rounded up to a
+multiple of 8. Encoder-decoder batches (``decoder_only_format: false``) are built by
+:mod:`.seq2seq`.
 
 Examples read from MDS are not filtered when the loader is built (a streaming dataset is read
 shard by shard, and dropping samples would change how many batches each rank gets), so the
@@ -32,6 +40,7 @@ from typing import Any
 
 import torch
 
+from llmfoundry.data.finetuning.seq2seq import encoder_decoder_batch, stitch_encoder_decoder
 from llmfoundry.utils.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -39,6 +48,9 @@ logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 TARGET_RESPONSES = ("last", "all")
 _LENGTH_RULE = re.compile(r"^length>=(\d+)$")
+# Trimmed batches are a multiple of this many tokens wide.
+TRIM_MULTIPLE = 8
+Turns = Sequence[Mapping[str, Sequence[int]]]
 
 
 @dataclass(frozen=True)
@@ -60,26 +72,31 @@ class TargetPolicy:
     ) -> TargetPolicy:
         """Parse the ``target_prompts``/``target_responses`` config values.
 
+        Args:
+            target_prompts: ``none``, ``all`` or ``length>=N`` (N >= 1).
+            target_responses: ``last`` or ``all``.
+            section: the keys' section, for messages; ``--`` names command-line flags.
+
         Raises:
             ConfigError: naming the key and the accepted values.
         """
+        prefix = "--" if section == "--" else f"{section}."
         prompts = str(target_prompts).strip().lower()
+        match = _LENGTH_RULE.match(prompts.replace(" ", ""))
         if prompts == "none":
             min_prompt_len = None
         elif prompts == "all":
             min_prompt_len = 0
-        elif match := _LENGTH_RULE.match(prompts.replace(" ", "")):
+        elif match and int(match.group(1)) > 0:
             min_prompt_len = int(match.group(1))
         else:
             raise ConfigError(
-                f"{section}.target_prompts is '{target_prompts}'; use none, all or length>=N "
-                "(N a whole number of tokens)"
+                f"{prefix}target_prompts is '{target_prompts}'; use none, all or length>=N "
+                "(N a whole number of tokens, at least 1)"
             )
         responses = str(target_responses).strip().lower()
         if responses not in TARGET_RESPONSES:
-            raise ConfigError(
-                f"{section}.target_responses is '{target_responses}'; use last or all"
-            )
+            raise ConfigError(f"{prefix}target_responses is '{target_responses}'; use last or all")
         return cls(min_prompt_len=min_prompt_len, all_responses=responses == "all")
 
     def prompt_is_target(self, prompt_len: int) -> bool:
@@ -88,7 +105,7 @@ class TargetPolicy:
 
 
 def build_sequence(
-    turns: Sequence[Mapping[str, Sequence[int]]], policy: TargetPolicy, max_seq_len: int
+    turns: Turns, policy: TargetPolicy, max_seq_len: int
 ) -> tuple[list[int], list[int]]:
     """Concatenate an example's turns into ``(input_ids, labels)``, cut to ``max_seq_len``."""
     input_ids: list[int] = []
@@ -107,22 +124,35 @@ def build_sequence(
     return input_ids[:max_seq_len], labels[:max_seq_len]
 
 
-def example_length(turns: Sequence[Mapping[str, Sequence[int]]]) -> int:
+def with_final_eos(turns: Turns, eos_token_id: int | None) -> Turns:
+    """``turns`` with ``eos_token_id`` appended to the last response unless it ends with it.
+
+    Returns ``turns`` itself when nothing is appended (or no EOS id is given).
+    """
+    if eos_token_id is None or not turns:
+        return turns
+    final = turns[-1]
+    if final["labels"] and final["labels"][-1] == eos_token_id:
+        return turns
+    return [
+        *turns[:-1],
+        {"input_ids": list(final["input_ids"]), "labels": [*final["labels"], eos_token_id]},
+    ]
+
+
+def example_length(turns: Turns) -> int:
     """Tokens in an example before truncation."""
     return sum(len(t["input_ids"]) + len(t["labels"]) for t in turns)
 
 
-def is_trainable(
-    turns: Sequence[Mapping[str, Sequence[int]]], policy: TargetPolicy, max_seq_len: int
-) -> bool:
-    """Whether an example keeps a target within ``max_seq_len`` (else the builder drops it).
+def is_trainable(turns: Turns, policy: TargetPolicy, max_seq_len: int) -> bool:
+    """Whether an example keeps a target token within ``max_seq_len`` (else it is dropped).
 
-    False when the tokens before the final response fill ``max_seq_len`` (its response would
-    be cut entirely) or when no target token survives truncation.
+    With the default targets (no prompt, the last response) that is whether the tokens before
+    the final response leave room for at least one of its tokens; with ``target_prompts: all``
+    a long prompt is itself a target, and with ``target_responses: all`` an earlier response
+    may be, even when the final response is cut away.
     """
-    before_final_response = example_length(turns) - len(turns[-1]["labels"])
-    if before_final_response >= max_seq_len:
-        return False
     _, labels = build_sequence(turns, policy, max_seq_len)
     return any(label != IGNORE_INDEX for label in labels)
 
@@ -187,23 +217,28 @@ class Seq2SeqFinetuningCollator:
     """Batch tokenized finetuning examples (``{'turns': [...]}``) for training.
 
     Decoder-only (the default): ``input_ids``, ``attention_mask`` and ``labels`` of shape
-    ``(batch, max_seq_len)``, right-padded, or ``(batch, longest)`` with
-    ``allow_pad_trimming``. Encoder-decoder (``decoder_only_format=False``, single-turn
-    examples): ``input_ids``/``attention_mask`` hold the prompt, ``labels``/
-    ``decoder_attention_mask`` the response, each cut to ``max_seq_len``.
+    ``(batch, width)``, right-padded. Encoder-decoder (``decoder_only_format=False``):
+    ``input_ids``/``attention_mask`` hold the encoder input, ``labels``,
+    ``decoder_input_ids`` and ``decoder_attention_mask`` the target (see :mod:`.seq2seq`).
+    The width is ``max_seq_len``, or see ``pad_to_longest`` and ``allow_pad_trimming``.
 
     Args:
-        pad_token_id: the id put in padded positions.
-        max_seq_len: the longest sequence, in tokens.
+        pad_token_id: the id put in padded positions (and T5's decoder start token).
+        max_seq_len: the longest sequence, in tokens (each side, for encoder-decoder).
         target_prompts: ``none``, ``all`` or ``length>=N``.
         target_responses: ``last`` or ``all``.
         decoder_only_format: one sequence per example; False for encoder-decoder batches.
-        allow_pad_trimming: trim the batch to its longest example instead of ``max_seq_len``.
+        allow_pad_trimming: trim each batch after the first to its longest example rounded up
+            to a multiple of 8 (the first keeps its full width).
         track_truncation: count (and log, see :class:`TruncationStats`) truncated examples and
             examples with no target token left. The loader sets it for MDS sources, whose
             examples were not checked when it was built. Such an untrainable example stays in
             its batch as a row whose labels are all -100 (adding nothing to the loss, as if it
             were dropped), so the batch keeps its size; the packing collator leaves it out.
+        eos_token_id: appended to an example's final response when it does not end with it;
+            None appends nothing.
+        pad_to_longest: pad each batch to its longest example (at most ``max_seq_len``)
+            instead of ``max_seq_len``.
 
     Attributes:
         stats: the counts, when ``track_truncation`` (else None).
@@ -221,6 +256,8 @@ class Seq2SeqFinetuningCollator:
         decoder_only_format: bool = True,
         allow_pad_trimming: bool = False,
         track_truncation: bool = False,
+        eos_token_id: int | None = None,
+        pad_to_longest: bool = False,
     ) -> None:
         if not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool) or max_seq_len <= 0:
             raise ConfigError(f"max_seq_len must be a positive integer, got {max_seq_len!r}")
@@ -229,30 +266,30 @@ class Seq2SeqFinetuningCollator:
         self.policy = TargetPolicy.from_config(target_prompts, target_responses)
         self.decoder_only_format = decoder_only_format
         self.allow_pad_trimming = allow_pad_trimming
+        self.eos_token_id = eos_token_id
+        self.pad_to_longest = pad_to_longest
         self.stats = TruncationStats(max_seq_len) if track_truncation else None
+        self._seen_first_batch = False
 
     def sequence(self, example: Mapping[str, Any]) -> tuple[list[int], list[int]]:
         """The example's ``(input_ids, labels)`` after masking and truncation."""
-        return build_sequence(example["turns"], self.policy, self.max_seq_len)
+        turns = with_final_eos(example["turns"], self.eos_token_id)
+        return build_sequence(turns, self.policy, self.max_seq_len)
 
     def batch_sequences(
         self, examples: Sequence[Mapping[str, Any]]
     ) -> list[tuple[list[int], list[int], bool]]:
         """One batch's ``(input_ids, labels, trainable)`` per example, counted in ``stats``.
 
-        ``trainable`` is :func:`is_trainable`'s answer (False: the tokens before the final
-        response fill ``max_seq_len`` or no target token is left).
+        ``trainable`` is False when no target token is left within ``max_seq_len``.
         """
         sequences = []
         for example in examples:
-            turns = example["turns"]
+            turns = with_final_eos(example["turns"], self.eos_token_id)
             input_ids, labels = build_sequence(turns, self.policy, self.max_seq_len)
-            length = example_length(turns)
-            trainable = length - len(turns[-1]["labels"]) < self.max_seq_len and any(
-                label != IGNORE_INDEX for label in labels
-            )
+            trainable = any(label != IGNORE_INDEX for label in labels)
             if self.stats is not None:
-                self.stats.record(length, trainable)
+                self.stats.record(example_length(turns), trainable)
             sequences.append((input_ids, labels, trainable))
         if self.stats is not None:
             self.stats.end_batch()
@@ -261,54 +298,52 @@ class Seq2SeqFinetuningCollator:
     def __call__(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Collate ``examples`` into a batch (see the class docstring for its keys)."""
         if not self.decoder_only_format:
-            return self._encoder_decoder_batch(examples)
+            return self._trim(self._encoder_decoder_batch(examples))
         # An untrainable example (only possible from MDS) keeps its row, fully masked, as if
-        # it had been dropped: it must not train on prompts whose response was cut away.
+        # it had been dropped.
         sequences = [
             (ids, labels if trainable else [IGNORE_INDEX] * len(labels))
             for ids, labels, trainable in self.batch_sequences(examples)
         ]
         width = self.max_seq_len
-        if self.allow_pad_trimming:
+        if self.pad_to_longest:
             width = max((len(ids) for ids, _ in sequences), default=1)
-        return pad_sequences(sequences, width, self.pad_token_id)
+        return self._trim(pad_sequences(sequences, width, self.pad_token_id))
 
     def _encoder_decoder_batch(
         self, examples: Sequence[Mapping[str, Any]]
     ) -> dict[str, torch.Tensor]:
-        prompts: list[tuple[list[int], list[int]]] = []
-        responses: list[tuple[list[int], list[int]]] = []
-        for example in examples:
-            turns = example["turns"]
-            if len(turns) != 1:
-                raise ConfigError(
-                    "dataset.decoder_only_format: false takes single-turn prompt/response "
-                    f"examples, but an example has {len(turns)} turns; use decoder_only_format: true"
-                )
-            prompt = list(turns[0]["input_ids"])
-            response = list(turns[0]["labels"])
-            if self.stats is not None:
-                # The response is never empty, so it always keeps a target.
-                self.stats.record(max(len(prompt), len(response)), trainable=True)
-            prompt = prompt[: self.max_seq_len]
-            response = response[: self.max_seq_len]
-            prompts.append((prompt, prompt))
-            responses.append((response, response))
+        pairs = [stitch_encoder_decoder(e["turns"], self.eos_token_id) for e in examples]
         if self.stats is not None:
+            for context, target in pairs:
+                # The target is never empty, so it always keeps a token to learn.
+                self.stats.record(max(len(context), len(target)), trainable=True)
             self.stats.end_batch()
         width = self.max_seq_len
-        prompt_width = response_width = width
-        if self.allow_pad_trimming:
-            prompt_width = max((len(p) for p, _ in prompts), default=1)
-            response_width = max((len(r) for r, _ in responses), default=1)
-        encoder = pad_sequences(prompts, prompt_width, self.pad_token_id)
-        decoder = pad_sequences(responses, response_width, self.pad_token_id)
-        return {
-            "input_ids": encoder["input_ids"],
-            "attention_mask": encoder["attention_mask"],
-            "labels": decoder["labels"],
-            "decoder_attention_mask": decoder["attention_mask"],
-        }
+        if self.pad_to_longest:
+            longest = max((max(len(c), len(t)) for c, t in pairs), default=1)
+            width = min(longest, self.max_seq_len)
+        return encoder_decoder_batch(pairs, width, self.pad_token_id, self.eos_token_id)
+
+    def _trim(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``allow_pad_trimming``: every batch after the first, cut to its longest row."""
+        if not (self.allow_pad_trimming and self._seen_first_batch):
+            self._seen_first_batch = True
+            return batch
+        if self.decoder_only_format:
+            groups = {"attention_mask": ("input_ids", "attention_mask", "labels")}
+        else:
+            groups = {
+                "attention_mask": ("input_ids", "attention_mask"),
+                "decoder_attention_mask": ("labels", "decoder_input_ids", "decoder_attention_mask"),
+            }
+        trimmed = dict(batch)
+        for mask_key, keys in groups.items():
+            longest = int(batch[mask_key].sum(dim=1).max().item())
+            keep = -(-longest // TRIM_MULTIPLE) * TRIM_MULTIPLE
+            for key in keys:
+                trimmed[key] = batch[key][:, :keep].contiguous()
+        return trimmed
 
 
 def pad_sequences(

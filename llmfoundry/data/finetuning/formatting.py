@@ -5,8 +5,11 @@ A turn is a prompt (``input_ids``) followed by the response the model learns to 
 (``messages``) has one turn per assistant message. Concatenating every turn's ``input_ids`` and
 ``labels`` in order gives back the whole tokenized example.
 
-Prompt/response examples: the prompt is tokenized with the tokenizer's special tokens (a BOS,
-if it adds one) and the response without them, with EOS appended unless it already ends in EOS.
+Prompt/response examples are tokenized as LLM Foundry 0.22 tokenizes them (so that the
+converter writes the same tokens): prompt and response each with the tokenizer's special tokens,
+less the response's leading BOS when both start with one. The final response's EOS is added
+later, by the collator, when the tokenizer did not add it (see
+:func:`~llmfoundry.data.finetuning.collator.with_final_eos`).
 
 Chats: the tokenizer's chat template is applied to growing prefixes of the conversation. Turn
 ``i``'s prompt is the templated text from the end of the previous assistant message through the
@@ -56,11 +59,31 @@ def tokenize_example(
     prompt = _text_field(example, PROMPT_KEYS, where, allow_empty=True)
     response = _text_field(example, RESPONSE_KEYS, where, allow_empty=False)
     prompt_ids = list(tokenizer(prompt)["input_ids"])  # type: ignore[arg-type]
-    response_ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])  # type: ignore[arg-type]
-    eos_id = tokenizer.eos_token_id
-    if isinstance(eos_id, int) and (not response_ids or response_ids[-1] != eos_id):
-        response_ids.append(eos_id)
+    response_ids = list(tokenizer(text_target=response)["input_ids"])  # type: ignore[arg-type]
+    bos_id = tokenizer.bos_token_id
+    if bos_id is not None and prompt_ids[:1] == [bos_id] and response_ids[:1] == [bos_id]:
+        response_ids = response_ids[1:]
     return {"turns": [{"input_ids": prompt_ids, "labels": response_ids}]}
+
+
+def untokenized_example(example: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A checked example as text: ``{'prompt', 'response'}`` or ``{'messages'}``.
+
+    What ``convert_finetuning_dataset`` writes without a tokenizer; the same fields and checks
+    as :func:`tokenize_example` (``completion`` and ``conversation`` are accepted and renamed).
+
+    Raises:
+        DatasetError: on a missing or non-string field, an empty response or a malformed chat.
+    """
+    messages_key = next((k for k in MESSAGES_KEYS if k in example), None)
+    if messages_key is not None:
+        messages = example[messages_key]
+        _check_messages(messages, where)
+        return {"messages": [{"role": m["role"], "content": m["content"]} for m in messages]}
+    return {
+        "prompt": _text_field(example, PROMPT_KEYS, where, allow_empty=True),
+        "response": _text_field(example, RESPONSE_KEYS, where, allow_empty=False),
+    }
 
 
 def _text_field(

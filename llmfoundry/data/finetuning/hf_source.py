@@ -1,4 +1,8 @@
-"""Guards around reading a Hugging Face dataset: ``safe_load`` and local-rank-zero-first preparation.
+"""Reading a Hugging Face dataset for the finetuning loader: load, preprocess, tokenize, filter.
+
+:func:`build_hf_finetuning_dataset` loads ``hf_name``'s split, runs each row through the
+preprocessing function, tokenizes it into turns (the final response ending with EOS) and drops
+the examples left with no target token within ``max_seq_len``.
 
 ``safe_load: true`` (a ``dataset:`` key, default false) restricts ``hf_name`` to data that runs
 no code when loaded: a local folder whose files are all ``.csv``/``.json``/``.jsonl``/
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 import uuid
@@ -24,10 +29,22 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import datasets
 from composer.utils import dist
+from transformers import PreTrainedTokenizerBase
 
+from llmfoundry.data.finetuning.collator import (
+    TargetPolicy,
+    example_length,
+    is_trainable,
+    with_final_eos,
+)
+from llmfoundry.data.finetuning.dataset_config import FinetuningDatasetConfig
+from llmfoundry.data.finetuning.formatting import tokenize_example
+from llmfoundry.data.finetuning.tasks import PreprocessingFn, dataset_constructor
+from llmfoundry.data.text_data import eos_token_id_of
 from llmfoundry.utils import exceptions
-from llmfoundry.utils.exceptions import ConfigError, UserError
+from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +54,18 @@ SAFE_BUILDERS = ("json", "csv", "parquet")
 POLL_SECONDS = 0.1
 
 T = TypeVar("T")
+_TURN_FEATURES = datasets.Features(
+    {
+        "turns": datasets.List(
+            {
+                "input_ids": datasets.List(datasets.Value("int32")),
+                "labels": datasets.List(datasets.Value("int32")),
+            }
+        ),
+        "_length": datasets.Value("int64"),
+        "_trainable": datasets.Value("bool"),
+    }
+)
 
 
 def check_safe_load(hf_name: str, hf_kwargs: Mapping[str, Any], key: str) -> None:
@@ -194,3 +223,167 @@ def _user_error_class(name: str) -> type[Exception]:
     if isinstance(candidate, type) and issubclass(candidate, UserError):
         return candidate
     return RuntimeError
+
+
+def describe_source(hf_name: str, split: str | None, hf_kwargs: Mapping[str, Any]) -> str:
+    """How error messages name an HF source: its data file(s) when given, else its name."""
+    data_files = hf_kwargs.get("data_files")
+    if isinstance(data_files, Mapping) and split in data_files:
+        data_files = data_files[split]
+    if isinstance(data_files, str):
+        return f"'{data_files}'"
+    if isinstance(data_files, list | tuple) and len(data_files) == 1:
+        return f"'{data_files[0]}'"
+    return f"dataset '{hf_name}' split '{split}'"
+
+
+def load_hf_split(
+    hf_name: str, split: str | None, hf_kwargs: Mapping[str, Any], key: str
+) -> datasets.Dataset:
+    """``datasets.load_dataset(hf_name, split=split, **hf_kwargs)`` with one-line errors.
+
+    Raises:
+        ConfigError: if no split is given or the result is not a map-style dataset.
+        DatasetError: if the split does not exist (naming those that do).
+        MissingFileError: if a data file is missing.
+    """
+    if split is None:
+        raise ConfigError(f"{key}.split is missing; name the split to read (e.g. train)")
+    try:
+        loaded = datasets.load_dataset(hf_name, split=split, **hf_kwargs)
+    except ValueError as err:
+        match = re.search(r"Unknown split \"[^\"]*\"\. Should be one of (\[.*\])", str(err))
+        if match is None:
+            raise
+        raise DatasetError(
+            f"{key}.split '{split}' is not a split of '{hf_name}'; available: {match.group(1)}"
+        ) from err
+    except FileNotFoundError as err:
+        raise MissingFileError(
+            f"{key}: cannot load '{hf_name}' ({err}); check hf_name and hf_kwargs.data_files"
+        ) from err
+    if not isinstance(loaded, datasets.Dataset):
+        raise ConfigError(
+            f"{key}: load_dataset returned a {type(loaded).__name__}; the finetuning loader "
+            "needs a map-style dataset (do not set hf_kwargs.streaming)"
+        )
+    return loaded
+
+
+def build_hf_finetuning_dataset(
+    config: FinetuningDatasetConfig, tokenizer: PreTrainedTokenizerBase, key: str
+) -> tuple[datasets.Dataset, list[int]]:
+    """Load, preprocess, tokenize and filter an HF dataset into ``{'turns': [...]}`` rows.
+
+    With several processes, each node's local rank 0 does this first and the node's other
+    ranks then read the ``datasets`` cache it filled (:func:`.hf_source.local_rank_zero_first`).
+
+    Returns:
+        The dataset and each kept example's length in tokens after truncation.
+
+    Raises:
+        DatasetError: naming the source, row and field of a bad example, or if every example
+            is dropped.
+        ConfigError: on a bad preprocessing function, or a source ``safe_load`` refuses.
+    """
+    assert config.hf_name is not None
+    hf_name = config.hf_name
+    if config.safe_load:
+        check_safe_load(hf_name, config.hf_kwargs, key)
+    function = dataset_constructor.resolve(
+        config.preprocessing_fn, hf_name, f"{key}.preprocessing_fn"
+    )
+    source = describe_source(hf_name, config.split, config.hf_kwargs)
+    return local_rank_zero_first(
+        lambda: _tokenize_and_filter(config, function, tokenizer, source, key), source
+    )
+
+
+def _tokenize_and_filter(
+    config: FinetuningDatasetConfig,
+    function: PreprocessingFn | None,
+    tokenizer: PreTrainedTokenizerBase,
+    source: str,
+    key: str,
+) -> tuple[datasets.Dataset, list[int]]:
+    assert config.hf_name is not None
+    raw = load_hf_split(config.hf_name, config.split, config.hf_kwargs, key)
+    policy = TargetPolicy.from_config(config.target_prompts, config.target_responses, key)
+    max_seq_len = config.max_seq_len
+    decoder_only = config.decoder_only_format
+
+    def tokenize_row(row: dict[str, Any], index: int) -> dict[str, Any]:
+        where = f"{source}, row {index}"
+        example = preprocess_row(function, row, where)
+        turns = tokenize_example(example, tokenizer, where)["turns"]
+        turns = list(with_final_eos(turns, eos_token_id_of(tokenizer)))
+        trainable = is_trainable(turns, policy, max_seq_len) if decoder_only else True
+        return {"turns": turns, "_length": example_length(turns), "_trainable": trainable}
+
+    tokenized = raw.map(
+        tokenize_row,
+        with_indices=True,
+        remove_columns=raw.column_names,
+        features=_TURN_FEATURES,
+        desc="Tokenizing finetuning examples",
+    )
+    lengths = tokenized["_length"]
+    trainable = tokenized["_trainable"]
+    truncated = sum(
+        1 for n, keep in zip(lengths, trainable, strict=True) if keep and n > max_seq_len
+    )
+    dropped = len(trainable) - sum(trainable)
+    logger.info(
+        "%s: %d examples; %d longer than max_seq_len=%d are truncated (their last response is "
+        "cut); %d dropped (no target token left within max_seq_len)",
+        source,
+        len(trainable),
+        truncated,
+        max_seq_len,
+        dropped,
+    )
+    if dropped == len(trainable):
+        raise DatasetError(
+            f"{source}: all {dropped} examples were dropped (their prompts fill "
+            f"max_seq_len={max_seq_len} or they have no target token); raise {key}.max_seq_len"
+        )
+    kept = tokenized.filter(lambda keep: keep, input_columns="_trainable")
+    kept_lengths = [min(n, max_seq_len) for n, keep in zip(lengths, trainable, strict=True) if keep]
+    return kept.remove_columns(["_length", "_trainable"]), kept_lengths
+
+
+def preprocess_row(
+    function: PreprocessingFn | None, row: Mapping[str, Any], where: str
+) -> Mapping[str, Any]:
+    """``function(row)`` (or ``row`` itself without a function), checked to return a mapping.
+
+    Args:
+        function: the preprocessing function, or None.
+        row: the dataset's row.
+        where: the row's source and number, for messages.
+
+    Raises:
+        DatasetError: naming ``where`` if the function fails or returns something else.
+    """
+    if function is None:
+        return row
+    name = getattr(function, "__name__", repr(function))
+    try:
+        example = function(row)
+    except KeyError as err:
+        raise DatasetError(
+            f"{where}: preprocessing function {name} needs field {err} "
+            f"(fields: {', '.join(row)}); fix the data or dataset.preprocessing_fn"
+        ) from err
+    except Exception as err:
+        # The user's function failed on this row (e.g. a field JSON loading filled with None).
+        raise DatasetError(
+            f"{where}: preprocessing function {name} failed ({type(err).__name__}: {err}); "
+            "fix the row or make the function handle it"
+        ) from err
+    if not isinstance(example, Mapping):
+        raise DatasetError(
+            f"{where}: preprocessing function {name} returned {type(example).__name__}, not a "
+            "dict with 'prompt'/'response' or 'messages'"
+        )
+    return example

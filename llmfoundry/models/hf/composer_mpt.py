@@ -165,12 +165,16 @@ class ComposerMPTCausalLM(HuggingFaceModel):
         """Create the model where ``init_device`` says; ``meta``/``mixed`` are materialized on CPU.
 
         Sharded (FSDP) materialization of meta weights belongs to the distributed setup; without
-        it, a meta-initialized model is filled in here so that it can run.
+        it, a meta-initialized model is filled in here so that it can run. A caller that builds
+        inside ``with torch.device("meta")`` (the distributed setup, or a check of a config's
+        shape) gets the model on the meta device, unmaterialized.
         """
         if config.init_device == "cpu":
             return MPTForCausalLM(config)
         with torch.device("meta"):
             model = MPTForCausalLM(config)
+        if torch.get_default_device().type == "meta":
+            return model
         model.to_empty(device="cpu")
         model.init_weights()
         return model

@@ -4,12 +4,15 @@ Shared by the offline converter (``command_utils.convert_composer_to_hf``) and t
 ``hf_checkpointer`` callback, which exports while training runs. An exported MPT folder holds
 ``model.safetensors``, ``config.json`` (whose ``auto_map`` points at the bundled code), the
 tokenizer files and the standalone MPT sources, so that
-``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` loads it anywhere.
+``AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)`` loads it anywhere,
+transformers 4.x (LLM Foundry 0.22's) included; where ``llmfoundry`` is imported, our registered
+classes load it without the flag (``models.hf.loading``).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +35,12 @@ AUTO_MAP = {
     "AutoConfig": "configuration_mpt.MPTConfig",
     "AutoModelForCausalLM": "modeling_mpt.MPTForCausalLM",
 }
+
+# tokenizer_class names transformers 5 writes that transformers 4 lacks, and the 4.x class that
+# reads the same files (tokenizer.json). Concrete names (GPT2Tokenizer, LlamaTokenizer) exist in
+# both and are kept.
+V4_TOKENIZER_CLASSES = {"TokenizersBackend": "PreTrainedTokenizerFast"}
+TOKENIZER_CONFIG = "tokenizer_config.json"
 
 ModelT = TypeVar("ModelT", bound=PreTrainedModel)
 
@@ -61,6 +70,24 @@ def copy_mpt_code(folder: str | Path) -> None:
     for source in sorted(source_dir.glob("*.py")):
         if source.name != "__init__.py":
             shutil.copy2(source, Path(folder) / source.name)
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
+    """``tokenizer.save_pretrained(folder)``, readable by transformers 4.x as well.
+
+    transformers 5 records a fast tokenizer's class as ``TokenizersBackend``, which 4.x
+    (LLM Foundry 0.22's) cannot resolve; the folder names ``PreTrainedTokenizerFast`` instead,
+    which both read from the same ``tokenizer.json``.
+    """
+    tokenizer.save_pretrained(folder)
+    config_path = Path(folder) / TOKENIZER_CONFIG
+    if not config_path.is_file() or not (Path(folder) / "tokenizer.json").is_file():
+        return
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    v4_name = V4_TOKENIZER_CLASSES.get(str(config.get("tokenizer_class")))
+    if v4_name is not None:
+        config["tokenizer_class"] = v4_name
+        config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", "utf-8")
 
 
 def copy_with_weights(
@@ -132,7 +159,7 @@ def write_mpt_folder(
     model.config.architectures = ["MPTForCausalLM"]
     model.save_pretrained(folder)
     if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
+        save_tokenizer(tokenizer, folder)
     copy_mpt_code(folder)
 
 

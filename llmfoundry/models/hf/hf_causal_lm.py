@@ -3,7 +3,8 @@
 The model comes from ``AutoModelForCausalLM`` (a local folder or a Hub id; both take the same
 path), its config can be edited before the weights load (``config_overrides``), and a LoRA
 adapter can be added (``peft_config``) or resumed (``pretrained_lora_id_or_path``). Loading
-problems surface as our one-line user errors naming the ``model.*`` key to fix.
+(``llmfoundry.models.hf.loading``) decides which code builds the model and turns problems into
+our one-line user errors naming the ``model.*`` key to fix.
 """
 
 from __future__ import annotations
@@ -19,18 +20,12 @@ import torch
 from composer.models import HuggingFaceModel
 from huggingface_hub.errors import StrictDataclassError
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmfoundry import registry
 from llmfoundry.models.hf.composer_mpt import build_eval_metrics, build_lm_metrics
 from llmfoundry.models.hf.composer_mpt import shift_labels as shift_labels_for_next_token
+from llmfoundry.models.hf.loading import first_line, load_hf_causal_lm, looks_like_local_path
 from llmfoundry.utils.exceptions import (
     ConfigError,
     MissingDependencyError,
@@ -42,20 +37,7 @@ logger = logging.getLogger(__name__)
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
 INIT_DEVICES = ("cpu", "meta", "mixed")
-# auto_map entries that mean "this checkpoint ships its own Python code for the model".
-REMOTE_CODE_CLASSES = ("AutoConfig", "AutoModelForCausalLM")
-TRUST_HINT = "set model.trust_remote_code: true to run the code it ships"
 LORA_KEYS = frozenset(field.name for field in dataclasses.fields(LoraConfig))
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _looks_like_local_path(name: str) -> bool:
-    """True for names that can only be folders (a Hub id is ``name`` or ``org/name``)."""
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def resolve_attn_implementation(
@@ -141,206 +123,7 @@ def build_lora_config(section: Mapping[str, Any]) -> LoraConfig:
     try:
         return LoraConfig(**fields)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"model.peft_config is invalid: {_first_line(err)}") from err
-
-
-def _merge_nested(
-    current: Mapping[str, Any], update: Mapping[str, Any], path: str
-) -> dict[str, Any]:
-    """``current`` with ``update``'s keys replaced, recursing into dicts; new keys are errors."""
-    merged = dict(current)
-    for key, value in update.items():
-        if key not in merged:
-            raise ConfigError(
-                f"{path}.{key} is not a key of this model's {path.rsplit('.', 1)[-1]}"
-                f"{did_you_mean(str(key), merged)} (it has: {', '.join(map(str, merged))})"
-            )
-        if isinstance(value, Mapping) and isinstance(merged[key], Mapping):
-            merged[key] = _merge_nested(merged[key], value, f"{path}.{key}")
-        else:
-            merged[key] = value
-    return merged
-
-
-def apply_config_overrides(
-    config: PretrainedConfig, overrides: Mapping[str, Any], path: str = "model.config_overrides"
-) -> None:
-    """Set ``overrides`` on ``config`` in place; a dict value merges into an existing dict field.
-
-    Raises:
-        ConfigError: naming ``model.config_overrides.<key>`` for a key the config does not have
-            (nested keys included) or a value of the wrong type.
-    """
-    for key, value in overrides.items():
-        key_path = f"{path}.{key}"
-        if not hasattr(config, key):
-            known = config.to_dict()
-            raise ConfigError(
-                f"{key_path}: the model's {type(config).__name__} has no field '{key}'{did_you_mean(key, known)}"
-            )
-        current = getattr(config, key)
-        if isinstance(value, Mapping) and isinstance(current, PretrainedConfig):
-            apply_config_overrides(current, value, key_path)  # a sub-config (e.g. text_config)
-            continue
-        if isinstance(value, Mapping) and isinstance(current, Mapping):
-            value = _merge_nested(current, value, key_path)
-        try:
-            setattr(config, key, value)
-        except (StrictDataclassError, TypeError, ValueError) as err:
-            raise ConfigError(f"{key_path}={value!r} is invalid: {_first_line(err)}") from err
-
-
-def _read_config_dict(name: str, token: str | bool | None) -> dict[str, Any]:
-    """The raw ``config.json`` of ``name``, read without running any code.
-
-    Raises:
-        MissingFileError: if ``name`` is neither a folder with a config.json nor a reachable Hub model.
-    """
-    if _looks_like_local_path(name) and not os.path.isdir(os.path.expanduser(name)):
-        raise MissingFileError(
-            f"model.pretrained_model_name_or_path={name!r}: no such folder; "
-            "give an existing model folder or a Hugging Face Hub id"
-        )
-    try:
-        config_dict, _ = PretrainedConfig.get_config_dict(os.path.expanduser(name), token=token)
-    except (OSError, ValueError) as err:
-        raise MissingFileError(
-            f"model.pretrained_model_name_or_path={name!r} could not be read as a model folder or "
-            f"Hub model ({_first_line(err)})"
-        ) from err
-    if not config_dict:  # transformers 5 returns {} for a folder without config.json
-        raise MissingFileError(
-            f"model.pretrained_model_name_or_path={name!r} has no config.json; "
-            "point it at a folder written by save_pretrained"
-        )
-    return config_dict
-
-
-def _uses_builtin_instead_of_shipped_code(
-    name: str, config_dict: Mapping[str, Any], trust_remote_code: bool
-) -> bool:
-    """Decide how a checkpoint that ships its own code is treated when remote code is off.
-
-    Returns:
-        True when transformers would substitute its own implementation of the ``model_type``
-        for the shipped code (it implements ``mpt``, for one, with fewer options than ours):
-        loading must then match the weights exactly.
-
-    Raises:
-        ConfigError: if the code is needed and transformers has no implementation of its own.
-    """
-    auto_map = config_dict.get("auto_map") or {}
-    if trust_remote_code or not any(cls in auto_map for cls in REMOTE_CODE_CLASSES):
-        return False
-    model_type = config_dict.get("model_type")
-    if model_type not in CONFIG_MAPPING:
-        raise ConfigError(
-            f"model.pretrained_model_name_or_path={name!r} needs its own model code "
-            f"(model_type {model_type!r}, which transformers does not implement); {TRUST_HINT}"
-        )
-    logger.warning(
-        "%s ships its own model code but model.trust_remote_code is false: trying transformers' "
-        "built-in '%s' implementation instead",
-        name,
-        model_type,
-    )
-    return True
-
-
-def _builtin_mismatch_error(name: str, detail: str) -> ConfigError:
-    return ConfigError(
-        f"model.pretrained_model_name_or_path={name!r} ships its own model code and transformers' "
-        f"built-in implementation does not fit it ({detail}); {TRUST_HINT}"
-    )
-
-
-def _materialize_on_cpu(model: PreTrainedModel) -> None:
-    """Give a meta-device model real CPU storage and initial values.
-
-    Sharding meta weights in place belongs to the distributed (FSDP) setup; without it, a
-    meta-built model is filled in here so that it can run.
-    """
-    model.to_empty(device="cpu")
-    model.init_weights()
-
-
-def load_hf_causal_lm(
-    name: str,
-    *,
-    pretrained: bool = True,
-    config_overrides: Mapping[str, Any] | None = None,
-    trust_remote_code: bool = False,
-    token: str | bool | None = None,
-    attn_implementation: str | None = None,
-    init_device: str = "cpu",
-    quantization_config: Any | None = None,
-) -> PreTrainedModel:
-    """Load (``pretrained``) or build from its config a causal LM, in fp32 for training.
-
-    ``init_device: meta`` / ``mixed`` build a from-config model on the meta device, then
-    materialize it on CPU; pretrained weights are always loaded on CPU.
-
-    Raises:
-        MissingFileError: if ``name`` cannot be found.
-        ConfigError: if remote code is needed but not trusted, or an override/option does not fit.
-    """
-    config_dict = _read_config_dict(name, token)
-    builtin_fallback = _uses_builtin_instead_of_shipped_code(name, config_dict, trust_remote_code)
-    try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, token=token)
-    except (StrictDataclassError, ValueError) as err:
-        if builtin_fallback:
-            raise _builtin_mismatch_error(name, _first_line(err)) from err
-        raise ConfigError(
-            f"model.pretrained_model_name_or_path={name!r}: its config could not be loaded ({_first_line(err)})"
-        ) from err
-    apply_config_overrides(config, config_overrides or {})
-    options: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-    if attn_implementation is not None:
-        options["attn_implementation"] = attn_implementation
-    try:
-        if pretrained:
-            if init_device != "cpu":
-                logger.info(
-                    "init_device=%s with pretrained weights: loading them on CPU", init_device
-                )
-            # transformers 5 loads in the checkpoint's dtype by default; training wants fp32
-            # master weights (Composer's autocast handles lower precision).
-            loaded: Any = AutoModelForCausalLM.from_pretrained(
-                name,
-                config=config,
-                token=token,
-                dtype=torch.float32,
-                quantization_config=quantization_config,
-                output_loading_info=True,
-                **options,
-            )
-            model, info = loaded
-            unmatched = [*info.get("missing_keys", []), *info.get("unexpected_keys", [])]
-            if builtin_fallback and unmatched:
-                raise _builtin_mismatch_error(name, f"unmatched weights: {sorted(unmatched)[:4]}")
-        elif init_device == "cpu":
-            model = AutoModelForCausalLM.from_config(config, **options)
-        else:
-            with torch.device("meta"):
-                model = AutoModelForCausalLM.from_config(config, **options)
-            _materialize_on_cpu(model)
-    except (RuntimeError, StrictDataclassError, ValueError) as err:
-        if builtin_fallback:
-            raise _builtin_mismatch_error(name, _first_line(err)) from err
-        if pretrained and "mismatched_sizes" in str(err):
-            cause = "check model.config_overrides" if config_overrides else "its config.json is off"
-            raise ConfigError(
-                f"model.pretrained_model_name_or_path={name!r}: its weights do not fit the model "
-                f"config (the load report above lists them); {cause}"
-            ) from err
-        if attn_implementation is not None and "attention" in str(err).lower():
-            raise ConfigError(
-                f"model.attn_implementation={attn_implementation!r} does not work with "
-                f"{name!r}: {_first_line(err)}"
-            ) from err
-        raise
-    return cast(PreTrainedModel, model)
+        raise ConfigError(f"model.peft_config is invalid: {first_line(err)}") from err
 
 
 def _fit_vocab_to_tokenizer(
@@ -400,7 +183,7 @@ def _add_adapter(
                 "model.peft_config is ignored"
             )
         path = os.path.expanduser(pretrained_lora_id_or_path)
-        if _looks_like_local_path(path) and not os.path.isdir(path):
+        if looks_like_local_path(path) and not os.path.isdir(path):
             raise MissingFileError(
                 f"model.pretrained_lora_id_or_path={pretrained_lora_id_or_path!r}: no such folder"
             )
@@ -409,7 +192,7 @@ def _add_adapter(
         except (OSError, ValueError) as err:
             raise MissingFileError(
                 f"model.pretrained_lora_id_or_path={pretrained_lora_id_or_path!r} could not be loaded "
-                f"as a LoRA adapter ({_first_line(err)})"
+                f"as a LoRA adapter ({first_line(err)})"
             ) from err
     if lora_config is None:
         return model
@@ -419,7 +202,7 @@ def _add_adapter(
         targets = lora_config.target_modules  # peft turns a list into a set
         shown = sorted(targets) if isinstance(targets, set) else targets
         raise ConfigError(
-            f"model.peft_config.target_modules={shown!r} does not fit the model: {_first_line(err)}"
+            f"model.peft_config.target_modules={shown!r} does not fit the model: {first_line(err)}"
         ) from err
 
 
@@ -437,7 +220,8 @@ class ComposerHFCausalLM(HuggingFaceModel):
             None keeps transformers' default (SDPA where the model supports it).
         trust_remote_code: run the Python code a checkpoint ships. Off by default; with it off,
             a checkpoint that ships code loads only if transformers' built-in implementation of
-            its ``model_type`` matches its weights exactly.
+            its ``model_type`` matches its weights exactly. An MPT folder (ours, LLM Foundry's,
+            the Hub's) never needs it: our ``MPTForCausalLM`` builds it either way.
         use_auth_token: Hugging Face Hub token (or True for the stored one), passed as ``token``.
         init_device: ``cpu``, ``meta`` or ``mixed``. Without pretrained weights, ``meta``/``mixed``
             build on the meta device and then materialize on CPU; pretrained weights always load

@@ -14,137 +14,48 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
-logger = logging.getLogger(__name__)
-
-ATTN_CONFIG_DEFAULTS: dict[str, Any] = {
-    "attn_type": "multihead_attention",
-    "attn_pdrop": 0.0,
-    "attn_impl": "flash",
-    "qk_ln": False,
-    "qk_gn": False,
-    "clip_qkv": None,
-    "softmax_scale": None,
-    "attn_uses_sequence_id": False,
-    "sliding_window_size": -1,
-    "attn_logit_softcapping": None,
-    "alibi": False,
-    "alibi_bias_max": 8,
-    "rope": False,
-    "rope_theta": 10000,
-    "rope_impl": "dail",
-    "rope_dail_config": {"type": "original", "pos_idx_in_fp32": True, "xpos_scale_base": 512},
-    "rope_hf_config": {"type": "no_scaling", "factor": 1.0},
-    "kv_n_heads": None,
-    "fused_qkv": True,
-}
-
-FFN_CONFIG_DEFAULTS: dict[str, Any] = {"ffn_type": "mptmlp"}
-
-INIT_CONFIG_DEFAULTS: dict[str, Any] = {
-    "name": "kaiming_normal_",
-    "fan_mode": "fan_in",
-    "init_nonlinearity": "relu",
-    "init_div_is_residual": True,
-    "emb_init_std": None,
-    "emb_init_uniform_lim": None,
-    "init_std": None,
-    "init_gain": 0.0,
-}
-
-ATTN_TYPES = ("multihead_attention", "multiquery_attention", "grouped_query_attention")
-# "flash" runs flash-attn when installed and PyTorch's fused SDPA kernels otherwise; "sdpa" asks
-# for SDPA explicitly. "triton" (the name LLM Foundry's retired Triton kernel had) and "flex" run
-# PyTorch FlexAttention.
-ATTN_IMPLS = ("torch", "flash", "sdpa", "triton", "flex")
-FLEX_IMPLS = ("triton", "flex")
-ROPE_IMPLS = ("dail", "hf")
-NORM_TYPES = ("layernorm", "low_precision_layernorm", "rmsnorm", "low_precision_rmsnorm")
-FFN_TYPES = ("mptmlp", "mptglu", "te_ln_mlp")
-FFN_ACT_FNS = ("gelu", "relu", "silu")
-INIT_NAMES = (
-    "kaiming_normal_",
-    "kaiming_uniform_",
-    "xavier_normal_",
-    "xavier_uniform_",
-    "small_init_",
-    "neox_init_",
-    "baseline_",
+# transformers 4.x copies into its module cache only the files that a remote-code module
+# imports directly, not the files those import: every sibling module this file needs is
+# imported here by name (the ``noqa: F401`` ones are there for that alone).
+from .block_overrides import layer_attn_configs
+from .config_defaults import (
+    ATTN_CONFIG_DEFAULTS,
+    ATTN_IMPLS,
+    FFN_ACT_FNS,
+    FFN_CONFIG_DEFAULTS,
+    FLEX_IMPLS,
+    INIT_CONFIG_DEFAULTS,
+    INIT_DEVICES,
+    LEGACY_INERT_KEYS,
+    MPTConfigError,
+    fc_type_name,
+    merge_defaults,
 )
-INIT_DEVICES = ("cpu", "meta", "mixed")
-FC_TYPES = ("torch", "te")
-ROPE_HF_TYPES = ("no_scaling", "linear", "dynamic")
+from .config_layers import is_builtin_name, resolve_layer_sources
+from .layer_table import BUILTIN_NAMES  # noqa: F401
+from .rope_config import rope_position_scale, rope_theta_for, validate_rope
 
-# Keys every ``PretrainedConfig`` writes; transformers' native MPT saves its ``attn_config`` as a
-# config object, so a native config.json carries these inside ``attn_config`` too. They mean
-# nothing to attention and are dropped on load.
-_PRETRAINED_CONFIG_KEYS = frozenset(PretrainedConfig().to_dict()) | {"_name_or_path"}
-
-# Keys that published MPT configs carry but that select nothing here (mosaicml/mpt-7b has
-# ``attn_config.prefix_lm: false``; LLM Foundry exports copy ``fc_type`` into ``ffn_config`` and
-# write ``attn_config.kv_dim: null``). Each is accepted at these inert values only, then dropped.
-LEGACY_INERT_KEYS: dict[str, dict[str, tuple[Any, ...]]] = {
-    "attn_config": {"prefix_lm": (False,), "kv_dim": (None,)},
-    "ffn_config": {"fc_type": ("torch", {"name": "torch"})},
-    "init_config": {},
-}
-
+logger = logging.getLogger(__name__)
 
 # The model_type written for configs that only our code can run (see ``MPTConfig.to_dict``).
 REMOTE_CODE_MODEL_TYPE = "llmfoundry_mpt"
 
-
-class MPTConfigError(ValueError):
-    """An MPTConfig field (or a combination of fields) that the model cannot run with."""
-
-
-def _merge_defaults(
-    name: str, given: dict[str, Any] | None, defaults: dict[str, Any]
-) -> dict[str, Any]:
-    """Fill the missing keys of a nested config from its defaults; unknown keys are an error.
-
-    Args:
-        name: the nested config's key, for error messages (``attn_config``, ...).
-        given: what the user set (or None).
-        defaults: the defaults for every known key.
-
-    Returns:
-        A new dict with every key of ``defaults``.
-
-    Raises:
-        MPTConfigError: if ``given`` has a key that ``defaults`` does not know (legacy keys of
-            ``LEGACY_INERT_KEYS`` are accepted at their inert value and dropped).
-    """
-    merged = copy.deepcopy(defaults)
-    inert = LEGACY_INERT_KEYS[name]
-    for key, value in (given or {}).items():
-        if name == "attn_config" and key in _PRETRAINED_CONFIG_KEYS and key not in defaults:
-            continue
-        if key in inert and key not in defaults:
-            if value not in inert[key]:
-                raise MPTConfigError(
-                    f"model.{name}.{key}={value!r} is not supported; "
-                    f"only {' or '.join(repr(v) for v in inert[key])} is accepted"
-                )
-            continue
-        if key not in defaults:
-            known = ", ".join(sorted(defaults))
-            raise MPTConfigError(f"model.{name}.{key} is not a known key; known keys: {known}")
-        if isinstance(value, dict) and isinstance(defaults[key], dict):
-            merged[key] = {**defaults[key], **value}
-        else:
-            merged[key] = value
-    return merged
+__all__ = [
+    "ATTN_CONFIG_DEFAULTS",
+    "ATTN_IMPLS",
+    "FFN_CONFIG_DEFAULTS",
+    "FLEX_IMPLS",
+    "INIT_CONFIG_DEFAULTS",
+    "LEGACY_INERT_KEYS",
+    "REMOTE_CODE_MODEL_TYPE",
+    "MPTConfig",
+    "MPTConfigError",
+]
 
 
-def _fc_type_name(fc_type: str | dict[str, Any]) -> str:
-    """``fc_type`` as a name: LLM Foundry writes it either as ``torch`` or as ``{name: torch}``."""
-    if isinstance(fc_type, dict):
-        if set(fc_type) != {"name"}:
-            raise MPTConfigError(
-                f"model.fc_type={fc_type!r}: only the 'name' key is supported (e.g. {{name: torch}})"
-            )
-        return fc_type["name"]
-    return fc_type
+def _tuning_on(tuning: dict[str, Any] | None) -> bool:
+    """Whether an ``attn_temperature_tuning`` setting changes anything (its attn_scale is not 0)."""
+    return tuning is not None and bool(tuning.get("attn_scale"))
 
 
 class MPTConfig(PretrainedConfig):
@@ -154,6 +65,9 @@ class MPTConfig(PretrainedConfig):
         d_model: width of the residual stream.
         n_heads: number of query heads.
         n_layers: number of transformer blocks.
+        head_dim: size of one attention head (default ``d_model // n_heads``); the attention
+            then projects to ``n_heads * head_dim`` features. As in LLM Foundry, the default
+            softmax scale stays ``1 / sqrt(d_model / n_heads)``.
         expansion_ratio: FFN hidden size as a multiple of ``d_model`` (unless
             ``ffn_config.ffn_hidden_size`` is set).
         max_seq_len: longest sequence the model accepts.
@@ -167,9 +81,10 @@ class MPTConfig(PretrainedConfig):
         logit_scale: multiply the output logits by this number, or by ``1/sqrt(d_model)``
             when set to ``"inv_sqrt_d_model"``.
         no_bias: drop every bias from linear and norm layers.
+        attention_bias: give the q/k/v projections biases (default: ``not no_bias``).
         embedding_fraction: scale the gradient reaching the embeddings by this fraction.
-        norm_type: ``layernorm``, ``low_precision_layernorm``, ``rmsnorm`` or
-            ``low_precision_rmsnorm``.
+        norm_type: ``layernorm``, ``low_precision_layernorm``, ``rmsnorm``,
+            ``low_precision_rmsnorm``, ``triton_rmsnorm``, or a plug-in's norm.
         norm_eps: epsilon of every norm.
         use_cache: return key/value caches for generation.
         init_config: parameter initialization options (see ``INIT_CONFIG_DEFAULTS``).
@@ -177,7 +92,10 @@ class MPTConfig(PretrainedConfig):
             Foundry exports write it.
         tie_word_embeddings: share the input embedding with the output projection.
         use_pad_tok_in_ffn: run the FFN on pad tokens too (True) or skip them (False).
+        block_overrides: per-layer attention settings (see :mod:`.block_overrides`).
         final_logit_softcapping: if set, logits become ``c * tanh(logits / c)``.
+        layer_sources: the plug-in layers a saved config was built with (see
+            :mod:`.config_layers`); recomputed here, read only to name a missing package.
         **kwargs: passed to ``PretrainedConfig``.
 
     Raises:
@@ -196,6 +114,7 @@ class MPTConfig(PretrainedConfig):
         d_model: int = 2048,
         n_heads: int = 16,
         n_layers: int = 24,
+        head_dim: int | None = None,
         expansion_ratio: float = 4,
         max_seq_len: int = 2048,
         vocab_size: int = 50368,
@@ -207,6 +126,7 @@ class MPTConfig(PretrainedConfig):
         init_device: str = "cpu",
         logit_scale: float | str | None = None,
         no_bias: bool = False,
+        attention_bias: bool | None = None,
         embedding_fraction: float = 1.0,
         norm_type: str = "low_precision_layernorm",
         norm_eps: float = 1e-05,
@@ -215,40 +135,55 @@ class MPTConfig(PretrainedConfig):
         fc_type: str | dict[str, Any] = "torch",
         tie_word_embeddings: bool = True,
         use_pad_tok_in_ffn: bool = True,
+        block_overrides: dict[str, Any] | None = None,
         final_logit_softcapping: float | None = None,
+        layer_sources: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         self.d_model = d_model
         self.n_heads = n_heads
         self.n_layers = n_layers
+        self.head_dim = head_dim
         self.expansion_ratio = expansion_ratio
         self.max_seq_len = max_seq_len
         self.vocab_size = vocab_size
         self.resid_pdrop = resid_pdrop
         self.emb_pdrop = emb_pdrop
         self.learned_pos_emb = learned_pos_emb
-        self.attn_config = _merge_defaults("attn_config", attn_config, ATTN_CONFIG_DEFAULTS)
+        self.attn_config = merge_defaults("attn_config", attn_config, ATTN_CONFIG_DEFAULTS)
         pdrop = self.attn_config["attn_pdrop"]
         if isinstance(pdrop, float) and pdrop.is_integer():
             # transformers' own MptConfig types attn_pdrop as int and rejects 0.0; writing 0 keeps
             # an exported config.json readable by it, which AutoTokenizer.from_pretrained(folder)
             # does whenever trust_remote_code is off.
             self.attn_config["attn_pdrop"] = int(pdrop)
-        self.ffn_config = _merge_defaults(
+        ffn_type = (ffn_config or {}).get("ffn_type", FFN_CONFIG_DEFAULTS["ffn_type"])
+        self.ffn_config = merge_defaults(
             "ffn_config",
             ffn_config,
             {**FFN_CONFIG_DEFAULTS, "ffn_act_fn": None, "ffn_hidden_size": None},
+            # A plug-in FFN receives the ffn_config keys as its own options.
+            open_keys=not is_builtin_name("ffn_config.ffn_type", ffn_type),
         )
         self.init_device = init_device
         self.logit_scale = logit_scale
         self.no_bias = no_bias
+        # LLM Foundry's attention_bias: biases of the q/k/v projections (default: not no_bias).
+        self.attention_bias = not no_bias if attention_bias is None else attention_bias
         self.embedding_fraction = embedding_fraction
         self.norm_type = norm_type
         self.norm_eps = norm_eps
         self.use_cache = use_cache
-        self.init_config = _merge_defaults("init_config", init_config, INIT_CONFIG_DEFAULTS)
-        self.fc_type = _fc_type_name(fc_type)
+        init_name = (init_config or {}).get("name", INIT_CONFIG_DEFAULTS["name"])
+        self.init_config = merge_defaults(
+            "init_config",
+            init_config,
+            INIT_CONFIG_DEFAULTS,
+            open_keys=not is_builtin_name("init_config.name", init_name),
+        )
+        self.fc_type = fc_type_name(fc_type)
         self.use_pad_tok_in_ffn = use_pad_tok_in_ffn
+        self.block_overrides = copy.deepcopy(block_overrides)
         self.final_logit_softcapping = final_logit_softcapping
         # Older checkpoints carry keys that no longer mean anything; drop them quietly.
         for legacy_key in ("verbose",):
@@ -264,70 +199,54 @@ class MPTConfig(PretrainedConfig):
             # position scheme in attention replaces the learned table, as in LLM Foundry.
             logger.info("attn_config.alibi or rope is on: setting learned_pos_emb to False")
             self.learned_pos_emb = False
-        # transformers 5 no longer declares ``tie_word_embeddings`` on the base config; it is an
-        # ordinary attribute, read by the model and written to config.json.
-        self.tie_word_embeddings = tie_word_embeddings
         super().__init__(**kwargs)
+        # transformers 5 no longer declares ``tie_word_embeddings`` on the base config (4.x
+        # sets it to its default in ``__init__``): set it after, as an ordinary attribute.
+        self.tie_word_embeddings = tie_word_embeddings
         self._validate()
+        # Which plug-in provided each layer that is not built in (saved in config.json).
+        self.layer_sources = resolve_layer_sources(self._layer_names(), layer_sources)
+
+    @property
+    def attn_head_dim(self) -> int:
+        """The size of one attention head: ``head_dim``, or ``d_model // n_heads`` when unset."""
+        return int(self.head_dim) if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        """How many leading features of each head RoPE rotates (LLM Foundry's choice).
+
+        ``rope_impl: hf`` rotates the whole head; ``dail`` rotates ``d_model // n_heads``
+        features, which is the whole head unless ``head_dim`` says otherwise.
+        """
+        if self.attn_config["rope_impl"] == "hf":
+            return self.attn_head_dim
+        return self.d_model // self.n_heads
 
     @property
     def rope_position_scale(self) -> float:
         """Multiplier of positions before the rotation (``1 / factor`` for ``linear`` scaling)."""
-        hf = self.attn_config["rope_hf_config"]
-        if self.attn_config["rope_impl"] == "hf" and hf.get("type") == "linear":
-            return 1.0 / float(hf["factor"])
-        return 1.0
+        return rope_position_scale(self.attn_config)
 
     def rope_theta_for(self, total_len: int) -> float:
-        """The RoPE base for a sequence of ``total_len`` tokens (cache included).
+        """The RoPE base for a sequence of ``total_len`` tokens (cache included); see
+        :func:`.rope_config.rope_theta_for`."""
+        return rope_theta_for(self.attn_config, self.max_seq_len, self.rotary_dim, total_len)
 
-        It is ``rope_theta``, except with ``rope_hf_config.type: dynamic`` past ``max_seq_len``,
-        where the base grows as in dynamic NTK scaling (transformers' ``dynamic`` rope type):
-        ``theta * (factor * len / max_seq_len - (factor - 1)) ** (d / (d - 2))``.
-        """
-        attn = self.attn_config
-        theta = float(attn["rope_theta"])
-        hf = attn["rope_hf_config"]
-        if (
-            attn["rope_impl"] != "hf"
-            or hf.get("type") != "dynamic"
-            or total_len <= self.max_seq_len
-        ):
-            return theta
-        head_dim = self.d_model // self.n_heads
-        factor = float(hf["factor"])
-        growth = factor * total_len / self.max_seq_len - (factor - 1)
-        return theta * growth ** (head_dim / (head_dim - 2))
+    def layer_attn_configs(self) -> list[dict[str, Any]]:
+        """Each layer's attention settings: ``attn_config`` with ``block_overrides`` applied."""
+        return layer_attn_configs(self.block_overrides, self.attn_config, self.n_layers)
 
-    def _validate_rope(self) -> None:
-        """Check the RoPE settings this implementation can honour."""
-        attn = self.attn_config
-        if (self.d_model // self.n_heads) % 2:
-            raise MPTConfigError(
-                f"model.attn_config.rope needs an even head size; d_model/n_heads is {self.d_model // self.n_heads}"
-            )
-        if attn["rope_impl"] not in ROPE_IMPLS:
-            raise MPTConfigError(
-                f"model.attn_config.rope_impl={attn['rope_impl']!r} is not supported; choose one of {', '.join(ROPE_IMPLS)}"
-            )
-        dail_type = attn["rope_dail_config"].get("type")
-        if attn["rope_impl"] == "dail" and dail_type != "original":
-            raise MPTConfigError(
-                f"model.attn_config.rope_dail_config.type={dail_type!r} is not supported; use 'original' "
-                "(xpos rescales cached keys as the sequence grows, which a KV cache cannot honour)"
-            )
-        hf_type = attn["rope_hf_config"].get("type")
-        if attn["rope_impl"] == "hf" and hf_type not in ROPE_HF_TYPES:
-            raise MPTConfigError(
-                f"model.attn_config.rope_hf_config.type={hf_type!r} is not supported; "
-                f"choose one of {', '.join(ROPE_HF_TYPES)}"
-            )
-        if (
-            attn["rope_impl"] == "hf"
-            and hf_type != "no_scaling"
-            and not float(attn["rope_hf_config"]["factor"]) > 0
-        ):
-            raise MPTConfigError("model.attn_config.rope_hf_config.factor must be positive")
+    def _layer_names(self) -> dict[str, str]:
+        """The name this config gives each pluggable layer, by config key."""
+        return {
+            "norm_type": self.norm_type,
+            "fc_type": self.fc_type,
+            "ffn_config.ffn_type": self.ffn_config["ffn_type"],
+            "attn_config.attn_type": self.attn_config["attn_type"],
+            "attn_config.attn_impl": self.attn_config["attn_impl"],
+            "init_config.name": self.init_config["name"],
+        }
 
     @property
     def kv_n_heads(self) -> int:
@@ -363,14 +282,10 @@ class MPTConfig(PretrainedConfig):
             raise MPTConfigError(
                 f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
             )
+        if self.head_dim is not None and (not isinstance(self.head_dim, int) or self.head_dim < 1):
+            raise MPTConfigError(f"model.head_dim={self.head_dim!r} must be a positive integer")
         checks: list[tuple[str, Any, tuple[Any, ...]]] = [
-            ("attn_config.attn_type", attn["attn_type"], ATTN_TYPES),
-            ("attn_config.attn_impl", attn["attn_impl"], ATTN_IMPLS),
-            ("norm_type", self.norm_type, NORM_TYPES),
-            ("ffn_config.ffn_type", self.ffn_config["ffn_type"], FFN_TYPES),
-            ("init_config.name", self.init_config["name"], INIT_NAMES),
-            ("init_device", self.init_device, INIT_DEVICES),
-            ("fc_type", self.fc_type, FC_TYPES),
+            ("init_device", self.init_device, INIT_DEVICES)
         ]
         act = self.ffn_config.get("ffn_act_fn")
         if act is not None:
@@ -428,12 +343,7 @@ class MPTConfig(PretrainedConfig):
                 "model.attn_config: alibi and rope cannot both be on; pick one position scheme"
             )
         if attn["rope"]:
-            self._validate_rope()
-        window = attn["sliding_window_size"]
-        if window is not None and window != -1 and (not isinstance(window, int) or window < 1):
-            raise MPTConfigError(
-                f"model.attn_config.sliding_window_size={window!r} must be -1 (off) or a positive integer"
-            )
+            validate_rope(attn, self.rotary_dim, self.attn_head_dim)
         if attn["qk_ln"] and attn["qk_gn"]:
             raise MPTConfigError(
                 "model.attn_config: qk_ln and qk_gn cannot both be on; qk_gn normalizes each head, "
@@ -444,7 +354,45 @@ class MPTConfig(PretrainedConfig):
                 f"model.attn_config.attn_impl={attn['attn_impl']!r} (FlexAttention) has no attention "
                 "dropout; set attn_config.attn_pdrop to 0 or use attn_impl torch, flash or sdpa"
             )
+        if attn["nope"]:
+            raise MPTConfigError(
+                "model.attn_config.nope cannot be the model-wide position scheme; set it for some "
+                "layers through block_overrides, and use alibi or rope for the others"
+            )
+        for layer, layer_attn in enumerate(self.layer_attn_configs()):
+            self._validate_layer_attn(layer, layer_attn)
         self._validate_transformer_engine()
+
+    def _validate_layer_attn(self, layer: int, attn: dict[str, Any]) -> None:
+        """Check the settings that ``block_overrides`` may change, for one layer."""
+        where = (
+            "model.attn_config" if self.block_overrides is None else f"layer {layer}'s attn_config"
+        )
+        window = attn["sliding_window_size"]
+        if window is not None and window != -1 and (not isinstance(window, int) or window < 1):
+            raise MPTConfigError(
+                f"{where}.sliding_window_size={window!r} must be -1 (off) or a positive integer"
+            )
+        tuning = attn["attn_temperature_tuning"]
+        if tuning is not None and not (
+            isinstance(tuning, dict)
+            and float(tuning.get("floor_scale", 0)) > 0
+            and isinstance(tuning.get("attn_scale"), int | float)
+        ):
+            raise MPTConfigError(
+                f"{where}.attn_temperature_tuning={tuning!r} needs a positive floor_scale and a "
+                "numeric attn_scale (0 turns it off)"
+            )
+        if attn["nope"] and self.learned_pos_emb:
+            raise MPTConfigError(
+                f"{where}.nope cannot be used with learned_pos_emb (the learned positions are "
+                "added before the first layer); use alibi or rope"
+            )
+        if attn["reuse_kv_x_layer_idx"] is not None and attn["fused_qkv"]:
+            raise MPTConfigError(
+                f"{where}.reuse_kv_x_layer_idx needs attn_config.fused_qkv: false (keys and values "
+                "are projected from another layer's input)"
+            )
 
     def _validate_transformer_engine(self) -> None:
         """``fc_type: te`` and ``ffn_type: te_ln_mlp`` need NVIDIA TransformerEngine installed."""
@@ -490,6 +438,16 @@ class MPTConfig(PretrainedConfig):
             "fc_type must be torch": self.fc_type == "torch",
             "logit_scale must be unset": self.logit_scale is None,
             "final_logit_softcapping must be unset": self.final_logit_softcapping is None,
+            "head_dim must be unset or d_model / n_heads": self.attn_head_dim
+            == self.d_model // self.n_heads,
+            "attention_bias must be false": not self.attention_bias,
+            "block_overrides must be unset": self.block_overrides is None,
+            "attn_config.attn_temperature_tuning must be off": not _tuning_on(
+                attn["attn_temperature_tuning"]
+            ),
+            "attn_config.attn_impl must be built in": is_builtin_name(
+                "attn_config.attn_impl", attn["attn_impl"]
+            ),
         }
         return [reason for reason, holds in checks.items() if not holds]
 
@@ -505,6 +463,12 @@ class MPTConfig(PretrainedConfig):
         output["model_type"] = (
             self.model_type if not self.native_incompatibilities() else REMOTE_CODE_MODEL_TYPE
         )
+        # As LLM Foundry writes it: kv_n_heads only where it means something (GQA), and no
+        # record of plug-in layers when every layer is built in.
+        if output["attn_config"].get("attn_type") != "grouped_query_attention":
+            output["attn_config"].pop("kv_n_heads", None)
+        if not output.get("layer_sources"):
+            output.pop("layer_sources", None)
         return output
 
     @classmethod

@@ -1,45 +1,60 @@
-"""Linear layers of MPT: ``torch.nn.Linear``, or TransformerEngine's with ``fc_type: te``.
+"""Linear layers of MPT (LLM Foundry's ``fc_type``): ``torch.nn.Linear``, TransformerEngine's
+``te.Linear``, or a plug-in's.
 
 TransformerEngine is optional (the ``te`` extra); ``MPTConfig`` refuses ``fc_type: te`` and
-``ffn_type: te_ln_mlp`` when it is not installed, so the imports below only run where it is.
+``ffn_type: te_ln_mlp`` when it is not installed. It is imported by name, so that
+``transformers``' check of remote code does not demand it where it is not used.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from torch import nn
 
-from .configuration_mpt import MPTConfig
+from .layer_table import lookup_layer, register_builtin
+
+
+def transformer_engine() -> Any:
+    """The ``transformer_engine.pytorch`` module (only called where it is installed)."""
+    return importlib.import_module("transformer_engine.pytorch")
+
+
+def te_linear(
+    in_features: int, out_features: int, bias: bool = True, device: str | None = None
+) -> nn.Module:
+    """TransformerEngine's ``Linear`` (``fc_type: te``; fp8-capable on H100)."""
+    return transformer_engine().Linear(
+        in_features, out_features, bias=bias, device=device or "cuda"
+    )
+
+
+register_builtin("fcs", "torch", nn.Linear)
+register_builtin("fcs", "te", te_linear)
+
+
+def fc_name(fc_type: str | dict[str, Any] | None) -> str:
+    """The layer name of an ``fc_type`` written as ``torch`` or ``{name: torch}``."""
+    if isinstance(fc_type, dict):
+        return str(fc_type.get("name", "torch"))
+    return fc_type or "torch"
 
 
 def build_linear(
-    config: MPTConfig, in_features: int, out_features: int, bias: bool, device: str | None
+    fc_type: str | dict[str, Any] | None,
+    in_features: int,
+    out_features: int,
+    bias: bool,
+    device: str | None,
 ) -> nn.Module:
-    """A linear layer of the kind ``config.fc_type`` names."""
-    if config.fc_type == "te":
-        import transformer_engine.pytorch as te  # type: ignore[import-not-found]
+    """A linear layer of the kind ``fc_type`` names, called as LLM Foundry calls its ``fcs``.
 
-        return te.Linear(in_features, out_features, bias=bias, device=device or "cuda")
-    return nn.Linear(in_features, out_features, bias=bias, device=device)
-
-
-def build_te_ln_mlp(config: MPTConfig, device: str | None) -> nn.Module:
-    """TransformerEngine's fused LayerNorm + MLP (``ffn_type: te_ln_mlp``).
-
-    It normalizes its own input, so the block that holds it skips its ``norm_2``.
+    Raises:
+        ValueError: if no linear layer has that name.
     """
-    import transformer_engine.pytorch as te  # type: ignore[import-not-found]
-
-    act: Any = config.ffn_config.get("ffn_act_fn") or "gelu"
-    if isinstance(act, dict):
-        act = act["name"]
-    return te.LayerNormMLP(
-        hidden_size=config.d_model,
-        ffn_hidden_size=config.ffn_hidden_size,
-        eps=config.norm_eps,
-        bias=not config.no_bias,
-        normalization="RMSNorm" if "rmsnorm" in config.norm_type else "LayerNorm",
-        activation=act,
-        device=device or "cuda",
-    )
+    name = fc_name(fc_type)
+    layer: Any = lookup_layer("fcs", name)
+    if layer is None:
+        raise ValueError(f"unknown fc_type {name!r}")
+    return layer(in_features=in_features, out_features=out_features, bias=bias, device=device)

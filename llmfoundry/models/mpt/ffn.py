@@ -1,4 +1,9 @@
-"""MPT feed-forward blocks: ``mptmlp`` (up, activation, down) and ``mptglu`` (gated)."""
+"""MPT feed-forward blocks: ``mptmlp`` (up, activation, down), ``mptglu`` (gated), TE's
+``te_ln_mlp``, or a plug-in's.
+
+Every FFN is built as LLM Foundry builds the entries of its ``ffns`` registries:
+``(d_model=, expansion_ratio=, device=, bias=, fc_type=, **ffn_config options)``.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from .config_layers import find_layer
 from .configuration_mpt import MPTConfig
-from .fc import build_linear, build_te_ln_mlp
+from .fc import build_linear, transformer_engine
+from .layer_table import register_builtin
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 _DEFAULT_ACT: dict[str, Any] = {"name": "gelu", "approximate": "none"}
@@ -25,20 +32,39 @@ def build_activation(spec: str | dict[str, Any] | None) -> nn.Module:
     return _ACTIVATIONS[name](**kwargs)
 
 
+def _hidden_size(d_model: int, expansion_ratio: float, ffn_hidden_size: int | None) -> int:
+    """``ffn_hidden_size`` when given, else ``d_model * expansion_ratio``."""
+    return int(ffn_hidden_size) if ffn_hidden_size is not None else int(d_model * expansion_ratio)
+
+
 class MPTMLP(nn.Module):
     """``down_proj(act(up_proj(x)))``.
 
     Args:
-        config: the model config (``ffn_config``, ``no_bias``, widths).
+        d_model: input and output width.
+        expansion_ratio: hidden width as a multiple of ``d_model`` (unless ``ffn_hidden_size``).
+        fc_type: the linear layers' kind (``torch``, ``{name: torch}``...).
+        ffn_hidden_size: the hidden width, overriding ``expansion_ratio``.
+        ffn_act_fn: the activation (``ffn_config.ffn_act_fn``; exact GELU by default).
         device: where to create the weights.
+        bias: give the linear layers biases.
     """
 
-    def __init__(self, config: MPTConfig, device: str | None = None) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        expansion_ratio: float,
+        fc_type: str | dict[str, Any] | None = None,
+        ffn_hidden_size: int | None = None,
+        ffn_act_fn: str | dict[str, Any] | None = None,
+        device: str | None = None,
+        bias: bool = True,
+    ) -> None:
         super().__init__()
-        hidden, bias = config.ffn_hidden_size, not config.no_bias
-        self.up_proj = build_linear(config, config.d_model, hidden, bias, device)
-        self.act = build_activation(config.ffn_config.get("ffn_act_fn"))
-        self.down_proj = build_linear(config, hidden, config.d_model, bias, device)
+        hidden = _hidden_size(d_model, expansion_ratio, ffn_hidden_size)
+        self.up_proj = build_linear(fc_type, d_model, hidden, bias, device)
+        self.act = build_activation(ffn_act_fn)
+        self.down_proj = build_linear(fc_type, hidden, d_model, bias, device)
         self.down_proj._is_residual = True  # type: ignore[assignment]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,20 +74,86 @@ class MPTMLP(nn.Module):
 class MPTGLU(MPTMLP):
     """``down_proj(act(gate_proj(x)) * up_proj(x))``, as in LLaMA-style FFNs."""
 
-    def __init__(self, config: MPTConfig, device: str | None = None) -> None:
-        super().__init__(config, device)
-        self.gate_proj = build_linear(
-            config, config.d_model, config.ffn_hidden_size, not config.no_bias, device
+    def __init__(
+        self,
+        d_model: int,
+        expansion_ratio: float,
+        fc_type: str | dict[str, Any] | None = None,
+        ffn_hidden_size: int | None = None,
+        ffn_act_fn: str | dict[str, Any] | None = None,
+        device: str | None = None,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(
+            d_model, expansion_ratio, fc_type, ffn_hidden_size, ffn_act_fn, device, bias
         )
+        hidden = _hidden_size(d_model, expansion_ratio, ffn_hidden_size)
+        self.gate_proj = build_linear(fc_type, d_model, hidden, bias, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
+def build_te_ln_mlp(
+    d_model: int,
+    expansion_ratio: float,
+    fc_type: str | dict[str, Any] | None = None,
+    ffn_hidden_size: int | None = None,
+    ffn_act_fn: str | dict[str, Any] | None = None,
+    device: str | None = None,
+    bias: bool = True,
+    **kwargs: Any,
+) -> nn.Module:
+    """TransformerEngine's fused LayerNorm + MLP (``ffn_type: te_ln_mlp``).
+
+    It normalizes its own input, so the block that holds it has no ``norm_2``. ``kwargs`` go
+    to ``te.LayerNormMLP`` (``eps``, ``normalization``...).
+    """
+    del fc_type  # TE's fused MLP has its own linear layers
+    act: Any = ffn_act_fn or "gelu"
+    if isinstance(act, dict):
+        act = act["name"]
+    return transformer_engine().LayerNormMLP(
+        hidden_size=d_model,
+        ffn_hidden_size=_hidden_size(d_model, expansion_ratio, ffn_hidden_size),
+        bias=bias,
+        activation=act,
+        device=device or "cuda",
+        **kwargs,
+    )
+
+
+register_builtin("ffns", "mptmlp", MPTMLP)
+register_builtin("ffns", "mptglu", MPTGLU)
+register_builtin("ffns_with_norm", "te_ln_mlp", build_te_ln_mlp)
+
+
 def build_ffn(config: MPTConfig, device: str | None = None) -> nn.Module:
-    """Create the FFN named by ``config.ffn_config['ffn_type']``."""
-    if config.ffn_config["ffn_type"] == "te_ln_mlp":
-        return build_te_ln_mlp(config, device)
-    if config.ffn_config["ffn_type"] == "mptglu":
-        return MPTGLU(config, device)
-    return MPTMLP(config, device)
+    """Create the FFN named by ``config.ffn_config['ffn_type']`` (built in or a plug-in's).
+
+    The FFN gets ``_has_norm = True`` when it normalizes its own input (an entry of
+    ``ffns_with_norm``), and ``_uses_megablocks = True`` for an ``ffns_with_megablocks`` entry.
+    """
+    name = config.ffn_config["ffn_type"]
+    kind, ffn = find_layer("ffn_config.ffn_type", name)
+    options = {
+        key: value
+        for key, value in config.ffn_config.items()
+        if key != "ffn_type" and value is not None
+    }
+    if name == "te_ln_mlp":
+        options["eps"] = config.norm_eps
+        options["normalization"] = "RMSNorm" if "rmsnorm" in config.norm_type else "LayerNorm"
+    module = ffn(
+        d_model=config.d_model,
+        expansion_ratio=config.expansion_ratio,
+        device=device,
+        bias=not config.no_bias,
+        fc_type={"name": config.fc_type},
+        **options,
+    )
+    if kind == "ffns_with_norm":
+        module._has_norm = True
+    elif kind == "ffns_with_megablocks":
+        module._uses_megablocks = True
+    return module

@@ -13,8 +13,81 @@ from typing import Any
 
 import torch
 
-from .attention import AttentionInputs, alibi_bias, alibi_slopes, flex_available_here
-from .configuration_mpt import FLEX_IMPLS, MPTConfig
+from .attention_impls import AttentionInputs, alibi_bias, alibi_slopes, flex_available_here
+from .config_defaults import FLEX_IMPLS
+from .configuration_mpt import MPTConfig
+from .rope_config import xpos_scale_base
+from .rotary import Rotary, rotary_cos_sin, xpos_scale
+
+
+def token_positions(
+    attention_mask: torch.Tensor | None,
+    doc_ids: torch.Tensor | None,
+    past_len: int,
+    seq_len: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Position of each new token, ``(b or 1, seq_len)``.
+
+    Positions count only non-pad tokens (so left padding is harmless) and, in a packed row
+    (``doc_ids`` given), restart at 0 with every document, so that a packed example gets
+    the positions it has on its own.
+    """
+    if doc_ids is not None:
+        index = torch.arange(doc_ids.shape[1], device=device).expand_as(doc_ids)
+        starts = torch.ones_like(doc_ids, dtype=torch.bool)
+        starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+        doc_start = torch.where(starts, index, 0).cummax(dim=1).values
+        return (index - doc_start)[:, -seq_len:]
+    if attention_mask is None:
+        return torch.arange(past_len, past_len + seq_len, device=device).unsqueeze(0)
+    positions = attention_mask.long().cumsum(dim=1) - 1
+    return positions[:, -seq_len:].clamp(min=0)
+
+
+def rotary_for(config: MPTConfig, positions: torch.Tensor, total_len: int) -> Rotary | None:
+    """RoPE cosines, sines and XPos scales for the new tokens' positions (None without RoPE)."""
+    if not config.attn_config["rope"]:
+        return None
+    theta = config.rope_theta_for(total_len)
+    cos, sin = rotary_cos_sin(positions, config.rotary_dim, theta, config.rope_position_scale)
+    scale_base = xpos_scale_base(config.attn_config)
+    xpos = (
+        None
+        if scale_base is None
+        else xpos_scale(positions, config.rotary_dim, scale_base, config.max_seq_len // 2)
+    )
+    return cos, sin, xpos
+
+
+def attention_inputs_by_window(
+    config: MPTConfig,
+    windows: set[int],
+    attention_mask: torch.Tensor | None,
+    sequence_id: torch.Tensor | None,
+    positions: torch.Tensor,
+    past_len: int,
+) -> dict[int, AttentionInputs]:
+    """The attention inputs of one forward for each sliding window in use (-1: none).
+
+    They share one ``shared`` dict, through which layers hand keys and values on.
+    """
+    shared: dict[Any, Any] = {}
+    seq_len = positions.shape[-1]
+    return {
+        window: build_attention_inputs(
+            config,
+            attention_mask,
+            sequence_id,
+            past_len,
+            seq_len,
+            positions.device,
+            window,
+            positions,
+            shared,
+        )
+        for window in windows
+    }
 
 
 def _self_keys(seq_len: int, past_len: int, device: torch.device) -> torch.Tensor:
@@ -31,16 +104,23 @@ def build_attention_inputs(
     past_len: int,
     seq_len: int,
     device: torch.device,
+    sliding_window_size: int | None,
+    positions: torch.Tensor | None = None,
+    shared: dict[Any, Any] | None = None,
 ) -> AttentionInputs:
-    """The bias and mask of every block for ``seq_len`` new tokens after ``past_len`` cached ones.
+    """The bias and mask of the blocks with one sliding window, for ``seq_len`` new tokens after
+    ``past_len`` cached ones.
 
     Args:
-        config: the model config (ALiBi, sliding window, attention implementation).
+        config: the model config (ALiBi, attention implementation).
         attention_mask: ``(b, past_len + seq_len)``, 1 for real tokens, or None.
         sequence_id: ``(b, past_len + seq_len)`` packed-document ids, or None.
         past_len: tokens already in the KV cache.
         seq_len: new tokens.
         device: where to build the tensors.
+        sliding_window_size: these blocks' window (-1 or None: none).
+        positions: the new tokens' positions (see :class:`AttentionInputs`).
+        shared: the dict that layers of this forward hand each other tensors through.
 
     Returns:
         The shared :class:`AttentionInputs` (a ``BlockMask`` for the flex path, a dense mask
@@ -49,9 +129,7 @@ def build_attention_inputs(
     key_len = past_len + seq_len
     attn = config.attn_config
     alibi_bias_max = attn["alibi_bias_max"]
-    window: int | None = attn["sliding_window_size"]
-    if window == -1:
-        window = None
+    window = None if sliding_window_size in (-1, None) else sliding_window_size
     # Export (ONNX, torch.export) traces one graph for every input: it cannot branch on the
     # mask's values, so it always takes the masked path (right for any mask).
     has_padding = attention_mask is not None and (
@@ -63,6 +141,8 @@ def build_attention_inputs(
         else None,
         plain_causal=not has_padding and sequence_id is None,
         window=window,
+        positions=positions,
+        shared=shared if shared is not None else {},
     )
     if attn["attn_impl"] in FLEX_IMPLS and flex_available_here(device):
         inputs.block_mask = _block_mask(

@@ -17,18 +17,26 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from .attention import (
-    GroupedQueryAttention,
-)
+# transformers 4.x copies into its module cache only the files that a remote-code module
+# imports directly, not the files those import: every sibling module this file needs is
+# imported here by name (the ``noqa: F401`` ones are there for that alone).
+from .attention import GroupedQueryAttention
+from .attention_impls import AttentionInputs  # noqa: F401
+from .block_overrides import layer_attn_configs  # noqa: F401
 from .blocks import MPTBlock
 from .checkpoint_targets import build_checkpoint_plan
+from .config_defaults import MPTConfigError  # noqa: F401
+from .config_layers import find_layer  # noqa: F401
 from .configuration_mpt import MPTConfig
 from .cross_entropy import chunked_lm_cross_entropy
+from .fc import build_linear  # noqa: F401
 from .ffn import MPTMLP
-from .masks import build_attention_inputs
+from .layer_table import lookup_layer  # noqa: F401
+from .masks import attention_inputs_by_window, rotary_for, token_positions
 from .norm import build_norm
 from .param_init import init_mpt_module
-from .rotary import rotary_cos_sin
+from .rope_config import validate_rope  # noqa: F401
+from .rotary import apply_rotary  # noqa: F401
 
 # Module kinds that activation checkpointing can target, by the names LLM Foundry configs use
 # (lower-cased class names, and the attention/FFN type names).
@@ -71,7 +79,17 @@ class MPTModel(MPTPreTrainedModel):
         if config.learned_pos_emb:
             self.wpe = nn.Embedding(config.max_seq_len, config.d_model)
         self.emb_drop = nn.Dropout(config.emb_pdrop)
-        self.blocks = nn.ModuleList([MPTBlock(config) for _ in range(config.n_layers)])
+        layer_attn = config.layer_attn_configs()
+        blocks = [MPTBlock(config, attn_config=attn) for attn in layer_attn]
+        for attn in layer_attn:
+            # block_overrides' KV reuse: the earlier layer hands on its keys/values or input.
+            if attn["reuse_kv_layer_idx"] is not None:
+                blocks[attn["reuse_kv_layer_idx"]].attn.shares_kv = True
+            if attn["reuse_kv_x_layer_idx"] is not None:
+                blocks[attn["reuse_kv_x_layer_idx"]].shares_input = True
+        self.blocks = nn.ModuleList(blocks)
+        # Each layer's sliding window (-1: none): the blocks sharing one share a mask.
+        self.layer_windows = [_window(attn) for attn in layer_attn]
         self.norm_f = build_norm(
             config.norm_type, config.d_model, config.norm_eps, not config.no_bias, None
         )
@@ -82,41 +100,6 @@ class MPTModel(MPTPreTrainedModel):
 
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.wte = value
-
-    def _positions(
-        self,
-        attention_mask: torch.Tensor | None,
-        doc_ids: torch.Tensor | None,
-        past_len: int,
-        seq_len: int,
-        device: torch.device,
-    ) -> torch.Tensor:
-        """Position of each new token.
-
-        Positions count only non-pad tokens (so left padding is harmless) and, in a packed row
-        (``doc_ids`` given), restart at 0 with every document, so that a packed example gets
-        the positions it has on its own.
-        """
-        if doc_ids is not None:
-            index = torch.arange(doc_ids.shape[1], device=device).expand_as(doc_ids)
-            starts = torch.ones_like(doc_ids, dtype=torch.bool)
-            starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
-            doc_start = torch.where(starts, index, 0).cummax(dim=1).values
-            return (index - doc_start)[:, -seq_len:]
-        if attention_mask is None:
-            return torch.arange(past_len, past_len + seq_len, device=device).unsqueeze(0)
-        positions = attention_mask.long().cumsum(dim=1) - 1
-        return positions[:, -seq_len:].clamp(min=0)
-
-    def _rotary(
-        self, positions: torch.Tensor, total_len: int
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """RoPE cosines and sines for the new tokens' positions (None without RoPE)."""
-        if not self.config.attn_config["rope"]:
-            return None
-        head_dim = self.config.d_model // self.config.n_heads
-        theta = self.config.rope_theta_for(total_len)
-        return rotary_cos_sin(positions, head_dim, theta, self.config.rope_position_scale)
 
     def _checked_sequence_id(
         self, sequence_id: torch.Tensor | None, total_len: int
@@ -196,23 +179,24 @@ class MPTModel(MPTPreTrainedModel):
                 f"hold {past_len + seq_len}; pass the mask of the cached and the new tokens"
             )
         doc_ids = self._checked_sequence_id(sequence_id, past_len + seq_len)
-        positions = self._positions(attention_mask, doc_ids, past_len, seq_len, x.device)
+        positions = token_positions(attention_mask, doc_ids, past_len, seq_len, x.device)
         if self.config.learned_pos_emb:
             x = x + self.wpe(positions)
-        rotary = self._rotary(positions, past_len + seq_len)
+        rotary = rotary_for(self.config, positions, past_len + seq_len)
         if self.embedding_fraction < 1:
             # Scale the gradient reaching the embeddings without changing the forward value.
             x = x * self.embedding_fraction + x.detach() * (1 - self.embedding_fraction)
         x = self.emb_drop(x)
-        attn_inputs = build_attention_inputs(
-            self.config, attention_mask, doc_ids, past_len, seq_len, x.device
+        attn_inputs = attention_inputs_by_window(
+            self.config, set(self.layer_windows), attention_mask, doc_ids, positions, past_len
         )
         token_mask = attention_mask[:, -seq_len:].bool() if attention_mask is not None else None
         hidden_states: list[torch.Tensor] = []
         for layer_idx, block in enumerate(self.blocks):
             if output_hidden_states:
                 hidden_states.append(x)
-            x = block(x, attn_inputs, token_mask, past_key_values, layer_idx, rotary)
+            inputs = attn_inputs[self.layer_windows[layer_idx]]
+            x = block(x, inputs, token_mask, past_key_values, layer_idx, rotary)
         x = self.norm_f(x)
         if output_hidden_states:
             hidden_states.append(x)
@@ -221,6 +205,12 @@ class MPTModel(MPTPreTrainedModel):
             past_key_values=past_key_values if use_cache else None,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
         )
+
+
+def _window(attn: dict[str, Any]) -> int:
+    """A layer's sliding window as an int (-1: none)."""
+    window = attn["sliding_window_size"]
+    return -1 if window is None else int(window)
 
 
 LOSS_IMPLS = ("torch", "fused")

@@ -2,13 +2,23 @@
 
 The low-precision variants run the normalization in the autocast dtype (e.g. bf16) instead of
 upcasting to fp32, which is what LLM Foundry's ``low_precision_layernorm`` does for speed.
+``triton_rmsnorm`` is RMSNorm through flash-attn's fused Triton kernel on CUDA when flash-attn
+is installed, and the same math in PyTorch otherwise.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.util
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .layer_table import is_builtin, lookup_layer, register_builtin
 
 
 def _autocast_dtype(tensor: torch.Tensor) -> torch.dtype | None:
@@ -85,16 +95,74 @@ class LPRMSNorm(RMSNorm):
             return self._normalize(x.to(dtype), _maybe_cast(self.weight, dtype))
 
 
+@functools.cache
+def _triton_rms_norm() -> Callable[..., torch.Tensor] | None:
+    """flash-attn's fused Triton RMSNorm, or None where flash-attn is not installed.
+
+    Imported by name so that ``transformers``' check of remote code does not demand flash-attn.
+    """
+    if importlib.util.find_spec("flash_attn") is None:
+        return None
+    try:
+        return importlib.import_module("flash_attn.ops.triton.layer_norm").rms_norm_fn
+    except (ImportError, AttributeError):
+        return None
+
+
+class TritonRMSNorm(RMSNorm):
+    """LLM Foundry's ``triton_rmsnorm``: RMSNorm, fused by flash-attn's Triton kernel on CUDA.
+
+    Without CUDA or flash-attn it computes :class:`RMSNorm`'s math in PyTorch.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kernel = _triton_rms_norm() if x.is_cuda else None
+        if kernel is None or self.weight is None:
+            return super().forward(x)
+        return kernel(
+            x,
+            self.weight,
+            None,
+            residual=None,
+            eps=self.eps,
+            dropout_p=0.0,
+            prenorm=False,
+            residual_in_fp32=False,
+        )
+
+
+for _name, _norm in {
+    "layernorm": nn.LayerNorm,
+    "low_precision_layernorm": LPLayerNorm,
+    "rmsnorm": RMSNorm,
+    "low_precision_rmsnorm": LPRMSNorm,
+    "triton_rmsnorm": TritonRMSNorm,
+}.items():
+    register_builtin("norms", _name, _norm)
+
+
+def _drop_bias(module: nn.Module) -> nn.Module:
+    """``module`` without its own ``bias`` parameter (LLM Foundry's ``no_bias`` for plug-in norms)."""
+    if isinstance(getattr(module, "bias", None), nn.Parameter):
+        module.register_parameter("bias", None)
+    return module
+
+
 def build_norm(
     norm_type: str, d_model: int, eps: float, bias: bool, device: str | None
 ) -> nn.Module:
-    """Create the norm layer named by ``norm_type`` (one of MPTConfig's ``norm_type`` values)."""
-    if norm_type == "layernorm":
-        return nn.LayerNorm(d_model, eps=eps, bias=bias, device=device)
-    if norm_type == "low_precision_layernorm":
-        return LPLayerNorm(d_model, eps=eps, bias=bias, device=device)
-    if norm_type == "rmsnorm":
-        return RMSNorm(d_model, eps=eps, device=device)
-    if norm_type == "low_precision_rmsnorm":
-        return LPRMSNorm(d_model, eps=eps, device=device)
-    raise ValueError(f"unknown norm_type {norm_type!r}")
+    """Create the norm layer named by ``norm_type``: a built-in one or a plug-in's.
+
+    A plug-in's norm is called as LLM Foundry calls its registered norms,
+    ``(normalized_shape=..., eps=..., device=...)``; without ``bias`` its bias is removed.
+
+    Raises:
+        ValueError: if no norm has that name.
+    """
+    norm: Any = lookup_layer("norms", norm_type)
+    if norm is None:
+        raise ValueError(f"unknown norm_type {norm_type!r}")
+    if is_builtin("norms", norm_type):
+        return norm(d_model, eps=eps, bias=bias, device=device)
+    module = norm(normalized_shape=d_model, eps=eps, device=device)
+    return module if bias else _drop_bias(module)

@@ -151,7 +151,9 @@ def test_long_examples_are_truncated_or_dropped_and_counted(
         truncated["input_ids"][0].tolist()
         == (ids(tokenizer, "y", special=True) + ids(tokenizer, long_response))[:32]
     )
-    assert batches[0]["input_ids"].shape[1] < 32  # pad trimming
+    # Pad trimming: the first batch keeps max_seq_len, later ones a multiple of 8.
+    assert batches[0]["input_ids"].shape[1] == 32
+    assert batches[1]["input_ids"].shape[1] % 8 == 0 and batches[1]["input_ids"].shape[1] < 32
 
 
 def test_preprocessing_fn_by_import_path(
@@ -374,8 +376,9 @@ def test_mds_truncation_and_untrainable_examples_are_counted_and_logged(
         "local": str(tmp_path / "mds"),
         "max_seq_len": 8,
         "shuffle": False,
-        # Even with prompts as targets, an example whose response is cut away is not trained on.
-        "target_prompts": "all",
+        # No prompt here is 9 tokens long, so an example whose response is cut away has no
+        # target left.
+        "target_prompts": "length>=9",
     }
     spec = build_finetuning_dataloader(tokenizer, 2, dataset)
     with caplog.at_level(logging.INFO, logger="llmfoundry.data.finetuning"):
@@ -384,7 +387,9 @@ def test_mds_truncation_and_untrainable_examples_are_counted_and_logged(
     untrainable_row = batches[1]["labels"][0]
     assert batches[1]["input_ids"][0].tolist() == list(range(10, 18))
     assert untrainable_row.eq(IGNORE_INDEX).all()  # kept as a row, fully masked
-    assert batches[0]["labels"][1].tolist() == [X, 11, 12, 100, 101, 102, 103, 104]
+    assert batches[0]["labels"][1].tolist() == [X, X, X, 100, 101, 102, 103, 104]
+    # The fitting examples' responses end with the tokenizer's EOS, appended when read.
+    assert batches[0]["labels"][0].tolist() == [X, X, 100, 101, EOS, X, X, X]
     collator: Any = spec.dataloader.collate_fn  # type: ignore[attr-defined]
     stats = collator.stats
     assert (stats.examples, stats.truncated, stats.untrainable) == (4, 2, 1)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from tokenizers.processors import TemplateProcessing
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.data.finetuning import tokenize_example
@@ -37,20 +39,35 @@ def ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def test_prompt_response_is_one_turn_with_eos(tokenizer: PreTrainedTokenizerBase) -> None:
+def test_prompt_response_is_one_turn(tokenizer: PreTrainedTokenizerBase) -> None:
     example = {"prompt": "def decode(self, s):", "response": " return s"}
     turns = tokenize_example(example, tokenizer, "row 0")["turns"]
+    # As LLM Foundry 0.22 tokenizes it: this tokenizer adds no special tokens, and the
+    # response's EOS comes from the collator.
     assert turns == [
         {
             "input_ids": list(tokenizer("def decode(self, s):")["input_ids"]),
-            "labels": [*ids(tokenizer, " return s"), EOS],
+            "labels": ids(tokenizer, " return s"),
         }
     ]
 
 
+def test_a_bos_the_tokenizer_adds_starts_only_the_prompt(
+    tokenizer: PreTrainedTokenizerBase,
+) -> None:
+    with_bos = copy.deepcopy(tokenizer)
+    backend: Any = with_bos.backend_tokenizer
+    backend.post_processor = TemplateProcessing(
+        single="<|endoftext|> $A", special_tokens=[("<|endoftext|>", EOS)]
+    )
+    with_bos.bos_token = "<|endoftext|>"
+    turns = tokenize_example({"prompt": "a", "response": "b"}, with_bos, "row 0")["turns"]
+    assert turns == [{"input_ids": [EOS, *ids(tokenizer, "a")], "labels": ids(tokenizer, "b")}]
+
+
 def test_completion_is_accepted_as_the_response(tokenizer: PreTrainedTokenizerBase) -> None:
     turns = tokenize_example({"prompt": "a", "completion": "b"}, tokenizer, "row 0")["turns"]
-    assert turns[0]["labels"] == [*ids(tokenizer, "b"), EOS]
+    assert turns[0]["labels"] == ids(tokenizer, "b")
 
 
 def test_chat_splits_into_one_turn_per_assistant_message(

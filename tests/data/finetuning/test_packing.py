@@ -195,10 +195,11 @@ def test_max_leftover_bins_to_keep_must_be_a_whole_number(value: object) -> None
 
 
 def test_packing_leaves_out_examples_without_a_target() -> None:
-    # max_seq_len 4: the 5-token prompt fills it, so its response is cut away.
+    # max_seq_len 4: the 5-token prompt fills it, so its response is cut away; the prompt is
+    # shorter than the length>=6 rule, so no target is left.
     untrainable = {"turns": [{"input_ids": [5, 6, 7, 8, 9], "labels": [10]}]}
     trainable = {"turns": [{"input_ids": [11], "labels": [12]}]}
-    base = Seq2SeqFinetuningCollator(PAD, 4, "all", "last", track_truncation=True)
+    base = Seq2SeqFinetuningCollator(PAD, 4, "length>=6", "last", track_truncation=True)
     collator = BinPackCollator(base, device_batch_size=1)
     batch = collator([untrainable, trainable])
     assert batch["input_ids"].tolist() == [[11, 12, PAD, PAD]]

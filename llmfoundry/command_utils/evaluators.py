@@ -1,0 +1,95 @@
+"""The evaluators of a train or eval run: eval loaders, in-context-learning tasks and the gauntlet.
+
+Shared by the train and eval commands: ``build_evaluators`` turns ``eval_loader`` /
+``eval_loaders`` / ``icl_tasks`` into Composer ``Evaluator``s and ``build_gauntlet`` turns
+``eval_gauntlet`` into the callback that scores each evaluation round.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from composer import Evaluator
+
+from llmfoundry.callbacks.eval_gauntlet_callback import EvalGauntlet
+from llmfoundry.eval import InContextLearningMetric, build_icl_evaluators
+from llmfoundry.eval.sources import resolve_config_file
+from llmfoundry.utils.builders import build_dataloader
+from llmfoundry.utils.config_utils import EvalConfig, TrainConfig
+from llmfoundry.utils.exceptions import ConfigError
+
+
+def build_evaluators(
+    cfg: TrainConfig | EvalConfig, tokenizer: Any, model: Any, device_eval_batch_size: int
+) -> list[Evaluator]:
+    """The evaluators of ``eval_loader`` (label ``eval``), of each ``eval_loaders`` entry, and of
+    ``icl_tasks`` (``icl_tasks_str``): one per task and shot count, at ``icl_seq_len`` (else
+    ``max_seq_len``) with ``device_eval_batch_size`` questions per batch. Shared by the train
+    and eval commands.
+
+    Raises:
+        ConfigError: if both are set, or an ``eval_loaders`` entry has no unique ``label``.
+    """
+    if cfg.eval_loader is not None and cfg.eval_loaders is not None:
+        raise ConfigError("set eval_loader or eval_loaders (a list with labels), not both")
+    sections: list[tuple[str, str, Mapping[str, Any]]] = []
+    listed, list_key = cfg.eval_loaders, "eval_loaders"
+    if isinstance(cfg.eval_loader, list):  # LLM Foundry also takes the list under eval_loader
+        listed, list_key = cfg.eval_loader, "eval_loader"
+    elif cfg.eval_loader is not None:
+        sections.append(("eval", "eval_loader", cfg.eval_loader))
+    for index, section in enumerate(listed or ()):
+        label = section.get("label")
+        if not isinstance(label, str) or not label:
+            raise ConfigError(f"{list_key}[{index}].label is missing; name each eval loader")
+        if any(f"eval/{label}" == existing for existing, _, _ in sections):
+            raise ConfigError(f"{list_key}[{index}].label '{label}' is used twice")
+        loader = {k: v for k, v in section.items() if k != "label"}
+        sections.append((f"eval/{label}", f"{list_key}[{index}]", loader))
+    # The in-context-learning metrics score only the ICL evaluators' batches.
+    metric_names = sorted(
+        name
+        for name, metric in model.get_metrics(is_train=False).items()
+        if not isinstance(metric, InContextLearningMetric)
+    )
+    evaluators = [
+        Evaluator(
+            label=label,
+            dataloader=build_dataloader(key, section, tokenizer, device_eval_batch_size),
+            metric_names=metric_names,
+        )
+        for label, key, section in sections
+    ]
+    icl_tasks = cfg.icl_tasks or cfg.icl_tasks_str
+    if icl_tasks:
+        icl_evaluators, _ = build_icl_evaluators(
+            icl_tasks,
+            tokenizer,
+            default_max_seq_len=getattr(cfg, "icl_seq_len", None) or cfg.max_seq_len,
+            default_batch_size=device_eval_batch_size,
+            icl_subset_num_batches=cfg.icl_subset_num_batches,
+            anchors=[Path(cfg.config_dir)] if cfg.config_dir else [],
+            allow_code_eval=cfg.allow_code_eval,
+        )
+        evaluators += icl_evaluators
+    return evaluators
+
+
+def build_gauntlet(cfg: TrainConfig | EvalConfig) -> list[EvalGauntlet]:
+    """The ``eval_gauntlet`` (a section or a YAML path) as a callback scoring each eval round.
+
+    Raises:
+        ConfigError: on a gauntlet without ``icl_tasks`` to score, or a bad gauntlet config.
+    """
+    gauntlet = cfg.eval_gauntlet or cfg.eval_gauntlet_str
+    if not gauntlet:
+        return []
+    if not (cfg.icl_tasks or cfg.icl_tasks_str):
+        raise ConfigError(
+            "eval_gauntlet scores icl_tasks benchmarks, but the run has no icl_tasks; add "
+            "icl_tasks (a list or a YAML path) or remove eval_gauntlet"
+        )
+    anchors = [Path(cfg.config_dir)] if cfg.config_dir else []
+    return [EvalGauntlet.from_config(resolve_config_file(gauntlet, anchors))]

@@ -1,0 +1,276 @@
+"""Load a causal LM and its tokenizer for the inference commands (generate, chat, benchmark,
+serve, web UI, LoRA merge), with LLM Foundry's ``hf_generate.py`` loading flags.
+
+:func:`load_model_and_tokenizer` takes the model folder or hub name, dtype, device or device
+map, attention implementation, hub revision and token, ``max_seq_len`` and a peft LoRA adapter,
+and turns what goes wrong into one-line user errors that name the flag.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from llmfoundry.models.hf.loading import log_mpt_class_choice
+from llmfoundry.models.mpt.configuration_mpt import ATTN_IMPLS as MPT_ATTN_IMPLS
+from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, MissingFileError
+from llmfoundry.utils.tokenizer_utils import build_tokenizer
+
+logger = logging.getLogger(__name__)
+
+MODEL_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# transformers' names; our MPT exports take MPT_ATTN_IMPLS instead.
+HF_ATTN_IMPLS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _looks_local(name: str) -> bool:
+    """True for names that can only be folders (a Hub id is ``name`` or ``org/name``)."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is visible, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _load_config(
+    name_or_path: str, trust_remote_code: bool, hub_kwargs: dict[str, Any]
+) -> PretrainedConfig:
+    """The model config, with loading failures turned into user errors naming the flag."""
+    try:
+        return AutoConfig.from_pretrained(
+            name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs
+        )
+    except (OSError, ValueError) as err:
+        hint = (
+            "" if trust_remote_code else "; if it ships its own model code add --trust_remote_code"
+        )
+        raise ConfigError(
+            f"--name_or_path={name_or_path!r}: its config could not be loaded ({_first_line(err)}){hint}"
+        ) from err
+
+
+def _attn_options(config: PretrainedConfig, attn_impl: str | None) -> dict[str, Any]:
+    """How to ask for ``attn_impl``: edit an MPT config's ``attn_config``, else ``attn_implementation``.
+
+    Raises:
+        ConfigError: for a name the model does not know.
+        MissingDependencyError: for a FlashAttention implementation without flash-attn installed.
+    """
+    if attn_impl is None:
+        return {}
+    attn_config = getattr(config, "attn_config", None)
+    is_our_mpt = isinstance(attn_config, dict)
+    allowed = MPT_ATTN_IMPLS if is_our_mpt else HF_ATTN_IMPLS
+    if attn_impl not in allowed:
+        raise ConfigError(
+            f"--attn_impl={attn_impl!r} is not supported by this model; choose one of {', '.join(allowed)}"
+        )
+    if (
+        attn_impl in ("flash", "flash_attention_2")
+        and importlib.util.find_spec("flash_attn") is None
+    ):
+        raise MissingDependencyError(
+            f"--attn_impl={attn_impl} needs flash-attn, which is not installed; "
+            "install the 'gpu' extra (pip install 'llm-foundry[gpu]') or use sdpa"
+        )
+    if is_our_mpt:
+        config.attn_config = {**cast(dict[str, Any], attn_config), "attn_impl": attn_impl}
+        return {}
+    return {"attn_implementation": attn_impl}
+
+
+def _set_max_seq_len(config: PretrainedConfig, max_seq_len: int | None, name: str) -> None:
+    """Set ``config.max_seq_len`` for ``--max_seq_len`` (LLM Foundry sets it where it exists).
+
+    A model with learned position embeddings keeps its trained length when asked for less
+    (its table of positions is part of the weights); the caller limits its inputs instead.
+
+    Raises:
+        ConfigError: for a length below 1, or more positions than a model with learned
+            position embeddings has.
+    """
+    if max_seq_len is None:
+        return
+    if max_seq_len < 1:
+        raise ConfigError(f"--max_seq_len={max_seq_len} must be a positive integer")
+    current = getattr(config, "max_seq_len", None)
+    if not isinstance(current, int):
+        logger.warning(
+            "--max_seq_len=%d does not change the model: the config of %s has no max_seq_len",
+            max_seq_len,
+            name,
+        )
+        return
+    if getattr(config, "learned_pos_emb", False):
+        if max_seq_len > current:
+            raise ConfigError(
+                f"--max_seq_len={max_seq_len} is more than {name!r} can take: it has learned "
+                f"position embeddings for {current} positions; pass at most {current}"
+            )
+        return
+    config.max_seq_len = max_seq_len
+
+
+def _check_device_map(device_map: str | None) -> None:
+    if device_map is not None and importlib.util.find_spec("accelerate") is None:
+        raise MissingDependencyError(
+            f"--device_map={device_map} needs the 'accelerate' package, which is not installed; "
+            "pip install accelerate, or use --device instead"
+        )
+
+
+def adapter_tokenizer_source(adapter: str | None) -> str | None:
+    """The adapter folder when it holds tokenizer files (a finetune may have added tokens), else None."""
+    if adapter is None or not os.path.isdir(adapter):
+        return None
+    return (
+        adapter if any(os.path.isfile(os.path.join(adapter, f)) for f in TOKENIZER_FILES) else None
+    )
+
+
+def apply_adapter(
+    model: PreTrainedModel, adapter: str, token: str | bool | None = None
+) -> PreTrainedModel:
+    """Wrap ``model`` with the peft LoRA adapter saved in ``adapter`` (for inference).
+
+    Returns:
+        A ``peft.PeftModel``; it generates like the model it wraps.
+
+    Raises:
+        MissingFileError: if the adapter folder or its ``adapter_config.json`` does not exist.
+        ConfigError: if the adapter was made for another base model (modules or shapes differ).
+    """
+    from peft import PeftModel
+
+    path = os.path.expanduser(adapter)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, ADAPTER_CONFIG)):
+            raise MissingFileError(
+                f"--adapter={adapter!r} has no {ADAPTER_CONFIG}; pass the folder peft's save_pretrained wrote"
+            )
+    elif _looks_local(path) or os.path.exists(path):
+        raise MissingFileError(f"--adapter={adapter!r}: no such folder")
+    try:
+        wrapped = PeftModel.from_pretrained(model, path, is_trainable=False, token=token)
+    except (RuntimeError, ValueError, KeyError) as err:
+        # peft reports a foreign adapter as missing target modules (ValueError) or as
+        # size mismatches while loading its weights (RuntimeError).
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = next((line for line in lines if "size mismatch" in line), _first_line(err))
+        raise ConfigError(
+            f"--adapter={adapter!r} does not fit the base model ({detail}); "
+            "use the base model the adapter was trained on"
+        ) from err
+    return cast(PreTrainedModel, wrapped.eval())
+
+
+def load_model_and_tokenizer(
+    name_or_path: str,
+    trust_remote_code: bool = False,
+    model_dtype: str = "fp32",
+    device: str = "cpu",
+    *,
+    revision: str | None = None,
+    use_auth_token: str | bool | None = None,
+    device_map: str | None = None,
+    attn_impl: str | None = None,
+    adapter: str | None = None,
+    max_seq_len: int | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer for generation (left padding for batches).
+
+    Args:
+        name_or_path: a model folder or hub name.
+        trust_remote_code: run the model code the folder ships (our MPT exports need it).
+        model_dtype: ``fp32``, ``fp16`` or ``bf16``: the dtype of the weights.
+        device: where to put the model (ignored with ``device_map``).
+        revision: hub revision (branch, tag or commit) of the model.
+        use_auth_token: hub token, or True to use the stored one.
+        device_map: passed to ``from_pretrained`` (``auto`` spreads the model over devices);
+            needs accelerate.
+        attn_impl: attention implementation: for our MPT exports it replaces
+            ``attn_config.attn_impl`` (``torch``, ``sdpa``, ``flash``, ...); for transformers
+            models it is ``attn_implementation`` (``eager``, ``sdpa``, ...).
+        adapter: a peft LoRA adapter folder applied on the model. Its tokenizer is used when
+            the folder has one.
+        max_seq_len: replaces the config's ``max_seq_len`` (MPT: e.g. to run an ALiBi or
+            dynamically scaled RoPE model past its training length), as LLM Foundry's flag
+            does; a config without that attribute is left as it is (a warning says so).
+
+    Returns:
+        The model in eval mode (a ``peft.PeftModel`` with ``adapter``) and the tokenizer.
+
+    Raises:
+        ConfigError: on an unknown dtype or attention implementation, an unloadable config or
+            an adapter that does not fit.
+        MissingFileError: if a local model or adapter folder does not exist.
+        MissingDependencyError: for ``device_map`` without accelerate, or FlashAttention
+            without flash-attn.
+    """
+    if model_dtype not in MODEL_DTYPES:
+        raise ConfigError(f"--model_dtype={model_dtype!r}: choose one of {', '.join(MODEL_DTYPES)}")
+    if _looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise MissingFileError(f"--name_or_path: model folder '{name_or_path}' does not exist")
+    _check_device_map(device_map)
+    hub_kwargs: dict[str, Any] = {}
+    if revision is not None:
+        hub_kwargs["revision"] = revision
+    if use_auth_token is not None:
+        hub_kwargs["token"] = use_auth_token
+    config = _load_config(name_or_path, trust_remote_code, hub_kwargs)
+    log_mpt_class_choice(name_or_path, config)
+    options = _attn_options(config, attn_impl)
+    _set_max_seq_len(config, max_seq_len, name_or_path)
+    tokenizer_source = adapter_tokenizer_source(adapter) or name_or_path
+    tokenizer_kwargs = {"trust_remote_code": trust_remote_code, **hub_kwargs}
+    tokenizer = build_tokenizer(tokenizer_source, tokenizer_kwargs)
+    tokenizer.padding_side = "left"
+    if device_map is not None:
+        options["device_map"] = device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name_or_path,
+            config=config,
+            trust_remote_code=trust_remote_code,
+            dtype=MODEL_DTYPES[model_dtype],
+            **hub_kwargs,
+            **options,
+        )
+    except ValueError as err:
+        if attn_impl is not None and "attn" in str(err).lower():
+            raise ConfigError(
+                f"--attn_impl={attn_impl!r} does not work with {name_or_path!r}: {_first_line(err)}"
+            ) from err
+        raise
+    if device_map is None:
+        torch.nn.Module.to(model, torch.device(device))
+    if adapter is not None:
+        embeddings = model.get_input_embeddings()
+        if (
+            isinstance(embeddings, torch.nn.Embedding)
+            and len(tokenizer) > embeddings.num_embeddings
+        ):
+            # An adapter trained with added tokens saved the grown embeddings; make room for them.
+            model.resize_token_embeddings(len(tokenizer))
+        model = apply_adapter(model, adapter, use_auth_token)
+    return model.eval(), tokenizer

@@ -1,0 +1,158 @@
+"""The ``dataset:`` section of a ``finetuning`` loader: its keys, their defaults and checks."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from llmfoundry.data.finetuning.collator import TargetPolicy
+from llmfoundry.data.finetuning.packing import check_max_leftover_bins_to_keep
+from llmfoundry.data.text_data import StreamingTextDataset
+from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys
+
+
+@dataclass
+class FinetuningDatasetConfig:
+    """The ``dataset:`` keys of a ``finetuning`` loader (besides the MDS ones).
+
+    Attributes:
+        max_seq_len: the longest sequence, in tokens (required).
+        hf_name: a Hugging Face dataset (hub id, local folder or builder such as ``json``).
+        hf_kwargs: extra keyword arguments of ``datasets.load_dataset`` (``data_files``, ...).
+        split: the split to read (an HF split, or the MDS sub-folder).
+        preprocessing_fn: ``"package.module:function"`` or a registered name; None uses the
+            function registered for ``hf_name``, if any.
+        allow_pad_trimming: trim each batch after the first to its longest example, rounded up
+            to a multiple of 8.
+        pad_to_longest: pad each batch to its longest example instead of ``max_seq_len``.
+        decoder_only_format: one sequence per example (False: encoder-decoder batches).
+        shuffle: shuffle the examples.
+        target_prompts: ``none``, ``all`` or ``length>=N`` (which prompts are loss targets).
+        target_responses: ``last`` or ``all`` (which responses are loss targets).
+        packing_ratio: examples per row to pack (a number >= 1), ``auto``, or None (no packing).
+        max_leftover_bins_to_keep: when packing, how many bins of examples that did not fit
+            a batch to carry over to the next (None: all; see :mod:`.packing`).
+        safe_load: allow only local data that runs no code when loaded (see
+            :mod:`.hf_source`); no effect on MDS sources, which never run code.
+        replication: how many consecutive ranks read the same examples (tensor parallelism);
+            it must divide the number of processes.
+        seq_parallel_replication: ranks that split one batch's sequences (sequence
+            parallelism); the built-in ``dataset_replication_validator`` accepts only 1.
+        auto_packing_replication: the ``seq_parallel_replication`` that ``packing_ratio:
+            auto`` profiles for; the replication validator sees it (with
+            ``seq_parallel_replication: 1``) when the profiler asks how many rows a batch has.
+        streaming: the remaining keys, for ``StreamingFinetuningDataset`` (MDS sources).
+    """
+
+    max_seq_len: int
+    hf_name: str | None = None
+    hf_kwargs: dict[str, Any] = field(default_factory=dict)
+    split: str | None = None
+    preprocessing_fn: str | None = None
+    allow_pad_trimming: bool = False
+    pad_to_longest: bool = False
+    decoder_only_format: bool = True
+    shuffle: bool = True
+    target_prompts: str = "none"
+    target_responses: str = "last"
+    packing_ratio: float | str | None = None
+    max_leftover_bins_to_keep: int | None = None
+    safe_load: bool = False
+    replication: int | None = None
+    seq_parallel_replication: int | None = None
+    auto_packing_replication: int | None = None
+    streaming: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_dataset_config(dataset: Mapping[str, Any], key: str) -> FinetuningDatasetConfig:
+    """Check a ``dataset:`` section's keys and values.
+
+    Args:
+        dataset: the section.
+        key: its key path (``train_loader.dataset``).
+
+    Raises:
+        ConfigError: on an unknown key (with a did-you-mean), a missing ``max_seq_len``, no
+            source or two sources, or a bad value.
+    """
+    own = {f.name for f in fields(FinetuningDatasetConfig)} - {"streaming"}
+    streaming_keys = (accepted_kwargs(StreamingTextDataset) or set()) - {
+        "tokenizer",
+        "batch_size",
+        *own,
+    }
+    check_keys(dataset, own | streaming_keys, key)
+    if "max_seq_len" not in dataset:
+        raise ConfigError(f"{key}.max_seq_len is missing; set the longest sequence in tokens")
+    config = FinetuningDatasetConfig(
+        **{k: v for k, v in dataset.items() if k in own and v is not None},
+        streaming={k: v for k, v in dataset.items() if k in streaming_keys},
+    )
+    max_seq_len = config.max_seq_len
+    if not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool) or max_seq_len <= 0:
+        raise ConfigError(f"{key}.max_seq_len must be a positive integer, got {max_seq_len!r}")
+    _check_source(config, key)
+    TargetPolicy.from_config(config.target_prompts, config.target_responses, key)
+    if not config.decoder_only_format:
+        if (config.target_prompts, config.target_responses) != ("none", "last"):
+            raise ConfigError(
+                f"{key}: decoder_only_format: false trains on the response only; leave "
+                "target_prompts: none and target_responses: last"
+            )
+        if config.packing_ratio not in (None, 1, 1.0):
+            raise ConfigError(f"{key}.packing_ratio needs decoder_only_format: true")
+    _check_packing_ratio(config.packing_ratio, f"{key}.packing_ratio")
+    check_max_leftover_bins_to_keep(
+        config.max_leftover_bins_to_keep, f"{key}.max_leftover_bins_to_keep"
+    )
+    if config.max_leftover_bins_to_keep is not None and config.packing_ratio is None:
+        raise ConfigError(
+            f"{key}.max_leftover_bins_to_keep applies to packing only; set {key}.packing_ratio "
+            "or remove it"
+        )
+    for name in ("replication", "seq_parallel_replication", "auto_packing_replication"):
+        check_positive_int(getattr(config, name), f"{key}.{name}")
+    for name in ("safe_load", "allow_pad_trimming", "pad_to_longest", "decoder_only_format"):
+        if not isinstance(getattr(config, name), bool):
+            raise ConfigError(f"{key}.{name} must be true or false, got {getattr(config, name)!r}")
+    return config
+
+
+def _check_source(config: FinetuningDatasetConfig, key: str) -> None:
+    has_mds = any(config.streaming.get(k) for k in ("local", "remote", "streams"))
+    if config.hf_name is None and not has_mds:
+        raise ConfigError(
+            f"{key} needs a source: hf_name (a Hugging Face dataset, e.g. json with "
+            "hf_kwargs.data_files) or local/remote (MDS)"
+        )
+    if config.hf_name is not None and has_mds:
+        raise ConfigError(f"{key}: set either hf_name or local/remote/streams (MDS), not both")
+    if config.hf_name is not None and config.streaming:
+        raise ConfigError(
+            f"{key}.{next(iter(config.streaming))} applies to MDS sources only; remove it "
+            "(this dataset reads hf_name)"
+        )
+    if not isinstance(config.hf_kwargs, Mapping):
+        raise ConfigError(f"{key}.hf_kwargs must be a mapping of load_dataset keyword arguments")
+    config.hf_kwargs = dict(config.hf_kwargs)
+
+
+def _check_packing_ratio(value: Any, key: str) -> None:
+    if value is None or value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 1:
+        raise ConfigError(f"{key} is {value!r}; use a number >= 1, auto, or null (no packing)")
+
+
+def check_positive_int(value: Any, key: str) -> None:
+    """Fail unless ``value`` is None or a whole number >= 1.
+
+    Raises:
+        ConfigError: naming ``key``.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{key} is {value!r}; use a whole number >= 1 (or leave it out)")

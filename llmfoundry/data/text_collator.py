@@ -1,0 +1,84 @@
+"""Causal-LM batches of token samples (the ``text`` loader's collate function) and token counts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from llmfoundry.utils.exceptions import ConfigError
+
+IGNORE_INDEX = -100  # label value that the cross-entropy loss skips
+
+
+class CausalLMCollator:
+    """Pad token-id samples on the right into a causal-LM batch.
+
+    Labels equal ``input_ids`` with ``-100`` at the padding; they are not shifted (the model
+    scores ``labels[t]`` against its prediction at ``t - 1``).
+
+    With ``eos_token_id`` (or ``bos_token_id``) the batch also gets ``sequence_id``: the index,
+    within its row, of the document each token belongs to in a sample of concatenated documents,
+    for models that keep attention within a document (``attn_uses_sequence_id``). An EOS token
+    ends its document; a BOS token starts a new one.
+
+    Args:
+        pad_token_id: the id put in padded positions.
+        eos_token_id: the id that separates concatenated documents, ending each one.
+        bos_token_id: the id that separates concatenated documents, starting each one.
+
+    Raises:
+        ConfigError: if both ``eos_token_id`` and ``bos_token_id`` are given.
+    """
+
+    def __init__(
+        self, pad_token_id: int, eos_token_id: int | None = None, bos_token_id: int | None = None
+    ) -> None:
+        if eos_token_id is not None and bos_token_id is not None:
+            raise ConfigError(
+                "set only one of dataset.eos_token_id and dataset.bos_token_id: it marks the "
+                "boundary between concatenated documents (for sequence_id)"
+            )
+        self.pad_token_id = pad_token_id
+        self.eos_token_id = eos_token_id
+        self.bos_token_id = bos_token_id
+
+    def __call__(self, samples: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Batch ``samples`` (1-D tensors of token ids) padded to the longest one.
+
+        Returns:
+            ``input_ids``, ``attention_mask`` (1 on real tokens) and ``labels``, each
+            ``(batch, longest)`` int64, and ``sequence_id`` when a separator id is set.
+        """
+        longest = max(len(sample) for sample in samples)
+        input_ids = torch.full((len(samples), longest), self.pad_token_id, dtype=torch.int64)
+        attention_mask = torch.zeros((len(samples), longest), dtype=torch.int64)
+        for row, sample in enumerate(samples):
+            input_ids[row, : len(sample)] = torch.as_tensor(sample, dtype=torch.int64)
+            attention_mask[row, : len(sample)] = 1
+        labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        if self.bos_token_id is not None:
+            batch["sequence_id"] = torch.cumsum(input_ids == self.bos_token_id, dim=1)
+        elif self.eos_token_id is not None:
+            # Documents counted up to and including each token; an EOS belongs to the document
+            # it ends, so the count moves on one position later.
+            ends = torch.cumsum(input_ids == self.eos_token_id, dim=1)
+            batch["sequence_id"] = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], 1)
+        return batch
+
+
+def count_tokens_in_batch(batch: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Token counts of a batch, for Composer's token-based durations and logging.
+
+    Args:
+        batch: a batch from :class:`CausalLMCollator`.
+
+    Returns:
+        ``total``: non-padding tokens; ``loss_generating``: tokens with a label that is scored
+        (the first position of each row has no prediction before it, so it is not counted).
+    """
+    total = int(batch["attention_mask"].sum().item())
+    labels = batch["labels"]
+    scored = int((labels[:, 1:] != IGNORE_INDEX).sum().item())
+    return {"total": total, "loss_generating": scored}

@@ -1,0 +1,135 @@
+"""The defaults of MPT's nested configs and the helpers that merge a user's values into them.
+
+The key names and defaults are LLM Foundry's (0.22 included: ``attn_config.nope`` and
+``attn_config.attn_temperature_tuning``). This file ships inside exported checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from transformers import PretrainedConfig
+
+from .layer_table import BUILTIN_NAMES
+
+ATTN_CONFIG_DEFAULTS: dict[str, Any] = {
+    "attn_type": "multihead_attention",
+    "attn_pdrop": 0.0,
+    "attn_impl": "flash",
+    "qk_ln": False,
+    "qk_gn": False,
+    "clip_qkv": None,
+    "softmax_scale": None,
+    "attn_uses_sequence_id": False,
+    "sliding_window_size": -1,
+    "attn_logit_softcapping": None,
+    "alibi": False,
+    "alibi_bias_max": 8,
+    "rope": False,
+    # No position encoding; only meaningful per layer, through block_overrides.
+    "nope": False,
+    "rope_theta": 10000,
+    "rope_impl": "dail",
+    "rope_dail_config": {"type": "original", "pos_idx_in_fp32": True, "xpos_scale_base": 512},
+    "rope_hf_config": {"type": "no_scaling", "factor": 1.0},
+    # Queries are scaled by log(floor((pos + 1) / floor_scale) + 1) * attn_scale + 1; off at 0.
+    "attn_temperature_tuning": {"floor_scale": 8192, "attn_scale": 0.0},
+    "kv_n_heads": None,
+    "fused_qkv": True,
+}
+
+FFN_CONFIG_DEFAULTS: dict[str, Any] = {"ffn_type": "mptmlp"}
+
+INIT_CONFIG_DEFAULTS: dict[str, Any] = {
+    "name": "kaiming_normal_",
+    "fan_mode": "fan_in",
+    "init_nonlinearity": "relu",
+    "init_div_is_residual": True,
+    "emb_init_std": None,
+    "emb_init_uniform_lim": None,
+    "init_std": None,
+    "init_gain": 0.0,
+}
+
+ATTN_TYPES = BUILTIN_NAMES["attention_classes"]
+ATTN_IMPLS = BUILTIN_NAMES["attention_implementations"]
+FLEX_IMPLS = ("triton", "flex")
+ROPE_IMPLS = ("dail", "hf")
+NORM_TYPES = BUILTIN_NAMES["norms"]
+FFN_TYPES = (*BUILTIN_NAMES["ffns"], *BUILTIN_NAMES["ffns_with_norm"])
+FFN_ACT_FNS = ("gelu", "relu", "silu")
+INIT_NAMES = BUILTIN_NAMES["param_init_fns"]
+INIT_DEVICES = ("cpu", "meta", "mixed")
+FC_TYPES = BUILTIN_NAMES["fcs"]
+ROPE_HF_TYPES = ("no_scaling", "linear", "dynamic")
+ROPE_DAIL_TYPES = ("original", "xpos")
+
+# Keys every ``PretrainedConfig`` writes; transformers' native MPT saves its ``attn_config`` as a
+# config object, so a native config.json carries these inside ``attn_config`` too. They mean
+# nothing to attention and are dropped on load.
+PRETRAINED_CONFIG_KEYS = frozenset(PretrainedConfig().to_dict()) | {"_name_or_path"}
+
+# Keys that published MPT configs carry but that select nothing here (mosaicml/mpt-7b has
+# ``attn_config.prefix_lm: false``; LLM Foundry exports copy ``fc_type`` into ``ffn_config`` and
+# write ``attn_config.kv_dim: null``). Each is accepted at these inert values only, then dropped.
+LEGACY_INERT_KEYS: dict[str, dict[str, tuple[Any, ...]]] = {
+    "attn_config": {"prefix_lm": (False,), "kv_dim": (None,)},
+    "ffn_config": {"fc_type": ("torch", {"name": "torch"})},
+    "init_config": {},
+}
+
+
+class MPTConfigError(ValueError):
+    """An MPTConfig field (or a combination of fields) that the model cannot run with."""
+
+
+def merge_defaults(
+    name: str, given: dict[str, Any] | None, defaults: dict[str, Any], *, open_keys: bool = False
+) -> dict[str, Any]:
+    """Fill the missing keys of a nested config from its defaults; unknown keys are an error.
+
+    Args:
+        name: the nested config's key, for error messages (``attn_config``, ...).
+        given: what the user set (or None).
+        defaults: the defaults for every known key.
+        open_keys: keep unknown keys instead of refusing them (the options of a plug-in layer).
+
+    Returns:
+        A new dict with every key of ``defaults``.
+
+    Raises:
+        MPTConfigError: if ``given`` has a key that ``defaults`` does not know (legacy keys of
+            ``LEGACY_INERT_KEYS`` are accepted at their inert value and dropped).
+    """
+    merged = copy.deepcopy(defaults)
+    inert = LEGACY_INERT_KEYS[name]
+    for key, value in (given or {}).items():
+        if name == "attn_config" and key in PRETRAINED_CONFIG_KEYS and key not in defaults:
+            continue
+        if key in inert and key not in defaults:
+            if value not in inert[key]:
+                raise MPTConfigError(
+                    f"model.{name}.{key}={value!r} is not supported; "
+                    f"only {' or '.join(repr(v) for v in inert[key])} is accepted"
+                )
+            continue
+        if key not in defaults and not open_keys:
+            known = ", ".join(sorted(defaults))
+            raise MPTConfigError(f"model.{name}.{key} is not a known key; known keys: {known}")
+        if isinstance(value, dict) and isinstance(defaults.get(key), dict):
+            merged[key] = {**defaults[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def fc_type_name(fc_type: str | dict[str, Any]) -> str:
+    """``fc_type`` as a name: LLM Foundry writes it either as ``torch`` or as ``{name: torch}``."""
+    if isinstance(fc_type, dict):
+        if set(fc_type) != {"name"}:
+            raise MPTConfigError(
+                f"model.fc_type={fc_type!r}: only the 'name' key is supported (e.g. {{name: torch}})"
+            )
+        return fc_type["name"]
+    return fc_type
