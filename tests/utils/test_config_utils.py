@@ -105,7 +105,7 @@ def test_shipped_yamls_validate() -> None:
     assert TINY_YAML in yamls
     for path in yamls:
         cfg, _ = load_config(path)
-        assert cfg.model["name"] in {"mpt_causal_lm", "hf_causal_lm"}, path
+        assert cfg.model["name"] in {"mpt_causal_lm", "hf_causal_lm", "hf_t5"}, path
 
 
 EVAL_YAML = """
