@@ -195,9 +195,42 @@ ALL_REGISTRIES: dict[str, Registry[Any]] = {
 """Every registry that is not a layer registry, by name (``llmfoundry.layers_registry`` has those)."""
 
 
-
 def all_registries() -> dict[str, Registry[Any]]:
     """Every registry by name, the layer registries of ``llmfoundry.layers_registry`` included."""
     from llmfoundry.layers_registry import LAYER_REGISTRIES
 
     return {**ALL_REGISTRIES, **{r.name: r for r in LAYER_REGISTRIES}}
+
+
+# LLM Foundry also exposes the layer registries here (``llmfoundry.registry.norms``); they live
+# in ``llmfoundry.layers_registry``, which imports this module.
+_LAYER_REGISTRY_NAMES = frozenset(
+    (
+        "attention_classes",
+        "attention_implementations",
+        "fcs",
+        "ffns",
+        "ffns_with_megablocks",
+        "ffns_with_norm",
+        "module_init_fns",
+        "norms",
+        "param_init_fns",
+    )
+)
+
+
+def __getattr__(name: str) -> Registry[Any]:
+    if name in _LAYER_REGISTRY_NAMES:
+        from llmfoundry import layers_registry
+
+        return getattr(layers_registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ALL_REGISTRIES",
+    "Registry",
+    "all_registries",
+    *ALL_REGISTRIES,
+    *sorted(_LAYER_REGISTRY_NAMES),
+]

@@ -10,7 +10,11 @@ import pytest
 
 import llmfoundry  # noqa: F401
 from llmfoundry import registry
-from llmfoundry.utils.builders import build_callbacks, build_optimizer, build_scheduler
+from llmfoundry.utils.builders import (
+    build_callbacks,
+    build_optimizer_from_section,
+    build_scheduler_from_section,
+)
 from llmfoundry.utils.exceptions import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +45,9 @@ def test_unknown_kwarg_names_key_path() -> None:
     with pytest.raises(
         ConfigError, match=r"optimizer\.weight_decy is not a valid key; did you mean 'weight_decay'"
     ):
-        build_optimizer({"name": "decoupled_adamw", "lr": 1e-3, "weight_decy": 0.1}, params)
+        build_optimizer_from_section(
+            {"name": "decoupled_adamw", "lr": 1e-3, "weight_decy": 0.1}, params
+        )
     with pytest.raises(ConfigError, match=r"callbacks\.speed_monitor\.window is not a valid key"):
         build_callbacks({"speed_monitor": {"window": 3}})
 
@@ -50,10 +56,14 @@ def test_builders_pass_kwargs_through() -> None:
     import torch
 
     params = [torch.nn.Parameter(torch.zeros(2))]
-    opt = build_optimizer({"name": "decoupled_adamw", "lr": 0.25, "betas": [0.8, 0.9]}, params)
+    opt = build_optimizer_from_section(
+        {"name": "decoupled_adamw", "lr": 0.25, "betas": [0.8, 0.9]}, params
+    )
     assert opt.param_groups[0]["lr"] == 0.25
     assert tuple(opt.param_groups[0]["betas"]) == (0.8, 0.9)
-    sched = build_scheduler({"name": "cosine_with_warmup", "t_warmup": "7ba", "alpha_f": 0.1})
+    sched = build_scheduler_from_section(
+        {"name": "cosine_with_warmup", "t_warmup": "7ba", "alpha_f": 0.1}
+    )
     assert str(sched.t_warmup) == "7ba" and sched.alpha_f == 0.1  # type: ignore[attr-defined]
     (monitor,) = build_callbacks({"speed_monitor": {"window_size": 3}})
     assert type(monitor).__name__ == "SpeedMonitor"

@@ -16,7 +16,7 @@ Config (an entry of the ``callbacks:`` section; the run config is passed in by t
 
 Each phase is one Composer *iteration*: the callback sets the iteration's length and, when the
 next iteration starts, builds that phase's loader with
-:func:`llmfoundry.utils.builders.build_dataloader` and makes it the train loader. Composer only
+:func:`llmfoundry.utils.builders.build_dataloader_from_section` and makes it the train loader. Composer only
 measures iterations in tokens or epochs, so every duration uses ``tok`` or ``ep`` (the same unit
 as ``max_duration``), and the durations add up to ``max_duration``.
 
@@ -38,7 +38,7 @@ from composer.loggers import Logger
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from llmfoundry import registry
-from llmfoundry.utils.builders import build_dataloader, build_tokenizer_from_section
+from llmfoundry.utils.builders import build_dataloader_from_section, build_tokenizer_from_section
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.registry_utils import check_keys, check_kwargs
 
@@ -205,7 +205,7 @@ class CurriculumLearning(Callback):
             phase.key_path,
             phase.duration,
         )
-        data_spec = build_dataloader(
+        data_spec = build_dataloader_from_section(
             phase.key_path, phase.train_loader, self._tokenizer(state), self._batch_size(state)
         )
         _stop_streaming_threads(state.train_dataloader)

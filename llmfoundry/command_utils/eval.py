@@ -41,7 +41,7 @@ from llmfoundry.command_utils.eval_results import (
     render_tables,
     write_results,
 )
-from llmfoundry.command_utils.evaluators import build_evaluators, build_gauntlet
+from llmfoundry.command_utils.evaluators import build_gauntlet, build_run_evaluators
 from llmfoundry.command_utils.parallelism import build_parallelism_config
 from llmfoundry.command_utils.train import (
     flatten,
@@ -52,11 +52,11 @@ from llmfoundry.command_utils.train import (
 from llmfoundry.eval.sources import resolve_config_file
 from llmfoundry.utils.builders import (
     build_callbacks,
-    build_composer_model,
+    build_composer_model_from_section,
     build_loggers,
     build_tokenizer_from_section,
 )
-from llmfoundry.utils.config_utils import EvalConfig, load_config
+from llmfoundry.utils.config_utils import EvalConfig, config_from_mapping, load_config
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
 from llmfoundry.utils.object_store import is_remote
 
@@ -215,7 +215,7 @@ def build_model(entry: ModelEntry) -> tuple[ComposerModel, Any, str | None]:
         section["pretrained_model_name_or_path"] = hf_folder
         section["pretrained"] = True
     tokenizer = build_tokenizer_from_section(entry.tokenizer)
-    model = build_composer_model(section, tokenizer)
+    model = build_composer_model_from_section(section, tokenizer)
     if hf_folder and section.get("name") != "hf_causal_lm":
         load_hf_weights(model, hf_folder, f"{entry.where}.load_path")
     return model, tokenizer, None if hf_folder else entry.load_path
@@ -295,7 +295,7 @@ def evaluate_model(
     device, precision, run_name = run.device, run.precision, run.run_name
     model, tokenizer, checkpoint = build_model(entry)
     logger.info("%s: evaluating %s", entry.where, entry.model_name)
-    evaluators = build_evaluators(cfg, tokenizer, model, cfg.device_eval_batch_size)
+    evaluators = build_run_evaluators(cfg, tokenizer, model, cfg.device_eval_batch_size)
     gauntlet = build_gauntlet(cfg)
     throughput = EvalThroughput()
     memory = InMemoryLogger()
@@ -340,20 +340,23 @@ def evaluate_model(
 
 
 def evaluate(
-    cfg: EvalConfig,
+    cfg: EvalConfig | Mapping[str, Any],
     logged_config: Mapping[str, Any] | None = None,
     extra_loggers: Sequence[LoggerDestination] = (),
 ) -> EvalResults:
     """Evaluate every model of ``cfg``; rank 0 writes the result files and logs the tables.
 
     Args:
-        cfg: the validated eval config.
+        cfg: the validated eval config, or the unresolved one as a dict or ``DictConfig`` (as
+            LLM Foundry's ``evaluate(cfg)`` takes it).
         logged_config: the resolved config, logged as hyper-parameters when ``log_config``.
         extra_loggers: logger destinations added to the config's (each model's Trainer gets them).
 
     Returns:
         The results of every model (the same on every rank) and the files written.
     """
+    if not isinstance(cfg, EvalConfig):
+        cfg, logged_config = config_from_mapping(cfg, EvalConfig)
     setup_logging(cfg.python_log_level)
     import_code_paths(cfg.code_paths)
     check_eval_config(cfg)

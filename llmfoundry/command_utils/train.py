@@ -22,7 +22,7 @@ from composer.loggers import LoggerDestination
 from composer.profiler import JSONTraceHandler, Profiler, cyclic_schedule
 from composer.utils import dist, get_device, reproducibility
 
-from llmfoundry.command_utils.evaluators import build_evaluators, build_gauntlet
+from llmfoundry.command_utils.evaluators import build_gauntlet, build_run_evaluators
 from llmfoundry.command_utils.parallelism import (
     build_parallelism_config,
     check_fsdp_config,
@@ -33,15 +33,15 @@ from llmfoundry.utils.builders import (
     build_algorithms,
     build_callbacks,
     build_callbacks_with_config,
-    build_composer_model,
-    build_dataloader,
+    build_composer_model_from_section,
+    build_dataloader_from_section,
     build_loggers,
-    build_optimizer,
-    build_scheduler,
+    build_optimizer_from_section,
+    build_scheduler_from_section,
     build_tokenizer_from_section,
 )
 from llmfoundry.utils.config_transforms import batch_size_info
-from llmfoundry.utils.config_utils import TrainConfig, load_config
+from llmfoundry.utils.config_utils import TrainConfig, config_from_mapping, load_config
 from llmfoundry.utils.exceptions import (
     ConfigError,
     MissingDependencyError,
@@ -53,6 +53,10 @@ from llmfoundry.utils.registry_utils import check_kwargs
 from llmfoundry.utils.user_code import import_code_paths
 
 logger = logging.getLogger(__name__)
+
+
+# The top-level keys of a training config (LLM Foundry exports this set by name).
+TRAIN_CONFIG_KEYS = frozenset(f.name for f in dataclasses.fields(TrainConfig) if f.init)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,7 +306,7 @@ def build_trainer(
         check_tp_config(cfg.tp_config)
 
     tokenizer = build_tokenizer_from_section(cfg.tokenizer)
-    model = build_composer_model(cfg.model, tokenizer)
+    model = build_composer_model_from_section(cfg.model, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model: %s with %.2fM parameters", cfg.model.get("name"), n_params / 1e6)
     parallelism = build_parallelism_config(
@@ -314,13 +318,13 @@ def build_trainer(
         model=model,
     )
 
-    train_loader = build_dataloader(
+    train_loader = build_dataloader_from_section(
         "train_loader", cfg.train_loader, tokenizer, batch_sizes.device_train_batch_size
     )
-    evaluators = build_evaluators(cfg, tokenizer, model, batch_sizes.device_eval_batch_size)
+    evaluators = build_run_evaluators(cfg, tokenizer, model, batch_sizes.device_eval_batch_size)
 
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
-    scheduler = build_scheduler(cfg.scheduler)
+    optimizer = build_optimizer_from_section(cfg.optimizer, model.parameters())
+    scheduler = build_scheduler_from_section(cfg.scheduler)
     trainer = Trainer(
         run_name=run_name_of(cfg),
         model=model,
@@ -383,15 +387,21 @@ def build_trainer(
 
 
 def train(
-    cfg: TrainConfig,
+    cfg: TrainConfig | Mapping[str, Any],
     logged_config: dict[str, Any] | None = None,
     extra_loggers: Sequence[LoggerDestination] = (),
 ) -> Trainer:
     """Build the trainer for ``cfg``, fit it, and return it.
 
+    ``cfg`` may also be the unresolved run config itself (a dict or an OmegaConf
+    ``DictConfig``, as LLM Foundry's ``train(cfg)`` takes it): it is resolved and validated
+    as a YAML would be.
+
     With a ``save_folder``, a final checkpoint is written even when ``max_duration`` is not a
     multiple of ``save_interval`` (Composer saves at the end of training).
     """
+    if not isinstance(cfg, TrainConfig):
+        cfg, logged_config = config_from_mapping(cfg, TrainConfig)
     trainer = build_trainer(cfg, logged_config, extra_loggers)
     if cfg.eval_first and trainer.state.timestamp.batch.value == 0:
         logger.info("eval_first: evaluating before training")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -58,13 +59,56 @@ class CausalLMCollator:
             attention_mask[row, : len(sample)] = 1
         labels = input_ids.masked_fill(attention_mask == 0, IGNORE_INDEX)
         batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-        if self.bos_token_id is not None:
-            batch["sequence_id"] = torch.cumsum(input_ids == self.bos_token_id, dim=1)
-        elif self.eos_token_id is not None:
-            # Documents counted up to and including each token; an EOS belongs to the document
-            # it ends, so the count moves on one position later.
-            ends = torch.cumsum(input_ids == self.eos_token_id, dim=1)
-            batch["sequence_id"] = torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], 1)
+        if self.eos_token_id is not None or self.bos_token_id is not None:
+            batch["sequence_id"] = document_ids(input_ids, self.eos_token_id, self.bos_token_id)
+        return batch
+
+
+def document_ids(
+    input_ids: torch.Tensor, eos_token_id: int | None, bos_token_id: int | None
+) -> torch.Tensor:
+    """The ``sequence_id`` of concatenated documents: per row, the index of each token's document.
+
+    A BOS token starts a new document; otherwise an EOS token ends its own (it belongs to the
+    document it ends, so the count moves on one position later).
+    """
+    if bos_token_id is not None:
+        return torch.cumsum(input_ids == bos_token_id, dim=1)
+    ends = torch.cumsum(input_ids == eos_token_id, dim=1)
+    return torch.cat([torch.zeros_like(ends[:, :1]), ends[:, :-1]], 1)
+
+
+class ConcatenatedSequenceCollatorWrapper:
+    """Add ``sequence_id`` (see :func:`document_ids`) to the batches of another collate function.
+
+    LLM Foundry's wrapper for loaders of concatenated documents; set exactly one of
+    ``eos_token_id`` and ``bos_token_id``.
+
+    Raises:
+        ConfigError: unless exactly one separator id is given.
+    """
+
+    def __init__(
+        self,
+        base_collator: Callable[[Any], dict[str, torch.Tensor]],
+        eos_token_id: int | None = None,
+        bos_token_id: int | None = None,
+    ) -> None:
+        if (eos_token_id is None) == (bos_token_id is None):
+            raise ConfigError(
+                "ConcatenatedSequenceCollatorWrapper needs exactly one of eos_token_id and "
+                "bos_token_id: it marks the boundary between concatenated documents"
+            )
+        self.base_collator = base_collator
+        self.eos_token_id = eos_token_id
+        self.bos_token_id = bos_token_id
+
+    def __call__(self, examples: Any) -> dict[str, torch.Tensor]:
+        """The base collator's batch with ``sequence_id`` computed from its ``input_ids``."""
+        batch = self.base_collator(examples)
+        batch["sequence_id"] = document_ids(
+            batch["input_ids"], self.eos_token_id, self.bos_token_id
+        )
         return batch
 
 

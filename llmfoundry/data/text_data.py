@@ -365,6 +365,11 @@ def check_index_available(local: str | None, split: str | None, remote: str | No
     raise DatasetError(f"no MDS index at '{index}'; {CONVERT_HINT}")
 
 
+def stream_remote_local_validate(remote: str | None, local: str | None, split: str | None) -> None:
+    """LLM Foundry's name (and argument order) for :func:`check_index_available`."""
+    check_index_available(local, split, remote)
+
+
 def build_streams(streams: Mapping[str, Mapping[str, Any]], section: str) -> list[Stream]:
     """Build the ``streams:`` mapping (``{name: {remote, local, split, proportion, ...}}``).
 

@@ -5,7 +5,7 @@ Importing the package registers the ICL metrics (``registry.metrics``) and task 
 """
 
 from llmfoundry.eval.code_eval import CodeEvaluationDataset, InContextLearningCodeEvalAccuracy
-from llmfoundry.eval.datasets import TASK_DATASETS, split_icl_batch
+from llmfoundry.eval.datasets import TASK_DATASETS, ICLDataset, split_icl_batch
 from llmfoundry.eval.generation import GenerationWithAnswersDataset
 from llmfoundry.eval.icl import build_icl_evaluators
 from llmfoundry.eval.metrics import (
@@ -19,12 +19,17 @@ from llmfoundry.eval.metrics import (
     InContextLearningMultipleChoiceSumAccuracy,
 )
 
+# LLM Foundry's name for the base class of the ICL task datasets.
+InContextLearningDataset = ICLDataset
+
 __all__ = [
     "ICL_METRICS",
     "TASK_DATASETS",
     "CodeEvaluationDataset",
     "GenerationWithAnswersDataset",
+    "ICLDataset",
     "InContextLearningCodeEvalAccuracy",
+    "InContextLearningDataset",
     "InContextLearningGenerationExactMatchAccuracy",
     "InContextLearningLMAccuracy",
     "InContextLearningLMExpectedCalibrationError",

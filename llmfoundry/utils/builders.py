@@ -6,21 +6,29 @@ constructor's keyword arguments, and an unknown key fails naming its key path.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Iterable, Mapping
-from typing import Any
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING, Any
 
 import torch
 from composer.core import Algorithm, Callback, DataSpec
 from composer.loggers import LoggerDestination
 from composer.models import ComposerModel
 from composer.optim import ComposerScheduler
+from torchmetrics import Metric
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys, construct_from_registry
-from llmfoundry.utils.tokenizer_utils import build_tokenizer
+from llmfoundry.utils.tokenizer_utils import build_tokenizer as load_tokenizer
+
+if TYPE_CHECKING:  # loaded on first use (see ``__getattr__`` below)
+    from llmfoundry.command_utils.evaluators import build_evaluators, build_icl_data_and_gauntlet
+    from llmfoundry.command_utils.parallelism import build_tp_strategies
+    from llmfoundry.eval.icl import build_icl_evaluators
 
 _TOKENIZER_KEYS = {"name", "kwargs"}
 
@@ -38,17 +46,17 @@ def build_tokenizer_from_section(section: Mapping[str, Any]) -> PreTrainedTokeni
     name, kwargs = str(section["name"]), dict(section.get("kwargs") or {})
     if name in registry.tokenizers:
         return construct_from_registry(registry.tokenizers, "tokenizer", {"name": name, **kwargs})
-    return build_tokenizer(name, kwargs)
+    return load_tokenizer(name, kwargs)
 
 
-def build_composer_model(
+def build_composer_model_from_section(
     section: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase | None
 ) -> ComposerModel:
     """Build the ``model:`` section's entry from the ``models`` registry."""
     return construct_from_registry(registry.models, "model", section, tokenizer=tokenizer)
 
 
-def build_dataloader(
+def build_dataloader_from_section(
     section_name: str,
     section: Mapping[str, Any],
     tokenizer: PreTrainedTokenizerBase,
@@ -63,7 +71,7 @@ def build_dataloader(
     return construct_from_registry(registry.dataloaders, section_name, section, **extra)
 
 
-def build_optimizer(
+def build_optimizer_from_section(
     section: Mapping[str, Any], params: Iterable[torch.nn.Parameter]
 ) -> torch.optim.Optimizer:
     """Build the ``optimizer:`` section over ``params``."""
@@ -72,7 +80,7 @@ def build_optimizer(
     )
 
 
-def build_scheduler(section: Mapping[str, Any]) -> ComposerScheduler:
+def build_scheduler_from_section(section: Mapping[str, Any]) -> ComposerScheduler:
     """Build the ``scheduler:`` section."""
     return construct_from_registry(registry.schedulers, "scheduler", section)
 
@@ -167,14 +175,128 @@ def build_algorithms(section: Mapping[str, Any] | None) -> list[Algorithm]:
     return _build_named_components(registry.algorithms, "algorithms", section)
 
 
+# LLM Foundry's call shapes: a registry name and its keyword arguments, as plug-ins call them.
+
+
+def build_tokenizer(
+    tokenizer_name: str, tokenizer_kwargs: Mapping[str, Any] | None = None
+) -> PreTrainedTokenizerBase:
+    """A tokenizer by hub name, folder or ``tokenizers`` registry name (``tiktoken``)."""
+    return load_tokenizer(tokenizer_name, tokenizer_kwargs)
+
+
+def build_composer_model(
+    name: str,
+    cfg: Mapping[str, Any],
+    tokenizer: PreTrainedTokenizerBase | None,
+    init_context: AbstractContextManager[Any] | None = None,
+    master_weights_dtype: str | torch.dtype | None = None,
+) -> ComposerModel:
+    """The ``models`` entry ``name`` built with ``cfg``'s keys, inside ``init_context`` (e.g. a
+    meta-device context), its weights then cast to ``master_weights_dtype`` if given."""
+    with init_context or nullcontext():
+        model = build_composer_model_from_section({"name": name, **cfg}, tokenizer)
+    if isinstance(master_weights_dtype, str):
+        from llmfoundry.models.hf.export import dtype_of_precision
+
+        master_weights_dtype = dtype_of_precision(master_weights_dtype, "master_weights_dtype")
+    return model if master_weights_dtype is None else model.to(dtype=master_weights_dtype)
+
+
+def build_dataloader(
+    cfg: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, device_batch_size: int
+) -> DataSpec:
+    """The loader of a ``{name: text | finetuning | <plug-in>, ...}`` section."""
+    return build_dataloader_from_section("dataloader", cfg, tokenizer, device_batch_size)
+
+
+def build_optimizer(
+    model: torch.nn.Module, name: str, optimizer_config: Mapping[str, Any] | None = None
+) -> torch.optim.Optimizer:
+    """The ``optimizers`` entry ``name`` over ``model``'s parameters."""
+    section = {"name": name, **(optimizer_config or {})}
+    return build_optimizer_from_section(section, model.parameters())
+
+
+def build_scheduler(
+    name: str, scheduler_config: Mapping[str, Any] | None = None
+) -> ComposerScheduler:
+    """The ``schedulers`` entry ``name`` built with ``scheduler_config``."""
+    return build_scheduler_from_section({"name": name, **(scheduler_config or {})})
+
+
+def build_callback(
+    name: str,
+    kwargs: Mapping[str, Any] | None = None,
+    train_config: Mapping[str, Any] | None = None,
+) -> Callback:
+    """One callback by name; a ``callbacks_with_config`` entry also gets ``train_config``.
+
+    Raises:
+        ConfigError: if the entry needs the run config and ``train_config`` is not given.
+    """
+    if _needs_run_config(name):
+        if train_config is None:
+            raise ConfigError(
+                f"callback '{name}' needs the run config; pass train_config=<the config dict>"
+            )
+        return build_callbacks_with_config({name: kwargs}, train_config)[0]
+    return build_callbacks({name: kwargs})[0]
+
+
+def build_logger(name: str, kwargs: Mapping[str, Any] | None = None) -> LoggerDestination:
+    """One logger destination of the ``loggers`` registry by name."""
+    return build_loggers({name: kwargs})[0]
+
+
+def build_algorithm(name: str, kwargs: Mapping[str, Any] | None = None) -> Algorithm:
+    """One Composer algorithm of the ``algorithms`` registry by name."""
+    return build_algorithms({name: kwargs})[0]
+
+
+def build_metric(name: str, kwargs: Mapping[str, Any] | None = None) -> Metric:
+    """One metric of the ``metrics`` registry by name."""
+    return construct_from_registry(
+        registry.metrics, f"metrics.{name}", {"name": name, **(kwargs or {})}
+    )
+
+
+# Defined beside the commands that use them (they import this module); loaded on first use.
+_LAZY = {
+    "build_evaluators": "llmfoundry.command_utils.evaluators",
+    "build_icl_data_and_gauntlet": "llmfoundry.command_utils.evaluators",
+    "build_icl_evaluators": "llmfoundry.eval.icl",
+    "build_tp_strategies": "llmfoundry.command_utils.parallelism",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
+    "build_algorithm",
     "build_algorithms",
+    "build_callback",
     "build_callbacks",
     "build_callbacks_with_config",
     "build_composer_model",
+    "build_composer_model_from_section",
     "build_dataloader",
+    "build_dataloader_from_section",
+    "build_evaluators",
+    "build_icl_data_and_gauntlet",
+    "build_icl_evaluators",
+    "build_logger",
     "build_loggers",
+    "build_metric",
     "build_optimizer",
+    "build_optimizer_from_section",
     "build_scheduler",
+    "build_scheduler_from_section",
+    "build_tokenizer",
     "build_tokenizer_from_section",
+    "build_tp_strategies",
 ]

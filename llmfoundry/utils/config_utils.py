@@ -29,6 +29,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from llmfoundry.utils.config_helpers import log_config, pop_config, process_init_device
 from llmfoundry.utils.config_transforms import (
     apply_transforms_to_config,
     calculate_batch_size_info,
@@ -43,6 +44,9 @@ __all__ = [
     "apply_transforms_to_config",
     "calculate_batch_size_info",
     "load_config",
+    "log_config",
+    "pop_config",
+    "process_init_device",
     "update_batch_size_info",
 ]
 
@@ -442,6 +446,26 @@ def to_dataclass(resolved: Mapping[str, Any], cls: type[ConfigT]) -> ConfigT:
     return cls(**resolved)
 
 
+def config_from_mapping(
+    cfg: Mapping[str, Any],
+    cls: type[ConfigT],
+    anchored: Collection[str] = (),
+    referenced: Collection[str] | None = None,
+) -> tuple[ConfigT, dict[str, Any]]:
+    """:func:`load_config` for an unresolved mapping (``DictConfig`` or dict) instead of a file."""
+    merged = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    valid = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    if referenced is None:
+        referenced = _referenced_top_level_keys(OmegaConf.to_container(merged, resolve=False))
+    resolved = resolve_config(merged, valid, anchored, referenced)
+    if cls is TrainConfig:
+        code_paths = resolved.get("code_paths")
+        if isinstance(code_paths, list):
+            import_code_paths([str(path) for path in code_paths])
+        resolved = apply_transforms_to_config(resolved, "all")
+    return to_dataclass(resolved, cls), resolved
+
+
 def load_config(
     yaml_path: str | Path,
     overrides: Sequence[str] = (),
@@ -469,13 +493,7 @@ def load_config(
     merged = load_yaml_with_overrides(yaml_path, overrides, valid)
     text = Path(yaml_path).read_text(encoding="utf-8")
     in_file = _referenced_top_level_keys(OmegaConf.to_container(OmegaConf.create(text)))
-    resolved = resolve_config(merged, valid, anchored_top_level_keys(text), in_file)
-    if cls is TrainConfig:
-        code_paths = resolved.get("code_paths")
-        if isinstance(code_paths, list):
-            import_code_paths([str(path) for path in code_paths])
-        resolved = apply_transforms_to_config(resolved, "all")
-    config = to_dataclass(resolved, cls)
+    config, resolved = config_from_mapping(merged, cls, anchored_top_level_keys(text), in_file)
     if isinstance(config, TrainConfig | EvalConfig):
         config.config_dir = str(Path(yaml_path).resolve().parent)
     return config, resolved

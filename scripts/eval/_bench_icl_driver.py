@@ -11,7 +11,7 @@ Foundry 0.22) it imports that one. Both packages expose
 ``Trainer.eval()``, so the driver only wraps public names from outside and never touches
 either package's code:
 
-* ``build_evaluators`` / ``build_composer_model`` as the eval module sees them (timed);
+* ``build_run_evaluators`` / ``build_composer_model_from_section`` as the eval module sees them (timed);
 * ``composer.Trainer.eval`` (timed, and given a callback that times every evaluator between
   ``EVAL_START`` and ``EVAL_END``, counts its examples and padded tokens, fingerprints its
   inputs and reads its metrics).
@@ -119,14 +119,16 @@ def install_hooks(
     eval_module: Any, times: dict[str, float], captured: dict[str, Any], pad_id: int | None
 ) -> None:
     """Wrap the eval module's builders and ``Trainer.eval`` (see the module docstring)."""
-    eval_module.build_evaluators = timed(times, "build_evaluators", eval_module.build_evaluators)
-    build_model = timed(times, "build_model", eval_module.build_composer_model)
+    eval_module.build_run_evaluators = timed(
+        times, "build_run_evaluators", eval_module.build_run_evaluators
+    )
+    build_model = timed(times, "build_model", eval_module.build_composer_model_from_section)
 
     def capture_model(*args: Any, **kwargs: Any) -> Any:
         captured["model"] = build_model(*args, **kwargs)
         return captured["model"]
 
-    eval_module.build_composer_model = capture_model
+    eval_module.build_composer_model_from_section = capture_model
     original_eval = Trainer.eval
 
     def eval_with_timer(self: Trainer, *args: Any, **kwargs: Any) -> Any:

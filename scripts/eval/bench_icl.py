@@ -399,7 +399,7 @@ def time_split(name: str, result: dict[str, Any]) -> str:
         f"interpreter start + torch/composer imports {times.get('startup', 0):.1f} s",
         f"llmfoundry import {times.get('import', 0):.1f} s",
         f"model build+load {times.get('build_model', 0):.1f} s",
-        f"ICL datasets {times.get('build_evaluators', 0):.1f} s",
+        f"ICL datasets {times.get('build_run_evaluators', 0):.1f} s",
         f"Trainer.eval {times.get('trainer_eval', 0):.1f} s (evaluators {evals:.1f} s)",
         f"eval_from_yaml {times.get('eval_from_yaml', 0):.1f} s",
         f"exit {times.get('shutdown', 0):.1f} s",

@@ -18,8 +18,8 @@ from llmfoundry.callbacks.curriculum_learning import CurriculumLearning
 from llmfoundry.utils.builders import (
     build_callbacks,
     build_callbacks_with_config,
-    build_composer_model,
-    build_dataloader,
+    build_composer_model_from_section,
+    build_dataloader_from_section,
 )
 from llmfoundry.utils.exceptions import ConfigError
 
@@ -85,7 +85,7 @@ def _trainer(
     save_folder: Path,
     load_path: str | None = None,
 ) -> Trainer:
-    model = build_composer_model(
+    model = build_composer_model_from_section(
         {
             "name": "mpt_causal_lm",
             "d_model": 16,
@@ -105,7 +105,9 @@ def _trainer(
     ]
     return Trainer(
         model=model,
-        train_dataloader=build_dataloader("train_loader", config["train_loader"], tokenizer, BATCH),
+        train_dataloader=build_dataloader_from_section(
+            "train_loader", config["train_loader"], tokenizer, BATCH
+        ),
         max_duration=config["max_duration"],
         optimizers=torch.optim.SGD(model.parameters(), lr=0.01),
         callbacks=callbacks,

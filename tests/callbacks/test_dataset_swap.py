@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.callbacks import DatasetSwap
-from llmfoundry.utils.builders import build_callbacks_with_config, build_dataloader
+from llmfoundry.utils.builders import build_callbacks_with_config, build_dataloader_from_section
 from llmfoundry.utils.exceptions import ConfigError
 from tests.callbacks.test_curriculum_learning import (  # the same two datasets and recorder
     BATCH,
@@ -49,7 +49,7 @@ def _fit(
     (swap,) = build_callbacks_with_config(config["callbacks"], config)
     assert isinstance(swap, DatasetSwap)
     recorder = InputRecorder()
-    loader = build_dataloader("train_loader", config["train_loader"], tokenizer, BATCH)
+    loader = build_dataloader_from_section("train_loader", config["train_loader"], tokenizer, BATCH)
     trainer = lm_trainer(
         tiny_mpt(vocab_size=512, max_seq_len=SEQ_LEN),
         cast(DataLoader, loader.dataloader),

@@ -317,7 +317,9 @@ def test_only_hf_checkpoint_without_the_callback_fails_before_training(
     import llmfoundry.command_utils.train as train_module
 
     built: list[Any] = []
-    monkeypatch.setattr(train_module, "build_composer_model", lambda *a: built.append(a))
+    monkeypatch.setattr(
+        train_module, "build_composer_model_from_section", lambda *a: built.append(a)
+    )
     with pytest.raises(ConfigError, match=r"only_hf_checkpoint.*add callbacks\.hf_checkpointer"):
         train(cfg, resolved)
     assert built == []

@@ -24,7 +24,11 @@ from torch.utils.data import DataLoader
 
 from llmfoundry.callbacks.memory_monitor import MemoryMonitor
 from llmfoundry.models.hf import ComposerMPTCausalLM
-from llmfoundry.utils.builders import build_callbacks, build_optimizer, build_scheduler
+from llmfoundry.utils.builders import (
+    build_callbacks,
+    build_optimizer_from_section,
+    build_scheduler_from_section,
+)
 from tests.callbacks.scripted import ScriptedLossModel, sample_loader
 
 D_MODEL, N_LAYERS, EXPANSION, MAX_SEQ_LEN, VOCAB = 64, 2, 4, 32, 128
@@ -137,11 +141,11 @@ def test_lr_monitor_logs_the_warmup_then_cosine_schedule_the_optimizer_applies()
     x = (t - t_warmup) / (max_duration - t_warmup)."""
     peak, t_warmup, total, alpha_f = 2e-3, 3, 8, 0.1
     model = ScriptedLossModel()
-    optimizer = build_optimizer(
+    optimizer = build_optimizer_from_section(
         {"name": "decoupled_adamw", "lr": peak, "betas": [0.9, 0.95], "weight_decay": 0.0},
         model.parameters(),
     )
-    scheduler = build_scheduler(
+    scheduler = build_scheduler_from_section(
         {"name": "cosine_with_warmup", "t_warmup": f"{t_warmup}ba", "alpha_f": alpha_f}
     )
 
@@ -194,7 +198,7 @@ def test_optimizer_monitor_logs_grad_and_adamw_moment_norms_every_interval() -> 
     Nothing is logged between intervals."""
     beta1 = 0.9
     model = _mpt()
-    optimizer = build_optimizer(
+    optimizer = build_optimizer_from_section(
         {"name": "decoupled_adamw", "lr": 1e-3, "betas": [beta1, 0.95], "weight_decay": 0.0},
         model.parameters(),
     )
@@ -239,7 +243,7 @@ def test_optimizer_monitor_logs_lion_moment_update_and_cosine() -> None:
     lr x sqrt(#nonzero grads) and ``cosine/update_grad`` is |g|_1 / (sqrt(#nonzero) |g|_2)."""
     lr, beta1, beta2 = 1e-3, 0.9, 0.99
     model = _mpt()
-    optimizer = build_optimizer(
+    optimizer = build_optimizer_from_section(
         {"name": "decoupled_lionw", "lr": lr, "betas": [beta1, beta2]}, model.parameters()
     )
     recorder = GradRecorder()

@@ -21,7 +21,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 from llmfoundry.command_utils.convert_composer_to_hf import convert_composer_to_hf
 from llmfoundry.command_utils.eval import EvalResults, eval_from_yaml, render_tables
 from llmfoundry.models.mpt import MPTForCausalLM
-from llmfoundry.utils.builders import build_dataloader
+from llmfoundry.utils.builders import build_dataloader_from_section
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 from tests.eval.helpers import continuation_log_probs, write_jsonl
 
@@ -234,7 +234,7 @@ def test_lora_adapter_is_applied(
         "drop_last": False,
         "num_workers": 0,
     }
-    loader = build_dataloader("eval_loader", section, tokenizer, 8).dataloader
+    loader = build_dataloader_from_section("eval_loader", section, tokenizer, 8).dataloader
     total, count = 0.0, 0
     with torch.no_grad():
         for index, batch in enumerate(loader):

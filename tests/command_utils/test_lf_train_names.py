@@ -27,7 +27,7 @@ from llmfoundry import registry
 from llmfoundry.command_utils.parallelism import build_parallelism_config, build_tp_strategies
 from llmfoundry.command_utils.train import build_trainer, compute_batch_sizes
 from llmfoundry.optim import NoOp
-from llmfoundry.utils.builders import build_optimizer, build_scheduler
+from llmfoundry.utils.builders import build_optimizer_from_section, build_scheduler_from_section
 from llmfoundry.utils.config_transforms import apply_transforms_to_config
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
@@ -55,7 +55,7 @@ INV_SQRT_MULTIPLIERS = {
 
 
 def test_inv_sqrt_with_warmup_gives_llm_foundrys_multipliers() -> None:
-    scheduler = build_scheduler(
+    scheduler = build_scheduler_from_section(
         {
             "name": "inv_sqrt_with_warmup",
             "t_warmup": "4ba",
@@ -84,7 +84,7 @@ def test_no_op_optimizer_leaves_parameters_unchanged() -> None:
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 3)
     before = [p.detach().clone() for p in model.parameters()]
-    optimizer = build_optimizer({"name": "no_op"}, model.parameters())
+    optimizer = build_optimizer_from_section({"name": "no_op"}, model.parameters())
     assert isinstance(optimizer, NoOp)
     assert [group["lr"] for group in optimizer.param_groups] == [0.0]
 

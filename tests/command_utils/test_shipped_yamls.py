@@ -31,9 +31,9 @@ from llmfoundry.models.mpt import MPTForCausalLM
 from llmfoundry.utils.builders import (
     build_algorithms,
     build_callbacks,
-    build_dataloader,
-    build_optimizer,
-    build_scheduler,
+    build_dataloader_from_section,
+    build_optimizer_from_section,
+    build_scheduler_from_section,
     build_tokenizer_from_section,
 )
 from llmfoundry.utils.config_utils import TrainConfig, load_config
@@ -259,7 +259,7 @@ def test_loaders_build(
     for key in LOADER_KEYS:
         section = getattr(cfg, key)
         if section is not None:
-            spec = build_dataloader(key, section, tokenizer, device_batch_size=2)
+            spec = build_dataloader_from_section(key, section, tokenizer, device_batch_size=2)
             assert isinstance(spec.dataloader, DataLoader)
             # Packing reads packing_ratio examples for each row it yields.
             assert spec.dataloader.batch_size == 2 * section["dataset"].get("packing_ratio", 1)
@@ -274,8 +274,8 @@ def test_training_components_build(path: Path, local_paths: dict[str, Path]) -> 
 
     cfg, _ = load_config(path, path_overrides(path, local_paths), TrainConfig)
     build_tokenizer_from_section(cfg.tokenizer)
-    build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(2))])
-    build_scheduler(cfg.scheduler)
+    build_optimizer_from_section(cfg.optimizer, [torch.nn.Parameter(torch.zeros(2))])
+    build_scheduler_from_section(cfg.scheduler)
     build_algorithms(cfg.algorithms)
     build_callbacks(cfg.callbacks)
     if cfg.fsdp_config is not None:

@@ -44,10 +44,10 @@ from llmfoundry.models.hf.hf_causal_lm import ComposerHFCausalLM
 from llmfoundry.utils.builders import (
     build_algorithms,
     build_callbacks,
-    build_composer_model,
-    build_dataloader,
-    build_optimizer,
-    build_scheduler,
+    build_composer_model_from_section,
+    build_dataloader_from_section,
+    build_optimizer_from_section,
+    build_scheduler_from_section,
 )
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from tests.models.mpt_helpers import tiny_config, tiny_model
@@ -197,7 +197,7 @@ def test_stock_yaml_model_builds(
     if name == "mpt_causal_lm":
         cfg, _ = load_config(path, [*overrides, "model.init_device=meta"], TrainConfig)
         with torch.device("meta"):
-            model = build_composer_model(cfg.model, tokenizer)
+            model = build_composer_model_from_section(cfg.model, tokenizer)
         assert isinstance(model, ComposerMPTCausalLM)
         assert {p.device.type for p in model.parameters()} == {"meta"}
         assert model.n_total_params == count_mpt_params(cfg.model)
@@ -212,7 +212,7 @@ def test_stock_yaml_model_builds(
     cfg, _ = load_config(
         path, [*overrides, f"model.pretrained_model_name_or_path={folder}"], TrainConfig
     )
-    model = build_composer_model(cfg.model, tokenizer)
+    model = build_composer_model_from_section(cfg.model, tokenizer)
     assert isinstance(model, ComposerHFCausalLM)
     config = model.model.config
     assert config.model_type == json.loads((folder / "config.json").read_text())["model_type"]
@@ -242,7 +242,9 @@ def test_finetune_example_feeds_preprocessed_rows(
     path: Path, yaml_paths: dict[str, Path], tokenizer: PreTrainedTokenizerBase
 ) -> None:
     cfg, _ = load_config(path, path_overrides(path, yaml_paths), TrainConfig)
-    spec = build_dataloader("train_loader", cfg.train_loader, tokenizer, device_batch_size=2)
+    spec = build_dataloader_from_section(
+        "train_loader", cfg.train_loader, tokenizer, device_batch_size=2
+    )
     batch = next(iter(spec.dataloader))
     example = importlib.import_module("finetune_example.preprocessing")
     multiple_choice = example.multiple_choice
@@ -255,8 +257,8 @@ def test_finetune_example_feeds_preprocessed_rows(
         # The loss is on the answer only: the labelled tokens spell one of the choices.
         target = str(tokenizer.decode(labels[labels != -100])).replace(str(tokenizer.eos_token), "")
         assert target in answers and text.split("\nAnswer: ")[1].startswith(target), target
-    build_optimizer(cfg.optimizer, [torch.nn.Parameter(torch.zeros(2))])
-    build_scheduler(cfg.scheduler)
+    build_optimizer_from_section(cfg.optimizer, [torch.nn.Parameter(torch.zeros(2))])
+    build_scheduler_from_section(cfg.scheduler)
     build_algorithms(cfg.algorithms)
     build_callbacks(cfg.callbacks)
 

@@ -61,7 +61,9 @@ def test_bad_run_options_fail_before_training(
     built: list[Any] = []
     import llmfoundry.command_utils.train as train_module
 
-    monkeypatch.setattr(train_module, "build_composer_model", lambda *a: built.append(a))
+    monkeypatch.setattr(
+        train_module, "build_composer_model_from_section", lambda *a: built.append(a)
+    )
     with pytest.raises(error, match=message):
         # code_paths are imported (and may fail) as the config loads, before its transforms.
         cfg, resolved = config(tmp_path, mds_dir, tokenizer_dir, overrides)

@@ -23,7 +23,7 @@ from llmfoundry.command_utils.data_prep.convert_dataset_json import convert_data
 from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
 from llmfoundry.data import CausalLMCollator, StreamingTextDataset, build_text_dataloader
 from llmfoundry.data.text_data import print_samples
-from llmfoundry.utils.builders import build_dataloader
+from llmfoundry.utils.builders import build_dataloader_from_section
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 
 PAD_ID = 1
@@ -297,7 +297,7 @@ def test_stream_proportions_set_each_streams_share_of_the_epoch(
         )
     )
     assert isinstance(section, dict)
-    spec = build_dataloader("train_loader", section, tokenizer, 4)  # type: ignore[arg-type]
+    spec = build_dataloader_from_section("train_loader", section, tokenizer, 4)  # type: ignore[arg-type]
     ids = [int(i) for batch in spec.dataloader for i in batch["input_ids"][:, 0]]
 
     small = [i for i in ids if i < 2000]
@@ -391,7 +391,7 @@ def test_zero_workers_drops_worker_options_with_one_note(
         "pin_memory": False,
     }
     with caplog.at_level(logging.INFO, logger="llmfoundry.data.text_data"):
-        spec = build_dataloader("eval_loader", section, tokenizer, 4)
+        spec = build_dataloader_from_section("eval_loader", section, tokenizer, 4)
     assert len(list(spec.dataloader)) == 2
     notes = [r.getMessage() for r in caplog.records if "num_workers is 0" in r.getMessage()]
     assert notes == [
@@ -401,8 +401,8 @@ def test_zero_workers_drops_worker_options_with_one_note(
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="llmfoundry.data.text_data"):
-        build_dataloader("eval_loader", {**section, "num_workers": 1}, tokenizer, 4)
-        build_dataloader(
+        build_dataloader_from_section("eval_loader", {**section, "num_workers": 1}, tokenizer, 4)
+        build_dataloader_from_section(
             "eval_loader",
             {
                 k: v

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from llmfoundry.command_utils.train import build_evaluators
+from llmfoundry.command_utils.train import build_run_evaluators
 from llmfoundry.eval import build_icl_evaluators, code_sandbox, split_icl_batch
 from llmfoundry.eval.code_eval import (
     CodeEvaluationDataset,
@@ -350,9 +350,9 @@ def test_code_tasks_need_allow_code_eval(
     config = EvalConfig(max_seq_len=64, device_eval_batch_size=2, icl_tasks=[task])
     model = SimpleNamespace(get_metrics=lambda is_train: {})
     with pytest.raises(ConfigError, match="allow_code_eval"):
-        build_evaluators(config, tokenizer, model, 2)
+        build_run_evaluators(config, tokenizer, model, 2)
     config.allow_code_eval = True
-    assert [e.label for e in build_evaluators(config, tokenizer, model, 2)] == ["code/0-shot"]
+    assert [e.label for e in build_run_evaluators(config, tokenizer, model, 2)] == ["code/0-shot"]
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ from transformers import (
 from llmfoundry.command_utils.convert_composer_to_hf import save_mpt_as_hf
 from llmfoundry.models.hf import ComposerHFCausalLM
 from llmfoundry.models.mpt import MPTForCausalLM
-from llmfoundry.utils.builders import build_composer_model
+from llmfoundry.utils.builders import build_composer_model_from_section
 from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, MissingFileError
 from tests.models.mpt_helpers import tiny_config, tiny_model
 
@@ -412,7 +412,7 @@ def test_registry_builds_a_fresh_model_from_the_config(
         "init_device": init_device,
         "config_overrides": {"num_hidden_layers": 1},
     }
-    model = build_composer_model(section, tokenizer)
+    model = build_composer_model_from_section(section, tokenizer)
     assert isinstance(model, ComposerHFCausalLM)
     assert model.model.config.num_hidden_layers == 1
     saved = LlamaForCausalLM.from_pretrained(llama_dir)
@@ -423,4 +423,6 @@ def test_registry_builds_a_fresh_model_from_the_config(
     with pytest.raises(
         ConfigError, match=r"model\.pretrained_model_name_or_pth is not a valid key"
     ):
-        build_composer_model({**section, "pretrained_model_name_or_pth": "x"}, tokenizer)
+        build_composer_model_from_section(
+            {**section, "pretrained_model_name_or_pth": "x"}, tokenizer
+        )

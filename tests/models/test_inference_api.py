@@ -35,7 +35,7 @@ from llmfoundry.models.inference_api import (
     OpenAIClient,
 )
 from llmfoundry.models.inference_api.wrappers import DEFAULT_SYSTEM_ROLE_PROMPT
-from llmfoundry.utils.builders import build_composer_model
+from llmfoundry.utils.builders import build_composer_model_from_section
 from llmfoundry.utils.exceptions import ConfigError, UserError
 from tests.eval.helpers import icl_evaluators, lm_task, run_eval, write_jsonl
 from tests.models.mpt_helpers import tiny_config, tiny_model
@@ -299,7 +299,7 @@ def test_icl_task_evaluated_through_the_endpoint_equals_the_local_model(
         {"context": "def load(path):\n    return", "continuation": " object"},
     ]
     task = lm_task(write_jsonl(tmp_path / "lm.jsonl", rows), num_fewshot=[0])
-    api_model = build_composer_model(
+    api_model = build_composer_model_from_section(
         {"name": "openai_causal_lm", "base_url": base_url, "max_retries": 0}, tokenizer
     )
     local_model = HuggingFaceModel(
@@ -319,9 +319,11 @@ def test_settings_errors_name_the_key(
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(ConfigError, match="no OpenAI API key: set the OPENAI_API_KEY"):
-        build_composer_model({"name": "openai_chat", "version": "gpt-4o"}, tokenizer)
+        build_composer_model_from_section({"name": "openai_chat", "version": "gpt-4o"}, tokenizer)
     with pytest.raises(ConfigError, match=r"model\.base_ur is not a valid key; did you mean"):
-        build_composer_model({"name": "openai_causal_lm", "base_ur": base_url}, tokenizer)
+        build_composer_model_from_section(
+            {"name": "openai_causal_lm", "base_ur": base_url}, tokenizer
+        )
     wrong = OpenAICausalLMEvalWrapper(tokenizer, version="gpt-x", base_url=base_url, max_retries=0)
     with pytest.raises(
         UserError, match=r"/completions: HTTP 404: The model 'gpt-x' does not exist"

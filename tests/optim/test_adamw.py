@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from llmfoundry.utils.builders import build_optimizer
+from llmfoundry.utils.builders import build_optimizer_from_section
 
 LR, BETAS, EPS, WD = 0.1, (0.9, 0.99), 1e-8, 0.01
 GRADS = [torch.tensor([0.5, -2.0, 0.0]), torch.tensor([1.0, 1.0, -3.0])]
@@ -39,7 +39,7 @@ def hand_steps(decay_per_step: float) -> torch.Tensor:
 )
 def test_two_steps_match_hand_computation(name: str, decay_per_step: float) -> None:
     weights = torch.nn.Parameter(torch.ones(3))
-    optimizer = build_optimizer(
+    optimizer = build_optimizer_from_section(
         {"name": name, "lr": LR, "betas": list(BETAS), "eps": EPS, "weight_decay": WD}, [weights]
     )
     for grad in GRADS:
@@ -53,7 +53,7 @@ def test_two_steps_match_hand_computation(name: str, decay_per_step: float) -> N
 def test_decoupled_adamw_decay_follows_the_schedule() -> None:
     """Halving the lr after construction halves the decay (it scales with lr / initial_lr)."""
     weights = torch.nn.Parameter(torch.ones(1))
-    optimizer = build_optimizer(
+    optimizer = build_optimizer_from_section(
         {"name": "decoupled_adamw", "lr": LR, "weight_decay": 0.2, "betas": [0.9, 0.99]}, [weights]
     )
     optimizer.param_groups[0]["lr"] = LR / 2  # what a scheduler does

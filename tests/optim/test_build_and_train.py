@@ -16,7 +16,11 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, TensorDataset
 
 from llmfoundry.optim import DecoupledAdaLRLion, DecoupledClipLion, DecoupledLionW
-from llmfoundry.utils.builders import build_callbacks, build_optimizer, build_scheduler
+from llmfoundry.utils.builders import (
+    build_callbacks,
+    build_optimizer_from_section,
+    build_scheduler_from_section,
+)
 from llmfoundry.utils.exceptions import ConfigError
 
 SECTIONS = {
@@ -38,7 +42,7 @@ def test_optimizer_built_from_yaml_section(name: str) -> None:
     section = OmegaConf.to_container(yaml, resolve=True)
     assert isinstance(section, dict)
     params = list(torch.nn.Linear(3, 2).parameters())
-    optimizer = build_optimizer({str(k): v for k, v in section.items()}, params)
+    optimizer = build_optimizer_from_section({str(k): v for k, v in section.items()}, params)
     assert type(optimizer) is cls
     group = optimizer.param_groups[0]
     assert group["lr"] == 2.0e-4 and group["initial_lr"] == 2.0e-4
@@ -51,7 +55,7 @@ def test_optimizer_built_from_yaml_section(name: str) -> None:
 def test_unknown_optimizer_key_names_its_path(name: str) -> None:
     params = list(torch.nn.Linear(3, 2).parameters())
     with pytest.raises(ConfigError, match=r"optimizer\.beta1"):
-        build_optimizer({"name": name, "lr": 1e-4, "beta1": 0.9}, params)
+        build_optimizer_from_section({"name": name, "lr": 1e-4, "beta1": 0.9}, params)
 
 
 def test_trainer_fits_with_lionw_inv_sqrt_and_optimizer_monitor() -> None:
@@ -59,11 +63,11 @@ def test_trainer_fits_with_lionw_inv_sqrt_and_optimizer_monitor() -> None:
     module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
     model = ComposerClassifier(module, num_classes=4)
     dataset = TensorDataset(torch.randn(24, 8), torch.randint(0, 4, (24,)))
-    optimizer = build_optimizer(
+    optimizer = build_optimizer_from_section(
         {"name": "decoupled_lionw", "lr": 1e-2, "betas": [0.9, 0.99], "weight_decay": 1e-5},
         model.parameters(),
     )
-    scheduler = build_scheduler(
+    scheduler = build_scheduler_from_section(
         {"name": "inv_sqrt_tf", "t_warmup": "1ba", "t_scale": "1ba", "t_cooldown": "0ba"}
     )
     callbacks = build_callbacks({"optimizer_monitor": {"batch_log_interval": 1}, "lr_monitor": {}})
@@ -108,7 +112,7 @@ def _trainer(name: str, max_duration: str, **kwargs: Any) -> Trainer:
     inputs[24:32] *= 100.0  # a spike in batch 3, so the outlier rules fire after resuming
     dataset = TensorDataset(inputs, torch.randint(0, 4, (48,), generator=generator))
     extra = {"outlier_delay": 1, "outlier_threshold": 2.0} if name != "decoupled_lionw" else {}
-    optimizer = build_optimizer(
+    optimizer = build_optimizer_from_section(
         {"name": name, "lr": 1e-2, "weight_decay": 1e-4, **extra}, model.parameters()
     )
     return Trainer(
@@ -116,7 +120,7 @@ def _trainer(name: str, max_duration: str, **kwargs: Any) -> Trainer:
         train_dataloader=DataLoader(dataset, batch_size=8, shuffle=False),
         max_duration=max_duration,
         optimizers=optimizer,
-        schedulers=build_scheduler(
+        schedulers=build_scheduler_from_section(
             {"name": "inv_sqrt_tf", "t_warmup": "1ba", "t_scale": "2ba", "t_cooldown": "2ba"}
         ),
         device="cpu",

@@ -12,7 +12,7 @@ from composer.devices import DeviceCPU
 from composer.optim import ComposerScheduler
 
 from llmfoundry.optim import InverseSquareRootWithWarmupScheduler
-from llmfoundry.utils.builders import build_scheduler
+from llmfoundry.utils.builders import build_scheduler_from_section
 from llmfoundry.utils.exceptions import ConfigError
 
 BATCHES_PER_EPOCH = 10
@@ -68,7 +68,7 @@ UNIT_CASES = {
 @pytest.mark.parametrize("case", sorted(UNIT_CASES))
 def test_inv_sqrt_tf_matches_formula_in_every_unit(case: str) -> None:
     max_duration, (t_warmup, t_scale, t_cooldown), per_batch = UNIT_CASES[case]
-    scheduler = build_scheduler(
+    scheduler = build_scheduler_from_section(
         {
             "name": "inv_sqrt_tf",
             "t_warmup": t_warmup,
@@ -112,7 +112,7 @@ def test_inv_sqrt_tf_rejects_mixed_units_and_rising_lr() -> None:
 
 def test_unknown_scheduler_key_names_its_path() -> None:
     with pytest.raises(ConfigError, match=r"scheduler\.t_warm"):
-        build_scheduler(
+        build_scheduler_from_section(
             {"name": "inv_sqrt_tf", "t_warm": "1ba", "t_scale": "1ba", "t_cooldown": "0ba"}
         )
 
@@ -143,7 +143,7 @@ WARMUP_SCHEDULES = {
 def test_warmup_schedulers_with_dur_and_token_times(
     name: str, max_duration: str, t_warmup: str, t_max: str
 ) -> None:
-    scheduler: ComposerScheduler = build_scheduler(
+    scheduler: ComposerScheduler = build_scheduler_from_section(
         {"name": name, "t_warmup": t_warmup, "t_max": t_max, "alpha_f": 0.1}
     )
     state = _state(max_duration)
@@ -154,7 +154,9 @@ def test_warmup_schedulers_with_dur_and_token_times(
 @pytest.mark.parametrize("name", sorted(WARMUP_SCHEDULES))
 def test_warmup_schedulers_with_epoch_times(name: str) -> None:
     # 1 epoch = 10 batches: warmup 1ep = 10ba, t_max 10ep = 100ba; same shape as the token case.
-    scheduler = build_scheduler({"name": name, "t_warmup": "1ep", "t_max": "1dur", "alpha_f": 0.1})
+    scheduler = build_scheduler_from_section(
+        {"name": name, "t_warmup": "1ep", "t_max": "1dur", "alpha_f": 0.1}
+    )
     state = _state("10ep")
     for token, expected in WARMUP_SCHEDULES[name].items():
         if token % 10 == 0:
@@ -164,7 +166,7 @@ def test_warmup_schedulers_with_epoch_times(name: str) -> None:
 
 def test_constant_with_warmup_ramps_to_alpha_then_holds() -> None:
     # Warmup over 100 tokens from 0 to alpha = 0.5, then 0.5 until the end.
-    scheduler = build_scheduler(
+    scheduler = build_scheduler_from_section(
         {"name": "constant_with_warmup", "t_warmup": "100tok", "alpha": 0.5}
     )
     state = _state("1000tok")

@@ -16,4 +16,21 @@ for _registry in LAYER_REGISTRIES:
     for _name, _layer in builtin_layers(_registry.name).items():
         _registry.register(_name, func=_layer)
 
-__all__ = ["MPTConfig", "MPTConfigError", "MPTForCausalLM", "MPTModel", "MPTPreTrainedModel"]
+
+def __getattr__(name: str) -> object:
+    # The Composer wrapper lives with the other wrappers, which import this package.
+    if name == "ComposerMPTCausalLM":
+        from llmfoundry.models.hf.composer_mpt import ComposerMPTCausalLM
+
+        return ComposerMPTCausalLM
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "ComposerMPTCausalLM",
+    "MPTConfig",
+    "MPTConfigError",
+    "MPTForCausalLM",
+    "MPTModel",
+    "MPTPreTrainedModel",
+]

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from llmfoundry import registry
 from llmfoundry.data.finetuning import build_finetuning_dataloader, dataset_constructor
 from llmfoundry.data.finetuning.collator import IGNORE_INDEX
-from llmfoundry.utils.builders import build_dataloader
+from llmfoundry.utils.builders import build_dataloader_from_section
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 
 EOS, PAD = 0, 1
@@ -80,7 +80,7 @@ def test_yaml_section_builds_through_the_registry(
         "timeout": 0,
     }
     assert registry.dataloaders.get("finetuning") is build_finetuning_dataloader
-    spec = build_dataloader("train_loader", section, tokenizer, 2)
+    spec = build_dataloader_from_section("train_loader", section, tokenizer, 2)
     batches = list(spec.dataloader)
     assert len(batches) == 3
     first = batches[0]
