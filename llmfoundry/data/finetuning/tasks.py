@@ -170,3 +170,46 @@ def flan_preprocessing_function(row: Mapping[str, Any]) -> dict[str, str]:
     if not prompt.endswith(separators) and not response.startswith(separators):
         response = " " + response
     return {"prompt": prompt, "response": response}
+
+
+@dataset_constructor.register("HuggingFaceH4/databricks_dolly_15k")
+def dolly_preprocessing_function(row: Mapping[str, Any]) -> dict[str, str]:
+    """A Dolly-15k row (``instruction``, ``input``, ``output``) in the instruction template
+    without an input section: a non-empty ``input`` follows the instruction on its own line."""
+    instruction = row["instruction"]
+    if row["input"]:
+        instruction = f"{instruction}\n{row['input']}"
+    prompt = f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+    return {"prompt": prompt, "response": row["output"]}
+
+
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant"}
+
+
+@dataset_constructor.register("teknium/OpenHermes-2.5")
+def sharegpt_preprocessing_function(row: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """A ShareGPT conversation (``conversations``: ``{from, value}`` turns) as chat
+    ``messages``; ``human``/``gpt`` become ``user``/``assistant``, other roles are kept."""
+    return {
+        "messages": [
+            {"role": SHAREGPT_ROLES.get(turn["from"], turn["from"]), "content": turn["value"]}
+            for turn in row["conversations"]
+        ]
+    }
+
+
+@dataset_constructor.register("math-ai/StackMathQA")
+def qa_preprocessing_function(row: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
+    """A question/answer row (``Q``, ``A``) as a user turn and an assistant turn."""
+    return {
+        "messages": [
+            {"role": "user", "content": row["Q"]},
+            {"role": "assistant", "content": row["A"]},
+        ]
+    }
+
+
+@dataset_constructor.register("AI-MO/NuminaMath-CoT")
+def messages_preprocessing_function(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Rows that already hold chat ``messages``: only that column is kept."""
+    return {"messages": row["messages"]}
