@@ -51,6 +51,26 @@ def eval_loader_sections(
     return sections
 
 
+def loader_evaluators(
+    sections: list[tuple[str, str, Mapping[str, Any]]],
+    tokenizer: Any,
+    device_eval_batch_size: int,
+    metric_names: list[str] | None = None,
+) -> list[Evaluator]:
+    """One evaluator per :func:`eval_loader_sections` entry, scoring ``metric_names`` (all the
+    model's eval metrics when None)."""
+    return [
+        Evaluator(
+            label=label,
+            dataloader=build_dataloader_from_section(
+                key, section, tokenizer, device_eval_batch_size
+            ),
+            metric_names=metric_names,
+        )
+        for label, key, section in sections
+    ]
+
+
 def build_run_evaluators(
     cfg: TrainConfig | EvalConfig, tokenizer: Any, model: Any, device_eval_batch_size: int
 ) -> list[Evaluator]:
@@ -65,16 +85,8 @@ def build_run_evaluators(
         for name, metric in model.get_metrics(is_train=False).items()
         if not isinstance(metric, InContextLearningMetric)
     )
-    evaluators = [
-        Evaluator(
-            label=label,
-            dataloader=build_dataloader_from_section(
-                key, section, tokenizer, device_eval_batch_size
-            ),
-            metric_names=metric_names,
-        )
-        for label, key, section in eval_loader_sections(cfg.eval_loader, cfg.eval_loaders)
-    ]
+    sections = eval_loader_sections(cfg.eval_loader, cfg.eval_loaders)
+    evaluators = loader_evaluators(sections, tokenizer, device_eval_batch_size, metric_names)
     icl_tasks = cfg.icl_tasks or cfg.icl_tasks_str
     if icl_tasks:
         icl_evaluators, _ = build_icl_evaluators(
@@ -106,15 +118,8 @@ def build_evaluators(
         The eval-loader evaluators (each scoring every metric the model has for them) followed
         by the ICL ones, the ICL metric keys they log, and the gauntlet callback (or None).
     """
-    evaluators = [
-        Evaluator(
-            label=label,
-            dataloader=build_dataloader_from_section(
-                key, section, tokenizer, device_eval_batch_size
-            ),
-        )
-        for label, key, section in eval_loader_sections(eval_loader_config, None)
-    ]
+    sections = eval_loader_sections(eval_loader_config, None)
+    evaluators = loader_evaluators(sections, tokenizer, device_eval_batch_size)
     logger_keys: list[str] = []
     gauntlet = None
     if icl_tasks_config is not None:

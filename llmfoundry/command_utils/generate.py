@@ -10,8 +10,8 @@ through the same functions.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
+import itertools
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +32,6 @@ from llmfoundry.command_utils.model_loading import (  # noqa: F401  (re-exported
     default_device,
     load_model_and_tokenizer,
 )
-from llmfoundry.models.mpt.configuration_mpt import ATTN_IMPLS as MPT_ATTN_IMPLS
-from llmfoundry.utils.cli_utils import parse_bool
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -322,13 +320,15 @@ def sampling_kwargs(
     """The ``model.generate`` keyword arguments for these flags.
 
     Temperature, top-k and top-p only apply with ``do_sample`` and are left out otherwise
-    (transformers warns about them under greedy decoding). ``no_repeat_ngram_size`` (0: off)
-    forbids generating any n-gram of that size a second time.
+    (transformers warns about them under greedy decoding); temperature 0 means greedy decoding,
+    as in LLM Foundry. ``no_repeat_ngram_size`` (0: off) forbids generating any n-gram of that
+    size a second time.
 
     Raises:
-        ConfigError: for a non-positive temperature, a top_p outside (0, 1] or a negative
+        ConfigError: for a negative temperature, a top_p outside (0, 1] or a negative
             no_repeat_ngram_size.
     """
+    do_sample = do_sample and temperature != 0
     if no_repeat_ngram_size < 0:
         raise ConfigError(
             f"--no_repeat_ngram_size={no_repeat_ngram_size} must be 0 (off) or a positive size"
@@ -342,7 +342,7 @@ def sampling_kwargs(
         kwargs["no_repeat_ngram_size"] = no_repeat_ngram_size
     if do_sample:
         if temperature <= 0:
-            raise ConfigError(f"--temperature={temperature} must be positive when sampling")
+            raise ConfigError(f"--temperature={temperature} must be positive (0: greedy)")
         if not 0 < top_p <= 1:
             raise ConfigError(f"--top_p={top_p} must be in (0, 1]")
         kwargs.update(temperature=temperature, top_k=top_k, top_p=top_p)
@@ -353,45 +353,89 @@ def sampling_kwargs(
     return kwargs
 
 
+SWEPT_FLAGS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "repetition_penalty",
+    "no_repeat_ngram_size",
+    "seed",
+)
+"""The flags ``hf_generate.py`` takes several values of, in the order it combines them."""
+
+
+@dataclass
+class SweepPoint:
+    """One combination of :data:`SWEPT_FLAGS` values and what it generated."""
+
+    settings: dict[str, Any]
+    run: GenerationRun
+
+
+def sweep_settings(values: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """Every combination of the swept flags' values, the last flag varying fastest."""
+    return [
+        dict(zip(SWEPT_FLAGS, combination, strict=True))
+        for combination in itertools.product(*(values[name] for name in SWEPT_FLAGS))
+    ]
+
+
 def generate_from_pretrained(
     name_or_path: str,
     prompts: Sequence[str],
     max_new_tokens: int = 100,
     *,
-    do_sample: bool = False,
     temperature: float = 1.0,
     top_k: int = 50,
     top_p: float = 1.0,
     repetition_penalty: float = 1.0,
+    no_repeat_ngram_size: int = 0,
+    seed: int = 42,
+    **options: Any,
+) -> GenerationRun:
+    """:func:`generate_sweep` with one value of each swept flag: its one run."""
+    swept = {
+        "temperature": [temperature],
+        "top_p": [top_p],
+        "top_k": [top_k],
+        "repetition_penalty": [repetition_penalty],
+        "no_repeat_ngram_size": [no_repeat_ngram_size],
+        "seed": [seed],
+    }
+    return generate_sweep(name_or_path, prompts, max_new_tokens, **swept, **options)[0].run
+
+
+def generate_sweep(
+    name_or_path: str,
+    prompts: Sequence[str],
+    max_new_tokens: int = 100,
+    *,
+    temperature: Sequence[float] = (1.0,),
+    top_k: Sequence[int] = (50,),
+    top_p: Sequence[float] = (1.0,),
+    repetition_penalty: Sequence[float] = (1.0,),
+    no_repeat_ngram_size: Sequence[int] = (0,),
+    seed: Sequence[int] = (42,),
+    do_sample: bool = False,
     use_cache: bool = True,
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
-    trust_remote_code: bool = False,
-    use_auth_token: str | bool | None = None,
-    revision: str | None = None,
-    model_dtype: str = "fp32",
     autocast_dtype: str | None = None,
-    device: str | None = None,
-    device_map: str | None = None,
-    attn_impl: str | None = None,
-    adapter: str | None = None,
     max_batch_size: int | None = None,
     warmup: bool = True,
-    seed: int = 42,
-    no_repeat_ngram_size: int = 0,
-    max_seq_len: int | None = None,
     prompt_delimiter: str | None = None,
-) -> GenerationRun:
-    """Load a model by folder or hub name and generate for ``prompts`` (``file::path`` allowed).
+    **load_options: Any,
+) -> list[SweepPoint]:
+    """Load a model by folder or hub name once and generate for ``prompts`` (``file::path``
+    allowed) with every combination of the swept flags' values (:func:`sweep_settings`), as
+    LLM Foundry's ``hf_generate.py`` does.
 
     Prompts run in batches of at most ``max_batch_size``, left-padded; with ``warmup`` the
-    first batch is generated once untimed before the timed runs. The seed is set after the
-    warmup, so sampled text does not depend on it. Loading arguments are those of
-    :func:`load_model_and_tokenizer`, sampling ones those of :func:`sampling_kwargs`;
-    ``prompt_delimiter`` splits prompt files (:func:`read_prompts`).
-
-    Returns:
-        One :class:`BatchResult` per batch.
+    first batch is generated once untimed before the first timed run. Each combination sets
+    its seed just before its runs, so sampled text does not depend on the warmup or on the
+    other combinations. Loading options are those of :func:`load_for_generation`, sampling
+    ones those of :func:`sampling_kwargs`; ``prompt_delimiter`` splits prompt files
+    (:func:`read_prompts`).
 
     Raises:
         ConfigError, MissingFileError, MissingDependencyError, TokenizerError: on a bad flag,
@@ -401,95 +445,49 @@ def generate_from_pretrained(
     if not texts:
         raise ConfigError("--prompts is empty; give at least one prompt")
     batches = list(split_batches(texts, max_batch_size))
-    kwargs = sampling_kwargs(
-        do_sample,
-        temperature,
-        top_k,
-        top_p,
-        repetition_penalty,
-        use_cache,
-        eos_token_id,
-        pad_token_id,
-        no_repeat_ngram_size,
+    points = sweep_settings(
+        {
+            "temperature": temperature,
+            "top_p": top_p,
+            "top_k": top_k,
+            "repetition_penalty": repetition_penalty,
+            "no_repeat_ngram_size": no_repeat_ngram_size,
+            "seed": seed,
+        }
     )
+    fixed = {"do_sample": do_sample, "use_cache": use_cache}
+    fixed |= {"eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
+    # Every combination's flags are checked before the (possibly slow) load.
+    point_kwargs = [
+        sampling_kwargs(**fixed, **{k: v for k, v in point.items() if k != "seed"})
+        for point in points
+    ]
     model, tokenizer = load_for_generation(
-        name_or_path,
-        trust_remote_code=trust_remote_code,
-        model_dtype=model_dtype,
-        device=device,
-        device_map=device_map,
-        autocast_dtype=autocast_dtype,
-        revision=revision,
-        use_auth_token=use_auth_token,
-        attn_impl=attn_impl,
-        adapter=adapter,
-        max_seq_len=max_seq_len,
+        name_or_path, autocast_dtype=autocast_dtype, **load_options
     )
     if warmup:
         generate_batch(
-            model, tokenizer, batches[0], max_new_tokens, autocast_dtype=autocast_dtype, **kwargs
+            model,
+            tokenizer,
+            batches[0],
+            max_new_tokens,
+            autocast_dtype=autocast_dtype,
+            **point_kwargs[0],
         )
-    torch.manual_seed(seed)
-    run = GenerationRun()
-    for batch in batches:
-        run.batches.append(
-            generate_batch(
-                model, tokenizer, batch, max_new_tokens, autocast_dtype=autocast_dtype, **kwargs
+    results = []
+    for point, kwargs in zip(points, point_kwargs, strict=True):
+        torch.manual_seed(point["seed"])
+        run = GenerationRun()
+        for batch in batches:
+            run.batches.append(
+                generate_batch(
+                    model,
+                    tokenizer,
+                    batch,
+                    max_new_tokens,
+                    autocast_dtype=autocast_dtype,
+                    **kwargs,
+                )
             )
-        )
-    return run
-
-
-def _auth_token(text: str) -> str | bool:
-    """``--use_auth_token``: true/false, or the token itself."""
-    try:
-        return parse_bool(text)
-    except argparse.ArgumentTypeError:
-        return text
-
-
-def flag_names(name: str, *short: str) -> list[str]:
-    """A flag's option strings: LLM Foundry's ``--snake_case`` spelling, its ``--kebab-case``
-    twin and any short options (``flag_names("name_or_path", "-n")``)."""
-    return [*short, *dict.fromkeys([f"--{name}", f"--{name.replace('_', '-')}"])]
-
-
-def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """Add the flags that say which model to load and how (LLM Foundry's names)."""
-    add = parser.add_argument
-    add(*flag_names("name_or_path", "-n"), required=True, help="model folder or hub name")
-    add(*flag_names("adapter"), default=None, help="a peft LoRA adapter folder to apply")
-    add(*flag_names("model_dtype"), default="fp32", choices=list(MODEL_DTYPES))
-    add(
-        *flag_names("autocast_dtype"),
-        default=None,
-        choices=list(AUTOCAST_DTYPES),
-        help="run generate under torch.autocast (CPU: bf16 only)",
-    )
-    add(*flag_names("trust_remote_code"), type=parse_bool, nargs="?", const=True, default=False)
-    add(*flag_names("use_auth_token"), type=_auth_token, nargs="?", const=True, default=None)
-    add(*flag_names("revision"), default=None, help="hub revision: branch, tag or commit")
-    add(*flag_names("device"), default=None, help="default: cuda if available, else cpu")
-    add(*flag_names("device_map"), default=None, help="from_pretrained's device_map (accelerate)")
-    add(
-        *flag_names("attn_impl"),
-        default=None,
-        help=f"MPT exports: {', '.join(MPT_ATTN_IMPLS)}; transformers models: {', '.join(HF_ATTN_IMPLS)}",
-    )
-    add(*flag_names("seed"), type=int, default=42)
-
-
-def add_sampling_flags(
-    parser: argparse.ArgumentParser, max_new_tokens: int = 100, do_sample: bool = False
-) -> None:
-    """Add the flags that control decoding (LLM Foundry's names), with these two defaults."""
-    add = parser.add_argument
-    add(*flag_names("max_new_tokens"), type=int, default=max_new_tokens)
-    add(*flag_names("temperature"), type=float, default=1.0)
-    add(*flag_names("top_k"), type=int, default=50)
-    add(*flag_names("top_p"), type=float, default=1.0)
-    add(*flag_names("repetition_penalty"), type=float, default=1.0)
-    add(*flag_names("do_sample"), type=parse_bool, nargs="?", const=True, default=do_sample)
-    add(*flag_names("use_cache"), type=parse_bool, nargs="?", const=True, default=True)
-    add(*flag_names("eos_token_id"), type=int, default=None)
-    add(*flag_names("pad_token_id"), type=int, default=None)
+        results.append(SweepPoint(point, run))
+    return results

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from composer.loggers import Logger
@@ -21,6 +21,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 INIT_DEVICES = ("cpu", "meta", "mixed")
+
+
+def check_init_device(init_device: str) -> None:
+    """Fail, naming ``model.init_device`` and the choices, on a device the builders do not take.
+
+    Raises:
+        ConfigError: unless ``init_device`` is one of :data:`INIT_DEVICES`.
+    """
+    if init_device not in INIT_DEVICES:
+        raise ConfigError(
+            f"model.init_device={init_device!r} is not supported"
+            f"{did_you_mean(init_device, INIT_DEVICES)} (choose one of {', '.join(INIT_DEVICES)})"
+        )
 
 
 def pop_config(
@@ -73,10 +86,7 @@ def process_init_device(
         ConfigError: on an unknown device, or ``mixed`` without an FSDP config.
     """
     device = model_cfg.get("init_device", "cpu")
-    if device not in INIT_DEVICES:
-        raise ConfigError(
-            f"model.init_device={device!r} is not supported; choose one of {', '.join(INIT_DEVICES)}"
-        )
+    check_init_device(device)
     if device == "meta" and fsdp_config is None and tp_config is None:
         logger.warning(
             "model.init_device='meta' needs FSDP or tensor parallelism; building on 'cpu'"

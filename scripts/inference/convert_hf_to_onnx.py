@@ -5,7 +5,7 @@ import json
 import sys
 
 from llmfoundry.command_utils.convert_hf_to_onnx import convert_hf_to_onnx
-from llmfoundry.command_utils.generate import flag_names
+from llmfoundry.command_utils.generate_flags import flag_names
 from llmfoundry.utils.cli_utils import run_user_command
 
 

@@ -5,7 +5,7 @@ import sys
 from collections.abc import Iterator
 
 from llmfoundry.command_utils.chat import chat_from_pretrained
-from llmfoundry.command_utils.generate import add_model_flags, add_sampling_flags, flag_names
+from llmfoundry.command_utils.generate_flags import add_model_flags, add_sampling_flags, flag_names
 from llmfoundry.utils.cli_utils import run_user_command
 
 

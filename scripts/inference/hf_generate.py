@@ -3,34 +3,34 @@
 import argparse
 import sys
 
-from llmfoundry.command_utils.generate import (
-    add_model_flags,
-    add_sampling_flags,
-    flag_names,
-    generate_from_pretrained,
-)
+from llmfoundry.command_utils.generate import generate_sweep
+from llmfoundry.command_utils.generate_flags import add_model_flags, add_sampling_flags, flag_names
 from llmfoundry.utils.cli_utils import parse_bool, run_user_command
 
 
 def main(args: argparse.Namespace) -> None:
-    """Generate for every prompt; print each prompt with its continuation and each batch's speed."""
-    run = generate_from_pretrained(**vars(args))
-    for index, batch in enumerate(run.batches, start=1):
-        for generation in batch.generations:
+    """Generate for every prompt and every combination of the swept flags' values; print each
+    combination's settings, each prompt with its continuation and each batch's speed."""
+    for point in generate_sweep(**vars(args)):
+        settings = ", ".join(f"{name}={value}" for name, value in point.settings.items())
+        print(f"settings: {settings}")
+        run = point.run
+        for index, batch in enumerate(run.batches, start=1):
+            for generation in batch.generations:
+                print("#" * 40)
+                print(generation.prompt + generation.continuation)
             print("#" * 40)
-            print(generation.prompt + generation.continuation)
-        print("#" * 40)
-        print(
-            f"batch {index}/{len(run.batches)}: {len(batch.generations)} prompts, "
-            f"{batch.new_tokens} new tokens in {batch.latency_s:.3f} s "
-            f"({batch.tokens_per_s:.1f} tokens/s)"
-        )
+            print(
+                f"batch {index}/{len(run.batches)}: {len(batch.generations)} prompts, "
+                f"{batch.new_tokens} new tokens in {batch.latency_s:.3f} s "
+                f"({batch.tokens_per_s:.1f} tokens/s)"
+            )
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    add_model_flags(parser)
-    add_sampling_flags(parser)
+    add_model_flags(parser, sweep=True)
+    add_sampling_flags(parser, sweep=True)
     add = parser.add_argument
     add(*flag_names("prompts", "-p"), nargs="+", default=["My name is"], help="text, or file::path")
     add(
@@ -41,5 +41,5 @@ if __name__ == "__main__":
     add(*flag_names("max_batch_size"), type=int, default=None)
     add(*flag_names("warmup"), type=parse_bool, nargs="?", const=True, default=True)
     add(*flag_names("max_seq_len"), type=int, default=None, help="sets the config's max_seq_len")
-    add(*flag_names("no_repeat_ngram_size"), type=int, default=0, help="0: off")
+    add(*flag_names("no_repeat_ngram_size"), type=int, nargs="+", default=[0], help="0: off")
     sys.exit(run_user_command(main, parser.parse_args()))

@@ -192,8 +192,8 @@ def test_bad_inputs_name_the_flag_or_file(llama_dir: Path, tmp_path: Path) -> No
         generate_from_pretrained(str(llama_dir), PROMPTS, max_batch_size=0)
     with pytest.raises(ConfigError, match=r"--model_dtype='fp8'"):
         load_model_and_tokenizer(str(llama_dir), model_dtype="fp8")
-    with pytest.raises(ConfigError, match=r"--temperature=0\.0 must be positive"):
-        generate_from_pretrained(str(llama_dir), PROMPTS, do_sample=True, temperature=0.0)
+    with pytest.raises(ConfigError, match=r"--temperature=-0\.5 must be positive"):
+        generate_from_pretrained(str(llama_dir), PROMPTS, do_sample=True, temperature=-0.5)
 
 
 def _run_script(*args: str) -> ScriptResult:

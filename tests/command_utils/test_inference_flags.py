@@ -16,12 +16,8 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from llmfoundry.command_utils.convert_hf_to_onnx import convert_hf_to_onnx, run_onnx
-from llmfoundry.command_utils.generate import (
-    add_model_flags,
-    add_sampling_flags,
-    generate_from_pretrained,
-    read_prompts,
-)
+from llmfoundry.command_utils.generate import generate_from_pretrained, read_prompts
+from llmfoundry.command_utils.generate_flags import add_model_flags, add_sampling_flags
 from llmfoundry.command_utils.model_loading import load_model_and_tokenizer
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError

@@ -24,10 +24,12 @@ from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 logger = logging.getLogger(__name__)
 
 LOSS_FNS = ("fused_crossentropy", "torch_crossentropy")
+# ``layer_sources`` is what a saved config records about its plug-in layers, not a YAML key.
 _MPT_CONFIG_KEYS = {
     name
     for name, param in inspect.signature(MPTConfig.__init__).parameters.items()
-    if param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and name != "self"
+    if param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    and name not in ("self", "layer_sources")
 }
 
 

@@ -26,6 +26,7 @@ from llmfoundry import registry
 from llmfoundry.models.hf.composer_mpt import build_eval_metrics, build_lm_metrics
 from llmfoundry.models.hf.composer_mpt import shift_labels as shift_labels_for_next_token
 from llmfoundry.models.hf.loading import first_line, load_hf_causal_lm, looks_like_local_path
+from llmfoundry.utils.config_helpers import check_init_device
 from llmfoundry.utils.exceptions import (
     ConfigError,
     MissingDependencyError,
@@ -36,7 +37,6 @@ from llmfoundry.utils.exceptions import (
 logger = logging.getLogger(__name__)
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
-INIT_DEVICES = ("cpu", "meta", "mixed")
 LORA_KEYS = frozenset(field.name for field in dataclasses.fields(LoraConfig))
 
 
@@ -126,7 +126,7 @@ def build_lora_config(section: Mapping[str, Any]) -> LoraConfig:
         raise ConfigError(f"model.peft_config is invalid: {first_line(err)}") from err
 
 
-def _fit_vocab_to_tokenizer(
+def fit_vocab_to_tokenizer(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, allow_embedding_resizing: bool
 ) -> None:
     """Grow the embeddings to the tokenizer's size when allowed; a larger tokenizer is an error otherwise.
@@ -149,7 +149,7 @@ def _fit_vocab_to_tokenizer(
     model.resize_token_embeddings(len(tokenizer))
 
 
-def _set_pad_token_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+def set_pad_token_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
     """Give the model the tokenizer's pad id when it has none (generation warns without one)."""
     pad_id = tokenizer.pad_token_id
     if pad_id is None or getattr(model.config, "pad_token_id", None) is not None:
@@ -268,11 +268,7 @@ class ComposerHFCausalLM(HuggingFaceModel):
         use_logits: bool = True,
         shift_labels: bool = True,
     ) -> None:
-        if init_device not in INIT_DEVICES:
-            raise ConfigError(
-                f"model.init_device={init_device!r} is not supported{did_you_mean(init_device, INIT_DEVICES)} "
-                f"(choose one of {', '.join(INIT_DEVICES)})"
-            )
+        check_init_device(init_device)
         # Check every option before the (possibly slow) load.
         attn_implementation = resolve_attn_implementation(
             use_flash_attention_2, attn_implementation
@@ -291,8 +287,8 @@ class ComposerHFCausalLM(HuggingFaceModel):
             quantization_config=quantization_config,
         )
         if tokenizer is not None:
-            _fit_vocab_to_tokenizer(model, tokenizer, allow_embedding_resizing)
-            _set_pad_token_id(model, tokenizer)
+            fit_vocab_to_tokenizer(model, tokenizer, allow_embedding_resizing)
+            set_pad_token_id(model, tokenizer)
         wrapped = _add_adapter(model, lora_config, pretrained_lora_id_or_path, use_auth_token)
 
         super().__init__(

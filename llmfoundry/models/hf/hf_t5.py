@@ -16,24 +16,20 @@ from typing import Any, cast
 import torch
 from composer.metrics.nlp import LanguageCrossEntropy, MaskedAccuracy
 from composer.models import HuggingFaceModel
-from huggingface_hub.errors import StrictDataclassError
 from torchmetrics import Metric
-from transformers import AutoConfig, AutoModelForSeq2SeqLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForSeq2SeqLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from llmfoundry import registry
-from llmfoundry.models.hf.hf_causal_lm import (
-    INIT_DEVICES,
-    _fit_vocab_to_tokenizer,
-    _set_pad_token_id,
-)
+from llmfoundry.models.hf.hf_causal_lm import fit_vocab_to_tokenizer, set_pad_token_id
 from llmfoundry.models.hf.loading import (
     NAME_KEY,
-    _materialize_on_cpu,
     apply_config_overrides,
-    first_line,
+    build_from_config,
+    load_config,
     read_config_dict,
 )
-from llmfoundry.utils.exceptions import ConfigError, did_you_mean
+from llmfoundry.utils.config_helpers import check_init_device
+from llmfoundry.utils.exceptions import ConfigError
 
 
 def build_encoder_decoder_metrics(additional: Sequence[str] | None) -> list[Metric]:
@@ -59,12 +55,7 @@ def load_hf_seq2seq(
         ConfigError: if its config is not an encoder-decoder's, or an override does not fit.
     """
     read_config_dict(name, token)  # one-line errors for a missing folder or config.json
-    try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, token=token)
-    except (StrictDataclassError, ValueError) as err:
-        raise ConfigError(
-            f"{NAME_KEY}={name!r}: its config could not be loaded ({first_line(err)})"
-        ) from err
+    config = load_config(name, trust_remote_code, token)
     apply_config_overrides(config, config_overrides or {})
     if not getattr(config, "is_encoder_decoder", False):
         raise ConfigError(
@@ -81,15 +72,8 @@ def load_hf_seq2seq(
             trust_remote_code=trust_remote_code,
         )
         return cast(PreTrainedModel, loaded)
-    if init_device == "cpu":
-        return cast(
-            PreTrainedModel,
-            AutoModelForSeq2SeqLM.from_config(config, trust_remote_code=trust_remote_code),
-        )
-    with torch.device("meta"):
-        model = AutoModelForSeq2SeqLM.from_config(config, trust_remote_code=trust_remote_code)
-    _materialize_on_cpu(model)
-    return cast(PreTrainedModel, model)
+    options = {"trust_remote_code": trust_remote_code}
+    return build_from_config(AutoModelForSeq2SeqLM, config, init_device, options)
 
 
 class ComposerHFT5(HuggingFaceModel):
@@ -132,12 +116,7 @@ class ComposerHFT5(HuggingFaceModel):
         additional_eval_metrics: list[str] | None = None,
         allow_embedding_resizing: bool = False,
     ) -> None:
-        if init_device not in INIT_DEVICES:
-            raise ConfigError(
-                f"model.init_device={init_device!r} is not supported"
-                f"{did_you_mean(init_device, INIT_DEVICES)} (choose one of "
-                f"{', '.join(INIT_DEVICES)})"
-            )
+        check_init_device(init_device)
         model = load_hf_seq2seq(
             pretrained_model_name_or_path,
             pretrained=pretrained,
@@ -147,8 +126,8 @@ class ComposerHFT5(HuggingFaceModel):
             init_device=init_device,
         )
         if tokenizer is not None:
-            _fit_vocab_to_tokenizer(model, tokenizer, allow_embedding_resizing)
-            _set_pad_token_id(model, tokenizer)
+            fit_vocab_to_tokenizer(model, tokenizer, allow_embedding_resizing)
+            set_pad_token_id(model, tokenizer)
         super().__init__(
             model=cast(Any, model),
             tokenizer=cast(Any, tokenizer),

@@ -255,12 +255,31 @@ def _materialize_on_cpu(model: PreTrainedModel) -> None:
     model.init_weights()
 
 
-def _load_config(
+def build_from_config(
+    auto_class: Any, config: PretrainedConfig, init_device: str, options: Mapping[str, Any]
+) -> PreTrainedModel:
+    """A freshly initialized ``auto_class`` model of ``config``: ``meta``/``mixed`` build on
+    the meta device, then materialize on CPU."""
+    if init_device == "cpu":
+        return auto_class.from_config(config, **options)
+    with torch.device("meta"):
+        model = auto_class.from_config(config, **options)
+    _materialize_on_cpu(model)
+    return model
+
+
+def load_config(
     name: str,
     trust_remote_code: bool,
     token: str | bool | None,
-    builtin_fallback: bool,
+    builtin_fallback: bool = False,
 ) -> PretrainedConfig:
+    """The model config of ``name``, as ``AutoConfig`` reads it (an MPT one: see
+    :func:`log_mpt_class_choice`).
+
+    Raises:
+        ConfigError: naming ``model.pretrained_model_name_or_path`` if it cannot be read.
+    """
     try:
         config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, token=token)
     except (StrictDataclassError, ValueError) as err:
@@ -296,7 +315,7 @@ def load_hf_causal_lm(
     """
     config_dict = read_config_dict(name, token)
     builtin_fallback = check_model_code(name, config_dict, trust_remote_code)
-    config = _load_config(name, trust_remote_code, token, builtin_fallback)
+    config = load_config(name, trust_remote_code, token, builtin_fallback)
     apply_config_overrides(config, config_overrides or {})
     options: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if attn_implementation is not None:
@@ -320,12 +339,8 @@ def load_hf_causal_lm(
             )
             model, info = loaded
             _check_loaded_weights(name, info, model, builtin_fallback)
-        elif init_device == "cpu":
-            model = AutoModelForCausalLM.from_config(config, **options)
         else:
-            with torch.device("meta"):
-                model = AutoModelForCausalLM.from_config(config, **options)
-            _materialize_on_cpu(model)
+            model = build_from_config(AutoModelForCausalLM, config, init_device, options)
     except (RuntimeError, StrictDataclassError, ValueError) as err:
         if builtin_fallback:
             raise _builtin_mismatch_error(name, first_line(err)) from err
