@@ -27,10 +27,14 @@ union of its rows' keys, in first-seen order. Two hooks produce them:
   without a ``mode`` key;
 * :meth:`EvalOutputLogging.rows_at_batch_end` runs at ``Event.EVAL_BATCH_END``, after the
   metrics were updated, where ``state.metric_outputs`` holds what ``update_metric`` returned.
-  It returns no rows today; ICL batches (``mode: icl_task`` or ``generate``) should be turned
-  into rows there, from the batch and the metric's per-sample outputs. With microbatching only
-  the last microbatch is visible at that event, so an ICL metric should return its per-sample
-  results for the whole batch.
+  An ICL batch (``mode: icl_task`` or ``generate``) gives one row per example (a question, for
+  multiple choice): ``input`` (the example's context, decoded; its token ids with
+  ``log_tokenized``), every per-example column the task's metric returned (``result``,
+  ``metric_name``, ``correct_choice``/``selected_choice``, ``expected``/``predicted``,
+  ``cleaned_output``/``answers`` ...; token ids decoded to text), for generation tasks the
+  generated text (``outputs``), and ``run_name``, as LLM Foundry logs them. With
+  microbatching only the last microbatch is visible at that event, so evaluate ICL tasks
+  with whole batches to see every example.
 
 Known limit: when a distributed sampler pads the last batch with repeated samples and a
 microbatch holds just one sample, Composer still runs the forward on it, so that sample can
@@ -173,6 +177,31 @@ def _targets_of(model: Any, batch: Mapping[str, Any], logits: torch.Tensor) -> t
     return targets
 
 
+def icl_contexts(batch: Mapping[str, Any], count: int) -> list[torch.Tensor]:
+    """Each example's context tokens, padding left out: its row (a question's first choice row,
+    for multiple choice) up to where its continuation starts, or the whole row."""
+    input_ids = cast(torch.Tensor, batch["input_ids"]).cpu()
+    mask = batch.get("attention_mask")
+    keep = cast(torch.Tensor, mask).cpu().bool() if mask is not None else input_ids >= 0
+    groupings = batch.get("choice_groupings")
+    first_rows = [start for start, _ in groupings] if groupings else list(range(count))
+    contexts: list[torch.Tensor] = []
+    for row in first_rows[:count]:
+        end = input_ids.shape[1]
+        if "continuation_indices" in batch:
+            end = int(batch["continuation_indices"][row][0])
+        contexts.append(input_ids[row, :end][keep[row, :end]])
+    return contexts
+
+
+def _readable(value: Any, tokenizer: PreTrainedTokenizerBase | None) -> Any:
+    """A per-example metric value for the table: token ids decoded when there is a tokenizer."""
+    if isinstance(value, torch.Tensor):
+        ids = value.tolist()
+        return tokenizer.decode(ids, skip_special_tokens=False) if tokenizer is not None else ids
+    return value
+
+
 class EvalOutputLogging(Callback):
     """Log a table of each evaluator's samples, per-sample losses and label counts after every eval.
 
@@ -255,7 +284,7 @@ class EvalOutputLogging(Callback):
             return []
         targets = _targets_of(_unwrapped(state), batch, logits)
         losses, counts = per_sample_losses(logits, targets)
-        column, inputs = self._inputs(state, batch)
+        column, inputs = self._inputs(state, _unpadded_ids(batch))
         rows: list[Row] = [
             {column: value, "loss": float(loss), "label_tokens": int(count)}
             for value, loss, count in zip(inputs, losses.tolist(), counts.tolist(), strict=True)
@@ -276,16 +305,28 @@ class EvalOutputLogging(Callback):
         return rows
 
     def rows_at_batch_end(self, state: State) -> list[Row]:
-        """Rows built after the metric update (``state.metric_outputs``); none yet.
+        """Rows of an ICL batch, one per example, from ``state.metric_outputs`` (see the module
+        docstring); none for other batches or metrics that return no per-example results."""
+        batch, results = state.batch, state.metric_outputs or {}
+        if not isinstance(batch, Mapping) or "mode" not in batch or not results.get("result"):
+            return []
+        count = len(results["result"])
+        tokenizer = _tokenizer_of(state)
+        contexts = [ids.tolist() for ids in icl_contexts(batch, count)]
+        column, contexts = self._inputs(state, contexts)
+        rows: list[Row] = [{column: context} for context in contexts]
+        for key, values in results.items():
+            for row, value in zip(rows, values[:count], strict=False):
+                row[key] = _readable(value, tokenizer)
+        if batch["mode"] == "generate" and self.log_output_text is not False:
+            for row, generated in zip(rows, state.outputs or [], strict=False):
+                row["outputs"] = generated
+        for row in rows:
+            row["run_name"] = state.run_name
+        return rows
 
-        ICL tasks add their rows here (see the module docstring).
-        """
-        del state
-        return []
-
-    def _inputs(self, state: State, batch: Mapping[str, Any]) -> tuple[str, list[Any]]:
-        """The input column's name and, per sample, its unpadded token ids or decoded text."""
-        ids = _unpadded_ids(batch)
+    def _inputs(self, state: State, ids: list[list[int]]) -> tuple[str, list[Any]]:
+        """The input column's name and, per sample, its (unpadded) token ids or decoded text."""
         tokenizer = _tokenizer_of(state)
         if self.log_tokenized or tokenizer is None:
             if tokenizer is None and not self.log_tokenized:

@@ -8,13 +8,19 @@ of continuation token ``i`` sits at position ``i - 1``. For generation tasks ``o
 generated strings and ``labels`` each row's accepted answers.
 
 The counts are ``dist_reduce_fx="sum"`` states, so results gathered over processes are exact.
+
+The accuracy metrics' ``update`` also returns what each example came to, as LLM Foundry's do:
+a dict of equally long lists, one entry per example (a question, for multiple choice), with
+``result`` (1 right, 0 wrong) and the task's details; token ids are 1-D tensors. Composer puts
+it in ``state.metric_outputs``, where ``eval_output_logging`` turns it into table rows.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import torch
@@ -51,6 +57,24 @@ class InContextLearningMetric(Metric):
         super().__init__(dist_sync_on_step=dist_sync_on_step)
         self.add_state("correct", default=torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def _wrap_update(self, update: Callable[..., Any]) -> Callable[..., Any]:
+        """torchmetrics' bookkeeping around ``update``, keeping what ``update`` returns (the
+        per-example results), which torchmetrics' own wrapper drops."""
+        returned: dict[str, Any] = {}
+
+        def remember(*args: Any, **kwargs: Any) -> None:
+            returned["value"] = update(*args, **kwargs)
+
+        wrapped = super()._wrap_update(remember)
+
+        @functools.wraps(update)
+        def update_with_results(*args: Any, **kwargs: Any) -> Any:
+            returned.clear()
+            wrapped(*args, **kwargs)
+            return returned.get("value")
+
+        return update_with_results
 
     def _count(self, correct: int, total: int) -> None:
         self.correct = cast(torch.Tensor, self.correct) + correct
@@ -92,16 +116,26 @@ def continuation_log_likelihoods(
 class InContextLearningLMAccuracy(InContextLearningMetric):
     """Language-modeling tasks: correct when every continuation token is the model's argmax."""
 
-    def update(self, batch: Mapping[str, Any], outputs: torch.Tensor, labels: torch.Tensor) -> None:
-        """Count each row of the batch."""
+    def update(
+        self, batch: Mapping[str, Any], outputs: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, list[Any]]:
+        """Count each row of the batch.
+
+        Returns:
+            Per row: ``result``, the ``expected`` continuation tokens and the ``predicted``
+            (argmax) ones.
+        """
         _require(batch, ["continuation_indices"], type(self).__name__)
-        correct = 0
+        per_example: dict[str, list[Any]] = {"result": [], "expected": [], "predicted": []}
         for row, positions in enumerate(batch["continuation_indices"]):
             before = positions.to(outputs.device) - 1
             predicted = outputs[row, before].argmax(dim=-1)
             targets = labels[row, before.to(labels.device)].to(predicted.device)
-            correct += int(bool((predicted == targets).all()))
-        self._count(correct, len(batch["continuation_indices"]))
+            per_example["result"].append(int(bool((predicted == targets).all())))
+            per_example["expected"].append(targets.cpu())
+            per_example["predicted"].append(predicted.cpu())
+        self._count(sum(per_example["result"]), len(batch["continuation_indices"]))
+        return per_example
 
 
 class InContextLearningMultipleChoiceAccuracy(InContextLearningMetric):
@@ -121,22 +155,42 @@ class InContextLearningMultipleChoiceAccuracy(InContextLearningMetric):
         super().__init__(dist_sync_on_step=dist_sync_on_step)
         self.length_normalized = length_normalized
 
-    def update(self, batch: Mapping[str, Any], outputs: torch.Tensor, labels: torch.Tensor) -> None:
-        """Count each question (a ``choice_groupings`` range of rows) of the batch."""
+    def update(
+        self, batch: Mapping[str, Any], outputs: torch.Tensor, labels: torch.Tensor
+    ) -> dict[str, list[Any]]:
+        """Count each question (a ``choice_groupings`` range of rows) of the batch.
+
+        Returns:
+            Per question: ``result``, ``correct_choice_idx`` / ``selected_choice_idx`` (indices
+            among its choices) and ``correct_choice`` / ``selected_choice`` (their tokens).
+        """
         _require(
             batch,
             ["continuation_indices", "choice_groupings", "gold_indices"],
             type(self).__name__,
         )
-        per_token = continuation_log_likelihoods(outputs, labels, batch["continuation_indices"])
+        indices = batch["continuation_indices"]
+        per_token = continuation_log_likelihoods(outputs, labels, indices)
         scores = [t.mean() if self.length_normalized else t.sum() for t in per_token]
-        correct = 0
+        keys = ("result", "correct_choice_idx", "selected_choice_idx")
+        per_example: dict[str, list[Any]] = {key: [] for key in keys}
         for (start, end), gold in zip(
             batch["choice_groupings"], batch["gold_indices"], strict=True
         ):
-            choice_scores = torch.stack(scores[start:end])
-            correct += int(int(choice_scores.argmax()) == int(gold))
-        self._count(correct, len(batch["gold_indices"]))
+            selected = int(torch.stack(scores[start:end]).argmax())
+            per_example["result"].append(int(selected == int(gold)))
+            per_example["correct_choice_idx"].append(int(gold))
+            per_example["selected_choice_idx"].append(selected)
+        if "input_ids" in batch:  # (a hand-made batch may carry only what is scored)
+            for key in ("correct_choice", "selected_choice"):
+                per_example[key] = [
+                    batch["input_ids"][start + choice, indices[start + choice]].cpu()
+                    for (start, _), choice in zip(
+                        batch["choice_groupings"], per_example[f"{key}_idx"], strict=True
+                    )
+                ]
+        self._count(sum(per_example["result"]), len(batch["gold_indices"]))
+        return per_example
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -179,17 +233,26 @@ class InContextLearningGenerationExactMatchAccuracy(InContextLearningMetric):
     generation may run on past the answer for up to ``max_new_tokens``).
     """
 
-    def update(self, batch: Mapping[str, Any], outputs: Sequence[str], labels: Any) -> None:
-        """Count each generated string against its row's list of accepted answers."""
+    def update(
+        self, batch: Mapping[str, Any], outputs: Sequence[str], labels: Any
+    ) -> dict[str, list[Any]]:
+        """Count each generated string against its row's list of accepted answers.
+
+        Returns:
+            Per row: ``result``, the ``cleaned_output`` compared and the accepted ``answers``.
+        """
         stops = batch.get("early_stopping_criteria")
         cot = batch.get("cot_delimiter")
         normalize = bool(batch.get("do_normalization", True))
         clean = normalize_answer if normalize else str.strip
-        correct = 0
+        per_example: dict[str, list[Any]] = {"result": [], "cleaned_output": [], "answers": []}
         for generated, answers in zip(outputs, labels, strict=True):
             answer = clean(cut_generation(generated, stops, cot))
-            correct += int(any(answer.startswith(clean(a)) for a in answers))
-        self._count(correct, len(outputs))
+            per_example["result"].append(int(any(answer.startswith(clean(a)) for a in answers)))
+            per_example["cleaned_output"].append(answer)
+            per_example["answers"].append(list(answers))
+        self._count(sum(per_example["result"]), len(outputs))
+        return per_example
 
 
 class InContextLearningMultipleChoiceSumAccuracy(InContextLearningMultipleChoiceAccuracy):

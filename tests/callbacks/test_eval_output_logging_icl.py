@@ -1,0 +1,116 @@
+"""eval_output_logging on ICL tasks: one row per example with its context, the metric's
+per-example result and details, and (generation) the generated text, as LLM Foundry logs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from composer import Trainer
+from transformers import PreTrainedTokenizerBase
+
+from llmfoundry.callbacks.eval_output_logging import EvalOutputLogging
+from llmfoundry.eval import build_icl_evaluators
+from llmfoundry.eval.metrics import normalize_answer
+from llmfoundry.models.hf import ComposerMPTCausalLM
+from tests.callbacks.test_generate_callback import TableRecorder
+
+MC_ROWS = [
+    {"query": "One plus one is", "choices": [" two", " three", " ten"], "gold": 0},
+    {"query": "The sky is", "choices": [" green", " blue"], "gold": 1},
+    {"query": "Water is", "choices": [" wet", " dry"], "gold": 0},
+]
+QA_ROWS = [
+    {"context": "Capital of France?", "answer": "Paris", "aliases": ["paris fr"]},
+    {"context": "Capital of Italy?", "answer": "Rome"},
+]
+
+
+def tiny_mpt(tokenizer: PreTrainedTokenizerBase) -> ComposerMPTCausalLM:
+    torch.manual_seed(0)
+    return ComposerMPTCausalLM(
+        tokenizer=tokenizer,
+        d_model=32,
+        n_heads=2,
+        n_layers=1,
+        expansion_ratio=2,
+        max_seq_len=64,
+        vocab_size=len(tokenizer),
+        attn_config={"attn_impl": "torch"},
+    )
+
+
+def evaluate(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase, task: dict[str, Any], rows: list[Any]
+) -> tuple[dict[str, list[Any]], float]:
+    """Evaluate a tiny MPT on one task with eval_output_logging; the logged table by column
+    and the metric's value."""
+    data = tmp_path / f"{task['label']}.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    evaluators, keys = build_icl_evaluators(
+        [{**task, "dataset_uri": str(data), "num_fewshot": [0]}], tokenizer, 64, 8
+    )
+    recorder = TableRecorder()
+    trainer = Trainer(
+        model=tiny_mpt(tokenizer),
+        callbacks=[EvalOutputLogging()],
+        loggers=[recorder],
+        device="cpu",
+        progress_bar=False,
+        log_to_console=False,
+    )
+    trainer.eval(eval_dataloader=evaluators)
+    label, metric = keys[0].removeprefix("metrics/").rsplit("/", 1)
+    value = float(trainer.state.eval_metrics[label][metric].compute())
+    trainer.close()
+    ((name, _, columns, table),) = recorder.tables
+    assert name == f"eval_outputs/ba0/{task['label']}/0-shot"
+    return {column: [row[i] for row in table] for i, column in enumerate(columns)}, value
+
+
+def test_multiple_choice_rows_are_questions_with_their_choices(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    task = {"label": "mc", "icl_task_type": "multiple_choice", "continuation_delimiter": ""}
+    table, accuracy = evaluate(tmp_path, tokenizer, task, MC_ROWS)
+    assert list(table) == [
+        "input",
+        "result",
+        "correct_choice_idx",
+        "selected_choice_idx",
+        "correct_choice",
+        "selected_choice",
+        "metric_name",
+        "run_name",
+    ]
+    assert table["input"] == [row["query"] for row in MC_ROWS]
+    assert table["correct_choice_idx"] == [row["gold"] for row in MC_ROWS]
+    assert table["correct_choice"] == [row["choices"][row["gold"]] for row in MC_ROWS]
+    for row, selected, chosen, result in zip(
+        MC_ROWS,
+        table["selected_choice_idx"],
+        table["selected_choice"],
+        table["result"],
+        strict=True,
+    ):
+        assert chosen == row["choices"][selected]
+        assert result == int(selected == row["gold"])
+    assert sum(table["result"]) / len(MC_ROWS) == pytest.approx(accuracy)
+    assert set(table["metric_name"]) == {"InContextLearningMultipleChoiceAccuracy"}
+
+
+def test_generation_rows_hold_the_generated_text_and_answers(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    task = {"label": "qa", "icl_task_type": "generation_task_with_answers"}
+    table, accuracy = evaluate(tmp_path, tokenizer, task, QA_ROWS)
+    assert table["input"] == [row["context"] for row in QA_ROWS]
+    assert table["answers"] == [["Paris", "paris fr"], ["Rome"]]
+    assert all(isinstance(text, str) for text in table["outputs"])
+    # what the exact-match metric compared: the generation, normalized (no stop strings set)
+    assert table["cleaned_output"] == [normalize_answer(text) for text in table["outputs"]]
+    assert table["result"] == [0, 0] and accuracy == 0.0  # an untrained model
+    assert len(set(table["run_name"])) == 1
