@@ -13,7 +13,7 @@ imports them all). Third-party packages add entries through Python entry points 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import catalogue
 
@@ -202,6 +202,19 @@ def all_registries() -> dict[str, Registry[Any]]:
     return {**ALL_REGISTRIES, **{r.name: r for r in LAYER_REGISTRIES}}
 
 
+if TYPE_CHECKING:  # resolved lazily by __getattr__ below
+    from llmfoundry.layers_registry import (
+        attention_classes,
+        attention_implementations,
+        fcs,
+        ffns,
+        ffns_with_megablocks,
+        ffns_with_norm,
+        module_init_fns,
+        norms,
+        param_init_fns,
+    )
+
 # LLM Foundry also exposes the layer registries here (``llmfoundry.registry.norms``); they live
 # in ``llmfoundry.layers_registry``, which imports this module.
 _LAYER_REGISTRY_NAMES = frozenset(
@@ -230,7 +243,32 @@ def __getattr__(name: str) -> Registry[Any]:
 __all__ = [
     "ALL_REGISTRIES",
     "Registry",
+    "algorithms",
     "all_registries",
-    *ALL_REGISTRIES,
-    *sorted(_LAYER_REGISTRY_NAMES),
+    "attention_classes",
+    "attention_implementations",
+    "callbacks",
+    "callbacks_with_config",
+    "collators",
+    "config_transforms",
+    "data_specs",
+    "dataloaders",
+    "dataset_replication_validators",
+    "fcs",
+    "ffns",
+    "ffns_with_megablocks",
+    "ffns_with_norm",
+    "icl_datasets",
+    "load_planners",
+    "loggers",
+    "metrics",
+    "models",
+    "module_init_fns",
+    "norms",
+    "optimizers",
+    "param_init_fns",
+    "save_planners",
+    "schedulers",
+    "tokenizers",
+    "tp_strategies",
 ]

@@ -29,10 +29,12 @@ union of its rows' keys, in first-seen order. Two hooks produce them:
   metrics were updated, where ``state.metric_outputs`` holds what ``update_metric`` returned.
   An ICL batch (``mode: icl_task`` or ``generate``) gives one row per example (a question, for
   multiple choice): ``input`` (the example's context, decoded; its token ids with
-  ``log_tokenized``), every per-example column the task's metric returned (``result``,
-  ``metric_name``, ``correct_choice``/``selected_choice``, ``expected``/``predicted``,
-  ``cleaned_output``/``answers`` ...; token ids decoded to text), for generation tasks the
-  generated text (``outputs``), and ``run_name``, as LLM Foundry logs them. With
+  ``log_tokenized``), every per-example column the task's metric returned, under LLM
+  Foundry's names (``result`` and ``metric_name``; ``context``/``label``/``output`` for
+  language modeling; ``correct_choice``/``selected_choice`` (+ ``_idx``)/``all_choices`` for
+  multiple choice; ``cleaned_output``/``original_label``/``cleaned_label`` for generation;
+  token ids decoded to text), for generation tasks the generated text (``outputs``), and
+  ``run_name``. With
   microbatching only the last microbatch is visible at that event, so evaluate ICL tasks
   with whole batches to see every example.
 
@@ -55,6 +57,7 @@ from composer.loggers import Logger
 from composer.utils import dist
 from transformers import PreTrainedTokenizerBase
 
+from llmfoundry.eval.metrics import example_context
 from llmfoundry.utils.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
@@ -178,27 +181,21 @@ def _targets_of(model: Any, batch: Mapping[str, Any], logits: torch.Tensor) -> t
 
 
 def icl_contexts(batch: Mapping[str, Any], count: int) -> list[torch.Tensor]:
-    """Each example's context tokens, padding left out: its row (a question's first choice row,
-    for multiple choice) up to where its continuation starts, or the whole row."""
-    input_ids = cast(torch.Tensor, batch["input_ids"]).cpu()
-    mask = batch.get("attention_mask")
-    keep = cast(torch.Tensor, mask).cpu().bool() if mask is not None else input_ids >= 0
+    """Each example's context tokens (:func:`~llmfoundry.eval.metrics.example_context`): its
+    row, or a multiple-choice question's first choice row, before the continuation."""
     groupings = batch.get("choice_groupings")
     first_rows = [start for start, _ in groupings] if groupings else list(range(count))
-    contexts: list[torch.Tensor] = []
-    for row in first_rows[:count]:
-        end = input_ids.shape[1]
-        if "continuation_indices" in batch:
-            end = int(batch["continuation_indices"][row][0])
-        contexts.append(input_ids[row, :end][keep[row, :end]])
-    return contexts
+    return [example_context(batch, row) for row in first_rows[:count]]
 
 
 def _readable(value: Any, tokenizer: PreTrainedTokenizerBase | None) -> Any:
-    """A per-example metric value for the table: token ids decoded when there is a tokenizer."""
+    """A per-example metric value for the table: token ids (a tensor, or a list of them)
+    decoded when there is a tokenizer."""
     if isinstance(value, torch.Tensor):
         ids = value.tolist()
         return tokenizer.decode(ids, skip_special_tokens=False) if tokenizer is not None else ids
+    if isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+        return [_readable(item, tokenizer) for item in value]
     return value
 
 

@@ -7,7 +7,29 @@ train_from_yaml``), so that importing this package loads nothing heavy.
 import importlib
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # resolved lazily by __getattr__ below
+    from llmfoundry.command_utils.data_prep.convert_dataset_hf import convert_dataset_hf
+    from llmfoundry.command_utils.data_prep.convert_dataset_hf import (
+        convert_dataset_hf as convert_dataset_hf_from_args,
+    )
+    from llmfoundry.command_utils.data_prep.convert_dataset_json import convert_dataset_json
+    from llmfoundry.command_utils.data_prep.convert_finetuning_dataset import (
+        convert_finetuning_dataset,
+    )
+    from llmfoundry.command_utils.data_prep.convert_finetuning_dataset import (
+        convert_finetuning_dataset as convert_finetuning_dataset_from_args,
+    )
+    from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
+    from llmfoundry.command_utils.data_prep.from_args import (
+        convert_dataset_json_from_args,
+        convert_text_to_mds_from_args,
+    )
+    from llmfoundry.command_utils.eval import eval_from_yaml, evaluate
+    from llmfoundry.command_utils.train import TRAIN_CONFIG_KEYS, train, train_from_yaml
+    from llmfoundry.command_utils.train import check_run_options as validate_config
+    from llmfoundry.utils.config_utils import TrainConfig
 
 _DATA_PREP = "llmfoundry.command_utils.data_prep"
 _NAMES = {
@@ -62,4 +84,20 @@ class _CommandUtils(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CommandUtils
 
-__all__ = sorted(_NAMES)
+__all__ = [
+    "TRAIN_CONFIG_KEYS",
+    "TrainConfig",
+    "convert_dataset_hf",
+    "convert_dataset_hf_from_args",
+    "convert_dataset_json",
+    "convert_dataset_json_from_args",
+    "convert_finetuning_dataset",
+    "convert_finetuning_dataset_from_args",
+    "convert_text_to_mds",
+    "convert_text_to_mds_from_args",
+    "eval_from_yaml",
+    "evaluate",
+    "train",
+    "train_from_yaml",
+    "validate_config",
+]

@@ -28,6 +28,7 @@ from llmfoundry.utils.exceptions import (
     MissingFileError,
 )
 from llmfoundry.utils.file_utils import atomic_write_text
+from llmfoundry.utils.http_client import RetryPolicy, error_message, post_with_retries
 
 try:
     import httpx
@@ -164,15 +165,6 @@ def _api_base(url: str) -> str:
     return urlunsplit(parts._replace(path=path))
 
 
-def _error_message(response: httpx.Response) -> str:
-    """``HTTP <status>: <the server's message>``."""
-    try:
-        message = response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = response.text[:500]
-    return f"HTTP {response.status_code}: {message}"
-
-
 @dataclass
 class _Settings:
     url: str
@@ -180,8 +172,7 @@ class _Settings:
     model: str
     max_tokens: int
     temperature: float
-    retries: int
-    backoff_s: float
+    retry: RetryPolicy
 
 
 def _request_body(settings: _Settings, prompt: str) -> dict[str, Any]:
@@ -200,29 +191,23 @@ def _request_body(settings: _Settings, prompt: str) -> dict[str, Any]:
 def _send(client: httpx.Client, settings: _Settings, prompt: str) -> EndpointResult:
     """One prompt, with retries; failures become the result's ``error``."""
     start = time.perf_counter()
-    error = ""
-    for attempt in range(settings.retries + 1):
-        if attempt:
-            time.sleep(settings.backoff_s * 2 ** (attempt - 1))
-        try:
-            response = client.post(settings.url, json=_request_body(settings, prompt))
-        except httpx.TransportError as err:  # connection refused or reset, timeouts
-            error = f"{type(err).__name__}: {err}"
-            logger.warning("prompt %r: %s (attempt %d)", prompt[:40], error, attempt + 1)
-            continue
-        if response.status_code >= 500 or response.status_code in RETRIED_STATUSES:
-            error = _error_message(response)
-            logger.warning("prompt %r: %s (attempt %d)", prompt[:40], error, attempt + 1)
-            continue
-        latency = time.perf_counter() - start
-        if response.status_code != 200:
-            return EndpointResult(prompt, None, None, latency, _error_message(response))
-        choice = response.json()["choices"][0]
-        text = choice["message"]["content"] if settings.chat else choice["text"]
-        return EndpointResult(prompt, text, choice["finish_reason"], latency)
-    attempts = settings.retries + 1
+    body = _request_body(settings, prompt)
+    label = f"prompt {prompt[:40]!r}"
+    outcome = post_with_retries(client, settings.url, body, settings.retry, label)
     latency = time.perf_counter() - start
-    return EndpointResult(prompt, None, None, latency, f"{error} (after {attempts} attempts)")
+    response = outcome.response
+    if response is None:
+        attempts = settings.retry.retries + 1
+        return EndpointResult(
+            prompt, None, None, latency, f"{outcome.last_error} (after {attempts} attempts)"
+        )
+    if response.status_code != 200:
+        return EndpointResult(
+            prompt, None, None, latency, error_message(response, settings.retry.message_chars)
+        )
+    choice = response.json()["choices"][0]
+    text = choice["message"]["content"] if settings.chat else choice["text"]
+    return EndpointResult(prompt, text, choice["finish_reason"], latency)
 
 
 def served_model_name(client: httpx.Client, url: str) -> str:
@@ -297,8 +282,7 @@ def query_endpoint(
             model=model or served_model_name(client, url),
             max_tokens=max_tokens,
             temperature=temperature,
-            retries=retries,
-            backoff_s=backoff_s,
+            retry=RetryPolicy(retries, backoff_s, RETRIED_STATUSES),
         )
         with ThreadPoolExecutor(parallel, thread_name_prefix="endpoint") as pool:
             return list(pool.map(lambda prompt: _send(client, settings, prompt), prompts))

@@ -122,20 +122,34 @@ class InContextLearningLMAccuracy(InContextLearningMetric):
         """Count each row of the batch.
 
         Returns:
-            Per row: ``result``, the ``expected`` continuation tokens and the ``predicted``
-            (argmax) ones.
+            Per row (LLM Foundry's columns): its ``context`` tokens, the continuation as
+            ``label`` tokens, the model's argmax ``output`` tokens there, and ``result``.
         """
         _require(batch, ["continuation_indices"], type(self).__name__)
-        per_example: dict[str, list[Any]] = {"result": [], "expected": [], "predicted": []}
+        keys = ("context", "label", "output", "result")
+        per_example: dict[str, list[Any]] = {key: [] for key in keys}
         for row, positions in enumerate(batch["continuation_indices"]):
             before = positions.to(outputs.device) - 1
             predicted = outputs[row, before].argmax(dim=-1)
             targets = labels[row, before.to(labels.device)].to(predicted.device)
+            per_example["context"].append(example_context(batch, row))
+            per_example["label"].append(targets.cpu())
+            per_example["output"].append(predicted.cpu())
             per_example["result"].append(int(bool((predicted == targets).all())))
-            per_example["expected"].append(targets.cpu())
-            per_example["predicted"].append(predicted.cpu())
         self._count(sum(per_example["result"]), len(batch["continuation_indices"]))
         return per_example
+
+
+def example_context(batch: Mapping[str, Any], row: int) -> torch.Tensor:
+    """The tokens of ``row`` before its continuation (padding left out); empty without
+    ``input_ids`` (a hand-made batch may carry only what is scored)."""
+    if "input_ids" not in batch:
+        return torch.zeros(0, dtype=torch.long)
+    ids = batch["input_ids"][row].cpu()
+    end = int(batch["continuation_indices"][row][0]) if "continuation_indices" in batch else None
+    mask = batch.get("attention_mask")
+    keep = mask[row].cpu().bool() if mask is not None else torch.ones_like(ids, dtype=torch.bool)
+    return ids[:end][keep[:end]]
 
 
 class InContextLearningMultipleChoiceAccuracy(InContextLearningMetric):
@@ -161,36 +175,42 @@ class InContextLearningMultipleChoiceAccuracy(InContextLearningMetric):
         """Count each question (a ``choice_groupings`` range of rows) of the batch.
 
         Returns:
-            Per question: ``result``, ``correct_choice_idx`` / ``selected_choice_idx`` (indices
-            among its choices) and ``correct_choice`` / ``selected_choice`` (their tokens).
+            Per question (LLM Foundry's columns): its ``context`` tokens, the
+            ``correct_choice`` / ``selected_choice`` continuation tokens and their indices
+            among its choices (``*_idx``), ``all_choices`` and ``result``.
         """
         _require(
             batch,
             ["continuation_indices", "choice_groupings", "gold_indices"],
             type(self).__name__,
         )
-        indices = batch["continuation_indices"]
-        per_token = continuation_log_likelihoods(outputs, labels, indices)
+        per_token = continuation_log_likelihoods(outputs, labels, batch["continuation_indices"])
         scores = [t.mean() if self.length_normalized else t.sum() for t in per_token]
-        keys = ("result", "correct_choice_idx", "selected_choice_idx")
+        keys = ("context", "correct_choice", "correct_choice_idx", "selected_choice")
         per_example: dict[str, list[Any]] = {key: [] for key in keys}
+        per_example |= {"selected_choice_idx": [], "all_choices": [], "result": []}
         for (start, end), gold in zip(
             batch["choice_groupings"], batch["gold_indices"], strict=True
         ):
             selected = int(torch.stack(scores[start:end]).argmax())
-            per_example["result"].append(int(selected == int(gold)))
+            per_example["context"].append(example_context(batch, start))
+            per_example["correct_choice"].append(self._choice(batch, start + int(gold)))
             per_example["correct_choice_idx"].append(int(gold))
+            per_example["selected_choice"].append(self._choice(batch, start + selected))
             per_example["selected_choice_idx"].append(selected)
-        if "input_ids" in batch:  # (a hand-made batch may carry only what is scored)
-            for key in ("correct_choice", "selected_choice"):
-                per_example[key] = [
-                    batch["input_ids"][start + choice, indices[start + choice]].cpu()
-                    for (start, _), choice in zip(
-                        batch["choice_groupings"], per_example[f"{key}_idx"], strict=True
-                    )
-                ]
+            per_example["all_choices"].append(
+                [self._choice(batch, row) for row in range(start, end)]
+            )
+            per_example["result"].append(int(selected == int(gold)))
         self._count(sum(per_example["result"]), len(batch["gold_indices"]))
         return per_example
+
+    @staticmethod
+    def _choice(batch: Mapping[str, Any], row: int) -> torch.Tensor:
+        """The continuation tokens of one choice's row (empty without ``input_ids``)."""
+        if "input_ids" not in batch:
+            return torch.zeros(0, dtype=torch.long)
+        return batch["input_ids"][row, batch["continuation_indices"][row]].cpu()
 
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -239,18 +259,22 @@ class InContextLearningGenerationExactMatchAccuracy(InContextLearningMetric):
         """Count each generated string against its row's list of accepted answers.
 
         Returns:
-            Per row: ``result``, the ``cleaned_output`` compared and the accepted ``answers``.
+            Per row (LLM Foundry's columns): the ``cleaned_output`` compared, the accepted
+            answers as given (``original_label``) and cleaned (``cleaned_label``), ``result``.
         """
         stops = batch.get("early_stopping_criteria")
         cot = batch.get("cot_delimiter")
         normalize = bool(batch.get("do_normalization", True))
         clean = normalize_answer if normalize else str.strip
-        per_example: dict[str, list[Any]] = {"result": [], "cleaned_output": [], "answers": []}
+        keys = ("cleaned_output", "original_label", "cleaned_label", "result")
+        per_example: dict[str, list[Any]] = {key: [] for key in keys}
         for generated, answers in zip(outputs, labels, strict=True):
             answer = clean(cut_generation(generated, stops, cot))
-            per_example["result"].append(int(any(answer.startswith(clean(a)) for a in answers)))
+            cleaned = sorted({clean(a) for a in answers})
             per_example["cleaned_output"].append(answer)
-            per_example["answers"].append(list(answers))
+            per_example["original_label"].append(list(answers))
+            per_example["cleaned_label"].append(cleaned)
+            per_example["result"].append(int(any(answer.startswith(a) for a in cleaned)))
         self._count(sum(per_example["result"]), len(outputs))
         return per_example
 

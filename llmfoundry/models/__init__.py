@@ -2,6 +2,8 @@
 
 from llmfoundry.models.hf import ComposerHFCausalLM, ComposerHFT5, ComposerMPTCausalLM
 from llmfoundry.models.inference_api import (
+    FMAPICasualLMEvalWrapper,
+    FMAPIChatAPIEvalWrapper,
     OpenAICausalLMEvalWrapper,
     OpenAIChatAPIEvalWrapper,
 )
@@ -11,6 +13,8 @@ __all__ = [
     "ComposerHFCausalLM",
     "ComposerHFT5",
     "ComposerMPTCausalLM",
+    "FMAPICasualLMEvalWrapper",
+    "FMAPIChatAPIEvalWrapper",
     "MPTConfig",
     "MPTForCausalLM",
     "MPTModel",

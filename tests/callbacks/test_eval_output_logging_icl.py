@@ -78,15 +78,18 @@ def test_multiple_choice_rows_are_questions_with_their_choices(
     table, accuracy = evaluate(tmp_path, tokenizer, task, MC_ROWS)
     assert list(table) == [
         "input",
-        "result",
-        "correct_choice_idx",
-        "selected_choice_idx",
+        "context",
         "correct_choice",
+        "correct_choice_idx",
         "selected_choice",
+        "selected_choice_idx",
+        "all_choices",
+        "result",
         "metric_name",
         "run_name",
     ]
-    assert table["input"] == [row["query"] for row in MC_ROWS]
+    assert table["input"] == table["context"] == [row["query"] for row in MC_ROWS]
+    assert table["all_choices"] == [row["choices"] for row in MC_ROWS]
     assert table["correct_choice_idx"] == [row["gold"] for row in MC_ROWS]
     assert table["correct_choice"] == [row["choices"][row["gold"]] for row in MC_ROWS]
     for row, selected, chosen, result in zip(
@@ -108,9 +111,26 @@ def test_generation_rows_hold_the_generated_text_and_answers(
     task = {"label": "qa", "icl_task_type": "generation_task_with_answers"}
     table, accuracy = evaluate(tmp_path, tokenizer, task, QA_ROWS)
     assert table["input"] == [row["context"] for row in QA_ROWS]
-    assert table["answers"] == [["Paris", "paris fr"], ["Rome"]]
+    assert table["original_label"] == [["Paris", "paris fr"], ["Rome"]]
+    assert table["cleaned_label"] == [["paris", "paris fr"], ["rome"]]
     assert all(isinstance(text, str) for text in table["outputs"])
     # what the exact-match metric compared: the generation, normalized (no stop strings set)
     assert table["cleaned_output"] == [normalize_answer(text) for text in table["outputs"]]
     assert table["result"] == [0, 0] and accuracy == 0.0  # an untrained model
     assert len(set(table["run_name"])) == 1
+
+
+def test_language_modeling_rows_hold_the_continuation_and_the_argmax(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    rows = [{"context": "The capital of France is", "continuation": " Paris"}]
+    rows.append({"context": "Two and two make", "continuation": " four"})
+    task = {"label": "lm", "icl_task_type": "language_modeling"}
+    table, accuracy = evaluate(tmp_path, tokenizer, task, rows)
+    assert list(table)[:5] == ["input", "context", "label", "output", "result"]
+    assert table["context"] == [row["context"] for row in rows]
+    assert table["label"] == [row["continuation"] for row in rows]
+    assert table["result"] == [
+        int(o == lab) for o, lab in zip(table["output"], table["label"], strict=True)
+    ]
+    assert sum(table["result"]) / len(rows) == pytest.approx(accuracy)

@@ -29,7 +29,8 @@ LF_NAMES = {
     "MPTForCausalLM ComposerMPTCausalLM DecoupledLionW algorithms callbacks cli data interfaces "
     "loggers metrics models optim",
     "llmfoundry.models": "ComposerHFCausalLM ComposerHFT5 MPTConfig MPTPreTrainedModel MPTModel "
-    "MPTForCausalLM ComposerMPTCausalLM OpenAICausalLMEvalWrapper OpenAIChatAPIEvalWrapper",
+    "MPTForCausalLM ComposerMPTCausalLM OpenAICausalLMEvalWrapper OpenAIChatAPIEvalWrapper "
+    "FMAPICasualLMEvalWrapper FMAPIChatAPIEvalWrapper",
     "llmfoundry.models.mpt": "MPTConfig MPTPreTrainedModel MPTModel MPTForCausalLM "
     "ComposerMPTCausalLM",
     "llmfoundry.command_utils": "train train_from_yaml TrainConfig TRAIN_CONFIG_KEYS "

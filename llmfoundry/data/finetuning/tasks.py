@@ -124,29 +124,26 @@ def import_function(path: str, key: str) -> PreprocessingFn:
 
 dataset_constructor = DatasetConstructor()
 
-ALPACA_PREAMBLE_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides "
-    "further context. Write a response that appropriately completes the request."
-)
-ALPACA_PREAMBLE = (
+INSTRUCTION_PREAMBLE = (
     "Below is an instruction that describes a task. "
     "Write a response that appropriately completes the request."
 )
+RESPONSE_MARKER = "### Response:"
 
 
 @dataset_constructor.register("tatsu-lab/alpaca")
 def alpaca_preprocessing_function(row: Mapping[str, Any]) -> dict[str, str]:
-    """An Alpaca row (``instruction``, optional ``input``, ``output``) in the Alpaca template."""
-    instruction = row["instruction"]
-    context = row.get("input") or ""
-    if context:
-        prompt = (
-            f"{ALPACA_PREAMBLE_WITH_INPUT}\n\n### Instruction:\n{instruction}\n\n"
-            f"### Input:\n{context}\n\n### Response:\n"
-        )
-    else:
-        prompt = f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
-    return {"prompt": prompt, "response": row["output"]}
+    """An Alpaca row's ``text`` (the rendered template) split at its ``### Response:`` marker:
+    the prompt ends with the marker, the response is the rest (its leading newline included).
+
+    Raises:
+        ValueError: unless the text holds the marker exactly once.
+    """
+    text: str = row["text"]
+    if text.count(RESPONSE_MARKER) != 1:
+        raise ValueError(f"the text must hold '{RESPONSE_MARKER}' exactly once")
+    prompt, response = text.split(RESPONSE_MARKER)
+    return {"prompt": prompt + RESPONSE_MARKER, "response": response}
 
 
 @dataset_constructor.register("mosaicml/dolly_hhrlhf")
@@ -179,7 +176,7 @@ def dolly_preprocessing_function(row: Mapping[str, Any]) -> dict[str, str]:
     instruction = row["instruction"]
     if row["input"]:
         instruction = f"{instruction}\n{row['input']}"
-    prompt = f"{ALPACA_PREAMBLE}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+    prompt = f"{INSTRUCTION_PREAMBLE}\n\n### Instruction:\n{instruction}\n\n{RESPONSE_MARKER}\n"
     return {"prompt": prompt, "response": row["output"]}
 
 

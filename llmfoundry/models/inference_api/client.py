@@ -9,19 +9,17 @@ server's message.
 
 from __future__ import annotations
 
-import logging
 import os
-import random
-import time
 from typing import Any
 
 from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, UserError
-
-logger = logging.getLogger(__name__)
+from llmfoundry.utils.http_client import RetryPolicy, error_message, post_with_retries
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 API_KEY_ENV = "OPENAI_API_KEY"
 RETRIED_STATUSES = frozenset({408, 409, 429})
+# How much of an error body that is not OpenAI-style goes in a message.
+ERROR_BODY_CHARS = 300
 
 
 def _import_httpx() -> Any:
@@ -34,15 +32,6 @@ def _import_httpx() -> Any:
     return httpx
 
 
-def _error_message(response: Any) -> str:
-    """``HTTP <status>: <the server's message>``."""
-    try:
-        message = response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = response.text[:300]
-    return f"HTTP {response.status_code}: {message}"
-
-
 class OpenAIClient:
     """Posts JSON to an OpenAI-compatible API, with retries.
 
@@ -52,6 +41,7 @@ class OpenAIClient:
         max_retries: further attempts after a retryable failure.
         backoff_s: the first wait before retrying; it roughly doubles (with jitter) each time.
         transport: an httpx transport to use instead of the network (tests).
+        api_key_env: the environment variable holding the API key (sent as a bearer token).
 
     Raises:
         ConfigError: without ``OPENAI_API_KEY`` for OpenAI's own URL, or for a negative
@@ -66,19 +56,26 @@ class OpenAIClient:
         max_retries: int = 10,
         backoff_s: float = 1.0,
         transport: Any = None,
+        api_key_env: str = API_KEY_ENV,
     ) -> None:
         httpx = _import_httpx()
         self.base_url = (base_url or OPENAI_BASE_URL).rstrip("/")
-        api_key = os.environ.get(API_KEY_ENV)
+        api_key = os.environ.get(api_key_env)
         if api_key is None and base_url is None:
             raise ConfigError(
-                f"no OpenAI API key: set the {API_KEY_ENV} environment variable, or point "
+                f"no OpenAI API key: set the {api_key_env} environment variable, or point "
                 "model.base_url at another OpenAI-compatible server"
             )
         if max_retries < 0:
             raise ConfigError(f"model.max_retries={max_retries} must not be negative")
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
+        self._retry = RetryPolicy(
+            retries=max_retries,
+            backoff_s=backoff_s,
+            retried_statuses=RETRIED_STATUSES,
+            jitter=True,
+            quota_is_final=True,
+            message_chars=ERROR_BODY_CHARS,
+        )
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers, transport=transport)
 
@@ -99,7 +96,7 @@ class OpenAIClient:
         except httpx.TransportError as err:
             raise UserError(f"could not reach {url}: {type(err).__name__}: {err}") from err
         if response.status_code != 200:
-            raise UserError(f"{url}: {_error_message(response)}")
+            raise UserError(f"{url}: {error_message(response, ERROR_BODY_CHARS)}")
         return response.json()
 
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -108,27 +105,12 @@ class OpenAIClient:
         Raises:
             UserError: on an error answer, or when every attempt failed; names the URL.
         """
-        httpx = _import_httpx()
         url = self.base_url + path
-        delay = self.backoff_s
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(delay)
-                delay *= 2 * (1 + random.random()) / 1.5
-            try:
-                response = self._client.post(url, json=body)
-            except httpx.TransportError as err:  # connection refused or reset, timeouts
-                last = f"{type(err).__name__}: {err}"
-                logger.warning("%s: %s (attempt %d)", url, last, attempt + 1)
-                continue
-            if response.status_code == 200:
-                return response.json()
-            last = _error_message(response)
-            quota = response.status_code == 429 and "quota" in last.lower()
-            if quota or not (
-                response.status_code >= 500 or response.status_code in RETRIED_STATUSES
-            ):
-                raise UserError(f"{url}: {last}")
-            logger.warning("%s: %s (attempt %d)", url, last, attempt + 1)
-        raise UserError(f"{url}: no answer after {self.max_retries + 1} attempts ({last})")
+        outcome = post_with_retries(self._client, url, body, self._retry, label=url)
+        if outcome.response is None:
+            raise UserError(
+                f"{url}: no answer after {self._retry.retries + 1} attempts ({outcome.last_error})"
+            )
+        if outcome.response.status_code != 200:
+            raise UserError(f"{url}: {error_message(outcome.response, ERROR_BODY_CHARS)}")
+        return outcome.response.json()

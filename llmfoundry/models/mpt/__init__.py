@@ -6,11 +6,16 @@ under LLM Foundry's names (``norms``: ``low_precision_layernorm``, ...; ``ffns``
 This file is not copied into exports (only the modules beside it are).
 """
 
+from typing import TYPE_CHECKING
+
 from llmfoundry.layers_registry import LAYER_REGISTRIES
 
 from .configuration_mpt import MPTConfig, MPTConfigError
 from .layer_table import builtin_layers
 from .modeling_mpt import MPTForCausalLM, MPTModel, MPTPreTrainedModel
+
+if TYPE_CHECKING:  # resolved lazily below: the wrappers import this package
+    from llmfoundry.models.hf.composer_mpt import ComposerMPTCausalLM
 
 for _registry in LAYER_REGISTRIES:
     for _name, _layer in builtin_layers(_registry.name).items():
