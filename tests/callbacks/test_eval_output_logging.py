@@ -28,6 +28,7 @@ from llmfoundry.utils.exceptions import ConfigError
 from tests.callbacks.test_generate_callback import TableRecorder
 from tests.command_utils.conftest import SEQ_LEN as MDS_SEQ_LEN
 from tests.command_utils.conftest import mds_dir, write_run_yaml  # noqa: F401  (fixture)
+from tests.eval.helpers import tiny_mpt
 
 VOCAB = 512  # the tokenizer fixture's size
 SEQ_LEN = 32
@@ -100,17 +101,7 @@ def _padded_samples(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
 
 
 def _tiny_mpt(tokenizer: PreTrainedTokenizerBase) -> ComposerMPTCausalLM:
-    torch.manual_seed(0)
-    return ComposerMPTCausalLM(
-        tokenizer=tokenizer,
-        d_model=64,
-        n_heads=4,
-        n_layers=2,
-        expansion_ratio=2,
-        max_seq_len=SEQ_LEN,
-        vocab_size=VOCAB,
-        attn_config={"attn_impl": "torch"},
-    )
+    return tiny_mpt(tokenizer, max_seq_len=SEQ_LEN)
 
 
 def _evaluate(

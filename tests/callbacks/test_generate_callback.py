@@ -14,13 +14,15 @@ from composer.core import Callback, State
 from composer.loggers import Logger, LoggerDestination
 from composer.models import HuggingFaceModel
 from torch.utils.data import DataLoader
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.callbacks.generate import Generate
 from llmfoundry.loggers import FileLogger
-from llmfoundry.models.hf import ComposerHFCausalLM, ComposerMPTCausalLM
+from llmfoundry.models.hf import ComposerHFCausalLM
 from llmfoundry.utils.builders import build_callbacks
 from llmfoundry.utils.exceptions import ConfigError
+from tests.command_utils.tiny_models import save_llama
+from tests.eval.helpers import tiny_mpt
 
 VOCAB = 512  # the tokenizer fixture's size
 SEQ_LEN = 32
@@ -141,17 +143,7 @@ def test_mpt_generations_match_greedy_generate_at_each_interval(
     no_pad = copy.deepcopy(tokenizer)
     no_pad.pad_token = None  # the callback must pad with EOS, without changing the tokenizer
     assert no_pad.pad_token_id is None and no_pad.padding_side == "right"
-    torch.manual_seed(0)
-    model = ComposerMPTCausalLM(
-        tokenizer=no_pad,
-        d_model=64,
-        n_heads=4,
-        n_layers=2,
-        expansion_ratio=2,
-        max_seq_len=SEQ_LEN,
-        vocab_size=VOCAB,
-        attn_config={"attn_impl": "torch"},
-    )
+    model = tiny_mpt(no_pad, max_seq_len=SEQ_LEN)
     callback = _generate_callback()
     assert isinstance(callback, Generate)
     expected = ExpectedGenerations(no_pad, eos_token_id=no_pad.eos_token_id)
@@ -179,18 +171,7 @@ def test_mpt_generations_match_greedy_generate_at_each_interval(
 def test_hf_causal_lm_generations_match_greedy_generate(
     tokenizer: PreTrainedTokenizerBase, tmp_path: Path
 ) -> None:
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
-    model = ComposerHFCausalLM(tokenizer, str(tmp_path / "llama"))
+    model = ComposerHFCausalLM(tokenizer, str(save_llama(tmp_path / "llama")))
     # The model's own generation config names an EOS token: it is kept.
     model_eos = model.model.generation_config.eos_token_id
     assert model_eos is not None
@@ -221,17 +202,7 @@ def test_bad_options_fail_when_the_callback_is_built(
 def test_generation_stops_at_the_tokenizers_eos_when_the_model_names_none(
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
-    torch.manual_seed(0)
-    model = ComposerMPTCausalLM(
-        tokenizer=copy.deepcopy(tokenizer),
-        d_model=64,
-        n_heads=4,
-        n_layers=2,
-        expansion_ratio=2,
-        max_seq_len=SEQ_LEN,
-        vocab_size=VOCAB,
-        attn_config={"attn_impl": "torch"},
-    )
+    model = tiny_mpt(copy.deepcopy(tokenizer), max_seq_len=SEQ_LEN)
     assert getattr(model.model.generation_config, "eos_token_id", None) is None
     prompt_ids = torch.tensor([tokenizer(PROMPTS[0])["input_ids"]])
     with torch.no_grad():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -22,7 +23,6 @@ from torch.utils.data import DataLoader
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerBase,
 )
@@ -35,7 +35,9 @@ from llmfoundry.utils.builders import build_callbacks
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
 from tests.command_utils.conftest import mds_dir, write_run_yaml  # noqa: F401  (fixture)
+from tests.command_utils.tiny_models import save_llama
 from tests.data.conftest import BUCKET, s3  # noqa: F401  (the moto S3 fixture)
+from tests.eval.helpers import tiny_mpt
 
 VOCAB = 512  # the tokenizer fixture's size
 SEQ_LEN = 32
@@ -67,17 +69,7 @@ def _bf16(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _tiny_mpt(tokenizer: PreTrainedTokenizerBase) -> ComposerMPTCausalLM:
-    torch.manual_seed(0)
-    return ComposerMPTCausalLM(
-        tokenizer=tokenizer,
-        d_model=64,
-        n_heads=4,
-        n_layers=2,
-        expansion_ratio=2,
-        max_seq_len=SEQ_LEN,
-        vocab_size=VOCAB,
-        attn_config={"attn_impl": "torch"},
-    )
+    return tiny_mpt(tokenizer, max_seq_len=SEQ_LEN)
 
 
 def _fit(
@@ -117,19 +109,7 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama (hidden 32, 2 layers) saved with ``save_pretrained``."""
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("llama") / "model"
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+    return save_llama(tmp_path_factory.mktemp("llama") / "model")
 
 
 def test_mpt_folders_at_each_interval_load_as_the_trained_model_in_bf16(
@@ -314,7 +294,8 @@ def test_only_hf_checkpoint_without_the_callback_fails_before_training(
 ) -> None:
     yaml_path = write_run_yaml(tmp_path, mds_dir, tokenizer_dir, tmp_path / "save")
     cfg, resolved = load_config(yaml_path, ["only_hf_checkpoint=true"], TrainConfig)
-    import llmfoundry.command_utils.train as train_module
+    # The module itself: the package attribute ``train`` is the function, as in LLM Foundry.
+    train_module = importlib.import_module("llmfoundry.command_utils.train")
 
     built: list[Any] = []
     monkeypatch.setattr(

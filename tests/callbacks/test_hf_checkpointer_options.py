@@ -8,6 +8,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,17 @@ def mlflow_run(
 
 def _checkpointer(folder: Path, **options: Any) -> HuggingFaceCheckpointer:
     return HuggingFaceCheckpointer(str(folder), save_interval="1ba", **options)
+
+
+def _registering_checkpointer(
+    folder: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    register: Callable[..., str],
+    **options: Any,
+) -> HuggingFaceCheckpointer:
+    """A checkpointer registering ``MODEL_NAME``, with ``register`` in place of the registry."""
+    monkeypatch.setattr(hf_checkpointer_module, "register_folder", register)
+    return _checkpointer(folder, mlflow_registered_model_name=MODEL_NAME, **options)
 
 
 def _folders(folder: Path) -> list[str]:
@@ -127,9 +139,8 @@ def test_failed_registration_falls_back_to_writing_the_final_folder(
     def refuse(*args: Any) -> str:
         raise RuntimeError("registry is read-only")
 
-    monkeypatch.setattr(hf_checkpointer_module, "register_folder", refuse)
-    callback = _checkpointer(
-        tmp_path / "ck", mlflow_registered_model_name=MODEL_NAME, final_register_only=True
+    callback = _registering_checkpointer(
+        tmp_path / "ck", monkeypatch, refuse, final_register_only=True
     )
     with caplog.at_level(logging.ERROR):
         _fit(_tiny_mpt(tokenizer), [callback], n_batches=2, loggers=[mlflow_run[1]])
@@ -147,9 +158,8 @@ def test_register_wait_seconds_bounds_the_wait_for_registration(
         time.sleep(1.0)
         return "1"
 
-    monkeypatch.setattr(hf_checkpointer_module, "register_folder", slow)
-    callback = _checkpointer(
-        tmp_path / "ck", mlflow_registered_model_name=MODEL_NAME, register_wait_seconds=0.2
+    callback = _registering_checkpointer(
+        tmp_path / "ck", monkeypatch, slow, register_wait_seconds=0.2
     )
     with pytest.raises(TimeoutError, match=r"register_wait_seconds=0\.2; raise callbacks\."):
         _fit(_tiny_mpt(tokenizer), [callback], n_batches=1, loggers=[mlflow_run[1]])

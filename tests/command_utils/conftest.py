@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 from streaming import MDSWriter
 from transformers import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from composer import Trainer
+    from composer.loggers import InMemoryLogger
+
+    from llmfoundry.utils.config_utils import TrainConfig
 
 SEQ_LEN = 64
 
@@ -114,6 +122,26 @@ def write_run_yaml(folder: Path, mds: Path, tokenizer_dir: Path, save: Path) -> 
     return path
 
 
+def train_in_memory(
+    cfg: TrainConfig, resolved: dict[str, Any], batches: int | None = None
+) -> tuple[Trainer, InMemoryLogger, list[float]]:
+    """Run ``train`` in this process with an in-memory logger and close the trainer; the trainer,
+    the logger and the training losses. With ``batches``, check that the run stopped after that
+    many batches with one finite loss each."""
+    from composer.loggers import InMemoryLogger
+
+    from llmfoundry.command_utils.train import train
+
+    memory = InMemoryLogger()
+    trainer = train(cfg, resolved, extra_loggers=[memory])
+    trainer.close()
+    losses = [float(v) for _, v in memory.data["loss/train/total"]]
+    if batches is not None:
+        assert trainer.state.timestamp.batch.value == batches
+        assert len(losses) == batches and all(math.isfinite(loss) for loss in losses)
+    return trainer, memory, losses
+
+
 @dataclass
 class TrainedRun:
     """A finished tiny training run."""
@@ -129,17 +157,11 @@ def trained_run(
     tmp_path_factory: pytest.TempPathFactory, mds_dir: Path, tokenizer_dir: Path
 ) -> TrainedRun:
     """Train the tiny model for 12 batches in-process and keep its losses and final checkpoint."""
-    from composer.loggers import InMemoryLogger
-
-    from llmfoundry.command_utils.train import train
     from llmfoundry.utils.config_utils import TrainConfig, load_config
 
     folder = tmp_path_factory.mktemp("run")
     yaml_path = write_run_yaml(folder, mds_dir, tokenizer_dir, folder / "checkpoints")
     cfg, resolved = load_config(yaml_path, [], TrainConfig)
-    memory = InMemoryLogger()
-    trainer = train(cfg, resolved, extra_loggers=[memory])
-    trainer.close()
-    losses = [float(v) for _, v in memory.data["loss/train/total"]]
+    _, memory, losses = train_in_memory(cfg, resolved)
     eval_losses = [float(v) for _, v in memory.data["metrics/eval/LanguageCrossEntropy"]]
     return TrainedRun(yaml_path, folder / "checkpoints" / "latest-rank0.pt", losses, eval_losses)

@@ -22,7 +22,6 @@ from safetensors.torch import load_file
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerBase,
 )
@@ -31,11 +30,13 @@ from llmfoundry.command_utils.convert_composer_to_hf import (
     check_model_generates,
     convert_composer_to_hf,
 )
-from llmfoundry.models.hf import ComposerHFCausalLM, ComposerMPTCausalLM
+from llmfoundry.models.hf import ComposerHFCausalLM
 from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
+from tests.eval.helpers import tiny_mpt
 
 from .conftest import write_run_yaml
+from .tiny_models import save_llama
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts/inference/convert_composer_to_hf.py"
@@ -76,19 +77,7 @@ def _train(model: Any, save_folder: Path, **trainer_kwargs: Any) -> Path:
 
 
 def _save_llama(folder: Path) -> Path:
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-        initializer_range=0.3,  # far from uniform: greedy text varies with the weights
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+    return save_llama(folder, initializer_range=0.3)  # far from uniform: greedy text varies
 
 
 def _logits(model: Any, tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
@@ -275,15 +264,7 @@ def test_lora_merge_finds_the_base_or_asks_for_it(
     _assert_same_model(AutoModelForCausalLM.from_pretrained(out), full.model, tokenizer)
     # A base of another shape is refused, naming it.
     other = tmp_path / "other_base"
-    LlamaForCausalLM(
-        LlamaConfig(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            vocab_size=VOCAB,
-        )
-    ).save_pretrained(other)
+    save_llama(other, hidden_size=16, intermediate_size=32, num_attention_heads=2)
     with pytest.raises(DatasetError, match=rf"do not fit the base model '{other}'.*--base_model"):
         convert_composer_to_hf(
             str(adapter_checkpoint), str(output), merge_lora=True, base_model=str(other)
@@ -293,17 +274,7 @@ def test_lora_merge_finds_the_base_or_asks_for_it(
 def test_sharded_mpt_checkpoint_converts_without_a_process_group(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    torch.manual_seed(0)
-    model = ComposerMPTCausalLM(
-        tokenizer=tokenizer,
-        d_model=64,
-        n_heads=4,
-        n_layers=2,
-        expansion_ratio=2,
-        max_seq_len=64,
-        vocab_size=VOCAB,
-        attn_config={"attn_impl": "torch"},
-    )
+    model = tiny_mpt(tokenizer)
     untrained = {k: v.clone() for k, v in model.model.state_dict().items()}
     checkpoint = _train(
         model,

@@ -16,7 +16,7 @@ import peft
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 
 from llmfoundry.command_utils.convert_composer_to_hf import convert_composer_to_hf
 from llmfoundry.command_utils.eval import EvalResults, eval_from_yaml, render_tables
@@ -26,6 +26,7 @@ from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 from tests.eval.helpers import continuation_log_probs, write_jsonl
 
 from .conftest import TrainedRun, mds_dir, trained_run  # noqa: F401  (fixtures)
+from .tiny_models import save_llama
 
 REPO = Path(__file__).resolve().parents[2]
 MPT = """  model:
@@ -187,19 +188,9 @@ def test_lora_adapter_is_applied(
     tokenizer: PreTrainedTokenizerBase,
     tokenizer_dir: Path,
 ) -> None:
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=512,
-        max_position_embeddings=64,
-        initializer_range=0.3,  # far from uniform predictions, so the adapter moves the loss
-    )
-    torch.manual_seed(0)
-    base_dir, adapter_dir = tmp_path / "llama", tmp_path / "adapter"
-    LlamaForCausalLM(config).save_pretrained(base_dir)
+    # Far from uniform predictions, so the adapter moves the loss.
+    base_dir = save_llama(tmp_path / "llama", initializer_range=0.3)
+    adapter_dir = tmp_path / "adapter"
     lora = peft.LoraConfig(
         task_type="CAUSAL_LM",
         r=4,

@@ -12,8 +12,6 @@ import pytest
 import torch
 from transformers import (
     AutoModelForCausalLM,
-    LlamaConfig,
-    LlamaForCausalLM,
     PreTrainedTokenizerBase,
 )
 
@@ -22,9 +20,8 @@ from llmfoundry.command_utils.convert_hf_to_onnx import (
     onnx_greedy_generate,
     run_onnx,
 )
-from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
-from tests.models.mpt_helpers import tiny_config, tiny_model
+from tests.command_utils.tiny_models import save_llama, save_tiny_mpt
 
 VOCAB = 512  # the tokenizer fixture's size
 PROMPTS = ["def load(path):", "import json\n\nclass"]
@@ -35,9 +32,7 @@ def mpt_folder(
     tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase
 ) -> Path:
     """A tiny MPT exported with its code and the fixture tokenizer."""
-    folder = tmp_path_factory.mktemp("mpt") / "hf"
-    save_mpt_as_hf(tiny_model(tiny_config(vocab_size=VOCAB)), tokenizer, folder, "fp32")
-    return folder
+    return save_tiny_mpt(tmp_path_factory.mktemp("mpt") / "hf", tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -45,23 +40,7 @@ def llama_folder(
     tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase
 ) -> Path:
     """A tiny grouped-query Llama with the fixture tokenizer."""
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-        initializer_range=0.3,
-        eos_token_id=int(tokenizer.eos_token_id),  # type: ignore[arg-type]
-        pad_token_id=int(tokenizer.pad_token_id),  # type: ignore[arg-type]
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("llama") / "hf"
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return save_llama(tmp_path_factory.mktemp("llama") / "hf", tokenizer, initializer_range=0.3)
 
 
 def _greedy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:

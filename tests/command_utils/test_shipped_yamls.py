@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from llmfoundry.command_utils.parallelism import check_fsdp_config
-from llmfoundry.command_utils.train import compute_batch_sizes, train
+from llmfoundry.command_utils.train import compute_batch_sizes
 from llmfoundry.models.hf.composer_mpt import LOSS_FNS, ComposerMPTCausalLM, build_mpt_config
 from llmfoundry.models.hf.hf_causal_lm import ComposerHFCausalLM, build_lora_config
 from llmfoundry.models.hf.hf_t5 import ComposerHFT5
@@ -39,7 +39,8 @@ from llmfoundry.utils.builders import (
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.registry_utils import check_kwargs
 
-from .conftest import TrainedRun
+from .conftest import TrainedRun, train_in_memory
+from .tiny_models import tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]
 YAML_DIR = REPO / "scripts/train/yamls"
@@ -224,22 +225,13 @@ def test_model_section_builds(path: Path, local_paths: dict[str, Path]) -> None:
 def test_lora_targets_fit_a_llama_model() -> None:
     """The LoRA examples name module names that a Llama-architecture model has."""
     from peft import get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    tiny = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    )
     lora_yamls = [p for p in YAMLS if "lora" in p.stem]
     assert lora_yamls, "a LoRA example ships"
     for path in lora_yamls:
         cfg, _ = load_config(path, [], TrainConfig)
         section = cfg.model["peft_config"]
-        model = get_peft_model(LlamaForCausalLM(tiny), build_lora_config(section))
+        model = get_peft_model(tiny_llama(num_hidden_layers=1), build_lora_config(section))
         trainable = [name for name, p in model.named_parameters() if p.requires_grad]
         wanted = set(section["target_modules"])
         assert trainable and all("lora_" in name for name in trainable), path.name
@@ -295,7 +287,6 @@ def test_tiny_finetune_starts_from_the_tiny_pretrained_shape() -> None:
 
 @pytest.mark.parametrize("name", ["pretrain/testing.yaml", "pretrain/mpt-125m.yaml"])
 def test_gpu_pretraining_yaml_trains_on_cpu(name: str, local_paths: dict[str, Path]) -> None:
-    from composer.loggers import InMemoryLogger
 
     path = YAML_DIR / name
     overrides = [*path_overrides(path, local_paths), *CPU_SMOKE_OVERRIDES]
@@ -306,12 +297,7 @@ def test_gpu_pretraining_yaml_trains_on_cpu(name: str, local_paths: dict[str, Pa
     assert cfg.model["loss_fn"] == "fused_crossentropy"
     assert cfg.model["init_device"] == "meta"
     assert cfg.fsdp_config is not None
-    memory = InMemoryLogger()
-    trainer = train(cfg, resolved, extra_loggers=[memory])
-    trainer.close()
-    assert trainer.state.timestamp.batch.value == 2
-    losses = [float(v) for _, v in memory.data["loss/train/total"]]
-    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    _, memory, losses = train_in_memory(cfg, resolved, batches=2)
     # An untrained model: about uniform over the 512 tokens, plus ~1 nat from the spread of its
     # initial logits (kaiming-initialized tied embeddings give them a variance of about 2).
     assert math.log(512) < losses[0] < math.log(512) + 2.0, losses
@@ -322,8 +308,6 @@ def test_gpu_pretraining_yaml_trains_on_cpu(name: str, local_paths: dict[str, Pa
 def test_tiny_finetune_yaml_trains_from_a_pretrained_checkpoint(
     local_paths: dict[str, Path], trained_run: TrainedRun
 ) -> None:
-    from composer.loggers import InMemoryLogger
-
     path = YAML_DIR / "finetune/mpt-tiny-cpu-jsonl.yaml"
     # The shape of the checkpoint at hand (the command tests' tiny run) instead of the demo's.
     overrides = [
@@ -338,12 +322,7 @@ def test_tiny_finetune_yaml_trains_from_a_pretrained_checkpoint(
         "max_duration=2ba",
     ]
     cfg, resolved = load_config(path, overrides, TrainConfig)
-    memory = InMemoryLogger()
-    trainer = train(cfg, resolved, extra_loggers=[memory])
-    trainer.close()
-    assert trainer.state.timestamp.batch.value == 2
-    losses = [float(v) for _, v in memory.data["loss/train/total"]]
-    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    _, memory, losses = train_in_memory(cfg, resolved, batches=2)
     # The pretrained weights were loaded: a fresh model starts at about ln(512) + 1 (see the
     # pretraining test above); this one, trained on similar text, starts below ln(512) + 0.5.
     assert losses[0] < math.log(512) + 0.5, losses

@@ -21,7 +21,6 @@ from typing import Any, cast
 
 import pytest
 import torch
-from composer.loggers import InMemoryLogger
 from omegaconf import OmegaConf
 from transformers import (
     AutoModelForCausalLM,
@@ -36,7 +35,6 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from llmfoundry.command_utils.train import train
 from llmfoundry.data.finetuning import dataset_constructor
 from llmfoundry.models.hf.composer_mpt import ComposerMPTCausalLM
 from llmfoundry.models.hf.export import save_mpt_as_hf
@@ -52,7 +50,7 @@ from llmfoundry.utils.builders import (
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from tests.models.mpt_helpers import tiny_config, tiny_model
 
-from .conftest import write_token_mds
+from .conftest import train_in_memory, write_token_mds
 from .test_shipped_yamls import count_mpt_params, path_overrides
 from .tiny_models import VOCAB, save_tiny_llama
 
@@ -287,14 +285,9 @@ def test_cpu_stock_yaml_trains_two_batches(
             f"model.pretrained_model_name_or_path={tiny_hub['gpt2']}",
         ]
     cfg, resolved = load_config(path, overrides, TrainConfig)
-    memory = InMemoryLogger()
-    trainer = train(cfg, resolved, extra_loggers=[memory])
-    trainer.close()
-    assert trainer.state.timestamp.batch.value == 2
+    trainer, memory, losses = train_in_memory(cfg, resolved, batches=2)
     assert cfg.global_train_batch_size is not None
     assert trainer.state.timestamp.sample.value == 2 * cfg.global_train_batch_size
-    losses = [float(v) for _, v in memory.data["loss/train/total"]]
-    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
     if name.endswith("mpt-small-cpu.yaml"):
         # 256 sequences in 16 microbatches of 16; an untrained model spreads its guesses over
         # all 50368 tokens of the GPT-NeoX vocabulary.

@@ -3,6 +3,7 @@ FSDP2, a GPU YAML trains on CPU, code_paths, eval_loaders, eval_first and metada
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,8 @@ def test_bad_run_options_fail_before_training(
 ) -> None:
     monkeypatch.delenv("RUN_NAME", raising=False)
     built: list[Any] = []
-    import llmfoundry.command_utils.train as train_module
+    # (the package attribute `train` is the function, as in LLM Foundry)
+    train_module = importlib.import_module("llmfoundry.command_utils.train")
 
     monkeypatch.setattr(
         train_module, "build_composer_model_from_section", lambda *a: built.append(a)

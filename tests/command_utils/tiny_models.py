@@ -1,5 +1,6 @@
-"""Tiny model folders for the inference tests: a Llama saved with ``save_pretrained``, an MPT
-export with its code, and peft LoRA adapters, each with the fixture tokenizer (vocab 512)."""
+"""Tiny models and model folders for the tests: Llama configs and folders saved with
+``save_pretrained``, an MPT export with its code, and peft LoRA adapters, sized for the fixture
+tokenizer (vocab 512); and scripts run in this process."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import runpy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import peft
 import torch
@@ -22,6 +23,46 @@ from tests.models.mpt_helpers import tiny_config, tiny_model
 VOCAB = 512  # the tokenizer fixture's size
 
 
+def tiny_llama_config(**overrides: Any) -> LlamaConfig:
+    """A 2-layer, hidden 32 grouped-query Llama config (vocab 512, 64 positions); ``overrides``
+    replace any field."""
+    fields: dict[str, Any] = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": VOCAB,
+        "max_position_embeddings": 64,
+    }
+    fields.update(overrides)
+    return LlamaConfig(**fields)
+
+
+def tiny_llama(
+    tokenizer: PreTrainedTokenizerBase | None = None, seed: int = 0, **overrides: Any
+) -> LlamaForCausalLM:
+    """A freshly initialized (seeded) Llama of ``tiny_llama_config(**overrides)``; with a
+    tokenizer, its EOS and pad ids are the tokenizer's."""
+    if tokenizer is not None:
+        overrides.setdefault("eos_token_id", cast(int, tokenizer.eos_token_id))
+        overrides.setdefault("pad_token_id", cast(int, tokenizer.pad_token_id))
+    config = tiny_llama_config(**overrides)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def save_llama(
+    folder: Path, tokenizer: PreTrainedTokenizerBase | None = None, seed: int = 0, **overrides: Any
+) -> Path:
+    """``tiny_llama(tokenizer, seed, **overrides)`` saved with ``save_pretrained``, plus the
+    tokenizer when one is given."""
+    tiny_llama(tokenizer, seed, **overrides).save_pretrained(folder)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder
+
+
 def save_tiny_llama(
     folder: Path,
     tokenizer: PreTrainedTokenizerBase,
@@ -30,20 +71,14 @@ def save_tiny_llama(
     seed: int = 0,
 ) -> Path:
     """A 2-layer Llama (GQA) with randomized weights, plus the tokenizer."""
-    config = LlamaConfig(
+    model = tiny_llama(
+        tokenizer,
+        seed,
         hidden_size=hidden,
         intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
         max_position_embeddings=max_positions,
         bos_token_id=None,
-        eos_token_id=cast(int, tokenizer.eos_token_id),
-        pad_token_id=cast(int, tokenizer.pad_token_id),
     )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
     with torch.no_grad():  # fresh init is near-uniform; larger weights make greedy text varied
         for param in model.parameters():
             param.add_(torch.randn_like(param) * 0.2)

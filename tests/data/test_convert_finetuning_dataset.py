@@ -6,22 +6,22 @@ import json
 import logging
 import sys
 import types
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from streaming import StreamingDataset
 from streaming.base.util import clean_stale_shared_memory
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.command_utils.data_prep.convert_finetuning_dataset import (
     convert_finetuning_dataset,
 )
-from llmfoundry.data.finetuning import build_finetuning_dataloader, tokenize_example
+from llmfoundry.data.finetuning import tokenize_example
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
-from tests.data.conftest import BUCKET
+from tests.data.conftest import BUCKET, index_columns, loader_batches, stored_samples
+from tests.eval.helpers import write_jsonl
 
 ROWS = [
     {"prompt": "def loads(s):", "response": " return decode(s)"},
@@ -31,10 +31,6 @@ ROWS = [
     {"prompt": "while True:", "response": "\n    break"},
     {"prompt": "if not s:", "response": "\n    return None"},
 ]
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|endoftext|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 CHATS = [
     {
         "messages": [
@@ -57,31 +53,6 @@ CHATS = [
 @pytest.fixture(autouse=True, scope="module")
 def _clean_shared_memory() -> None:
     clean_stale_shared_memory()
-
-
-def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any] | str]) -> Path:
-    lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return path
-
-
-def index_columns(folder: Path) -> tuple[list[str], list[str]]:
-    """The column names and encodings an MDS folder's index.json records."""
-    shard = json.loads((folder / "index.json").read_text())["shards"][0]
-    return shard["column_names"], shard["column_encodings"]
-
-
-def stored_samples(folder: Path | str) -> list[dict[str, Any]]:
-    """The samples of an MDS folder, in order."""
-    dataset = StreamingDataset(local=str(folder), shuffle=False, batch_size=1)
-    return [dataset[i] for i in range(len(dataset))]
-
-
-def loader_batches(
-    tokenizer: PreTrainedTokenizerBase, dataset: dict[str, Any], batch_size: int = 2
-) -> list[dict[str, torch.Tensor]]:
-    spec = build_finetuning_dataloader(tokenizer, batch_size, dataset, drop_last=False)
-    return list(spec.dataloader)
 
 
 def assert_same_batches(
@@ -129,12 +100,9 @@ def test_prompt_response_round_trip_matches_the_hf_loader(
 
 
 def test_chats_are_written_as_turns_and_read_back_exactly(
-    tmp_path: Path, tokenizer_dir: Path
+    tmp_path: Path, chat_tokenizer_dir: tuple[Path, PreTrainedTokenizerBase]
 ) -> None:
-    chat_dir = tmp_path / "chat-tokenizer"
-    chat_tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    chat_tokenizer.chat_template = CHAT_TEMPLATE
-    chat_tokenizer.save_pretrained(str(chat_dir))
+    chat_dir, chat_tokenizer = chat_tokenizer_dir
     data = write_jsonl(tmp_path / "chats.jsonl", CHATS)
     summaries = convert_finetuning_dataset(
         dataset=str(data), out_root=str(tmp_path / "mds"), tokenizer=str(chat_dir)
@@ -286,9 +254,8 @@ def test_preprocessor_from_a_module_and_the_registered_alpaca_one(
     expected = tokenize_example({"prompt": "Q: 1+1?\nA:", "response": " 2"}, tokenizer, "r")
     assert stored[0]["turns"] == expected["turns"]
 
-    alpaca = write_jsonl(
-        tmp_path / "alpaca.jsonl", [{"instruction": "Add 1 and 1.", "input": "", "output": "2"}]
-    )
+    text = "Intro.\n\n### Instruction:\nAdd 1 and 1.\n\n### Response:\n2"
+    alpaca = write_jsonl(tmp_path / "alpaca.jsonl", [{"text": text}])
     convert_finetuning_dataset(
         dataset=str(alpaca),
         out_root=str(tmp_path / "alpaca"),
@@ -296,9 +263,11 @@ def test_preprocessor_from_a_module_and_the_registered_alpaca_one(
         preprocessor="tatsu-lab/alpaca",
     )
     stored = stored_samples(str(tmp_path / "alpaca" / "train"))
-    text = tokenizer.decode(stored[0]["turns"][0]["input_ids"])
-    assert isinstance(text, str)
-    assert text.endswith("### Instruction:\nAdd 1 and 1.\n\n### Response:\n")
+    prompt, response = text.split("### Response:")
+    expected = tokenize_example(
+        {"prompt": prompt + "### Response:", "response": response}, tokenizer, "r"
+    )
+    assert stored[0]["turns"] == expected["turns"]
 
     with pytest.raises(ConfigError, match="--preprocessor and --skip-preprocessing"):
         convert_finetuning_dataset(

@@ -4,23 +4,22 @@ finetuning loader reads each back, giving the final response its EOS."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from streaming import StreamingDataset
 from streaming.base.util import clean_stale_shared_memory
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.command_utils.data_prep.convert_finetuning_dataset import (
     convert_finetuning_dataset,
 )
 from llmfoundry.data import write_mds
-from llmfoundry.data.finetuning import build_finetuning_dataloader, tokenize_example
+from llmfoundry.data.finetuning import tokenize_example
 from llmfoundry.utils.exceptions import DatasetError
+from tests.data.conftest import index_columns, loader_batches, stored_samples
+from tests.eval.helpers import write_jsonl
 
 EOS, PAD, X = 0, 1, -100
 ROWS = [
@@ -28,10 +27,6 @@ ROWS = [
     {"prompt": "import json", "response": "\nimport re"},
 ]
 LONG_PROMPT = {"prompt": "import json\n" * 8, "response": "x"}
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|endoftext|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 CHAT = {
     "messages": [
         {"role": "user", "content": "def f(x):"},
@@ -47,39 +42,6 @@ def _clean_shared_memory() -> None:
     clean_stale_shared_memory()
 
 
-@pytest.fixture(scope="module")
-def chat_tokenizer_dir(
-    tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path
-) -> tuple[Path, PreTrainedTokenizerBase]:
-    folder = tmp_path_factory.mktemp("chat-tokenizer")
-    chat_tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    chat_tokenizer.chat_template = CHAT_TEMPLATE
-    chat_tokenizer.save_pretrained(str(folder))
-    return folder, chat_tokenizer
-
-
-def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
-
-
-def index_columns(folder: Path) -> tuple[list[str], list[str]]:
-    shard = json.loads((folder / "index.json").read_text())["shards"][0]
-    return shard["column_names"], shard["column_encodings"]
-
-
-def stored(folder: Path) -> list[dict[str, Any]]:
-    dataset = StreamingDataset(local=str(folder), shuffle=False, batch_size=1)
-    return [dataset[i] for i in range(len(dataset))]
-
-
-def batches(
-    tokenizer: PreTrainedTokenizerBase, dataset: dict[str, Any], batch_size: int = 2
-) -> list[dict[str, torch.Tensor]]:
-    spec = build_finetuning_dataloader(tokenizer, batch_size, dataset, drop_last=False)
-    return list(spec.dataloader)
-
-
 def ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return list(tokenizer(text)["input_ids"])
 
@@ -93,10 +55,10 @@ def test_tokenized_examples_are_turns_and_the_loader_appends_the_final_eos(
     assert index_columns(tmp_path / "mds" / "train") == (["turns"], ["json"])
     prompts = [ids(tokenizer, row["prompt"]) for row in ROWS]
     responses = [ids(tokenizer, row["response"]) for row in ROWS]
-    assert [s["turns"] for s in stored(tmp_path / "mds" / "train")] == [
+    assert [s["turns"] for s in stored_samples(tmp_path / "mds" / "train")] == [
         [{"input_ids": p, "labels": r}] for p, r in zip(prompts, responses, strict=True)
     ]
-    (batch,) = batches(
+    (batch,) = loader_batches(
         tokenizer,
         {"local": str(tmp_path / "mds"), "split": "train", "max_seq_len": 24, "shuffle": False},
     )
@@ -123,7 +85,7 @@ def test_multi_turn_turns_get_eos_on_the_final_response_only(
         "shuffle": False,
         "target_responses": "all",
     }
-    (batch,) = batches(tokenizer, dataset)
+    (batch,) = loader_batches(tokenizer, dataset)
     assert batch["input_ids"].tolist() == [
         [10, 11, 20, 12, 21, EOS, PAD, PAD],
         [13, 22, EOS, PAD, PAD, PAD, PAD, PAD],
@@ -141,7 +103,7 @@ def test_without_a_tokenizer_the_text_is_written_and_tokenized_when_read(
     summary = convert_finetuning_dataset(str(data), str(tmp_path / "text"), None)["train"]
     # Columns, encodings and bytes as LLM Foundry 0.22 writes them (compared side by side).
     assert index_columns(tmp_path / "text" / "train") == (["prompt", "response"], ["str", "str"])
-    assert stored(tmp_path / "text" / "train") == ROWS
+    assert stored_samples(tmp_path / "text" / "train") == ROWS
     assert (summary.num_samples, summary.num_tokens) == (2, 0)
     hf = {
         "hf_name": "json",
@@ -149,8 +111,10 @@ def test_without_a_tokenizer_the_text_is_written_and_tokenized_when_read(
         "split": "train",
     }
     common = {"max_seq_len": 24, "shuffle": False}
-    from_text = batches(tokenizer, {"local": str(tmp_path / "text"), "split": "train", **common})
-    from_json = batches(tokenizer, {**hf, **common})
+    from_text = loader_batches(
+        tokenizer, {"local": str(tmp_path / "text"), "split": "train", **common}
+    )
+    from_json = loader_batches(tokenizer, {**hf, **common})
     for key in ("input_ids", "labels", "attention_mask"):
         assert torch.equal(from_text[0][key], from_json[0][key]), key
 
@@ -158,16 +122,16 @@ def test_without_a_tokenizer_the_text_is_written_and_tokenized_when_read(
     chats = write_jsonl(tmp_path / "chats.jsonl", [CHAT])
     convert_finetuning_dataset(str(chats), str(tmp_path / "chat-text"), None)
     assert index_columns(tmp_path / "chat-text" / "train") == (["messages"], ["json"])
-    assert stored(tmp_path / "chat-text" / "train") == [CHAT]
+    assert stored_samples(tmp_path / "chat-text" / "train") == [CHAT]
     chat_hf = {
         **hf,
         "hf_kwargs": {"data_files": {"train": str(chats)}, "cache_dir": str(tmp_path / "hf-chat")},
     }
     chat_common = {"max_seq_len": 96, "shuffle": False}
-    (from_chat_text,) = batches(
+    (from_chat_text,) = loader_batches(
         chat_tokenizer, {"local": str(tmp_path / "chat-text"), "split": "train", **chat_common}
     )
-    (from_chat_json,) = batches(chat_tokenizer, {**chat_hf, **chat_common})
+    (from_chat_json,) = loader_batches(chat_tokenizer, {**chat_hf, **chat_common})
     assert torch.equal(from_chat_text["labels"], from_chat_json["labels"])
     assert from_chat_text["labels"].ne(X).any()
 
@@ -208,7 +172,7 @@ def test_target_flags_decide_which_long_examples_are_kept(
         "shuffle": False,
         "target_prompts": "all",
     }
-    (batch,) = batches(tokenizer, dataset)
+    (batch,) = loader_batches(tokenizer, dataset)
     assert batch["input_ids"][1].tolist() == prompt[:16]
     assert batch["labels"][1].tolist() == [X, *prompt[1:16]]
     # ... and an encoder-decoder reads the cut prompt as encoder input, the response as target.
@@ -219,7 +183,7 @@ def test_target_flags_decide_which_long_examples_are_kept(
         "shuffle": False,
         "decoder_only_format": False,
     }
-    (batch,) = batches(tokenizer, dataset)
+    (batch,) = loader_batches(tokenizer, dataset)
     assert batch["input_ids"][1].tolist() == [*prompt[:15], EOS]
     response = [*ids(tokenizer, "x"), EOS]
     assert batch["labels"][1].tolist() == response + [X] * (16 - len(response))
@@ -253,6 +217,6 @@ def test_target_responses_all_keeps_chats_whose_final_response_is_cut(
         "shuffle": False,
         "target_responses": "all",
     }
-    (batch,) = batches(chat_tokenizer, dataset)
+    (batch,) = loader_batches(chat_tokenizer, dataset)
     labels = [X] * len(first["input_ids"]) + first["labels"] + [X] * len(second["input_ids"])
     assert batch["labels"][0].tolist() == labels

@@ -32,15 +32,20 @@ TINY_MPT = {
 }
 
 
-def tiny_mpt(tokenizer: PreTrainedTokenizerBase, seed: int = 0) -> ComposerMPTCausalLM:
-    """A randomly initialized 2-layer MPT (seeded), in eval mode."""
+def tiny_mpt(
+    tokenizer: PreTrainedTokenizerBase, seed: int = 0, **overrides: Any
+) -> ComposerMPTCausalLM:
+    """A randomly initialized 2-layer MPT (seeded), in eval mode; ``overrides`` replace any of
+    ``TINY_MPT``'s keys."""
     torch.manual_seed(seed)
-    return ComposerMPTCausalLM(tokenizer=tokenizer, **TINY_MPT).eval()
+    return ComposerMPTCausalLM(tokenizer=tokenizer, **{**TINY_MPT, **overrides}).eval()
 
 
-def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> str:
-    """Write ``rows`` one JSON object per line; return the path as a string."""
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any] | str]) -> str:
+    """Write ``rows`` one a line, a mapping as a JSON object and a string as it is (a malformed
+    line, say); return the path as a string."""
+    lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return str(path)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.eval import (
     InContextLearningGenerationExactMatchAccuracy,
@@ -15,6 +15,7 @@ from llmfoundry.eval import (
     build_icl_evaluators,
 )
 from llmfoundry.models.hf import ComposerHFCausalLM, ComposerMPTCausalLM
+from tests.command_utils.tiny_models import save_llama
 
 from .helpers import (
     all_tokens_are_argmax,
@@ -267,18 +268,7 @@ def test_hf_causal_lm_carries_the_icl_metrics(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
     # A tiny Llama through ComposerHFCausalLM: multiple choice and generation, bs 2 (padded).
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=512,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
-    model = ComposerHFCausalLM(tokenizer, str(tmp_path / "llama")).eval()
+    model = ComposerHFCausalLM(tokenizer, str(save_llama(tmp_path / "llama"))).eval()
     mc_expected = _mc_expected(model, tokenizer, length_normalized=True)
     contexts = ["Q: what is loaded?", "Q: which module?", "Q: sorted by?"]
     qa_rows = [

@@ -21,7 +21,6 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from transformers import (
     AutoModelForCausalLM,
-    LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerBase,
 )
@@ -31,6 +30,7 @@ from llmfoundry.models.hf import ComposerHFCausalLM
 from llmfoundry.models.mpt import MPTForCausalLM
 from llmfoundry.utils.builders import build_composer_model_from_section
 from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, MissingFileError
+from tests.command_utils.tiny_models import save_llama
 from tests.models.mpt_helpers import tiny_config, tiny_model
 
 VOCAB = 512  # the tokenizer fixture's size
@@ -74,19 +74,7 @@ def mpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, MPTForCausalLM]
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama (hidden 32, 2 layers, GQA) saved with ``save_pretrained``."""
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        max_position_embeddings=64,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("llama") / "model"
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return folder
+    return save_llama(tmp_path_factory.mktemp("llama") / "model")
 
 
 def test_remote_code_mpt_loads_with_the_same_logits_and_loss(
@@ -386,15 +374,7 @@ def test_bad_options_fail_naming_the_key(llama_dir: Path, tmp_path: Path) -> Non
 def test_a_larger_tokenizer_needs_allow_embedding_resizing(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        vocab_size=VOCAB - 12,
-    )
-    folder = tmp_path / "small_vocab"
-    LlamaForCausalLM(config).save_pretrained(folder)
+    folder = save_llama(tmp_path / "small_vocab", num_hidden_layers=1, vocab_size=VOCAB - 12)
     with pytest.raises(ConfigError, match=r"model\.allow_embedding_resizing: true"):
         ComposerHFCausalLM(tokenizer, str(folder))
     model = ComposerHFCausalLM(tokenizer, str(folder), allow_embedding_resizing=True)

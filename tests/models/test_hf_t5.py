@@ -4,24 +4,19 @@ t5-small Dolly YAML training a tiny T5 built here (nothing is downloaded)."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from transformers import (
-    LlamaConfig,
-    LlamaForCausalLM,
-    PreTrainedTokenizerBase,
-    T5Config,
-    T5ForConditionalGeneration,
-)
+from transformers import PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
 
 from llmfoundry import registry
 from llmfoundry.data.finetuning import build_finetuning_dataloader
 from llmfoundry.models.hf.hf_t5 import ComposerHFT5
 from llmfoundry.utils.exceptions import ConfigError
+from tests.command_utils.conftest import train_in_memory
+from tests.command_utils.tiny_models import save_llama
 
 EOS, PAD, X = 0, 1, -100
 YAML = Path(__file__).resolve().parents[2] / "scripts/train/yamls/finetune/t5-small_dolly_sft.yaml"
@@ -115,23 +110,13 @@ def test_the_wrapper_is_registered_and_its_loss_is_the_targets_cross_entropy(
 def test_a_decoder_only_model_is_refused(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    config = LlamaConfig(
-        vocab_size=512,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-    )
-    LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    save_llama(tmp_path / "llama")
     with pytest.raises(ConfigError, match=r"is not an encoder-decoder model .*use hf_causal_lm"):
         ComposerHFT5(tokenizer, str(tmp_path / "llama"))
 
 
 @pytest.mark.slow  # a Composer Trainer run: ~10 s on 2 CPU cores
 def test_the_t5_yaml_trains_a_tiny_t5_for_two_batches(t5_dir: Path, jsonl: Path) -> None:
-    from composer.loggers import InMemoryLogger
-
-    from llmfoundry.command_utils.train import train
     from llmfoundry.utils.config_utils import TrainConfig, load_config
 
     overrides = [
@@ -152,12 +137,7 @@ def test_the_t5_yaml_trains_a_tiny_t5_for_two_batches(t5_dir: Path, jsonl: Path)
         name: param.detach().clone()
         for name, param in T5ForConditionalGeneration.from_pretrained(t5_dir).named_parameters()
     }
-    memory = InMemoryLogger()
-    trainer = train(cfg, resolved, extra_loggers=[memory])
-    trainer.close()
-    assert trainer.state.timestamp.batch.value == 2
-    losses = [float(v) for _, v in memory.data["loss/train/total"]]
-    assert len(losses) == 2 and all(math.isfinite(loss) for loss in losses)
+    trainer, _, _ = train_in_memory(cfg, resolved, batches=2)
     model: Any = trainer.state.model
     after = dict(model.model.named_parameters())
     changed = [name for name, value in before.items() if not torch.equal(value, after[name].cpu())]

@@ -32,13 +32,15 @@ from llmfoundry.models.hf import ComposerHFCausalLM
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
-from tests.models.mpt_helpers import tiny_config, tiny_model
+from tests.models.mpt_helpers import (
+    AUTO_MAP,
+    lf022_config_json,
+    mpt_7b_config_json,
+    tiny_config,
+    tiny_model,
+)
 
 VOCAB = 512  # the tokenizer fixture's size
-AUTO_MAP = {
-    "AutoConfig": "configuration_mpt.MPTConfig",
-    "AutoModelForCausalLM": "modeling_mpt.MPTForCausalLM",
-}
 SHIPPED_CODE = 'raise RuntimeError("the code this folder ships ran")\n'
 PROMPTS = ["def decode(self, s", "    return self."]
 LOADER = "llmfoundry.models.hf.loading"
@@ -52,78 +54,6 @@ def _ship_code(folder: Path) -> None:
 
 def _write_json(path: Path, content: dict[str, Any]) -> None:
     path.write_text(json.dumps(content, indent=2))
-
-
-def _lf022_config(config: MPTConfig) -> dict[str, Any]:
-    """config.json as LLM Foundry 0.22's exporter writes a learned-position MPT (its key names,
-    its defaults for what the model does not set)."""
-    return {
-        "architectures": ["MPTForCausalLM"],
-        "auto_map": AUTO_MAP,
-        "model_type": "mpt",
-        "d_model": config.d_model,
-        "n_heads": config.n_heads,
-        "n_layers": config.n_layers,
-        "expansion_ratio": config.expansion_ratio,
-        "max_seq_len": config.max_seq_len,
-        "vocab_size": config.vocab_size,
-        "resid_pdrop": 0.0,
-        "emb_pdrop": 0.0,
-        "learned_pos_emb": True,
-        "attn_config": {
-            "alibi": False,
-            "alibi_bias_max": 8,
-            "attn_impl": "torch",
-            "attn_logit_softcapping": None,
-            "attn_pdrop": 0.0,
-            "attn_temperature_tuning": {"attn_scale": 0.0, "floor_scale": 8192},
-            "attn_type": "multihead_attention",
-            "attn_uses_sequence_id": False,
-            "clip_qkv": None,
-            "fused_qkv": True,
-            "kv_dim": None,
-            "nope": False,
-            "qk_gn": False,
-            "qk_ln": False,
-            "rope": False,
-            "rope_dail_config": {
-                "pos_idx_in_fp32": True,
-                "type": "original",
-                "xpos_scale_base": 512,
-            },
-            "rope_hf_config": {"factor": 1.0, "type": "no_scaling"},
-            "rope_impl": "dail",
-            "rope_theta": 10000,
-            "sliding_window_size": -1,
-            "softmax_scale": None,
-        },
-        "ffn_config": {"fc_type": {"name": "torch"}, "ffn_type": "mptmlp"},
-        "fc_type": {"name": "torch"},
-        "init_config": {
-            "emb_init_std": None,
-            "emb_init_uniform_lim": None,
-            "fan_mode": "fan_in",
-            "init_div_is_residual": True,
-            "init_gain": 0.0,
-            "init_nonlinearity": "relu",
-            "init_std": None,
-            "name": "kaiming_normal_",
-        },
-        "attention_bias": not config.no_bias,
-        "no_bias": config.no_bias,
-        "block_overrides": None,
-        "head_dim": None,
-        "embedding_fraction": 1.0,
-        "final_logit_softcapping": None,
-        "init_device": "cpu",
-        "logit_scale": None,
-        "norm_eps": 1e-05,
-        "norm_type": "low_precision_layernorm",
-        "use_cache": False,
-        "use_pad_tok_in_ffn": True,
-        "torch_dtype": "float32",
-        "transformers_version": "4.51.3",
-    }
 
 
 def _write_lf022_tokenizer(
@@ -160,7 +90,7 @@ def write_lf022_export(
 ) -> Path:
     """A folder in the layout of LLM Foundry 0.22's HF export of ``model``."""
     folder.mkdir(parents=True)
-    _write_json(folder / "config.json", _lf022_config(model.config))
+    _write_json(folder / "config.json", lf022_config_json(model.config))
     weights = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
     save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
     generation = {"_from_model_config": True, "transformers_version": "4.51.3", "use_cache": False}
@@ -174,52 +104,14 @@ def write_hub_mpt(model: MPTForCausalLM, folder: Path) -> Path:
     """A folder in the layout of ``mosaicml/mpt-7b`` on the Hub (ALiBi, ``.bin`` weights)."""
     folder.mkdir(parents=True)
     config = model.config
-    hub_config = {
-        "architectures": ["MPTForCausalLM"],
-        "auto_map": AUTO_MAP,
-        "attn_config": {
-            "alibi": True,
-            "alibi_bias_max": 8,
-            "attn_impl": "torch",
-            "attn_pdrop": 0,
-            "attn_type": "multihead_attention",
-            "attn_uses_sequence_id": False,
-            "clip_qkv": None,
-            "prefix_lm": False,
-            "qk_ln": False,
-            "softmax_scale": None,
-        },
-        "d_model": config.d_model,
-        "emb_pdrop": 0,
-        "embedding_fraction": 1.0,
-        "expansion_ratio": 4,
-        "init_config": {
-            "emb_init_std": None,
-            "emb_init_uniform_lim": None,
-            "fan_mode": "fan_in",
-            "init_div_is_residual": True,
-            "init_gain": 0,
-            "init_nonlinearity": "relu",
-            "init_std": 0.02,
-            "name": "kaiming_normal_",
-        },
-        "init_device": "cpu",
-        "learned_pos_emb": True,  # what mpt-7b says next to alibi: true; ALiBi wins
-        "logit_scale": None,
-        "max_seq_len": config.max_seq_len,
-        "model_type": "mpt",
-        "n_heads": config.n_heads,
-        "n_layers": config.n_layers,
-        "no_bias": True,
-        "norm_type": "low_precision_layernorm",
-        "resid_pdrop": 0,
-        "tokenizer_name": "EleutherAI/gpt-neox-20b",
-        "torch_dtype": "float32",
-        "transformers_version": "4.28.1",
-        "use_cache": False,
-        "verbose": 0,
-        "vocab_size": config.vocab_size,
-    }
+    hub_config = mpt_7b_config_json(
+        d_model=config.d_model,
+        n_heads=config.n_heads,
+        n_layers=config.n_layers,
+        max_seq_len=config.max_seq_len,
+        vocab_size=config.vocab_size,
+        torch_dtype="float32",
+    )
     _write_json(folder / "config.json", hub_config)
     torch.save(model.state_dict(), folder / "pytorch_model.bin")
     _ship_code(folder)

@@ -22,6 +22,7 @@ from .mpt_helpers import (
     assert_close,
     assert_same_grads,
     clone_with,
+    full_and_cached_logits,
     random_ids,
     tiny_config,
     tiny_model,
@@ -130,16 +131,8 @@ def test_flex_runs_through_flex_attention_without_grad(monkeypatch: pytest.Monke
 def test_flex_cached_decoding_matches_full_forward() -> None:
     attn = {**ALIBI, **GQA, "sliding_window_size": 6}
     model = tiny_model(_config(attn, "flex"))
-    ids = random_ids(2, 14, seed=5)
-    with torch.no_grad():
-        full = model(ids).logits
-        out = model(ids[:, :9], use_cache=True)
-        steps = [out.logits]
-        cache = out.past_key_values
-        for t in range(9, 14):
-            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-            steps.append(out.logits)
-    assert_close(torch.cat(steps, dim=1), full)
+    full, cached, _ = full_and_cached_logits(model, random_ids(2, 14, seed=5), prefix=9)
+    assert_close(cached, full)
 
 
 @pytest.mark.parametrize("scheme", ["alibi", "rope", "learned_positions"])

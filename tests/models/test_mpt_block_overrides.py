@@ -12,6 +12,7 @@ from llmfoundry.models.mpt import MPTConfig, MPTConfigError
 from tests.models.mpt_helpers import (
     assert_close,
     clone_with,
+    full_and_cached_logits,
     generate,
     random_ids,
     tiny_config,
@@ -203,16 +204,8 @@ CACHED: dict[str, tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any]]] 
 def test_cached_decoding_equals_the_full_forward(case: str) -> None:
     attn, block_overrides, fields = CACHED[case]
     model = tiny_model(_config(attn, block_overrides, **fields))
-    ids = random_ids(2, 10, seed=3)
-    with torch.no_grad():
-        full = model(ids).logits
-        out = model(ids[:, :7], use_cache=True)
-        steps, cache = [out.logits], out.past_key_values
-        for t in range(7, 10):
-            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-            steps.append(out.logits)
-            cache = out.past_key_values
-    assert_close(torch.cat(steps, dim=1), full)
+    full, cached, _ = full_and_cached_logits(model, random_ids(2, 10, seed=3), prefix=7)
+    assert_close(cached, full)
 
 
 @pytest.mark.slow

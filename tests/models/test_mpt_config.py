@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from llmfoundry.models.mpt import MPTConfig, MPTConfigError
+from tests.models.mpt_helpers import mpt_7b_config_json
 
 BASE: dict[str, Any] = {"d_model": 32, "n_heads": 4, "n_layers": 2, "vocab_size": 64}
 
@@ -133,55 +134,7 @@ def test_derived_sizes() -> None:
 
 def test_published_mpt_7b_config_loads() -> None:
     """The fields of mosaicml/mpt-7b's config.json (legacy keys included) build a config."""
-    mpt_7b = {
-        "architectures": ["MPTForCausalLM"],
-        "auto_map": {
-            "AutoConfig": "configuration_mpt.MPTConfig",
-            "AutoModelForCausalLM": "modeling_mpt.MPTForCausalLM",
-        },
-        "attn_config": {
-            "alibi": True,
-            "alibi_bias_max": 8,
-            "attn_impl": "torch",
-            "attn_pdrop": 0,
-            "attn_type": "multihead_attention",
-            "attn_uses_sequence_id": False,
-            "clip_qkv": None,
-            "prefix_lm": False,
-            "qk_ln": False,
-            "softmax_scale": None,
-        },
-        "d_model": 4096,
-        "emb_pdrop": 0,
-        "embedding_fraction": 1.0,
-        "expansion_ratio": 4,
-        "init_config": {
-            "emb_init_std": None,
-            "emb_init_uniform_lim": None,
-            "fan_mode": "fan_in",
-            "init_div_is_residual": True,
-            "init_gain": 0,
-            "init_nonlinearity": "relu",
-            "init_std": 0.02,
-            "name": "kaiming_normal_",
-        },
-        "init_device": "cpu",
-        "learned_pos_emb": True,
-        "logit_scale": None,
-        "max_seq_len": 2048,
-        "model_type": "mpt",
-        "n_heads": 32,
-        "n_layers": 32,
-        "no_bias": True,
-        "norm_type": "low_precision_layernorm",
-        "resid_pdrop": 0,
-        "tokenizer_name": "EleutherAI/gpt-neox-20b",
-        "torch_dtype": "bfloat16",
-        "use_cache": False,
-        "verbose": 0,
-        "vocab_size": 50432,
-    }
-    config = MPTConfig.from_dict(mpt_7b)
+    config = MPTConfig.from_dict(mpt_7b_config_json())
     assert (config.d_model, config.n_layers, config.vocab_size) == (4096, 32, 50432)
     assert config.attn_config["alibi"] and config.no_bias and config.kv_n_heads == 32
     assert "prefix_lm" not in config.attn_config  # inert legacy key, dropped

@@ -290,3 +290,11 @@ def test_unknown_layer_name_lists_builtins_and_the_entry_point_group() -> None:
     message = str(error.value)
     assert "model.norm_type='batchnorm' is not supported" in message
     assert "low_precision_layernorm" in message and "llmfoundry_norms" in message
+
+
+def test_layer_sources_is_recorded_by_the_config_not_a_yaml_key() -> None:
+    from llmfoundry.models.hf.composer_mpt import build_mpt_config
+    from llmfoundry.utils.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.layer_sources is not a valid key"):
+        build_mpt_config({"d_model": 16, "n_heads": 2, "layer_sources": {}})

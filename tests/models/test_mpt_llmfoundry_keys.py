@@ -25,6 +25,7 @@ from llmfoundry.models.mpt.rotary import apply_rotary, rotary_cos_sin, xpos_scal
 from tests.models.mpt_helpers import (
     assert_close,
     clone_with,
+    lf022_config_json,
     random_ids,
     tiny_config,
     tiny_model,
@@ -180,70 +181,8 @@ def test_kv_n_heads_is_written_only_for_grouped_query_attention() -> None:
     assert gqa.to_dict()["attn_config"]["kv_n_heads"] == 2
 
 
-# The MPT part of the config.json LLM Foundry 0.22 writes (its key names and defaults).
-LLM_FOUNDRY_0_22: dict[str, Any] = {
-    "architectures": ["MPTForCausalLM"],
-    "attention_bias": True,
-    "attn_config": {
-        "alibi": False,
-        "alibi_bias_max": 8,
-        "attn_impl": "torch",
-        "attn_logit_softcapping": None,
-        "attn_pdrop": 0.0,
-        "attn_temperature_tuning": {"attn_scale": 0.0, "floor_scale": 8192},
-        "attn_type": "multihead_attention",
-        "attn_uses_sequence_id": False,
-        "clip_qkv": None,
-        "fused_qkv": True,
-        "kv_dim": None,
-        "nope": False,
-        "qk_gn": False,
-        "qk_ln": False,
-        "rope": False,
-        "rope_dail_config": {"pos_idx_in_fp32": True, "type": "original", "xpos_scale_base": 512},
-        "rope_hf_config": {"factor": 1.0, "type": "no_scaling"},
-        "rope_impl": "dail",
-        "rope_theta": 10000,
-        "sliding_window_size": -1,
-        "softmax_scale": None,
-    },
-    "block_overrides": None,
-    "d_model": 32,
-    "emb_pdrop": 0.0,
-    "embedding_fraction": 1.0,
-    "expansion_ratio": 4,
-    "fc_type": {"name": "torch"},
-    "ffn_config": {"fc_type": {"name": "torch"}, "ffn_type": "mptmlp"},
-    "final_logit_softcapping": None,
-    "head_dim": None,
-    "init_config": {
-        "emb_init_std": None,
-        "emb_init_uniform_lim": None,
-        "fan_mode": "fan_in",
-        "init_div_is_residual": True,
-        "init_gain": 0.0,
-        "init_nonlinearity": "relu",
-        "init_std": None,
-        "name": "kaiming_normal_",
-    },
-    "init_device": "cpu",
-    "learned_pos_emb": True,
-    "logit_scale": None,
-    "max_seq_len": 64,
-    "model_type": "mpt",
-    "n_heads": 4,
-    "n_layers": 2,
-    "no_bias": False,
-    "norm_eps": 1e-05,
-    "norm_type": "low_precision_layernorm",
-    "resid_pdrop": 0.0,
-    "tie_word_embeddings": True,
-    "torch_dtype": "float32",
-    "transformers_version": "4.51.3",
-    "use_cache": False,
-    "use_pad_tok_in_ffn": True,
-    "vocab_size": 128,
-}
+# A config.json LLM Foundry 0.22 writes (its key names and defaults).
+LLM_FOUNDRY_0_22 = lf022_config_json(tiny_config(expansion_ratio=4, no_bias=False))
 
 
 def test_llm_foundry_0_22_config_json_loads(tmp_path: Path) -> None:

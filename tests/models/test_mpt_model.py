@@ -16,6 +16,7 @@ from tests.models.mpt_helpers import (
     assert_close,
     assert_same_grads,
     clone_with,
+    full_and_cached_logits,
     generate,
     left_pad,
     random_ids,
@@ -195,17 +196,9 @@ def test_incremental_decoding_matches_full_forward(
 ) -> None:
     """A prefix, then one token at a time through ``past_key_values``, gives the full logits."""
     model = tiny_model(_config(position, heads, attn_impl))
-    ids = random_ids(2, 16)
-    with torch.no_grad():
-        full = model(ids).logits
-        out = model(ids[:, :6], use_cache=True)
-        steps, cache = [out.logits], out.past_key_values
-        for t in range(6, 16):
-            out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-            steps.append(out.logits)
-            cache = out.past_key_values
+    full, cached, cache = full_and_cached_logits(model, random_ids(2, 16), prefix=6)
     assert cache.get_seq_length() == 16
-    assert_close(torch.cat(steps, dim=1), full)
+    assert_close(cached, full)
 
 
 @pytest.mark.parametrize("position", list(POSITIONS))

@@ -13,6 +13,7 @@ from llmfoundry.models.mpt.rotary import apply_rotary, rotary_cos_sin
 from .mpt_helpers import (
     assert_close,
     clone_with,
+    full_and_cached_logits,
     generate,
     left_pad,
     random_ids,
@@ -90,15 +91,8 @@ def test_sdpa_matches_torch_forward_and_backward(scheme: str) -> None:
 def test_cached_decoding_equals_full_forward(scheme: str) -> None:
     model = tiny_model(_config(POSITION_SCHEMES[scheme]))
     ids = random_ids(2, 16)
-    full = model(ids).logits
-    out = model(ids[:, :9], use_cache=True)
-    steps = [out.logits]
-    cache = out.past_key_values
-    for t in range(9, 16):
-        out = model(ids[:, t : t + 1], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
-        steps.append(out.logits)
-    assert_close(torch.cat(steps, dim=1), full)
+    full, cached, _ = full_and_cached_logits(model, ids, prefix=9)
+    assert_close(cached, full)
     assert torch.equal(
         generate(model, ids, max_new_tokens=6, do_sample=False),
         generate(model, ids, max_new_tokens=6, do_sample=False, use_cache=False),

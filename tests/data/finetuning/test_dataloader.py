@@ -199,16 +199,17 @@ def test_registered_alpaca_preprocessing(
     } <= set(dataset_constructor.print_registered_tasks())
     alpaca = dataset_constructor.resolve(None, "tatsu-lab/alpaca", "key")
     assert alpaca is not None
-    example = alpaca({"instruction": "Add.", "input": "1 2", "output": "3"})
-    assert example["prompt"].endswith(
-        "### Instruction:\nAdd.\n\n### Input:\n1 2\n\n### Response:\n"
-    )
-    assert example["response"] == "3"
-    rows = [{"instruction": "Say hi.", "input": "", "output": "hi"}] * 2
+    # LLM Foundry splits the row's rendered text at its response marker
+    text = "Intro.\n\n### Instruction:\nAdd.\n\n### Input:\n1 2\n\n### Response:\n3"
+    assert alpaca({"text": text, "output": "ignored"}) == {
+        "prompt": "Intro.\n\n### Instruction:\nAdd.\n\n### Input:\n1 2\n\n### Response:",
+        "response": "\n3",
+    }
+    rows = [{"text": "Say hi.\n\n### Response: hi"}] * 2
     dataset = json_dataset(tmp_path, rows, preprocessing_fn="tatsu-lab/alpaca", max_seq_len=128)
     batch = next(iter(build_finetuning_dataloader(tokenizer, 2, dataset).dataloader))
     assert (batch["labels"] != IGNORE_INDEX).sum(dim=1).tolist() == [
-        len(ids(tokenizer, "hi")) + 1
+        len(ids(tokenizer, " hi")) + 1
     ] * 2
 
 

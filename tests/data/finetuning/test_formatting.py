@@ -12,12 +12,9 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.data.finetuning import tokenize_example
 from llmfoundry.utils.exceptions import DatasetError
+from tests.data.conftest import CHAT_TEMPLATE
 
 EOS = 0
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|endoftext|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
 CHAT = [
     {"role": "system", "content": "Be brief."},
     {"role": "user", "content": "def f(x):"},
