@@ -3,20 +3,18 @@ per-example result and details, and (generation) the generated text, as LLM Foun
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from composer import Trainer
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.callbacks.eval_output_logging import EvalOutputLogging
 from llmfoundry.eval import build_icl_evaluators
 from llmfoundry.eval.metrics import normalize_answer
-from llmfoundry.models.hf import ComposerMPTCausalLM
 from tests.callbacks.test_generate_callback import TableRecorder
+from tests.eval.helpers import tiny_mpt, write_jsonl
 
 MC_ROWS = [
     {"query": "One plus one is", "choices": [" two", " three", " ten"], "gold": 0},
@@ -29,29 +27,14 @@ QA_ROWS = [
 ]
 
 
-def tiny_mpt(tokenizer: PreTrainedTokenizerBase) -> ComposerMPTCausalLM:
-    torch.manual_seed(0)
-    return ComposerMPTCausalLM(
-        tokenizer=tokenizer,
-        d_model=32,
-        n_heads=2,
-        n_layers=1,
-        expansion_ratio=2,
-        max_seq_len=64,
-        vocab_size=len(tokenizer),
-        attn_config={"attn_impl": "torch"},
-    )
-
-
 def evaluate(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase, task: dict[str, Any], rows: list[Any]
 ) -> tuple[dict[str, list[Any]], float]:
     """Evaluate a tiny MPT on one task with eval_output_logging; the logged table by column
     and the metric's value."""
-    data = tmp_path / f"{task['label']}.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = write_jsonl(tmp_path / f"{task['label']}.jsonl", rows)
     evaluators, keys = build_icl_evaluators(
-        [{**task, "dataset_uri": str(data), "num_fewshot": [0]}], tokenizer, 64, 8
+        [{**task, "dataset_uri": data, "num_fewshot": [0]}], tokenizer, 64, 8
     )
     recorder = TableRecorder()
     trainer = Trainer(
