@@ -309,8 +309,9 @@ class EvalOutputLogging(Callback):
             return []
         count = len(results["result"])
         tokenizer = _tokenizer_of(state)
-        contexts = [ids.tolist() for ids in icl_contexts(batch, count)]
-        column, contexts = self._inputs(state, contexts)
+        # The metric's own context column when it returned one (log-likelihood tasks).
+        contexts = results.get("context") or icl_contexts(batch, count)
+        column, contexts = self._inputs(state, [ids.tolist() for ids in contexts[:count]])
         rows: list[Row] = [{column: context} for context in contexts]
         for key, values in results.items():
             for row, value in zip(rows, values[:count], strict=False):

@@ -17,7 +17,6 @@ from composer.core import Algorithm, Callback, DataSpec
 from composer.loggers import LoggerDestination
 from composer.models import ComposerModel
 from composer.optim import ComposerScheduler
-from torchmetrics import Metric
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
@@ -25,7 +24,9 @@ from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys, construct_from_registry
 from llmfoundry.utils.tokenizer_utils import build_tokenizer as load_tokenizer
 
-if TYPE_CHECKING:  # loaded on first use (see ``__getattr__`` below)
+if TYPE_CHECKING:  # for types only; the builders below load on first use (``__getattr__``)
+    from torchmetrics import Metric
+
     from llmfoundry.command_utils.evaluators import build_evaluators, build_icl_data_and_gauntlet
     from llmfoundry.command_utils.parallelism import build_tp_strategies
     from llmfoundry.eval.icl import build_icl_evaluators
