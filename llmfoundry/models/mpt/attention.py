@@ -269,7 +269,7 @@ class GroupedQueryAttention(nn.Module):
                 query, key, value, inputs, self.softmax_scale, dropout_p, self.softcap
             )
         if self.impl != "torch":
-            announce_once(self.impl, sdpa_reason(self.impl))
+            announce_once(self.impl, sdpa_reason(self.impl, query))
         n_rep = self.n_heads // self.kv_n_heads
         key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
         attention = torch_attention if self.impl == "torch" else sdpa_attention

@@ -35,6 +35,8 @@ from .config_defaults import FLEX_IMPLS
 from .layer_table import register_builtin
 
 _compiled_flex: Any = None
+# Inductor's FlexAttention lowering refuses smaller query/key/value head dimensions.
+FLEX_MIN_HEAD_DIM = 16
 
 
 @functools.cache
@@ -206,7 +208,7 @@ def sdpa_attention(
     )
 
 
-def sdpa_reason(attn_impl: str) -> str:
+def sdpa_reason(attn_impl: str, query: torch.Tensor) -> str:
     """Why a non-``torch`` implementation is running SDPA, said once per process."""
     if attn_impl == "flash":
         why = (
@@ -215,6 +217,13 @@ def sdpa_reason(attn_impl: str) -> str:
             else "flash-attn takes CUDA half-precision inputs without padding or packed sequences only"
         )
         return f"attn_impl=flash: {why}; using torch scaled_dot_product_attention (fused kernels where available)"
+    head_dim = query.shape[-1]
+    if attn_impl in FLEX_IMPLS and query.device.type != "cpu" and head_dim < FLEX_MIN_HEAD_DIM:
+        return (
+            f"attn_impl={attn_impl}: the compiled FlexAttention kernel needs a head dimension of at "
+            f"least {FLEX_MIN_HEAD_DIM} (this model's is {head_dim}); using torch "
+            "scaled_dot_product_attention (same masks and bias)"
+        )
     if attn_impl in FLEX_IMPLS:
         return (
             f"attn_impl={attn_impl}: FlexAttention has no CPU backward; training steps on CPU use "
@@ -223,9 +232,12 @@ def sdpa_reason(attn_impl: str) -> str:
     return f"attn_impl={attn_impl}: using torch scaled_dot_product_attention"
 
 
-def flex_available_here(device: torch.device) -> bool:
-    """Whether FlexAttention can run now: on GPU always, on CPU only without autograd."""
-    return device.type != "cpu" or not torch.is_grad_enabled()
+def flex_available_here(device: torch.device, head_dim: int) -> bool:
+    """Whether FlexAttention can run now: on CPU only without autograd (eager, no backward), on
+    GPU when the head dimension is at least ``FLEX_MIN_HEAD_DIM`` (the compiled kernel's floor)."""
+    if device.type == "cpu":
+        return not torch.is_grad_enabled()
+    return head_dim >= FLEX_MIN_HEAD_DIM
 
 
 def _flex_fn() -> Any:

@@ -144,7 +144,7 @@ def build_attention_inputs(
         positions=positions,
         shared=shared if shared is not None else {},
     )
-    if attn["attn_impl"] in FLEX_IMPLS and flex_available_here(device):
+    if attn["attn_impl"] in FLEX_IMPLS and flex_available_here(device, config.attn_head_dim):
         inputs.block_mask = _block_mask(
             attention_mask if has_padding else None,
             sequence_id,
