@@ -21,26 +21,31 @@ norms: Registry[Callable[..., Any]] = Registry(
     "Normalization layers: (normalized_shape: int, eps: float, device: str | None) -> nn.Module, "
     "as LLM Foundry calls them (without bias, a bias parameter is removed after); named by "
     "MPT's norm_type.",
+    builtins=("llmfoundry.models.mpt",),
 )
 fcs: Registry[Callable[..., Any]] = Registry(
     "fcs",
     "Linear layers: (in_features: int, out_features: int, bias: bool, device: str | None) "
     "-> nn.Module; named by fc_type.",
+    builtins=("llmfoundry.models.mpt",),
 )
 ffns: Registry[Callable[..., Any]] = Registry(
     "ffns",
     "Feed-forward blocks: (d_model: int, expansion_ratio: float, device: str | None, bias: bool, "
     "fc_type: dict, **ffn_config options) -> nn.Module (forward: x -> x); named by "
     "ffn_config.ffn_type.",
+    builtins=("llmfoundry.models.mpt",),
 )
 ffns_with_norm: Registry[Callable[..., Any]] = Registry(
     "ffns_with_norm",
     "Feed-forward blocks that normalize their own input (the block then has no norm_2); "
     "same signature as ffns.",
+    builtins=("llmfoundry.models.mpt",),
 )
 ffns_with_megablocks: Registry[Callable[..., Any]] = Registry(
     "ffns_with_megablocks",
     "Mixture-of-experts feed-forward blocks; same signature as ffns.",
+    builtins=("llmfoundry.models.mpt",),
 )
 attention_classes: Registry[Callable[..., Any]] = Registry(
     "attention_classes",
@@ -48,6 +53,7 @@ attention_classes: Registry[Callable[..., Any]] = Registry(
     "attn_config being the layer's own (block_overrides applied); forward(x, inputs, "
     "past_key_values, layer_idx, rotary, kv_x) -> Tensor as MPT's GroupedQueryAttention; named "
     "by attn_config.attn_type.",
+    builtins=("llmfoundry.models.mpt",),
 )
 attention_implementations: Registry[Callable[..., Any]] = Registry(
     "attention_implementations",
@@ -56,17 +62,20 @@ attention_implementations: Registry[Callable[..., Any]] = Registry(
     "key_padding_mask, is_causal, dropout_p, training, needs_weights, attn_logit_softcapping, "
     "sliding_window_size) -> (output (b, s, h*d), weights, past_key_value); named by "
     "attn_config.attn_impl.",
+    builtins=("llmfoundry.models.mpt",),
 )
 param_init_fns: Registry[Callable[..., Any]] = Registry(
     "param_init_fns",
     "Weight initializers: (module: nn.Module, n_layers: int, d_model: int, **init_config) -> "
     "None, called on one module at a time; named by init_config.name.",
+    builtins=("llmfoundry.models.mpt",),
 )
 module_init_fns: Registry[Callable[..., Any]] = Registry(
     "module_init_fns",
     "Per-module initializers tried in turn by the param init functions: (module: nn.Module, "
     "init_fn_, d_model, init_div_is_residual, div_is_residual, emb_init_std, "
     "emb_init_uniform_lim) -> bool (True when the module was handled).",
+    builtins=("llmfoundry.models.mpt",),
 )
 
 LAYER_REGISTRIES: tuple[Registry[Any], ...] = (

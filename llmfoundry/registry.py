@@ -2,9 +2,11 @@
 
 A YAML section such as ``optimizer: {name: decoupled_adamw, lr: 6e-4}`` is built by looking
 ``name`` up in the matching registry and calling the entry with the remaining keys as keyword
-arguments. Built-in entries are registered when their package is imported (``import llmfoundry``
-imports them all). Third-party packages add entries through Python entry points in the group
-``llmfoundry_<registry>``, e.g. in their ``pyproject.toml``::
+arguments. Built-in entries are registered by the package that defines them (``llmfoundry.optim``
+for optimizers, ...), which a registry imports the first time it is read, so ``import llmfoundry``
+stays light and a converter never loads Composer. An entry registered in code before that keeps
+its name: built-ins never replace it. Third-party packages add entries through Python entry points
+in the group ``llmfoundry_<registry>``, e.g. in their ``pyproject.toml``::
 
     [project.entry-points.llmfoundry_callbacks]
     my_callback = "my_package.callbacks:MyCallback"
@@ -12,6 +14,7 @@ imports them all). Third-party packages add entries through Python entry points 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -28,18 +31,47 @@ class Registry(Generic[T]):
     Args:
         name: the registry's name (``optimizers``); entry points use ``llmfoundry_<name>``.
         description: what an entry must be: its signature and what it returns.
+        builtins: the modules whose import registers the built-in entries; imported the first
+            time the registry is read.
     """
 
-    def __init__(self, name: str, description: str) -> None:
+    def __init__(self, name: str, description: str, builtins: tuple[str, ...] = ()) -> None:
         self.name = name
         self.description = description
         self._catalogue = catalogue.create("llmfoundry", name, entry_points=True)
+        self._builtins = builtins
+        self._builtins_state = "pending" if builtins else "loaded"  # -> "loading" -> "loaded"
+        self._registered_early: dict[str, T] = {}
 
     def register(self, name: str, func: T | None = None) -> Any:
         """Register ``func`` under ``name``; without ``func``, return a decorator."""
         if func is None:
-            return self._catalogue.register(name)
+
+            def decorator(to_register: T) -> T:
+                self.register(name, to_register)
+                return to_register
+
+            return decorator
+        if self._builtins_state == "pending":
+            self._registered_early[name] = func
         return self._catalogue.register(name, func=func)
+
+    def load_builtins(self) -> None:
+        """Import the modules that register the built-in entries (once); entries registered in
+        code before this keep their names."""
+        if self._builtins_state != "pending":
+            return
+        self._builtins_state = "loading"
+        try:
+            for module in self._builtins:
+                importlib.import_module(module)
+        except BaseException:
+            self._builtins_state = "pending"
+            raise
+        self._builtins_state = "loaded"
+        for name, func in self._registered_early.items():
+            self._catalogue.register(name, func=func)
+        self._registered_early.clear()
 
     def __contains__(self, name: str) -> bool:
         return name in self.get_all()
@@ -60,6 +92,7 @@ class Registry(Generic[T]):
 
     def get_all(self) -> dict[str, T]:
         """Every entry, built-in and from entry points, by name."""
+        self.load_builtins()
         return dict(self._catalogue.get_all())
 
     # LLM Foundry's spellings of the same operations (plug-ins call these).
@@ -101,60 +134,81 @@ class Registry(Generic[T]):
 
 
 loggers: Registry[Callable[..., Any]] = Registry(
-    "loggers", "Composer LoggerDestination classes or factories: (**kwargs) -> LoggerDestination."
+    "loggers",
+    "Composer LoggerDestination classes or factories: (**kwargs) -> LoggerDestination.",
+    builtins=("llmfoundry.loggers",),
 )
 callbacks: Registry[Callable[..., Any]] = Registry(
-    "callbacks", "Composer Callback classes or factories: (**kwargs) -> Callback."
+    "callbacks",
+    "Composer Callback classes or factories: (**kwargs) -> Callback.",
+    builtins=("llmfoundry.callbacks",),
 )
 callbacks_with_config: Registry[Callable[..., Any]] = Registry(
     "callbacks_with_config",
     "Callbacks that also need the whole run config: (config: dict, **kwargs) -> Callback.",
+    builtins=("llmfoundry.callbacks",),
 )
 optimizers: Registry[Callable[..., Any]] = Registry(
     "optimizers",
     "Optimizer classes: (params: Iterable[Tensor], **kwargs) -> torch.optim.Optimizer.",
+    builtins=("llmfoundry.optim",),
 )
 schedulers: Registry[Callable[..., Any]] = Registry(
     "schedulers",
     "Composer schedulers: (**kwargs) -> ComposerScheduler; times such as t_warmup take '100ba'.",
+    builtins=("llmfoundry.optim",),
 )
 algorithms: Registry[Callable[..., Any]] = Registry(
-    "algorithms", "Composer Algorithm classes: (**kwargs) -> Algorithm."
+    "algorithms",
+    "Composer Algorithm classes: (**kwargs) -> Algorithm.",
+    builtins=("llmfoundry.algorithms",),
 )
 models: Registry[Callable[..., Any]] = Registry(
     "models",
     "Composer models: (tokenizer: PreTrainedTokenizerBase | None, **model_section) -> ComposerModel.",
+    builtins=("llmfoundry.models.hf", "llmfoundry.models.inference_api"),
 )
 tokenizers: Registry[Callable[..., Any]] = Registry(
-    "tokenizers", "Tokenizer classes or factories: (**kwargs) -> PreTrainedTokenizerBase."
+    "tokenizers",
+    "Tokenizer classes or factories: (**kwargs) -> PreTrainedTokenizerBase.",
+    builtins=("llmfoundry.tokenizers",),
 )
 dataloaders: Registry[Callable[..., Any]] = Registry(
     "dataloaders",
     "Dataloader builders: (tokenizer, device_batch_size: int, **loader_section) -> composer DataSpec.",
+    builtins=("llmfoundry.data.registrations",),
 )
 metrics: Registry[Callable[..., Any]] = Registry(
-    "metrics", "torchmetrics Metric classes: (**kwargs) -> torchmetrics.Metric."
+    "metrics",
+    "torchmetrics Metric classes: (**kwargs) -> torchmetrics.Metric.",
+    builtins=("llmfoundry.metrics", "llmfoundry.models.hf.composer_mpt", "llmfoundry.eval"),
 )
 icl_datasets: Registry[Callable[..., Any]] = Registry(
-    "icl_datasets", "In-context-learning datasets by task type: (**task_section) -> Dataset."
+    "icl_datasets",
+    "In-context-learning datasets by task type: (**task_section) -> Dataset.",
+    builtins=("llmfoundry.eval",),
 )
 config_transforms: Registry[Callable[..., Any]] = Registry(
     "config_transforms",
     "Functions applied to the raw run config before validation: (dict) -> dict.",
+    builtins=("llmfoundry.utils.config_transforms",),
 )
 dataset_replication_validators: Registry[Callable[..., Any]] = Registry(
     "dataset_replication_validators",
     "Replication checks: (loader_section: dict, tokenizer, device_batch_size) -> "
     "(replication_factor, dataset_batch_size).",
+    builtins=("llmfoundry.data.registrations",),
 )
 collators: Registry[Callable[..., Any]] = Registry(
     "collators",
     "Collate-function builders: (loader_section: dict, tokenizer, dataset_batch_size) -> "
     "(collate_fn, dataloader_batch_size).",
+    builtins=("llmfoundry.data.registrations",),
 )
 data_specs: Registry[Callable[..., Any]] = Registry(
     "data_specs",
     "DataSpec builders: (dataloader, dataset_section: dict) -> composer DataSpec.",
+    builtins=("llmfoundry.data.registrations",),
 )
 load_planners: Registry[Callable[..., Any]] = Registry(
     "load_planners",
@@ -167,6 +221,7 @@ save_planners: Registry[Callable[..., Any]] = Registry(
 tp_strategies: Registry[Callable[..., Any]] = Registry(
     "tp_strategies",
     "Tensor-parallel layer plans: (model: ComposerModel) -> dict[str, ParallelStyle].",
+    builtins=("llmfoundry.tp",),
 )
 
 ALL_REGISTRIES: dict[str, Registry[Any]] = {

@@ -1,57 +1,78 @@
 """Data: MDS text loaders for pretraining and the core of the data-prep converters.
 
-Importing this package registers the ``text`` and ``finetuning`` entries of the
-``dataloaders`` registry, and the built-in ``dataset_replication_validator``,
-``finetuning_collator``/``text_collator`` and ``data_spec`` entries the loaders use (see
-:mod:`llmfoundry.data.loader_registries`).
+The names below are imported on first use (a converter importing ``llmfoundry.data.data`` loads
+no loader code). The built-in entries of the data registries live in
+:mod:`llmfoundry.data.registrations`, which those registries import when first read.
 """
 
-from llmfoundry import registry
-from llmfoundry.data.data import (
-    TEXT_COLUMNS,
-    TOKENS_COLUMNS,
-    ConcatTokensDataset,
-    MDSWriteSummary,
-    NoConcatDataset,
-    write_mds,
-)
-from llmfoundry.data.finetuning import (
-    BinPackCollator,
-    Seq2SeqFinetuningCollator,
-    build_finetuning_dataloader,
-    dataset_constructor,
-)
-from llmfoundry.data.finetuning.mds_source import StreamingFinetuningDataset
-from llmfoundry.data.text_collator import (
-    CausalLMCollator,
-    ConcatenatedSequenceCollatorWrapper,
-    count_tokens_in_batch,
-)
-from llmfoundry.data.text_data import (
-    TOKEN_ENCODING_TYPES,
-    StreamingTextDataset,
-    build_text_dataloader,
-    stream_remote_local_validate,
-)
-from llmfoundry.data.utils import (
-    get_data_spec,
-    get_finetuning_collator,
-    get_text_collator,
-    validate_ds_replication,
-)
-from llmfoundry.utils.builders import build_dataloader
+from typing import TYPE_CHECKING
 
-# LLM Foundry's name for the token dtypes a text MDS column may be stored in.
-SUPPORTED_MDS_ENCODING_TYPES = list(TOKEN_ENCODING_TYPES)
+from llmfoundry.utils.lazy_exports import lazy_exports
 
-registry.dataloaders.register("text", func=build_text_dataloader)
-registry.dataloaders.register("finetuning", func=build_finetuning_dataloader)
-registry.dataset_replication_validators.register(
-    "dataset_replication_validator", func=validate_ds_replication
+_DATA, _FINETUNING, _TEXT = (
+    "llmfoundry.data.data",
+    "llmfoundry.data.finetuning",
+    "llmfoundry.data.text_data",
 )
-registry.collators.register("finetuning_collator", func=get_finetuning_collator)
-registry.collators.register("text_collator", func=get_text_collator)
-registry.data_specs.register("data_spec", func=get_data_spec)
+_COLLATOR, _UTILS = "llmfoundry.data.text_collator", "llmfoundry.data.utils"
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "TEXT_COLUMNS": _DATA,
+        "TOKENS_COLUMNS": _DATA,
+        "ConcatTokensDataset": _DATA,
+        "MDSWriteSummary": _DATA,
+        "NoConcatDataset": _DATA,
+        "write_mds": _DATA,
+        "BinPackCollator": _FINETUNING,
+        "Seq2SeqFinetuningCollator": _FINETUNING,
+        "build_finetuning_dataloader": _FINETUNING,
+        "dataset_constructor": _FINETUNING,
+        "StreamingFinetuningDataset": "llmfoundry.data.finetuning.mds_source",
+        "CausalLMCollator": _COLLATOR,
+        "ConcatenatedSequenceCollatorWrapper": _COLLATOR,
+        "count_tokens_in_batch": _COLLATOR,
+        "SUPPORTED_MDS_ENCODING_TYPES": _TEXT,
+        "TOKEN_ENCODING_TYPES": _TEXT,
+        "StreamingTextDataset": _TEXT,
+        "build_text_dataloader": _TEXT,
+        "stream_remote_local_validate": _TEXT,
+        "get_data_spec": _UTILS,
+        "get_finetuning_collator": _UTILS,
+        "get_text_collator": _UTILS,
+        "validate_ds_replication": _UTILS,
+        "build_dataloader": "llmfoundry.utils.builders",
+    },
+)
+
+if TYPE_CHECKING:
+    from llmfoundry.data.data import (
+        TEXT_COLUMNS,
+        TOKENS_COLUMNS,
+        ConcatTokensDataset,
+        MDSWriteSummary,
+        NoConcatDataset,
+        write_mds,
+    )
+    from llmfoundry.data.finetuning import (
+        BinPackCollator,
+        Seq2SeqFinetuningCollator,
+        build_finetuning_dataloader,
+        dataset_constructor,
+    )
+    from llmfoundry.data.finetuning.mds_source import StreamingFinetuningDataset
+    from llmfoundry.data.text_collator import (
+        CausalLMCollator,
+        ConcatenatedSequenceCollatorWrapper,
+        count_tokens_in_batch,
+    )
+    from llmfoundry.data.text_data import (
+        SUPPORTED_MDS_ENCODING_TYPES,
+        StreamingTextDataset,
+        build_text_dataloader,
+        stream_remote_local_validate,
+    )
+    from llmfoundry.utils.builders import build_dataloader
 
 __all__ = [
     "SUPPORTED_MDS_ENCODING_TYPES",

@@ -48,6 +48,8 @@ from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys, check_k
 logger = logging.getLogger(__name__)
 
 TOKEN_ENCODING_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+# LLM Foundry's name for the token dtypes a text MDS column may be stored in.
+SUPPORTED_MDS_ENCODING_TYPES = list(TOKEN_ENCODING_TYPES)
 CONVERT_HINT = "write it with scripts/data_prep/convert_text_to_mds.py or convert_dataset_json.py"
 BAD_SHARD_HINT = (
     "the file is truncated or corrupted: convert the dataset again (or copy it again), or delete "

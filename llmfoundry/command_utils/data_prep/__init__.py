@@ -1,7 +1,6 @@
-"""Data preparation: convert Hugging Face datasets, JSON-lines and text files to MDS."""
+"""Data preparation: convert Hugging Face datasets, JSON-lines and text files to MDS.
 
-from llmfoundry.command_utils.data_prep.convert_dataset_hf import convert_dataset_hf
-from llmfoundry.command_utils.data_prep.convert_dataset_json import convert_dataset_json
-from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
-
-__all__ = ["convert_dataset_hf", "convert_dataset_json", "convert_text_to_mds"]
+Each converter is its own module (``convert_dataset_json``, ...), and importing this package loads
+none of them, so one converter never pays for another's dependencies; ``llmfoundry.command_utils``
+exposes the functions under LLM Foundry's names.
+"""

@@ -1,0 +1,75 @@
+"""What each entry point loads: ``import llmfoundry`` and the CLI load no torch, a converter loads
+no Composer, the standalone MPT no Composer or Streaming; registries still find every built-in.
+
+Each check runs in a fresh interpreter, since this test process has everything loaded already.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+HEAVY = ("torch", "composer", "transformers", "streaming", "datasets", "peft", "torchvision")
+
+
+def _loaded_after(statements: str) -> list[str]:
+    """Which of ``HEAVY`` a fresh interpreter holds after running ``statements``."""
+    code = textwrap.dedent(statements) + textwrap.dedent(f"""
+        import json, sys
+        print(json.dumps([name for name in {HEAVY!r} if name in sys.modules]))
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_package_registry_and_cli_load_nothing_heavy() -> None:
+    statements = """
+        import llmfoundry, llmfoundry.registry, llmfoundry.layers_registry
+        import llmfoundry.command_utils, llmfoundry.cli.cli
+        import llmfoundry.models, llmfoundry.data, llmfoundry.command_utils.data_prep
+        assert "MPTConfig" in dir(llmfoundry) and "write_mds" in dir(llmfoundry.data)
+    """
+    assert _loaded_after(statements) == []
+
+
+@pytest.mark.parametrize(
+    ("module", "allowed"),
+    [
+        ("llmfoundry.command_utils.data_prep.convert_text_to_mds", {"torch", "transformers"}),
+        ("llmfoundry.command_utils.data_prep.convert_dataset_json", {"torch", "transformers"}),
+        ("llmfoundry.models.mpt", {"torch", "transformers"}),
+    ],
+)
+def test_entry_module_loads_only_what_it_needs(module: str, allowed: set[str]) -> None:
+    # Streaming's package imports its vision datasets (torchvision), and transformers' modeling
+    # code imports torchvision when it is installed: both come with the MDS writer / the model.
+    loaded = set(_loaded_after(f"import {module}")) - {"streaming", "torchvision"}
+    assert loaded <= allowed, f"{module} loads {sorted(loaded - allowed)}"
+
+
+def test_registries_load_builtins_on_first_read_and_keep_earlier_registrations() -> None:
+    statements = """
+        import llmfoundry
+        from llmfoundry import registry
+
+        class Mine:
+            pass
+
+        registry.callbacks.register("lr_monitor", func=Mine)  # before the built-ins load
+        assert registry.callbacks.get("lr_monitor") is Mine
+        assert "speed_monitor" in registry.callbacks and "decoupled_adamw" in registry.optimizers
+        assert "mpt_causal_lm" in registry.models and "text" in registry.dataloaders
+        assert {"token_accuracy", "language_cross_entropy", "mc_accuracy"} <= set(
+            registry.metrics.get_all()
+        )
+        assert "rmsnorm" in registry.norms and "multiple_choice" in registry.icl_datasets
+        assert llmfoundry.MPTConfig.__name__ == "MPTConfig"
+    """
+    assert "composer" in _loaded_after(statements)
