@@ -1,38 +1,18 @@
-"""The end-to-end demo on CPU, offline: corpus -> tokenizer -> MDS -> train -> eval -> export -> generate."""
+"""The end-to-end demo on CPU, offline: corpus -> tokenizer -> MDS -> train -> eval -> export -> generate.
 
-import argparse
+The same command as ``llmfoundry demo``; its flags and logic live in
+``llmfoundry/cli/commands/demo.py``.
+"""
+
 import sys
+from pathlib import Path
 
-from llmfoundry.command_utils.demo import run_demo
-from llmfoundry.command_utils.eval import render_tables
-from llmfoundry.utils.cli_utils import run_user_command
+try:
+    import llmfoundry  # noqa: F401
+except ImportError:  # a checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def main(args: argparse.Namespace) -> None:
-    """Run the demo and print what it measured and where everything went."""
-    result = run_demo(args.out_dir, max_duration=args.max_duration)
-    print(
-        f"\ntrain loss: {result.first_train_loss:.3f} (first batch) -> {result.last_train_loss:.3f} (last batch)"
-    )
-    if result.eval_loss is not None:
-        print(f"eval loss on held-out files: {result.eval_loss:.3f}")
-    for name, path in [
-        ("text corpus", result.out_dir / "text"),
-        ("tokenizer", result.tokenizer_dir),
-        ("MDS data", result.mds_dir),
-        ("Composer checkpoint", result.checkpoint),
-        ("Hugging Face export", result.hf_dir),
-        *(("eval results", path) for path in result.evaluation.files),
-    ]:
-        print(f"{name:>20}: {path}")
-    for text in result.generations:
-        print("-" * 60 + "\n" + text)
-    print("-" * 60 + "\nthe sample ICL tasks (scripts/eval/yamls/demo.yaml):\n")
-    print(render_tables(result.evaluation))
-
+from llmfoundry.cli.commands.demo import main
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out_dir", default="demo_out")
-    parser.add_argument("--max_duration", default="500ba", help="training length, e.g. 500ba")
-    sys.exit(run_user_command(main, parser.parse_args()))
+    sys.exit(main())

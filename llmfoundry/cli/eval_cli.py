@@ -1,4 +1,9 @@
-"""``llmfoundry eval download-data``: fetch the standard task lists' benchmark files."""
+"""``llmfoundry eval``: evaluate from a YAML run config, or fetch the benchmark files.
+
+* ``llmfoundry eval <yaml> [key=value ...]``: what ``scripts/eval/eval.py`` does (the first
+  argument is routed to the hidden ``run`` command when it looks like a YAML);
+* ``llmfoundry eval download-data``: fetch the standard task lists' benchmark files.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,30 @@ from typing import Annotated
 
 import typer
 
+from llmfoundry.cli.commands import eval as eval_command
+from llmfoundry.cli.pass_through import QuickHelpCommand, YamlRoutingGroup, add_pass_through
+
 FAILED_EXIT_CODE = 1
 
-app = typer.Typer(no_args_is_help=True, help="Evaluation helpers (benchmark data).")
+app = typer.Typer(
+    cls=YamlRoutingGroup,
+    no_args_is_help=True,
+    subcommand_metavar="<yaml> [key=value ...] | COMMAND [ARGS]...",
+    help="Evaluate models on ICL tasks and eval loaders: llmfoundry eval <yaml> [key=value ...] "
+    "(llmfoundry eval <yaml> --help lists the arguments); or fetch the benchmark files "
+    "(download-data).",
+    short_help="Evaluate models from a YAML run config; download-data: fetch benchmarks.",
+)
+add_pass_through(
+    app,
+    YamlRoutingGroup.RUN_COMMAND,
+    eval_command.main,
+    help="Evaluate from a YAML run config.",
+    stands_for_group=True,
+)
 
 
-@app.command("download-data")
+@app.command("download-data", cls=QuickHelpCommand)
 def download_data(
     suite: Annotated[
         str,

@@ -14,13 +14,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from llmfoundry.cli.pass_through import QuickHelpCommand, QuickHelpGroup
+
 if TYPE_CHECKING:
     from llmfoundry.registry import Registry
 
 USER_ERROR_EXIT_CODE = 2
 
 app = typer.Typer(
-    no_args_is_help=True, help="Inspect the registries (what a config's `name:` can be)."
+    cls=QuickHelpGroup,
+    no_args_is_help=True,
+    help="Inspect the registries (what a config's `name:` can be).",
+    short_help="Inspect the registries (what a config's `name:` can be).",
 )
 
 
@@ -42,7 +47,7 @@ def _registries(group: str | None) -> dict[str, Registry[Any]]:
     return {group: registries[group]}
 
 
-@app.command("list")
+@app.command("list", cls=QuickHelpCommand)
 def list_registries(
     name: str | None = typer.Argument(None, help="A registry (e.g. optimizers); omit to list all."),
 ) -> None:
@@ -56,7 +61,7 @@ def list_registries(
             typer.echo("  (none yet)")
 
 
-@app.command("get")
+@app.command("get", cls=QuickHelpCommand)
 def get_registries(
     group: Annotated[
         str | None, typer.Option(help="One registry (e.g. callbacks); default: all of them.")
@@ -72,7 +77,7 @@ def get_registries(
     Console().print(table)
 
 
-@app.command("find")
+@app.command("find", cls=QuickHelpCommand)
 def find_entry(
     group: str = typer.Argument(help="The registry (e.g. callbacks)."),
     name: str = typer.Argument(help="The entry's name (e.g. speed_monitor)."),

@@ -70,3 +70,22 @@ def run_user_command(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> int:
         sys.stderr.write(f"error: {one_line(err)}\n")
         return USER_ERROR_EXIT_CODE
     return 0
+
+
+LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def parse_logging_level(text: str) -> int:
+    """An argparse ``type`` for ``--logging-level``: a level name in any case, or its number.
+
+    Raises:
+        argparse.ArgumentTypeError: naming the accepted names.
+    """
+    value = text.strip()
+    if value.isdigit():
+        return int(value)
+    if value.upper() in LOGGING_LEVELS:
+        return logging.getLevelNamesMapping()[value.upper()]
+    raise argparse.ArgumentTypeError(
+        f"expected one of {', '.join(LOGGING_LEVELS)} (any case) or a number, got {text!r}"
+    )

@@ -1,26 +1,23 @@
 """Evaluate models on ICL tasks and eval loaders: ``python scripts/eval/eval.py <yaml> [key=value ...]``.
 
 Several processes (``composer -n 2 scripts/eval/eval.py ...``) split every task between them.
+
+The same command as ``llmfoundry eval``; its flags and logic live in
+``llmfoundry/cli/commands/eval.py``.
 """
 
-import os
 import sys
+from pathlib import Path
 
-from llmfoundry.command_utils.eval import eval_from_yaml, render_tables
-from llmfoundry.utils.cli_utils import run_user_command
+try:
+    import llmfoundry  # noqa: F401
+except ImportError:  # a checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-USAGE = "usage: python scripts/eval/eval.py <yaml> [key=value ...]"
+from llmfoundry.cli.commands.eval import evaluate
+from llmfoundry.cli.commands.eval import main as run
 
-
-def main(yaml_path: str, overrides: list[str]) -> None:
-    """Evaluate, then print the result tables once (from the first process)."""
-    results = eval_from_yaml(yaml_path, overrides)
-    if os.environ.get("RANK", "0") == "0":
-        print(render_tables(results), flush=True)
-
+main = evaluate  # main(yaml_path, overrides): evaluate and print the tables, as it always did
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
-        print(USAGE, file=sys.stderr)
-        sys.exit(0 if len(sys.argv) >= 2 else 2)
-    sys.exit(run_user_command(main, sys.argv[1], sys.argv[2:]))
+    sys.exit(run())

@@ -1,48 +1,18 @@
-"""Export a Hugging Face causal LM folder to ONNX (dynamic batch and sequence), checked with onnxruntime."""
+"""Export a Hugging Face causal LM folder to ONNX (dynamic batch and sequence), checked with onnxruntime.
 
-import argparse
-import json
+The same command as ``llmfoundry convert hf-to-onnx``; its flags and logic live in
+``llmfoundry/cli/commands/convert_hf_to_onnx.py``.
+"""
+
 import sys
+from pathlib import Path
 
-from llmfoundry.command_utils.convert_hf_to_onnx import convert_hf_to_onnx
-from llmfoundry.command_utils.generate_flags import flag_names
-from llmfoundry.utils.cli_utils import run_user_command
+try:
+    import llmfoundry  # noqa: F401
+except ImportError:  # a checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-
-def main(args: argparse.Namespace) -> None:
-    """Export, then say where the model went and how close onnxruntime came to PyTorch."""
-    from_pretrained_kwargs = json.loads(args.from_pretrained_kwargs or "{}")
-    if args.use_auth_token is not None:
-        from_pretrained_kwargs["token"] = args.use_auth_token
-    result = convert_hf_to_onnx(
-        args.pretrained_model_name_or_path,
-        args.output_folder,
-        export_batch_size=args.export_batch_size,
-        max_seq_len=args.max_seq_len,
-        dtype=args.dtype,
-        export_format=args.export_format,
-        trust_remote_code=args.trust_remote_code,
-        from_pretrained_kwargs=from_pretrained_kwargs,
-        verify_export=args.verify_export,
-        revision=args.revision,
-    )
-    print(f"ONNX model written to {result.onnx_path}")
-    if result.max_abs_diff is not None:
-        print(f"onnxruntime vs PyTorch: max |logit difference| {result.max_abs_diff:.3g}")
-
+from llmfoundry.cli.commands.convert_hf_to_onnx import main
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    add = parser.add_argument
-    add(*flag_names("pretrained_model_name_or_path"), required=True)
-    add(*flag_names("output_folder"), required=True)
-    add(*flag_names("export_batch_size"), type=int, default=8)
-    add(*flag_names("max_seq_len"), type=int, default=None)
-    add(*flag_names("dtype"), default="fp32", choices=["fp32", "fp16", "bf16"])
-    add(*flag_names("export_format"), default="onnx", choices=["onnx"])
-    add(*flag_names("from_pretrained_kwargs"), default="", help="JSON object")
-    add(*flag_names("revision"), default=None, help="hub revision: branch, tag or commit")
-    add(*flag_names("use_auth_token"), default=None, help="hub token")
-    add(*flag_names("trust_remote_code"), action=argparse.BooleanOptionalAction, default=False)
-    add(*flag_names("verify_export"), action=argparse.BooleanOptionalAction, default=True)
-    sys.exit(run_user_command(main, parser.parse_args()))
+    sys.exit(main())

@@ -1,45 +1,18 @@
-"""Generate text from a Hugging Face model folder or hub name (optionally with a LoRA adapter)."""
+"""Generate text from a Hugging Face model folder or hub name (optionally with a LoRA adapter).
 
-import argparse
+The same command as ``llmfoundry generate``; its flags and logic live in
+``llmfoundry/cli/commands/hf_generate.py``.
+"""
+
 import sys
+from pathlib import Path
 
-from llmfoundry.command_utils.generate import generate_sweep
-from llmfoundry.command_utils.generate_flags import add_model_flags, add_sampling_flags, flag_names
-from llmfoundry.utils.cli_utils import parse_bool, run_user_command
+try:
+    import llmfoundry  # noqa: F401
+except ImportError:  # a checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-
-def main(args: argparse.Namespace) -> None:
-    """Generate for every prompt and every combination of the swept flags' values; print each
-    combination's settings, each prompt with its continuation and each batch's speed."""
-    for point in generate_sweep(**vars(args)):
-        settings = ", ".join(f"{name}={value}" for name, value in point.settings.items())
-        print(f"settings: {settings}")
-        run = point.run
-        for index, batch in enumerate(run.batches, start=1):
-            for generation in batch.generations:
-                print("#" * 40)
-                print(generation.prompt + generation.continuation)
-            print("#" * 40)
-            print(
-                f"batch {index}/{len(run.batches)}: {len(batch.generations)} prompts, "
-                f"{batch.new_tokens} new tokens in {batch.latency_s:.3f} s "
-                f"({batch.tokens_per_s:.1f} tokens/s)"
-            )
-
+from llmfoundry.cli.commands.hf_generate import main
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    add_model_flags(parser, sweep=True)
-    add_sampling_flags(parser, sweep=True)
-    add = parser.add_argument
-    add(*flag_names("prompts", "-p"), nargs="+", default=["My name is"], help="text, or file::path")
-    add(
-        *flag_names("prompt_delimiter"),
-        default=None,
-        help="split file:: prompts at this string (default: a file is one prompt)",
-    )
-    add(*flag_names("max_batch_size"), type=int, default=None)
-    add(*flag_names("warmup"), type=parse_bool, nargs="?", const=True, default=True)
-    add(*flag_names("max_seq_len"), type=int, default=None, help="sets the config's max_seq_len")
-    add(*flag_names("no_repeat_ngram_size"), type=int, nargs="+", default=[0], help="0: off")
-    sys.exit(run_user_command(main, parser.parse_args()))
+    sys.exit(main())

@@ -1,14 +1,18 @@
-"""Train a model from a YAML run config: ``composer scripts/train/train.py <yaml> [key=value ...]``."""
+"""Train a model from a YAML run config: ``composer scripts/train/train.py <yaml> [key=value ...]``.
+
+The same command as ``llmfoundry train``; its flags and logic live in
+``llmfoundry/cli/commands/train.py``.
+"""
 
 import sys
+from pathlib import Path
 
-from llmfoundry.command_utils.train import train_from_yaml
-from llmfoundry.utils.cli_utils import run_user_command
+try:
+    import llmfoundry  # noqa: F401
+except ImportError:  # a checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-USAGE = "usage: composer scripts/train/train.py <yaml> [key=value ...]"
+from llmfoundry.cli.commands.train import main
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
-        print(USAGE, file=sys.stderr)
-        sys.exit(0 if len(sys.argv) >= 2 else 2)
-    sys.exit(run_user_command(train_from_yaml, sys.argv[1], sys.argv[2:]))
+    sys.exit(main())

@@ -13,10 +13,8 @@ from pathlib import Path
 import pytest
 from streaming.base.util import clean_stale_shared_memory
 
-from llmfoundry.command_utils.data_prep.convert_text_to_mds import (
-    convert_text_to_mds,
-    parse_logging_level,
-)
+from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
+from llmfoundry.utils.cli_utils import parse_logging_level
 from llmfoundry.utils.exceptions import TokenizerError
 from tests.data.test_converters import read_tokens, write_text_files
 

@@ -22,7 +22,6 @@ a conversion that fails before then leaves the previous remote dataset as it was
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -45,7 +44,6 @@ logger = logging.getLogger(__name__)
 
 DONE_FILENAME = ".text_to_mds_conversion_done"
 DOWNLOAD_THREADS = 8
-LOGGING_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True)
@@ -154,22 +152,6 @@ def convert_text_to_mds(
         summary = replace(summary, out=output_folder)
     logger.info("%s", summary.describe())
     return summary
-
-
-def parse_logging_level(text: str) -> int:
-    """An argparse ``type`` for ``--logging-level``: a level name in any case, or its number.
-
-    Raises:
-        argparse.ArgumentTypeError: naming the accepted names.
-    """
-    value = text.strip()
-    if value.isdigit():
-        return int(value)
-    if value.upper() in LOGGING_LEVELS:
-        return logging.getLevelNamesMapping()[value.upper()]
-    raise argparse.ArgumentTypeError(
-        f"expected one of {', '.join(LOGGING_LEVELS)} (any case) or a number, got {text!r}"
-    )
 
 
 def convert_files(

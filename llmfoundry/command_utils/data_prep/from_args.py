@@ -11,11 +11,9 @@ import argparse
 import logging
 
 from llmfoundry.command_utils.data_prep.convert_dataset_json import convert_dataset_json
-from llmfoundry.command_utils.data_prep.convert_text_to_mds import (
-    convert_text_to_mds,
-    parse_logging_level,
-)
+from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
 from llmfoundry.data.data import MDSWriteSummary
+from llmfoundry.utils.cli_utils import parse_logging_level
 from llmfoundry.utils.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,79 @@
+"""Argument parsing shared by the command-line entry points (scripts and ``llmfoundry``).
+
+Light on purpose: the standard library only, so that ``--help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from typing import Any
+
+from llmfoundry.utils.cli_utils import LOGGING_LEVELS, parse_logging_level
+
+__all__ = [
+    "LOGGING_LEVELS",
+    "SPELLING_NOTE",
+    "BooleanFlag",
+    "accept_both_spellings",
+    "parse_logging_level",
+]
+
+SPELLING_NOTE = "Every --flag_name may also be spelled --flag-name."
+
+
+class BooleanFlag(argparse.BooleanOptionalAction):
+    """``--flag`` / ``--no-flag``, each in either spelling (``--no-trust-remote-code``,
+    ``--no_trust_remote_code``): the ``action`` to use for such flags on a parser that
+    :func:`accept_both_spellings` extends (argparse's own action ignores undeclared spellings)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        """Set the flag: false for a ``--no-`` spelling, true for any other."""
+        if option_string is None:
+            return
+        negative = {_dashed(o) for o in self.option_strings if o.startswith("--no-")}
+        setattr(namespace, self.dest, _dashed(option_string) not in negative)
+
+
+def _dashed(option: str) -> str:
+    """``option`` spelled with dashes only (``--no-trust_remote_code`` -> ``--no-trust-remote-code``)."""
+    return option.replace("_", "-")
+
+
+def accept_both_spellings(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Let each ``--snake_case`` long option also be typed ``--kebab-case`` (and back).
+
+    The other spelling is accepted wherever the declared one is (abbreviations included) and
+    is not listed with the flag in ``--help``, whose epilog says so once instead; spellings
+    the parser already declares are left as they are.
+
+    Args:
+        parser: a parser whose options are all added.
+
+    Returns:
+        ``parser``, for ``return accept_both_spellings(parser)``.
+
+    Raises:
+        TypeError: for an :class:`argparse.BooleanOptionalAction`, which would ignore the
+            other spelling: such flags take ``action=BooleanFlag``.
+    """
+    actions = parser._option_string_actions
+    added = False
+    for option, action in list(actions.items()):
+        if not option.startswith("--"):
+            continue
+        if type(action) is argparse.BooleanOptionalAction:
+            raise TypeError(f"{option}: use action=BooleanFlag (llmfoundry.cli.argparsing)")
+        for twin in (option[2:].replace("_", "-"), option[2:].replace("-", "_")):
+            if f"--{twin}" not in actions:
+                actions[f"--{twin}"] = action
+                added = True
+    if added:
+        parser.epilog = f"{parser.epilog}\n\n{SPELLING_NOTE}" if parser.epilog else SPELLING_NOTE
+    return parser

@@ -1,0 +1,77 @@
+"""``convert_composer_to_hf``: a Composer checkpoint to a Hugging Face model folder."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from llmfoundry.cli.argparsing import accept_both_spellings
+from llmfoundry.utils.cli_utils import run_user_command
+
+DESCRIPTION = (
+    "Convert a Composer checkpoint (MPT, any HF causal LM, LoRA; a .pt file or a sharded "
+    "folder) into a Hugging Face folder."
+)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command's flags (LLM Foundry's names)."""
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    add = parser.add_argument
+    add(
+        "--composer_path",
+        required=True,
+        help="Composer checkpoint: a .pt file or a sharded checkpoint folder (path or URI)",
+    )
+    add("--hf_output_path", required=True, help="folder to write")
+    add("--local_checkpoint_save_location", default=None, help="keep a downloaded checkpoint here")
+    add(
+        "--output_precision",
+        default="fp32",
+        choices=["fp32", "fp16", "bf16", "float32", "float16", "bfloat16"],
+    )
+    add(
+        "--merge_lora",
+        action="store_true",
+        help="for a LoRA checkpoint, write the base model with the adapter merged in",
+    )
+    add(
+        "--base_model",
+        default=None,
+        help="LoRA base model folder or Hub id, when the checkpoint holds only the adapter",
+    )
+    add("--hf_repo_for_upload", default=None, help="also push the folder to this Hub repo")
+    add(
+        "--test_uploaded_model",
+        action="store_true",
+        help="load the uploaded repo back and generate a few tokens",
+    )
+    add(
+        "--trust_remote_code",
+        action="store_true",
+        help="run the code a tokenizer or model ships (an MPT export needs it to load)",
+    )
+    return accept_both_spellings(parser)
+
+
+def convert(args: argparse.Namespace) -> None:
+    """Convert, then say where the folder is."""
+    from llmfoundry.command_utils.convert_composer_to_hf import convert_composer_to_hf
+
+    out = convert_composer_to_hf(
+        args.composer_path,
+        args.hf_output_path,
+        output_precision=args.output_precision,
+        local_checkpoint_save_location=args.local_checkpoint_save_location,
+        merge_lora=args.merge_lora,
+        base_model=args.base_model,
+        trust_remote_code=args.trust_remote_code,
+        hf_repo_for_upload=args.hf_repo_for_upload,
+        test_uploaded_model=args.test_uploaded_model,
+    )
+    print(f"Hugging Face model written to {out}")
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and convert; returns the exit code."""
+    return run_user_command(convert, build_parser(prog).parse_args(argv))

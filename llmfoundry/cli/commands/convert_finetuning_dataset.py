@@ -1,0 +1,94 @@
+"""``convert_finetuning_dataset``: finetuning examples (prompt/response or chats) to MDS."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from llmfoundry.cli.argparsing import accept_both_spellings
+from llmfoundry.utils.cli_utils import parse_bool, run_user_command
+
+DESCRIPTION = (
+    "Convert a finetuning dataset to MDS: tokenized turns with --tokenizer, else the text "
+    "(prompt/response or messages)."
+)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command's flags (LLM Foundry's names)."""
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    add = parser.add_argument
+    add(
+        "--dataset",
+        required=True,
+        help="a Hub name, a local dataset folder, a .jsonl file, a folder of <split>.jsonl "
+        "files, or json with --data_files",
+    )
+    add("--data_subset", help="subset (config) name, if the dataset has several")
+    add("--splits", nargs="+", help="splits to convert (default: train validation, where present)")
+    add(
+        "--preprocessor",
+        help="preprocessing function: package.module:function or a registered name "
+        "(default: the one registered for --dataset)",
+    )
+    add(
+        "--skip-preprocessing",
+        "--skip_preprocessing",
+        dest="skip_preprocessing",
+        action="store_true",
+        help="use the rows as they are (prompt/response or messages)",
+    )
+    add("--data_files", nargs="+", help="data files for a builder name such as json")
+    add("--out_root", required=True, help="output folder; one sub-folder per split")
+    add("--local", help="local cache folder when --out_root is remote")
+    add("--compression", default=None, help="shard compression, e.g. zstd")
+    add("--num_workers", type=int, help="reader processes (default: one per CPU; 0: none)")
+    add("--tokenizer", help="tokenizer folder or hub name (default: write the examples as text)")
+    add("--tokenizer_kwargs", help="tokenizer options as JSON, e.g. '{\"use_fast\": true}'")
+    add(
+        "--max_seq_len",
+        type=int,
+        default=2048,
+        help="drop tokenized examples with no target within this many tokens (default 2048)",
+    )
+    add(
+        "--target_prompts",
+        "--target-prompts",
+        default="none",
+        help="prompts that count as targets when deciding which examples to keep: none, all or "
+        "length>=N (default none)",
+    )
+    add(
+        "--target_responses",
+        "--target-responses",
+        default="last",
+        help="responses that count as targets: last or all (default last)",
+    )
+    add(
+        "--encoder_decoder",
+        "--encoder-decoder",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="the data is for an encoder-decoder model: keep every example (needs the default "
+        "targets)",
+    )
+    add(
+        "--skip_bad_rows",
+        "--skip-bad-rows",
+        dest="skip_bad_rows",
+        action="store_true",
+        help="skip malformed rows (counted in the summary)",
+    )
+    return accept_both_spellings(parser)
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and convert; returns the exit code."""
+    args = build_parser(prog).parse_args(argv)
+    from llmfoundry.command_utils.data_prep.convert_finetuning_dataset import (
+        convert_finetuning_dataset,
+    )
+
+    return run_user_command(convert_finetuning_dataset, **vars(args))

@@ -1,0 +1,70 @@
+"""``convert_text_to_mds``: a folder of ``*.txt`` files to concatenated-token MDS."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+from llmfoundry.cli.argparsing import accept_both_spellings, parse_logging_level
+from llmfoundry.utils.cli_utils import configure_script_logging, parse_bool, run_user_command
+
+DESCRIPTION = (
+    "Convert a folder of *.txt files to MDS. Either folder may be an s3://, gs:// or oci:// "
+    "URI: remote input is downloaded to a temporary folder ($TMPDIR) first; remote output is "
+    "written there and uploaded when done, its done-marker last."
+)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command's flags (LLM Foundry's names)."""
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    add = parser.add_argument
+    add("--input_folder", required=True, help="local folder or URI, searched recursively for *.txt")
+    add("--output_folder", required=True, help="local folder or URI for the MDS")
+    add("--compression", default="zstd", help="shard compression (default: zstd)")
+    add("--concat_tokens", type=int, required=True, help="tokens per sample")
+    add("--tokenizer", dest="tokenizer_name", required=True, help="folder or hub name")
+    add("--bos_text", default="", help="text put before each document")
+    add("--eos_text", default="", help="text put after each document")
+    add("--use_tokenizer_eos", action="store_true", help="use the tokenizer's EOS as eos_text")
+    add("--no_wrap", action="store_true", help="drop a document's tokens past one sample")
+    add("--processes", type=int, default=min(max((os.cpu_count() or 1) - 2, 1), 32))
+    add(
+        "--reprocess",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="redo a finished or different conversion, deleting the output folder's contents "
+        "(a remote one's only once the new conversion is ready to upload)",
+    )
+    add(
+        "--trust-remote-code",
+        "--trust_remote_code",
+        dest="trust_remote_code",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=False,
+        help="let the tokenizer run the Python code its folder ships (default: false)",
+    )
+    add(
+        "--logging-level",
+        "--logging_level",
+        dest="logging_level",
+        type=parse_logging_level,
+        default="INFO",
+        help="the script's logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default: INFO)",
+    )
+    return accept_both_spellings(parser)
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``), set the logging level and convert; returns
+    the exit code."""
+    options = vars(build_parser(prog).parse_args(argv))
+    configure_script_logging(options.pop("logging_level"))
+    from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
+
+    return run_user_command(convert_text_to_mds, **options)

@@ -1,0 +1,36 @@
+"""``eval``: evaluate models on ICL tasks and eval loaders from a YAML run config."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+
+from llmfoundry.cli.commands.train import add_yaml_arguments
+from llmfoundry.utils.cli_utils import run_user_command
+
+DESCRIPTION = (
+    "Evaluate models on ICL tasks and eval loaders from a YAML run config. Several processes "
+    "(composer -n 2 scripts/eval/eval.py <yaml> [key=value ...]) split every task between them."
+)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command's arguments: the YAML and its overrides."""
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    return add_yaml_arguments(parser)
+
+
+def evaluate(yaml_path: str, overrides: Sequence[str]) -> None:
+    """Evaluate, then print the result tables once (from the first process)."""
+    from llmfoundry.command_utils.eval import eval_from_yaml, render_tables
+
+    results = eval_from_yaml(yaml_path, overrides)
+    if os.environ.get("RANK", "0") == "0":
+        print(render_tables(results), flush=True)
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and evaluate; returns the exit code."""
+    args = build_parser(prog).parse_args(argv)
+    return run_user_command(evaluate, args.yaml_path, args.overrides)

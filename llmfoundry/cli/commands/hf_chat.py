@@ -1,0 +1,59 @@
+"""``hf_chat``: chat with a Hugging Face model in the terminal."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator, Sequence
+
+from llmfoundry.cli.argparsing import accept_both_spellings
+from llmfoundry.cli.generate_flags import add_model_flags, add_sampling_flags, flag_names
+from llmfoundry.utils.cli_utils import run_user_command
+
+DESCRIPTION = (
+    "Chat with a Hugging Face model in the terminal (commands: clear, history, quit/exit)."
+)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command's flags (LLM Foundry's names)."""
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    add_model_flags(parser)
+    add_sampling_flags(parser, max_new_tokens=512, do_sample=True)
+    add = parser.add_argument
+    add(*flag_names("system_prompt"), default=None)
+    add(
+        *flag_names("max_seq_len"),
+        type=int,
+        default=None,
+        help="the longest conversation kept (default: the model's max positions); also sets "
+        "the config's max_seq_len where it has one",
+    )
+    add(
+        *flag_names("stop_tokens"),
+        default=None,
+        help="space-separated tokens that end a reply, e.g. '<|endoftext|> <|im_end|>' "
+        "(default: the tokenizer's end of text, and ChatML's end marker where ChatML is used)",
+    )
+    return accept_both_spellings(parser)
+
+
+def typed_lines(prompt: str = "User: ") -> Iterator[str]:
+    """What the user types, line by line, until end of input (Ctrl-D)."""
+    while True:
+        try:
+            yield input(prompt)
+        except EOFError:
+            print()
+            return
+
+
+def chat(args: argparse.Namespace) -> None:
+    """Chat on the terminal until the user quits or input ends."""
+    from llmfoundry.command_utils.chat import chat_from_pretrained
+
+    chat_from_pretrained(lines=typed_lines(), **vars(args))
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and chat; returns the exit code."""
+    return run_user_command(chat, build_parser(prog).parse_args(argv))

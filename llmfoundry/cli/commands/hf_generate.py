@@ -1,0 +1,59 @@
+"""``hf_generate``: text from a Hugging Face model folder or hub name (optionally with LoRA)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from llmfoundry.cli.argparsing import accept_both_spellings
+from llmfoundry.cli.generate_flags import add_model_flags, add_sampling_flags, flag_names
+from llmfoundry.utils.cli_utils import parse_bool, run_user_command
+
+DESCRIPTION = (
+    "Generate text from a Hugging Face model folder or hub name (optionally with a LoRA adapter)."
+)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command's flags (LLM Foundry's names); the sampling flags take several values."""
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    add_model_flags(parser, sweep=True)
+    add_sampling_flags(parser, sweep=True)
+    add = parser.add_argument
+    add(*flag_names("prompts", "-p"), nargs="+", default=["My name is"], help="text, or file::path")
+    add(
+        *flag_names("prompt_delimiter"),
+        default=None,
+        help="split file:: prompts at this string (default: a file is one prompt)",
+    )
+    add(*flag_names("max_batch_size"), type=int, default=None)
+    add(*flag_names("warmup"), type=parse_bool, nargs="?", const=True, default=True)
+    add(*flag_names("max_seq_len"), type=int, default=None, help="sets the config's max_seq_len")
+    add(*flag_names("no_repeat_ngram_size"), type=int, nargs="+", default=[0], help="0: off")
+    return accept_both_spellings(parser)
+
+
+def generate(args: argparse.Namespace) -> None:
+    """Generate for every prompt and every combination of the swept flags' values; print each
+    combination's settings, each prompt with its continuation and each batch's speed."""
+    from llmfoundry.command_utils.generate import generate_sweep
+
+    for point in generate_sweep(**vars(args)):
+        settings = ", ".join(f"{name}={value}" for name, value in point.settings.items())
+        print(f"settings: {settings}")
+        run = point.run
+        for index, batch in enumerate(run.batches, start=1):
+            for generation in batch.generations:
+                print("#" * 40)
+                print(generation.prompt + generation.continuation)
+            print("#" * 40)
+            print(
+                f"batch {index}/{len(run.batches)}: {len(batch.generations)} prompts, "
+                f"{batch.new_tokens} new tokens in {batch.latency_s:.3f} s "
+                f"({batch.tokens_per_s:.1f} tokens/s)"
+            )
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and generate; returns the exit code."""
+    return run_user_command(generate, build_parser(prog).parse_args(argv))

@@ -1,0 +1,40 @@
+"""``merge_lora``: a peft LoRA adapter merged into its base model, saved as one folder."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from llmfoundry.cli.argparsing import accept_both_spellings
+from llmfoundry.utils.cli_utils import parse_bool, run_user_command
+
+DESCRIPTION = (
+    "Merge a peft LoRA adapter into its base model and save a standalone Hugging Face folder."
+)
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command's flags."""
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    add = parser.add_argument
+    add("--base", required=True, help="base model folder or hub name")
+    add("--adapter", required=True, help="folder written by peft save_pretrained")
+    add("--output", required=True, help="the merged model folder to write")
+    add("--output_precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    add("--trust_remote_code", type=parse_bool, nargs="?", const=True, default=False)
+    return accept_both_spellings(parser)
+
+
+def merge(args: argparse.Namespace) -> None:
+    """Merge and report where the folder was written."""
+    from llmfoundry.command_utils.merge_lora import merge_lora
+
+    out = merge_lora(
+        args.base, args.adapter, args.output, args.output_precision, args.trust_remote_code
+    )
+    print(f"merged model written to {out}")
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and merge; returns the exit code."""
+    return run_user_command(merge, build_parser(prog).parse_args(argv))

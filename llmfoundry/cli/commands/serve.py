@@ -1,0 +1,65 @@
+"""``serve``: a Hugging Face model folder behind an OpenAI-compatible HTTP endpoint."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from llmfoundry.cli.argparsing import BooleanFlag, accept_both_spellings
+from llmfoundry.cli.generate_flags import MODEL_DTYPE_NAMES
+from llmfoundry.utils.cli_utils import run_user_command
+
+DESCRIPTION = """Serve a Hugging Face model folder behind an OpenAI-compatible HTTP endpoint.
+
+    python scripts/inference/serve.py --name_or_path path/to/hf_folder --trust_remote_code
+
+Endpoints: /health, /v1/models, /v1/completions, /v1/chat/completions (see
+``llmfoundry/command_utils/serve.py``).
+"""
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The command's flags. A flag left out is left out of the namespace too, so that
+    :class:`~llmfoundry.command_utils.serve.ServeConfig` supplies its default."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    add = parser.add_argument
+    add(
+        "--name_or_path",
+        "--model_path",
+        dest="model_path",
+        required=True,
+        help="HF model folder (or hub name)",
+    )
+    add("--model_name", help="name requests use (default: the folder's name)")
+    add("--host")
+    add("--port", type=int, help="0 picks a free port")
+    add("--max_batch_size", type=int)
+    add("--batch_wait_ms", type=float)
+    add("--max_new_tokens_limit", type=int)
+    add("--request_timeout", type=float, help="seconds")
+    add("--max_prompts_per_request", type=int)
+    add("--device", help="default: cuda if available, else cpu")
+    add("--model_dtype", choices=list(MODEL_DTYPE_NAMES))
+    add("--trust_remote_code", action=BooleanFlag)
+    add("--access_log", action=BooleanFlag)
+    return accept_both_spellings(parser)
+
+
+def run_server(args: argparse.Namespace) -> None:
+    """Serve until interrupted; print the URL once the address is bound."""
+    from llmfoundry.command_utils.serve import ServeConfig, serve
+
+    config = ServeConfig(**vars(args))
+    serve(
+        config, on_ready=lambda url: print(f"serving '{config.served_name}' on {url}", flush=True)
+    )
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and serve; returns the exit code."""
+    return run_user_command(run_server, build_parser(prog).parse_args(argv))
