@@ -15,6 +15,7 @@ __all__ = [
     "LOGGING_LEVELS",
     "SPELLING_NOTE",
     "BooleanFlag",
+    "NameList",
     "accept_both_spellings",
     "parse_logging_level",
 ]
@@ -39,6 +40,24 @@ class BooleanFlag(argparse.BooleanOptionalAction):
             return
         negative = {_dashed(o) for o in self.option_strings if o.startswith("--no-")}
         setattr(namespace, self.dest, _dashed(option_string) not in negative)
+
+
+class NameList(argparse.Action):
+    """``nargs="+"`` values that may also be comma-separated, as LLM Foundry's ``llmfoundry
+    data_prep`` takes them: ``--splits train val`` and ``--splits train,val`` are the same."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        """Store the values, each comma-separated item on its own."""
+        items = [values] if isinstance(values, str) else list(values or [])
+        setattr(
+            namespace, self.dest, [part for item in items for part in str(item).split(",") if part]
+        )
 
 
 def _dashed(option: str) -> str:

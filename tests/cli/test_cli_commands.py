@@ -210,6 +210,20 @@ def test_the_kebab_spelling_is_not_listed_when_the_script_did_not_declare_it() -
     assert text.rstrip().endswith(SPELLING_NOTE)
 
 
+@pytest.mark.parametrize("module", [convert_dataset_hf, convert_finetuning_dataset])
+def test_split_and_file_lists_may_be_comma_separated_as_in_llm_foundrys_cli(
+    module: ModuleType,
+) -> None:
+    required = ["--dataset", "json", "--out_root", "out"]
+    if module is convert_dataset_hf:
+        required += ["--concat_tokens", "8", "--tokenizer", "tok"]
+    parser = module.build_parser()
+    spaced = parser.parse_args([*required, "--splits", "train", "val", "--data_files", "a", "b"])
+    commas = parser.parse_args([*required, "--splits", "train,val", "--data-files", "a,b"])
+    assert spaced.splits == commas.splits == ["train", "val"]
+    assert spaced.data_files == commas.data_files == ["a", "b"]
+
+
 def test_boolean_flags_take_every_spelling_of_both_forms() -> None:
     parser = serve.build_parser()
     for spelling in ("--no-access_log", "--no-access-log", "--no_access_log"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import accept_both_spellings
+from llmfoundry.cli.argparsing import NameList, accept_both_spellings
 from llmfoundry.utils.cli_utils import run_user_command
 
 DESCRIPTION = "Convert a Hugging Face dataset to MDS, by split."
@@ -24,6 +24,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add(
         "--splits",
         nargs="+",
+        action=NameList,
         help="splits to write (presets: train train_small val val_small val_xsmall; others: train)",
     )
     add("--out_root", required=True, help="output folder; one sub-folder per split")
@@ -36,7 +37,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add("--no_wrap", action="store_true", help="drop a document's tokens past one sample")
     add("--num_workers", type=int, help="reader processes (default: one per CPU; 0: none)")
     add("--text_column", help="column holding the text (default: text)")
-    add("--data_files", nargs="+", help="data files for a builder name such as json")
+    add(
+        "--data_files",
+        nargs="+",
+        action=NameList,
+        help="data files for a builder name such as json",
+    )
     add("--skip_bad_rows", action="store_true", help="skip rows without string text (counted)")
     return accept_both_spellings(parser)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import accept_both_spellings
+from llmfoundry.cli.argparsing import NameList, accept_both_spellings
 from llmfoundry.utils.cli_utils import parse_bool, run_user_command
 
 DESCRIPTION = (
@@ -25,7 +25,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "files, or json with --data_files",
     )
     add("--data_subset", help="subset (config) name, if the dataset has several")
-    add("--splits", nargs="+", help="splits to convert (default: train validation, where present)")
+    add(
+        "--splits",
+        nargs="+",
+        action=NameList,
+        help="splits to convert (default: train validation, where present)",
+    )
     add(
         "--preprocessor",
         help="preprocessing function: package.module:function or a registered name "
@@ -38,7 +43,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="use the rows as they are (prompt/response or messages)",
     )
-    add("--data_files", nargs="+", help="data files for a builder name such as json")
+    add(
+        "--data_files",
+        nargs="+",
+        action=NameList,
+        help="data files for a builder name such as json",
+    )
     add("--out_root", required=True, help="output folder; one sub-folder per split")
     add("--local", help="local cache folder when --out_root is remote")
     add("--compression", default=None, help="shard compression, e.g. zstd")
