@@ -20,8 +20,6 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from composer.utils import dist
-
 from llmfoundry import registry
 from llmfoundry.utils.exceptions import ConfigError
 
@@ -121,6 +119,8 @@ def calculate_batch_size_info(
 ) -> tuple[int, int | str, int | str]:
     """LLM Foundry's spelling: ``(device_batch_size, device_microbatch_size, grad_accum)`` for
     this run's number of processes (``WORLD_SIZE``)."""
+    from composer.utils import dist
+
     info = batch_size_info(global_batch_size, None, device_microbatch_size, dist.get_world_size())
     return (
         info.device_train_batch_size,
@@ -144,6 +144,8 @@ def update_batch_size_info(cfg: dict[str, Any]) -> dict[str, Any]:
     """
     if cfg.get("global_train_batch_size") is None and cfg.get("device_train_batch_size") is None:
         return cfg
+    from composer.utils import dist  # here: reading a config must not import Composer
+
     world_size = dist.get_world_size()
     info = batch_size_info(
         cfg.get("global_train_batch_size"),

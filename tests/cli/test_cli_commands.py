@@ -5,6 +5,7 @@ writes."""
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import logging
 import re
@@ -152,22 +153,48 @@ def test_command_help_is_the_script_parser_under_the_command_name(words: tuple[s
 )
 def test_help_imports_nothing_heavy(argv: list[str]) -> None:
     """``llmfoundry ... --help`` in a fresh interpreter loads none of :data:`HEAVY_MODULES`."""
+    code, stdout, loaded = _run_cli_fresh(argv)
+    assert code == 0 and "--help" in stdout
+    assert loaded == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "missing.yaml", "max_duration=1ba"], "does not exist"),
+        (["eval", "scripts/eval/yamls/demo.yaml", "no_equals_sign"], "must look like key=value"),
+    ],
+)
+def test_a_bad_yaml_or_override_fails_before_the_heavy_imports(
+    argv: list[str], message: str
+) -> None:
+    code, stdout, loaded = _run_cli_fresh(argv)
+    assert code == 2 and message in stdout
+    assert loaded == []
+
+
+def _run_cli_fresh(argv: list[str]) -> tuple[int, str, list[str]]:
+    """Run ``llmfoundry *argv`` in a fresh interpreter (stderr folded into stdout): its exit
+    code, its output, and which of :data:`HEAVY_MODULES` it had loaded by the end."""
     code = (
         "import sys\n"
         f"sys.argv = ['llmfoundry', *{argv!r}]\n"
+        "sys.stderr = sys.stdout\n"
         "from llmfoundry.cli.cli import app\n"
         "try:\n"
         "    app()\n"
+        "    code = 0\n"
         "except SystemExit as done:\n"
-        "    assert not done.code, done.code\n"
-        f"print(sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
+        "    code = done.code or 0\n"
+        f"print(code, sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules))\n"
     )
     run = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO
     )
     assert run.returncode == 0, run.stderr
-    assert "--help" in run.stdout
-    assert run.stdout.strip().splitlines()[-1] == "[]"
+    *output, last = run.stdout.strip().splitlines()
+    exit_code, _, loaded = last.partition(" ")
+    return int(exit_code), "\n".join(output), ast.literal_eval(loaded)
 
 
 # -------------------------------------------------------------------- both spellings

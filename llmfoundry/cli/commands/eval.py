@@ -6,7 +6,7 @@ import argparse
 import os
 from collections.abc import Sequence
 
-from llmfoundry.cli.commands.train import add_yaml_arguments
+from llmfoundry.cli.commands.train import add_yaml_arguments, check_yaml_and_overrides
 from llmfoundry.utils.cli_utils import run_user_command
 
 DESCRIPTION = (
@@ -23,6 +23,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def evaluate(yaml_path: str, overrides: Sequence[str]) -> None:
     """Evaluate, then print the result tables once (from the first process)."""
+    check_yaml_and_overrides(yaml_path, overrides)
     from llmfoundry.command_utils.eval import eval_from_yaml, render_tables
 
     results = eval_from_yaml(yaml_path, overrides)

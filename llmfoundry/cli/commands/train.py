@@ -26,6 +26,14 @@ def add_yaml_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
+def check_yaml_and_overrides(yaml_path: str, overrides: Sequence[str]) -> None:
+    """Fail in one line on a missing or unparsable YAML or a malformed override, before the
+    run's heavy imports (torch, Composer) take their seconds."""
+    from llmfoundry.utils.config_utils import load_yaml_with_overrides
+
+    load_yaml_with_overrides(yaml_path, overrides)
+
+
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command's arguments: the YAML and its overrides."""
     parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
@@ -34,6 +42,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def train(yaml_path: str, overrides: Sequence[str]) -> None:
     """Load the YAML with its overrides and train."""
+    check_yaml_and_overrides(yaml_path, overrides)
     from llmfoundry.command_utils.train import train_from_yaml
 
     train_from_yaml(yaml_path, overrides)
