@@ -58,7 +58,11 @@ from llmfoundry.models.hf.loading import first_line
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
 from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError, UserError
-from llmfoundry.utils.file_utils import atomic_directory
+from llmfoundry.utils.file_utils import (
+    HF_FOLDER_MARKERS,
+    atomic_directory,
+    check_replaceable_output,
+)
 from llmfoundry.utils.object_store import RemoteFolder, is_remote, user_errors
 
 logger = logging.getLogger(__name__)
@@ -632,7 +636,8 @@ def convert_composer_to_hf(
     Args:
         composer_path: the ``.pt`` checkpoint or a sharded checkpoint's folder (local path or
             object-store URI).
-        hf_output_path: the folder to write (replaced if it exists).
+        hf_output_path: the folder to write (an earlier export there is replaced; another
+            non-empty folder is refused).
         output_precision: ``fp32``, ``fp16`` or ``bf16`` (or ``float32``/``float16``/``bfloat16``).
         local_checkpoint_save_location: where to keep a downloaded remote checkpoint.
         merge_lora: for a LoRA checkpoint, write the base model with the adapter merged in
@@ -653,6 +658,7 @@ def convert_composer_to_hf(
         ConfigError: on a bad option, an unsupported model, or a failed upload.
     """
     dtype = dtype_of_precision(output_precision, "--output_precision")
+    check_replaceable_output(hf_output_path, "--hf_output_path", HF_FOLDER_MARKERS)
     if test_uploaded_model and not hf_repo_for_upload:
         raise ConfigError("--test_uploaded_model needs --hf_repo_for_upload (the repo to test)")
     with tempfile.TemporaryDirectory() as scratch:

@@ -23,7 +23,10 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, MissingFileError
-from llmfoundry.utils.file_utils import atomic_directory
+from llmfoundry.utils.file_utils import (
+    atomic_directory,
+    check_replaceable_output,
+)
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -196,7 +199,8 @@ def convert_hf_to_onnx(
 
     Args:
         pretrained_model_name_or_path: an HF model folder (our MPT export included) or hub name.
-        output_folder: the folder to write (replaced; it appears only when the export succeeded).
+        output_folder: the folder to write (it appears only when the export succeeded; an
+            earlier export there is replaced, another non-empty folder is refused).
         export_batch_size: the batch size traced (the batch axis stays dynamic).
         max_seq_len: the longest sequence the export accepts (default: the model's context).
         dtype: ``fp32``, ``fp16`` or ``bf16`` weights and activations.
@@ -217,6 +221,7 @@ def convert_hf_to_onnx(
         MissingFileError: if a local model folder does not exist.
     """
     _check_settings(pretrained_model_name_or_path, dtype, export_format, export_batch_size)
+    check_replaceable_output(output_folder, "--output_folder", (ONNX_FILE,))
     model, tokenizer = load_for_export(
         pretrained_model_name_or_path, dtype, trust_remote_code, from_pretrained_kwargs, revision
     )

@@ -20,7 +20,11 @@ from llmfoundry.command_utils.generate import (
     load_model_and_tokenizer,
 )
 from llmfoundry.utils.exceptions import ConfigError
-from llmfoundry.utils.file_utils import atomic_directory
+from llmfoundry.utils.file_utils import (
+    HF_FOLDER_MARKERS,
+    atomic_directory,
+    check_replaceable_output,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +55,8 @@ def merge_lora(
     Args:
         base: the base model folder or hub name.
         adapter: the folder peft's ``save_pretrained`` wrote.
-        output: the folder to write (replaced if it exists).
+        output: the folder to write (an earlier output there is replaced; another non-empty
+            folder is refused).
         output_precision: ``fp32``, ``fp16`` or ``bf16``.
         trust_remote_code: run the model code the base ships (our MPT exports need it).
 
@@ -69,6 +74,7 @@ def merge_lora(
     output = Path(output)
     if output.resolve() in (Path(base).resolve(), Path(adapter).resolve()):
         raise ConfigError(f"--output={str(output)!r} must differ from --base and --adapter")
+    check_replaceable_output(output, "--output", HF_FOLDER_MARKERS)
     model, _ = load_model_and_tokenizer(base, trust_remote_code, "fp32", "cpu", adapter=adapter)
     tokenizer_source = adapter_tokenizer_source(adapter)
     if tokenizer_source is None:

@@ -9,17 +9,57 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from llmfoundry.utils.exceptions import ConfigError
+
+# What an earlier Hugging Face export holds: a folder with one of these files is
+# replaced by a rerun; any other non-empty folder is refused (it may hold the user's files).
+HF_FOLDER_MARKERS = ("config.json", "adapter_config.json")
+
+
+def check_replaceable_output(target: str | Path, flag: str, markers: tuple[str, ...]) -> None:
+    """Refuse an output folder that a command would replace but did not write.
+
+    Args:
+        target: the output folder the command will replace.
+        flag: the option that named it, for the message (``--hf_output_path``).
+        markers: files one of which a previous output of the command holds.
+
+    Raises:
+        ConfigError: if ``target`` is a file, or a non-empty folder holding none of ``markers``.
+    """
+    path = Path(target)
+    if path.is_file():
+        raise ConfigError(f"{flag}={str(target)!r} is a file; give the path of a folder to write")
+    if not path.is_dir() or not any(path.iterdir()):
+        return
+    if not any((path / marker).exists() for marker in markers):
+        raise ConfigError(
+            f"{flag}={str(target)!r} is a non-empty folder that is not an earlier output (it has "
+            f"no {' or '.join(markers)}) and would be replaced whole; give a new or empty folder"
+        )
+
+
+def _default_mode() -> int:
+    """The permissions a new folder gets under the current umask (``mkdtemp`` gives 0700)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
 
 @contextlib.contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
     """Yield a staging folder that replaces ``target`` only when the block finishes without error.
 
-    The staging folder sits next to ``target`` (same filesystem, so the final rename is atomic);
-    on error it is removed and ``target`` is left as it was.
+    The staging folder sits next to ``target`` (same filesystem, so the final rename is atomic)
+    and gets a new folder's usual permissions; on error it is removed and ``target`` is left as
+    it was. Staging folders a killed run left for the same ``target`` are removed first.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.name}.partial-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    staging.chmod(_default_mode())
     try:
         yield staging
     except BaseException:

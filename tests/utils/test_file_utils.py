@@ -1,0 +1,71 @@
+"""Output folders: an export never replaces a folder it did not write, appears whole with normal
+permissions, and a killed run's staging folder is cleaned up by the rerun."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.file_utils import (
+    HF_FOLDER_MARKERS,
+    atomic_directory,
+    check_replaceable_output,
+)
+
+
+def test_a_folder_of_the_users_files_is_refused_naming_the_flag(tmp_path: Path) -> None:
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("keep me")
+    with pytest.raises(
+        ConfigError, match=r"--hf_output_path=.*mine.* non-empty folder.*config\.json"
+    ):
+        check_replaceable_output(target, "--hf_output_path", HF_FOLDER_MARKERS)
+    assert (target / "notes.txt").read_text() == "keep me"
+
+
+def test_new_empty_and_earlier_export_folders_are_accepted(tmp_path: Path) -> None:
+    check_replaceable_output(tmp_path / "new", "--out", HF_FOLDER_MARKERS)
+    (tmp_path / "empty").mkdir()
+    check_replaceable_output(tmp_path / "empty", "--out", HF_FOLDER_MARKERS)
+    (tmp_path / "export").mkdir()
+    (tmp_path / "export" / "adapter_config.json").write_text("{}")
+    check_replaceable_output(tmp_path / "export", "--out", HF_FOLDER_MARKERS)
+
+
+def test_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "model").write_text("x")
+    with pytest.raises(ConfigError, match="is a file; give the path of a folder"):
+        check_replaceable_output(tmp_path / "model", "--output", HF_FOLDER_MARKERS)
+
+
+def test_the_folder_appears_with_the_umasks_permissions_and_stale_staging_goes(
+    tmp_path: Path,
+) -> None:
+    stale = tmp_path / ".out.partial-killed"
+    stale.mkdir()
+    (stale / "half.bin").write_bytes(b"\0")
+    other = tmp_path / ".other.partial-x"  # another target's staging folder stays
+    other.mkdir()
+    old_mask = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "out") as staging:
+            (staging / "config.json").write_text("{}")
+    finally:
+        os.umask(old_mask)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o755
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.partial-x", "out"]
+
+
+def test_the_export_refuses_the_users_folder_before_reading_the_checkpoint(tmp_path: Path) -> None:
+    from llmfoundry.command_utils.convert_composer_to_hf import convert_composer_to_hf
+
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="--hf_output_path"):
+        convert_composer_to_hf(str(tmp_path / "no-such.pt"), str(tmp_path))
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
