@@ -7,6 +7,7 @@ Every error is an :class:`APIError`, answered with an OpenAI-style body,
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -114,7 +115,7 @@ def _float_field(
         raise invalid_param(
             name, f"'{name}' must be a number, got {json.dumps(value)}", "invalid_type"
         )
-    if value > high or value < low or (low_open and value == low):
+    if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
         bound = "(" if low_open else "["
         raise invalid_param(name, f"'{name}' must be in {bound}{low}, {high}], got {value}")
     return float(value)

@@ -352,6 +352,14 @@ BAD_REQUESTS: list[tuple[str, str, Any, int, str | None, str | None]] = [
         "temperature",
         None,
     ),
+    (
+        "nan-temperature",  # JSON's NaN literal, as Python's json module writes it
+        "/v1/completions",
+        json.dumps(completion_body("a", temperature=float("nan"))).encode(),
+        400,
+        "temperature",
+        None,
+    ),
     ("top-p-zero", "/v1/completions", completion_body("a", top_p=0), 400, "top_p", None),
     ("two-choices", "/v1/completions", completion_body("a", n=2), 400, "n", None),
     ("bad-stop", "/v1/completions", completion_body("a", stop=[1]), 400, "stop", None),
