@@ -291,12 +291,14 @@ class MDSWriteSummary:
         )
 
     def check_not_empty(self) -> None:
-        """Raise if nothing was written.
+        """Raise if nothing was written, after removing the output folder: an index without
+        shards would pass for a split to the loaders, and be refused as "not empty" by a rerun.
 
         Raises:
             DatasetError: naming the output folder and the likely cause.
         """
         if self.num_samples == 0:
+            shutil.rmtree(self.out, ignore_errors=True)  # new or empty before the write
             dropped = f" ({self.describe_dropped()})" if self.rows_dropped else ""
             raise DatasetError(
                 f"no samples were written to {self.out}{dropped}: the input is empty or, when "

@@ -169,6 +169,17 @@ def test_json_converter_writes_tokens_that_read_back_unchanged(
     assert (summary.num_samples, summary.num_tokens) == (len(expected), 64 * len(expected))
 
 
+def test_json_converter_of_an_empty_file_fails_and_leaves_no_split_behind(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    source = write_jsonl(tmp_path / "empty.jsonl", [])
+    out = tmp_path / "mds" / "train"
+    for _ in range(2):  # the rerun fails the same way, not on a half-written folder
+        with pytest.raises(DatasetError, match=r"no samples were written to .*mds/train"):
+            convert_dataset_json(str(source), str(out), "train", 8, str(tokenizer_dir))
+        assert not out.exists()
+
+
 def test_json_converter_reads_a_folder_of_files_in_order(
     tmp_path: Path, documents: list[str]
 ) -> None:

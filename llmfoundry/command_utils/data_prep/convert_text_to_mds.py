@@ -168,9 +168,7 @@ def convert_files(
     except BaseException:
         remove_folder(output_folder)  # a failed conversion leaves nothing that looks finished
         raise
-    if summary.num_samples == 0:
-        remove_folder(output_folder)
-        summary.check_not_empty()
+    summary.check_not_empty()
     return summary
 
 
