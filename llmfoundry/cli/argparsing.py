@@ -1,6 +1,7 @@
 """Argument parsing shared by the command-line entry points (scripts and ``llmfoundry``).
 
-Light on purpose: the standard library only, so that ``--help`` answers at once.
+Light on purpose: nothing heavy at module level (the standard library and light llmfoundry
+utilities), so that ``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ __all__ = [
     "BooleanFlag",
     "NameList",
     "accept_both_spellings",
+    "add_yaml_arguments",
+    "check_yaml_and_overrides",
     "parse_logging_level",
 ]
 
@@ -96,3 +99,24 @@ def accept_both_spellings(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     if added:
         parser.epilog = f"{parser.epilog}\n\n{SPELLING_NOTE}" if parser.epilog else SPELLING_NOTE
     return parser
+
+
+def add_yaml_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the run config and its overrides (the ``train`` and ``eval`` commands' arguments)."""
+    parser.add_argument("yaml_path", metavar="yaml", help="the run config (a YAML file)")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        metavar="key=value",
+        help="settings that replace the YAML's (dotted keys: model.n_layers=2)",
+    )
+    return parser
+
+
+def check_yaml_and_overrides(yaml_path: str, overrides: Sequence[str]) -> None:
+    """Fail in one line on a missing or unparsable YAML or a malformed override, before the
+    run's heavy imports (torch, Composer) take their seconds."""
+    from llmfoundry.utils.config_utils import load_yaml_with_overrides
+
+    load_yaml_with_overrides(yaml_path, overrides)

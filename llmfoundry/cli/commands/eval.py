@@ -6,7 +6,7 @@ import argparse
 import os
 from collections.abc import Sequence
 
-from llmfoundry.cli.commands.train import add_yaml_arguments, check_yaml_and_overrides
+from llmfoundry.cli.argparsing import add_yaml_arguments, check_yaml_and_overrides
 from llmfoundry.utils.cli_utils import run_user_command
 
 DESCRIPTION = (
