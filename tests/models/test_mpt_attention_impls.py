@@ -224,18 +224,19 @@ def _cuda(model: MPTForCausalLM) -> Any:
     return as_any.to("cuda")
 
 
-def _bf16_step(model: Any, inputs: dict[str, torch.Tensor], extra: dict[str, Any]) -> Any:
+def _train_step(
+    model: Any, inputs: dict[str, torch.Tensor], extra: dict[str, Any], bf16: bool
+) -> Any:
     labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=model.dtype_is_bf16):
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
         out = model(**inputs, **extra, labels=labels)
     out.loss.backward()
     return out.logits.float()
 
 
-def _cuda_model(attn: dict[str, Any], impl: str, bf16: bool) -> Any:
+def _cuda_model(attn: dict[str, Any], impl: str) -> Any:
     model: Any = tiny_model(_gpu_config(attn, "torch"))
     model = _cuda(clone_with(model, _gpu_config(attn, impl))).train()
-    model.dtype_is_bf16 = bf16
     return model
 
 
@@ -259,12 +260,13 @@ def test_gpu_bf16_forward_backward_matches_torch(case: str, impl: str) -> None:
     inputs = {k: v.cuda() for k, v in _inputs(padded=True).items()}
     seqid = bool(attn.get("attn_uses_sequence_id"))
     extra = {"sequence_id": _packed_sequence_id(2, SEQ_LEN).cuda()} if seqid else {}
-    fp32 = _cuda_model(attn, "torch", bf16=False)
-    fp32_logits = _bf16_step(fp32, inputs, extra)
-    torch_bf16 = _cuda_model(attn, "torch", bf16=True)
-    baseline = _max_errors(torch_bf16, _bf16_step(torch_bf16, inputs, extra), fp32, fp32_logits)
-    other = _cuda_model(attn, impl, bf16=True)
-    errors = _max_errors(other, _bf16_step(other, inputs, extra), fp32, fp32_logits)
+    fp32 = _cuda_model(attn, "torch")
+    fp32_logits = _train_step(fp32, inputs, extra, bf16=False)
+    torch_bf16 = _cuda_model(attn, "torch")
+    torch_logits = _train_step(torch_bf16, inputs, extra, bf16=True)
+    baseline = _max_errors(torch_bf16, torch_logits, fp32, fp32_logits)
+    other = _cuda_model(attn, impl)
+    errors = _max_errors(other, _train_step(other, inputs, extra, bf16=True), fp32, fp32_logits)
     names = ["logits", *(name for name, _ in fp32.named_parameters())]
     for name, error, allowed in zip(names, errors, baseline, strict=True):
         assert error <= 2 * allowed + 1e-2, (
