@@ -7,7 +7,6 @@ from composer.optim import (
     CosineAnnealingScheduler,
     CosineAnnealingWarmRestartsScheduler,
     CosineAnnealingWithWarmupScheduler,
-    DecoupledAdamW,
     DecoupledSGDW,
     ExponentialScheduler,
     LinearScheduler,
@@ -20,6 +19,7 @@ from composer.optim import (
 )
 
 from llmfoundry import registry
+from llmfoundry.optim.adamw import DecoupledAdamW
 from llmfoundry.optim.adaptive_lion import DecoupledAdaLRLion, DecoupledClipLion
 from llmfoundry.optim.lion import DecoupledLionW
 from llmfoundry.optim.no_op import NoOp
@@ -27,6 +27,7 @@ from llmfoundry.optim.scheduler import InverseSquareRootWithWarmupScheduler
 
 __all__ = [
     "DecoupledAdaLRLion",
+    "DecoupledAdamW",
     "DecoupledClipLion",
     "DecoupledLionW",
     "InverseSquareRootWithWarmupScheduler",

@@ -17,14 +17,17 @@ from typing import Any
 import torch
 
 IGNORE_INDEX = -100
-# One chunk's fp32 logits hold at most this many elements (64 MiB): rows enough for efficient
-# matmuls (333 at vocab 50k), a small fraction of a training batch's full logits.
-_CHUNK_ELEMENTS = 2**24
+# One chunk's fp32 logits hold at most this many elements. On a CPU 64 MiB: rows enough for
+# efficient matmuls (333 at vocab 50k), a small fraction of a training batch's full logits. On a
+# GPU 1 GiB (5,329 rows at vocab 50k): every chunk re-reads and accumulates the fp32 head-weight
+# gradient and launches a dozen kernels, which with 64 MiB chunks took a third of MPT-125M's
+# step on an H200 (profile_step.py); 1 GiB is still a fraction of a training batch's logits.
+_CHUNK_ELEMENTS = {"cpu": 2**24, "cuda": 2**28}
 
 
-def default_chunk_size(vocab_size: int) -> int:
-    """Rows per chunk such that a chunk of fp32 logits stays within 64 MiB."""
-    return max(1, _CHUNK_ELEMENTS // vocab_size)
+def default_chunk_size(vocab_size: int, device_type: str = "cpu") -> int:
+    """Rows per chunk such that a chunk of fp32 logits stays within 64 MiB (1 GiB on a GPU)."""
+    return max(1, _CHUNK_ELEMENTS.get(device_type, 2**24) // vocab_size)
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -218,7 +221,8 @@ def chunked_lm_cross_entropy(
         targets: ``(tokens,)`` target ids; ``ignore_index`` entries are not scored.
         logit_multiplier: scale applied to the logits before the softcap, if any.
         softcap: ``c`` in ``c * tanh(logits / c)``, if any.
-        chunk_size: rows of logits computed at a time (default: a chunk of at most 64 MiB).
+        chunk_size: rows of logits computed at a time (default: a chunk of at most 64 MiB, 1 GiB
+            on a GPU).
         ignore_index: the target value that marks unscored tokens.
 
     Returns:
@@ -241,7 +245,7 @@ def chunked_lm_cross_entropy(
             f"expected targets of shape ({hidden.shape[0]},), got {tuple(targets.shape)}"
         )
     if chunk_size is None:
-        chunk_size = default_chunk_size(weight.shape[0])
+        chunk_size = default_chunk_size(weight.shape[0], hidden.device.type)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     options = (logit_multiplier, softcap, chunk_size, ignore_index)
