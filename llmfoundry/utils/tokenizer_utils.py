@@ -114,7 +114,9 @@ def train_byte_level_bpe(
     Args:
         texts: training documents.
         vocab_size: total vocabulary size, special tokens included.
-        output_dir: if given, ``save_pretrained`` writes the tokenizer there.
+        output_dir: if given, ``save_pretrained`` writes the tokenizer there, its config naming
+            the class ``PreTrainedTokenizerFast`` (transformers 5 writes its own new class name,
+            which transformers 4 cannot load).
         model_max_length: recorded in the tokenizer config.
 
     Returns:
@@ -143,5 +145,9 @@ def train_byte_level_bpe(
     )
     if output_dir is not None:
         tokenizer.save_pretrained(str(output_dir))
+        config_file = Path(output_dir) / "tokenizer_config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         logger.info("saved tokenizer (vocab %d) to %s", len(tokenizer), output_dir)
     return tokenizer
