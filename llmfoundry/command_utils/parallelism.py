@@ -169,6 +169,15 @@ def build_parallelism_config(
     return parallelism or None
 
 
+def fsdp_shards_model(
+    fsdp_config: Mapping[str, Any] | None, device_name: str, world_size: int
+) -> bool:
+    """Whether ``build_parallelism_config`` will shard the model with FSDP (see ``build_fsdp``)."""
+    if fsdp_config is None or (world_size == 1 and device_name == "cpu"):
+        return False
+    return str(fsdp_config.get("sharding_strategy", "FULL_SHARD")).upper() != "NO_SHARD"
+
+
 def build_fsdp(
     config: dict[str, Any], device_name: str, world_size: int, local_world_size: int
 ) -> FSDP2Config | FSDPConfig | None:

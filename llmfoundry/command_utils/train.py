@@ -23,6 +23,7 @@ from composer.profiler import JSONTraceHandler, Profiler, cyclic_schedule
 from composer.utils import dist, get_device, reproducibility
 
 from llmfoundry.command_utils.evaluators import build_gauntlet, build_run_evaluators
+from llmfoundry.command_utils.meta_init import sharded_model_build
 from llmfoundry.command_utils.parallelism import (
     build_parallelism_config,
     check_fsdp_config,
@@ -283,7 +284,7 @@ def compile_model_or_blocks(
         return options
     if scope != "blocks":
         raise ConfigError(f"compile_config.scope is {scope!r}; use model or blocks")
-    inner = getattr(model, "model", None)
+    inner: Any = getattr(model, "model", None)
     if not hasattr(inner, "compile_blocks"):
         raise ConfigError(
             "compile_config.scope: blocks needs an MPT model (mpt_causal_lm); "
@@ -334,7 +335,8 @@ def build_trainer(
         check_tp_config(cfg.tp_config)
 
     tokenizer = build_tokenizer_from_section(cfg.tokenizer)
-    model = build_composer_model_from_section(cfg.model, tokenizer)
+    with sharded_model_build(cfg.model, cfg.fsdp_config, device.name, dist.get_world_size()):
+        model = build_composer_model_from_section(cfg.model, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model: %s with %.2fM parameters", cfg.model.get("name"), n_params / 1e6)
     parallelism = build_parallelism_config(

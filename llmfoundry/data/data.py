@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from streaming.base.compression import get_compressions
 from torch.utils.data import IterableDataset
 from transformers import PreTrainedTokenizerBase
 
+from llmfoundry.data.token_batches import SampleCutter, TokenIds, batch_texts, tokenize_batch
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ TOKENS_COLUMNS = {"tokens": "ndarray:int32"}
 TEXT_COLUMNS = {"text": "str"}
 
 Document = str | Mapping[str, Any]
+TokenizeBatches = Callable[[Iterable[list[str]]], Iterator[list[TokenIds]]]
 
 
 def iter_document_texts(documents: Iterable[Document]) -> Iterator[str]:
@@ -78,8 +80,9 @@ class ConcatTokensDataset(IterableDataset):
 
     Each document becomes ``bos tokens + tokenizer(document) + eos tokens``; the document is
     tokenized as the tokenizer does by default (a tokenizer that adds its own BOS, like Llama's,
-    adds it here too), the separators without special tokens. The pieces are appended to a buffer
-    and full samples are cut off its front. With wrapping (the default) what is left after the
+    adds it here too), the separators without special tokens. The documents are tokenized in
+    batches (:mod:`llmfoundry.data.token_batches`), the pieces appended to a buffer and full
+    samples cut off its front. With wrapping (the default) what is left after the
     last full sample starts the next one; with ``no_wrap`` the buffer is emptied after a document
     has filled a sample, so the rest of that document is dropped. Short documents still share a
     sample. The final partial sample is dropped.
@@ -91,6 +94,10 @@ class ConcatTokensDataset(IterableDataset):
         bos_text: text put before each document (e.g. ``<|endoftext|>``), or ``""``.
         eos_text: text put after each document, or ``""``.
         no_wrap: drop the rest of a document once it has filled a sample.
+        tokenize_batches: turns batches of texts into their token ids, in order (for example
+            in worker processes, see :mod:`llmfoundry.command_utils.data_prep.workers`); by
+            default each batch is tokenized here with one call of the tokenizer. The samples
+            are the same either way.
 
     Raises:
         ConfigError: if ``max_length`` is not a positive integer.
@@ -107,6 +114,7 @@ class ConcatTokensDataset(IterableDataset):
         bos_text: str = "",
         eos_text: str = "",
         no_wrap: bool = False,
+        tokenize_batches: TokenizeBatches | None = None,
     ) -> None:
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= 0:
             raise ConfigError(f"concat_tokens must be a positive integer, got {max_length!r}")
@@ -117,27 +125,19 @@ class ConcatTokensDataset(IterableDataset):
         self.bos_tokens = separator_tokens(tokenizer, bos_text or "", "bos_text")
         self.eos_tokens = separator_tokens(tokenizer, eos_text or "", "eos_text")
         warn_about_separators(tokenizer, bos_text or "", eos_text or "")
+        self.tokenize_batches: TokenizeBatches = tokenize_batches or self.tokenize_in_process
 
     def __iter__(self) -> Iterator[dict[str, NDArray[np.int32]]]:
-        length = self.max_length
-        buffer = np.empty(0, dtype=np.int32)
-        for text in iter_document_texts(self.documents):
-            # verbose=False: documents are longer than model_max_length on purpose.
-            ids = self.tokenizer(text, truncation=False, padding=False, verbose=False)["input_ids"]
-            buffer = np.concatenate(
-                [buffer, self.bos_tokens, np.asarray(ids, dtype=np.int32), self.eos_tokens]
-            )
-            num_full = len(buffer) // length
-            if num_full == 0:
-                continue
-            if not self.should_wrap:
-                num_full = 1
-            for start in range(0, num_full * length, length):
-                yield {"tokens": buffer[start : start + length].copy()}
-            if self.should_wrap:
-                buffer = buffer[num_full * length :].copy()
-            else:
-                buffer = np.empty(0, dtype=np.int32)
+        cutter = SampleCutter(self.max_length, self.bos_tokens, self.eos_tokens, self.should_wrap)
+        batches = batch_texts(iter_document_texts(self.documents))
+        for documents in self.tokenize_batches(batches):
+            for sample in cutter.cut(documents):
+                yield {"tokens": sample}
+
+    def tokenize_in_process(self, batches: Iterable[list[str]]) -> Iterator[list[TokenIds]]:
+        """The default ``tokenize_batches``: each batch tokenized here, in turn."""
+        for batch in batches:
+            yield tokenize_batch(self.tokenizer, batch)
 
 
 def separator_tokens(tokenizer: PreTrainedTokenizerBase, text: str, name: str) -> NDArray[np.int32]:

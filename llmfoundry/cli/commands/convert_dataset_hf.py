@@ -35,7 +35,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add("--bos_text", default="", help="text put before each document")
     add("--eos_text", default="", help="text put after each document")
     add("--no_wrap", action="store_true", help="drop a document's tokens past one sample")
-    add("--num_workers", type=int, help="reader processes (default: one per CPU; 0: none)")
+    add(
+        "--num_workers",
+        type=int,
+        help="processes that tokenize (default: one per CPU core; 0 or 1: in this process)",
+    )
     add("--text_column", help="column holding the text (default: text)")
     add(
         "--data_files",

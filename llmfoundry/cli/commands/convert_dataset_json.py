@@ -25,6 +25,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add("--no_wrap", action="store_true", help="drop a document's tokens past one sample")
     add("--compression", default=None, help="shard compression, e.g. zstd")
     add(
+        "--num_workers",
+        type=int,
+        default=None,
+        help="processes that tokenize (default: one per CPU core; 0 or 1: in this process)",
+    )
+    add(
         "--skip_bad_rows",
         action="store_true",
         help="skip rows that are not UTF-8 JSON objects with a string 'text' field (counted in the summary)",

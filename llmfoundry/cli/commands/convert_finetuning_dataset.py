@@ -52,7 +52,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add("--out_root", required=True, help="output folder; one sub-folder per split")
     add("--local", help="local cache folder when --out_root is remote")
     add("--compression", default=None, help="shard compression, e.g. zstd")
-    add("--num_workers", type=int, help="reader processes (default: one per CPU; 0: none)")
+    add(
+        "--num_workers",
+        type=int,
+        help="processes that tokenize (default: one per CPU core; 0 or 1: in this process)",
+    )
     add("--tokenizer", help="tokenizer folder or hub name (default: write the examples as text)")
     add("--tokenizer_kwargs", help="tokenizer options as JSON, e.g. '{\"use_fast\": true}'")
     add(

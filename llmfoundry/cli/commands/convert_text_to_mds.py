@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 
 from llmfoundry.cli.argparsing import accept_both_spellings, parse_logging_level
@@ -29,7 +28,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add("--eos_text", default="", help="text put after each document")
     add("--use_tokenizer_eos", action="store_true", help="use the tokenizer's EOS as eos_text")
     add("--no_wrap", action="store_true", help="drop a document's tokens past one sample")
-    add("--processes", type=int, default=min(max((os.cpu_count() or 1) - 2, 1), 32))
+    add(
+        "--processes",
+        type=int,
+        default=None,
+        help="processes that tokenize (default: one per usable CPU core; 1: in this process); "
+        "the output is the same for any number",
+    )
     add(
         "--reprocess",
         type=parse_bool,

@@ -11,6 +11,7 @@ without it each row's text is one sample (column ``text``).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
@@ -18,13 +19,19 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import datasets
-from torch.utils.data import DataLoader, IterableDataset
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from llmfoundry.command_utils.data_prep.workers import (
+    TokenizerPool,
+    resolve_workers,
+    token_batches_in,
+    token_progress,
+    tokenizer_pool,
+)
 from llmfoundry.data.data import (
     TEXT_COLUMNS,
     TOKENS_COLUMNS,
@@ -174,9 +181,9 @@ def convert_dataset_hf(
         bos_text: text put before each document when concatenating.
         eos_text: text put after each document when concatenating.
         no_wrap: when concatenating, drop the rest of a document once it has filled a sample.
-        num_workers: DataLoader worker processes reading the dataset's shards; None uses the
-            available CPUs (at most one per shard), 0 reads in this process. With more than
-            one worker the workers' samples are interleaved.
+        num_workers: worker processes tokenizing batches of texts (the rows are read here and
+            the samples written here in order, so the output is the same for any count); None
+            uses one per usable CPU core, 0 or 1 tokenizes in this process.
         text_column: the column holding the text (default: the preset's, else ``text``).
         data_files: files for a builder name such as ``json`` (``load_dataset``'s data_files).
         skip_bad_rows: skip (and count) rows whose text is missing or not a string, instead of
@@ -220,13 +227,17 @@ def convert_dataset_hf(
         no_wrap=no_wrap,
     )
     summaries: dict[str, MDSWriteSummary] = {}
-    for plan in plans:
-        rows = loaded[plan.hf_split]
-        check_text_column(rows, column, dataset, plan.hf_split)
-        total = estimated_samples(preset, plan, concat_tokens)
-        summary = convert_split(rows, plan, out_root, options, compression, num_workers, total)
-        logger.info("split %s: %s", plan.folder, summary.describe())
-        summaries[plan.folder] = summary
+    pool = None
+    if options.tokenizer is not None:
+        pool = tokenizer_pool(options.tokenizer, resolve_workers(num_workers, "--num_workers"))
+    with pool or contextlib.nullcontext():
+        for plan in plans:
+            rows = loaded[plan.hf_split]
+            check_text_column(rows, column, dataset, plan.hf_split)
+            total = estimated_samples(preset, plan, concat_tokens)
+            summary = convert_split(rows, plan, out_root, options, compression, pool, total)
+            logger.info("split %s: %s", plan.folder, summary.describe())
+            summaries[plan.folder] = summary
     return summaries
 
 
@@ -425,10 +436,13 @@ def convert_split(
     out_root: str,
     options: SampleOptions,
     compression: str | None,
-    num_workers: int | None,
+    pool: TokenizerPool | None,
     total: int | None,
 ) -> MDSWriteSummary:
     """Write one split to ``out_root/<plan.folder>``.
+
+    The rows are read here, in order; when concatenating, ``pool`` tokenizes batches of them
+    (in worker processes) and the samples are cut and written here, in order.
 
     Returns:
         What was read and written.
@@ -438,124 +452,39 @@ def convert_split(
     """
     out = os.path.join(out_root, plan.folder)
     stats = RowStats(options.skip_bad_rows)
-    workers = worker_count(num_workers, rows.num_shards)
-    samples = iter_split_samples(rows, TextSamples(plan.hf_split, options), stats, workers)
+    texts = texts_of_rows(rows, plan.hf_split, options.text_column, stats, None)
+    samples: Iterable[Mapping[str, Any]]
+    if options.concat_tokens is None or options.tokenizer is None or pool is None:
+        progress = tqdm(desc=plan.folder, total=total, unit=" samples")
+        samples = counted(NoConcatDataset(texts), progress)
+        columns = TEXT_COLUMNS
+    else:
+        progress = token_progress(plan.folder)
+        samples = ConcatTokensDataset(
+            texts,
+            options.tokenizer,
+            options.concat_tokens,
+            options.bos_text,
+            options.eos_text,
+            options.no_wrap,
+            tokenize_batches=token_batches_in(pool, progress),
+        )
+        columns = TOKENS_COLUMNS
     if plan.max_samples is not None:
         samples = itertools.islice(samples, plan.max_samples)
-    progress = tqdm(samples, desc=plan.folder, total=total, unit=" samples")
-    columns = TEXT_COLUMNS if options.concat_tokens is None else TOKENS_COLUMNS
     try:
-        summary = write_mds(progress, out, columns, compression, stats)
+        summary = write_mds(samples, out, columns, compression, stats)
     finally:
         progress.close()
     summary.check_not_empty()
     return summary
 
 
-def worker_count(num_workers: int | None, num_shards: int) -> int:
-    """The DataLoader workers to use: as asked, else one per CPU; never more than the shards."""
-    if num_workers is None:
-        num_workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-    # A worker reads whole shards; more workers than shards would sit idle.
-    return min(num_workers, num_shards)
-
-
-class RowConverter(Protocol):
-    """Turns a split's rows into samples; sent to DataLoader workers, so it must pickle."""
-
-    @property
-    def skip_bad_rows(self) -> bool:
-        """Whether bad rows are counted and skipped rather than raised."""
-        ...
-
-    def samples(
-        self, rows: Iterable[Mapping[str, Any]], stats: RowStats, worker: int | None
-    ) -> Iterator[dict[str, Any]]:
-        """The samples of ``rows``, counting rows read and dropped in ``stats``.
-
-        ``worker`` is the DataLoader worker's id when several share the split (for messages).
-        """
-        ...
-
-
-@dataclass(frozen=True)
-class TextSamples:
-    """This converter's :class:`RowConverter`: text samples or concatenated token samples."""
-
-    hf_split: str
-    options: SampleOptions
-
-    @property
-    def skip_bad_rows(self) -> bool:
-        """Whether bad rows are counted and skipped rather than raised."""
-        return self.options.skip_bad_rows
-
-    def samples(
-        self, rows: Iterable[Mapping[str, Any]], stats: RowStats, worker: int | None
-    ) -> Iterator[dict[str, Any]]:
-        """See :func:`samples_of_rows`."""
-        return samples_of_rows(rows, self.hf_split, self.options, stats, worker)
-
-
-def iter_split_samples(
-    rows: Iterable[Mapping[str, Any]],
-    converter: RowConverter,
-    stats: RowStats,
-    workers: int,
-) -> Iterator[dict[str, Any]]:
-    """The samples of a split, made here (``workers == 0``) or by DataLoader workers.
-
-    Args:
-        rows: the split's rows.
-        converter: turns rows into samples.
-        stats: receives the counts of rows read and dropped.
-        workers: DataLoader worker processes, or 0.
-
-    Yields:
-        The samples.
-
-    Raises:
-        BadRowError: on a bad row, unless skipped.
-        DatasetError: if reading the data fails.
-    """
-    if workers == 0:
-        yield from converter.samples(rows, stats, None)
-        return
-    loader = DataLoader(
-        WorkerSamples(rows, converter),
-        batch_size=None,  # the samples pass through one by one, as the workers yield them
-        num_workers=workers,
-        collate_fn=_unchanged,
-    )
-    for record in loader:
-        stats.add(record.rows_read, record.rows_dropped)
-        if record.error is not None:
-            raise record.error
-        if record.sample is not None:
-            yield record.sample
-
-
-def samples_of_rows(
-    rows: Iterable[Mapping[str, Any]],
-    hf_split: str,
-    options: SampleOptions,
-    stats: RowStats,
-    worker: int | None,
-) -> Iterator[dict[str, Any]]:
-    """Turn rows into samples: text samples, or concatenated tokens with ``concat_tokens``."""
-    texts = texts_of_rows(rows, hf_split, options.text_column, stats, worker)
-    if options.concat_tokens is None:
-        yield from NoConcatDataset(texts)
-        return
-    assert options.tokenizer is not None  # checked with the options
-    yield from ConcatTokensDataset(
-        texts,
-        options.tokenizer,
-        options.concat_tokens,
-        options.bos_text,
-        options.eos_text,
-        options.no_wrap,
-    )
+def counted(samples: Iterable[dict[str, Any]], progress: tqdm) -> Iterator[dict[str, Any]]:
+    """Pass ``samples`` through, advancing ``progress`` by one for each."""
+    for sample in samples:
+        progress.update(1)
+        yield sample
 
 
 def iter_rows(
@@ -621,50 +550,3 @@ def texts_of_rows(
             else f"is of type {type(text).__name__}, not a string"
         )
         stats.bad_row(BadRowError(reason, f"{place} row {number}: field '{column}' {problem}"))
-
-
-@dataclass(frozen=True)
-class WorkerRecord:
-    """What a worker sends: a sample (or None), the counts since its last record, an error."""
-
-    sample: dict[str, Any] | None
-    rows_read: int
-    rows_dropped: dict[str, int]
-    error: UserError | None = None
-
-
-class WorkerSamples(IterableDataset):
-    """A split's samples made in DataLoader workers, each reading its share of the shards.
-
-    Each sample travels with the row counts since the previous one, so the main process can
-    count rows even when it stops early (a truncated split); a user error travels as a record
-    and is raised there unchanged (a DataLoader would rewrap it with a traceback).
-
-    Args:
-        rows: the split's rows (a ``datasets`` IterableDataset shares its shards among workers).
-        converter: turns rows into samples.
-    """
-
-    def __init__(self, rows: Iterable[Mapping[str, Any]], converter: RowConverter) -> None:
-        self.rows = rows
-        self.converter = converter
-
-    def __iter__(self) -> Iterator[WorkerRecord]:
-        from torch.utils.data import get_worker_info
-
-        info = get_worker_info()
-        stats = RowStats(self.converter.skip_bad_rows)
-        # Rows are numbered within each worker's shards: say whose when there are several.
-        worker = info.id if info is not None and info.num_workers > 1 else None
-        try:
-            for sample in self.converter.samples(self.rows, stats, worker):
-                yield WorkerRecord(sample, *stats.take())
-        except UserError as err:
-            yield WorkerRecord(None, *stats.take(), error=err)
-            return
-        yield WorkerRecord(None, *stats.take())
-
-
-def _unchanged(record: Any) -> Any:
-    # Default collation would turn the numpy samples into tensors.
-    return record

@@ -16,6 +16,12 @@ from typing import Any
 
 from tqdm import tqdm
 
+from llmfoundry.command_utils.data_prep.workers import (
+    resolve_workers,
+    token_batches_in,
+    token_progress,
+    tokenizer_pool,
+)
 from llmfoundry.data.data import (
     TEXT_COLUMNS,
     TOKENS_COLUMNS,
@@ -47,6 +53,7 @@ def convert_dataset_json(
     no_wrap: bool = False,
     compression: str | None = None,
     skip_bad_rows: bool = False,
+    num_workers: int | None = None,
 ) -> MDSWriteSummary:
     """Convert a JSON-lines file, or a folder of them, to an MDS folder.
 
@@ -63,6 +70,9 @@ def convert_dataset_json(
         compression: shard compression (``zstd``), or None/``"none"``.
         skip_bad_rows: skip (and count) rows that are not valid UTF-8 JSON objects with a
             string ``text`` field, instead of failing on the first.
+        num_workers: worker processes tokenizing batches of documents (the rows are read
+            here, and the samples written here in input order, so the output is the same for
+            any count); None uses one per usable CPU core, 0 or 1 tokenizes in this process.
 
     Returns:
         What was read and written (also logged as a summary).
@@ -76,6 +86,7 @@ def convert_dataset_json(
         TokenizerError: if the tokenizer cannot be loaded.
     """
     compression = check_compression(compression)
+    workers = resolve_workers(num_workers, "--num_workers")
     if split != "train":
         raise ConfigError(
             f"--split={split!r}: JSON-lines input has only a 'train' split; put other splits in "
@@ -85,19 +96,26 @@ def convert_dataset_json(
     out = out_root
     check_output_empty(out)
     rows = RowStats(skip_bad_rows)
-    documents = tqdm(iter_json_texts(files, rows), desc="documents", unit=" docs")
     if concat_tokens is None:
         if tokenizer is not None:
             logger.warning("--tokenizer is ignored without --concat_tokens: writing text samples")
+        documents = tqdm(iter_json_texts(files, rows), desc="documents", unit=" docs")
         summary = write_mds(NoConcatDataset(documents), out, TEXT_COLUMNS, compression, rows)
     else:
         if tokenizer is None:
             raise ConfigError("--concat_tokens needs --tokenizer to tokenize the documents with")
         built = build_tokenizer(tokenizer)
-        samples = ConcatTokensDataset(
-            documents, built, concat_tokens, bos_text or "", eos_text or "", no_wrap
-        )
-        summary = write_mds(samples, out, TOKENS_COLUMNS, compression, rows)
+        with tokenizer_pool(built, workers) as pool, token_progress("tokens") as progress:
+            samples = ConcatTokensDataset(
+                iter_json_texts(files, rows),
+                built,
+                concat_tokens,
+                bos_text or "",
+                eos_text or "",
+                no_wrap,
+                tokenize_batches=token_batches_in(pool, progress),
+            )
+            summary = write_mds(samples, out, TOKENS_COLUMNS, compression, rows)
     summary.check_not_empty()
     logger.info("%s", summary.describe())
     return summary
@@ -158,6 +176,19 @@ def iter_json_rows(
         BadRowError: naming the file and line of a row that is not UTF-8, not valid JSON or not
             an object (unless ``rows`` skips bad rows).
     """
+    for where, row in iter_json_rows_or_errors(files, rows, expected):
+        if isinstance(row, BadRowError):
+            rows.bad_row(row)
+        else:
+            yield where, row
+
+
+def iter_json_rows_or_errors(
+    files: list[Path], rows: RowStats, expected: str
+) -> Iterator[tuple[str, dict[str, Any] | BadRowError]]:
+    """Like :func:`iter_json_rows`, but a bad row is yielded as its error, for the caller to
+    raise or count when it reaches the row (rows are counted as read here).
+    """
     for file in files:
         # Binary, decoded line by line, so that bad UTF-8 is reported with its line number.
         with file.open("rb") as lines:
@@ -166,10 +197,12 @@ def iter_json_rows(
                     continue
                 rows.rows_read += 1
                 where = f"{file}:{line_number}"
+                row: dict[str, Any] | BadRowError
                 try:
-                    yield where, json_object_of_line(line, where, expected)
+                    row = json_object_of_line(line, where, expected)
                 except BadRowError as bad:
-                    rows.bad_row(bad)
+                    row = bad
+                yield where, row
 
 
 def json_object_of_line(line: bytes | str, where: str, expected: str) -> dict[str, Any]:

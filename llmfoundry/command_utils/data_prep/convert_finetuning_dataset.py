@@ -48,21 +48,25 @@ from tqdm import tqdm
 
 from llmfoundry.command_utils.data_prep.convert_dataset_hf import (
     iter_rows,
-    iter_split_samples,
     load_splits,
     parse_tokenizer_kwargs,
     split_place,
-    worker_count,
 )
 from llmfoundry.command_utils.data_prep.convert_dataset_json import (
     JSON_SUFFIXES,
     iter_json_rows,
+    iter_json_rows_or_errors,
 )
 from llmfoundry.command_utils.data_prep.finetuning_samples import (
     FinetuningSamples,
     LocatedRow,
+    LocatedRowOrError,
+    RowResult,
     TokenCounts,
+    convert_chunk,
+    samples_of_results,
 )
+from llmfoundry.command_utils.data_prep.workers import OrderedPool, chunked, resolve_workers
 from llmfoundry.data.data import (
     MDSWriteSummary,
     RowStats,
@@ -81,6 +85,8 @@ from llmfoundry.utils.tokenizer_utils import build_tokenizer
 logger = logging.getLogger(__name__)
 
 DEFAULT_SPLITS = ("train", "validation")
+ROWS_PER_TASK = 256  # rows a worker process converts at a time
+FinetuningPool = OrderedPool[FinetuningSamples, list[LocatedRowOrError], list[RowResult]]
 EXPECTED_ROW = "'prompt'/'response' or 'messages'"
 
 
@@ -96,6 +102,16 @@ class SplitSource:
         """The rows with where they are (``file:line`` or ``split 'x' row n``)."""
         if self.json_files is not None:
             return iter_json_rows(self.json_files, stats, f"{EXPECTED_ROW} fields")
+        return self.hf_located_rows(stats)
+
+    def located_rows_or_errors(self, stats: RowStats) -> Iterator[LocatedRowOrError]:
+        """Like :meth:`located_rows`, with a bad JSON line yielded as its error."""
+        if self.json_files is not None:
+            return iter_json_rows_or_errors(self.json_files, stats, f"{EXPECTED_ROW} fields")
+        return self.hf_located_rows(stats)
+
+    def hf_located_rows(self, stats: RowStats) -> Iterator[LocatedRow]:
+        """The rows of a Hugging Face split, numbered from 1."""
         place = split_place(self.name, None)
         return ((f"{place} row {n}", row) for n, row in iter_rows(self.hf_rows, place, stats))
 
@@ -136,9 +152,9 @@ def convert_finetuning_dataset(
         local: with a remote ``out_root``, the local folder the splits are written to before
             they are uploaded (default: a temporary folder, deleted afterwards).
         compression: shard compression (``zstd``), or None/``"none"``.
-        num_workers: DataLoader worker processes reading a Hugging Face dataset's shards;
-            None uses the available CPUs (at most one per shard), 0 reads in this process.
-            JSON-lines files are always read in this process.
+        num_workers: worker processes preprocessing and tokenizing chunks of rows (the rows
+            are read here, and the samples written here in row order, so the output is the
+            same for any count); None uses one per usable CPU core, 0 or 1 converts here.
         tokenizer_kwargs: keyword arguments for the tokenizer, as a JSON object string or a dict.
         max_seq_len: tokenized examples with no target within this many tokens are dropped.
         data_files: files for a builder name such as ``json`` (``load_dataset``'s data_files).
@@ -186,17 +202,19 @@ def convert_finetuning_dataset(
             ", ".join(converter.columns),
             f"tokenized with {tokenizer}" if tokenizer else "as text",
         )
-        return {
-            source.name: convert_split(
-                source,
-                replace(converter, hf_split=source.name),
-                local_root,
-                compression,
-                num_workers,
-                targets[source.name],
-            )
-            for source in sources
-        }
+        workers = resolve_workers(num_workers, "--num_workers")
+        with OrderedPool(convert_chunk, converter, workers) as pool:
+            return {
+                source.name: convert_split(
+                    source,
+                    replace(converter, hf_split=source.name),
+                    local_root,
+                    compression,
+                    pool,
+                    targets[source.name],
+                )
+                for source in sources
+            }
 
 
 def split_target(out_root: str, local_root: str, split: str, remote: bool) -> RemoteFolder | None:
@@ -345,10 +363,13 @@ def convert_split(
     converter: FinetuningSamples,
     out_root: str,
     compression: str | None,
-    num_workers: int | None,
+    pool: FinetuningPool,
     target: RemoteFolder | None = None,
 ) -> MDSWriteSummary:
     """Write one split to ``out_root/<split>``, then upload it to ``target`` if given.
+
+    The rows are read here, in order, converted in chunks by ``pool`` (in worker processes),
+    and the samples written here in row order; bad rows are raised or counted in row order.
 
     The upload sends the shards first and ``index.json`` last, so an interrupted upload never
     looks like a finished split.
@@ -362,11 +383,8 @@ def convert_split(
     """
     out = os.path.join(out_root, source.name)
     stats = RowStats(converter.skip_bad_rows)
-    if source.json_files is not None:
-        samples = converter.samples_of_located_rows(source.located_rows(stats), stats)
-    else:
-        workers = worker_count(num_workers, source.hf_rows.num_shards)
-        samples = iter_split_samples(source.hf_rows, converter, stats, workers)
+    chunks = chunked(source.located_rows_or_errors(stats), ROWS_PER_TASK)
+    samples = samples_of_results(pool.map(chunks), stats)
     counts = TokenCounts(converter.max_seq_len)
     progress = tqdm(counts.count(samples), desc=source.name, unit=" examples")
     columns = converter.columns

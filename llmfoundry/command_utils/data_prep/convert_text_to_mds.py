@@ -1,9 +1,9 @@
 """Convert a folder of text files to MDS: every ``*.txt`` file (searched recursively) is a document.
 
 The documents are tokenized and concatenated into samples of exactly ``concat_tokens`` tokens.
-With several processes the files are split into contiguous groups, each written by one worker
-to its own sub-folder (``0/``, ``1/``, ...), and the groups' indexes are merged into one
-``index.json`` at the top of the output folder.
+The files are read in order; with several processes, worker processes tokenize batches of them
+while this process cuts and writes the samples in order, so the output folder (one
+``index.json`` and its shards) is the same for any number of processes.
 
 A finished conversion leaves a done-marker recording its arguments and input files. Running
 the same conversion again does nothing; running a different one into the same folder fails
@@ -13,8 +13,8 @@ Either folder may be an object-store URI (``s3://``, ``gs://`` or ``oci://``: th
 folders Streaming's storage layer can list). A remote input folder is listed and its ``*.txt``
 objects are downloaded into a local temporary folder first; the record identifies them by key
 and size. A remote output folder is written locally (in a temporary folder, under ``$TMPDIR``)
-and uploaded once the whole conversion has succeeded: shards first, then the groups' indexes,
-then the top-level ``index.json``, and the done-marker last, so an interrupted run never leaves
+and uploaded once the whole conversion has succeeded: shards first, then the ``index.json`` files
+(the top-level one last), and the done-marker last, so an interrupted run never leaves
 a remote folder that looks finished. With ``reprocess``, every object under the remote output
 prefix is deleted (the done-marker first) just before that upload, so no stale shard survives;
 a conversion that fails before then leaves the previous remote dataset as it was.
@@ -34,7 +34,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from llmfoundry.command_utils.data_prep.text_to_mds_groups import group_tasks, run_tasks
+from llmfoundry.command_utils.data_prep.text_to_mds_groups import (
+    TextConversion,
+    convert_text_files,
+)
+from llmfoundry.command_utils.data_prep.workers import usable_cpus
 from llmfoundry.data.data import MDSWriteSummary, check_compression
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
 from llmfoundry.utils.object_store import RemoteFolder, check_listable, is_remote
@@ -65,7 +69,7 @@ def convert_text_to_mds(
     bos_text: str | None = "",
     no_wrap: bool = False,
     compression: str | None = "zstd",
-    processes: int = 1,
+    processes: int | None = None,
     reprocess: bool = False,
     use_tokenizer_eos: bool = False,
     trust_remote_code: bool = False,
@@ -83,7 +87,8 @@ def convert_text_to_mds(
         bos_text: text put before each document.
         no_wrap: drop the rest of a document once it has filled a sample.
         compression: shard compression (``zstd``), or None/``"none"``.
-        processes: worker processes; the files are split into this many groups at most.
+        processes: worker processes tokenizing batches of documents; None uses one per usable
+            CPU core, 1 tokenizes in this process. The output is the same for any number.
         reprocess: convert again even if the output folder holds a finished conversion; its
             previous contents are deleted (for a remote output, only once the new conversion is
             ready to upload).
@@ -104,6 +109,7 @@ def convert_text_to_mds(
             written.
         TokenizerError: if the tokenizer cannot be loaded.
     """
+    processes = usable_cpus() if processes is None else processes
     check_options(
         input_folder, output_folder, concat_tokens, processes, eos_text, use_tokenizer_eos
     )
@@ -122,8 +128,9 @@ def convert_text_to_mds(
         source = open_remote(input_folder, "--input_folder", Path(scratch) / "input")
         target = open_remote(output_folder, "--output_folder", Path(scratch) / "output")
         files = find_text_files(input_folder, source)
+        # The number of processes is not recorded: the output does not depend on it.
         record = conversion_record(
-            input_folder, files, **options, use_tokenizer_eos=use_tokenizer_eos, processes=processes
+            input_folder, files, **options, use_tokenizer_eos=use_tokenizer_eos
         )
         if not reprocess:
             done = previous_conversion(output_folder, record, target)
@@ -162,9 +169,15 @@ def convert_files(
     Raises:
         DatasetError: if a file is not UTF-8, or no sample was written.
     """
-    tasks = group_tasks(files, output_folder, processes, **options)
+    conversion = TextConversion(
+        files=[f.local for f in files],
+        labels=[f.label for f in files],
+        out=output_folder,
+        processes=processes,
+        **options,
+    )
     try:
-        summary = run_tasks(tasks, len(files), output_folder)
+        summary = convert_text_files(conversion)
     except BaseException:
         remove_folder(output_folder)  # a failed conversion leaves nothing that looks finished
         raise
@@ -393,7 +406,7 @@ def remote_marker(target: RemoteFolder) -> tuple[str | None, bool]:
 def upload_conversion(target: RemoteFolder, reprocess: bool) -> None:
     """Upload the finished local conversion in ``target.local`` to the remote prefix.
 
-    Shards go first, then the groups' ``index.json`` files, then the top-level one, and the
+    Shards go first, then the ``index.json`` files (the top-level one last), and the
     done-marker last, so an interrupted upload never looks finished. With ``reprocess`` the
     prefix's previous objects are deleted first (the done-marker before anything else).
 

@@ -11,7 +11,6 @@ from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
-from llmfoundry.command_utils.data_prep.convert_dataset_hf import iter_rows, split_place
 from llmfoundry.data.data import BadRowError, RowStats
 from llmfoundry.data.finetuning.collator import (
     TargetPolicy,
@@ -31,11 +30,14 @@ MESSAGES_COLUMNS = {"messages": "json"}
 NO_TARGET = "no target within max_seq_len"
 
 LocatedRow = tuple[str, Mapping[str, Any]]  # (where the row is, for messages; the row)
+# A row, or the error that made reading it fail (a bad JSON line), where it is.
+LocatedRowOrError = tuple[str, Mapping[str, Any] | BadRowError]
+RowResult = dict[str, Any] | BadRowError | None
 
 
 @dataclass(frozen=True)
 class FinetuningSamples:
-    """Turns rows into finetuning samples (a ``RowConverter`` for worker processes).
+    """Turns rows into finetuning samples (in worker processes, see :func:`convert_chunk`).
 
     Attributes:
         hf_split: the split's name, for messages.
@@ -64,32 +66,20 @@ class FinetuningSamples:
             return TURNS_COLUMNS
         return MESSAGES_COLUMNS if self.chats else PROMPT_RESPONSE_COLUMNS
 
-    def samples(
-        self, rows: Iterable[Mapping[str, Any]], stats: RowStats, worker: int | None
-    ) -> Iterator[dict[str, Any]]:
-        """The samples of a Hugging Face split's rows (numbered from 1 in messages)."""
-        place = split_place(self.hf_split, worker)
-        located = ((f"{place} row {n}", row) for n, row in iter_rows(rows, place, stats))
-        return self.samples_of_located_rows(located, stats)
-
-    def samples_of_located_rows(
-        self, rows: Iterable[LocatedRow], stats: RowStats
-    ) -> Iterator[dict[str, Any]]:
-        """The samples of ``(where, row)`` pairs, counting drops in ``stats``.
-
-        Raises:
-            BadRowError: naming where the row is, unless ``stats`` skips bad rows.
-        """
+    def results_of_rows(self, rows: list[LocatedRowOrError]) -> list[RowResult]:
+        """What becomes of each row (run in a worker process): its sample, None when it has no
+        target to learn, or the error that makes it a bad row (raised or counted by the caller,
+        in row order, see :func:`samples_of_results`)."""
+        results: list[RowResult] = []
         for where, row in rows:
+            if isinstance(row, BadRowError):
+                results.append(row)
+                continue
             try:
-                sample = self.sample_of_row(row, where)
+                results.append(self.sample_of_row(row, where))
             except BadRowError as bad:
-                stats.bad_row(bad)
-                continue
-            if sample is None:
-                stats.dropped[NO_TARGET] += 1
-                continue
-            yield sample
+                results.append(bad)
+        return results
 
     def sample_of_row(self, row: Mapping[str, Any], where: str) -> dict[str, Any] | None:
         """The MDS sample of a row, or None when it has no target to learn.
@@ -132,6 +122,29 @@ class FinetuningSamples:
             if not is_trainable(final, self.policy, self.max_seq_len):
                 return None
         return {"turns": turns}
+
+
+def convert_chunk(converter: FinetuningSamples, rows: list[LocatedRowOrError]) -> list[RowResult]:
+    """:meth:`FinetuningSamples.results_of_rows`, as an :class:`OrderedPool` function."""
+    return converter.results_of_rows(rows)
+
+
+def samples_of_results(
+    results: Iterable[list[RowResult]], stats: RowStats
+) -> Iterator[dict[str, Any]]:
+    """The samples among the rows' results (in row order), counting drops in ``stats``.
+
+    Raises:
+        BadRowError: the first bad row's, unless ``stats`` skips bad rows.
+    """
+    for chunk in results:
+        for result in chunk:
+            if isinstance(result, BadRowError):
+                stats.bad_row(result)
+            elif result is None:
+                stats.dropped[NO_TARGET] += 1
+            else:
+                yield result
 
 
 class TokenCounts:

@@ -31,10 +31,8 @@ def convert_dataset_json_from_args(
     no_wrap: bool = False,
     num_workers: int | None = None,
 ) -> MDSWriteSummary:
-    """:func:`convert_dataset_json` with LLM Foundry's keywords; the JSON-lines reader runs in
-    this process, so ``num_workers`` (its loader's worker count) changes nothing but is accepted."""
-    if num_workers:
-        logger.info("num_workers=%d: JSON-lines files are read in this process", num_workers)
+    """:func:`convert_dataset_json` with LLM Foundry's keywords (``num_workers``: the processes
+    that tokenize; None uses one per CPU core)."""
     return convert_dataset_json(
         path,
         out_root,
@@ -45,6 +43,7 @@ def convert_dataset_json_from_args(
         eos_text=eos_text or "",
         no_wrap=no_wrap,
         compression=compression,
+        num_workers=num_workers,
     )
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, cast
 
 import torch
@@ -31,6 +33,25 @@ _MPT_CONFIG_KEYS = {
     if param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
     and name not in ("self", "layer_sources")
 }
+# Set while the distributed setup builds a model that FSDP will shard (``keep_meta_for_sharding``).
+_KEEP_META: ContextVar[bool] = ContextVar("keep_meta_for_sharding", default=False)
+
+
+@contextmanager
+def keep_meta_for_sharding() -> Iterator[None]:
+    """Within it, an MPT with ``init_device: meta`` stays on the meta device, unmaterialized.
+
+    For a run where FSDP shards the model: Composer shards the meta parameters, then gives each
+    process real storage for its shards only and calls the model's ``param_init_fn``, which
+    fills them with their slices of the same values a non-sharded build draws. No process ever
+    holds the whole model. Unlike building under ``torch.device("meta")``, the metrics and the
+    rest of the wrapper are real.
+    """
+    token = _KEEP_META.set(True)
+    try:
+        yield
+    finally:
+        _KEEP_META.reset(token)
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -166,16 +187,18 @@ class ComposerMPTCausalLM(HuggingFaceModel):
     def _build_model(config: MPTConfig) -> MPTForCausalLM:
         """Create the model where ``init_device`` says; ``meta``/``mixed`` are materialized on CPU.
 
-        Sharded (FSDP) materialization of meta weights belongs to the distributed setup; without
-        it, a meta-initialized model is filled in here so that it can run. A caller that builds
-        inside ``with torch.device("meta")`` (the distributed setup, or a check of a config's
-        shape) gets the model on the meta device, unmaterialized.
+        Sharded (FSDP) materialization of meta weights belongs to the distributed setup: inside
+        ``keep_meta_for_sharding()`` an ``init_device: meta`` model stays on the meta device.
+        Otherwise a meta-initialized model is filled in here (with the values a CPU build has
+        for the same seed) so that it can run. A caller that builds inside ``with
+        torch.device("meta")`` (a check of a config's shape) gets the model on the meta device.
         """
         if config.init_device == "cpu":
             return MPTForCausalLM(config)
         with torch.device("meta"):
             model = MPTForCausalLM(config)
-        if torch.get_default_device().type == "meta":
+        keep_meta = config.init_device == "meta" and _KEEP_META.get()
+        if keep_meta or torch.get_default_device().type == "meta":
             return model
         model.to_empty(device="cpu")
         model.init_weights()

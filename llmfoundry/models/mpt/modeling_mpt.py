@@ -8,7 +8,7 @@ checkpoints (``transformer.wte``, ``transformer.blocks.N.attn.Wqkv``, ``transfor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,7 @@ from .norm import build_norm
 from .param_init import init_mpt_module
 from .rope_config import validate_rope  # noqa: F401
 from .rotary import apply_rotary  # noqa: F401
+from .sharded_init import init_module_shardwise, module_name
 
 # Module kinds that activation checkpointing can target, by the names LLM Foundry configs use
 # (lower-cased class names, and the attention/FFN type names).
@@ -59,9 +60,18 @@ class MPTPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
     _no_split_modules = ["MPTBlock"]
     _supports_cache_class = True
+    # What this model's module names start with in ``MPTForCausalLM`` (the checkpoint's names).
+    _init_name_prefix = ""
 
     def _init_weights(self, module: nn.Module) -> None:
-        init_mpt_module(module, self.config)  # type: ignore[arg-type]
+        """Initialize ``module``'s own parameters, seeded by the run's seed and its name.
+
+        See :mod:`.sharded_init`: the values are the same whether the model is built on CPU or
+        on ``meta`` and then sharded (``param_init_fn``).
+        """
+        config = cast(MPTConfig, self.config)
+        name = module_name(self, module, self._init_name_prefix)
+        init_module_shardwise(module, name, lambda m: init_mpt_module(m, config))
 
 
 class MPTModel(MPTPreTrainedModel):
@@ -70,6 +80,8 @@ class MPTModel(MPTPreTrainedModel):
     Args:
         config: the model config.
     """
+
+    _init_name_prefix = "transformer."
 
     def __init__(self, config: MPTConfig) -> None:
         super().__init__(config)
@@ -317,9 +329,10 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
         """Initialize one module's own parameters (FSDP's hook for materializing meta weights).
 
         Composer calls this on every module, after moving its meta parameters to real (possibly
-        sharded) storage.
+        sharded) storage. A sharded parameter gets its slice of the values a non-sharded model
+        built with the same seed has (see :mod:`.sharded_init`).
         """
-        init_mpt_module(module, self.config)
+        self._init_weights(module)
 
     def compile_blocks(self, **compile_kwargs: Any) -> None:
         """``torch.compile`` each transformer block in place (regional compilation).

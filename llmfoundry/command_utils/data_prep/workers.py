@@ -1,0 +1,223 @@
+"""Order-preserving worker processes for the converters.
+
+The converters read their input in this process, hand the expensive part (tokenizing batches of
+documents, preprocessing and tokenizing finetuning rows) to worker processes, and take the
+results back in input order, so the output is the same for every worker count. A few tasks per
+worker are in flight at a time, so memory stays bounded whatever the input size.
+
+The workers are forked once the converter's state (tokenizer, preprocessing function) is built,
+so they inherit it instead of loading it again, and nothing has to be pickled but the tasks and
+their results. Each worker tokenizes on one thread (``TOKENIZERS_PARALLELISM=false`` in the
+worker), so ``N`` workers keep ``N`` cores busy.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from tqdm import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from llmfoundry.data.token_batches import TokenIds, tokenize_batch
+from llmfoundry.utils.exceptions import ConfigError
+
+logger = logging.getLogger(__name__)
+
+StateT = TypeVar("StateT")
+TaskT = TypeVar("TaskT")
+ResultT = TypeVar("ResultT")
+
+TASKS_IN_FLIGHT_PER_WORKER = 3
+
+
+def usable_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask, where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(len(os.sched_getaffinity(0)), 1)
+    return max(os.cpu_count() or 1, 1)
+
+
+def resolve_workers(requested: int | None, flag: str, minimum: int = 0) -> int:
+    """The worker processes to use: ``requested``, or one per usable core when it is None.
+
+    Args:
+        requested: the option's value; 0 and 1 both mean "in this process".
+        flag: the option's name, for the message.
+        minimum: the smallest accepted value.
+
+    Raises:
+        ConfigError: if ``requested`` is not an integer of at least ``minimum``.
+    """
+    if requested is None:
+        return usable_cpus()
+    if not isinstance(requested, int) or isinstance(requested, bool) or requested < minimum:
+        raise ConfigError(
+            f"{flag} must be an integer of at least {minimum}, got {requested!r} "
+            "(leave it out to use one worker per CPU core)"
+        )
+    return requested
+
+
+# A worker's function and state, inherited from the parent when it forks.
+_worker_function: Callable[[Any, Any], Any] | None = None
+_worker_state: Any = None
+
+
+def chunked(items: Iterable[TaskT], size: int) -> Iterator[list[TaskT]]:
+    """``items`` in lists of ``size`` (the last may be shorter).
+
+    When reading ``items`` fails, the list read so far is yielded before the error is raised
+    (so that the rows before a bad one are processed as they would be one at a time).
+    """
+    chunk: list[TaskT] = []
+    iterator = iter(items)
+    while True:
+        try:
+            item = next(iterator)
+        except StopIteration:
+            break
+        except Exception:
+            if chunk:
+                yield chunk
+            raise
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _start_worker(function: Callable[[Any, Any], Any], state: Any) -> None:
+    global _worker_function, _worker_state
+    # One thread per worker; the pool's size is the parallelism.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    # A worker is ended by its pool, never by a SIGTERM handler inherited from the parent
+    # (Composer installs one).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _worker_function, _worker_state = function, state
+
+
+def _run_task(task: Any) -> Any:
+    assert _worker_function is not None
+    return _worker_function(_worker_state, task)
+
+
+class OrderedPool(Generic[StateT, TaskT, ResultT]):
+    """Applies ``function(state, task)`` to a stream of tasks, in worker processes when
+    ``workers > 1``, and yields the results in task order.
+
+    Use it as a context manager: entering starts (forks) the workers, leaving waits for the
+    tasks in flight and stops them. With one worker (or where processes cannot be forked) the
+    tasks run in this process, one at a time.
+
+    Args:
+        function: the work; a module-level function or any callable (it is inherited, not
+            pickled); its exceptions reach the caller of :meth:`map`.
+        state: its first argument (a tokenizer, a converter), inherited by the workers.
+        workers: the number of worker processes.
+    """
+
+    def __init__(
+        self, function: Callable[[StateT, TaskT], ResultT], state: StateT, workers: int
+    ) -> None:
+        self.function = function
+        self.state = state
+        forkable = "fork" in multiprocessing.get_all_start_methods()
+        self.workers = workers if workers > 1 and forkable else 1
+        self.executor: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> OrderedPool[StateT, TaskT, ResultT]:
+        if self.workers > 1:
+            self.executor = ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_start_worker,
+                initargs=(self.function, self.state),
+            )
+            # The first task forks every worker now, before this process starts reading.
+            self.executor.submit(int).result()
+            logger.debug("started %d worker processes", self.workers)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = None
+
+    def map(self, tasks: Iterable[TaskT]) -> Iterator[ResultT]:
+        """The results of ``tasks``, in order.
+
+        When reading ``tasks`` raises, the results of the tasks read before are yielded first,
+        then the error is raised, as if the tasks had run one at a time.
+
+        Raises:
+            Whatever reading ``tasks`` or running one raises.
+        """
+        if self.executor is None:
+            for task in tasks:
+                yield self.function(self.state, task)
+            return
+        pending: deque[Future[ResultT]] = deque()
+        iterator = iter(tasks)
+        error: Exception | None = None
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < self.workers * TASKS_IN_FLIGHT_PER_WORKER:
+                try:
+                    task = next(iterator)
+                except StopIteration:
+                    exhausted = True
+                except Exception as err:  # raised once the earlier tasks are done
+                    error, exhausted = err, True
+                else:
+                    pending.append(self.executor.submit(_run_task, task))
+            if not pending:
+                break
+            yield pending.popleft().result()
+        if error is not None:
+            raise error
+
+
+TokenizerPool = OrderedPool[PreTrainedTokenizerBase, list[str], list[TokenIds]]
+
+
+def token_batches_in(
+    pool: TokenizerPool, progress: tqdm
+) -> Callable[[Iterable[list[str]]], Iterator[list[TokenIds]]]:
+    """A ``tokenize_batches`` for :class:`~llmfoundry.data.data.ConcatTokensDataset` that
+    tokenizes in ``pool`` and counts documents and tokens on ``progress`` (a bar of tokens).
+    """
+
+    def tokenize_batches(batches: Iterable[list[str]]) -> Iterator[list[TokenIds]]:
+        documents = 0
+        for token_ids in pool.map(batches):
+            documents += len(token_ids)
+            progress.update(sum(len(ids) for ids in token_ids))
+            progress.set_postfix(docs=f"{documents:,}", refresh=False)
+            yield token_ids
+
+    return tokenize_batches
+
+
+def tokenizer_pool(tokenizer: PreTrainedTokenizerBase, workers: int) -> TokenizerPool:
+    """A pool that tokenizes batches of texts with ``tokenizer`` (see :func:`tokenize_batch`)."""
+    return OrderedPool(tokenize_batch, tokenizer, workers)
+
+
+def token_progress(desc: str) -> tqdm:
+    """A progress bar counting tokens (on stderr; it shows tokens per second)."""
+    return tqdm(desc=desc, unit=" tok", unit_scale=True, smoothing=0.1)

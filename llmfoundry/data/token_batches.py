@@ -1,0 +1,131 @@
+"""Documents tokenized a batch at a time and cut into fixed-length samples with numpy.
+
+:class:`~llmfoundry.data.data.ConcatTokensDataset` groups its documents into batches
+(:func:`batch_texts`), tokenizes each batch with one call of the tokenizer (:func:`tokenize_batch`;
+a fast tokenizer encodes the whole batch in Rust) and cuts the token stream into samples
+(:class:`SampleCutter`): the separators are joined to the documents and the samples sliced off
+with numpy, so no Python code runs per token. The batches are independent of how they are
+tokenized (here or in worker processes), so the samples are too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+from numpy.typing import NDArray
+from transformers import PreTrainedTokenizerBase
+
+# A batch is cut when it holds this many characters or documents: large enough that the
+# per-call overhead vanishes, small enough that a few batches in flight take little memory.
+BATCH_CHARS = 1 << 20
+BATCH_DOCUMENTS = 2048
+
+TokenIds = NDArray[np.int32]
+
+
+def batch_texts(
+    texts: Iterable[str], max_chars: int | None = None, max_documents: int | None = None
+) -> Iterator[list[str]]:
+    """Group ``texts`` into lists of at most ``max_documents`` texts and about ``max_chars``
+    characters (a batch ends with the text that reaches ``max_chars``); by default
+    :data:`BATCH_DOCUMENTS` and :data:`BATCH_CHARS`.
+
+    When reading ``texts`` fails, the batch read so far is yielded before the error is raised,
+    so that the documents before a bad row are processed as they would be one at a time.
+
+    Yields:
+        The batches, in order; none is empty.
+    """
+    max_chars = BATCH_CHARS if max_chars is None else max_chars
+    max_documents = BATCH_DOCUMENTS if max_documents is None else max_documents
+    batch: list[str] = []
+    size = 0
+    iterator = iter(texts)
+    while True:
+        try:
+            text = next(iterator)
+        except StopIteration:
+            break
+        except Exception:
+            if batch:
+                yield batch
+            raise
+        batch.append(text)
+        size += len(text)
+        if size >= max_chars or len(batch) >= max_documents:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def tokenize_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[TokenIds]:
+    """The token ids of each text, as the tokenizer makes them by default (its own special
+    tokens included), with one call for the whole batch.
+
+    Returns:
+        One int32 array per text.
+    """
+    # verbose=False: documents are longer than model_max_length on purpose.
+    encoded = tokenizer(
+        texts,
+        truncation=False,
+        padding=False,
+        verbose=False,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )["input_ids"]
+    return [np.asarray(ids, dtype=np.int32) for ids in encoded]
+
+
+class SampleCutter:
+    """Joins tokenized documents with their separators and cuts samples of ``length`` tokens.
+
+    Each document becomes ``bos + ids + eos``. With ``wrap`` the documents form one stream and
+    every ``length`` tokens are a sample (what is left over starts the next one); without it,
+    once a document has filled a sample the sample is cut and the rest of the buffer dropped.
+
+    Args:
+        length: tokens per sample.
+        bos: the separator ids put before each document (may be empty).
+        eos: the separator ids put after each document (may be empty).
+        wrap: carry a document's tokens beyond a full sample over into the next one.
+    """
+
+    def __init__(self, length: int, bos: TokenIds, eos: TokenIds, wrap: bool) -> None:
+        self.length = length
+        self.bos = bos
+        self.eos = eos
+        self.wrap = wrap
+        self.rest: list[TokenIds] = []  # the tokens not yet in a sample
+        self.rest_size = 0
+
+    def cut(self, documents: list[TokenIds]) -> Iterator[TokenIds]:
+        """The samples completed by the next tokenized ``documents``, in order.
+
+        Yields:
+            Arrays of ``length`` tokens (views of a buffer that is never changed afterwards).
+        """
+        if self.wrap:
+            yield from self._cut_stream(documents)
+        else:
+            yield from self._cut_documents(documents)
+
+    def _cut_stream(self, documents: list[TokenIds]) -> Iterator[TokenIds]:
+        pieces = list(self.rest)
+        for ids in documents:
+            pieces += (self.bos, ids, self.eos)
+        stream = np.concatenate(pieces) if pieces else np.empty(0, dtype=np.int32)
+        full = len(stream) // self.length * self.length
+        self.rest = [stream[full:].copy()]
+        self.rest_size = len(stream) - full
+        yield from stream[:full].reshape(-1, self.length)
+
+    def _cut_documents(self, documents: list[TokenIds]) -> Iterator[TokenIds]:
+        for ids in documents:
+            self.rest += (self.bos, ids, self.eos)
+            self.rest_size += len(self.bos) + len(ids) + len(self.eos)
+            if self.rest_size >= self.length:
+                yield np.concatenate(self.rest)[: self.length]
+                self.rest, self.rest_size = [], 0
