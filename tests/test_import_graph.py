@@ -44,6 +44,15 @@ def test_package_registry_and_cli_load_nothing_heavy() -> None:
     [
         ("llmfoundry.command_utils.data_prep.convert_text_to_mds", {"torch", "transformers"}),
         ("llmfoundry.command_utils.data_prep.convert_dataset_json", {"torch", "transformers"}),
+        # The Hub/local-dataset readers load ``datasets``; none of the converters needs Composer.
+        (
+            "llmfoundry.command_utils.data_prep.convert_finetuning_dataset",
+            {"torch", "transformers", "datasets"},
+        ),
+        (
+            "llmfoundry.command_utils.data_prep.convert_dataset_hf",
+            {"torch", "transformers", "datasets"},
+        ),
         ("llmfoundry.models.mpt", {"torch", "transformers"}),
     ],
 )

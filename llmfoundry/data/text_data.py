@@ -39,11 +39,11 @@ from llmfoundry.data.text_collator import count_tokens_in_batch as count_tokens_
 from llmfoundry.utils.exceptions import (
     ConfigError,
     DatasetError,
-    TokenizerError,
     UserError,
     did_you_mean,
 )
 from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys, check_kwargs
+from llmfoundry.utils.tokenizer_utils import pad_token_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -392,31 +392,6 @@ def build_streams(streams: Mapping[str, Mapping[str, Any]], section: str) -> lis
         check_kwargs(Stream, kwargs, f"{section}.{name}")
         built.append(Stream(**kwargs))
     return built
-
-
-def pad_token_id_of(tokenizer: PreTrainedTokenizerBase | None) -> int:
-    """The tokenizer's pad id (EOS id when it has no pad token; 0 without a tokenizer).
-
-    Raises:
-        TokenizerError: if the tokenizer has neither a pad nor an EOS token.
-    """
-    if tokenizer is None:
-        return 0
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = tokenizer.eos_token_id
-    if not isinstance(pad_id, int):
-        raise TokenizerError(
-            "the tokenizer has no pad or EOS token to pad batches with; "
-            "set tokenizer.kwargs.pad_token"
-        )
-    return pad_id
-
-
-def eos_token_id_of(tokenizer: PreTrainedTokenizerBase | None) -> int | None:
-    """The tokenizer's EOS id, or None (no tokenizer, or no single EOS id)."""
-    eos_id = tokenizer.eos_token_id if tokenizer is not None else None
-    return eos_id if isinstance(eos_id, int) else None
 
 
 def build_text_dataloader(

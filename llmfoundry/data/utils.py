@@ -23,8 +23,8 @@ from llmfoundry.data.finetuning.collator import Seq2SeqFinetuningCollator, count
 from llmfoundry.data.finetuning.dataset_config import check_positive_int, parse_dataset_config
 from llmfoundry.data.finetuning.packing import BinPackCollator
 from llmfoundry.data.text_collator import CausalLMCollator
-from llmfoundry.data.text_data import eos_token_id_of, pad_token_id_of
 from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.tokenizer_utils import eos_token_id_of, pad_token_id_of
 
 logger = logging.getLogger(__name__)
 

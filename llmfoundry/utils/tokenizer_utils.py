@@ -151,3 +151,28 @@ def train_byte_level_bpe(
         config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         logger.info("saved tokenizer (vocab %d) to %s", len(tokenizer), output_dir)
     return tokenizer
+
+
+def pad_token_id_of(tokenizer: PreTrainedTokenizerBase | None) -> int:
+    """The tokenizer's pad id (EOS id when it has no pad token; 0 without a tokenizer).
+
+    Raises:
+        TokenizerError: if the tokenizer has neither a pad nor an EOS token.
+    """
+    if tokenizer is None:
+        return 0
+    pad_id = tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = tokenizer.eos_token_id
+    if not isinstance(pad_id, int):
+        raise TokenizerError(
+            "the tokenizer has no pad or EOS token to pad batches with; "
+            "set tokenizer.kwargs.pad_token"
+        )
+    return pad_id
+
+
+def eos_token_id_of(tokenizer: PreTrainedTokenizerBase | None) -> int | None:
+    """The tokenizer's EOS id, or None (no tokenizer, or no single EOS id)."""
+    eos_id = tokenizer.eos_token_id if tokenizer is not None else None
+    return eos_id if isinstance(eos_id, int) else None

@@ -4,7 +4,7 @@ values; the endpoint's ``logprobs`` are the model's."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -37,11 +37,12 @@ from llmfoundry.models.inference_api import (
 from llmfoundry.models.inference_api.wrappers import DEFAULT_SYSTEM_ROLE_PROMPT
 from llmfoundry.utils.builders import build_composer_model_from_section
 from llmfoundry.utils.exceptions import ConfigError, UserError
-from tests.eval.helpers import icl_evaluators, lm_task, run_eval, write_jsonl
+from tests.eval.helpers import exact_match, icl_evaluators, lm_task, run_eval, write_jsonl
 from tests.models.mpt_helpers import tiny_config, tiny_model
 
 NAME = "tiny-mpt"
 PAD = 1  # the fixture tokenizer's pad id
+LISTED = 10  # how many likeliest tokens the causal wrapper has the endpoint list
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +70,15 @@ def base_url(server: RunningServer) -> str:
 
 
 @pytest.fixture(scope="module")
+def prompts(corpus_texts: list[str]) -> list[str]:
+    """Candidate contexts: the corpus's distinct lines of 8 to 40 characters, stripped."""
+    lines = (line.strip() for text in corpus_texts for line in text.splitlines())
+    return list(dict.fromkeys(line for line in lines if 8 <= len(line) <= 40))
+
+
+@pytest.fixture(scope="module")
 def causal(base_url: str, tokenizer: PreTrainedTokenizerBase) -> OpenAICausalLMEvalWrapper:
-    return OpenAICausalLMEvalWrapper(tokenizer, base_url=base_url, logprobs=10, max_retries=0)
+    return OpenAICausalLMEvalWrapper(tokenizer, base_url=base_url, logprobs=LISTED, max_retries=0)
 
 
 @pytest.fixture(scope="module")
@@ -184,13 +192,84 @@ def test_endpoint_logprobs_are_the_models(
     assert without_echo["text_offset"][0] == len(prompt)
 
 
+# The rows below are picked from the model at hand (a random one): the endpoint gets text and
+# names tokens by their text, so a row it can score token for token has ids that its text
+# tokenizes back to, and continuation tokens that each tokenize back from their own text.
+
+
+def _one_token(tokenizer: PreTrainedTokenizerBase, token: int) -> bool:
+    """Whether the endpoint can name ``token``: its text is exactly that token (not, say, part of
+    a UTF-8 character, which decodes to U+FFFD)."""
+    return _ids(tokenizer, _text(tokenizer, [token])) == [token]
+
+
+def _round_trips(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> bool:
+    """Whether ``ids`` has no special token and each of its prefixes tokenizes back from its text
+    (what the endpoint sees is what the local model scores)."""
+    ids = list(ids)
+    return not set(tokenizer.all_special_ids) & set(ids) and all(
+        _ids(tokenizer, _text(tokenizer, ids[:end])) == ids[:end] for end in range(1, len(ids) + 1)
+    )
+
+
+def _first(prompts: Sequence[str], count: int, fits: Callable[[str], bool]) -> list[str]:
+    """The first ``count`` prompts that fit."""
+    found: list[str] = []
+    for prompt in prompts:
+        if fits(prompt):
+            found.append(prompt)
+            if len(found) == count:
+                return found
+    raise AssertionError(f"only {len(found)} of {len(prompts)} prompts fit, {count} needed")
+
+
+def _scorable(
+    served: ServedModel, tokenizer: PreTrainedTokenizerBase, prompt: str, new_tokens: int
+) -> bool:
+    """Whether the endpoint can score ``prompt``'s greedy continuation token for token."""
+    ids = _ids(tokenizer, prompt)
+    greedy = _greedy(served, ids, new_tokens)
+    return (
+        len(greedy) == new_tokens
+        and all(_one_token(tokenizer, token) for token in greedy)
+        and _round_trips(tokenizer, ids + greedy)
+    )
+
+
+def _ranked(served: ServedModel, ids: Sequence[int]) -> list[int]:
+    """Every token id, the local model's likeliest next token after ``ids`` first."""
+    return _log_probs(served, ids)[-1].argsort(descending=True).tolist()
+
+
+def _wrong_turn(
+    served: ServedModel, ids: list[int], greedy: list[int], fits: Callable[[list[int]], bool]
+) -> list[int]:
+    """``greedy[0]``, then the likeliest token other than ``greedy[1]`` that ``fits``."""
+    for token in _ranked(served, ids + greedy[:1]):
+        if token != greedy[1] and fits([greedy[0], token]):
+            return [greedy[0], token]
+    raise AssertionError(f"no second token fits after {greedy[0]}")
+
+
+def _listed_one_tokens(
+    served: ServedModel, tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]
+) -> list[int]:
+    """The tokens among the local model's ``LISTED`` likeliest after ``ids`` that the endpoint
+    names, likeliest first."""
+    return [t for t in _ranked(served, ids)[:LISTED] if _one_token(tokenizer, t)]
+
+
 def test_causal_wrapper_gives_the_local_log_probs_and_lm_accuracy(
-    causal: OpenAICausalLMEvalWrapper, served: ServedModel, tokenizer: PreTrainedTokenizerBase
+    causal: OpenAICausalLMEvalWrapper,
+    served: ServedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
 ) -> None:
-    right_context = _ids(tokenizer, "x = 1\ny =")
+    picked = _first(prompts, 2, lambda p: _scorable(served, tokenizer, p, 3))
+    right_context, wrong_context = (_ids(tokenizer, p) for p in picked)
     right = _greedy(served, right_context, 3)  # the model's own continuation: correct
-    wrong_context = _ids(tokenizer, "def load(path):\n    return")
-    wrong = [*_greedy(served, wrong_context, 1), 466]  # its first token, then another
+    greedy = _greedy(served, wrong_context, 2)
+    wrong = _wrong_turn(served, wrong_context, greedy, lambda _: True)  # its first, another
     batch = icl_batch([(right_context, right), (wrong_context, wrong)])
     outputs = causal.eval_forward(batch)
     local = _local_logits(served, batch)
@@ -198,8 +277,8 @@ def test_causal_wrapper_gives_the_local_log_probs_and_lm_accuracy(
         for position in positions.tolist():
             api = torch.log_softmax(outputs[row, position - 1], dim=-1)
             ours = torch.log_softmax(local[row, position - 1], dim=-1)
-            listed = ours.topk(10).indices
-            single = [i for i in listed.tolist() if _ids(tokenizer, _text(tokenizer, [i])) == [i]]
+            listed = ours.topk(LISTED).indices
+            single = [i for i in listed.tolist() if _one_token(tokenizer, i)]
             torch.testing.assert_close(api[single], ours[single], atol=1e-4, rtol=0)
             assert int(api.argmax()) == int(ours.argmax())
     labels = _shifted(batch)
@@ -210,11 +289,22 @@ def test_causal_wrapper_gives_the_local_log_probs_and_lm_accuracy(
 
 
 def test_causal_wrapper_scores_multiple_choice_like_the_local_model(
-    causal: OpenAICausalLMEvalWrapper, served: ServedModel, tokenizer: PreTrainedTokenizerBase
+    causal: OpenAICausalLMEvalWrapper,
+    served: ServedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
 ) -> None:
-    first, second = _ids(tokenizer, "def load(path):\n    return"), _ids(tokenizer, "x = 1\ny =")
-    # Single-token choices among the model's ten likeliest: " s" < " object"; "j" > "ma".
-    rows = [(first, [285]), (first, [466]), (second, [75]), (second, [487])]
+    def fits(prompt: str) -> bool:
+        ids = _ids(tokenizer, prompt)
+        return _round_trips(tokenizer, ids) and len(_listed_one_tokens(served, tokenizer, ids)) > 1
+
+    first, second = (_ids(tokenizer, p) for p in _first(prompts, 2, fits))
+    # Single-token choices among the model's ten likeliest: the gold one is the less likely
+    # after the first context (wrong), the likelier after the second (right).
+    likeliest, runner_up = _listed_one_tokens(served, tokenizer, first)[:2]
+    rows = [(first, [runner_up]), (first, [likeliest])]
+    likeliest, runner_up = _listed_one_tokens(served, tokenizer, second)[:2]
+    rows += [(second, [likeliest]), (second, [runner_up])]
     batch = icl_batch(rows, groupings=[(0, 2), (2, 4)], gold=[0, 0])
     outputs = causal.eval_forward(batch)
     local = _local_logits(served, batch)
@@ -228,30 +318,52 @@ def test_causal_wrapper_scores_multiple_choice_like_the_local_model(
     assert float(metric.compute()) == expected == 0.5
 
 
-def _local_chat_reply(served: ServedModel, prompt: str, new_tokens: int) -> list[int]:
+def _chat_ids(served: ServedModel, prompt: str) -> list[int]:
+    """The rendered chat the chat wrapper sends: its system message, then ``prompt``."""
     messages = [
         {"role": "system", "content": DEFAULT_SYSTEM_ROLE_PROMPT},
         {"role": "user", "content": prompt},
     ]
-    return _greedy(
-        served, _ids(served.tokenizer, render_chat(served.tokenizer, messages)), new_tokens
-    )
+    return _ids(served.tokenizer, render_chat(served.tokenizer, messages))
+
+
+def _local_chat_reply(served: ServedModel, prompt: str, new_tokens: int) -> list[int]:
+    return _greedy(served, _chat_ids(served, prompt), new_tokens)
+
+
+def _spelled(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> bool:
+    """Whether ``ids`` round-trip and their text has no surrounding whitespace (a chat reply
+    that spells it counts as the continuation)."""
+    text = _text(tokenizer, ids)
+    return _round_trips(tokenizer, ids) and text == text.strip()
 
 
 def test_chat_wrapper_counts_a_reply_that_spells_the_continuation(
-    chat: OpenAIChatAPIEvalWrapper, served: ServedModel, tokenizer: PreTrainedTokenizerBase
+    chat: OpenAIChatAPIEvalWrapper,
+    served: ServedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
 ) -> None:
-    right_prompt, wrong_prompt = "x = 1\ny =", "class Parser(object):\n    def"
+    def fits(prompt: str) -> bool:
+        reply = _local_chat_reply(served, prompt, 3)
+        return (
+            _round_trips(tokenizer, _ids(tokenizer, prompt))
+            and len(reply) == 3
+            and _spelled(tokenizer, reply[:2])
+            and _spelled(tokenizer, reply)
+        )
+
+    right_prompt, wrong_prompt = _first(prompts, 2, fits)
     right = _local_chat_reply(served, right_prompt, 3)
-    wrong = [*_local_chat_reply(served, wrong_prompt, 1), 81]
+    greedy = _local_chat_reply(served, wrong_prompt, 2)
+    wrong_chat = _chat_ids(served, wrong_prompt)
+    wrong = _wrong_turn(served, wrong_chat, greedy, lambda ids: _spelled(tokenizer, ids))
     assert _text(tokenizer, right) == _text(tokenizer, right).strip()
     batch = icl_batch(
         [(_ids(tokenizer, right_prompt), right), (_ids(tokenizer, wrong_prompt), wrong)]
     )
     outputs = chat.eval_forward(batch)
-    for row, (replied, length) in enumerate(
-        [(right, 3), (_local_chat_reply(served, wrong_prompt, 2), 2)]
-    ):
+    for row, (replied, length) in enumerate([(right, 3), (greedy, 2)]):
         start = int(batch["continuation_indices"][row][0])
         assert outputs[row, start - 1 : start - 1 + length].argmax(dim=-1).tolist() == replied
     metric = InContextLearningLMAccuracy()
@@ -259,44 +371,69 @@ def test_chat_wrapper_counts_a_reply_that_spells_the_continuation(
     assert float(metric.compute()) == 0.5
 
 
+def _generated(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
+    """Generated tokens' text as the endpoint answers it (special tokens dropped)."""
+    return str(tokenizer.decode(list(ids), skip_special_tokens=True))
+
+
 def test_generation_batches_get_the_models_greedy_text(
     causal: OpenAICausalLMEvalWrapper,
     chat: OpenAIChatAPIEvalWrapper,
     served: ServedModel,
     tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
 ) -> None:
-    prompts = ["x = 1\ny =", "import os"]
-    encoded = [_ids(tokenizer, p) for p in prompts]
+    texts = _first(prompts, 2, lambda p: _round_trips(tokenizer, _ids(tokenizer, p)))
+    encoded = [_ids(tokenizer, p) for p in texts]
     length = max(len(e) for e in encoded)
     input_ids = torch.tensor([[PAD] * (length - len(e)) + e for e in encoded])
+    expected = [_generated(tokenizer, _greedy(served, e, 4)) for e in encoded]
+    # The first row's answer is its greedy text; nothing the second row generates starts with
+    # its answer, which is longer.
+    labels = [[expected[0]], [expected[1] + " nothing"]]
     batch = {
         "mode": "generate",
         "input_ids": input_ids,
         "attention_mask": input_ids != PAD,
-        "labels": [["j"], ["nothing"]],
+        "labels": labels,
         "generation_kwargs": {"max_new_tokens": 4},
         "early_stopping_criteria": [],
     }
     completions = causal.eval_forward(batch)
-    assert completions == [_text(tokenizer, _greedy(served, e, 4)) for e in encoded]
+    assert completions == expected
     replies = chat.eval_forward(batch)
-    assert replies == [_text(tokenizer, _local_chat_reply(served, p, 4)) for p in prompts]
+    assert replies == [_generated(tokenizer, _local_chat_reply(served, p, 4)) for p in texts]
     metric = ICL_METRICS["InContextLearningGenerationExactMatchAccuracy"]()
     causal.update_metric(batch, completions, metric)
-    assert float(metric.compute()) == 0.5  # "j exv(" starts with the answer "j"
+    matches = [exact_match(text, answers) for text, answers in zip(expected, labels, strict=True)]
+    assert float(metric.compute()) == sum(matches) / len(matches) == 0.5
 
 
 @pytest.mark.slow
 def test_icl_task_evaluated_through_the_endpoint_equals_the_local_model(
-    base_url: str, served: ServedModel, tokenizer: PreTrainedTokenizerBase, tmp_path: Path
+    base_url: str,
+    served: ServedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    tmp_path: Path,
 ) -> None:
-    # The task gives continuations a leading space: this context's greedy text has one.
-    context = "class TextW"
-    greedy = _text(tokenizer, _greedy(served, _ids(tokenizer, context), 2))
-    assert greedy.startswith(" ")
+    def spaced(ids: list[int]) -> bool:  # the task gives continuations one leading space
+        text = _text(tokenizer, ids)
+        return _round_trips(tokenizer, ids) and text == " " + text.strip()
+
+    def fits(prompt: str) -> bool:
+        ids = _ids(tokenizer, prompt)
+        return _scorable(served, tokenizer, prompt, 2) and spaced(_greedy(served, ids, 2))
+
+    right, wrong = _first(prompts, 2, fits)
+    greedy = _greedy(served, _ids(tokenizer, wrong), 2)
+    other = _wrong_turn(served, _ids(tokenizer, wrong), greedy, spaced)
     rows = [
-        {"context": context, "continuation": greedy},
-        {"context": "def load(path):\n    return", "continuation": " object"},
+        {
+            "context": right,
+            "continuation": _text(tokenizer, _greedy(served, _ids(tokenizer, right), 2)),
+        },
+        {"context": wrong, "continuation": _text(tokenizer, other)},
     ]
     task = lm_task(write_jsonl(tmp_path / "lm.jsonl", rows), num_fewshot=[0])
     api_model = build_composer_model_from_section(

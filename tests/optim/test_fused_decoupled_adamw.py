@@ -73,10 +73,9 @@ def test_a_composer_checkpoint_resumes_in_the_fused_optimizer() -> None:
 
 def test_zero_initial_lr_takes_composers_loop() -> None:
     """With ``initial_lr`` 0 Composer decays by the full weight_decay; so do we."""
-    options = {"lr": 0.0, "weight_decay": 0.5}
     ours_params, theirs_params = make_params(), make_params()
-    run(DecoupledAdamW(ours_params, **options), ours_params, [0.0, 0.0])
-    run(ComposerDecoupledAdamW(theirs_params, **options), theirs_params, [0.0, 0.0])
+    run(DecoupledAdamW(ours_params, lr=0.0, weight_decay=0.5), ours_params, [0.0, 0.0])
+    run(ComposerDecoupledAdamW(theirs_params, lr=0.0, weight_decay=0.5), theirs_params, [0.0, 0.0])
     for mine, reference in zip(ours_params, theirs_params, strict=True):
         torch.testing.assert_close(mine, reference, rtol=0, atol=0)
         torch.testing.assert_close(mine, make_params()[SHAPES.index(tuple(mine.shape))] * 0.25)

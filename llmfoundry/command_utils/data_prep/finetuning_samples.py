@@ -21,8 +21,8 @@ from llmfoundry.data.finetuning.collator import (
 from llmfoundry.data.finetuning.formatting import tokenize_example, untokenized_example
 from llmfoundry.data.finetuning.hf_source import preprocess_row
 from llmfoundry.data.finetuning.tasks import PreprocessingFn
-from llmfoundry.data.text_data import eos_token_id_of
 from llmfoundry.utils.exceptions import DatasetError
+from llmfoundry.utils.tokenizer_utils import eos_token_id_of
 
 TURNS_COLUMNS = {"turns": "json"}
 PROMPT_RESPONSE_COLUMNS = {"prompt": "str", "response": "str"}

@@ -55,7 +55,8 @@ from llmfoundry.data.loader_registries import (
     loader_config,
     validate_replication,
 )
-from llmfoundry.data.text_data import build_streams, eos_token_id_of, worker_process_kwargs
+from llmfoundry.data.text_data import build_streams, worker_process_kwargs
+from llmfoundry.utils.tokenizer_utils import eos_token_id_of
 
 __all__ = [
     "FinetuningDatasetConfig",

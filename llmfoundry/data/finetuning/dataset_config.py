@@ -8,7 +8,6 @@ from typing import Any
 
 from llmfoundry.data.finetuning.collator import TargetPolicy
 from llmfoundry.data.finetuning.packing import check_max_leftover_bins_to_keep
-from llmfoundry.data.text_data import StreamingTextDataset
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys
 
@@ -77,6 +76,8 @@ def parse_dataset_config(dataset: Mapping[str, Any], key: str) -> FinetuningData
         ConfigError: on an unknown key (with a did-you-mean), a missing ``max_seq_len``, no
             source or two sources, or a bad value.
     """
+    from llmfoundry.data.text_data import StreamingTextDataset  # Streaming: only to build a loader
+
     own = {f.name for f in fields(FinetuningDatasetConfig)} - {"streaming"}
     streaming_keys = (accepted_kwargs(StreamingTextDataset) or set()) - {
         "tokenizer",

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import datasets
-from composer.utils import dist
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.data.finetuning.collator import (
@@ -42,9 +41,9 @@ from llmfoundry.data.finetuning.collator import (
 from llmfoundry.data.finetuning.dataset_config import FinetuningDatasetConfig
 from llmfoundry.data.finetuning.formatting import tokenize_example
 from llmfoundry.data.finetuning.tasks import PreprocessingFn, dataset_constructor
-from llmfoundry.data.text_data import eos_token_id_of
 from llmfoundry.utils import exceptions
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError, UserError
+from llmfoundry.utils.tokenizer_utils import eos_token_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +163,8 @@ def local_rank_zero_first(prepare: Callable[[], T], what: str) -> T:
         :class:`~llmfoundry.utils.exceptions.UserError` type (or ``RuntimeError`` for other
         errors), with a message naming local rank 0's error.
     """
+    from composer.utils import dist  # only for a loader; the converter never gets here
+
     if not dist.is_initialized() or dist.get_world_size() <= 1:
         return prepare()
     token: list[str | None] = [uuid.uuid4().hex if dist.get_global_rank() == 0 else None]
@@ -210,6 +211,8 @@ def _acknowledgement(signal: Path, local_rank: int) -> Path:
 
 def _collect_acknowledgements(signal: Path) -> None:
     """Wait until every other local rank has read ``signal``, then delete it and their files."""
+    from composer.utils import dist
+
     others = [_acknowledgement(signal, r) for r in range(1, dist.get_local_world_size())]
     while not all(path.exists() for path in others):
         time.sleep(POLL_SECONDS)
