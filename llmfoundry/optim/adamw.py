@@ -37,6 +37,11 @@ def fused_ok(param: torch.Tensor) -> bool:
     )
 
 
+def stepped_params(group: dict[str, Any]) -> list[torch.Tensor]:
+    """The parameters of ``group`` that this step updates (trainable, with a gradient)."""
+    return [p for p in group["params"] if p.grad is not None and p.requires_grad]
+
+
 class DecoupledAdamW(ComposerDecoupledAdamW):
     """Composer's ``DecoupledAdamW`` (same arguments, update and state), with a fused step."""
 
@@ -56,12 +61,11 @@ class DecoupledAdamW(ComposerDecoupledAdamW):
         return loss
 
     def _fusable(self, group: dict[str, Any]) -> bool:
-        params = [p for p in group["params"] if p.grad is not None and p.requires_grad]
-        return bool(group["initial_lr"]) and all(fused_ok(p) for p in params)
+        return bool(group["initial_lr"]) and all(fused_ok(p) for p in stepped_params(group))
 
     def _fused_group_step(self, group: dict[str, Any]) -> None:
         """Step one parameter group with torch's fused AdamW (which also counts the step)."""
-        params = [p for p in group["params"] if p.grad is not None and p.requires_grad]
+        params = stepped_params(group)
         if not params:
             return
         amsgrad = group["amsgrad"]
@@ -69,7 +73,7 @@ class DecoupledAdamW(ComposerDecoupledAdamW):
         beta1, beta2 = group["betas"]
         torch_adamw(
             params,
-            [p.grad for p in params],
+            [p.grad for p in params if p.grad is not None],  # every one: see stepped_params
             [s["exp_avg"] for s in states],
             [s["exp_avg_sq"] for s in states],
             [s["max_exp_avg_sq"] for s in states] if amsgrad else [],

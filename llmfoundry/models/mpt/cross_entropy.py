@@ -27,7 +27,7 @@ _CHUNK_ELEMENTS = {"cpu": 2**24, "cuda": 2**28}
 
 def default_chunk_size(vocab_size: int, device_type: str = "cpu") -> int:
     """Rows per chunk such that a chunk of fp32 logits stays within 64 MiB (1 GiB on a GPU)."""
-    return max(1, _CHUNK_ELEMENTS.get(device_type, 2**24) // vocab_size)
+    return max(1, _CHUNK_ELEMENTS.get(device_type, _CHUNK_ELEMENTS["cpu"]) // vocab_size)
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:

@@ -35,7 +35,8 @@ class SweepProbe(InMemoryLogger):
     def batch_end(self, state: State, logger: Logger) -> None:
         """Record the compiled-graph count after this batch."""
         del state, logger
-        counters: Any = torch._dynamo.utils.counters  # pyright: ignore[reportPrivateImportUsage]
+        from torch._dynamo.utils import counters
+
         self.graphs_per_batch.append(int(counters["stats"]["unique_graphs"]))
 
 
