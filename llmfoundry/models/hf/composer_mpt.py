@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from llmfoundry import registry
 from llmfoundry.eval.metrics import ICL_METRICS
 from llmfoundry.metrics import TokenAccuracy
+from llmfoundry.models.hf.causal_lm_check import composer_hugging_face_init
 from llmfoundry.models.mpt import MPTConfig, MPTConfigError, MPTForCausalLM
 from llmfoundry.models.mpt.modeling_mpt import MPTCausalLMOutput
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
@@ -173,7 +174,8 @@ class ComposerMPTCausalLM(HuggingFaceModel):
         # Counted before any FSDP wrapping: FSDP1's flat parameters only hold a rank's shard.
         self.n_total_params = sum(p.numel() for p in model.parameters())
         self.loss_fn = loss_fn
-        super().__init__(
+        composer_hugging_face_init(
+            self,
             model=model,
             tokenizer=cast(Any, tokenizer),
             use_logits=True,

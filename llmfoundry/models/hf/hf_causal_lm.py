@@ -23,6 +23,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmfoundry import registry
+from llmfoundry.models.hf.causal_lm_check import composer_hugging_face_init
 from llmfoundry.models.hf.composer_mpt import build_eval_metrics, build_lm_metrics
 from llmfoundry.models.hf.composer_mpt import shift_labels as shift_labels_for_next_token
 from llmfoundry.models.hf.loading import first_line, load_hf_causal_lm, looks_like_local_path
@@ -291,7 +292,8 @@ class ComposerHFCausalLM(HuggingFaceModel):
             set_pad_token_id(model, tokenizer)
         wrapped = _add_adapter(model, lora_config, pretrained_lora_id_or_path, use_auth_token)
 
-        super().__init__(
+        composer_hugging_face_init(
+            self,
             model=cast(Any, wrapped),
             tokenizer=cast(Any, tokenizer),
             use_logits=use_logits,

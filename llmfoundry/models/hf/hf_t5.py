@@ -20,6 +20,7 @@ from torchmetrics import Metric
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from llmfoundry import registry
+from llmfoundry.models.hf.causal_lm_check import composer_hugging_face_init
 from llmfoundry.models.hf.hf_causal_lm import fit_vocab_to_tokenizer, set_pad_token_id
 from llmfoundry.models.hf.loading import (
     NAME_KEY,
@@ -128,7 +129,8 @@ class ComposerHFT5(HuggingFaceModel):
         if tokenizer is not None:
             fit_vocab_to_tokenizer(model, tokenizer, allow_embedding_resizing)
             set_pad_token_id(model, tokenizer)
-        super().__init__(
+        composer_hugging_face_init(
+            self,
             model=cast(Any, model),
             tokenizer=cast(Any, tokenizer),
             use_logits=True,
