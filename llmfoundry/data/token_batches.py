@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 from numpy.typing import NDArray
+from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
 # A batch is cut when it holds this many characters or documents: large enough that the
@@ -67,6 +68,10 @@ def tokenize_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list
     Returns:
         One int32 array per text.
     """
+    backend = _plain_backend(tokenizer)
+    if backend is not None:
+        encodings = backend.encode_batch_fast(texts, add_special_tokens=True)
+        return [np.asarray(encoding.ids, dtype=np.int32) for encoding in encodings]
     # verbose=False: documents are longer than model_max_length on purpose.
     encoded = tokenizer(
         texts,
@@ -77,6 +82,21 @@ def tokenize_batch(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list
         return_token_type_ids=False,
     )["input_ids"]
     return [np.asarray(ids, dtype=np.int32) for ids in encoded]
+
+
+def _plain_backend(tokenizer: PreTrainedTokenizerBase) -> Tokenizer | None:
+    """A fast tokenizer's Rust tokenizer when calling it directly gives what ``tokenizer(...)``
+    does with no truncation or padding (neither is set on it, special tokens are handled as the
+    wrapper says): then ``encode_batch_fast`` makes the same ids without computing offsets, about
+    a third less CPU. None for a slow tokenizer, or until the wrapper's call has reset them."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if tokenizer.is_fast else None
+    if not isinstance(backend, Tokenizer):
+        return None
+    if backend.truncation is not None or backend.padding is not None:
+        return None
+    if backend.encode_special_tokens != getattr(tokenizer, "split_special_tokens", False):
+        return None
+    return backend
 
 
 class SampleCutter:

@@ -90,3 +90,34 @@ def test_vocab_smaller_than_tokenizer_is_refused(tokenizer: PreTrainedTokenizerB
         ConfigError, match="model.vocab_size=64 is smaller than the tokenizer's 512 tokens"
     ):
         ComposerMPTCausalLM(tokenizer=tokenizer, **TINY)
+
+
+def test_the_torch_loss_hands_its_token_losses_to_the_train_metrics(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One cross-entropy per training step: the train metrics add up the loss's per-token
+    losses instead of computing it twice more from the logits."""
+    model = ComposerMPTCausalLM(loss_fn="torch_crossentropy", **TINY).train()
+    batch = _batch(pad_last=4)
+    real = torch.nn.functional.cross_entropy
+    reductions: list[str] = []
+
+    def counting(*args: Any, **kwargs: Any) -> torch.Tensor:
+        reductions.append(kwargs.get("reduction", "mean"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", counting)
+    outputs = model(batch)
+    loss = model.loss(outputs, batch)
+    with torch.no_grad():
+        metric_inputs = model.eval_forward(batch, outputs)
+        metrics = model.get_metrics(is_train=True)
+        for metric in metrics.values():
+            model.update_metric(batch, metric_inputs, metric)
+    assert reductions == ["none"]
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    expected = real(outputs.logits[:, :-1][keep].detach(), targets[keep])
+    torch.testing.assert_close(loss.detach(), expected)
+    torch.testing.assert_close(metrics["LanguageCrossEntropy"].compute(), expected)
+    torch.testing.assert_close(metrics["LanguagePerplexity"].compute(), expected.exp())

@@ -230,22 +230,32 @@ class ComposerMPTCausalLM(HuggingFaceModel):
         return self.model(**self._model_inputs(batch))
 
     def loss(self, outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor:
-        """Mean next-token cross-entropy over the tokens whose label is not -100."""
+        """Mean next-token cross-entropy over the tokens whose label is not -100.
+
+        The per-token losses stay on ``outputs`` (detached): the cross-entropy and perplexity
+        train metrics add them up instead of computing the cross-entropy twice more.
+        """
         if outputs.logits is None:  # the fused path already computed it
             return outputs.loss
         logits = outputs.logits
         targets = shift_labels(batch["labels"])
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100
+        token_losses = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            targets.reshape(-1),
+            ignore_index=-100,
+            reduction="none",
         )
+        outputs.token_losses = token_losses.detach().view(targets.shape)
+        return token_losses.sum() / (targets != -100).sum()
 
     def eval_forward(self, batch: Mapping[str, Any], outputs: Any | None = None) -> Any:
         """What ``update_metric`` scores; ``self.labels`` holds the shifted targets.
 
-        Usually the logits. For the outputs of a fused training step (train metrics), the
-        outputs themselves: their per-token losses update the cross-entropy and perplexity
-        metrics, and logits are computed (without grad, by a second forward) only if another
-        train metric needs them.
+        Usually the logits. For a training step's outputs (train metrics), the outputs
+        themselves when ``loss`` (or the fused loss) left per-token losses on them: those update
+        the cross-entropy and perplexity metrics, the logits any other metric. After a fused
+        step, logits are computed (without grad, by a second forward) only if another train
+        metric needs them.
         """
         if batch.get("mode") in ("generate", "icl_task"):
             # Composer's version pops and shifts the labels in place: hand it copies.
@@ -254,6 +264,11 @@ class ComposerMPTCausalLM(HuggingFaceModel):
                 copied["labels"] = copied["labels"].clone()
             return super().eval_forward(copied, outputs)
         self.labels = shift_labels(batch["labels"])
+        if (
+            getattr(outputs, "logits", None) is not None
+            and getattr(outputs, "token_losses", None) is not None
+        ):
+            return outputs  # a training step's logits, with the losses ``loss`` kept
         if outputs is not None and outputs.logits is None:
             train_metrics = self.get_metrics(is_train=True).values()
             if all(_takes_token_losses(metric) for metric in train_metrics):
