@@ -5,6 +5,10 @@ Endpoints: ``GET /health``, ``GET /v1/models``, ``POST /v1/completions`` and
 events). Errors come back as OpenAI-style bodies, ``{"error": {"message", "type", "param",
 "code"}}``, and the server keeps serving.
 
+Protection: at most ``max_queue`` prompts wait for the worker (more get 429 with
+``Retry-After``; while shutting down, 503); with an API key (``--api_key`` or the
+``LLMFOUNDRY_API_KEY`` variable) every route but ``/health`` needs ``Authorization: Bearer``.
+
 How requests run: one worker thread owns the model. It waits up to ``batch_wait_ms`` for
 requests to gather, takes up to ``max_batch_size`` prompts that can share a ``generate`` call
 and runs them as one left-padded batch. Greedy prompts (``temperature: 0``) from any requests
@@ -22,11 +26,12 @@ HTTP layer (FastAPI) in ``serve_api``.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +42,15 @@ from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError
 
 logger = logging.getLogger(__name__)
 
+API_KEY_VARIABLE = "LLMFOUNDRY_API_KEY"
+
 __all__ = [
+    "API_KEY_VARIABLE",
     "RunningServer",
     "ServeConfig",
     "ServedModel",
     "load_served_model",
+    "resolve_api_key",
     "serve",
     "start_server",
 ]
@@ -67,6 +76,10 @@ class ServeConfig:
         request_timeout: seconds a request may take before it is answered with 504.
         max_prompts_per_request: the longest ``prompt`` list a completion request may carry.
         max_body_bytes: the largest request body; larger ones get 413.
+        max_queue: most prompts that may wait for the worker; a request that would queue more
+            gets 429 (and a request may hold no more prompts than this).
+        api_key: when set, every route but ``/health`` needs ``Authorization: Bearer <key>``
+            (left out of the config's repr, so it is never logged).
         device: torch device for the model; default CUDA when available, else CPU.
         model_dtype: ``fp32``, ``fp16`` or ``bf16``.
         trust_remote_code: run the folder's own model code (needed for an MPT export).
@@ -83,6 +96,8 @@ class ServeConfig:
     request_timeout: float = 300.0
     max_prompts_per_request: int = 32
     max_body_bytes: int = 1 << 20
+    max_queue: int = 256
+    api_key: str | None = field(default=None, repr=False)
     device: str | None = None
     model_dtype: str = "fp32"
     trust_remote_code: bool = False
@@ -99,6 +114,7 @@ class ServeConfig:
             "max_new_tokens_limit": self.max_new_tokens_limit,
             "max_prompts_per_request": self.max_prompts_per_request,
             "max_body_bytes": self.max_body_bytes,
+            "max_queue": self.max_queue,
         }
         for name, value in at_least_one.items():
             if value < 1:
@@ -109,11 +125,19 @@ class ServeConfig:
             raise ConfigError(f"--request_timeout must be positive, got {self.request_timeout}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ConfigError("--api_key must not be empty; leave it out to serve without a key")
 
     @property
     def served_name(self) -> str:
         """The model name requests must use."""
         return self.model_name or Path(self.model_path.rstrip("/")).name or self.model_path
+
+
+def resolve_api_key(flag: str | None) -> str | None:
+    """The API key: ``flag`` when given, else ``$LLMFOUNDRY_API_KEY`` (None when unset or
+    empty)."""
+    return flag if flag is not None else os.environ.get(API_KEY_VARIABLE) or None
 
 
 def load_served_model(config: ServeConfig) -> ServedModel:
@@ -187,6 +211,15 @@ def _uvicorn_server(config: ServeConfig, worker: GenerationWorker) -> Any:
             f"serving needs fastapi and uvicorn ({err.name} is missing): "
             "pip install 'llm-foundry[serve]'"
         ) from err
+
+    class DrainingServer(uvicorn.Server):
+        """Answers 503 to new requests from the moment shutdown starts (a signal or
+        ``should_exit``) while the requests already running finish."""
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            worker.drain()
+            await super().shutdown(sockets)
+
     app = build_app(config, worker.served, worker)
     uvicorn_config = uvicorn.Config(
         app,
@@ -195,7 +228,7 @@ def _uvicorn_server(config: ServeConfig, worker: GenerationWorker) -> Any:
         lifespan="off",
         timeout_graceful_shutdown=5,
     )
-    return uvicorn.Server(uvicorn_config)
+    return DrainingServer(uvicorn_config)
 
 
 @dataclass
@@ -230,7 +263,9 @@ class RunningServer:
 
 
 def _start_worker(config: ServeConfig, served: ServedModel) -> GenerationWorker:
-    worker = GenerationWorker(served, config.max_batch_size, config.batch_wait_ms / 1000)
+    worker = GenerationWorker(
+        served, config.max_batch_size, config.batch_wait_ms / 1000, config.max_queue
+    )
     worker.start()
     return worker
 
@@ -295,8 +330,13 @@ def serve(config: ServeConfig, on_ready: Callable[[str], None] | None = None) ->
         sock = _bind(config.host, config.port)
         with sock:
             url = _url(sock)
-            if not _is_loopback(config.host):
-                logger.warning("listening on %s: the endpoint has no authentication", config.host)
+            if not _is_loopback(config.host) and config.api_key is None:
+                logger.warning(
+                    "listening on %s without an API key: anyone who can reach it may use it "
+                    "(set --api_key or $%s)",
+                    config.host,
+                    API_KEY_VARIABLE,
+                )
             logger.info("serving '%s' on %s", config.served_name, url)
             if on_ready is not None:
                 on_ready(url)

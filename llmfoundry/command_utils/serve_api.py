@@ -2,7 +2,9 @@
 
 ``POST /v1/completions`` and ``POST /v1/chat/completions`` take OpenAI's fields; every error
 is answered with an OpenAI-style body, ``{"error": {"message", "type", "param", "code"}}``.
-Requests are validated in :mod:`~llmfoundry.command_utils.serve_requests`, run by
+With an API key configured, every route but ``/health`` needs ``Authorization: Bearer <key>``
+(:class:`BearerAuth`). Requests are validated in
+:mod:`~llmfoundry.command_utils.serve_requests`, run by
 :mod:`~llmfoundry.command_utils.serve_endpoint` and answered with the bodies of
 :mod:`~llmfoundry.command_utils.serve_responses`.
 """
@@ -10,12 +12,14 @@ Requests are validated in :mod:`~llmfoundry.command_utils.serve_requests`, run b
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmfoundry.command_utils.chat_template import render_chat, stop_strings, uses_chatml
 from llmfoundry.command_utils.serve_batching import GenerationWorker, ServedModel
@@ -40,6 +44,41 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_COMPLETION_MAX_TOKENS = 16
+OPEN_PATHS = frozenset({"/health"})
+
+
+class BearerAuth:
+    """ASGI middleware: answer 401 to a request without ``Authorization: Bearer <key>``.
+
+    ``/health`` stays open (for load balancers). The key is compared in constant time and is
+    never written to a log or an error body.
+
+    Args:
+        app: the app to guard.
+        key: the API key.
+    """
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app = app
+        self._key = key.encode()
+
+    def _authorized(self, scope: Scope) -> bool:
+        headers = [value for name, value in scope["headers"] if name == b"authorization"]
+        scheme, _, token = (headers[0] if len(headers) == 1 else b"").partition(b" ")
+        return scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self._key)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass an authorized (or open-route) request on; answer any other with 401."""
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        error = APIError(
+            401,
+            "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+            code="invalid_api_key",
+        )
+        headers = {"WWW-Authenticate": "Bearer"}
+        await JSONResponse(error.body(), status_code=401, headers=headers)(scope, receive, send)
 
 
 def _deadline(endpoint: Endpoint) -> float:
@@ -59,7 +98,9 @@ async def _completions(endpoint: Endpoint, request: Request) -> Any:
     if top_n is not None and sampling.stream:
         raise invalid_param("logprobs", "'logprobs' is not supported with 'stream': true")
     echo = bool_field(body, "echo")
-    prompts = parse_prompts(body, endpoint.config.max_prompts_per_request)
+    # A request never needs more room than the whole queue has.
+    config = endpoint.config
+    prompts = parse_prompts(body, min(config.max_prompts_per_request, config.max_queue))
     prepared = endpoint.prepare(
         prompts, sampling, DEFAULT_COMPLETION_MAX_TOKENS, "max_tokens", "prompt"
     )
@@ -109,7 +150,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, err: APIError) -> JSONResponse:
         del request
-        return JSONResponse(err.body(), status_code=err.status)
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, err: HTTPException) -> JSONResponse:
@@ -130,6 +171,8 @@ def _add_model_routes(app: FastAPI, endpoint: Endpoint) -> None:
 
     @app.get("/health")
     async def health() -> JSONResponse:
+        if endpoint.worker.draining:
+            return JSONResponse({"status": "shutting_down"}, 503)
         if not endpoint.worker.alive:
             return JSONResponse({"status": "error", "detail": "the generation worker stopped"}, 503)
         return JSONResponse({"status": "ok"})
@@ -171,4 +214,6 @@ def build_app(config: ServeConfig, served: ServedModel, worker: GenerationWorker
     async def chat_completions(request: Request) -> Any:
         return await _chat_completions(endpoint, request)
 
+    if config.api_key is not None:
+        app.add_middleware(BearerAuth, key=config.api_key)
     return app

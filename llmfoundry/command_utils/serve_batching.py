@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -33,6 +34,21 @@ from llmfoundry.command_utils.serve_logprobs import completion_logprobs, kept_co
 from llmfoundry.utils.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
+
+SHUTDOWN_MESSAGE = "the server is shutting down"
+
+
+class QueueFullError(Exception):
+    """The queue has no room for a request's rows (answered with 429); ``retry_after_s``: whole
+    seconds after which the queue has likely drained."""
+
+    def __init__(self, queued: int, limit: int, retry_after_s: int) -> None:
+        super().__init__(f"{queued} prompts are waiting, the most this server queues is {limit}")
+        self.retry_after_s = retry_after_s
+
+
+class ShuttingDownError(RuntimeError):
+    """The worker takes no more rows: the server is shutting down (answered with 503)."""
 
 
 @dataclass
@@ -76,6 +92,7 @@ class RowResult:
         finish_reason: ``stop`` (end of text or a stop string) or ``length`` (``max_tokens``).
         completion_tokens: tokens the model generated for it.
         error: set (and the rest empty) when generation failed.
+        shutdown: the row was dropped, not failed, because the server is shutting down.
         token_ids: the generated ids (EOS left out; a cut-off stop string's included).
         logprobs: the choice's ``logprobs`` object when the row asked for one
             (:mod:`~llmfoundry.command_utils.serve_logprobs`).
@@ -85,6 +102,7 @@ class RowResult:
     finish_reason: str = "length"
     completion_tokens: int = 0
     error: str | None = None
+    shutdown: bool = False
     token_ids: list[int] = field(default_factory=list)
     logprobs: dict[str, Any] | None = None
 
@@ -133,9 +151,7 @@ class _RowProgress:
     """A row's tokens so far, its text, and the text already handed to a streaming caller."""
 
     def __init__(self, row: GenerationRow) -> None:
-        self.row = row
-        self.tokens: list[int] = []
-        self.emitted = ""
+        self.row, self.tokens, self.emitted = row, list[int](), ""
         self.result: RowResult | None = None
 
 
@@ -252,17 +268,27 @@ class GenerationWorker:
         served: the model and tokenizer.
         max_batch_size: most rows per ``generate`` call.
         batch_wait_s: how long to wait for more rows once one has arrived.
+        max_queue: most rows that may wait to be batched; None: no bound.
     """
 
-    def __init__(self, served: ServedModel, max_batch_size: int, batch_wait_s: float) -> None:
+    def __init__(
+        self,
+        served: ServedModel,
+        max_batch_size: int,
+        batch_wait_s: float,
+        max_queue: int | None = None,
+    ) -> None:
         self.served = served
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
+        self.max_queue = max_queue
         self.generate_calls = 0
         self._queue: deque[GenerationRow] = deque()
         self._condition = threading.Condition()
         self._paused = False
         self._stopping = False
+        self.draining = False  # no new rows: the server is shutting down
+        self._batch_seconds = 0.0
         self._thread = threading.Thread(target=self._loop, name="generation-worker", daemon=True)
         tokenizer = served.tokenizer
         self._eos_ids = _eos_ids(served.model, tokenizer)
@@ -275,15 +301,22 @@ class GenerationWorker:
         """Start the worker thread."""
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop after the running batch; rows still queued fail with a shutdown error."""
+    def drain(self) -> None:
+        """Take no more rows (:meth:`submit` raises :class:`ShuttingDownError`) and end the
+        queued ones with a shutdown result; the running batch finishes."""
         with self._condition:
-            self._stopping = True
+            self.draining = True
             left = list(self._queue)
             self._queue.clear()
-            self._condition.notify_all()
         for row in left:
-            row.on_done(RowResult(error="the server is shutting down"))
+            row.on_done(RowResult(error=SHUTDOWN_MESSAGE, shutdown=True))
+
+    def stop(self) -> None:
+        """Drain, then stop the thread once the running batch is done."""
+        self.drain()
+        with self._condition:
+            self._stopping = True
+            self._condition.notify_all()
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
 
@@ -293,10 +326,20 @@ class GenerationWorker:
         return self._thread.is_alive()
 
     def submit(self, rows: Sequence[GenerationRow]) -> None:
-        """Queue ``rows`` (one request's prompts, kept in order)."""
+        """Queue ``rows`` (one request's prompts, kept in order), all or none.
+
+        Raises:
+            ShuttingDownError: once the worker is draining or stopped.
+            QueueFullError: if the rows would take the queue past ``max_queue``.
+        """
         with self._condition:
-            if self._stopping:
-                raise RuntimeError("the generation worker has stopped")
+            if self.draining:
+                raise ShuttingDownError(SHUTDOWN_MESSAGE)
+            queued = len(self._queue)
+            if self.max_queue is not None and queued + len(rows) > self.max_queue:
+                # Retry once the queued batches have likely run: 1 to 60 s.
+                wait = math.ceil(math.ceil(queued / self.max_batch_size) * self._batch_seconds)
+                raise QueueFullError(queued, self.max_queue, min(60, max(1, wait)))
             self._queue.extend(rows)
             self._condition.notify_all()
 
@@ -430,6 +473,8 @@ class GenerationWorker:
                 )
         tokens = sum(result.completion_tokens for result in results)
         elapsed = time.perf_counter() - start
+        with self._condition:  # a moving average, for Retry-After
+            self._batch_seconds += (elapsed - self._batch_seconds) * 0.2
         logger.debug(
             "batch of %d: %d tokens in %.2fs (%.1f tokens/s)",
             len(batch),

@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from llmfoundry.command_utils.serve_batching import (
+    SHUTDOWN_MESSAGE,
     GenerationRow,
     GenerationWorker,
+    QueueFullError,
     RowResult,
     ServedModel,
+    ShuttingDownError,
 )
 from llmfoundry.command_utils.serve_requests import APIError, SamplingRequest, invalid_param
 from llmfoundry.command_utils.serve_responses import StreamShape
@@ -32,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 # ``(index, text)`` for streamed text and ``(index, RowResult)`` when a row ends.
 Event: TypeAlias = tuple[int, str | RowResult]
+# Seconds a client should wait before retrying on a server that is shutting down (a restarted
+# one may be up by then).
+SHUTDOWN_RETRY_AFTER_S = 5
 
 
 @dataclass
@@ -47,8 +53,32 @@ class Prepared:
     echo: bool = False
 
 
+def shutting_down() -> APIError:
+    """The 503 answer while the server shuts down."""
+    return APIError(
+        503,
+        SHUTDOWN_MESSAGE + "; retry later",
+        code="shutting_down",
+        error_type="server_error",
+        headers={"Retry-After": str(SHUTDOWN_RETRY_AFTER_S)},
+    )
+
+
+def busy(err: QueueFullError) -> APIError:
+    """The 429 answer when the queue is full."""
+    return APIError(
+        429,
+        f"the server is busy ({err}); retry after {err.retry_after_s} s",
+        code="server_busy",
+        error_type="server_error",
+        headers={"Retry-After": str(err.retry_after_s)},
+    )
+
+
 def _checked(result: RowResult) -> RowResult:
-    """``result``, or a 500 if generation failed."""
+    """``result``, or a 503 if the server dropped it to shut down, or a 500 if it failed."""
+    if result.shutdown:
+        raise shutting_down()
     if result.error is not None:
         raise APIError(500, result.error, code="generation_failed", error_type="server_error")
     return result
@@ -170,8 +200,10 @@ class Endpoint:
             )
         try:
             self.worker.submit(rows)
-        except RuntimeError as err:
-            raise APIError(503, str(err), code="shutting_down", error_type="server_error") from err
+        except ShuttingDownError as err:
+            raise shutting_down() from err
+        except QueueFullError as err:
+            raise busy(err) from err
         return events, rows
 
     def timeout_error(self) -> APIError:

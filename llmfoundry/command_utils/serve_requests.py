@@ -54,6 +54,7 @@ class APIError(Exception):
         param: the request field at fault, if one is.
         code: a short machine-readable code.
         error_type: OpenAI's ``type`` (``invalid_request_error`` for the caller's mistakes).
+        headers: extra response headers (``Retry-After``, ``WWW-Authenticate``).
     """
 
     def __init__(
@@ -63,6 +64,7 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
         error_type: str = "invalid_request_error",
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -70,6 +72,7 @@ class APIError(Exception):
         self.param = param
         self.code = code
         self.error_type = error_type
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         """The JSON body."""
@@ -216,7 +219,9 @@ def parse_sampling(
     _check_fields(body, allowed, served_name)
     n = _int_field(body, "n")
     if n not in (None, 1):
-        raise invalid_param("n", f"'n' must be 1 (one choice per prompt), got {n}")
+        raise invalid_param(
+            "n", f"'n' is {n}; this server returns at most 1 choice per prompt (n must be 1)"
+        )
     stops = _stop_strings(body)
     options = body.get("stream_options")
     if options is not None and not (

@@ -43,6 +43,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add("--max_new_tokens_limit", type=int)
     add("--request_timeout", type=float, help="seconds")
     add("--max_prompts_per_request", type=int)
+    add("--max_queue", type=int, help="most prompts waiting to run; more get 429 (default 256)")
+    add(
+        "--api_key",
+        help="require 'Authorization: Bearer <key>' on every route but /health "
+        "(default: $LLMFOUNDRY_API_KEY; none: open)",
+    )
     add("--device", help="default: cuda if available, else cpu")
     add("--model_dtype", choices=list(MODEL_DTYPE_NAMES))
     add("--trust_remote_code", action=BooleanFlag)
@@ -52,9 +58,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def run_server(args: argparse.Namespace) -> None:
     """Serve until interrupted; print the URL once the address is bound."""
-    from llmfoundry.command_utils.serve import ServeConfig, serve
+    from llmfoundry.command_utils.serve import ServeConfig, resolve_api_key, serve
 
-    config = ServeConfig(**vars(args))
+    settings = vars(args)
+    settings["api_key"] = resolve_api_key(settings.get("api_key"))
+    config = ServeConfig(**settings)
     serve(
         config, on_ready=lambda url: print(f"serving '{config.served_name}' on {url}", flush=True)
     )

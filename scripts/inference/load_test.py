@@ -1,0 +1,34 @@
+"""Load-test an OpenAI-compatible endpoint: N concurrent clients for T seconds, then a table.
+
+    python scripts/inference/load_test.py --url http://127.0.0.1:8000 --clients 20 --seconds 60
+
+Prints requests, requests/s, p50 and p99 latency, 429s apart from failures (by status) and,
+with ``--server_pid``, the server's RSS at start, max and end. The logic lives in
+``llmfoundry/command_utils/serve_load_test.py``.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+try:
+    import llmfoundry  # noqa: F401
+except ImportError:  # a checkout that is not installed
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from llmfoundry.command_utils.serve_load_test import (
+    LoadTestConfig,
+    build_parser,
+    format_table,
+    run_load_test,
+)
+from llmfoundry.utils.cli_utils import run_user_command
+
+
+def main(args: argparse.Namespace) -> None:
+    """Run the load test and print its table."""
+    print(format_table(run_load_test(LoadTestConfig(**vars(args)))), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(run_user_command(main, build_parser().parse_args()))
