@@ -20,7 +20,7 @@ def _as_time(value: str | Time[int] | Time[float], key: str) -> Time[int] | Time
         return value
     try:
         return Time.from_timestring(str(value))
-    except ValueError as err:
+    except (ValueError, TypeError) as err:  # TypeError: a fraction of a whole unit ('1.5ba')
         raise ValueError(f"{key}={value!r} is not a time such as '100ba' or '0.1dur'") from err
 
 

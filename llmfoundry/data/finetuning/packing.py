@@ -27,6 +27,7 @@ over); the ratio is ``n / device_batch_size`` (1 means no packing).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -257,6 +258,10 @@ def auto_packing_ratio(lengths: Sequence[int], device_batch_size: int, max_seq_l
         if no_carry_over:
             best = examples_per_batch
     ratio = best / device_batch_size
+    # The loader packs int(ratio x device_batch_size) examples: make that give ``best`` back
+    # (61 / 7 * 7 is 60.99999999999999 in floating point).
+    while int(ratio * device_batch_size) < best:
+        ratio = math.nextafter(ratio, math.inf)
     _, efficiency = simulate_packing(lengths, best, device_batch_size, max_seq_len)
     logger.info(
         "packing_ratio: auto chose %.3g (%d examples per batch of %d rows) from %d sampled "
