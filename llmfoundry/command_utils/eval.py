@@ -41,8 +41,18 @@ from llmfoundry.command_utils.eval_results import (
     render_tables,
     write_results,
 )
-from llmfoundry.command_utils.evaluators import build_gauntlet, build_run_evaluators
+from llmfoundry.command_utils.evaluators import (
+    build_gauntlet,
+    build_run_evaluators,
+    eval_loader_sections,
+)
 from llmfoundry.command_utils.parallelism import build_parallelism_config
+from llmfoundry.command_utils.preflight import (
+    check_loader_section,
+    check_model_section,
+    check_named_sections,
+    check_tokenizer_section,
+)
 from llmfoundry.command_utils.train import (
     flatten,
     import_code_paths,
@@ -198,6 +208,31 @@ def is_hf_folder(path: str) -> bool:
 # --------------------------------------------------------------------------- model loading
 
 
+def model_section(entry: ModelEntry) -> dict[str, Any]:
+    """The ``model:`` section the entry's model is built from (a Hugging Face ``load_path``
+    folder is the model of an ``hf_causal_lm`` entry)."""
+    section = dict(entry.model)
+    if entry.load_path and is_hf_folder(entry.load_path) and section.get("name") == "hf_causal_lm":
+        # The folder is the model: load it directly rather than building and overwriting.
+        section["pretrained_model_name_or_path"] = entry.load_path
+        section["pretrained"] = True
+    return section
+
+
+def check_models_and_sections(cfg: EvalConfig, entries: Sequence[ModelEntry]) -> None:
+    """Check every model, tokenizer, loader, callback and logger section before any is built.
+
+    Raises:
+        ConfigError: naming the first bad key (``models[0].model.n_layers``) and what it allows.
+    """
+    for entry in entries:
+        check_model_section(model_section(entry), f"{entry.where}.model")
+        check_tokenizer_section(entry.tokenizer, f"{entry.where}.tokenizer")
+    for _, path, section in eval_loader_sections(cfg.eval_loader, cfg.eval_loaders):
+        check_loader_section(path, section)
+    check_named_sections(cfg.callbacks, cfg.loggers)
+
+
 def build_model(entry: ModelEntry) -> tuple[ComposerModel, Any, str | None]:
     """Build the entry's tokenizer and model, with weights from a Hugging Face ``load_path``.
 
@@ -208,12 +243,8 @@ def build_model(entry: ModelEntry) -> tuple[ComposerModel, Any, str | None]:
     Raises:
         ConfigError: if a Hugging Face folder's weights do not fit the model.
     """
-    section = dict(entry.model)
+    section = model_section(entry)
     hf_folder = entry.load_path if entry.load_path and is_hf_folder(entry.load_path) else None
-    if hf_folder and section.get("name") == "hf_causal_lm":
-        # The folder is the model: load it directly rather than building and overwriting.
-        section["pretrained_model_name_or_path"] = hf_folder
-        section["pretrained"] = True
     tokenizer = build_tokenizer_from_section(entry.tokenizer)
     model = build_composer_model_from_section(section, tokenizer)
     if hf_folder and section.get("name") != "hf_causal_lm":
@@ -361,6 +392,7 @@ def evaluate(
     import_code_paths(cfg.code_paths)
     check_eval_config(cfg)
     entries = parse_models(cfg)
+    check_models_and_sections(cfg, entries)
     device = get_device(None)
     # An unknown precision fails here, before any model loads (and CPU's fallback warns once).
     run = RunSetup(

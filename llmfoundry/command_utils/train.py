@@ -24,11 +24,8 @@ from composer.utils import dist, get_device, reproducibility
 
 from llmfoundry.command_utils.evaluators import build_gauntlet, build_run_evaluators
 from llmfoundry.command_utils.meta_init import sharded_model_build
-from llmfoundry.command_utils.parallelism import (
-    build_parallelism_config,
-    check_fsdp_config,
-    check_tp_config,
-)
+from llmfoundry.command_utils.parallelism import build_parallelism_config
+from llmfoundry.command_utils.preflight import check_train_config
 from llmfoundry.loggers.run_artifacts import RunArtifactsLogger, build_run_artifacts_logger
 from llmfoundry.utils.builders import (
     build_algorithms,
@@ -214,15 +211,15 @@ def check_run_options(cfg: TrainConfig) -> None:
         )
     if cfg.save_folder is not None and not is_remote(cfg.save_folder):
         # Placeholders ({run_name}, {rank}) are filled in later; check the part before them.
-        fixed = Path(cfg.save_folder.split("{", 1)[0] or ".")
-        try:
-            fixed.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
+        # Nothing is created here: a run that fails before training leaves no folder behind.
+        fixed = Path(cfg.save_folder.split("{", 1)[0] or ".").absolute()
+        existing = next(p for p in (fixed, *fixed.parents) if p.exists() or p == p.parent)
+        if not existing.is_dir():
             raise ConfigError(
-                f"save_folder '{cfg.save_folder}' cannot be created ({err.strerror}); choose a "
-                "writable folder"
-            ) from err
-        if not os.access(fixed, os.W_OK):
+                f"save_folder '{cfg.save_folder}' cannot be created ('{existing}' is not a "
+                "folder); choose a writable folder"
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
             raise ConfigError(f"save_folder '{cfg.save_folder}' is not writable")
 
 
@@ -320,19 +317,16 @@ def build_trainer(
         The trainer.
     """
     setup_logging(cfg.python_log_level)
+    import_code_paths(cfg.code_paths)  # first: they may register the entries a section names
+    # Every section is checked before anything is built, written or started.
+    check_train_config(cfg)
     check_run_options(cfg)
     apply_cuda_env(cfg)
-    import_code_paths(cfg.code_paths)
     reproducibility.seed_all(cfg.seed)
     device = get_device(None)
     precision = runtime_precision(cfg.precision, device)
     dist.initialize_dist(device, timeout=cfg.dist_timeout)
     batch_sizes = compute_batch_sizes(cfg, dist.get_world_size(), device)
-    # Bad parallelism keys fail before the model is built; a tp strategy's plan needs the model.
-    if cfg.fsdp_config is not None:
-        check_fsdp_config(cfg.fsdp_config)
-    if cfg.tp_config is not None:
-        check_tp_config(cfg.tp_config)
 
     tokenizer = build_tokenizer_from_section(cfg.tokenizer)
     with sharded_model_build(cfg.model, cfg.fsdp_config, device.name, dist.get_world_size()):

@@ -9,7 +9,12 @@ Rules (shared by train and eval):
 - ``${x}`` where ``x`` lives under ``variables:`` (not at the top level) is read as
   ``${variables.x}``, with a warning.
 - Any other unknown top-level key fails with the closest valid key; a value of the wrong type
-  fails naming the key and the expected type.
+  fails naming the key and the expected type (the checker is :mod:`config_checks`; a
+  ``TIME`` field must be a Composer time string, a ``POSITIVE`` one above zero). The sections
+  inside (``model``, ``optimizer``, ...) are checked against their registry entries before a
+  run builds anything (``command_utils.preflight``).
+- An override's value is applied unresolved: ``model.d_model=${variables.d}`` refers to the
+  run config.
 - A training config then goes through the ``config_transforms`` registry (after its
   ``code_paths`` are imported) before it is validated: see ``config_transforms``.
 """
@@ -19,16 +24,23 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import types
 import typing
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar, Union
+from typing import Annotated, Any, TypeVar
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from llmfoundry.utils.config_checks import (
+    POSITIVE,
+    TIME,
+    check_value,
+    interpolation_error,
+    override_error,
+    yaml_error,
+)
 from llmfoundry.utils.config_helpers import log_config, pop_config, process_init_device
 from llmfoundry.utils.config_transforms import (
     apply_transforms_to_config,
@@ -74,10 +86,10 @@ class TrainConfig:
     optimizer: dict[str, Any]
     scheduler: dict[str, Any]
     train_loader: dict[str, Any]
-    max_duration: int | str
-    max_seq_len: int
-    global_train_batch_size: int | None = None
-    device_train_batch_size: int | None = None
+    max_duration: Annotated[int | str, TIME]
+    max_seq_len: Annotated[int, POSITIVE]
+    global_train_batch_size: Annotated[int | None, POSITIVE] = None
+    device_train_batch_size: Annotated[int | None, POSITIVE] = None
     seed: int = 17
     precision: str = "amp_bf16"
     code_paths: list[str] | None = None
@@ -100,10 +112,10 @@ class TrainConfig:
     icl_seq_len: int | None = None
     # Run code_evaluation icl_tasks (model-written code, in a sandboxed subprocess).
     allow_code_eval: bool = False
-    eval_interval: int | str = 1
+    eval_interval: Annotated[int | str, TIME] = 1
     eval_first: bool = False
     eval_subset_num_batches: int = -1
-    device_eval_batch_size: int | None = None
+    device_eval_batch_size: Annotated[int | None, POSITIVE] = None
     # Batches.
     device_train_microbatch_size: int | str = "auto"
     accumulate_train_batch_on_tokens: bool = True
@@ -121,12 +133,12 @@ class TrainConfig:
     # Logging.
     progress_bar: bool = False
     log_to_console: bool = True
-    console_log_interval: int | str = "1ba"
+    console_log_interval: Annotated[int | str, TIME] = "1ba"
     python_log_level: str | None = "debug"
     log_config: bool = True
     # Checkpoints.
     save_folder: str | None = None
-    save_interval: int | str = "1000ba"
+    save_interval: Annotated[int | str, TIME] = "1000ba"
     save_filename: str | None = None
     save_latest_filename: str | None = None
     save_overwrite: bool = False
@@ -164,7 +176,7 @@ class EvalConfig:
     and JSON (``{run_name}`` is filled in; null writes no files).
     """
 
-    max_seq_len: int
+    max_seq_len: Annotated[int, POSITIVE]
     device_eval_batch_size: int
     models: list[dict[str, Any]] | None = None
     model: dict[str, Any] | None = None
@@ -192,7 +204,7 @@ class EvalConfig:
     # Components and logging.
     callbacks: dict[str, Any] | None = None
     loggers: dict[str, Any] | None = None
-    console_log_interval: int | str = "1ba"
+    console_log_interval: Annotated[int | str, TIME] = "1ba"
     python_log_level: str | None = "debug"
     log_config: bool = True
     metadata: dict[str, Any] | None = None
@@ -223,8 +235,8 @@ def load_yaml_with_overrides(
         )
     try:
         base = OmegaConf.load(path)
-    except (OmegaConfBaseException, yaml.YAMLError) as err:
-        raise ConfigError(f"could not parse '{yaml_path}': {str(err).splitlines()[0]}") from err
+    except (OmegaConfBaseException, yaml.YAMLError, OSError, UnicodeDecodeError) as err:
+        raise yaml_error(yaml_path, err) from err
     if not isinstance(base, DictConfig):
         raise ConfigError(f"'{yaml_path}' must hold a mapping of keys at the top level")
     for item in overrides:
@@ -247,11 +259,12 @@ def load_yaml_with_overrides(
         try:
             # One item at a time, so that a key may index a list (models.0.load_path=...).
             parsed = OmegaConf.from_dotlist([f"value={value}"])
-            OmegaConf.update(base, key, parsed["value"], merge=True)
+            # Unresolved: an interpolation in the value refers to the run config, resolved later.
+            unresolved = OmegaConf.to_container(parsed, resolve=False)
+            assert isinstance(unresolved, dict)
+            OmegaConf.update(base, key, unresolved["value"], merge=True)
         except (OmegaConfBaseException, TypeError, ValueError, IndexError) as err:
-            raise ConfigError(
-                f"could not apply override '{item}': {str(err).splitlines()[0]}"
-            ) from err
+            raise override_error(item, err) from err
     return base
 
 
@@ -373,7 +386,7 @@ def resolve_config(
     try:
         resolved = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"could not resolve the config: {str(err).splitlines()[0]}") from err
+        raise interpolation_error(err) from err
     assert isinstance(resolved, dict)
     if legacy:
         variables = resolved.setdefault("variables", {}) or {}
@@ -389,46 +402,13 @@ def resolve_config(
     return {str(k): v for k, v in resolved.items()}
 
 
-def _matches(value: Any, annotation: Any) -> bool:
-    """Whether ``value`` fits a (simple) type annotation."""
-    origin = typing.get_origin(annotation)
-    if annotation is Any:
-        return True
-    if origin in (Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if origin in (dict, Mapping):
-        return isinstance(value, dict)
-    if origin in (list, Sequence):
-        return isinstance(value, list)
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(annotation, type):
-        return isinstance(value, annotation)
-    return True
-
-
-def _type_name(annotation: Any) -> str:
-    origin = typing.get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
-    if annotation is type(None):
-        return "null"
-    if origin is not None:
-        return {dict: "mapping", list: "list"}.get(origin, str(origin))
-    return getattr(annotation, "__name__", str(annotation))
-
-
 def to_dataclass(resolved: Mapping[str, Any], cls: type[ConfigT]) -> ConfigT:
     """Build ``cls`` from a resolved config, checking required keys and value types.
 
     Raises:
         ConfigError: naming a missing required key, or a key whose value has the wrong type.
     """
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     for name, field in fields.items():
         required = (
@@ -438,11 +418,11 @@ def to_dataclass(resolved: Mapping[str, Any], cls: type[ConfigT]) -> ConfigT:
             raise ConfigError(f"required key '{name}' is missing from the config")
     for key, value in resolved.items():
         if key not in fields:
-            raise ConfigError(f"unknown top-level key '{key}'{did_you_mean(key, fields)}")
-        if not _matches(value, hints[key]):
-            raise ConfigError(
-                f"{key} must be {_type_name(hints[key])}, got {type(value).__name__} {value!r}"
+            hint = did_you_mean(key, fields) or (
+                "; remove it (values that ${variables.x} refers to go under `variables:`)"
             )
+            raise ConfigError(f"unknown top-level key '{key}'{hint}")
+        check_value(value, hints[key], key)
     return cls(**resolved)
 
 

@@ -7,6 +7,7 @@ The key names and defaults are LLM Foundry's (0.22 included: ``attn_config.nope`
 from __future__ import annotations
 
 import copy
+import difflib
 from typing import Any
 
 from transformers import PretrainedConfig
@@ -50,6 +51,50 @@ INIT_CONFIG_DEFAULTS: dict[str, Any] = {
     "emb_init_uniform_lim": None,
     "init_std": None,
     "init_gain": 0.0,
+}
+
+# The type of each nested key, for the run-config checker (``llmfoundry.utils.config_checks``):
+# a YAML value of another type (``qk_ln: maybe``) fails there, naming the key. Plug-in layers'
+# own keys (an ``ffn_config`` of a plug-in FFN) are not listed and go unchecked.
+ATTN_CONFIG_TYPES: dict[str, Any] = {
+    "attn_type": str,
+    "attn_pdrop": float,
+    "attn_impl": str,
+    "qk_ln": bool,
+    "qk_gn": bool,
+    "clip_qkv": float | None,
+    "softmax_scale": float | None,
+    "attn_uses_sequence_id": bool,
+    "sliding_window_size": int | None,
+    "attn_logit_softcapping": float | None,
+    "alibi": bool,
+    "alibi_bias_max": int,
+    "rope": bool,
+    "nope": bool,
+    "rope_theta": float,
+    "rope_impl": str,
+    "rope_dail_config": dict[str, Any],
+    "rope_hf_config": dict[str, Any],
+    "attn_temperature_tuning": dict[str, Any] | None,
+    "kv_n_heads": int | None,
+    "fused_qkv": bool,
+}
+
+FFN_CONFIG_TYPES: dict[str, Any] = {
+    "ffn_type": str,
+    "ffn_act_fn": str | dict[str, Any] | None,
+    "ffn_hidden_size": int | None,
+}
+
+INIT_CONFIG_TYPES: dict[str, Any] = {
+    "name": str,
+    "fan_mode": str,
+    "init_nonlinearity": str,
+    "init_div_is_residual": bool | int | float | str,
+    "emb_init_std": float | None,
+    "emb_init_uniform_lim": float | list[float] | None,
+    "init_std": float | None,
+    "init_gain": float,
 }
 
 ATTN_TYPES = BUILTIN_NAMES["attention_classes"]
@@ -116,7 +161,11 @@ def merge_defaults(
             continue
         if key not in defaults and not open_keys:
             known = ", ".join(sorted(defaults))
-            raise MPTConfigError(f"model.{name}.{key} is not a known key; known keys: {known}")
+            close = difflib.get_close_matches(str(key), list(defaults), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise MPTConfigError(
+                f"model.{name}.{key} is not a known key; {hint}valid keys: {known}"
+            )
         if isinstance(value, dict) and isinstance(defaults.get(key), dict):
             merged[key] = {**defaults[key], **value}
         else:

@@ -278,6 +278,7 @@ class MPTConfig(PretrainedConfig):
     def _validate(self) -> None:
         """Check each field and the combinations the model cannot run with."""
         attn = self.attn_config
+        self._validate_sizes()
         if self.d_model % self.n_heads != 0:
             raise MPTConfigError(
                 f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
@@ -362,6 +363,22 @@ class MPTConfig(PretrainedConfig):
         for layer, layer_attn in enumerate(self.layer_attn_configs()):
             self._validate_layer_attn(layer, layer_attn)
         self._validate_transformer_engine()
+
+    def _validate_sizes(self) -> None:
+        """The sizes must be positive integers (``n_heads: 0`` would divide by zero)."""
+        for key in ("d_model", "n_heads", "n_layers", "vocab_size", "max_seq_len"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise MPTConfigError(f"model.{key}={value!r} must be a positive integer")
+        ratio = self.expansion_ratio
+        if not isinstance(ratio, int | float) or isinstance(ratio, bool) or not ratio > 0:
+            raise MPTConfigError(f"model.expansion_ratio={ratio!r} must be a positive number")
+        hidden = self.ffn_config.get("ffn_hidden_size")
+        if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
+            raise MPTConfigError(
+                f"model.ffn_config.ffn_hidden_size={hidden!r} must be a positive integer (or "
+                "null for expansion_ratio * d_model)"
+            )
 
     def _validate_layer_attn(self, layer: int, attn: dict[str, Any]) -> None:
         """Check the settings that ``block_overrides`` may change, for one layer."""

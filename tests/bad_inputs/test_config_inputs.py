@@ -1,0 +1,369 @@
+"""Bad run configs: each fails in one line naming the full key path and what it allows, with
+no traceback, before anything is built, and leaves no folder behind.
+
+Every case runs the command's ``main(argv)`` in this process on a small YAML whose data and
+tokenizer paths do not exist: a config check that passed would reach them and fail otherwise,
+so each case also shows that its check comes first. The base YAMLs themselves pass every check
+(``test_the_base_configs_pass_the_checks``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from llmfoundry.cli.commands.eval import main as eval_main
+from llmfoundry.cli.commands.train import main as train_main
+
+from .cli_case import assert_one_line_error, files_under, run_cli
+
+TRAIN_YAML = """
+variables:
+  max_seq_len: 64
+  global_seed: 7
+max_seq_len: ${variables.max_seq_len}
+run_name: bad-input
+model:
+  name: mpt_causal_lm
+  d_model: 64
+  n_heads: 4
+  n_layers: 2
+  expansion_ratio: 2
+  max_seq_len: ${variables.max_seq_len}
+  vocab_size: 512
+  attn_config:
+    attn_impl: torch
+  ffn_config:
+    ffn_type: mptmlp
+  init_config:
+    name: kaiming_normal_
+tokenizer:
+  name: {missing}/tokenizer
+train_loader:
+  name: text
+  dataset:
+    local: {missing}/mds
+    split: train
+    shuffle: true
+    max_seq_len: ${variables.max_seq_len}
+  drop_last: true
+  num_workers: 0
+optimizer:
+  name: decoupled_adamw
+  lr: 3.0e-3
+  betas: [0.9, 0.95]
+scheduler:
+  name: constant_with_warmup
+  t_warmup: 0ba
+max_duration: 4ba
+eval_interval: 2ba
+global_train_batch_size: 8
+device_train_microbatch_size: 4
+precision: fp32
+seed: ${variables.global_seed}
+python_log_level: null
+callbacks:
+  speed_monitor:
+    window_size: 2
+loggers:
+  file:
+    filename: {missing}/log.txt
+algorithms:
+  gradient_clipping:
+    clipping_type: norm
+    clipping_threshold: 1.0
+fsdp_config:
+  sharding_strategy: FULL_SHARD
+compile_config:
+  mode: default
+save_folder: {save}
+save_interval: 2ba
+"""
+
+EVAL_YAML = """
+max_seq_len: 64
+device_eval_batch_size: 4
+precision: fp32
+python_log_level: null
+models:
+- model_name: tiny
+  model:
+    name: mpt_causal_lm
+    d_model: 64
+    n_heads: 4
+    n_layers: 2
+    max_seq_len: 64
+    vocab_size: 512
+    attn_config:
+      attn_impl: torch
+  tokenizer:
+    name: {missing}/tokenizer
+eval_loader:
+  name: text
+  dataset:
+    local: {missing}/mds
+    split: val
+    max_seq_len: 64
+  drop_last: false
+  num_workers: 0
+results_folder: {save}
+"""
+
+TIME = "a time string"
+
+# (id, overrides, what the error line must mention)
+TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
+    # Top level: unknown keys, wrong types, bad times, batch sizes.
+    ("top-unknown", ["max_durations=4ba"], ("'max_durations'", "did you mean 'max_duration'")),
+    ("top-unknown-far", ["zzz=1"], ("'zzz'", "remove it")),
+    ("top-type", ["max_seq_len=abc"], ("max_seq_len must be", "int")),
+    ("top-negative", ["max_seq_len=-1"], ("max_seq_len must be a positive int",)),
+    ("top-seed", ["seed=abc"], ("seed must be int",)),
+    ("top-bool", ["save_overwrite=maybe"], ("save_overwrite must be bool (true or false)",)),
+    ("max-duration", ["max_duration=10bat"], ("max_duration must be", TIME, "'10bat'")),
+    ("eval-interval", ["eval_interval=x"], ("eval_interval must be", TIME)),
+    ("save-interval", ["save_interval=often"], ("save_interval must be", TIME)),
+    ("console-interval", ["console_log_interval=1bx"], ("console_log_interval must be", TIME)),
+    ("batch-not-divisible", ["global_train_batch_size=7"], ("device_train_microbatch_size",)),
+    ("microbatch", ["device_train_microbatch_size=3"], ("device_train_microbatch_size=3",)),
+    ("batch-zero", ["global_train_batch_size=0"], ("global_train_batch_size must be a positive",)),
+    ("precision", ["precision=amp_bf61"], ("precision='amp_bf61'", "did you mean 'amp_bf16'")),
+    # model: registry name, keys, types, impossible shapes.
+    ("model-name", ["model.name=mpt_causal"], ("model.name", "'mpt_causal'", "did you mean")),
+    ("model-unknown", ["model.n_layer=2"], ("model.n_layer", "did you mean 'n_layers'")),
+    ("model-n-layers-str", ["model.n_layers=two"], ("model.n_layers must be int", "'two'")),
+    ("model-n-heads-zero", ["model.n_heads=0"], ("model.n_heads=0", "positive integer")),
+    ("model-d-model-neg", ["model.d_model=-64"], ("model.d_model=-64", "positive integer")),
+    ("model-vocab-neg", ["model.vocab_size=-1"], ("model.vocab_size=-1", "positive integer")),
+    ("model-not-divisible", ["model.d_model=65"], ("model.d_model (65)", "model.n_heads (4)")),
+    ("model-ratio", ["model.expansion_ratio=big"], ("model.expansion_ratio must be float",)),
+    ("model-bool", ["model.no_bias=maybe"], ("model.no_bias must be bool",)),
+    ("model-norm-type", ["model.norm_type=layernrm"], ("model.norm_type='layernrm'", "one of")),
+    ("model-loss-fn", ["model.loss_fn=ce"], ("model.loss_fn='ce'", "choose one of")),
+    # model.attn_config
+    ("attn-qk-ln", ["model.attn_config.qk_ln=maybe"], ("model.attn_config.qk_ln must be bool",)),
+    (
+        "attn-impl",
+        ["model.attn_config.attn_impl=flashy"],
+        ("model.attn_config.attn_impl='flashy'",),
+    ),
+    (
+        "attn-unknown",
+        ["model.attn_config.qk_lnn=true"],
+        ("model.attn_config.qk_lnn", "did you mean 'qk_ln'"),
+    ),
+    ("attn-pdrop", ["model.attn_config.attn_pdrop=abc"], ("model.attn_config.attn_pdrop must be",)),
+    (
+        "attn-kv-heads",
+        ["model.attn_config.attn_type=grouped_query_attention", "model.attn_config.kv_n_heads=3"],
+        ("model.attn_config.kv_n_heads=3", "divisor of n_heads=4"),
+    ),
+    ("attn-type", ["model.attn_config.attn_type=mha"], ("model.attn_config.attn_type='mha'",)),
+    # model.ffn_config / model.init_config
+    (
+        "ffn-type",
+        ["model.ffn_config.ffn_type=mlp2"],
+        ("model.ffn_config.ffn_type='mlp2'", "one of"),
+    ),
+    (
+        "ffn-hidden",
+        ["model.ffn_config.ffn_hidden_size=wide"],
+        ("model.ffn_config.ffn_hidden_size",),
+    ),
+    ("ffn-act", ["model.ffn_config.ffn_act_fn=swishy"], ("model.ffn_config.ffn_act_fn='swishy'",)),
+    ("init-name", ["model.init_config.name=foo_init_"], ("model.init_config.name='foo_init_'",)),
+    (
+        "init-type",
+        ["model.init_config.init_std=abc"],
+        ("model.init_config.init_std must be float",),
+    ),
+    (
+        "init-unknown",
+        ["model.init_config.fan_mod=fan_in"],
+        ("model.init_config.fan_mod", "did you mean 'fan_mode'"),
+    ),
+    # optimizer / scheduler
+    ("optimizer-lr", ["optimizer.lr=abc"], ("optimizer.lr must be float", "'abc'")),
+    ("optimizer-name", ["optimizer.name=adamx"], ("optimizer.name", "'adamx'", "did you mean")),
+    ("optimizer-betas", ["optimizer.betas=[0.9]"], ("optimizer.betas must be a list of 2",)),
+    ("optimizer-unknown", ["optimizer.momentun=0.9"], ("optimizer.momentun", "valid:")),
+    ("scheduler-warmup", ["scheduler.t_warmup=2bat"], ("scheduler.t_warmup must be", TIME)),
+    ("scheduler-name", ["scheduler.name=cosine_warmup"], ("scheduler.name", "did you mean")),
+    ("scheduler-type", ["scheduler.alpha=abc"], ("scheduler.alpha must be float",)),
+    ("scheduler-unknown", ["scheduler.t_warm=1ba"], ("scheduler.t_warm", "did you mean")),
+    # train_loader and its dataset
+    ("loader-name", ["train_loader.name=txt"], ("train_loader.name", "'txt'", "did you mean")),
+    ("loader-type", ["train_loader.num_workers=two"], ("train_loader.num_workers must be int",)),
+    ("loader-unknown", ["train_loader.shuffle=true"], ("train_loader.shuffle", "valid:")),
+    ("dataset-unknown", ["train_loader.dataset.shufle=true"], ("train_loader.dataset.shufle",)),
+    (
+        "dataset-type",
+        ["train_loader.dataset.max_seq_len=abc"],
+        ("train_loader.dataset.max_seq_len",),
+    ),
+    # fsdp_config, compile_config
+    (
+        "fsdp-unknown",
+        ["fsdp_config.sharding_stratgy=FULL_SHARD"],
+        ("fsdp_config.sharding_stratgy",),
+    ),
+    ("fsdp-value", ["fsdp_config.sharding_strategy=HALF"], ("fsdp_config.sharding_strategy",)),
+    ("fsdp-type", ["fsdp_config.activation_checkpointing=maybe"], ("fsdp_config.activation_c",)),
+    ("compile-unknown", ["compile_config.modes=default"], ("compile_config.modes", "'mode'")),
+    ("compile-scope", ["compile_config.scope=layers"], ("compile_config.scope", "use model or")),
+    # callbacks, loggers, algorithms
+    ("callback-kwarg", ["callbacks.speed_monitor.windo=3"], ("callbacks.speed_monitor.windo",)),
+    ("callback-type", ["callbacks.speed_monitor.window_size=abc"], ("window_size must be int",)),
+    ("callback-name", ["callbacks.speed_monitr={}"], ("callbacks.speed_monitr", "did you mean")),
+    ("logger-name", ["loggers.wandbb={}"], ("loggers.wandbb", "did you mean 'wandb'")),
+    ("logger-type", ["loggers.file.buffer_size=big"], ("loggers.file.buffer_size must be int",)),
+    ("algorithm-type", ["algorithms.gradient_clipping.clipping_threshold=x"], ("clipping_thr",)),
+    # tokenizer
+    ("tokenizer-unknown", ["tokenizer.nme=x"], ("tokenizer.nme", "did you mean 'name'")),
+    # interpolation
+    ("interp-missing", ["model.d_model=${variables.nope}"], ("model.d_model", "variables.nope")),
+    (
+        "interp-cycle",
+        [
+            "variables.a=${variables.b}",
+            "variables.b=${variables.a}",
+            "model.d_model=${variables.a}",
+        ],
+        ("variables.a", "cycle"),
+    ),
+    ("interp-unclosed", ["model.d_model=${variables.x"], ("model.d_model=${variables.x",)),
+    ("override-no-equals", ["max_duration"], ("override 'max_duration'", "key=value")),
+]
+
+EVAL_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
+    ("eval-unknown", ["resuls_folder=x"], ("'resuls_folder'", "did you mean 'results_folder'")),
+    ("eval-batch", ["device_eval_batch_size=four"], ("device_eval_batch_size must be int",)),
+    (
+        "eval-list-model",
+        ["models.0.model.d_model=63"],
+        ("models[0].model.d_model (63)", "models[0].model.n_heads (4)"),
+    ),
+    ("eval-list-type", ["models.0.model.n_layers=two"], ("models[0].model.n_layers must be int",)),
+    (
+        "eval-list-nested",
+        ["models.0.model.attn_config.qk_ln=maybe"],
+        ("models[0].model.attn_config.qk_ln must be bool",),
+    ),
+    (
+        "eval-list-index",
+        ["models.3.model.d_model=64"],
+        ("models.3.model.d_model", "counting from 0"),
+    ),
+    ("eval-entry-key", ["models.0.tokenzer={}"], ("models[0].tokenzer", "did you mean")),
+    ("eval-loader", ["eval_loader.num_workers=many"], ("eval_loader.num_workers must be int",)),
+    ("eval-logger", ["loggers.tensorbord={}"], ("loggers.tensorbord", "did you mean")),
+]
+
+
+def _write(folder: Path, template: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "run.yaml"
+    text = template.replace("{missing}", str(folder / "missing"))
+    path.write_text(text.replace("{save}", str(folder / "out")))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("overrides", "mentions"), [c[1:] for c in TRAIN_CASES], ids=[c[0] for c in TRAIN_CASES]
+)
+def test_bad_train_config_fails_in_one_line(
+    tmp_path: Path, overrides: list[str], mentions: tuple[str, ...]
+) -> None:
+    yaml_path = _write(tmp_path, TRAIN_YAML)
+    before = files_under(tmp_path)
+    result = run_cli(train_main, [str(yaml_path), *overrides])
+    assert_one_line_error(result, *mentions)
+    assert result.code == 2
+    assert files_under(tmp_path) == before  # no save_folder, metrics or log file
+
+
+@pytest.mark.parametrize(
+    ("overrides", "mentions"), [c[1:] for c in EVAL_CASES], ids=[c[0] for c in EVAL_CASES]
+)
+def test_bad_eval_config_fails_in_one_line(
+    tmp_path: Path, overrides: list[str], mentions: tuple[str, ...]
+) -> None:
+    yaml_path = _write(tmp_path, EVAL_YAML)
+    before = files_under(tmp_path)
+    result = run_cli(eval_main, [str(yaml_path), *overrides])
+    assert_one_line_error(result, *mentions)
+    assert result.code == 2
+    assert files_under(tmp_path) == before  # no results folder
+
+
+@pytest.mark.parametrize(
+    ("world_size", "overrides", "mentions"),
+    [
+        ("3", [], ("global_train_batch_size=8", "number of processes (3)")),
+        ("2", ["device_train_microbatch_size=3"], ("device_train_microbatch_size=3", "(4)")),
+        (
+            "2",
+            ["device_train_batch_size=8"],
+            ("device_train_batch_size=8 disagrees", "set only one"),
+        ),
+    ],
+    ids=["global-vs-world", "micro-vs-device", "device-vs-global"],
+)
+def test_batch_sizes_that_do_not_split_over_the_processes(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    world_size: str,
+    overrides: list[str],
+    mentions: tuple[str, ...],
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", world_size)
+    yaml_path = _write(tmp_path, TRAIN_YAML)
+    result = run_cli(train_main, [str(yaml_path), *overrides])
+    assert_one_line_error(result, *mentions)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "mentions"),
+    [
+        (None, ("does not exist", "run.yaml")),
+        ("- a\n- b\n", ("run.yaml", "must hold a mapping")),
+        ("model: [unclosed\n", ("could not parse", "run.yaml")),
+        ("42\n", ("run.yaml", "must hold a mapping")),
+    ],
+    ids=["missing-file", "a-list", "bad-syntax", "a-number"],
+)
+@pytest.mark.parametrize("main", [train_main, eval_main], ids=["train", "eval"])
+def test_unreadable_yaml_fails_in_one_line(
+    tmp_path: Path,
+    main: Callable[[Sequence[str]], int],
+    text: str | None,
+    mentions: tuple[str, ...],
+) -> None:
+    yaml_path = tmp_path / "run.yaml"
+    if text is not None:
+        yaml_path.write_text(text)
+    result = run_cli(main, [str(yaml_path)])
+    assert_one_line_error(result, *mentions)
+
+
+def test_the_base_configs_pass_the_checks(tmp_path: Path) -> None:
+    from llmfoundry.command_utils.eval import check_models_and_sections, parse_models
+    from llmfoundry.command_utils.preflight import check_train_config
+    from llmfoundry.utils.config_utils import EvalConfig, TrainConfig, load_config
+
+    train_yaml = _write(tmp_path / "train", TRAIN_YAML)
+    eval_yaml = _write(tmp_path / "eval", EVAL_YAML)
+    train_cfg, _ = load_config(train_yaml, [], TrainConfig)
+    check_train_config(train_cfg)
+    # An override may index into a list.
+    eval_cfg, _ = load_config(eval_yaml, ["models.0.model.d_model=32"], EvalConfig)
+    check_models_and_sections(eval_cfg, parse_models(eval_cfg))
+    assert eval_cfg.models is not None and eval_cfg.models[0]["model"]["d_model"] == 32
+    # Run as commands, the base YAMLs fail only where the missing tokenizer is loaded.
+    for main, yaml_path in ((train_main, train_yaml), (eval_main, eval_yaml)):
+        result = run_cli(main, [str(yaml_path)])
+        assert_one_line_error(result, f"{yaml_path.parent}/missing/tokenizer", "does not exist")
+        assert not (yaml_path.parent / "out").exists()
