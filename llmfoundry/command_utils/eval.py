@@ -66,6 +66,7 @@ from llmfoundry.utils.builders import (
     build_loggers,
     build_tokenizer_from_section,
 )
+from llmfoundry.utils.composer_shortcuts import trainer_env_without_cpu_probe
 from llmfoundry.utils.config_utils import EvalConfig, config_from_mapping, load_config
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
 from llmfoundry.utils.object_store import is_remote
@@ -331,28 +332,33 @@ def evaluate_model(
     throughput = EvalThroughput()
     memory = InMemoryLogger()
     has_adapter = isinstance(getattr(model, "model", None), PeftModel)
-    trainer = Trainer(
-        run_name=run_name,
-        model=model,
-        eval_dataloader=evaluators,
-        eval_subset_num_batches=cfg.eval_subset_num_batches,
-        callbacks=[*build_callbacks(cfg.callbacks), *gauntlet, throughput],
-        loggers=[*build_loggers(cfg.loggers), memory, *extra_loggers],
-        device=device,
-        precision=precision,  # type: ignore[arg-type]
-        parallelism_config=build_parallelism_config(
-            cfg.fsdp_config, None, device.name, dist.get_world_size(), dist.get_local_world_size()
-        ),
-        load_path=checkpoint,
-        load_weights_only=True,
-        # An adapter's checkpoint may hold only the adapter's weights.
-        load_strict_model_weights=not has_adapter,
-        progress_bar=False,
-        log_to_console=False,
-        console_log_interval=cfg.console_log_interval,
-        seed=cfg.seed,
-        dist_timeout=cfg.dist_timeout,
-    )
+    with trainer_env_without_cpu_probe():
+        trainer = Trainer(
+            run_name=run_name,
+            model=model,
+            eval_dataloader=evaluators,
+            eval_subset_num_batches=cfg.eval_subset_num_batches,
+            callbacks=[*build_callbacks(cfg.callbacks), *gauntlet, throughput],
+            loggers=[*build_loggers(cfg.loggers), memory, *extra_loggers],
+            device=device,
+            precision=precision,  # type: ignore[arg-type]
+            parallelism_config=build_parallelism_config(
+                cfg.fsdp_config,
+                None,
+                device.name,
+                dist.get_world_size(),
+                dist.get_local_world_size(),
+            ),
+            load_path=checkpoint,
+            load_weights_only=True,
+            # An adapter's checkpoint may hold only the adapter's weights.
+            load_strict_model_weights=not has_adapter,
+            progress_bar=False,
+            log_to_console=False,
+            console_log_interval=cfg.console_log_interval,
+            seed=cfg.seed,
+            dist_timeout=cfg.dist_timeout,
+        )
     if cfg.log_config and logged_config is not None:
         trainer.logger.log_hyperparameters({**logged_config, "model_name": entry.model_name})
     if cfg.metadata:

@@ -19,9 +19,9 @@ from transformers import PreTrainedTokenizerBase
 from llmfoundry import registry
 from llmfoundry.eval.metrics import ICL_METRICS
 from llmfoundry.metrics import TokenAccuracy
-from llmfoundry.models.hf.causal_lm_check import composer_hugging_face_init
 from llmfoundry.models.mpt import MPTConfig, MPTConfigError, MPTForCausalLM
 from llmfoundry.models.mpt.modeling_mpt import MPTCausalLMOutput
+from llmfoundry.utils.composer_shortcuts import composer_hugging_face_init
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
 logger = logging.getLogger(__name__)

@@ -20,7 +20,6 @@ from torchmetrics import Metric
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from llmfoundry import registry
-from llmfoundry.models.hf.causal_lm_check import composer_hugging_face_init
 from llmfoundry.models.hf.hf_causal_lm import fit_vocab_to_tokenizer, set_pad_token_id
 from llmfoundry.models.hf.loading import (
     NAME_KEY,
@@ -29,6 +28,7 @@ from llmfoundry.models.hf.loading import (
     load_config,
     read_config_dict,
 )
+from llmfoundry.utils.composer_shortcuts import composer_hugging_face_init
 from llmfoundry.utils.config_helpers import check_init_device
 from llmfoundry.utils.exceptions import ConfigError
 

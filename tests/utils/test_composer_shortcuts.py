@@ -1,5 +1,6 @@
-"""Our causal-LM check (by class name, no imports) answers what Composer's (by importing every
-causal-LM class) answers, and building the Composer MPT wrapper imports no other model family."""
+"""Composer start-up shortcuts: our causal-LM check (by class name, no imports) answers what
+Composer's (by importing every causal-LM class) answers, building the Composer MPT wrapper imports
+no other model family, and a Trainer's environment report names the CPU without a subprocess."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import transformers
 from composer.models.huggingface import _is_registered_causal_lm
 from peft import LoraConfig, get_peft_model
 
-from llmfoundry.models.hf.causal_lm_check import is_registered_causal_lm
+from llmfoundry.utils.composer_shortcuts import is_registered_causal_lm
 from tests.models.mpt_helpers import tiny_config, tiny_model
 
 GPT2 = transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=64, n_positions=32)
@@ -90,3 +91,25 @@ def test_building_the_composer_mpt_imports_no_other_model_family() -> None:
     families = set(json.loads(result.stdout.strip().splitlines()[-1]))
     # Before: all ~190 causal-LM families were imported to answer one isinstance question.
     assert len(families) < 10, sorted(families)
+
+
+def test_a_trainer_env_report_names_the_cpu_without_a_subprocess(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import subprocess
+
+    import composer.utils.collect_env as composer_env
+
+    from llmfoundry.utils.composer_shortcuts import cpu_model_name, trainer_env_without_cpu_probe
+
+    original = composer_env.get_cpu_model
+
+    def no_subprocess(*args: object, **kwargs: object) -> None:
+        raise AssertionError("py-cpuinfo's subprocess was started")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", no_subprocess)
+    with trainer_env_without_cpu_probe():
+        report = composer_env.get_composer_env_dict()
+    assert report["cpu_model"] == cpu_model_name() != ""
+    assert report["composer_version"] == composer_env.get_composer_version()
+    assert composer_env.get_cpu_model is original
