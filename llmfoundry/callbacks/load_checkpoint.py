@@ -22,6 +22,7 @@ from composer.callbacks import LoadCheckpoint as ComposerLoadCheckpoint
 from composer.core import Event, State
 from composer.loggers import Logger
 
+from llmfoundry.utils.checkpoint_utils import check_load_path
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
 from llmfoundry.utils.object_store import is_remote
 
@@ -75,4 +76,6 @@ class LoadCheckpoint(ComposerLoadCheckpoint):
                 f"{KEY}.load_path '{self.load_path}' does not exist; give the checkpoint file "
                 "(or sharded checkpoint folder) a run saved"
             )
+        strict = self.strict_model_weights and not self.ignore_keys
+        check_load_path(self.load_path, state.model, f"{KEY}.load_path", strict=strict)
         super()._load(state, logger)

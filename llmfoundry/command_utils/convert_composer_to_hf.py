@@ -56,7 +56,7 @@ from llmfoundry.models.hf.export import (
 )
 from llmfoundry.models.hf.loading import first_line
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
-from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
+from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint, weights_mismatch_error
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError, UserError
 from llmfoundry.utils.file_utils import (
     HF_FOLDER_MARKERS,
@@ -349,7 +349,8 @@ def _build_full_model(contents: CheckpointContents, dtype: torch.dtype) -> PreTr
     try:
         return build_with_weights(model_class, config, contents.weights, dtype)
     except RuntimeError as err:
-        raise _weights_mismatch(contents, err) from err
+        empty = _empty_model(model_class, config)
+        raise weights_mismatch_error(contents.source, contents.weights, empty) from err
 
 
 def _lora_config(contents: CheckpointContents, base_model: str | None) -> peft.LoraConfig:

@@ -66,6 +66,7 @@ from llmfoundry.utils.builders import (
     build_loggers,
     build_tokenizer_from_section,
 )
+from llmfoundry.utils.checkpoint_utils import check_load_path
 from llmfoundry.utils.composer_shortcuts import trainer_env_without_cpu_probe
 from llmfoundry.utils.config_utils import EvalConfig, config_from_mapping, load_config
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
@@ -326,12 +327,14 @@ def evaluate_model(
     reproducibility.seed_all(cfg.seed)
     device, precision, run_name = run.device, run.precision, run.run_name
     model, tokenizer, checkpoint = build_model(entry)
+    has_adapter = isinstance(getattr(model, "model", None), PeftModel)
+    if checkpoint is not None:  # read safely and checked against the model, in one line
+        check_load_path(checkpoint, model, f"{entry.where}.load_path", strict=not has_adapter)
     logger.info("%s: evaluating %s", entry.where, entry.model_name)
     evaluators = build_run_evaluators(cfg, tokenizer, model, cfg.device_eval_batch_size)
     gauntlet = build_gauntlet(cfg)
     throughput = EvalThroughput()
     memory = InMemoryLogger()
-    has_adapter = isinstance(getattr(model, "model", None), PeftModel)
     with trainer_env_without_cpu_probe():
         trainer = Trainer(
             run_name=run_name,

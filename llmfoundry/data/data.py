@@ -176,10 +176,11 @@ def warn_about_separators(tokenizer: PreTrainedTokenizerBase, bos_text: str, eos
     """
     adds_special_tokens = len(tokenizer("", verbose=False)["input_ids"]) > 0
     if not adds_special_tokens and not bos_text and not eos_text:
+        eos = tokenizer.eos_token
         logger.warning(
             "the tokenizer adds no BOS/EOS token and bos_text/eos_text are empty: documents will be "
-            "concatenated with no separator; pass --eos_text %r (or --use_tokenizer_eos)",
-            tokenizer.eos_token,
+            "concatenated with no separator; pass %s",
+            f"--eos_text {eos!r} (its EOS token)" if eos else "--eos_text with a separator text",
         )
     elif adds_special_tokens and (bos_text or eos_text):
         logger.warning(

@@ -16,7 +16,6 @@ import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -34,6 +33,14 @@ from llmfoundry.data.loader_registries import (
     loader_config,
     validate_replication,
 )
+from llmfoundry.data.mds_sources import (
+    BAD_SHARD_HINT,
+    CONVERT_HINT,
+    build_streams,
+    check_index_available,
+    check_local_shard_sizes,
+)
+from llmfoundry.data.mds_sources import stream_remote_local_validate as stream_remote_local_validate
 from llmfoundry.data.text_collator import CausalLMCollator
 from llmfoundry.data.text_collator import count_tokens_in_batch as count_tokens_in_batch
 from llmfoundry.utils.exceptions import (
@@ -42,7 +49,7 @@ from llmfoundry.utils.exceptions import (
     UserError,
     did_you_mean,
 )
-from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys, check_kwargs
+from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys
 from llmfoundry.utils.tokenizer_utils import pad_token_id_of
 
 logger = logging.getLogger(__name__)
@@ -50,12 +57,6 @@ logger = logging.getLogger(__name__)
 TOKEN_ENCODING_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 # LLM Foundry's name for the token dtypes a text MDS column may be stored in.
 SUPPORTED_MDS_ENCODING_TYPES = list(TOKEN_ENCODING_TYPES)
-CONVERT_HINT = "write it with scripts/data_prep/convert_text_to_mds.py or convert_dataset_json.py"
-BAD_SHARD_HINT = (
-    "the file is truncated or corrupted: convert the dataset again (or copy it again), or delete "
-    "the file from the local cache so that it is downloaded again from `remote`; "
-    "`validate_hash: sha1` checks downloads when the index records hashes"
-)
 
 
 class StreamingTextDataset(StreamingDataset):
@@ -298,29 +299,8 @@ class StreamingTextDataset(StreamingDataset):
         return os.path.join(shard.dirname, shard.split, info.basename)
 
     def _check_local_shard_sizes(self) -> None:
-        """Fail by name on a local shard file whose size differs from its index entry.
-
-        Streaming downloads and decompresses to a temporary name and then renames, so a file of
-        the wrong size was cut short (an interrupted copy or conversion) or overwritten.
-
-        Raises:
-            DatasetError: naming the file, both sizes and what to do.
-        """
-        for shard in self.shards:
-            for raw_info, zip_info in shard.file_pairs:
-                for info in (raw_info, zip_info):
-                    if info is None:
-                        continue
-                    path = os.path.join(shard.dirname, shard.split, info.basename)
-                    try:
-                        size = os.path.getsize(path)
-                    except OSError:
-                        continue  # not here yet: downloaded (and checked) when needed
-                    if size != info.bytes:
-                        raise DatasetError(
-                            f"shard file {path} has {size} bytes but its index.json says "
-                            f"{info.bytes}; {BAD_SHARD_HINT}"
-                        )
+        """Fail by name on a local shard file cut short (see :func:`check_local_shard_sizes`)."""
+        check_local_shard_sizes(self.shards)
 
     def _read_tokens(self, value: np.ndarray | bytes) -> torch.Tensor:
         if isinstance(value, bytes):
@@ -335,63 +315,6 @@ class StreamingTextDataset(StreamingDataset):
             )
         ids = self.tokenizer(text, truncation=True, max_length=self.max_seq_len)["input_ids"]
         return torch.tensor(ids, dtype=torch.int64)
-
-
-def check_index_available(local: str | None, split: str | None, remote: str | None) -> None:
-    """Fail early, by name, when local-only data has no MDS index.
-
-    Args:
-        local: the local folder.
-        split: the split sub-folder, or None.
-        remote: the remote; when set, missing local files are downloaded, so nothing is checked.
-
-    Raises:
-        DatasetError: naming the missing folder or split and how to create it.
-    """
-    if remote or local is None:
-        return
-    folder = Path(local)
-    if not folder.is_dir():
-        raise DatasetError(
-            f"dataset folder '{local}' does not exist and no remote is set; {CONVERT_HINT}"
-        )
-    index = folder / (split or "") / "index.json"
-    if index.is_file():
-        return
-    if split:
-        found = sorted(p.parent.name for p in folder.glob("*/index.json"))
-        raise DatasetError(
-            f"split '{split}' not found in '{local}' (no {index}); "
-            f"splits there: {', '.join(found) or 'none'}; {CONVERT_HINT}"
-        )
-    raise DatasetError(f"no MDS index at '{index}'; {CONVERT_HINT}")
-
-
-def stream_remote_local_validate(remote: str | None, local: str | None, split: str | None) -> None:
-    """LLM Foundry's name (and argument order) for :func:`check_index_available`."""
-    check_index_available(local, split, remote)
-
-
-def build_streams(streams: Mapping[str, Mapping[str, Any]], section: str) -> list[Stream]:
-    """Build the ``streams:`` mapping (``{name: {remote, local, split, proportion, ...}}``).
-
-    Args:
-        streams: each stream's keyword arguments for ``streaming.Stream``, by name.
-        section: the key path of the mapping, for messages.
-
-    Returns:
-        The streams.
-
-    Raises:
-        ConfigError: naming an unknown key of a stream.
-    """
-    built = []
-    for name, kwargs in streams.items():
-        if not isinstance(kwargs, Mapping):
-            raise ConfigError(f"{section}.{name} must be a mapping of Stream keyword arguments")
-        check_kwargs(Stream, kwargs, f"{section}.{name}")
-        built.append(Stream(**kwargs))
-    return built
 
 
 def build_text_dataloader(

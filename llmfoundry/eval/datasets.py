@@ -38,7 +38,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
 from llmfoundry.eval.prompts import PromptStyle, fewshot_indices, needs_prefix_space, strip_fields
-from llmfoundry.eval.sources import ICLRow
+from llmfoundry.eval.sources import ICLRow, require, require_gold, require_strings
 from llmfoundry.utils.exceptions import DatasetError
 
 __all__ = [
@@ -52,6 +52,9 @@ __all__ = [
     "encode_unique",
     "icl_num_samples",
     "pad_sequences",
+    "require",
+    "require_gold",
+    "require_strings",
     "split_icl_batch",
 ]
 
@@ -136,7 +139,8 @@ class ICLDataset(Dataset[dict[str, Any]]):
         self.rows = list(rows)
         if num_fewshot > len(self.rows) - 1 and self.rows:
             logger.warning(
-                "%s: num_fewshot=%d but the task has %d rows; each prompt gets the %d other rows",
+                "%s: num_fewshot=%d but the task has %d rows; each prompt gets the %d other rows "
+                "(lower num_fewshot, or add rows)",
                 self.rows[0].source,
                 num_fewshot,
                 len(self.rows),
@@ -241,40 +245,6 @@ def encode_unique(
     encoded = tokenizer(unique, add_special_tokens=add_special_tokens)["input_ids"]
     by_text = {text: list(ids) for text, ids in zip(unique, encoded, strict=True)}
     return [by_text[text] for text in texts]
-
-
-def require(
-    row: ICLRow, fields: Mapping[str, Any], name: str, kind: type | tuple[type, ...]
-) -> Any:
-    """``fields[name]`` if present and of ``kind``, else a DatasetError naming file/row/field."""
-    if name not in fields:
-        raise DatasetError(f"{row.source}, row {row.line}: missing field '{name}'")
-    value = fields[name]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        expected = " or ".join(k.__name__ for k in kinds)
-        raise DatasetError(f"{row.where(name)}: expected {expected}, got {type(value).__name__}")
-    return value
-
-
-def require_strings(row: ICLRow, fields: Mapping[str, Any], name: str) -> list[str]:
-    """A non-empty list of strings under ``name``."""
-    values = require(row, fields, name, list)
-    if not values:
-        raise DatasetError(f"{row.where(name)}: the list is empty")
-    if not all(isinstance(v, str) for v in values):
-        raise DatasetError(f"{row.where(name)}: every entry must be a string")
-    return values
-
-
-def _gold(row: ICLRow, fields: Mapping[str, Any], num_options: int, options: str) -> int:
-    gold = require(row, fields, "gold", int)
-    if not 0 <= gold < num_options:
-        raise DatasetError(
-            f"{row.where('gold')}: gold={gold} is out of range for {num_options} {options} "
-            f"(0..{num_options - 1})"
-        )
-    return gold
 
 
 def pad_sequences(sequences: list[list[int]], value: int, left: bool = False) -> torch.Tensor:
@@ -405,7 +375,7 @@ class MultipleChoiceDataset(_LogLikelihoodDataset):
         """``query`` string, non-empty ``choices`` list and an in-range ``gold``."""
         require(row, fields, "query", str)
         choices = require_strings(row, fields, "choices")
-        return Example(fields, gold=_gold(row, fields, len(choices), "choices"))
+        return Example(fields, gold=require_gold(row, fields, len(choices), "choices"))
 
     def shot_text(self, example: Example, preceded: bool) -> str:
         """Query, delimiter, gold choice."""
@@ -438,7 +408,7 @@ class SchemaDataset(MultipleChoiceDataset):
         """Non-empty ``context_options``, a ``continuation`` string and an in-range ``gold``."""
         options = require_strings(row, fields, "context_options")
         require(row, fields, "continuation", str)
-        return Example(fields, gold=_gold(row, fields, len(options), "context_options"))
+        return Example(fields, gold=require_gold(row, fields, len(options), "context_options"))
 
     def shot_text(self, example: Example, preceded: bool) -> str:
         """Prelimiter, (delimiter), gold option, delimiter, continuation."""

@@ -11,6 +11,8 @@
 * ``hf://<dataset>``: loaded with ``datasets.load_dataset(<dataset>, **hf_loading_vars)``;
   ``hf_parsing_map`` (``{icl_key: [column, ...]}``) builds each ICL field by joining those
   columns' values with spaces.
+
+A row's fields are checked by ``require`` and its kin, which name the file, row and field.
 """
 
 from __future__ import annotations
@@ -89,16 +91,27 @@ def _missing_file(dataset_uri: str, label: str) -> MissingFileError:
 
 def _jsonl_rows(path: Path, source: str) -> list[ICLRow]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
+    fix = "each line must be one JSON object; fix or remove the line"
+    with path.open("rb") as handle:  # binary: bad UTF-8 is reported with its line number
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                fields = json.loads(line)
+                fields = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as err:
+                raise DatasetError(
+                    f"{source}, row {number}: not valid UTF-8 (byte {err.start} of the line); "
+                    "re-encode the file as UTF-8"
+                ) from err
             except json.JSONDecodeError as err:
-                raise DatasetError(f"{source}, row {number}: not valid JSON ({err.msg})") from err
+                raise DatasetError(
+                    f"{source}, row {number}: not valid JSON ({err.msg}); {fix}"
+                ) from err
             if not isinstance(fields, dict):
-                raise DatasetError(f"{source}, row {number}: expected a JSON object")
+                raise DatasetError(
+                    f"{source}, row {number}: expected a JSON object, got "
+                    f"{type(fields).__name__}; {fix}"
+                )
             rows.append(ICLRow(fields, source, number))
     return rows
 
@@ -197,7 +210,9 @@ def read_task_rows(
             raise _missing_file(dataset_uri, label)
         rows = _jsonl_rows(path, dataset_uri)
     if not rows:
-        raise DatasetError(f"icl task '{label}': {dataset_uri} has no rows")
+        raise DatasetError(
+            f"icl task '{label}': {dataset_uri} has no rows; add one JSON object per line"
+        )
     return rows
 
 
@@ -216,3 +231,42 @@ def split_by_category(rows: Iterable[ICLRow]) -> dict[str, list[ICLRow]]:
             )
         groups.setdefault(category, []).append(row)
     return {name: groups[name] for name in sorted(groups)}
+
+
+def require(
+    row: ICLRow, fields: Mapping[str, Any], name: str, kind: type | tuple[type, ...]
+) -> Any:
+    """``fields[name]`` if present and of ``kind``, else a DatasetError naming file/row/field."""
+    if name not in fields:
+        raise DatasetError(
+            f"{row.source}, row {row.line}: missing field '{name}'; add it to the row"
+        )
+    value = fields[name]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        expected = " or ".join(k.__name__ for k in kinds)
+        raise DatasetError(
+            f"{row.where(name)}: expected {expected}, got {type(value).__name__}; fix the row"
+        )
+    return value
+
+
+def require_strings(row: ICLRow, fields: Mapping[str, Any], name: str) -> list[str]:
+    """A non-empty list of strings under ``name``."""
+    values = require(row, fields, name, list)
+    if not values:
+        raise DatasetError(f"{row.where(name)}: the list is empty; give at least one entry")
+    if not all(isinstance(v, str) for v in values):
+        raise DatasetError(f"{row.where(name)}: every entry must be a string; fix the row")
+    return values
+
+
+def require_gold(row: ICLRow, fields: Mapping[str, Any], num_options: int, options: str) -> int:
+    """The in-range ``gold`` index among ``num_options`` (the field ``options``) of a row."""
+    gold = require(row, fields, "gold", int)
+    if not 0 <= gold < num_options:
+        raise DatasetError(
+            f"{row.where('gold')}: gold={gold} is out of range for {num_options} {options} "
+            f"(0..{num_options - 1}); set it to the index of the right one"
+        )
+    return gold

@@ -16,6 +16,16 @@ logger = logging.getLogger(__name__)
 
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
+# Files of which a saved tokenizer folder holds at least one.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "tokenizer.model",
+    "spiece.model",
+    "tiktoken.model",
+)
 
 
 def build_tokenizer(
@@ -59,6 +69,13 @@ def _load_tokenizer(tokenizer_name: str, kwargs: dict[str, Any]) -> PreTrainedTo
     if looks_local and not Path(tokenizer_name).expanduser().exists():
         raise TokenizerError(
             f"tokenizer folder '{tokenizer_name}' does not exist; pass a folder written by save_pretrained or a hub name"
+        )
+    folder = Path(tokenizer_name).expanduser()
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise TokenizerError(
+            f"tokenizer folder '{tokenizer_name}' holds no tokenizer files (such as "
+            "tokenizer.json or tokenizer_config.json); save the tokenizer there with "
+            "save_pretrained, or give the folder or hub name that has it"
         )
     loader: Any = _registered_class_of_folder(tokenizer_name) or AutoTokenizer
     try:
@@ -176,3 +193,26 @@ def eos_token_id_of(tokenizer: PreTrainedTokenizerBase | None) -> int | None:
     """The tokenizer's EOS id, or None (no tokenizer, or no single EOS id)."""
     eos_id = tokenizer.eos_token_id if tokenizer is not None else None
     return eos_id if isinstance(eos_id, int) else None
+
+
+# transformers' key for its "Token indices sequence length is longer than the specified maximum
+# sequence length for this model" warning, which it logs once per tokenizer unless marked done.
+LONG_SEQUENCE_WARNING = "sequence-length-is-longer-than-the-specified-maximum"
+
+
+def without_long_sequence_warning(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """``tokenizer``, no longer warning that a text is longer than ``model_max_length``.
+
+    The converters tokenize whole documents and cut them into samples themselves, so that
+    warning (and only that one) is noise there. Returns the same tokenizer, changed in place.
+    """
+    tokenizer.deprecation_warnings[LONG_SEQUENCE_WARNING] = True
+    return tokenizer
+
+
+def converter_tokenizer(
+    tokenizer_name: str, tokenizer_kwargs: Mapping[str, Any] | None = None
+) -> PreTrainedTokenizerBase:
+    """:func:`build_tokenizer` for the data converters: without the long-sequence warning
+    (see :func:`without_long_sequence_warning`)."""
+    return without_long_sequence_warning(build_tokenizer(tokenizer_name, tokenizer_kwargs))

@@ -51,7 +51,7 @@ from llmfoundry.utils.exceptions import (
     UserError,
     did_you_mean,
 )
-from llmfoundry.utils.tokenizer_utils import build_tokenizer
+from llmfoundry.utils.tokenizer_utils import converter_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ def convert_dataset_hf(
     options = SampleOptions(
         text_column=column,
         skip_bad_rows=skip_bad_rows,
-        tokenizer=build_tokenizer(tokenizer, kwargs) if tokenizer and concat_tokens else None,
+        tokenizer=converter_tokenizer(tokenizer, kwargs) if tokenizer and concat_tokens else None,
         concat_tokens=concat_tokens,
         bos_text=bos_text or "",
         eos_text=eos_text or "",

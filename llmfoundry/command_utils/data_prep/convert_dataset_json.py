@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,8 @@ from llmfoundry.data.data import (
     write_mds,
 )
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
-from llmfoundry.utils.tokenizer_utils import build_tokenizer
+from llmfoundry.utils.file_utils import atomic_directory
+from llmfoundry.utils.tokenizer_utils import converter_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -95,28 +97,43 @@ def convert_dataset_json(
     files = find_json_files(path)
     out = out_root
     check_output_empty(out)
-    rows = RowStats(skip_bad_rows)
-    if concat_tokens is None:
-        if tokenizer is not None:
-            logger.warning("--tokenizer is ignored without --concat_tokens: writing text samples")
-        documents = tqdm(iter_json_texts(files, rows), desc="documents", unit=" docs")
-        summary = write_mds(NoConcatDataset(documents), out, TEXT_COLUMNS, compression, rows)
-    else:
-        if tokenizer is None:
-            raise ConfigError("--concat_tokens needs --tokenizer to tokenize the documents with")
-        built = build_tokenizer(tokenizer)
-        with tokenizer_pool(built, workers) as pool, token_progress("tokens") as progress:
-            samples = ConcatTokensDataset(
-                iter_json_texts(files, rows),
-                built,
-                concat_tokens,
-                bos_text or "",
-                eos_text or "",
-                no_wrap,
-                tokenize_batches=token_batches_in(pool, progress),
+    # Written aside and renamed into place when whole: a killed run leaves no half dataset
+    # at --out_root (only a hidden staging folder, which the next run removes).
+    with atomic_directory(out) as staging:
+        rows = RowStats(skip_bad_rows)
+        if concat_tokens is None:
+            if tokenizer is not None:
+                logger.warning(
+                    "--tokenizer is ignored without --concat_tokens: writing text samples"
+                )
+            documents = tqdm(iter_json_texts(files, rows), desc="documents", unit=" docs")
+            summary = write_mds(
+                NoConcatDataset(documents), str(staging), TEXT_COLUMNS, compression, rows
             )
-            summary = write_mds(samples, out, TOKENS_COLUMNS, compression, rows)
-    summary.check_not_empty()
+        else:
+            if tokenizer is None:
+                raise ConfigError(
+                    "--concat_tokens needs --tokenizer to tokenize the documents with"
+                )
+            built = converter_tokenizer(tokenizer)
+            with tokenizer_pool(built, workers) as pool, token_progress("tokens") as progress:
+                samples = ConcatTokensDataset(
+                    iter_json_texts(files, rows),
+                    built,
+                    concat_tokens,
+                    bos_text or "",
+                    eos_text or "",
+                    no_wrap,
+                    tokenize_batches=token_batches_in(pool, progress),
+                )
+                summary = write_mds(samples, str(staging), TOKENS_COLUMNS, compression, rows)
+        if summary.rows_read == 0:
+            raise DatasetError(
+                f"no samples were written to {out}: --path '{path}' holds no rows (its files are "
+                "empty or blank); add one JSON object with a 'text' field per line"
+            )
+        summary = replace(summary, out=out)  # named by the folder it is renamed to
+        summary.check_not_empty()
     logger.info("%s", summary.describe())
     return summary
 

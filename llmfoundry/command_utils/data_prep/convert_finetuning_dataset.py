@@ -38,8 +38,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,7 @@ from llmfoundry.command_utils.data_prep.finetuning_samples import (
 )
 from llmfoundry.command_utils.data_prep.workers import OrderedPool, chunked, resolve_workers
 from llmfoundry.data.data import (
+    BadRowError,
     MDSWriteSummary,
     RowStats,
     check_compression,
@@ -79,8 +82,9 @@ from llmfoundry.data.finetuning.formatting import MESSAGES_KEYS
 from llmfoundry.data.finetuning.hf_source import preprocess_row
 from llmfoundry.data.finetuning.tasks import PreprocessingFn, dataset_constructor
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, did_you_mean
+from llmfoundry.utils.file_utils import atomic_directory
 from llmfoundry.utils.object_store import RemoteFolder, check_listable, is_remote
-from llmfoundry.utils.tokenizer_utils import build_tokenizer
+from llmfoundry.utils.tokenizer_utils import converter_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +192,7 @@ def convert_finetuning_dataset(
         local_root = (local or staging) if remote else out_root
         targets = {s.name: split_target(out_root, local_root, s.name, remote) for s in sources}
         built = (
-            build_tokenizer(tokenizer, parse_tokenizer_kwargs(tokenizer_kwargs))
+            converter_tokenizer(tokenizer, parse_tokenizer_kwargs(tokenizer_kwargs))
             if tokenizer
             else None
         )
@@ -203,7 +207,15 @@ def convert_finetuning_dataset(
             f"tokenized with {tokenizer}" if tokenizer else "as text",
         )
         workers = resolve_workers(num_workers, "--num_workers")
-        with OrderedPool(convert_chunk, converter, workers) as pool:
+        with OrderedPool(convert_chunk, converter, workers) as pool, ExitStack() as stack:
+            # Local splits are written aside and renamed into place together once all are
+            # whole: a killed run leaves no split behind, so the same command can run again.
+            staged = {
+                s.name: None
+                if remote
+                else str(stack.enter_context(atomic_directory(os.path.join(out_root, s.name))))
+                for s in sources
+            }
             return {
                 source.name: convert_split(
                     source,
@@ -212,6 +224,7 @@ def convert_finetuning_dataset(
                     compression,
                     pool,
                     targets[source.name],
+                    staged[source.name],
                 )
                 for source in sources
             }
@@ -348,8 +361,10 @@ def first_example_is_chat(source: SplitSource, preprocess: PreprocessingFn | Non
 
     Rows that fail preprocessing are passed over here; the conversion reports them.
     """
-    stats = RowStats(skip_bad_rows=True)
-    for _, row in source.located_rows(stats):
+    # Bad rows are passed over quietly here: the conversion reports them, in order.
+    for _, row in source.located_rows_or_errors(RowStats()):
+        if isinstance(row, BadRowError):
+            continue
         try:
             example = preprocess_row(preprocess, row, "the first row")
         except DatasetError:
@@ -365,8 +380,12 @@ def convert_split(
     compression: str | None,
     pool: FinetuningPool,
     target: RemoteFolder | None = None,
+    staging: str | None = None,
 ) -> MDSWriteSummary:
     """Write one split to ``out_root/<split>``, then upload it to ``target`` if given.
+
+    With ``staging``, the split is written there instead (renamed to ``out_root/<split>`` by
+    the caller); the summary names ``out_root/<split>``.
 
     The rows are read here, in order, converted in chunks by ``pool`` (in worker processes),
     and the samples written here in row order; bad rows are raised or counted in row order.
@@ -381,7 +400,8 @@ def convert_split(
         DatasetError: on a bad row, unreadable data, or when no example was written.
         ConfigError: if an upload fails.
     """
-    out = os.path.join(out_root, source.name)
+    final = os.path.join(out_root, source.name)
+    out = staging or final
     stats = RowStats(converter.skip_bad_rows)
     chunks = chunked(source.located_rows_or_errors(stats), ROWS_PER_TASK)
     samples = samples_of_results(pool.map(chunks), stats)
@@ -392,12 +412,20 @@ def convert_split(
         summary = write_mds(progress, out, columns, compression, stats)
     finally:
         progress.close()
-    summary = replace(summary, num_tokens=counts.tokens)
+    summary = replace(summary, num_tokens=counts.tokens, out=final)
     if summary.num_samples == 0:
+        # An index without shards would pass for a finished split (and block a rerun).
+        shutil.rmtree(out, ignore_errors=True)
         dropped = f" ({summary.describe_dropped()})" if summary.rows_dropped else ""
+        if summary.rows_read == 0:
+            files = ", ".join(f"'{file}'" for file in source.json_files or [])
+            raise DatasetError(
+                f"split '{source.name}': no examples were written: {files or 'it'} has no rows; "
+                f"add rows with {EXPECTED_ROW}"
+            )
         raise DatasetError(
-            f"split '{source.name}': no examples were written to {out}{dropped}; check the "
-            "rows, --preprocessor and --max_seq_len"
+            f"split '{source.name}': no examples were written to {final}{dropped}; fix the rows, "
+            "--preprocessor or --max_seq_len"
         )
     if target is not None:
         target.upload_local_files(last=lambda name: (name == "index.json",))

@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -41,6 +42,7 @@ from llmfoundry.command_utils.data_prep.text_to_mds_groups import (
 from llmfoundry.command_utils.data_prep.workers import usable_cpus
 from llmfoundry.data.data import MDSWriteSummary, check_compression
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
+from llmfoundry.utils.file_utils import atomic_directory
 from llmfoundry.utils.object_store import RemoteFolder, check_listable, is_remote
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
@@ -146,14 +148,14 @@ def convert_text_to_mds(
             download_text_files(source, files)
         if use_tokenizer_eos:
             options["eos_text"] = tokenizer_eos_text(tokenizer_name, trust_remote_code)
-        summary = convert_files(
-            files,
-            str(target.local) if target else output_folder,
-            processes,
-            **options,
-            trust_remote_code=trust_remote_code,
-        )
-        write_done_marker(summary.out, record, summary)
+        # A local output is written aside and renamed into place with its done-marker: a killed
+        # run leaves nothing at --output_folder (a hidden staging folder, removed by the next).
+        staging = atomic_directory(output_folder) if target is None else nullcontext(target.local)
+        with staging as out:
+            summary = convert_files(
+                files, str(out), processes, **options, trust_remote_code=trust_remote_code
+            )
+            write_done_marker(str(out), record, summary)
         if target is not None:
             upload_conversion(target, reprocess)
         summary = replace(summary, out=output_folder)
@@ -245,7 +247,8 @@ def tokenizer_eos_text(tokenizer_name: str, trust_remote_code: bool = False) -> 
     eos_token = tokenizer.eos_token
     if not isinstance(eos_token, str) or not eos_token:
         raise ConfigError(
-            f"--use_tokenizer_eos: tokenizer '{tokenizer_name}' has no EOS token; pass --eos_text"
+            f"--use_tokenizer_eos: tokenizer '{tokenizer_name}' has no EOS token; pass --eos_text "
+            "with a separator text instead"
         )
     return eos_token
 
@@ -271,7 +274,8 @@ def find_text_files(input_folder: str, source: RemoteFolder | None = None) -> li
         ]
         if not files:
             raise DatasetError(
-                f"--input_folder '{input_folder}' holds no *.txt objects (searched recursively)"
+                f"--input_folder '{input_folder}' holds no *.txt objects (searched recursively); "
+                "give the prefix that has them"
             )
         for file in files:  # each is downloaded to <local>/<name>: it must stay inside
             parts = PurePosixPath(file.name).parts
@@ -289,7 +293,10 @@ def find_text_files(input_folder: str, source: RemoteFolder | None = None) -> li
         key=lambda p: p.relative_to(folder).as_posix(),
     )
     if not paths:
-        raise DatasetError(f"--input_folder '{input_folder}' holds no *.txt files")
+        raise DatasetError(
+            f"--input_folder '{input_folder}' holds no *.txt files (searched recursively); add "
+            "the documents as .txt files, or give the folder that has them"
+        )
     return [
         InputFile(p.relative_to(folder).as_posix(), p.stat().st_size, str(p), str(p)) for p in paths
     ]

@@ -28,7 +28,7 @@ from llmfoundry.data.data import (
     write_mds,
 )
 from llmfoundry.utils.exceptions import DatasetError
-from llmfoundry.utils.tokenizer_utils import build_tokenizer
+from llmfoundry.utils.tokenizer_utils import converter_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def convert_text_files(conversion: TextConversion) -> MDSWriteSummary:
     Raises:
         DatasetError: if a file is not UTF-8 text (names it).
     """
-    tokenizer = build_tokenizer(
+    tokenizer = converter_tokenizer(
         conversion.tokenizer_name, {"trust_remote_code": conversion.trust_remote_code}
     )
     rows = RowStats()
