@@ -54,6 +54,9 @@ def test_package_registry_and_cli_load_nothing_heavy() -> None:
             {"torch", "transformers", "datasets"},
         ),
         ("llmfoundry.models.mpt", {"torch", "transformers"}),
+        # Training loads ``datasets`` only for a Hugging Face finetuning source (Composer
+        # itself imports peft).
+        ("llmfoundry.command_utils.train", {"torch", "transformers", "composer", "peft"}),
     ],
 )
 def test_entry_module_loads_only_what_it_needs(module: str, allowed: set[str]) -> None:

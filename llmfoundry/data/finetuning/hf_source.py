@@ -27,9 +27,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import datasets
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.data.finetuning.collator import (
@@ -45,6 +44,9 @@ from llmfoundry.utils import exceptions
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError, UserError
 from llmfoundry.utils.tokenizer_utils import eos_token_id_of
 
+if TYPE_CHECKING:
+    import datasets
+
 logger = logging.getLogger(__name__)
 
 SAFE_EXTENSIONS = (".csv", ".json", ".jsonl", ".parquet")
@@ -53,18 +55,25 @@ SAFE_BUILDERS = ("json", "csv", "parquet")
 POLL_SECONDS = 0.1
 
 T = TypeVar("T")
-_TURN_FEATURES = datasets.Features(
-    {
-        "turns": datasets.List(
-            {
-                "input_ids": datasets.List(datasets.Value("int32")),
-                "labels": datasets.List(datasets.Value("int32")),
-            }
-        ),
-        "_length": datasets.Value("int64"),
-        "_trainable": datasets.Value("bool"),
-    }
-)
+
+
+def _turn_features() -> datasets.Features:
+    """The columns of a tokenized example (``datasets`` is imported only where it is used: a
+    run that reads no Hugging Face dataset does not pay for it)."""
+    import datasets
+
+    return datasets.Features(
+        {
+            "turns": datasets.List(
+                {
+                    "input_ids": datasets.List(datasets.Value("int32")),
+                    "labels": datasets.List(datasets.Value("int32")),
+                }
+            ),
+            "_length": datasets.Value("int64"),
+            "_trainable": datasets.Value("bool"),
+        }
+    )
 
 
 def check_safe_load(hf_name: str, hf_kwargs: Mapping[str, Any], key: str) -> None:
@@ -250,6 +259,8 @@ def load_hf_split(
         DatasetError: if the split does not exist (naming those that do).
         MissingFileError: if a data file is missing.
     """
+    import datasets
+
     if split is None:
         raise ConfigError(f"{key}.split is missing; name the split to read (e.g. train)")
     try:
@@ -327,7 +338,7 @@ def _tokenize_and_filter(
         tokenize_row,
         with_indices=True,
         remove_columns=raw.column_names,
-        features=_TURN_FEATURES,
+        features=_turn_features(),
         desc="Tokenizing finetuning examples",
     )
     lengths = tokenized["_length"]
