@@ -22,6 +22,8 @@ from composer.loggers import LoggerDestination
 from composer.profiler import JSONTraceHandler, Profiler, cyclic_schedule
 from composer.utils import dist, get_device, reproducibility
 
+from llmfoundry.callbacks.graceful_stop import GracefulStop
+from llmfoundry.command_utils import resume
 from llmfoundry.command_utils.evaluators import build_gauntlet, build_run_evaluators
 from llmfoundry.command_utils.meta_init import sharded_model_build
 from llmfoundry.command_utils.parallelism import build_parallelism_config
@@ -38,6 +40,8 @@ from llmfoundry.utils.builders import (
     build_scheduler_from_section,
     build_tokenizer_from_section,
 )
+from llmfoundry.utils.checkpoint_utils import check_load_path
+from llmfoundry.utils.composer_shortcuts import trainer_env_without_cpu_probe
 from llmfoundry.utils.config_transforms import batch_size_info
 from llmfoundry.utils.config_utils import TrainConfig, config_from_mapping, load_config
 from llmfoundry.utils.exceptions import (
@@ -326,6 +330,9 @@ def build_trainer(
     device = get_device(None)
     precision = runtime_precision(cfg.precision, device)
     dist.initialize_dist(device, timeout=cfg.dist_timeout)
+    resume.check_autoresume_checkpoint(
+        cfg.autoresume, cfg.save_folder, cfg.save_latest_filename, run_name_of(cfg)
+    )
     batch_sizes = compute_batch_sizes(cfg, dist.get_world_size(), device)
 
     tokenizer = build_tokenizer_from_section(cfg.tokenizer)
@@ -333,6 +340,9 @@ def build_trainer(
         model = build_composer_model_from_section(cfg.model, tokenizer)
     n_params = sum(p.numel() for p in model.parameters())
     logger.info("model: %s with %.2fM parameters", cfg.model.get("name"), n_params / 1e6)
+    if cfg.load_path is not None:  # read safely and checked against the model, in one line
+        strict = cfg.load_strict_model_weights and not cfg.load_ignore_keys
+        check_load_path(cfg.load_path, model, "load_path", strict=strict)
     parallelism = build_parallelism_config(
         cfg.fsdp_config,
         cfg.tp_config,
@@ -349,57 +359,62 @@ def build_trainer(
 
     optimizer = build_optimizer_from_section(cfg.optimizer, model.parameters())
     scheduler = build_scheduler_from_section(cfg.scheduler)
-    trainer = Trainer(
-        run_name=run_name_of(cfg),
-        model=model,
-        train_dataloader=train_loader,
-        train_subset_num_batches=cfg.train_subset_num_batches,
-        spin_dataloaders=cfg.spin_dataloaders,
-        eval_dataloader=evaluators or None,
-        eval_interval=cfg.eval_interval,
-        eval_subset_num_batches=cfg.eval_subset_num_batches,
-        optimizers=optimizer,
-        schedulers=scheduler,
-        max_duration=cfg.max_duration,
-        device=device,
-        precision=precision,  # type: ignore[arg-type]
-        device_train_microbatch_size=batch_sizes.device_train_microbatch_size,
-        callbacks=[
-            *build_callbacks(cfg.callbacks),
-            *build_callbacks_with_config(
-                cfg.callbacks,
-                {
-                    **(logged_config or dataclasses.asdict(cfg)),
-                    "device_train_batch_size": batch_sizes.device_train_batch_size,
-                },
-            ),
-            *build_gauntlet(cfg),
-        ],
-        loggers=[*with_run_artifacts(build_loggers(cfg.loggers), cfg.save_folder), *extra_loggers],
-        algorithms=build_algorithms(cfg.algorithms),
-        progress_bar=cfg.progress_bar,
-        log_to_console=cfg.log_to_console,
-        console_log_interval=cfg.console_log_interval,
-        save_folder=None if cfg.only_hf_checkpoint else cfg.save_folder,
-        save_interval=cfg.save_interval,
-        save_filename=cfg.save_filename or "ep{epoch}-ba{batch}-rank{rank}.pt",
-        save_latest_filename=cfg.save_latest_filename or "latest-rank{rank}.pt",
-        save_overwrite=cfg.save_overwrite,
-        save_weights_only=cfg.save_weights_only,
-        save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
-        save_ignore_keys=cfg.save_ignore_keys,
-        load_path=cfg.load_path,
-        load_weights_only=cfg.load_weights_only,
-        load_strict_model_weights=cfg.load_strict_model_weights,
-        load_ignore_keys=cfg.load_ignore_keys,
-        autoresume=cfg.autoresume,
-        parallelism_config=parallelism,
-        accumulate_train_batch_on_tokens=cfg.accumulate_train_batch_on_tokens,
-        compile_config=compile_model_or_blocks(cfg.compile_config, model),
-        profiler=build_profiler(cfg.profiler),
-        seed=cfg.seed,
-        dist_timeout=cfg.dist_timeout,
-    )
+    with trainer_env_without_cpu_probe():
+        trainer = Trainer(
+            run_name=run_name_of(cfg),
+            model=model,
+            train_dataloader=train_loader,
+            train_subset_num_batches=cfg.train_subset_num_batches,
+            spin_dataloaders=cfg.spin_dataloaders,
+            eval_dataloader=evaluators or None,
+            eval_interval=cfg.eval_interval,
+            eval_subset_num_batches=cfg.eval_subset_num_batches,
+            optimizers=optimizer,
+            schedulers=scheduler,
+            max_duration=cfg.max_duration,
+            device=device,
+            precision=precision,  # type: ignore[arg-type]
+            device_train_microbatch_size=batch_sizes.device_train_microbatch_size,
+            callbacks=[
+                *build_callbacks(cfg.callbacks),
+                *build_callbacks_with_config(
+                    cfg.callbacks,
+                    {
+                        **(logged_config or dataclasses.asdict(cfg)),
+                        "device_train_batch_size": batch_sizes.device_train_batch_size,
+                    },
+                ),
+                *build_gauntlet(cfg),
+                GracefulStop(),  # SIGTERM: stop at a batch boundary and save (graceful_stop)
+            ],
+            loggers=[
+                *with_run_artifacts(build_loggers(cfg.loggers), cfg.save_folder),
+                *extra_loggers,
+            ],
+            algorithms=build_algorithms(cfg.algorithms),
+            progress_bar=cfg.progress_bar,
+            log_to_console=cfg.log_to_console,
+            console_log_interval=cfg.console_log_interval,
+            save_folder=None if cfg.only_hf_checkpoint else cfg.save_folder,
+            save_interval=cfg.save_interval,
+            save_filename=cfg.save_filename or "ep{epoch}-ba{batch}-rank{rank}.pt",
+            save_latest_filename=cfg.save_latest_filename or "latest-rank{rank}.pt",
+            save_overwrite=cfg.save_overwrite,
+            save_weights_only=cfg.save_weights_only,
+            save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+            save_ignore_keys=cfg.save_ignore_keys,
+            load_path=cfg.load_path,
+            load_weights_only=cfg.load_weights_only,
+            load_strict_model_weights=cfg.load_strict_model_weights,
+            load_ignore_keys=cfg.load_ignore_keys,
+            autoresume=cfg.autoresume,
+            parallelism_config=parallelism,
+            accumulate_train_batch_on_tokens=cfg.accumulate_train_batch_on_tokens,
+            compile_config=compile_model_or_blocks(cfg.compile_config, model),
+            profiler=build_profiler(cfg.profiler),
+            seed=cfg.seed,
+            dist_timeout=cfg.dist_timeout,
+        )
     if cfg.log_config and logged_config is not None:
         trainer.logger.log_hyperparameters(logged_config)
     if cfg.metadata:
@@ -427,6 +442,10 @@ def train(
     if not isinstance(cfg, TrainConfig):
         cfg, logged_config = config_from_mapping(cfg, TrainConfig)
     trainer = build_trainer(cfg, logged_config, extra_loggers)
+    if cfg.autoresume and resume.run_is_complete(
+        trainer, cfg.save_folder, cfg.save_latest_filename
+    ):
+        return trainer  # a finished run rerun (a rescheduled job): nothing to train
     if cfg.eval_first and trainer.state.timestamp.batch.value == 0:
         logger.info("eval_first: evaluating before training")
         trainer.eval()
@@ -441,9 +460,12 @@ def train_from_yaml(yaml_path: str | Path, overrides: Sequence[str] = ()) -> Tra
     trainer = train(cfg, resolved)
     # Leave the process group cleanly so that no rank is torn down mid-collective.
     trainer.close()
+    stopped_unsaved = resume.stop_exit_code(trainer)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # Every rank reaches here before any tears the group down: a rank that destroys it
         # while another is still in its last collective (a checkpoint barrier, say) aborts it.
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    if stopped_unsaved is not None:  # SIGTERM with no save_folder: see callbacks/graceful_stop
+        raise SystemExit(stopped_unsaved)
     return trainer

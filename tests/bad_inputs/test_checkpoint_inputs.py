@@ -350,3 +350,21 @@ def test_eval_checks_load_path_before_composer_unpickles_it(
     assert_one_line_error(result, "models[0].load_path", expected)
     assert not checkpoints.marker.exists()
     assert files_under(tmp_path / "results") == set()
+
+
+def test_train_checks_load_path_before_composer_unpickles_it(
+    checkpoints: Checkpoints, tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    """The train side of the same check: the poisoned file is refused before any data loads."""
+    from llmfoundry.cli.commands.train import main as train_main
+
+    from .test_config_inputs import TRAIN_YAML
+
+    yaml = tmp_path / "run.yaml"
+    text = TRAIN_YAML.replace("{missing}/tokenizer", str(tokenizer_dir))
+    text = text.replace("{missing}", str(tmp_path / "missing"))
+    yaml.write_text(text.replace("{save}", str(tmp_path / "out")))
+    result = run_cli(train_main, [str(yaml), f"load_path={checkpoints.path('poisoned.pt')}"])
+    assert result.code == 2
+    assert_one_line_error(result, "load_path", "was refused and not loaded")
+    assert not checkpoints.marker.exists()

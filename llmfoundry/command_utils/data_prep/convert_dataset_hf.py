@@ -17,7 +17,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ from llmfoundry.utils.exceptions import (
     UserError,
     did_you_mean,
 )
+from llmfoundry.utils.file_utils import atomic_directory
 from llmfoundry.utils.tokenizer_utils import converter_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -235,7 +236,12 @@ def convert_dataset_hf(
             rows = loaded[plan.hf_split]
             check_text_column(rows, column, dataset, plan.hf_split)
             total = estimated_samples(preset, plan, concat_tokens)
-            summary = convert_split(rows, plan, out_root, options, compression, pool, total)
+            # Each split is written aside and renamed into place once whole: a killed run
+            # leaves the splits it finished, and no half split.
+            with atomic_directory(os.path.join(out_root, plan.folder)) as staging:
+                summary = convert_split(
+                    rows, plan, out_root, options, compression, pool, total, str(staging)
+                )
             logger.info("split %s: %s", plan.folder, summary.describe())
             summaries[plan.folder] = summary
     return summaries
@@ -438,8 +444,10 @@ def convert_split(
     compression: str | None,
     pool: TokenizerPool | None,
     total: int | None,
+    staging: str | None = None,
 ) -> MDSWriteSummary:
-    """Write one split to ``out_root/<plan.folder>``.
+    """Write one split to ``out_root/<plan.folder>`` (into ``staging`` when given, which the
+    caller renames to it; the summary names ``out_root/<plan.folder>``).
 
     The rows are read here, in order; when concatenating, ``pool`` tokenizes batches of them
     (in worker processes) and the samples are cut and written here, in order.
@@ -450,7 +458,8 @@ def convert_split(
     Raises:
         DatasetError: on a bad row, unreadable data, or when no sample was written.
     """
-    out = os.path.join(out_root, plan.folder)
+    final = os.path.join(out_root, plan.folder)
+    out = staging or final
     stats = RowStats(options.skip_bad_rows)
     texts = texts_of_rows(rows, plan.hf_split, options.text_column, stats, None)
     samples: Iterable[Mapping[str, Any]]
@@ -476,6 +485,7 @@ def convert_split(
         summary = write_mds(samples, out, columns, compression, stats)
     finally:
         progress.close()
+    summary = replace(summary, out=final)
     summary.check_not_empty()
     return summary
 

@@ -41,7 +41,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
-from contextlib import ExitStack
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -207,27 +207,23 @@ def convert_finetuning_dataset(
             f"tokenized with {tokenizer}" if tokenizer else "as text",
         )
         workers = resolve_workers(num_workers, "--num_workers")
-        with OrderedPool(convert_chunk, converter, workers) as pool, ExitStack() as stack:
-            # Local splits are written aside and renamed into place together once all are
-            # whole: a killed run leaves no split behind, so the same command can run again.
-            staged = {
-                s.name: None
-                if remote
-                else str(stack.enter_context(atomic_directory(os.path.join(out_root, s.name))))
-                for s in sources
-            }
-            return {
-                source.name: convert_split(
-                    source,
-                    replace(converter, hf_split=source.name),
-                    local_root,
-                    compression,
-                    pool,
-                    targets[source.name],
-                    staged[source.name],
-                )
-                for source in sources
-            }
+        summaries: dict[str, MDSWriteSummary] = {}
+        with OrderedPool(convert_chunk, converter, workers) as pool:
+            for source in sources:
+                # A local split is written aside and renamed into place once whole: a killed
+                # run leaves the splits it finished, and no half split.
+                final = os.path.join(out_root, source.name)
+                with nullcontext(None) if remote else atomic_directory(final) as split_stage:
+                    summaries[source.name] = convert_split(
+                        source,
+                        replace(converter, hf_split=source.name),
+                        local_root,
+                        compression,
+                        pool,
+                        targets[source.name],
+                        None if split_stage is None else str(split_stage),
+                    )
+        return summaries
 
 
 def split_target(out_root: str, local_root: str, split: str, remote: bool) -> RemoteFolder | None:
