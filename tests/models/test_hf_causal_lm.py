@@ -29,7 +29,12 @@ from llmfoundry.command_utils.convert_composer_to_hf import save_mpt_as_hf
 from llmfoundry.models.hf import ComposerHFCausalLM
 from llmfoundry.models.mpt import MPTForCausalLM
 from llmfoundry.utils.builders import build_composer_model_from_section
-from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, MissingFileError
+from llmfoundry.utils.exceptions import (
+    ConfigError,
+    MissingDependencyError,
+    MissingFileError,
+    UserError,
+)
 from tests.command_utils.tiny_models import save_llama
 from tests.models.mpt_helpers import tiny_config, tiny_model
 
@@ -406,3 +411,24 @@ def test_registry_builds_a_fresh_model_from_the_config(
         build_composer_model_from_section(
             {**section, "pretrained_model_name_or_pth": "x"}, tokenizer
         )
+
+
+@pytest.mark.parametrize("damage", ["no weights", "cut weights"])
+def test_a_folder_with_missing_or_cut_weights_is_named_in_one_line(
+    llama_dir: Path, tmp_path: Path, damage: str
+) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(llama_dir, folder)
+    weights = folder / "model.safetensors"
+    if damage == "no weights":
+        weights.unlink()
+    else:
+        weights.write_bytes(weights.read_bytes()[:1000])
+    section = {"name": "hf_causal_lm", "pretrained_model_name_or_path": str(folder)}
+    with pytest.raises(UserError) as raised:
+        build_composer_model_from_section(section, None)
+    message = str(raised.value)
+    assert "\n" not in message and "model.pretrained_model_name_or_path" in message
+    assert (
+        "has a config.json but no weights" if damage == "no weights" else "truncated"
+    ) in message

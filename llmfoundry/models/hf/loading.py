@@ -30,6 +30,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM, MPTModel
 from llmfoundry.models.mpt.configuration_mpt import REMOTE_CODE_MODEL_TYPE
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
+from llmfoundry.utils.hf_folder_checks import check_hf_folder
 
 logger = logging.getLogger(__name__)
 
@@ -314,6 +315,8 @@ def load_hf_causal_lm(
         ConfigError: if remote code is needed but not trusted, or an override/option does not fit.
     """
     config_dict = read_config_dict(name, token)
+    if pretrained and os.path.isdir(name):  # missing or cut weights: one line, not a traceback
+        check_hf_folder(name, NAME_KEY)
     builtin_fallback = check_model_code(name, config_dict, trust_remote_code)
     config = load_config(name, trust_remote_code, token, builtin_fallback)
     apply_config_overrides(config, config_overrides or {})
