@@ -315,9 +315,9 @@ def load_hf_causal_lm(
         ConfigError: if remote code is needed but not trusted, or an override/option does not fit.
     """
     config_dict = read_config_dict(name, token)
+    builtin_fallback = check_model_code(name, config_dict, trust_remote_code)
     if pretrained and os.path.isdir(name):  # missing or cut weights: one line, not a traceback
         check_hf_folder(name, NAME_KEY)
-    builtin_fallback = check_model_code(name, config_dict, trust_remote_code)
     config = load_config(name, trust_remote_code, token, builtin_fallback)
     apply_config_overrides(config, config_overrides or {})
     options: dict[str, Any] = {"trust_remote_code": trust_remote_code}
