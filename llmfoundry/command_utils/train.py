@@ -51,6 +51,7 @@ from llmfoundry.utils.exceptions import (
     closest_match,
 )
 from llmfoundry.utils.object_store import is_remote
+from llmfoundry.utils.quiet_logs import silence_unactionable_warnings
 from llmfoundry.utils.registry_utils import check_kwargs
 from llmfoundry.utils.user_code import import_code_paths
 
@@ -71,7 +72,9 @@ class BatchSizes:
 
 
 def setup_logging(python_log_level: str | None) -> None:
-    """Send ``llmfoundry`` (and Composer) log records to stderr at the configured level."""
+    """Send ``llmfoundry`` (and Composer) log records to stderr at the configured level, and
+    drop the warnings a user cannot act on (``utils.quiet_logs``)."""
+    silence_unactionable_warnings()
     if python_log_level is None:
         return
     level = python_log_level.upper()
