@@ -7,6 +7,7 @@ they call :func:`post_with_retries`.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Iterator, Mapping
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
     import httpx
 
 logger = logging.getLogger(__name__)
+
+# The longest Retry-After a client honours; a server asking for more is waited on this long.
+MAX_RETRY_AFTER_S = 60.0
 
 
 def error_message(response: httpx.Response, max_chars: int) -> str:
@@ -74,6 +78,17 @@ class RetryPolicy:
         return status >= 500 or status in self.retried_statuses
 
 
+def retry_after_s(response: httpx.Response) -> float | None:
+    """The wait a busy server asks for in its ``Retry-After`` header (seconds, at most
+    :data:`MAX_RETRY_AFTER_S`), or None when it names none (or an HTTP date)."""
+    value = response.headers.get("retry-after")
+    try:
+        seconds = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return min(seconds, MAX_RETRY_AFTER_S) if math.isfinite(seconds) and seconds >= 0 else None
+
+
 @dataclass
 class RetryOutcome:
     """How :func:`post_with_retries` ended.
@@ -93,15 +108,20 @@ def post_with_retries(
 ) -> RetryOutcome:
     """POST ``body`` as JSON to ``url``, retrying as ``policy`` says.
 
-    Each failed attempt is logged as a warning starting with ``label``.
+    A retried answer's ``Retry-After`` (our endpoint's 429 and 503 carry one) lengthens the
+    next wait to what the server asked. Each failed attempt is logged as a warning starting
+    with ``label``.
     """
     import httpx
 
     delays = policy.delays()
     last_error = ""
+    asked_wait: float | None = None
     for attempt in range(policy.retries + 1):
         if attempt:
-            time.sleep(next(delays))
+            delay = next(delays)
+            time.sleep(delay if asked_wait is None else max(delay, asked_wait))
+        asked_wait = None
         try:
             response = client.post(url, json=body)
         except httpx.TransportError as err:  # connection refused or reset, timeouts
@@ -110,5 +130,6 @@ def post_with_retries(
             if response.status_code == 200 or not policy.retries_answer(response):
                 return RetryOutcome(response, "")
             last_error = error_message(response, policy.message_chars)
+            asked_wait = retry_after_s(response)
         logger.warning("%s: %s (attempt %d)", label, last_error, attempt + 1)
     return RetryOutcome(None, last_error)
