@@ -54,10 +54,15 @@ from llmfoundry.models.hf.export import (
     save_tokenizer,
     write_mpt_folder,
 )
-from llmfoundry.models.hf.loading import first_line
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
 from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint, weights_mismatch_error
-from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError, UserError
+from llmfoundry.utils.exceptions import (
+    ConfigError,
+    DatasetError,
+    MissingFileError,
+    UserError,
+    first_line,
+)
 from llmfoundry.utils.file_utils import (
     HF_FOLDER_MARKERS,
     atomic_directory,

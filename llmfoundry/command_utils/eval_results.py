@@ -262,13 +262,10 @@ def write_results(
 ) -> list[Path]:
     """Write ``results.csv``, ``gauntlet.csv`` (with a gauntlet) and ``results.json``.
 
-    Each file appears whole or not at all (written aside, then renamed); what a killed earlier
-    write left aside (``.results.partial-*``) is removed first.
+    Each file appears whole or not at all (``utils.file_utils.atomic_file``: written aside,
+    then renamed; what a killed earlier write left aside is removed first).
     """
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("results", "gauntlet"):
-        for stale in folder.glob(f".{name}.partial-*"):
-            stale.unlink(missing_ok=True)
     written: list[Path] = []
     buffer = io.StringIO()
     writer = csv.writer(buffer)

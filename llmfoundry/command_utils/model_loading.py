@@ -25,7 +25,12 @@ from transformers import (
 
 from llmfoundry.models.hf.loading import log_mpt_class_choice
 from llmfoundry.models.mpt.configuration_mpt import ATTN_IMPLS as MPT_ATTN_IMPLS
-from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, MissingFileError
+from llmfoundry.utils.exceptions import (
+    ConfigError,
+    MissingDependencyError,
+    MissingFileError,
+    first_line,
+)
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -35,11 +40,6 @@ MODEL_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 HF_ATTN_IMPLS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 ADAPTER_CONFIG = "adapter_config.json"
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _looks_local(name: str) -> bool:
@@ -65,7 +65,7 @@ def _load_config(
             "" if trust_remote_code else "; if it ships its own model code add --trust_remote_code"
         )
         raise ConfigError(
-            f"--name_or_path={name_or_path!r}: its config could not be loaded ({_first_line(err)}){hint}"
+            f"--name_or_path={name_or_path!r}: its config could not be loaded ({first_line(err)}){hint}"
         ) from err
 
 
@@ -176,7 +176,7 @@ def apply_adapter(
         # peft reports a foreign adapter as missing target modules (ValueError) or as
         # size mismatches while loading its weights (RuntimeError).
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        detail = next((line for line in lines if "size mismatch" in line), _first_line(err))
+        detail = next((line for line in lines if "size mismatch" in line), first_line(err))
         raise ConfigError(
             f"--adapter={adapter!r} does not fit the base model ({detail}); "
             "use the base model the adapter was trained on"
@@ -259,7 +259,7 @@ def load_model_and_tokenizer(
     except ValueError as err:
         if attn_impl is not None and "attn" in str(err).lower():
             raise ConfigError(
-                f"--attn_impl={attn_impl!r} does not work with {name_or_path!r}: {_first_line(err)}"
+                f"--attn_impl={attn_impl!r} does not work with {name_or_path!r}: {first_line(err)}"
             ) from err
         raise
     if device_map is None:

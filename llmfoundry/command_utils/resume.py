@@ -30,13 +30,19 @@ DEFAULT_LATEST_FILENAME = "latest-rank{rank}.pt"
 
 
 def is_whole_checkpoint(path: Path) -> bool:
-    """Whether ``path`` is a readable zip archive (``torch.save``'s format) with intact members.
+    """Whether ``path`` is a whole zip archive (``torch.save``'s format).
 
-    Every member's CRC is checked, so a file cut short or with flipped bytes is caught.
+    A save cut short (a process or node lost mid-write) lacks the zip's central directory,
+    which ``torch.save`` writes last, or holds less than the directory lists. Both are found
+    from the directory alone: the checkpoint's data is not read here (Composer reads it once,
+    to load it, and fails on a CRC error of its own should the bytes be damaged in place).
     """
     try:
+        size = path.stat().st_size
         with zipfile.ZipFile(path) as archive:
-            return archive.testzip() is None
+            return all(
+                info.header_offset + info.compress_size <= size for info in archive.infolist()
+            )
     except (OSError, zipfile.BadZipFile, EOFError, ValueError):
         return False
 

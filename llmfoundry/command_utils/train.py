@@ -401,7 +401,7 @@ def build_trainer(
             save_folder=None if cfg.only_hf_checkpoint else cfg.save_folder,
             save_interval=cfg.save_interval,
             save_filename=cfg.save_filename or "ep{epoch}-ba{batch}-rank{rank}.pt",
-            save_latest_filename=cfg.save_latest_filename or "latest-rank{rank}.pt",
+            save_latest_filename=resume.latest_filename_of(cfg.save_latest_filename),
             save_overwrite=cfg.save_overwrite,
             save_weights_only=cfg.save_weights_only,
             save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,

@@ -28,7 +28,7 @@ from torch.distributed.checkpoint.planner import ReadItem
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 from torch.torch_version import TorchVersion
 
-from llmfoundry.utils.exceptions import DatasetError, MissingFileError
+from llmfoundry.utils.exceptions import DatasetError, MissingFileError, first_line
 from llmfoundry.utils.hf_folder_checks import check_hf_folder
 
 # The file that makes a folder a torch.distributed.checkpoint (sharded) checkpoint.
@@ -63,11 +63,6 @@ def _composer_safe_globals() -> list[Any]:
         type(np.dtype(np.int64)),
         type(np.dtype(np.float64)),
     ]
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _unpickling_reason(err: BaseException) -> str:
@@ -139,7 +134,7 @@ def safe_torch_load(path: Path, mmap: bool = False) -> Any:
     except Exception as err:  # torch raises RuntimeError, EOFError, KeyError... on bad bytes
         raise DatasetError(
             f"'{path}' is not a readable Composer checkpoint: it is corrupted "
-            f"({type(err).__name__}: {_first_line(err)}); "
+            f"({type(err).__name__}: {first_line(err)}); "
             f"{RESAVE_HINT}"
         ) from err
 
@@ -373,7 +368,7 @@ def _check_metadata(folder: Path) -> None:
     except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as err:
         raise DatasetError(
             f"'{folder / SHARDED_METADATA_FILE}' is not a readable sharded-checkpoint index: "
-            f"{_first_line(err)}"
+            f"{first_line(err)}"
         ) from err
 
 
@@ -441,7 +436,7 @@ def load_sharded_composer_checkpoint(
     # DCP wraps each read failure in a CheckpointException (a BaseException subclass).
     except (Exception, CheckpointException) as err:
         raise DatasetError(
-            f"'{folder}' could not be read as a sharded Composer checkpoint: {_first_line(err)}"
+            f"'{folder}' could not be read as a sharded Composer checkpoint: {first_line(err)}"
         ) from err
     if not isinstance(state.get("state"), dict) or "model" not in state["state"]:
         raise DatasetError(f"'{folder}' is not a Composer checkpoint (no 'state.model' entries)")

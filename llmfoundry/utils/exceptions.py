@@ -44,6 +44,13 @@ def closest_match(word: str, candidates: Iterable[str]) -> str | None:
     return matches[0] if matches else None
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a
+    one-line error quotes of a library's multi-line message."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """A ``"; did you mean 'x'?"`` suffix for an error message, or ``""``."""
     match = closest_match(word, candidates)

@@ -81,9 +81,12 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
 
     Whatever the block writes there (text, a CSV, a saved figure) appears at ``target`` whole or
     not at all; on error the temporary file is removed and ``target`` is left as it was.
+    Temporary files a killed run left for the same ``target`` are removed first.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    for stale in target.parent.glob(f".{target.stem}.partial-*{target.suffix}"):
+        stale.unlink(missing_ok=True)
     handle, name = tempfile.mkstemp(
         prefix=f".{target.stem}.partial-", suffix=target.suffix, dir=target.parent
     )

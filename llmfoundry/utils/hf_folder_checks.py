@@ -12,7 +12,7 @@ from pathlib import Path
 
 from safetensors import safe_open
 
-from llmfoundry.utils.exceptions import DatasetError, MissingFileError
+from llmfoundry.utils.exceptions import DatasetError, MissingFileError, first_line
 
 # The weight files ``save_pretrained`` writes: one file, or shards listed by an index.
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -93,7 +93,7 @@ def _check_safetensors(file: Path, key: str) -> None:
         with safe_open(str(file), framework="pt"):
             pass
     except Exception as err:  # SafetensorError or OSError, whatever the damage
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
         raise DatasetError(
             f"{key}: '{file}' is truncated or corrupted ({reason}); {REWRITE_HINT}"
         ) from err

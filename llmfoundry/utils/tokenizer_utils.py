@@ -10,7 +10,7 @@ from typing import Any, cast
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from llmfoundry.utils.exceptions import TokenizerError
+from llmfoundry.utils.exceptions import TokenizerError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +81,8 @@ def _load_tokenizer(tokenizer_name: str, kwargs: dict[str, Any]) -> PreTrainedTo
     try:
         tokenizer = loader.from_pretrained(tokenizer_name, **kwargs)
     except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise TokenizerError(
-            f"could not load tokenizer '{tokenizer_name}' ({first_line}); pass a local folder with tokenizer files, "
+            f"could not load tokenizer '{tokenizer_name}' ({first_line(err)}); pass a local folder with tokenizer files, "
             "or a hub name when the Hub is reachable"
         ) from err
     return tokenizer

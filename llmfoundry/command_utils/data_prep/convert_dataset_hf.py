@@ -50,6 +50,7 @@ from llmfoundry.utils.exceptions import (
     MissingFileError,
     UserError,
     did_you_mean,
+    first_line,
 )
 from llmfoundry.utils.file_utils import atomic_directory
 from llmfoundry.utils.tokenizer_utils import converter_tokenizer
@@ -398,12 +399,6 @@ def load_splits(
     if not isinstance(loaded, datasets.IterableDatasetDict):
         raise DatasetError(f"dataset '{dataset}' did not load as a set of splits")
     return {str(name): split for name, split in loaded.items()}
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message (or its type's name)."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def check_text_column(

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from llmfoundry import registry
 from llmfoundry.models.hf.composer_mpt import build_eval_metrics, build_lm_metrics
 from llmfoundry.models.hf.composer_mpt import shift_labels as shift_labels_for_next_token
-from llmfoundry.models.hf.loading import first_line, load_hf_causal_lm, looks_like_local_path
+from llmfoundry.models.hf.loading import load_hf_causal_lm, looks_like_local_path
 from llmfoundry.utils.composer_shortcuts import composer_hugging_face_init
 from llmfoundry.utils.config_helpers import check_init_device
 from llmfoundry.utils.exceptions import (
@@ -33,6 +33,7 @@ from llmfoundry.utils.exceptions import (
     MissingDependencyError,
     MissingFileError,
     did_you_mean,
+    first_line,
 )
 
 logger = logging.getLogger(__name__)

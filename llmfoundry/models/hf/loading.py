@@ -29,7 +29,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM, MPTModel
 from llmfoundry.models.mpt.configuration_mpt import REMOTE_CODE_MODEL_TYPE
-from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
+from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean, first_line
 from llmfoundry.utils.hf_folder_checks import check_hf_folder
 
 logger = logging.getLogger(__name__)
@@ -58,12 +58,6 @@ def register_auto_classes() -> None:
     CONFIG_MAPPING.register(REMOTE_CODE_MODEL_TYPE, MPTConfig, exist_ok=True)
     AutoModel.register(MPTConfig, MPTModel, exist_ok=True)
     AutoModelForCausalLM.register(MPTConfig, MPTForCausalLM, exist_ok=True)
-
-
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none)."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def looks_like_local_path(name: str) -> bool:
