@@ -2,8 +2,8 @@
 inference benchmark), spelled as LLM Foundry spells them.
 
 Light on purpose (no torch): the choices are listed here by name; the modules that map them
-to torch objects (:mod:`llmfoundry.command_utils.model_loading`,
-:mod:`llmfoundry.command_utils.generate`) hold the same names, which the CLI tests check.
+to torch objects (:mod:`llmfoundry.inference.model_loading`,
+:mod:`llmfoundry.inference.generate`) hold the same names, which the CLI tests check.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def add_sampling_flags(
     sweep: bool = False,
 ) -> None:
     """Add the flags that control decoding (LLM Foundry's names), with these two defaults; with
-    ``sweep``, the sampling knobs of :data:`~llmfoundry.command_utils.generate.SWEPT_FLAGS`
+    ``sweep``, the sampling knobs of :data:`~llmfoundry.inference.generate.SWEPT_FLAGS`
     take several values each."""
     add = parser.add_argument
     add(*flag_names("max_new_tokens"), type=int, default=max_new_tokens)

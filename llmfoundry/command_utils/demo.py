@@ -19,7 +19,7 @@ from typing import Any
 from llmfoundry.command_utils.convert_composer_to_hf import convert_composer_to_hf
 from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
 from llmfoundry.command_utils.eval import EvalResults, evaluate
-from llmfoundry.command_utils.generate import generate, load_model_and_tokenizer
+from llmfoundry.inference.generate import generate, load_model_and_tokenizer
 from llmfoundry.command_utils.train import train
 from llmfoundry.utils.config_utils import EvalConfig, TrainConfig, load_config
 from llmfoundry.utils.tokenizer_utils import EOS_TOKEN, train_byte_level_bpe

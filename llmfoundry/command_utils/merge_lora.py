@@ -14,7 +14,7 @@ from typing import Any, cast
 import torch
 from transformers import AutoTokenizer, PreTrainedModel
 
-from llmfoundry.command_utils.generate import (
+from llmfoundry.inference.generate import (
     MODEL_DTYPES,
     adapter_tokenizer_source,
     load_model_and_tokenizer,

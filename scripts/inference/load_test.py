@@ -4,7 +4,7 @@
 
 Prints requests, requests/s, p50 and p99 latency, 429s apart from failures (by status) and,
 with ``--server_pid``, the server's RSS at start, max and end. The logic lives in
-``llmfoundry/command_utils/serve_load_test.py``.
+``llmfoundry/inference/serve_load_test.py``.
 """
 
 import argparse
@@ -16,7 +16,7 @@ try:
 except ImportError:  # a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from llmfoundry.command_utils.serve_load_test import (
+from llmfoundry.inference.serve_load_test import (
     LoadTestConfig,
     build_parser,
     format_table,

@@ -3,7 +3,7 @@
     python scripts/inference/serve.py --name_or_path path/to/hf_folder --trust_remote_code
 
 Endpoints: /health, /v1/models, /v1/completions, /v1/chat/completions (see
-``llmfoundry/command_utils/serve.py``).
+``llmfoundry/inference/serve.py``).
 
 The same command as ``llmfoundry serve``; its flags and logic live in
 ``llmfoundry/cli/commands/serve.py``.

@@ -11,13 +11,13 @@ import pytest
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llmfoundry.command_utils.chat import (
+from llmfoundry.inference.chat import (
     ChatSession,
     StopStringStreamer,
     chat_from_pretrained,
     run_chat,
 )
-from llmfoundry.command_utils.generate import load_model_and_tokenizer
+from llmfoundry.inference.generate import load_model_and_tokenizer
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 from tests.command_utils.tiny_models import run_script, save_tiny_llama
 

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmfoundry.command_utils.convert_composer_to_hf import convert_composer_to_hf
-from llmfoundry.command_utils.generate import generate, load_model_and_tokenizer
+from llmfoundry.inference.generate import generate, load_model_and_tokenizer
 from llmfoundry.models.hf import ComposerMPTCausalLM
 from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
 from tests.models.transformers_only import without_llmfoundry_auto_classes

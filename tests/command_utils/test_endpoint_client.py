@@ -16,13 +16,13 @@ import httpx
 import pytest
 from transformers import PreTrainedTokenizerBase
 
-from llmfoundry.command_utils.endpoint_client import (
+from llmfoundry.inference.client import (
     generate_from_endpoint,
     query_endpoint,
     read_prompts_file,
     resolve_endpoint,
 )
-from llmfoundry.command_utils.serve import RunningServer, ServeConfig, start_server
+from llmfoundry.inference.serve import RunningServer, ServeConfig, start_server
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
 
 from .test_serve import NAME, export_tiny_mpt

@@ -13,8 +13,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from llmfoundry.command_utils import generate as generate_module
-from llmfoundry.command_utils.generate import (
+from llmfoundry.inference import generate as generate_module
+from llmfoundry.inference.generate import (
     count_new_tokens,
     generate_batch,
     generate_from_pretrained,

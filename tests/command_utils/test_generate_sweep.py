@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerBase
 
-from llmfoundry.command_utils.generate import (
+from llmfoundry.inference.generate import (
     GenerationRun,
     generate_from_pretrained,
     generate_sweep,

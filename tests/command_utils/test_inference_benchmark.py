@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from transformers import PreTrainedTokenizerBase
 
-from llmfoundry.command_utils.generate import load_model_and_tokenizer
-from llmfoundry.command_utils.inference_benchmark import (
+from llmfoundry.inference.generate import load_model_and_tokenizer
+from llmfoundry.inference.benchmark import (
     CSV_NAME,
     PLOT_NAME,
     benchmark_generation,

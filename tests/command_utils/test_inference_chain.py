@@ -17,7 +17,7 @@ from llmfoundry.command_utils.convert_composer_to_hf import (
     mpt_model_from_checkpoint,
 )
 from llmfoundry.command_utils.convert_hf_to_onnx import convert_hf_to_onnx, onnx_greedy_generate
-from llmfoundry.command_utils.serve import ServeConfig, start_server
+from llmfoundry.inference.serve import ServeConfig, start_server
 from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
 
 from .conftest import TrainedRun, mds_dir, trained_run  # noqa: F401  (fixtures)

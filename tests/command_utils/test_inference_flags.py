@@ -16,9 +16,9 @@ import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from llmfoundry.command_utils.convert_hf_to_onnx import convert_hf_to_onnx, run_onnx
-from llmfoundry.command_utils.generate import generate_from_pretrained, read_prompts
-from llmfoundry.command_utils.generate_flags import add_model_flags, add_sampling_flags
-from llmfoundry.command_utils.model_loading import load_model_and_tokenizer
+from llmfoundry.inference.generate import generate_from_pretrained, read_prompts
+from llmfoundry.inference.flags import add_model_flags, add_sampling_flags
+from llmfoundry.inference.model_loading import load_model_and_tokenizer
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 from tests.command_utils.hub_cache import add_revision, offline_hub_cache  # noqa: F401

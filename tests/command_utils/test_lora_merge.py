@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from llmfoundry.command_utils.generate import load_model_and_tokenizer
+from llmfoundry.inference.generate import load_model_and_tokenizer
 from llmfoundry.command_utils.merge_lora import merge_lora
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 from tests.command_utils.tiny_models import (

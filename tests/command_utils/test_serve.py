@@ -23,15 +23,15 @@ import torch
 from openai import OpenAI
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from llmfoundry.command_utils.chat_template import CHATML_END, render_chat
-from llmfoundry.command_utils.serve import (
+from llmfoundry.inference.chat_template import CHATML_END, render_chat
+from llmfoundry.inference.serve import (
     RunningServer,
     ServeConfig,
     ServedModel,
     load_served_model,
     start_server,
 )
-from llmfoundry.command_utils.serve_batching import first_stop, held_back_chars
+from llmfoundry.inference.serve_batching import first_stop, held_back_chars
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 from tests.models.mpt_helpers import tiny_config, tiny_model

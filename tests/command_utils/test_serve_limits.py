@@ -20,7 +20,7 @@ import pytest
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.cli.commands.serve import main as serve_main
-from llmfoundry.command_utils.serve import (
+from llmfoundry.inference.serve import (
     API_KEY_VARIABLE,
     RunningServer,
     ServeConfig,
@@ -28,7 +28,7 @@ from llmfoundry.command_utils.serve import (
     resolve_api_key,
     start_server,
 )
-from llmfoundry.command_utils.serve_load_test import LoadTestConfig, format_table, run_load_test
+from llmfoundry.inference.serve_load_test import LoadTestConfig, format_table, run_load_test
 from llmfoundry.utils.exceptions import ConfigError
 from tests.command_utils.tiny_models import run_script, tiny_llama
 

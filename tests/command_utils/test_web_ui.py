@@ -21,9 +21,9 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
-from llmfoundry.command_utils.chat_template import CHATML_END, render_chat
-from llmfoundry.command_utils.generate import load_model_and_tokenizer
-from llmfoundry.command_utils.web_ui import WebUI, build_app, launch, serve_web_ui
+from llmfoundry.inference.chat_template import CHATML_END, render_chat
+from llmfoundry.inference.generate import load_model_and_tokenizer
+from llmfoundry.inference.web_ui import WebUI, build_app, launch, serve_web_ui
 from llmfoundry.utils.exceptions import ConfigError
 from tests.command_utils.tiny_models import run_script, save_lora_adapter, save_tiny_llama
 

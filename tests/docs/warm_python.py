@@ -41,7 +41,7 @@ PRELOAD = (
     "llmfoundry",
     "llmfoundry.command_utils.train",
     "llmfoundry.command_utils.eval",
-    "llmfoundry.command_utils.generate",
+    "llmfoundry.inference.generate",
 )
 SHIMS = ("python", "python3", "composer")
 # Python options that take no value (ignored: the warm interpreter is already set up), and

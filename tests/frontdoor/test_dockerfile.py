@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from llmfoundry.command_utils.serve import ServeConfig
+from llmfoundry.inference.serve import ServeConfig
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -242,5 +242,5 @@ def test_healthcheck_probes_the_endpoint_health_route(final: Stage) -> None:
     port = ServeConfig(model_path="unused").port
     assert final.env()["SERVE_PORT"] == str(port)
     assert str(port) in final.args_of("EXPOSE")
-    serve_sources = (REPO / "llmfoundry" / "command_utils").glob("serve*.py")
+    serve_sources = (REPO / "llmfoundry" / "inference").glob("serve*.py")
     assert any('"/health"' in source.read_text() for source in serve_sources)

@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from llmfoundry.command_utils.convert_composer_to_hf import check_model_generates
-from llmfoundry.command_utils.generate import load_model_and_tokenizer
+from llmfoundry.inference.generate import load_model_and_tokenizer
 from llmfoundry.models.hf import ComposerHFCausalLM
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.models.hf.loading import register_auto_classes

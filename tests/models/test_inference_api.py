@@ -14,8 +14,8 @@ import torch
 from composer.models import HuggingFaceModel
 from transformers import PreTrainedTokenizerBase
 
-from llmfoundry.command_utils.chat_template import render_chat
-from llmfoundry.command_utils.serve import (
+from llmfoundry.inference.chat_template import render_chat
+from llmfoundry.inference.serve import (
     RunningServer,
     ServeConfig,
     ServedModel,

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from llmfoundry.command_utils.generate import (
+from llmfoundry.inference.generate import (
     generate,
     generate_from_pretrained,
     load_model_and_tokenizer,

@@ -45,7 +45,7 @@ def query(args: argparse.Namespace) -> None:
     Raises:
         UserError: if any prompt failed.
     """
-    from llmfoundry.command_utils.endpoint_client import generate_from_endpoint
+    from llmfoundry.inference.client import generate_from_endpoint
 
     summary = generate_from_endpoint(**vars(args))
     print(summary.line(), flush=True)

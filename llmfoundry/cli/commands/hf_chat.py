@@ -49,7 +49,7 @@ def typed_lines(prompt: str = "User: ") -> Iterator[str]:
 
 def chat(args: argparse.Namespace) -> None:
     """Chat on the terminal until the user quits or input ends."""
-    from llmfoundry.command_utils.chat import chat_from_pretrained
+    from llmfoundry.inference.chat import chat_from_pretrained
 
     chat_from_pretrained(lines=typed_lines(), **vars(args))
 

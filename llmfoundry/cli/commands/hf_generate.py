@@ -36,7 +36,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def generate(args: argparse.Namespace) -> None:
     """Generate for every prompt and every combination of the swept flags' values; print each
     combination's settings, each prompt with its continuation and each batch's speed."""
-    from llmfoundry.command_utils.generate import generate_sweep
+    from llmfoundry.inference.generate import generate_sweep
 
     for point in generate_sweep(**vars(args)):
         settings = ", ".join(f"{name}={value}" for name, value in point.settings.items())

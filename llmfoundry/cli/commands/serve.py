@@ -14,13 +14,13 @@ DESCRIPTION = """Serve a Hugging Face model folder behind an OpenAI-compatible H
     python scripts/inference/serve.py --name_or_path path/to/hf_folder --trust_remote_code
 
 Endpoints: /health, /v1/models, /v1/completions, /v1/chat/completions (see
-``llmfoundry/command_utils/serve.py``).
+``llmfoundry/inference/serve.py``).
 """
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command's flags. A flag left out is left out of the namespace too, so that
-    :class:`~llmfoundry.command_utils.serve.ServeConfig` supplies its default."""
+    :class:`~llmfoundry.inference.serve.ServeConfig` supplies its default."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description=DESCRIPTION,
@@ -58,7 +58,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 
 def run_server(args: argparse.Namespace) -> None:
     """Serve until interrupted; print the URL once the address is bound."""
-    from llmfoundry.command_utils.serve import ServeConfig, resolve_api_key, serve
+    from llmfoundry.inference.serve import ServeConfig, resolve_api_key, serve
 
     settings = vars(args)
     settings["api_key"] = resolve_api_key(settings.get("api_key"))

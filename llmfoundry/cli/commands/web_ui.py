@@ -17,7 +17,7 @@ python scripts/inference/web_ui.py --name_or_path path/to/hf_folder [--adapter l
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command's flags; ``--host`` and ``--max_new_tokens_limit`` left out are left out
-    of the namespace, so that :func:`~llmfoundry.command_utils.web_ui.serve_web_ui`'s
+    of the namespace, so that :func:`~llmfoundry.inference.web_ui.serve_web_ui`'s
     defaults apply."""
     parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
     add = parser.add_argument
@@ -36,6 +36,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     """Parse ``argv`` (default: ``sys.argv[1:]``) and serve the page; returns the exit code."""
     args = build_parser(prog).parse_args(argv)
-    from llmfoundry.command_utils.web_ui import serve_web_ui
+    from llmfoundry.inference.web_ui import serve_web_ui
 
     return run_user_command(serve_web_ui, **vars(args))

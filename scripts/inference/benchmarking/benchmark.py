@@ -7,8 +7,8 @@ import argparse
 import sys
 from dataclasses import asdict
 
-from llmfoundry.command_utils.generate_flags import add_model_flags
-from llmfoundry.command_utils.inference_benchmark import run_benchmark
+from llmfoundry.inference.flags import add_model_flags
+from llmfoundry.inference.benchmark import run_benchmark
 from llmfoundry.utils.cli_utils import run_user_command
 
 

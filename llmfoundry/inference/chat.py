@@ -1,6 +1,6 @@
 """Multi-turn chat with a causal LM: the logic of ``scripts/inference/hf_chat.py``.
 
-Each turn renders the whole conversation with :func:`~llmfoundry.command_utils.chat_template.render_chat`
+Each turn renders the whole conversation with :func:`~llmfoundry.inference.chat_template.render_chat`
 (the tokenizer's chat template, else ChatML) and streams the reply to an output stream while it
 is generated. Typed commands: ``clear`` forgets the turns (the system prompt stays), ``history``
 shows them, ``quit``/``exit`` (or the end of input) end the chat. When the conversation plus
@@ -20,8 +20,8 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
-from llmfoundry.command_utils.chat_template import render_chat, stop_strings
-from llmfoundry.command_utils.generate import (
+from llmfoundry.inference.chat_template import render_chat, stop_strings
+from llmfoundry.inference.generate import (
     autocast_context,
     generation_token_ids,
     load_for_generation,
@@ -325,7 +325,7 @@ def chat_from_pretrained(
     notices: TextIO | None = None,
     stop_tokens: str | Sequence[str] | None = None,
 ) -> ChatSession:
-    """Load a model (as :func:`~llmfoundry.command_utils.generate.load_model_and_tokenizer`
+    """Load a model (as :func:`~llmfoundry.inference.generate.load_model_and_tokenizer`
     does) and chat with it over ``lines``. ``max_seq_len`` also sets the config's
     ``max_seq_len`` where it has one (LLM Foundry's ``--max_seq_len``); ``stop_tokens`` are
     those of :class:`ChatSession`.

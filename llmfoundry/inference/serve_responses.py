@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from llmfoundry.command_utils.serve_batching import RowResult
+from llmfoundry.inference.serve_batching import RowResult
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Generate text from a Hugging Face model folder (or hub name): the logic of ``hf_generate.py``.
 
-Loading (:func:`~llmfoundry.command_utils.model_loading.load_model_and_tokenizer`) takes the
+Loading (:func:`~llmfoundry.inference.model_loading.load_model_and_tokenizer`) takes the
 flags LLM Foundry's ``hf_generate.py`` has (dtype, device or device map, attention
 implementation, revision, auth token, ``max_seq_len``) plus a peft LoRA adapter; generation
 runs prompts in left-padded batches (:func:`generate_batch`) and reports each batch's latency
@@ -22,7 +22,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 # Loading lives in model_loading; these names stay importable from here for the other commands.
-from llmfoundry.command_utils.model_loading import (  # noqa: F401  (re-exported)
+from llmfoundry.inference.model_loading import (  # noqa: F401  (re-exported)
     ADAPTER_CONFIG,
     HF_ATTN_IMPLS,
     MODEL_DTYPES,

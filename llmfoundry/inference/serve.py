@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from llmfoundry.command_utils.serve_batching import GenerationWorker, ServedModel
+from llmfoundry.inference.serve_batching import GenerationWorker, ServedModel
 from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError
 
 logger = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def load_served_model(config: ServeConfig) -> ServedModel:
     Raises:
         ConfigError, MissingFileError, TokenizerError: on a bad dtype, folder or tokenizer.
     """
-    from llmfoundry.command_utils.generate import load_model_and_tokenizer
+    from llmfoundry.inference.generate import load_model_and_tokenizer
 
     device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model_and_tokenizer(
@@ -205,7 +205,7 @@ def _uvicorn_server(config: ServeConfig, worker: GenerationWorker) -> Any:
     try:
         import uvicorn
 
-        from llmfoundry.command_utils.serve_api import build_app
+        from llmfoundry.inference.serve_api import build_app
     except ImportError as err:
         raise MissingDependencyError(
             f"serving needs fastapi and uvicorn ({err.name} is missing): "

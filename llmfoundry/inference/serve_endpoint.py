@@ -1,6 +1,6 @@
 """The endpoint's generation: validated requests run on the worker, whole or streamed.
 
-Prompts go to a :class:`~llmfoundry.command_utils.serve_batching.GenerationWorker`; its results
+Prompts go to a :class:`~llmfoundry.inference.serve_batching.GenerationWorker`; its results
 come back to the request's event loop through an ``asyncio.Queue``.
 """
 
@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from llmfoundry.command_utils.serve_batching import (
+from llmfoundry.inference.serve_batching import (
     SHUTDOWN_MESSAGE,
     GenerationRow,
     GenerationWorker,
@@ -25,11 +25,11 @@ from llmfoundry.command_utils.serve_batching import (
     ServedModel,
     ShuttingDownError,
 )
-from llmfoundry.command_utils.serve_requests import APIError, SamplingRequest, invalid_param
-from llmfoundry.command_utils.serve_responses import StreamShape
+from llmfoundry.inference.serve_requests import APIError, SamplingRequest, invalid_param
+from llmfoundry.inference.serve_responses import StreamShape
 
 if TYPE_CHECKING:
-    from llmfoundry.command_utils.serve import ServeConfig
+    from llmfoundry.inference.serve import ServeConfig
 
 logger = logging.getLogger(__name__)
 

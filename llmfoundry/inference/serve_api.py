@@ -4,9 +4,9 @@
 is answered with an OpenAI-style body, ``{"error": {"message", "type", "param", "code"}}``.
 With an API key configured, every route but ``/health`` needs ``Authorization: Bearer <key>``
 (:class:`BearerAuth`). Requests are validated in
-:mod:`~llmfoundry.command_utils.serve_requests`, run by
-:mod:`~llmfoundry.command_utils.serve_endpoint` and answered with the bodies of
-:mod:`~llmfoundry.command_utils.serve_responses`.
+:mod:`~llmfoundry.inference.serve_requests`, run by
+:mod:`~llmfoundry.inference.serve_endpoint` and answered with the bodies of
+:mod:`~llmfoundry.inference.serve_responses`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from llmfoundry.command_utils.chat_template import render_chat, stop_strings, uses_chatml
-from llmfoundry.command_utils.serve_batching import GenerationWorker, ServedModel
-from llmfoundry.command_utils.serve_endpoint import Endpoint, usage
-from llmfoundry.command_utils.serve_logprobs import parse_logprobs
-from llmfoundry.command_utils.serve_requests import (
+from llmfoundry.inference.chat_template import render_chat, stop_strings, uses_chatml
+from llmfoundry.inference.serve_batching import GenerationWorker, ServedModel
+from llmfoundry.inference.serve_endpoint import Endpoint, usage
+from llmfoundry.inference.serve_logprobs import parse_logprobs
+from llmfoundry.inference.serve_requests import (
     CHAT_FIELDS,
     COMPLETION_FIELDS,
     APIError,
@@ -35,11 +35,11 @@ from llmfoundry.command_utils.serve_requests import (
     parse_sampling,
     read_json_body,
 )
-from llmfoundry.command_utils.serve_responses import ChatResponse, CompletionResponse
+from llmfoundry.inference.serve_responses import ChatResponse, CompletionResponse
 from llmfoundry.utils.exceptions import UserError
 
 if TYPE_CHECKING:
-    from llmfoundry.command_utils.serve import ServeConfig
+    from llmfoundry.inference.serve import ServeConfig
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from typing import Any, cast
 import torch
 from transformers import PreTrainedModel
 
-from llmfoundry.command_utils.chat import model_max_positions
-from llmfoundry.command_utils.generate import (
+from llmfoundry.inference.chat import model_max_positions
+from llmfoundry.inference.generate import (
     autocast_context,
     check_autocast,
     generation_token_ids,
@@ -251,7 +251,7 @@ def run_benchmark(
 ) -> BenchmarkResult:
     """Load a model, benchmark it (:func:`benchmark_generation`) and write the CSV and the plot.
 
-    Loading arguments are those of :func:`~llmfoundry.command_utils.generate.load_model_and_tokenizer`.
+    Loading arguments are those of :func:`~llmfoundry.inference.generate.load_model_and_tokenizer`.
 
     Returns:
         The rows and the paths of ``results.csv`` and ``latency_vs_throughput.png`` in ``output_dir``.

@@ -4,10 +4,10 @@ The page (built with Gradio) has two tabs over one loaded model (a base model, o
 a peft LoRA adapter):
 
 - **Generate**: a prompt, sampling controls and the continuation the model writes after it
-  (:func:`~llmfoundry.command_utils.generate.generate_batch`).
+  (:func:`~llmfoundry.inference.generate.generate_batch`).
 - **Chat**: a conversation with a system prompt, rendered with
-  :func:`~llmfoundry.command_utils.chat_template.render_chat` and cut at its stop strings; each
-  turn runs a :class:`~llmfoundry.command_utils.chat.ChatSession`, so old turns are dropped the
+  :func:`~llmfoundry.inference.chat_template.render_chat` and cut at its stop strings; each
+  turn runs a :class:`~llmfoundry.inference.chat.ChatSession`, so old turns are dropped the
   same way the terminal chat drops them.
 
 The page works offline: Gradio's telemetry and version check are switched off, no share link is
@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llmfoundry.command_utils.chat import ChatSession, model_max_positions
-from llmfoundry.command_utils.generate import (
+from llmfoundry.inference.chat import ChatSession, model_max_positions
+from llmfoundry.inference.generate import (
     default_device,
     generate_batch,
     load_model_and_tokenizer,

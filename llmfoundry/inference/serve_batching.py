@@ -30,7 +30,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from llmfoundry.command_utils.serve_logprobs import completion_logprobs, kept_completion_tokens
+from llmfoundry.inference.serve_logprobs import completion_logprobs, kept_completion_tokens
 from llmfoundry.utils.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class RowResult:
         shutdown: the row was dropped, not failed, because the server is shutting down.
         token_ids: the generated ids (EOS left out; a cut-off stop string's included).
         logprobs: the choice's ``logprobs`` object when the row asked for one
-            (:mod:`~llmfoundry.command_utils.serve_logprobs`).
+            (:mod:`~llmfoundry.inference.serve_logprobs`).
     """
 
     text: str = ""
