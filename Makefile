@@ -8,7 +8,7 @@ setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
 	$(UV) sync --frozen
 	@# The project's own bytecode too (pyproject's compile-bytecode covers installed packages).
-	@$(UV) run --frozen python -m compileall -q llmfoundry scripts
+	@$(UV) run --frozen python -m compileall -q llmfoundry scripts benchmarks
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(UV) run --frozen python scripts/demo.py

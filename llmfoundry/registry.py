@@ -10,19 +10,29 @@ in the group ``llmfoundry_<registry>``, e.g. in their ``pyproject.toml``::
 
     [project.entry-points.llmfoundry_callbacks]
     my_callback = "my_package.callbacks:MyCallback"
+
+``dataset_constructor`` (finetuning preprocessing functions by dataset name) is declared here
+too, with LLM Foundry's API for it: ``@dataset_constructor.register("org/name", ...)``.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import catalogue
 
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
+logger = logging.getLogger(__name__)
+
 T = TypeVar("T")
+
+PreprocessingFn = Callable[[Mapping[str, Any]], Mapping[str, Any]]
+"""A finetuning preprocessing function: a dataset row -> a ``{prompt, response}`` or
+``{messages}`` example."""
 
 
 class Registry(Generic[T]):
@@ -224,6 +234,116 @@ tp_strategies: Registry[Callable[..., Any]] = Registry(
     builtins=("llmfoundry.tp",),
 )
 
+
+def import_function(path: str, key: str) -> PreprocessingFn:
+    """Import ``"package.module:function"``.
+
+    Raises:
+        ConfigError: naming ``key`` if the module cannot be imported or lacks the function.
+    """
+    module_name, _, function_name = path.partition(":")
+    if not module_name or not function_name:
+        raise ConfigError(f"{key}: '{path}' is not of the form 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ConfigError(
+            f"{key}: cannot import module '{module_name}' ({err}); check the name and that it "
+            "is installed or on PYTHONPATH"
+        ) from err
+    function: object = getattr(module, function_name, None)
+    if not callable(function):
+        public = [name for name in dir(module) if not name.startswith("_")]
+        raise ConfigError(
+            f"{key}: module '{module_name}' has no function '{function_name}'"
+            f"{did_you_mean(function_name, public)}"
+        )
+    # A row -> example function is what the config names; its signature is not checked.
+    return cast(PreprocessingFn, function)
+
+
+class DatasetConstructor:
+    """The finetuning preprocessing functions by dataset (hub) name, in the registry
+    ``registry`` (``dataset_constructor``; plug-ins add entries through the entry-point group
+    ``llmfoundry_dataset_constructor``). Built-ins: ``llmfoundry.data.finetuning.tasks``."""
+
+    def __init__(self) -> None:
+        self.registry: Registry[PreprocessingFn] = Registry(
+            "dataset_constructor",
+            "Finetuning preprocessing functions by dataset name: (row: Mapping) -> "
+            "{prompt, response} or {messages}.",
+            builtins=("llmfoundry.data.finetuning.tasks",),
+        )
+
+    def register(self, *names: str) -> Callable[[PreprocessingFn], PreprocessingFn]:
+        """A decorator registering a preprocessing function under each of ``names``.
+
+        Raises:
+            ValueError: if no name is given or a name is already taken.
+        """
+        if not names:
+            raise ValueError("register() needs at least one dataset name")
+
+        def decorate(function: PreprocessingFn) -> PreprocessingFn:
+            for name in names:
+                if name in self.registry:
+                    raise ValueError(f"a preprocessing function is already registered as '{name}'")
+                self.registry.register(name, function)
+            return function
+
+        return decorate
+
+    def registered_tasks(self) -> list[str]:
+        """The registered dataset names, sorted."""
+        return sorted(self.registry.get_all())
+
+    def print_registered_tasks(self) -> list[str]:
+        """Log the registered dataset names (one line) and return them."""
+        names = self.registered_tasks()
+        logger.info("Registered finetuning preprocessing functions: %s", ", ".join(names))
+        return names
+
+    def get(self, name: str) -> PreprocessingFn | None:
+        """The function registered for ``name``, or None."""
+        return self.registry.get_all().get(name)
+
+    def resolve(
+        self, preprocessing_fn: str | None, hf_name: str | None, key: str
+    ) -> PreprocessingFn | None:
+        """The preprocessing function a dataset config asks for.
+
+        Args:
+            preprocessing_fn: ``"package.module:function"`` (imported), a registered name, or
+                None to use the function registered for ``hf_name`` (if any).
+            hf_name: the dataset's hub name or builder (``json``).
+            key: the config key path of ``preprocessing_fn``, for messages.
+
+        Returns:
+            The function, or None if the rows need no preprocessing.
+
+        Raises:
+            ConfigError: if the module, the function or the registered name does not exist.
+        """
+        if preprocessing_fn is None:
+            return self.get(hf_name) if hf_name is not None else None
+        if ":" in preprocessing_fn:
+            return import_function(preprocessing_fn, key)
+        function = self.get(preprocessing_fn)
+        if function is None:
+            names = self.registered_tasks()
+            raise ConfigError(
+                f"{key}: '{preprocessing_fn}' is not a registered preprocessing function"
+                f"{did_you_mean(preprocessing_fn, names)}; give an import path "
+                f"'package.module:function' or one of: {', '.join(names)}"
+            )
+        return function
+
+
+dataset_constructor = DatasetConstructor()
+"""The finetuning preprocessing functions by dataset name (LLM Foundry's
+``llmfoundry.data.finetuning.tasks.dataset_constructor``, importable from there too)."""
+
+
 ALL_REGISTRIES: dict[str, Registry[Any]] = {
     r.name: r
     for r in (
@@ -245,6 +365,7 @@ ALL_REGISTRIES: dict[str, Registry[Any]] = {
         load_planners,
         save_planners,
         tp_strategies,
+        dataset_constructor.registry,
     )
 }
 """Every registry that is not a layer registry, by name (``llmfoundry.layers_registry`` has those)."""
@@ -297,6 +418,8 @@ def __getattr__(name: str) -> Registry[Any]:
 
 __all__ = [
     "ALL_REGISTRIES",
+    "DatasetConstructor",
+    "PreprocessingFn",
     "Registry",
     "algorithms",
     "all_registries",
@@ -308,12 +431,14 @@ __all__ = [
     "config_transforms",
     "data_specs",
     "dataloaders",
+    "dataset_constructor",
     "dataset_replication_validators",
     "fcs",
     "ffns",
     "ffns_with_megablocks",
     "ffns_with_norm",
     "icl_datasets",
+    "import_function",
     "load_planners",
     "loggers",
     "metrics",

@@ -1,4 +1,5 @@
-"""Shared fixtures: a small real-text corpus and a byte-level BPE tokenizer trained on it.
+"""Shared fixtures: a small real-text corpus, a byte-level BPE tokenizer trained on it (and its
+chat-template copy), and a tiny saved Llama; the builders are in :mod:`tests.fixtures`.
 
 Nothing is downloaded: the corpus is read from the running Python's standard library sources.
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 import atexit
 import gc
 import os
-import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,17 +16,7 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from llmfoundry.utils.tokenizer_utils import build_tokenizer, train_byte_level_bpe
-
-STDLIB_MODULES = (
-    "json/__init__.py",
-    "json/decoder.py",
-    "json/encoder.py",
-    "textwrap.py",
-    "shlex.py",
-    "heapq.py",
-)
-
+from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
 # Open file descriptors above which finished tests' Streaming shared memory is released.
 OPEN_FILES_TO_RELEASE_AT = 4000
@@ -97,19 +87,41 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture(scope="session")
 def corpus_texts() -> list[str]:
     """A few stdlib source files, as documents (about 150 KB of real text)."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    return [(stdlib / name).read_text(encoding="utf-8") for name in STDLIB_MODULES]
+    # tests.fixtures is imported where used: it loads Composer and peft, which not every test needs.
+    from tests.fixtures import stdlib_corpus
+
+    return stdlib_corpus()
 
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, corpus_texts: list[str]) -> Path:
     """A byte-level BPE tokenizer (vocab 512, ``<|endoftext|>`` = 0, ``<|pad|>`` = 1) saved to a folder."""
-    out = tmp_path_factory.mktemp("tokenizer")
-    train_byte_level_bpe(corpus_texts, vocab_size=512, output_dir=out, model_max_length=128)
-    return out
+    from tests.fixtures import save_bpe_tokenizer
+
+    return save_bpe_tokenizer(tmp_path_factory.mktemp("tokenizer"), corpus_texts)
 
 
 @pytest.fixture(scope="session")
 def tokenizer(tokenizer_dir: Path) -> PreTrainedTokenizerBase:
     """The fixture tokenizer, loaded back through the normal loading path."""
     return build_tokenizer(str(tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def chat_tokenizer_dir(
+    tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path
+) -> tuple[Path, PreTrainedTokenizerBase]:
+    """The fixture tokenizer with ``CHAT_TEMPLATE``, saved to a folder; the folder and tokenizer."""
+    from tests.fixtures import save_chat_tokenizer
+
+    folder = tmp_path_factory.mktemp("chat-tokenizer")
+    return folder, save_chat_tokenizer(folder, tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``save_llama``'s tiny Llama (hidden 32, 2 layers, GQA, seed 0, no tokenizer), saved once;
+    tests only read it (copy it before changing it)."""
+    from tests.fixtures import save_llama
+
+    return save_llama(tmp_path_factory.mktemp("llama") / "model")

@@ -54,6 +54,7 @@ def test_unknown_kwarg_names_key_path() -> None:
 
 def test_builders_pass_kwargs_through() -> None:
     import torch
+    from composer.optim.scheduler import CosineAnnealingWithWarmupScheduler
 
     params = [torch.nn.Parameter(torch.zeros(2))]
     opt = build_optimizer_from_section(
@@ -64,7 +65,8 @@ def test_builders_pass_kwargs_through() -> None:
     sched = build_scheduler_from_section(
         {"name": "cosine_with_warmup", "t_warmup": "7ba", "alpha_f": 0.1}
     )
-    assert str(sched.t_warmup) == "7ba" and sched.alpha_f == 0.1  # type: ignore[attr-defined]
+    assert isinstance(sched, CosineAnnealingWithWarmupScheduler)
+    assert str(sched.t_warmup) == "7ba" and sched.alpha_f == 0.1
     (monitor,) = build_callbacks({"speed_monitor": {"window_size": 3}})
     assert type(monitor).__name__ == "SpeedMonitor"
 
@@ -121,3 +123,35 @@ def test_a_loggers_own_name_argument_passes_through() -> None:
     assert isinstance(build_loggers({"inmemory": {}})[0], InMemoryLogger)
     with pytest.raises(ConfigError, match=r"callbacks\.lr_monitor\.name is not a valid key"):
         build_callbacks({"lr_monitor": {"name": "x"}})
+
+
+def test_dataset_constructor_is_a_registry_with_llm_foundrys_api() -> None:
+    from collections.abc import Mapping
+    from typing import Any
+
+    import catalogue
+
+    from llmfoundry.data.finetuning import dataset_constructor as package_level
+    from llmfoundry.data.finetuning.tasks import dataset_constructor as old_path
+
+    constructor = registry.dataset_constructor
+    assert old_path is constructor and package_level is constructor
+    assert constructor.get("tatsu-lab/alpaca") is not None  # a built-in
+    names = ("t18/my-dataset", "t18/alias")
+
+    def qa(row: Mapping[str, Any]) -> dict[str, str]:
+        return {"prompt": row["q"], "response": row["a"]}
+
+    try:
+        assert constructor.register(*names)(qa) is qa
+        assert constructor.get("t18/alias") is qa
+        assert constructor.resolve(None, "t18/my-dataset", "dataset.hf_name") is qa
+        assert constructor.registry.find("t18/my-dataset")["module"] == __name__
+        with pytest.raises(ValueError, match="already registered as 't18/my-dataset'"):
+            constructor.register("t18/my-dataset")(qa)
+        with pytest.raises(ConfigError, match=r"^dataset\.preprocessing_fn: 't18/my-datset' is no"):
+            constructor.resolve("t18/my-datset", None, "dataset.preprocessing_fn")
+    finally:
+        for name in names:
+            catalogue.REGISTRY.pop(("llmfoundry", "dataset_constructor", name), None)
+    assert constructor.get("t18/my-dataset") is None

@@ -31,7 +31,7 @@ import copy
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from composer.core import Callback, State, Time, TimeUnit
 from composer.loggers import Logger
@@ -48,6 +48,13 @@ KEY_PATH = "callbacks.curriculum_learning"
 _ENTRY_KEYS = ("dataset", "duration", "train_loader")
 # Keys the dataloader builder fills in itself; a phase may not set them.
 _BUILDER_FILLED = {"tokenizer", "device_batch_size", "section"}
+
+
+@runtime_checkable
+class _ResumableDataset(Protocol):
+    """A dataset that can resume mid-epoch from its saved state (e.g. ``StreamingDataset``)."""
+
+    def load_state_dict(self, obj: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -212,8 +219,8 @@ class CurriculumLearning(Callback):
         loader = data_spec.dataloader
         if dataset_state is not None:
             dataset = getattr(loader, "dataset", None)
-            if hasattr(dataset, "load_state_dict"):
-                dataset.load_state_dict(dataset_state)  # type: ignore[union-attr]
+            if isinstance(dataset, _ResumableDataset):
+                dataset.load_state_dict(dataset_state)
                 state.dataset_resumption["train"] = True
         state.set_dataloader(loader, "train")
         state.train_dataloader = loader

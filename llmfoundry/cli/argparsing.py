@@ -10,14 +10,16 @@ import argparse
 from collections.abc import Sequence
 from typing import Any
 
-from llmfoundry.utils.cli_utils import LOGGING_LEVELS, parse_logging_level
+from llmfoundry.utils.cli_utils import LOGGING_LEVELS, parse_bool, parse_logging_level
 
 __all__ = [
+    "CONVERTER_FLAGS",
     "LOGGING_LEVELS",
     "SPELLING_NOTE",
     "BooleanFlag",
     "NameList",
     "accept_both_spellings",
+    "add_converter_flags",
     "add_yaml_arguments",
     "check_yaml_and_overrides",
     "parse_logging_level",
@@ -120,3 +122,48 @@ def check_yaml_and_overrides(yaml_path: str, overrides: Sequence[str]) -> None:
     from llmfoundry.utils.config_utils import load_yaml_with_overrides
 
     load_yaml_with_overrides(yaml_path, overrides)
+
+
+# The flags the converters (``data_prep`` and ``convert`` commands) share, declared once: the
+# same name means the same option everywhere. A command changes a declaration (its own help,
+# ``required``) with :func:`add_converter_flags`' keyword arguments.
+CONVERTER_FLAGS: dict[str, dict[str, Any]] = {
+    "out_root": {"required": True, "help": "output folder; one sub-folder per split"},
+    "data_subset": {"help": "subset (config) name, if the dataset has several"},
+    "data_files": {
+        "nargs": "+",
+        "action": NameList,
+        "help": "data files for a builder name such as json",
+    },
+    "compression": {"default": None, "help": "shard compression, e.g. zstd"},
+    "concat_tokens": {"type": int, "help": "tokenize and concatenate into this many tokens"},
+    "tokenizer": {"help": "tokenizer folder or hub name (needed with --concat_tokens)"},
+    "tokenizer_kwargs": {"help": "tokenizer options as JSON, e.g. '{\"use_fast\": true}'"},
+    "bos_text": {"default": "", "help": "text put before each document"},
+    "eos_text": {"default": "", "help": "text put after each document"},
+    "no_wrap": {"action": "store_true", "help": "drop a document's tokens past one sample"},
+    "num_workers": {
+        "type": int,
+        "default": None,
+        "help": "processes that tokenize (default: one per CPU core; 0 or 1: in this process)",
+    },
+    "skip_bad_rows": {"action": "store_true", "help": "skip malformed rows (counted)"},
+    "trust_remote_code": {"type": parse_bool, "nargs": "?", "const": True, "default": False},
+}
+
+
+def add_converter_flags(
+    parser: argparse.ArgumentParser, *names: str, **changes: dict[str, Any]
+) -> argparse.ArgumentParser:
+    """Add the shared converter flags ``--<name>`` (in order), each as :data:`CONVERTER_FLAGS`
+    declares it updated with ``changes[name]`` (``tokenizer={"help": ...}``).
+
+    Returns:
+        ``parser``.
+
+    Raises:
+        KeyError: for a name that is not a shared flag.
+    """
+    for name in names:
+        parser.add_argument(f"--{name}", **{**CONVERTER_FLAGS[name], **changes.get(name, {})})
+    return parser

@@ -23,57 +23,49 @@ tokenizer files under ``state.integrations.huggingface``; the weights are under
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
-import urllib.parse
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import peft
 import torch
-import transformers
-from composer.utils import get_file
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
-from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from llmfoundry.command_utils.composer_checkpoint import (
+    CheckpointContents,
+    fetch_checkpoint,
+    mpt_config_from_checkpoint,
+    mpt_model_from_checkpoint,
+    read_checkpoint_contents,
+    tokenizer_from_checkpoint,
+)
+from llmfoundry.command_utils.hf_folder_writing import (
+    build_full_model,
+    causal_lm_class,
+    hf_config_from_contents,
+    write_full_model,
+    write_lora,
+)
 from llmfoundry.models.hf.export import (
     AUTO_MAP,
     OUTPUT_DTYPES,
-    build_with_weights,
     dtype_of_precision,
     save_mpt_as_hf,
-    save_tokenizer,
-    write_mpt_folder,
 )
-from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
-from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint, weights_mismatch_error
-from llmfoundry.utils.exceptions import (
-    ConfigError,
-    DatasetError,
-    MissingFileError,
-    UserError,
-    first_line,
-)
+from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
+from llmfoundry.utils.exceptions import ConfigError, UserError, first_line
 from llmfoundry.utils.file_utils import (
     HF_FOLDER_MARKERS,
     atomic_directory,
     check_replaceable_output,
 )
-from llmfoundry.utils.object_store import RemoteFolder, is_remote, user_errors
 
 logger = logging.getLogger(__name__)
 
-# The export helpers live in ``llmfoundry.models.hf.export`` (callbacks use them too); these
-# names stay importable from here.
+# The checkpoint reading lives in ``composer_checkpoint``, the folder writing in
+# ``hf_folder_writing`` and the export helpers in ``llmfoundry.models.hf.export`` (callbacks use
+# them too); these names stay importable from here.
 __all__ = [
     "AUTO_MAP",
     "OUTPUT_DTYPES",
@@ -91,461 +83,10 @@ __all__ = [
     "upload_folder_to_hub",
 ]
 
-MODEL_PREFIX = "model."
-# Module names that wrappers insert into parameter names (activation checkpointing,
-# torch.compile); the Hugging Face model knows its weights without them.
-WRAPPER_NAMES = ("_checkpoint_wrapped_module.", "_orig_mod.", "_fsdp_wrapped_module.")
-# FSDP2's fully_shard swaps a module's class for a subclass named FSDP<name>.
-FSDP_CLASS_PREFIX = "FSDP"
-# Checkpoint file names Composer writes (a remote path ending otherwise is taken as a folder).
-CHECKPOINT_FILE_SUFFIXES = (".pt", ".pt.tar", ".tar", ".pt.gz", ".pt.lz4", ".pt.zst")
 TEST_PROMPT = "Hello"
 
 
-# --- what the checkpoint holds ------------------------------------------------------------
-
-
-def _huggingface_metadata(state: dict[str, Any], path: str) -> dict[str, Any]:
-    try:
-        metadata = state["state"]["integrations"]["huggingface"]
-        metadata["model"]["config"]["content"]
-    except (KeyError, TypeError) as err:
-        raise DatasetError(
-            f"'{path}' has no Hugging Face metadata (state.integrations.huggingface); "
-            "it was not saved from a Hugging Face-based Composer model (mpt_causal_lm or "
-            "hf_causal_lm), so there is nothing to convert"
-        ) from err
-    return metadata
-
-
-def _recorded_class_name(metadata: dict[str, Any]) -> str:
-    """The short class name of the saved model, with FSDP2's ``FSDP`` class prefix removed."""
-    qualified = str(metadata["model"]["config"].get("class", ""))
-    module, _, name = qualified.rpartition(".")
-    if name.startswith(FSDP_CLASS_PREFIX) and "fsdp" in module:
-        name = name[len(FSDP_CLASS_PREFIX) :]
-    return name
-
-
-def _is_mpt(class_name: str, config: dict[str, Any]) -> bool:
-    """Our MPT: its class (Composer's or a remote-code copy), or a LoRA-wrapped one's architecture.
-
-    transformers' own MPT is ``MptForCausalLM`` and converts like any native model.
-    """
-    architectures = config.get("architectures") or []
-    return class_name.endswith("MPTForCausalLM") or (
-        class_name.startswith("Peft") and "MPTForCausalLM" in architectures
-    )
-
-
-def _strip_wrapper_names(name: str) -> str:
-    for wrapper in WRAPPER_NAMES:
-        name = name.replace(wrapper, "")
-    return name
-
-
-@dataclass
-class CheckpointContents:
-    """What an export needs from a Composer checkpoint.
-
-    Attributes:
-        source: the checkpoint path as the user gave it (for messages).
-        class_name: the saved model's class (``LlamaForCausalLM``, ``PeftModelForCausalLM``...).
-        config: the model's ``config.json`` content.
-        peft_config: the adapter's ``adapter_config.json`` content, for a LoRA model.
-        tokenizer: the tokenizer saved with the model, if any.
-        weights: the model's weights, named as in the Hugging Face (or peft) model.
-    """
-
-    source: str
-    class_name: str
-    config: dict[str, Any]
-    peft_config: dict[str, Any] | None
-    tokenizer: PreTrainedTokenizerBase | None
-    weights: dict[str, torch.Tensor]
-
-    @property
-    def is_mpt(self) -> bool:
-        """Whether the model (or a LoRA adapter's base) is our MPT."""
-        return _is_mpt(self.class_name, self.config)
-
-    @property
-    def holds_base_weights(self) -> bool:
-        """For a LoRA model, whether the frozen base weights were saved too (not adapter-only)."""
-        return any("lora_" not in name for name in self.weights)
-
-
-def read_checkpoint_contents(
-    state: dict[str, Any], path: str, trust_remote_code: bool = False
-) -> CheckpointContents:
-    """Pick the model's class, configs, tokenizer and weights out of a loaded checkpoint.
-
-    Args:
-        state: what :func:`load_composer_checkpoint` returned.
-        path: the checkpoint's path, for messages.
-        trust_remote_code: allow a tokenizer that ships its own code.
-
-    Raises:
-        DatasetError: if the checkpoint has no Hugging Face metadata or no model weights.
-    """
-    metadata = _huggingface_metadata(state, path)
-    model_meta = metadata["model"]
-    peft_meta = model_meta.get("peft_config")
-    weights = {
-        _strip_wrapper_names(name[len(MODEL_PREFIX) :]): tensor
-        for name, tensor in (state["state"].get("model") or {}).items()
-        if name.startswith(MODEL_PREFIX) and isinstance(tensor, torch.Tensor)
-    }
-    if not weights:
-        raise DatasetError(f"'{path}' holds no model weights (state.model is empty)")
-    return CheckpointContents(
-        source=path,
-        class_name=_recorded_class_name(metadata),
-        config=dict(model_meta["config"]["content"]),
-        peft_config=dict(peft_meta["content"]) if peft_meta else None,
-        tokenizer=tokenizer_from_checkpoint(state, path, trust_remote_code),
-        weights=weights,
-    )
-
-
-def mpt_config_from_checkpoint(state: dict[str, Any], path: str) -> MPTConfig:
-    """The ``MPTConfig`` stored in a Composer checkpoint's Hugging Face metadata.
-
-    Raises:
-        ConfigError: if the checkpoint holds a model other than MPT.
-    """
-    metadata = _huggingface_metadata(state, path)
-    class_name = _recorded_class_name(metadata)
-    content = dict(metadata["model"]["config"]["content"])
-    if not _is_mpt(class_name, content):
-        raise ConfigError(f"'{path}' holds a {class_name or 'unknown'} model, not an MPT")
-    config = MPTConfig.from_dict(content)
-    assert isinstance(config, MPTConfig)
-    return config
-
-
-def tokenizer_from_checkpoint(
-    state: dict[str, Any], path: str, trust_remote_code: bool = False
-) -> PreTrainedTokenizerBase | None:
-    """Rebuild the tokenizer whose files Composer stored in the checkpoint (None if absent)."""
-    files = _huggingface_metadata(state, path).get("tokenizer") or {}
-    if not files:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, entry in files.items():
-            content = entry["content"]
-            target = Path(tmp) / name
-            if entry["file_extension"] == ".json":
-                target.write_text(json.dumps(content), encoding="utf-8")
-            elif entry["file_extension"] == ".txt":
-                target.write_text("\n".join(content), encoding="utf-8")
-            elif entry["file_extension"] == ".model":
-                target.write_bytes(content)
-            else:
-                target.write_text(content, encoding="utf-8")
-        return AutoTokenizer.from_pretrained(tmp, trust_remote_code=trust_remote_code)
-
-
-def mpt_model_from_checkpoint(state: dict[str, Any], config: MPTConfig) -> MPTForCausalLM:
-    """Build an ``MPTForCausalLM`` holding the checkpoint's weights (no random init on the way).
-
-    Raises:
-        DatasetError: if the weights do not match the config.
-    """
-    weights = {
-        _strip_wrapper_names(key[len(MODEL_PREFIX) :]): value
-        for key, value in state["state"]["model"].items()
-        if key.startswith(MODEL_PREFIX)
-    }
-    config.init_device = "cpu"
-    with torch.device("meta"):
-        model = MPTForCausalLM(config)
-    result = model.load_state_dict(weights, strict=False, assign=True)
-    if result.missing_keys or result.unexpected_keys:
-        raise DatasetError(
-            f"checkpoint weights do not match the model config: missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
-        )
-    return model.eval()
-
-
-# --- building models from the recorded config ---------------------------------------------
-
-
-def hf_config_from_contents(contents: CheckpointContents) -> PretrainedConfig:
-    """The model config recorded in the checkpoint, as a config object.
-
-    Raises:
-        ConfigError: if the architecture needs code that transformers does not include.
-    """
-    if contents.is_mpt:
-        return MPTConfig.from_dict(dict(contents.config))
-    model_type = str(contents.config.get("model_type"))
-    if model_type not in CONFIG_MAPPING:
-        raise ConfigError(
-            f"'{contents.source}' holds a {contents.class_name} model of type {model_type!r}, "
-            "which transformers does not implement; only MPT and transformers' own "
-            "architectures convert"
-        )
-    content = {k: v for k, v in contents.config.items() if k != "auto_map"}
-    return CONFIG_MAPPING[model_type].from_dict(content)
-
-
-def causal_lm_class(
-    contents: CheckpointContents, config: PretrainedConfig
-) -> type[PreTrainedModel]:
-    """The model class to rebuild: the recorded one (or the adapter's base) from transformers.
-
-    Raises:
-        ConfigError: if transformers has no causal LM class for the config.
-    """
-    if isinstance(config, MPTConfig):
-        return MPTForCausalLM
-    for name in (contents.class_name, *(contents.config.get("architectures") or [])):
-        found = getattr(transformers, name, None) if name else None
-        if isinstance(found, type) and issubclass(found, PreTrainedModel):
-            return found
-    try:
-        return cast(type[PreTrainedModel], MODEL_FOR_CAUSAL_LM_MAPPING[type(config)])
-    except KeyError as err:
-        raise ConfigError(
-            f"'{contents.source}' holds a {contents.class_name} model, for which transformers has "
-            "no causal LM class"
-        ) from err
-
-
-def _empty_model(model_class: type[PreTrainedModel], config: PretrainedConfig) -> PreTrainedModel:
-    """``model_class(config)`` on the meta device: no memory, no initialization."""
-    if isinstance(config, MPTConfig):
-        config.init_device = "cpu"
-    with torch.device("meta"):
-        return model_class(config)
-
-
-def _cast(model: torch.nn.Module, dtype: torch.dtype) -> None:
-    # nn.Module.to: transformers' own ``to`` refuses some models (quantized ones) for no gain here.
-    torch.nn.Module.to(model, dtype)
-
-
-def _weights_mismatch(contents: CheckpointContents, err: BaseException) -> DatasetError:
-    return DatasetError(
-        f"the weights in '{contents.source}' do not fit the model config it records "
-        f"({first_line(err)})"
-    )
-
-
-# --- writing each kind ----------------------------------------------------------------------
-
-
-def _write_full_model(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, folder: Path
-) -> None:
-    if isinstance(model, MPTForCausalLM):
-        write_mpt_folder(model, tokenizer, folder)
-        return
-    model.save_pretrained(folder)
-    if tokenizer is not None:
-        save_tokenizer(tokenizer, folder)
-
-
-def _build_full_model(contents: CheckpointContents, dtype: torch.dtype) -> PreTrainedModel:
-    config = hf_config_from_contents(contents)
-    model_class = causal_lm_class(contents, config)
-    try:
-        return build_with_weights(model_class, config, contents.weights, dtype)
-    except RuntimeError as err:
-        empty = _empty_model(model_class, config)
-        raise weights_mismatch_error(contents.source, contents.weights, empty) from err
-
-
-def _lora_config(contents: CheckpointContents, base_model: str | None) -> peft.LoraConfig:
-    """The adapter config recorded in the checkpoint (its base name replaced by ``base_model``).
-
-    Raises:
-        ConfigError: for an adapter type other than LoRA.
-    """
-    assert contents.peft_config is not None
-    config = peft.get_peft_config(dict(contents.peft_config))
-    if not isinstance(config, peft.LoraConfig):
-        raise ConfigError(
-            f"'{contents.source}' holds a {type(config).__name__} adapter; only LoRA converts"
-        )
-    if base_model is not None:
-        config.base_model_name_or_path = base_model
-    return config
-
-
-def _peft_model(base: PreTrainedModel, lora_config: peft.LoraConfig) -> peft.PeftModel:
-    """``base`` wrapped with an (empty) adapter of ``lora_config``, ready for the saved weights."""
-    # get_peft_model records the name of the model it is given as the adapter's base: give a
-    # model built from the config (which has none) the name of the real base.
-    base.name_or_path = lora_config.base_model_name_or_path or ""
-    return cast(peft.PeftModel, peft.get_peft_model(base, lora_config, low_cpu_mem_usage=True))
-
-
-def _assign_adapter_weights(
-    model: peft.PeftModel, contents: CheckpointContents, base_source: str | None
-) -> None:
-    """Put the checkpoint's weights into ``model`` (the adapter's, and the base's if saved).
-
-    Raises:
-        DatasetError: if the weights do not fit the model.
-    """
-    try:
-        result = model.load_state_dict(contents.weights, strict=False, assign=True)
-    except RuntimeError as err:
-        if base_source is None:
-            raise _weights_mismatch(contents, err) from err
-        raise DatasetError(
-            f"the LoRA weights in '{contents.source}' do not fit the base model {base_source!r} "
-            f"({first_line(err)}); pass --base_model with the model the adapter was trained on"
-        ) from err
-    if result.unexpected_keys:
-        raise DatasetError(
-            f"'{contents.source}' holds weights the LoRA model does not have: "
-            f"{result.unexpected_keys[:4]}"
-        )
-    empty = [n for n, p in model.named_parameters() if "lora_" in n and p.is_meta]
-    if empty:
-        raise DatasetError(f"'{contents.source}' lacks the LoRA weights {empty[:4]}")
-
-
-def _base_model_source(contents: CheckpointContents, base_model: str | None) -> tuple[str, str]:
-    """The base model to merge into and where its name came from.
-
-    Raises:
-        MissingFileError: if neither ``base_model`` nor the checkpoint names one.
-    """
-    if base_model:
-        return base_model, "--base_model"
-    recorded = (contents.peft_config or {}).get("base_model_name_or_path")
-    if recorded:
-        return str(recorded), "the adapter config recorded in the checkpoint"
-    recorded = contents.config.get("_name_or_path")
-    if recorded:
-        return str(recorded), "the model config recorded in the checkpoint"
-    raise MissingFileError(
-        f"'{contents.source}' holds only the LoRA weights and names no base model to merge them "
-        "into; pass --base_model with the base model's folder or Hub id"
-    )
-
-
-def _load_base_model(
-    contents: CheckpointContents, base_model: str | None, trust_remote_code: bool
-) -> tuple[PreTrainedModel, str]:
-    """The LoRA adapter's base model with its real weights (fp32), and its name.
-
-    Raises:
-        MissingFileError: if it cannot be found or loaded.
-    """
-    name, origin = _base_model_source(contents, base_model)
-    if (
-        not is_remote(name)
-        and name.startswith(("/", ".", "~"))
-        and not Path(name).expanduser().is_dir()
-    ):
-        raise MissingFileError(
-            f"the LoRA base model '{name}' (from {origin}) does not exist; pass --base_model "
-            "with the base model's folder or Hub id"
-        )
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(Path(name).expanduser()) if not is_remote(name) else name,
-            dtype=torch.float32,
-            trust_remote_code=trust_remote_code,
-        )
-    except (OSError, ValueError) as err:
-        raise MissingFileError(
-            f"the LoRA base model '{name}' (from {origin}) could not be loaded "
-            f"({first_line(err)}); pass --base_model with the base model's folder or Hub id"
-        ) from err
-    return cast(PreTrainedModel, model), name
-
-
-def _write_lora(
-    contents: CheckpointContents,
-    folder: Path,
-    dtype: torch.dtype,
-    merge: bool,
-    base_model: str | None,
-    trust_remote_code: bool,
-) -> None:
-    """Write the adapter folder, or (``merge``) the base model with the adapter folded in."""
-    lora_config = _lora_config(contents, base_model)
-    config = hf_config_from_contents(contents)
-    model_class = causal_lm_class(contents, config)
-    base_source = None
-    if merge and not contents.holds_base_weights:
-        base, base_source = _load_base_model(contents, base_model, trust_remote_code)
-        lora_config.base_model_name_or_path = base_source
-    else:
-        # The adapter alone needs no base weights; a full checkpoint brings its own.
-        base = _empty_model(model_class, config)
-    model = _peft_model(base, lora_config)
-    _assign_adapter_weights(model, contents, base_source)
-    if not merge:
-        adapter = {
-            name: tensor.to(dtype) if tensor.is_floating_point() else tensor
-            for name, tensor in model.state_dict().items()
-            if "lora_" in name
-        }
-        # peft picks the adapter's weights out of the state dict and names them as its own
-        # save_pretrained does (adapter name removed), next to adapter_config.json.
-        model.save_pretrained(str(folder), state_dict=adapter)
-        if contents.tokenizer is not None:
-            save_tokenizer(contents.tokenizer, folder)
-        return
-    if any(p.is_meta for n, p in model.named_parameters() if "lora_" not in n):
-        raise DatasetError(f"'{contents.source}' lacks some of the base model's weights")
-    merged = cast(PreTrainedModel, model.merge_and_unload())
-    if getattr(merged.config, "tie_word_embeddings", False):
-        merged.tie_weights()
-    _cast(merged, dtype)
-    _write_full_model(merged, contents.tokenizer, folder)
-
-
-# --- fetching, uploading, checking ----------------------------------------------------------
-
-
-def fetch_checkpoint(composer_path: str, local_location: str | None, scratch: Path) -> Path:
-    """The local path of the checkpoint, downloading a remote one (file or sharded folder).
-
-    Args:
-        composer_path: a local path or an object-store URI (``s3://bucket/run/ep1-ba100-rank0.pt``
-            or a sharded checkpoint's folder ``s3://bucket/run/ep1-ba100``).
-        local_location: where to keep the download (a file, or a folder for a sharded one).
-        scratch: a temporary folder for the download when ``local_location`` is None.
-
-    Raises:
-        MissingFileError: if the remote checkpoint does not exist.
-        ConfigError, MissingDependencyError: if the object store cannot be reached.
-    """
-    if not is_remote(composer_path):
-        return Path(composer_path).expanduser()
-    name = Path(urllib.parse.urlparse(composer_path).path.rstrip("/")).name
-    if composer_path.endswith(CHECKPOINT_FILE_SUFFIXES):
-        local = Path(local_location) if local_location else scratch / name
-        local.parent.mkdir(parents=True, exist_ok=True)
-        with user_errors("--composer_path", composer_path, "download it"):
-            try:
-                get_file(composer_path, str(local), overwrite=True)
-            except FileNotFoundError as err:
-                raise MissingFileError(
-                    f"checkpoint '{composer_path}' does not exist; pass the .pt file Composer saved"
-                ) from err
-        return local
-    local = Path(local_location) if local_location else scratch / (name or "checkpoint")
-    remote = RemoteFolder(composer_path, "--composer_path", local)
-    files = remote.list_files()
-    if not files:
-        raise MissingFileError(
-            f"checkpoint '{composer_path}' does not exist (no objects under it); pass the .pt "
-            "file or the sharded checkpoint folder Composer saved"
-        )
-    for relative in files:
-        (local / relative).parent.mkdir(parents=True, exist_ok=True)
-        remote.download(relative, local / relative)
-    return local
+# --- uploading, checking --------------------------------------------------------------------
 
 
 def upload_folder_to_hub(folder: Path, repo_id: str) -> None:
@@ -686,9 +227,9 @@ def convert_composer_to_hf(
     output = Path(hf_output_path)
     with atomic_directory(output) as staging:
         if contents.peft_config is not None:
-            _write_lora(contents, staging, dtype, merge_lora, base_model, trust_remote_code)
+            write_lora(contents, staging, dtype, merge_lora, base_model, trust_remote_code)
         else:
-            _write_full_model(_build_full_model(contents, dtype), contents.tokenizer, staging)
+            write_full_model(build_full_model(contents, dtype), contents.tokenizer, staging)
     kind = "LoRA adapter" if is_adapter else f"{contents.class_name} model"
     logger.info("wrote the %s (%s) to %s", kind, output_precision, output)
 

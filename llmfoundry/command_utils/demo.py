@@ -19,8 +19,9 @@ from typing import Any
 from llmfoundry.command_utils.convert_composer_to_hf import convert_composer_to_hf
 from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
 from llmfoundry.command_utils.eval import EvalResults, evaluate
-from llmfoundry.inference.generate import generate, load_model_and_tokenizer
 from llmfoundry.command_utils.train import train
+from llmfoundry.inference.generate import generate, load_model_and_tokenizer
+from llmfoundry.inference.options import ModelSource
 from llmfoundry.utils.config_utils import EvalConfig, TrainConfig, load_config
 from llmfoundry.utils.tokenizer_utils import EOS_TOKEN, train_byte_level_bpe
 
@@ -151,13 +152,13 @@ def run_demo(
     logger.info("[5/7] evaluating on the validation split")
     trainer.eval()
     eval_values = in_memory.data.get("metrics/eval/LanguageCrossEntropy", [])
-    eval_loss = float(eval_values[-1][1]) if eval_values else None  # type: ignore[arg-type]
+    eval_loss = float(eval_values[-1][1]) if eval_values else None
     checkpoint = out / "checkpoints" / "latest-rank0.pt"
     trainer.close()
 
     logger.info("[6/7] exporting to Hugging Face format and generating")
     hf_dir = convert_composer_to_hf(str(checkpoint), str(out / "hf"), output_precision="fp32")
-    model, tokenizer = load_model_and_tokenizer(str(hf_dir), trust_remote_code=True)
+    model, tokenizer = load_model_and_tokenizer(ModelSource(str(hf_dir), trust_remote_code=True))
     generations = generate(
         model, tokenizer, PROMPTS, max_new_tokens=48, do_sample=False, repetition_penalty=1.3
     )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
@@ -48,16 +47,18 @@ from llmfoundry.command_utils.evaluators import (
 )
 from llmfoundry.command_utils.parallelism import build_parallelism_config
 from llmfoundry.command_utils.preflight import (
+    check_eval_sections,
     check_loader_section,
     check_model_section,
     check_named_sections,
     check_tokenizer_section,
 )
-from llmfoundry.command_utils.train import (
-    flatten,
-    import_code_paths,
+from llmfoundry.command_utils.run_setup import (
+    leave_process_group,
+    log_run_config,
+    run_name_of,
     runtime_precision,
-    setup_logging,
+    start_run,
 )
 from llmfoundry.eval.sources import resolve_config_file
 from llmfoundry.utils.builders import (
@@ -195,6 +196,7 @@ def check_eval_config(cfg: EvalConfig) -> None:
     gauntlet = cfg.eval_gauntlet or cfg.eval_gauntlet_str
     if gauntlet:
         load_gauntlet_config(resolve_config_file(gauntlet, anchors(cfg)))
+    check_eval_sections(cfg)
 
 
 def anchors(cfg: EvalConfig) -> list[Path]:
@@ -344,7 +346,7 @@ def evaluate_model(
             callbacks=[*build_callbacks(cfg.callbacks), *gauntlet, throughput],
             loggers=[*build_loggers(cfg.loggers), memory, *extra_loggers],
             device=device,
-            precision=precision,  # type: ignore[arg-type]
+            precision=precision,
             parallelism_config=build_parallelism_config(
                 cfg.fsdp_config,
                 None,
@@ -362,10 +364,8 @@ def evaluate_model(
             seed=cfg.seed,
             dist_timeout=cfg.dist_timeout,
         )
-    if cfg.log_config and logged_config is not None:
-        trainer.logger.log_hyperparameters({**logged_config, "model_name": entry.model_name})
-    if cfg.metadata:
-        trainer.logger.log_hyperparameters(flatten("metadata", dict(cfg.metadata)))
+    logged = None if logged_config is None else {**logged_config, "model_name": entry.model_name}
+    log_run_config(trainer, logged if cfg.log_config else None, cfg.metadata)
     trainer.eval()
     rows = collect_rows(
         entry.model_name,
@@ -397,8 +397,7 @@ def evaluate(
     """
     if not isinstance(cfg, EvalConfig):
         cfg, logged_config = config_from_mapping(cfg, EvalConfig)
-    setup_logging(cfg.python_log_level)
-    import_code_paths(cfg.code_paths)
+    start_run(cfg.python_log_level, cfg.code_paths)
     check_eval_config(cfg)
     entries = parse_models(cfg)
     check_models_and_sections(cfg, entries)
@@ -407,7 +406,7 @@ def evaluate(
     run = RunSetup(
         device=device,
         precision=runtime_precision(cfg.precision, device),
-        run_name=cfg.run_name or os.environ.get("RUN_NAME") or None,
+        run_name=run_name_of(cfg.run_name),
         categories=gauntlet_categories(
             resolve_config_file(cfg.eval_gauntlet or cfg.eval_gauntlet_str or {}, anchors(cfg))
         ),
@@ -433,9 +432,7 @@ def eval_from_yaml(yaml_path: str | Path, overrides: Sequence[str] = ()) -> Eval
     """Load ``yaml_path`` with dotlist ``overrides`` and evaluate; the entry point of ``eval.py``."""
     cfg, resolved = load_config(yaml_path, overrides, EvalConfig)
     results = evaluate(cfg, resolved)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    leave_process_group()
     return results
 
 

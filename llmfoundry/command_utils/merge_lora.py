@@ -14,8 +14,9 @@ from typing import Any, cast
 import torch
 from transformers import AutoTokenizer, PreTrainedModel
 
-from llmfoundry.inference.generate import (
+from llmfoundry.inference.model_loading import (
     MODEL_DTYPES,
+    ModelSource,
     adapter_tokenizer_source,
     load_model_and_tokenizer,
 )
@@ -75,7 +76,8 @@ def merge_lora(
     if output.resolve() in (Path(base).resolve(), Path(adapter).resolve()):
         raise ConfigError(f"--output={str(output)!r} must differ from --base and --adapter")
     check_replaceable_output(output, "--output", HF_FOLDER_MARKERS)
-    model, _ = load_model_and_tokenizer(base, trust_remote_code, "fp32", "cpu", adapter=adapter)
+    source = ModelSource(base, trust_remote_code=trust_remote_code, device="cpu", adapter=adapter)
+    model, _ = load_model_and_tokenizer(source)
     tokenizer_source = adapter_tokenizer_source(adapter)
     if tokenizer_source is None:
         logger.info("the adapter folder has no tokenizer: saving the base model's")

@@ -6,19 +6,26 @@ Each ``{name: ..., **kwargs}`` section is checked against its registry entry's s
 line naming its full key path (``optimizer.lr``, ``callbacks.speed_monitor.window_size``,
 ``model.attn_config.qk_ln``). An MPT ``model:`` section is checked against the types of
 ``MPTConfig`` and its nested configs, then built as an ``MPTConfig`` (cheap: no weights), which
-checks the shapes and the layer names.
+checks the shapes and the layer names. ``profiler`` is checked against Composer's
+``Profiler``, ``cyclic_schedule`` and ``JSONTraceHandler``, ``compile_config`` against
+``torch.compile``, ``tp_config`` against ``TPConfig`` and each ``icl_tasks`` entry against
+``ICLTaskConfig`` (its types here, then its keys, task type and metrics by ``parse_task``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 import re
 import typing
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any
 
 import torch
-from composer.utils.parallelism import FSDPConfig
+from composer.profiler import JSONTraceHandler, Profiler, cyclic_schedule
+from composer.utils.parallelism import FSDPConfig, TPConfig
 
 from llmfoundry import registry
 from llmfoundry.command_utils.evaluators import eval_loader_sections
@@ -26,6 +33,7 @@ from llmfoundry.command_utils.parallelism import check_fsdp_config, check_tp_con
 from llmfoundry.data.finetuning.dataloader import build_finetuning_dataloader
 from llmfoundry.data.finetuning.dataset_config import parse_dataset_config
 from llmfoundry.data.text_data import StreamingTextDataset, build_text_dataloader
+from llmfoundry.eval.icl import ICLTaskConfig, load_icl_task_sections, parse_task
 from llmfoundry.models.hf.composer_mpt import LOSS_FNS, ComposerMPTCausalLM, build_mpt_config
 from llmfoundry.models.mpt import MPTConfig
 from llmfoundry.models.mpt.config_defaults import (
@@ -33,19 +41,23 @@ from llmfoundry.models.mpt.config_defaults import (
     FFN_CONFIG_TYPES,
     INIT_CONFIG_TYPES,
 )
-from llmfoundry.utils.config_checks import (
+from llmfoundry.utils.config_checks import NON_NEGATIVE, POSITIVE, Schema, check_fields
+from llmfoundry.utils.config_components import (
     check_call_kwargs,
     check_component,
-    check_fields,
     check_named_components,
 )
-from llmfoundry.utils.config_utils import TrainConfig
+from llmfoundry.utils.config_utils import EvalConfig, TrainConfig
 from llmfoundry.utils.exceptions import ConfigError
 
 __all__ = [
+    "check_eval_sections",
+    "check_icl_tasks",
     "check_loader_section",
     "check_model_section",
     "check_named_sections",
+    "check_parallelism",
+    "check_profiler_section",
     "check_tokenizer_section",
     "check_train_config",
 ]
@@ -152,14 +164,97 @@ def check_named_sections(
     check_named_components([(registry.algorithms, False)], "algorithms", algorithms)
 
 
-def _check_parallelism(cfg: TrainConfig) -> None:
-    if cfg.fsdp_config is not None:
-        check_fsdp_config(cfg.fsdp_config)
-        check_fields(
-            cfg.fsdp_config, typing.get_type_hints(FSDPConfig), "fsdp_config", open_keys=True
+def check_parallelism(
+    fsdp_config: Mapping[str, Any] | None, tp_config: Mapping[str, Any] | None = None
+) -> None:
+    """Check ``fsdp_config`` against Composer's ``FSDPConfig`` and ``tp_config`` against its
+    ``TPConfig`` (keys, then value types; ``tensor_parallel_degree`` must be positive).
+
+    Raises:
+        ConfigError: naming the key (``fsdp_config.sharding_strategy``) and what it allows.
+    """
+    if fsdp_config is not None:
+        check_fsdp_config(fsdp_config)
+        check_fields(fsdp_config, typing.get_type_hints(FSDPConfig), "fsdp_config", open_keys=True)
+    if tp_config is not None:
+        check_tp_config(tp_config)
+        hints = {**typing.get_type_hints(TPConfig), "strategy": str}
+        hints["tensor_parallel_degree"] = Annotated[int, POSITIVE]
+        check_fields(tp_config, hints, "tp_config", open_keys=True)
+
+
+def check_profiler_section(section: Mapping[str, Any] | None) -> None:
+    """Check ``profiler: {schedule: {...}, json_trace_handler: {...}, **Profiler kwargs}``.
+
+    Raises:
+        ConfigError: on a missing ``schedule``, or an unknown key or ill-typed value in any of
+            the three (``profiler.schedule.warmup``).
+    """
+    if section is None:
+        return
+    options = dict(section)
+    if "schedule" not in options:
+        raise ConfigError(
+            "profiler.schedule is missing; give {skip_first, wait, warmup, active, repeat}"
         )
-    if cfg.tp_config is not None:
-        check_tp_config(cfg.tp_config)
+    schedule = options.pop("schedule")
+    if not isinstance(schedule, Mapping):
+        raise ConfigError("profiler.schedule must be a mapping {skip_first, wait, warmup, ...}")
+    check_call_kwargs(cyclic_schedule, schedule, "profiler.schedule")
+    handler = options.pop("json_trace_handler", None)
+    if handler is not None:
+        if not isinstance(handler, Mapping):
+            raise ConfigError("profiler.json_trace_handler must be a mapping of its options")
+        check_call_kwargs(JSONTraceHandler, handler, "profiler.json_trace_handler")
+    check_call_kwargs(Profiler, options, "profiler", reserved={"schedule", "trace_handlers"})
+
+
+_SHOTS = Annotated[int, NON_NEGATIVE]
+# What an icl_tasks entry's values may be, beyond ICLTaskConfig's field types: a single shot
+# count, LLM Foundry's alias question_prelimiter, and the ranges.
+_ICL_EXTRA = (
+    ("num_fewshot", _SHOTS | list[_SHOTS]),
+    ("question_prelimiter", str),
+    ("batch_size", Annotated[int | None, POSITIVE]),
+    ("max_seq_len", Annotated[int | None, POSITIVE]),
+)
+_ICL_TASK = Schema(ICLTaskConfig, open_keys=True, extra=_ICL_EXTRA)
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Drop ``logger_name``'s records for a while (a check that the build repeats)."""
+    log = logging.getLogger(logger_name)
+    before, log.disabled = log.disabled, True
+    try:
+        yield
+    finally:
+        log.disabled = before
+
+
+def check_icl_tasks(
+    icl_tasks: str | Sequence[Mapping[str, Any]] | None,
+    anchors: Sequence[Path] = (),
+    allow_code_eval: bool = False,
+) -> None:
+    """Check every ``icl_tasks`` entry (the list, or the YAML file that holds it) before any
+    model or dataset is built: value types and ranges, then keys, required keys, task type and
+    metric names (as the evaluators' builder checks them). The datasets are not read.
+
+    Raises:
+        MissingFileError: if the tasks file does not exist.
+        ConfigError: naming ``icl_tasks[i].key`` and what it allows.
+    """
+    if not icl_tasks:
+        return
+    sections, _ = load_icl_task_sections(icl_tasks, anchors)
+    hints, required = _ICL_TASK.hints(), _ICL_TASK.required()
+    for index, section in enumerate(sections):
+        # A required key left blank is reported as missing, by parse_task.
+        given = {k: v for k, v in section.items() if k not in required or v not in (None, "")}
+        check_fields(given, hints, f"icl_tasks[{index}]", open_keys=True)
+        with _quiet("llmfoundry.eval.code_eval"):  # its warning comes when the task is built
+            parse_task(index, section, allow_code_eval)
 
 
 def _check_compile_config(section: Mapping[str, Any] | None) -> None:
@@ -186,5 +281,20 @@ def check_train_config(cfg: TrainConfig) -> None:
     for _, path, section in eval_loader_sections(cfg.eval_loader, cfg.eval_loaders):
         check_loader_section(path, section)
     check_named_sections(cfg.callbacks, cfg.loggers, cfg.algorithms)
-    _check_parallelism(cfg)
+    check_parallelism(cfg.fsdp_config, cfg.tp_config)
     _check_compile_config(cfg.compile_config)
+    check_profiler_section(cfg.profiler)
+    anchors = [Path(cfg.config_dir)] if cfg.config_dir else []
+    check_icl_tasks(cfg.icl_tasks or cfg.icl_tasks_str, anchors, cfg.allow_code_eval)
+
+
+def check_eval_sections(cfg: EvalConfig) -> None:
+    """Check the sections of an eval config that its model, loader, callback and logger checks
+    leave: ``icl_tasks`` entries and ``fsdp_config``, before any model is built.
+
+    Raises:
+        ConfigError, MissingFileError: naming the first bad key and what it allows.
+    """
+    check_parallelism(cfg.fsdp_config)
+    anchors = [Path(cfg.config_dir)] if cfg.config_dir else []
+    check_icl_tasks(cfg.icl_tasks or cfg.icl_tasks_str, anchors, cfg.allow_code_eval)

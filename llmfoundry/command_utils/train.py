@@ -7,19 +7,18 @@ model, build the data, build the optimization pieces, assemble the ``Trainer`` a
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from composer import Trainer
-from composer.core import Precision
+from composer.core import Callback
 from composer.devices import Device
 from composer.loggers import LoggerDestination
-from composer.profiler import JSONTraceHandler, Profiler, cyclic_schedule
+from composer.models import ComposerModel
+from composer.profiler import JSONTraceHandler, Profiler, TraceHandler, cyclic_schedule
 from composer.utils import dist, get_device, reproducibility
 
 from llmfoundry.callbacks.graceful_stop import GracefulStop
@@ -27,7 +26,14 @@ from llmfoundry.command_utils import resume
 from llmfoundry.command_utils.evaluators import build_gauntlet, build_run_evaluators
 from llmfoundry.command_utils.meta_init import sharded_model_build
 from llmfoundry.command_utils.parallelism import build_parallelism_config
-from llmfoundry.command_utils.preflight import check_train_config
+from llmfoundry.command_utils.preflight import check_profiler_section, check_train_config
+from llmfoundry.command_utils.run_setup import (
+    leave_process_group,
+    log_run_config,
+    run_name_of,
+    runtime_precision,
+    start_run,
+)
 from llmfoundry.loggers.run_artifacts import RunArtifactsLogger, build_run_artifacts_logger
 from llmfoundry.utils.builders import (
     build_algorithms,
@@ -44,16 +50,8 @@ from llmfoundry.utils.checkpoint_utils import check_load_path
 from llmfoundry.utils.composer_shortcuts import trainer_env_without_cpu_probe
 from llmfoundry.utils.config_transforms import batch_size_info
 from llmfoundry.utils.config_utils import TrainConfig, config_from_mapping, load_config
-from llmfoundry.utils.exceptions import (
-    ConfigError,
-    MissingDependencyError,
-    MissingFileError,
-    closest_match,
-)
+from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 from llmfoundry.utils.object_store import is_remote
-from llmfoundry.utils.quiet_logs import silence_unactionable_warnings
-from llmfoundry.utils.registry_utils import check_kwargs
-from llmfoundry.utils.user_code import import_code_paths
 
 logger = logging.getLogger(__name__)
 
@@ -69,70 +67,6 @@ class BatchSizes:
     device_train_batch_size: int
     device_train_microbatch_size: int | str
     device_eval_batch_size: int
-
-
-def setup_logging(python_log_level: str | None) -> None:
-    """Send ``llmfoundry`` (and Composer) log records to stderr at the configured level, and
-    drop the warnings a user cannot act on (``utils.quiet_logs``)."""
-    silence_unactionable_warnings()
-    if python_log_level is None:
-        return
-    level = python_log_level.upper()
-    logging.basicConfig(format="%(asctime)s: pid%(process)d [%(levelname)s] %(name)s: %(message)s")
-    for name in ("llmfoundry", "composer"):
-        logging.getLogger(name).setLevel(level)
-
-
-# FP8 matmuls need Ada (8.9) or Hopper (9.0) tensor cores or newer.
-FP8_MIN_CAPABILITY = (8, 9)
-
-
-def check_fp8_available(device: Device) -> None:
-    """Refuse ``precision: amp_fp8`` where it cannot run (before any training starts).
-
-    Raises:
-        ConfigError: on a device other than an NVIDIA GPU of compute capability 8.9 or newer.
-        MissingDependencyError: when TransformerEngine is not installed.
-    """
-    if device.name != "gpu" or not torch.cuda.is_available():
-        raise ConfigError(
-            f"precision=amp_fp8 needs an NVIDIA GPU of compute capability "
-            f"{'.'.join(map(str, FP8_MIN_CAPABILITY))}+ (Ada, Hopper or newer) and this run is on "
-            f"{device.name}: use precision=amp_bf16"
-        )
-    capability = torch.cuda.get_device_capability()
-    if capability < FP8_MIN_CAPABILITY:
-        raise ConfigError(
-            f"precision=amp_fp8 needs compute capability {'.'.join(map(str, FP8_MIN_CAPABILITY))}+; "
-            f"{torch.cuda.get_device_name()} has {'.'.join(map(str, capability))}: "
-            "use precision=amp_bf16"
-        )
-    if importlib.util.find_spec("transformer_engine") is None:
-        raise MissingDependencyError(
-            "precision=amp_fp8 runs through NVIDIA TransformerEngine, which is not installed: "
-            "pip install 'llm-foundry[te]' (or use precision=amp_bf16)"
-        )
-
-
-def runtime_precision(precision: str, device: Device) -> str:
-    """The precision to train with: as configured, except fp32 on CPU (which has no AMP in Composer).
-
-    Raises:
-        ConfigError: for an unknown precision, or ``amp_fp8`` where it cannot run.
-        MissingDependencyError: for ``amp_fp8`` without TransformerEngine.
-    """
-    choices = [p.value for p in Precision]
-    if precision not in choices:
-        suggestion = closest_match(precision, choices)
-        hint = f"did you mean '{suggestion}'? " if suggestion else ""
-        raise ConfigError(f"precision={precision!r} is unknown: {hint}choose one of {choices}")
-    if precision == "amp_fp8":
-        check_fp8_available(device)
-        return precision
-    if device.name == "cpu" and precision != "fp32":
-        logger.warning("precision=%s is not available on CPU; training in fp32", precision)
-        return "fp32"
-    return precision
 
 
 def compute_batch_sizes(cfg: TrainConfig, world_size: int, device: Device) -> BatchSizes:
@@ -182,11 +116,6 @@ def apply_cuda_env(cfg: TrainConfig) -> None:
         os.environ["CUDA_MODULE_LOADING"] = "LAZY"
 
 
-def run_name_of(cfg: TrainConfig) -> str | None:
-    """The run's name: ``run_name``, else ``$RUN_NAME``."""
-    return cfg.run_name or os.environ.get("RUN_NAME") or None
-
-
 def check_run_options(cfg: TrainConfig) -> None:
     """Fail, before anything is built, on checkpoint and resumption options that cannot work.
 
@@ -197,7 +126,7 @@ def check_run_options(cfg: TrainConfig) -> None:
         MissingFileError: if a local load_path does not exist.
     """
     if cfg.autoresume:
-        if run_name_of(cfg) is None:
+        if run_name_of(cfg.run_name) is None:
             raise ConfigError(
                 "autoresume needs a run_name (or $RUN_NAME): it finds the run's checkpoints by name"
             )
@@ -236,23 +165,18 @@ def build_profiler(section: Mapping[str, Any] | None) -> Profiler | None:
     The other keys are ``composer.profiler.Profiler``'s keyword arguments.
 
     Raises:
-        ConfigError: if ``schedule`` is missing, or on a key that is not an argument.
+        ConfigError: if ``schedule`` is missing, or on a key that is not an argument (see
+            :func:`~llmfoundry.command_utils.preflight.check_profiler_section`).
     """
     if section is None:
         return None
+    check_profiler_section(section)
     options = dict(section)
-    if "schedule" not in options:
-        raise ConfigError(
-            "profiler.schedule is missing; give {skip_first, wait, warmup, active, repeat}"
-        )
     schedule_options = dict(options.pop("schedule"))
-    check_kwargs(cyclic_schedule, schedule_options, "profiler.schedule")
     json_options = options.pop("json_trace_handler", None)
-    handlers = []
+    handlers: list[TraceHandler] = []
     if json_options is not None:
-        check_kwargs(JSONTraceHandler, json_options, "profiler.json_trace_handler")
         handlers.append(JSONTraceHandler(**json_options))
-    check_kwargs(Profiler, options, "profiler", reserved={"schedule", "trace_handlers"})
     return Profiler(
         schedule=cyclic_schedule(**schedule_options), trace_handlers=handlers, **options
     )
@@ -298,14 +222,73 @@ def compile_model_or_blocks(
     return None
 
 
-def flatten(prefix: str, value: Any) -> dict[str, Any]:
-    """``{'a': {'b': 1}}`` as ``{'prefix/a/b': 1}``."""
-    if not isinstance(value, Mapping):
-        return {prefix: value}
-    flat: dict[str, Any] = {}
-    for key, inner in value.items():
-        flat.update(flatten(f"{prefix}/{key}", inner))
-    return flat
+def start_training_process(cfg: TrainConfig) -> tuple[Device, str]:
+    """Set up the process for ``cfg``: logging, code paths, every check, CUDA environment, seed,
+    device, precision and process group (checks first: nothing is built, written or started
+    before every section passed).
+
+    Returns:
+        The device and the precision to train with.
+    """
+    start_run(cfg.python_log_level, cfg.code_paths)
+    check_train_config(cfg)
+    check_run_options(cfg)
+    apply_cuda_env(cfg)
+    reproducibility.seed_all(cfg.seed)
+    device = get_device(None)
+    precision = runtime_precision(cfg.precision, device)
+    dist.initialize_dist(device, timeout=cfg.dist_timeout)
+    resume.check_autoresume_checkpoint(
+        cfg.autoresume, cfg.save_folder, cfg.save_latest_filename, run_name_of(cfg.run_name)
+    )
+    return device, precision
+
+
+def build_train_model(cfg: TrainConfig, device: Device, tokenizer: Any) -> ComposerModel:
+    """Build the model (on the meta device first when sharded) and check ``load_path`` against it."""
+    with sharded_model_build(cfg.model, cfg.fsdp_config, device.name, dist.get_world_size()):
+        model = build_composer_model_from_section(cfg.model, tokenizer)
+    n_params = sum(p.numel() for p in model.parameters())
+    logger.info("model: %s with %.2fM parameters", cfg.model.get("name"), n_params / 1e6)
+    if cfg.load_path is not None:  # read safely and checked against the model, in one line
+        strict = cfg.load_strict_model_weights and not cfg.load_ignore_keys
+        check_load_path(cfg.load_path, model, "load_path", strict=strict)
+    return model
+
+
+def train_callbacks(
+    cfg: TrainConfig, logged_config: dict[str, Any] | None, batch_sizes: BatchSizes
+) -> list[Callback]:
+    """The configured callbacks, the gauntlet's, and the graceful-stop handler."""
+    run_config = {
+        **(logged_config or dataclasses.asdict(cfg)),
+        "device_train_batch_size": batch_sizes.device_train_batch_size,
+    }
+    return [
+        *build_callbacks(cfg.callbacks),
+        *build_callbacks_with_config(cfg.callbacks, run_config),
+        *build_gauntlet(cfg),
+        GracefulStop(),  # SIGTERM: stop at a batch boundary and save (graceful_stop)
+    ]
+
+
+def checkpoint_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The ``Trainer``'s save, load and autoresume arguments."""
+    return {
+        "save_folder": None if cfg.only_hf_checkpoint else cfg.save_folder,
+        "save_interval": cfg.save_interval,
+        "save_filename": cfg.save_filename or "ep{epoch}-ba{batch}-rank{rank}.pt",
+        "save_latest_filename": resume.latest_filename_of(cfg.save_latest_filename),
+        "save_overwrite": cfg.save_overwrite,
+        "save_weights_only": cfg.save_weights_only,
+        "save_num_checkpoints_to_keep": cfg.save_num_checkpoints_to_keep,
+        "save_ignore_keys": cfg.save_ignore_keys,
+        "load_path": cfg.load_path,
+        "load_weights_only": cfg.load_weights_only,
+        "load_strict_model_weights": cfg.load_strict_model_weights,
+        "load_ignore_keys": cfg.load_ignore_keys,
+        "autoresume": cfg.autoresume,
+    }
 
 
 def build_trainer(
@@ -323,29 +306,10 @@ def build_trainer(
     Returns:
         The trainer.
     """
-    setup_logging(cfg.python_log_level)
-    import_code_paths(cfg.code_paths)  # first: they may register the entries a section names
-    # Every section is checked before anything is built, written or started.
-    check_train_config(cfg)
-    check_run_options(cfg)
-    apply_cuda_env(cfg)
-    reproducibility.seed_all(cfg.seed)
-    device = get_device(None)
-    precision = runtime_precision(cfg.precision, device)
-    dist.initialize_dist(device, timeout=cfg.dist_timeout)
-    resume.check_autoresume_checkpoint(
-        cfg.autoresume, cfg.save_folder, cfg.save_latest_filename, run_name_of(cfg)
-    )
+    device, precision = start_training_process(cfg)
     batch_sizes = compute_batch_sizes(cfg, dist.get_world_size(), device)
-
     tokenizer = build_tokenizer_from_section(cfg.tokenizer)
-    with sharded_model_build(cfg.model, cfg.fsdp_config, device.name, dist.get_world_size()):
-        model = build_composer_model_from_section(cfg.model, tokenizer)
-    n_params = sum(p.numel() for p in model.parameters())
-    logger.info("model: %s with %.2fM parameters", cfg.model.get("name"), n_params / 1e6)
-    if cfg.load_path is not None:  # read safely and checked against the model, in one line
-        strict = cfg.load_strict_model_weights and not cfg.load_ignore_keys
-        check_load_path(cfg.load_path, model, "load_path", strict=strict)
+    model = build_train_model(cfg, device, tokenizer)
     parallelism = build_parallelism_config(
         cfg.fsdp_config,
         cfg.tp_config,
@@ -354,17 +318,13 @@ def build_trainer(
         dist.get_local_world_size(),
         model=model,
     )
-
     train_loader = build_dataloader_from_section(
         "train_loader", cfg.train_loader, tokenizer, batch_sizes.device_train_batch_size
     )
     evaluators = build_run_evaluators(cfg, tokenizer, model, batch_sizes.device_eval_batch_size)
-
-    optimizer = build_optimizer_from_section(cfg.optimizer, model.parameters())
-    scheduler = build_scheduler_from_section(cfg.scheduler)
     with trainer_env_without_cpu_probe():
         trainer = Trainer(
-            run_name=run_name_of(cfg),
+            run_name=run_name_of(cfg.run_name),
             model=model,
             train_dataloader=train_loader,
             train_subset_num_batches=cfg.train_subset_num_batches,
@@ -372,24 +332,13 @@ def build_trainer(
             eval_dataloader=evaluators or None,
             eval_interval=cfg.eval_interval,
             eval_subset_num_batches=cfg.eval_subset_num_batches,
-            optimizers=optimizer,
-            schedulers=scheduler,
+            optimizers=build_optimizer_from_section(cfg.optimizer, model.parameters()),
+            schedulers=build_scheduler_from_section(cfg.scheduler),
             max_duration=cfg.max_duration,
             device=device,
-            precision=precision,  # type: ignore[arg-type]
+            precision=precision,
             device_train_microbatch_size=batch_sizes.device_train_microbatch_size,
-            callbacks=[
-                *build_callbacks(cfg.callbacks),
-                *build_callbacks_with_config(
-                    cfg.callbacks,
-                    {
-                        **(logged_config or dataclasses.asdict(cfg)),
-                        "device_train_batch_size": batch_sizes.device_train_batch_size,
-                    },
-                ),
-                *build_gauntlet(cfg),
-                GracefulStop(),  # SIGTERM: stop at a batch boundary and save (graceful_stop)
-            ],
+            callbacks=train_callbacks(cfg, logged_config, batch_sizes),
             loggers=[
                 *with_run_artifacts(build_loggers(cfg.loggers), cfg.save_folder),
                 *extra_loggers,
@@ -398,33 +347,20 @@ def build_trainer(
             progress_bar=cfg.progress_bar,
             log_to_console=cfg.log_to_console,
             console_log_interval=cfg.console_log_interval,
-            save_folder=None if cfg.only_hf_checkpoint else cfg.save_folder,
-            save_interval=cfg.save_interval,
-            save_filename=cfg.save_filename or "ep{epoch}-ba{batch}-rank{rank}.pt",
-            save_latest_filename=resume.latest_filename_of(cfg.save_latest_filename),
-            save_overwrite=cfg.save_overwrite,
-            save_weights_only=cfg.save_weights_only,
-            save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
-            save_ignore_keys=cfg.save_ignore_keys,
-            load_path=cfg.load_path,
-            load_weights_only=cfg.load_weights_only,
-            load_strict_model_weights=cfg.load_strict_model_weights,
-            load_ignore_keys=cfg.load_ignore_keys,
-            autoresume=cfg.autoresume,
             parallelism_config=parallelism,
             accumulate_train_batch_on_tokens=cfg.accumulate_train_batch_on_tokens,
             compile_config=compile_model_or_blocks(cfg.compile_config, model),
             profiler=build_profiler(cfg.profiler),
             seed=cfg.seed,
             dist_timeout=cfg.dist_timeout,
+            **checkpoint_options(cfg),
         )
-    if cfg.log_config and logged_config is not None:
-        trainer.logger.log_hyperparameters(logged_config)
-    if cfg.metadata:
-        metadata = dict(cfg.metadata)
-        trainer.logger.log_hyperparameters(
-            flatten("metadata", metadata) if cfg.flatten_metadata else {"metadata": metadata}
-        )
+    log_run_config(
+        trainer,
+        logged_config if cfg.log_config else None,
+        cfg.metadata,
+        flat_metadata=cfg.flatten_metadata,
+    )
     return trainer
 
 
@@ -464,11 +400,7 @@ def train_from_yaml(yaml_path: str | Path, overrides: Sequence[str] = ()) -> Tra
     # Leave the process group cleanly so that no rank is torn down mid-collective.
     trainer.close()
     stopped_unsaved = resume.stop_exit_code(trainer)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Every rank reaches here before any tears the group down: a rank that destroys it
-        # while another is still in its last collective (a checkpoint barrier, say) aborts it.
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    leave_process_group()
     if stopped_unsaved is not None:  # SIGTERM with no save_folder: see callbacks/graceful_stop
         raise SystemExit(stopped_unsaved)
     return trainer

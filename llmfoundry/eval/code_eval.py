@@ -60,7 +60,7 @@ from llmfoundry.eval.metrics import (
     ICL_METRICS,
     METRIC_ALIASES,
     InContextLearningMetric,
-    _require,  # pyright: ignore[reportPrivateUsage]
+    require_batch_keys,
 )
 from llmfoundry.eval.sources import ICLRow
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
@@ -314,7 +314,7 @@ class InContextLearningCodeEvalAccuracy(InContextLearningMetric):
     def update(self, batch: Mapping[str, Any], outputs: Sequence[str], labels: Any) -> None:
         """Run every completion's tests and add each row's pass@k."""
         del labels  # the canonical solutions; not needed
-        _require(batch, _BATCH_KEYS, type(self).__name__)
+        require_batch_keys(batch, _BATCH_KEYS, type(self).__name__)
         n, rows = int(batch["generations_per_sample"]), len(batch["prompts"])
         if len(outputs) != rows * n:
             raise ValueError(

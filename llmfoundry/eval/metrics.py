@@ -85,7 +85,8 @@ class InContextLearningMetric(Metric):
         return cast(torch.Tensor, self.correct) / cast(torch.Tensor, self.total)
 
 
-def _require(batch: Mapping[str, Any], keys: Sequence[str], metric: str) -> None:
+def require_batch_keys(batch: Mapping[str, Any], keys: Sequence[str], metric: str) -> None:
+    """Fail naming ``metric`` and the ``keys`` missing from ``batch`` (ValueError)."""
     missing = [key for key in keys if key not in batch]
     if missing:
         raise ValueError(
@@ -125,7 +126,7 @@ class InContextLearningLMAccuracy(InContextLearningMetric):
             Per row (LLM Foundry's columns): its ``context`` tokens, the continuation as
             ``label`` tokens, the model's argmax ``output`` tokens there, and ``result``.
         """
-        _require(batch, ["continuation_indices"], type(self).__name__)
+        require_batch_keys(batch, ["continuation_indices"], type(self).__name__)
         keys = ("context", "label", "output", "result")
         per_example: dict[str, list[Any]] = {key: [] for key in keys}
         for row, positions in enumerate(batch["continuation_indices"]):
@@ -179,7 +180,7 @@ class InContextLearningMultipleChoiceAccuracy(InContextLearningMetric):
             ``correct_choice`` / ``selected_choice`` continuation tokens and their indices
             among its choices (``*_idx``), ``all_choices`` and ``result``.
         """
-        _require(
+        require_batch_keys(
             batch,
             ["continuation_indices", "choice_groupings", "gold_indices"],
             type(self).__name__,

@@ -7,6 +7,7 @@ warmup runs, then several timed runs. Results go to a CSV and a latency-vs-throu
 
 from __future__ import annotations
 
+import argparse
 import csv
 import itertools
 import logging
@@ -20,6 +21,8 @@ from typing import Any, cast
 import torch
 from transformers import PreTrainedModel
 
+from llmfoundry.cli.argparsing import accept_both_spellings
+from llmfoundry.cli.generate_flags import add_model_flags, add_sampling_flags, take_model_source
 from llmfoundry.inference.chat import model_max_positions
 from llmfoundry.inference.generate import (
     autocast_context,
@@ -27,11 +30,17 @@ from llmfoundry.inference.generate import (
     generation_token_ids,
     load_for_generation,
 )
+from llmfoundry.inference.options import ModelSource
+from llmfoundry.utils.cli_utils import run_user_command
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.file_utils import atomic_file
 
 logger = logging.getLogger(__name__)
 
+DESCRIPTION = (
+    "Benchmark generate: latency and throughput over batch sizes x input lengths x output "
+    "lengths. Writes results.csv and latency_vs_throughput.png to --output_dir and prints the table."
+)
 CSV_NAME = "results.csv"
 PLOT_NAME = "latency_vs_throughput.png"
 
@@ -230,7 +239,7 @@ def plot_latency_vs_throughput(rows: Sequence[BenchmarkRow], path: str | Path) -
 
 
 def run_benchmark(
-    name_or_path: str,
+    source: ModelSource,
     output_dir: str | Path,
     batch_sizes: Sequence[int] = (1, 2),
     input_lens: Sequence[int] = (16, 32),
@@ -238,20 +247,11 @@ def run_benchmark(
     *,
     warmup_runs: int = 1,
     timed_runs: int = 3,
-    model_dtype: str = "fp32",
-    autocast_dtype: str | None = None,
-    device: str | None = None,
-    device_map: str | None = None,
-    attn_impl: str | None = None,
-    adapter: str | None = None,
-    trust_remote_code: bool = False,
-    use_auth_token: str | bool | None = None,
-    revision: str | None = None,
     seed: int = 42,
 ) -> BenchmarkResult:
-    """Load a model, benchmark it (:func:`benchmark_generation`) and write the CSV and the plot.
-
-    Loading arguments are those of :func:`~llmfoundry.inference.generate.load_model_and_tokenizer`.
+    """Load a model (:func:`~llmfoundry.inference.generate.load_for_generation`), benchmark it
+    (:func:`benchmark_generation`, ``seed`` seeding the random prompts) and write the CSV and
+    the plot.
 
     Returns:
         The rows and the paths of ``results.csv`` and ``latency_vs_throughput.png`` in ``output_dir``.
@@ -260,18 +260,7 @@ def run_benchmark(
         ConfigError, MissingFileError, MissingDependencyError, TokenizerError: on a bad flag,
             path, missing package or tokenizer.
     """
-    model, tokenizer = load_for_generation(
-        name_or_path,
-        trust_remote_code=trust_remote_code,
-        model_dtype=model_dtype,
-        device=device,
-        device_map=device_map,
-        autocast_dtype=autocast_dtype,
-        revision=revision,
-        use_auth_token=use_auth_token,
-        attn_impl=attn_impl,
-        adapter=adapter,
-    )
+    model, tokenizer = load_for_generation(source)
     eos, pad = generation_token_ids(model, tokenizer)
     avoid = {pad} if pad is not None else set()
     avoid |= {eos} if isinstance(eos, int) else set(eos or [])
@@ -282,7 +271,7 @@ def run_benchmark(
         output_lens,
         warmup_runs=warmup_runs,
         timed_runs=timed_runs,
-        autocast_dtype=autocast_dtype,
+        autocast_dtype=source.autocast_dtype,
         pad_token_id=pad,
         avoid_token_ids=sorted(avoid),
         seed=seed,
@@ -293,3 +282,35 @@ def run_benchmark(
         csv_path=write_csv(rows, output_dir / CSV_NAME),
         plot_path=plot_latency_vs_throughput(rows, output_dir / PLOT_NAME),
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark script's flags: the model flags, ``--seed`` and the grid."""
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    add_model_flags(parser)
+    add_sampling_flags(parser, only=("seed",))
+    add = parser.add_argument
+    add("--output_dir", default="inference_benchmark")
+    add("--batch_sizes", type=int, nargs="+", default=[1, 2])
+    add("--input_lens", type=int, nargs="+", default=[16, 32])
+    add("--output_lens", type=int, nargs="+", default=[8, 16])
+    add("--warmup_runs", type=int, default=1)
+    add("--timed_runs", type=int, default=3)
+    return accept_both_spellings(parser)
+
+
+def print_benchmark(args: argparse.Namespace) -> None:
+    """Run the benchmark for the parsed flags and print one CSV line per combination."""
+    result = run_benchmark(take_model_source(args), **vars(args))
+    print(",".join(f.name for f in fields(BenchmarkRow)))
+    for row in result.rows:
+        print(
+            ",".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in asdict(row).values())
+        )
+    print(f"wrote {result.csv_path} and {result.plot_path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The benchmark script: parse ``argv`` (default: ``sys.argv[1:]``), run and print; returns
+    the exit code."""
+    return run_user_command(print_benchmark, build_parser().parse_args(argv))

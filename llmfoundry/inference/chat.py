@@ -25,8 +25,8 @@ from llmfoundry.inference.generate import (
     autocast_context,
     generation_token_ids,
     load_for_generation,
-    sampling_kwargs,
 )
+from llmfoundry.inference.options import ModelSource, Sampling
 from llmfoundry.utils.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,8 @@ HISTORY_COMMANDS = ("history",)
 QUIT_COMMANDS = ("quit", "exit")
 # config attributes that hold a model's maximum sequence length, by model family.
 MAX_POSITION_KEYS = ("max_position_embeddings", "max_seq_len", "n_positions", "seq_length")
+CHAT_SAMPLING = Sampling(max_new_tokens=512, do_sample=True)
+"""The chat's decoding defaults (``hf_chat``'s flags): longer replies, sampled."""
 
 
 class StopStringStreamer(BaseStreamer):
@@ -297,38 +299,18 @@ def run_chat(session: ChatSession, lines: Iterable[str], output: TextIO | None =
 
 
 def chat_from_pretrained(
-    name_or_path: str,
+    source: ModelSource,
     lines: Iterable[str],
+    sampling: Sampling = CHAT_SAMPLING,
     *,
     system_prompt: str | None = None,
-    max_new_tokens: int = 512,
-    max_seq_len: int | None = None,
-    do_sample: bool = True,
-    temperature: float = 1.0,
-    top_k: int = 50,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    use_cache: bool = True,
-    eos_token_id: int | None = None,
-    pad_token_id: int | None = None,
-    trust_remote_code: bool = False,
-    use_auth_token: str | bool | None = None,
-    revision: str | None = None,
-    model_dtype: str = "fp32",
-    autocast_dtype: str | None = None,
-    device: str | None = None,
-    device_map: str | None = None,
-    attn_impl: str | None = None,
-    adapter: str | None = None,
-    seed: int = 42,
+    stop_tokens: str | Sequence[str] | None = None,
     output: TextIO | None = None,
     notices: TextIO | None = None,
-    stop_tokens: str | Sequence[str] | None = None,
 ) -> ChatSession:
-    """Load a model (as :func:`~llmfoundry.inference.generate.load_model_and_tokenizer`
-    does) and chat with it over ``lines``. ``max_seq_len`` also sets the config's
-    ``max_seq_len`` where it has one (LLM Foundry's ``--max_seq_len``); ``stop_tokens`` are
-    those of :class:`ChatSession`.
+    """Load a model (:func:`~llmfoundry.inference.generate.load_for_generation`) and chat with
+    it over ``lines``. ``source.max_seq_len`` also bounds the conversation (see
+    :class:`ChatSession`, as do ``stop_tokens``); ``sampling.seed`` seeds torch first.
 
     Returns:
         The session, with the turns it kept.
@@ -337,38 +319,17 @@ def chat_from_pretrained(
         ConfigError, MissingFileError, MissingDependencyError, TokenizerError: on a bad flag,
             path, missing package or tokenizer.
     """
-    kwargs = sampling_kwargs(
-        do_sample,
-        temperature,
-        top_k,
-        top_p,
-        repetition_penalty,
-        use_cache,
-        eos_token_id,
-        pad_token_id,
-    )
-    model, tokenizer = load_for_generation(
-        name_or_path,
-        trust_remote_code=trust_remote_code,
-        model_dtype=model_dtype,
-        device=device,
-        device_map=device_map,
-        autocast_dtype=autocast_dtype,
-        revision=revision,
-        use_auth_token=use_auth_token,
-        attn_impl=attn_impl,
-        adapter=adapter,
-        max_seq_len=max_seq_len,
-    )
-    torch.manual_seed(seed)
+    kwargs = sampling.generate_kwargs()
+    model, tokenizer = load_for_generation(source)
+    torch.manual_seed(sampling.seed)
     session = ChatSession(
         model,
         tokenizer,
         system_prompt=system_prompt,
-        max_new_tokens=max_new_tokens,
-        max_seq_len=max_seq_len,
+        max_new_tokens=sampling.max_new_tokens,
+        max_seq_len=source.max_seq_len,
         generate_kwargs=kwargs,
-        autocast_dtype=autocast_dtype,
+        autocast_dtype=source.autocast_dtype,
         output=output,
         notices=notices,
         stop_tokens=stop_tokens,

@@ -1,19 +1,22 @@
 """Generate text from a Hugging Face model folder (or hub name): the logic of ``hf_generate.py``.
 
-Loading (:func:`~llmfoundry.inference.model_loading.load_model_and_tokenizer`) takes the
-flags LLM Foundry's ``hf_generate.py`` has (dtype, device or device map, attention
-implementation, revision, auth token, ``max_seq_len``) plus a peft LoRA adapter; generation
-runs prompts in left-padded batches (:func:`generate_batch`) and reports each batch's latency
-and throughput in a :class:`BatchResult`. The chat CLI and the inference benchmark load models
-through the same functions.
+What to load is a :class:`~llmfoundry.inference.options.ModelSource` (loaded by
+:func:`load_for_generation`, which checks the autocast dtype and then calls
+:func:`~llmfoundry.inference.model_loading.load_model_and_tokenizer`); how to decode is a
+:class:`~llmfoundry.inference.options.Sampling`. Generation runs prompts in left-padded batches
+(:func:`generate_batch`) and reports each batch's latency and throughput in a
+:class:`BatchResult`; :func:`generate_sweep` runs every combination of the swept sampling
+values. The chat CLI, the web UI, the endpoint and the inference benchmark load models through
+the same functions.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -32,9 +35,12 @@ from llmfoundry.inference.model_loading import (  # noqa: F401  (re-exported)
     default_device,
     load_model_and_tokenizer,
 )
+from llmfoundry.inference.options import SWEPT_FLAGS, ModelSource, Sampling
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_SAMPLING = Sampling()
+"""``hf_generate``'s decoding defaults."""
 
 
 @dataclass
@@ -179,42 +185,19 @@ def generation_token_ids(
 
 
 @torch.no_grad()
-def load_for_generation(
-    name_or_path: str,
-    *,
-    trust_remote_code: bool = False,
-    model_dtype: str = "fp32",
-    device: str | None = None,
-    device_map: str | None = None,
-    autocast_dtype: str | None = None,
-    revision: str | None = None,
-    use_auth_token: str | bool | None = None,
-    attn_impl: str | None = None,
-    adapter: str | None = None,
-    max_seq_len: int | None = None,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """What the generation commands (generate, chat, benchmark) load: check ``autocast_dtype``
-    for the device (default: CUDA when available), then :func:`load_model_and_tokenizer`.
+def load_for_generation(source: ModelSource) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """What the generation commands (generate, chat, benchmark, web UI) load: check
+    ``source.autocast_dtype`` for the device (default: CUDA when available), then
+    :func:`load_model_and_tokenizer`.
 
     Raises:
         ConfigError, MissingFileError, MissingDependencyError, TokenizerError: as
             :func:`check_autocast` and :func:`load_model_and_tokenizer`.
     """
-    if device_map is None:
-        device = device or default_device()
-        check_autocast(torch.device(device).type, autocast_dtype)
-    return load_model_and_tokenizer(
-        name_or_path,
-        trust_remote_code,
-        model_dtype,
-        device or "cpu",
-        revision=revision,
-        use_auth_token=use_auth_token,
-        device_map=device_map,
-        attn_impl=attn_impl,
-        adapter=adapter,
-        max_seq_len=max_seq_len,
-    )
+    if source.device_map is None:
+        source = dataclasses.replace(source, device=source.device or default_device())
+        check_autocast(torch.device(source.device or "cpu").type, source.autocast_dtype)
+    return load_model_and_tokenizer(source)
 
 
 def generate_batch(
@@ -306,64 +289,6 @@ def split_batches(prompts: Sequence[str], max_batch_size: int | None) -> Iterato
         yield list(prompts[start : start + size])
 
 
-def sampling_kwargs(
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int = 50,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    use_cache: bool = True,
-    eos_token_id: int | None = None,
-    pad_token_id: int | None = None,
-    no_repeat_ngram_size: int = 0,
-) -> dict[str, Any]:
-    """The ``model.generate`` keyword arguments for these flags.
-
-    Temperature, top-k and top-p only apply with ``do_sample`` and are left out otherwise
-    (transformers warns about them under greedy decoding); temperature 0 means greedy decoding,
-    as in LLM Foundry. ``no_repeat_ngram_size`` (0: off) forbids generating any n-gram of that
-    size a second time.
-
-    Raises:
-        ConfigError: for a negative temperature, a top_p outside (0, 1] or a negative
-            no_repeat_ngram_size.
-    """
-    do_sample = do_sample and temperature != 0
-    if no_repeat_ngram_size < 0:
-        raise ConfigError(
-            f"--no_repeat_ngram_size={no_repeat_ngram_size} must be 0 (off) or a positive size"
-        )
-    kwargs: dict[str, Any] = {
-        "do_sample": do_sample,
-        "use_cache": use_cache,
-        "repetition_penalty": repetition_penalty,
-    }
-    if no_repeat_ngram_size:
-        kwargs["no_repeat_ngram_size"] = no_repeat_ngram_size
-    if do_sample:
-        if temperature <= 0:
-            raise ConfigError(f"--temperature={temperature} must be positive (0: greedy)")
-        if not 0 < top_p <= 1:
-            raise ConfigError(f"--top_p={top_p} must be in (0, 1]")
-        kwargs.update(temperature=temperature, top_k=top_k, top_p=top_p)
-    if eos_token_id is not None:
-        kwargs["eos_token_id"] = eos_token_id
-    if pad_token_id is not None:
-        kwargs["pad_token_id"] = pad_token_id
-    return kwargs
-
-
-SWEPT_FLAGS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "repetition_penalty",
-    "no_repeat_ngram_size",
-    "seed",
-)
-"""The flags ``hf_generate.py`` takes several values of, in the order it combines them."""
-
-
 @dataclass
 class SweepPoint:
     """One combination of :data:`SWEPT_FLAGS` values and what it generated."""
@@ -381,61 +306,61 @@ def sweep_settings(values: dict[str, Sequence[Any]]) -> list[dict[str, Any]]:
 
 
 def generate_from_pretrained(
-    name_or_path: str,
+    source: ModelSource,
     prompts: Sequence[str],
-    max_new_tokens: int = 100,
+    sampling: Sampling = DEFAULT_SAMPLING,
     *,
-    temperature: float = 1.0,
-    top_k: int = 50,
-    top_p: float = 1.0,
-    repetition_penalty: float = 1.0,
-    no_repeat_ngram_size: int = 0,
-    seed: int = 42,
-    **options: Any,
-) -> GenerationRun:
-    """:func:`generate_sweep` with one value of each swept flag: its one run."""
-    swept = {
-        "temperature": [temperature],
-        "top_p": [top_p],
-        "top_k": [top_k],
-        "repetition_penalty": [repetition_penalty],
-        "no_repeat_ngram_size": [no_repeat_ngram_size],
-        "seed": [seed],
-    }
-    return generate_sweep(name_or_path, prompts, max_new_tokens, **swept, **options)[0].run
-
-
-def generate_sweep(
-    name_or_path: str,
-    prompts: Sequence[str],
-    max_new_tokens: int = 100,
-    *,
-    temperature: Sequence[float] = (1.0,),
-    top_k: Sequence[int] = (50,),
-    top_p: Sequence[float] = (1.0,),
-    repetition_penalty: Sequence[float] = (1.0,),
-    no_repeat_ngram_size: Sequence[int] = (0,),
-    seed: Sequence[int] = (42,),
-    do_sample: bool = False,
-    use_cache: bool = True,
-    eos_token_id: int | None = None,
-    pad_token_id: int | None = None,
-    autocast_dtype: str | None = None,
     max_batch_size: int | None = None,
     warmup: bool = True,
     prompt_delimiter: str | None = None,
-    **load_options: Any,
+) -> GenerationRun:
+    """:func:`generate_sweep` with the one setting ``sampling``: its one run."""
+    points = generate_sweep(
+        source,
+        prompts,
+        sampling,
+        max_batch_size=max_batch_size,
+        warmup=warmup,
+        prompt_delimiter=prompt_delimiter,
+    )
+    return points[0].run
+
+
+def sweep_samplings(
+    sampling: Sampling, sweep: Mapping[str, Sequence[Any]] | None = None
+) -> list[Sampling]:
+    """``sampling`` with every combination of the swept fields' values (:func:`sweep_settings`;
+    a field ``sweep`` leaves out keeps its one value).
+
+    Raises:
+        ConfigError: for a field that is not swept.
+    """
+    sweep = sweep or {}
+    unknown = sorted(set(sweep) - set(SWEPT_FLAGS))
+    if unknown:
+        raise ConfigError(f"only {', '.join(SWEPT_FLAGS)} take several values, not {unknown}")
+    values = {name: sweep.get(name, [getattr(sampling, name)]) for name in SWEPT_FLAGS}
+    return [dataclasses.replace(sampling, **point) for point in sweep_settings(values)]
+
+
+def generate_sweep(
+    source: ModelSource,
+    prompts: Sequence[str],
+    sampling: Sampling = DEFAULT_SAMPLING,
+    *,
+    sweep: Mapping[str, Sequence[Any]] | None = None,
+    max_batch_size: int | None = None,
+    warmup: bool = True,
+    prompt_delimiter: str | None = None,
 ) -> list[SweepPoint]:
-    """Load a model by folder or hub name once and generate for ``prompts`` (``file::path``
-    allowed) with every combination of the swept flags' values (:func:`sweep_settings`), as
-    LLM Foundry's ``hf_generate.py`` does.
+    """Load a model once and generate for ``prompts`` (``file::path`` allowed) with every
+    combination of the swept fields' values (:func:`sweep_samplings`), as LLM Foundry's
+    ``hf_generate.py`` does.
 
     Prompts run in batches of at most ``max_batch_size``, left-padded; with ``warmup`` the
     first batch is generated once untimed before the first timed run. Each combination sets
     its seed just before its runs, so sampled text does not depend on the warmup or on the
-    other combinations. Loading options are those of :func:`load_for_generation`, sampling
-    ones those of :func:`sampling_kwargs`; ``prompt_delimiter`` splits prompt files
-    (:func:`read_prompts`).
+    other combinations. ``prompt_delimiter`` splits prompt files (:func:`read_prompts`).
 
     Raises:
         ConfigError, MissingFileError, MissingDependencyError, TokenizerError: on a bad flag,
@@ -445,38 +370,24 @@ def generate_sweep(
     if not texts:
         raise ConfigError("--prompts is empty; give at least one prompt")
     batches = list(split_batches(texts, max_batch_size))
-    points = sweep_settings(
-        {
-            "temperature": temperature,
-            "top_p": top_p,
-            "top_k": top_k,
-            "repetition_penalty": repetition_penalty,
-            "no_repeat_ngram_size": no_repeat_ngram_size,
-            "seed": seed,
-        }
-    )
-    fixed = {"do_sample": do_sample, "use_cache": use_cache}
-    fixed |= {"eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
+    samplings = sweep_samplings(sampling, sweep)
     # Every combination's flags are checked before the (possibly slow) load.
-    point_kwargs = [
-        sampling_kwargs(**fixed, **{k: v for k, v in point.items() if k != "seed"})
-        for point in points
-    ]
-    model, tokenizer = load_for_generation(
-        name_or_path, autocast_dtype=autocast_dtype, **load_options
-    )
+    point_kwargs = [point.generate_kwargs() for point in samplings]
+    model, tokenizer = load_for_generation(source)
+    autocast_dtype = source.autocast_dtype
     if warmup:
+        first = samplings[0]
         generate_batch(
             model,
             tokenizer,
             batches[0],
-            max_new_tokens,
+            first.max_new_tokens,
             autocast_dtype=autocast_dtype,
             **point_kwargs[0],
         )
     results = []
-    for point, kwargs in zip(points, point_kwargs, strict=True):
-        torch.manual_seed(point["seed"])
+    for point, kwargs in zip(samplings, point_kwargs, strict=True):
+        torch.manual_seed(point.seed)
         run = GenerationRun()
         for batch in batches:
             run.batches.append(
@@ -484,10 +395,11 @@ def generate_sweep(
                     model,
                     tokenizer,
                     batch,
-                    max_new_tokens,
+                    point.max_new_tokens,
                     autocast_dtype=autocast_dtype,
                     **kwargs,
                 )
             )
-        results.append(SweepPoint(point, run))
+        settings = {name: getattr(point, name) for name in SWEPT_FLAGS}
+        results.append(SweepPoint(settings, run))
     return results

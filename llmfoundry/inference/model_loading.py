@@ -1,9 +1,9 @@
 """Load a causal LM and its tokenizer for the inference commands (generate, chat, benchmark,
 serve, web UI, LoRA merge), with LLM Foundry's ``hf_generate.py`` loading flags.
 
-:func:`load_model_and_tokenizer` takes the model folder or hub name, dtype, device or device
-map, attention implementation, hub revision and token, ``max_seq_len`` and a peft LoRA adapter,
-and turns what goes wrong into one-line user errors that name the flag.
+:func:`load_model_and_tokenizer` takes a :class:`ModelSource` (the model folder or hub name,
+dtype, device or device map, attention implementation, hub revision and token, ``max_seq_len``
+and a peft LoRA adapter) and turns what goes wrong into one-line user errors that name the flag.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from llmfoundry.inference.options import ModelSource
 from llmfoundry.models.hf.loading import log_mpt_class_choice
 from llmfoundry.models.mpt.configuration_mpt import ATTN_IMPLS as MPT_ATTN_IMPLS
 from llmfoundry.utils.exceptions import (
@@ -34,6 +35,18 @@ from llmfoundry.utils.exceptions import (
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "HF_ATTN_IMPLS",
+    "MODEL_DTYPES",
+    "TOKENIZER_FILES",
+    "ModelSource",
+    "adapter_tokenizer_source",
+    "apply_adapter",
+    "default_device",
+    "load_model_and_tokenizer",
+]
 
 MODEL_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # transformers' names; our MPT exports take MPT_ATTN_IMPLS instead.
@@ -185,40 +198,19 @@ def apply_adapter(
 
 
 def load_model_and_tokenizer(
-    name_or_path: str,
-    trust_remote_code: bool = False,
-    model_dtype: str = "fp32",
-    device: str = "cpu",
-    *,
-    revision: str | None = None,
-    use_auth_token: str | bool | None = None,
-    device_map: str | None = None,
-    attn_impl: str | None = None,
-    adapter: str | None = None,
-    max_seq_len: int | None = None,
+    source: ModelSource | str, **fields: Any
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer for generation (left padding for batches).
 
     Args:
-        name_or_path: a model folder or hub name.
-        trust_remote_code: run the model code the folder ships (our MPT exports need it).
-        model_dtype: ``fp32``, ``fp16`` or ``bf16``: the dtype of the weights.
-        device: where to put the model (ignored with ``device_map``).
-        revision: hub revision (branch, tag or commit) of the model.
-        use_auth_token: hub token, or True to use the stored one.
-        device_map: passed to ``from_pretrained`` (``auto`` spreads the model over devices);
-            needs accelerate.
-        attn_impl: attention implementation: for our MPT exports it replaces
-            ``attn_config.attn_impl`` (``torch``, ``sdpa``, ``flash``, ...); for transformers
-            models it is ``attn_implementation`` (``eager``, ``sdpa``, ...).
-        adapter: a peft LoRA adapter folder applied on the model. Its tokenizer is used when
-            the folder has one.
-        max_seq_len: replaces the config's ``max_seq_len`` (MPT: e.g. to run an ALiBi or
-            dynamically scaled RoPE model past its training length), as LLM Foundry's flag
-            does; a config without that attribute is left as it is (a warning says so).
+        source: which model and how (see :class:`ModelSource`); a device of None means CPU
+            here. ``autocast_dtype`` is not used by loading (see
+            :func:`~llmfoundry.inference.generate.load_for_generation`).
+        **fields: with a folder or hub name as ``source``: the other :class:`ModelSource`
+            fields (``load_model_and_tokenizer("folder", trust_remote_code=True)``).
 
     Returns:
-        The model in eval mode (a ``peft.PeftModel`` with ``adapter``) and the tokenizer.
+        The model in eval mode (a ``peft.PeftModel`` with an adapter) and the tokenizer.
 
     Raises:
         ConfigError: on an unknown dtype or attention implementation, an unloadable config or
@@ -227,44 +219,29 @@ def load_model_and_tokenizer(
         MissingDependencyError: for ``device_map`` without accelerate, or FlashAttention
             without flash-attn.
     """
-    if model_dtype not in MODEL_DTYPES:
-        raise ConfigError(f"--model_dtype={model_dtype!r}: choose one of {', '.join(MODEL_DTYPES)}")
-    if _looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
-        raise MissingFileError(f"--name_or_path: model folder '{name_or_path}' does not exist")
-    _check_device_map(device_map)
-    hub_kwargs: dict[str, Any] = {}
-    if revision is not None:
-        hub_kwargs["revision"] = revision
-    if use_auth_token is not None:
-        hub_kwargs["token"] = use_auth_token
-    config = _load_config(name_or_path, trust_remote_code, hub_kwargs)
-    log_mpt_class_choice(name_or_path, config)
-    options = _attn_options(config, attn_impl)
-    _set_max_seq_len(config, max_seq_len, name_or_path)
-    tokenizer_source = adapter_tokenizer_source(adapter) or name_or_path
-    tokenizer_kwargs = {"trust_remote_code": trust_remote_code, **hub_kwargs}
-    tokenizer = build_tokenizer(tokenizer_source, tokenizer_kwargs)
-    tokenizer.padding_side = "left"
-    if device_map is not None:
-        options["device_map"] = device_map
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            name_or_path,
-            config=config,
-            trust_remote_code=trust_remote_code,
-            dtype=MODEL_DTYPES[model_dtype],
-            **hub_kwargs,
-            **options,
+    if isinstance(source, str):
+        source = ModelSource(source, **fields)
+    elif fields:
+        raise TypeError(f"give the model's settings in its ModelSource, not as {sorted(fields)}")
+    name = source.name_or_path
+    if source.model_dtype not in MODEL_DTYPES:
+        raise ConfigError(
+            f"--model_dtype={source.model_dtype!r}: choose one of {', '.join(MODEL_DTYPES)}"
         )
-    except ValueError as err:
-        if attn_impl is not None and "attn" in str(err).lower():
-            raise ConfigError(
-                f"--attn_impl={attn_impl!r} does not work with {name_or_path!r}: {first_line(err)}"
-            ) from err
-        raise
-    if device_map is None:
-        torch.nn.Module.to(model, torch.device(device))
-    if adapter is not None:
+    if _looks_local(name) and not Path(name).expanduser().exists():
+        raise MissingFileError(f"--name_or_path: model folder '{name}' does not exist")
+    _check_device_map(source.device_map)
+    config = _load_config(name, source.trust_remote_code, source.hub_kwargs)
+    log_mpt_class_choice(name, config)
+    options = _attn_options(config, source.attn_impl)
+    _set_max_seq_len(config, source.max_seq_len, name)
+    tokenizer_kwargs = {"trust_remote_code": source.trust_remote_code, **source.hub_kwargs}
+    tokenizer = build_tokenizer(adapter_tokenizer_source(source.adapter) or name, tokenizer_kwargs)
+    tokenizer.padding_side = "left"
+    model = _from_pretrained(source, config, options)
+    if source.device_map is None:
+        torch.nn.Module.to(model, torch.device(source.device or "cpu"))
+    if source.adapter is not None:
         embeddings = model.get_input_embeddings()
         if (
             isinstance(embeddings, torch.nn.Embedding)
@@ -272,5 +249,30 @@ def load_model_and_tokenizer(
         ):
             # An adapter trained with added tokens saved the grown embeddings; make room for them.
             model.resize_token_embeddings(len(tokenizer))
-        model = apply_adapter(model, adapter, use_auth_token)
+        model = apply_adapter(model, source.adapter, source.use_auth_token)
     return model.eval(), tokenizer
+
+
+def _from_pretrained(
+    source: ModelSource, config: PretrainedConfig, options: dict[str, Any]
+) -> PreTrainedModel:
+    """``AutoModelForCausalLM.from_pretrained`` for ``source``, with an attention
+    implementation the model rejects turned into a user error."""
+    if source.device_map is not None:
+        options = {**options, "device_map": source.device_map}
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            source.name_or_path,
+            config=config,
+            trust_remote_code=source.trust_remote_code,
+            dtype=MODEL_DTYPES[source.model_dtype],
+            **source.hub_kwargs,
+            **options,
+        )
+    except ValueError as err:
+        if source.attn_impl is not None and "attn" in str(err).lower():
+            raise ConfigError(
+                f"--attn_impl={source.attn_impl!r} does not work with "
+                f"{source.name_or_path!r}: {first_line(err)}"
+            ) from err
+        raise

@@ -19,33 +19,31 @@ text. Streaming requests batch like the others: the text of each prompt is hande
 as the tokens arrive, holding back whatever could still turn out to be the start of a stop string.
 
 Tests start the server in-process with :func:`start_server` (uvicorn in a thread on a free
-loopback port); the script calls :func:`serve`. The worker lives in ``serve_batching``, the
-HTTP layer (FastAPI) in ``serve_api``.
+loopback port); the script calls :func:`serve`. The settings (:class:`ServeConfig`, which names
+the model as a :class:`~llmfoundry.inference.options.ModelSource`) live in ``serve_config``, the
+worker in ``serve_batching``, the HTTP layer (FastAPI) in ``serve_api``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import torch
-
+from llmfoundry.inference.options import ModelSource
 from llmfoundry.inference.serve_batching import GenerationWorker, ServedModel
+from llmfoundry.inference.serve_config import API_KEY_VARIABLE, ServeConfig, resolve_api_key
 from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError
 
 logger = logging.getLogger(__name__)
 
-API_KEY_VARIABLE = "LLMFOUNDRY_API_KEY"
-
 __all__ = [
     "API_KEY_VARIABLE",
+    "ModelSource",
     "RunningServer",
     "ServeConfig",
     "ServedModel",
@@ -56,108 +54,21 @@ __all__ = [
 ]
 
 
-# ----------------------------------------------------------------------------------------------
-# Configuration and the model
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ServeConfig:
-    """Settings of the endpoint (the script's flags).
-
-    Attributes:
-        model_path: the Hugging Face model folder (or hub name) to serve.
-        model_name: the name requests use in ``model``; default the folder's name.
-        host: address to bind; loopback by default.
-        port: port to bind; 0 picks a free one.
-        max_batch_size: most prompts in one ``generate`` call.
-        batch_wait_ms: how long the worker waits for more requests before generating.
-        max_new_tokens_limit: the largest ``max_tokens`` a request may ask for.
-        request_timeout: seconds a request may take before it is answered with 504.
-        max_prompts_per_request: the longest ``prompt`` list a completion request may carry.
-        max_body_bytes: the largest request body; larger ones get 413.
-        max_queue: most prompts that may wait for the worker; a request that would queue more
-            gets 429 (and a request may hold no more prompts than this).
-        api_key: when set, every route but ``/health`` needs ``Authorization: Bearer <key>``
-            (left out of the config's repr, so it is never logged).
-        device: torch device for the model; default CUDA when available, else CPU.
-        model_dtype: ``fp32``, ``fp16`` or ``bf16``.
-        trust_remote_code: run the folder's own model code (needed for an MPT export).
-        access_log: log every request (uvicorn's access log).
-    """
-
-    model_path: str
-    model_name: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch_size: int = 8
-    batch_wait_ms: float = 10.0
-    max_new_tokens_limit: int = 1024
-    request_timeout: float = 300.0
-    max_prompts_per_request: int = 32
-    max_body_bytes: int = 1 << 20
-    max_queue: int = 256
-    api_key: str | None = field(default=None, repr=False)
-    device: str | None = None
-    model_dtype: str = "fp32"
-    trust_remote_code: bool = False
-    access_log: bool = True
-
-    def __post_init__(self) -> None:
-        """Check the numbers.
-
-        Raises:
-            ConfigError: naming the flag whose value cannot work.
-        """
-        at_least_one = {
-            "max_batch_size": self.max_batch_size,
-            "max_new_tokens_limit": self.max_new_tokens_limit,
-            "max_prompts_per_request": self.max_prompts_per_request,
-            "max_body_bytes": self.max_body_bytes,
-            "max_queue": self.max_queue,
-        }
-        for name, value in at_least_one.items():
-            if value < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {value}")
-        if self.batch_wait_ms < 0:
-            raise ConfigError(f"--batch_wait_ms must be 0 or more, got {self.batch_wait_ms}")
-        if self.request_timeout <= 0:
-            raise ConfigError(f"--request_timeout must be positive, got {self.request_timeout}")
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
-        if self.api_key is not None and not self.api_key.strip():
-            raise ConfigError("--api_key must not be empty; leave it out to serve without a key")
-
-    @property
-    def served_name(self) -> str:
-        """The model name requests must use."""
-        return self.model_name or Path(self.model_path.rstrip("/")).name or self.model_path
-
-
-def resolve_api_key(flag: str | None) -> str | None:
-    """The API key: ``flag`` when given, else ``$LLMFOUNDRY_API_KEY`` (None when unset or
-    empty)."""
-    return flag if flag is not None else os.environ.get(API_KEY_VARIABLE) or None
-
-
-def load_served_model(config: ServeConfig) -> ServedModel:
-    """Load ``config.model_path`` for serving.
+def load_served_model(source: ModelSource) -> ServedModel:
+    """Load ``source`` for serving (on CUDA when available, unless it names a device).
 
     Raises:
         ConfigError, MissingFileError, TokenizerError: on a bad dtype, folder or tokenizer.
     """
-    from llmfoundry.inference.generate import load_model_and_tokenizer
+    from llmfoundry.inference.generate import load_for_generation
 
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model_and_tokenizer(
-        config.model_path, config.trust_remote_code, config.model_dtype, device
-    )
+    model, tokenizer = load_for_generation(source)
     served = ServedModel.wrap(model, tokenizer)
     logger.info(
         "loaded %s on %s (%s, context %s tokens)",
-        config.model_path,
-        device,
-        config.model_dtype,
+        source.name_or_path,
+        model.device,
+        source.model_dtype,
         served.context_length or "unlimited",
     )
     return served
@@ -275,7 +186,7 @@ def start_server(config: ServeConfig, served: ServedModel | None = None) -> Runn
 
     Args:
         config: the settings (``port=0`` for a free port).
-        served: an already-loaded model to serve; default: load ``config.model_path``.
+        served: an already-loaded model to serve; default: load ``config.source``.
 
     Returns:
         The running server; call ``stop()`` (or use it as a context manager) to end it.
@@ -284,7 +195,7 @@ def start_server(config: ServeConfig, served: ServedModel | None = None) -> Runn
         ConfigError, MissingFileError, MissingDependencyError: on bad settings, a missing model
             folder or missing serving packages.
     """
-    served = served or load_served_model(config)
+    served = served or load_served_model(config.source)
     worker = _start_worker(config, served)
     try:
         server = _uvicorn_server(config, worker)
@@ -323,7 +234,7 @@ def serve(config: ServeConfig, on_ready: Callable[[str], None] | None = None) ->
     Raises:
         ConfigError, MissingFileError, MissingDependencyError: as :func:`start_server`.
     """
-    served = load_served_model(config)
+    served = load_served_model(config.source)
     worker = _start_worker(config, served)
     try:
         server = _uvicorn_server(config, worker)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmfoundry.inference.chat_template import render_chat, stop_strings, uses_chatml
 from llmfoundry.inference.serve_batching import GenerationWorker, ServedModel
+from llmfoundry.inference.serve_config import ServeConfig
 from llmfoundry.inference.serve_endpoint import Endpoint, usage
 from llmfoundry.inference.serve_logprobs import parse_logprobs
 from llmfoundry.inference.serve_requests import (
@@ -37,9 +38,6 @@ from llmfoundry.inference.serve_requests import (
 )
 from llmfoundry.inference.serve_responses import ChatResponse, CompletionResponse
 from llmfoundry.utils.exceptions import UserError
-
-if TYPE_CHECKING:
-    from llmfoundry.inference.serve import ServeConfig
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any, TypeAlias
 
 from llmfoundry.inference.serve_batching import (
     SHUTDOWN_MESSAGE,
@@ -25,11 +25,9 @@ from llmfoundry.inference.serve_batching import (
     ServedModel,
     ShuttingDownError,
 )
+from llmfoundry.inference.serve_config import ServeConfig
 from llmfoundry.inference.serve_requests import APIError, SamplingRequest, invalid_param
 from llmfoundry.inference.serve_responses import StreamShape
-
-if TYPE_CHECKING:
-    from llmfoundry.inference.serve import ServeConfig
 
 logger = logging.getLogger(__name__)
 

@@ -17,11 +17,13 @@ import math
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from llmfoundry.utils.cli_utils import run_user_command
 from llmfoundry.utils.exceptions import ConfigError, UserError
 
 __all__ = ["LoadTestConfig", "LoadTestResult", "build_parser", "format_table", "run_load_test"]
@@ -326,3 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--api_key", default=None, help="sent as 'Authorization: Bearer <key>'")
     add("--server_pid", type=int, default=None, help="sample this process's RSS each second")
     return parser
+
+
+def print_load_test(args: argparse.Namespace) -> None:
+    """Run the load test the parsed flags describe and print its table."""
+    print(format_table(run_load_test(LoadTestConfig(**vars(args)))), flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The load-test script: parse ``argv`` (default: ``sys.argv[1:]``), run and print the
+    table; returns the exit code."""
+    return run_user_command(print_load_test, build_parser().parse_args(argv))

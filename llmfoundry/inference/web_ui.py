@@ -18,13 +18,9 @@ a loopback port and drive it with a browser.
 
 from __future__ import annotations
 
-import importlib
 import io
 import logging
-import os
-import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,87 +31,65 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmfoundry.inference.chat import ChatSession, model_max_positions
-from llmfoundry.inference.generate import (
-    default_device,
-    generate_batch,
-    load_model_and_tokenizer,
-    sampling_kwargs,
+from llmfoundry.inference.generate import generate_batch, load_for_generation
+from llmfoundry.inference.options import ModelSource, Sampling
+from llmfoundry.inference.web_ui_launch import (
+    DEFAULT_HOST,
+    LOOPBACK_HOSTS,
+    OFFLINE_ENV,
+    WebUI,
+    free_port,
+    import_gradio,
+    launch,
 )
 from llmfoundry.utils.cli_utils import one_line
-from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, UserError
+from llmfoundry.utils.exceptions import ConfigError, UserError
 
 if TYPE_CHECKING:
     import gradio as gr
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_HOST = "127.0.0.1"
+__all__ = [
+    "DEFAULT_HOST",
+    "LOOPBACK_HOSTS",
+    "OFFLINE_ENV",
+    "ChatTurnResult",
+    "WebUI",
+    "build_app",
+    "chat_turn",
+    "free_port",
+    "generate_text",
+    "import_gradio",
+    "launch",
+    "serve_web_ui",
+]
+
 DEFAULT_MAX_NEW_TOKENS_LIMIT = 512
 # The sliders' starting value, lowered to half the model's context when that is shorter.
 DEFAULT_MAX_NEW_TOKENS = 128
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-# Gradio reads these when it is imported and launched; they keep it from calling out.
-OFFLINE_ENV = {
-    "GRADIO_ANALYTICS_ENABLED": "False",  # no telemetry, and no version check with it
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "GRADIO_SHARE": "False",
-}
+# The sampling sliders: the Sampling field, label, range and step (they start at its default).
+SLIDERS = (
+    ("temperature", "Temperature", 0.05, 2.0, 0.05),
+    ("top_p", "Top-p", 0.05, 1.0, 0.05),
+    ("top_k", "Top-k (0: all)", 0, 200, 1),
+    ("repetition_penalty", "Repetition penalty", 0.5, 2.0, 0.05),
+)
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """The sampling controls of one request, as the page sends them.
-
-    Attributes:
-        max_new_tokens: the most tokens to generate.
-        do_sample: sample; greedy decoding when False.
-        temperature: softmax temperature (sampling only).
-        top_p: nucleus probability mass (sampling only).
-        top_k: keep the k likeliest tokens, 0 for all (sampling only).
-        repetition_penalty: 1.0 for none.
-    """
-
-    max_new_tokens: int
-    do_sample: bool
-    temperature: float
-    top_p: float
-    top_k: int
-    repetition_penalty: float
-
-    def generate_kwargs(self, max_new_tokens_limit: int) -> dict[str, Any]:
-        """The ``model.generate`` arguments for these controls (without ``max_new_tokens``).
-
-        Raises:
-            ConfigError: for ``max_new_tokens`` outside 1..``max_new_tokens_limit`` or invalid
-                sampling values.
-        """
-        if not 1 <= self.max_new_tokens <= max_new_tokens_limit:
-            raise ConfigError(
-                f"max new tokens must be between 1 and {max_new_tokens_limit}, "
-                f"got {self.max_new_tokens}"
-            )
-        return sampling_kwargs(
-            self.do_sample,
-            self.temperature,
-            self.top_k,
-            self.top_p,
-            self.repetition_penalty,
-        )
-
-
-def import_gradio() -> ModuleType:
-    """Import Gradio with its network calls switched off (see ``OFFLINE_ENV``).
+def page_generate_kwargs(sampling: Sampling, max_new_tokens_limit: int) -> dict[str, Any]:
+    """The ``model.generate`` arguments for the page's controls (without ``max_new_tokens``).
 
     Raises:
-        MissingDependencyError: if Gradio is not installed (the ``serve`` extra).
+        ConfigError: for ``max_new_tokens`` outside 1..``max_new_tokens_limit`` or invalid
+            sampling values.
     """
-    os.environ.update(OFFLINE_ENV)
-    try:
-        return importlib.import_module("gradio")
-    except ImportError as err:
-        raise MissingDependencyError(
-            f"the web UI needs gradio ({err.name} is missing): pip install 'llm-foundry[serve]'"
-        ) from err
+    if not 1 <= sampling.max_new_tokens <= max_new_tokens_limit:
+        raise ConfigError(
+            f"max new tokens must be between 1 and {max_new_tokens_limit}, "
+            f"got {sampling.max_new_tokens}"
+        )
+    return sampling.generate_kwargs()
 
 
 def generate_text(
@@ -135,7 +109,7 @@ def generate_text(
     """
     if not prompt:
         raise ConfigError("the prompt is empty; type a prompt first")
-    kwargs = sampling.generate_kwargs(max_new_tokens_limit)
+    kwargs = page_generate_kwargs(sampling, max_new_tokens_limit)
     result = generate_batch(model, tokenizer, [prompt], sampling.max_new_tokens, **kwargs)
     stats = (
         f"{result.new_tokens} tokens in {result.latency_s:.2f} s "
@@ -191,7 +165,7 @@ def chat_turn(
         tokenizer,
         system_prompt=system_prompt or None,
         max_new_tokens=sampling.max_new_tokens,
-        generate_kwargs=sampling.generate_kwargs(max_new_tokens_limit),
+        generate_kwargs=page_generate_kwargs(sampling, max_new_tokens_limit),
         output=io.StringIO(),  # the page shows the reply once it is complete
         notices=notices,
     )
@@ -224,7 +198,7 @@ def errors_in_page(gr: ModuleType, what: str) -> Iterator[None]:
 def _sampling_controls(
     gr: ModuleType, prefix: str, max_new_tokens: int, limit: int, do_sample: bool
 ) -> list[Any]:
-    """The sampling widgets, in the order of :class:`Sampling`'s fields."""
+    """The sampling widgets: max new tokens, the sample checkbox, then ``SLIDERS``."""
     return [
         gr.Slider(
             1,
@@ -235,36 +209,30 @@ def _sampling_controls(
             elem_id=f"{prefix}-max-new-tokens",
         ),
         gr.Checkbox(
-            value=do_sample,
-            label="Sample (greedy when unchecked)",
-            elem_id=f"{prefix}-sample",
+            value=do_sample, label="Sample (greedy when unchecked)", elem_id=f"{prefix}-sample"
         ),
-        gr.Slider(
-            0.05, 2.0, value=1.0, step=0.05, label="Temperature", elem_id=f"{prefix}-temperature"
-        ),
-        gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p", elem_id=f"{prefix}-top-p"),
-        gr.Slider(0, 200, value=50, step=1, label="Top-k (0: all)", elem_id=f"{prefix}-top-k"),
-        gr.Slider(
-            0.5,
-            2.0,
-            value=1.0,
-            step=0.05,
-            label="Repetition penalty",
-            elem_id=f"{prefix}-repetition-penalty",
+        *(
+            gr.Slider(
+                low,
+                high,
+                value=getattr(Sampling(), name),
+                step=step,
+                label=label,
+                elem_id=f"{prefix}-{name.replace('_', '-')}",
+            )
+            for name, label, low, high, step in SLIDERS
         ),
     ]
 
 
 def _sampling(values: tuple[Any, ...]) -> Sampling:
-    max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty = values
-    return Sampling(
-        max_new_tokens=int(max_new_tokens),
-        do_sample=bool(do_sample),
-        temperature=float(temperature),
-        top_p=float(top_p),
-        top_k=int(top_k),
-        repetition_penalty=float(repetition_penalty),
-    )
+    """The :class:`Sampling` of the widgets' values (in :func:`_sampling_controls`' order)."""
+    max_new_tokens, do_sample, *slider_values = values
+    sliders = {
+        name: type(getattr(Sampling(), name))(value)
+        for (name, *_), value in zip(SLIDERS, slider_values, strict=True)
+    }
+    return Sampling(max_new_tokens=int(max_new_tokens), do_sample=bool(do_sample), **sliders)
 
 
 def default_max_new_tokens(model: PreTrainedModel, limit: int) -> int:
@@ -275,6 +243,68 @@ def default_max_new_tokens(model: PreTrainedModel, limit: int) -> int:
     if positions is not None:
         value = min(value, max(positions // 2, 1))
     return value
+
+
+def _generate_tab(gr: ModuleType, on_generate: Callable[..., Any], start: int, limit: int) -> None:
+    """The Generate tab: a prompt, its continuation and the sampling controls."""
+    with gr.Tab("Generate", id="generate"), gr.Row():
+        with gr.Column(scale=3):
+            prompt = gr.Textbox(label="Prompt", lines=4, elem_id="generate-prompt", autofocus=True)
+            generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+            output = gr.Textbox(
+                label="Output (the continuation)",
+                lines=6,
+                interactive=False,
+                elem_id="generate-output",
+            )
+            stats = gr.Markdown(elem_id="generate-stats")
+        with gr.Column(scale=1):
+            controls = _sampling_controls(gr, "generate", start, limit, False)
+        generate_button.click(
+            on_generate, [prompt, *controls], [output, stats], api_name="generate"
+        )
+
+
+def _chat_tab(
+    gr: ModuleType,
+    on_send: Callable[..., Any],
+    on_clear: Callable[..., Any],
+    start: int,
+    limit: int,
+) -> None:
+    """The Chat tab: the conversation, a message box, a system prompt and the controls."""
+    with gr.Tab("Chat", id="chat"):
+        # Every message, as the chatbot shows it; and the turns the model sees (the
+        # oldest are dropped once the conversation outgrows the context).
+        shown = gr.State([])
+        turns = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=3):
+                chatbot = gr.Chatbot(
+                    label="Conversation",
+                    render_markdown=False,
+                    buttons=["copy", "copy_all"],  # no "share": it posts to the Hub
+                    elem_id="chat-conversation",
+                )
+                message = gr.Textbox(
+                    label="Message",
+                    placeholder="Type a message and press Enter",
+                    elem_id="chat-message",
+                )
+                with gr.Row():
+                    send_button = gr.Button("Send", variant="primary", elem_id="chat-send")
+                    clear_button = gr.Button("Clear", elem_id="chat-clear")
+            with gr.Column(scale=1):
+                system_prompt = gr.Textbox(
+                    label="System prompt", lines=3, elem_id="chat-system-prompt"
+                )
+                controls = _sampling_controls(gr, "chat", start, limit, True)
+        send_inputs = [message, system_prompt, shown, turns, *controls]
+        send_outputs = [chatbot, shown, turns, message]
+        send_button.click(on_send, send_inputs, send_outputs, api_name="chat")
+        message.submit(on_send, send_inputs, send_outputs, api_name=False)
+        clear_button.click(on_clear, None, send_outputs, api_name=False)
+        chatbot.clear(on_clear, None, send_outputs, api_name=False)
 
 
 def build_app(
@@ -338,170 +368,27 @@ def build_app(
     with gr.Blocks(title=title, analytics_enabled=False) as app:
         gr.Markdown(f"## {title}")
         with gr.Tabs():
-            with gr.Tab("Generate", id="generate"):
-                with gr.Row():
-                    with gr.Column(scale=3):
-                        prompt = gr.Textbox(
-                            label="Prompt", lines=4, elem_id="generate-prompt", autofocus=True
-                        )
-                        generate_button = gr.Button(
-                            "Generate", variant="primary", elem_id="generate-button"
-                        )
-                        output = gr.Textbox(
-                            label="Output (the continuation)",
-                            lines=6,
-                            interactive=False,
-                            elem_id="generate-output",
-                        )
-                        stats = gr.Markdown(elem_id="generate-stats")
-                    with gr.Column(scale=1):
-                        generate_controls = _sampling_controls(gr, "generate", start, limit, False)
-                generate_button.click(
-                    on_generate, [prompt, *generate_controls], [output, stats], api_name="generate"
-                )
-            with gr.Tab("Chat", id="chat"):
-                # Every message, as the chatbot shows it; and the turns the model sees (the
-                # oldest are dropped once the conversation outgrows the context).
-                shown = gr.State([])
-                turns = gr.State([])
-                with gr.Row():
-                    with gr.Column(scale=3):
-                        chatbot = gr.Chatbot(
-                            label="Conversation",
-                            render_markdown=False,
-                            buttons=["copy", "copy_all"],  # no "share": it posts to the Hub
-                            elem_id="chat-conversation",
-                        )
-                        message = gr.Textbox(
-                            label="Message",
-                            placeholder="Type a message and press Enter",
-                            elem_id="chat-message",
-                        )
-                        with gr.Row():
-                            send_button = gr.Button("Send", variant="primary", elem_id="chat-send")
-                            clear_button = gr.Button("Clear", elem_id="chat-clear")
-                    with gr.Column(scale=1):
-                        system_prompt = gr.Textbox(
-                            label="System prompt", lines=3, elem_id="chat-system-prompt"
-                        )
-                        chat_controls = _sampling_controls(gr, "chat", start, limit, True)
-                send_inputs = [message, system_prompt, shown, turns, *chat_controls]
-                send_outputs = [chatbot, shown, turns, message]
-                send_button.click(on_send, send_inputs, send_outputs, api_name="chat")
-                message.submit(on_send, send_inputs, send_outputs, api_name=False)
-                clear_button.click(on_clear, None, send_outputs, api_name=False)
-                chatbot.clear(on_clear, None, send_outputs, api_name=False)
+            _generate_tab(gr, on_generate, start, limit)
+            _chat_tab(gr, on_send, on_clear, start, limit)
     return app
 
 
-@dataclass
-class WebUI:
-    """A running page.
-
-    Attributes:
-        app: the Gradio app.
-        url: where a browser opens it (``http://host:port/``).
-    """
-
-    app: gr.Blocks
-    url: str
-
-    def close(self) -> None:
-        """Stop the server and free the port."""
-        self.app.close(verbose=False)
-
-    def wait(self) -> None:
-        """Serve until interrupted, then stop.
-
-        Ctrl-C raises KeyboardInterrupt, which ends the wait quietly. Composer (which
-        llmfoundry imports) turns SIGINT and SIGTERM into ``sys.exit(128 + signal)``; that
-        exit still stops the server on its way out.
-        """
-        try:
-            while self.app.is_running:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
-        finally:
-            logger.info("stopping the web UI at %s", self.url)
-            self.close()
-
-
-def free_port(host: str = DEFAULT_HOST) -> int:
-    """A TCP port nobody listens on at ``host`` now (the OS picks it)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def launch(app: gr.Blocks, host: str = DEFAULT_HOST, port: int | None = None) -> WebUI:
-    """Start serving ``app`` in a background thread and return at once.
-
-    Args:
-        app: from :func:`build_app`.
-        host: the address to listen on; anything but loopback exposes the page (which has no
-            login) to the network.
-        port: the port; 0 or None picks a free one.
-
-    Returns:
-        The running page; call ``close()`` to stop it.
-
-    Raises:
-        ConfigError: if the port cannot be used (taken, or not allowed).
-    """
-    if host not in LOOPBACK_HOSTS:
-        logger.warning("the web UI listens on %s: anyone who can reach it can use the model", host)
-    port = port or free_port(host)
-    os.environ.update(OFFLINE_ENV)
-    try:
-        app.launch(
-            server_name=host,
-            server_port=port,
-            prevent_thread_lock=True,
-            share=False,
-            inbrowser=False,
-            quiet=True,
-            show_error=True,
-            ssr_mode=False,
-            mcp_server=False,
-            pwa=False,
-            enable_monitoring=False,
-            run_history=False,
-            footer_links=["api", "settings"],
-        )
-    except OSError as err:
-        raise ConfigError(
-            f"--port={port}: the web UI cannot listen on {host}:{port} ({one_line(err)}); "
-            "pick another port, or 0 for a free one"
-        ) from err
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{app.server_port}/"
-    return WebUI(app=app, url=url)
-
-
 def serve_web_ui(
-    name_or_path: str,
+    source: ModelSource,
     *,
-    adapter: str | None = None,
-    trust_remote_code: bool = False,
-    model_dtype: str = "fp32",
-    device: str | None = None,
     host: str = DEFAULT_HOST,
     port: int | None = None,
     max_new_tokens_limit: int = DEFAULT_MAX_NEW_TOKENS_LIMIT,
     seed: int = 42,
     wait: Callable[[WebUI], None] = WebUI.wait,
 ) -> WebUI:
-    """Load a model folder (plus an optional LoRA adapter) and serve the page for it.
+    """Load a model (plus an optional LoRA adapter) and serve the page for it.
 
     Every flag is checked and the model loaded before the server starts.
 
     Args:
-        name_or_path: the model folder or hub name.
-        adapter: a peft LoRA adapter folder applied on the model.
-        trust_remote_code: run the model code the folder ships (our MPT exports need it).
-        model_dtype: ``fp32``, ``fp16`` or ``bf16``.
-        device: where the model runs (default: cuda if available, else cpu).
+        source: the model to load (``autocast_dtype`` is not supported: the page generates
+            in the weights' dtype, ``model_dtype``).
         host: the address to listen on.
         port: the port; 0 or None picks a free one.
         max_new_tokens_limit: the top of the max-new-tokens sliders.
@@ -520,14 +407,17 @@ def serve_web_ui(
         raise ConfigError(
             f"--max_new_tokens_limit={max_new_tokens_limit} must be a positive integer"
         )
+    if source.autocast_dtype is not None:
+        raise ConfigError(
+            "the web UI does not take --autocast_dtype; choose the weights' dtype with --model_dtype"
+        )
     import_gradio()  # fail on a missing extra before spending time on the model
-    model, tokenizer = load_model_and_tokenizer(
-        name_or_path, trust_remote_code, model_dtype, device or default_device(), adapter=adapter
-    )
+    model, tokenizer = load_for_generation(source)
     torch.manual_seed(seed)
-    title = f"LLM Foundry: {name_or_path}" + (f" + {adapter}" if adapter else "")
+    name = source.name_or_path
+    title = f"LLM Foundry: {name}" + (f" + {source.adapter}" if source.adapter else "")
     app = build_app(model, tokenizer, max_new_tokens_limit=max_new_tokens_limit, title=title)
     page = launch(app, host, port)
-    logger.info("web UI for %s is at %s (Ctrl-C stops it)", name_or_path, page.url)
+    logger.info("web UI for %s is at %s (Ctrl-C stops it)", name, page.url)
     wait(page)
     return page

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from composer.core import State
 from composer.loggers import Logger
 from composer.loggers import WandBLogger as ComposerWandBLogger
+
+if TYPE_CHECKING:
+    from wandb.sdk.wandb_run import Run
+
+
+def _run_url(run: Run) -> str | None:
+    """The run's address (what Composer's ``run.get_url()`` expects)."""
+    return run.url
 
 
 class WandBLogger(ComposerWandBLogger):
@@ -20,8 +30,9 @@ class WandBLogger(ComposerWandBLogger):
     def init(self, state: State, logger: Logger) -> None:
         from wandb.sdk.wandb_run import Run
 
-        if not hasattr(Run, "get_url"):
-            Run.get_url = lambda run: run.url  # type: ignore[attr-defined]
+        missing = "get_url"  # not declared by wandb's Run, so it is added by name
+        if not hasattr(Run, missing):
+            setattr(Run, missing, _run_url)
         super().init(state, logger)
 
 

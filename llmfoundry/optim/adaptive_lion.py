@@ -71,7 +71,55 @@ def _check_outlier_args(outlier_threshold: float, outlier_delay: int) -> None:
         raise ValueError(f"outlier_delay must be a positive integer, got {outlier_delay}")
 
 
-class DecoupledClipLion(DecoupledLionW):
+class _OutlierLion(DecoupledLionW):
+    """Lion plus the outlier rule of the module docstring, over one norm per parameter per step.
+
+    Subclasses name the state entry holding that norm's history (``_history_key``) and call
+    :meth:`_observe` once per parameter step.
+    """
+
+    _history_key: str
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float,
+        betas: tuple[float, float],
+        weight_decay: float,
+        outlier_threshold: float,
+        outlier_delay: int,
+    ) -> None:
+        _check_outlier_args(outlier_threshold, outlier_delay)
+        super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay)
+        self.outlier_threshold = float(outlier_threshold)
+        self.outlier_delay = int(outlier_delay)
+
+    def _init_state(self, param: torch.Tensor, state: dict[str, Any]) -> None:
+        super()._init_state(param, state)
+        # In the parameter's dtype: Optimizer.load_state_dict casts non-"step" tensors to it,
+        # and matching it keeps a checkpoint round trip exact.
+        state[self._history_key] = torch.zeros(
+            2 * self.outlier_delay, dtype=param.dtype, device=param.device
+        )
+
+    def _observe(
+        self, state: dict[str, Any], norm: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Judge this step's ``norm`` and record it in the history.
+
+        Returns:
+            ``(limit, is_outlier)``: ``outlier_threshold`` times the delayed reference, and a bool
+            tensor telling whether ``norm`` exceeds it (never before a reference exists).
+        """
+        history, num_observed = state[self._history_key], state["step"]
+        reference, available = delayed_mean(history, num_observed, self.outlier_delay)
+        limit = self.outlier_threshold * reference
+        is_outlier = available & (norm > limit)
+        _record(history, num_observed, norm)
+        return limit, is_outlier
+
+
+class DecoupledClipLion(_OutlierLion):
     """Lion that clips a parameter's gradient when its norm is an outlier.
 
     Rule: with ``x_n = ||g_n||`` and the delayed reference ``r_n`` of the module docstring, an
@@ -93,6 +141,8 @@ class DecoupledClipLion(DecoupledLionW):
         ValueError: on invalid Lion arguments, ``outlier_threshold <= 0`` or ``outlier_delay < 1``.
     """
 
+    _history_key = "grad_norm_history"
+
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
@@ -102,36 +152,24 @@ class DecoupledClipLion(DecoupledLionW):
         outlier_threshold: float = 5.0,
         outlier_delay: int = _DEFAULT_DELAY,
     ) -> None:
-        _check_outlier_args(outlier_threshold, outlier_delay)
-        super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay)
-        self.outlier_threshold = float(outlier_threshold)
-        self.outlier_delay = int(outlier_delay)
+        super().__init__(params, lr, betas, weight_decay, outlier_threshold, outlier_delay)
 
     def _init_state(self, param: torch.Tensor, state: dict[str, Any]) -> None:
         super()._init_state(param, state)
-        # In the parameter's dtype: Optimizer.load_state_dict casts non-"step" tensors to it,
-        # and matching it keeps a checkpoint round trip exact.
-        state["grad_norm_history"] = torch.zeros(
-            2 * self.outlier_delay, dtype=param.dtype, device=param.device
-        )
         state["clipped_batches"] = torch.zeros((), dtype=param.dtype, device=param.device)
 
     def _lr_scale(
         self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         del param, group
-        history, num_observed = state["grad_norm_history"], state["step"]
         norm = global_norm(grad).float()
-        reference, available = delayed_mean(history, num_observed, self.outlier_delay)
-        limit = self.outlier_threshold * reference
-        is_outlier = available & (norm > limit)
-        _record(history, num_observed, norm)
+        limit, is_outlier = self._observe(state, norm)
         state["clipped_batches"] += is_outlier.to(state["clipped_batches"].dtype)
         factor = torch.where(is_outlier, limit / norm.clamp_min(1e-30), 1.0)
         return grad * factor.to(grad.dtype), None
 
 
-class DecoupledAdaLRLion(DecoupledLionW):
+class DecoupledAdaLRLion(_OutlierLion):
     """Lion that lowers a parameter's learning rate for a while after its moment becomes an outlier.
 
     Rule: ``x_n`` is the norm of the moment *after* step ``n``'s update,
@@ -158,6 +196,8 @@ class DecoupledAdaLRLion(DecoupledLionW):
         ValueError: on invalid Lion arguments or an out-of-range outlier argument.
     """
 
+    _history_key = "moment_norm_history"
+
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
@@ -177,18 +217,13 @@ class DecoupledAdaLRLion(DecoupledLionW):
             raise ValueError(f"lr_penalty must lie in (0, 1], got {lr_penalty}")
         if not 0.0 < min_scale <= 1.0:
             raise ValueError(f"min_scale must lie in (0, 1], got {min_scale}")
-        super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay)
-        self.outlier_threshold = float(outlier_threshold)
-        self.outlier_delay = int(outlier_delay)
+        super().__init__(params, lr, betas, weight_decay, outlier_threshold, outlier_delay)
         self.timeout = int(timeout)
         self.lr_penalty = float(lr_penalty)
         self.min_scale = float(min_scale)
 
     def _init_state(self, param: torch.Tensor, state: dict[str, Any]) -> None:
         super()._init_state(param, state)
-        state["moment_norm_history"] = torch.zeros(
-            2 * self.outlier_delay, dtype=param.dtype, device=param.device
-        )
         # outlier_flags[s % timeout] is 1 iff step s was an outlier (for the last `timeout` steps).
         state["outlier_flags"] = torch.zeros(self.timeout, dtype=param.dtype, device=param.device)
 
@@ -202,12 +237,9 @@ class DecoupledAdaLRLion(DecoupledLionW):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         del param
         _, beta2 = group["betas"]
-        history, num_observed = state["moment_norm_history"], state["step"]
         norm = global_norm(state["exp_avg"].lerp(grad, 1.0 - beta2)).float()
-        reference, available = delayed_mean(history, num_observed, self.outlier_delay)
-        is_outlier = available & (norm > self.outlier_threshold * reference)
-        _record(history, num_observed, norm)
-        _record(state["outlier_flags"], num_observed, is_outlier)
+        _, is_outlier = self._observe(state, norm)
+        _record(state["outlier_flags"], state["step"], is_outlier)
         return grad, self.lr_scale_of(state)
 
     def _param_lr(self, param: torch.Tensor, group: dict[str, Any]) -> torch.Tensor | float:

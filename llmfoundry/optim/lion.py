@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, overload
 
 import torch
 from composer.utils import dist
@@ -139,6 +139,10 @@ class DecoupledLionW(torch.optim.Optimizer):
             param.add_(direction, alpha=-lr)
         exp_avg.lerp_(grad, 1.0 - beta2)
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Take one optimization step over every parameter that has a gradient.

@@ -4,7 +4,7 @@ e.g. to measure throughput, or to evaluate with the training loop's callbacks)."
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, overload
 
 import torch
 
@@ -24,6 +24,10 @@ class NoOp(torch.optim.Optimizer):
     def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]]) -> None:
         super().__init__(params, {"lr": 0.0})
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """Call ``closure`` (with gradients enabled) if given and return its loss; update nothing."""

@@ -7,7 +7,7 @@ import logging
 
 from composer.core import State, Time, TimeUnit
 from composer.optim import ComposerScheduler
-from composer.optim.scheduler import _convert_time  # pyright: ignore[reportPrivateUsage]
+from composer.optim.scheduler import _convert_time
 
 log = logging.getLogger(__name__)
 

@@ -51,14 +51,15 @@ RESAVE_HINT = (
 
 def _composer_safe_globals() -> list[Any]:
     """Plain-data types a Composer checkpoint holds besides tensors (timestamps, versions, RNG state)."""
-    from numpy._core.multiarray import _reconstruct  # type: ignore[attr-defined]
-
+    # The function numpy pickles arrays with (``numpy._core.multiarray._reconstruct`` in numpy
+    # 2), taken from an array's own pickle recipe rather than from numpy's private modules.
+    reconstruct = np.zeros(0).__reduce__()[0]
     return [
         datetime.timedelta,
         TorchVersion,
         np.ndarray,
         np.dtype,
-        _reconstruct,
+        reconstruct,
         type(np.dtype(np.uint32)),
         type(np.dtype(np.int64)),
         type(np.dtype(np.float64)),

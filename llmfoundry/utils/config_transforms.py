@@ -2,7 +2,7 @@
 validated, and the built-in one, ``update_batch_size_info``.
 
 Transforms live in the ``config_transforms`` registry. The config loader applies every
-registered transform, in registration order, to the resolved training config (after the
+registered transform, in registration order, to the resolved train or eval config (after the
 ``code_paths`` files are imported, so those may register transforms too) and then validates the
 result, so a transform may add, rename or drop keys.
 

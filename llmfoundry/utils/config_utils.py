@@ -15,8 +15,16 @@ Rules (shared by train and eval):
   run builds anything (``command_utils.preflight``).
 - An override's value is applied unresolved: ``model.d_model=${variables.d}`` refers to the
   run config.
-- A training config then goes through the ``config_transforms`` registry (after its
-  ``code_paths`` are imported) before it is validated: see ``config_transforms``.
+- A train or eval config then goes through every registered ``config_transforms`` entry, in
+  registration order (after its ``code_paths`` are imported, so those may register some),
+  before it is validated: see :func:`apply_registered_transforms`. A transform that fails
+  with anything but a user error is named in the one-line error.
+
+Where a new config key goes: a top-level key is a field of ``TrainConfig`` / ``EvalConfig``
+(typed; ``Annotated[..., TIME | POSITIVE | NON_NEGATIVE]`` for ranges); a key inside a section
+is a parameter of the constructor the section is passed to (its signature is the schema:
+``check_call_kwargs``), or a field of the dataclass/TypedDict that describes the section
+(``config_checks.Schema``). Everything goes through ``config_checks``' one recursive checker.
 """
 
 from __future__ import annotations
@@ -27,32 +35,39 @@ import re
 import typing
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from llmfoundry.utils.config_checks import (
-    POSITIVE,
-    TIME,
-    check_value,
-    interpolation_error,
-    override_error,
-    yaml_error,
-)
+from llmfoundry import registry
+from llmfoundry.utils.config_checks import check_value
+from llmfoundry.utils.config_errors import interpolation_error, override_error, yaml_error
 from llmfoundry.utils.config_helpers import log_config, pop_config, process_init_device
 from llmfoundry.utils.config_transforms import (
+    ConfigTransform,
     apply_transforms_to_config,
     calculate_batch_size_info,
     update_batch_size_info,
 )
-from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
+from llmfoundry.utils.exceptions import (
+    ConfigError,
+    MissingFileError,
+    UserError,
+    did_you_mean,
+    first_line,
+)
+from llmfoundry.utils.run_configs import EvalConfig, TrainConfig
 from llmfoundry.utils.user_code import import_code_paths
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "EvalConfig",
     "TrainConfig",
+    "apply_registered_transforms",
     "apply_transforms_to_config",
     "calculate_batch_size_info",
     "load_config",
@@ -64,155 +79,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ConfigT = TypeVar("ConfigT")
+ConfigT = TypeVar("ConfigT", bound="DataclassInstance")
 
 # The first name of an interpolation: ``${data_local}`` and ``${variables.x}`` give data_local, variables.
 _INTERPOLATION = re.compile(r"\$\{\s*([A-Za-z_][\w]*)")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """The top level of a training run config, with LLM Foundry's keys and defaults.
-
-    Component sections (``model``, ``tokenizer``, ``optimizer``, ``scheduler``, loaders) are
-    ``{name: ..., **kwargs}`` mappings validated by their builders; mappings of components
-    (``callbacks``, ``loggers``, ``algorithms``) are ``{registry_name: kwargs}``.
-    ``global_train_batch_size`` or ``device_train_batch_size`` sets the batch (the global one
-    is split over the processes, so the same YAML does the same optimisation on any number).
-    """
-
-    model: dict[str, Any]
-    tokenizer: dict[str, Any]
-    optimizer: dict[str, Any]
-    scheduler: dict[str, Any]
-    train_loader: dict[str, Any]
-    max_duration: Annotated[int | str, TIME]
-    max_seq_len: Annotated[int, POSITIVE]
-    global_train_batch_size: Annotated[int | None, POSITIVE] = None
-    device_train_batch_size: Annotated[int | None, POSITIVE] = None
-    seed: int = 17
-    precision: str = "amp_bf16"
-    code_paths: list[str] | None = None
-    # CUDA allocator and loading knobs, applied before CUDA starts.
-    max_split_size_mb: int | None = None
-    expandable_segments: bool = False
-    cuda_load_lazy: bool = False
-    # Distributed training.
-    dist_timeout: int | float = 600.0
-    fsdp_config: dict[str, Any] | None = None
-    tp_config: dict[str, Any] | None = None
-    # Evaluation.
-    eval_loader: dict[str, Any] | list[dict[str, Any]] | None = None
-    eval_loaders: list[dict[str, Any]] | None = None
-    icl_tasks: list[dict[str, Any]] | str | None = None
-    icl_tasks_str: str | None = None
-    eval_gauntlet: dict[str, Any] | str | None = None
-    eval_gauntlet_str: str | None = None
-    icl_subset_num_batches: int | None = None
-    icl_seq_len: int | None = None
-    # Run code_evaluation icl_tasks (model-written code, in a sandboxed subprocess).
-    allow_code_eval: bool = False
-    eval_interval: Annotated[int | str, TIME] = 1
-    eval_first: bool = False
-    eval_subset_num_batches: int = -1
-    device_eval_batch_size: Annotated[int | None, POSITIVE] = None
-    # Batches.
-    device_train_microbatch_size: int | str = "auto"
-    accumulate_train_batch_on_tokens: bool = True
-    train_subset_num_batches: int = -1
-    # Composer skips the batches a resumed run already trained on by iterating past them.
-    spin_dataloaders: bool = True
-    # Set by the update_batch_size_info config transform: the number of processes and the
-    # microbatches per device batch ('auto' with an automatic microbatch size).
-    n_gpus: int | None = None
-    device_train_grad_accum: int | str | None = None
-    # Components.
-    callbacks: dict[str, Any] | None = None
-    loggers: dict[str, Any] | None = None
-    algorithms: dict[str, Any] | None = None
-    # Logging.
-    progress_bar: bool = False
-    log_to_console: bool = True
-    console_log_interval: Annotated[int | str, TIME] = "1ba"
-    python_log_level: str | None = "debug"
-    log_config: bool = True
-    # Checkpoints.
-    save_folder: str | None = None
-    save_interval: Annotated[int | str, TIME] = "1000ba"
-    save_filename: str | None = None
-    save_latest_filename: str | None = None
-    save_overwrite: bool = False
-    save_weights_only: bool = False
-    save_num_checkpoints_to_keep: int = -1
-    save_ignore_keys: list[str] | None = None
-    load_path: str | None = None
-    load_weights_only: bool = False
-    load_strict_model_weights: bool = True
-    load_ignore_keys: list[str] | None = None
-    only_hf_checkpoint: bool = False
-    only_composer_checkpoint: bool = False
-    autoresume: bool = False
-    run_name: str | None = None
-    # Compilation and profiling.
-    compile_config: dict[str, Any] | None = None
-    profiler: dict[str, Any] | None = None
-    # Bookkeeping.
-    metadata: dict[str, Any] | None = None
-    flatten_metadata: bool = True
-    variables: dict[str, Any] | None = None
-    # Not a YAML key: the folder of the YAML the config came from (set by ``load_config``);
-    # relative ``icl_tasks`` / ``eval_gauntlet`` / ``dataset_uri`` paths may be relative to it.
-    config_dir: str | None = dataclasses.field(default=None, init=False, repr=False)
-
-
-@dataclasses.dataclass
-class EvalConfig:
-    """The top level of an evaluation config (``scripts/eval/eval.py``), with LLM Foundry's keys.
-
-    ``models`` is a list of ``{model_name, model, tokenizer, load_path}`` entries, each
-    evaluated on every ``icl_tasks`` task and ``eval_loader(s)`` loader; one model may instead
-    be given at the top level (``model``, ``tokenizer``, ``load_path``, ``model_name``), as in
-    a training YAML. ``results_folder`` (ours) is where the result tables are written as CSV
-    and JSON (``{run_name}`` is filled in; null writes no files).
-    """
-
-    max_seq_len: Annotated[int, POSITIVE]
-    device_eval_batch_size: int
-    models: list[dict[str, Any]] | None = None
-    model: dict[str, Any] | None = None
-    tokenizer: dict[str, Any] | None = None
-    load_path: str | None = None
-    model_name: str | None = None
-    code_paths: list[str] | None = None
-    # What to evaluate on.
-    icl_tasks: list[dict[str, Any]] | str | None = None
-    icl_tasks_str: str | None = None
-    icl_subset_num_batches: int | None = None
-    # Run code_evaluation icl_tasks (model-written code, in a sandboxed subprocess).
-    allow_code_eval: bool = False
-    eval_gauntlet: dict[str, Any] | str | None = None
-    eval_gauntlet_str: str | None = None
-    eval_loader: dict[str, Any] | list[dict[str, Any]] | None = None
-    eval_loaders: list[dict[str, Any]] | None = None
-    eval_subset_num_batches: int = -1
-    # Run settings.
-    seed: int = 17
-    precision: str = "amp_bf16"
-    run_name: str | None = None
-    dist_timeout: int | float = 600.0
-    fsdp_config: dict[str, Any] | None = None
-    # Components and logging.
-    callbacks: dict[str, Any] | None = None
-    loggers: dict[str, Any] | None = None
-    console_log_interval: Annotated[int | str, TIME] = "1ba"
-    python_log_level: str | None = "debug"
-    log_config: bool = True
-    metadata: dict[str, Any] | None = None
-    results_folder: str | None = "eval_results/{run_name}"
-    variables: dict[str, Any] | None = None
-    # Not a YAML key: the folder of the YAML the config came from (set by ``load_config``);
-    # relative ``icl_tasks`` / ``eval_gauntlet`` / ``dataset_uri`` paths may be relative to it.
-    config_dir: str | None = dataclasses.field(default=None, init=False, repr=False)
 
 
 def load_yaml_with_overrides(
@@ -409,7 +279,7 @@ def to_dataclass(resolved: Mapping[str, Any], cls: type[ConfigT]) -> ConfigT:
         ConfigError: naming a missing required key, or a key whose value has the wrong type.
     """
     hints = typing.get_type_hints(cls, include_extras=True)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for name, field in fields.items():
         required = (
             field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
@@ -426,6 +296,40 @@ def to_dataclass(resolved: Mapping[str, Any], cls: type[ConfigT]) -> ConfigT:
     return cls(**resolved)
 
 
+def _named(name: str, transform: ConfigTransform) -> ConfigTransform:
+    """``transform``, failing in one line that names it (its registered ``name`` and module)
+    when it raises anything but a user error (a ``ConfigError`` of its own is kept)."""
+
+    def run(cfg: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return transform(cfg)
+        except UserError:
+            raise
+        except Exception as err:
+            raise ConfigError(
+                f"config transform '{name}' (from {getattr(transform, '__module__', '?')}) "
+                f"failed: {type(err).__name__}: {first_line(err)}; fix the transform, or the "
+                "config keys it reads"
+            ) from err
+
+    run.__name__ = name
+    return run
+
+
+def apply_registered_transforms(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Apply every registered ``config_transforms`` entry to ``cfg``, in registration order.
+
+    Raises:
+        ConfigError: naming a transform that fails or does not return the config dict.
+    """
+    transforms = registry.config_transforms.get_all()
+    return apply_transforms_to_config(cfg, [_named(n, f) for n, f in transforms.items()])
+
+
+def _field_names(cls: type[DataclassInstance]) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls) if f.init}
+
+
 def config_from_mapping(
     cfg: Mapping[str, Any],
     cls: type[ConfigT],
@@ -434,33 +338,49 @@ def config_from_mapping(
 ) -> tuple[ConfigT, dict[str, Any]]:
     """:func:`load_config` for an unresolved mapping (``DictConfig`` or dict) instead of a file."""
     merged = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-    valid = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     if referenced is None:
         referenced = _referenced_top_level_keys(OmegaConf.to_container(merged, resolve=False))
-    resolved = resolve_config(merged, valid, anchored, referenced)
-    if cls is TrainConfig:
-        code_paths = resolved.get("code_paths")
-        if isinstance(code_paths, list):
-            import_code_paths([str(path) for path in code_paths])
-        resolved = apply_transforms_to_config(resolved, "all")
+    resolved = resolve_config(merged, _field_names(cls), anchored, referenced)
+    code_paths = resolved.get("code_paths")
+    if isinstance(code_paths, list):
+        import_code_paths([str(path) for path in code_paths])
+    resolved = apply_registered_transforms(resolved)
     return to_dataclass(resolved, cls), resolved
+
+
+@overload
+def load_config(
+    yaml_path: str | Path, overrides: Sequence[str] = ()
+) -> tuple[TrainConfig, dict[str, Any]]: ...
+
+
+@overload
+def load_config(
+    yaml_path: str | Path, overrides: Sequence[str], cls: type[ConfigT]
+) -> tuple[ConfigT, dict[str, Any]]: ...
+
+
+@overload
+def load_config(
+    yaml_path: str | Path, overrides: Sequence[str] = (), *, cls: type[ConfigT]
+) -> tuple[ConfigT, dict[str, Any]]: ...
 
 
 def load_config(
     yaml_path: str | Path,
     overrides: Sequence[str] = (),
-    cls: type[ConfigT] = TrainConfig,  # type: ignore[assignment]
-) -> tuple[ConfigT, dict[str, Any]]:
+    cls: type[DataclassInstance] = TrainConfig,
+) -> tuple[DataclassInstance, dict[str, Any]]:
     """Load, resolve and validate a run config.
 
     Args:
         yaml_path: the YAML file.
         overrides: ``key=value`` dotlist overrides (``train_loader.num_workers=0``).
-        cls: the dataclass that validates the top level.
+        cls: the dataclass that validates the top level (:class:`TrainConfig` by default).
 
-    A training config (``cls`` is :class:`TrainConfig`) is, as in LLM Foundry, then passed
-    through every registered config transform (``update_batch_size_info`` among them), after
-    its ``code_paths`` files are imported, and only then validated.
+    The config (train or eval) is, as in LLM Foundry, then passed through every registered
+    config transform (``update_batch_size_info`` among them), after its ``code_paths`` files
+    are imported, and only then validated.
 
     Returns:
         The validated dataclass and the resolved (and transformed) config as a plain dict, for
@@ -469,8 +389,7 @@ def load_config(
     Raises:
         MissingFileError, ConfigError: see the helpers above.
     """
-    valid = {f.name for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
-    merged = load_yaml_with_overrides(yaml_path, overrides, valid)
+    merged = load_yaml_with_overrides(yaml_path, overrides, _field_names(cls))
     text = Path(yaml_path).read_text(encoding="utf-8")
     in_file = _referenced_top_level_keys(OmegaConf.to_container(OmegaConf.create(text)))
     config, resolved = config_from_mapping(merged, cls, anchored_top_level_keys(text), in_file)

@@ -7,7 +7,6 @@ with ``--server_pid``, the server's RSS at start, max and end. The logic lives i
 ``llmfoundry/inference/serve_load_test.py``.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -16,19 +15,7 @@ try:
 except ImportError:  # a checkout that is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from llmfoundry.inference.serve_load_test import (
-    LoadTestConfig,
-    build_parser,
-    format_table,
-    run_load_test,
-)
-from llmfoundry.utils.cli_utils import run_user_command
-
-
-def main(args: argparse.Namespace) -> None:
-    """Run the load test and print its table."""
-    print(format_table(run_load_test(LoadTestConfig(**vars(args)))), flush=True)
-
+from llmfoundry.inference.serve_load_test import main
 
 if __name__ == "__main__":
-    sys.exit(run_user_command(main, build_parser().parse_args()))
+    sys.exit(main())

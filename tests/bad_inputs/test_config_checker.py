@@ -7,14 +7,8 @@ from typing import Annotated, Any, Literal
 
 import pytest
 
-from llmfoundry.utils.config_checks import (
-    POSITIVE,
-    TIME,
-    check_call_kwargs,
-    check_fields,
-    check_value,
-    describe,
-)
+from llmfoundry.utils.config_checks import POSITIVE, TIME, check_fields, check_value, describe
+from llmfoundry.utils.config_components import check_call_kwargs
 from llmfoundry.utils.exceptions import ConfigError
 
 

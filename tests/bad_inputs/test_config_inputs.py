@@ -213,6 +213,20 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("fsdp-type", ["fsdp_config.activation_checkpointing=maybe"], ("fsdp_config.activation_c",)),
     ("compile-unknown", ["compile_config.modes=default"], ("compile_config.modes", "'mode'")),
     ("compile-scope", ["compile_config.scope=layers"], ("compile_config.scope", "use model or")),
+    ("tp-degree", ["tp_config.tensor_parallel_degree=0"], ("tp_config.tensor_parallel_degree",)),
+    # profiler, icl_tasks entries
+    ("profiler-type", ["profiler.schedule.wait=x"], ("profiler.schedule.wait must be int",)),
+    ("profiler-unknown", ["profiler={schedule: {}, sys_prof_cpuu: 1}"], ("profiler.sys_prof_c",)),
+    (
+        "icl-type",
+        ["icl_tasks=[{label: a, dataset_uri: a.jsonl, icl_task_type: schema, num_fewshot: [-1]}]"],
+        ("icl_tasks[0].num_fewshot must be a non-negative int",),
+    ),
+    (
+        "icl-unknown",
+        ["icl_tasks=[{label: a, dataset_uri: a.jsonl, icl_task_type: schema, shots: 1}]"],
+        ("icl_tasks[0].shots", "valid:"),
+    ),
     # callbacks, loggers, algorithms
     ("callback-kwarg", ["callbacks.speed_monitor.windo=3"], ("callbacks.speed_monitor.windo",)),
     ("callback-type", ["callbacks.speed_monitor.window_size=abc"], ("window_size must be int",)),

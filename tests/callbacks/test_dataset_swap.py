@@ -23,7 +23,7 @@ from tests.callbacks.test_curriculum_learning import (  # the same two datasets 
     _write_first_samples,
     datasets,  # noqa: F401  (module fixture)
 )
-from tests.callbacks.tiny_lm import checkpoint_file, lm_trainer, tiny_mpt
+from tests.fixtures import checkpoint_file, lm_trainer, tiny_lm_mpt
 
 
 def _config(local: str, dataset_index: int) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def _fit(
     recorder = InputRecorder()
     loader = build_dataloader_from_section("train_loader", config["train_loader"], tokenizer, BATCH)
     trainer = lm_trainer(
-        tiny_mpt(vocab_size=512, max_seq_len=SEQ_LEN),
+        tiny_lm_mpt(vocab_size=512, max_seq_len=SEQ_LEN),
         cast(DataLoader, loader.dataloader),
         [swap, recorder],
         f"{max_batches}ba",
@@ -119,4 +119,4 @@ def test_needs_a_streaming_dataset() -> None:
     with pytest.raises(
         ConfigError, match=r"^callbacks\.dataset_swap needs a train dataset that records"
     ):
-        lm_trainer(tiny_mpt(), DataLoader(cast(Any, rows), batch_size=2), [swap], "1ba")
+        lm_trainer(tiny_lm_mpt(), DataLoader(cast(Any, rows), batch_size=2), [swap], "1ba")

@@ -20,7 +20,7 @@ from composer.core import Evaluator
 from composer.loggers import InMemoryLogger
 from composer.models import ComposerModel
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from torchmetrics import MeanMetric, Metric
 
 from llmfoundry.callbacks.eval_gauntlet_callback import (
@@ -98,16 +98,24 @@ class FlagModel(ComposerModel):
         metric.update(correct if isinstance(metric, StubAccuracy) else 1.0 - correct)
 
 
-def flags(correct: int, total: int) -> torch.Tensor:
+class Flags(Dataset[torch.Tensor]):
     """``total`` flags of which the first ``correct`` are 1."""
-    return (torch.arange(total) < correct).long()
+
+    def __init__(self, correct: int, total: int) -> None:
+        self.values = (torch.arange(total) < correct).long()
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.values[index]
 
 
 def evaluators(run: Mapping[str, tuple[int, int]]) -> list[Evaluator]:
     return [
         Evaluator(
             label=label,
-            dataloader=DataLoader(flags(correct, total), batch_size=4),  # pyright: ignore[reportArgumentType]
+            dataloader=DataLoader(Flags(correct, total), batch_size=4),
             metric_names=["StubLoss", "StubAccuracy"],
         )
         for label, (correct, total) in run.items()
@@ -281,7 +289,7 @@ def test_logs_once_per_round_during_fit_from_the_evaluators_that_ran() -> None:
     round_evaluators[0].eval_interval = "2ba"
     trainer = Trainer(
         model=model,
-        train_dataloader=DataLoader(flags(2, 4), batch_size=2),  # pyright: ignore[reportArgumentType]
+        train_dataloader=DataLoader(Flags(2, 4), batch_size=2),
         eval_dataloader=round_evaluators,
         eval_interval="1ba",
         max_duration="2ba",

@@ -16,7 +16,6 @@ import torch
 from composer import Evaluator, Trainer
 from composer.loggers import InMemoryLogger
 from streaming import LocalDataset
-from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.callbacks.eval_output_logging import EvalOutputLogging
@@ -28,7 +27,7 @@ from llmfoundry.utils.exceptions import ConfigError
 from tests.callbacks.test_generate_callback import TableRecorder
 from tests.command_utils.conftest import SEQ_LEN as MDS_SEQ_LEN
 from tests.command_utils.conftest import mds_dir, write_run_yaml  # noqa: F401  (fixture)
-from tests.eval.helpers import tiny_mpt
+from tests.fixtures import row_loader, tiny_text_mpt
 
 VOCAB = 512  # the tokenizer fixture's size
 SEQ_LEN = 32
@@ -101,7 +100,7 @@ def _padded_samples(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
 
 
 def _tiny_mpt(tokenizer: PreTrainedTokenizerBase) -> ComposerMPTCausalLM:
-    return tiny_mpt(tokenizer, max_seq_len=SEQ_LEN)
+    return tiny_text_mpt(tokenizer, max_seq_len=SEQ_LEN)
 
 
 def _evaluate(
@@ -126,7 +125,7 @@ def _evaluate(
         eval_dataloader=[
             Evaluator(
                 label=label,
-                dataloader=DataLoader(samples, batch_size=EVAL_BATCH),  # pyright: ignore[reportArgumentType]
+                dataloader=row_loader(samples, batch_size=EVAL_BATCH),
                 metric_names=["LanguageCrossEntropy"],
                 device_eval_microbatch_size=2,
             )
@@ -226,7 +225,7 @@ def test_log_output_text_false_leaves_outputs_out_and_true_needs_a_tokenizer(
         progress_bar=False,
         log_to_console=False,
     )
-    loader = DataLoader(samples, batch_size=2)  # pyright: ignore[reportArgumentType]
+    loader = row_loader(samples, batch_size=2)
     with pytest.raises(ConfigError, match="log_output_text is true, but the model has no tok"):
         trainer.eval(eval_dataloader=Evaluator(label="eval", dataloader=loader))
     trainer.close()

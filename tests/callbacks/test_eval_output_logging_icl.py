@@ -14,7 +14,8 @@ from llmfoundry.callbacks.eval_output_logging import EvalOutputLogging
 from llmfoundry.eval import build_icl_evaluators
 from llmfoundry.eval.metrics import normalize_answer
 from tests.callbacks.test_generate_callback import TableRecorder
-from tests.eval.helpers import tiny_mpt, write_jsonl
+from tests.eval.helpers import write_jsonl
+from tests.fixtures import tiny_text_mpt
 
 MC_ROWS = [
     {"query": "One plus one is", "choices": [" two", " three", " ten"], "gold": 0},
@@ -38,7 +39,7 @@ def evaluate(
     )
     recorder = TableRecorder()
     trainer = Trainer(
-        model=tiny_mpt(tokenizer),
+        model=tiny_text_mpt(tokenizer),
         callbacks=[EvalOutputLogging()],
         loggers=[recorder],
         device="cpu",

@@ -21,8 +21,7 @@ from llmfoundry.loggers import FileLogger
 from llmfoundry.models.hf import ComposerHFCausalLM
 from llmfoundry.utils.builders import build_callbacks
 from llmfoundry.utils.exceptions import ConfigError
-from tests.command_utils.tiny_models import save_llama
-from tests.eval.helpers import tiny_mpt
+from tests.fixtures import row_loader, tiny_text_mpt
 
 VOCAB = 512  # the tokenizer fixture's size
 SEQ_LEN = 32
@@ -81,14 +80,14 @@ class ExpectedGenerations(Callback):
         self.by_batch[int(state.timestamp.batch)] = texts
 
 
-def _batches(n_batches: int) -> DataLoader:
+def _batches(n_batches: int) -> DataLoader[dict[str, torch.Tensor]]:
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(2, VOCAB, (n_batches * ROWS_PER_BATCH, SEQ_LEN), generator=generator)
     rows = [
         {"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()}
         for row in ids
     ]
-    return DataLoader(rows, batch_size=ROWS_PER_BATCH)  # pyright: ignore[reportArgumentType]
+    return row_loader(rows, batch_size=ROWS_PER_BATCH)
 
 
 def _generate_callback(**overrides: Any) -> Callback:
@@ -143,7 +142,7 @@ def test_mpt_generations_match_greedy_generate_at_each_interval(
     no_pad = copy.deepcopy(tokenizer)
     no_pad.pad_token = None  # the callback must pad with EOS, without changing the tokenizer
     assert no_pad.pad_token_id is None and no_pad.padding_side == "right"
-    model = tiny_mpt(no_pad, max_seq_len=SEQ_LEN)
+    model = tiny_text_mpt(no_pad, max_seq_len=SEQ_LEN)
     callback = _generate_callback()
     assert isinstance(callback, Generate)
     expected = ExpectedGenerations(no_pad, eos_token_id=no_pad.eos_token_id)
@@ -169,9 +168,9 @@ def test_mpt_generations_match_greedy_generate_at_each_interval(
 
 
 def test_hf_causal_lm_generations_match_greedy_generate(
-    tokenizer: PreTrainedTokenizerBase, tmp_path: Path
+    tokenizer: PreTrainedTokenizerBase, llama_dir: Path
 ) -> None:
-    model = ComposerHFCausalLM(tokenizer, str(save_llama(tmp_path / "llama")))
+    model = ComposerHFCausalLM(tokenizer, str(llama_dir))
     # The model's own generation config names an EOS token: it is kept.
     model_eos = model.model.generation_config.eos_token_id
     assert model_eos is not None
@@ -202,7 +201,7 @@ def test_bad_options_fail_when_the_callback_is_built(
 def test_generation_stops_at_the_tokenizers_eos_when_the_model_names_none(
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
-    model = tiny_mpt(copy.deepcopy(tokenizer), max_seq_len=SEQ_LEN)
+    model = tiny_text_mpt(copy.deepcopy(tokenizer), max_seq_len=SEQ_LEN)
     assert getattr(model.model.generation_config, "eos_token_id", None) is None
     prompt_ids = torch.tensor([tokenizer(PROMPTS[0])["input_ids"]])
     with torch.no_grad():

@@ -35,9 +35,8 @@ from llmfoundry.utils.builders import build_callbacks
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
 from tests.command_utils.conftest import mds_dir, write_run_yaml  # noqa: F401  (fixture)
-from tests.command_utils.tiny_models import save_llama
 from tests.data.conftest import BUCKET, s3  # noqa: F401  (the moto S3 fixture)
-from tests.eval.helpers import tiny_mpt
+from tests.fixtures import row_loader, tiny_text_mpt
 
 VOCAB = 512  # the tokenizer fixture's size
 SEQ_LEN = 32
@@ -49,13 +48,13 @@ def _ids(rows: int, seed: int) -> torch.Tensor:
     return torch.randint(2, VOCAB, (rows, SEQ_LEN), generator=generator)
 
 
-def _batches(n_batches: int) -> DataLoader:
+def _batches(n_batches: int) -> DataLoader[dict[str, torch.Tensor]]:
     ids = _ids(n_batches * ROWS_PER_BATCH, seed=1)
     rows = [
         {"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()}
         for row in ids
     ]
-    return DataLoader(rows, batch_size=ROWS_PER_BATCH)  # pyright: ignore[reportArgumentType]
+    return row_loader(rows, batch_size=ROWS_PER_BATCH)
 
 
 @torch.no_grad()
@@ -69,7 +68,7 @@ def _bf16(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _tiny_mpt(tokenizer: PreTrainedTokenizerBase) -> ComposerMPTCausalLM:
-    return tiny_mpt(tokenizer, max_seq_len=SEQ_LEN)
+    return tiny_text_mpt(tokenizer, max_seq_len=SEQ_LEN)
 
 
 def _fit(
@@ -104,12 +103,6 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
 
     monkeypatch.setattr(hf_checkpointer_module, "write_hf_folder", counting)
     return written
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Llama (hidden 32, 2 layers) saved with ``save_pretrained``."""
-    return save_llama(tmp_path_factory.mktemp("llama") / "model")
 
 
 def test_mpt_folders_at_each_interval_load_as_the_trained_model_in_bf16(

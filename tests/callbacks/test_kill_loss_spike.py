@@ -18,9 +18,19 @@ from .scripted import BatchRecorder, ScriptedLossModel, scripted_trainer
 NAN = float("nan")
 
 
-def _fit(losses: dict[int, float], spike: KillLossSpike, **trainer_kwargs: object) -> BatchRecorder:
+def _fit(
+    losses: dict[int, float],
+    spike: KillLossSpike,
+    save_folder: Path | None = None,
+    save_interval: str = "1000ba",
+) -> BatchRecorder:
     recorder = BatchRecorder()
-    trainer = scripted_trainer(ScriptedLossModel(losses), [spike, recorder], **trainer_kwargs)  # type: ignore[arg-type]
+    trainer = scripted_trainer(
+        ScriptedLossModel(losses),
+        [spike, recorder],
+        save_folder=save_folder,
+        save_interval=save_interval,
+    )
     try:
         trainer.fit()
     finally:

@@ -11,11 +11,11 @@ from composer.loggers import Logger
 
 from llmfoundry.utils.builders import build_callbacks
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
-from tests.callbacks.tiny_lm import (
+from tests.fixtures import (
     WeightsAt,
     checkpoint_file,
     lm_trainer,
-    tiny_mpt,
+    tiny_lm_mpt,
     token_loader,
     weights,
 )
@@ -36,7 +36,12 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tor
     folder = tmp_path_factory.mktemp("saved")
     recorder = WeightsAt()
     trainer = lm_trainer(
-        tiny_mpt(), token_loader(2), [recorder], "2ba", save_folder=str(folder), save_interval="2ba"
+        tiny_lm_mpt(),
+        token_loader(2),
+        [recorder],
+        "2ba",
+        save_folder=str(folder),
+        save_interval="2ba",
     )
     trainer.fit()
     trainer.close()
@@ -51,7 +56,7 @@ def _assert_equal(actual: dict[str, torch.Tensor], expected: dict[str, torch.Ten
 
 def test_loads_the_weights_at_the_given_event(saved: tuple[Path, dict[str, torch.Tensor]]) -> None:
     path, expected = saved
-    model = tiny_mpt(seed=7)
+    model = tiny_lm_mpt(seed=7)
     initial = weights(model)
     section = {"load_path": str(path), "load_weights_only": True, "event": "fit_start"}
     at_fit_start = WeightsAtFitStart()
@@ -71,7 +76,7 @@ def test_default_event_loads_while_the_trainer_is_built(
     saved: tuple[Path, dict[str, torch.Tensor]],
 ) -> None:
     path, expected = saved
-    model = tiny_mpt(seed=7)
+    model = tiny_lm_mpt(seed=7)
     section = {"load_path": str(path), "load_weights_only": True}
     trainer = lm_trainer(
         model, token_loader(1), build_callbacks({"load_checkpoint": section}), "1ba"
@@ -96,5 +101,5 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
         match=r"^callbacks\.load_checkpoint\.load_path '.*none\.pt' does not exist",
     ):
         lm_trainer(
-            tiny_mpt(), token_loader(1), build_callbacks({"load_checkpoint": section}), "1ba"
+            tiny_lm_mpt(), token_loader(1), build_callbacks({"load_checkpoint": section}), "1ba"
         )

@@ -16,7 +16,7 @@ from llmfoundry.models.mpt.modeling_mpt import MPTCausalLMOutput
 from llmfoundry.utils.builders import build_callbacks
 from llmfoundry.utils.exceptions import ConfigError
 from tests.callbacks.scripted import ScriptedLossModel, scripted_trainer
-from tests.callbacks.tiny_lm import BATCH, SEQ_LEN, lm_trainer, tiny_mpt, token_loader
+from tests.fixtures import BATCH, SEQ_LEN, lm_trainer, tiny_lm_mpt, token_loader
 
 N_BATCHES = 3
 ROW_NAMES = (
@@ -116,7 +116,7 @@ def test_tables_equal_a_hand_computation(loss_fn: str) -> None:
         {"loss_perp_v_len": {"log_batch_interval": 2, "compute_batch_interval": 1}}
     )
     trainer = lm_trainer(
-        tiny_mpt(loss_fn=loss_fn),
+        tiny_lm_mpt(loss_fn=loss_fn),
         token_loader(N_BATCHES, columns=columns),
         [recorder, *callbacks],
         f"{N_BATCHES}ba",

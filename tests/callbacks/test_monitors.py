@@ -30,6 +30,7 @@ from llmfoundry.utils.builders import (
     build_scheduler_from_section,
 )
 from tests.callbacks.scripted import ScriptedLossModel, sample_loader
+from tests.fixtures import composer_mpt
 
 D_MODEL, N_LAYERS, EXPANSION, MAX_SEQ_LEN, VOCAB = 64, 2, 4, 32, 128
 MIB = 1024 * 1024
@@ -38,20 +39,20 @@ MIB = 1024 * 1024
 # ---------------------------------------------------------------------------------- helpers
 
 
+MONITORED_MPT: dict[str, Any] = {
+    "d_model": D_MODEL,
+    "n_heads": 4,
+    "n_layers": N_LAYERS,
+    "expansion_ratio": EXPANSION,
+    "max_seq_len": MAX_SEQ_LEN,
+    "vocab_size": VOCAB,
+    "attn_config": {"attn_impl": "torch"},
+    "loss_fn": "torch_crossentropy",
+}
+
+
 def _mpt(**overrides: Any) -> ComposerMPTCausalLM:
-    torch.manual_seed(0)
-    kwargs: dict[str, Any] = {
-        "d_model": D_MODEL,
-        "n_heads": 4,
-        "n_layers": N_LAYERS,
-        "expansion_ratio": EXPANSION,
-        "max_seq_len": MAX_SEQ_LEN,
-        "vocab_size": VOCAB,
-        "attn_config": {"attn_impl": "torch"},
-        "loss_fn": "torch_crossentropy",
-    }
-    kwargs.update(overrides)
-    return ComposerMPTCausalLM(**kwargs)
+    return composer_mpt(MONITORED_MPT, **overrides)
 
 
 def _token_loader(n_batches: int, batch_size: int = 2, seq_len: int = MAX_SEQ_LEN) -> DataLoader:

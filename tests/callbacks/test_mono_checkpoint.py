@@ -13,8 +13,8 @@ from llmfoundry.callbacks import MonolithicCheckpointSaver
 from llmfoundry.utils.builders import build_callbacks
 from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
 from llmfoundry.utils.exceptions import ConfigError
-from tests.callbacks.tiny_lm import WeightsAt, lm_trainer, tiny_mpt, token_loader, weights
 from tests.data.conftest import BUCKET, s3  # noqa: F401  (the moto S3 fixture)
+from tests.fixtures import WeightsAt, lm_trainer, tiny_lm_mpt, token_loader, weights
 
 
 def _assert_same_weights(saved: dict[str, Any], expected: dict[str, torch.Tensor]) -> None:
@@ -26,7 +26,7 @@ def _assert_same_weights(saved: dict[str, Any], expected: dict[str, torch.Tensor
 def test_saves_every_interval_and_at_the_end(tmp_path: Path) -> None:
     section = {"save_folder": str(tmp_path / "{run_name}" / "mono"), "batch_interval": 2}
     recorder = WeightsAt()
-    model = tiny_mpt()
+    model = tiny_lm_mpt()
     trainer = lm_trainer(
         model,
         token_loader(6),  # one batch more than trained: the epoch does not end
@@ -49,7 +49,7 @@ def test_saves_every_interval_and_at_the_end(tmp_path: Path) -> None:
 
 
 def test_keep_optimizers_and_resume_from_the_file(tmp_path: Path) -> None:
-    model = tiny_mpt()
+    model = tiny_lm_mpt()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     saver = MonolithicCheckpointSaver(str(tmp_path), batch_interval=3, keep_optimizers=True)
     trainer = lm_trainer(model, token_loader(3), [saver], "3ba", optimizers=optimizer)
@@ -66,7 +66,7 @@ def test_keep_optimizers_and_resume_from_the_file(tmp_path: Path) -> None:
     )
 
     # A fresh model resumes from the file through the trainer's load_path.
-    fresh = tiny_mpt(seed=5)
+    fresh = tiny_lm_mpt(seed=5)
     resumed = lm_trainer(
         fresh,
         token_loader(3),
@@ -88,7 +88,7 @@ def test_uploads_to_an_object_store_and_respects_overwrite(
     def fit(section: dict[str, Any]) -> dict[int, dict[str, torch.Tensor]]:
         recorder = WeightsAt()
         callbacks = [*build_callbacks({"mono_checkpoint_saver": section}), recorder]
-        trainer = lm_trainer(tiny_mpt(), token_loader(1), callbacks, "1ba", run_name="up")
+        trainer = lm_trainer(tiny_lm_mpt(), token_loader(1), callbacks, "1ba", run_name="up")
         trainer.fit()
         trainer.close()
         return recorder.by_batch

@@ -16,7 +16,7 @@ from composer.optim import LinearScheduler
 from llmfoundry.utils.builders import build_callbacks
 from llmfoundry.utils.exceptions import ConfigError
 from tests.callbacks.scripted import ScriptedLossModel, sample_loader
-from tests.callbacks.tiny_lm import lm_trainer, tiny_mpt, token_loader, weights
+from tests.fixtures import lm_trainer, tiny_lm_mpt, token_loader, weights
 
 BASE_LR, BASE_WD = 0.1, 0.01
 
@@ -112,7 +112,7 @@ FROZEN = ["model.transformer.wte.weight", "model.transformer.blocks.0.attn.Wqkv.
 
 
 def test_layer_freezing_freezes_exactly_the_named_parameters() -> None:
-    model = tiny_mpt()
+    model = tiny_lm_mpt()
     before = weights(model)
     trainer = lm_trainer(
         model, token_loader(3), build_callbacks({"layer_freezing": {"layer_names": FROZEN}}), "3ba"
@@ -131,7 +131,7 @@ def test_layer_freezing_freezes_exactly_the_named_parameters() -> None:
 
 
 def test_layer_freezing_unknown_name_suggests_the_closest() -> None:
-    model = tiny_mpt()
+    model = tiny_lm_mpt()
     callbacks = build_callbacks(
         {"layer_freezing": {"layer_names": ["model.transformer.wte.weigth"]}}
     )

@@ -66,7 +66,7 @@ def spy(facts: dict[str, Any]) -> None:
         facts["sliced"] += len(full)
         keep_slices(sharded, full)
 
-    nn.Module.to_empty = to_empty_spy  # type: ignore[method-assign]
+    nn.Module.to_empty = to_empty_spy
     sharded_init._keep_local_slices = keep_slices_spy
 
 

@@ -1,4 +1,4 @@
-"""``scripts/train/benchmarking/sweep.py --tiny``: LLM Foundry's benchmark columns, on CPU."""
+"""``benchmarks/train/sweep.py --tiny``: LLM Foundry's benchmark columns, on CPU."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
 
 REPO = Path(__file__).resolve().parents[2]
-SWEEP = REPO / "scripts" / "train" / "benchmarking" / "sweep.py"
+SWEEP = REPO / "benchmarks" / "train" / "sweep.py"
 # LLM Foundry's published benchmark table, in its order.
 FOUNDRY_COLUMNS = [
     "Model", "SeqLen", "#GPUs", "GPU", "MFU", "HFU", "Model TFLOP", "MicroBatchSize",

@@ -19,8 +19,8 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from llmfoundry.inference.generate import load_model_and_tokenizer
 from llmfoundry.command_utils.merge_lora import merge_lora
+from llmfoundry.inference.generate import load_model_and_tokenizer
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 from tests.command_utils.tiny_models import (
     run_script,

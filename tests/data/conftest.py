@@ -1,28 +1,26 @@
-"""Fixtures and helpers of the data tests: an in-process S3 (moto) for object-store folders, a
-chat-template tokenizer, and reading MDS folders and finetuning loaders back."""
+"""Fixtures and helpers of the data tests: an in-process S3 (moto) for object-store folders,
+reading MDS folders and finetuning loaders back, and a spec's loader and collator, typed."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import boto3
 import pytest
 import torch
+from composer.core import DataSpec
 from moto import mock_aws
 from streaming import StreamingDataset
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.data.finetuning import build_finetuning_dataloader
 
 BUCKET = "corpus-bucket"
-# A chat template that marks each role and ends every message with the EOS token.
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|endoftext|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
+CollatorT = TypeVar("CollatorT")
 
 
 @pytest.fixture
@@ -64,13 +62,15 @@ def loader_batches(
     return list(spec.dataloader)
 
 
-@pytest.fixture(scope="session")
-def chat_tokenizer_dir(
-    tmp_path_factory: pytest.TempPathFactory, tokenizer_dir: Path
-) -> tuple[Path, PreTrainedTokenizerBase]:
-    """The fixture tokenizer with ``CHAT_TEMPLATE``, saved to a folder; the folder and tokenizer."""
-    folder = tmp_path_factory.mktemp("chat-tokenizer")
-    chat_tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    chat_tokenizer.chat_template = CHAT_TEMPLATE
-    chat_tokenizer.save_pretrained(str(folder))
-    return folder, chat_tokenizer
+def dataloader_of(spec: DataSpec) -> DataLoader[Any]:
+    """The spec's ``DataLoader`` (Composer types ``DataSpec.dataloader`` as any iterable)."""
+    assert isinstance(spec.dataloader, DataLoader)
+    return spec.dataloader
+
+
+def collator_of(spec: DataSpec, kind: type[CollatorT]) -> CollatorT:
+    """The ``collate_fn`` of the spec's loader, checked to be a ``kind``."""
+    collate_fn = dataloader_of(spec).collate_fn
+    assert isinstance(collate_fn, kind)
+    # pyright does not narrow the loader's callable union to a type variable; checked above.
+    return cast(CollatorT, collate_fn)

@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.command_utils.data_prep.convert_dataset_hf import convert_dataset_hf
 from llmfoundry.data import ConcatTokensDataset, StreamingTextDataset
-from llmfoundry.data.data import BadRowError
+from llmfoundry.data.data import BadRowError, MDSWriteSummary
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
 
 EOS = "<|endoftext|>"
@@ -123,15 +123,20 @@ def test_a_worker_process_writes_the_same_samples(
     tmp_path: Path, tokenizer_dir: Path, documents: list[str]
 ) -> None:
     source = write_jsonl(tmp_path / "docs.jsonl", [{"text": d} for d in documents])
-    options = {
-        "data_files": [str(source)],
-        "concat_tokens": 32,
-        "tokenizer": str(tokenizer_dir),
-        "eos_text": EOS,
-    }
 
-    here = convert_dataset_hf("json", str(tmp_path / "here"), num_workers=0, **options)  # type: ignore[arg-type]
-    worker = convert_dataset_hf("json", str(tmp_path / "worker"), num_workers=1, **options)  # type: ignore[arg-type]
+    def convert(out: str, num_workers: int) -> dict[str, MDSWriteSummary]:
+        return convert_dataset_hf(
+            "json",
+            out,
+            num_workers=num_workers,
+            data_files=[str(source)],
+            concat_tokens=32,
+            tokenizer=str(tokenizer_dir),
+            eos_text=EOS,
+        )
+
+    here = convert(str(tmp_path / "here"), 0)
+    worker = convert(str(tmp_path / "worker"), 1)
 
     assert read_tokens(tmp_path / "worker" / "train") == read_tokens(tmp_path / "here" / "train")
     assert worker["train"].rows_read == here["train"].rows_read == len(documents)

@@ -234,7 +234,7 @@ def user_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     def qa(row: Mapping[str, Any]) -> dict[str, str]:
         return {"prompt": f"Q: {row['question']}\nA:", "response": f" {row['answer']}"}
 
-    module.qa = qa  # type: ignore[attr-defined]
+    vars(module)["qa"] = qa
     monkeypatch.setitem(sys.modules, "my_preprocessors", module)
     yield "my_preprocessors:qa"
 

@@ -19,6 +19,7 @@ from llmfoundry.command_utils.data_prep.convert_text_to_mds import (
     convert_text_to_mds,
 )
 from llmfoundry.data import ConcatTokensDataset, NoConcatDataset, StreamingTextDataset
+from llmfoundry.data.data import MDSWriteSummary
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
 
 EOS = "<|endoftext|>"
@@ -276,18 +277,31 @@ def test_json_converter_errors_name_the_input(tmp_path: Path) -> None:
 # convert_text_to_mds
 
 
-def text_to_mds(tokenizer_dir: Path, out: Path, src: Path, **overrides: object):
-    options: dict[str, object] = {
-        "concat_tokens": 64,
-        "eos_text": EOS,
-        "bos_text": "",
-        "no_wrap": False,
-        "compression": None,
-        "processes": 1,
-        "reprocess": False,
-    }
-    options.update(overrides)
-    return convert_text_to_mds(str(tokenizer_dir), str(out), str(src), **options)  # type: ignore[arg-type]
+def text_to_mds(
+    tokenizer_dir: Path,
+    out: Path,
+    src: Path,
+    *,
+    concat_tokens: int = 64,
+    eos_text: str = EOS,
+    compression: str | None = None,
+    processes: int = 1,
+    reprocess: bool = False,
+    use_tokenizer_eos: bool = False,
+) -> MDSWriteSummary:
+    return convert_text_to_mds(
+        str(tokenizer_dir),
+        str(out),
+        str(src),
+        concat_tokens=concat_tokens,
+        eos_text=eos_text,
+        bos_text="",
+        no_wrap=False,
+        compression=compression,
+        processes=processes,
+        reprocess=reprocess,
+        use_tokenizer_eos=use_tokenizer_eos,
+    )
 
 
 def test_text_converter_concatenates_the_files_in_order(

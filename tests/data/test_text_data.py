@@ -8,7 +8,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -16,13 +16,15 @@ import torch
 from omegaconf import OmegaConf
 from streaming import MDSWriter, Stream
 from streaming.base.util import clean_stale_shared_memory
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
+from llmfoundry.cli.commands.preview_text_data import main as preview_main
 from llmfoundry.command_utils.data_prep.convert_dataset_json import convert_dataset_json
 from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
 from llmfoundry.data import CausalLMCollator, StreamingTextDataset, build_text_dataloader
-from llmfoundry.data.text_data import print_samples
+from llmfoundry.data.text_data import sample_texts
 from llmfoundry.utils.builders import build_dataloader_from_section
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 
@@ -140,7 +142,9 @@ def test_text_loader_batches_and_counts_non_pad_tokens(
         spec.get_num_tokens_in_batch(batches[0], token_type="loss_generating")
         == sum(lengths[:4]) - 4
     )
-    assert spec.dataloader.dataset.eos_token_id == 0  # type: ignore[attr-defined]
+    assert isinstance(spec.dataloader, DataLoader)
+    assert isinstance(spec.dataloader.dataset, StreamingTextDataset)
+    assert spec.dataloader.dataset.eos_token_id == 0
 
 
 def test_text_loader_with_workers(token_mds: Path, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -172,7 +176,9 @@ def test_text_loader_mixes_streams(
     spec = build_text_dataloader(
         tokenizer, 2, {"streams": streams, "max_seq_len": 16}, num_workers=0, pin_memory=False
     )
-    assert spec.dataloader.dataset.num_samples == len(TOKEN_SAMPLES) + 4  # type: ignore[attr-defined]
+    assert isinstance(spec.dataloader, DataLoader)
+    assert isinstance(spec.dataloader.dataset, StreamingTextDataset)
+    assert spec.dataloader.dataset.num_samples == len(TOKEN_SAMPLES) + 4
 
     streams["extra"]["proportin"] = 0.5
     with pytest.raises(
@@ -199,14 +205,22 @@ def test_text_loader_is_registered() -> None:
     assert registry.dataloaders.get("text") is build_text_dataloader
 
 
-def test_print_samples_decodes_with_a_tokenizer(
-    tmp_path: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_sample_texts_decodes_with_a_tokenizer(tmp_path: Path, tokenizer_dir: Path) -> None:
     write_samples(
         tmp_path / "mds" / "val", {"text": "str"}, [{"text": "hello world"}, {"text": "x = 1"}]
     )
-    print_samples(str(tmp_path / "mds"), "val", str(tokenizer_dir), 32)
-    assert capsys.readouterr().out.splitlines()[1::2] == ["hello world", "x = 1"]
+    lines = list(sample_texts(str(tmp_path / "mds"), "val", str(tokenizer_dir), 32))
+    assert lines[1::2] == ["hello world", "x = 1"]
+
+
+def test_preview_command_prints_headers_and_texts(
+    tmp_path: Path, tokenizer_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_samples(tmp_path / "mds" / "val", {"text": "str"}, [{"text": "hello world"}])
+    argv = ["--local_path", str(tmp_path / "mds"), "--tokenizer", str(tokenizer_dir)]
+    assert preview_main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "hello world" and out[0].startswith("--- ") and out[0].endswith(" tokens ---")
 
 
 # --- Streaming features: remote cache, stream mixtures, shuffling, worker options, bad shards ---
@@ -297,7 +311,10 @@ def test_stream_proportions_set_each_streams_share_of_the_epoch(
         )
     )
     assert isinstance(section, dict)
-    spec = build_dataloader_from_section("train_loader", section, tokenizer, 4)  # type: ignore[arg-type]
+    # OmegaConf types a container's keys as any YAML key; this section's are all strings.
+    spec = build_dataloader_from_section(
+        "train_loader", cast(dict[str, Any], section), tokenizer, 4
+    )
     ids = [int(i) for batch in spec.dataloader for i in batch["input_ids"][:, 0]]
 
     small = [i for i in ids if i < 2000]

@@ -33,7 +33,9 @@ REASON_REQUIRED = ("norun",)
 CHECKED_LANGUAGES = ("python", "yaml", "json")
 PLAIN_LANGUAGES = ("text",)
 # Repository files a command may name: scripts and configs under these folders.
-REPO_PATH = re.compile(r"(?<![\w/.-])((?:scripts|mcli|llmfoundry)/[\w./-]*\.(?:py|ya?ml))\b")
+REPO_PATH = re.compile(
+    r"(?<![\w/.-])((?:scripts|mcli|llmfoundry|benchmarks)/[\w./-]*\.(?:py|ya?ml))\b"
+)
 
 
 @dataclass(frozen=True)

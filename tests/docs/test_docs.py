@@ -8,10 +8,10 @@ Any other block fails the test.
 
 How the runnable blocks run (``test_runnable_blocks_run``, one test per document):
 
-* each document gets a sandbox folder laid out like the repository root: copies of ``scripts/``
-  and ``mcli/``, links to ``llmfoundry/`` and ``scripts/eval/local_data/``, and a copy of a
-  ``demo_out/`` made by the demo's own code (``run_demo``, on a small corpus, two batches),
-  which is what `make demo` leaves behind and what the READMEs' examples start from;
+* each document gets a sandbox folder laid out like the repository root: copies of ``scripts/``,
+  ``mcli/`` and ``benchmarks/``, links to ``llmfoundry/`` and ``scripts/eval/local_data/``, and a
+  copy of a ``demo_out/`` made by the demo's own code (``run_demo``, on a small corpus, two
+  batches), which is what `make demo` leaves behind and what the READMEs' examples start from;
 * its blocks run in document order, each as ``bash -c 'set -euo pipefail; <block>'`` with the
   sandbox as working directory (so later blocks see what earlier ones wrote), standard input
   empty (``hf_chat.py`` sees end of input and exits), offline (``HF_HUB_OFFLINE=1``, ...), with
@@ -54,6 +54,7 @@ DOCS = (
     "scripts/eval/README.md",
     "scripts/inference/README.md",
     "mcli/README.md",
+    "benchmarks/README.md",
 )
 BLOCK_TIMEOUT_S = 300
 OUTPUT_TAIL_LINES = 60
@@ -136,7 +137,7 @@ def make_sandbox(folder: Path, demo_out: Path) -> Path:
     # Copies, so that what a block writes stays in the sandbox; links for what no block writes to
     # (the package, and the eval data folder, which may hold gigabytes of downloaded benchmarks).
     ignore = shutil.ignore_patterns("__pycache__", "local_data")
-    for name in ("scripts", "mcli"):
+    for name in ("scripts", "mcli", "benchmarks"):
         shutil.copytree(ROOT / name, folder / name, ignore=ignore)
     (folder / "scripts/eval/local_data").symlink_to(ROOT / "scripts/eval/local_data")
     (folder / "llmfoundry").symlink_to(ROOT / "llmfoundry")

@@ -1,4 +1,5 @@
-"""Shared pieces of the ICL tests: a tiny seeded MPT, JSONL writing, hand scoring, Composer eval."""
+"""Shared pieces of the ICL tests: JSONL writing, hand scoring, Composer eval (the tiny MPT is
+:mod:`tests.fixtures`' ``tiny_text_mpt``)."""
 
 from __future__ import annotations
 
@@ -19,26 +20,11 @@ from llmfoundry.eval import build_icl_evaluators
 from llmfoundry.eval.datasets import ICLDataset
 from llmfoundry.eval.metrics import cut_generation, normalize_answer
 from llmfoundry.eval.prompts import needs_prefix_space
-from llmfoundry.models.hf import ComposerMPTCausalLM
+from tests.fixtures import TEXT_MPT, tiny_text_mpt
 
-TINY_MPT = {
-    "d_model": 64,
-    "n_heads": 4,
-    "n_layers": 2,
-    "expansion_ratio": 2,
-    "max_seq_len": 64,
-    "vocab_size": 512,
-    "attn_config": {"attn_impl": "torch"},
-}
-
-
-def tiny_mpt(
-    tokenizer: PreTrainedTokenizerBase, seed: int = 0, **overrides: Any
-) -> ComposerMPTCausalLM:
-    """A randomly initialized 2-layer MPT (seeded), in eval mode; ``overrides`` replace any of
-    ``TINY_MPT``'s keys."""
-    torch.manual_seed(seed)
-    return ComposerMPTCausalLM(tokenizer=tokenizer, **{**TINY_MPT, **overrides}).eval()
+# Kept under their old names for the tests that import them from here.
+TINY_MPT = TEXT_MPT
+tiny_mpt = tiny_text_mpt
 
 
 def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any] | str]) -> str:

@@ -33,8 +33,9 @@ from llmfoundry.eval.code_sandbox import (
 from llmfoundry.eval.sources import ICLRow
 from llmfoundry.utils.config_utils import EvalConfig
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
+from tests.fixtures import tiny_text_mpt
 
-from .helpers import run_eval, tiny_mpt, write_jsonl
+from .helpers import run_eval, write_jsonl
 
 SLEEP_MARKER = "987.654321"
 
@@ -390,7 +391,7 @@ COMPLETIONS = {
 def test_pass_at_1_through_composer_eval(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = tiny_mpt(tokenizer)
+    model = tiny_text_mpt(tokenizer)
     calls: list[dict[str, Any]] = []
 
     def fake_generate(input_ids: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -422,5 +423,5 @@ def test_real_sampling_runs_through_the_metric(
     # checking them all goes through transformers' generate and Composer without error.
     task = _task(write_jsonl(tmp_path / "code.jsonl", ROWS[:2]), generations_per_sample=2)
     evaluators, keys = build_icl_evaluators([task], tokenizer, 64, 2, allow_code_eval=True)
-    results = run_eval(tiny_mpt(tokenizer), evaluators)
+    results = run_eval(tiny_text_mpt(tokenizer), evaluators)
     assert 0.0 <= results[keys[0]] <= 1.0

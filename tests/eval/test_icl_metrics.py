@@ -15,7 +15,7 @@ from llmfoundry.eval import (
     build_icl_evaluators,
 )
 from llmfoundry.models.hf import ComposerHFCausalLM, ComposerMPTCausalLM
-from tests.command_utils.tiny_models import save_llama
+from tests.fixtures import tiny_text_mpt
 
 from .helpers import (
     all_tokens_are_argmax,
@@ -23,7 +23,6 @@ from .helpers import (
     exact_match,
     greedy_text,
     run_eval,
-    tiny_mpt,
     write_jsonl,
 )
 
@@ -33,7 +32,7 @@ SEQ = 64
 
 @pytest.fixture(scope="module")
 def model(tokenizer: PreTrainedTokenizerBase) -> ComposerMPTCausalLM:
-    return tiny_mpt(tokenizer)
+    return tiny_text_mpt(tokenizer)
 
 
 def _evaluate(model, tokenizer, task: dict, batch_size: int) -> dict[str, float]:
@@ -265,10 +264,10 @@ def test_generation_exact_match_matches_the_models_greedy_output(
 
 
 def test_hf_causal_lm_carries_the_icl_metrics(
-    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+    tmp_path: Path, llama_dir: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
     # A tiny Llama through ComposerHFCausalLM: multiple choice and generation, bs 2 (padded).
-    model = ComposerHFCausalLM(tokenizer, str(save_llama(tmp_path / "llama"))).eval()
+    model = ComposerHFCausalLM(tokenizer, str(llama_dir)).eval()
     mc_expected = _mc_expected(model, tokenizer, length_normalized=True)
     contexts = ["Q: what is loaded?", "Q: which module?", "Q: sorted by?"]
     qa_rows = [

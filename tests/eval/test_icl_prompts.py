@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pytest
-from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
-from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
-from llmfoundry.eval.datasets import ICLDataset
+from llmfoundry.eval.datasets import ICLDataset, LanguageModelingDataset
+from llmfoundry.eval.generation import GenerationWithAnswersDataset
 from llmfoundry.eval.prompts import fewshot_indices, needs_prefix_space
 from llmfoundry.eval.sources import ICLRow
+from tests.fixtures import save_metaspace_tokenizer
 
+DatasetT = TypeVar("DatasetT", bound=ICLDataset)
 LM_ROWS = [
     {"context": "The sky is ", "continuation": "blue"},
     {"context": " Grass is\n", "continuation": " green "},
@@ -59,6 +61,32 @@ def _dataset(
     dataset = registry.icl_datasets.get(task_type)(icl_rows, tokenizer, kw.pop("seq", 256), **kw)
     assert isinstance(dataset, ICLDataset)
     return dataset
+
+
+def _typed_dataset(
+    kind: type[DatasetT],
+    task_type: str,
+    rows: list[dict[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    **kw: Any,
+) -> DatasetT:
+    """``_dataset(task_type, ...)``, checked to be a ``kind`` (whose own fields are read)."""
+    dataset = _dataset(task_type, rows, tokenizer, **kw)
+    assert isinstance(dataset, kind)
+    return dataset
+
+
+def _lm_dataset(
+    rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, **kw: Any
+) -> LanguageModelingDataset:
+    return _typed_dataset(LanguageModelingDataset, "language_modeling", rows, tokenizer, **kw)
+
+
+def _generation_dataset(
+    rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, **kw: Any
+) -> GenerationWithAnswersDataset:
+    kind = GenerationWithAnswersDataset
+    return _typed_dataset(kind, "generation_task_with_answers", rows, tokenizer, **kw)
 
 
 def test_fewshot_draws_are_llm_foundrys() -> None:
@@ -106,14 +134,14 @@ def test_language_modeling_prompts(tokenizer: PreTrainedTokenizerBase) -> None:
 
 
 def test_prompt_is_tokenized_as_preamble_then_context(tokenizer: PreTrainedTokenizerBase) -> None:
-    dataset = _dataset("language_modeling", LM_ROWS, tokenizer, num_fewshot=1)
+    dataset = _lm_dataset(LM_ROWS, tokenizer, num_fewshot=1)
     preamble, contexts, _ = dataset.prompt_texts(2)
     assert preamble == "The sky is blue"  # the first shot has no delimiter before it
     expected_context = (
         tokenizer(preamble)["input_ids"]
         + tokenizer(contexts[0], add_special_tokens=False)["input_ids"]
     )
-    [(context_ids, continuation_ids)] = dataset.encoded[2]  # type: ignore[attr-defined]
+    [(context_ids, continuation_ids)] = dataset.encoded[2]
     assert context_ids == expected_context
     assert continuation_ids == tokenizer(" white", add_special_tokens=False)["input_ids"]
 
@@ -158,8 +186,7 @@ def test_schema_prompts(tokenizer: PreTrainedTokenizerBase) -> None:
 
 
 def test_generation_prompts_and_answers(tokenizer: PreTrainedTokenizerBase) -> None:
-    dataset = _dataset(
-        "generation_task_with_answers",
+    dataset = _generation_dataset(
         QA_ROWS,
         tokenizer,
         num_fewshot=2,
@@ -173,12 +200,11 @@ def test_generation_prompts_and_answers(tokenizer: PreTrainedTokenizerBase) -> N
     )
     assert dataset.prompt_texts(0)[2] == ["Paris", "paris"]
     longest = max(len(tokenizer(a)["input_ids"]) for a in ("Paris", "paris", " Rome ", "Madrid"))
-    assert dataset.generation_kwargs["max_new_tokens"] == longest  # type: ignore[attr-defined]
+    assert dataset.generation_kwargs["max_new_tokens"] == longest
 
 
 def test_chain_of_thought_prompts(tokenizer: PreTrainedTokenizerBase) -> None:
-    dataset = _dataset(
-        "generation_task_with_answers",
+    dataset = _generation_dataset(
         COT_ROWS,
         tokenizer,
         num_fewshot=1,
@@ -192,53 +218,33 @@ def test_chain_of_thought_prompts(tokenizer: PreTrainedTokenizerBase) -> None:
     responses = [f"{r['chain_of_thought']} #### {r['answer']}" for r in COT_ROWS]
     longest = max(len(tokenizer(r)["input_ids"]) for r in responses)
     # Ten tokens of room for a longer chain of thought.
-    assert dataset.generation_kwargs["max_new_tokens"] == longest + 10  # type: ignore[attr-defined]
+    assert dataset.generation_kwargs["max_new_tokens"] == longest + 10
 
 
 def test_prompts_are_cut_from_the_left(tokenizer: PreTrainedTokenizerBase) -> None:
     rows = [{"context": "word " * 80 + "end", "continuation": "done"}, *LM_ROWS[1:]]
-    dataset = _dataset("language_modeling", rows, tokenizer, seq=24)
-    [(context_ids, continuation_ids)] = dataset.encoded[0]  # type: ignore[attr-defined]
+    dataset = _lm_dataset(rows, tokenizer, seq=24)
+    [(context_ids, continuation_ids)] = dataset.encoded[0]
     assert len(context_ids) + len(continuation_ids) == 24
     assert continuation_ids == tokenizer(" done", add_special_tokens=False)["input_ids"]
     assert str(tokenizer.decode(context_ids)).endswith("word end")
 
 
-def _metaspace_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
-    """A SentencePiece-like tokenizer: words start with '▁', a BOS is added, ' a' is 2 tokens."""
-    model = Tokenizer(models.BPE(unk_token="<unk>"))
-    model.normalizer = normalizers.Sequence(
-        [normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")]
-    )
-    model.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.Strip(" ", 1, 0)])
-    text = [" ".join(r["context"] + " " + r["continuation"] for r in LM_ROWS)] * 20
-    model.train_from_iterator(
-        text, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"])
-    )
-    model.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", 1)]
-    )
-    model.save(str(folder / "tokenizer.json"))
-    return PreTrainedTokenizerFast(
-        tokenizer_file=str(folder / "tokenizer.json"),
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-    )
-
-
 def test_sentencepiece_style_tokenizers_get_no_prefix_space_and_a_bos(tmp_path: Path) -> None:
-    tokenizer = _metaspace_tokenizer(tmp_path)
+    # A SentencePiece-like tokenizer (words start with '▁', a BOS is added) trained on the rows.
+    text = [" ".join(r["context"] + " " + r["continuation"] for r in LM_ROWS)] * 20
+    tokenizer = save_metaspace_tokenizer(tmp_path, text)
+    assert isinstance(tokenizer.bos_token_id, int)
     assert not needs_prefix_space(tokenizer)
-    dataset = _dataset("language_modeling", LM_ROWS, tokenizer, num_fewshot=1)
+    dataset = _lm_dataset(LM_ROWS, tokenizer, num_fewshot=1)
     preamble, contexts, continuations = dataset.prompt_texts(0)
     assert (preamble, contexts, continuations) == ("Coal is black", ["\nThe sky is"], ["blue"])
-    [(context_ids, _)] = dataset.encoded[0]  # type: ignore[attr-defined]
+    [(context_ids, _)] = dataset.encoded[0]
     assert context_ids[0] == tokenizer.bos_token_id  # the preamble keeps its special tokens
     assert context_ids.count(tokenizer.bos_token_id) == 1  # the context adds none
     # Zero-shot: the preamble is just the BOS.
-    zero = _dataset("language_modeling", LM_ROWS, tokenizer)
-    [(zero_ids, _)] = zero.encoded[0]  # type: ignore[attr-defined]
+    zero = _lm_dataset(LM_ROWS, tokenizer)
+    [(zero_ids, _)] = zero.encoded[0]
     assert zero_ids[0] == tokenizer.bos_token_id
     assert zero_ids[1:] == tokenizer("The sky is", add_special_tokens=False)["input_ids"]
 

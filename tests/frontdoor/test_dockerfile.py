@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from llmfoundry.inference.serve import ServeConfig
+from llmfoundry.inference.serve import ModelSource, ServeConfig
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -239,7 +239,7 @@ def test_healthcheck_probes_the_endpoint_health_route(final: Stage) -> None:
     checks = final.args_of("HEALTHCHECK")
     assert len(checks) == 1 and checks[0].upper() != "NONE", checks
     assert "/health" in checks[0] and "SERVE_PORT" in checks[0]
-    port = ServeConfig(model_path="unused").port
+    port = ServeConfig(ModelSource("unused")).port
     assert final.env()["SERVE_PORT"] == str(port)
     assert str(port) in final.args_of("EXPOSE")
     serve_sources = (REPO / "llmfoundry" / "inference").glob("serve*.py")

@@ -77,18 +77,22 @@ def read_wandb_records(path: Path) -> Iterator[bytes]:
 
 def wandb_history(path: Path) -> list[dict[str, Any]]:
     """The history rows (``wandb.log`` calls) of an offline run file."""
+    from google.protobuf import json_format
+    from google.protobuf.message import Message
     from wandb.proto import wandb_internal_pb2
 
+    # protoc's classes are built when the module runs: no stub names them, so look it up.
+    record_class: type[Message] = vars(wandb_internal_pb2)["Record"]
     rows = []
     for raw in read_wandb_records(path):
-        # Generated protobuf classes are invisible to the type checker.
-        record = wandb_internal_pb2.Record()  # pyright: ignore[reportAttributeAccessIssue]
+        record = record_class()
         record.ParseFromString(raw)
         if record.WhichOneof("record_type") == "history":
+            fields = json_format.MessageToDict(record, preserving_proto_field_name=True)
             rows.append(
                 {
-                    item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                    for item in record.history.item
+                    item.get("key") or "/".join(item["nested_key"]): json.loads(item["value_json"])
+                    for item in fields["history"]["item"]
                 }
             )
     return rows

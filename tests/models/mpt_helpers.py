@@ -1,5 +1,7 @@
-"""Tiny MPT configs, models and batches shared by the model tests, incremental decoding, and
-config.json files in the layouts of LLM Foundry 0.22's export and of ``mosaicml/mpt-7b``."""
+"""Batches, comparisons and incremental decoding shared by the model tests, and config.json files
+in the layouts of LLM Foundry 0.22's export and of ``mosaicml/mpt-7b``. The tiny MPT builders
+(``tiny_config``, ``tiny_model``, ``randomize``, ``clone_with``) live in :mod:`tests.fixtures`;
+they are re-exported here for the tests that import them from this module."""
 
 from __future__ import annotations
 
@@ -9,56 +11,18 @@ import torch
 from transformers.cache_utils import Cache
 
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
+from tests.fixtures import MPT_VOCAB
+from tests.fixtures import clone_with as clone_with
+from tests.fixtures import randomize as randomize
+from tests.fixtures import tiny_config as tiny_config
+from tests.fixtures import tiny_model as tiny_model
 
-VOCAB_SIZE = 128
+VOCAB_SIZE = MPT_VOCAB
 PAD_ID = 0
 AUTO_MAP = {
     "AutoConfig": "configuration_mpt.MPTConfig",
     "AutoModelForCausalLM": "modeling_mpt.MPTForCausalLM",
 }
-
-
-def tiny_config(attn_config: dict[str, Any] | None = None, **overrides: Any) -> MPTConfig:
-    """A 2-layer, d_model 32 MPT config; ``overrides`` replace any field."""
-    fields: dict[str, Any] = {
-        "d_model": 32,
-        "n_heads": 4,
-        "n_layers": 2,
-        "expansion_ratio": 2,
-        "max_seq_len": 64,
-        "vocab_size": VOCAB_SIZE,
-        "attn_config": {"attn_impl": "torch", **(attn_config or {})},
-    }
-    fields.update(overrides)
-    return MPTConfig(**fields)
-
-
-@torch.no_grad()
-def randomize(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> torch.nn.Module:
-    """Move every parameter away from its init (norm weights off 1, biases off 0).
-
-    Fresh norms are exactly 1/0, which would hide a bug that drops or misplaces a norm's weight
-    or bias; larger weights also make greedy generation less repetitive.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    for param in model.parameters():
-        param.add_(torch.randn(param.shape, generator=generator) * scale)
-    return model
-
-
-def tiny_model(config: MPTConfig, seed: int = 0) -> MPTForCausalLM:
-    """An eval-mode ``MPTForCausalLM`` with seeded, randomized weights."""
-    torch.manual_seed(seed)
-    model = MPTForCausalLM(config).eval()
-    randomize(model, seed)
-    return model
-
-
-def clone_with(model: MPTForCausalLM, config: MPTConfig) -> MPTForCausalLM:
-    """A model built from ``config`` carrying ``model``'s weights (e.g. another attn_impl)."""
-    other = MPTForCausalLM(config).eval()
-    other.load_state_dict(model.state_dict())
-    return other
 
 
 def random_ids(batch: int, seq_len: int, seed: int = 0) -> torch.Tensor:

@@ -25,6 +25,7 @@ from transformers import (
 
 from llmfoundry.command_utils.convert_composer_to_hf import check_model_generates
 from llmfoundry.inference.generate import load_model_and_tokenizer
+from llmfoundry.inference.options import ModelSource
 from llmfoundry.models.hf import ComposerHFCausalLM
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.models.hf.loading import register_auto_classes
@@ -92,7 +93,7 @@ def test_foreign_code_needs_the_flag_in_every_loader(foreign: Path) -> None:
     with pytest.raises(ConfigError, match=r"my_custom_lm.*set model\.trust_remote_code: true"):
         ComposerHFCausalLM(None, str(foreign))
     with pytest.raises(ConfigError, match=r"--name_or_path=.*add --trust_remote_code"):
-        load_model_and_tokenizer(str(foreign))
+        load_model_and_tokenizer(ModelSource(str(foreign)))
     with pytest.raises(ConfigError, match=r"pass --trust_remote_code"):
         check_model_generates(str(foreign), is_adapter=False, trust_remote_code=False)
 

@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from composer import Trainer
 from composer.loggers import InMemoryLogger
 from composer.metrics.nlp import LanguageCrossEntropy
-from torch.utils.data import DataLoader
 
 from llmfoundry.models.hf import ComposerMPTCausalLM
 from llmfoundry.models.mpt import MPTForCausalLM, modeling_mpt
 from llmfoundry.models.mpt.cross_entropy import chunked_lm_cross_entropy
-from tests.models.mpt_helpers import random_ids, randomize, tiny_config
+from tests.fixtures import composer_mpt, row_loader, tiny_config, tiny_model
+from tests.models.mpt_helpers import random_ids
 
 TOKENS, D_MODEL, VOCAB = 40, 16, 96
 ATOL = RTOL = 1e-5  # fp32 equality, as the issue asks
@@ -201,8 +201,7 @@ def _loss_and_grads(
 def test_model_fused_loss_matches_torch_loss_for_tied_and_untied_heads(
     overrides: dict[str, Any],
 ) -> None:
-    torch.manual_seed(0)
-    model = cast(MPTForCausalLM, randomize(MPTForCausalLM(tiny_config(**overrides)).eval()))
+    model = tiny_model(tiny_config(**overrides))
     batch = _batch()
     torch_out, torch_grads = _loss_and_grads(model, batch, "torch")
     fused_out, fused_grads = _loss_and_grads(model, batch, "fused")
@@ -297,8 +296,7 @@ def test_train_metrics_from_fused_outputs_equal_those_from_logits(extra_metric: 
 
 
 def _fit(loss_fn: str) -> InMemoryLogger:
-    torch.manual_seed(0)
-    model = ComposerMPTCausalLM(loss_fn=loss_fn, **TINY)
+    model = composer_mpt(TINY, loss_fn=loss_fn)
     rows = [
         {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
         for ids in random_ids(8, 32, seed=1)
@@ -306,7 +304,7 @@ def _fit(loss_fn: str) -> InMemoryLogger:
     logger = InMemoryLogger()
     trainer = Trainer(
         model=model,
-        train_dataloader=DataLoader(rows, batch_size=4),  # pyright: ignore[reportArgumentType]
+        train_dataloader=row_loader(rows, batch_size=4),
         max_duration="3ba",
         device_train_microbatch_size=2,
         optimizers=torch.optim.AdamW(model.parameters(), lr=1e-3),

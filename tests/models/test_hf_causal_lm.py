@@ -35,10 +35,8 @@ from llmfoundry.utils.exceptions import (
     MissingFileError,
     UserError,
 )
-from tests.command_utils.tiny_models import save_llama
-from tests.models.mpt_helpers import tiny_config, tiny_model
+from tests.fixtures import VOCAB, row_loader, save_llama, tiny_config, tiny_model
 
-VOCAB = 512  # the tokenizer fixture's size
 LORA_WQKV = {
     "peft_type": "LORA",
     "task_type": "CAUSAL_LM",
@@ -74,12 +72,6 @@ def mpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, MPTForCausalLM]
     """A tiny MPT exported with its code, and the model it was saved from."""
     folder = tmp_path_factory.mktemp("mpt") / "model"
     return folder, _save_mpt(folder)
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Llama (hidden 32, 2 layers, GQA) saved with ``save_pretrained``."""
-    return save_llama(tmp_path_factory.mktemp("llama") / "model")
 
 
 def test_remote_code_mpt_loads_with_the_same_logits_and_loss(
@@ -275,13 +267,13 @@ def test_lora_on_llama_trains_only_the_adapter(
     assert set(model.state_dict()) == {f"{name}" for name in trainable}
 
 
-def _fixed_batches(n_rows: int = 4, seq_len: int = 32) -> DataLoader:
+def _fixed_batches(n_rows: int = 4, seq_len: int = 32) -> DataLoader[dict[str, torch.Tensor]]:
     ids = _ids(n_rows, seq_len, seed=1)
     rows = [
         {"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()}
         for row in ids
     ]
-    return DataLoader(rows, batch_size=n_rows)  # pyright: ignore[reportArgumentType]
+    return row_loader(rows, batch_size=n_rows)
 
 
 def test_lora_finetune_of_mpt_wqkv_trains_and_saves_a_peft_adapter(

@@ -16,7 +16,6 @@ from llmfoundry.data.finetuning import build_finetuning_dataloader
 from llmfoundry.models.hf.hf_t5 import ComposerHFT5
 from llmfoundry.utils.exceptions import ConfigError
 from tests.command_utils.conftest import train_in_memory
-from tests.command_utils.tiny_models import save_llama
 
 EOS, PAD, X = 0, 1, -100
 YAML = Path(__file__).resolve().parents[2] / "scripts/train/yamls/finetune/t5-small_dolly_sft.yaml"
@@ -108,11 +107,10 @@ def test_the_wrapper_is_registered_and_its_loss_is_the_targets_cross_entropy(
 
 
 def test_a_decoder_only_model_is_refused(
-    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+    llama_dir: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    save_llama(tmp_path / "llama")
     with pytest.raises(ConfigError, match=r"is not an encoder-decoder model .*use hf_causal_lm"):
-        ComposerHFT5(tokenizer, str(tmp_path / "llama"))
+        ComposerHFT5(tokenizer, str(llama_dir))
 
 
 @pytest.mark.slow  # a Composer Trainer run: ~10 s on 2 CPU cores

@@ -14,19 +14,20 @@ import torch
 from composer.models import HuggingFaceModel
 from transformers import PreTrainedTokenizerBase
 
+from llmfoundry.eval.metrics import (
+    ICL_METRICS,
+    InContextLearningLMAccuracy,
+    InContextLearningMultipleChoiceAccuracy,
+    continuation_log_likelihoods,
+)
 from llmfoundry.inference.chat_template import render_chat
+from llmfoundry.inference.options import ModelSource
 from llmfoundry.inference.serve import (
     RunningServer,
     ServeConfig,
     ServedModel,
     load_served_model,
     start_server,
-)
-from llmfoundry.eval.metrics import (
-    ICL_METRICS,
-    InContextLearningLMAccuracy,
-    InContextLearningMultipleChoiceAccuracy,
-    continuation_log_likelihoods,
 )
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.models.inference_api import (
@@ -52,13 +53,14 @@ def served(
     """A tiny MPT (context 256, room for a chat prompt) exported and loaded for serving."""
     model = tiny_model(tiny_config(vocab_size=len(tokenizer), d_model=64, max_seq_len=256))
     folder = save_mpt_as_hf(model, tokenizer, tmp_path_factory.mktemp("api") / NAME, "fp32")
-    return load_served_model(ServeConfig(str(folder), trust_remote_code=True, device="cpu"))
+    return load_served_model(ModelSource(str(folder), trust_remote_code=True, device="cpu"))
 
 
 @pytest.fixture(scope="module")
 def server(served: ServedModel) -> Iterator[RunningServer]:
     folder = str(served.model.name_or_path)
-    config = ServeConfig(folder, port=0, trust_remote_code=True, device="cpu", access_log=False)
+    source = ModelSource(folder, trust_remote_code=True, device="cpu")
+    config = ServeConfig(source, port=0, access_log=False)
     running = start_server(config, served)
     yield running
     running.stop()

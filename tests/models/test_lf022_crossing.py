@@ -28,6 +28,7 @@ from llmfoundry.inference.generate import (
     generate_from_pretrained,
     load_model_and_tokenizer,
 )
+from llmfoundry.inference.options import ModelSource, Sampling
 from llmfoundry.models.hf import ComposerHFCausalLM
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
@@ -197,7 +198,7 @@ def test_learned_positions_load_in_our_loaders_with_one_log_line(
     ids = _ids()
     loaders: dict[str, Callable[[], Any]] = {
         "ComposerHFCausalLM": lambda: ComposerHFCausalLM(None, str(folder)).model,
-        "load_model_and_tokenizer": lambda: load_model_and_tokenizer(str(folder))[0],
+        "load_model_and_tokenizer": lambda: load_model_and_tokenizer(ModelSource(str(folder)))[0],
     }
     for loader_name, load in loaders.items():
         caplog.clear()
@@ -229,7 +230,9 @@ def test_greedy_generation_from_a_lf022_folder_equals_our_model(
     left_padded = build_tokenizer(str(tokenizer_dir))
     left_padded.padding_side = "left"
     expected = [g.continuation for g in generate(reference, left_padded, PROMPTS, 8)]
-    run = generate_from_pretrained(str(folder), PROMPTS, 8, device="cpu", warmup=False)
+    run = generate_from_pretrained(
+        ModelSource(str(folder), device="cpu"), PROMPTS, Sampling(max_new_tokens=8), warmup=False
+    )
     assert [g.continuation for g in run.generations] == expected
     assert all(expected), "greedy continuations are not empty"
 

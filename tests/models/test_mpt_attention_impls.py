@@ -16,17 +16,9 @@ import torch
 
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
 from llmfoundry.models.mpt.attention import AttentionInputs
+from tests.fixtures import clone_with, tiny_config, tiny_model
 
-from .mpt_helpers import (
-    PAD_ID,
-    assert_close,
-    assert_same_grads,
-    clone_with,
-    full_and_cached_logits,
-    random_ids,
-    tiny_config,
-    tiny_model,
-)
+from .mpt_helpers import PAD_ID, assert_close, assert_same_grads, full_and_cached_logits, random_ids
 
 SEQ_LEN = 24
 GQA = {"attn_type": "grouped_query_attention", "kv_n_heads": 2}

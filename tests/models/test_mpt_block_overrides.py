@@ -9,15 +9,8 @@ import pytest
 import torch
 
 from llmfoundry.models.mpt import MPTConfig, MPTConfigError
-from tests.models.mpt_helpers import (
-    assert_close,
-    clone_with,
-    full_and_cached_logits,
-    generate,
-    random_ids,
-    tiny_config,
-    tiny_model,
-)
+from tests.fixtures import clone_with, tiny_config, tiny_model
+from tests.models.mpt_helpers import assert_close, full_and_cached_logits, generate, random_ids
 
 ROPE = {"rope": True, "rope_impl": "hf"}
 

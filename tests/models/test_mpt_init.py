@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from llmfoundry.models.mpt import MPTForCausalLM
-from tests.models.mpt_helpers import tiny_config
+from tests.fixtures import tiny_config
 
 D_MODEL, N_LAYERS, HIDDEN = 256, 4, 1024
 KAIMING_STD = math.sqrt(2 / D_MODEL)  # kaiming_normal_, fan_in, relu gain

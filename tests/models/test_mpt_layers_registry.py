@@ -22,9 +22,11 @@ from llmfoundry import layers_registry
 from llmfoundry.models.hf.export import write_mpt_folder
 from llmfoundry.models.mpt import MPTConfig, MPTConfigError, MPTForCausalLM
 from llmfoundry.models.mpt.attention import GroupedQueryAttention
+from llmfoundry.models.mpt.fc import mark_residual
 from llmfoundry.models.mpt.ffn import MPTGLU, MPTMLP
 from llmfoundry.models.mpt.norm import LPLayerNorm, LPRMSNorm, RMSNorm, TritonRMSNorm
-from tests.models.mpt_helpers import assert_close, clone_with, random_ids, tiny_model
+from tests.fixtures import clone_with, tiny_model
+from tests.models.mpt_helpers import assert_close, random_ids
 
 PLUGIN_MODULE = "h1_fake_mpt_layers"
 PLUGIN_DIST = "h1-fake-mpt-layers"
@@ -148,9 +150,10 @@ def test_registered_builtins_take_llm_foundry_arguments() -> None:
     ffn = layers_registry.ffns.get("mptglu")(
         d_model=4, expansion_ratio=2, device=None, bias=False, fc_type={"name": "torch"}
     )
+    assert isinstance(ffn, MPTGLU)
     assert ffn.gate_proj.weight.shape == (8, 4) and ffn.up_proj.bias is None
     linear = nn.Linear(3, 2)
-    linear._is_residual = True  # type: ignore[assignment]
+    mark_residual(linear)  # what LLM Foundry code sets by hand: `_is_residual = True`
     handled = layers_registry.module_init_fns.get("fc")(
         linear,
         init_fn_=lambda w: nn.init.constant_(w, 1.0),

@@ -22,14 +22,8 @@ from llmfoundry.models.mpt.attention import AttentionInputs, temperature_scales
 from llmfoundry.models.mpt.norm import TritonRMSNorm
 from llmfoundry.models.mpt.param_init import init_mpt_module
 from llmfoundry.models.mpt.rotary import apply_rotary, rotary_cos_sin, xpos_scale
-from tests.models.mpt_helpers import (
-    assert_close,
-    clone_with,
-    lf022_config_json,
-    random_ids,
-    tiny_config,
-    tiny_model,
-)
+from tests.fixtures import clone_with, tiny_config, tiny_model
+from tests.models.mpt_helpers import assert_close, lf022_config_json, random_ids
 
 BASE: dict[str, Any] = {"d_model": 32, "n_heads": 4, "n_layers": 2, "max_seq_len": 32}
 

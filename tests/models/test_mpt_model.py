@@ -10,18 +10,16 @@ import torch
 from transformers import MptConfig, MptForCausalLM
 
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
+from tests.fixtures import clone_with, tiny_config, tiny_model
 from tests.models.mpt_helpers import (
     PAD_ID,
     VOCAB_SIZE,
     assert_close,
     assert_same_grads,
-    clone_with,
     full_and_cached_logits,
     generate,
     left_pad,
     random_ids,
-    tiny_config,
-    tiny_model,
 )
 
 POSITIONS: dict[str, dict[str, Any]] = {

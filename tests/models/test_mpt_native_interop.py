@@ -19,8 +19,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, MptConfig, MptForCaus
 from llmfoundry.command_utils.convert_composer_to_hf import save_mpt_as_hf
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
 from llmfoundry.models.mpt.configuration_mpt import REMOTE_CODE_MODEL_TYPE
+from tests.fixtures import randomize, tiny_model
 
-from .mpt_helpers import VOCAB_SIZE, assert_close, generate, random_ids, randomize, tiny_model
+from .mpt_helpers import VOCAB_SIZE, assert_close, generate, random_ids
 from .transformers_only import without_llmfoundry_auto_classes
 
 NATIVE_CASES: dict[str, dict[str, Any]] = {

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmfoundry.models.mpt.norm import LPLayerNorm, LPRMSNorm, RMSNorm, build_norm
-from tests.models.mpt_helpers import random_ids, tiny_config, tiny_model
+from tests.fixtures import tiny_config, tiny_model
+from tests.models.mpt_helpers import random_ids
 
 NormT = TypeVar("NormT", bound=nn.Module)
 

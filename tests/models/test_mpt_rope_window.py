@@ -9,17 +9,9 @@ import torch
 
 from llmfoundry.models.mpt import MPTConfig
 from llmfoundry.models.mpt.rotary import apply_rotary, rotary_cos_sin
+from tests.fixtures import clone_with, tiny_config, tiny_model
 
-from .mpt_helpers import (
-    assert_close,
-    clone_with,
-    full_and_cached_logits,
-    generate,
-    left_pad,
-    random_ids,
-    tiny_config,
-    tiny_model,
-)
+from .mpt_helpers import assert_close, full_and_cached_logits, generate, left_pad, random_ids
 
 ROPE = {"rope": True, "rope_theta": 10000}
 POSITION_SCHEMES: dict[str, dict[str, Any]] = {

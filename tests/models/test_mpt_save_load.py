@@ -10,7 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
-from tests.models.mpt_helpers import random_ids, tiny_config, tiny_model
+from tests.fixtures import tiny_config, tiny_model
+from tests.models.mpt_helpers import random_ids
 
 BLOCK_PARAMS_WITH_BIAS = [
     "norm_1.weight",

@@ -20,8 +20,9 @@ from llmfoundry.models.mpt import MPTForCausalLM
 from llmfoundry.models.mpt.attention import GroupedQueryAttention
 from llmfoundry.models.mpt.blocks import MPTBlock
 from llmfoundry.utils.exceptions import ConfigError
+from tests.fixtures import composer_mpt, tiny_config, tiny_model
 
-from .mpt_helpers import VOCAB_SIZE, assert_close, random_ids, tiny_config, tiny_model
+from .mpt_helpers import VOCAB_SIZE, assert_close, random_ids
 
 MODEL_KWARGS: dict[str, Any] = {
     "d_model": 32,
@@ -35,16 +36,22 @@ MODEL_KWARGS: dict[str, Any] = {
 
 
 def _composer_model(**overrides: Any) -> ComposerMPTCausalLM:
-    torch.manual_seed(0)
-    return ComposerMPTCausalLM(**{**MODEL_KWARGS, **overrides})
+    return composer_mpt(MODEL_KWARGS, **overrides)
+
+
+def _mpt_of(composer_model: ComposerMPTCausalLM) -> MPTForCausalLM:
+    """The ``MPTForCausalLM`` inside (Composer types ``.model`` as any HF or peft model)."""
+    model = composer_model.model
+    assert isinstance(model, MPTForCausalLM)
+    return model
 
 
 def test_composer_fsdp2_policy_shards_each_block() -> None:
     composer_model = _composer_model()
     policy = generate_composer_model_policy(composer_model)
-    decide: Any = policy._lambda_fn  # type: ignore[attr-defined]
+    decide: Any = policy._lambda_fn
     wrapped = [m for m in composer_model.modules() if decide(m) is True]
-    blocks = list(composer_model.model.transformer.blocks)  # type: ignore[union-attr]
+    blocks = list(_mpt_of(composer_model).transformer.blocks)
     # The HF model (Composer's direct child) is the root unit; each block is its own unit.
     assert wrapped == [composer_model.model, *blocks]
 
@@ -59,7 +66,7 @@ def test_composer_fsdp2_policy_shards_each_block() -> None:
 )
 def test_activation_checkpointing_targets(target: Any, kind: type[nn.Module]) -> None:
     composer_model = _composer_model()
-    model: MPTForCausalLM = composer_model.model  # type: ignore[assignment]
+    model = _mpt_of(composer_model)
     if target is not None:
         model.activation_checkpointing_target = target
     check = generate_composer_model_check_fn(composer_model)
@@ -77,7 +84,7 @@ def test_bad_activation_checkpointing_target_names_the_choices() -> None:
 def _checkpointed(target: Any, n_layers: int = 6) -> list[tuple[int, str]]:
     """(block index, module class) of every module the target checkpoints."""
     composer_model = _composer_model(n_layers=n_layers, activation_checkpointing_target=target)
-    model: MPTForCausalLM = composer_model.model  # type: ignore[assignment]
+    model = _mpt_of(composer_model)
     check = generate_composer_model_check_fn(composer_model)
     return [
         (index, type(module).__name__)
@@ -193,7 +200,7 @@ def test_compile_blocks_keeps_the_function() -> None:
 
 def test_flops_per_batch_follows_the_published_formula() -> None:
     composer_model = _composer_model()
-    model: MPTForCausalLM = composer_model.model  # type: ignore[assignment]
+    model = _mpt_of(composer_model)
     batch_size, seq_len = 3, 16
     batch = {"input_ids": torch.zeros(batch_size, seq_len, dtype=torch.long)}
     params = sum(p.numel() for p in model.parameters())

@@ -10,7 +10,7 @@ import torch
 from llmfoundry.models.hf.composer_mpt import ComposerMPTCausalLM, keep_meta_for_sharding
 from llmfoundry.models.mpt import MPTForCausalLM
 from llmfoundry.models.mpt.sharded_init import module_name, module_seed
-from tests.models.mpt_helpers import tiny_config
+from tests.fixtures import tiny_config
 from tests.models.test_composer_mpt import TINY
 
 CONFIG = {"tie_word_embeddings": False, "no_bias": False, "n_layers": 3}

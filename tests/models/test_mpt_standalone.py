@@ -11,7 +11,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import llmfoundry.models.mpt as mpt_package
-from tests.models.mpt_helpers import random_ids, tiny_config, tiny_model
+from tests.fixtures import tiny_config, tiny_model
+from tests.models.mpt_helpers import random_ids
 from tests.models.transformers_only import without_llmfoundry_auto_classes
 
 MPT_DIR = Path(mpt_package.__file__).parent

@@ -7,6 +7,7 @@ import json
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import pytest
 import tiktoken
@@ -54,8 +55,18 @@ def encoding(monkeypatch: pytest.MonkeyPatch) -> Iterator[tiktoken.Encoding]:
     yield built
 
 
-def _wrapper(**kwargs: object) -> TiktokenTokenizerWrapper:
-    return TiktokenTokenizerWrapper(encoding_name=ENCODING, **kwargs)  # type: ignore[arg-type]
+class _Options(TypedDict, total=False):
+    """The wrapper's options these tests set."""
+
+    add_bos_token: bool
+    add_eos_token: bool
+    use_default_system_prompt: bool
+    pad_token: str
+    model_max_length: int
+
+
+def _wrapper(**kwargs: Unpack[_Options]) -> TiktokenTokenizerWrapper:
+    return TiktokenTokenizerWrapper(encoding_name=ENCODING, **kwargs)
 
 
 def test_registered_and_built_from_a_tokenizer_section() -> None:

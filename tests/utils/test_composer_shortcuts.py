@@ -15,7 +15,7 @@ from composer.models.huggingface import _is_registered_causal_lm
 from peft import LoraConfig, get_peft_model
 
 from llmfoundry.utils.composer_shortcuts import is_registered_causal_lm
-from tests.models.mpt_helpers import tiny_config, tiny_model
+from tests.fixtures import tiny_config, tiny_model
 
 GPT2 = transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=64, n_positions=32)
 

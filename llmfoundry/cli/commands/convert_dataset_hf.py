@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import NameList, accept_both_spellings
+from llmfoundry.cli.argparsing import NameList, accept_both_spellings, add_converter_flags
 from llmfoundry.utils.cli_utils import run_user_command
 
 DESCRIPTION = "Convert a Hugging Face dataset to MDS, by split."
@@ -20,34 +20,36 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         required=True,
         help="c4, allenai/c4, the_pile, a Hub name, a local path, or json",
     )
-    add("--data_subset", help="subset (config) name; presets: en for c4, all for the_pile")
+    add_converter_flags(
+        parser,
+        "data_subset",
+        data_subset={"help": "subset (config) name; presets: en for c4, all for the_pile"},
+    )
     add(
         "--splits",
         nargs="+",
         action=NameList,
         help="splits to write (presets: train train_small val val_small val_xsmall; others: train)",
     )
-    add("--out_root", required=True, help="output folder; one sub-folder per split")
-    add("--compression", default=None, help="shard compression, e.g. zstd")
-    add("--concat_tokens", type=int, help="tokenize and concatenate into this many tokens")
-    add("--tokenizer", help="tokenizer folder or hub name (needed with --concat_tokens)")
-    add("--tokenizer_kwargs", help="tokenizer options as JSON, e.g. '{\"use_fast\": true}'")
-    add("--bos_text", default="", help="text put before each document")
-    add("--eos_text", default="", help="text put after each document")
-    add("--no_wrap", action="store_true", help="drop a document's tokens past one sample")
-    add(
-        "--num_workers",
-        type=int,
-        help="processes that tokenize (default: one per CPU core; 0 or 1: in this process)",
+    add_converter_flags(
+        parser,
+        "out_root",
+        "compression",
+        "concat_tokens",
+        "tokenizer",
+        "tokenizer_kwargs",
+        "bos_text",
+        "eos_text",
+        "no_wrap",
+        "num_workers",
     )
     add("--text_column", help="column holding the text (default: text)")
-    add(
-        "--data_files",
-        nargs="+",
-        action=NameList,
-        help="data files for a builder name such as json",
+    add_converter_flags(
+        parser,
+        "data_files",
+        "skip_bad_rows",
+        skip_bad_rows={"help": "skip rows without string text (counted)"},
     )
-    add("--skip_bad_rows", action="store_true", help="skip rows without string text (counted)")
     return accept_both_spellings(parser)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import accept_both_spellings
+from llmfoundry.cli.argparsing import accept_both_spellings, add_converter_flags
 from llmfoundry.utils.cli_utils import run_user_command
 
 DESCRIPTION = "Convert JSON-lines files with a 'text' field to MDS."
@@ -16,24 +16,26 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
     add = parser.add_argument
     add("--path", required=True, help="a JSON-lines file or a folder of them")
-    add("--out_root", required=True, help="output folder for the MDS files (e.g. my-data/train)")
-    add("--split", default="train", help="input split to read (JSON-lines: train)")
-    add("--concat_tokens", type=int, help="tokenize and concatenate into this many tokens")
-    add("--tokenizer", help="tokenizer folder or hub name (needed with --concat_tokens)")
-    add("--bos_text", default="", help="text put before each document")
-    add("--eos_text", default="", help="text put after each document")
-    add("--no_wrap", action="store_true", help="drop a document's tokens past one sample")
-    add("--compression", default=None, help="shard compression, e.g. zstd")
-    add(
-        "--num_workers",
-        type=int,
-        default=None,
-        help="processes that tokenize (default: one per CPU core; 0 or 1: in this process)",
+    add_converter_flags(
+        parser,
+        "out_root",
+        out_root={"help": "output folder for the MDS files (e.g. my-data/train)"},
     )
-    add(
-        "--skip_bad_rows",
-        action="store_true",
-        help="skip rows that are not UTF-8 JSON objects with a string 'text' field (counted in the summary)",
+    add("--split", default="train", help="input split to read (JSON-lines: train)")
+    add_converter_flags(
+        parser,
+        "concat_tokens",
+        "tokenizer",
+        "bos_text",
+        "eos_text",
+        "no_wrap",
+        "compression",
+        "num_workers",
+        "skip_bad_rows",
+        skip_bad_rows={
+            "help": "skip rows that are not UTF-8 JSON objects with a string 'text' field "
+            "(counted in the summary)"
+        },
     )
     return accept_both_spellings(parser)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import NameList, accept_both_spellings
+from llmfoundry.cli.argparsing import NameList, accept_both_spellings, add_converter_flags
 from llmfoundry.utils.cli_utils import parse_bool, run_user_command
 
 DESCRIPTION = (
@@ -24,7 +24,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="a Hub name, a local dataset folder, a .jsonl file, a folder of <split>.jsonl "
         "files, or json with --data_files",
     )
-    add("--data_subset", help="subset (config) name, if the dataset has several")
+    add_converter_flags(parser, "data_subset")
     add(
         "--splits",
         nargs="+",
@@ -43,22 +43,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="use the rows as they are (prompt/response or messages)",
     )
-    add(
-        "--data_files",
-        nargs="+",
-        action=NameList,
-        help="data files for a builder name such as json",
-    )
-    add("--out_root", required=True, help="output folder; one sub-folder per split")
+    add_converter_flags(parser, "data_files", "out_root")
     add("--local", help="local cache folder when --out_root is remote")
-    add("--compression", default=None, help="shard compression, e.g. zstd")
-    add(
-        "--num_workers",
-        type=int,
-        help="processes that tokenize (default: one per CPU core; 0 or 1: in this process)",
+    add_converter_flags(
+        parser,
+        "compression",
+        "num_workers",
+        "tokenizer",
+        "tokenizer_kwargs",
+        tokenizer={"help": "tokenizer folder or hub name (default: write the examples as text)"},
     )
-    add("--tokenizer", help="tokenizer folder or hub name (default: write the examples as text)")
-    add("--tokenizer_kwargs", help="tokenizer options as JSON, e.g. '{\"use_fast\": true}'")
     add(
         "--max_seq_len",
         type=int,
@@ -88,12 +82,10 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="the data is for an encoder-decoder model: keep every example (needs the default "
         "targets)",
     )
-    add(
-        "--skip_bad_rows",
-        "--skip-bad-rows",
-        dest="skip_bad_rows",
-        action="store_true",
-        help="skip malformed rows (counted in the summary)",
+    add_converter_flags(
+        parser,
+        "skip_bad_rows",
+        skip_bad_rows={"help": "skip malformed rows (counted in the summary)"},
     )
     return accept_both_spellings(parser)
 

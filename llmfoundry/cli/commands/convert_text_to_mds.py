@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import accept_both_spellings, parse_logging_level
+from llmfoundry.cli.argparsing import (
+    accept_both_spellings,
+    add_converter_flags,
+    parse_logging_level,
+)
 from llmfoundry.utils.cli_utils import configure_script_logging, parse_bool, run_user_command
 
 DESCRIPTION = (
@@ -21,13 +25,19 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--input_folder", required=True, help="local folder or URI, searched recursively for *.txt")
     add("--output_folder", required=True, help="local folder or URI for the MDS")
-    add("--compression", default="zstd", help="shard compression (default: zstd)")
-    add("--concat_tokens", type=int, required=True, help="tokens per sample")
-    add("--tokenizer", dest="tokenizer_name", required=True, help="folder or hub name")
-    add("--bos_text", default="", help="text put before each document")
-    add("--eos_text", default="", help="text put after each document")
+    add_converter_flags(
+        parser,
+        "compression",
+        "concat_tokens",
+        "tokenizer",
+        "bos_text",
+        "eos_text",
+        compression={"default": "zstd", "help": "shard compression (default: zstd)"},
+        concat_tokens={"required": True, "help": "tokens per sample"},
+        tokenizer={"dest": "tokenizer_name", "required": True, "help": "folder or hub name"},
+    )
     add("--use_tokenizer_eos", action="store_true", help="use the tokenizer's EOS as eos_text")
-    add("--no_wrap", action="store_true", help="drop a document's tokens past one sample")
+    add_converter_flags(parser, "no_wrap")
     add(
         "--processes",
         type=int,

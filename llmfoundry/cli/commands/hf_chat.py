@@ -6,7 +6,13 @@ import argparse
 from collections.abc import Iterator, Sequence
 
 from llmfoundry.cli.argparsing import accept_both_spellings
-from llmfoundry.cli.generate_flags import add_model_flags, add_sampling_flags, flag_names
+from llmfoundry.cli.generate_flags import (
+    add_model_flags,
+    add_sampling_flags,
+    flag_names,
+    take_model_source,
+    take_sampling,
+)
 from llmfoundry.utils.cli_utils import run_user_command
 
 DESCRIPTION = (
@@ -17,17 +23,14 @@ DESCRIPTION = (
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command's flags (LLM Foundry's names)."""
     parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
-    add_model_flags(parser)
+    max_seq_len_help = (
+        "the longest conversation kept (default: the model's max positions); also sets "
+        "the config's max_seq_len where it has one"
+    )
+    add_model_flags(parser, helps={"max_seq_len": max_seq_len_help})
     add_sampling_flags(parser, max_new_tokens=512, do_sample=True)
     add = parser.add_argument
     add(*flag_names("system_prompt"), default=None)
-    add(
-        *flag_names("max_seq_len"),
-        type=int,
-        default=None,
-        help="the longest conversation kept (default: the model's max positions); also sets "
-        "the config's max_seq_len where it has one",
-    )
     add(
         *flag_names("stop_tokens"),
         default=None,
@@ -51,7 +54,8 @@ def chat(args: argparse.Namespace) -> None:
     """Chat on the terminal until the user quits or input ends."""
     from llmfoundry.inference.chat import chat_from_pretrained
 
-    chat_from_pretrained(lines=typed_lines(), **vars(args))
+    source, sampling = take_model_source(args), take_sampling(args)
+    chat_from_pretrained(source, typed_lines(), sampling, **vars(args))
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

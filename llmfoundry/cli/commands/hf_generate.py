@@ -6,7 +6,14 @@ import argparse
 from collections.abc import Sequence
 
 from llmfoundry.cli.argparsing import accept_both_spellings
-from llmfoundry.cli.generate_flags import add_model_flags, add_sampling_flags, flag_names
+from llmfoundry.cli.generate_flags import (
+    add_model_flags,
+    add_sampling_flags,
+    flag_names,
+    take_model_source,
+    take_sampling,
+    take_sweep,
+)
 from llmfoundry.utils.cli_utils import parse_bool, run_user_command
 
 DESCRIPTION = (
@@ -17,7 +24,7 @@ DESCRIPTION = (
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The command's flags (LLM Foundry's names); the sampling flags take several values."""
     parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
-    add_model_flags(parser, sweep=True)
+    add_model_flags(parser)
     add_sampling_flags(parser, sweep=True)
     add = parser.add_argument
     add(*flag_names("prompts", "-p"), nargs="+", default=["My name is"], help="text, or file::path")
@@ -28,8 +35,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     add(*flag_names("max_batch_size"), type=int, default=None)
     add(*flag_names("warmup"), type=parse_bool, nargs="?", const=True, default=True)
-    add(*flag_names("max_seq_len"), type=int, default=None, help="sets the config's max_seq_len")
-    add(*flag_names("no_repeat_ngram_size"), type=int, nargs="+", default=[0], help="0: off")
     return accept_both_spellings(parser)
 
 
@@ -38,7 +43,10 @@ def generate(args: argparse.Namespace) -> None:
     combination's settings, each prompt with its continuation and each batch's speed."""
     from llmfoundry.inference.generate import generate_sweep
 
-    for point in generate_sweep(**vars(args)):
+    sweep = take_sweep(args)
+    sampling = take_sampling(args)
+    source = take_model_source(args)
+    for point in generate_sweep(source, sampling=sampling, sweep=sweep, **vars(args)):
         settings = ", ".join(f"{name}={value}" for name, value in point.settings.items())
         print(f"settings: {settings}")
         run = point.run

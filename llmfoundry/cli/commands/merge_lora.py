@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import accept_both_spellings
-from llmfoundry.utils.cli_utils import parse_bool, run_user_command
+from llmfoundry.cli.argparsing import accept_both_spellings, add_converter_flags
+from llmfoundry.utils.cli_utils import run_user_command
 
 DESCRIPTION = (
     "Merge a peft LoRA adapter into its base model and save a standalone Hugging Face folder."
@@ -21,7 +21,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add("--adapter", required=True, help="folder written by peft save_pretrained")
     add("--output", required=True, help="the merged model folder to write")
     add("--output_precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    add("--trust_remote_code", type=parse_bool, nargs="?", const=True, default=False)
+    add_converter_flags(parser, "trust_remote_code")
     return accept_both_spellings(parser)
 
 

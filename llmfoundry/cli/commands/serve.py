@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Sequence
 
 from llmfoundry.cli.argparsing import BooleanFlag, accept_both_spellings
-from llmfoundry.cli.generate_flags import MODEL_DTYPE_NAMES
+from llmfoundry.cli.generate_flags import add_model_flags, take_model_source
 from llmfoundry.utils.cli_utils import run_user_command
 
 DESCRIPTION = """Serve a Hugging Face model folder behind an OpenAI-compatible HTTP endpoint.
@@ -19,22 +19,17 @@ Endpoints: /health, /v1/models, /v1/completions, /v1/chat/completions (see
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The command's flags. A flag left out is left out of the namespace too, so that
-    :class:`~llmfoundry.inference.serve.ServeConfig` supplies its default."""
+    """The command's flags: the model flags, then the endpoint's. An endpoint flag left out is
+    left out of the namespace too, so that :class:`~llmfoundry.inference.serve.ServeConfig`
+    supplies its default."""
     parser = argparse.ArgumentParser(
         prog=prog,
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
+    add_model_flags(parser, without=("autocast_dtype",), aliases={"name_or_path": ["--model_path"]})
     add = parser.add_argument
-    add(
-        "--name_or_path",
-        "--model_path",
-        dest="model_path",
-        required=True,
-        help="HF model folder (or hub name)",
-    )
     add("--model_name", help="name requests use (default: the folder's name)")
     add("--host")
     add("--port", type=int, help="0 picks a free port")
@@ -49,9 +44,6 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="require 'Authorization: Bearer <key>' on every route but /health "
         "(default: $LLMFOUNDRY_API_KEY; none: open)",
     )
-    add("--device", help="default: cuda if available, else cpu")
-    add("--model_dtype", choices=list(MODEL_DTYPE_NAMES))
-    add("--trust_remote_code", action=BooleanFlag)
     add("--access_log", action=BooleanFlag)
     return accept_both_spellings(parser)
 
@@ -60,9 +52,10 @@ def run_server(args: argparse.Namespace) -> None:
     """Serve until interrupted; print the URL once the address is bound."""
     from llmfoundry.inference.serve import ServeConfig, resolve_api_key, serve
 
+    source = take_model_source(args)
     settings = vars(args)
     settings["api_key"] = resolve_api_key(settings.get("api_key"))
-    config = ServeConfig(**settings)
+    config = ServeConfig(source, **settings)
     serve(
         config, on_ready=lambda url: print(f"serving '{config.served_name}' on {url}", flush=True)
     )

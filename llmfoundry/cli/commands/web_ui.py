@@ -6,8 +6,8 @@ import argparse
 from collections.abc import Sequence
 
 from llmfoundry.cli.argparsing import accept_both_spellings
-from llmfoundry.cli.generate_flags import MODEL_DTYPE_NAMES
-from llmfoundry.utils.cli_utils import parse_bool, run_user_command
+from llmfoundry.cli.generate_flags import add_model_flags, add_sampling_flags, take_model_source
+from llmfoundry.utils.cli_utils import run_user_command
 
 DESCRIPTION = """Try a model folder in the browser: a Generate tab and a Chat tab (Gradio, works offline).
 
@@ -20,16 +20,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     of the namespace, so that :func:`~llmfoundry.inference.web_ui.serve_web_ui`'s
     defaults apply."""
     parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    add_model_flags(parser, without=("autocast_dtype",))
     add = parser.add_argument
-    add("--name_or_path", required=True, help="model folder or hub name")
-    add("--adapter", default=None, help="a peft LoRA adapter folder to apply")
-    add("--trust_remote_code", type=parse_bool, nargs="?", const=True, default=False)
-    add("--model_dtype", default="fp32", choices=list(MODEL_DTYPE_NAMES))
-    add("--device", default=None, help="default: cuda if available, else cpu")
     add("--host", default=argparse.SUPPRESS, help="0.0.0.0 exposes the page")
     add("--port", type=int, default=None, help="default (or 0): a free port")
     add("--max_new_tokens_limit", type=int, default=argparse.SUPPRESS)
-    add("--seed", type=int, default=42)
+    add_sampling_flags(parser, only=("seed",))
     return accept_both_spellings(parser)
 
 
@@ -38,4 +34,4 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
     args = build_parser(prog).parse_args(argv)
     from llmfoundry.inference.web_ui import serve_web_ui
 
-    return run_user_command(serve_web_ui, **vars(args))
+    return run_user_command(serve_web_ui, take_model_source(args), **vars(args))

@@ -13,18 +13,38 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import datasets
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from llmfoundry.command_utils.data_prep.hf_rows import (
+    check_text_column,
+    iter_rows,
+    load_splits,
+    parse_tokenizer_kwargs,
+    split_place,
+)
+from llmfoundry.command_utils.data_prep.hf_splits import (
+    C4,
+    DEFAULT_SPLITS,
+    PRESET_SPLIT_NAMES,
+    PRESETS,
+    SMALL_SPLITS,
+    THE_PILE,
+    DatasetPreset,
+    SplitPlan,
+    dataset_split,
+    estimated_samples,
+    plan_split,
+    preset_split,
+    preset_splits,
+)
 from llmfoundry.command_utils.data_prep.workers import (
     TokenizerPool,
     resolve_workers,
@@ -46,96 +66,39 @@ from llmfoundry.data.data import (
 )
 from llmfoundry.utils.exceptions import (
     ConfigError,
-    DatasetError,
-    MissingFileError,
-    UserError,
-    did_you_mean,
-    first_line,
 )
 from llmfoundry.utils.file_utils import atomic_directory
 from llmfoundry.utils.tokenizer_utils import converter_tokenizer
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class SplitPlan:
-    """Where one output split comes from.
-
-    Attributes:
-        folder: the output sub-folder (the split name the user asked for, e.g. ``val_small``).
-        hf_split: the dataset's split it is read from (e.g. ``validation``).
-        max_samples: write at most this many samples (a truncated copy), or None for all.
-        raw_rows: the split's row count when known (presets), for the progress bar's total.
-    """
-
-    folder: str
-    hf_split: str
-    max_samples: int | None = None
-    raw_rows: int | None = None
-
-
-@dataclass(frozen=True)
-class DatasetPreset:
-    """What LLM Foundry knows about a pretraining dataset on the Hub.
-
-    Attributes:
-        hub_name: the name given to ``datasets.load_dataset``.
-        default_subset: the subset (config) used when ``--data_subset`` is not given.
-        text_column: the column holding the documents.
-        chars_per_sample: average characters per row, for estimating the samples written.
-        chars_per_token: average characters per token, for the same estimate.
-        splits: the output splits it offers, by name.
-    """
-
-    hub_name: str
-    default_subset: str | None
-    text_column: str
-    chars_per_sample: int
-    chars_per_token: int
-    splits: Mapping[str, SplitPlan]
-
-
-# Truncated copies: the parent split and the number of samples they keep (LLM Foundry's).
-SMALL_SPLITS: dict[str, tuple[str, int]] = {
-    "train_small": ("train", 100_000),
-    "val_small": ("val", 10_000),
-    "val_xsmall": ("val", 3_000),
-}
-PRESET_SPLIT_NAMES = ("train", "train_small", "val", "val_small", "val_xsmall")
-DEFAULT_SPLITS = ("train",)
-
-
-def preset_splits(train_rows: int, val_rows: int) -> dict[str, SplitPlan]:
-    """The five splits of a preset whose Hub splits are ``train`` and ``validation``."""
-    full = {
-        "train": SplitPlan("train", "train", None, train_rows),
-        "val": SplitPlan("val", "validation", None, val_rows),
-    }
-    small = {
-        name: SplitPlan(name, full[parent].hf_split, count, count)
-        for name, (parent, count) in SMALL_SPLITS.items()
-    }
-    return {**full, **small}
-
-
-C4 = DatasetPreset(
-    hub_name="allenai/c4",
-    default_subset="en",
-    text_column="text",
-    chars_per_sample=2163,
-    chars_per_token=4,
-    splits=preset_splits(train_rows=364_868_892, val_rows=364_608),
-)
-THE_PILE = DatasetPreset(
-    hub_name="the_pile",
-    default_subset="all",
-    text_column="text",
-    chars_per_sample=6212,
-    chars_per_token=4,
-    splits=preset_splits(train_rows=210_000_000, val_rows=214_670),
-)
-PRESETS: dict[str, DatasetPreset] = {"allenai/c4": C4, "c4": C4, "the_pile": THE_PILE}
+# The split planning lives in ``hf_splits`` and the row reading in ``hf_rows``; these names stay
+# importable from here.
+__all__ = [
+    "C4",
+    "DEFAULT_SPLITS",
+    "PRESETS",
+    "PRESET_SPLIT_NAMES",
+    "SMALL_SPLITS",
+    "THE_PILE",
+    "DatasetPreset",
+    "SampleOptions",
+    "SplitPlan",
+    "check_sample_options",
+    "check_text_column",
+    "convert_dataset_hf",
+    "convert_split",
+    "dataset_split",
+    "estimated_samples",
+    "iter_rows",
+    "load_splits",
+    "parse_tokenizer_kwargs",
+    "plan_split",
+    "preset_split",
+    "preset_splits",
+    "split_place",
+    "texts_of_rows",
+]
 
 
 @dataclass(frozen=True)
@@ -278,159 +241,6 @@ def check_sample_options(
         raise ConfigError(f"--num_workers must be 0 or more, got {num_workers!r}")
 
 
-def parse_tokenizer_kwargs(tokenizer_kwargs: str | Mapping[str, Any] | None) -> dict[str, Any]:
-    """``--tokenizer_kwargs`` as a dict (it may be given as a JSON object string).
-
-    Raises:
-        ConfigError: if the string is not a JSON object.
-    """
-    if tokenizer_kwargs is None or tokenizer_kwargs == "":
-        return {}
-    if not isinstance(tokenizer_kwargs, str):
-        return dict(tokenizer_kwargs)
-    try:
-        parsed = json.loads(tokenizer_kwargs)
-    except json.JSONDecodeError as err:
-        raise ConfigError(
-            f"--tokenizer_kwargs is not valid JSON ({err.msg}): {tokenizer_kwargs!r}; "
-            "pass a JSON object, e.g. '{\"model_max_length\": 4096}'"
-        ) from err
-    if not isinstance(parsed, dict):
-        raise ConfigError(
-            f"--tokenizer_kwargs must be a JSON object, got {type(parsed).__name__}: "
-            f"{tokenizer_kwargs!r}"
-        )
-    return parsed
-
-
-def preset_split(preset: DatasetPreset, dataset: str, name: str) -> SplitPlan:
-    """The plan of a preset's split.
-
-    Raises:
-        ConfigError: if the preset has no such split (lists the ones it has).
-    """
-    if name not in preset.splits:
-        raise ConfigError(
-            f"--splits: dataset '{dataset}' has no split '{name}'"
-            f"{did_you_mean(name, preset.splits)}; available: {', '.join(preset.splits)}"
-        )
-    return preset.splits[name]
-
-
-def dataset_split(loaded: Mapping[str, Any], dataset: str, name: str) -> SplitPlan:
-    """The plan of an output split of a non-preset dataset.
-
-    A split the dataset has is read whole; ``val`` may be read from ``validation``, as the
-    presets do. ``train_small``, ``val_small`` and ``val_xsmall`` are truncated copies of
-    ``train``/``val`` (as in the presets) when the dataset has no split of that name itself.
-
-    Raises:
-        ConfigError: if the split cannot be made (lists the dataset's splits).
-    """
-    if name in loaded:
-        return SplitPlan(name, name)
-    if name == "val" and "validation" in loaded:
-        return SplitPlan(name, "validation")
-    if name in SMALL_SPLITS:
-        parent, count = SMALL_SPLITS[name]
-        for candidate in (parent, "validation") if parent == "val" else (parent,):
-            if candidate in loaded:
-                return SplitPlan(name, candidate, count)
-    raise ConfigError(
-        f"--splits: dataset '{dataset}' has no split '{name}'{did_you_mean(name, loaded)}; "
-        f"available: {', '.join(loaded)}"
-    )
-
-
-def plan_split(
-    preset: DatasetPreset | None, loaded: Mapping[str, Any], dataset: str, name: str
-) -> SplitPlan:
-    """Where output split ``name`` comes from, checked against the splits that were loaded.
-
-    Raises:
-        ConfigError: if the split does not exist (lists the available ones).
-    """
-    if preset is None:
-        return dataset_split(loaded, dataset, name)
-    plan = preset_split(preset, dataset, name)
-    if plan.hf_split not in loaded:  # e.g. a partial mirror of the preset's dataset
-        raise ConfigError(
-            f"dataset '{dataset}' has no split '{plan.hf_split}' (needed for --splits {name}); "
-            f"available: {', '.join(loaded)}"
-        )
-    return plan
-
-
-def load_splits(
-    dataset: str, subset: str | None, data_files: list[str] | None
-) -> Mapping[str, datasets.IterableDataset]:
-    """Open every split of a dataset for streaming (nothing is downloaded or cached up front).
-
-    Raises:
-        MissingFileError: if a local path does not exist.
-        ConfigError: if the subset does not exist.
-        DatasetError: if the dataset cannot be loaded.
-    """
-    looks_local = dataset.startswith((".", "/", "~")) or dataset.count("/") > 1
-    if looks_local and not Path(dataset).expanduser().exists():
-        raise MissingFileError(
-            f"--dataset '{dataset}' does not exist; give a Hub name, a local dataset folder or "
-            "file, or a builder name (json, parquet) with --data_files"
-        )
-    try:
-        loaded = datasets.load_dataset(
-            str(Path(dataset).expanduser()) if looks_local else dataset,
-            name=subset,
-            data_files=data_files,
-            streaming=True,
-        )
-    except ValueError as err:
-        if subset is not None and "config" in str(err).lower():
-            raise ConfigError(
-                f"--data_subset '{subset}' is not a subset of dataset '{dataset}' "
-                f"({first_line(err)})"
-            ) from err
-        raise DatasetError(f"could not load dataset '{dataset}': {first_line(err)}") from err
-    except Exception as err:  # datasets raises many kinds (missing files, offline, bad cards)
-        raise DatasetError(
-            f"could not load dataset '{dataset}' ({type(err).__name__}: {first_line(err)}); "
-            "check the name or path (the Hub needs a network connection)"
-        ) from err
-    if not isinstance(loaded, datasets.IterableDatasetDict):
-        raise DatasetError(f"dataset '{dataset}' did not load as a set of splits")
-    return {str(name): split for name, split in loaded.items()}
-
-
-def check_text_column(
-    rows: datasets.IterableDataset, column: str, dataset: str, hf_split: str
-) -> None:
-    """Fail early if the split's known columns do not include the text column.
-
-    Raises:
-        ConfigError: naming the column and listing the split's columns.
-    """
-    columns = rows.column_names
-    if columns is not None and column not in columns:
-        raise ConfigError(
-            f"split '{hf_split}' of dataset '{dataset}' has no column '{column}'"
-            f"{did_you_mean(column, columns)} (columns: {', '.join(columns)}); "
-            "pass --text_column"
-        )
-
-
-def estimated_samples(
-    preset: DatasetPreset | None, plan: SplitPlan, concat_tokens: int | None
-) -> int | None:
-    """How many samples a split will probably yield, for the progress bar (None if unknown)."""
-    if plan.max_samples is not None:
-        return plan.max_samples
-    if preset is None or plan.raw_rows is None:
-        return None
-    if concat_tokens is None:
-        return plan.raw_rows
-    return plan.raw_rows * preset.chars_per_sample // (preset.chars_per_token * concat_tokens)
-
-
 def convert_split(
     rows: datasets.IterableDataset,
     plan: SplitPlan,
@@ -490,42 +300,6 @@ def counted(samples: Iterable[dict[str, Any]], progress: tqdm) -> Iterator[dict[
     for sample in samples:
         progress.update(1)
         yield sample
-
-
-def iter_rows(
-    rows: Iterable[Mapping[str, Any]], place: str, stats: RowStats
-) -> Iterator[tuple[int, Mapping[str, Any]]]:
-    """Yield ``(row number from 1, row)``, counting each row read in ``stats``.
-
-    Args:
-        rows: the split's rows.
-        place: the split (and worker), for messages (``split 'train'``).
-        stats: counts the rows read.
-
-    Raises:
-        DatasetError: if the dataset's files cannot be read (names the last good row).
-    """
-    iterator = iter(rows)
-    for number in itertools.count(1):
-        try:
-            row = next(iterator)
-        except StopIteration:
-            return
-        except UserError:
-            raise
-        except Exception as err:  # pyarrow/datasets parse errors: any kind, one message
-            raise DatasetError(
-                f"reading {place} after row {number - 1} failed ({type(err).__name__}: "
-                f"{first_line(err)}); fix the data files (for JSON lines, "
-                "convert_dataset_json.py names the bad line)"
-            ) from err
-        stats.rows_read += 1
-        yield number, row
-
-
-def split_place(hf_split: str, worker: int | None) -> str:
-    """How messages name a split's rows: ``split 'train'`` (and the worker, if several)."""
-    return f"split '{hf_split}'" if worker is None else f"split '{hf_split}' (worker {worker})"
 
 
 def texts_of_rows(

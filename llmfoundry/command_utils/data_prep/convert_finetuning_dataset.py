@@ -48,17 +48,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from llmfoundry.command_utils.data_prep.convert_dataset_hf import (
-    iter_rows,
-    load_splits,
-    parse_tokenizer_kwargs,
-    split_place,
-)
-from llmfoundry.command_utils.data_prep.convert_dataset_json import (
-    JSON_SUFFIXES,
-    iter_json_rows,
-    iter_json_rows_or_errors,
-)
 from llmfoundry.command_utils.data_prep.finetuning_samples import (
     FinetuningSamples,
     LocatedRow,
@@ -67,6 +56,17 @@ from llmfoundry.command_utils.data_prep.finetuning_samples import (
     TokenCounts,
     convert_chunk,
     samples_of_results,
+)
+from llmfoundry.command_utils.data_prep.hf_rows import (
+    iter_rows,
+    load_splits,
+    parse_tokenizer_kwargs,
+    split_place,
+)
+from llmfoundry.command_utils.data_prep.json_rows import (
+    JSON_SUFFIXES,
+    iter_json_rows,
+    iter_json_rows_or_errors,
 )
 from llmfoundry.command_utils.data_prep.workers import OrderedPool, chunked, resolve_workers
 from llmfoundry.data.data import (
@@ -191,39 +191,68 @@ def convert_finetuning_dataset(
     with tempfile.TemporaryDirectory(prefix="convert_finetuning_") as staging:
         local_root = (local or staging) if remote else out_root
         targets = {s.name: split_target(out_root, local_root, s.name, remote) for s in sources}
-        built = (
+        converter = FinetuningSamples(
+            "",
+            preprocess,
             converter_tokenizer(tokenizer, parse_tokenizer_kwargs(tokenizer_kwargs))
             if tokenizer
-            else None
+            else None,
+            max_seq_len,
+            first_example_is_chat(sources[0], preprocess),
+            skip_bad_rows,
+            policy,
+            encoder_decoder,
         )
-        chats = first_example_is_chat(sources[0], preprocess)
-        converter = FinetuningSamples(
-            "", preprocess, built, max_seq_len, chats, skip_bad_rows, policy, encoder_decoder
-        )
-        logger.info(
-            "writing %s examples (columns %s), %s",
-            "chat" if chats else "prompt/response",
-            ", ".join(converter.columns),
-            f"tokenized with {tokenizer}" if tokenizer else "as text",
-        )
+        log_example_kind(converter, tokenizer)
         workers = resolve_workers(num_workers, "--num_workers")
-        summaries: dict[str, MDSWriteSummary] = {}
-        with OrderedPool(convert_chunk, converter, workers) as pool:
-            for source in sources:
-                # A local split is written aside and renamed into place once whole: a killed
-                # run leaves the splits it finished, and no half split.
-                final = os.path.join(out_root, source.name)
-                with nullcontext(None) if remote else atomic_directory(final) as split_stage:
-                    summaries[source.name] = convert_split(
-                        source,
-                        replace(converter, hf_split=source.name),
-                        local_root,
-                        compression,
-                        pool,
-                        targets[source.name],
-                        None if split_stage is None else str(split_stage),
-                    )
-        return summaries
+        return convert_sources(
+            sources, converter, workers, targets, out_root, local_root, compression
+        )
+
+
+def convert_sources(
+    sources: list[SplitSource],
+    converter: FinetuningSamples,
+    workers: int,
+    targets: Mapping[str, RemoteFolder | None],
+    out_root: str,
+    local_root: str,
+    compression: str | None,
+) -> dict[str, MDSWriteSummary]:
+    """Convert each split with ``workers`` processes; a split with a remote target (from
+    :func:`split_target`) is uploaded from ``local_root`` once written.
+
+    Returns:
+        What was read and written, by split.
+    """
+    remote = is_remote(out_root)
+    summaries: dict[str, MDSWriteSummary] = {}
+    with OrderedPool(convert_chunk, converter, workers) as pool:
+        for source in sources:
+            # A local split is written aside and renamed into place once whole: a killed
+            # run leaves the splits it finished, and no half split.
+            final = os.path.join(out_root, source.name)
+            with nullcontext(None) if remote else atomic_directory(final) as split_stage:
+                summaries[source.name] = convert_split(
+                    source,
+                    replace(converter, hf_split=source.name),
+                    local_root,
+                    compression,
+                    pool,
+                    targets[source.name],
+                    None if split_stage is None else str(split_stage),
+                )
+    return summaries
+
+
+def log_example_kind(converter: FinetuningSamples, tokenizer: str | None) -> None:
+    """Say what the examples are written as: chats or prompt/response, tokenized or text."""
+    logger.info(
+        "writing %s examples (columns %s), %s",
+        "chat" if converter.chats else "prompt/response",
+        ", ".join(converter.columns),
+        f"tokenized with {tokenizer}" if tokenizer else "as text",
+    )
 
 
 def split_target(out_root: str, local_root: str, split: str, remote: bool) -> RemoteFolder | None:

@@ -27,12 +27,11 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-import torch
 from composer.core import DataSpec
 from composer.utils import dist
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.data.finetuning.collator import example_length, with_final_eos
@@ -50,13 +49,14 @@ from llmfoundry.data.finetuning.mds_source import StreamingFinetuningDataset, ch
 from llmfoundry.data.finetuning.packing import MAX_AUTO_RATIO, auto_packing_ratio
 from llmfoundry.data.loader_registries import (
     FINETUNING_COLLATOR,
-    build_collate_fn,
-    build_data_spec,
-    loader_config,
     validate_replication,
 )
-from llmfoundry.data.text_data import build_streams, worker_process_kwargs
+from llmfoundry.data.mds_sources import build_streams
+from llmfoundry.data.text_data import loader_settings
 from llmfoundry.utils.tokenizer_utils import eos_token_id_of
+
+if TYPE_CHECKING:
+    import datasets
 
 __all__ = [
     "FinetuningDatasetConfig",
@@ -119,7 +119,8 @@ def build_finetuning_dataloader(
     streaming = dict(config.streaming)
     if streaming.get("streams") is not None:
         streaming["streams"] = build_streams(streaming["streams"], f"{key}.streams")
-    examples = None
+    examples: datasets.Dataset | None = None
+    lengths: list[int] = []
     if config.hf_name is not None:
         examples, lengths = build_hf_finetuning_dataset(config, tokenizer, key)
     if config.packing_ratio == "auto":
@@ -131,24 +132,25 @@ def build_finetuning_dataloader(
         dataset_cfg["packing_ratio"] = _auto_ratio(
             config, dataset_cfg, tokenizer, device_batch_size, key, sample
         )
-    worker_kwargs = worker_process_kwargs(num_workers, prefetch_factor, persistent_workers, section)
-    loader_cfg = loader_config(
+    settings = loader_settings(
         "finetuning",
-        dataset_cfg,
+        section,
         drop_last=drop_last,
         num_workers=num_workers,
         pin_memory=pin_memory,
+        prefetch_factor=prefetch_factor,
+        persistent_workers=persistent_workers,
         timeout=timeout,
-        **worker_kwargs,
     )
-    collate_fn, loader_batch_size = build_collate_fn(
-        FINETUNING_COLLATOR, loader_cfg, tokenizer, rows, key
+    collate_fn, loader_batch_size = settings.collate_fn(
+        FINETUNING_COLLATOR, dataset_cfg, tokenizer, rows
     )
     sampler = None
     torch_dataset: Dataset[Any]
     if examples is not None:
-        # An HF ``datasets.Dataset`` is map-style (``__getitem__``/``__len__``) for torch.
-        torch_dataset = examples  # type: ignore[assignment]
+        # An HF ``datasets.Dataset`` is not a torch ``Dataset`` subclass, but it is map-style
+        # (``__getitem__``/``__len__``), which is all the loader and the sampler use.
+        torch_dataset = cast("Dataset[Any]", examples)
         sampler = _replicated_sampler(torch_dataset, replication, drop_last, config.shuffle)
     else:
         torch_dataset = StreamingFinetuningDataset(
@@ -160,19 +162,7 @@ def build_finetuning_dataloader(
             replication=replication if replication > 1 else None,
             **streaming,
         )
-    loader = DataLoader(
-        torch_dataset,
-        batch_size=loader_batch_size,
-        collate_fn=collate_fn,
-        sampler=sampler,
-        drop_last=drop_last,
-        num_workers=num_workers,
-        # Pinning needs an accelerator; without one torch warns on every loader.
-        pin_memory=pin_memory and torch.cuda.is_available(),
-        timeout=timeout,
-        **worker_kwargs,
-    )
-    return build_data_spec(loader, dataset_cfg, key)
+    return settings.data_spec(torch_dataset, loader_batch_size, collate_fn, dataset_cfg, sampler)
 
 
 def _replicated_sampler(

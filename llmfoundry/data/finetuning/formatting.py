@@ -58,8 +58,8 @@ def tokenize_example(
         return {"turns": tokenize_chat(example[messages_key], tokenizer, where)}
     prompt = _text_field(example, PROMPT_KEYS, where, allow_empty=True)
     response = _text_field(example, RESPONSE_KEYS, where, allow_empty=False)
-    prompt_ids = list(tokenizer(prompt)["input_ids"])  # type: ignore[arg-type]
-    response_ids = list(tokenizer(text_target=response)["input_ids"])  # type: ignore[arg-type]
+    prompt_ids = list(tokenizer(prompt)["input_ids"])
+    response_ids = list(tokenizer(text_target=response)["input_ids"])
     bos_id = tokenizer.bos_token_id
     if bos_id is not None and prompt_ids[:1] == [bos_id] and response_ids[:1] == [bos_id]:
         response_ids = response_ids[1:]
@@ -198,4 +198,4 @@ def _render(
 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     # The template writes any BOS/EOS itself, so the tokenizer must not add them again.
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])  # type: ignore[arg-type]
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])

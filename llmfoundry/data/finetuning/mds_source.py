@@ -19,25 +19,25 @@ from typing import Any
 import numpy as np
 
 from llmfoundry.data.finetuning.formatting import Turn, tokenize_example
-from llmfoundry.data.text_data import StreamingTextDataset
+from llmfoundry.data.mds_dataset import MDSDataset, SampleIndex
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 
 
-class StreamingFinetuningDataset(StreamingTextDataset):
+class StreamingFinetuningDataset(MDSDataset):
     """Finetuning examples from MDS (see the module docstring for the column layout).
 
-    Takes :class:`~llmfoundry.data.text_data.StreamingTextDataset`'s arguments; ``tokenizer``
-    is needed for text columns.
+    Takes :class:`~llmfoundry.data.mds_dataset.MDSDataset`'s arguments; ``tokenizer`` is needed
+    for text columns.
     """
 
-    def __getitem__(self, idx: int) -> dict[str, Any]:  # type: ignore[override]
-        """Sample ``idx`` as ``{'turns': [...]}``.
+    def __getitem__(self, at: SampleIndex) -> dict[str, Any]:
+        """Sample ``at`` as ``{'turns': [...]}``.
 
         Raises:
             DatasetError: if the sample has none of the supported column sets, a malformed
                 ``turns`` column, or bad text (naming the sample).
         """
-        sample = self._read_sample(idx)
+        idx, sample = self._read_sample(at)
         where = f"MDS sample {idx}"
         if "turns" in sample:
             return {"turns": check_turns(sample["turns"], where)}

@@ -35,7 +35,7 @@ from .attention_impls import (
 from .config_defaults import FLEX_IMPLS
 from .config_layers import find_layer, is_builtin_name
 from .configuration_mpt import MPTConfig
-from .fc import build_linear
+from .fc import build_linear, mark_fused, mark_residual
 from .layer_table import register_builtin
 from .norm import build_norm
 from .rotary import Rotary, apply_rotary
@@ -134,7 +134,7 @@ class GroupedQueryAttention(nn.Module):
                 fc, self.d_model, self.q_dim + 2 * self.kv_dim, qkv_bias, device
             )
             # Split points of the fused weight, so that init treats q, k and v as separate matrices.
-            self.Wqkv._fused = (0, [self.q_dim, self.q_dim + self.kv_dim])  # type: ignore[assignment]
+            mark_fused(self.Wqkv, 0, [self.q_dim, self.q_dim + self.kv_dim])
         else:
             self.Wq = build_linear(fc, self.d_model, self.q_dim, qkv_bias, device)
             self.Wk = build_linear(fc, self.d_model, self.kv_dim, qkv_bias, device)
@@ -152,7 +152,7 @@ class GroupedQueryAttention(nn.Module):
             if self.reuse_kv_layer_idx is None:
                 self.k_ln = build_norm(config.norm_type, k_size, config.norm_eps, bias, device)
         self.out_proj = build_linear(fc, self.q_dim, self.d_model, bias, device)
-        self.out_proj._is_residual = True  # type: ignore[assignment]
+        mark_residual(self.out_proj)
 
     def _clip(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.clamp(min=-self.clip_qkv, max=self.clip_qkv) if self.clip_qkv else tensor

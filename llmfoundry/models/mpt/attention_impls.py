@@ -128,6 +128,13 @@ def masked_bias(
     return base.masked_fill(~allowed, torch.finfo(dtype).min)
 
 
+def causal_allowed(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Plain causal attention's mask, ``(q, k)``: query ``i`` sees the keys ``<= i + k - q`` (the
+    queries are the last ``q`` positions of the ``k`` keys)."""
+    q_len, k_len = query.shape[-2], key.shape[-2]
+    return torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+
+
 def torch_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -161,10 +168,7 @@ def torch_attention(
     if bias is not None:
         scores = scores + bias.to(scores.dtype)
     if allowed is None:
-        q_len, k_len = query.shape[-2], key.shape[-2]
-        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(
-            k_len - q_len
-        )
+        allowed = causal_allowed(query, key)
     scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
     weights = torch.softmax(scores.float(), dim=-1).to(query.dtype)
     if dropout_p > 0:
@@ -192,9 +196,7 @@ def sdpa_attention(
         return torch_attention(query, key, value, bias, allowed, softmax_scale, dropout_p, softcap)
     q_len, k_len = query.shape[-2], key.shape[-2]
     if allowed is None and (bias is not None or q_len != k_len):
-        allowed = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(
-            k_len - q_len
-        )
+        allowed = causal_allowed(query, key)
     mask = masked_bias(bias, allowed, query.dtype)
     is_causal = mask is None and q_len > 1
     return F.scaled_dot_product_attention(
@@ -287,7 +289,7 @@ def flex_attention_call(
             scale=softmax_scale,
             enable_gqa=key.shape[1] != query.shape[1],
         )
-    return out  # type: ignore[return-value]
+    return out
 
 
 def flash_attn_ready(query: torch.Tensor, inputs: AttentionInputs, dropout_p: float) -> bool:

@@ -182,9 +182,11 @@ class _ChunkedLMCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(
-        ctx: Any, grad_loss: torch.Tensor, grad_token_losses: torch.Tensor | None
+        ctx: Any, *grad_outputs: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
-        del grad_token_losses  # the per-token losses are marked non-differentiable
+        # The gradients of (loss, token_losses); the per-token losses are marked
+        # non-differentiable, so only the loss's counts.
+        grad_loss = grad_outputs[0]
         grad_hidden, grad_weight = ctx.saved_tensors
         # In place: a scaled copy would hold a second weight-sized gradient at the peak. The
         # stored gradients are thus used up; a second backward (retain_graph=True) fails in

@@ -58,3 +58,21 @@ def build_linear(
     if layer is None:
         raise ValueError(f"unknown fc_type {name!r}")
     return layer(in_features=in_features, out_features=out_features, bias=bias, device=device)
+
+
+# Marks that ``param_init`` reads on a linear layer (LLM Foundry's attribute names): a residual
+# output projection, divided after its draw, and the split points of a fused weight
+# (``(dim, [split, ...])``), drawn slice by slice.
+RESIDUAL_MARK = "_is_residual"
+FUSED_MARK = "_fused"
+
+
+def mark_residual(module: nn.Module) -> None:
+    """Mark ``module`` as a residual output projection (see ``init_div_is_residual``)."""
+    # Set by name: nn.Module's attribute typing admits only tensors and modules.
+    setattr(module, RESIDUAL_MARK, True)
+
+
+def mark_fused(module: nn.Module, dim: int, splits: list[int]) -> None:
+    """Mark ``module``'s weight as several matrices joined along ``dim`` at ``splits``."""
+    setattr(module, FUSED_MARK, (dim, splits))

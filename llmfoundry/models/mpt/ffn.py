@@ -14,7 +14,7 @@ from torch import nn
 
 from .config_layers import find_layer
 from .configuration_mpt import MPTConfig
-from .fc import build_linear, transformer_engine
+from .fc import build_linear, mark_residual, transformer_engine
 from .layer_table import register_builtin
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
@@ -38,7 +38,7 @@ def _hidden_size(d_model: int, expansion_ratio: float, ffn_hidden_size: int | No
 
 
 class MPTMLP(nn.Module):
-    """``down_proj(act(up_proj(x)))``.
+    """``down_proj(act(up_proj(x)))`` (and the gated variant's ``gate_proj``, see ``MPTGLU``).
 
     Args:
         d_model: input and output width.
@@ -49,6 +49,9 @@ class MPTMLP(nn.Module):
         device: where to create the weights.
         bias: give the linear layers biases.
     """
+
+    # MPTGLU's: also build ``gate_proj`` (last, so that the parameter order stays LLM Foundry's).
+    _gated = False
 
     def __init__(
         self,
@@ -65,30 +68,19 @@ class MPTMLP(nn.Module):
         self.up_proj = build_linear(fc_type, d_model, hidden, bias, device)
         self.act = build_activation(ffn_act_fn)
         self.down_proj = build_linear(fc_type, hidden, d_model, bias, device)
-        self.down_proj._is_residual = True  # type: ignore[assignment]
+        mark_residual(self.down_proj)
+        if self._gated:
+            self.gate_proj = build_linear(fc_type, d_model, hidden, bias, device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.up_proj(x)))
 
 
 class MPTGLU(MPTMLP):
-    """``down_proj(act(gate_proj(x)) * up_proj(x))``, as in LLaMA-style FFNs."""
+    """``down_proj(act(gate_proj(x)) * up_proj(x))``, as in LLaMA-style FFNs (``MPTMLP``'s
+    arguments)."""
 
-    def __init__(
-        self,
-        d_model: int,
-        expansion_ratio: float,
-        fc_type: str | dict[str, Any] | None = None,
-        ffn_hidden_size: int | None = None,
-        ffn_act_fn: str | dict[str, Any] | None = None,
-        device: str | None = None,
-        bias: bool = True,
-    ) -> None:
-        super().__init__(
-            d_model, expansion_ratio, fc_type, ffn_hidden_size, ffn_act_fn, device, bias
-        )
-        hidden = _hidden_size(d_model, expansion_ratio, ffn_hidden_size)
-        self.gate_proj = build_linear(fc_type, d_model, hidden, bias, device)
+    _gated = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))

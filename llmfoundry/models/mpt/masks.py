@@ -202,8 +202,9 @@ def _block_mask(
             allowed = (allowed & key_ok[b, kv_idx]) | (kv_idx == q_pos)
         return allowed
 
-    per_row = key_ok is not None or sequence_id is not None
-    batch = (key_ok if key_ok is not None else sequence_id).shape[0] if per_row else None  # type: ignore[union-attr]
+    # A mask per batch row when rows differ (padding or packed sequences), else one for all.
+    per_row = key_ok if key_ok is not None else sequence_id
+    batch = per_row.shape[0] if per_row is not None else None
     return create_block_mask(
         mask_mod,
         B=batch,

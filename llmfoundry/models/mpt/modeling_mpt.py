@@ -8,7 +8,7 @@ checkpoints (``transformer.wte``, ``transformer.blocks.N.attn.Wqkv``, ``transfor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -110,8 +110,8 @@ class MPTModel(MPTPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.wte
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.wte = value
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.wte = _as_module(value, nn.Embedding, "input embeddings")
 
     def _checked_sequence_id(
         self, sequence_id: torch.Tensor | None, total_len: int
@@ -219,10 +219,20 @@ class MPTModel(MPTPreTrainedModel):
         )
 
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
 def _window(attn: dict[str, Any]) -> int:
     """A layer's sliding window as an int (-1: none)."""
     window = attn["sliding_window_size"]
     return -1 if window is None else int(window)
+
+
+def _as_module(module: nn.Module, kind: type[ModuleT], what: str) -> ModuleT:
+    """``module``, checked to be the ``kind`` MPT's forward uses as its ``what``."""
+    if not isinstance(module, kind):
+        raise TypeError(f"MPT's {what} must be a {kind.__name__}, not {type(module).__name__}")
+    return module
 
 
 LOSS_IMPLS = ("torch", "fused")
@@ -263,17 +273,17 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.transformer.wte
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.transformer.wte = value
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.transformer.set_input_embeddings(value)
 
     def get_output_embeddings(self) -> nn.Module:
         return self.lm_head if self.lm_head is not None else self.transformer.wte
 
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         if self.lm_head is None:
-            self.transformer.wte = new_embeddings  # type: ignore[assignment]
+            self.transformer.set_input_embeddings(new_embeddings)
         else:
-            self.lm_head = new_embeddings  # type: ignore[assignment]
+            self.lm_head = _as_module(new_embeddings, nn.Linear, "output embeddings")
 
     # --- hooks for Composer's FSDP / FSDP2 and activation checkpointing -------------------------
 
@@ -457,14 +467,17 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.LongTensor,
+        next_sequence_length: int | None = None,
         past_key_values: Cache | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
-        use_cache: bool = True,
+        is_first_iteration: bool | None = False,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """Feed only the tokens the cache has not seen yet."""
-        del kwargs
+        """Feed only the tokens the cache has not seen yet (the cache's length decides, so
+        ``next_sequence_length`` and ``is_first_iteration`` are not needed)."""
+        del next_sequence_length, is_first_iteration
+        use_cache: bool = kwargs.get("use_cache", True)
         past_len = past_key_values.get_seq_length() if past_key_values is not None else 0
         inputs: dict[str, Any] = {
             "attention_mask": attention_mask,

@@ -12,7 +12,7 @@ import functools
 import importlib
 import importlib.util
 from collections.abc import Callable
-from typing import Any
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +29,12 @@ def _autocast_dtype(tensor: torch.Tensor) -> torch.dtype | None:
     return None
 
 
+@overload
+def _maybe_cast(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor: ...
+@overload
+def _maybe_cast(tensor: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None: ...
 def _maybe_cast(tensor: torch.Tensor | None, dtype: torch.dtype | None) -> torch.Tensor | None:
+    """``tensor`` in ``dtype`` (None, and any tensor when ``dtype`` is None, as they are)."""
     if tensor is None or dtype is None:
         return tensor
     return tensor.to(dtype)
@@ -38,13 +43,14 @@ def _maybe_cast(tensor: torch.Tensor | None, dtype: torch.dtype | None) -> torch
 class LPLayerNorm(nn.LayerNorm):
     """LayerNorm that, under autocast, computes in the autocast dtype rather than fp32."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = _autocast_dtype(x)
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.LayerNorm.forward's name
+        """Layer-normalize ``input``, in the autocast dtype under autocast."""
+        dtype = _autocast_dtype(input)
         if dtype is None:
-            return super().forward(x)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+            return super().forward(input)
+        with torch.autocast(device_type=input.device.type, enabled=False):
             return F.layer_norm(
-                _maybe_cast(x, dtype),  # type: ignore[arg-type]
+                _maybe_cast(input, dtype),
                 self.normalized_shape,
                 _maybe_cast(self.weight, dtype),
                 _maybe_cast(self.bias, dtype),

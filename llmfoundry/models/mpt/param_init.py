@@ -24,6 +24,7 @@ from torch import nn
 
 from .config_layers import find_layer
 from .configuration_mpt import MPTConfig
+from .fc import FUSED_MARK, RESIDUAL_MARK
 from .layer_table import builtin_layers, external_layers, register_builtin
 
 InitFn = Callable[[torch.Tensor], object]
@@ -88,8 +89,8 @@ def fc_init(
         return False
     weight, bias = cast(torch.Tensor, module.weight), module.bias
     if not _is_loaded(weight):
-        _draw(weight, getattr(module, "_fused", None), init_fn_)
-        if init_div_is_residual is not False and getattr(module, "_is_residual", False):
+        _draw(weight, getattr(module, FUSED_MARK, None), init_fn_)
+        if init_div_is_residual is not False and getattr(module, RESIDUAL_MARK, False):
             weight.div_(div_is_residual)
     if isinstance(bias, torch.Tensor) and not _is_loaded(bias):
         nn.init.zeros_(bias)

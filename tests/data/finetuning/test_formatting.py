@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.data.finetuning import tokenize_example
 from llmfoundry.utils.exceptions import DatasetError
-from tests.data.conftest import CHAT_TEMPLATE
+from tests.fixtures import CHAT_TEMPLATE
 
 EOS = 0
 CHAT = [

@@ -1,0 +1,166 @@
+"""Check a config section against the signature it is passed to: ``{name: ..., **kwargs}``
+sections against their registry entry, ``{entry_name: kwargs}`` sections (``callbacks``,
+``loggers``, ``algorithms``) entry by entry, any other section against its constructor
+(``compile_config`` against ``torch.compile``). Values go through
+:func:`llmfoundry.utils.config_checks.check_value`, so every failure is one line with the full
+key path (``callbacks.speed_monitor.window_size``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
+
+from llmfoundry.registry import Registry
+from llmfoundry.utils.config_checks import check_value, shown, unknown_key_error
+from llmfoundry.utils.exceptions import ConfigError, did_you_mean
+
+__all__ = ["check_call_kwargs", "check_component", "check_named_components", "lookup"]
+
+
+def _resolved_hints(target: Any) -> dict[str, Any]:
+    """``target``'s annotations, resolved; one at a time when some do not resolve (a name only
+    imported for typing, as in Composer's ``Profiler``), keeping those that do."""
+    try:
+        return typing.get_type_hints(target, include_extras=True)
+    except Exception:
+        pass
+    namespace = dict(getattr(inspect.unwrap(target), "__globals__", {}))
+    hints: dict[str, Any] = {}
+    for name, annotation in dict(getattr(target, "__annotations__", {})).items():
+
+        def stub() -> None: ...
+
+        stub.__annotations__ = {name: annotation}
+        try:
+            hints[name] = typing.get_type_hints(stub, globalns=namespace, include_extras=True)[name]
+        except Exception:
+            continue  # left unchecked
+    return hints
+
+
+def signature_of(func: Any) -> tuple[inspect.Signature | None, dict[str, Any]]:
+    """``func``'s signature (its ``__init__``'s for a class) and its resolved annotations."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return None, {}
+    return signature, _resolved_hints(func.__init__ if inspect.isclass(func) else func)
+
+
+def check_call_kwargs(
+    func: Any, kwargs: Mapping[str, Any], path: str, reserved: Collection[str] = ()
+) -> None:
+    """Check a section's keys and values against the signature of what they are passed to.
+
+    Args:
+        func: the constructor or function the section's keys become keyword arguments of.
+        kwargs: the section's keys (without ``name``).
+        path: the section's key path, for messages (``optimizer``, ``callbacks.speed_monitor``).
+        reserved: parameters the builder fills (``params``, ``tokenizer``); the config may not.
+
+    Raises:
+        ConfigError: naming an unknown key (with the valid ones), a value whose type does not
+            fit the parameter's annotation, or a required parameter the section lacks.
+    """
+    signature, hints = signature_of(func)
+    if signature is None:
+        return
+    params = {
+        name: p
+        for name, p in signature.parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in reserved
+    }
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+    for key, value in kwargs.items():
+        if key in params:
+            if key in hints:
+                check_value(value, hints[key], f"{path}.{key}")
+        elif not takes_any:
+            raise unknown_key_error(path, str(key), params)
+    for name, param in params.items():
+        if param.default is param.empty and name not in kwargs:
+            raise ConfigError(f"{path}.{name} is missing; it is required (add {name}: <value>)")
+
+
+def lookup(registry: Registry[Any], path: str, name: Any) -> Any:
+    """``registry``'s entry ``name``, failing with the key path that named it.
+
+    Raises:
+        ConfigError: ``<path>: '<name>' is not a registered entry ...`` with the known names.
+    """
+    if not isinstance(name, str):
+        raise ConfigError(
+            f"{path} must be str (a name in the '{registry.name}' registry), got "
+            f"{type(name).__name__} {shown(name)}"
+        )
+    try:
+        return registry.get(name)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from err
+
+
+def check_component(
+    registry: Registry[Any], path: str, section: Any, reserved: Collection[str] = ()
+) -> Any:
+    """Check a ``{name: ..., **kwargs}`` section against its registry entry's signature.
+
+    Returns:
+        The registry entry.
+
+    Raises:
+        ConfigError: on a section that is not a mapping, a missing or unknown ``name``, or a
+            key the entry does not take (see :func:`check_call_kwargs`).
+    """
+    if not isinstance(section, Mapping):
+        raise ConfigError(
+            f"{path} must be a mapping with a name key, got {type(section).__name__} "
+            f"{shown(section)}"
+        )
+    if "name" not in section:
+        raise ConfigError(
+            f"{path}.name is missing; it names an entry of the '{registry.name}' registry"
+        )
+    entry = lookup(registry, f"{path}.name", section["name"])
+    kwargs = {str(k): v for k, v in section.items() if k != "name"}
+    check_call_kwargs(entry, kwargs, path, reserved)
+    return entry
+
+
+def check_named_components(
+    registries: Sequence[tuple[Registry[Any], bool]],
+    path: str,
+    section: Mapping[str, Any] | None,
+) -> None:
+    """Check a ``{entry_name: kwargs}`` section (``callbacks``, ``loggers``, ``algorithms``).
+
+    Args:
+        registries: where an entry name may be found, each with whether its builder fills
+            the entry's first parameter (a ``callbacks_with_config`` entry's run config).
+        path: the section's key, for messages.
+        section: the section, or None.
+
+    Raises:
+        ConfigError: on an unknown entry name, an entry whose value is not a mapping, or an
+            unknown or ill-typed keyword argument (``callbacks.speed_monitor.window_size``).
+    """
+    known = [name for registry, _ in registries for name in registry.get_all()]
+    for name, kwargs in (section or {}).items():
+        where = f"{path}.{name}"
+        if kwargs is not None and not isinstance(kwargs, Mapping):
+            raise ConfigError(f"{where} must be a mapping of keyword arguments (or empty)")
+        found = [(reg, res) for reg, res in registries if name in reg]
+        if not found:
+            raise ConfigError(
+                f"{where}: '{name}' is not a registered entry of the "
+                f"'{registries[0][0].name}' registry{did_you_mean(str(name), known)} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        registry, fills_first = found[0]
+        entry = registry.get(name)
+        signature, _ = signature_of(entry)
+        first = next(iter(signature.parameters), None) if signature is not None else None
+        reserved = {first} if fills_first and first is not None else set()
+        check_call_kwargs(entry, dict(kwargs or {}), where, reserved)
