@@ -26,6 +26,18 @@ import catalogue
 
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
+if TYPE_CHECKING:  # what each registry builds; annotations only, nothing heavy at run time
+    from composer.core import Algorithm, Callback, DataSpec
+    from composer.loggers import LoggerDestination
+    from composer.models import ComposerModel
+    from composer.optim import ComposerScheduler
+    from torch.distributed.checkpoint.planner import LoadPlanner, SavePlanner
+    from torch.distributed.tensor.parallel import ParallelStyle
+    from torch.optim import Optimizer
+    from torch.utils.data import Dataset
+    from torchmetrics import Metric
+    from transformers import PreTrainedTokenizerBase
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -143,92 +155,92 @@ class Registry(Generic[T]):
         return dict(self._catalogue.find(name))
 
 
-loggers: Registry[Callable[..., Any]] = Registry(
+loggers: Registry[Callable[..., LoggerDestination]] = Registry(
     "loggers",
     "Composer LoggerDestination classes or factories: (**kwargs) -> LoggerDestination.",
     builtins=("llmfoundry.loggers",),
 )
-callbacks: Registry[Callable[..., Any]] = Registry(
+callbacks: Registry[Callable[..., Callback]] = Registry(
     "callbacks",
     "Composer Callback classes or factories: (**kwargs) -> Callback.",
     builtins=("llmfoundry.callbacks",),
 )
-callbacks_with_config: Registry[Callable[..., Any]] = Registry(
+callbacks_with_config: Registry[Callable[..., Callback]] = Registry(
     "callbacks_with_config",
     "Callbacks that also need the whole run config: (config: dict, **kwargs) -> Callback.",
     builtins=("llmfoundry.callbacks",),
 )
-optimizers: Registry[Callable[..., Any]] = Registry(
+optimizers: Registry[Callable[..., Optimizer]] = Registry(
     "optimizers",
     "Optimizer classes: (params: Iterable[Tensor], **kwargs) -> torch.optim.Optimizer.",
     builtins=("llmfoundry.optim",),
 )
-schedulers: Registry[Callable[..., Any]] = Registry(
+schedulers: Registry[Callable[..., ComposerScheduler]] = Registry(
     "schedulers",
     "Composer schedulers: (**kwargs) -> ComposerScheduler; times such as t_warmup take '100ba'.",
     builtins=("llmfoundry.optim",),
 )
-algorithms: Registry[Callable[..., Any]] = Registry(
+algorithms: Registry[Callable[..., Algorithm]] = Registry(
     "algorithms",
     "Composer Algorithm classes: (**kwargs) -> Algorithm.",
     builtins=("llmfoundry.algorithms",),
 )
-models: Registry[Callable[..., Any]] = Registry(
+models: Registry[Callable[..., ComposerModel]] = Registry(
     "models",
     "Composer models: (tokenizer: PreTrainedTokenizerBase | None, **model_section) -> ComposerModel.",
     builtins=("llmfoundry.models.hf", "llmfoundry.models.inference_api"),
 )
-tokenizers: Registry[Callable[..., Any]] = Registry(
+tokenizers: Registry[Callable[..., PreTrainedTokenizerBase]] = Registry(
     "tokenizers",
     "Tokenizer classes or factories: (**kwargs) -> PreTrainedTokenizerBase.",
     builtins=("llmfoundry.tokenizers",),
 )
-dataloaders: Registry[Callable[..., Any]] = Registry(
+dataloaders: Registry[Callable[..., DataSpec]] = Registry(
     "dataloaders",
     "Dataloader builders: (tokenizer, device_batch_size: int, **loader_section) -> composer DataSpec.",
     builtins=("llmfoundry.data.registrations",),
 )
-metrics: Registry[Callable[..., Any]] = Registry(
+metrics: Registry[Callable[..., Metric]] = Registry(
     "metrics",
     "torchmetrics Metric classes: (**kwargs) -> torchmetrics.Metric.",
     builtins=("llmfoundry.metrics", "llmfoundry.models.hf.composer_mpt", "llmfoundry.eval"),
 )
-icl_datasets: Registry[Callable[..., Any]] = Registry(
+icl_datasets: Registry[Callable[..., Dataset[Any]]] = Registry(
     "icl_datasets",
     "In-context-learning datasets by task type: (**task_section) -> Dataset.",
     builtins=("llmfoundry.eval",),
 )
-config_transforms: Registry[Callable[..., Any]] = Registry(
+config_transforms: Registry[Callable[[dict[str, Any]], dict[str, Any]]] = Registry(
     "config_transforms",
     "Functions applied to the raw run config before validation: (dict) -> dict.",
     builtins=("llmfoundry.utils.config_transforms",),
 )
-dataset_replication_validators: Registry[Callable[..., Any]] = Registry(
+dataset_replication_validators: Registry[Callable[..., tuple[int, int]]] = Registry(
     "dataset_replication_validators",
     "Replication checks: (loader_section: dict, tokenizer, device_batch_size) -> "
     "(replication_factor, dataset_batch_size).",
     builtins=("llmfoundry.data.registrations",),
 )
-collators: Registry[Callable[..., Any]] = Registry(
+collators: Registry[Callable[..., tuple[Callable[..., Any], int]]] = Registry(
     "collators",
     "Collate-function builders: (loader_section: dict, tokenizer, dataset_batch_size) -> "
     "(collate_fn, dataloader_batch_size).",
     builtins=("llmfoundry.data.registrations",),
 )
-data_specs: Registry[Callable[..., Any]] = Registry(
+data_specs: Registry[Callable[..., DataSpec]] = Registry(
     "data_specs",
     "DataSpec builders: (dataloader, dataset_section: dict) -> composer DataSpec.",
     builtins=("llmfoundry.data.registrations",),
 )
-load_planners: Registry[Callable[..., Any]] = Registry(
+load_planners: Registry[Callable[..., LoadPlanner]] = Registry(
     "load_planners",
     "torch.distributed.checkpoint LoadPlanner classes: (**kwargs) -> LoadPlanner.",
 )
-save_planners: Registry[Callable[..., Any]] = Registry(
+save_planners: Registry[Callable[..., SavePlanner]] = Registry(
     "save_planners",
     "torch.distributed.checkpoint SavePlanner classes: (**kwargs) -> SavePlanner.",
 )
-tp_strategies: Registry[Callable[..., Any]] = Registry(
+tp_strategies: Registry[Callable[..., dict[str, ParallelStyle]]] = Registry(
     "tp_strategies",
     "Tensor-parallel layer plans: (model: ComposerModel) -> dict[str, ParallelStyle].",
     builtins=("llmfoundry.tp",),

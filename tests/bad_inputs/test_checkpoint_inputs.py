@@ -30,7 +30,7 @@ from llmfoundry.models.hf import ComposerMPTCausalLM
 from llmfoundry.utils.checkpoint_utils import check_load_path
 from llmfoundry.utils.exceptions import DatasetError, MissingFileError
 from llmfoundry.utils.hf_folder_checks import check_hf_folder
-from tests.eval.helpers import TINY_MPT, tiny_mpt
+from tests.fixtures import TEXT_MPT, tiny_text_mpt
 
 from .cli_case import HINT, assert_one_line_error, files_under, run_cli
 
@@ -67,7 +67,7 @@ def checkpoints(
     tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase
 ) -> Checkpoints:
     folder = tmp_path_factory.mktemp("checkpoints")
-    model, smaller = tiny_mpt(tokenizer), tiny_mpt(tokenizer, d_model=32)
+    model, smaller = tiny_text_mpt(tokenizer), tiny_text_mpt(tokenizer, d_model=32)
     weights = model.state_dict()
     torch.save(_composer_state(weights, model), folder / "good.pt")
     torch.save(_composer_state(smaller.state_dict(), smaller), folder / "smaller.pt")
@@ -333,7 +333,7 @@ def test_eval_checks_load_path_before_composer_unpickles_it(
     poisoned file's code from running and names a checkpoint of another size in one line."""
     tasks = tmp_path / "lm.jsonl"
     tasks.write_text(json.dumps({"context": "a", "continuation": " b"}) + "\n")
-    model = ", ".join(f"{key}: {value}" for key, value in TINY_MPT.items() if key != "attn_config")
+    model = ", ".join(f"{key}: {value}" for key, value in TEXT_MPT.items() if key != "attn_config")
     yaml = tmp_path / "eval.yaml"
     yaml.write_text(
         f"max_seq_len: 64\ndevice_eval_batch_size: 4\nprecision: fp32\n"

@@ -33,10 +33,9 @@ from llmfoundry.command_utils.convert_composer_to_hf import (
 from llmfoundry.models.hf import ComposerHFCausalLM
 from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
-from tests.eval.helpers import tiny_mpt
+from tests.fixtures import save_llama, tiny_text_mpt
 
 from .conftest import write_run_yaml
-from .tiny_models import save_llama
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts/inference/convert_composer_to_hf.py"
@@ -274,7 +273,7 @@ def test_lora_merge_finds_the_base_or_asks_for_it(
 def test_sharded_mpt_checkpoint_converts_without_a_process_group(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    model = tiny_mpt(tokenizer)
+    model = tiny_text_mpt(tokenizer)
     untrained = {k: v.clone() for k, v in model.model.state_dict().items()}
     checkpoint = _train(
         model,

@@ -24,9 +24,9 @@ from llmfoundry.models.mpt import MPTForCausalLM
 from llmfoundry.utils.builders import build_dataloader_from_section
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 from tests.eval.helpers import continuation_log_probs, write_jsonl
+from tests.fixtures import save_llama
 
 from .conftest import TrainedRun, mds_dir, trained_run  # noqa: F401  (fixtures)
-from .tiny_models import save_llama
 
 REPO = Path(__file__).resolve().parents[2]
 MPT = """  model:

@@ -17,8 +17,8 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 from llmfoundry.command_utils.eval import EvalResults, eval_from_yaml, evaluate
 from llmfoundry.utils.config_utils import EvalConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
-from tests.command_utils.tiny_models import save_tiny_llama
-from tests.eval.helpers import continuation_log_probs, tiny_mpt, write_jsonl
+from tests.eval.helpers import continuation_log_probs, write_jsonl
+from tests.fixtures import save_tiny_llama, tiny_text_mpt
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = """name: mpt_causal_lm
@@ -93,7 +93,7 @@ def mpt_folder(
 ) -> Path:
     """A tiny MPT (seeded, unlike the run's own seed) saved as a Hugging Face folder."""
     folder = tmp_path_factory.mktemp("mpt") / "hf"
-    tiny_mpt(tokenizer, seed=11).model.save_pretrained(str(folder))
+    tiny_text_mpt(tokenizer, seed=11).model.save_pretrained(str(folder))
     return folder
 
 
@@ -238,7 +238,7 @@ def test_task_and_gauntlet_files_are_found_relative_to_the_yaml(
     results = eval_from_yaml(yaml_path)
 
     # The task ran on the file's rows: accuracy by hand from the saved model's log-likelihoods.
-    model: Any = tiny_mpt(tokenizer, seed=11)
+    model: Any = tiny_text_mpt(tokenizer, seed=11)
     correct = 0
     for row in MC_ROWS:
         scores = [

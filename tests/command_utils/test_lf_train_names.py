@@ -31,7 +31,7 @@ from llmfoundry.utils.builders import build_optimizer_from_section, build_schedu
 from llmfoundry.utils.config_transforms import apply_transforms_to_config
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
-from tests.models.mpt_helpers import tiny_config, tiny_model
+from tests.fixtures import tiny_config, tiny_model
 
 from .conftest import write_run_yaml
 

@@ -22,7 +22,7 @@ from llmfoundry.command_utils.convert_hf_to_onnx import (
     run_onnx,
 )
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
-from tests.command_utils.tiny_models import save_llama, save_tiny_mpt
+from tests.fixtures import save_llama, save_tiny_mpt
 
 VOCAB = 512  # the tokenizer fixture's size
 PROMPTS = ["def load(path):", "import json\n\nclass"]

@@ -38,9 +38,9 @@ from llmfoundry.utils.builders import (
 )
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.registry_utils import check_kwargs
+from tests.fixtures import tiny_llama
 
 from .conftest import TrainedRun, train_in_memory
-from .tiny_models import tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]
 YAML_DIR = REPO / "scripts/train/yamls"

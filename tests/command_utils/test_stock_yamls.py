@@ -48,11 +48,10 @@ from llmfoundry.utils.builders import (
     build_scheduler_from_section,
 )
 from llmfoundry.utils.config_utils import TrainConfig, load_config
-from tests.models.mpt_helpers import tiny_config, tiny_model
+from tests.fixtures import VOCAB, save_tiny_llama, tiny_config, tiny_model
 
 from .conftest import train_in_memory, write_token_mds
 from .test_shipped_yamls import count_mpt_params, path_overrides
-from .tiny_models import VOCAB, save_tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_DIR = REPO / "scripts/train"

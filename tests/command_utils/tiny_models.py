@@ -1,5 +1,4 @@
-"""Scripts run in this process (``run_script``); and, for the tests that import them from here,
-the tiny models of :mod:`tests.fixtures` (where they are built)."""
+"""Scripts run in this process (``run_script``); the tiny models are in :mod:`tests.fixtures`."""
 
 from __future__ import annotations
 
@@ -10,14 +9,6 @@ import runpy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-from tests.fixtures import VOCAB as VOCAB
-from tests.fixtures import save_llama as save_llama
-from tests.fixtures import save_lora_adapter as save_lora_adapter
-from tests.fixtures import save_tiny_llama as save_tiny_llama
-from tests.fixtures import save_tiny_mpt as save_tiny_mpt
-from tests.fixtures import tiny_llama as tiny_llama
-from tests.fixtures import tiny_llama_config as tiny_llama_config
 
 
 @dataclass

@@ -20,11 +20,6 @@ from llmfoundry.eval import build_icl_evaluators
 from llmfoundry.eval.datasets import ICLDataset
 from llmfoundry.eval.metrics import cut_generation, normalize_answer
 from llmfoundry.eval.prompts import needs_prefix_space
-from tests.fixtures import TEXT_MPT, tiny_text_mpt
-
-# Kept under their old names for the tests that import them from here.
-TINY_MPT = TEXT_MPT
-tiny_mpt = tiny_text_mpt
 
 
 def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any] | str]) -> str:

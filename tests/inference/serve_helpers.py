@@ -20,7 +20,7 @@ from llmfoundry.inference.serve import (
     ServedModel,
 )
 from llmfoundry.models.hf.export import save_mpt_as_hf
-from tests.models.mpt_helpers import tiny_config, tiny_model
+from tests.fixtures import tiny_config, tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "tiny-mpt"

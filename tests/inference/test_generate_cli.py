@@ -22,13 +22,8 @@ from llmfoundry.inference.generate import (
 )
 from llmfoundry.inference.options import ModelSource, Sampling
 from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, MissingFileError
-from tests.command_utils.tiny_models import (
-    ScriptResult,
-    run_script,
-    save_lora_adapter,
-    save_tiny_llama,
-    save_tiny_mpt,
-)
+from tests.command_utils.tiny_models import ScriptResult, run_script
+from tests.fixtures import save_lora_adapter, save_tiny_llama, save_tiny_mpt
 
 REPO = Path(__file__).resolve().parents[2]
 # Different lengths, so that batching them left-pads the shorter ones.

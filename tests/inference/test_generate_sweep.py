@@ -16,7 +16,8 @@ from llmfoundry.inference.generate import (
 )
 from llmfoundry.inference.options import ModelSource, Sampling
 from llmfoundry.utils.exceptions import ConfigError
-from tests.command_utils.tiny_models import run_script, save_tiny_llama
+from tests.command_utils.tiny_models import run_script
+from tests.fixtures import save_tiny_llama
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["def f(x):", "a"]

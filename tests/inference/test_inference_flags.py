@@ -23,8 +23,8 @@ from llmfoundry.inference.options import ModelSource, Sampling
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 from tests.command_utils.hub_cache import add_revision, offline_hub_cache  # noqa: F401
-from tests.command_utils.tiny_models import VOCAB, run_script, save_tiny_llama, save_tiny_mpt
-from tests.models.mpt_helpers import tiny_config, tiny_model
+from tests.command_utils.tiny_models import run_script
+from tests.fixtures import VOCAB, save_tiny_llama, save_tiny_mpt, tiny_config, tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 HF_GENERATE = REPO / "scripts/inference/hf_generate.py"

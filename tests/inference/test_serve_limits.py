@@ -30,7 +30,8 @@ from llmfoundry.inference.serve import (
 )
 from llmfoundry.inference.serve_load_test import LoadTestConfig, format_table, run_load_test
 from llmfoundry.utils.exceptions import ConfigError
-from tests.command_utils.tiny_models import run_script, tiny_llama
+from tests.command_utils.tiny_models import run_script
+from tests.fixtures import tiny_llama
 from tests.inference.serve_helpers import wait_until
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,7 +1,6 @@
 """Batches, comparisons and incremental decoding shared by the model tests, and config.json files
 in the layouts of LLM Foundry 0.22's export and of ``mosaicml/mpt-7b``. The tiny MPT builders
-(``tiny_config``, ``tiny_model``, ``randomize``, ``clone_with``) live in :mod:`tests.fixtures`;
-they are re-exported here for the tests that import them from this module."""
+(``tiny_config``, ``tiny_model``, ``randomize``, ``clone_with``) live in :mod:`tests.fixtures`."""
 
 from __future__ import annotations
 
@@ -12,10 +11,6 @@ from transformers.cache_utils import Cache
 
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
 from tests.fixtures import MPT_VOCAB
-from tests.fixtures import clone_with as clone_with
-from tests.fixtures import randomize as randomize
-from tests.fixtures import tiny_config as tiny_config
-from tests.fixtures import tiny_model as tiny_model
 
 VOCAB_SIZE = MPT_VOCAB
 PAD_ID = 0

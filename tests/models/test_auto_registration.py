@@ -31,7 +31,8 @@ from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.models.hf.loading import register_auto_classes
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM, MPTModel
 from llmfoundry.utils.exceptions import ConfigError
-from tests.models.mpt_helpers import generate, random_ids, randomize, tiny_config, tiny_model
+from tests.fixtures import randomize, tiny_config, tiny_model
+from tests.models.mpt_helpers import generate, random_ids
 
 SHIPPED_CODE = 'raise RuntimeError("the code this folder ships ran")\n'
 

@@ -39,7 +39,7 @@ from llmfoundry.models.inference_api.wrappers import DEFAULT_SYSTEM_ROLE_PROMPT
 from llmfoundry.utils.builders import build_composer_model_from_section
 from llmfoundry.utils.exceptions import ConfigError, UserError
 from tests.eval.helpers import exact_match, icl_evaluators, lm_task, run_eval, write_jsonl
-from tests.models.mpt_helpers import tiny_config, tiny_model
+from tests.fixtures import tiny_config, tiny_model
 
 NAME = "tiny-mpt"
 PAD = 1  # the fixture tokenizer's pad id

@@ -33,13 +33,8 @@ from llmfoundry.models.hf import ComposerHFCausalLM
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
-from tests.models.mpt_helpers import (
-    AUTO_MAP,
-    lf022_config_json,
-    mpt_7b_config_json,
-    tiny_config,
-    tiny_model,
-)
+from tests.fixtures import tiny_config, tiny_model
+from tests.models.mpt_helpers import AUTO_MAP, lf022_config_json, mpt_7b_config_json
 
 VOCAB = 512  # the tokenizer fixture's size
 SHIPPED_CODE = 'raise RuntimeError("the code this folder ships ran")\n'
