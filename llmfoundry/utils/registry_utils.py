@@ -7,7 +7,8 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from llmfoundry.registry import Registry
-from llmfoundry.utils.exceptions import ConfigError, did_you_mean
+from llmfoundry.utils.config_checks import unknown_key_error
+from llmfoundry.utils.exceptions import ConfigError
 
 
 def accepted_kwargs(func: Any) -> set[str] | None:
@@ -58,10 +59,7 @@ def check_keys(keys: Iterable[Any], allowed: Collection[str], section: str) -> N
     """
     for key in keys:
         if key not in allowed:
-            raise ConfigError(
-                f"{section}.{key} is not a valid key{did_you_mean(str(key), allowed)} "
-                f"(valid: {', '.join(sorted(allowed))})"
-            )
+            raise unknown_key_error(section, str(key), allowed)
 
 
 def construct_from_registry(
