@@ -22,6 +22,7 @@ from llmfoundry.command_utils.eval import EvalResults, evaluate
 from llmfoundry.command_utils.train import train
 from llmfoundry.inference.generate import generate, load_model_and_tokenizer
 from llmfoundry.inference.options import ModelSource
+from llmfoundry.utils.composer_shortcuts import close_trainer
 from llmfoundry.utils.config_utils import EvalConfig, TrainConfig, load_config
 from llmfoundry.utils.tokenizer_utils import EOS_TOKEN, train_byte_level_bpe
 
@@ -154,7 +155,7 @@ def run_demo(
     eval_values = in_memory.data.get("metrics/eval/LanguageCrossEntropy", [])
     eval_loss = float(eval_values[-1][1]) if eval_values else None
     checkpoint = out / "checkpoints" / "latest-rank0.pt"
-    trainer.close()
+    close_trainer(trainer)
 
     logger.info("[6/7] exporting to Hugging Face format and generating")
     hf_dir = convert_composer_to_hf(str(checkpoint), str(out / "hf"), output_precision="fp32")

@@ -47,7 +47,7 @@ from llmfoundry.utils.builders import (
     build_tokenizer_from_section,
 )
 from llmfoundry.utils.checkpoint_utils import check_load_path
-from llmfoundry.utils.composer_shortcuts import trainer_env_without_cpu_probe
+from llmfoundry.utils.composer_shortcuts import close_trainer, trainer_env_without_cpu_probe
 from llmfoundry.utils.config_transforms import batch_size_info
 from llmfoundry.utils.config_utils import TrainConfig, config_from_mapping, load_config
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
@@ -398,7 +398,7 @@ def train_from_yaml(yaml_path: str | Path, overrides: Sequence[str] = ()) -> Tra
     cfg, resolved = load_config(yaml_path, overrides, TrainConfig)
     trainer = train(cfg, resolved)
     # Leave the process group cleanly so that no rank is torn down mid-collective.
-    trainer.close()
+    close_trainer(trainer)
     stopped_unsaved = resume.stop_exit_code(trainer)
     leave_process_group()
     if stopped_unsaved is not None:  # SIGTERM with no save_folder: see callbacks/graceful_stop

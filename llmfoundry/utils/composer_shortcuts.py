@@ -14,11 +14,16 @@ The CPU name: every ``Trainer`` collects an environment report for one logged va
 version), and the report's CPU name comes from py-cpuinfo, which starts a second Python process
 (about 1 s). ``trainer_env_without_cpu_probe`` reads the name from ``/proc/cpuinfo`` instead
 while a ``Trainer`` is built.
+
+One clean-up Composer leaves undone: each ``CheckpointSaver`` makes a scratch folder when it is
+built and never removes it; ``close_trainer`` removes it when the run closes (left alone, its
+finalizer removes it whenever the trainer is garbage-collected, with a ``ResourceWarning``).
 """
 
 from __future__ import annotations
 
 import platform
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -32,6 +37,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 if TYPE_CHECKING:
+    from composer import Trainer
     from peft import PeftModel
 
 
@@ -85,3 +91,12 @@ def trainer_env_without_cpu_probe() -> Iterator[None]:
         yield
     finally:
         composer_env.get_cpu_model = original
+
+
+def close_trainer(trainer: Trainer) -> None:
+    """``trainer.close()``, then remove the scratch folder of each of its checkpoint savers."""
+    trainer.close()
+    for callback in trainer.state.callbacks:
+        scratch = getattr(callback, "tmp_dir_for_symlink", None)
+        if isinstance(scratch, tempfile.TemporaryDirectory):
+            scratch.cleanup()
