@@ -198,7 +198,7 @@ def apply_adapter(
 
 
 def load_model_and_tokenizer(
-    source: ModelSource | str, **fields: Any
+    source: ModelSource,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer for generation (left padding for batches).
 
@@ -206,8 +206,6 @@ def load_model_and_tokenizer(
         source: which model and how (see :class:`ModelSource`); a device of None means CPU
             here. ``autocast_dtype`` is not used by loading (see
             :func:`~llmfoundry.inference.generate.load_for_generation`).
-        **fields: with a folder or hub name as ``source``: the other :class:`ModelSource`
-            fields (``load_model_and_tokenizer("folder", trust_remote_code=True)``).
 
     Returns:
         The model in eval mode (a ``peft.PeftModel`` with an adapter) and the tokenizer.
@@ -219,10 +217,6 @@ def load_model_and_tokenizer(
         MissingDependencyError: for ``device_map`` without accelerate, or FlashAttention
             without flash-attn.
     """
-    if isinstance(source, str):
-        source = ModelSource(source, **fields)
-    elif fields:
-        raise TypeError(f"give the model's settings in its ModelSource, not as {sorted(fields)}")
     name = source.name_or_path
     if source.model_dtype not in MODEL_DTYPES:
         raise ConfigError(

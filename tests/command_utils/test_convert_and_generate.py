@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmfoundry.command_utils.convert_composer_to_hf import convert_composer_to_hf
 from llmfoundry.inference.generate import generate, load_model_and_tokenizer
+from llmfoundry.inference.model_loading import ModelSource
 from llmfoundry.models.hf import ComposerMPTCausalLM
 from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
 from tests.models.transformers_only import without_llmfoundry_auto_classes
@@ -98,7 +99,7 @@ def test_exported_greedy_generation_equals_checkpoint(
 
 
 def test_generate_helper_batches_with_left_padding(hf_dir: Path) -> None:
-    model, tokenizer = load_model_and_tokenizer(str(hf_dir), trust_remote_code=True)
+    model, tokenizer = load_model_and_tokenizer(ModelSource(str(hf_dir), trust_remote_code=True))
     together = generate(model, tokenizer, PROMPTS, max_new_tokens=12, do_sample=False)
     alone = [
         generate(model, tokenizer, [p], max_new_tokens=12, do_sample=False)[0] for p in PROMPTS

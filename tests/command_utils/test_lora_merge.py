@@ -21,6 +21,7 @@ from transformers import (
 
 from llmfoundry.command_utils.merge_lora import merge_lora
 from llmfoundry.inference.generate import load_model_and_tokenizer
+from llmfoundry.inference.model_loading import ModelSource
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 from tests.command_utils.tiny_models import run_script
 from tests.fixtures import save_lora_adapter, save_tiny_llama, save_tiny_mpt
@@ -144,7 +145,7 @@ def test_an_adapter_for_another_base_is_a_one_line_error(
     with pytest.raises(ConfigError, match=pattern):
         merge_lora(str(models / "llama"), str(models / adapter), tmp_path / "out")
     with pytest.raises(ConfigError, match=pattern):
-        load_model_and_tokenizer(str(models / "llama"), adapter=str(models / adapter))
+        load_model_and_tokenizer(ModelSource(str(models / "llama"), adapter=str(models / adapter)))
     assert not (tmp_path / "out").exists()
     result = run_script(
         REPO / "scripts/inference/merge_lora.py",

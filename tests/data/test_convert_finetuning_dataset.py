@@ -21,16 +21,9 @@ from llmfoundry.command_utils.data_prep.convert_finetuning_dataset import (
 from llmfoundry.data.finetuning import tokenize_example
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 from tests.data.conftest import BUCKET, index_columns, loader_batches, stored_samples
+from tests.data.finetuning.loader_cases import ROWS
 from tests.eval.helpers import write_jsonl
 
-ROWS = [
-    {"prompt": "def loads(s):", "response": " return decode(s)"},
-    {"prompt": "import json", "response": "\nimport re"},
-    {"prompt": "class Encoder:", "response": "\n    pass"},
-    {"prompt": "x = [", "response": "1, 2, 3]"},
-    {"prompt": "while True:", "response": "\n    break"},
-    {"prompt": "if not s:", "response": "\n    return None"},
-]
 CHATS = [
     {
         "messages": [
