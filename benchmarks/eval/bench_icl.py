@@ -6,10 +6,10 @@ Usage: python benchmarks/eval/bench_icl.py [--out <tmp>/bench_icl] [--rows 200] 
 
 What it does:
 
-1. Builds (once, cached under ``--out``) a byte-level BPE tokenizer trained with ``tokenizers``
-   on the Python standard library's sources, and a randomly initialised (seeded) GPT-2 model
-   from ``GPT2Config(n_layer, n_head, n_embd, vocab_size=<tokenizer size>, n_positions=2048)``,
-   saved as safetensors with the tokenizer files (``tokenizer.json`` and a
+1. Builds (once, cached under ``--out``) the project's byte-level BPE tokenizer
+   (``train_byte_level_bpe``) trained on the Python standard library's sources, and a randomly
+   initialised (seeded) GPT-2 model from ``GPT2Config(n_layer, n_head, n_embd,
+   vocab_size=<tokenizer size>, n_positions=2048)``, saved as safetensors with the tokenizer files (``tokenizer.json`` and a
    ``tokenizer_config.json`` naming ``PreTrainedTokenizerFast``) in one folder both sides load.
 2. Writes seeded synthetic task files of realistic shape (ARC-like multiple choice with four
    choices at 0 and 5 shots, Winograd-like schema, LAMBADA-like language modeling; rows of
@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Any
 
 DRIVER = Path(__file__).with_name("_bench_icl_driver.py")
-EOS = "<|endoftext|>"
 CORPUS_BYTES = 13_000_000
 
 _WORD_TEXT = """
@@ -106,32 +105,18 @@ def corpus_files(limit: int = CORPUS_BYTES) -> list[str]:
 
 
 def build_tokenizer(folder: Path, vocab: int) -> int:
-    """Train (once) a byte-level BPE tokenizer into ``folder``; returns its vocabulary size."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    """Train (once) the project's byte-level BPE tokenizer (``train_byte_level_bpe``) on the
+    corpus into ``folder``; returns its vocabulary size."""
+    from tokenizers import Tokenizer
 
     target = folder / "tokenizer.json"
     if not target.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
-        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab,
-            special_tokens=[EOS],
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
+        from llmfoundry.utils.tokenizer_utils import train_byte_level_bpe
+
+        texts = (
+            Path(name).read_text(encoding="utf-8", errors="replace") for name in corpus_files()
         )
-        tokenizer.train(corpus_files(), trainer)
-        tokenizer.save(str(target))
-        config = {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": EOS,
-            "eos_token": EOS,
-            "unk_token": EOS,
-            "model_max_length": 2048,
-        }
-        (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        train_byte_level_bpe(texts, vocab, folder, model_max_length=2048)
     return Tokenizer.from_file(str(target)).get_vocab_size()
 
 
@@ -149,11 +134,11 @@ def build_model(out: Path, layers: int, d_model: int, heads: int, vocab: int, se
     config = GPT2Config(
         n_layer=layers, n_head=heads, n_embd=d_model, vocab_size=size, n_positions=2048
     )
-    config.bos_token_id = config.eos_token_id = 0  # the tokenizer's only special token
+    config.bos_token_id = config.eos_token_id = 0  # the tokenizer's <|endoftext|>
     model = GPT2LMHeadModel(config)
     model.save_pretrained(str(folder), safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        (folder / name).write_bytes((tokenizer_folder / name).read_bytes())
+    for path in tokenizer_folder.iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
     return folder
 
 

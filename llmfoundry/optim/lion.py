@@ -21,12 +21,14 @@ norms that must be global are gathered with ``full_tensor()``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
-from typing import Any, overload
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from composer.utils import dist
 from torch.distributed.tensor import DTensor
+
+from llmfoundry.optim.closure_step import ClosureStepOptimizer
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ def global_norm(tensor: torch.Tensor) -> torch.Tensor:
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
 
-class DecoupledLionW(torch.optim.Optimizer):
+class DecoupledLionW(ClosureStepOptimizer):
     """Lion with Composer-style decoupled weight decay (see the module docstring for the update).
 
     Parameters without a gradient (or with ``requires_grad=False``) are skipped and keep no state.
@@ -139,24 +141,8 @@ class DecoupledLionW(torch.optim.Optimizer):
             param.add_(direction, alpha=-lr)
         exp_avg.lerp_(grad, 1.0 - beta2)
 
-    @overload
-    def step(self, closure: None = None) -> None: ...
-    @overload
-    def step(self, closure: Callable[[], float]) -> float: ...
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Take one optimization step over every parameter that has a gradient.
-
-        Args:
-            closure: optional function that re-evaluates the model and returns the loss.
-
-        Returns:
-            The closure's loss, or ``None``.
-        """
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _update(self) -> None:
+        """Step every parameter that has a gradient (see the module docstring for the update)."""
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             for param in group["params"]:
@@ -180,7 +166,6 @@ class DecoupledLionW(torch.optim.Optimizer):
                     beta2=beta2,
                 )
                 state["step"] += 1
-        return loss
 
     # ------------------------------------------------------------- OptimizerMonitor metrics
 

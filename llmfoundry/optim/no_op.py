@@ -3,19 +3,22 @@ e.g. to measure throughput, or to evaluate with the training loop's callbacks)."
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any, overload
+from collections.abc import Iterable
+from typing import Any
 
 import torch
+
+from llmfoundry.optim.closure_step import ClosureStepOptimizer
 
 __all__ = ["NoOp"]
 
 
-class NoOp(torch.optim.Optimizer):
+class NoOp(ClosureStepOptimizer):
     """An optimizer that leaves the parameters as they are.
 
     Its parameter groups carry ``lr: 0.0`` so that learning-rate schedulers and monitors work
-    with it as with any other optimizer.
+    with it as with any other optimizer. Its step calls ``closure`` (with gradients enabled) if
+    given and returns its loss.
 
     Args:
         params: the parameters (or parameter groups) it is given.
@@ -24,14 +27,5 @@ class NoOp(torch.optim.Optimizer):
     def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict[str, Any]]) -> None:
         super().__init__(params, {"lr": 0.0})
 
-    @overload
-    def step(self, closure: None = None) -> None: ...
-    @overload
-    def step(self, closure: Callable[[], float]) -> float: ...
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Call ``closure`` (with gradients enabled) if given and return its loss; update nothing."""
-        if closure is None:
-            return None
-        with torch.enable_grad():
-            return closure()
+    def _update(self) -> None:
+        """Update nothing."""
