@@ -35,6 +35,10 @@ def gradient_clipping(clipping_type: str, clipping_threshold: float) -> Gradient
         raise ConfigError(
             f"algorithms.gradient_clipping.clipping_threshold={clipping_threshold!r} must be > 0"
         )
+    from llmfoundry.models.moe_parallel import ExpertParallelGradientClipping, expert_mesh
+
+    if expert_mesh() is not None:  # experts split over ranks: parameters on two device meshes
+        return ExpertParallelGradientClipping(clipping_type, clipping_threshold)
     return GradientClipping(clipping_type=clipping_type, clipping_threshold=clipping_threshold)
 
 

@@ -14,8 +14,9 @@ on GPU, the process's resident memory (``memory/cpu_rss_mb``, ``memory/cpu_peak_
 LLM Foundry's other names work too: ``fdiff_metrics``, ``global_lr_scaling``,
 ``layer_freezing``, ``mono_checkpoint_saver``, ``loss_perp_v_len``, ``load_checkpoint`` and
 (with the run config) ``dataset_swap``. ``async_eval`` needs the MosaicML platform and is
-refused when built, naming the alternatives; ``mbmoe_tok_per_expert`` (MegaBlocks MoE) is not
-provided here.
+refused when built, naming the alternatives. ``mbmoe_tok_per_expert`` logs how many tokens each
+expert of a mixture-of-experts MPT (``ffn_type`` ``torch_dmoe``, ``mb_moe``, ``mb_dmoe``)
+received in the last training microbatch (see ``TokPerExpert``).
 """
 
 from composer.callbacks import (
@@ -49,6 +50,7 @@ from llmfoundry.callbacks.monolithic_checkpoint import MonolithicCheckpointSaver
 from llmfoundry.callbacks.resumption import GlobalLRScaling, LayerFreezing
 from llmfoundry.callbacks.run_timeout import RunTimeout
 from llmfoundry.callbacks.scheduled_gc import ScheduledGarbageCollector
+from llmfoundry.callbacks.tok_per_expert import MegaBlocksMoE_TokPerExpert, TokPerExpert
 
 for _name, _cls in {
     "lr_monitor": LRMonitor,
@@ -76,6 +78,7 @@ for _name, _cls in {
     "mono_checkpoint_saver": MonolithicCheckpointSaver,
     "loss_perp_v_len": LossPerpVsContextLengthLogger,
     "load_checkpoint": LoadCheckpoint,
+    "mbmoe_tok_per_expert": TokPerExpert,
 }.items():
     registry.callbacks.register(_name, func=_cls)
 
@@ -104,9 +107,11 @@ __all__ = [
     "LayerFreezing",
     "LoadCheckpoint",
     "LossPerpVsContextLengthLogger",
+    "MegaBlocksMoE_TokPerExpert",
     "MemoryMonitor",
     "MonolithicCheckpointSaver",
     "RunTimeout",
     "RunTimeoutCallback",
     "ScheduledGarbageCollector",
+    "TokPerExpert",
 ]

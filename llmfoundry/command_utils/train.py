@@ -35,6 +35,7 @@ from llmfoundry.command_utils.run_setup import (
     start_run,
 )
 from llmfoundry.loggers.run_artifacts import RunArtifactsLogger, build_run_artifacts_logger
+from llmfoundry.models.moe_parallel import setup_expert_parallel
 from llmfoundry.utils.builders import (
     build_algorithms,
     build_callbacks,
@@ -317,6 +318,15 @@ def build_trainer(
         dist.get_world_size(),
         dist.get_local_world_size(),
         model=model,
+    )
+    ffn_config = cfg.model.get("ffn_config") or {}
+    setup_expert_parallel(  # ffn_config.moe_world_size > 1: experts split over ranks
+        model,
+        int(ffn_config.get("moe_world_size", 1)),
+        ffn_config.get("device_mesh"),
+        parallelism,
+        precision,
+        device.name,
     )
     train_loader = build_dataloader_from_section(
         "train_loader", cfg.train_loader, tokenizer, batch_sizes.device_train_batch_size

@@ -139,6 +139,7 @@ def test_registries_hold_the_built_in_layers_under_llm_foundry_names() -> None:
         "norm",
         "multihead_attention",
         "te_layernorm_mlp",
+        "moe",
     ]
 
 

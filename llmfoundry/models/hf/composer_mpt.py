@@ -10,17 +10,24 @@ from contextvars import ContextVar
 from typing import Any, cast
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from composer.metrics.nlp import LanguageCrossEntropy, LanguagePerplexity, MaskedAccuracy
 from composer.models import HuggingFaceModel
+from torch.distributed import ProcessGroup
 from torchmetrics import Metric
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
 from llmfoundry.eval.metrics import ICL_METRICS
 from llmfoundry.metrics import TokenAccuracy
+from llmfoundry.models.moe_parallel import expert_parallel_group
 from llmfoundry.models.mpt import MPTConfig, MPTConfigError, MPTForCausalLM
 from llmfoundry.models.mpt.modeling_mpt import MPTCausalLMOutput
+from llmfoundry.models.mpt.moe import MoEFFN, moe_aux_losses
+from llmfoundry.models.mpt.moe_config import is_moe
+from llmfoundry.models.mpt.moe_megablocks import OPTIONS_ATTR, megablocks_lbl
+from llmfoundry.models.mpt.moe_options import MoEOptions
 from llmfoundry.utils.composer_shortcuts import composer_hugging_face_init
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
@@ -107,6 +114,50 @@ def _add_token_losses(
     metric._update_count += 1
 
 
+def count_active_params(model: torch.nn.Module) -> int:
+    """The parameters a token uses: every parameter, the experts' weights of each MoE layer
+    counted ``top_k / num_experts`` times (``n_total_params`` for a model without experts)."""
+    total = sum(p.numel() for p in model.parameters())
+    for module in model.modules():
+        options = getattr(module, OPTIONS_ATTR, None)
+        if isinstance(module, MoEFFN):
+            options = module.options
+        if not isinstance(options, MoEOptions):
+            continue
+        experts = cast(Any, module).experts.mlp
+        n_expert = sum(p.numel() for p in experts.parameters())
+        total -= n_expert - n_expert * options.top_k // options.num_experts
+    return total
+
+
+def resolve_lbl_group(setting: str | int | None) -> ProcessGroup | None:
+    """The ranks whose token counts the balancing loss averages (``lbl_process_group``).
+
+    ``global_group``: every rank; an int ``k > 1``: consecutive groups of ``k`` ranks (created
+    here, by every rank at once); ``expert_group``: the ranks that share out this rank's experts
+    (``moe_world_size``; this rank alone without expert parallelism); None or 1: this rank
+    alone. None too when ``torch.distributed`` is not initialized.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return None
+    if setting == "global_group":
+        return dist.group.WORLD
+    if setting == "expert_group":
+        return expert_parallel_group()
+    if isinstance(setting, int) and not isinstance(setting, bool) and setting > 1:
+        if setting == dist.get_world_size():
+            return dist.group.WORLD
+        try:
+            group, _ = dist.new_subgroups(group_size=setting)
+        except ValueError as err:
+            raise ConfigError(
+                f"model.ffn_config.lbl_process_group={setting} must divide the number of "
+                f"processes ({dist.get_world_size()}): {err}"
+            ) from err
+        return group
+    return None
+
+
 def build_mpt_config(model_section: Mapping[str, Any]) -> MPTConfig:
     """Validate the MPT keys of a ``model:`` section and build the ``MPTConfig``.
 
@@ -173,6 +224,11 @@ class ComposerMPTCausalLM(HuggingFaceModel):
             raise ConfigError(f"model.{err}") from err
         # Counted before any FSDP wrapping: FSDP1's flat parameters only hold a rank's shard.
         self.n_total_params = sum(p.numel() for p in model.parameters())
+        self.n_active_params = count_active_params(model)
+        # An MoE model's loss is a dict with the router losses (see ``loss``).
+        self.is_moe = is_moe(config.ffn_config)
+        self._lbl_setting = config.ffn_config.get("lbl_process_group")
+        self._lbl_groups: list[ProcessGroup | None] = []  # resolved at the first loss
         self.loss_fn = loss_fn
         composer_hugging_face_init(
             self,
@@ -229,12 +285,37 @@ class ComposerMPTCausalLM(HuggingFaceModel):
     def _logits_forward(self, batch: Mapping[str, Any]) -> MPTCausalLMOutput:
         return self.model(**self._model_inputs(batch))
 
-    def loss(self, outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor:
+    def loss(self, outputs: Any, batch: Mapping[str, Any]) -> Any:
         """Mean next-token cross-entropy over the tokens whose label is not -100.
 
         The per-token losses stay on ``outputs`` (detached): the cross-entropy and perplexity
         train metrics add them up instead of computing the cross-entropy twice more.
+
+        For a mixture-of-experts model (``ffn_type`` ``torch_dmoe``, ``mb_moe``, ``mb_dmoe``),
+        a dict: ``loss`` the cross-entropy, ``lbl`` the load-balancing loss and ``zloss`` the
+        router z-loss (each only when its weight is not 0) of the forward just run, and
+        ``total`` their sum, which Composer backpropagates (and logs, with each key, as
+        ``loss/train/<key>``).
         """
+        ce = self._cross_entropy(outputs, batch)
+        if not self.is_moe:
+            return ce
+        aux = moe_aux_losses(self.model, self._lbl_group())
+        megablocks_loss = megablocks_lbl(self.model)
+        if megablocks_loss is not None:
+            aux["lbl"] = megablocks_loss
+        total = ce
+        for value in aux.values():
+            total = total + value
+        return {"total": total, "loss": ce, **aux}
+
+    def _lbl_group(self) -> ProcessGroup | None:
+        """The process group of ``lbl_process_group`` (resolved once, collectively)."""
+        if not self._lbl_groups:
+            self._lbl_groups.append(resolve_lbl_group(self._lbl_setting))
+        return self._lbl_groups[0]
+
+    def _cross_entropy(self, outputs: Any, batch: Mapping[str, Any]) -> torch.Tensor:
         if outputs.logits is None:  # the fused path already computed it
             return outputs.loss
         logits = outputs.logits
@@ -301,12 +382,14 @@ class ComposerMPTCausalLM(HuggingFaceModel):
 
             flops = 3 B (2 P s + 4 L d s^2) = 6 P (B s) + 12 L d s^2 B
 
-        Padding is counted like real tokens; ``P`` is counted when the model is built.
+        Padding is counted like real tokens; ``P`` is counted when the model is built. For a
+        mixture of experts, ``P`` is ``n_active_params``: each expert's weights count
+        ``top_k / num_experts`` times (a token runs ``top_k`` of them), as in LLM Foundry.
         """
         config = cast(MPTConfig, self.model.config)
         batch_size, seq_len = batch["input_ids"].shape[:2]
         per_sequence = (
-            2 * self.n_total_params * seq_len + config.n_layers * 4 * config.d_model * seq_len**2
+            2 * self.n_active_params * seq_len + config.n_layers * 4 * config.d_model * seq_len**2
         )
         return int(3 * per_sequence * batch_size)
 

@@ -55,7 +55,9 @@ INIT_CONFIG_DEFAULTS: dict[str, Any] = {
 
 # The type of each nested key, for the run-config checker (``llmfoundry.utils.config_checks``):
 # a YAML value of another type (``qk_ln: maybe``) fails there, naming the key. Plug-in layers'
-# own keys (an ``ffn_config`` of a plug-in FFN) are not listed and go unchecked.
+# own keys (an ``ffn_config`` of a plug-in FFN) are not listed and go unchecked. The MoE keys of
+# ``ffn_config`` are typed by ``moe_options.MOE_CONFIG_TYPES`` and checked when ``MPTConfig`` is
+# built (``moe_config.merge_ffn_config``; this file cannot import them: moe_options imports it).
 ATTN_CONFIG_TYPES: dict[str, Any] = {
     "attn_type": str,
     "attn_pdrop": float,
@@ -102,7 +104,11 @@ ATTN_IMPLS = BUILTIN_NAMES["attention_implementations"]
 FLEX_IMPLS = ("triton", "flex")
 ROPE_IMPLS = ("dail", "hf")
 NORM_TYPES = BUILTIN_NAMES["norms"]
-FFN_TYPES = (*BUILTIN_NAMES["ffns"], *BUILTIN_NAMES["ffns_with_norm"])
+FFN_TYPES = (
+    *BUILTIN_NAMES["ffns"],
+    *BUILTIN_NAMES["ffns_with_norm"],
+    *BUILTIN_NAMES["ffns_with_megablocks"],
+)
 FFN_ACT_FNS = ("gelu", "relu", "silu")
 INIT_NAMES = BUILTIN_NAMES["param_init_fns"]
 INIT_DEVICES = ("cpu", "meta", "mixed")

@@ -33,6 +33,8 @@ from .config_defaults import (
 )
 from .config_layers import is_builtin_name, resolve_layer_sources
 from .layer_table import BUILTIN_NAMES  # noqa: F401
+from .moe_config import check_moe_config, merge_ffn_config
+from .moe_options import MOE_FFN_TYPES  # noqa: F401
 from .rope_config import rope_position_scale, rope_theta_for, validate_rope
 
 logger = logging.getLogger(__name__)
@@ -76,7 +78,8 @@ class MPTConfig(PretrainedConfig):
         emb_pdrop: dropout on the embeddings.
         learned_pos_emb: add a learned absolute position embedding (``transformer.wpe``).
         attn_config: attention options (see ``ATTN_CONFIG_DEFAULTS``).
-        ffn_config: feed-forward options: ``ffn_type``, ``ffn_act_fn``, ``ffn_hidden_size``.
+        ffn_config: feed-forward options: ``ffn_type``, ``ffn_act_fn``, ``ffn_hidden_size``
+            (and the MoE keys of ``torch_dmoe``/``mb_moe``/``mb_dmoe``, see :mod:`.moe_config`).
         init_device: where weights are first created: ``cpu``, ``meta`` or ``mixed``.
         logit_scale: multiply the output logits by this number, or by ``1/sqrt(d_model)``
             when set to ``"inv_sqrt_d_model"``.
@@ -157,14 +160,7 @@ class MPTConfig(PretrainedConfig):
             # an exported config.json readable by it, which AutoTokenizer.from_pretrained(folder)
             # does whenever trust_remote_code is off.
             self.attn_config["attn_pdrop"] = int(pdrop)
-        ffn_type = (ffn_config or {}).get("ffn_type", FFN_CONFIG_DEFAULTS["ffn_type"])
-        self.ffn_config = merge_defaults(
-            "ffn_config",
-            ffn_config,
-            {**FFN_CONFIG_DEFAULTS, "ffn_act_fn": None, "ffn_hidden_size": None},
-            # A plug-in FFN receives the ffn_config keys as its own options.
-            open_keys=not is_builtin_name("ffn_config.ffn_type", ffn_type),
-        )
+        self.ffn_config = merge_ffn_config(ffn_config)
         self.init_device = init_device
         self.logit_scale = logit_scale
         self.no_bias = no_bias
@@ -279,6 +275,7 @@ class MPTConfig(PretrainedConfig):
         """Check each field and the combinations the model cannot run with."""
         attn = self.attn_config
         self._validate_sizes()
+        check_moe_config(self.ffn_config, self.d_model, self.expansion_ratio)
         if self.d_model % self.n_heads != 0:
             raise MPTConfigError(
                 f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"

@@ -1,5 +1,6 @@
 """MPT feed-forward blocks: ``mptmlp`` (up, activation, down), ``mptglu`` (gated), TE's
-``te_ln_mlp``, or a plug-in's.
+``te_ln_mlp``, the mixtures of experts ``torch_dmoe``, ``mb_moe`` and ``mb_dmoe`` (``moe.py``,
+``moe_megablocks.py``), or a plug-in's.
 
 Every FFN is built as LLM Foundry builds the entries of its ``ffns`` registries:
 ``(d_model=, expansion_ratio=, device=, bias=, fc_type=, **ffn_config options)``.
@@ -7,6 +8,7 @@ Every FFN is built as LLM Foundry builds the entries of its ``ffns`` registries:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,9 +18,14 @@ from .config_layers import find_layer
 from .configuration_mpt import MPTConfig
 from .fc import build_linear, mark_residual, transformer_engine
 from .layer_table import register_builtin
+from .moe import MoEFFN
+from .moe_megablocks import announce_fallback, build_megablocks_moe, megablocks_usable
+from .moe_options import MoEOptions, moe_options
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 _DEFAULT_ACT: dict[str, Any] = {"name": "gelu", "approximate": "none"}
+# MegaBlocks' default expert activation (mb_moe / mb_dmoe without ffn_act_fn).
+_MOE_DEFAULT_ACT: dict[str, Any] = {"name": "gelu", "approximate": "tanh"}
 
 
 def build_activation(spec: str | dict[str, Any] | None) -> nn.Module:
@@ -115,9 +122,90 @@ def build_te_ln_mlp(
     )
 
 
+def _moe_parts(
+    ffn_type: str,
+    d_model: int,
+    expansion_ratio: float,
+    ffn_hidden_size: int | None,
+    ffn_act_fn: str | dict[str, Any] | None,
+    moe_keys: dict[str, Any],
+) -> tuple[MoEOptions, nn.Module]:
+    """The MoE options and expert activation of an MoE FFN.
+
+    Every expert is built here whatever ``moe_world_size`` says: the training command splits
+    them over the ranks afterwards (``llmfoundry.models.moe_parallel``).
+    """
+    options = moe_options(
+        {"ffn_type": ffn_type, "ffn_hidden_size": ffn_hidden_size, **moe_keys},
+        d_model,
+        expansion_ratio,
+    )
+    default = _DEFAULT_ACT if ffn_type == "torch_dmoe" else _MOE_DEFAULT_ACT
+    return options, build_activation(ffn_act_fn if ffn_act_fn is not None else default)
+
+
+def build_torch_dmoe(
+    d_model: int,
+    expansion_ratio: float,
+    fc_type: str | dict[str, Any] | None = None,
+    ffn_hidden_size: int | None = None,
+    ffn_act_fn: str | dict[str, Any] | None = None,
+    device: str | None = None,
+    bias: bool = True,
+    **moe_keys: Any,
+) -> MoEFFN:
+    """``ffn_type: torch_dmoe``: dropless top-k experts (see ``moe.py``).
+
+    ``moe_keys`` are the ``ffn_config`` MoE keys (``moe_options``). As LLM Foundry's
+    ``torch_dmoe``, the experts' activation is exact GELU unless ``ffn_act_fn`` says otherwise,
+    and the experts have no bias.
+    """
+    del fc_type, bias  # the experts hold their own stacked weights, without a bias
+    options, act = _moe_parts(
+        "torch_dmoe", d_model, expansion_ratio, ffn_hidden_size, ffn_act_fn, moe_keys
+    )
+    return MoEFFN(d_model, options, act, bias=False, device=device)
+
+
+def _megablocks_ffn(ffn_type: str) -> Callable[..., nn.Module]:
+    """The builder of ``ffn_type: mb_moe`` or ``mb_dmoe``."""
+
+    def build(
+        d_model: int,
+        expansion_ratio: float,
+        fc_type: str | dict[str, Any] | None = None,
+        ffn_hidden_size: int | None = None,
+        ffn_act_fn: str | dict[str, Any] | None = None,
+        device: str | None = None,
+        bias: bool = True,
+        **moe_keys: Any,
+    ) -> nn.Module:
+        del fc_type  # the experts hold their own weights
+        options, act = _moe_parts(
+            ffn_type, d_model, expansion_ratio, ffn_hidden_size, ffn_act_fn, moe_keys
+        )
+        if megablocks_usable():
+            return build_megablocks_moe(ffn_type, d_model, options, moe_keys, act, bias, device)
+        announce_fallback(ffn_type)
+        return MoEFFN(d_model, options, act, bias=bias, device=device)
+
+    build.__name__ = build.__qualname__ = f"build_{ffn_type}"
+    build.__doc__ = (
+        f"``ffn_type: {ffn_type}``: MegaBlocks' "
+        f"{'dMoE' if ffn_type == 'mb_dmoe' else 'MoE'} where MegaBlocks and CUDA are there, "
+        "the built-in ``MoEFFN`` (same parameter names and layout, an expert bias when the "
+        "model has biases) elsewhere. The experts' activation is MegaBlocks' default, "
+        "tanh-approximated GELU, unless ``ffn_act_fn`` says otherwise."
+    )
+    return build
+
+
 register_builtin("ffns", "mptmlp", MPTMLP)
 register_builtin("ffns", "mptglu", MPTGLU)
+register_builtin("ffns", "torch_dmoe", build_torch_dmoe)
 register_builtin("ffns_with_norm", "te_ln_mlp", build_te_ln_mlp)
+for _name in ("mb_moe", "mb_dmoe"):
+    register_builtin("ffns_with_megablocks", _name, _megablocks_ffn(_name))
 
 
 def build_ffn(config: MPTConfig, device: str | None = None) -> nn.Module:
@@ -133,6 +221,9 @@ def build_ffn(config: MPTConfig, device: str | None = None) -> nn.Module:
         for key, value in config.ffn_config.items()
         if key != "ffn_type" and value is not None
     }
+    # MegaBlocks' ``bias`` key (in an MoE ffn_config) is inert: as in LLM Foundry, the model's
+    # ``no_bias`` decides.
+    options.pop("bias", None)
     if name == "te_ln_mlp":
         options["eps"] = config.norm_eps
         options["normalization"] = "RMSNorm" if "rmsnorm" in config.norm_type else "LayerNorm"

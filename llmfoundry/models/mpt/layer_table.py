@@ -24,7 +24,9 @@ from collections.abc import Callable
 from typing import Any
 
 # The built-in names of each layer kind. The objects behind them are registered by the sibling
-# modules (norm.py, fc.py, ffn.py, attention.py, attention_impls.py, param_init.py).
+# modules (norm.py, fc.py, ffn.py, attention.py, attention_impls.py, param_init.py). The
+# ``ffns_with_megablocks`` entries run MegaBlocks when it is installed (with CUDA) and the
+# built-in PyTorch MoE (moe.py) otherwise.
 BUILTIN_NAMES: dict[str, tuple[str, ...]] = {
     "norms": (
         "layernorm",
@@ -34,9 +36,9 @@ BUILTIN_NAMES: dict[str, tuple[str, ...]] = {
         "triton_rmsnorm",
     ),
     "fcs": ("torch", "te"),
-    "ffns": ("mptmlp", "mptglu"),
+    "ffns": ("mptmlp", "mptglu", "torch_dmoe"),
     "ffns_with_norm": ("te_ln_mlp",),
-    "ffns_with_megablocks": (),
+    "ffns_with_megablocks": ("mb_moe", "mb_dmoe"),
     "attention_classes": ("multihead_attention", "multiquery_attention", "grouped_query_attention"),
     # "flash" runs flash-attn when installed and PyTorch's fused SDPA kernels otherwise; "sdpa"
     # asks for SDPA explicitly. "triton" (the name LLM Foundry's retired Triton kernel had) and
@@ -53,7 +55,14 @@ BUILTIN_NAMES: dict[str, tuple[str, ...]] = {
         "xavier_normal_",
     ),
     # Tried in this order on every module by the param init functions.
-    "module_init_fns": ("fc", "embedding", "norm", "multihead_attention", "te_layernorm_mlp"),
+    "module_init_fns": (
+        "fc",
+        "embedding",
+        "norm",
+        "multihead_attention",
+        "te_layernorm_mlp",
+        "moe",
+    ),
 }
 LAYER_KINDS = tuple(BUILTIN_NAMES)
 # An FFN type is looked up in these kinds, first match wins (as LLM Foundry does).

@@ -33,6 +33,10 @@ from .fc import build_linear  # noqa: F401
 from .ffn import MPTMLP
 from .layer_table import lookup_layer  # noqa: F401
 from .masks import attention_inputs_by_window, rotary_for, token_positions
+from .moe import MoEFFN
+from .moe_config import merge_ffn_config  # noqa: F401
+from .moe_megablocks import megablocks_usable  # noqa: F401
+from .moe_options import MOE_FFN_TYPES  # noqa: F401
 from .norm import build_norm
 from .param_init import init_mpt_module
 from .rope_config import validate_rope  # noqa: F401
@@ -49,6 +53,10 @@ CHECKPOINT_TARGETS: dict[str, type[nn.Module]] = {
     "multiquery_attention": GroupedQueryAttention,
     "mptmlp": MPTMLP,
     "mptglu": MPTMLP,
+    "torch_dmoe": MoEFFN,
+    "mb_moe": MoEFFN,
+    "mb_dmoe": MoEFFN,
+    "moeffn": MoEFFN,
 }
 
 

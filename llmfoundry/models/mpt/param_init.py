@@ -4,8 +4,8 @@ Each scheme is registered under LLM Foundry's name as its ``param_init_fns`` are
 the same way: ``fn(module=, n_layers=, d_model=, **init_config)`` on one module at a time. A
 scheme draws each weight with its initializer through the *module init functions*
 (``module_init_fns``: ``fc``, ``embedding``, ``norm``, ``multihead_attention``,
-``te_layernorm_mlp``, then any a plug-in registers), the first of which that handles the module
-wins. Residual output projections (marked ``_is_residual``) are then divided by
+``te_layernorm_mlp``, ``moe``, then any a plug-in registers), the first of which that handles the
+module wins. Residual output projections (marked ``_is_residual``) are then divided by
 ``sqrt(2 * n_layers)`` when ``init_div_is_residual`` is true (or by the given number); fused
 ``Wqkv`` weights are drawn per q/k/v slice; norms start at weight 1, bias 0. ``default_`` runs
 each module's own ``reset_parameters`` (PyTorch's default init).
@@ -26,6 +26,7 @@ from .config_layers import find_layer
 from .configuration_mpt import MPTConfig
 from .fc import FUSED_MARK, RESIDUAL_MARK
 from .layer_table import builtin_layers, external_layers, register_builtin
+from .moe import ExpertWeights
 
 InitFn = Callable[[torch.Tensor], object]
 
@@ -190,6 +191,43 @@ def te_layernorm_mlp_init(
 
 
 @torch.no_grad()
+def moe_init(
+    module: nn.Module,
+    init_fn_: InitFn,
+    init_div_is_residual: bool | float | str = True,
+    div_is_residual: float = 1.0,
+    **kwargs: Any,
+) -> bool:
+    """The experts' weights of an MoE FFN (``ExpertWeights``): each expert's matrices drawn
+    alone, in ``nn.Linear`` orientation (so its fans are its own), its down projection
+    (``w2``) then divided like any residual projection. The router is an ``nn.Linear``
+    (``fc_init``) and the experts' bias a 1-D ``bias`` (``norm_init``: zeros)."""
+    del kwargs
+    if not isinstance(module, ExpertWeights):
+        return False
+    loaded = {id(p) for p in module.parameters(recurse=False) if _is_loaded(p)}
+    if len(loaded) == len(list(module.parameters(recurse=False))):
+        return True
+    divide = init_div_is_residual is not False
+    for param_name in ("w1", "v1", "w2"):
+        param = getattr(module, param_name)
+        if param is None or id(param) in loaded:
+            continue
+        for view, is_residual in _expert_views(module, param_name):
+            init_fn_(view)
+            if divide and is_residual:
+                view.div_(div_is_residual)
+    return True
+
+
+def _expert_views(module: ExpertWeights, param_name: str) -> list[tuple[torch.Tensor, bool]]:
+    """``module.linear_views()`` of one parameter (``w1``, ``v1`` or ``w2``)."""
+    per_expert = 3 if module.v1 is not None else 2
+    index = {"w1": 0, "v1": 1, "w2": per_expert - 1}[param_name]
+    return module.linear_views()[index::per_expert]
+
+
+@torch.no_grad()
 def generic_param_init_fn_(
     module: nn.Module,
     init_fn_: InitFn,
@@ -295,6 +333,7 @@ for _name, _fn in {
     "norm": norm_init,
     "multihead_attention": multihead_attention_init,
     "te_layernorm_mlp": te_layernorm_mlp_init,
+    "moe": moe_init,
 }.items():
     register_builtin("param_init_fns" if _name.endswith("_") else "module_init_fns", _name, _fn)
 
