@@ -259,6 +259,7 @@ def test_grouped_kernel_matches_per_group_products_in_bf16() -> None:
 
 def test_torch_dmoe_defaults_to_exact_gelu_like_llm_foundry() -> None:
     moe = build_torch_dmoe(16, 2, moe_num_experts=2)
+    assert isinstance(moe, MoEFFN)
     activation = moe.experts.mlp.activation
     assert isinstance(activation, nn.GELU) and activation.approximate == "none"
     assert moe.experts.bias is None

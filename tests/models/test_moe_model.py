@@ -227,8 +227,8 @@ def test_the_fallback_is_announced_once_per_type(
             MPTForCausalLM(moe_config("mb_dmoe"))  # 2 layers each
         MPTForCausalLM(moe_config("torch_dmoe"))
     assert [r.getMessage() for r in caplog.records] == [
-        "ffn_type mb_dmoe: MegaBlocks is not installed (or no CUDA); using the built-in "
-        "PyTorch MoE (same weights and results layout)"
+        "ffn_type mb_dmoe: MegaBlocks is not installed (pip install 'llm-foundry[megablocks]') "
+        "or there is no CUDA; using the built-in PyTorch MoE (same parameters, same results)"
     ]
 
 

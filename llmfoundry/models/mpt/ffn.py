@@ -20,7 +20,7 @@ from .fc import build_linear, mark_residual, transformer_engine
 from .layer_table import register_builtin
 from .moe import MoEFFN
 from .moe_megablocks import announce_fallback, build_megablocks_moe, megablocks_usable
-from .moe_options import MoEOptions, moe_options
+from .moe_options import moe_options
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 _DEFAULT_ACT: dict[str, Any] = {"name": "gelu", "approximate": "none"}
@@ -122,53 +122,15 @@ def build_te_ln_mlp(
     )
 
 
-def _moe_parts(
-    ffn_type: str,
-    d_model: int,
-    expansion_ratio: float,
-    ffn_hidden_size: int | None,
-    ffn_act_fn: str | dict[str, Any] | None,
-    moe_keys: dict[str, Any],
-) -> tuple[MoEOptions, nn.Module]:
-    """The MoE options and expert activation of an MoE FFN.
+def _moe_builder(ffn_type: str) -> Callable[..., nn.Module]:
+    """The builder of ``ffn_type`` ``torch_dmoe``, ``mb_moe`` or ``mb_dmoe``.
 
-    Every expert is built here whatever ``moe_world_size`` says: the training command splits
-    them over the ranks afterwards (``llmfoundry.models.moe_parallel``).
+    ``moe_keys`` are the ``ffn_config`` MoE keys (``moe_options``). Every expert is built
+    whatever ``moe_world_size`` says: the training command splits them over the ranks
+    afterwards (``llmfoundry.models.moe_parallel``).
     """
-    options = moe_options(
-        {"ffn_type": ffn_type, "ffn_hidden_size": ffn_hidden_size, **moe_keys},
-        d_model,
-        expansion_ratio,
-    )
-    default = _DEFAULT_ACT if ffn_type == "torch_dmoe" else _MOE_DEFAULT_ACT
-    return options, build_activation(ffn_act_fn if ffn_act_fn is not None else default)
-
-
-def build_torch_dmoe(
-    d_model: int,
-    expansion_ratio: float,
-    fc_type: str | dict[str, Any] | None = None,
-    ffn_hidden_size: int | None = None,
-    ffn_act_fn: str | dict[str, Any] | None = None,
-    device: str | None = None,
-    bias: bool = True,
-    **moe_keys: Any,
-) -> MoEFFN:
-    """``ffn_type: torch_dmoe``: dropless top-k experts (see ``moe.py``).
-
-    ``moe_keys`` are the ``ffn_config`` MoE keys (``moe_options``). As LLM Foundry's
-    ``torch_dmoe``, the experts' activation is exact GELU unless ``ffn_act_fn`` says otherwise,
-    and the experts have no bias.
-    """
-    del fc_type, bias  # the experts hold their own stacked weights, without a bias
-    options, act = _moe_parts(
-        "torch_dmoe", d_model, expansion_ratio, ffn_hidden_size, ffn_act_fn, moe_keys
-    )
-    return MoEFFN(d_model, options, act, bias=False, device=device)
-
-
-def _megablocks_ffn(ffn_type: str) -> Callable[..., nn.Module]:
-    """The builder of ``ffn_type: mb_moe`` or ``mb_dmoe``."""
+    megablocks = ffn_type != "torch_dmoe"
+    default_act = _MOE_DEFAULT_ACT if megablocks else _DEFAULT_ACT
 
     def build(
         d_model: int,
@@ -180,10 +142,15 @@ def _megablocks_ffn(ffn_type: str) -> Callable[..., nn.Module]:
         bias: bool = True,
         **moe_keys: Any,
     ) -> nn.Module:
-        del fc_type  # the experts hold their own weights
-        options, act = _moe_parts(
-            ffn_type, d_model, expansion_ratio, ffn_hidden_size, ffn_act_fn, moe_keys
+        del fc_type  # the experts hold their own stacked weights
+        options = moe_options(
+            {"ffn_type": ffn_type, "ffn_hidden_size": ffn_hidden_size, **moe_keys},
+            d_model,
+            expansion_ratio,
         )
+        act = build_activation(ffn_act_fn if ffn_act_fn is not None else default_act)
+        if not megablocks:
+            return MoEFFN(d_model, options, act, bias=False, device=device)
         if megablocks_usable():
             return build_megablocks_moe(ffn_type, d_model, options, moe_keys, act, bias, device)
         announce_fallback(ffn_type)
@@ -191,7 +158,11 @@ def _megablocks_ffn(ffn_type: str) -> Callable[..., nn.Module]:
 
     build.__name__ = build.__qualname__ = f"build_{ffn_type}"
     build.__doc__ = (
-        f"``ffn_type: {ffn_type}``: MegaBlocks' "
+        "``ffn_type: torch_dmoe``: dropless top-k experts (``moe.py``). As LLM Foundry's, the "
+        "experts' activation is exact GELU unless ``ffn_act_fn`` says otherwise, and the "
+        "experts have no bias."
+        if not megablocks
+        else f"``ffn_type: {ffn_type}``: MegaBlocks' "
         f"{'dMoE' if ffn_type == 'mb_dmoe' else 'MoE'} where MegaBlocks and CUDA are there, "
         "the built-in ``MoEFFN`` (same parameter names and layout, an expert bias when the "
         "model has biases) elsewhere. The experts' activation is MegaBlocks' default, "
@@ -200,12 +171,15 @@ def _megablocks_ffn(ffn_type: str) -> Callable[..., nn.Module]:
     return build
 
 
+build_torch_dmoe = _moe_builder("torch_dmoe")
+
+
 register_builtin("ffns", "mptmlp", MPTMLP)
 register_builtin("ffns", "mptglu", MPTGLU)
 register_builtin("ffns", "torch_dmoe", build_torch_dmoe)
 register_builtin("ffns_with_norm", "te_ln_mlp", build_te_ln_mlp)
 for _name in ("mb_moe", "mb_dmoe"):
-    register_builtin("ffns_with_megablocks", _name, _megablocks_ffn(_name))
+    register_builtin("ffns_with_megablocks", _name, _moe_builder(_name))
 
 
 def build_ffn(config: MPTConfig, device: str | None = None) -> nn.Module:

@@ -42,8 +42,8 @@ def announce_fallback(ffn_type: str) -> None:
         return
     _announced.add(ffn_type)
     logger.warning(
-        "ffn_type %s: MegaBlocks is not installed (or no CUDA); using the built-in PyTorch MoE "
-        "(same weights and results layout)",
+        "ffn_type %s: MegaBlocks is not installed (pip install 'llm-foundry[megablocks]') or "
+        "there is no CUDA; using the built-in PyTorch MoE (same parameters, same results)",
         ffn_type,
     )
 
