@@ -51,6 +51,7 @@ from llmfoundry.utils.checkpoint_utils import check_load_path
 from llmfoundry.utils.composer_shortcuts import close_trainer, trainer_env_without_cpu_probe
 from llmfoundry.utils.config_transforms import batch_size_info
 from llmfoundry.utils.config_utils import TrainConfig, config_from_mapping, load_config
+from llmfoundry.utils.cpu_malloc import tune_cpu_malloc
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 from llmfoundry.utils.object_store import is_remote
 
@@ -237,6 +238,8 @@ def start_training_process(cfg: TrainConfig) -> tuple[Device, str]:
     apply_cuda_env(cfg)
     reproducibility.seed_all(cfg.seed)
     device = get_device(None)
+    if device.name == "cpu":
+        tune_cpu_malloc()
     precision = runtime_precision(cfg.precision, device)
     dist.initialize_dist(device, timeout=cfg.dist_timeout)
     resume.check_autoresume_checkpoint(
