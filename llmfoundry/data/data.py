@@ -12,17 +12,17 @@ import logging
 import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
-from streaming import MDSWriter
-from streaming.base.compression import get_compressions
 from torch.utils.data import IterableDataset
 from transformers import PreTrainedTokenizerBase
 
+from llmfoundry.data.mds_writer import MiniMDSWriter, supports, zstd_level
 from llmfoundry.data.token_batches import SampleCutter, TokenIds, batch_texts, tokenize_batch
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, did_you_mean
 
@@ -32,6 +32,16 @@ TOKENS_COLUMNS = {"tokens": "ndarray:int32"}
 TEXT_COLUMNS = {"text": "str"}
 
 Document = str | Mapping[str, Any]
+
+
+class MDSSampleWriter(Protocol):
+    """What :func:`write_mds` needs of an MDS writer."""
+
+    def write(self, sample: dict[str, Any]) -> None:
+        """Add one sample."""
+        ...
+
+
 TokenizeBatches = Callable[[Iterable[list[str]]], Iterator[list[TokenIds]]]
 
 
@@ -372,13 +382,22 @@ def check_compression(compression: str | None) -> str | None:
     """
     if compression is None or compression.lower() in ("", "none"):
         return None
-    known = get_compressions()
+    if zstd_level(compression) is not None:
+        return compression
+    known = known_compressions()
     if compression not in known:
         raise ConfigError(
             f"--compression '{compression}' is not supported{did_you_mean(compression, known)} "
             "(use none, zstd, gz, bz2, br or snappy, optionally with a level: zstd:7)"
         )
     return compression
+
+
+def known_compressions() -> set[str]:
+    """Streaming's shard compressions (e.g. ``zstd``, ``zstd:7``, ``gz:9``, ``snappy``)."""
+    from streaming.base.compression import get_compressions
+
+    return get_compressions()
 
 
 def write_mds(
@@ -405,12 +424,15 @@ def write_mds(
         The counts read and written.
 
     Raises:
+        FileExistsError: if ``out`` is a local folder with files (it is left as it is).
         Whatever reading ``samples`` raises; the partial output folder is removed first.
     """
     num_samples = 0
     num_tokens = 0
+    # Outside the ``try``: a folder refused as not empty is the user's and is left alone.
+    mds_writer = open_mds_writer(out, columns, compression)
     try:
-        with MDSWriter(out=out, columns=dict(columns), compression=compression) as writer:
+        with mds_writer as writer:
             for sample in samples:
                 writer.write(dict(sample))
                 num_samples += 1
@@ -418,7 +440,7 @@ def write_mds(
                     num_tokens += len(sample["tokens"])
     except BaseException:
         # The writer finishes its index even when interrupted; remove the partial folder so it
-        # cannot be mistaken for a whole dataset (MDSWriter only writes into an empty folder).
+        # cannot be mistaken for a whole dataset (the writers only write into an empty folder).
         if "://" not in out:
             shutil.rmtree(out, ignore_errors=True)
         raise
@@ -430,3 +452,20 @@ def write_mds(
         rows_dropped=dict(rows.dropped) if rows else {},
         bytes_on_disk=folder_size(out),
     )
+
+
+def open_mds_writer(
+    out: str, columns: Mapping[str, str], compression: str | None
+) -> AbstractContextManager[MDSSampleWriter]:
+    """An MDS writer for ``out``: :class:`~llmfoundry.data.mds_writer.MiniMDSWriter` (no torch,
+    same files) for a local folder with the converters' encodings and no or zstd compression,
+    else Streaming's ``MDSWriter``.
+
+    Raises:
+        FileExistsError: if ``out`` is a local folder that has files.
+    """
+    if supports(out, columns, compression):
+        return MiniMDSWriter(out, columns, compression)
+    from streaming import MDSWriter
+
+    return MDSWriter(out=out, columns=dict(columns), compression=compression)

@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from streaming.base.storage import CloudDownloader, CloudUploader
 from tqdm import tqdm
 
 from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, UserError
@@ -114,6 +113,10 @@ class RemoteFolder:
         parsed = urllib.parse.urlparse(self.uri)
         self.scheme = parsed.scheme
         self.key_prefix = parsed.path.strip("/") + "/" if parsed.path.strip("/") else ""
+        # Imported here: Streaming's package loads torch and torchvision, which a converter
+        # writing to a local folder never needs.
+        from streaming.base.storage import CloudDownloader, CloudUploader
+
         with user_errors(flag, uri, "reach the bucket"):
             # keep_local: the caller owns the local folder; exist_ok: it may already hold files.
             self._uploader: Any = CloudUploader.get(

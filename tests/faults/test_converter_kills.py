@@ -1,8 +1,8 @@
 """SIGKILL during each converter, then the same command again: the rerun finishes with the bytes
 of a clean run, and the killed run left nothing that passes for a finished dataset.
 
-Each kill lands after a shard file is on disk and before ``index.json`` is written (Streaming's
-``JointWriter.flush_shard`` returns, then the process is killed): the state most easily taken
+Each kill lands after a shard file is on disk and before ``index.json`` is written
+(``MiniMDSWriter.flush_shard`` returns, then the process is killed): the state most easily taken
 for a dataset.
 """
 
@@ -15,7 +15,7 @@ import pytest
 
 from .conftest import folder_bytes, run_killed
 
-AFTER_FIRST_SHARD = ("streaming.base.format.base.writer:JointWriter.flush_shard", 1, "after")
+AFTER_FIRST_SHARD = ("llmfoundry.data.mds_writer:MiniMDSWriter.flush_shard", 1, "after")
 
 
 def write_rows(path: Path, texts: list[str]) -> Path:
@@ -124,7 +124,7 @@ def test_convert_finetuning_dataset_killed_in_second_split_keeps_the_first(
     out = tmp_path / "out"
     # The first shard flushed is train's whole split; the kill lands in validation's.
     run_killed(
-        "streaming.base.format.base.writer:JointWriter.flush_shard",
+        "llmfoundry.data.mds_writer:MiniMDSWriter.flush_shard",
         2,
         "after",
         "data_prep/convert_finetuning_dataset.py",

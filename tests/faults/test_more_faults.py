@@ -42,9 +42,9 @@ import runpy
 import sys
 import time
 
-from streaming.base.format.base.writer import JointWriter
+from llmfoundry.data.mds_writer import MiniMDSWriter
 
-flush = JointWriter.flush_shard
+flush = MiniMDSWriter.flush_shard
 calls = []
 
 
@@ -55,7 +55,7 @@ def flush_then_wait(self, *args, **kwargs):
         time.sleep(120)
 
 
-JointWriter.flush_shard = flush_then_wait
+MiniMDSWriter.flush_shard = flush_then_wait
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
