@@ -40,12 +40,15 @@ class Routing:
         scores: ``(T, E)`` router probabilities (softmax or sigmoid of the logits).
         weights: ``(T, k)`` each token's weights for its chosen experts.
         experts: ``(T, k)`` the chosen experts (int64).
+        counts: ``(E,)`` assignments each expert received (the dispatch and the statistics
+            share this one count).
     """
 
     logits: torch.Tensor
     scores: torch.Tensor
     weights: torch.Tensor
     experts: torch.Tensor
+    counts: torch.Tensor
 
 
 @dataclasses.dataclass
@@ -90,7 +93,8 @@ class MoERouter(nn.Module):
         if opts.uniform_expert_assignment:
             experts = torch.arange(experts.numel(), device=experts.device).view_as(experts)
             experts = experts % opts.num_experts
-        return Routing(logits=logits, scores=scores, weights=weights.to(x.dtype), experts=experts)
+        counts = torch.bincount(experts.reshape(-1), minlength=opts.num_experts)
+        return Routing(logits, scores, weights.to(x.dtype), experts, counts)
 
 
 def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -249,13 +253,13 @@ class Dispatch:
     counts: torch.Tensor
 
 
-def dispatch(routing: Routing, num_experts: int, capacity: int | None) -> Dispatch:
+def dispatch(routing: Routing, capacity: int | None) -> Dispatch:
     """Sort the ``T * k`` assignments by expert (stable: token order within an expert) and,
     with a ``capacity``, keep the first ``capacity`` of each expert's."""
     top_k = routing.experts.shape[-1]
     flat = routing.experts.reshape(-1)
     sorted_experts, order = torch.sort(flat, stable=True)
-    counts = torch.bincount(flat, minlength=num_experts)
+    counts = routing.counts
     if capacity is not None:
         starts = torch.cumsum(counts, dim=0) - counts
         rank_in_expert = torch.arange(flat.numel(), device=flat.device) - starts[sorted_experts]
@@ -301,7 +305,7 @@ class MoEExperts(nn.Module):
 
     def forward(self, x: torch.Tensor, routing: Routing) -> torch.Tensor:
         """Combine each token's experts' outputs for ``x`` (``(T, H)``)."""
-        plan = dispatch(routing, self.options.num_experts, self.capacity(x.shape[0]))
+        plan = dispatch(routing, self.capacity(x.shape[0]))
         y = self.run_experts(x[plan.tokens], plan.counts)
         y = y * plan.weights.unsqueeze(-1).to(y.dtype)
         out = torch.zeros(x.shape[0], y.shape[-1], dtype=y.dtype, device=y.device)
@@ -348,9 +352,8 @@ class MoEFFN(nn.Module):
 
     def _stats(self, routing: Routing) -> RouterStats:
         opts = self.options
-        counts = torch.bincount(routing.experts.reshape(-1), minlength=opts.num_experts)
         return RouterStats(
-            tokens_per_expert=counts.detach(),
+            tokens_per_expert=routing.counts.detach(),
             num_tokens=routing.experts.shape[0],
             scores=routing.scores if opts.loss_weight > 0 else None,
             logits=routing.logits if opts.zloss_weight > 0 else None,
