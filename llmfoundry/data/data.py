@@ -23,7 +23,7 @@ from torch.utils.data import IterableDataset
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.data.mds_writer import MiniMDSWriter, supports, zstd_level
-from llmfoundry.data.token_batches import SampleCutter, TokenIds, batch_texts, tokenize_batch
+from llmfoundry.data.token_batches import SampleCutter, TokenIds, batch_encoder, batch_texts
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -146,8 +146,9 @@ class ConcatTokensDataset(IterableDataset):
 
     def tokenize_in_process(self, batches: Iterable[list[str]]) -> Iterator[list[TokenIds]]:
         """The default ``tokenize_batches``: each batch tokenized here, in turn."""
+        encode = batch_encoder(self.tokenizer)
         for batch in batches:
-            yield tokenize_batch(self.tokenizer, batch)
+            yield encode(batch)
 
 
 def separator_tokens(tokenizer: PreTrainedTokenizerBase, text: str, name: str) -> NDArray[np.int32]:

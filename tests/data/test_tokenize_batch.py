@@ -9,7 +9,7 @@ import pytest
 from tokenizers import processors
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from llmfoundry.data.token_batches import tokenize_batch
+from llmfoundry.data.token_batches import batch_encoder, tokenize_batch
 
 TEXTS = [
     "def f(x):\n    return x + 1\n",
@@ -46,6 +46,7 @@ def test_the_ids_are_the_tokenizer_calls(tokenizer_dir: Path, kind: str) -> None
     expected = _ids_of_the_call(tokenizer, TEXTS)
     for _ in range(2):  # before and after the wrapper's own call has set the Rust tokenizer up
         assert [ids.tolist() for ids in tokenize_batch(tokenizer, TEXTS)] == expected
+        assert [ids.tolist() for ids in batch_encoder(tokenizer)(TEXTS)] == expected
         _ids_of_the_call(tokenizer, TEXTS)
     if kind == "splits special tokens":
         special = tokenizer.convert_tokens_to_ids("<|endoftext|>")

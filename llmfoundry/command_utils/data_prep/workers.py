@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from llmfoundry.data.token_batches import TokenIds, tokenize_batch
+from llmfoundry.data.token_batches import BatchEncoder, TokenIds, batch_encoder
 from llmfoundry.utils.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ class OrderedPool(Generic[StateT, TaskT, ResultT]):
             raise error
 
 
-TokenizerPool = OrderedPool[PreTrainedTokenizerBase, list[str], list[TokenIds]]
+TokenizerPool = OrderedPool[BatchEncoder, list[str], list[TokenIds]]
 
 
 def token_batches_in(
@@ -213,9 +213,14 @@ def token_batches_in(
     return tokenize_batches
 
 
+def _encode(encode: BatchEncoder, texts: list[str]) -> list[TokenIds]:
+    return encode(texts)
+
+
 def tokenizer_pool(tokenizer: PreTrainedTokenizerBase, workers: int) -> TokenizerPool:
-    """A pool that tokenizes batches of texts with ``tokenizer`` (see :func:`tokenize_batch`)."""
-    return OrderedPool(tokenize_batch, tokenizer, workers)
+    """A pool that tokenizes batches of texts with ``tokenizer`` (see
+    :func:`~llmfoundry.data.token_batches.batch_encoder`)."""
+    return OrderedPool(_encode, batch_encoder(tokenizer), workers)
 
 
 def token_progress(desc: str) -> tqdm:
