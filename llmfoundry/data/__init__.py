@@ -20,9 +20,9 @@ __getattr__, __dir__ = lazy_exports(
     {
         "TEXT_COLUMNS": _DATA,
         "TOKENS_COLUMNS": _DATA,
-        "ConcatTokensDataset": _DATA,
+        "ConcatTokensDataset": "llmfoundry.data.torch_datasets",
         "MDSWriteSummary": _DATA,
-        "NoConcatDataset": _DATA,
+        "NoConcatDataset": "llmfoundry.data.torch_datasets",
         "write_mds": _DATA,
         "BinPackCollator": _FINETUNING,
         "Seq2SeqFinetuningCollator": _FINETUNING,
@@ -46,14 +46,7 @@ __getattr__, __dir__ = lazy_exports(
 )
 
 if TYPE_CHECKING:
-    from llmfoundry.data.data import (
-        TEXT_COLUMNS,
-        TOKENS_COLUMNS,
-        ConcatTokensDataset,
-        MDSWriteSummary,
-        NoConcatDataset,
-        write_mds,
-    )
+    from llmfoundry.data.data import TEXT_COLUMNS, TOKENS_COLUMNS, MDSWriteSummary, write_mds
     from llmfoundry.data.finetuning import (
         BinPackCollator,
         Seq2SeqFinetuningCollator,
@@ -72,6 +65,7 @@ if TYPE_CHECKING:
         build_text_dataloader,
         stream_remote_local_validate,
     )
+    from llmfoundry.data.torch_datasets import ConcatTokensDataset, NoConcatDataset
     from llmfoundry.utils.builders import build_dataloader
 
 __all__ = [

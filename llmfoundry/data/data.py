@@ -1,9 +1,13 @@
 """The converters' core: turn documents into samples and write them as MDS.
 
 Pretraining data is a stream of token ids cut into samples of exactly ``max_length`` tokens:
-:class:`ConcatTokensDataset` tokenizes each document, puts the BOS/EOS separator tokens around
-it, appends it to a buffer and cuts full samples off the front. :class:`NoConcatDataset` passes
-the documents through as text. :func:`write_mds` writes either kind of sample to an MDS folder.
+:class:`ConcatTokens` tokenizes each document, puts the BOS/EOS separator tokens around it,
+appends it to a buffer and cuts full samples off the front. :class:`NoConcat` passes the
+documents through as text. :func:`write_mds` writes either kind of sample to an MDS folder.
+
+This module imports no torch, so that a converter starts fast; LLM Foundry's
+``ConcatTokensDataset`` and ``NoConcatDataset`` (the same streams as torch ``IterableDataset``s,
+in :mod:`llmfoundry.data.torch_datasets`) are importable from here too, loaded on first use.
 """
 
 from __future__ import annotations
@@ -15,11 +19,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
-from torch.utils.data import IterableDataset
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.data.mds_writer import MiniMDSWriter, supports, zstd_level
@@ -70,7 +73,7 @@ def iter_document_texts(documents: Iterable[Document]) -> Iterator[str]:
         yield text
 
 
-class NoConcatDataset(IterableDataset):
+class NoConcat:
     """Documents as they are: yields ``{'text': str}`` for each one.
 
     Args:
@@ -85,7 +88,7 @@ class NoConcatDataset(IterableDataset):
             yield {"text": text}
 
 
-class ConcatTokensDataset(IterableDataset):
+class ConcatTokens:
     """Tokenized documents, concatenated and cut into samples of exactly ``max_length`` tokens.
 
     Each document becomes ``bos tokens + tokenizer(document) + eos tokens``; the document is
@@ -470,3 +473,18 @@ def open_mds_writer(
     from streaming import MDSWriter
 
     return MDSWriter(out=out, columns=dict(columns), compression=compression)
+
+
+if TYPE_CHECKING:
+    pass
+
+_TORCH_DATASETS = ("ConcatTokensDataset", "NoConcatDataset")
+
+
+def __getattr__(name: str) -> Any:
+    """``ConcatTokensDataset`` and ``NoConcatDataset``, imported (with torch) on first use."""
+    if name in _TORCH_DATASETS:
+        from llmfoundry.data import torch_datasets
+
+        return getattr(torch_datasets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """Documents tokenized a batch at a time and cut into fixed-length samples with numpy.
 
-:class:`~llmfoundry.data.data.ConcatTokensDataset` groups its documents into batches
+:class:`~llmfoundry.data.data.ConcatTokens` groups its documents into batches
 (:func:`batch_texts`), tokenizes each batch with one call of the tokenizer (:func:`tokenize_batch`;
 a fast tokenizer encodes the whole batch in Rust) and cuts the token stream into samples
 (:class:`SampleCutter`): the separators are joined to the documents and the samples sliced off

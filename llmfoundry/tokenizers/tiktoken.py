@@ -271,4 +271,6 @@ class TiktokenTokenizerWrapper(PreTrainedTokenizer):
         return ()
 
 
-TiktokenTokenizerWrapper.register_for_auto_class()
+# What ``register_for_auto_class()`` sets (saved folders name the class under ``auto_map``),
+# without the check that imports transformers' auto classes, and with them torch.
+TiktokenTokenizerWrapper._auto_class = "AutoTokenizer"

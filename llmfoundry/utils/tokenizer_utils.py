@@ -8,7 +8,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+# Not AutoTokenizer here: importing it imports torch (through transformers' model configs).
+from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from llmfoundry.utils.exceptions import TokenizerError, first_line
 
@@ -26,6 +27,8 @@ TOKENIZER_FILES = (
     "spiece.model",
     "tiktoken.model",
 )
+# The class names of transformers' generic tokenizer, which loads tokenizer.json as it is.
+GENERIC_TOKENIZER_CLASSES = ("PreTrainedTokenizerFast", "TokenizersBackend")
 
 
 def build_tokenizer(
@@ -77,7 +80,14 @@ def _load_tokenizer(tokenizer_name: str, kwargs: dict[str, Any]) -> PreTrainedTo
             "tokenizer.json or tokenizer_config.json); save the tokenizer there with "
             "save_pretrained, or give the folder or hub name that has it"
         )
-    loader: Any = _registered_class_of_folder(tokenizer_name) or AutoTokenizer
+    loader: Any = _registered_class_of_folder(tokenizer_name)
+    if loader is None and _is_generic_folder(folder):
+        loader = PreTrainedTokenizerFast
+        kwargs.pop("trust_remote_code")
+    if loader is None:
+        from transformers import AutoTokenizer
+
+        loader = AutoTokenizer
     try:
         tokenizer = loader.from_pretrained(tokenizer_name, **kwargs)
     except (OSError, ValueError) as err:
@@ -115,6 +125,28 @@ def _registered_class_of_folder(name: str) -> type[PreTrainedTokenizerBase] | No
         if isinstance(entry, type) and entry.__name__ == class_name:
             return cast(type[PreTrainedTokenizerBase], entry)
     return None
+
+
+def _is_generic_folder(folder: Path) -> bool:
+    """Whether ``AutoTokenizer`` would load ``folder`` with transformers' generic tokenizer
+    class without looking further: its ``tokenizer_config.json`` names that class and no remote
+    code, and it holds ``tokenizer.json`` and no model ``config.json`` (whose model type could
+    make ``AutoTokenizer`` pick another class). Loading that class directly gives the same
+    tokenizer without importing torch."""
+    config_file = folder / "tokenizer_config.json"
+    if not (config_file.is_file() and (folder / "tokenizer.json").is_file()):
+        return False
+    if (folder / "config.json").exists():
+        return False
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError:
+        return False
+    return (
+        isinstance(config, dict)
+        and config.get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES
+        and "auto_map" not in config
+    )
 
 
 def train_byte_level_bpe(

@@ -56,9 +56,9 @@ from llmfoundry.data.data import (
     TEXT_COLUMNS,
     TOKENS_COLUMNS,
     BadRowError,
-    ConcatTokensDataset,
+    ConcatTokens,
     MDSWriteSummary,
-    NoConcatDataset,
+    NoConcat,
     RowStats,
     check_compression,
     check_output_empty,
@@ -270,11 +270,11 @@ def convert_split(
     samples: Iterable[Mapping[str, Any]]
     if options.concat_tokens is None or options.tokenizer is None or pool is None:
         progress = tqdm(desc=plan.folder, total=total, unit=" samples")
-        samples = counted(NoConcatDataset(texts), progress)
+        samples = counted(NoConcat(texts), progress)
         columns = TEXT_COLUMNS
     else:
         progress = token_progress(plan.folder)
-        samples = ConcatTokensDataset(
+        samples = ConcatTokens(
             texts,
             options.tokenizer,
             options.concat_tokens,

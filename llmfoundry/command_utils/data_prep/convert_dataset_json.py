@@ -31,9 +31,9 @@ from llmfoundry.command_utils.data_prep.workers import (
 from llmfoundry.data.data import (
     TEXT_COLUMNS,
     TOKENS_COLUMNS,
-    ConcatTokensDataset,
+    ConcatTokens,
     MDSWriteSummary,
-    NoConcatDataset,
+    NoConcat,
     RowStats,
     check_compression,
     check_output_empty,
@@ -121,9 +121,7 @@ def convert_dataset_json(
                     "--tokenizer is ignored without --concat_tokens: writing text samples"
                 )
             documents = tqdm(iter_json_texts(files, rows), desc="documents", unit=" docs")
-            summary = write_mds(
-                NoConcatDataset(documents), str(staging), TEXT_COLUMNS, compression, rows
-            )
+            summary = write_mds(NoConcat(documents), str(staging), TEXT_COLUMNS, compression, rows)
         else:
             if tokenizer is None:
                 raise ConfigError(
@@ -131,7 +129,7 @@ def convert_dataset_json(
                 )
             built = converter_tokenizer(tokenizer)
             with tokenizer_pool(built, workers) as pool, token_progress("tokens") as progress:
-                samples = ConcatTokensDataset(
+                samples = ConcatTokens(
                     iter_json_texts(files, rows),
                     built,
                     concat_tokens,

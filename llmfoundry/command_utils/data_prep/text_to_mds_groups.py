@@ -21,7 +21,7 @@ from llmfoundry.command_utils.data_prep.workers import (
 )
 from llmfoundry.data.data import (
     TOKENS_COLUMNS,
-    ConcatTokensDataset,
+    ConcatTokens,
     MDSWriteSummary,
     RowStats,
     folder_size,
@@ -68,7 +68,7 @@ def convert_text_files(conversion: TextConversion) -> MDSWriteSummary:
         token_progress("tokens") as progress,
     ):
         documents = read_documents(conversion.files, lambda: None, rows, conversion.labels)
-        samples = ConcatTokensDataset(
+        samples = ConcatTokens(
             documents,
             tokenizer,
             conversion.concat_tokens,

@@ -198,7 +198,7 @@ TokenizerPool = OrderedPool[BatchEncoder, list[str], list[TokenIds]]
 def token_batches_in(
     pool: TokenizerPool, progress: tqdm
 ) -> Callable[[Iterable[list[str]]], Iterator[list[TokenIds]]]:
-    """A ``tokenize_batches`` for :class:`~llmfoundry.data.data.ConcatTokensDataset` that
+    """A ``tokenize_batches`` for :class:`~llmfoundry.data.data.ConcatTokens` that
     tokenizes in ``pool`` and counts documents and tokens on ``progress`` (a bar of tokens).
     """
 
