@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -50,17 +51,14 @@ def test_package_registry_and_cli_load_nothing_heavy() -> None:
 @pytest.mark.parametrize(
     ("module", "allowed"),
     [
-        ("llmfoundry.command_utils.data_prep.convert_text_to_mds", {"torch", "transformers"}),
-        ("llmfoundry.command_utils.data_prep.convert_dataset_json", {"torch", "transformers"}),
-        # The Hub/local-dataset readers load ``datasets``; none of the converters needs Composer.
+        # No converter needs torch or Composer; the Hub/local-dataset readers load ``datasets``.
+        ("llmfoundry.command_utils.data_prep.convert_text_to_mds", {"transformers"}),
+        ("llmfoundry.command_utils.data_prep.convert_dataset_json", {"transformers"}),
         (
             "llmfoundry.command_utils.data_prep.convert_finetuning_dataset",
-            {"torch", "transformers", "datasets"},
+            {"transformers", "datasets"},
         ),
-        (
-            "llmfoundry.command_utils.data_prep.convert_dataset_hf",
-            {"torch", "transformers", "datasets"},
-        ),
+        ("llmfoundry.command_utils.data_prep.convert_dataset_hf", {"transformers", "datasets"}),
         ("llmfoundry.models.mpt", {"torch", "transformers"}),
         # Training loads ``datasets`` only for a Hugging Face finetuning source (Composer
         # itself imports peft).
@@ -75,6 +73,37 @@ def test_entry_module_loads_only_what_it_needs(module: str, allowed: set[str]) -
     excused = set() if module in WITHOUT_STREAMING else {"streaming", "torchvision"}
     loaded = set(_loaded_after(f"import {module}")) - excused
     assert loaded <= allowed, f"{module} loads {sorted(loaded - allowed)}"
+
+
+def test_converting_with_a_tokenizer_folder_loads_no_torch(
+    tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    # A folder saved with transformers' generic tokenizer class loads without AutoTokenizer
+    # (whose model configs import torch), and datasets' streaming reader is opened without its
+    # torch epoch counter.
+    documents = tmp_path / "docs.jsonl"
+    documents.write_text("".join(json.dumps({"text": f"doc {i} " * 50}) + "\n" for i in range(20)))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(20))
+    )
+    statements = f"""
+        from llmfoundry.command_utils.data_prep.convert_dataset_json import convert_dataset_json
+        from llmfoundry.command_utils.data_prep.convert_finetuning_dataset import (
+            convert_finetuning_dataset,
+        )
+        summary = convert_dataset_json(
+            {str(documents)!r}, {str(tmp_path / "text")!r}, concat_tokens=32,
+            tokenizer={str(tokenizer_dir)!r}, eos_text="<|endoftext|>", num_workers=1,
+        )
+        assert summary.num_samples > 0, summary
+        splits = convert_finetuning_dataset(
+            "json", {str(tmp_path / "ft")!r}, {str(tokenizer_dir)!r}, splits=["train"],
+            data_files=[{str(pairs)!r}], skip_preprocessing=True, num_workers=1,
+        )
+        assert splits["train"].num_samples == 20, splits
+    """
+    assert "torch" not in _loaded_after(statements)
 
 
 def test_registries_load_builtins_on_first_read_and_keep_earlier_registrations() -> None:

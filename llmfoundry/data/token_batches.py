@@ -100,6 +100,20 @@ def batch_encoder(tokenizer: PreTrainedTokenizerBase) -> BatchEncoder:
     return partial(tokenize_batch, tokenizer)
 
 
+def fast_text_encoder(tokenizer: PreTrainedTokenizerBase) -> Callable[[str], list[int]] | None:
+    """``tokenizer(text)['input_ids']`` for one text at a time through the byte-level BPE fast
+    path, or None when ``tokenizer`` does not take it (or encodes targets differently)."""
+    # Seq2seq tokenizers with a target vocabulary switch to it for ``text_target``.
+    if hasattr(tokenizer, "_switch_to_target_mode") or hasattr(tokenizer, "_switch_to_input_mode"):
+        return None
+    backend = _plain_backend(tokenizer)
+    fast = byte_level_fast_path(backend) if backend is not None else None
+    if fast is None:
+        return None
+    encode = fast.encode_batch
+    return lambda text: encode([text])[0].tolist()
+
+
 def _plain_backend(tokenizer: PreTrainedTokenizerBase) -> Tokenizer | None:
     """A fast tokenizer's Rust tokenizer when calling it directly gives what ``tokenizer(...)``
     does with no truncation or padding (neither is set on it, special tokens are handled as the

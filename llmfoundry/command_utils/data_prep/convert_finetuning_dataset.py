@@ -77,10 +77,10 @@ from llmfoundry.data.data import (
     check_output_empty,
     write_mds,
 )
-from llmfoundry.data.finetuning.collator import TargetPolicy
 from llmfoundry.data.finetuning.formatting import MESSAGES_KEYS
 from llmfoundry.data.finetuning.hf_source import preprocess_row
 from llmfoundry.data.finetuning.tasks import PreprocessingFn, dataset_constructor
+from llmfoundry.data.finetuning.turns import TargetPolicy
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, did_you_mean
 from llmfoundry.utils.file_utils import atomic_directory
 from llmfoundry.utils.object_store import RemoteFolder, check_listable, is_remote

@@ -5,22 +5,23 @@ into turns (LLM Foundry 0.22's ``turns`` column) or kept as text (``prompt``/``r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.data.data import BadRowError, RowStats
-from llmfoundry.data.finetuning.collator import (
+from llmfoundry.data.finetuning.formatting import tokenize_example, untokenized_example
+from llmfoundry.data.finetuning.hf_source import preprocess_row
+from llmfoundry.data.finetuning.tasks import PreprocessingFn
+from llmfoundry.data.finetuning.turns import (
     TargetPolicy,
     example_length,
     is_trainable,
     with_final_eos,
 )
-from llmfoundry.data.finetuning.formatting import tokenize_example, untokenized_example
-from llmfoundry.data.finetuning.hf_source import preprocess_row
-from llmfoundry.data.finetuning.tasks import PreprocessingFn
+from llmfoundry.data.token_batches import fast_text_encoder
 from llmfoundry.utils.exceptions import DatasetError
 from llmfoundry.utils.tokenizer_utils import eos_token_id_of
 
@@ -58,6 +59,14 @@ class FinetuningSamples:
     skip_bad_rows: bool
     policy: TargetPolicy = field(default_factory=TargetPolicy)
     encoder_decoder: bool = False
+    # The tokenizer's fast path, built here (before the workers fork) when it has one.
+    encode: Callable[[str], list[int]] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        tokenizer = self.tokenizer
+        object.__setattr__(
+            self, "encode", fast_text_encoder(tokenizer) if tokenizer is not None else None
+        )
 
     @property
     def columns(self) -> dict[str, str]:
@@ -116,7 +125,7 @@ class FinetuningSamples:
                     "convert chats and prompt/response pairs separately",
                 )
             return text
-        turns = tokenize_example(example, self.tokenizer, where)["turns"]
+        turns = tokenize_example(example, self.tokenizer, where, self.encode)["turns"]
         if not self.encoder_decoder:
             final = with_final_eos(turns, eos_token_id_of(self.tokenizer))
             if not is_trainable(final, self.policy, self.max_seq_len):

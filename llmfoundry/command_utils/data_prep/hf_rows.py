@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import datasets
+from datasets import config as datasets_config
 
 from llmfoundry.data.data import RowStats
 from llmfoundry.utils.exceptions import (
@@ -66,12 +69,13 @@ def load_splits(
             "file, or a builder name (json, parquet) with --data_files"
         )
     try:
-        loaded = datasets.load_dataset(
-            str(Path(dataset).expanduser()) if looks_local else dataset,
-            name=subset,
-            data_files=data_files,
-            streaming=True,
-        )
+        with _epoch_counter_without_torch():
+            loaded = datasets.load_dataset(
+                str(Path(dataset).expanduser()) if looks_local else dataset,
+                name=subset,
+                data_files=data_files,
+                streaming=True,
+            )
     except ValueError as err:
         if subset is not None and "config" in str(err).lower():
             raise ConfigError(
@@ -87,6 +91,26 @@ def load_splits(
     if not isinstance(loaded, datasets.IterableDatasetDict):
         raise DatasetError(f"dataset '{dataset}' did not load as a set of splits")
     return {str(name): split for name, split in loaded.items()}
+
+
+@contextmanager
+def _epoch_counter_without_torch() -> Iterator[None]:
+    """While a streaming dataset is opened, tell ``datasets`` that torch is not installed.
+
+    With torch installed, ``datasets`` keeps each streaming dataset's epoch in a shared torch
+    tensor (for ``DataLoader`` workers) and imports torch to make it, about 1.5 s. The converters
+    read their rows in this process, so the plain integer counter ``datasets`` uses without torch
+    serves them. When torch is already loaded nothing is changed.
+    """
+    if "torch" in sys.modules:
+        yield
+        return
+    torch_available = datasets_config.TORCH_AVAILABLE
+    datasets_config.TORCH_AVAILABLE = False
+    try:
+        yield
+    finally:
+        datasets_config.TORCH_AVAILABLE = torch_available
 
 
 def check_text_column(

@@ -16,15 +16,15 @@ _FORMATTING, _PACKING = (
     "llmfoundry.data.finetuning.formatting",
     "llmfoundry.data.finetuning.packing",
 )
-_TASKS = "llmfoundry.data.finetuning.tasks"
+_TASKS, _TURNS = "llmfoundry.data.finetuning.tasks", "llmfoundry.data.finetuning.turns"
 __getattr__, __dir__ = lazy_exports(
     __name__,
     {
         "Seq2SeqFinetuningCollator": _COLLATOR,
-        "TargetPolicy": _COLLATOR,
-        "build_sequence": _COLLATOR,
+        "TargetPolicy": _TURNS,
+        "build_sequence": _TURNS,
         "count_tokens_in_batch": _COLLATOR,
-        "with_final_eos": _COLLATOR,
+        "with_final_eos": _TURNS,
         "FinetuningDatasetConfig": _LOADER,
         "StreamingFinetuningDataset": _LOADER,
         "build_finetuning_dataloader": _LOADER,
@@ -39,13 +39,7 @@ __getattr__, __dir__ = lazy_exports(
 )
 
 if TYPE_CHECKING:
-    from llmfoundry.data.finetuning.collator import (
-        Seq2SeqFinetuningCollator,
-        TargetPolicy,
-        build_sequence,
-        count_tokens_in_batch,
-        with_final_eos,
-    )
+    from llmfoundry.data.finetuning.collator import Seq2SeqFinetuningCollator, count_tokens_in_batch
     from llmfoundry.data.finetuning.dataloader import (
         FinetuningDatasetConfig,
         StreamingFinetuningDataset,
@@ -58,6 +52,7 @@ if TYPE_CHECKING:
         first_fit_decreasing,
     )
     from llmfoundry.data.finetuning.tasks import DatasetConstructor, dataset_constructor
+    from llmfoundry.data.finetuning.turns import TargetPolicy, build_sequence, with_final_eos
 
 __all__ = [
     "BinPackCollator",

@@ -34,7 +34,6 @@ from composer.utils import dist
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from llmfoundry.data.finetuning.collator import example_length, with_final_eos
 from llmfoundry.data.finetuning.dataset_config import (
     FinetuningDatasetConfig,
     parse_dataset_config,
@@ -47,6 +46,7 @@ from llmfoundry.data.finetuning.hf_source import (
 )
 from llmfoundry.data.finetuning.mds_source import StreamingFinetuningDataset, check_turns
 from llmfoundry.data.finetuning.packing import MAX_AUTO_RATIO, auto_packing_ratio
+from llmfoundry.data.finetuning.turns import example_length, with_final_eos
 from llmfoundry.data.loader_registries import (
     FINETUNING_COLLATOR,
     validate_replication,

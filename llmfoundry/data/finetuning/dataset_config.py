@@ -6,8 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from llmfoundry.data.finetuning.collator import TargetPolicy
-from llmfoundry.data.finetuning.packing import check_max_leftover_bins_to_keep
+from llmfoundry.data.finetuning.turns import TargetPolicy
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys
 
@@ -157,3 +156,18 @@ def check_positive_int(value: Any, key: str) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{key} is {value!r}; use a whole number >= 1 (or leave it out)")
+
+
+def check_max_leftover_bins_to_keep(value: Any, key: str) -> None:
+    """Check a ``max_leftover_bins_to_keep`` value (None or an integer >= 0).
+
+    Raises:
+        ConfigError: naming ``key`` and the accepted values.
+    """
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"{key} is {value!r}; use a whole number >= 0 (leftover bins carried to the next "
+            "batch) or null (keep them all)"
+        )

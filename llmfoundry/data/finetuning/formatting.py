@@ -20,7 +20,7 @@ concatenate to the template of the whole conversation, or the example is rejecte
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from transformers import PreTrainedTokenizerBase
@@ -36,7 +36,10 @@ Turn = dict[str, list[int]]
 
 
 def tokenize_example(
-    example: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, where: str
+    example: Mapping[str, Any],
+    tokenizer: PreTrainedTokenizerBase,
+    where: str,
+    encode: Callable[[str], list[int]] | None = None,
 ) -> dict[str, list[Turn]]:
     """Tokenize a prompt/response or chat example into turns.
 
@@ -45,6 +48,9 @@ def tokenize_example(
             (``conversation`` also accepted).
         tokenizer: the run's tokenizer (with a chat template for chats).
         where: the example's source and row, for messages (``file.jsonl, row 3``).
+        encode: gives ``tokenizer(text)['input_ids']`` faster (see
+            :func:`~llmfoundry.data.token_batches.fast_text_encoder`); for prompt/response
+            examples.
 
     Returns:
         ``{'turns': [{'input_ids': [...], 'labels': [...]}, ...]}``.
@@ -58,8 +64,11 @@ def tokenize_example(
         return {"turns": tokenize_chat(example[messages_key], tokenizer, where)}
     prompt = _text_field(example, PROMPT_KEYS, where, allow_empty=True)
     response = _text_field(example, RESPONSE_KEYS, where, allow_empty=False)
-    prompt_ids = list(tokenizer(prompt)["input_ids"])
-    response_ids = list(tokenizer(text_target=response)["input_ids"])
+    if encode is not None:
+        prompt_ids, response_ids = encode(prompt), encode(response)
+    else:
+        prompt_ids = list(tokenizer(prompt)["input_ids"])
+        response_ids = list(tokenizer(text_target=response)["input_ids"])
     bos_id = tokenizer.bos_token_id
     if bos_id is not None and prompt_ids[:1] == [bos_id] and response_ids[:1] == [bos_id]:
         response_ids = response_ids[1:]

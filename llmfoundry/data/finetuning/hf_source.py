@@ -31,15 +31,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
-from llmfoundry.data.finetuning.collator import (
+from llmfoundry.data.finetuning.dataset_config import FinetuningDatasetConfig
+from llmfoundry.data.finetuning.formatting import tokenize_example
+from llmfoundry.data.finetuning.tasks import PreprocessingFn, dataset_constructor
+from llmfoundry.data.finetuning.turns import (
     TargetPolicy,
     example_length,
     is_trainable,
     with_final_eos,
 )
-from llmfoundry.data.finetuning.dataset_config import FinetuningDatasetConfig
-from llmfoundry.data.finetuning.formatting import tokenize_example
-from llmfoundry.data.finetuning.tasks import PreprocessingFn, dataset_constructor
 from llmfoundry.utils import exceptions
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError, UserError
 from llmfoundry.utils.tokenizer_utils import eos_token_id_of

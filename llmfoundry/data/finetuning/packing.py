@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from llmfoundry.data.finetuning.collator import IGNORE_INDEX, Seq2SeqFinetuningCollator
-from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.data.finetuning.dataset_config import check_max_leftover_bins_to_keep
 
 logger = logging.getLogger(__name__)
 
@@ -194,21 +194,6 @@ class BinPackCollator:
             "labels": labels,
             "sequence_id": sequence_id,
         }
-
-
-def check_max_leftover_bins_to_keep(value: Any, key: str) -> None:
-    """Check a ``max_leftover_bins_to_keep`` value (None or an integer >= 0).
-
-    Raises:
-        ConfigError: naming ``key`` and the accepted values.
-    """
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(
-            f"{key} is {value!r}; use a whole number >= 0 (leftover bins carried to the next "
-            "batch) or null (keep them all)"
-        )
 
 
 def simulate_packing(

@@ -13,7 +13,8 @@ from llmfoundry.data.finetuning import (
     build_sequence,
     with_final_eos,
 )
-from llmfoundry.data.finetuning.collator import count_tokens_in_batch, is_trainable
+from llmfoundry.data.finetuning.collator import count_tokens_in_batch
+from llmfoundry.data.finetuning.turns import is_trainable
 from llmfoundry.utils.exceptions import ConfigError
 
 X = -100
