@@ -125,22 +125,23 @@ def _merge_ranks(spec: dict[str, Any], backend: Tokenizer) -> dict[bytes, int] |
         return "not every byte is a token"
     ranks = {bytes([to_byte[char]]): vocab[char] for char in to_byte}
     previous = -1
+    made: list[tuple[str, int]] = []
     for merge in spec["model"].get("merges", []):
         left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
         token = left + right
         token_id = vocab.get(token)
         if token_id is None or token_id <= previous:
             return f"merge {left!r} + {right!r} does not make a new token in id order"
-        previous = token_id
+        if any(char not in to_byte for char in token):
+            return f"token {token!r} is not made of byte characters"
         key = bytes(to_byte[char] for char in token)
         if key in ranks:
             return f"two merges make {token!r}"
-        ranks[key] = token_id
+        previous, ranks[key] = token_id, token_id
+        made.append((token, token_id))
     model = backend.model
-    for token, token_id in vocab.items():
-        key = bytes(to_byte.get(char, 0) for char in token)
-        made_by_a_merge = len(token) > 1 and ranks.get(key) == token_id
-        if made_by_a_merge and [t.id for t in model.tokenize(token)] != [token_id]:
+    for token, token_id in made:
+        if [t.id for t in model.tokenize(token)] != [token_id]:
             return f"token {token!r} does not tokenize to itself"
     return ranks
 

@@ -129,7 +129,8 @@ def test_a_consistent_hand_made_vocabulary_is_accepted() -> None:
 
 
 @pytest.mark.parametrize(
-    "change", ["merges out of id order", "prefix space", "lowercase", "word level"]
+    "change",
+    ["merges out of id order", "not bytes", "prefix space", "lowercase", "word level"],
 )
 def test_tokenizers_outside_the_proof_are_refused(
     tokenizer: PreTrainedTokenizerBase, change: str
@@ -137,6 +138,8 @@ def test_tokenizers_outside_the_proof_are_refused(
     backend = _copy(tokenizer)
     if change == "merges out of id order":
         backend = _byte_level([("a", "b"), ("b", "c")], {"ab": 257, "bc": 256})
+    elif change == "not bytes":
+        backend = _byte_level([("a", "東")], {"東": 256, "a東": 257})
     elif change == "prefix space":
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     elif change == "lowercase":
