@@ -30,14 +30,13 @@ ones, each leftmost-longest), which requires a normalizer that leaves ASCII as i
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
 from tokenizers import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -50,8 +49,6 @@ ASCII_PRESERVING_NORMALIZERS = frozenset({"NFC", "NFD", "NFKC", "NFKD"})
 MAX_ADDED_TOKENS = 64
 # A stretch of text ends after an ASCII character that is not whitespace and before a newline.
 _CUT = re.compile(r"(?<=[!-~])(?=\n)")
-
-TokenIds = NDArray[np.int32]
 
 
 def byte_to_unicode() -> dict[int, str]:
@@ -73,18 +70,18 @@ def _components(node: dict[str, Any] | None, key: str) -> list[dict[str, Any]]:
     return [node]
 
 
-def _template_ends(processors: list[dict[str, Any]]) -> tuple[list[int], list[int]] | str:
-    """The ids the post-processor puts before and after a single text, or why it is refused."""
+def _processors(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return _components(spec.get("post_processor"), "processors")
+
+
+def _template_ends(spec: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """The ids the post-processor (ByteLevel and TemplateProcessing parts, see
+    :func:`_refusal`) puts before and after a single text."""
     prefix: list[int] = []
     suffix: list[int] = []
-    for processor in processors:
-        kind = processor.get("type")
-        if kind == "ByteLevel":
-            continue
-        if kind != "TemplateProcessing":
-            return f"post-processor {kind}"
+    for processor in _processors(spec):
         seen_text = False
-        for item in processor.get("single", []):
+        for item in processor.get("single", []):  # ByteLevel has none
             if "Sequence" in item:
                 seen_text = True
                 continue
@@ -109,6 +106,10 @@ def _refusal(spec: dict[str, Any], backend: Tokenizer) -> str | None:
         or pretokenizers[0].get("add_prefix_space")
         or not pretokenizers[0].get("use_regex", True),
         "truncation or padding": backend.truncation is not None or backend.padding is not None,
+        "post-processor": any(
+            part.get("type") not in ("ByteLevel", "TemplateProcessing")
+            for part in _processors(spec)
+        ),
         "special tokens are not split": backend.encode_special_tokens,
         "added tokens": len(added) > MAX_ADDED_TOKENS
         or any(t.get("lstrip") or t.get("rstrip") or t.get("single_word") for t in added),
@@ -157,16 +158,14 @@ class ByteLevelFastPath:
     """Encodes texts as ``backend.encode_batch_fast(texts)`` does, faster (see the module).
 
     Build it with :func:`byte_level_fast_path`, which checks that the ids are the same.
+
+    Args:
+        backend: the tokenizer.
+        spec: its JSON serialization, parsed.
+        ranks: tiktoken's ranks for its merges (see :func:`_merge_ranks`).
     """
 
-    def __init__(
-        self,
-        backend: Tokenizer,
-        ranks: dict[bytes, int],
-        added: list[dict[str, Any]],
-        ends: tuple[list[int], list[int]],
-        normalizes: bool,
-    ) -> None:
+    def __init__(self, backend: Tokenizer, spec: dict[str, Any], ranks: dict[bytes, int]) -> None:
         import tiktoken
 
         self.backend = backend
@@ -175,71 +174,59 @@ class ByteLevelFastPath:
             special_tokens={},
         )  # fmt: skip
         self.encode_ascii: Callable[[str], list[int]] = self.encoding.encode_ordinary
+        added: list[dict[str, Any]] = spec.get("added_tokens") or []
         self.added_ids = {token["content"]: token["id"] for token in added}
         raw = [token["content"] for token in added if not token.get("normalized")]
         normalized = [token["content"] for token in added if token.get("normalized")]
         self.raw_pattern = _longest_first(raw)
         self.normalized_pattern = _longest_first(normalized)
-        self.prefix, self.suffix = ends
-        self.ends = bool(self.prefix or self.suffix)
-        self.contents = tuple(self.added_ids)
+        self.prefix, self.suffix = _template_ends(spec)
         # Normalized added tokens are matched on the normalized text, which differs from the
         # text outside ASCII: such texts go to the tokenizer whole.
+        normalizes = bool(_components(spec.get("normalizer"), "normalizers"))
         self.unicode_to_tokenizer = normalizes and self.normalized_pattern is not None
 
-    def encode_batch(self, texts: list[str]) -> list[TokenIds]:
-        """One int32 array of ids per text, as the tokenizer makes them with special tokens."""
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Each text's ids, as the tokenizer makes them with its special tokens."""
         pieces = [self._pieces(text) for text in texts]
         slow = [piece for parts in pieces for piece in parts if isinstance(piece, str)]
         encoded = iter(self.backend.encode_batch_fast(slow, add_special_tokens=False))
-        out: list[TokenIds] = []
+        out: list[list[int]] = []
         for parts in pieces:
-            if len(parts) == 1 and isinstance(parts[0], list) and not self.ends:
-                ids = parts[0]
-            else:
-                ids = list(self.prefix)
-                for part in parts:
-                    ids.extend(next(encoded).ids if isinstance(part, str) else part)
-                ids.extend(self.suffix)
-            out.append(np.asarray(ids, dtype=np.int32))
+            if len(parts) == 1 and isinstance(parts[0], list) and not (self.prefix or self.suffix):
+                out.append(parts[0])
+                continue
+            ids = list(self.prefix)
+            for part in parts:
+                ids.extend(next(encoded).ids if isinstance(part, str) else part)
+            ids.extend(self.suffix)
+            out.append(ids)
         return out
 
     def _pieces(self, text: str) -> list[list[int] | str]:
         """A text's ids in pieces: lists of ids made here (ASCII stretches, added tokens) and
         the stretches (str) the tokenizer must encode."""
-        if text.isascii() and not any(content in text for content in self.contents):
+        has_added = any(content in text for content in self.added_ids)
+        if text.isascii() and not has_added:
             return [self.encode_ascii(text)]
         if self.unicode_to_tokenizer and not text.isascii():
             return [text]
         out: list[list[int] | str] = []
-        for segment, token in self._added_split(text):
+        for segment, token in self._added_split(text) if has_added else [(text, None)]:
             if token is not None:
                 out.append([token])
-            elif segment.isascii():
+                continue
+            if segment.isascii():
                 out.append(self.encode_ascii(segment))
-            else:
-                self._mixed(segment, out)
+                continue
+            # Consecutive lines (cut where no regex piece spans) grouped by being ASCII.
+            for ascii_only, lines in itertools.groupby(_CUT.split(segment), key=str.isascii):
+                stretch = "".join(lines)
+                out.append(self.encode_ascii(stretch) if ascii_only else stretch)
         return out
-
-    def _mixed(self, text: str, out: list[list[int] | str]) -> None:
-        """Encode the ASCII stretches of ``text`` here and leave the rest to the tokenizer."""
-        stretch: list[str] = []
-        stretch_ascii = True
-        for line in _CUT.split(text):
-            if stretch and line.isascii() != stretch_ascii:
-                joined = "".join(stretch)
-                out.append(self.encode_ascii(joined) if stretch_ascii else joined)
-                stretch = []
-            stretch_ascii = line.isascii()
-            stretch.append(line)
-        if stretch:
-            joined = "".join(stretch)
-            out.append(self.encode_ascii(joined) if stretch_ascii else joined)
 
     def _added_split(self, text: str) -> list[tuple[str, int | None]]:
         """``text`` cut around its added tokens: (text, None) and (token, id) in order."""
-        if not any(content in text for content in self.contents):
-            return [(text, None)]
         segments: list[tuple[str, int | None]] = [(text, None)]
         for pattern in (self.raw_pattern, self.normalized_pattern):
             if pattern is not None:
@@ -265,11 +252,9 @@ class ByteLevelFastPath:
 def byte_level_fast_path(backend: Tokenizer) -> ByteLevelFastPath | None:
     """The fast encoder for ``backend``, or None when its ids might differ (logged at debug)."""
     spec = json.loads(backend.to_str())
-    ends = _template_ends(_components(spec.get("post_processor"), "processors"))
-    reason = _refusal(spec, backend) if isinstance(ends, tuple) else ends
-    ranks = _merge_ranks(spec, backend) if reason is None else reason
-    if isinstance(ranks, str) or isinstance(ends, str):
+    refusal = _refusal(spec, backend)
+    ranks = _merge_ranks(spec, backend) if refusal is None else refusal
+    if isinstance(ranks, str):
         logger.debug("byte-level BPE fast path not used: %s", ranks)
         return None
-    normalizes = bool(_components(spec.get("normalizer"), "normalizers"))
-    return ByteLevelFastPath(backend, ranks, spec.get("added_tokens") or [], ends, normalizes)
+    return ByteLevelFastPath(backend, spec, ranks)

@@ -476,7 +476,8 @@ def open_mds_writer(
 
 
 if TYPE_CHECKING:
-    pass
+    from llmfoundry.data.torch_datasets import ConcatTokensDataset as ConcatTokensDataset
+    from llmfoundry.data.torch_datasets import NoConcatDataset as NoConcatDataset
 
 _TORCH_DATASETS = ("ConcatTokensDataset", "NoConcatDataset")
 

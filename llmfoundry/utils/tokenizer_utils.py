@@ -80,9 +80,9 @@ def _load_tokenizer(tokenizer_name: str, kwargs: dict[str, Any]) -> PreTrainedTo
             "tokenizer.json or tokenizer_config.json); save the tokenizer there with "
             "save_pretrained, or give the folder or hub name that has it"
         )
-    loader: Any = _registered_class_of_folder(tokenizer_name)
-    if loader is None and _is_generic_folder(folder):
-        loader = PreTrainedTokenizerFast
+    loader: Any = _folder_class(folder)
+    if loader is PreTrainedTokenizerFast:
+        # As AutoTokenizer does, which takes the switch for itself.
         kwargs.pop("trust_remote_code")
     if loader is None:
         from transformers import AutoTokenizer
@@ -110,43 +110,38 @@ def _registered_tokenizer(name: str, kwargs: Mapping[str, Any]) -> PreTrainedTok
     return construct_from_registry(registry.tokenizers, "tokenizer", section)
 
 
-def _registered_class_of_folder(name: str) -> type[PreTrainedTokenizerBase] | None:
-    """The registered tokenizer class a saved folder's ``tokenizer_config.json`` names, if any."""
-    config_file = Path(name).expanduser() / "tokenizer_config.json"
+def _folder_class(folder: Path) -> type[PreTrainedTokenizerBase] | None:
+    """The class to load a saved tokenizer folder with, from its ``tokenizer_config.json``; None
+    leaves the choice to ``AutoTokenizer``.
+
+    - A registered tokenizer class the config names (a saved ``tiktoken`` tokenizer).
+    - transformers' generic class, when ``AutoTokenizer`` would pick it without looking further:
+      the config names it and no remote code, and the folder holds ``tokenizer.json`` and no
+      model ``config.json`` (whose model type could make ``AutoTokenizer`` pick another class).
+      Loading it directly gives the same tokenizer without importing torch.
+    """
+    config_file = folder / "tokenizer_config.json"
     if not config_file.is_file():
         return None
-    from llmfoundry import registry
-
-    try:
-        class_name = json.loads(config_file.read_text(encoding="utf-8")).get("tokenizer_class")
-    except (ValueError, AttributeError):
-        return None
-    for entry in registry.tokenizers.get_all().values():
-        if isinstance(entry, type) and entry.__name__ == class_name:
-            return cast(type[PreTrainedTokenizerBase], entry)
-    return None
-
-
-def _is_generic_folder(folder: Path) -> bool:
-    """Whether ``AutoTokenizer`` would load ``folder`` with transformers' generic tokenizer
-    class without looking further: its ``tokenizer_config.json`` names that class and no remote
-    code, and it holds ``tokenizer.json`` and no model ``config.json`` (whose model type could
-    make ``AutoTokenizer`` pick another class). Loading that class directly gives the same
-    tokenizer without importing torch."""
-    config_file = folder / "tokenizer_config.json"
-    if not (config_file.is_file() and (folder / "tokenizer.json").is_file()):
-        return False
-    if (folder / "config.json").exists():
-        return False
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except ValueError:
-        return False
-    return (
-        isinstance(config, dict)
-        and config.get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES
+        return None
+    if not isinstance(config, dict):
+        return None
+    class_name = config.get("tokenizer_class")
+    from llmfoundry import registry
+
+    for entry in registry.tokenizers.get_all().values():
+        if isinstance(entry, type) and entry.__name__ == class_name:
+            return cast(type[PreTrainedTokenizerBase], entry)
+    generic = (
+        class_name in GENERIC_TOKENIZER_CLASSES
         and "auto_map" not in config
+        and (folder / "tokenizer.json").is_file()
+        and not (folder / "config.json").exists()
     )
+    return PreTrainedTokenizerFast if generic else None
 
 
 def train_byte_level_bpe(

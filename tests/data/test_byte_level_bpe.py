@@ -42,7 +42,7 @@ def _backend_ids(backend: Tokenizer, texts: list[str]) -> list[list[int]]:
 def _fast_ids(backend: Tokenizer, texts: list[str]) -> list[list[int]]:
     fast = byte_level_fast_path(backend)
     assert fast is not None, "the fast path was refused"
-    return [ids.tolist() for ids in fast.encode_batch(texts)]
+    return fast.encode_batch(texts)
 
 
 def _copy(tokenizer: PreTrainedTokenizerBase) -> Tokenizer:
