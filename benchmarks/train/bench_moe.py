@@ -21,11 +21,10 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from typing import Any
 
 # A sibling file: this script's folder is first on sys.path when it runs.
-from bench_mpt_case import MemoryMeter, _autocast, _device_name
+from bench_mpt_case import MemoryMeter, _device_name, timed_steps
 
 RESULT_PREFIX = "BENCH_MOE_RESULT "
 
@@ -63,7 +62,6 @@ def _model(args: argparse.Namespace, kind: str) -> Any:
 def measure(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     """Time forward + backward of one model kind; memory as ``MemoryMeter`` counts it."""
     import torch
-    import torch.nn.functional as F
 
     torch.manual_seed(0)
     tokens = torch.randint(args.vocab_size, (args.batch_size, args.seq_len), device=args.device)
@@ -73,25 +71,10 @@ def measure(args: argparse.Namespace, kind: str) -> dict[str, Any]:
     model.train()
     model_mb = meter.used_mb()
 
-    def step() -> None:
-        model.zero_grad(set_to_none=True)
-        with _autocast(args.device, args.dtype):
-            logits = model(input_ids=tokens, use_cache=False).logits
-        targets = tokens[:, 1:].reshape(-1)
-        F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets).backward()
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-
-    for _ in range(args.warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    elapsed = time.perf_counter() - start
+    speed, _ = timed_steps(model, tokens, args.device, args.dtype, args.warmup, args.steps)
     peak = meter.peak_mb()
     return {
-        "tokens_per_s": args.batch_size * args.seq_len * args.steps / elapsed,
-        "ms_per_step": 1000 * elapsed / args.steps,
+        **speed,
         "params_m": sum(p.numel() for p in model.parameters()) / 1e6,
         "model_mb": model_mb,
         "peak_mb": peak,

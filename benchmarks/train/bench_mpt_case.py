@@ -198,18 +198,49 @@ def _device_name(device: str) -> str:
     return f"cpu, {torch.get_num_threads()} threads"
 
 
-def _train_step(model: Any, tokens: Any, case: Case) -> Any:
+def train_step(model: Any, tokens: Any, device: str, dtype: str) -> Any:
     """Zero (free) the gradients, run forward + fp32 next-token cross entropy + backward."""
     import torch.nn.functional as F
 
     model.zero_grad(set_to_none=True)
-    with _autocast(case.device, case.dtype):
+    with _autocast(device, dtype):
         logits = model(input_ids=tokens, use_cache=False).logits
     loss = F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1)
     )
     loss.backward()
     return loss
+
+
+def timed_steps(
+    model: Any, tokens: Any, device: str, dtype: str, warmup: int, steps: int
+) -> tuple[dict[str, float], Any]:
+    """``steps`` timed :func:`train_step` calls after ``warmup`` untimed ones (the device is
+    synchronized at both ends of the timed stretch).
+
+    Returns:
+        ``tokens_per_s`` and ``ms_per_step``; the last step's loss.
+    """
+    import torch
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    loss = torch.zeros(())
+    start = time.perf_counter()
+    for step in range(warmup + steps):
+        if step == warmup:
+            sync()
+            start = time.perf_counter()
+        loss = train_step(model, tokens, device, dtype)
+    sync()
+    elapsed = time.perf_counter() - start
+    speed = {
+        "tokens_per_s": tokens.numel() * steps / elapsed,
+        "ms_per_step": 1000 * elapsed / steps,
+    }
+    return speed, loss
 
 
 def _warm_runtime(case: Case) -> None:
@@ -225,7 +256,7 @@ def _warm_runtime(case: Case) -> None:
     )
     model = _build_model(tiny).to(case.device)
     tokens = torch.randint(tiny.vocab_size, (1, tiny.seq_len), device=case.device)
-    _train_step(model, tokens, tiny)
+    train_step(model, tokens, tiny.device, tiny.dtype)
     del model, tokens
 
 
@@ -251,23 +282,10 @@ def measure(case: Case) -> dict[str, Any]:
     model_mb = meter.used_mb()
     n_params = sum(p.numel() for p in model.parameters())
 
-    def sync() -> None:
-        if case.device == "cuda":
-            torch.cuda.synchronize()
-
-    loss = torch.zeros(())
-    start = time.perf_counter()
-    for step in range(case.warmup + case.steps):
-        if step == case.warmup:
-            sync()
-            start = time.perf_counter()
-        loss = _train_step(model, tokens, case)
-    sync()
-    elapsed = time.perf_counter() - start
+    speed, loss = timed_steps(model, tokens, case.device, case.dtype, case.warmup, case.steps)
     peak_mb = meter.peak_mb()
     return {
-        "tokens_per_s": case.batch_size * case.seq_len * case.steps / elapsed,
-        "ms_per_step": 1000 * elapsed / case.steps,
+        **speed,
         "peak_mb": peak_mb,
         "act_mb": peak_mb - model_mb,
         "model_mb": model_mb,

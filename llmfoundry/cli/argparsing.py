@@ -28,41 +28,43 @@ __all__ = [
 SPELLING_NOTE = "Every --flag_name may also be spelled --flag-name."
 
 
-class BooleanFlag(argparse.BooleanOptionalAction):
+class _StoresValue(argparse.Action):
+    """An action that stores ``value_of(values, option_string)`` at its ``dest``."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        """Store the value (an option string is needed where the value depends on it)."""
+        setattr(namespace, self.dest, self.value_of(values, option_string))
+
+    def value_of(self, values: str | Sequence[Any] | None, option_string: str | None) -> Any:
+        """The value to store."""
+        raise NotImplementedError
+
+
+class BooleanFlag(_StoresValue, argparse.BooleanOptionalAction):
     """``--flag`` / ``--no-flag``, each in either spelling (``--no-trust-remote-code``,
     ``--no_trust_remote_code``): the ``action`` to use for such flags on a parser that
     :func:`accept_both_spellings` extends (argparse's own action ignores undeclared spellings)."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        """Set the flag: false for a ``--no-`` spelling, true for any other."""
-        if option_string is None:
-            return
+    def value_of(self, values: str | Sequence[Any] | None, option_string: str | None) -> bool:
+        """False for a ``--no-`` spelling, true for any other."""
         negative = {_dashed(o) for o in self.option_strings if o.startswith("--no-")}
-        setattr(namespace, self.dest, _dashed(option_string) not in negative)
+        return option_string is None or _dashed(option_string) not in negative
 
 
-class NameList(argparse.Action):
+class NameList(_StoresValue):
     """``nargs="+"`` values that may also be comma-separated, as LLM Foundry's ``llmfoundry
     data_prep`` takes them: ``--splits train val`` and ``--splits train,val`` are the same."""
 
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        """Store the values, each comma-separated item on its own."""
+    def value_of(self, values: str | Sequence[Any] | None, option_string: str | None) -> list[str]:
+        """The values, each comma-separated item on its own."""
         items = [values] if isinstance(values, str) else list(values or [])
-        setattr(
-            namespace, self.dest, [part for item in items for part in str(item).split(",") if part]
-        )
+        return [part for item in items for part in str(item).split(",") if part]
 
 
 def _dashed(option: str) -> str:

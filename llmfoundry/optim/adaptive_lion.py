@@ -83,11 +83,11 @@ class _OutlierLion(DecoupledLionW):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float,
-        betas: tuple[float, float],
-        weight_decay: float,
-        outlier_threshold: float,
-        outlier_delay: int,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        outlier_threshold: float = 5.0,
+        outlier_delay: int = _DEFAULT_DELAY,
     ) -> None:
         _check_outlier_args(outlier_threshold, outlier_delay)
         super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay)
@@ -142,17 +142,6 @@ class DecoupledClipLion(_OutlierLion):
     """
 
     _history_key = "grad_norm_history"
-
-    def __init__(
-        self,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
-        outlier_threshold: float = 5.0,
-        outlier_delay: int = _DEFAULT_DELAY,
-    ) -> None:
-        super().__init__(params, lr, betas, weight_decay, outlier_threshold, outlier_delay)
 
     def _init_state(self, param: torch.Tensor, state: dict[str, Any]) -> None:
         super()._init_state(param, state)

@@ -7,12 +7,6 @@ The same command as ``llmfoundry eval``; its flags and logic live in
 """
 
 import sys
-from pathlib import Path
-
-try:
-    import llmfoundry  # noqa: F401
-except ImportError:  # a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from llmfoundry.cli.commands.eval import evaluate
 from llmfoundry.cli.commands.eval import main as run

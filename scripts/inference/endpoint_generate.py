@@ -10,12 +10,6 @@ The same command as ``llmfoundry endpoint-generate``; its flags and logic live i
 """
 
 import sys
-from pathlib import Path
-
-try:
-    import llmfoundry  # noqa: F401
-except ImportError:  # a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from llmfoundry.cli.commands.endpoint_generate import main
 

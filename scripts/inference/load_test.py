@@ -8,12 +8,6 @@ with ``--server_pid``, the server's RSS at start, max and end. The logic lives i
 """
 
 import sys
-from pathlib import Path
-
-try:
-    import llmfoundry  # noqa: F401
-except ImportError:  # a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from llmfoundry.inference.serve_load_test import main
 

@@ -5,12 +5,6 @@ and logic live in ``llmfoundry/inference/benchmark.py``.
 """
 
 import sys
-from pathlib import Path
-
-try:
-    import llmfoundry  # noqa: F401
-except ImportError:  # a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from llmfoundry.inference.benchmark import main
 
