@@ -86,6 +86,19 @@ def build_eval_metrics(additional: Sequence[str] | None) -> list[Metric]:
     return metrics + [cls() for name, cls in ICL_METRICS.items() if name not in present]
 
 
+def causal_lm_metrics(
+    use_train_metrics: bool,
+    additional_train_metrics: Sequence[str] | None,
+    additional_eval_metrics: Sequence[str] | None,
+) -> dict[str, list[Metric] | None]:
+    """A causal LM's ``metrics`` (None without ``use_train_metrics``) and ``eval_metrics``, as
+    Composer's ``HuggingFaceModel`` takes them."""
+    return {
+        "metrics": build_lm_metrics(additional_train_metrics) if use_train_metrics else None,
+        "eval_metrics": build_eval_metrics(additional_eval_metrics),
+    }
+
+
 def _takes_token_losses(metric: Metric) -> bool:
     """Whether ``metric`` can be updated from per-token losses instead of logits.
 
@@ -235,8 +248,9 @@ class ComposerMPTCausalLM(HuggingFaceModel):
             model=model,
             tokenizer=cast(Any, tokenizer),
             use_logits=True,
-            metrics=build_lm_metrics(additional_train_metrics) if use_train_metrics else None,
-            eval_metrics=build_eval_metrics(additional_eval_metrics),
+            **causal_lm_metrics(
+                use_train_metrics, additional_train_metrics, additional_eval_metrics
+            ),
             shift_labels=True,
             allow_embedding_resizing=False,
         )

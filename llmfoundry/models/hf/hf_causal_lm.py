@@ -23,7 +23,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmfoundry import registry
-from llmfoundry.models.hf.composer_mpt import build_eval_metrics, build_lm_metrics
+from llmfoundry.models.hf.composer_mpt import causal_lm_metrics
 from llmfoundry.models.hf.composer_mpt import shift_labels as shift_labels_for_next_token
 from llmfoundry.models.hf.loading import load_hf_causal_lm, looks_like_local_path
 from llmfoundry.utils.composer_shortcuts import composer_hugging_face_init
@@ -166,6 +166,18 @@ def set_pad_token_id(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase)
         generation_config.pad_token_id = pad_id
 
 
+def attach_tokenizer(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    allow_embedding_resizing: bool,
+) -> None:
+    """Fit ``model`` to the tokenizer it runs with (nothing without one): grow its embeddings
+    when allowed (:func:`fit_vocab_to_tokenizer`) and give it the pad id it lacks."""
+    if tokenizer is not None:
+        fit_vocab_to_tokenizer(model, tokenizer, allow_embedding_resizing)
+        set_pad_token_id(model, tokenizer)
+
+
 def _add_adapter(
     model: PreTrainedModel,
     lora_config: LoraConfig | None,
@@ -288,9 +300,7 @@ class ComposerHFCausalLM(HuggingFaceModel):
             init_device=init_device,
             quantization_config=quantization_config,
         )
-        if tokenizer is not None:
-            fit_vocab_to_tokenizer(model, tokenizer, allow_embedding_resizing)
-            set_pad_token_id(model, tokenizer)
+        attach_tokenizer(model, tokenizer, allow_embedding_resizing)
         wrapped = _add_adapter(model, lora_config, pretrained_lora_id_or_path, use_auth_token)
 
         composer_hugging_face_init(
@@ -298,8 +308,9 @@ class ComposerHFCausalLM(HuggingFaceModel):
             model=cast(Any, wrapped),
             tokenizer=cast(Any, tokenizer),
             use_logits=use_logits,
-            metrics=build_lm_metrics(additional_train_metrics) if use_train_metrics else None,
-            eval_metrics=build_eval_metrics(additional_eval_metrics),
+            **causal_lm_metrics(
+                use_train_metrics, additional_train_metrics, additional_eval_metrics
+            ),
             shift_labels=shift_labels,
             allow_embedding_resizing=allow_embedding_resizing,
             should_save_peft_only=should_save_peft_only,

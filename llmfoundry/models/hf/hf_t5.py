@@ -20,7 +20,7 @@ from torchmetrics import Metric
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from llmfoundry import registry
-from llmfoundry.models.hf.hf_causal_lm import fit_vocab_to_tokenizer, set_pad_token_id
+from llmfoundry.models.hf.hf_causal_lm import attach_tokenizer
 from llmfoundry.models.hf.loading import (
     NAME_KEY,
     apply_config_overrides,
@@ -126,9 +126,7 @@ class ComposerHFT5(HuggingFaceModel):
             token=use_auth_token,
             init_device=init_device,
         )
-        if tokenizer is not None:
-            fit_vocab_to_tokenizer(model, tokenizer, allow_embedding_resizing)
-            set_pad_token_id(model, tokenizer)
+        attach_tokenizer(model, tokenizer, allow_embedding_resizing)
         composer_hugging_face_init(
             self,
             model=cast(Any, model),
