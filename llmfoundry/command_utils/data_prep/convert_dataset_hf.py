@@ -21,7 +21,6 @@ from typing import Any
 
 import datasets
 from tqdm import tqdm
-from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.command_utils.data_prep.hf_rows import (
     check_text_column,
@@ -46,9 +45,9 @@ from llmfoundry.command_utils.data_prep.hf_splits import (
     preset_splits,
 )
 from llmfoundry.command_utils.data_prep.workers import (
+    Concatenation,
     TokenizerPool,
     resolve_workers,
-    token_batches_in,
     token_progress,
     tokenizer_pool,
 )
@@ -56,7 +55,6 @@ from llmfoundry.data.data import (
     TEXT_COLUMNS,
     TOKENS_COLUMNS,
     BadRowError,
-    ConcatTokens,
     MDSWriteSummary,
     NoConcat,
     RowStats,
@@ -103,15 +101,12 @@ __all__ = [
 
 @dataclass(frozen=True)
 class SampleOptions:
-    """How rows become samples: the text column, bad-row handling and tokenization."""
+    """How rows become samples: the text column, bad-row handling and tokenization (None:
+    text samples)."""
 
     text_column: str
     skip_bad_rows: bool
-    tokenizer: PreTrainedTokenizerBase | None
-    concat_tokens: int | None
-    bos_text: str
-    eos_text: str
-    no_wrap: bool
+    concatenation: Concatenation | None
 
 
 def convert_dataset_hf(
@@ -182,19 +177,16 @@ def convert_dataset_hf(
     loaded = load_splits(preset.hub_name if preset else dataset, subset, data_files)
     plans = [plan_split(preset, loaded, dataset, name) for name in wanted]
     column = text_column or (preset.text_column if preset else "text")
-    options = SampleOptions(
-        text_column=column,
-        skip_bad_rows=skip_bad_rows,
-        tokenizer=converter_tokenizer(tokenizer, kwargs) if tokenizer and concat_tokens else None,
-        concat_tokens=concat_tokens,
-        bos_text=bos_text or "",
-        eos_text=eos_text or "",
-        no_wrap=no_wrap,
-    )
+    concatenation = None
+    if tokenizer and concat_tokens:
+        built = converter_tokenizer(tokenizer, kwargs)
+        concatenation = Concatenation(built, concat_tokens, bos_text or "", eos_text or "", no_wrap)
+    options = SampleOptions(column, skip_bad_rows, concatenation)
     summaries: dict[str, MDSWriteSummary] = {}
     pool = None
-    if options.tokenizer is not None:
-        pool = tokenizer_pool(options.tokenizer, resolve_workers(num_workers, "--num_workers"))
+    if concatenation is not None:
+        workers = resolve_workers(num_workers, "--num_workers")
+        pool = tokenizer_pool(concatenation.tokenizer, workers)
     with pool or contextlib.nullcontext():
         for plan in plans:
             rows = loaded[plan.hf_split]
@@ -268,21 +260,13 @@ def convert_split(
     stats = RowStats(options.skip_bad_rows)
     texts = texts_of_rows(rows, plan.hf_split, options.text_column, stats, None)
     samples: Iterable[Mapping[str, Any]]
-    if options.concat_tokens is None or options.tokenizer is None or pool is None:
+    if options.concatenation is None or pool is None:
         progress = tqdm(desc=plan.folder, total=total, unit=" samples")
         samples = counted(NoConcat(texts), progress)
         columns = TEXT_COLUMNS
     else:
         progress = token_progress(plan.folder)
-        samples = ConcatTokens(
-            texts,
-            options.tokenizer,
-            options.concat_tokens,
-            options.bos_text,
-            options.eos_text,
-            options.no_wrap,
-            tokenize_batches=token_batches_in(pool, progress),
-        )
+        samples = options.concatenation.samples(texts, pool, progress)
         columns = TOKENS_COLUMNS
     if plan.max_samples is not None:
         samples = itertools.islice(samples, plan.max_samples)

@@ -23,15 +23,14 @@ from llmfoundry.command_utils.data_prep.json_rows import (
     text_of_object,
 )
 from llmfoundry.command_utils.data_prep.workers import (
+    Concatenation,
     resolve_workers,
-    token_batches_in,
     token_progress,
     tokenizer_pool,
 )
 from llmfoundry.data.data import (
     TEXT_COLUMNS,
     TOKENS_COLUMNS,
-    ConcatTokens,
     MDSWriteSummary,
     NoConcat,
     RowStats,
@@ -128,16 +127,11 @@ def convert_dataset_json(
                     "--concat_tokens needs --tokenizer to tokenize the documents with"
                 )
             built = converter_tokenizer(tokenizer)
+            concatenation = Concatenation(
+                built, concat_tokens, bos_text or "", eos_text or "", no_wrap
+            )
             with tokenizer_pool(built, workers) as pool, token_progress("tokens") as progress:
-                samples = ConcatTokens(
-                    iter_json_texts(files, rows),
-                    built,
-                    concat_tokens,
-                    bos_text or "",
-                    eos_text or "",
-                    no_wrap,
-                    tokenize_batches=token_batches_in(pool, progress),
-                )
+                samples = concatenation.samples(iter_json_texts(files, rows), pool, progress)
                 summary = write_mds(samples, str(staging), TOKENS_COLUMNS, compression, rows)
         if summary.rows_read == 0:
             raise DatasetError(

@@ -15,13 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from llmfoundry.command_utils.data_prep.workers import (
-    token_batches_in,
+    Concatenation,
     token_progress,
     tokenizer_pool,
 )
 from llmfoundry.data.data import (
     TOKENS_COLUMNS,
-    ConcatTokens,
     MDSWriteSummary,
     RowStats,
     folder_size,
@@ -68,15 +67,14 @@ def convert_text_files(conversion: TextConversion) -> MDSWriteSummary:
         token_progress("tokens") as progress,
     ):
         documents = read_documents(conversion.files, lambda: None, rows, conversion.labels)
-        samples = ConcatTokens(
-            documents,
+        concatenation = Concatenation(
             tokenizer,
             conversion.concat_tokens,
             conversion.bos_text,
             conversion.eos_text,
             conversion.no_wrap,
-            tokenize_batches=token_batches_in(pool, progress),
         )
+        samples = concatenation.samples(documents, pool, progress)
         summary = write_mds(samples, conversion.out, TOKENS_COLUMNS, conversion.compression, rows)
     return replace(summary, bytes_on_disk=folder_size(conversion.out))
 

@@ -20,12 +20,14 @@ import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from llmfoundry.data.data import ConcatTokens, Document
 from llmfoundry.data.token_batches import BatchEncoder, TokenIds, batch_encoder
 from llmfoundry.utils.exceptions import ConfigError
 
@@ -211,6 +213,32 @@ def token_batches_in(
             yield token_ids
 
     return tokenize_batches
+
+
+@dataclass(frozen=True)
+class Concatenation:
+    """How the converters turn documents into samples of ``max_length`` tokens (the settings
+    of :class:`~llmfoundry.data.data.ConcatTokens`)."""
+
+    tokenizer: PreTrainedTokenizerBase
+    max_length: int
+    bos_text: str = ""
+    eos_text: str = ""
+    no_wrap: bool = False
+
+    def samples(
+        self, documents: Iterable[Document], pool: TokenizerPool, progress: tqdm
+    ) -> ConcatTokens:
+        """The documents' samples, tokenized in ``pool``, counted on ``progress``."""
+        return ConcatTokens(
+            documents,
+            self.tokenizer,
+            self.max_length,
+            self.bos_text,
+            self.eos_text,
+            self.no_wrap,
+            tokenize_batches=token_batches_in(pool, progress),
+        )
 
 
 def _encode(encode: BatchEncoder, texts: list[str]) -> list[TokenIds]:
