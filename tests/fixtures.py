@@ -8,15 +8,18 @@ are trained on the running Python's standard library sources.
   copy, and a SentencePiece-like (metaspace) BPE.
 - MPT: ``tiny_config`` / ``tiny_model`` (the HF-side ``MPTForCausalLM``, vocab ``MPT_VOCAB``) and
   ``composer_mpt`` with the shapes ``LM_MPT`` (random-token training) and ``TEXT_MPT`` (sized for
-  the fixture tokenizer).
+  the fixture tokenizer; ``mpt_yaml`` writes it as a run YAML's model section).
 - Llama and LoRA: ``tiny_llama`` and the folders ``save_llama`` / ``save_tiny_llama`` /
-  ``save_tiny_mpt`` write, and ``save_lora_adapter``.
-- Tiny LM training: ``token_loader`` batches for ``LM_MPT`` and a CPU ``lm_trainer``.
+  ``save_tiny_mpt`` write, ``save_lora_adapter``, and ``lora_llama`` (``hf_causal_lm`` + LoRA).
+- Tiny LM training: ``token_loader`` batches for ``LM_MPT``, ``text_batches`` for the fixture
+  tokenizer's vocabulary, and quiet CPU trainers (``cpu_trainer``, ``fit_closed``, ``lm_trainer``);
+  ``hf_logits`` and ``greedy_continuation`` read a Hugging Face model's outputs back.
 """
 
 from __future__ import annotations
 
 import sysconfig
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -26,6 +29,8 @@ import torch
 from composer import Trainer
 from composer.core import Callback, State
 from composer.loggers import Logger, LoggerDestination
+from composer.models import ComposerModel
+from omegaconf import OmegaConf
 from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
 from torch.utils.data import DataLoader
 from transformers import (
@@ -36,7 +41,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from llmfoundry.models.hf import ComposerMPTCausalLM
+from llmfoundry.models.hf import ComposerHFCausalLM, ComposerMPTCausalLM
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
 from llmfoundry.utils.tokenizer_utils import train_byte_level_bpe
@@ -176,6 +181,14 @@ TEXT_MPT: dict[str, Any] = {
 }
 
 
+def mpt_yaml(indent: int = 0, **overrides: Any) -> str:
+    """``TEXT_MPT`` as the YAML of an ``mpt_causal_lm`` model section (``overrides`` replace or add
+    keys; a string may be an interpolation such as ``${variables.max_seq_len}``), every line
+    indented by ``indent`` spaces."""
+    section = OmegaConf.create({"name": "mpt_causal_lm", **TEXT_MPT, **overrides})
+    return textwrap.indent(OmegaConf.to_yaml(section), " " * indent)
+
+
 def composer_mpt(
     shape: Mapping[str, Any],
     seed: int = 0,
@@ -284,6 +297,17 @@ def save_lora_adapter(
     return folder
 
 
+# A LoRA adapter (r 4) on the tiny Llama's query and value projections.
+LLAMA_LORA: dict[str, Any] = {"peft_type": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]}
+
+
+def lora_llama(tokenizer: PreTrainedTokenizerBase, llama_dir: Path) -> ComposerHFCausalLM:
+    """``hf_causal_lm`` on the Llama saved in ``llama_dir`` (eager attention) with ``LLAMA_LORA``."""
+    return ComposerHFCausalLM(
+        tokenizer, str(llama_dir), attn_implementation="eager", peft_config=LLAMA_LORA
+    )
+
+
 # ------------------------------------------------------------------------- tiny LM training
 
 
@@ -294,17 +318,85 @@ def token_loader(
     order. ``columns`` replace or add whole columns (``(n_batches * BATCH, SEQ_LEN)`` tensors)."""
     generator = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, LM_VOCAB, (n_batches * BATCH, SEQ_LEN), generator=generator)
-    table = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-    table.update(columns or {})
-    return row_loader(
-        [{name: column[i] for name, column in table.items()} for i in range(len(ids))]
+    rows = lm_rows(ids)
+    for name, column in (columns or {}).items():
+        for i, row in enumerate(rows):
+            row[name] = column[i]
+    return row_loader(rows)
+
+
+def lm_rows(ids: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """One language-modelling row per row of ``ids``: the ids, a mask of ones and the ids (cloned)
+    as labels."""
+    return [
+        {"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()}
+        for row in ids
+    ]
+
+
+def text_batches(
+    n_batches: int, rows_per_batch: int = 4, seq_len: int = 32, seed: int = 1
+) -> DataLoader[dict[str, torch.Tensor]]:
+    """``n_batches`` batches of ``lm_rows`` of random ids in ``[2, VOCAB)`` (no EOS or pad id),
+    for models sized for the fixture tokenizer."""
+    ids = text_ids(n_batches * rows_per_batch, seq_len, seed)
+    return row_loader(lm_rows(ids), batch_size=rows_per_batch)
+
+
+def text_ids(rows: int, seq_len: int, seed: int) -> torch.Tensor:
+    """A ``(rows, seq_len)`` tensor of seeded random ids in ``[2, VOCAB)`` (no EOS or pad id)."""
+    return torch.randint(2, VOCAB, (rows, seq_len), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def greedy_continuation(
+    model: Any, tokenizer: PreTrainedTokenizerBase, prompt: str, new_tokens: int, **stop_ids: Any
+) -> str:
+    """The greedy continuation (``new_tokens`` tokens at most) that the Hugging Face ``model``
+    generates from ``prompt`` alone, decoded without special tokens. ``stop_ids`` may replace
+    the EOS and pad ids (``eos_token_id``, ``pad_token_id``: the tokenizer's by default)."""
+    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
+    stops = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=new_tokens,
+        do_sample=False,
+        **{**stops, **stop_ids},
     )
+    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
+
+
+@torch.no_grad()
+def hf_logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
+    """The logits of ``model`` (put in eval mode) for ``input_ids=ids``."""
+    return model.eval()(input_ids=ids).logits
 
 
 def row_loader(rows: Sequence[RowT], batch_size: int = BATCH, **kwargs: Any) -> DataLoader[RowT]:
     """A ``DataLoader`` over a list of rows (a ``Sequence`` is a map-style dataset: ``len`` and
     indexing are all the loader uses, though the stubs ask for a ``Dataset``)."""
     return DataLoader(cast(Any, rows), batch_size=batch_size, **kwargs)
+
+
+def cpu_trainer(model: ComposerModel, **trainer_kwargs: Any) -> Trainer:
+    """A Composer ``Trainer`` for ``model`` on CPU, without progress bar or console log, seeded 0;
+    ``trainer_kwargs`` are the Trainer's other arguments and override any of those defaults."""
+    defaults = {"device": "cpu", "progress_bar": False, "log_to_console": False, "seed": 0}
+    return Trainer(model=model, **{**defaults, **trainer_kwargs})
+
+
+def fit_closed(model: ComposerModel, **trainer_kwargs: Any) -> Trainer:
+    """``cpu_trainer(model, **trainer_kwargs)`` fitted, then closed (loggers flushed)."""
+    trainer = cpu_trainer(model, **trainer_kwargs)
+    trainer.fit()
+    trainer.close()
+    return trainer
+
+
+def trainable_adamw(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
+    """AdamW over the parameters that require grad (e.g. a LoRA adapter's)."""
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
 
 
 def lm_trainer(
@@ -315,20 +407,17 @@ def lm_trainer(
     loggers: Sequence[LoggerDestination] = (),
     **trainer_kwargs: Any,
 ) -> Trainer:
-    """A CPU trainer (SGD, lr 0.1 unless ``optimizers`` is given) without console output."""
+    """A ``cpu_trainer`` (seed 1; SGD, lr 0.1 unless ``optimizers`` is given)."""
     optimizer = trainer_kwargs.pop("optimizers", None) or torch.optim.SGD(
         model.parameters(), lr=0.1
     )
-    return Trainer(
-        model=model,
+    return cpu_trainer(
+        model,
         train_dataloader=loader,
         max_duration=max_duration,
         optimizers=optimizer,
         callbacks=list(callbacks),
         loggers=list(loggers),
-        progress_bar=False,
-        log_to_console=False,
-        device="cpu",
         seed=1,
         **trainer_kwargs,
     )

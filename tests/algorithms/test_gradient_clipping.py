@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 import torch
-from composer import Trainer
 from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.models import ComposerClassifier
@@ -15,6 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from llmfoundry.utils.builders import build_algorithms
 from llmfoundry.utils.exceptions import ConfigError
+from tests.fixtures import cpu_trainer
 
 
 class RecordStep(Callback):
@@ -51,16 +51,13 @@ def one_step(algorithms: dict[str, Any]) -> RecordStep:
     features = 50 * torch.randn(8, 6)  # large inputs: large gradients, so clipping acts
     loader = DataLoader(TensorDataset(features, torch.arange(8) % 3), batch_size=8)
     recorder = RecordStep()
-    Trainer(
-        model=model,
+    cpu_trainer(
+        model,
         train_dataloader=loader,
         max_duration="1ba",
         optimizers=torch.optim.SGD(model.parameters(), lr=1.0),
         algorithms=build_algorithms(algorithms),
         callbacks=[recorder],
-        device="cpu",
-        progress_bar=False,
-        log_to_console=False,
     ).fit()
     return recorder
 

@@ -23,7 +23,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Result", "assert_one_line_error", "files_under", "run_cli"]
+__all__ = [
+    "RecordingHandler",
+    "Result",
+    "assert_one_line_error",
+    "assert_one_line_message",
+    "files_under",
+    "run_cli",
+]
 
 # Words that tell the user what to do (or what is allowed); every error line has one.
 HINT = re.compile(
@@ -33,11 +40,11 @@ HINT = re.compile(
 )
 
 
-class _Records(logging.Handler):
-    """Keeps every log record it is handed."""
+class RecordingHandler(logging.Handler):
+    """Keeps every log record it is handed (at ``level`` or above)."""
 
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
+    def __init__(self, level: int = logging.DEBUG) -> None:
+        super().__init__(level)
         self.records: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -76,7 +83,7 @@ def run_cli(main: Callable[[Sequence[str]], int], argv: Sequence[str]) -> Result
     root = logging.getLogger()
     handlers_before = list(root.handlers)
     showwarning_before = warnings.showwarning
-    records = _Records()
+    records = RecordingHandler()
     root.addHandler(records)
     out, err = io.StringIO(), io.StringIO()
     try:
@@ -125,3 +132,13 @@ def files_under(folder: Path) -> set[str]:
     if not folder.exists():
         return set()
     return {str(path.relative_to(folder)) for path in folder.rglob("*")}
+
+
+def assert_one_line_message(err: Exception, *mentions: str) -> None:
+    """Check that the error ``err`` (raised in this process) is one line that names each of
+    ``mentions`` and hints at the fix."""
+    message = str(err)
+    assert "\n" not in message
+    for text in mentions:
+        assert text in message, f"{text!r} is not in: {message}"
+    assert HINT.search(message), f"no hint of the fix: {message}"

@@ -302,6 +302,21 @@ def test_load_path_checks_a_hf_folder(
         check_load_path(str(folder), checkpoints.model, key="models[0].load_path")
 
 
+def _eval_yaml(tmp_path: Path, models: str) -> Path:
+    """An eval YAML in ``tmp_path`` with the model lines ``models``, one language-modeling task
+    and its results under ``tmp_path / "results"``."""
+    tasks = tmp_path / "lm.jsonl"
+    tasks.write_text(json.dumps({"context": "a", "continuation": " b"}) + "\n")
+    yaml = tmp_path / "eval.yaml"
+    yaml.write_text(
+        f"max_seq_len: 64\ndevice_eval_batch_size: 4\nprecision: fp32\n"
+        f"results_folder: {tmp_path}/results\n"
+        + models
+        + f"icl_tasks:\n- {{label: lm, dataset_uri: {tasks}, icl_task_type: language_modeling}}\n"
+    )
+    return yaml
+
+
 def test_eval_of_a_folder_with_an_unknown_model_type(
     hf_folder: Path, tmp_path: Path, tokenizer_dir: Path
 ) -> None:
@@ -309,15 +324,10 @@ def test_eval_of_a_folder_with_an_unknown_model_type(
     shutil.copytree(hf_folder, folder)
     config = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**config, "model_type": "acme"}))
-    tasks = tmp_path / "lm.jsonl"
-    tasks.write_text(json.dumps({"context": "a", "continuation": " b"}) + "\n")
-    yaml = tmp_path / "eval.yaml"
-    yaml.write_text(
-        f"max_seq_len: 64\ndevice_eval_batch_size: 4\nprecision: fp32\n"
-        f"results_folder: {tmp_path}/results\n"
+    yaml = _eval_yaml(
+        tmp_path,
         f"model: {{name: hf_causal_lm, pretrained_model_name_or_path: {folder}}}\n"
-        f"tokenizer: {{name: {tokenizer_dir}}}\n"
-        f"icl_tasks:\n- {{label: lm, dataset_uri: {tasks}, icl_task_type: language_modeling}}\n"
+        f"tokenizer: {{name: {tokenizer_dir}}}\n",
     )
     result = run_cli(eval_main, [str(yaml)])
     assert result.code == 2
@@ -331,18 +341,13 @@ def test_eval_checks_load_path_before_composer_unpickles_it(
 ) -> None:
     """Composer loads ``load_path`` with ``weights_only=False``: the check before it keeps a
     poisoned file's code from running and names a checkpoint of another size in one line."""
-    tasks = tmp_path / "lm.jsonl"
-    tasks.write_text(json.dumps({"context": "a", "continuation": " b"}) + "\n")
     model = ", ".join(f"{key}: {value}" for key, value in TEXT_MPT.items() if key != "attn_config")
-    yaml = tmp_path / "eval.yaml"
-    yaml.write_text(
-        f"max_seq_len: 64\ndevice_eval_batch_size: 4\nprecision: fp32\n"
-        f"results_folder: {tmp_path}/results\n"
+    yaml = _eval_yaml(
+        tmp_path,
         f"models:\n- model_name: tiny\n"
         f"  model: {{name: mpt_causal_lm, {model}}}\n"
         f"  tokenizer: {{name: {tokenizer_dir}}}\n"
-        f"  load_path: {checkpoints.path(name)}\n"
-        f"icl_tasks:\n- {{label: lm, dataset_uri: {tasks}, icl_task_type: language_modeling}}\n"
+        f"  load_path: {checkpoints.path(name)}\n",
     )
     result = run_cli(eval_main, [str(yaml)])
     assert result.code == 2

@@ -16,30 +16,26 @@ import pytest
 
 from llmfoundry.cli.commands.eval import main as eval_main
 from llmfoundry.cli.commands.train import main as train_main
+from tests.fixtures import mpt_yaml
 
 from .cli_case import assert_one_line_error, files_under, run_cli
 
-TRAIN_YAML = """
+TRAIN_YAML = (
+    """
 variables:
   max_seq_len: 64
   global_seed: 7
 max_seq_len: ${variables.max_seq_len}
 run_name: bad-input
 model:
-  name: mpt_causal_lm
-  d_model: 64
-  n_heads: 4
-  n_layers: 2
-  expansion_ratio: 2
-  max_seq_len: ${variables.max_seq_len}
-  vocab_size: 512
-  attn_config:
-    attn_impl: torch
-  ffn_config:
-    ffn_type: mptmlp
-  init_config:
-    name: kaiming_normal_
-tokenizer:
+"""
+    + mpt_yaml(
+        2,
+        max_seq_len="${variables.max_seq_len}",
+        ffn_config={"ffn_type": "mptmlp"},
+        init_config={"name": "kaiming_normal_"},
+    )
+    + """tokenizer:
   name: {missing}/tokenizer
 train_loader:
   name: text
@@ -81,8 +77,10 @@ compile_config:
 save_folder: {save}
 save_interval: 2ba
 """
+)
 
-EVAL_YAML = """
+EVAL_YAML = (
+    """
 max_seq_len: 64
 device_eval_batch_size: 4
 precision: fp32
@@ -90,15 +88,9 @@ python_log_level: null
 models:
 - model_name: tiny
   model:
-    name: mpt_causal_lm
-    d_model: 64
-    n_heads: 4
-    n_layers: 2
-    max_seq_len: 64
-    vocab_size: 512
-    attn_config:
-      attn_impl: torch
-  tokenizer:
+"""
+    + mpt_yaml(4)
+    + """  tokenizer:
     name: {missing}/tokenizer
 eval_loader:
   name: text
@@ -110,6 +102,7 @@ eval_loader:
   num_workers: 0
 results_folder: {save}
 """
+)
 
 TIME = "a time string"
 
@@ -284,18 +277,30 @@ def _write(folder: Path, template: str) -> Path:
     return path
 
 
+def _assert_fails_in_one_line(
+    tmp_path: Path,
+    main: Callable[[Sequence[str]], int],
+    template: str,
+    overrides: list[str],
+    mentions: tuple[str, ...],
+) -> None:
+    """The command ``main`` on ``template`` with ``overrides`` exits 2 with one line naming
+    ``mentions``, and writes nothing (no save_folder, metrics, log file or results folder)."""
+    yaml_path = _write(tmp_path, template)
+    before = files_under(tmp_path)
+    result = run_cli(main, [str(yaml_path), *overrides])
+    assert_one_line_error(result, *mentions)
+    assert result.code == 2
+    assert files_under(tmp_path) == before
+
+
 @pytest.mark.parametrize(
     ("overrides", "mentions"), [c[1:] for c in TRAIN_CASES], ids=[c[0] for c in TRAIN_CASES]
 )
 def test_bad_train_config_fails_in_one_line(
     tmp_path: Path, overrides: list[str], mentions: tuple[str, ...]
 ) -> None:
-    yaml_path = _write(tmp_path, TRAIN_YAML)
-    before = files_under(tmp_path)
-    result = run_cli(train_main, [str(yaml_path), *overrides])
-    assert_one_line_error(result, *mentions)
-    assert result.code == 2
-    assert files_under(tmp_path) == before  # no save_folder, metrics or log file
+    _assert_fails_in_one_line(tmp_path, train_main, TRAIN_YAML, overrides, mentions)
 
 
 @pytest.mark.parametrize(
@@ -304,12 +309,7 @@ def test_bad_train_config_fails_in_one_line(
 def test_bad_eval_config_fails_in_one_line(
     tmp_path: Path, overrides: list[str], mentions: tuple[str, ...]
 ) -> None:
-    yaml_path = _write(tmp_path, EVAL_YAML)
-    before = files_under(tmp_path)
-    result = run_cli(eval_main, [str(yaml_path), *overrides])
-    assert_one_line_error(result, *mentions)
-    assert result.code == 2
-    assert files_under(tmp_path) == before  # no results folder
+    _assert_fails_in_one_line(tmp_path, eval_main, EVAL_YAML, overrides, mentions)
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from llmfoundry.data.text_data import StreamingTextDataset, build_text_dataloader
 from llmfoundry.utils.exceptions import DatasetError
 
-from .cli_case import HINT
+from .cli_case import assert_one_line_message
 
 SAMPLES, SEQ = 48, 16
 
@@ -84,14 +84,6 @@ BREAKAGES: dict[str, tuple[Callable[[Path], object], str, str]] = {
 }
 
 
-def _check_one_line(err: DatasetError, *mentions: str) -> None:
-    message = str(err)
-    assert "\n" not in message
-    for text in mentions:
-        assert text in message, f"{text!r} is not in: {message}"
-    assert HINT.search(message), f"no hint of the fix: {message}"
-
-
 def _read_all(folder: Path) -> int:
     dataset = StreamingTextDataset(
         tokenizer=None, max_seq_len=SEQ, local=str(folder), shuffle=False, batch_size=4
@@ -106,7 +98,7 @@ def test_streaming_text_dataset_names_the_broken_file(breakage: str, tmp_path: P
     breaks(folder)
     with pytest.raises(DatasetError) as caught:
         _read_all(folder)
-    _check_one_line(caught.value, str(folder), file, says)
+    assert_one_line_message(caught.value, str(folder), file, says)
 
 
 def test_corrupted_compressed_shard_is_named(tmp_path: Path) -> None:
@@ -116,7 +108,9 @@ def test_corrupted_compressed_shard_is_named(tmp_path: Path) -> None:
     _overwrite_same_size(shard)
     with pytest.raises(DatasetError) as caught:
         _read_all(folder)
-    _check_one_line(caught.value, str(shard), "cannot prepare shard", "convert the dataset again")
+    assert_one_line_message(
+        caught.value, str(shard), "cannot prepare shard", "convert the dataset again"
+    )
 
 
 @pytest.mark.parametrize("breakage", ["index not JSON", "shard missing", "shard truncated"])
@@ -131,7 +125,7 @@ def test_train_loader_names_the_broken_file(
         spec = build_text_dataloader(tokenizer, 4, dataset, num_workers=0, pin_memory=False)
         for _ in spec.dataloader:
             pass
-    _check_one_line(caught.value, str(folder), file, says)
+    assert_one_line_message(caught.value, str(folder), file, says)
 
 
 def test_a_sound_folder_reads_whole(tmp_path: Path) -> None:
@@ -146,5 +140,5 @@ def test_missing_split_lists_the_splits(tmp_path: Path) -> None:
         StreamingTextDataset(
             tokenizer=None, max_seq_len=SEQ, local=str(tmp_path / "data"), split="val"
         )
-    _check_one_line(caught.value, "split 'val'", "splits there: train")
+    assert_one_line_message(caught.value, "split 'val'", "splits there: train")
     assert re.search(r"convert_text_to_mds\.py", str(caught.value))

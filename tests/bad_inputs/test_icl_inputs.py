@@ -15,9 +15,9 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.cli.commands.eval import main as eval_main
 from llmfoundry.eval import build_icl_evaluators
-from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError, UserError
+from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
 
-from .cli_case import HINT, assert_one_line_error, files_under, run_cli
+from .cli_case import assert_one_line_error, assert_one_line_message, files_under, run_cli
 
 GOOD_ROWS: dict[str, dict[str, Any]] = {
     "language_modeling": {"context": "The list is", "continuation": " sorted"},
@@ -31,6 +31,15 @@ def _without(row: Mapping[str, Any], key: str) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k != key}
 
 
+# (case, task type, the field the third row lacks): the one line says "missing field '<field>'".
+MISSING_FIELDS = [
+    ("mc: no choices", "multiple_choice", "choices"),
+    ("mc: no gold", "multiple_choice", "gold"),
+    ("schema: no context_options", "schema", "context_options"),
+    ("schema: no continuation", "schema", "continuation"),
+    ("generation: no answer", "generation_task_with_answers", "answer"),
+    ("generation: no context", "generation_task_with_answers", "context"),
+]
 # (task type, the third row, what the one line says)
 ROW_CASES: dict[str, tuple[str, dict[str, Any] | str, str]] = {
     "lm: no continuation": (
@@ -43,16 +52,10 @@ ROW_CASES: dict[str, tuple[str, dict[str, Any] | str, str]] = {
         {"context": 7, "continuation": " x"},
         "field 'context': expected str, got int",
     ),
-    "mc: no choices": (
-        "multiple_choice",
-        _without(GOOD_ROWS["multiple_choice"], "choices"),
-        "missing field 'choices'",
-    ),
-    "mc: no gold": (
-        "multiple_choice",
-        _without(GOOD_ROWS["multiple_choice"], "gold"),
-        "missing field 'gold'",
-    ),
+    **{
+        case: (task_type, _without(GOOD_ROWS[task_type], field), f"missing field '{field}'")
+        for case, task_type, field in MISSING_FIELDS
+    },
     "mc: gold out of range": (
         "multiple_choice",
         {**GOOD_ROWS["multiple_choice"], "gold": 5},
@@ -62,26 +65,6 @@ ROW_CASES: dict[str, tuple[str, dict[str, Any] | str, str]] = {
         "multiple_choice",
         {**GOOD_ROWS["multiple_choice"], "choices": []},
         "field 'choices': the list is empty",
-    ),
-    "schema: no context_options": (
-        "schema",
-        _without(GOOD_ROWS["schema"], "context_options"),
-        "missing field 'context_options'",
-    ),
-    "schema: no continuation": (
-        "schema",
-        _without(GOOD_ROWS["schema"], "continuation"),
-        "missing field 'continuation'",
-    ),
-    "generation: no answer": (
-        "generation_task_with_answers",
-        _without(GOOD_ROWS["generation_task_with_answers"], "answer"),
-        "missing field 'answer'",
-    ),
-    "generation: no context": (
-        "generation_task_with_answers",
-        _without(GOOD_ROWS["generation_task_with_answers"], "context"),
-        "missing field 'context'",
     ),
     "malformed JSON row": ("multiple_choice", '{"query": "cut', "not valid JSON"),
     "row not an object": ("language_modeling", '["a", "b"]', "expected a JSON object, got list"),
@@ -110,21 +93,13 @@ def _build(
     build_icl_evaluators([task], tokenizer, 64, 4)
 
 
-def _check_one_line(err: UserError, *mentions: str) -> None:
-    message = str(err)
-    assert "\n" not in message
-    for text in mentions:
-        assert text in message, f"{text!r} is not in: {message}"
-    assert HINT.search(message), f"no hint of the fix: {message}"
-
-
 @pytest.mark.parametrize("case", list(ROW_CASES))
 def test_bad_row_is_named(case: str, tmp_path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
     task_type, row, says = ROW_CASES[case]
     path = _task_file(tmp_path, task_type, row)
     with pytest.raises(DatasetError) as caught:
         _build(tokenizer, path, task_type)
-    _check_one_line(caught.value, f"{path}, row 3", says)
+    assert_one_line_message(caught.value, f"{path}, row 3", says)
 
 
 def test_non_utf8_row_is_named(tmp_path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -132,7 +107,7 @@ def test_non_utf8_row_is_named(tmp_path: Path, tokenizer: PreTrainedTokenizerBas
     path.write_bytes(path.read_bytes() + b'{"context": "caf\xe9", "continuation": " x"}\n')
     with pytest.raises(DatasetError) as caught:
         _build(tokenizer, path, "language_modeling")
-    _check_one_line(caught.value, f"{path}, row 3", "not valid UTF-8", "re-encode")
+    assert_one_line_message(caught.value, f"{path}, row 3", "not valid UTF-8", "re-encode")
 
 
 def test_empty_file(tmp_path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -140,7 +115,7 @@ def test_empty_file(tmp_path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
     path.write_text("\n")
     with pytest.raises(DatasetError) as caught:
         _build(tokenizer, path, "language_modeling")
-    _check_one_line(caught.value, str(path), "has no rows")
+    assert_one_line_message(caught.value, str(path), "has no rows")
 
 
 MISSING_FIX = "point dataset_uri at a JSONL file"  # (cli_case.HINT has no "point ... at")
@@ -158,7 +133,7 @@ def test_bad_task_type(tmp_path: Path, tokenizer: PreTrainedTokenizerBase) -> No
     path = _task_file(tmp_path, "multiple_choice", None)
     with pytest.raises(ConfigError) as caught:
         _build(tokenizer, path, "multiple_choise")
-    _check_one_line(
+    assert_one_line_message(
         caught.value, "icl_task_type 'multiple_choise'", "did you mean 'multiple_choice'"
     )
 

@@ -15,6 +15,8 @@ from composer.loggers import LoggerDestination
 from composer.models import ComposerModel
 from torch.utils.data import DataLoader, TensorDataset
 
+from tests.fixtures import cpu_trainer
+
 N_FEATURES = 4
 
 
@@ -71,8 +73,8 @@ def scripted_trainer(
     loggers: Sequence[LoggerDestination] = (),
 ) -> Trainer:
     """A CPU trainer (SGD, lr 0.1) over :func:`sample_loader`."""
-    return Trainer(
-        model=model,
+    return cpu_trainer(
+        model,
         train_dataloader=sample_loader(),
         max_duration=max_duration,
         optimizers=torch.optim.SGD(model.parameters(), lr=0.1),
@@ -80,9 +82,6 @@ def scripted_trainer(
         loggers=list(loggers),
         save_folder=None if save_folder is None else str(save_folder),
         save_interval=save_interval,
-        progress_bar=False,
-        log_to_console=False,
-        device="cpu",
         seed=1,
     )
 

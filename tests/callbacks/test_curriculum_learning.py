@@ -22,6 +22,7 @@ from llmfoundry.utils.builders import (
     build_dataloader_from_section,
 )
 from llmfoundry.utils.exceptions import ConfigError
+from tests.fixtures import cpu_trainer
 
 SEQ_LEN = 16
 BATCH = 2
@@ -103,8 +104,8 @@ def _trainer(
         *build_callbacks_with_config(config["callbacks"], config),
         recorder,
     ]
-    return Trainer(
-        model=model,
+    return cpu_trainer(
+        model,
         train_dataloader=build_dataloader_from_section(
             "train_loader", config["train_loader"], tokenizer, BATCH
         ),
@@ -114,9 +115,6 @@ def _trainer(
         save_folder=str(save_folder),
         save_interval="1ba",
         load_path=load_path,
-        progress_bar=False,
-        log_to_console=False,
-        device="cpu",
         seed=3,
     )
 

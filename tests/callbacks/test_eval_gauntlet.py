@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 import torch
-from composer import Trainer
 from composer.core import Evaluator
 from composer.loggers import InMemoryLogger
 from composer.models import ComposerModel
@@ -33,6 +32,7 @@ from llmfoundry.callbacks.eval_gauntlet_callback import (
 )
 from llmfoundry.utils.builders import build_callbacks
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
+from tests.fixtures import cpu_trainer, fit_closed
 
 PREFIX = "icl/metrics/eval_gauntlet"
 
@@ -127,15 +127,12 @@ def run_eval(
 ) -> tuple[EvalGauntlet, InMemoryLogger]:
     """One ``Trainer.eval()`` round over ``run``'s evaluators, logged in memory."""
     memory, model = InMemoryLogger(), FlagModel()
-    trainer = Trainer(
-        model=model,
+    trainer = cpu_trainer(
+        model,
         eval_dataloader=evaluators(run),
         optimizers=torch.optim.SGD(model.parameters(), lr=0.01),
         callbacks=[gauntlet],
         loggers=[memory],
-        progress_bar=False,
-        log_to_console=False,
-        device="cpu",
     )
     trainer.eval()
     trainer.close()
@@ -287,8 +284,8 @@ def test_logs_once_per_round_during_fit_from_the_evaluators_that_ran() -> None:
     # jeopardy runs only in the second round: the first round scores world_knowledge from
     # arc_easy alone rather than from a stale or never-updated jeopardy metric.
     round_evaluators[0].eval_interval = "2ba"
-    trainer = Trainer(
-        model=model,
+    fit_closed(
+        model,
         train_dataloader=DataLoader(Flags(2, 4), batch_size=2),
         eval_dataloader=round_evaluators,
         eval_interval="1ba",
@@ -296,12 +293,7 @@ def test_logs_once_per_round_during_fit_from_the_evaluators_that_ran() -> None:
         optimizers=torch.optim.SGD(model.parameters(), lr=0.01),
         callbacks=[callback],
         loggers=[memory],
-        progress_bar=False,
-        log_to_console=False,
-        device="cpu",
     )
-    trainer.fit()
-    trainer.close()
     assert logged(memory, "world_knowledge") == pytest.approx([0.6, 0.45])
     assert logged(memory, "commonsense_reasoning") == pytest.approx([0.375, 0.375])
 

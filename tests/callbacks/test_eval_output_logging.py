@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from composer import Evaluator, Trainer
+from composer import Evaluator
 from composer.loggers import InMemoryLogger
 from streaming import LocalDataset
 from transformers import PreTrainedTokenizerBase
@@ -27,7 +23,8 @@ from llmfoundry.utils.exceptions import ConfigError
 from tests.callbacks.test_generate_callback import TableRecorder
 from tests.command_utils.conftest import SEQ_LEN as MDS_SEQ_LEN
 from tests.command_utils.conftest import mds_dir, write_run_yaml  # noqa: F401  (fixture)
-from tests.fixtures import row_loader, tiny_text_mpt
+from tests.command_utils.tiny_models import composer_launcher, run_with_repo_on_path
+from tests.fixtures import cpu_trainer, row_loader, tiny_text_mpt
 
 VOCAB = 512  # the tokenizer fixture's size
 SEQ_LEN = 32
@@ -113,14 +110,7 @@ def _evaluate(
     assert isinstance(callback, EvalOutputLogging)
     model = _tiny_mpt(tokenizer)
     recorder, memory = TableRecorder(), InMemoryLogger()
-    trainer = Trainer(
-        model=model,
-        callbacks=[callback],
-        loggers=[recorder, memory],
-        device="cpu",
-        progress_bar=False,
-        log_to_console=False,
-    )
+    trainer = cpu_trainer(model, callbacks=[callback], loggers=[recorder, memory])
     trainer.eval(
         eval_dataloader=[
             Evaluator(
@@ -218,12 +208,8 @@ def test_log_output_text_false_leaves_outputs_out_and_true_needs_a_tokenizer(
     assert columns == ["input", "loss", "label_tokens"]
     model = _tiny_mpt(tokenizer)
     model.tokenizer = None
-    trainer = Trainer(
-        model=model,
-        callbacks=build_callbacks({"eval_output_logging": {"log_output_text": True}}),
-        device="cpu",
-        progress_bar=False,
-        log_to_console=False,
+    trainer = cpu_trainer(
+        model, callbacks=build_callbacks({"eval_output_logging": {"log_output_text": True}})
     )
     loader = row_loader(samples, batch_size=2)
     with pytest.raises(ConfigError, match="log_output_text is true, but the model has no tok"):
@@ -243,22 +229,20 @@ TWO_RANK_EVAL = textwrap.dedent(
     """
     import json, sys
     import torch
-    from composer import Evaluator, Trainer
+    from composer import Evaluator
     from composer.loggers import InMemoryLogger
     from composer.utils import dist
     from torch.utils.data import DataLoader
     from llmfoundry.callbacks.eval_output_logging import EvalOutputLogging
     from llmfoundry.utils.tokenizer_utils import build_tokenizer
     from tests.callbacks.test_eval_output_logging import _padded_samples, _tiny_mpt
+    from tests.fixtures import cpu_trainer
 
     tokenizer_dir, out = sys.argv[1], sys.argv[2]
     tokenizer = build_tokenizer(tokenizer_dir)
     samples = _padded_samples(8, seed=4)
     memory = InMemoryLogger()
-    trainer = Trainer(
-        model=_tiny_mpt(tokenizer), callbacks=[EvalOutputLogging()], loggers=[memory],
-        device="cpu", progress_bar=False, log_to_console=False,
-    )
+    trainer = cpu_trainer(_tiny_mpt(tokenizer), callbacks=[EvalOutputLogging()], loggers=[memory])
     dist.initialize_dist("cpu")
     sampler = dist.get_sampler(samples, shuffle=False)
     loader = DataLoader(samples, batch_size=2, sampler=sampler)
@@ -284,18 +268,11 @@ def test_rank_zero_logs_the_rows_of_every_rank(
     script = tmp_path / "run.py"
     script.write_text(TWO_RANK_EVAL)
     out = tmp_path / "result.json"
-    launcher = Path(sys.executable).with_name("composer")
-    composer = str(launcher) if launcher.exists() else shutil.which("composer") or "composer"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
-    result = subprocess.run(
-        [composer, "-n", "2", str(script), str(tokenizer_dir), str(out)],
-        capture_output=True,
-        text=True,
+    run_with_repo_on_path(
+        [composer_launcher(), "-n", "2", str(script), str(tokenizer_dir), str(out)],
+        tmp_path,
         timeout=300,
-        cwd=tmp_path,
-        env=env,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
     logged = json.loads(out.read_text())
     table = _read_table(logged["tables"]["eval_outputs/ba0/eval"])
     samples = _padded_samples(8, seed=4)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from composer import Trainer
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.callbacks.eval_output_logging import EvalOutputLogging
@@ -15,7 +14,7 @@ from llmfoundry.eval import build_icl_evaluators
 from llmfoundry.eval.metrics import normalize_answer
 from tests.callbacks.test_generate_callback import TableRecorder
 from tests.eval.helpers import write_jsonl
-from tests.fixtures import tiny_text_mpt
+from tests.fixtures import cpu_trainer, tiny_text_mpt
 
 MC_ROWS = [
     {"query": "One plus one is", "choices": [" two", " three", " ten"], "gold": 0},
@@ -38,13 +37,8 @@ def evaluate(
         [{**task, "dataset_uri": data, "num_fewshot": [0]}], tokenizer, 64, 8
     )
     recorder = TableRecorder()
-    trainer = Trainer(
-        model=tiny_text_mpt(tokenizer),
-        callbacks=[EvalOutputLogging()],
-        loggers=[recorder],
-        device="cpu",
-        progress_bar=False,
-        log_to_console=False,
+    trainer = cpu_trainer(
+        tiny_text_mpt(tokenizer), callbacks=[EvalOutputLogging()], loggers=[recorder]
     )
     trainer.eval(eval_dataloader=evaluators)
     label, metric = keys[0].removeprefix("metrics/").rsplit("/", 1)

@@ -5,23 +5,22 @@ from __future__ import annotations
 import itertools
 
 import torch
-from composer import Evaluator, Trainer
+from composer import Evaluator
 from composer.loggers import InMemoryLogger
-from composer.models import ComposerClassifier
 
 from llmfoundry.utils.builders import build_callbacks
-from tests.loggers.tiny_run import BATCH_SIZE, NUM_CLASSES, NUM_FEATURES, synthetic_loader
+from tests.fixtures import fit_closed
+from tests.loggers.tiny_run import BATCH_SIZE, synthetic_loader, tiny_classifier
 
 N_BATCHES = 6
 
 
 def _fit(section: dict[str, object]) -> InMemoryLogger:
     """6 batches of a linear classifier, two evaluators (different data) every 2 batches."""
-    torch.manual_seed(0)
-    model = ComposerClassifier(torch.nn.Linear(NUM_FEATURES, NUM_CLASSES), num_classes=NUM_CLASSES)
+    model = tiny_classifier()
     logged = InMemoryLogger()
-    trainer = Trainer(
-        model=model,
+    fit_closed(
+        model,
         train_dataloader=synthetic_loader(BATCH_SIZE * N_BATCHES, seed=1),
         eval_dataloader=[
             Evaluator(label="eval_a", dataloader=synthetic_loader(8, seed=2)),
@@ -32,13 +31,7 @@ def _fit(section: dict[str, object]) -> InMemoryLogger:
         max_duration=f"{N_BATCHES}ba",
         callbacks=build_callbacks({"fdiff_metrics": section}),
         loggers=[logged],
-        progress_bar=False,
-        log_to_console=False,
-        device="cpu",
-        seed=0,
     )
-    trainer.fit()
-    trainer.close()
     return logged
 
 

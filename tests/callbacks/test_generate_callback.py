@@ -9,11 +9,9 @@ from typing import Any
 
 import pytest
 import torch
-from composer import Trainer
 from composer.core import Callback, State
 from composer.loggers import Logger, LoggerDestination
 from composer.models import HuggingFaceModel
-from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.callbacks.generate import Generate
@@ -21,11 +19,9 @@ from llmfoundry.loggers import FileLogger
 from llmfoundry.models.hf import ComposerHFCausalLM
 from llmfoundry.utils.builders import build_callbacks
 from llmfoundry.utils.exceptions import ConfigError
-from tests.fixtures import row_loader, tiny_text_mpt
+from tests.fixtures import fit_closed, greedy_continuation, text_batches, tiny_text_mpt
 
-VOCAB = 512  # the tokenizer fixture's size
 SEQ_LEN = 32
-ROWS_PER_BATCH = 4
 MAX_NEW_TOKENS = 8
 # Different lengths, so that batched prompts are left-padded.
 PROMPTS = ["def hello", "import os, sys", "class Decoder(object):"]
@@ -60,34 +56,20 @@ class ExpectedGenerations(Callback):
         model = state.model
         assert isinstance(model, HuggingFaceModel)
         model.eval()
-        texts = []
-        with torch.no_grad():
-            for prompt in PROMPTS:
-                ids = torch.tensor([self.tokenizer(prompt)["input_ids"]])
-                hf_model: Any = model.model
-                out = hf_model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=MAX_NEW_TOKENS,
-                    do_sample=False,
-                    eos_token_id=self.eos_token_id,
-                    pad_token_id=self.eos_token_id,
-                )
-                texts.append(
-                    self.tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
-                )
+        stop = self.eos_token_id
+        texts = [
+            greedy_continuation(
+                model.model,
+                self.tokenizer,
+                prompt,
+                MAX_NEW_TOKENS,
+                eos_token_id=stop,
+                pad_token_id=stop,
+            )
+            for prompt in PROMPTS
+        ]
         model.train()
         self.by_batch[int(state.timestamp.batch)] = texts
-
-
-def _batches(n_batches: int) -> DataLoader[dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(1)
-    ids = torch.randint(2, VOCAB, (n_batches * ROWS_PER_BATCH, SEQ_LEN), generator=generator)
-    rows = [
-        {"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()}
-        for row in ids
-    ]
-    return row_loader(rows, batch_size=ROWS_PER_BATCH)
 
 
 def _generate_callback(**overrides: Any) -> Callback:
@@ -107,21 +89,15 @@ def _generate_callback(**overrides: Any) -> Callback:
 def _fit(
     model: HuggingFaceModel, callbacks: list[Callback], loggers: list[LoggerDestination], n: int
 ) -> None:
-    trainer = Trainer(
-        model=model,
-        train_dataloader=_batches(n),
+    fit_closed(
+        model,
+        train_dataloader=text_batches(n),
         max_duration=f"{n}ba",
         # A large step, so that the generations change between intervals.
         optimizers=torch.optim.Adam(model.parameters(), lr=3e-2),
         callbacks=callbacks,
         loggers=loggers,
-        device="cpu",
-        progress_bar=False,
-        log_to_console=False,
-        seed=0,
     )
-    trainer.fit()
-    trainer.close()
 
 
 def _assert_tables_match(
@@ -217,19 +193,14 @@ def test_generation_stops_at_the_tokenizers_eos_when_the_model_names_none(
 
     recorder = TableRecorder()
     callback = _generate_callback(prompts=PROMPTS[:1], interval="1ba")
-    trainer = Trainer(
-        model=model,
-        train_dataloader=_batches(1),
+    fit_closed(
+        model,
+        train_dataloader=text_batches(1),
         max_duration="1ba",
         optimizers=torch.optim.SGD(model.parameters(), lr=0.0),  # weights unchanged
         callbacks=[callback],
         loggers=[recorder],
-        device="cpu",
-        progress_bar=False,
-        log_to_console=False,
     )
-    trainer.fit()
-    trainer.close()
     ((_, _, _, rows),) = recorder.tables
     # Generation ends with that token (a plain vocabulary token here, so it is decoded too).
     stopped = model_tokenizer.decode(free[: stop_at + 1], skip_special_tokens=True)

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -19,7 +16,6 @@ from composer import Trainer
 from composer.loggers import MLFlowLogger
 from composer.models import HuggingFaceModel
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -35,31 +31,19 @@ from llmfoundry.utils.builders import build_callbacks
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
 from tests.command_utils.conftest import mds_dir, write_run_yaml  # noqa: F401  (fixture)
+from tests.command_utils.tiny_models import composer_launcher, run_with_repo_on_path
 from tests.data.conftest import BUCKET, s3  # noqa: F401  (the moto S3 fixture)
-from tests.fixtures import row_loader, tiny_text_mpt
+from tests.fixtures import (
+    fit_closed,
+    hf_logits,
+    lora_llama,
+    text_batches,
+    text_ids,
+    tiny_text_mpt,
+    trainable_adamw,
+)
 
-VOCAB = 512  # the tokenizer fixture's size
 SEQ_LEN = 32
-ROWS_PER_BATCH = 4
-
-
-def _ids(rows: int, seed: int) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(2, VOCAB, (rows, SEQ_LEN), generator=generator)
-
-
-def _batches(n_batches: int) -> DataLoader[dict[str, torch.Tensor]]:
-    ids = _ids(n_batches * ROWS_PER_BATCH, seed=1)
-    rows = [
-        {"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()}
-        for row in ids
-    ]
-    return row_loader(rows, batch_size=ROWS_PER_BATCH)
-
-
-@torch.no_grad()
-def _logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
-    return model.eval()(input_ids=ids).logits
 
 
 def _bf16(model: torch.nn.Module) -> torch.nn.Module:
@@ -74,21 +58,14 @@ def _tiny_mpt(tokenizer: PreTrainedTokenizerBase) -> ComposerMPTCausalLM:
 def _fit(
     model: HuggingFaceModel, callbacks: list[Any], n_batches: int, **trainer_kwargs: Any
 ) -> Trainer:
-    trainer = Trainer(
-        model=model,
-        train_dataloader=_batches(n_batches),
+    return fit_closed(
+        model,
+        train_dataloader=text_batches(n_batches),
         max_duration=f"{n_batches}ba",
-        optimizers=torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2),
+        optimizers=trainable_adamw(model, lr=1e-2),
         callbacks=callbacks,
-        device="cpu",
-        progress_bar=False,
-        log_to_console=False,
-        seed=0,
         **trainer_kwargs,
     )
-    trainer.fit()
-    trainer.close()
-    return trainer
 
 
 @pytest.fixture
@@ -136,9 +113,9 @@ def test_mpt_folders_at_each_interval_load_as_the_trained_model_in_bf16(
     assert loaded.dtype == torch.bfloat16
     assert {t.dtype for t in load_file(folder / "model.safetensors").values()} == {torch.bfloat16}
 
-    ids = _ids(2, seed=7)
-    expected = _logits(_bf16(model.model), ids)
-    torch.testing.assert_close(_logits(loaded, ids), expected)
+    ids = text_ids(2, SEQ_LEN, seed=7)
+    expected = hf_logits(_bf16(model.model), ids)
+    torch.testing.assert_close(hf_logits(loaded, ids), expected)
 
     first, last = (
         load_file(hf_root / "ba2" / "model.safetensors"),
@@ -165,22 +142,17 @@ def test_hf_causal_lm_folder_loads_without_remote_code(
     assert not any(p.suffix == ".py" for p in folder.iterdir())
     loaded: Any = AutoModelForCausalLM.from_pretrained(folder, attn_implementation="eager")
     assert isinstance(loaded, LlamaForCausalLM) and loaded.dtype == torch.float32
-    ids = _ids(2, seed=7)
-    trained = _logits(model.model, ids)
-    assert not torch.allclose(trained, _logits(LlamaForCausalLM.from_pretrained(llama_dir), ids))
-    torch.testing.assert_close(_logits(loaded, ids), trained)
+    ids = text_ids(2, SEQ_LEN, seed=7)
+    trained = hf_logits(model.model, ids)
+    assert not torch.allclose(trained, hf_logits(LlamaForCausalLM.from_pretrained(llama_dir), ids))
+    torch.testing.assert_close(hf_logits(loaded, ids), trained)
     assert AutoTokenizer.from_pretrained(folder).pad_token == tokenizer.pad_token
 
 
 def test_lora_model_writes_an_adapter_that_peft_loads(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase, llama_dir: Path
 ) -> None:
-    model = ComposerHFCausalLM(
-        tokenizer,
-        str(llama_dir),
-        attn_implementation="eager",
-        peft_config={"peft_type": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]},
-    )
+    model = lora_llama(tokenizer, llama_dir)
     callback = HuggingFaceCheckpointer(str(tmp_path), save_interval="1ep")
     _fit(model, [callback], n_batches=2)
 
@@ -191,12 +163,12 @@ def test_lora_model_writes_an_adapter_that_peft_loads(
     adapter = load_file(folder / "adapter_model.safetensors")
     assert adapter and all("lora_" in name for name in adapter)
 
-    ids = _ids(2, seed=7)
-    trained = _logits(model.model, ids)
+    ids = text_ids(2, SEQ_LEN, seed=7)
+    trained = hf_logits(model.model, ids)
     base = AutoModelForCausalLM.from_pretrained(llama_dir, attn_implementation="eager")
-    assert not torch.allclose(_logits(base, ids), trained)  # the adapter learned something
+    assert not torch.allclose(hf_logits(base, ids), trained)  # the adapter learned something
     reloaded = peft.PeftModel.from_pretrained(base, folder)
-    torch.testing.assert_close(_logits(reloaded, ids), trained)
+    torch.testing.assert_close(hf_logits(reloaded, ids), trained)
 
 
 def test_bad_options_fail_naming_the_key() -> None:
@@ -275,8 +247,8 @@ def test_remote_save_folder_uploads_a_loadable_folder(
     for name in names:
         s3.download_file(BUCKET, prefix + name, str(local / name))
     loaded: Any = AutoModelForCausalLM.from_pretrained(local, trust_remote_code=True)
-    ids = _ids(2, seed=7)
-    torch.testing.assert_close(_logits(loaded, ids), _logits(_bf16(model.model), ids))
+    ids = text_ids(2, SEQ_LEN, seed=7)
+    torch.testing.assert_close(hf_logits(loaded, ids), hf_logits(_bf16(model.model), ids))
 
 
 def test_only_hf_checkpoint_without_the_callback_fails_before_training(
@@ -323,16 +295,15 @@ def test_only_hf_checkpoint_writes_hf_folders_and_no_composer_checkpoint(
         save / "huggingface" / "ba2", trust_remote_code=True
     )
     assert loaded.dtype == torch.bfloat16
-    ids = _ids(2, seed=7)
+    ids = text_ids(2, SEQ_LEN, seed=7)
     trained: Any = trainer.state.model
-    torch.testing.assert_close(_logits(loaded, ids), _logits(_bf16(trained.model), ids))
+    torch.testing.assert_close(hf_logits(loaded, ids), hf_logits(_bf16(trained.model), ids))
 
 
 FSDP2_RUN = textwrap.dedent(
     """
     import sys
     import torch
-    from composer import Trainer
     from composer.utils import dist
     from composer.utils.parallelism import FSDP2Config
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -340,6 +311,7 @@ FSDP2_RUN = textwrap.dedent(
 
     from llmfoundry.callbacks.hf_checkpointer import HuggingFaceCheckpointer
     from llmfoundry.models.hf import ComposerMPTCausalLM
+    from tests.fixtures import cpu_trainer, lm_rows
 
     out = sys.argv[1]
     torch.manual_seed(0)
@@ -349,14 +321,13 @@ FSDP2_RUN = textwrap.dedent(
     )
     dist.initialize_dist("cpu")
     ids = torch.randint(1, 128, (8, 16), generator=torch.Generator().manual_seed(0))
-    rows = [{"input_ids": r, "attention_mask": torch.ones_like(r), "labels": r} for r in ids]
+    rows = lm_rows(ids)
     loader = DataLoader(rows, batch_size=2, sampler=dist.get_sampler(rows, shuffle=False))
-    trainer = Trainer(
-        model=model, train_dataloader=loader, max_duration="2ba", device="cpu",
+    trainer = cpu_trainer(
+        model, train_dataloader=loader, max_duration="2ba",
         optimizers=torch.optim.AdamW(model.parameters(), lr=1e-2),
         parallelism_config={"fsdp": FSDP2Config(activation_checkpointing=True)},
         callbacks=[HuggingFaceCheckpointer(out, save_interval="2ba", precision="bf16")],
-        progress_bar=False, log_to_console=False,
     )
     trainer.fit()
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -373,16 +344,7 @@ FSDP2_RUN = textwrap.dedent(
 def test_fsdp2_ranks_gather_and_rank_zero_writes(tmp_path: Path) -> None:
     script = tmp_path / "run.py"
     script.write_text(FSDP2_RUN)
-    launcher = Path(sys.executable).with_name("composer")
-    composer = str(launcher) if launcher.exists() else shutil.which("composer") or "composer"
-    result = subprocess.run(
-        [composer, "-n", "2", str(script), str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_with_repo_on_path([composer_launcher(), "-n", "2", str(script), str(tmp_path)], tmp_path)
 
     folder = tmp_path / "huggingface" / "ba2"
     assert [p.name for p in (tmp_path / "huggingface").iterdir()] == ["ba2"]

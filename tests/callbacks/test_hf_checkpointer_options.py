@@ -23,7 +23,8 @@ from llmfoundry.callbacks.hf_checkpointer import HuggingFaceCheckpointer
 from llmfoundry.callbacks.hf_checkpointer_options import imported_modules
 from llmfoundry.utils.builders import build_callbacks
 from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError
-from tests.callbacks.test_hf_checkpointer import _fit, _ids, _logits, _tiny_mpt
+from tests.callbacks.test_hf_checkpointer import SEQ_LEN, _fit, _tiny_mpt
+from tests.fixtures import hf_logits, text_ids
 
 MODEL_NAME = "tiny-mpt"
 
@@ -196,8 +197,8 @@ def test_exported_code_imports_no_flattened_package_and_loads_without_it(
         )
     monkeypatch.setitem(sys.modules, "llmfoundry", None)  # `import llmfoundry` now fails
     loaded = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
-    ids = _ids(2, seed=3)
-    torch.testing.assert_close(_logits(loaded, ids), _logits(model.model, ids))
+    ids = text_ids(2, SEQ_LEN, seed=3)
+    torch.testing.assert_close(hf_logits(loaded, ids), hf_logits(model.model, ids))
 
 
 def test_flatten_imports_naming_a_package_the_code_needs_is_an_error(

@@ -16,7 +16,6 @@ from typing import Any, cast
 
 import pytest
 import torch
-from composer import Trainer
 from composer.core import Callback, State
 from composer.loggers import InMemoryLogger, Logger
 from composer.models import ComposerModel
@@ -30,7 +29,7 @@ from llmfoundry.utils.builders import (
     build_scheduler_from_section,
 )
 from tests.callbacks.scripted import ScriptedLossModel, sample_loader
-from tests.fixtures import composer_mpt
+from tests.fixtures import composer_mpt, cpu_trainer
 
 D_MODEL, N_LAYERS, EXPANSION, MAX_SEQ_LEN, VOCAB = 64, 2, 4, 32, 128
 MIB = 1024 * 1024
@@ -78,16 +77,14 @@ def _fit(
 ) -> InMemoryLogger:
     """Train ``model`` and return the in-memory log of the run."""
     logged = InMemoryLogger()
-    trainer = Trainer(
-        model=model,
+    trainer = cpu_trainer(
+        model,
         train_dataloader=loader,
         max_duration=max_duration,
         optimizers=optimizer or torch.optim.SGD(model.parameters(), lr=0.01),
         schedulers=scheduler,
         callbacks=list(callbacks),
         loggers=[logged],
-        progress_bar=False,
-        log_to_console=False,
         device=device,
         precision=precision,
         seed=1,

@@ -16,7 +16,7 @@ from composer.optim import LinearScheduler
 from llmfoundry.utils.builders import build_callbacks
 from llmfoundry.utils.exceptions import ConfigError
 from tests.callbacks.scripted import ScriptedLossModel, sample_loader
-from tests.fixtures import lm_trainer, tiny_lm_mpt, token_loader, weights
+from tests.fixtures import cpu_trainer, lm_trainer, tiny_lm_mpt, token_loader, weights
 
 BASE_LR, BASE_WD = 0.1, 0.01
 
@@ -43,9 +43,9 @@ def _trainer(
     """8-batch linear decay (lr x 1 -> x 0.2) over a scripted model, checkpoints every batch."""
     model = ScriptedLossModel()
     optimizer = torch.optim.AdamW(model.parameters(), lr=BASE_LR, weight_decay=BASE_WD)
-    return Trainer(
+    return cpu_trainer(
+        model,
         run_name=run_name,
-        model=model,
         train_dataloader=sample_loader(),
         max_duration="8ba",
         optimizers=optimizer,
@@ -54,9 +54,6 @@ def _trainer(
         save_folder=str(save_folder),
         save_interval="1ba",
         load_path=None if load_path is None else str(load_path),
-        progress_bar=False,
-        log_to_console=False,
-        device="cpu",
         seed=1,
     )
 

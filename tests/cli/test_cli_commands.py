@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib
 import json
 import logging
+import pkgutil
 import re
 import runpy
 import subprocess
@@ -20,26 +22,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
+from llmfoundry.cli import commands as commands_package
 from llmfoundry.cli import generate_flags
 from llmfoundry.cli.argparsing import SPELLING_NOTE, parse_logging_level
 from llmfoundry.cli.cli import app
-from llmfoundry.cli.commands import (
-    convert_composer_to_hf,
-    convert_dataset_hf,
-    convert_dataset_json,
-    convert_finetuning_dataset,
-    convert_hf_to_onnx,
-    convert_text_to_mds,
-    demo,
-    endpoint_generate,
-    hf_chat,
-    hf_generate,
-    merge_lora,
-    serve,
-    train,
-    web_ui,
-)
-from llmfoundry.cli.commands import eval as eval_command
 from llmfoundry.cli.generate_flags import parse_auth_token
 from llmfoundry.utils.cli_utils import parse_bool
 
@@ -47,29 +33,47 @@ REPO = Path(__file__).resolve().parents[2]
 WIDE = {"COLUMNS": "400"}  # rich never wraps a line of the command list
 HEAVY_MODULES = ("torch", "transformers", "composer", "streaming", "datasets")
 
-# Each command's words after ``llmfoundry``, and its module.
-COMMANDS: dict[tuple[str, ...], ModuleType] = {
-    ("train",): train,
-    ("data_prep", "convert_dataset_hf"): convert_dataset_hf,
-    ("data_prep", "convert_dataset_json"): convert_dataset_json,
-    ("data_prep", "convert_finetuning_dataset"): convert_finetuning_dataset,
-    ("data_prep", "convert_text_to_mds"): convert_text_to_mds,
-    ("convert", "composer-to-hf"): convert_composer_to_hf,
-    ("convert", "hf-to-onnx"): convert_hf_to_onnx,
-    ("generate",): hf_generate,
-    ("chat",): hf_chat,
-    ("serve",): serve,
-    ("web-ui",): web_ui,
-    ("endpoint-generate",): endpoint_generate,
-    ("merge-lora",): merge_lora,
-    ("demo",): demo,
-}
-CONVERTERS = [
-    convert_dataset_hf,
-    convert_dataset_json,
-    convert_finetuning_dataset,
-    convert_text_to_mds,
+
+def command_module(name: str) -> ModuleType:
+    """The module ``name`` of ``llmfoundry.cli.commands``."""
+    return importlib.import_module(f"{commands_package.__name__}.{name}")
+
+
+# The data_prep commands, each named as its module.
+CONVERTER_NAMES = [
+    "convert_dataset_hf",
+    "convert_dataset_json",
+    "convert_finetuning_dataset",
+    "convert_text_to_mds",
 ]
+# Each command's words after ``llmfoundry``, and its module's name.
+COMMAND_NAMES: dict[tuple[str, ...], str] = {
+    ("train",): "train",
+    **{("data_prep", name): name for name in CONVERTER_NAMES},
+    ("convert", "composer-to-hf"): "convert_composer_to_hf",
+    ("convert", "hf-to-onnx"): "convert_hf_to_onnx",
+    ("generate",): "hf_generate",
+    ("chat",): "hf_chat",
+    ("serve",): "serve",
+    ("web-ui",): "web_ui",
+    ("endpoint-generate",): "endpoint_generate",
+    ("merge-lora",): "merge_lora",
+    ("demo",): "demo",
+}
+# The command modules that are no pass-through command: eval has its own typer app, and
+# preview_text_data is only ``python llmfoundry/data/text_data.py``.
+NOT_PASS_THROUGH = {"eval", "preview_text_data"}
+COMMANDS = {words: command_module(name) for words, name in COMMAND_NAMES.items()}
+CONVERTERS = [command_module(name) for name in CONVERTER_NAMES]
+# The modules the tests below use by name.
+train, serve, eval_command = (command_module(name) for name in ("train", "serve", "eval"))
+convert_dataset_hf, convert_dataset_json, convert_finetuning_dataset = CONVERTERS[:3]
+
+
+def test_every_command_module_is_a_command() -> None:
+    modules = {info.name for info in pkgutil.iter_modules(commands_package.__path__)}
+    assert modules == set(COMMAND_NAMES.values()) | NOT_PASS_THROUGH
+
 
 # A value each flag type accepts, that is no flag's default.
 SAMPLE_VALUES: dict[Any, str] = {

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+import torch
 from streaming import MDSWriter
 from transformers import PreTrainedTokenizerBase
+
+from tests.fixtures import mpt_yaml
 
 if TYPE_CHECKING:
     from composer import Trainer
@@ -19,6 +26,7 @@ if TYPE_CHECKING:
     from llmfoundry.utils.config_utils import TrainConfig
 
 SEQ_LEN = 64
+TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts/train/train.py"
 
 RUN_YAML = """
 variables:
@@ -29,16 +37,7 @@ variables:
 max_seq_len: ${{variables.max_seq_len}}
 run_name: tiny-test
 model:
-  name: mpt_causal_lm
-  d_model: 64
-  n_heads: 4
-  n_layers: 2
-  expansion_ratio: 2
-  max_seq_len: ${{variables.max_seq_len}}
-  vocab_size: 512
-  attn_config:
-    attn_impl: torch
-tokenizer:
+{model}tokenizer:
   name: ${{variables.tokenizer_name}}
   kwargs:
     model_max_length: ${{variables.max_seq_len}}
@@ -118,8 +117,51 @@ def mds_dir(
 def write_run_yaml(folder: Path, mds: Path, tokenizer_dir: Path, save: Path) -> Path:
     """A complete LLM Foundry-style run YAML for the tiny model."""
     path = folder / "tiny.yaml"
-    path.write_text(RUN_YAML.format(data=mds, tokenizer=tokenizer_dir, seq=SEQ_LEN, save=save))
+    model = mpt_yaml(2, max_seq_len="${variables.max_seq_len}")
+    path.write_text(
+        RUN_YAML.format(data=mds, tokenizer=tokenizer_dir, seq=SEQ_LEN, save=save, model=model)
+    )
     return path
+
+
+# The tiny run made resumable: 6 batches, a checkpoint every 2, no eval, fp32, autoresume.
+RESUMABLE = [
+    "max_duration=6ba",
+    "save_interval=2ba",
+    "eval_interval=100ba",
+    "eval_loader=null",
+    "precision=fp32",
+    "autoresume=true",
+]
+
+
+def run_train_script(
+    yaml_path: Path, overrides: Sequence[str], cwd: Path, timeout: int = 400
+) -> subprocess.CompletedProcess[str]:
+    """``python scripts/train/train.py YAML OVERRIDES`` in ``cwd`` (PYTHONHASHSEED 0), its output
+    captured; the caller checks the return code."""
+    return subprocess.run(
+        [sys.executable, str(TRAIN_SCRIPT), str(yaml_path), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+
+
+def checkpoint_weights(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The model weights of a Composer checkpoint file."""
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    return state["state"]["model"]
+
+
+def assert_same_weights(expected: Path, got: Path) -> None:
+    """The two checkpoints hold bitwise the same model weights."""
+    want, have = checkpoint_weights(expected), checkpoint_weights(got)
+    assert want.keys() == have.keys()
+    for name in want:
+        assert torch.equal(want[name], have[name]), name
 
 
 def train_in_memory(

@@ -7,7 +7,8 @@ Used by ``test_meta_init_fsdp2.py``:
 
 The sharded mode also saves, next to OUT.pt (``OUT.pt.facts``), what each rank saw: whether the
 model stayed on meta until Composer sharded it, its local parameter count, the largest
-transient full-size tensors drawn for one module, and every ``to_empty`` call.
+transient full-size tensors drawn for one module, and every ``to_empty`` call. Run it with the
+repository root on PYTHONPATH (it uses ``tests.fixtures``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import sys
 from typing import Any, cast
 
 import torch
-from composer import Trainer
 from composer.utils import dist, reproducibility
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -26,6 +26,7 @@ from llmfoundry.command_utils.meta_init import sharded_model_build
 from llmfoundry.command_utils.parallelism import build_parallelism_config
 from llmfoundry.models.mpt import sharded_init as sharded_init
 from llmfoundry.utils.builders import build_composer_model_from_section
+from tests.fixtures import cpu_trainer
 
 SEED = 17
 FSDP = {"sharding_strategy": "FULL_SHARD", "state_dict_type": "full"}
@@ -85,14 +86,11 @@ def sharded(out_path: str) -> None:
         FSDP, None, "cpu", world_size, dist.get_local_world_size(), model=model
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    Trainer(
-        model=model,
+    cpu_trainer(
+        model,
         optimizers=optimizer,
         parallelism_config=parallelism,
-        device="cpu",
         precision="fp32",
-        progress_bar=False,
-        log_to_console=False,
         seed=SEED,
     )
     params = list(model.parameters())

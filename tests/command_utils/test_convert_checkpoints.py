@@ -16,7 +16,6 @@ from typing import Any
 import peft
 import pytest
 import torch
-from composer import Trainer
 from composer.utils.parallelism import FSDP2Config
 from safetensors.torch import load_file
 from transformers import (
@@ -33,9 +32,10 @@ from llmfoundry.command_utils.convert_composer_to_hf import (
 from llmfoundry.models.hf import ComposerHFCausalLM
 from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
-from tests.fixtures import save_llama, tiny_text_mpt
+from tests.fixtures import fit_closed, save_llama, tiny_text_mpt, trainable_adamw
 
 from .conftest import write_run_yaml
+from .tiny_models import composer_launcher
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts/inference/convert_composer_to_hf.py"
@@ -55,23 +55,17 @@ def _batches(n: int) -> list[dict[str, torch.Tensor]]:
 
 def _train(model: Any, save_folder: Path, **trainer_kwargs: Any) -> Path:
     """Train ``model`` for 2 batches in this process; the path of the checkpoint saved at the end."""
-    trainer = Trainer(
-        model=model,
+    fit_closed(
+        model,
         train_dataloader=_batches(2),
         max_duration="2ba",
         device_train_microbatch_size=4,
-        optimizers=torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2),
+        optimizers=trainable_adamw(model, lr=1e-2),
         save_folder=str(save_folder),
         save_interval="2ba",
-        device="cpu",
         precision="fp32",
-        progress_bar=False,
-        log_to_console=False,
-        seed=0,
         **trainer_kwargs,
     )
-    trainer.fit()
-    trainer.close()
     return save_folder / "latest-rank0.pt"
 
 
@@ -377,12 +371,11 @@ def test_two_process_sharded_train_run_converts_like_its_live_export(
     """``composer -n 2 scripts/train/train.py`` with ``state_dict_type: sharded`` writes one
     shard per rank; the converted folder equals what the hf_checkpointer callback wrote from
     the live (gathered) weights at the same step."""
-    launcher = Path(sys.executable).with_name("composer")
     yaml_path = write_run_yaml(tmp_path, mds_dir, tokenizer_dir, tmp_path / "ck")
     live_export = tmp_path / "live"
     result = subprocess.run(
         [
-            str(launcher) if launcher.exists() else "composer",
+            composer_launcher(),
             "-n",
             "2",
             str(REPO / "scripts/train/train.py"),

@@ -12,24 +12,14 @@ import pytest
 
 from llmfoundry.command_utils.demo import run_demo
 from llmfoundry.utils.quiet_logs import SILENCED
-
-
-class _Records(logging.Handler):
-    """Collects the records at WARNING or above."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
+from tests.bad_inputs.cli_case import RecordingHandler
 
 
 @pytest.mark.slow
 def test_demo_pipeline_writes_every_artefact(tmp_path: Path) -> None:
     # Every warning a user sees must be one they can act on: the ones we silence are listed in
     # llmfoundry/utils/quiet_logs.py, and any other shows up here.
-    handler = _Records()
+    handler = RecordingHandler(logging.WARNING)
     loggers = [logging.getLogger(), logging.getLogger("transformers")]
     for logger in loggers:
         logger.addHandler(handler)

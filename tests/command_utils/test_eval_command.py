@@ -7,7 +7,6 @@ import csv
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,22 +22,14 @@ from llmfoundry.command_utils.eval import EvalResults, eval_from_yaml, render_ta
 from llmfoundry.models.mpt import MPTForCausalLM
 from llmfoundry.utils.builders import build_dataloader_from_section
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
-from tests.eval.helpers import continuation_log_probs, write_jsonl
-from tests.fixtures import save_llama
+from tests.command_utils.tiny_models import composer_launcher
+from tests.eval.helpers import MC_ROWS, continuation_log_probs, write_jsonl
+from tests.fixtures import mpt_yaml, save_llama
 
 from .conftest import TrainedRun, mds_dir, trained_run  # noqa: F401  (fixtures)
 
 REPO = Path(__file__).resolve().parents[2]
-MPT = """  model:
-    name: mpt_causal_lm
-    d_model: 64
-    n_heads: 4
-    n_layers: 2
-    expansion_ratio: 2
-    max_seq_len: 64
-    vocab_size: 512
-    attn_config: {{attn_impl: torch}}
-"""
+MPT = "  model:\n" + mpt_yaml(4)
 EVAL_LOADER = """eval_loader:
   name: text
   dataset: {{local: {mds}, split: val, max_seq_len: 64}}
@@ -46,13 +37,6 @@ EVAL_LOADER = """eval_loader:
   num_workers: 0
 eval_subset_num_batches: 2
 """
-MC_ROWS = [
-    {"query": "The file is opened with", "choices": [" open", " json", " the decoder"], "gold": 0},
-    {"query": "A list is written", "choices": [" [1, 2]", " {}"], "gold": 1},
-    {"query": "To indent text use", "choices": [" textwrap", " heapq", " shlex"], "gold": 0},
-    {"query": "Keys are", "choices": [" strings", " sorted by value", " x"], "gold": 2},
-    {"query": "The heap pops", "choices": [" the smallest", " a tuple"], "gold": 0},
-]
 QA_ROWS = [
     {"context": "Q: the answer?", "answer": "import", "aliases": ["import", "def"]},
     {"context": "Q: a keyword?", "answer": "def", "aliases": ["def"]},
@@ -112,9 +96,9 @@ def test_checkpoint_hf_folder_and_hf_causal_lm_score_the_same(
     tokenizer_section = f"  tokenizer: {{name: {tokenizer_dir}}}\n"
     body = (
         "models:\n"
-        f"- model_name: checkpoint\n{MPT.format()}{tokenizer_section}"
+        f"- model_name: checkpoint\n{MPT}{tokenizer_section}"
         f"  load_path: {trained_run.checkpoint}\n"
-        f"- model_name: hf-folder\n{MPT.format()}{tokenizer_section}  load_path: {hf_export}\n"
+        f"- model_name: hf-folder\n{MPT}{tokenizer_section}  load_path: {hf_export}\n"
         "- model_name: hf-causal-lm\n  model:\n    name: hf_causal_lm\n"
         f"    pretrained_model_name_or_path: {hf_export}\n    trust_remote_code: true\n"
         + _tasks(tmp_path)
@@ -250,7 +234,7 @@ def test_two_processes_score_what_one_does(
     # the distributed sampler, and the padding must not be scored.
     body = (
         "models:\n"
-        f"- model_name: checkpoint\n{MPT.format()}  tokenizer: {{name: {tokenizer_dir}}}\n"
+        f"- model_name: checkpoint\n{MPT}  tokenizer: {{name: {tokenizer_dir}}}\n"
         f"  load_path: {trained_run.checkpoint}\n" + _tasks(tmp_path)
     )
     yaml_path = _write_yaml(tmp_path, body, batch_size=2)
@@ -258,9 +242,8 @@ def test_two_processes_score_what_one_does(
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     env.pop("RUN_NAME", None)
-    launcher = Path(sys.executable).parent / "composer"
     done = subprocess.run(
-        [str(launcher), "-n", "2", str(REPO / "scripts/eval/eval.py"), str(yaml_path)],
+        [composer_launcher(), "-n", "2", str(REPO / "scripts/eval/eval.py"), str(yaml_path)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -324,7 +307,7 @@ def test_hf_folder_of_another_shape_is_refused(
     hf_export: Path,
     tokenizer_dir: Path,
 ) -> None:
-    wider = MPT.format().replace("d_model: 64", "d_model: 128")
+    wider = "  model:\n" + mpt_yaml(4, d_model=128)
     body = (
         f"models:\n- model_name: wide\n{wider}  tokenizer: {{name: {tokenizer_dir}}}\n"
         f"  load_path: {hf_export}\n" + _tasks(tmp_path)

@@ -18,18 +18,9 @@ from llmfoundry.command_utils.eval import EvalResults, eval_from_yaml, evaluate
 from llmfoundry.utils.config_utils import EvalConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
 from tests.eval.helpers import continuation_log_probs, write_jsonl
-from tests.fixtures import save_tiny_llama, tiny_text_mpt
+from tests.fixtures import mpt_yaml, save_tiny_llama, tiny_text_mpt
 
 REPO = Path(__file__).resolve().parents[2]
-MODEL = """name: mpt_causal_lm
-d_model: 64
-n_heads: 4
-n_layers: 2
-expansion_ratio: 2
-max_seq_len: 64
-vocab_size: 512
-attn_config: {attn_impl: torch}
-"""
 MC_ROWS = [
     {"query": "The file is opened with", "choices": [" open", " json", " the decoder"], "gold": 0},
     {"query": "A list is written", "choices": [" [1, 2]", " {}", " x"], "gold": 1},
@@ -45,10 +36,6 @@ GAUNTLET = """eval_gauntlet:
 """
 MC_KEY = ("mc", "", 0, "InContextLearningMultipleChoiceAccuracy")
 CE_KEY = ("eval", "", None, "LanguageCrossEntropy")
-
-
-def _indent(text: str, spaces: int) -> str:
-    return "".join(" " * spaces + line + "\n" for line in text.splitlines())
 
 
 def _icl_tasks(uri: str) -> str:
@@ -109,13 +96,13 @@ def test_single_model_form_scores_what_the_models_list_does(
     single = eval_from_yaml(
         _write(
             tmp_path / "single",
-            f"model:\n{_indent(MODEL, 2)}tokenizer: {tokenizer}\n" + data,
+            f"model:\n{mpt_yaml(2)}tokenizer: {tokenizer}\n" + data,
         )
     )
     named = eval_from_yaml(
         _write(
             tmp_path / "named",
-            f"model_name: loaded\nmodel:\n{_indent(MODEL, 2)}tokenizer: {tokenizer}\n"
+            f"model_name: loaded\nmodel:\n{mpt_yaml(2)}tokenizer: {tokenizer}\n"
             f"load_path: {mpt_folder}\n" + data,
         )
     )
@@ -123,8 +110,8 @@ def test_single_model_form_scores_what_the_models_list_does(
         _write(
             tmp_path / "listed",
             "models:\n"
-            f"- model_name: mpt_causal_lm\n  model:\n{_indent(MODEL, 4)}  tokenizer: {tokenizer}\n"
-            f"- model_name: loaded\n  model:\n{_indent(MODEL, 4)}  tokenizer: {tokenizer}\n"
+            f"- model_name: mpt_causal_lm\n  model:\n{mpt_yaml(4)}  tokenizer: {tokenizer}\n"
+            f"- model_name: loaded\n  model:\n{mpt_yaml(4)}  tokenizer: {tokenizer}\n"
             f"  load_path: {mpt_folder}\n" + data,
         )
     )
@@ -150,18 +137,18 @@ def test_single_model_form_scores_what_the_models_list_does(
     ("body", "message"),
     [
         (
-            f"model:\n{_indent(MODEL, 2)}tokenizer: {{name: t}}\n"
-            f"models:\n- model_name: a\n  model:\n{_indent(MODEL, 4)}  tokenizer: {{name: t}}\n",
+            f"model:\n{mpt_yaml(2)}tokenizer: {{name: t}}\n"
+            f"models:\n- model_name: a\n  model:\n{mpt_yaml(4)}  tokenizer: {{name: t}}\n",
             "set model (one model) or models (a list), not both",
         ),
         (
-            f"load_path: ckpt.pt\nmodels:\n- model_name: a\n  model:\n{_indent(MODEL, 4)}"
+            f"load_path: ckpt.pt\nmodels:\n- model_name: a\n  model:\n{mpt_yaml(4)}"
             "  tokenizer: {name: t}\n",
             "load_path is set at the top level but model is not; add model",
         ),
         ("load_path: ckpt.pt\n", "load_path is set at the top level but model is not; add model"),
         (
-            f"model:\n{_indent(MODEL, 2)}",
+            f"model:\n{mpt_yaml(2)}",
             "model is set at the top level, so tokenizer must be too",
         ),
     ],
@@ -181,7 +168,7 @@ def test_mixed_or_incomplete_model_forms_are_refused(
 def test_eval_loader_list_evaluates_each_labelled_loader(
     tmp_path: Path, tokenizer_dir: Path, mds_dir: Path
 ) -> None:
-    head = f"model:\n{_indent(MODEL, 2)}tokenizer: {{name: {tokenizer_dir}}}\n"
+    head = f"model:\n{mpt_yaml(2)}tokenizer: {{name: {tokenizer_dir}}}\n"
     listed = _write(
         tmp_path / "listed",
         head
@@ -228,7 +215,7 @@ def test_task_and_gauntlet_files_are_found_relative_to_the_yaml(
     (config / "tasks/gauntlet.yaml").write_text(GAUNTLET)
     yaml_path = _write(
         config,
-        f"model:\n{_indent(MODEL, 2)}tokenizer: {{name: {tokenizer_dir}}}\n"
+        f"model:\n{mpt_yaml(2)}tokenizer: {{name: {tokenizer_dir}}}\n"
         f"load_path: {mpt_folder}\n"
         "icl_tasks: tasks/icl.yaml\neval_gauntlet: tasks/gauntlet.yaml\n",
     )
@@ -321,9 +308,7 @@ def test_eval_script_prints_the_table_once(
     uri = write_jsonl(tmp_path / "mc.jsonl", MC_ROWS)
     yaml_path = _write(
         tmp_path,
-        f"model:\n{_indent(MODEL, 2)}tokenizer: {{name: {tokenizer_dir}}}\n"
-        + _icl_tasks(uri)
-        + GAUNTLET,
+        f"model:\n{mpt_yaml(2)}tokenizer: {{name: {tokenizer_dir}}}\n" + _icl_tasks(uri) + GAUNTLET,
     )
     # Records at INFO are captured too, so that a table also logged would be counted below.
     caplog.set_level(logging.INFO)

@@ -5,7 +5,6 @@ sharded model trains, and the per-batch losses and final weights match the 1-pro
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,22 +13,13 @@ import pytest
 import torch
 
 from llmfoundry.utils.run_artifacts import read_metrics
+from tests.command_utils.tiny_models import composer_launcher
 
-from .conftest import write_run_yaml
+from .conftest import TRAIN_SCRIPT, checkpoint_weights, write_run_yaml
 
-REPO = Path(__file__).resolve().parents[2]
-TRAIN_SCRIPT = REPO / "scripts/train/train.py"
 BATCHES = 6
 # fp32 on CPU; gradients reduced in a different order over 2 ranks, so equal up to rounding.
 TOLERANCE = 2e-4
-
-
-def composer_launcher() -> str:
-    launcher = shutil.which(
-        "composer", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
-    )
-    assert launcher is not None
-    return launcher
 
 
 def train(command: list[str], cwd: Path) -> None:
@@ -43,11 +33,6 @@ def train(command: list[str], cwd: Path) -> None:
 def train_losses(save_folder: Path) -> list[float]:
     points = [p for p in read_metrics(save_folder) if p.metric == "loss/train/total"]
     return [p.value for p in sorted(points, key=lambda p: p.step)]
-
-
-def final_weights(save_folder: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(save_folder / "latest-rank0.pt", map_location="cpu", weights_only=False)
-    return state["state"]["model"]
 
 
 @pytest.mark.slow
@@ -87,7 +72,8 @@ def test_fsdp2_full_shard_two_processes_match_one(
     torch.testing.assert_close(torch.tensor(sharded), torch.tensor(single), rtol=TOLERANCE, atol=0)
     assert single[-1] < single[0] - 0.1, "the runs trained"
 
-    expected, got = final_weights(folders["single"]), final_weights(folders["fsdp2"])
+    expected = checkpoint_weights(folders["single"] / "latest-rank0.pt")
+    got = checkpoint_weights(folders["fsdp2"] / "latest-rank0.pt")
     assert set(got) == set(expected)
     for key, value in expected.items():
         torch.testing.assert_close(got[key], value, rtol=1e-3, atol=1e-4, msg=key)

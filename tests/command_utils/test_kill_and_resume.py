@@ -4,18 +4,11 @@ uninterrupted run exactly: the same per-batch losses (so the same data order) an
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from .conftest import write_run_yaml
-
-REPO = Path(__file__).resolve().parents[2]
-TRAIN_SCRIPT = REPO / "scripts/train/train.py"
+from .conftest import RESUMABLE, assert_same_weights, run_train_script, write_run_yaml
 
 # Registered through code_paths: records each batch's loss, and can kill its own process.
 RECORDER = """
@@ -47,18 +40,6 @@ registry.callbacks.register("record_losses_for_test", func=RecordLosses)
 """
 
 
-def run(yaml_path: Path, overrides: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "PYTHONHASHSEED": "0"}
-    return subprocess.run(
-        [sys.executable, str(TRAIN_SCRIPT), str(yaml_path), *overrides],
-        capture_output=True,
-        text=True,
-        timeout=400,
-        cwd=cwd,
-        env=environment,
-    )
-
-
 def losses(path: Path) -> dict[int, str]:
     """Batch -> loss (as float.hex, exact) of a recorder file; a resumed run overwrites none."""
     recorded: dict[int, str] = {}
@@ -68,32 +49,18 @@ def losses(path: Path) -> dict[int, str]:
     return recorded
 
 
-def final_weights(folder: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(folder / "latest-rank0.pt", map_location="cpu", weights_only=False)
-    return state["state"]["model"]
-
-
 @pytest.mark.slow
 def test_sigkill_then_autoresume_matches_the_uninterrupted_run(
     tmp_path: Path, mds_dir: Path, tokenizer_dir: Path
 ) -> None:
     recorder = tmp_path / "recorder.py"
     recorder.write_text(RECORDER)
-    common = [
-        f"code_paths=[{recorder}]",
-        "max_duration=6ba",
-        "save_interval=2ba",
-        "eval_interval=100ba",
-        "eval_loader=null",
-        "precision=fp32",
-        "autoresume=true",
-        "run_name=resume-test",
-    ]
+    common = [f"code_paths=[{recorder}]", *RESUMABLE, "run_name=resume-test"]
 
     reference_dir = tmp_path / "reference"
     reference_dir.mkdir()
     yaml_path = write_run_yaml(reference_dir, mds_dir, tokenizer_dir, reference_dir / "ck")
-    result = run(
+    result = run_train_script(
         yaml_path,
         [*common, f"callbacks.record_losses_for_test={{path: {reference_dir / 'losses.jsonl'}}}"],
         reference_dir,
@@ -104,7 +71,7 @@ def test_sigkill_then_autoresume_matches_the_uninterrupted_run(
     resumed_dir.mkdir()
     yaml_path = write_run_yaml(resumed_dir, mds_dir, tokenizer_dir, resumed_dir / "ck")
     record = resumed_dir / "losses.jsonl"
-    killed = run(
+    killed = run_train_script(
         yaml_path,
         [*common, f"callbacks.record_losses_for_test={{path: {record}, kill_at_batch: 5}}"],
         resumed_dir,
@@ -116,7 +83,7 @@ def test_sigkill_then_autoresume_matches_the_uninterrupted_run(
     assert sorted(before) == [1, 2, 3, 4, 5]
 
     record.rename(resumed_dir / "losses-before-kill.jsonl")
-    restarted = run(
+    restarted = run_train_script(
         yaml_path,
         [*common, f"callbacks.record_losses_for_test={{path: {record}}}"],
         resumed_dir,
@@ -127,7 +94,4 @@ def test_sigkill_then_autoresume_matches_the_uninterrupted_run(
 
     reference = losses(reference_dir / "losses.jsonl")
     assert {**before, **after} == reference  # bitwise: float.hex of every batch loss
-    expected, got = final_weights(reference_dir / "ck"), final_weights(resumed_dir / "ck")
-    assert expected.keys() == got.keys()
-    for name in expected:
-        assert torch.equal(expected[name], got[name]), name
+    assert_same_weights(reference_dir / "ck/latest-rank0.pt", resumed_dir / "ck/latest-rank0.pt")

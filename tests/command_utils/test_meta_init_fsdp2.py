@@ -4,7 +4,6 @@ with the same seed."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,14 +11,9 @@ from typing import Any
 import pytest
 import torch
 
-from .test_fsdp2_train_launch import composer_launcher
+from .tiny_models import composer_launcher, run_with_repo_on_path
 
 RUN_SCRIPT = Path(__file__).with_name("meta_init_run.py")
-
-
-def _run(command: list[str], cwd: Path) -> None:
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=cwd)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 
 
 def _rank_shares(state: dict[str, torch.Tensor]) -> list[int]:
@@ -44,8 +38,10 @@ def _largest_module(state: dict[str, torch.Tensor]) -> int:
 @pytest.mark.slow
 @pytest.mark.world_size(2)
 def test_meta_init_builds_only_shards_and_matches_a_cpu_build(tmp_path: Path) -> None:
-    _run([composer_launcher(), "-n", "2", str(RUN_SCRIPT), "sharded", "sharded.pt"], tmp_path)
-    _run([sys.executable, str(RUN_SCRIPT), "single", "single.pt"], tmp_path)
+    run_with_repo_on_path(
+        [composer_launcher(), "-n", "2", str(RUN_SCRIPT), "sharded", "sharded.pt"], tmp_path
+    )
+    run_with_repo_on_path([sys.executable, str(RUN_SCRIPT), "single", "single.pt"], tmp_path)
     sharded = torch.load(tmp_path / "sharded.pt")
     single = torch.load(tmp_path / "single.pt")
     ranks: list[dict[str, Any]] = torch.load(tmp_path / "sharded.pt.facts", weights_only=False)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, cast
 
 import numpy as np
 import onnxruntime
@@ -22,7 +21,7 @@ from llmfoundry.command_utils.convert_hf_to_onnx import (
     run_onnx,
 )
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
-from tests.fixtures import save_llama, save_tiny_mpt
+from tests.fixtures import greedy_continuation, save_llama, save_tiny_mpt
 
 VOCAB = 512  # the tokenizer fixture's size
 PROMPTS = ["def load(path):", "import json\n\nclass"]
@@ -42,21 +41,6 @@ def llama_folder(
 ) -> Path:
     """A tiny grouped-query Llama with the fixture tokenizer."""
     return save_llama(tmp_path_factory.mktemp("llama") / "hf", tokenizer, initializer_range=0.3)
-
-
-def _greedy(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
-    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
-    with torch.no_grad():
-        # transformers' stubs type generate's self as a protocol no model class satisfies.
-        out = cast(Any, model).generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=8,
-            do_sample=False,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
 
 
 @pytest.mark.parametrize("kind", ["mpt", "llama"])
@@ -95,7 +79,7 @@ def test_export_matches_pytorch_on_new_shapes_and_greedy_text(
 
     for prompt in PROMPTS:
         onnx_text = onnx_greedy_generate(result.onnx_path, tokenizer, prompt, max_new_tokens=8)
-        assert onnx_text == _greedy(model, tokenizer, prompt)
+        assert onnx_text == greedy_continuation(model, tokenizer, prompt, 8)
 
 
 def test_bad_inputs_name_the_flag_and_write_nothing(tmp_path: Path, mpt_folder: Path) -> None:

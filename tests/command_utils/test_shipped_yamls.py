@@ -260,16 +260,22 @@ def test_loaders_build(
     assert built == (1 if cfg.eval_loader is None else 2)
 
 
+def build_training_sections(cfg: TrainConfig) -> None:
+    """Build ``cfg``'s optimizer (over a stand-in parameter), scheduler, algorithms and
+    callbacks: each raises on a bad section."""
+    build_optimizer_from_section(cfg.optimizer, [torch.nn.Parameter(torch.zeros(2))])
+    build_scheduler_from_section(cfg.scheduler)
+    build_algorithms(cfg.algorithms)
+    build_callbacks(cfg.callbacks)
+
+
 @pytest.mark.parametrize("path", YAMLS, ids=IDS)
 def test_training_components_build(path: Path, local_paths: dict[str, Path]) -> None:
     from composer.devices import DeviceCPU
 
     cfg, _ = load_config(path, path_overrides(path, local_paths), TrainConfig)
     build_tokenizer_from_section(cfg.tokenizer)
-    build_optimizer_from_section(cfg.optimizer, [torch.nn.Parameter(torch.zeros(2))])
-    build_scheduler_from_section(cfg.scheduler)
-    build_algorithms(cfg.algorithms)
-    build_callbacks(cfg.callbacks)
+    build_training_sections(cfg)
     if cfg.fsdp_config is not None:
         check_fsdp_config(cfg.fsdp_config)
     # A multi-GPU YAML's batch splits over a node of 8 GPUs (and any one YAML runs on 1 process).

@@ -40,18 +40,14 @@ from llmfoundry.models.hf.composer_mpt import ComposerMPTCausalLM
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.models.hf.hf_causal_lm import ComposerHFCausalLM
 from llmfoundry.utils.builders import (
-    build_algorithms,
-    build_callbacks,
     build_composer_model_from_section,
     build_dataloader_from_section,
-    build_optimizer_from_section,
-    build_scheduler_from_section,
 )
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from tests.fixtures import VOCAB, save_tiny_llama, tiny_config, tiny_model
 
 from .conftest import train_in_memory, write_token_mds
-from .test_shipped_yamls import count_mpt_params, path_overrides
+from .test_shipped_yamls import build_training_sections, count_mpt_params, path_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_DIR = REPO / "scripts/train"
@@ -254,10 +250,7 @@ def test_finetune_example_feeds_preprocessed_rows(
         # The loss is on the answer only: the labelled tokens spell one of the choices.
         target = str(tokenizer.decode(labels[labels != -100])).replace(str(tokenizer.eos_token), "")
         assert target in answers and text.split("\nAnswer: ")[1].startswith(target), target
-    build_optimizer_from_section(cfg.optimizer, [torch.nn.Parameter(torch.zeros(2))])
-    build_scheduler_from_section(cfg.scheduler)
-    build_algorithms(cfg.algorithms)
-    build_callbacks(cfg.callbacks)
+    build_training_sections(cfg)
 
 
 # The CPU-sized stock YAMLs; only data, tokenizer, hub model paths and max_duration change.

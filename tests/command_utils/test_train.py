@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,19 +11,12 @@ import pytest
 from llmfoundry.command_utils.train import compute_batch_sizes
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
+from tests.command_utils.tiny_models import composer_launcher
 
 from .conftest import TrainedRun, write_run_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO / "scripts/train/train.py"
-
-
-def _composer() -> str:
-    found = shutil.which(
-        "composer", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
-    )
-    assert found, "the composer launcher is installed with mosaicml"
-    return found
 
 
 def test_train_loss_falls_and_eval_runs(trained_run: TrainedRun) -> None:
@@ -70,7 +61,7 @@ def _launch_three_batches(nproc: int, tmp_path: Path, mds_dir: Path, tokenizer_d
     """Run ``composer -n <nproc> train.py`` for 3 batches; return the checkpoint folder."""
     save = tmp_path / "ckpt"
     yaml_path = write_run_yaml(tmp_path, mds_dir, tokenizer_dir, save)
-    command = [_composer(), "-n", str(nproc), str(TRAIN_SCRIPT), str(yaml_path)]
+    command = [composer_launcher(), "-n", str(nproc), str(TRAIN_SCRIPT), str(yaml_path)]
     result = subprocess.run(
         [*command, "max_duration=3ba", "eval_interval=3ba"],
         capture_output=True,

@@ -1,14 +1,20 @@
-"""Scripts run in this process (``run_script``); the tiny models are in :mod:`tests.fixtures`."""
+"""Scripts run in this process (``run_script``) and the ``composer`` launcher that runs them on
+several processes; the tiny models are in :mod:`tests.fixtures`."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import logging
+import os
 import runpy
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -42,3 +48,20 @@ def run_script(path: Path, *args: str, stdin: str | None = None) -> ScriptResult
         root.setLevel(level)
         logging.captureWarnings(False)
     return ScriptResult(int(code or 0), stdout.getvalue(), stderr.getvalue())
+
+
+def composer_launcher() -> str:
+    """The ``composer`` launcher installed next to this Python (else the one on PATH)."""
+    launcher = Path(sys.executable).with_name("composer")
+    return str(launcher) if launcher.exists() else shutil.which("composer") or "composer"
+
+
+def run_with_repo_on_path(command: list[str], cwd: Path, timeout: int = 400) -> None:
+    """Run ``command`` in ``cwd`` with the repository root on PYTHONPATH (run scripts import
+    ``tests``); assert that it exits 0, showing the end of its output if not."""
+    paths = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]

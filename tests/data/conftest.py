@@ -14,6 +14,7 @@ import torch
 from composer.core import DataSpec
 from moto import mock_aws
 from streaming import StreamingDataset
+from streaming.base.util import clean_stale_shared_memory
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
@@ -21,6 +22,13 @@ from llmfoundry.data.finetuning import build_finetuning_dataloader
 
 BUCKET = "corpus-bucket"
 CollatorT = TypeVar("CollatorT")
+
+
+@pytest.fixture(scope="module")
+def clean_shared_memory() -> None:
+    """Clear stale Streaming shared memory once per module, before its first test (a module
+    that reads MDS asks for it with ``pytestmark = pytest.mark.usefixtures(...)``)."""
+    clean_stale_shared_memory()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from streaming.base.util import clean_stale_shared_memory
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.command_utils.data_prep.convert_dataset_hf import convert_dataset_hf
@@ -22,16 +21,13 @@ from llmfoundry.data import ConcatTokensDataset, StreamingTextDataset
 from llmfoundry.data.data import BadRowError, MDSWriteSummary
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
 
+pytestmark = pytest.mark.usefixtures("clean_shared_memory")
+
 EOS = "<|endoftext|>"
 EOS_ID = 0
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The module itself (the package attribute of the same name is the function).
 hf_module = importlib.import_module("llmfoundry.command_utils.data_prep.convert_dataset_hf")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _clean_shared_memory() -> None:
-    clean_stale_shared_memory()
 
 
 @pytest.fixture(autouse=True)

@@ -12,27 +12,22 @@ from typing import Any
 
 import pytest
 import torch
-from streaming.base.util import clean_stale_shared_memory
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.command_utils.data_prep.convert_finetuning_dataset import (
     convert_finetuning_dataset,
 )
+from llmfoundry.data.data import MDSWriteSummary
 from llmfoundry.data.finetuning import tokenize_example
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 from tests.data.conftest import BUCKET, index_columns, loader_batches, stored_samples
-from tests.data.finetuning.loader_cases import ROWS
+from tests.data.finetuning.loader_cases import CHAT, ROWS
 from tests.eval.helpers import write_jsonl
 
+pytestmark = pytest.mark.usefixtures("clean_shared_memory")
+
 CHATS = [
-    {
-        "messages": [
-            {"role": "user", "content": "def f(x):"},
-            {"role": "assistant", "content": "return x"},
-            {"role": "user", "content": "import json"},
-            {"role": "assistant", "content": "json.dumps(value)"},
-        ]
-    },
+    CHAT,
     {
         "messages": [
             {"role": "system", "content": "Be brief."},
@@ -43,9 +38,14 @@ CHATS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _clean_shared_memory() -> None:
-    clean_stale_shared_memory()
+def _convert(
+    dataset: str | Path, out: Path, tokenizer_dir: Path, **options: Any
+) -> dict[str, MDSWriteSummary]:
+    """``convert_finetuning_dataset`` of ``dataset`` into ``out``, tokenized by the tokenizer
+    saved in ``tokenizer_dir``; ``options`` are its other arguments."""
+    return convert_finetuning_dataset(
+        dataset=str(dataset), out_root=str(out), tokenizer=str(tokenizer_dir), **options
+    )
 
 
 def assert_same_batches(
@@ -58,25 +58,11 @@ def assert_same_batches(
             assert torch.equal(a[key], b[key]), key
 
 
-def test_prompt_response_round_trip_matches_the_hf_loader(
-    tmp_path: Path, tokenizer_dir: Path, tokenizer: PreTrainedTokenizerBase
+def assert_mds_reads_like_json(
+    tokenizer: PreTrainedTokenizerBase, tmp_path: Path, data: str, common: dict[str, Any]
 ) -> None:
-    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
-    summaries = convert_finetuning_dataset(
-        dataset=str(data), out_root=str(tmp_path / "mds"), tokenizer=str(tokenizer_dir)
-    )
-    summary = summaries["train"]
-    assert (summary.num_samples, summary.rows_read, summary.rows_dropped) == (6, 6, {})
-    expected_turns = [tokenize_example(row, tokenizer, "row")["turns"] for row in ROWS]
-    assert summary.num_tokens == sum(
-        len(t[0]["input_ids"]) + len(t[0]["labels"]) for t in expected_turns
-    )
-    # LLM Foundry 0.22's layout: one json column of turns.
-    assert index_columns(tmp_path / "mds" / "train") == (["turns"], ["json"])
-    stored = stored_samples(str(tmp_path / "mds" / "train"))
-    assert [s["turns"] for s in stored] == expected_turns
-
-    common = {"max_seq_len": 16, "shuffle": False, "target_prompts": "length>=4"}
+    """The finetuning loader gives the same batches from the converted ``tmp_path / "mds"`` as
+    from the JSONL file ``data`` it was converted from."""
     from_mds = loader_batches(
         tokenizer, {"local": str(tmp_path / "mds"), "split": "train", **common}
     )
@@ -90,6 +76,26 @@ def test_prompt_response_round_trip_matches_the_hf_loader(
         },
     )
     assert_same_batches(from_mds, from_json)
+
+
+def test_prompt_response_round_trip_matches_the_hf_loader(
+    tmp_path: Path, tokenizer_dir: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    data = write_jsonl(tmp_path / "train.jsonl", ROWS)
+    summaries = _convert(data, tmp_path / "mds", tokenizer_dir)
+    summary = summaries["train"]
+    assert (summary.num_samples, summary.rows_read, summary.rows_dropped) == (6, 6, {})
+    expected_turns = [tokenize_example(row, tokenizer, "row")["turns"] for row in ROWS]
+    assert summary.num_tokens == sum(
+        len(t[0]["input_ids"]) + len(t[0]["labels"]) for t in expected_turns
+    )
+    # LLM Foundry 0.22's layout: one json column of turns.
+    assert index_columns(tmp_path / "mds" / "train") == (["turns"], ["json"])
+    stored = stored_samples(str(tmp_path / "mds" / "train"))
+    assert [s["turns"] for s in stored] == expected_turns
+
+    common = {"max_seq_len": 16, "shuffle": False, "target_prompts": "length>=4"}
+    assert_mds_reads_like_json(tokenizer, tmp_path, data, common)
 
 
 def test_chats_are_written_as_turns_and_read_back_exactly(
@@ -106,19 +112,7 @@ def test_chats_are_written_as_turns_and_read_back_exactly(
     assert len(stored[0]["turns"]) == 2  # one turn per assistant message
 
     common = {"max_seq_len": 64, "shuffle": False, "target_responses": "all"}
-    from_mds = loader_batches(
-        chat_tokenizer, {"local": str(tmp_path / "mds"), "split": "train", **common}
-    )
-    from_json = loader_batches(
-        chat_tokenizer,
-        {
-            "hf_name": "json",
-            "hf_kwargs": {"data_files": {"train": str(data)}, "cache_dir": str(tmp_path / "hf")},
-            "split": "train",
-            **common,
-        },
-    )
-    assert_same_batches(from_mds, from_json)
+    assert_mds_reads_like_json(chat_tokenizer, tmp_path, data, common)
 
 
 def test_bad_rows_are_named_by_file_and_line_and_leave_no_index(
@@ -129,18 +123,14 @@ def test_bad_rows_are_named_by_file_and_line_and_leave_no_index(
     )
     out = tmp_path / "mds"
     with pytest.raises(DatasetError, match=r"train\.jsonl:3.*field 'response' is empty"):
-        convert_finetuning_dataset(
-            dataset=str(data), out_root=str(out), tokenizer=str(tokenizer_dir)
-        )
+        _convert(data, out, tokenizer_dir)
     assert not list(out.rglob("index.json"))
 
     (tmp_path / "bad").mkdir()
     raw = tmp_path / "bad" / "train.jsonl"
     raw.write_bytes(json.dumps(ROWS[0]).encode() + b"\n" + b'{"prompt": "\xff", "response": "x"}\n')
     with pytest.raises(DatasetError, match=r"train\.jsonl:2: not valid UTF-8"):
-        convert_finetuning_dataset(
-            dataset=str(raw), out_root=str(tmp_path / "out2"), tokenizer=str(tokenizer_dir)
-        )
+        _convert(raw, tmp_path / "out2", tokenizer_dir)
     assert not list((tmp_path / "out2").rglob("index.json"))
 
 
@@ -155,10 +145,10 @@ def test_skipping_bad_rows_counts_them_by_reason(tmp_path: Path, tokenizer_dir: 
             {"question": "no prompt field"},
         ],
     )
-    summary = convert_finetuning_dataset(
-        dataset=str(data),
-        out_root=str(tmp_path / "mds"),
-        tokenizer=str(tokenizer_dir),
+    summary = _convert(
+        data,
+        tmp_path / "mds",
+        tokenizer_dir,
         skip_bad_rows=True,
     )["train"]
     assert summary.num_samples == len(ROWS)
@@ -177,10 +167,10 @@ def test_prompts_filling_max_seq_len_are_dropped_long_examples_kept(
     long_response = {"prompt": "y", "response": "return None\n" * 20}
     data = write_jsonl(tmp_path / "train.jsonl", [ROWS[0], long_prompt, long_response])
     with caplog.at_level(logging.INFO):
-        summary = convert_finetuning_dataset(
-            dataset=str(data),
-            out_root=str(tmp_path / "mds"),
-            tokenizer=str(tokenizer_dir),
+        summary = _convert(
+            data,
+            tmp_path / "mds",
+            tokenizer_dir,
             max_seq_len=32,
         )["train"]
     assert summary.num_samples == 2
@@ -197,24 +187,22 @@ def test_split_folder_default_and_explicit_splits(tmp_path: Path, tokenizer_dir:
     write_jsonl(folder / "train.jsonl", ROWS[:4])
     write_jsonl(folder / "test.jsonl", ROWS[4:])
     # Defaults are train and validation; a missing validation is skipped with a warning.
-    summaries = convert_finetuning_dataset(
-        dataset=str(folder), out_root=str(tmp_path / "a"), tokenizer=str(tokenizer_dir)
-    )
+    summaries = _convert(folder, tmp_path / "a", tokenizer_dir)
     assert {k: v.num_samples for k, v in summaries.items()} == {"train": 4}
-    summaries = convert_finetuning_dataset(
-        dataset=str(folder),
-        out_root=str(tmp_path / "b"),
-        tokenizer=str(tokenizer_dir),
+    summaries = _convert(
+        folder,
+        tmp_path / "b",
+        tokenizer_dir,
         splits=["train", "test"],
     )
     assert {k: v.num_samples for k, v in summaries.items()} == {"train": 4, "test": 2}
     with pytest.raises(
         ConfigError, match=r"has no split 'tset'; did you mean 'test'.*available: test, train"
     ):
-        convert_finetuning_dataset(
-            dataset=str(folder),
-            out_root=str(tmp_path / "c"),
-            tokenizer=str(tokenizer_dir),
+        _convert(
+            folder,
+            tmp_path / "c",
+            tokenizer_dir,
             splits=["tset"],
         )
     assert not (tmp_path / "c").exists()
@@ -237,10 +225,10 @@ def test_preprocessor_from_a_module_and_the_registered_alpaca_one(
 ) -> None:
     qa_rows = [{"question": "1+1?", "answer": "2"}, {"question": "2+2?", "answer": "4"}]
     data = write_jsonl(tmp_path / "qa.jsonl", qa_rows)
-    convert_finetuning_dataset(
-        dataset=str(data),
-        out_root=str(tmp_path / "qa"),
-        tokenizer=str(tokenizer_dir),
+    _convert(
+        data,
+        tmp_path / "qa",
+        tokenizer_dir,
         preprocessor=user_module,
     )
     stored = stored_samples(str(tmp_path / "qa" / "train"))
@@ -249,10 +237,10 @@ def test_preprocessor_from_a_module_and_the_registered_alpaca_one(
 
     text = "Intro.\n\n### Instruction:\nAdd 1 and 1.\n\n### Response:\n2"
     alpaca = write_jsonl(tmp_path / "alpaca.jsonl", [{"text": text}])
-    convert_finetuning_dataset(
-        dataset=str(alpaca),
-        out_root=str(tmp_path / "alpaca"),
-        tokenizer=str(tokenizer_dir),
+    _convert(
+        alpaca,
+        tmp_path / "alpaca",
+        tokenizer_dir,
         preprocessor="tatsu-lab/alpaca",
     )
     stored = stored_samples(str(tmp_path / "alpaca" / "train"))
@@ -263,20 +251,20 @@ def test_preprocessor_from_a_module_and_the_registered_alpaca_one(
     assert stored[0]["turns"] == expected["turns"]
 
     with pytest.raises(ConfigError, match="--preprocessor and --skip-preprocessing"):
-        convert_finetuning_dataset(
-            dataset=str(data),
-            out_root=str(tmp_path / "x"),
-            tokenizer=str(tokenizer_dir),
+        _convert(
+            data,
+            tmp_path / "x",
+            tokenizer_dir,
             preprocessor=user_module,
             skip_preprocessing=True,
         )
     with pytest.raises(
         ConfigError, match=r"--preprocessor: 'tatsu-lab/alpacca' is not a registered"
     ):
-        convert_finetuning_dataset(
-            dataset=str(data),
-            out_root=str(tmp_path / "y"),
-            tokenizer=str(tokenizer_dir),
+        _convert(
+            data,
+            tmp_path / "y",
+            tokenizer_dir,
             preprocessor="tatsu-lab/alpacca",
         )
 
@@ -286,9 +274,7 @@ def test_hf_builder_source_with_workers_writes_the_same_examples(
     tmp_path: Path, tokenizer_dir: Path, num_workers: int
 ) -> None:
     data = write_jsonl(tmp_path / "train.jsonl", ROWS)
-    reference = convert_finetuning_dataset(
-        dataset=str(data), out_root=str(tmp_path / "ref"), tokenizer=str(tokenizer_dir)
-    )["train"]
+    reference = _convert(data, tmp_path / "ref", tokenizer_dir)["train"]
     summary = convert_finetuning_dataset(
         dataset="json",
         data_files=[str(data)],
@@ -329,9 +315,7 @@ def test_option_errors(tmp_path: Path, tokenizer_dir: Path) -> None:
     (tmp_path / "full" / "train").mkdir(parents=True)
     (tmp_path / "full" / "train" / "old.mds").write_text("x")
     with pytest.raises(ConfigError, match=r"output folder '.*full/train' is not empty"):
-        convert_finetuning_dataset(
-            dataset=str(data), out_root=str(tmp_path / "full"), tokenizer=str(tokenizer_dir)
-        )
+        _convert(data, tmp_path / "full", tokenizer_dir)
 
 
 def remote_keys(client: Any, prefix: str) -> list[str]:
@@ -357,9 +341,7 @@ def test_remote_out_root_is_uploaded_complete_and_streams_back(
     assert remote_keys(s3, "ft/train") == ["index.json", "shard.00000.mds"]
     assert remote_keys(s3, "ft/validation") == ["index.json", "shard.00000.mds"]
 
-    convert_finetuning_dataset(
-        dataset=str(folder), out_root=str(tmp_path / "local"), tokenizer=str(tokenizer_dir)
-    )
+    _convert(folder, tmp_path / "local", tokenizer_dir)
     common = {"split": "train", "max_seq_len": 16, "shuffle": False}
     streamed = loader_batches(
         tokenizer, {"remote": out_root, "local": str(tmp_path / "cache"), **common}

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 import torch
-from streaming.base.util import clean_stale_shared_memory
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.command_utils.data_prep.convert_finetuning_dataset import (
@@ -19,27 +18,14 @@ from llmfoundry.data import write_mds
 from llmfoundry.data.finetuning import tokenize_example
 from llmfoundry.utils.exceptions import DatasetError
 from tests.data.conftest import index_columns, loader_batches, stored_samples
+from tests.data.finetuning.loader_cases import CHAT, EOS, PAD, X
+from tests.data.finetuning.loader_cases import ROWS as LOADER_ROWS
 from tests.eval.helpers import write_jsonl
 
-EOS, PAD, X = 0, 1, -100
-ROWS = [
-    {"prompt": "def loads(s):", "response": " return decode(s)"},
-    {"prompt": "import json", "response": "\nimport re"},
-]
+pytestmark = pytest.mark.usefixtures("clean_shared_memory")
+
+ROWS = LOADER_ROWS[:2]
 LONG_PROMPT = {"prompt": "import json\n" * 8, "response": "x"}
-CHAT = {
-    "messages": [
-        {"role": "user", "content": "def f(x):"},
-        {"role": "assistant", "content": "return x"},
-        {"role": "user", "content": "import json"},
-        {"role": "assistant", "content": "json.dumps(value)"},
-    ]
-}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _clean_shared_memory() -> None:
-    clean_stale_shared_memory()
 
 
 def ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from streaming.base.util import clean_stale_shared_memory
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.command_utils.data_prep import convert_finetuning_dataset as finetuning_module
@@ -31,13 +30,10 @@ from llmfoundry.data import ConcatTokensDataset
 from llmfoundry.data import token_batches as token_batches_module
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 
+pytestmark = pytest.mark.usefixtures("clean_shared_memory")
+
 EOS = "<|endoftext|>"
 WORKER_COUNTS = (1, 2, 3)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _clean_shared_memory() -> None:
-    clean_stale_shared_memory()
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from streaming.base.util import clean_stale_shared_memory
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.command_utils.data_prep.convert_dataset_json import convert_dataset_json
@@ -22,14 +21,11 @@ from llmfoundry.data import ConcatTokensDataset, NoConcatDataset, StreamingTextD
 from llmfoundry.data.data import MDSWriteSummary
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
 
+pytestmark = pytest.mark.usefixtures("clean_shared_memory")
+
 EOS = "<|endoftext|>"
 EOS_ID = 0
 REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _clean_shared_memory() -> None:
-    clean_stale_shared_memory()
 
 
 @pytest.fixture
@@ -322,12 +318,25 @@ def test_text_converter_concatenates_the_files_in_order(
     assert (tmp_path / "mds" / DONE_FILENAME).is_file()
 
 
-def test_text_converter_skips_a_finished_conversion(
+FinishedConversion = tuple[Path, Path, MDSWriteSummary, dict[str, tuple[int, int]]]
+
+
+@pytest.fixture
+def finished_conversion(
     tmp_path: Path, tokenizer_dir: Path, documents: list[str]
-) -> None:
+) -> FinishedConversion:
+    """``documents`` as text files converted to MDS: the source and output folders, the
+    conversion's summary and the output's file stamps."""
     src, out = write_text_files(tmp_path / "txt", documents), tmp_path / "mds"
     first = text_to_mds(tokenizer_dir, out, src)
     before = file_stamps(out)
+    return src, out, first, before
+
+
+def test_text_converter_skips_a_finished_conversion(
+    finished_conversion: FinishedConversion, tokenizer_dir: Path
+) -> None:
+    src, out, first, before = finished_conversion
 
     again = text_to_mds(tokenizer_dir, out, src)
 
@@ -336,11 +345,9 @@ def test_text_converter_skips_a_finished_conversion(
 
 
 def test_text_converter_needs_reprocess_for_a_different_conversion(
-    tmp_path: Path, tokenizer_dir: Path, documents: list[str]
+    finished_conversion: FinishedConversion, tokenizer_dir: Path
 ) -> None:
-    src, out = write_text_files(tmp_path / "txt", documents), tmp_path / "mds"
-    first = text_to_mds(tokenizer_dir, out, src)
-    before = file_stamps(out)
+    src, out, first, before = finished_conversion
 
     with pytest.raises(ConfigError, match=r"concat_tokens 64 \(now 32\).*pass --reprocess"):
         text_to_mds(tokenizer_dir, out, src, concat_tokens=32)

@@ -15,7 +15,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from streaming import MDSWriter, Stream
-from streaming.base.util import clean_stale_shared_memory
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
@@ -28,14 +27,11 @@ from llmfoundry.data.text_data import sample_texts
 from llmfoundry.utils.builders import build_dataloader_from_section
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 
+pytestmark = pytest.mark.usefixtures("clean_shared_memory")
+
 PAD_ID = 1
 # Token samples of different lengths; the last is longer than the loaders' max_seq_len of 16.
 TOKEN_SAMPLES = [list(range(2, 2 + n)) for n in (16, 5, 16, 9, 16, 3, 16, 40)]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _clean_shared_memory() -> None:
-    clean_stale_shared_memory()
 
 
 def write_samples(
@@ -373,24 +369,13 @@ def test_text_and_token_samples_from_the_converters_give_the_expected_ids(
         tokenizer=str(tokenizer_dir),
     )
 
-    as_text = StreamingTextDataset(
-        tokenizer=tokenizer,
-        max_seq_len=16,
-        local=str(tmp_path / "text"),
-        split="train",
-        batch_size=1,
-    )
+    common: dict[str, Any] = {"max_seq_len": 16, "split": "train", "batch_size": 1}
+    as_text = StreamingTextDataset(tokenizer=tokenizer, local=str(tmp_path / "text"), **common)
     ids = [tokenizer(d)["input_ids"] for d in documents]
     assert epoch_ids_full(as_text) == [i[:16] for i in ids]
     assert len(ids[1]) > 16  # the long document really was truncated
 
-    as_tokens = StreamingTextDataset(
-        tokenizer=None,
-        max_seq_len=16,
-        local=str(tmp_path / "tokens"),
-        split="train",
-        batch_size=1,
-    )
+    as_tokens = StreamingTextDataset(tokenizer=None, local=str(tmp_path / "tokens"), **common)
     concatenated = [token for i in ids for token in i]
     expected = [concatenated[s : s + 16] for s in range(0, len(concatenated) - 15, 16)]
     assert epoch_ids_full(as_tokens) == expected

@@ -11,12 +11,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from streaming.base.util import clean_stale_shared_memory
 
 from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
 from llmfoundry.utils.cli_utils import parse_logging_level
 from llmfoundry.utils.exceptions import TokenizerError
 from tests.data.test_converters import read_tokens, write_text_files
+
+pytestmark = pytest.mark.usefixtures("clean_shared_memory")
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "data_prep" / "convert_text_to_mds.py"
 REQUIRED = ["--input_folder", "in", "--output_folder", "out", "--concat_tokens", "8"]
@@ -26,11 +27,6 @@ CUSTOM_CODE = """from transformers import PreTrainedTokenizerFast
 class CustomTokenizer(PreTrainedTokenizerFast):
     pass
 """
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _clean_shared_memory() -> None:
-    clean_stale_shared_memory()
 
 
 @pytest.fixture(scope="module")

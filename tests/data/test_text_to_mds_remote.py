@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from streaming.base.util import clean_stale_shared_memory
 
 from llmfoundry.command_utils.data_prep.convert_text_to_mds import (
     DONE_FILENAME,
@@ -19,10 +18,7 @@ from llmfoundry.utils.object_store import RemoteFolder
 from tests.data.conftest import BUCKET
 from tests.data.test_converters import EOS, read_tokens, write_text_files
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _clean_shared_memory() -> None:
-    clean_stale_shared_memory()
+pytestmark = pytest.mark.usefixtures("clean_shared_memory")
 
 
 @pytest.fixture

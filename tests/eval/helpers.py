@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import torch
-from composer import Trainer
 from composer.core import Evaluator
 from composer.loggers import InMemoryLogger
 from composer.models import HuggingFaceModel
@@ -20,6 +19,16 @@ from llmfoundry.eval import build_icl_evaluators
 from llmfoundry.eval.datasets import ICLDataset
 from llmfoundry.eval.metrics import cut_generation, normalize_answer
 from llmfoundry.eval.prompts import needs_prefix_space
+from tests.fixtures import cpu_trainer
+
+# Five multiple-choice questions on the fixture corpus's modules, of 2 or 3 choices each.
+MC_ROWS = [
+    {"query": "The file is opened with", "choices": [" open", " json", " the decoder"], "gold": 0},
+    {"query": "A list is written", "choices": [" [1, 2]", " {}"], "gold": 1},
+    {"query": "To indent text use", "choices": [" textwrap", " heapq", " shlex"], "gold": 0},
+    {"query": "Keys are", "choices": [" strings", " sorted by value", " x"], "gold": 2},
+    {"query": "The heap pops", "choices": [" the smallest", " a tuple"], "gold": 0},
+]
 
 
 def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any] | str]) -> str:
@@ -70,23 +79,6 @@ def all_tokens_are_argmax(
     return predicted.tolist() == continuation_ids
 
 
-def greedy_text(
-    model: HuggingFaceModel, tokenizer: PreTrainedTokenizerBase, prompt: str, new_tokens: int
-) -> str:
-    """The model's greedy continuation of ``prompt`` (``new_tokens`` tokens, stops at EOS)."""
-    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
-    with torch.no_grad():
-        out = cast(Any, model.model).generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=new_tokens,
-            do_sample=False,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
-
-
 def exact_match(generated: str, answers: Sequence[str], stops: Sequence[str] = ()) -> bool:
     """LLM Foundry's rule: the normalized, cut generation starts with a normalized answer."""
     cleaned = normalize_answer(cut_generation(generated, stops, None))
@@ -96,14 +88,7 @@ def exact_match(generated: str, answers: Sequence[str], stops: Sequence[str] = (
 def run_eval(model: HuggingFaceModel, evaluators: Sequence[Evaluator]) -> dict[str, float]:
     """Evaluate with Composer's Trainer; the last logged value of every metric key."""
     memory = InMemoryLogger()
-    trainer = Trainer(
-        model=model,
-        eval_dataloader=list(evaluators),
-        loggers=[memory],
-        device="cpu",
-        progress_bar=False,
-        log_to_console=False,
-    )
+    trainer = cpu_trainer(model, eval_dataloader=list(evaluators), loggers=[memory])
     trainer.eval()
     trainer.close()
     return {

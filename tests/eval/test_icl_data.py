@@ -10,23 +10,15 @@ from typing import Any, cast
 
 import pytest
 import torch
-from composer.core import Evaluator
-from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.eval import build_icl_evaluators, split_icl_batch
-from llmfoundry.eval.datasets import ICLDataset, icl_num_samples
+from llmfoundry.eval.datasets import icl_num_samples
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 
-from .helpers import write_jsonl
+from .helpers import icl_dataset, icl_loader, lm_task, write_jsonl
 
 LM_ROWS = [{"context": f"ctx{i}", "continuation": f" cont{i}"} for i in range(6)]
-
-
-def _loader(evaluator: Evaluator) -> DataLoader:
-    loader = evaluator.dataloader.dataloader
-    assert isinstance(loader, DataLoader)
-    return loader
 
 
 def _batches(task: dict[str, Any], tokenizer: PreTrainedTokenizerBase, **kw: Any) -> list[dict]:
@@ -34,29 +26,19 @@ def _batches(task: dict[str, Any], tokenizer: PreTrainedTokenizerBase, **kw: Any
         [task], tokenizer, kw.pop("seq", 64), kw.pop("bs", 2), **kw
     )
     assert len(evaluators) == 1
-    return list(_loader(evaluators[0]))
-
-
-def _dataset(evaluator: Evaluator) -> ICLDataset:
-    dataset = _loader(evaluator).dataset
-    assert isinstance(dataset, ICLDataset)
-    return dataset
+    return list(icl_loader(evaluators[0]))
 
 
 def test_fewshot_prompts_hold_k_other_rows_and_follow_the_seed(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    task = {
-        "label": "lm",
-        "dataset_uri": write_jsonl(tmp_path / "lm.jsonl", LM_ROWS),
-        "icl_task_type": "language_modeling",
-        "num_fewshot": [2],
-        "continuation_delimiter": " ->",
-    }
+    task = lm_task(
+        write_jsonl(tmp_path / "lm.jsonl", LM_ROWS), num_fewshot=[2], continuation_delimiter=" ->"
+    )
 
     def preambles(**change: Any) -> list[str]:
         evaluators, _ = build_icl_evaluators([{**task, **change}], tokenizer, 64, 2)
-        dataset = _dataset(evaluators[0])
+        dataset = icl_dataset(evaluators[0])
         return [dataset.prompt_texts(i)[0] for i in range(len(dataset))]
 
     first = preambles()
@@ -72,11 +54,7 @@ def test_context_is_cut_from_the_left_and_continuation_kept(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
     rows = [{"context": "word " * 60 + "end", "continuation": " cont0"}, *LM_ROWS[1:3]]
-    task = {
-        "label": "lm",
-        "dataset_uri": write_jsonl(tmp_path / "lm.jsonl", rows),
-        "icl_task_type": "language_modeling",
-    }
+    task = lm_task(write_jsonl(tmp_path / "lm.jsonl", rows))
     batch = _batches(task, tokenizer, seq=16, bs=3)[0]
     continuation_ids = tokenizer(" cont0", add_special_tokens=False)["input_ids"]
     assert batch["attention_mask"][0].sum() == 16  # exactly max_seq_len
@@ -153,13 +131,9 @@ def test_categories_make_one_evaluator_each(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
     rows = [{**row, "category": "even" if i % 2 == 0 else "odd"} for i, row in enumerate(LM_ROWS)]
-    task = {
-        "label": "lm",
-        "dataset_uri": write_jsonl(tmp_path / "lm.jsonl", rows),
-        "icl_task_type": "language_modeling",
-        "num_fewshot": [0, 1],
-        "has_categories": True,
-    }
+    task = lm_task(
+        write_jsonl(tmp_path / "lm.jsonl", rows), num_fewshot=[0, 1], has_categories=True
+    )
     evaluators, keys = build_icl_evaluators([task], tokenizer, 64, 2)
     assert [e.label for e in evaluators] == [
         "lm/0-shot/even",
@@ -168,7 +142,7 @@ def test_categories_make_one_evaluator_each(
         "lm/1-shot/odd",
     ]
     assert keys[0] == "metrics/lm/0-shot/even/InContextLearningLMAccuracy"
-    assert len(cast(Sized, _loader(evaluators[0]).dataset)) == 3
+    assert len(cast(Sized, icl_loader(evaluators[0]).dataset)) == 3
 
 
 def test_tasks_load_from_a_yaml_file(tmp_path: Path, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -180,7 +154,7 @@ def test_tasks_load_from_a_yaml_file(tmp_path: Path, tokenizer: PreTrainedTokeni
     )
     evaluators, keys = build_icl_evaluators(str(tasks), tokenizer, 64, 2)
     assert [e.label for e in evaluators] == ["lm/0-shot", "lm/3-shot"]
-    assert _loader(evaluators[0]).batch_size == 5
+    assert icl_loader(evaluators[0]).batch_size == 5
     assert keys == [
         "metrics/lm/0-shot/InContextLearningLMAccuracy",
         "metrics/lm/3-shot/InContextLearningLMAccuracy",
@@ -222,14 +196,9 @@ def test_bad_rows_name_file_row_and_field(
 def test_more_shots_than_rows_uses_every_other_row(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    task = {
-        "label": "lm",
-        "dataset_uri": write_jsonl(tmp_path / "lm.jsonl", LM_ROWS),
-        "icl_task_type": "language_modeling",
-        "num_fewshot": [6],
-    }
+    task = lm_task(write_jsonl(tmp_path / "lm.jsonl", LM_ROWS), num_fewshot=[6])
     evaluators, _ = build_icl_evaluators([task], tokenizer, 256, 2)
-    dataset = _dataset(evaluators[0])
+    dataset = icl_dataset(evaluators[0])
     for i in range(len(LM_ROWS)):
         assert len(re.findall(r"ctx\d", dataset.prompt_texts(i)[0])) == len(LM_ROWS) - 1
 
@@ -257,10 +226,6 @@ def test_more_shots_than_rows_uses_every_other_row(
 def test_bad_task_keys_name_the_key(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase, change: dict, message: str
 ) -> None:
-    good = {
-        "label": "lm",
-        "dataset_uri": write_jsonl(tmp_path / "lm.jsonl", LM_ROWS),
-        "icl_task_type": "language_modeling",
-    }
+    good = lm_task(write_jsonl(tmp_path / "lm.jsonl", LM_ROWS))
     with pytest.raises(ConfigError, match=message):
         build_icl_evaluators([good, {**good, **change}], tokenizer, 64, 2)

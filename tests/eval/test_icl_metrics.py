@@ -4,6 +4,7 @@ computation from the model's own log-likelihoods / greedy output, for batch size
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -15,13 +16,13 @@ from llmfoundry.eval import (
     build_icl_evaluators,
 )
 from llmfoundry.models.hf import ComposerHFCausalLM, ComposerMPTCausalLM
-from tests.fixtures import tiny_text_mpt
+from tests.fixtures import greedy_continuation, tiny_text_mpt
 
 from .helpers import (
     all_tokens_are_argmax,
     continuation_log_probs,
     exact_match,
-    greedy_text,
+    lm_task,
     run_eval,
     write_jsonl,
 )
@@ -33,6 +34,19 @@ SEQ = 64
 @pytest.fixture(scope="module")
 def model(tokenizer: PreTrainedTokenizerBase) -> ComposerMPTCausalLM:
     return tiny_text_mpt(tokenizer)
+
+
+def _task(folder: Path, label: str, task_type: str, rows: list[Any], **keys: Any) -> dict[str, Any]:
+    """A task section labelled ``label`` reading ``rows`` (written to ``folder/<label>.jsonl``),
+    with the continuation delimiter ``DELIM``; ``keys`` add or replace keys."""
+    uri = write_jsonl(folder / f"{label}.jsonl", rows)
+    return {
+        "label": label,
+        "dataset_uri": uri,
+        "icl_task_type": task_type,
+        "continuation_delimiter": DELIM,
+        **keys,
+    }
 
 
 def _evaluate(model, tokenizer, task: dict, batch_size: int) -> dict[str, float]:
@@ -52,7 +66,7 @@ def test_language_modeling_accuracy_matches_hand_argmax(
     ]  # fmt: skip
     # Rows the model gets right continue with its own greedy tokens; a scored continuation
     # starts with a space (LLM Foundry's prefix-space rule), so keep greedy texts that do.
-    greedy = [(c, greedy_text(model, tokenizer, c + DELIM, 2)) for c in candidates]
+    greedy = [(c, greedy_continuation(model.model, tokenizer, c + DELIM, 2)) for c in candidates]
     right = [(c, text) for c, text in greedy if text.startswith(" ") and text.strip()][:3]
     assert len(right) == 3
     rows = [{"context": c, "continuation": text} for c, text in right]
@@ -63,13 +77,9 @@ def test_language_modeling_accuracy_matches_hand_argmax(
     ]
     expected = sum(expected_each) / len(rows)
     assert 0 < expected < 1  # both outcomes are exercised
-    task = {
-        "label": "lm",
-        "dataset_uri": write_jsonl(tmp_path / "lm.jsonl", rows),
-        "icl_task_type": "language_modeling",
-        "num_fewshot": [0],
-        "continuation_delimiter": DELIM,
-    }
+    task = lm_task(
+        write_jsonl(tmp_path / "lm.jsonl", rows), num_fewshot=[0], continuation_delimiter=DELIM
+    )
     for batch_size in (1, 2, 3):
         results = _evaluate(model, tokenizer, task, batch_size)
         assert results["metrics/lm/0-shot/InContextLearningLMAccuracy"] == pytest.approx(expected)
@@ -97,36 +107,45 @@ def _mc_expected(model, tokenizer, length_normalized: bool) -> float:
     return correct / len(MC_ROWS)
 
 
+def _assert_at_batch_sizes_1_to_3(
+    model: ComposerMPTCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    task: dict[str, Any],
+    metric: str,
+    expected: float,
+) -> None:
+    """Evaluating ``task`` zero-shot in batches of 1, 2 and 3 gives ``metric`` the value
+    ``expected`` every time."""
+    for batch_size in (1, 2, 3):
+        results = _evaluate(model, tokenizer, task, batch_size)
+        key = f"metrics/{task['label']}/0-shot/{metric}"
+        assert results[key] == pytest.approx(expected), batch_size
+
+
 def test_multiple_choice_accuracy_matches_hand_mean_log_likelihood(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase, model: ComposerMPTCausalLM
 ) -> None:
     expected = _mc_expected(model, tokenizer, length_normalized=True)
     assert 0 < expected < 1
-    task = {
-        "label": "mc",
-        "dataset_uri": write_jsonl(tmp_path / "mc.jsonl", MC_ROWS),
-        "icl_task_type": "multiple_choice",
-        "continuation_delimiter": DELIM,
-    }
-    for batch_size in (1, 2, 3):
-        results = _evaluate(model, tokenizer, task, batch_size)
-        key = "metrics/mc/0-shot/InContextLearningMultipleChoiceAccuracy"
-        assert results[key] == pytest.approx(expected), batch_size
+    task = _task(tmp_path, "mc", "multiple_choice", MC_ROWS)
+    _assert_at_batch_sizes_1_to_3(
+        model, tokenizer, task, "InContextLearningMultipleChoiceAccuracy", expected
+    )
 
 
 def test_metric_names_choose_the_summed_log_likelihood_rule(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase, model: ComposerMPTCausalLM
 ) -> None:
-    task = {
-        "label": "mc",
-        "dataset_uri": write_jsonl(tmp_path / "mc.jsonl", MC_ROWS),
-        "icl_task_type": "multiple_choice",
-        "continuation_delimiter": DELIM,
-        "metric_names": [
+    task = _task(
+        tmp_path,
+        "mc",
+        "multiple_choice",
+        MC_ROWS,
+        metric_names=[
             "InContextLearningMultipleChoiceAccuracy",
             "InContextLearningMultipleChoiceSumAccuracy",
         ],
-    }
+    )
     results = _evaluate(model, tokenizer, task, batch_size=2)
     assert results["metrics/mc/0-shot/InContextLearningMultipleChoiceSumAccuracy"] == (
         pytest.approx(_mc_expected(model, tokenizer, length_normalized=False))
@@ -166,16 +185,10 @@ def test_schema_scores_the_shared_continuation_after_each_option(
         correct += int(max(range(len(scores)), key=lambda i: scores[i]) == row["gold"])
     expected = correct / len(rows)
     assert 0 < expected < 1
-    task = {
-        "label": "schema",
-        "dataset_uri": write_jsonl(tmp_path / "schema.jsonl", rows),
-        "icl_task_type": "schema",
-        "continuation_delimiter": DELIM,
-    }
-    for batch_size in (1, 2, 3):
-        results = _evaluate(model, tokenizer, task, batch_size)
-        key = "metrics/schema/0-shot/InContextLearningMultipleChoiceAccuracy"
-        assert results[key] == pytest.approx(expected), batch_size
+    task = _task(tmp_path, "schema", "schema", rows)
+    _assert_at_batch_sizes_1_to_3(
+        model, tokenizer, task, "InContextLearningMultipleChoiceAccuracy", expected
+    )
 
 
 def test_multiple_choice_sum_rule_is_an_option() -> None:
@@ -232,7 +245,7 @@ def test_generation_exact_match_matches_the_models_greedy_output(
     contexts = ["Q: what is loaded?", "Q: which module?", "Q: sorted by?", "Q: how to quote?"]
     rows = []
     for i, context in enumerate(contexts):
-        own = greedy_text(model, tokenizer, context + DELIM, 3)
+        own = greedy_continuation(model.model, tokenizer, context + DELIM, 3)
         # Even rows: the model's own greedy text is the answer, so the row must match.
         answer = own if i % 2 == 0 else " zebra crossing"
         rows.append({"context": context, "answer": answer, "aliases": ["zebra"]})
@@ -243,7 +256,7 @@ def test_generation_exact_match_matches_the_models_greedy_output(
     )
     expected_each = [
         exact_match(
-            greedy_text(model, tokenizer, r["context"] + DELIM, new_tokens),
+            greedy_continuation(model.model, tokenizer, r["context"] + DELIM, new_tokens),
             [r["answer"], *r["aliases"]],
         )
         for r in rows
@@ -251,16 +264,11 @@ def test_generation_exact_match_matches_the_models_greedy_output(
     assert expected_each[0] and expected_each[2]
     expected = sum(expected_each) / len(rows)
     assert expected < 1
-    task = {
-        "label": "qa",
-        "dataset_uri": write_jsonl(tmp_path / "qa.jsonl", rows),
-        "icl_task_type": "generation_task_with_answers",
-        "continuation_delimiter": DELIM,
-    }
-    for batch_size in (1, 2, 3):  # 2 and 3 left-pad the shorter prompts
-        results = _evaluate(model, tokenizer, task, batch_size)
-        key = "metrics/qa/0-shot/InContextLearningGenerationExactMatchAccuracy"
-        assert results[key] == pytest.approx(expected), batch_size
+    task = _task(tmp_path, "qa", "generation_task_with_answers", rows)
+    # 2 and 3 left-pad the shorter prompts
+    _assert_at_batch_sizes_1_to_3(
+        model, tokenizer, task, "InContextLearningGenerationExactMatchAccuracy", expected
+    )
 
 
 def test_hf_causal_lm_carries_the_icl_metrics(
@@ -273,7 +281,9 @@ def test_hf_causal_lm_carries_the_icl_metrics(
     qa_rows = [
         {
             "context": c,
-            "answer": greedy_text(model, tokenizer, c + DELIM, 3) if i != 1 else " zebra",
+            "answer": greedy_continuation(model.model, tokenizer, c + DELIM, 3)
+            if i != 1
+            else " zebra",
         }
         for i, c in enumerate(contexts)
     ]
@@ -281,22 +291,15 @@ def test_hf_causal_lm_carries_the_icl_metrics(
         len(tokenizer(r["answer"], add_special_tokens=False)["input_ids"]) for r in qa_rows
     )
     qa_expected = sum(
-        exact_match(greedy_text(model, tokenizer, r["context"] + DELIM, new_tokens), [r["answer"]])
+        exact_match(
+            greedy_continuation(model.model, tokenizer, r["context"] + DELIM, new_tokens),
+            [r["answer"]],
+        )
         for r in qa_rows
     ) / len(qa_rows)
     tasks = [
-        {
-            "label": "mc",
-            "dataset_uri": write_jsonl(tmp_path / "mc.jsonl", MC_ROWS),
-            "icl_task_type": "multiple_choice",
-            "continuation_delimiter": DELIM,
-        },
-        {
-            "label": "qa",
-            "dataset_uri": write_jsonl(tmp_path / "qa.jsonl", qa_rows),
-            "icl_task_type": "generation_task_with_answers",
-            "continuation_delimiter": DELIM,
-        },
+        _task(tmp_path, "mc", "multiple_choice", MC_ROWS),
+        _task(tmp_path, "qa", "generation_task_with_answers", qa_rows),
     ]
     evaluators, _ = build_icl_evaluators(tasks, tokenizer, SEQ, 2)
     results = run_eval(model, evaluators)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import pytest
 from transformers import PreTrainedTokenizerBase
@@ -255,15 +255,10 @@ def test_prelimiter_keys_reach_the_prompt(
 ) -> None:
     from llmfoundry.eval import build_icl_evaluators
 
-    from .helpers import write_jsonl
+    from .helpers import icl_dataset, lm_task, write_jsonl
 
-    task = {
-        "label": "lm",
-        "dataset_uri": write_jsonl(tmp_path / "lm.jsonl", LM_ROWS),
-        "icl_task_type": "language_modeling",
-        prelimiter_key: "Q: ",
-    }
+    task = lm_task(write_jsonl(tmp_path / "lm.jsonl", LM_ROWS), **{prelimiter_key: "Q: "})
     evaluators, _ = build_icl_evaluators([task], tokenizer, 64, 4)
-    dataset = cast(Any, evaluators[0].dataloader.dataloader).dataset
+    dataset = icl_dataset(evaluators[0])
     assert isinstance(dataset, ICLDataset)
     assert dataset.prompt_texts(0) == ("", ["Q: The sky is"], [" blue"])

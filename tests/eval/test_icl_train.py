@@ -16,15 +16,8 @@ from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
 
 from ..command_utils.conftest import mds_dir, write_run_yaml  # noqa: F401  (fixture)
-from .helpers import continuation_log_probs, write_jsonl
+from .helpers import MC_ROWS, continuation_log_probs, write_jsonl
 
-ROWS = [
-    {"query": "The file is opened with", "choices": [" open", " json", " the decoder"], "gold": 0},
-    {"query": "A list is written", "choices": [" [1, 2]", " {}"], "gold": 1},
-    {"query": "To indent text use", "choices": [" textwrap", " heapq", " shlex"], "gold": 0},
-    {"query": "Keys are", "choices": [" strings", " sorted by value", " x"], "gold": 2},
-    {"query": "The heap pops", "choices": [" the smallest", " a tuple"], "gold": 0},
-]
 KEY = "metrics/mc/0-shot/InContextLearningMultipleChoiceAccuracy"
 
 
@@ -35,7 +28,7 @@ def test_icl_tasks_run_at_the_eval_interval(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("RUN_NAME", raising=False)
-    data = write_jsonl(tmp_path / "mc.jsonl", ROWS)
+    data = write_jsonl(tmp_path / "mc.jsonl", MC_ROWS)
     yaml_path = write_run_yaml(tmp_path, mds_dir, tokenizer_dir, tmp_path / "ck")
     with yaml_path.open("a") as handle:
         handle.write(
@@ -68,13 +61,13 @@ def test_icl_tasks_run_at_the_eval_interval(
     model = cast(ComposerMPTCausalLM, trainer.state.model).eval()
     tokenizer = cast(PreTrainedTokenizerBase, model.tokenizer)
     correct = 0
-    for row in ROWS:
+    for row in MC_ROWS:
         scores = [
             float(continuation_log_probs(model, tokenizer, row["query"] + " =>", c).mean())
             for c in row["choices"]
         ]
         correct += int(max(range(len(scores)), key=lambda i: scores[i]) == row["gold"])
-    assert float(logged[-1][1]) == pytest.approx(correct / len(ROWS))
+    assert float(logged[-1][1]) == pytest.approx(correct / len(MC_ROWS))
     # The eval_gauntlet callback scored each round: (accuracy - 0.25) / (1 - 0.25).
     for name in ("reasoning", "default_average"):
         gauntlet = memory.data[f"icl/metrics/eval_gauntlet/{name}"]

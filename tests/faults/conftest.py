@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.command_utils.conftest import (
+    RESUMABLE,
     mds_dir,  # noqa: F401  (a fixture, used by name)
     train_in_memory,
     write_run_yaml,
@@ -56,16 +57,7 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
 
 
 # The tiny run of the command tests, 6 batches with a checkpoint every 2, resumable.
-OVERRIDES = [
-    "max_duration=6ba",
-    "save_interval=2ba",
-    "eval_interval=100ba",
-    "eval_loader=null",
-    "precision=fp32",
-    "autoresume=true",
-    "run_name=fault-test",
-    "callbacks={}",
-]
+OVERRIDES = [*RESUMABLE, "run_name=fault-test", "callbacks={}"]
 
 
 def train_here(yaml_path: Path, *extra: str) -> tuple[int, list[float]]:

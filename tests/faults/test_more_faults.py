@@ -20,6 +20,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tests.command_utils.conftest import write_run_yaml
+from tests.command_utils.tiny_models import composer_launcher
 
 from .conftest import KILLER, REPO, folder_bytes
 from .test_converter_kills import assert_nothing_looks_done, write_rows
@@ -63,9 +64,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def launch_two(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """``composer -n 2 ARGS`` (two processes on this machine)."""
-    launcher = Path(sys.executable).with_name("composer")
     return subprocess.run(
-        [str(launcher) if launcher.exists() else "composer", "-n", "2", *args],
+        [composer_launcher(), "-n", "2", *args],
         capture_output=True,
         text=True,
         timeout=300,

@@ -183,23 +183,38 @@ def test_a_message_too_long_alone_is_refused_and_the_chat_goes_on(
     assert out.getvalue().startswith("Assistant: (no reply)\nAssistant: ")
 
 
+def _forced_session(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    text: str,
+    spare_tokens: int,
+    out: io.StringIO,
+    **options: Any,
+) -> tuple[ChatSession, list[int]]:
+    """A greedy session whose replies spell ``text`` (its ids, also returned), with room for
+    ``spare_tokens`` more; ``options`` go to ``ChatSession``."""
+    forced = _ids(tokenizer, text)
+    # Each longer prefix of the forced ids gets a larger bias, so greedy decoding spells it out.
+    bias = {tuple(forced[: i + 1]): 50.0 * (i + 1) for i in range(len(forced))}
+    session = ChatSession(
+        model,
+        tokenizer,
+        max_new_tokens=len(forced) + spare_tokens,
+        generate_kwargs={"do_sample": False, "sequence_bias": bias},
+        output=out,
+        notices=io.StringIO(),
+        **options,
+    )
+    return session, forced
+
+
 def test_generation_stops_at_the_chatml_end_marker(
     model_and_tokenizer: tuple[PreTrainedModel, PreTrainedTokenizerBase],
 ) -> None:
     model, tokenizer = model_and_tokenizer
     recorder = Recorder(model)
-    forced = _ids(tokenizer, "Sure.<|im_end|>")
-    # Each longer prefix of the forced ids gets a larger bias, so greedy decoding spells it out.
-    bias = {tuple(forced[: i + 1]): 50.0 * (i + 1) for i in range(len(forced))}
     out = io.StringIO()
-    session = ChatSession(
-        model,
-        tokenizer,
-        max_new_tokens=len(forced) + 10,
-        generate_kwargs={"do_sample": False, "sequence_bias": bias},
-        output=out,
-        notices=io.StringIO(),
-    )
+    session, forced = _forced_session(model, tokenizer, "Sure.<|im_end|>", 10, out)
     assert session.reply("Hi") == "Sure."
     assert out.getvalue() == "Sure."
     prompt_ids, output, _ = recorder.calls[0]
@@ -279,17 +294,9 @@ def test_stop_tokens_end_the_reply(
 ) -> None:
     model, tokenizer = model_and_tokenizer
     recorder = Recorder(model)
-    forced = _ids(tokenizer, "Sure. return 1 more text")
-    bias = {tuple(forced[: i + 1]): 50.0 * (i + 1) for i in range(len(forced))}
     out = io.StringIO()
-    session = ChatSession(
-        model,
-        tokenizer,
-        max_new_tokens=len(forced) + 5,
-        generate_kwargs={"do_sample": False, "sequence_bias": bias},
-        output=out,
-        notices=io.StringIO(),
-        stop_tokens=stop_tokens,
+    session, _ = _forced_session(
+        model, tokenizer, "Sure. return 1 more text", 5, out, stop_tokens=stop_tokens
     )
     assert session.reply("Hi") == reply
     assert out.getvalue() == reply

@@ -4,11 +4,9 @@ folder, its ONNX export and the OpenAI-compatible endpoint all write the same gr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from llmfoundry.command_utils.convert_composer_to_hf import (
@@ -20,23 +18,10 @@ from llmfoundry.command_utils.convert_hf_to_onnx import convert_hf_to_onnx, onnx
 from llmfoundry.inference.serve import ModelSource, ServeConfig, start_server
 from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
 from tests.command_utils.conftest import TrainedRun
+from tests.fixtures import greedy_continuation
 
 PROMPTS = ["def load(path):\n    ", "import json\n\nclass Decoder"]
 NEW_TOKENS = 10
-
-
-def _greedy(model: Any, tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
-    ids = torch.tensor([tokenizer(prompt)["input_ids"]])
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=NEW_TOKENS,
-            do_sample=False,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
 
 
 def test_checkpoint_hf_folder_onnx_and_endpoint_agree(
@@ -47,12 +32,16 @@ def test_checkpoint_hf_folder_onnx_and_endpoint_agree(
     checkpoint = str(trained_run.checkpoint)
     state = load_composer_checkpoint(checkpoint)
     composer_model = mpt_model_from_checkpoint(state, mpt_config_from_checkpoint(state, checkpoint))
-    expected = [_greedy(composer_model, tokenizer, prompt) for prompt in PROMPTS]
+    expected = [
+        greedy_continuation(composer_model, tokenizer, prompt, NEW_TOKENS) for prompt in PROMPTS
+    ]
     assert all(text.strip() for text in expected)  # something to compare
 
     hf_dir = convert_composer_to_hf(checkpoint, str(tmp_path / "hf"))
     hf_model = AutoModelForCausalLM.from_pretrained(hf_dir, trust_remote_code=True).eval()
-    assert [_greedy(hf_model, tokenizer, prompt) for prompt in PROMPTS] == expected
+    assert [
+        greedy_continuation(hf_model, tokenizer, prompt, NEW_TOKENS) for prompt in PROMPTS
+    ] == expected
 
     onnx = convert_hf_to_onnx(str(hf_dir), str(tmp_path / "onnx"), trust_remote_code=True)
     assert [

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import torch
 from openai import OpenAI
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.inference.chat_template import CHATML_END, render_chat
 from llmfoundry.inference.serve import (
@@ -24,6 +23,7 @@ from llmfoundry.inference.serve import (
     start_server,
 )
 from llmfoundry.inference.serve_batching import first_stop, held_back_chars
+from tests.fixtures import save_llama
 from tests.inference.serve_helpers import (
     CONTEXT,
     NAME,
@@ -222,17 +222,8 @@ def test_transformers_native_model_batches_like_alone(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
     folder = tmp_path / "tiny-llama"
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tokenizer),
-        max_position_embeddings=CONTEXT,
-    )
-    LlamaForCausalLM(config).save_pretrained(folder)
+    # The seeded tiny Llama with the config's own EOS and pad ids, and the fixture tokenizer.
+    save_llama(folder, vocab_size=len(tokenizer), max_position_embeddings=CONTEXT)
     tokenizer.save_pretrained(folder)
     with start_server(serve_config(folder, trust_remote_code=False)) as llama:
         assert llama.served.context_length == CONTEXT

@@ -11,6 +11,8 @@ from composer.models import ComposerClassifier
 from composer.optim import LinearScheduler
 from torch.utils.data import DataLoader, TensorDataset
 
+from tests.fixtures import fit_closed
+
 NUM_FEATURES = 8
 NUM_CLASSES = 3
 BATCH_SIZE = 4
@@ -25,6 +27,12 @@ def synthetic_loader(num_samples: int, seed: int) -> DataLoader:
     return DataLoader(TensorDataset(features, labels), batch_size=BATCH_SIZE)
 
 
+def tiny_classifier() -> ComposerClassifier:
+    """A linear classifier of ``NUM_FEATURES`` features into ``NUM_CLASSES``, seeded 0."""
+    torch.manual_seed(0)
+    return ComposerClassifier(torch.nn.Linear(NUM_FEATURES, NUM_CLASSES), num_classes=NUM_CLASSES)
+
+
 def fit_tiny_run(
     loggers: Sequence[LoggerDestination], max_batches: int = 4, run_name: str = "tiny-run"
 ) -> Trainer:
@@ -32,24 +40,16 @@ def fit_tiny_run(
 
     Returns the trainer, already closed (so loggers have flushed and finished their runs).
     """
-    torch.manual_seed(0)
-    model = ComposerClassifier(torch.nn.Linear(NUM_FEATURES, NUM_CLASSES), num_classes=NUM_CLASSES)
+    model = tiny_classifier()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    trainer = Trainer(
+    return fit_closed(
+        model,
         run_name=run_name,
-        model=model,
         train_dataloader=synthetic_loader(BATCH_SIZE * max_batches, seed=1),
         eval_dataloader=synthetic_loader(BATCH_SIZE * 2, seed=2),
         eval_interval="2ba",
         optimizers=optimizer,
         schedulers=LinearScheduler(alpha_i=1.0, alpha_f=0.1),
         max_duration=f"{max_batches}ba",
-        device="cpu",
         loggers=list(loggers),
-        progress_bar=False,
-        log_to_console=False,
-        seed=0,
     )
-    trainer.fit()
-    trainer.close()
-    return trainer

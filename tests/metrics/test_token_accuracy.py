@@ -7,7 +7,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
 from llmfoundry.metrics import TokenAccuracy
-from llmfoundry.models.hf import ComposerMPTCausalLM
+from tests.fixtures import tiny_text_mpt
 
 
 def _logits_predicting(tokens: list[list[int]], vocab: int = 6) -> torch.Tensor:
@@ -44,14 +44,6 @@ def test_registered_and_a_default_eval_metric_of_the_models(
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:
     assert registry.metrics.get("token_accuracy") is TokenAccuracy
-    model = ComposerMPTCausalLM(
-        tokenizer=tokenizer,
-        d_model=32,
-        n_heads=2,
-        n_layers=1,
-        max_seq_len=16,
-        vocab_size=512,
-        attn_config={"attn_impl": "torch"},
-    )
+    model = tiny_text_mpt(tokenizer)
     assert "TokenAccuracy" in model.get_metrics(is_train=False)
     assert "TokenAccuracy" not in model.get_metrics(is_train=True)

@@ -5,6 +5,8 @@ half each), so the trained weights must agree. Writes the full trained state dic
 
     python fsdp2_mpt_run.py single OUT.pt     (also writes the untrained weights to OUT.pt.init)
     composer -n 2 fsdp2_mpt_run.py fsdp2 OUT.pt
+
+Run it with the repository root on PYTHONPATH (it uses ``tests.fixtures``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from llmfoundry.models.hf.composer_mpt import ComposerMPTCausalLM
 from llmfoundry.models.mpt.blocks import MPTBlock
+from tests.fixtures import cpu_trainer
 
 GLOBAL_BATCH, SEQ_LEN, STEPS, VOCAB = 4, 16, 3, 128
 MODEL: dict[str, Any] = {
@@ -42,33 +45,62 @@ def rows() -> list[dict[str, torch.Tensor]]:
     return [{"input_ids": r, "attention_mask": torch.ones_like(r), "labels": r} for r in ids]
 
 
-def main(mode: str, out_path: str) -> None:
+def fresh_model(config: dict[str, Any], out_path: str, single: bool) -> ComposerMPTCausalLM:
+    """The seeded model of ``config``; a single-process run also saves its untrained weights to
+    ``OUT.init``, to show that training moved them."""
     torch.manual_seed(0)
-    model = ComposerMPTCausalLM(**MODEL, use_train_metrics=False)
-    if mode == "single":  # also the untrained weights, to show that training moved them
+    model = ComposerMPTCausalLM(**config, use_train_metrics=False)
+    if single:
         initial = {f"model.{k}": v.clone() for k, v in model.model.state_dict().items()}
         torch.save(initial, out_path + ".init")
-    parallelism = {"fsdp": FSDP2Config(activation_checkpointing=True)} if mode == "fsdp2" else None
-    if mode == "fsdp2" and not dist.is_initialized():
-        dist.initialize_dist("cpu")
-    world_size = dist.get_world_size() if mode == "fsdp2" else 1
+    return model
+
+
+def step_trainer(
+    model: ComposerMPTCausalLM, parallel: bool, parallelism: Any, **trainer_kwargs: Any
+) -> Trainer:
+    """``STEPS`` steps of SGD (lr 0.5) over ``rows()`` in fp32; ``parallel``: each rank takes its
+    share of every global batch."""
+    world_size = dist.get_world_size() if parallel else 1
     dataset: Any = rows()
     # Without shuffling, rank r takes rows r, r + world_size, ...: per step, the ranks
     # together hold exactly the single-process global batch.
-    sampler = dist.get_sampler(dataset, shuffle=False) if mode == "fsdp2" else None
-    loader = DataLoader(dataset, batch_size=GLOBAL_BATCH // world_size, sampler=sampler)
-    trainer = Trainer(
-        model=model,
-        train_dataloader=loader,
+    sampler = dist.get_sampler(dataset, shuffle=False) if parallel else None
+    return cpu_trainer(
+        model,
+        train_dataloader=DataLoader(
+            dataset, batch_size=GLOBAL_BATCH // world_size, sampler=sampler
+        ),
         max_duration=f"{STEPS}ba",
         optimizers=torch.optim.SGD(model.parameters(), lr=0.5),
         parallelism_config=parallelism,
-        device="cpu",
         precision="fp32",
-        progress_bar=False,
-        log_to_console=False,
-        seed=0,
+        **trainer_kwargs,
     )
+
+
+def full_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The full (gathered) state dict of ``model``, on CPU."""
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=options)
+    return {k: cast(torch.Tensor, v).clone() for k, v in state.items()}
+
+
+def close(trainer: Trainer, parallel: bool) -> None:
+    """Close ``trainer``; ``parallel``: then tear the process group down on every rank together
+    (as the train command does), so that no rank exits while another still talks to it."""
+    trainer.close()
+    if parallel:
+        dist.barrier()
+        torch.distributed.destroy_process_group()
+
+
+def main(mode: str, out_path: str) -> None:
+    model = fresh_model(MODEL, out_path, mode == "single")
+    parallelism = {"fsdp": FSDP2Config(activation_checkpointing=True)} if mode == "fsdp2" else None
+    if mode == "fsdp2" and not dist.is_initialized():
+        dist.initialize_dist("cpu")
+    trainer = step_trainer(model, mode == "fsdp2", parallelism)
     if mode == "fsdp2":
         # Composer sharded every block as its own unit (our fsdp_wrap_fn) and wrapped each in
         # an activation checkpoint (our activation_checkpointing_fn).
@@ -78,17 +110,10 @@ def main(mode: str, out_path: str) -> None:
         assert len(blocks) == MODEL["n_layers"] and all(isinstance(b, FSDPModule) for b in blocks)
         assert any("checkpoint_wrapped_module" in name for name, _ in model.named_modules())
     trainer.fit()
-    state = get_model_state_dict(
-        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-    )
+    weights = full_weights(model)
     if dist.get_global_rank() == 0:
-        torch.save({k: cast(torch.Tensor, v).clone() for k, v in state.items()}, out_path)
-    trainer.close()
-    if mode == "fsdp2":
-        # Tear the process group down on every rank together (as the train command does), so
-        # that no rank exits while another still talks to it.
-        dist.barrier()
-        torch.distributed.destroy_process_group()
+        torch.save(weights, out_path)
+    close(trainer, mode == "fsdp2")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ Writes ``{"state": full state dict, "losses": [...]}`` (rank 0).
     python moe_expert_parallel_run.py single OUT.pt   (also writes the untrained weights)
     composer -n 2 moe_expert_parallel_run.py ep OUT.pt
 
-The model (with MoE FFNs) and rows are ``fsdp2_mpt_run``'s: run it with the repository root on\nPYTHONPATH.
+The model (with MoE FFNs), rows and trainer are ``fsdp2_mpt_run``'s: run it with the repository
+root on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import sys
 from typing import Any, cast
 
 import torch
-from composer import Callback, Event, Logger, State, Trainer
+from composer import Callback, Event, Logger, State
 from composer.algorithms import GradientClipping
 from composer.utils import dist
 from composer.utils.parallelism import FSDP2Config
@@ -28,9 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     set_model_state_dict,
 )
-from torch.utils.data import DataLoader
 
-from llmfoundry.models.hf.composer_mpt import ComposerMPTCausalLM
 from llmfoundry.models.moe_parallel import (
     MESH_DIMS,
     ExpertParallelGradientClipping,
@@ -39,7 +38,7 @@ from llmfoundry.models.moe_parallel import (
     setup_expert_parallel,
 )
 from tests.models import fsdp2_mpt_run
-from tests.models.fsdp2_mpt_run import GLOBAL_BATCH, STEPS, rows
+from tests.models.fsdp2_mpt_run import close, fresh_model, full_weights, step_trainer
 
 CLIP = 1.0  # below the gradient norms of these steps: the clipping acts
 MODEL: dict[str, Any] = {
@@ -120,11 +119,7 @@ def check_full_load(model: torch.nn.Module, weights: dict[str, torch.Tensor]) ->
 
 
 def main(mode: str, out_path: str) -> None:
-    torch.manual_seed(0)
-    model = ComposerMPTCausalLM(**MODEL, use_train_metrics=False)
-    if mode == "single":  # also the untrained weights, to show that training moved them
-        initial = {f"model.{k}": v.clone() for k, v in model.model.state_dict().items()}
-        torch.save(initial, out_path + ".init")
+    model = fresh_model(MODEL, out_path, mode == "single")
     parallelism = None
     clipping = GradientClipping("norm", CLIP)
     if mode == "ep":
@@ -135,39 +130,19 @@ def main(mode: str, out_path: str) -> None:
         setup_expert_parallel(model, 2, None, parallelism, "fp32", "cpu")
         assert expert_parallel_group() is not None
         clipping = ExpertParallelGradientClipping("norm", CLIP)
-    world_size = dist.get_world_size() if mode == "ep" else 1
-    dataset: Any = rows()
-    sampler = dist.get_sampler(dataset, shuffle=False) if mode == "ep" else None
-    loader = DataLoader(dataset, batch_size=GLOBAL_BATCH // world_size, sampler=sampler)
     recorder = LossRecorder(mode == "ep")
-    trainer = Trainer(
-        model=model,
-        train_dataloader=loader,
-        max_duration=f"{STEPS}ba",
-        optimizers=torch.optim.SGD(model.parameters(), lr=0.5),
-        parallelism_config=parallelism,
-        callbacks=[recorder],
-        algorithms=[clipping],
-        device="cpu",
-        precision="fp32",
-        progress_bar=False,
-        log_to_console=False,
-        seed=0,
+    trainer = step_trainer(
+        model, mode == "ep", parallelism, callbacks=[recorder], algorithms=[clipping]
     )
     if mode == "ep":
         check_layout(model)
     trainer.fit()
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    state = dict(get_model_state_dict(model, options=options))
-    weights = {k: cast(torch.Tensor, v).clone() for k, v in state.items()}
+    weights = full_weights(model)
     if mode == "ep":
         check_full_load(model, weights)
     if dist.get_global_rank() == 0:
         torch.save({"state": weights, "losses": recorder.losses}, out_path)
-    trainer.close()
-    if mode == "ep":
-        dist.barrier()
-        torch.distributed.destroy_process_group()
+    close(trainer, mode == "ep")
 
 
 if __name__ == "__main__":

@@ -7,14 +7,13 @@ from typing import Any, cast
 import pytest
 import torch
 import torch.nn.functional as F
-from composer import Trainer
 from composer.loggers import InMemoryLogger
 from composer.metrics.nlp import LanguageCrossEntropy
 
 from llmfoundry.models.hf import ComposerMPTCausalLM
 from llmfoundry.models.mpt import MPTForCausalLM, modeling_mpt
 from llmfoundry.models.mpt.cross_entropy import chunked_lm_cross_entropy
-from tests.fixtures import composer_mpt, row_loader, tiny_config, tiny_model
+from tests.fixtures import composer_mpt, fit_closed, lm_rows, row_loader, tiny_config, tiny_model
 from tests.models.mpt_helpers import random_ids
 
 TOKENS, D_MODEL, VOCAB = 40, 16, 96
@@ -297,25 +296,15 @@ def test_train_metrics_from_fused_outputs_equal_those_from_logits(extra_metric: 
 
 def _fit(loss_fn: str) -> InMemoryLogger:
     model = composer_mpt(TINY, loss_fn=loss_fn)
-    rows = [
-        {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
-        for ids in random_ids(8, 32, seed=1)
-    ]
     logger = InMemoryLogger()
-    trainer = Trainer(
-        model=model,
-        train_dataloader=row_loader(rows, batch_size=4),
+    fit_closed(
+        model,
+        train_dataloader=row_loader(lm_rows(random_ids(8, 32, seed=1)), batch_size=4),
         max_duration="3ba",
         device_train_microbatch_size=2,
         optimizers=torch.optim.AdamW(model.parameters(), lr=1e-3),
         loggers=[logger],
-        device="cpu",
-        progress_bar=False,
-        log_to_console=False,
-        seed=0,
     )
-    trainer.fit()
-    trainer.close()
     return logger
 
 

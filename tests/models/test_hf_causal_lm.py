@@ -15,10 +15,8 @@ from typing import Any
 import peft
 import pytest
 import torch
-from composer import Trainer
 from composer.loggers import InMemoryLogger
 from safetensors.torch import load_file, save_file
-from torch.utils.data import DataLoader
 from transformers import (
     AutoModelForCausalLM,
     LlamaForCausalLM,
@@ -35,7 +33,18 @@ from llmfoundry.utils.exceptions import (
     MissingFileError,
     UserError,
 )
-from tests.fixtures import VOCAB, row_loader, save_llama, tiny_config, tiny_model
+from tests.fixtures import (
+    VOCAB,
+    cpu_trainer,
+    hf_logits,
+    lora_llama,
+    save_llama,
+    text_batches,
+    text_ids,
+    tiny_config,
+    tiny_model,
+    trainable_adamw,
+)
 
 LORA_WQKV = {
     "peft_type": "LORA",
@@ -47,14 +56,8 @@ LORA_WQKV = {
 }
 
 
-def _ids(batch: int = 2, seq_len: int = 16, seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randint(2, VOCAB, (batch, seq_len), generator=generator)
-
-
-@torch.no_grad()
-def _logits(model: Any, ids: torch.Tensor) -> torch.Tensor:
-    return model.eval()(input_ids=ids).logits
+def _ids(seed: int = 0) -> torch.Tensor:
+    return text_ids(2, 16, seed)
 
 
 def _embedding_weight(model: Any) -> torch.Tensor:
@@ -80,7 +83,7 @@ def test_remote_code_mpt_loads_with_the_same_logits_and_loss(
     folder, original = mpt
     model = ComposerHFCausalLM(tokenizer, str(folder), trust_remote_code=True)
     ids = _ids()
-    torch.testing.assert_close(_logits(model.model, ids), _logits(original, ids))
+    torch.testing.assert_close(hf_logits(model.model, ids), hf_logits(original, ids))
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert model.model.config.pad_token_id == tokenizer.pad_token_id == 1
 
@@ -89,7 +92,7 @@ def test_remote_code_mpt_loads_with_the_same_logits_and_loss(
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
     with torch.no_grad():
         loss = model.loss(model(batch), batch)
-    logits = _logits(original, ids)[:, :-1]
+    logits = hf_logits(original, ids)[:, :-1]
     targets = labels[:, 1:]
     keep = targets != -100
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits[keep], targets[keep]))
@@ -124,7 +127,7 @@ def test_mpt_folders_load_as_our_class_without_trust_remote_code(
     for path, reference in ((folder, original), (gqa, gqa_model), (native, native_model)):
         model = ComposerHFCausalLM(None, str(path))
         assert type(model.model) is MPTForCausalLM
-        torch.testing.assert_close(_logits(model.model, ids), _logits(reference, ids))
+        torch.testing.assert_close(hf_logits(model.model, ids), hf_logits(reference, ids))
 
 
 def test_foreign_shipped_code_without_trust_remote_code_is_a_config_error(
@@ -170,7 +173,7 @@ def test_builtin_class_stands_in_for_untrusted_code_only_if_weights_match(
     assert type(model.model) is LlamaForCausalLM
     reference = LlamaForCausalLM.from_pretrained(llama_dir)
     ids = _ids()
-    torch.testing.assert_close(_logits(model.model, ids), _logits(reference, ids))
+    torch.testing.assert_close(hf_logits(model.model, ids), hf_logits(reference, ids))
     extra = _with_foreign_auto_map(llama_dir, tmp_path / "extra")
     weights = load_file(extra / "model.safetensors")
     save_file({**weights, "model.custom_gate.weight": torch.ones(4)}, extra / "model.safetensors")
@@ -196,7 +199,7 @@ def test_config_overrides_merge_into_nested_dicts(tmp_path: Path) -> None:
     assert config.attn_config["rope_hf_config"] == {"type": "no_scaling", "factor": 1.0}
     ids = _ids()
     torch.testing.assert_close(
-        _logits(model.model, ids), _logits(original, ids), atol=2e-5, rtol=1e-5
+        hf_logits(model.model, ids), hf_logits(original, ids), atol=2e-5, rtol=1e-5
     )
 
 
@@ -250,12 +253,7 @@ def test_config_override_of_the_wrong_type_is_named(llama_dir: Path) -> None:
 def test_lora_on_llama_trains_only_the_adapter(
     llama_dir: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    model = ComposerHFCausalLM(
-        tokenizer,
-        str(llama_dir),
-        attn_implementation="eager",
-        peft_config={"peft_type": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]},
-    )
+    model = lora_llama(tokenizer, llama_dir)
     assert isinstance(model.model, peft.PeftModel)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     # 2 layers x (q_proj, v_proj) x (lora_A, lora_B)
@@ -265,15 +263,6 @@ def test_lora_on_llama_trains_only_the_adapter(
     assert base.config._attn_implementation == "eager"
     # checkpoints hold only the adapter (should_save_peft_only defaults to True)
     assert set(model.state_dict()) == {f"{name}" for name in trainable}
-
-
-def _fixed_batches(n_rows: int = 4, seq_len: int = 32) -> DataLoader[dict[str, torch.Tensor]]:
-    ids = _ids(n_rows, seq_len, seed=1)
-    rows = [
-        {"input_ids": row, "attention_mask": torch.ones_like(row), "labels": row.clone()}
-        for row in ids
-    ]
-    return row_loader(rows, batch_size=n_rows)
 
 
 def test_lora_finetune_of_mpt_wqkv_trains_and_saves_a_peft_adapter(
@@ -288,16 +277,12 @@ def test_lora_finetune_of_mpt_wqkv_trains_and_saves_a_peft_adapter(
     assert lora_before and all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)
 
     in_memory = InMemoryLogger()
-    trainer = Trainer(
-        model=model,
-        train_dataloader=_fixed_batches(),
+    trainer = cpu_trainer(
+        model,
+        train_dataloader=text_batches(1),
         max_duration="15ba",
-        optimizers=torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2),
+        optimizers=trainable_adamw(model, lr=1e-2),
         loggers=[in_memory],
-        device="cpu",
-        progress_bar=False,
-        log_to_console=False,
-        seed=0,
     )
     trainer.fit()
     losses = [float(value) for _, value in in_memory.data["loss/train/total"]]
@@ -314,15 +299,15 @@ def test_lora_finetune_of_mpt_wqkv_trains_and_saves_a_peft_adapter(
     assert (adapter_dir / "adapter_model.safetensors").is_file()
 
     ids = _ids(seed=2)
-    trained_logits = _logits(model.model, ids)
+    trained_logits = hf_logits(model.model, ids)
     base = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
     reloaded = peft.PeftModel.from_pretrained(base, adapter_dir)
-    torch.testing.assert_close(_logits(reloaded, ids), trained_logits)
+    torch.testing.assert_close(hf_logits(reloaded, ids), trained_logits)
 
     resumed = ComposerHFCausalLM(
         tokenizer, str(folder), trust_remote_code=True, pretrained_lora_id_or_path=str(adapter_dir)
     )
-    torch.testing.assert_close(_logits(resumed.model, ids), trained_logits)
+    torch.testing.assert_close(hf_logits(resumed.model, ids), trained_logits)
     assert any(p.requires_grad for n, p in resumed.named_parameters() if "lora_" in n)
 
 

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +31,7 @@ from llmfoundry.models.mpt.moe_options import MoEOptions
 from llmfoundry.utils.exceptions import ConfigError
 
 from .moe_expert_parallel_run import CLIP
-from .test_mpt_fsdp2 import REPO_ROOT, _composer, _run
+from .test_mpt_fsdp2 import run_parallel_and_single
 
 RUN_SCRIPT = Path(__file__).with_name("moe_expert_parallel_run.py")
 H, F = 8, 6
@@ -161,17 +159,8 @@ def test_setup_expert_parallel_refuses_meta_weights_and_tensor_parallelism() -> 
 
 @pytest.mark.slow
 @pytest.mark.world_size(2)
-def test_expert_parallel_training_matches_single_process(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The run script takes its rows from tests.models.fsdp2_mpt_run.
-    paths = [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(paths))
-    _run([_composer(), "-n", "2", str(RUN_SCRIPT), "ep", str(tmp_path / "ep.pt")], tmp_path)
-    _run([sys.executable, str(RUN_SCRIPT), "single", str(tmp_path / "single.pt")], tmp_path)
-    parallel = torch.load(tmp_path / "ep.pt")
-    single = torch.load(tmp_path / "single.pt")
-    initial = torch.load(tmp_path / "single.pt.init")
+def test_expert_parallel_training_matches_single_process(tmp_path: Path) -> None:
+    parallel, single, initial = run_parallel_and_single(RUN_SCRIPT, "ep", tmp_path)
     # Per step: the loss Composer backpropagated, its cross-entropy and balancing-loss parts,
     # and the gradient norm, above the clipping threshold (so the clipping acted).
     steps = single["losses"]

@@ -42,21 +42,16 @@ def data_root(tmp_path_factory: pytest.TempPathFactory, mds_dir: Path) -> Path:
     return root
 
 
-def _train(name: str, overrides: list[str]) -> dict[str, list[float]]:
-    cfg, resolved = load_config(YAMLS / name, [*overrides, *SMALL_RUN], TrainConfig)
+def _train(name: str, data_root: Path, *overrides: str) -> dict[str, list[float]]:
+    """Train the pretraining YAML ``name`` for 4 batches on ``data_root``; every logged series."""
+    local = [f"variables.data_local={data_root}", f"variables.max_seq_len={SEQ_LEN}"]
+    cfg, resolved = load_config(YAMLS / name, [*local, *overrides, *SMALL_RUN], TrainConfig)
     _, memory, _ = train_in_memory(cfg, resolved, batches=4)
     return {key: [float(v) for _, v in rows] for key, rows in memory.data.items()}
 
 
 def test_testing_moe_yaml_trains_on_cpu(data_root: Path, tokenizer_dir: Path) -> None:
-    logged = _train(
-        "testing-moe.yaml",
-        [
-            f"variables.data_local={data_root}",
-            f"tokenizer.name={tokenizer_dir}",
-            f"variables.max_seq_len={SEQ_LEN}",
-        ],
-    )
+    logged = _train("testing-moe.yaml", data_root, f"tokenizer.name={tokenizer_dir}")
     ce, lbl, total = logged["loss/train/loss"], logged["loss/train/lbl"], logged["loss/train/total"]
     assert ce[-1] < ce[0] - 0.05, ce
     assert all(value > 0 for value in lbl), lbl
@@ -69,12 +64,9 @@ def test_testing_moe_yaml_trains_on_cpu(data_root: Path, tokenizer_dir: Path) ->
 def test_dbrx_style_yaml_trains_on_cpu(data_root: Path, tokenizer_dir: Path) -> None:
     logged = _train(
         "dbrx-tiny-cpu.yaml",
-        [
-            f"variables.data_local={data_root}",
-            f"variables.tokenizer_name={tokenizer_dir}",
-            f"variables.max_seq_len={SEQ_LEN}",
-            "callbacks.mbmoe_tok_per_expert.log_interval=2",
-        ],
+        data_root,
+        f"variables.tokenizer_name={tokenizer_dir}",
+        "callbacks.mbmoe_tok_per_expert.log_interval=2",
     )
     ce, lbl = logged["loss/train/loss"], logged["loss/train/lbl"]
     assert ce[-1] < ce[0] - 0.05, ce

@@ -22,6 +22,7 @@ from llmfoundry.utils.builders import (
     build_scheduler_from_section,
 )
 from llmfoundry.utils.exceptions import ConfigError
+from tests.fixtures import cpu_trainer
 
 SECTIONS = {
     "decoupled_lionw": (DecoupledLionW, {}),
@@ -58,10 +59,15 @@ def test_unknown_optimizer_key_names_its_path(name: str) -> None:
         build_optimizer_from_section({"name": name, "lr": 1e-4, "beta1": 0.9}, params)
 
 
-def test_trainer_fits_with_lionw_inv_sqrt_and_optimizer_monitor() -> None:
+def _classifier() -> ComposerClassifier:
+    """An MLP classifier (8 -> 16 -> 4), seeded 0."""
     torch.manual_seed(0)
     module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-    model = ComposerClassifier(module, num_classes=4)
+    return ComposerClassifier(module, num_classes=4)
+
+
+def test_trainer_fits_with_lionw_inv_sqrt_and_optimizer_monitor() -> None:
+    model = _classifier()
     dataset = TensorDataset(torch.randn(24, 8), torch.randint(0, 4, (24,)))
     optimizer = build_optimizer_from_section(
         {"name": "decoupled_lionw", "lr": 1e-2, "betas": [0.9, 0.99], "weight_decay": 1e-5},
@@ -74,17 +80,14 @@ def test_trainer_fits_with_lionw_inv_sqrt_and_optimizer_monitor() -> None:
     in_memory = InMemoryLogger()
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
 
-    trainer = Trainer(
-        model=model,
+    trainer = cpu_trainer(
+        model,
         train_dataloader=DataLoader(dataset, batch_size=8),
         max_duration="3ba",
         optimizers=optimizer,
         schedulers=scheduler,
         callbacks=callbacks,
         loggers=in_memory,
-        device="cpu",
-        progress_bar=False,
-        log_to_console=False,
         save_folder=None,
     )
     trainer.fit()
@@ -104,9 +107,7 @@ def test_trainer_fits_with_lionw_inv_sqrt_and_optimizer_monitor() -> None:
 
 
 def _trainer(name: str, max_duration: str, **kwargs: Any) -> Trainer:
-    torch.manual_seed(0)
-    module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-    model = ComposerClassifier(module, num_classes=4)
+    model = _classifier()
     generator = torch.Generator().manual_seed(1)
     inputs = torch.randn(48, 8, generator=generator)
     inputs[24:32] *= 100.0  # a spike in batch 3, so the outlier rules fire after resuming
@@ -115,17 +116,14 @@ def _trainer(name: str, max_duration: str, **kwargs: Any) -> Trainer:
     optimizer = build_optimizer_from_section(
         {"name": name, "lr": 1e-2, "weight_decay": 1e-4, **extra}, model.parameters()
     )
-    return Trainer(
-        model=model,
+    return cpu_trainer(
+        model,
         train_dataloader=DataLoader(dataset, batch_size=8, shuffle=False),
         max_duration=max_duration,
         optimizers=optimizer,
         schedulers=build_scheduler_from_section(
             {"name": "inv_sqrt_tf", "t_warmup": "1ba", "t_scale": "2ba", "t_cooldown": "2ba"}
         ),
-        device="cpu",
-        progress_bar=False,
-        log_to_console=False,
         **kwargs,
     )
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import copy
 import io
-import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +13,7 @@ import pytest
 import torch
 
 from llmfoundry.optim import DecoupledAdaLRLion, DecoupledClipLion, DecoupledLionW
+from tests.command_utils.tiny_models import composer_launcher, run_with_repo_on_path
 
 P0 = [1.0, -2.0, 0.5, 3.0]
 G1 = [0.3, -0.1, 0.0, 2.0]
@@ -216,15 +214,9 @@ def test_no_metrics_before_the_first_step() -> None:
 @pytest.mark.slow
 @pytest.mark.world_size(2)
 def test_dtensor_shards_match_whole_tensors(tmp_path: Path) -> None:
-    launcher = Path(sys.executable).with_name("composer")
-    composer = str(launcher) if launcher.exists() else shutil.which("composer") or "composer"
     out = tmp_path / "result.txt"
-    result = subprocess.run(
-        [composer, "-n", "2", str(Path(__file__).with_name("dtensor_lion_run.py")), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
+    script = Path(__file__).with_name("dtensor_lion_run.py")
+    run_with_repo_on_path(
+        [composer_launcher(), "-n", "2", str(script), str(out)], tmp_path, timeout=300
     )
-    assert result.returncode == 0, result.stderr[-4000:]
     assert out.read_text() == "ok"

@@ -22,6 +22,15 @@ ROWS = [
     {"prompt": "while True:", "response": "\n    break"},
     {"prompt": "if not s:", "response": "\n    return None"},
 ]
+# A two-turn conversation (a ``messages`` row).
+CHAT = {
+    "messages": [
+        {"role": "user", "content": "def f(x):"},
+        {"role": "assistant", "content": "return x"},
+        {"role": "user", "content": "import json"},
+        {"role": "assistant", "content": "json.dumps(value)"},
+    ]
+}
 
 
 def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:

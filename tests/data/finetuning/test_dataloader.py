@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from streaming.base.util import clean_stale_shared_memory
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
@@ -32,10 +31,7 @@ from tests.data.finetuning.loader_cases import (
     write_mds,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _clean_shared_memory() -> None:
-    clean_stale_shared_memory()
+pytestmark = pytest.mark.usefixtures("clean_shared_memory")
 
 
 def test_yaml_section_builds_through_the_registry(
@@ -70,14 +66,32 @@ def test_yaml_section_builds_through_the_registry(
     assert spec.get_num_tokens_in_batch(first) == int(first["attention_mask"].sum())
 
 
-def test_unknown_dataset_key_suggests_the_right_one(
-    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+LEFTOVER_BINS = r"train_loader\.dataset\.max_leftover_bins_to_keep is .*; use a whole number >= 0"
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        pytest.param(
+            {"max_seq_length": 32},
+            r"train_loader\.dataset\.max_seq_length is not a valid key; did you mean 'max_seq_len'",
+            id="unknown key suggests the right one",
+        ),
+        *(
+            pytest.param(
+                {"packing_ratio": 2, "max_leftover_bins_to_keep": value},
+                LEFTOVER_BINS,
+                id=f"max_leftover_bins_to_keep={value!r}",
+            )
+            for value in [-1, 1.5, True, "2"]
+        ),
+    ],
+)
+def test_bad_dataset_keys_are_named(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase, keys: dict[str, Any], message: str
 ) -> None:
-    dataset = json_dataset(tmp_path, ROWS, max_seq_length=32)
-    with pytest.raises(
-        ConfigError,
-        match=r"train_loader\.dataset\.max_seq_length is not a valid key; did you mean 'max_seq_len'",
-    ):
+    dataset = json_dataset(tmp_path, ROWS, **keys)
+    with pytest.raises(ConfigError, match=message):
         build_finetuning_dataloader(tokenizer, 2, dataset)
 
 
@@ -326,18 +340,6 @@ def test_safe_load_refuses_code_and_remote_sources(
     with pytest.raises(ConfigError, match=message) as error:
         build_finetuning_dataloader(tokenizer, 2, dataset)
     assert "\n" not in str(error.value)
-
-
-@pytest.mark.parametrize("value", [-1, 1.5, True, "2"])
-def test_max_leftover_bins_to_keep_is_validated(
-    tmp_path: Path, tokenizer: PreTrainedTokenizerBase, value: Any
-) -> None:
-    dataset = json_dataset(tmp_path, ROWS, packing_ratio=2, max_leftover_bins_to_keep=value)
-    with pytest.raises(
-        ConfigError,
-        match=r"train_loader\.dataset\.max_leftover_bins_to_keep is .*; use a whole number >= 0",
-    ):
-        build_finetuning_dataloader(tokenizer, 2, dataset)
 
 
 def test_max_leftover_bins_to_keep_reaches_the_packer(

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from streaming.base.util import clean_stale_shared_memory
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.data.finetuning import build_finetuning_dataloader
@@ -25,10 +24,7 @@ from tests.data.finetuning.loader_cases import (
     write_mds,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _clean_shared_memory() -> None:
-    clean_stale_shared_memory()
+pytestmark = pytest.mark.usefixtures("clean_shared_memory")
 
 
 # --- MDS `turns` column (tokenized multi-turn chats) ---

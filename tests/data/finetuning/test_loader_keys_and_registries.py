@@ -3,8 +3,7 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 from composer.core import DataSpec
-from streaming.base.util import clean_stale_shared_memory
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
@@ -21,19 +19,12 @@ from llmfoundry.data import build_text_dataloader, write_mds
 from llmfoundry.data.finetuning import build_finetuning_dataloader
 from llmfoundry.data.utils import get_finetuning_collator, validate_ds_replication
 from llmfoundry.utils.exceptions import ConfigError
+from tests.data.finetuning.loader_cases import EOS, PAD, json_dataset
+from tests.data.finetuning.loader_cases import ROWS as LOADER_ROWS
 
-EOS, PAD, X = 0, 1, -100
-ROWS = [
-    {"prompt": "def loads(s):", "response": " return decode(s)"},
-    {"prompt": "import json", "response": "\nimport re"},
-    {"prompt": "x = [", "response": "1, 2, 3]"},
-    {"prompt": "while True:", "response": "\n    break"},
-]
+pytestmark = pytest.mark.usefixtures("clean_shared_memory")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _clean_shared_memory() -> None:
-    clean_stale_shared_memory()
+ROWS = [LOADER_ROWS[i] for i in (0, 1, 3, 4)]
 
 
 @contextmanager
@@ -45,19 +36,6 @@ def registered(reg: registry.Registry[Any], name: str, func: Callable[..., Any])
         yield
     finally:
         reg.register(name, func=original)
-
-
-def json_dataset(tmp_path: Path, rows: Sequence[Mapping[str, Any]], **keys: Any) -> dict:
-    path = tmp_path / "train.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return {
-        "hf_name": "json",
-        "hf_kwargs": {"data_files": {"train": str(path)}, "cache_dir": str(tmp_path / "hf")},
-        "split": "train",
-        "max_seq_len": 32,
-        "shuffle": False,
-        **keys,
-    }
 
 
 def ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
