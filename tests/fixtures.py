@@ -14,6 +14,7 @@ are trained on the running Python's standard library sources.
 - Tiny LM training: ``token_loader`` batches for ``LM_MPT``, ``text_batches`` for the fixture
   tokenizer's vocabulary, and quiet CPU trainers (``cpu_trainer``, ``fit_closed``, ``lm_trainer``);
   ``hf_logits`` and ``greedy_continuation`` read a Hugging Face model's outputs back.
+- Logged tables: ``TableRecorder`` keeps every ``log_table`` call (generate and eval-output callbacks).
 """
 
 from __future__ import annotations
@@ -426,6 +427,22 @@ def lm_trainer(
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """A detached copy of the model's state dict."""
     return {name: value.detach().clone() for name, value in model.state_dict().items()}
+
+
+class TableRecorder(LoggerDestination):
+    """Keeps every ``log_table`` call: ``(name, step, columns, rows)``."""
+
+    def __init__(self) -> None:
+        self.tables: list[tuple[str, int | None, list[str], list[list[Any]]]] = []
+
+    def log_table(
+        self,
+        columns: list[str],
+        rows: list[list[Any]],
+        name: str = "Table",
+        step: int | None = None,
+    ) -> None:
+        self.tables.append((name, step, list(columns), [list(row) for row in rows]))
 
 
 class WeightsAt(Callback):

@@ -20,11 +20,10 @@ from llmfoundry.models.hf import ComposerMPTCausalLM
 from llmfoundry.utils.builders import build_callbacks
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
-from tests.callbacks.test_generate_callback import TableRecorder
 from tests.command_utils.conftest import SEQ_LEN as MDS_SEQ_LEN
 from tests.command_utils.conftest import mds_dir, write_run_yaml  # noqa: F401  (fixture)
 from tests.command_utils.tiny_models import composer_launcher, run_with_repo_on_path
-from tests.fixtures import cpu_trainer, row_loader, tiny_text_mpt
+from tests.fixtures import TableRecorder, cpu_trainer, row_loader, tiny_text_mpt
 
 VOCAB = 512  # the tokenizer fixture's size
 SEQ_LEN = 32

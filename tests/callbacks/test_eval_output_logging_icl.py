@@ -12,9 +12,8 @@ from transformers import PreTrainedTokenizerBase
 from llmfoundry.callbacks.eval_output_logging import EvalOutputLogging
 from llmfoundry.eval import build_icl_evaluators
 from llmfoundry.eval.metrics import normalize_answer
-from tests.callbacks.test_generate_callback import TableRecorder
 from tests.eval.helpers import write_jsonl
-from tests.fixtures import cpu_trainer, tiny_text_mpt
+from tests.fixtures import TableRecorder, cpu_trainer, tiny_text_mpt
 
 MC_ROWS = [
     {"query": "One plus one is", "choices": [" two", " three", " ten"], "gold": 0},

@@ -19,28 +19,18 @@ from llmfoundry.loggers import FileLogger
 from llmfoundry.models.hf import ComposerHFCausalLM
 from llmfoundry.utils.builders import build_callbacks
 from llmfoundry.utils.exceptions import ConfigError
-from tests.fixtures import fit_closed, greedy_continuation, text_batches, tiny_text_mpt
+from tests.fixtures import (
+    TableRecorder,
+    fit_closed,
+    greedy_continuation,
+    text_batches,
+    tiny_text_mpt,
+)
 
 SEQ_LEN = 32
 MAX_NEW_TOKENS = 8
 # Different lengths, so that batched prompts are left-padded.
 PROMPTS = ["def hello", "import os, sys", "class Decoder(object):"]
-
-
-class TableRecorder(LoggerDestination):
-    """Keeps every ``log_table`` call: ``(name, step, columns, rows)``."""
-
-    def __init__(self) -> None:
-        self.tables: list[tuple[str, int | None, list[str], list[list[Any]]]] = []
-
-    def log_table(
-        self,
-        columns: list[str],
-        rows: list[list[Any]],
-        name: str = "Table",
-        step: int | None = None,
-    ) -> None:
-        self.tables.append((name, step, list(columns), [list(row) for row in rows]))
 
 
 class ExpectedGenerations(Callback):
