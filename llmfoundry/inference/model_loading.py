@@ -32,6 +32,7 @@ from llmfoundry.utils.exceptions import (
     MissingFileError,
     first_line,
 )
+from llmfoundry.utils.file_utils import looks_like_local_path
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -53,11 +54,6 @@ MODEL_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bflo
 HF_ATTN_IMPLS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 ADAPTER_CONFIG = "adapter_config.json"
-
-
-def _looks_local(name: str) -> bool:
-    """True for names that can only be folders (a Hub id is ``name`` or ``org/name``)."""
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1
 
 
 def default_device() -> str:
@@ -181,7 +177,7 @@ def apply_adapter(
             raise MissingFileError(
                 f"--adapter={adapter!r} has no {ADAPTER_CONFIG}; pass the folder peft's save_pretrained wrote"
             )
-    elif _looks_local(path) or os.path.exists(path):
+    elif looks_like_local_path(path) or os.path.exists(path):
         raise MissingFileError(f"--adapter={adapter!r}: no such folder")
     try:
         wrapped = PeftModel.from_pretrained(model, path, is_trainable=False, token=token)
@@ -222,7 +218,7 @@ def load_model_and_tokenizer(
         raise ConfigError(
             f"--model_dtype={source.model_dtype!r}: choose one of {', '.join(MODEL_DTYPES)}"
         )
-    if _looks_local(name) and not Path(name).expanduser().exists():
+    if looks_like_local_path(name) and not Path(name).expanduser().exists():
         raise MissingFileError(f"--name_or_path: model folder '{name}' does not exist")
     _check_device_map(source.device_map)
     config = _load_config(name, source.trust_remote_code, source.hub_kwargs)

@@ -16,6 +16,13 @@ from llmfoundry.utils.exceptions import ConfigError
 HF_FOLDER_MARKERS = ("config.json", "adapter_config.json")
 
 
+def looks_like_local_path(name: str) -> bool:
+    """True for names that can only be local paths, never Hugging Face Hub ids (an id is
+    ``name`` or ``org/name``): absolute, ``.``/``~``-relative, deeper than one slash, or with a
+    backslash."""
+    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
+
+
 def check_replaceable_output(target: str | Path, flag: str, markers: tuple[str, ...]) -> None:
     """Refuse an output folder that a command would replace but did not write.
 

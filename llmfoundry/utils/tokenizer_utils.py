@@ -12,6 +12,7 @@ from typing import Any, cast
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from llmfoundry.utils.exceptions import TokenizerError, first_line
+from llmfoundry.utils.file_utils import looks_like_local_path
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +68,7 @@ def _load_tokenizer(tokenizer_name: str, kwargs: dict[str, Any]) -> PreTrainedTo
     # code (an MPT export) it would otherwise stop and ask on the terminal whether to run that
     # code. An explicit False answers no (the tokenizer itself needs no model code).
     kwargs.setdefault("trust_remote_code", False)
-    # A hub name is "name" or "org/name"; anything else can only be a local path.
-    looks_local = tokenizer_name.startswith((".", "/", "~")) or tokenizer_name.count("/") > 1
-    if looks_local and not Path(tokenizer_name).expanduser().exists():
+    if looks_like_local_path(tokenizer_name) and not Path(tokenizer_name).expanduser().exists():
         raise TokenizerError(
             f"tokenizer folder '{tokenizer_name}' does not exist; pass a folder written by save_pretrained or a hub name"
         )

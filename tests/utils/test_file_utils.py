@@ -14,6 +14,7 @@ from llmfoundry.utils.file_utils import (
     HF_FOLDER_MARKERS,
     atomic_directory,
     check_replaceable_output,
+    looks_like_local_path,
 )
 
 
@@ -69,3 +70,22 @@ def test_the_export_refuses_the_users_folder_before_reading_the_checkpoint(tmp_p
     with pytest.raises(ConfigError, match="--hf_output_path"):
         convert_composer_to_hf(str(tmp_path / "no-such.pt"), str(tmp_path))
     assert (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("name", "local"),
+    [
+        ("gpt2", False),
+        ("EleutherAI/gpt-neox-20b", False),
+        ("/abs/model", True),
+        ("./model", True),
+        ("../model", True),
+        ("~/model", True),
+        ("runs/a/hf", True),
+        ("runs\\hf", True),
+    ],
+)
+def test_hub_ids_and_local_paths_are_told_apart(name: str, local: bool) -> None:
+    """One rule for every loader (models, tokenizers, datasets, inference): a Hub id is ``name``
+    or ``org/name``; anything else can only be a local path."""
+    assert looks_like_local_path(name) is local

@@ -25,6 +25,7 @@ from llmfoundry.utils.exceptions import (
     did_you_mean,
     first_line,
 )
+from llmfoundry.utils.file_utils import looks_like_local_path
 
 
 def parse_tokenizer_kwargs(tokenizer_kwargs: str | Mapping[str, Any] | None) -> dict[str, Any]:
@@ -62,7 +63,7 @@ def load_splits(
         ConfigError: if the subset does not exist.
         DatasetError: if the dataset cannot be loaded.
     """
-    looks_local = dataset.startswith((".", "/", "~")) or dataset.count("/") > 1
+    looks_local = looks_like_local_path(dataset)
     if looks_local and not Path(dataset).expanduser().exists():
         raise MissingFileError(
             f"--dataset '{dataset}' does not exist; give a Hub name, a local dataset folder or "

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from llmfoundry import registry
 from llmfoundry.models.hf.composer_mpt import causal_lm_metrics
 from llmfoundry.models.hf.composer_mpt import shift_labels as shift_labels_for_next_token
-from llmfoundry.models.hf.loading import load_hf_causal_lm, looks_like_local_path
+from llmfoundry.models.hf.loading import load_hf_causal_lm
 from llmfoundry.utils.composer_shortcuts import composer_hugging_face_init
 from llmfoundry.utils.config_helpers import check_init_device
 from llmfoundry.utils.exceptions import (
@@ -35,6 +35,7 @@ from llmfoundry.utils.exceptions import (
     did_you_mean,
     first_line,
 )
+from llmfoundry.utils.file_utils import looks_like_local_path
 
 logger = logging.getLogger(__name__)
 

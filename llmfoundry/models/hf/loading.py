@@ -30,6 +30,7 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM, MPTModel
 from llmfoundry.models.mpt.configuration_mpt import REMOTE_CODE_MODEL_TYPE
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean, first_line
+from llmfoundry.utils.file_utils import looks_like_local_path
 from llmfoundry.utils.hf_folder_checks import check_hf_folder
 
 logger = logging.getLogger(__name__)
@@ -58,11 +59,6 @@ def register_auto_classes() -> None:
     CONFIG_MAPPING.register(REMOTE_CODE_MODEL_TYPE, MPTConfig, exist_ok=True)
     AutoModel.register(MPTConfig, MPTModel, exist_ok=True)
     AutoModelForCausalLM.register(MPTConfig, MPTForCausalLM, exist_ok=True)
-
-
-def looks_like_local_path(name: str) -> bool:
-    """True for names that can only be folders (a Hub id is ``name`` or ``org/name``)."""
-    return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
 
 
 def read_config_dict(
