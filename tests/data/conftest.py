@@ -24,10 +24,9 @@ BUCKET = "corpus-bucket"
 CollatorT = TypeVar("CollatorT")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def clean_shared_memory() -> None:
-    """Clear stale Streaming shared memory once per module, before its first test (a module
-    that reads MDS asks for it with ``pytestmark = pytest.mark.usefixtures(...)``)."""
+    """Clear stale Streaming shared memory once per module, before its first test."""
     clean_stale_shared_memory()
 
 

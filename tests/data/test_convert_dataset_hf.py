@@ -21,8 +21,6 @@ from llmfoundry.data import ConcatTokensDataset, StreamingTextDataset
 from llmfoundry.data.data import BadRowError, MDSWriteSummary
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
 
-pytestmark = pytest.mark.usefixtures("clean_shared_memory")
-
 EOS = "<|endoftext|>"
 EOS_ID = 0
 REPO_ROOT = Path(__file__).resolve().parents[2]

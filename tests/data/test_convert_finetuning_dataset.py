@@ -24,8 +24,6 @@ from tests.data.conftest import BUCKET, index_columns, loader_batches, stored_sa
 from tests.data.finetuning.loader_cases import CHAT, ROWS
 from tests.eval.helpers import write_jsonl
 
-pytestmark = pytest.mark.usefixtures("clean_shared_memory")
-
 CHATS = [
     CHAT,
     {

@@ -22,8 +22,6 @@ from tests.data.finetuning.loader_cases import CHAT, EOS, PAD, X
 from tests.data.finetuning.loader_cases import ROWS as LOADER_ROWS
 from tests.eval.helpers import write_jsonl
 
-pytestmark = pytest.mark.usefixtures("clean_shared_memory")
-
 ROWS = LOADER_ROWS[:2]
 LONG_PROMPT = {"prompt": "import json\n" * 8, "response": "x"}
 

@@ -30,8 +30,6 @@ from llmfoundry.data import ConcatTokensDataset
 from llmfoundry.data import token_batches as token_batches_module
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 
-pytestmark = pytest.mark.usefixtures("clean_shared_memory")
-
 EOS = "<|endoftext|>"
 WORKER_COUNTS = (1, 2, 3)
 

@@ -27,8 +27,6 @@ from llmfoundry.data.text_data import sample_texts
 from llmfoundry.utils.builders import build_dataloader_from_section
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 
-pytestmark = pytest.mark.usefixtures("clean_shared_memory")
-
 PAD_ID = 1
 # Token samples of different lengths; the last is longer than the loaders' max_seq_len of 16.
 TOKEN_SAMPLES = [list(range(2, 2 + n)) for n in (16, 5, 16, 9, 16, 3, 16, 40)]

@@ -17,8 +17,6 @@ from llmfoundry.utils.cli_utils import parse_logging_level
 from llmfoundry.utils.exceptions import TokenizerError
 from tests.data.test_converters import read_tokens, write_text_files
 
-pytestmark = pytest.mark.usefixtures("clean_shared_memory")
-
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "data_prep" / "convert_text_to_mds.py"
 REQUIRED = ["--input_folder", "in", "--output_folder", "out", "--concat_tokens", "8"]
 CUSTOM_CODE = """from transformers import PreTrainedTokenizerFast

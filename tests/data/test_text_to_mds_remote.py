@@ -18,8 +18,6 @@ from llmfoundry.utils.object_store import RemoteFolder
 from tests.data.conftest import BUCKET
 from tests.data.test_converters import EOS, read_tokens, write_text_files
 
-pytestmark = pytest.mark.usefixtures("clean_shared_memory")
-
 
 @pytest.fixture
 def documents(corpus_texts: list[str]) -> list[str]:

@@ -31,8 +31,6 @@ from tests.data.finetuning.loader_cases import (
     write_mds,
 )
 
-pytestmark = pytest.mark.usefixtures("clean_shared_memory")
-
 
 def test_yaml_section_builds_through_the_registry(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase

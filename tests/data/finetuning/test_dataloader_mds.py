@@ -24,9 +24,6 @@ from tests.data.finetuning.loader_cases import (
     write_mds,
 )
 
-pytestmark = pytest.mark.usefixtures("clean_shared_memory")
-
-
 # --- MDS `turns` column (tokenized multi-turn chats) ---
 
 CHATS = [

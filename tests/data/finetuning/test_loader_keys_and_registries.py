@@ -22,8 +22,6 @@ from llmfoundry.utils.exceptions import ConfigError
 from tests.data.finetuning.loader_cases import EOS, PAD, json_dataset
 from tests.data.finetuning.loader_cases import ROWS as LOADER_ROWS
 
-pytestmark = pytest.mark.usefixtures("clean_shared_memory")
-
 ROWS = [LOADER_ROWS[i] for i in (0, 1, 3, 4)]
 
 
