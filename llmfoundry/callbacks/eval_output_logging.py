@@ -58,13 +58,13 @@ from composer.utils import dist
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.eval.metrics import example_context
+from llmfoundry.utils.constants import IGNORE_INDEX
 from llmfoundry.utils.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
 
 KEY = "callbacks.eval_output_logging"
 TABLE_PREFIX = "eval_outputs"
-IGNORE_INDEX = -100
 SUBSET_SEED = 0
 
 Row = dict[str, Any]

@@ -3,10 +3,9 @@
 :class:`~llmfoundry.inference.options.ModelSource` and
 :class:`~llmfoundry.inference.options.Sampling` and spelled as LLM Foundry spells them.
 
-Light on purpose (no torch): the choices are listed by name in
-:mod:`llmfoundry.inference.options`; the modules that map them to torch objects
-(:mod:`llmfoundry.inference.model_loading`, :mod:`llmfoundry.inference.generate`) hold the same
-names, which the CLI tests check.
+Light on purpose (no torch): the choices are names from :mod:`llmfoundry.utils.constants`
+(and the MPT attention implementations, listed in :mod:`llmfoundry.inference.options` and
+checked against the MPT package by the CLI tests).
 """
 
 from __future__ import annotations
@@ -17,9 +16,6 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from llmfoundry.inference.options import (
-    AUTOCAST_DTYPE_NAMES,
-    HF_ATTN_IMPL_NAMES,
-    MODEL_DTYPE_NAMES,
     MPT_ATTN_IMPL_NAMES,
     SWEPT_FLAGS,
     ModelSource,
@@ -30,9 +26,6 @@ from llmfoundry.inference.options import (
 from llmfoundry.utils.cli_utils import parse_bool
 
 __all__ = [
-    "AUTOCAST_DTYPE_NAMES",
-    "HF_ATTN_IMPL_NAMES",
-    "MODEL_DTYPE_NAMES",
     "MPT_ATTN_IMPL_NAMES",
     "add_dataclass_flags",
     "add_model_flags",

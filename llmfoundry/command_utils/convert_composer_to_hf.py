@@ -49,7 +49,7 @@ from llmfoundry.command_utils.hf_folder_writing import (
 )
 from llmfoundry.models.hf.export import (
     AUTO_MAP,
-    OUTPUT_DTYPES,
+    PRECISION_DTYPES,
     dtype_of_precision,
     save_mpt_as_hf,
 )
@@ -68,7 +68,7 @@ logger = logging.getLogger(__name__)
 # them too); these names stay importable from here.
 __all__ = [
     "AUTO_MAP",
-    "OUTPUT_DTYPES",
+    "PRECISION_DTYPES",
     "CheckpointContents",
     "causal_lm_class",
     "check_model_generates",

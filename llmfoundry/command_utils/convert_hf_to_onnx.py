@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from llmfoundry.models.hf.export import PRECISION_DTYPES
 from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, MissingFileError
 from llmfoundry.utils.file_utils import (
     atomic_directory,
@@ -31,7 +32,6 @@ from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
 logger = logging.getLogger(__name__)
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 EXPORT_FORMATS = ("onnx",)
 ONNX_FILE = "model.onnx"
 # Largest |logit difference| accepted between onnxruntime and PyTorch, by export dtype.
@@ -122,8 +122,8 @@ def verify_onnx(
 def _check_settings(name: str, dtype: str, export_format: str, export_batch_size: int) -> None:
     """Raises ConfigError for a bad dtype, format or batch size, MissingFileError for a local
     model folder that does not exist."""
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype={dtype!r}: choose one of {', '.join(DTYPES)}")
+    if dtype not in PRECISION_DTYPES:
+        raise ConfigError(f"--dtype={dtype!r}: choose one of {', '.join(PRECISION_DTYPES)}")
     if export_format not in EXPORT_FORMATS:
         raise ConfigError(
             f"--export_format={export_format!r}: choose one of {', '.join(EXPORT_FORMATS)}"
@@ -151,7 +151,7 @@ def load_for_export(
         kwargs["revision"] = revision
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            name, trust_remote_code=trust_remote_code, dtype=DTYPES[dtype], **kwargs
+            name, trust_remote_code=trust_remote_code, dtype=PRECISION_DTYPES[dtype], **kwargs
         ).eval()
     except OSError as err:  # a missing revision or file: the Hub client's message says which
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -15,11 +15,11 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel
 
 from llmfoundry.inference.model_loading import (
-    MODEL_DTYPES,
     ModelSource,
     adapter_tokenizer_source,
     load_model_and_tokenizer,
 )
+from llmfoundry.models.hf.export import PRECISION_DTYPES
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.file_utils import (
     HF_FOLDER_MARKERS,
@@ -68,9 +68,9 @@ def merge_lora(
         ConfigError: for an unknown precision, or an adapter made for another base model.
         MissingFileError: if the base or adapter folder does not exist.
     """
-    if output_precision not in MODEL_DTYPES:
+    if output_precision not in PRECISION_DTYPES:
         raise ConfigError(
-            f"--output_precision={output_precision!r}: choose one of {', '.join(MODEL_DTYPES)}"
+            f"--output_precision={output_precision!r}: choose one of {', '.join(PRECISION_DTYPES)}"
         )
     output = Path(output)
     if output.resolve() in (Path(base).resolve(), Path(adapter).resolve()):
@@ -86,7 +86,7 @@ def merge_lora(
         tokenizer_source or base, trust_remote_code=trust_remote_code
     )
     merged = cast(PreTrainedModel, cast(Any, model).merge_and_unload())
-    torch.nn.Module.to(merged, MODEL_DTYPES[output_precision])
+    torch.nn.Module.to(merged, PRECISION_DTYPES[output_precision])
     with atomic_directory(output) as staging:
         merged.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)

@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 
+from llmfoundry.utils.constants import IGNORE_INDEX
 from llmfoundry.utils.exceptions import ConfigError
-
-IGNORE_INDEX = -100  # label value that the cross-entropy loss skips
 
 
 class CausalLMCollator:
@@ -113,16 +112,19 @@ class ConcatenatedSequenceCollatorWrapper:
 
 
 def count_tokens_in_batch(batch: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    """Token counts of a batch, for Composer's token-based durations and logging.
-
-    Args:
-        batch: a batch from :class:`CausalLMCollator`.
+    """Token counts of a batch (text or finetuning), for Composer's token-based durations.
 
     Returns:
-        ``total``: non-padding tokens; ``loss_generating``: tokens with a label that is scored
-        (the first position of each row has no prediction before it, so it is not counted).
+        ``total``: non-padding tokens (encoder plus decoder tokens for encoder-decoder batches,
+        which have a ``decoder_attention_mask``); ``loss_generating``: tokens whose label is
+        scored. A causal-LM row's first position has no prediction before it, so it is not
+        counted; encoder-decoder labels are the decoder's targets, all counted.
     """
     total = int(batch["attention_mask"].sum().item())
     labels = batch["labels"]
-    scored = int((labels[:, 1:] != IGNORE_INDEX).sum().item())
+    if "decoder_attention_mask" in batch:
+        total += int(batch["decoder_attention_mask"].sum().item())
+        scored = int((labels != IGNORE_INDEX).sum().item())
+    else:
+        scored = int((labels[:, 1:] != IGNORE_INDEX).sum().item())
     return {"total": total, "loss_generating": scored}

@@ -19,10 +19,10 @@ from typing import Any
 from composer.core import DataSpec
 from transformers import PreTrainedTokenizerBase
 
-from llmfoundry.data.finetuning.collator import Seq2SeqFinetuningCollator, count_tokens_in_batch
+from llmfoundry.data.finetuning.collator import Seq2SeqFinetuningCollator
 from llmfoundry.data.finetuning.dataset_config import check_positive_int, parse_dataset_config
 from llmfoundry.data.finetuning.packing import BinPackCollator
-from llmfoundry.data.text_collator import CausalLMCollator
+from llmfoundry.data.text_collator import CausalLMCollator, count_tokens_in_batch
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.tokenizer_utils import eos_token_id_of, pad_token_id_of
 

@@ -27,8 +27,6 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 # Loading lives in model_loading; these names stay importable from here for the other commands.
 from llmfoundry.inference.model_loading import (  # noqa: F401  (re-exported)
     ADAPTER_CONFIG,
-    HF_ATTN_IMPLS,
-    MODEL_DTYPES,
     TOKENIZER_FILES,
     adapter_tokenizer_source,
     apply_adapter,
@@ -36,9 +34,11 @@ from llmfoundry.inference.model_loading import (  # noqa: F401  (re-exported)
     load_model_and_tokenizer,
 )
 from llmfoundry.inference.options import SWEPT_FLAGS, ModelSource, Sampling
+from llmfoundry.models.hf.export import PRECISION_DTYPES
+from llmfoundry.utils.constants import AUTOCAST_DTYPE_NAMES
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 
-AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+AUTOCAST_DTYPES = {name: PRECISION_DTYPES[name] for name in AUTOCAST_DTYPE_NAMES}
 DEFAULT_SAMPLING = Sampling()
 """``hf_generate``'s decoding defaults."""
 

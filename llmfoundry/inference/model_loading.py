@@ -24,8 +24,10 @@ from transformers import (
 )
 
 from llmfoundry.inference.options import ModelSource
+from llmfoundry.models.hf.export import PRECISION_DTYPES
 from llmfoundry.models.hf.loading import log_mpt_class_choice
 from llmfoundry.models.mpt.configuration_mpt import ATTN_IMPLS as MPT_ATTN_IMPLS
+from llmfoundry.utils.constants import HF_ATTN_IMPLEMENTATIONS
 from llmfoundry.utils.exceptions import (
     ConfigError,
     MissingDependencyError,
@@ -39,8 +41,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ADAPTER_CONFIG",
-    "HF_ATTN_IMPLS",
-    "MODEL_DTYPES",
     "TOKENIZER_FILES",
     "ModelSource",
     "adapter_tokenizer_source",
@@ -49,9 +49,6 @@ __all__ = [
     "load_model_and_tokenizer",
 ]
 
-MODEL_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-# transformers' names; our MPT exports take MPT_ATTN_IMPLS instead.
-HF_ATTN_IMPLS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -89,7 +86,7 @@ def _attn_options(config: PretrainedConfig, attn_impl: str | None) -> dict[str, 
         return {}
     attn_config = getattr(config, "attn_config", None)
     is_our_mpt = isinstance(attn_config, dict)
-    allowed = MPT_ATTN_IMPLS if is_our_mpt else HF_ATTN_IMPLS
+    allowed = MPT_ATTN_IMPLS if is_our_mpt else HF_ATTN_IMPLEMENTATIONS
     if attn_impl not in allowed:
         raise ConfigError(
             f"--attn_impl={attn_impl!r} is not supported by this model; choose one of {', '.join(allowed)}"
@@ -214,9 +211,9 @@ def load_model_and_tokenizer(
             without flash-attn.
     """
     name = source.name_or_path
-    if source.model_dtype not in MODEL_DTYPES:
+    if source.model_dtype not in PRECISION_DTYPES:
         raise ConfigError(
-            f"--model_dtype={source.model_dtype!r}: choose one of {', '.join(MODEL_DTYPES)}"
+            f"--model_dtype={source.model_dtype!r}: choose one of {', '.join(PRECISION_DTYPES)}"
         )
     if looks_like_local_path(name) and not Path(name).expanduser().exists():
         raise MissingFileError(f"--name_or_path: model folder '{name}' does not exist")
@@ -255,7 +252,7 @@ def _from_pretrained(
             source.name_or_path,
             config=config,
             trust_remote_code=source.trust_remote_code,
-            dtype=MODEL_DTYPES[source.model_dtype],
+            dtype=PRECISION_DTYPES[source.model_dtype],
             **source.hub_kwargs,
             **options,
         )

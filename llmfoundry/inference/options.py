@@ -15,14 +15,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmfoundry.utils.cli_utils import parse_bool
+from llmfoundry.utils.constants import AUTOCAST_DTYPE_NAMES, DTYPE_NAMES, HF_ATTN_IMPLEMENTATIONS
 from llmfoundry.utils.exceptions import ConfigError
 
-MODEL_DTYPE_NAMES = ("fp32", "fp16", "bf16")
-"""``--model_dtype``: the keys of ``model_loading.MODEL_DTYPES``."""
-AUTOCAST_DTYPE_NAMES = ("fp16", "bf16")
-"""``--autocast_dtype``: the keys of ``generate.AUTOCAST_DTYPES``."""
-HF_ATTN_IMPL_NAMES = ("eager", "sdpa", "flash_attention_2", "flex_attention")
-"""``--attn_impl`` for transformers models: ``model_loading.HF_ATTN_IMPLS``."""
 MPT_ATTN_IMPL_NAMES = ("torch", "flash", "sdpa", "triton", "flex")
 """``--attn_impl`` for MPT exports: ``configuration_mpt.ATTN_IMPLS``."""
 
@@ -90,7 +85,7 @@ class ModelSource:
 
     name_or_path: str = _required(Flag("model folder or hub name", short=("-n",)))
     adapter: str | None = _field(None, Flag("a peft LoRA adapter folder to apply"))
-    model_dtype: str = _field("fp32", Flag(choices=MODEL_DTYPE_NAMES))
+    model_dtype: str = _field("fp32", Flag(choices=tuple(DTYPE_NAMES)))
     autocast_dtype: str | None = _field(
         None,
         Flag("run generate under torch.autocast (CPU: bf16 only)", choices=AUTOCAST_DTYPE_NAMES),
@@ -106,7 +101,7 @@ class ModelSource:
         None,
         Flag(
             f"MPT exports: {', '.join(MPT_ATTN_IMPL_NAMES)}; "
-            f"transformers models: {', '.join(HF_ATTN_IMPL_NAMES)}"
+            f"transformers models: {', '.join(HF_ATTN_IMPLEMENTATIONS)}"
         ),
     )
     max_seq_len: int | None = _field(

@@ -13,14 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from llmfoundry.utils.constants import INIT_DEVICES
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from composer.loggers import Logger
 
 logger = logging.getLogger(__name__)
-
-INIT_DEVICES = ("cpu", "meta", "mixed")
 
 
 def check_init_device(init_device: str) -> None:

@@ -47,6 +47,7 @@ from llmfoundry.data.finetuning.turns import (
     example_length,
     with_final_eos,
 )
+from llmfoundry.data.text_collator import count_tokens_in_batch as count_tokens_in_batch
 from llmfoundry.utils.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -254,20 +255,3 @@ def pad_sequences(
         labels[row, : len(row_labels)] = torch.as_tensor(row_labels, dtype=torch.int64)
         attention_mask[row, : len(ids)] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-def count_tokens_in_batch(batch: Mapping[str, torch.Tensor]) -> dict[str, int]:
-    """Token counts of a finetuning batch, for Composer's token-based durations.
-
-    Returns:
-        ``total``: non-padding tokens (encoder plus decoder tokens for encoder-decoder
-        batches); ``loss_generating``: tokens whose label is scored.
-    """
-    total = int(batch["attention_mask"].sum().item())
-    labels = batch["labels"]
-    if "decoder_attention_mask" in batch:
-        total += int(batch["decoder_attention_mask"].sum().item())
-        scored = int((labels != IGNORE_INDEX).sum().item())
-    else:
-        scored = int((labels[:, 1:] != IGNORE_INDEX).sum().item())
-    return {"total": total, "loss_generating": scored}

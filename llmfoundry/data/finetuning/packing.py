@@ -33,8 +33,9 @@ from typing import Any
 
 import torch
 
-from llmfoundry.data.finetuning.collator import IGNORE_INDEX, Seq2SeqFinetuningCollator
+from llmfoundry.data.finetuning.collator import Seq2SeqFinetuningCollator
 from llmfoundry.data.finetuning.dataset_config import check_max_leftover_bins_to_keep
+from llmfoundry.utils.constants import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-IGNORE_INDEX = -100
+from llmfoundry.utils.constants import IGNORE_INDEX
 
 
 def stitch_encoder_decoder(

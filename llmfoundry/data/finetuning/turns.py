@@ -10,9 +10,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from llmfoundry.utils.constants import IGNORE_INDEX
 from llmfoundry.utils.exceptions import ConfigError
 
-IGNORE_INDEX = -100
 TARGET_RESPONSES = ("last", "all")
 _LENGTH_RULE = re.compile(r"^length>=(\d+)$")
 # Trimmed batches are a multiple of this many tokens wide.

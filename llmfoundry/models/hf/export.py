@@ -23,14 +23,18 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmfoundry.models import mpt as mpt_package
 from llmfoundry.models.mpt import MPTForCausalLM
+from llmfoundry.utils.constants import DTYPE_NAMES
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.file_utils import atomic_directory
 
-# The converter's names for the output dtypes (its ``--output_precision`` choices).
-OUTPUT_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The dtype of each short precision name (the commands' ``--output_precision``/``--model_dtype``/
+# ``--dtype`` choices).
+PRECISION_DTYPES: dict[str, torch.dtype] = {
+    short: getattr(torch, long) for short, long in DTYPE_NAMES.items()
+}
 # The long names (the callback's ``precision`` values in LLM Foundry YAMLs), same dtypes.
-LONG_DTYPE_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-PRECISION_CHOICES = (*LONG_DTYPE_NAMES, *OUTPUT_DTYPES)
+LONG_DTYPE_NAMES = {long: short for short, long in DTYPE_NAMES.items()}
+PRECISION_CHOICES = (*LONG_DTYPE_NAMES, *PRECISION_DTYPES)
 AUTO_MAP = {
     "AutoConfig": "configuration_mpt.MPTConfig",
     "AutoModelForCausalLM": "modeling_mpt.MPTForCausalLM",
@@ -56,12 +60,12 @@ def dtype_of_precision(precision: str, key: str) -> torch.dtype:
         ConfigError: naming ``key`` and the valid choices for an unknown name.
     """
     short = LONG_DTYPE_NAMES.get(precision, precision)
-    if short not in OUTPUT_DTYPES:
+    if short not in PRECISION_DTYPES:
         raise ConfigError(
             f"{key}={precision!r} is not a supported precision; choose one of "
             f"{', '.join(PRECISION_CHOICES)}"
         )
-    return OUTPUT_DTYPES[short]
+    return PRECISION_DTYPES[short]
 
 
 def copy_mpt_code(folder: str | Path) -> None:

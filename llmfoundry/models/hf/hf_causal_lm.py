@@ -28,6 +28,7 @@ from llmfoundry.models.hf.composer_mpt import shift_labels as shift_labels_for_n
 from llmfoundry.models.hf.loading import load_hf_causal_lm
 from llmfoundry.utils.composer_shortcuts import composer_hugging_face_init
 from llmfoundry.utils.config_helpers import check_init_device
+from llmfoundry.utils.constants import HF_ATTN_IMPLEMENTATIONS
 from llmfoundry.utils.exceptions import (
     ConfigError,
     MissingDependencyError,
@@ -39,7 +40,6 @@ from llmfoundry.utils.file_utils import looks_like_local_path
 
 logger = logging.getLogger(__name__)
 
-ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
 LORA_KEYS = frozenset(field.name for field in dataclasses.fields(LoraConfig))
 
 
@@ -52,10 +52,10 @@ def resolve_attn_implementation(
         ConfigError: for an unknown implementation or two keys that disagree.
         MissingDependencyError: if FlashAttention 2 is asked for but ``flash-attn`` is not installed.
     """
-    if attn_implementation is not None and attn_implementation not in ATTN_IMPLEMENTATIONS:
+    if attn_implementation is not None and attn_implementation not in HF_ATTN_IMPLEMENTATIONS:
         raise ConfigError(
             f"model.attn_implementation={attn_implementation!r} is not supported"
-            f"{did_you_mean(attn_implementation, ATTN_IMPLEMENTATIONS)} (choose one of {', '.join(ATTN_IMPLEMENTATIONS)})"
+            f"{did_you_mean(attn_implementation, HF_ATTN_IMPLEMENTATIONS)} (choose one of {', '.join(HF_ATTN_IMPLEMENTATIONS)})"
         )
     if use_flash_attention_2:
         if attn_implementation not in (None, "flash_attention_2"):

@@ -32,9 +32,9 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.eval.metrics import ICL_METRICS, InContextLearningMetric
 from llmfoundry.models.inference_api.client import OpenAIClient
+from llmfoundry.utils.constants import IGNORE_INDEX
 from llmfoundry.utils.exceptions import ConfigError, UserError
 
-IGNORE_INDEX = -100
 DEFAULT_LOGPROBS = 5
 DEFAULT_SYSTEM_ROLE_PROMPT = "Please complete the following text: "
 # OpenAI takes at most four stop strings.

@@ -111,7 +111,7 @@ FFN_TYPES = (
 )
 FFN_ACT_FNS = ("gelu", "relu", "silu")
 INIT_NAMES = BUILTIN_NAMES["param_init_fns"]
-INIT_DEVICES = ("cpu", "meta", "mixed")
+INIT_DEVICES = ("cpu", "meta", "mixed")  # = utils.constants.INIT_DEVICES (this file is exported)
 FC_TYPES = BUILTIN_NAMES["fcs"]
 ROPE_HF_TYPES = ("no_scaling", "linear", "dynamic")
 ROPE_DAIL_TYPES = ("original", "xpos")

@@ -16,6 +16,10 @@ from typing import Any
 
 import torch
 
+from .norm import autocast_dtype
+
+# The MPT files are copied into exported folders and import nothing from llmfoundry, so they
+# keep their own copies of shared values (tests/utils/test_constants.py checks they agree).
 IGNORE_INDEX = -100
 # One chunk's fp32 logits hold at most this many elements. On a CPU 64 MiB: rows enough for
 # efficient matmuls (333 at vocab 50k), a small fraction of a training batch's full logits. On a
@@ -28,13 +32,6 @@ _CHUNK_ELEMENTS = {"cpu": 2**24, "cuda": 2**28}
 def default_chunk_size(vocab_size: int, device_type: str = "cpu") -> int:
     """Rows per chunk such that a chunk of fp32 logits stays within 64 MiB (1 GiB on a GPU)."""
     return max(1, _CHUNK_ELEMENTS.get(device_type, _CHUNK_ELEMENTS["cpu"]) // vocab_size)
-
-
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The dtype autocast casts matmuls to on ``device_type`` right now (None when off)."""
-    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return None
 
 
 def _capped_logits(
@@ -103,14 +100,14 @@ def _chunked_loss_and_grads(
     """
     logit_multiplier, softcap, chunk_size, ignore_index = options
     device_type = hidden.device.type
-    autocast_dtype = _autocast_dtype(device_type)
+    autocast = autocast_dtype(device_type)
     # The matmuls run in the autocast dtype when autocast is on (bf16 training keeps its fast
     # matmuls, as the unfused head's ``F.linear`` does), else in fp32 (upcasting bf16 inputs).
-    matmul_dtype = autocast_dtype or torch.float32
+    matmul_dtype = autocast or torch.float32
     # Autocast is then switched off, so that it does not re-cast what was chosen here.
     with (
         torch.autocast(device_type, enabled=False)
-        if autocast_dtype is not None
+        if autocast is not None
         else contextlib.nullcontext()
     ):
         weight_mm = weight.to(matmul_dtype)

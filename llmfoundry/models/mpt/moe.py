@@ -29,6 +29,7 @@ from torch.distributed import ProcessGroup
 from torch.distributed.tensor import DTensor
 
 from .moe_options import MoEOptions
+from .norm import autocast_dtype
 
 
 @dataclasses.dataclass
@@ -112,8 +113,8 @@ def grouped_matmul(x: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) 
     Returns:
         ``(N, B)``.
     """
-    if x.is_cuda and torch.is_autocast_enabled("cuda"):
-        dtype = torch.get_autocast_dtype("cuda")
+    dtype = autocast_dtype("cuda") if x.is_cuda else None
+    if dtype is not None:
         x, weight = x.to(dtype), weight.to(dtype)
     if _grouped_mm_ok(x, weight):
         offsets = torch.cumsum(counts, dim=0, dtype=torch.int32)

@@ -21,10 +21,9 @@ from torch import nn
 from .layer_table import is_builtin, lookup_layer, register_builtin
 
 
-def _autocast_dtype(tensor: torch.Tensor) -> torch.dtype | None:
-    """The dtype autocast would use for ``tensor``'s device, or None outside autocast."""
-    device_type = tensor.device.type
-    if torch.is_autocast_enabled(device_type):
+def autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The dtype autocast casts matmuls to on ``device_type`` right now (None when off)."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
     return None
 
@@ -45,7 +44,7 @@ class LPLayerNorm(nn.LayerNorm):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # nn.LayerNorm.forward's name
         """Layer-normalize ``input``, in the autocast dtype under autocast."""
-        dtype = _autocast_dtype(input)
+        dtype = autocast_dtype(input.device.type)
         if dtype is None:
             return super().forward(input)
         with torch.autocast(device_type=input.device.type, enabled=False):
@@ -94,7 +93,7 @@ class LPRMSNorm(RMSNorm):
     """RMSNorm that, under autocast, computes in the autocast dtype rather than fp32."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = _autocast_dtype(x)
+        dtype = autocast_dtype(x.device.type)
         if dtype is None:
             return super().forward(x)
         with torch.autocast(device_type=x.device.type, enabled=False):

@@ -27,13 +27,9 @@ from .configuration_mpt import MPTConfig
 from .fc import FUSED_MARK, RESIDUAL_MARK
 from .layer_table import builtin_layers, external_layers, register_builtin
 from .moe import ExpertWeights
+from .sharded_init import is_loaded
 
 InitFn = Callable[[torch.Tensor], object]
-
-
-def _is_loaded(param: torch.Tensor | None) -> bool:
-    """True if ``transformers`` already filled this tensor from a checkpoint."""
-    return param is None or bool(getattr(param, "_is_hf_initialized", False))
 
 
 def _is_sharded(tensor: torch.Tensor) -> bool:
@@ -89,11 +85,11 @@ def fc_init(
     if not (isinstance(module, nn.Linear) or _is_te(module, "Linear")):
         return False
     weight, bias = cast(torch.Tensor, module.weight), module.bias
-    if not _is_loaded(weight):
+    if not is_loaded(weight):
         _draw(weight, getattr(module, FUSED_MARK, None), init_fn_)
         if init_div_is_residual is not False and getattr(module, RESIDUAL_MARK, False):
             weight.div_(div_is_residual)
-    if isinstance(bias, torch.Tensor) and not _is_loaded(bias):
+    if isinstance(bias, torch.Tensor) and not is_loaded(bias):
         nn.init.zeros_(bias)
     return True
 
@@ -110,7 +106,7 @@ def embedding_init(
     del kwargs
     if not isinstance(module, nn.Embedding):
         return False
-    if _is_loaded(module.weight):
+    if is_loaded(module.weight):
         return True
     if emb_init_std is not None:
         nn.init.normal_(module.weight, mean=0.0, std=float(emb_init_std))
@@ -136,9 +132,9 @@ def norm_init(module: nn.Module, **kwargs: Any) -> bool:
     own = dict(module.named_parameters(recurse=False))
     if not own or set(own) - {"weight", "bias"} or any(p.ndim != 1 for p in own.values()):
         return False
-    if "weight" in own and not _is_loaded(own["weight"]):
+    if "weight" in own and not is_loaded(own["weight"]):
         nn.init.ones_(own["weight"])
-    if "bias" in own and not _is_loaded(own["bias"]):
+    if "bias" in own and not is_loaded(own["bias"]):
         nn.init.zeros_(own["bias"])
     return True
 
@@ -205,7 +201,7 @@ def moe_init(
     del kwargs
     if not isinstance(module, ExpertWeights):
         return False
-    loaded = {id(p) for p in module.parameters(recurse=False) if _is_loaded(p)}
+    loaded = {id(p) for p in module.parameters(recurse=False) if is_loaded(p)}
     if len(loaded) == len(list(module.parameters(recurse=False))):
         return True
     divide = init_div_is_residual is not False
@@ -315,7 +311,7 @@ def torch_default_param_init_fn_(module: nn.Module, **kwargs: Any) -> None:
     del kwargs
     reset: Any = getattr(module, "reset_parameters", None)
     own = list(module.parameters(recurse=False))
-    if callable(reset) and not any(_is_loaded(param) for param in own):
+    if callable(reset) and not any(is_loaded(param) for param in own):
         reset()
 
 

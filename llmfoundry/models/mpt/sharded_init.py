@@ -85,8 +85,9 @@ def _is_dtensor(tensor: torch.Tensor) -> bool:
     return type(tensor).__name__ == "DTensor"
 
 
-def _is_loaded(param: torch.Tensor) -> bool:
-    return bool(getattr(param, "_is_hf_initialized", False))
+def is_loaded(param: torch.Tensor | None) -> bool:
+    """True if ``transformers`` already filled this tensor from a checkpoint (or it is None)."""
+    return param is None or bool(getattr(param, "_is_hf_initialized", False))
 
 
 def init_module_shardwise(
@@ -98,7 +99,7 @@ def init_module_shardwise(
     the call; each then keeps this process's slice of the values drawn.
     """
     own = dict(module.named_parameters(recurse=False))
-    sharded = {n: p for n, p in own.items() if _is_dtensor(p) and not _is_loaded(p)}
+    sharded = {n: p for n, p in own.items() if _is_dtensor(p) and not is_loaded(p)}
     device = next(iter(own.values())).device if own else torch.device("cpu")
     full: dict[str, nn.Parameter] = {}
     for param_name, param in sharded.items():

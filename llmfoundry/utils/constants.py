@@ -1,0 +1,20 @@
+"""Values that several layers share, each defined once here (torch-free, so that the CLI's flag
+declarations and the converters can read them without loading torch)."""
+
+from __future__ import annotations
+
+IGNORE_INDEX = -100
+"""The label value that the cross-entropy loss skips (PyTorch's default ``ignore_index``)."""
+
+DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+"""The short precision names the commands take (``--model_dtype``, ``--output_precision``,
+``--dtype``), each with the ``torch`` dtype it names (the long names LLM Foundry YAMLs use)."""
+
+AUTOCAST_DTYPE_NAMES = ("fp16", "bf16")
+"""The precisions ``torch.autocast`` can run generation in."""
+
+HF_ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
+"""transformers' ``attn_implementation`` names."""
+
+INIT_DEVICES = ("cpu", "meta", "mixed")
+"""Where a model is first built: ``meta`` and ``mixed`` build on the meta device."""
