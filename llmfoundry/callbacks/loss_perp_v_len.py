@@ -39,6 +39,7 @@ from composer.loggers import Logger
 from composer.models import HuggingFaceModel
 from composer.utils import dist
 
+from llmfoundry.utils.constants import IGNORE_INDEX
 from llmfoundry.utils.exceptions import ConfigError
 
 __all__ = ["LossPerpVsContextLengthLogger", "PositionLosses", "positions_in_sequence"]
@@ -61,7 +62,7 @@ class LossPerpVsContextLengthLogger(Callback):
     """
 
     def __init__(
-        self, log_batch_interval: int, compute_batch_interval: int, ignore_index: int = -100
+        self, log_batch_interval: int, compute_batch_interval: int, ignore_index: int = IGNORE_INDEX
     ) -> None:
         for key, value in (
             ("log_batch_interval", log_batch_interval),

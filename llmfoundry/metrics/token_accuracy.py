@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
+from llmfoundry.utils.constants import IGNORE_INDEX
+
 
 class TokenAccuracy(Metric):
     """The fraction of target tokens (those not equal to ``ignore_index``) that the logits' argmax
@@ -19,7 +21,7 @@ class TokenAccuracy(Metric):
     correct: torch.Tensor
     total: torch.Tensor
 
-    def __init__(self, ignore_index: int = -100, dist_sync_on_step: bool = False) -> None:
+    def __init__(self, ignore_index: int = IGNORE_INDEX, dist_sync_on_step: bool = False) -> None:
         super().__init__(dist_sync_on_step=dist_sync_on_step)
         self.ignore_index = ignore_index
         self.add_state("correct", default=torch.tensor(0), dist_reduce_fx="sum")

@@ -29,6 +29,7 @@ from llmfoundry.models.mpt.moe_config import is_moe
 from llmfoundry.models.mpt.moe_megablocks import OPTIONS_ATTR, megablocks_lbl
 from llmfoundry.models.mpt.moe_options import MoEOptions
 from llmfoundry.utils.composer_shortcuts import composer_hugging_face_init
+from llmfoundry.utils.constants import IGNORE_INDEX
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -65,8 +66,23 @@ def keep_meta_for_sharding() -> Iterator[None]:
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
     """Targets for next-token prediction: position ``t`` holds ``labels[t + 1]``, the last -100."""
     targets = torch.roll(labels, shifts=-1, dims=-1)
-    targets[..., -1] = -100
+    targets[..., -1] = IGNORE_INDEX
     return targets
+
+
+COMPOSER_EVAL_MODES = ("generate", "icl_task")
+"""Batch modes whose metric inputs Composer's ``HuggingFaceModel.eval_forward`` prepares."""
+
+
+def composer_eval_forward(
+    model: HuggingFaceModel, batch: Mapping[str, Any], outputs: Any | None
+) -> Any:
+    """Composer's ``HuggingFaceModel.eval_forward`` for generation and ICL batches, given a copy
+    of the batch: it pops and shifts the labels in place, and the caller's batch stays as it is."""
+    copied = dict(batch)
+    if isinstance(copied.get("labels"), torch.Tensor):
+        copied["labels"] = copied["labels"].clone()
+    return HuggingFaceModel.eval_forward(model, copied, outputs)
 
 
 def build_lm_metrics(additional: Sequence[str] | None) -> list[Metric]:
@@ -106,7 +122,7 @@ def _takes_token_losses(metric: Metric) -> bool:
     """
     return (
         type(metric) in (LanguageCrossEntropy, LanguagePerplexity)
-        and cast(LanguageCrossEntropy, metric).ignore_index == -100
+        and cast(LanguageCrossEntropy, metric).ignore_index == IGNORE_INDEX
     )
 
 
@@ -337,11 +353,11 @@ class ComposerMPTCausalLM(HuggingFaceModel):
         token_losses = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(),
             targets.reshape(-1),
-            ignore_index=-100,
+            ignore_index=IGNORE_INDEX,
             reduction="none",
         )
         outputs.token_losses = token_losses.detach().view(targets.shape)
-        return token_losses.sum() / (targets != -100).sum()
+        return token_losses.sum() / (targets != IGNORE_INDEX).sum()
 
     def eval_forward(self, batch: Mapping[str, Any], outputs: Any | None = None) -> Any:
         """What ``update_metric`` scores; ``self.labels`` holds the shifted targets.
@@ -352,12 +368,8 @@ class ComposerMPTCausalLM(HuggingFaceModel):
         step, logits are computed (without grad, by a second forward) only if another train
         metric needs them.
         """
-        if batch.get("mode") in ("generate", "icl_task"):
-            # Composer's version pops and shifts the labels in place: hand it copies.
-            copied = dict(batch)
-            if isinstance(copied.get("labels"), torch.Tensor):
-                copied["labels"] = copied["labels"].clone()
-            return super().eval_forward(copied, outputs)
+        if batch.get("mode") in COMPOSER_EVAL_MODES:
+            return composer_eval_forward(self, batch, outputs)
         self.labels = shift_labels(batch["labels"])
         if (
             getattr(outputs, "logits", None) is not None

@@ -23,12 +23,16 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmfoundry import registry
-from llmfoundry.models.hf.composer_mpt import causal_lm_metrics
+from llmfoundry.models.hf.composer_mpt import (
+    COMPOSER_EVAL_MODES,
+    causal_lm_metrics,
+    composer_eval_forward,
+)
 from llmfoundry.models.hf.composer_mpt import shift_labels as shift_labels_for_next_token
 from llmfoundry.models.hf.loading import load_hf_causal_lm
 from llmfoundry.utils.composer_shortcuts import composer_hugging_face_init
 from llmfoundry.utils.config_helpers import check_init_device
-from llmfoundry.utils.constants import HF_ATTN_IMPLEMENTATIONS
+from llmfoundry.utils.constants import HF_ATTN_IMPLEMENTATIONS, IGNORE_INDEX
 from llmfoundry.utils.exceptions import (
     ConfigError,
     MissingDependencyError,
@@ -331,7 +335,9 @@ class ComposerHFCausalLM(HuggingFaceModel):
         if self.shift_labels:
             targets = shift_labels_for_next_token(targets)
         return torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100
+            logits.reshape(-1, logits.shape[-1]).float(),
+            targets.reshape(-1),
+            ignore_index=IGNORE_INDEX,
         )
 
     def eval_forward(self, batch: Mapping[str, Any], outputs: Any | None = None) -> Any:
@@ -339,12 +345,8 @@ class ComposerHFCausalLM(HuggingFaceModel):
 
         ``self.labels`` holds the targets; unlike Composer's version, the batch is not modified.
         """
-        if batch.get("mode") in ("generate", "icl_task"):
-            # Composer's version pops and shifts the labels in place: hand it copies.
-            copied = dict(batch)
-            if isinstance(copied.get("labels"), torch.Tensor):
-                copied["labels"] = copied["labels"].clone()
-            return super().eval_forward(copied, outputs)
+        if batch.get("mode") in COMPOSER_EVAL_MODES:
+            return composer_eval_forward(self, batch, outputs)
         outputs = outputs if outputs is not None else self.forward(batch)
         assert outputs is not None
         labels = batch["labels"]

@@ -28,7 +28,7 @@ from .checkpoint_targets import build_checkpoint_plan
 from .config_defaults import MPTConfigError  # noqa: F401
 from .config_layers import find_layer  # noqa: F401
 from .configuration_mpt import MPTConfig
-from .cross_entropy import chunked_lm_cross_entropy
+from .cross_entropy import IGNORE_INDEX, chunked_lm_cross_entropy
 from .fc import build_linear  # noqa: F401
 from .ffn import MPTMLP
 from .layer_table import lookup_layer  # noqa: F401
@@ -438,7 +438,7 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
                 labels[:, 1:].reshape(-1).to(logits.device),
-                ignore_index=-100,
+                ignore_index=IGNORE_INDEX,
             )
         return MPTCausalLMOutput(
             loss=loss,
@@ -456,7 +456,7 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
         # Score every position against the next label (the last against nothing) rather than
         # slicing off the last position, which would copy the hidden states.
         labels = labels.to(hidden.device)
-        targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
+        targets = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], dim=1)
         weight = self.lm_head.weight if self.lm_head is not None else self.transformer.wte.weight
         loss, token_losses = chunked_lm_cross_entropy(
             hidden.reshape(-1, hidden.shape[-1]),
