@@ -31,6 +31,7 @@ from composer.utils import dist
 from transformers import GenerationConfig, GenerationMixin, PreTrainedTokenizerBase
 
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
+from llmfoundry.utils.tokenizer_utils import pad_token_id_of
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +100,6 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
             input_ids[i, longest - len(row) :] = torch.tensor(list(row), dtype=torch.long)
             attention_mask[i, longest - len(row) :] = 1
     return input_ids, attention_mask
-
-
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    """The tokenizer's pad token id, else its EOS token id (the padding is masked out anyway)."""
-    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if isinstance(token_id, int):
-            return token_id
-    return 0
 
 
 class Generate(ComposerGenerate):
@@ -193,7 +186,7 @@ class Generate(ComposerGenerate):
         self.last_generate_batch = state.timestamp.batch
         model = self._hf_model(state)
         tokenizer = self._tokenizer_of(model)
-        pad_id = _pad_id(tokenizer)
+        pad_id = pad_token_id_of(tokenizer)  # the padding is masked out anyway
         kwargs = self._generate_kwargs(model, tokenizer, pad_id)
         prompt_ids = cast(list[list[int]], tokenizer(self.prompts)["input_ids"])
 

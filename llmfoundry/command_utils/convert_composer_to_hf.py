@@ -60,6 +60,7 @@ from llmfoundry.utils.file_utils import (
     atomic_directory,
     check_replaceable_output,
 )
+from llmfoundry.utils.tokenizer_utils import pad_token_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ def check_model_generates(
                 **inputs,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
-                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                pad_token_id=pad_token_id_of(tokenizer),
             )
     except UserError:
         raise

@@ -40,6 +40,7 @@ from llmfoundry import registry
 from llmfoundry.eval.prompts import PromptStyle, fewshot_indices, needs_prefix_space, strip_fields
 from llmfoundry.eval.sources import ICLRow, require, require_gold, require_strings
 from llmfoundry.utils.exceptions import DatasetError
+from llmfoundry.utils.tokenizer_utils import pad_token_id_of
 
 __all__ = [
     "TASK_DATASETS",
@@ -127,7 +128,7 @@ class ICLDataset(Dataset[dict[str, Any]]):
             raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
         self.tokenizer = tokenizer
         self.max_seq_len = max_seq_len
-        self.pad_token_id = _pad_id(tokenizer, pad_tok_id)
+        self.pad_token_id = pad_token_id_of(tokenizer, pad_tok_id, fix="set pad_tok_id in the task")
         self.style = PromptStyle(
             prompt_string,
             example_delimiter,
@@ -222,17 +223,6 @@ class ICLDataset(Dataset[dict[str, Any]]):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.item(self.order[index])
-
-
-def _pad_id(tokenizer: PreTrainedTokenizerBase, pad_tok_id: int | None) -> int:
-    pad: Any = pad_tok_id if pad_tok_id is not None else tokenizer.pad_token_id
-    if pad is None:
-        pad = tokenizer.eos_token_id
-    if pad is None:
-        raise ValueError(
-            "the tokenizer has neither a pad nor an EOS token to pad with; set pad_tok_id in the task"
-        )
-    return int(pad)
 
 
 def encode_unique(

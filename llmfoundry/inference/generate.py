@@ -37,6 +37,7 @@ from llmfoundry.inference.options import SWEPT_FLAGS, ModelSource, Sampling
 from llmfoundry.models.hf.export import PRECISION_DTYPES
 from llmfoundry.utils.constants import AUTOCAST_DTYPE_NAMES
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
+from llmfoundry.utils.tokenizer_utils import eos_id_set, pad_token_id_of
 
 AUTOCAST_DTYPES = {name: PRECISION_DTYPES[name] for name in AUTOCAST_DTYPE_NAMES}
 DEFAULT_SAMPLING = Sampling()
@@ -143,19 +144,13 @@ def autocast_context(
     return torch.autocast(device_type, dtype=AUTOCAST_DTYPES[autocast_dtype])
 
 
-def _eos_ids(eos: int | Sequence[int] | None) -> set[int]:
-    if eos is None:
-        return set()
-    return {eos} if isinstance(eos, int) else set(eos)
-
-
 def count_new_tokens(new_tokens: torch.Tensor, eos_token_id: int | Sequence[int] | None) -> int:
     """Tokens actually generated in a batch: each row up to and including its first EOS.
 
     Rows that stopped early are filled with padding after their EOS; those positions are not
     generated tokens.
     """
-    eos = _eos_ids(eos_token_id)
+    eos = eos_id_set(eos_token_id)
     if not eos:
         return new_tokens.numel()
     is_eos = torch.isin(new_tokens, torch.tensor(sorted(eos), device=new_tokens.device))
@@ -178,10 +173,10 @@ def generation_token_ids(
         eos = getattr(generation_config, "eos_token_id", None)
     if eos is None:
         eos = tokenizer.eos_token_id
-    pad: Any = pad_token_id if pad_token_id is not None else tokenizer.pad_token_id
-    if pad is None:
-        pad = next(iter(sorted(_eos_ids(eos))), None)
-    return eos, pad
+    eos_ids = eos_id_set(eos)
+    if pad_token_id is None and tokenizer.pad_token_id is None and not eos_ids:
+        return eos, None  # nothing to pad with: one prompt needs no padding
+    return eos, pad_token_id_of(tokenizer, pad_token_id, eos_ids)
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ from transformers import (
 
 from llmfoundry.inference.serve_logprobs import completion_logprobs, kept_completion_tokens
 from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.tokenizer_utils import eos_id_set, pad_token_id_of
 
 logger = logging.getLogger(__name__)
 
@@ -292,8 +293,7 @@ class GenerationWorker:
         self._thread = threading.Thread(target=self._loop, name="generation-worker", daemon=True)
         tokenizer = served.tokenizer
         self._eos_ids = _eos_ids(served.model, tokenizer)
-        pad = cast(int | None, tokenizer.pad_token_id)
-        self._pad_id = pad if pad is not None else min(self._eos_ids)
+        self._pad_id = pad_token_id_of(tokenizer, eos_ids=self._eos_ids)
 
     # -- control ----------------------------------------------------------------------------
 
@@ -487,13 +487,8 @@ class GenerationWorker:
 
 def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     """Token ids that end a completion: the tokenizer's and the generation config's."""
-    ids: set[int] = set()
     generation_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for value in (tokenizer.eos_token_id, generation_eos):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list):
-            ids.update(int(v) for v in value)
+    ids = eos_id_set(tokenizer.eos_token_id) | eos_id_set(generation_eos)
     if not ids:
         raise ConfigError("the tokenizer has no end-of-text token (eos_token); set one to serve it")
     return ids

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -195,23 +195,37 @@ def train_byte_level_bpe(
     return tokenizer
 
 
-def pad_token_id_of(tokenizer: PreTrainedTokenizerBase | None) -> int:
-    """The tokenizer's pad id (EOS id when it has no pad token; 0 without a tokenizer).
+def eos_id_set(value: object) -> set[int]:
+    """The EOS ids in an ``eos_token_id`` value: one id, a list of them, or None (none)."""
+    if isinstance(value, int):
+        return {value}
+    if isinstance(value, list | tuple | set | frozenset):
+        return {int(v) for v in value}
+    return set()
+
+
+def pad_token_id_of(
+    tokenizer: PreTrainedTokenizerBase | None,
+    override: int | None = None,
+    eos_ids: Collection[int] = (),
+    fix: str = "set tokenizer.kwargs.pad_token",
+) -> int:
+    """The id that pads batches: ``override`` when given, else the tokenizer's pad id, else the
+    lowest EOS id (of ``eos_ids``, else the tokenizer's); 0 without a tokenizer.
 
     Raises:
-        TokenizerError: if the tokenizer has neither a pad nor an EOS token.
+        TokenizerError: if there is no such id; the message ends with ``fix``.
     """
+    if override is not None:
+        return override
     if tokenizer is None:
         return 0
-    pad_id = tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = tokenizer.eos_token_id
-    if not isinstance(pad_id, int):
-        raise TokenizerError(
-            "the tokenizer has no pad or EOS token to pad batches with; "
-            "set tokenizer.kwargs.pad_token"
-        )
-    return pad_id
+    if isinstance(tokenizer.pad_token_id, int):
+        return tokenizer.pad_token_id
+    candidates = eos_ids or eos_id_set(tokenizer.eos_token_id)
+    if not candidates:
+        raise TokenizerError(f"the tokenizer has no pad or EOS token to pad batches with; {fix}")
+    return min(candidates)
 
 
 def eos_token_id_of(tokenizer: PreTrainedTokenizerBase | None) -> int | None:
