@@ -4,6 +4,7 @@ t5-small Dolly YAML training a tiny T5 built here (nothing is downloaded)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from transformers import PreTrainedTokenizerBase, T5Config, T5ForConditionalGene
 from llmfoundry import registry
 from llmfoundry.data.finetuning import build_finetuning_dataloader
 from llmfoundry.models.hf.hf_t5 import ComposerHFT5
-from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.exceptions import ConfigError, UserError
 from tests.command_utils.conftest import train_in_memory
 
 EOS, PAD, X = 0, 1, -100
@@ -111,6 +112,21 @@ def test_a_decoder_only_model_is_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=r"is not an encoder-decoder model .*use hf_causal_lm"):
         ComposerHFT5(tokenizer, str(llama_dir))
+
+
+def test_a_t5_folder_with_cut_weights_is_named_in_one_line(
+    t5_dir: Path, tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    # The same folder checks as hf_causal_lm: one line instead of safetensors' traceback.
+    folder = tmp_path / "t5"
+    shutil.copytree(t5_dir, folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(UserError) as raised:
+        ComposerHFT5(tokenizer, str(folder))
+    message = str(raised.value)
+    assert "\n" not in message and "model.pretrained_model_name_or_path" in message
+    assert "truncated" in message
 
 
 @pytest.mark.slow  # a Composer Trainer run: ~10 s on 2 CPU cores

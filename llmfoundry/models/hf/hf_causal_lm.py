@@ -29,7 +29,7 @@ from llmfoundry.models.hf.composer_mpt import (
     composer_eval_forward,
 )
 from llmfoundry.models.hf.composer_mpt import shift_labels as shift_labels_for_next_token
-from llmfoundry.models.hf.loading import load_hf_causal_lm
+from llmfoundry.models.hf.loading import load_hf_model
 from llmfoundry.utils.composer_shortcuts import composer_hugging_face_init
 from llmfoundry.utils.config_helpers import check_init_device
 from llmfoundry.utils.constants import HF_ATTN_IMPLEMENTATIONS, IGNORE_INDEX
@@ -295,7 +295,7 @@ class ComposerHFCausalLM(HuggingFaceModel):
         quantization_config = build_quantization_config(load_in_8bit, pretrained)
         lora_config = build_lora_config(peft_config) if peft_config is not None else None
 
-        model = load_hf_causal_lm(
+        model = load_hf_model(
             pretrained_model_name_or_path,
             pretrained=pretrained,
             config_overrides=config_overrides,

@@ -10,24 +10,18 @@ is the model's cross-entropy against ``labels``, position by position (no shift)
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import torch
 from composer.metrics.nlp import LanguageCrossEntropy, MaskedAccuracy
 from composer.models import HuggingFaceModel
 from torchmetrics import Metric
-from transformers import AutoModelForSeq2SeqLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForSeq2SeqLM, PretrainedConfig, PreTrainedTokenizerBase
 
 from llmfoundry import registry
 from llmfoundry.models.hf.hf_causal_lm import attach_tokenizer
-from llmfoundry.models.hf.loading import (
-    NAME_KEY,
-    apply_config_overrides,
-    build_from_config,
-    load_config,
-    read_config_dict,
-)
+from llmfoundry.models.hf.loading import NAME_KEY, load_hf_model
 from llmfoundry.utils.composer_shortcuts import composer_hugging_face_init
 from llmfoundry.utils.config_helpers import check_init_device
 from llmfoundry.utils.exceptions import ConfigError
@@ -40,41 +34,21 @@ def build_encoder_decoder_metrics(additional: Sequence[str] | None) -> list[Metr
     return metrics + [registry.metrics.get(name)() for name in additional or []]
 
 
-def load_hf_seq2seq(
-    name: str,
-    *,
-    pretrained: bool = True,
-    config_overrides: Mapping[str, Any] | None = None,
-    trust_remote_code: bool = False,
-    token: str | bool | None = None,
-    init_device: str = "cpu",
-) -> PreTrainedModel:
-    """Load (``pretrained``) or build from its config an encoder-decoder model, in fp32.
+def require_encoder_decoder(name: str) -> Callable[[PretrainedConfig], None]:
+    """A ``load_hf_model`` config check: ``hf_t5`` takes encoder-decoder models only.
 
-    Raises:
-        MissingFileError: if ``name`` cannot be found.
-        ConfigError: if its config is not an encoder-decoder's, or an override does not fit.
+    The check raises ConfigError, naming ``name`` and its ``model_type``, for another config.
     """
-    read_config_dict(name, token)  # one-line errors for a missing folder or config.json
-    config = load_config(name, trust_remote_code, token)
-    apply_config_overrides(config, config_overrides or {})
-    if not getattr(config, "is_encoder_decoder", False):
-        raise ConfigError(
-            f"{NAME_KEY}={name!r} is not an encoder-decoder model "
-            f"(model_type {config.model_type!r}); hf_t5 takes T5-style models, use hf_causal_lm "
-            "for a decoder-only one"
-        )
-    if pretrained:
-        loaded: Any = AutoModelForSeq2SeqLM.from_pretrained(
-            name,
-            config=config,
-            token=token,
-            dtype=torch.float32,
-            trust_remote_code=trust_remote_code,
-        )
-        return cast(PreTrainedModel, loaded)
-    options = {"trust_remote_code": trust_remote_code}
-    return build_from_config(AutoModelForSeq2SeqLM, config, init_device, options)
+
+    def check(config: PretrainedConfig) -> None:
+        if not getattr(config, "is_encoder_decoder", False):
+            raise ConfigError(
+                f"{NAME_KEY}={name!r} is not an encoder-decoder model "
+                f"(model_type {config.model_type!r}); hf_t5 takes T5-style models, use "
+                "hf_causal_lm for a decoder-only one"
+            )
+
+    return check
 
 
 class ComposerHFT5(HuggingFaceModel):
@@ -118,13 +92,15 @@ class ComposerHFT5(HuggingFaceModel):
         allow_embedding_resizing: bool = False,
     ) -> None:
         check_init_device(init_device)
-        model = load_hf_seq2seq(
+        model = load_hf_model(
             pretrained_model_name_or_path,
+            AutoModelForSeq2SeqLM,
             pretrained=pretrained,
             config_overrides=config_overrides,
             trust_remote_code=trust_remote_code,
             token=use_auth_token,
             init_device=init_device,
+            check_config=require_encoder_decoder(pretrained_model_name_or_path),
         )
         attach_tokenizer(model, tokenizer, allow_embedding_resizing)
         composer_hugging_face_init(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import torch
@@ -283,8 +283,9 @@ def load_config(
     return config
 
 
-def load_hf_causal_lm(
+def load_hf_model(
     name: str,
+    auto_class: Any = AutoModelForCausalLM,
     *,
     pretrained: bool = True,
     config_overrides: Mapping[str, Any] | None = None,
@@ -293,16 +294,20 @@ def load_hf_causal_lm(
     attn_implementation: str | None = None,
     init_device: str = "cpu",
     quantization_config: Any | None = None,
+    check_config: Callable[[PretrainedConfig], None] | None = None,
 ) -> PreTrainedModel:
-    """Load (``pretrained``) or build from its config a causal LM, in fp32 for training.
+    """Load (``pretrained``) or build from its config an ``auto_class`` model (a causal LM by
+    default, or e.g. ``AutoModelForSeq2SeqLM``), in fp32 for training.
 
     ``init_device: meta`` / ``mixed`` build a from-config model on the meta device, then
     materialize it on CPU; pretrained weights are always loaded on CPU. An MPT folder is built
-    by our ``MPTForCausalLM`` (see :func:`check_model_code`).
+    by our ``MPTForCausalLM`` (see :func:`check_model_code`). ``check_config`` sees the config
+    (overrides applied) before any weights are read.
 
     Raises:
         MissingFileError: if ``name`` cannot be found.
-        ConfigError: if remote code is needed but not trusted, or an override/option does not fit.
+        ConfigError: if remote code is needed but not trusted, or an override/option does not
+            fit, or from ``check_config``.
     """
     config_dict = read_config_dict(name, token)
     builtin_fallback = check_model_code(name, config_dict, trust_remote_code)
@@ -310,6 +315,8 @@ def load_hf_causal_lm(
         check_hf_folder(name, NAME_KEY)
     config = load_config(name, trust_remote_code, token, builtin_fallback)
     apply_config_overrides(config, config_overrides or {})
+    if check_config is not None:
+        check_config(config)
     options: dict[str, Any] = {"trust_remote_code": trust_remote_code}
     if attn_implementation is not None:
         options["attn_implementation"] = attn_implementation
@@ -321,7 +328,7 @@ def load_hf_causal_lm(
                 )
             # transformers 5 loads in the checkpoint's dtype by default; training wants fp32
             # master weights (Composer's autocast handles lower precision).
-            loaded: Any = AutoModelForCausalLM.from_pretrained(
+            loaded: Any = auto_class.from_pretrained(
                 name,
                 config=config,
                 token=token,
@@ -333,7 +340,7 @@ def load_hf_causal_lm(
             model, info = loaded
             _check_loaded_weights(name, info, model, builtin_fallback)
         else:
-            model = build_from_config(AutoModelForCausalLM, config, init_device, options)
+            model = build_from_config(auto_class, config, init_device, options)
     except (RuntimeError, StrictDataclassError, ValueError) as err:
         if builtin_fallback:
             raise _builtin_mismatch_error(name, first_line(err)) from err
