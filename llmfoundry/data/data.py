@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.data.mds_writer import MiniMDSWriter, supports, zstd_level
 from llmfoundry.data.token_batches import SampleCutter, TokenIds, batch_encoder, batch_texts
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, did_you_mean
 
 logger = logging.getLogger(__name__)
@@ -129,8 +130,7 @@ class ConcatTokens:
         no_wrap: bool = False,
         tokenize_batches: TokenizeBatches | None = None,
     ) -> None:
-        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length <= 0:
-            raise ConfigError(f"concat_tokens must be a positive integer, got {max_length!r}")
+        check_value(max_length, PositiveInt, "concat_tokens")
         self.documents = documents
         self.tokenizer = tokenizer
         self.max_length = max_length

@@ -26,6 +26,7 @@ from llmfoundry.data.mds_sources import (
     check_index_available,
     check_local_shard_sizes,
 )
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, UserError, did_you_mean
 
 # What Streaming's ``__getitem__`` takes: one index, or several (the subclasses take one).
@@ -112,8 +113,7 @@ class MDSDataset(StreamingDataset):
         eos_token_id: int | None = None,
         bos_token_id: int | None = None,
     ) -> None:
-        if not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool) or max_seq_len <= 0:
-            raise ConfigError(f"max_seq_len must be a positive integer, got {max_seq_len!r}")
+        check_value(max_seq_len, PositiveInt, "max_seq_len")
         if token_encoding_type not in TOKEN_ENCODING_TYPES:
             raise ConfigError(
                 f"token_encoding_type '{token_encoding_type}' is not supported"

@@ -63,6 +63,7 @@ from llmfoundry.eval.metrics import (
     require_batch_keys,
 )
 from llmfoundry.eval.sources import ICLRow
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 
 __all__ = [
@@ -108,8 +109,7 @@ def check_code_task(where: str, section: Mapping[str, Any], allow_code_eval: boo
             "config to run it in a sandboxed subprocess, or remove the task"
         )
     n = section.get("generations_per_sample", 1)
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"{where}.generations_per_sample must be a positive integer, got {n!r}")
+    check_value(n, PositiveInt, f"{where}.generations_per_sample")
     given = section.get("pass_at_k", 1)
     ks = given if isinstance(given, list) else [given]
     if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):

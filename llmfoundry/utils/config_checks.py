@@ -48,6 +48,10 @@ class Marker:
 TIME = Marker("time")
 POSITIVE = Marker("positive")
 NON_NEGATIVE = Marker("non-negative")
+PositiveInt = Annotated[int, POSITIVE]
+"""A whole number >= 1 (not a bool): ``check_value(n, PositiveInt, key)``."""
+NonNegativeInt = Annotated[int, NON_NEGATIVE]
+"""A whole number >= 0 (not a bool)."""
 
 TIME_HINT = "a time string (a number and a unit: 10ba, 2ep, 1000tok, 500sp or 0.5dur)"
 

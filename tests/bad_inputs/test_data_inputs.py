@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from transformers import PreTrainedTokenizerBase
 
+from llmfoundry.cli.commands.convert_dataset_hf import main as hf_main
 from llmfoundry.cli.commands.convert_dataset_json import main as json_main
 from llmfoundry.cli.commands.convert_finetuning_dataset import main as finetuning_main
 from llmfoundry.cli.commands.convert_text_to_mds import main as text_main
@@ -281,3 +282,58 @@ def test_converted_long_document_is_whole(
     samples = StreamingDataset(local=str(out), batch_size=1)
     tokens = [int(t) for i in range(samples.num_samples) for t in samples[i]["tokens"]]
     assert tokens == expected[: len(expected) // 64 * 64]
+
+
+NUMBER_FLAG_CASES = {
+    # name: (command, its other flags, the bad flag and value, the expected line)
+    "text concat_tokens 0": (
+        "text",
+        ["--processes", "1"],
+        ["--concat_tokens", "0"],
+        "--concat_tokens must be a positive int, got int 0",
+    ),
+    "text processes 0": (
+        "text",
+        ["--concat_tokens", "4"],
+        ["--processes", "0"],
+        "--processes must be a positive int, got int 0",
+    ),
+    "hf concat_tokens 0": (
+        "hf",
+        ["--dataset", "json"],
+        ["--concat_tokens", "0"],
+        "--concat_tokens must be a positive int, got int 0",
+    ),
+    "hf num_workers -1": (
+        "hf",
+        ["--dataset", "json", "--concat_tokens", "4"],
+        ["--num_workers", "-1"],
+        "--num_workers must be a non-negative int, got int -1",
+    ),
+    "finetuning num_workers -1": (
+        "finetuning",
+        ["--dataset", "json"],
+        ["--num_workers", "-1"],
+        "--num_workers must be a non-negative int, got int -1",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(NUMBER_FLAG_CASES))
+def test_a_converter_names_a_number_flag_out_of_range(
+    case: str, tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    command, other, bad, expected = NUMBER_FLAG_CASES[case]
+    (tmp_path / "in").mkdir()
+    rows = _write(tmp_path / "in" / "a.jsonl", GOOD_PAIR_ROW + "\n")
+    out = str(tmp_path / "out")
+    argv = {
+        "text": (text_main, ["--input_folder", str(tmp_path / "in"), "--output_folder", out]),
+        "hf": (hf_main, ["--data_files", rows, "--out_root", out, "--splits", "train"]),
+        "finetuning": (finetuning_main, ["--data_files", rows, "--out_root", out]),
+    }
+    main, paths = argv[command]
+    result = run_cli(main, [*paths, "--tokenizer", str(tokenizer_dir), *other, *bad])
+    assert result.code == 2
+    assert_one_line_error(result, expected)
+    assert files_under(tmp_path / "out") == set()

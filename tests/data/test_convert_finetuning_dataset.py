@@ -306,7 +306,7 @@ def test_option_errors(tmp_path: Path, tokenizer_dir: Path) -> None:
             target_responses="all",
             encoder_decoder=True,
         )
-    with pytest.raises(ConfigError, match="--max_seq_len must be a positive integer"):
+    with pytest.raises(ConfigError, match="--max_seq_len must be a positive int, got int 0"):
         convert_finetuning_dataset(
             dataset=str(data), out_root=str(tmp_path / "a"), tokenizer="t", max_seq_len=0
         )

@@ -62,6 +62,7 @@ from llmfoundry.data.data import (
     check_output_empty,
     write_mds,
 )
+from llmfoundry.utils.config_checks import NonNegativeInt, PositiveInt, check_value
 from llmfoundry.utils.exceptions import (
     ConfigError,
 )
@@ -221,16 +222,12 @@ def check_sample_options(
                 "--tokenizer/--bos_text/--eos_text are ignored without --concat_tokens: "
                 "writing text samples"
             )
-    elif (
-        not isinstance(concat_tokens, int) or isinstance(concat_tokens, bool) or concat_tokens <= 0
-    ):
-        raise ConfigError(f"--concat_tokens must be a positive integer, got {concat_tokens!r}")
-    elif tokenizer is None:
-        raise ConfigError("--concat_tokens needs --tokenizer to tokenize the documents with")
-    if num_workers is not None and (
-        not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0
-    ):
-        raise ConfigError(f"--num_workers must be 0 or more, got {num_workers!r}")
+    else:
+        check_value(concat_tokens, PositiveInt, "--concat_tokens")
+        if tokenizer is None:
+            raise ConfigError("--concat_tokens needs --tokenizer to tokenize the documents with")
+    if num_workers is not None:  # None: one per usable CPU
+        check_value(num_workers, NonNegativeInt, "--num_workers")
 
 
 def convert_split(

@@ -81,6 +81,7 @@ from llmfoundry.data.finetuning.formatting import MESSAGES_KEYS
 from llmfoundry.data.finetuning.hf_source import preprocess_row
 from llmfoundry.data.finetuning.tasks import PreprocessingFn, dataset_constructor
 from llmfoundry.data.finetuning.turns import TargetPolicy
+from llmfoundry.utils.config_checks import NonNegativeInt, PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, did_you_mean
 from llmfoundry.utils.file_utils import atomic_directory
 from llmfoundry.utils.object_store import RemoteFolder, check_listable, is_remote
@@ -285,12 +286,9 @@ def check_options(
     Raises:
         ConfigError: naming the option.
     """
-    if not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool) or max_seq_len <= 0:
-        raise ConfigError(f"--max_seq_len must be a positive integer, got {max_seq_len!r}")
-    if num_workers is not None and (
-        not isinstance(num_workers, int) or isinstance(num_workers, bool) or num_workers < 0
-    ):
-        raise ConfigError(f"--num_workers must be 0 or more, got {num_workers!r}")
+    check_value(max_seq_len, PositiveInt, "--max_seq_len")
+    if num_workers is not None:  # None: one per usable CPU
+        check_value(num_workers, NonNegativeInt, "--num_workers")
     if preprocessor is not None and skip_preprocessing:
         raise ConfigError("--preprocessor and --skip-preprocessing contradict; pass one of them")
 

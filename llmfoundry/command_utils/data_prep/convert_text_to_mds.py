@@ -41,6 +41,7 @@ from llmfoundry.command_utils.data_prep.text_to_mds_groups import (
 )
 from llmfoundry.command_utils.data_prep.workers import usable_cpus
 from llmfoundry.data.data import MDSWriteSummary, check_compression
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
 from llmfoundry.utils.file_utils import atomic_directory
 from llmfoundry.utils.object_store import RemoteFolder, check_listable, is_remote
@@ -213,10 +214,8 @@ def check_options(
     for flag, folder in (("--input_folder", input_folder), ("--output_folder", output_folder)):
         if is_remote(folder):
             check_listable(folder, flag)
-    if not isinstance(concat_tokens, int) or isinstance(concat_tokens, bool) or concat_tokens <= 0:
-        raise ConfigError(f"--concat_tokens must be a positive integer, got {concat_tokens!r}")
-    if not isinstance(processes, int) or isinstance(processes, bool) or processes <= 0:
-        raise ConfigError(f"--processes must be a positive integer, got {processes!r}")
+    check_value(concat_tokens, PositiveInt, "--concat_tokens")
+    check_value(processes, PositiveInt, "--processes")
     if use_tokenizer_eos and eos_text:
         raise ConfigError(
             "--eos_text and --use_tokenizer_eos both set the EOS text; pass one of them"

@@ -48,7 +48,7 @@ from llmfoundry.data.finetuning.turns import (
     with_final_eos,
 )
 from llmfoundry.data.text_collator import count_tokens_in_batch as count_tokens_in_batch
-from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 
 logger = logging.getLogger(__name__)
 
@@ -155,8 +155,7 @@ class Seq2SeqFinetuningCollator:
         eos_token_id: int | None = None,
         pad_to_longest: bool = False,
     ) -> None:
-        if not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool) or max_seq_len <= 0:
-            raise ConfigError(f"max_seq_len must be a positive integer, got {max_seq_len!r}")
+        check_value(max_seq_len, PositiveInt, "max_seq_len")
         self.pad_token_id = pad_token_id
         self.max_seq_len = max_seq_len
         self.policy = TargetPolicy.from_config(target_prompts, target_responses)

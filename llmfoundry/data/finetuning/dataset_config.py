@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from llmfoundry.data.finetuning.turns import TargetPolicy
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys
 
@@ -91,8 +92,7 @@ def parse_dataset_config(dataset: Mapping[str, Any], key: str) -> FinetuningData
         streaming={k: v for k, v in dataset.items() if k in streaming_keys},
     )
     max_seq_len = config.max_seq_len
-    if not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool) or max_seq_len <= 0:
-        raise ConfigError(f"{key}.max_seq_len must be a positive integer, got {max_seq_len!r}")
+    check_value(max_seq_len, PositiveInt, f"{key}.max_seq_len")
     _check_source(config, key)
     TargetPolicy.from_config(config.target_prompts, config.target_responses, key)
     if not config.decoder_only_format:
