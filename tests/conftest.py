@@ -125,3 +125,11 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.fixtures import save_llama
 
     return save_llama(tmp_path_factory.mktemp("llama") / "model")
+
+
+@pytest.fixture(scope="session")
+def t5_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
+    """``save_tiny_t5``'s 1+1-layer T5 with the fixture tokenizer, saved once; tests only read it."""
+    from tests.fixtures import save_tiny_t5
+
+    return save_tiny_t5(tmp_path_factory.mktemp("tiny-t5"), tokenizer)

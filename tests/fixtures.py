@@ -40,6 +40,8 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
 )
 
 from llmfoundry.models.hf import ComposerHFCausalLM, ComposerMPTCausalLM
@@ -284,6 +286,31 @@ def save_tiny_llama(
 def save_tiny_mpt(folder: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
     """A 2-layer MPT (d_model 32, 64 positions) exported with its code and the tokenizer."""
     return save_mpt_as_hf(tiny_model(tiny_config(vocab_size=VOCAB)), tokenizer, folder, "fp32")
+
+
+def save_tiny_t5(folder: Path, tokenizer: PreTrainedTokenizerBase) -> Path:
+    """A 1+1-layer T5 (d_model 32, seed 0) with the tokenizer, saved with ``save_pretrained``.
+
+    Its decoder starts from the pad token, the token the finetuning collator puts before each
+    target.
+    """
+    pad, eos = cast(int, tokenizer.pad_token_id), cast(int, tokenizer.eos_token_id)
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=4,
+        pad_token_id=pad,
+        eos_token_id=eos,
+    )
+    config.decoder_start_token_id = pad
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def save_lora_adapter(

@@ -391,17 +391,21 @@ def test_registry_builds_a_fresh_model_from_the_config(
 
 
 @pytest.mark.parametrize("damage", ["no weights", "cut weights"])
+@pytest.mark.parametrize(
+    ("name", "model_dir"), [("hf_causal_lm", "llama_dir"), ("hf_t5", "t5_dir")]
+)
 def test_a_folder_with_missing_or_cut_weights_is_named_in_one_line(
-    llama_dir: Path, tmp_path: Path, damage: str
+    request: pytest.FixtureRequest, tmp_path: Path, damage: str, name: str, model_dir: str
 ) -> None:
+    # hf_t5 loads through the same checks: one line instead of safetensors' traceback.
     folder = tmp_path / "model"
-    shutil.copytree(llama_dir, folder)
+    shutil.copytree(request.getfixturevalue(model_dir), folder)
     weights = folder / "model.safetensors"
     if damage == "no weights":
         weights.unlink()
     else:
         weights.write_bytes(weights.read_bytes()[:1000])
-    section = {"name": "hf_causal_lm", "pretrained_model_name_or_path": str(folder)}
+    section = {"name": name, "pretrained_model_name_or_path": str(folder)}
     with pytest.raises(UserError) as raised:
         build_composer_model_from_section(section, None)
     message = str(raised.value)

@@ -4,48 +4,22 @@ t5-small Dolly YAML training a tiny T5 built here (nothing is downloaded)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from transformers import PreTrainedTokenizerBase, T5Config, T5ForConditionalGeneration
+from transformers import PreTrainedTokenizerBase, T5ForConditionalGeneration
 
 from llmfoundry import registry
 from llmfoundry.data.finetuning import build_finetuning_dataloader
 from llmfoundry.models.hf.hf_t5 import ComposerHFT5
-from llmfoundry.utils.exceptions import ConfigError, UserError
+from llmfoundry.utils.exceptions import ConfigError
 from tests.command_utils.conftest import train_in_memory
 
 EOS, PAD, X = 0, 1, -100
 YAML = Path(__file__).resolve().parents[2] / "scripts/train/yamls/finetune/t5-small_dolly_sft.yaml"
 ROWS = [{"prompt": f"def add_{i}(a, b):", "response": f" return a + b + {i}"} for i in range(8)]
-
-
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
-    """A 1+1-layer T5 (d_model 32) with the fixture tokenizer, saved with save_pretrained.
-
-    Its decoder starts from the pad token, the token the collator puts before each target.
-    """
-    folder = tmp_path_factory.mktemp("tiny-t5")
-    config = T5Config(
-        vocab_size=512,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=1,
-        num_decoder_layers=1,
-        num_heads=4,
-        pad_token_id=PAD,
-        eos_token_id=EOS,
-    )
-    config.decoder_start_token_id = PAD
-    torch.manual_seed(0)
-    T5ForConditionalGeneration(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture
@@ -112,21 +86,6 @@ def test_a_decoder_only_model_is_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=r"is not an encoder-decoder model .*use hf_causal_lm"):
         ComposerHFT5(tokenizer, str(llama_dir))
-
-
-def test_a_t5_folder_with_cut_weights_is_named_in_one_line(
-    t5_dir: Path, tmp_path: Path, tokenizer: PreTrainedTokenizerBase
-) -> None:
-    # The same folder checks as hf_causal_lm: one line instead of safetensors' traceback.
-    folder = tmp_path / "t5"
-    shutil.copytree(t5_dir, folder)
-    weights = folder / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:1000])
-    with pytest.raises(UserError) as raised:
-        ComposerHFT5(tokenizer, str(folder))
-    message = str(raised.value)
-    assert "\n" not in message and "model.pretrained_model_name_or_path" in message
-    assert "truncated" in message
 
 
 @pytest.mark.slow  # a Composer Trainer run: ~10 s on 2 CPU cores
