@@ -18,7 +18,6 @@ A row's fields are checked by ``require`` and its kin, which name the file, row 
 from __future__ import annotations
 
 import hashlib
-import json
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
+from llmfoundry.utils.file_utils import JSONLineError, json_object_of_line
 from llmfoundry.utils.object_store import is_remote, user_errors
 
 __all__ = [
@@ -97,21 +97,11 @@ def _jsonl_rows(path: Path, source: str) -> list[ICLRow]:
             if not line.strip():
                 continue
             try:
-                fields = json.loads(line.decode("utf-8"))
-            except UnicodeDecodeError as err:
+                fields = json_object_of_line(line)
+            except JSONLineError as problem:
                 raise DatasetError(
-                    f"{source}, row {number}: not valid UTF-8 (byte {err.start} of the line); "
-                    "re-encode the file as UTF-8"
-                ) from err
-            except json.JSONDecodeError as err:
-                raise DatasetError(
-                    f"{source}, row {number}: not valid JSON ({err.msg}); {fix}"
-                ) from err
-            if not isinstance(fields, dict):
-                raise DatasetError(
-                    f"{source}, row {number}: expected a JSON object, got "
-                    f"{type(fields).__name__}; {fix}"
-                )
+                    f"{source}, row {number}: {problem.detail}; {problem.fix or fix}"
+                ) from problem
             rows.append(ICLRow(fields, source, number))
     return rows
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 from llmfoundry.utils.exceptions import ConfigError
 
@@ -112,3 +114,45 @@ def atomic_write_text(target: str | Path, text: str) -> Path:
     with atomic_file(target) as staging:
         staging.write_text(text, encoding="utf-8")
     return Path(target)
+
+
+class JSONLineError(ValueError):
+    """Why a JSON-lines row cannot be read.
+
+    Attributes:
+        reason: a few words naming the kind of problem (``"invalid JSON"``), for summaries.
+        detail: what is wrong with the line, for the caller's message.
+        fix: what to do, where the problem itself says (bad UTF-8); else the caller's fix.
+    """
+
+    def __init__(self, reason: str, detail: str, fix: str | None = None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.fix = fix
+
+
+def json_object_of_line(line: bytes | str) -> dict[str, Any]:
+    """One JSON-lines row, which must be a UTF-8 JSON object.
+
+    Raises:
+        JSONLineError: for bad UTF-8, invalid JSON or a value that is not an object.
+    """
+    if isinstance(line, bytes):
+        try:
+            line = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise JSONLineError(
+                "invalid UTF-8",
+                f"not valid UTF-8 (byte {err.start} of the line)",
+                "re-encode the file as UTF-8",
+            ) from err
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise JSONLineError("invalid JSON", f"not valid JSON ({err.msg})") from err
+    if not isinstance(row, dict):
+        raise JSONLineError(
+            "not a JSON object", f"expected a JSON object, got {type(row).__name__}"
+        )
+    return cast(dict[str, Any], row)

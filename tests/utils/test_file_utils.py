@@ -12,8 +12,10 @@ import pytest
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.file_utils import (
     HF_FOLDER_MARKERS,
+    JSONLineError,
     atomic_directory,
     check_replaceable_output,
+    json_object_of_line,
     looks_like_local_path,
 )
 
@@ -89,3 +91,31 @@ def test_hub_ids_and_local_paths_are_told_apart(name: str, local: bool) -> None:
     """One rule for every loader (models, tokenizers, datasets, inference): a Hub id is ``name``
     or ``org/name``; anything else can only be a local path."""
     assert looks_like_local_path(name) is local
+
+
+@pytest.mark.parametrize(
+    ("line", "reason", "detail", "fix"),
+    [
+        (
+            b'{"text": "\xff"}\n',
+            "invalid UTF-8",
+            "not valid UTF-8 (byte 10 of the line)",
+            "re-encode",
+        ),
+        ('{"text": "cut', "invalid JSON", "not valid JSON (Unterminated string", None),
+        ("[1, 2]", "not a JSON object", "expected a JSON object, got list", None),
+    ],
+)
+def test_a_bad_json_line_says_what_is_wrong(
+    line: bytes | str, reason: str, detail: str, fix: str | None
+) -> None:
+    with pytest.raises(JSONLineError) as raised:
+        json_object_of_line(line)
+    assert raised.value.reason == reason
+    assert raised.value.detail.startswith(detail)
+    assert (raised.value.fix or "").startswith(fix or "")
+    assert (raised.value.fix is None) == (fix is None)
+
+
+def test_a_json_line_reads_as_its_object() -> None:
+    assert json_object_of_line(b'{"a": [1, "\xc3\xa9"]}\n') == {"a": [1, "é"]}

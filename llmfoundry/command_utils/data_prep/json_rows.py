@@ -4,13 +4,14 @@ documents of ``convert_dataset_json`` and the examples of ``convert_finetuning_d
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from llmfoundry.data.data import BadRowError, RowStats
 from llmfoundry.utils.exceptions import DatasetError, MissingFileError
+from llmfoundry.utils.file_utils import JSONLineError
+from llmfoundry.utils.file_utils import json_object_of_line as parse_json_line
 
 JSON_SUFFIXES = (".jsonl", ".json")
 
@@ -110,29 +111,11 @@ def json_object_of_line(line: bytes | str, where: str, expected: str) -> dict[st
     Raises:
         BadRowError: if the row is not UTF-8, not valid JSON or not an object.
     """
-    if isinstance(line, bytes):
-        try:
-            line = line.decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise BadRowError(
-                "invalid UTF-8",
-                f"{where}: not valid UTF-8 (byte {err.start} of the line); re-encode the file as "
-                "UTF-8",
-            ) from err
     try:
-        row = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise BadRowError(
-            "invalid JSON",
-            f"{where}: not valid JSON ({err.msg}); each line must be one JSON object with a "
-            f"{expected}",
-        ) from err
-    if not isinstance(row, dict):
-        raise BadRowError(
-            "not a JSON object",
-            f"{where}: expected a JSON object with a {expected}, got {type(row).__name__}",
-        )
-    return row
+        return parse_json_line(line)
+    except JSONLineError as problem:
+        fix = problem.fix or f"each line must be one JSON object with a {expected}"
+        raise BadRowError(problem.reason, f"{where}: {problem.detail}; {fix}") from problem
 
 
 def text_of_object(row: dict[str, Any], where: str) -> str:
