@@ -257,13 +257,24 @@ def check_icl_tasks(
             parse_task(index, section, allow_code_eval)
 
 
-def _check_compile_config(section: Mapping[str, Any] | None) -> None:
-    if section is None:
-        return
+def compile_scope(section: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``compile_config``'s ``scope`` (``model``, the default, or ``blocks``) and the other keys,
+    the ``torch.compile`` arguments.
+
+    Raises:
+        ConfigError: for another scope.
+    """
     options = dict(section)
     scope = options.pop("scope", "model")
     if scope not in _COMPILE_SCOPES:
         raise ConfigError(f"compile_config.scope is {scope!r}; use model or blocks")
+    return scope, options
+
+
+def _check_compile_config(section: Mapping[str, Any] | None) -> None:
+    if section is None:
+        return
+    _, options = compile_scope(section)
     check_call_kwargs(torch.compile, options, "compile_config", reserved={"model"})
 
 

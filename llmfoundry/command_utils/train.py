@@ -26,7 +26,11 @@ from llmfoundry.command_utils import resume
 from llmfoundry.command_utils.evaluators import build_gauntlet, build_run_evaluators
 from llmfoundry.command_utils.meta_init import sharded_model_build
 from llmfoundry.command_utils.parallelism import build_parallelism_config
-from llmfoundry.command_utils.preflight import check_profiler_section, check_train_config
+from llmfoundry.command_utils.preflight import (
+    check_profiler_section,
+    check_train_config,
+    compile_scope,
+)
 from llmfoundry.command_utils.run_setup import (
     leave_process_group,
     log_run_config,
@@ -208,12 +212,9 @@ def compile_model_or_blocks(
     """
     if compile_config is None:
         return None
-    options = dict(compile_config)
-    scope = options.pop("scope", "model")
+    scope, options = compile_scope(compile_config)
     if scope == "model":
         return options
-    if scope != "blocks":
-        raise ConfigError(f"compile_config.scope is {scope!r}; use model or blocks")
     inner: Any = getattr(model, "model", None)
     if not hasattr(inner, "compile_blocks"):
         raise ConfigError(

@@ -16,7 +16,6 @@ from typing import Any, cast
 
 import torch
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     PretrainedConfig,
     PreTrainedModel,
@@ -25,7 +24,7 @@ from transformers import (
 
 from llmfoundry.inference.options import ModelSource
 from llmfoundry.models.hf.export import PRECISION_DTYPES
-from llmfoundry.models.hf.loading import log_mpt_class_choice
+from llmfoundry.models.hf.loading import load_config
 from llmfoundry.models.mpt.configuration_mpt import ATTN_IMPLS as MPT_ATTN_IMPLS
 from llmfoundry.utils.constants import HF_ATTN_IMPLEMENTATIONS
 from llmfoundry.utils.exceptions import (
@@ -56,23 +55,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 def default_device() -> str:
     """``cuda`` when a GPU is visible, else ``cpu``."""
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _load_config(
-    name_or_path: str, trust_remote_code: bool, hub_kwargs: dict[str, Any]
-) -> PretrainedConfig:
-    """The model config, with loading failures turned into user errors naming the flag."""
-    try:
-        return AutoConfig.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, **hub_kwargs
-        )
-    except (OSError, ValueError) as err:
-        hint = (
-            "" if trust_remote_code else "; if it ships its own model code add --trust_remote_code"
-        )
-        raise ConfigError(
-            f"--name_or_path={name_or_path!r}: its config could not be loaded ({first_line(err)}){hint}"
-        ) from err
 
 
 def _attn_options(config: PretrainedConfig, attn_impl: str | None) -> dict[str, Any]:
@@ -218,8 +200,13 @@ def load_model_and_tokenizer(
     if looks_like_local_path(name) and not Path(name).expanduser().exists():
         raise MissingFileError(f"--name_or_path: model folder '{name}' does not exist")
     _check_device_map(source.device_map)
-    config = _load_config(name, source.trust_remote_code, source.hub_kwargs)
-    log_mpt_class_choice(name, config)
+    config = load_config(
+        name,
+        source.trust_remote_code,
+        key="--name_or_path",
+        untrusted_hint="; if it ships its own model code add --trust_remote_code",
+        **source.hub_kwargs,
+    )
     options = _attn_options(config, source.attn_impl)
     _set_max_seq_len(config, source.max_seq_len, name)
     tokenizer_kwargs = {"trust_remote_code": source.trust_remote_code, **source.hub_kwargs}

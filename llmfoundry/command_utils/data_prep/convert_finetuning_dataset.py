@@ -63,6 +63,7 @@ from llmfoundry.command_utils.data_prep.hf_rows import (
     parse_tokenizer_kwargs,
     split_place,
 )
+from llmfoundry.command_utils.data_prep.hf_splits import no_split_error
 from llmfoundry.command_utils.data_prep.json_rows import (
     JSON_SUFFIXES,
     iter_json_rows,
@@ -82,7 +83,7 @@ from llmfoundry.data.finetuning.hf_source import preprocess_row
 from llmfoundry.data.finetuning.tasks import PreprocessingFn, dataset_constructor
 from llmfoundry.data.finetuning.turns import TargetPolicy
 from llmfoundry.utils.config_checks import NonNegativeInt, PositiveInt, check_value
-from llmfoundry.utils.exceptions import ConfigError, DatasetError, did_you_mean
+from llmfoundry.utils.exceptions import ConfigError, DatasetError
 from llmfoundry.utils.file_utils import atomic_directory
 from llmfoundry.utils.object_store import RemoteFolder, check_listable, is_remote
 from llmfoundry.utils.tokenizer_utils import converter_tokenizer
@@ -351,11 +352,7 @@ def find_sources(
     found = [name for name in wanted if name in available]
     missing = [name for name in wanted if name not in available]
     if missing and (splits or not found):
-        name = missing[0]
-        raise ConfigError(
-            f"--splits: dataset '{dataset}' has no split '{name}'{did_you_mean(name, available)}; "
-            f"available: {', '.join(available)}"
-        )
+        raise no_split_error(dataset, missing[0], available)
     for name in missing:
         logger.warning("dataset '%s' has no split '%s'; skipping it", dataset, name)
     if json_splits is not None:

@@ -5,7 +5,7 @@ of any other dataset, with ``*_small``/``*_xsmall`` truncated copies.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +92,15 @@ THE_PILE = DatasetPreset(
 PRESETS: dict[str, DatasetPreset] = {"allenai/c4": C4, "c4": C4, "the_pile": THE_PILE}
 
 
+def no_split_error(dataset: str, name: str, available: Iterable[str]) -> ConfigError:
+    """``--splits`` names a split that ``dataset`` does not have: the error lists those it has."""
+    names = list(available)
+    return ConfigError(
+        f"--splits: dataset '{dataset}' has no split '{name}'{did_you_mean(name, names)}; "
+        f"available: {', '.join(names)}"
+    )
+
+
 def preset_split(preset: DatasetPreset, dataset: str, name: str) -> SplitPlan:
     """The plan of a preset's split.
 
@@ -99,10 +108,7 @@ def preset_split(preset: DatasetPreset, dataset: str, name: str) -> SplitPlan:
         ConfigError: if the preset has no such split (lists the ones it has).
     """
     if name not in preset.splits:
-        raise ConfigError(
-            f"--splits: dataset '{dataset}' has no split '{name}'"
-            f"{did_you_mean(name, preset.splits)}; available: {', '.join(preset.splits)}"
-        )
+        raise no_split_error(dataset, name, preset.splits)
     return preset.splits[name]
 
 
@@ -125,10 +131,7 @@ def dataset_split(loaded: Mapping[str, Any], dataset: str, name: str) -> SplitPl
         for candidate in (parent, "validation") if parent == "val" else (parent,):
             if candidate in loaded:
                 return SplitPlan(name, candidate, count)
-    raise ConfigError(
-        f"--splits: dataset '{dataset}' has no split '{name}'{did_you_mean(name, loaded)}; "
-        f"available: {', '.join(loaded)}"
-    )
+    raise no_split_error(dataset, name, loaded)
 
 
 def plan_split(

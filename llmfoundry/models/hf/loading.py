@@ -262,22 +262,34 @@ def build_from_config(
 def load_config(
     name: str,
     trust_remote_code: bool,
-    token: str | bool | None,
     builtin_fallback: bool = False,
+    *,
+    key: str = NAME_KEY,
+    untrusted_hint: str = "",
+    **hub_kwargs: Any,
 ) -> PretrainedConfig:
     """The model config of ``name``, as ``AutoConfig`` reads it (an MPT one: see
     :func:`log_mpt_class_choice`).
 
+    Args:
+        name: the folder or Hub id.
+        trust_remote_code: whether the code it ships may run.
+        builtin_fallback: transformers' built-in class stands in for untrusted shipped code.
+        key: the config key or flag that gave ``name``, for messages.
+        untrusted_hint: appended to the message when the code was not trusted.
+        hub_kwargs: ``from_pretrained`` options (``token``, ``revision``).
+
     Raises:
-        ConfigError: naming ``model.pretrained_model_name_or_path`` if it cannot be read.
+        ConfigError: naming ``key`` if it cannot be read.
     """
     try:
-        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, token=token)
-    except (StrictDataclassError, ValueError) as err:
+        config = AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **hub_kwargs)
+    except (OSError, StrictDataclassError, ValueError) as err:
         if builtin_fallback:
             raise _builtin_mismatch_error(name, first_line(err)) from err
+        hint = "" if trust_remote_code else untrusted_hint
         raise ConfigError(
-            f"{NAME_KEY}={name!r}: its config could not be loaded ({first_line(err)})"
+            f"{key}={name!r}: its config could not be loaded ({first_line(err)}){hint}"
         ) from err
     log_mpt_class_choice(name, config)
     return config
@@ -313,7 +325,7 @@ def load_hf_model(
     builtin_fallback = check_model_code(name, config_dict, trust_remote_code)
     if pretrained and os.path.isdir(name):  # missing or cut weights: one line, not a traceback
         check_hf_folder(name, NAME_KEY)
-    config = load_config(name, trust_remote_code, token, builtin_fallback)
+    config = load_config(name, trust_remote_code, builtin_fallback, token=token)
     apply_config_overrides(config, config_overrides or {})
     if check_config is not None:
         check_config(config)
