@@ -35,9 +35,9 @@ from typing import Any, Protocol, runtime_checkable
 
 from composer.core import Callback, State, Time, TimeUnit
 from composer.loggers import Logger
-from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from llmfoundry import registry
+from llmfoundry.interfaces.callback_with_config import plain, train_loader_section
 from llmfoundry.utils.builders import build_dataloader_from_section, build_tokenizer_from_section
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.registry_utils import check_keys, check_kwargs
@@ -65,7 +65,7 @@ class Phase:
     train_loader: dict[str, Any]
     key_path: str
 
-    def as_plain(self) -> dict[str, Any]:
+    def asplain(self) -> dict[str, Any]:
         """The phase as checkpoint-safe plain data."""
         return {"duration": str(self.duration), "train_loader": self.train_loader}
 
@@ -94,13 +94,10 @@ class CurriculumLearning(Callback):
         schedule: Sequence[Mapping[str, Any]],
         duration: str | int,
     ) -> None:
-        config = _plain(train_config)
-        if not isinstance(config, dict) or not isinstance(config.get("train_loader"), dict):
-            raise ConfigError(
-                f"{KEY_PATH} needs the run's train_loader section (the run config has none)"
-            )
+        config = plain(train_config)
+        loader = train_loader_section(config, KEY_PATH)
         self._train_config: dict[str, Any] = config
-        self.phases = build_phases(config["train_loader"], _plain(schedule), _plain(duration))
+        self.phases = build_phases(loader, plain(schedule), plain(duration))
         self._index = 0  # the phase being trained
         self._active: int | None = 0  # the phase whose loader is the train loader (None: unknown)
         self._resume_dataset_state: dict[str, Any] | None = None
@@ -161,7 +158,7 @@ class CurriculumLearning(Callback):
             dataset_state = self._state._dataset_state_dict().get("train")
         return {
             "schedule_index": self._index,
-            "phases": [phase.as_plain() for phase in self.phases],
+            "phases": [phase.asplain() for phase in self.phases],
             "train_dataset_state": dataset_state,
         }
 
@@ -169,7 +166,7 @@ class CurriculumLearning(Callback):
         index = int(state["schedule_index"])
         saved = list(state["phases"])
         for i in range(min(index + 1, len(saved))):
-            now = self.phases[i].as_plain() if i < len(self.phases) else None
+            now = self.phases[i].asplain() if i < len(self.phases) else None
             was = saved[i]
             same = now is not None and (
                 now == was if i < index else now["train_loader"] == was["train_loader"]
@@ -343,14 +340,3 @@ def _done_with(state: State, duration: Time[int]) -> bool:
     if duration.unit == TimeUnit.TOKEN:
         return timestamp.token_in_iteration.value >= duration.value
     return timestamp.epoch_in_iteration.value >= duration.value
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with OmegaConf containers and other mappings/sequences turned into dict/list."""
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value

@@ -29,9 +29,9 @@ from typing import Any
 
 from composer.core import Callback, State
 from composer.loggers import Logger
-from omegaconf import DictConfig, OmegaConf
 from streaming import StreamingDataset
 
+from llmfoundry.interfaces.callback_with_config import train_loader_section
 from llmfoundry.utils.exceptions import ConfigError
 
 __all__ = ["DatasetSwap"]
@@ -58,15 +58,8 @@ class DatasetSwap(Callback):
             raise ConfigError(f"{KEY}.dataset_index={dataset_index!r} must be an integer")
         if dataset_index < 0:
             raise ConfigError(f"{KEY}.dataset_index={dataset_index} must be >= 0")
-        loader = train_config.get("train_loader")
-        if isinstance(loader, DictConfig):
-            loader = OmegaConf.to_container(loader, resolve=True)
-        if not isinstance(loader, Mapping):
-            raise ConfigError(
-                f"{KEY} needs the run's train_loader section (the run config has none)"
-            )
         self.dataset_index = dataset_index
-        self.loader_config: dict[str, Any] = copy.deepcopy(dict(loader))
+        self.loader_config = train_loader_section(train_config, KEY)
         self.saved_dataset_index = 0  # from the loaded checkpoint
         self.all_dataset_configs: list[dict[str, Any]] = []
         self._checkpoint_loaded = False

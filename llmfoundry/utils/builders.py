@@ -20,6 +20,7 @@ from composer.optim import ComposerScheduler
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
+from llmfoundry.utils.config_components import entry_kwargs
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys, construct_from_registry
 from llmfoundry.utils.tokenizer_utils import build_tokenizer as load_tokenizer
@@ -92,11 +93,7 @@ def _build_named_components(
     """Build ``{entry_name: kwargs}`` sections such as ``callbacks:`` or ``loggers:``."""
     components = []
     for name, kwargs in (section or {}).items():
-        if kwargs is not None and not isinstance(kwargs, Mapping):
-            raise ConfigError(
-                f"{section_name}.{name} must be a mapping of keyword arguments (or empty)"
-            )
-        options = dict(kwargs or {})
+        options = entry_kwargs(f"{section_name}.{name}", kwargs)
         # The section key names the entry; an entry's own `name` argument (wandb's run name,
         # say) is passed through to it.
         own_name = {"name": options.pop("name")} if "name" in options else {}
@@ -150,15 +147,14 @@ def build_callbacks_with_config(
     for name, kwargs in (section or {}).items():
         if not _needs_run_config(name):
             continue
-        if kwargs is not None and not isinstance(kwargs, Mapping):
-            raise ConfigError(f"callbacks.{name} must be a mapping of keyword arguments (or empty)")
+        options = entry_kwargs(f"callbacks.{name}", kwargs)
         func = registry.callbacks_with_config.get(name)
         config_param = next(iter(inspect.signature(func).parameters), "config")
         callbacks.append(
             construct_from_registry(
                 registry.callbacks_with_config,
                 f"callbacks.{name}",
-                {"name": name, **(kwargs or {})},
+                {"name": name, **options},
                 dict(config),
                 reserved={config_param},
             )

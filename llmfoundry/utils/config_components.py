@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from llmfoundry.registry import Registry
 from llmfoundry.utils.config_checks import check_value, shown, unknown_key_error
@@ -129,6 +129,19 @@ def check_component(
     return entry
 
 
+def entry_kwargs(where: str, kwargs: object) -> dict[str, Any]:
+    """The keyword arguments of a ``{entry_name: kwargs}`` section's entry (empty for none).
+
+    Raises:
+        ConfigError: naming ``where`` if they are not a mapping.
+    """
+    if kwargs is None:
+        return {}
+    if not isinstance(kwargs, Mapping):
+        raise ConfigError(f"{where} must be a mapping of keyword arguments (or empty)")
+    return dict(cast(Mapping[str, Any], kwargs))
+
+
 def check_named_components(
     registries: Sequence[tuple[Registry[Any], bool]],
     path: str,
@@ -149,8 +162,7 @@ def check_named_components(
     known = [name for registry, _ in registries for name in registry.get_all()]
     for name, kwargs in (section or {}).items():
         where = f"{path}.{name}"
-        if kwargs is not None and not isinstance(kwargs, Mapping):
-            raise ConfigError(f"{where} must be a mapping of keyword arguments (or empty)")
+        options = entry_kwargs(where, kwargs)
         found = [(reg, res) for reg, res in registries if name in reg]
         if not found:
             raise ConfigError(
@@ -163,4 +175,4 @@ def check_named_components(
         signature, _ = signature_of(entry)
         first = next(iter(signature.parameters), None) if signature is not None else None
         reserved = {first} if fills_first and first is not None else set()
-        check_call_kwargs(entry, dict(kwargs or {}), where, reserved)
+        check_call_kwargs(entry, options, where, reserved)
