@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from llmfoundry.inference.model_loading import context_length_of
 from llmfoundry.models.hf.export import PRECISION_DTYPES
 from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, MissingFileError
 from llmfoundry.utils.file_utils import (
@@ -63,16 +64,18 @@ class LogitsOnly(torch.nn.Module):
 
 
 def context_length(model: PreTrainedModel) -> int:
-    """The model's longest input: MPT's ``max_seq_len``, else ``max_position_embeddings``."""
-    config = model.config
-    for name in ("max_seq_len", "max_position_embeddings", "n_positions"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    raise ConfigError(
-        f"{type(config).__name__} names no context length (max_seq_len / "
-        "max_position_embeddings); pass --max_seq_len"
-    )
+    """The model's longest input (``model_loading.context_length_of``).
+
+    Raises:
+        ConfigError: if its config names none.
+    """
+    length = context_length_of(model)
+    if length is None:
+        raise ConfigError(
+            f"{type(model.config).__name__} names no context length (max_seq_len / "
+            "max_position_embeddings); pass --max_seq_len"
+        )
+    return length
 
 
 def _import_onnxruntime() -> Any:

@@ -29,6 +29,7 @@ from llmfoundry.data.mds_writer import MiniMDSWriter, supports, zstd_level
 from llmfoundry.data.token_batches import SampleCutter, TokenIds, batch_encoder, batch_texts
 from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, did_you_mean
+from llmfoundry.utils.file_utils import format_size
 
 logger = logging.getLogger(__name__)
 
@@ -338,16 +339,6 @@ class MDSWriteSummary:
             f"read {self.rows_read:,} rows ({self.describe_dropped()}); {written}; "
             f"{format_size(self.bytes_on_disk)} on disk in {self.out}"
         )
-
-
-def format_size(num_bytes: int) -> str:
-    """``num_bytes`` in a readable unit (``"1.5 MB"``)."""
-    size = float(num_bytes)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if size < 1000 or unit == "TB":
-            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
-        size /= 1000
-    raise AssertionError("unreachable")
 
 
 def folder_size(folder: str) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError, did_you_mean
-from llmfoundry.utils.file_utils import atomic_file
+from llmfoundry.utils.file_utils import atomic_file, format_size
 
 MANIFEST_PATH = Path(__file__).resolve().parent / "data" / "manifest.tsv"
 REPO_DATA_PREFIX = "scripts/eval/local_data/"
@@ -265,16 +265,6 @@ def _sync_file(
         return FileResult(entry, "failed", error=f"{entry.relative_path}: {err}")
 
 
-def human_bytes(nbytes: int) -> str:
-    """``nbytes`` in B, kB, MB or GB (powers of 1000), e.g. ``'1.5 MB'``."""
-    size = float(nbytes)
-    for unit in ("B", "kB", "MB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
-
-
 @dataclass(frozen=True)
 class DownloadReport:
     """The outcome of :func:`download_eval_data`: one result per file of the suite."""
@@ -298,8 +288,8 @@ class DownloadReport:
         failed = self.with_status("failed")
         return (
             f"suite {self.suite}: fetched {len(fetched)} "
-            f"({human_bytes(sum(r.nbytes for r in fetched))}), already present {len(present)} "
-            f"({human_bytes(sum(r.nbytes for r in present))}), failed {len(failed)}, "
+            f"({format_size(sum(r.nbytes for r in fetched))}), already present {len(present)} "
+            f"({format_size(sum(r.nbytes for r in present))}), failed {len(failed)}, "
             f"of {len(self.results)} files\n"
             f"destination: {self.dest}"
         )

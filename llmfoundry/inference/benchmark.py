@@ -23,13 +23,13 @@ from transformers import PreTrainedModel
 
 from llmfoundry.cli.argparsing import accept_both_spellings
 from llmfoundry.cli.generate_flags import add_model_flags, add_sampling_flags, take_model_source
-from llmfoundry.inference.chat import model_max_positions
 from llmfoundry.inference.generate import (
     autocast_context,
     check_autocast,
     generation_token_ids,
     load_for_generation,
 )
+from llmfoundry.inference.model_loading import context_length_of
 from llmfoundry.inference.options import ModelSource
 from llmfoundry.utils.cli_utils import run_user_command
 from llmfoundry.utils.exceptions import ConfigError
@@ -162,7 +162,7 @@ def benchmark_generation(
         raise ConfigError(
             f"--timed_runs={timed_runs} must be at least 1 and --warmup_runs={warmup_runs} at least 0"
         )
-    limit = model_max_positions(model)
+    limit = context_length_of(model)
     if limit is not None and max(input_lens) + max(output_lens) > limit:
         raise ConfigError(
             f"--input_lens max {max(input_lens)} + --output_lens max {max(output_lens)} exceeds "

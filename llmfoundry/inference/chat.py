@@ -26,6 +26,7 @@ from llmfoundry.inference.generate import (
     generation_token_ids,
     load_for_generation,
 )
+from llmfoundry.inference.model_loading import context_length_of
 from llmfoundry.inference.options import ModelSource, Sampling
 from llmfoundry.utils.exceptions import ConfigError
 
@@ -34,8 +35,6 @@ logger = logging.getLogger(__name__)
 CLEAR_COMMANDS = ("clear",)
 HISTORY_COMMANDS = ("history",)
 QUIT_COMMANDS = ("quit", "exit")
-# config attributes that hold a model's maximum sequence length, by model family.
-MAX_POSITION_KEYS = ("max_position_embeddings", "max_seq_len", "n_positions", "seq_length")
 CHAT_SAMPLING = Sampling(max_new_tokens=512, do_sample=True)
 """The chat's decoding defaults (``hf_chat``'s flags): longer replies, sampled."""
 
@@ -103,16 +102,6 @@ class StopStringStreamer(BaseStreamer):
         self.text = text
 
 
-def model_max_positions(model: PreTrainedModel) -> int | None:
-    """The longest sequence the model's config allows, if it says."""
-    config = getattr(model, "config", None)
-    for key in MAX_POSITION_KEYS:
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
 class ChatSession:
     """A conversation with a model: its turns, truncation to the context, and streamed replies.
 
@@ -154,7 +143,7 @@ class ChatSession:
         self.tokenizer = tokenizer
         self.system_prompt = system_prompt
         self.max_new_tokens = max_new_tokens
-        self.max_seq_len = max_seq_len if max_seq_len is not None else model_max_positions(model)
+        self.max_seq_len = max_seq_len if max_seq_len is not None else context_length_of(model)
         if self.max_seq_len is not None and max_new_tokens >= self.max_seq_len:
             raise ConfigError(
                 f"--max_new_tokens={max_new_tokens} leaves no room for the conversation in "

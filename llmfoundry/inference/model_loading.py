@@ -44,6 +44,7 @@ __all__ = [
     "ModelSource",
     "adapter_tokenizer_source",
     "apply_adapter",
+    "context_length_of",
     "default_device",
     "load_model_and_tokenizer",
 ]
@@ -85,6 +86,28 @@ def _attn_options(config: PretrainedConfig, attn_impl: str | None) -> dict[str, 
         config.attn_config = {**cast(dict[str, Any], attn_config), "attn_impl": attn_impl}
         return {}
     return {"attn_implementation": attn_impl}
+
+
+# Config attributes that hold a model's context length, by model family: ours and MPT's first
+# (what --max_seq_len sets), then transformers' usual name, GPT-2's and others'.
+CONTEXT_LENGTH_KEYS = (
+    "max_seq_len",
+    "max_position_embeddings",
+    "n_positions",
+    "n_ctx",
+    "seq_length",
+)
+
+
+def context_length_of(model: PreTrainedModel) -> int | None:
+    """The most tokens (prompt plus completion) the model's config allows, or None if it names
+    no length (:data:`CONTEXT_LENGTH_KEYS`)."""
+    config = getattr(model, "config", None)
+    for key in CONTEXT_LENGTH_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _set_max_seq_len(config: PretrainedConfig, max_seq_len: int | None, name: str) -> None:

@@ -30,6 +30,7 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from llmfoundry.inference.model_loading import context_length_of
 from llmfoundry.inference.serve_logprobs import completion_logprobs, kept_completion_tokens
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.tokenizer_utils import eos_id_set, pad_token_id_of
@@ -71,17 +72,6 @@ class ServedModel:
     def wrap(cls, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> ServedModel:
         """A ``ServedModel`` for an already-loaded model, its context length read off its config."""
         return cls(model=model, tokenizer=tokenizer, context_length=context_length_of(model))
-
-
-def context_length_of(model: PreTrainedModel) -> int | None:
-    """The model's context length from its config (``max_position_embeddings``, MPT's
-    ``max_seq_len``, GPT-2's ``n_positions``), or None if it names none."""
-    config = model.config
-    for name in ("max_position_embeddings", "max_seq_len", "n_positions", "n_ctx"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 @dataclass

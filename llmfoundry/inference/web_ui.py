@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from llmfoundry.inference.chat import ChatSession, model_max_positions
+from llmfoundry.inference.chat import ChatSession
 from llmfoundry.inference.generate import generate_batch, load_for_generation
+from llmfoundry.inference.model_loading import context_length_of
 from llmfoundry.inference.options import ModelSource, Sampling
 from llmfoundry.inference.web_ui_launch import (
     DEFAULT_HOST,
@@ -239,7 +240,7 @@ def default_max_new_tokens(model: PreTrainedModel, limit: int) -> int:
     """Where the max-new-tokens sliders start: ``DEFAULT_MAX_NEW_TOKENS``, at most ``limit``
     and at most half the model's context (so a chat turn has room for the conversation)."""
     value = min(DEFAULT_MAX_NEW_TOKENS, limit)
-    positions = model_max_positions(model)
+    positions = context_length_of(model)
     if positions is not None:
         value = min(value, max(positions // 2, 1))
     return value

@@ -25,6 +25,17 @@ def looks_like_local_path(name: str) -> bool:
     return os.path.isabs(name) or name.startswith((".", "~")) or name.count("/") > 1 or "\\" in name
 
 
+def format_size(num_bytes: int) -> str:
+    """``num_bytes`` in a readable SI unit: ``"512 B"``, ``"1.5 kB"``, ``"2.0 GB"`` (powers of
+    1000, up to TB)."""
+    size = float(num_bytes)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1000
+    return f"{size:,.1f} TB"
+
+
 def check_replaceable_output(target: str | Path, flag: str, markers: tuple[str, ...]) -> None:
     """Refuse an output folder that a command would replace but did not write.
 

@@ -7,18 +7,19 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import numpy as np
 import onnxruntime
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from llmfoundry.cli.generate_flags import add_model_flags, add_sampling_flags
 from llmfoundry.command_utils.convert_hf_to_onnx import convert_hf_to_onnx, run_onnx
 from llmfoundry.inference.generate import generate_from_pretrained, read_prompts
-from llmfoundry.inference.model_loading import load_model_and_tokenizer
+from llmfoundry.inference.model_loading import context_length_of, load_model_and_tokenizer
 from llmfoundry.inference.options import ModelSource, Sampling
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
@@ -173,6 +174,27 @@ def test_max_seq_len_sets_the_mpt_context(
         llama, _ = load_model_and_tokenizer(ModelSource(str(llama_dir), max_seq_len=16))
     assert "--max_seq_len=16 does not change the model" in caplog.text
     assert llama.config.max_position_embeddings == 64
+    # Every inference command reads the context the same way: the set max_seq_len wins.
+    assert (context_length_of(longer), context_length_of(llama)) == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("fields", "length"),
+    [
+        ({"max_seq_len": 32, "max_position_embeddings": 128}, 32),
+        ({"max_position_embeddings": 128, "n_positions": 64}, 128),
+        ({"n_positions": 1024}, 1024),
+        ({"n_ctx": 2048}, 2048),
+        ({"seq_length": 4096}, 4096),
+        ({"max_seq_len": True, "max_position_embeddings": 0}, None),
+        ({}, None),
+    ],
+)
+def test_the_context_length_is_read_from_the_first_config_key_that_names_one(
+    fields: dict[str, Any], length: int | None
+) -> None:
+    model = cast(PreTrainedModel, SimpleNamespace(config=SimpleNamespace(**fields)))
+    assert context_length_of(model) == length
 
 
 @pytest.mark.slow

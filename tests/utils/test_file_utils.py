@@ -15,6 +15,7 @@ from llmfoundry.utils.file_utils import (
     JSONLineError,
     atomic_directory,
     check_replaceable_output,
+    format_size,
     json_object_of_line,
     looks_like_local_path,
 )
@@ -119,3 +120,11 @@ def test_a_bad_json_line_says_what_is_wrong(
 
 def test_a_json_line_reads_as_its_object() -> None:
     assert json_object_of_line(b'{"a": [1, "\xc3\xa9"]}\n') == {"a": [1, "é"]}
+
+
+@pytest.mark.parametrize(
+    ("num_bytes", "shown"),
+    [(0, "0 B"), (999, "999 B"), (1500, "1.5 kB"), (2_000_000, "2.0 MB"), (3 * 10**12, "3.0 TB")],
+)
+def test_sizes_are_shown_in_si_units(num_bytes: int, shown: str) -> None:
+    assert format_size(num_bytes) == shown
