@@ -54,7 +54,6 @@ from llmfoundry.eval.datasets import (
     pad_sequences,
     require,
     require_strings,
-    trim_context,
 )
 from llmfoundry.eval.metrics import (
     ICL_METRICS,
@@ -207,13 +206,7 @@ class CodeEvaluationDataset(ICLDataset):
         )
 
     def _encode(self) -> list[list[int]]:
-        preambles = self.encode_preambles()
-        contexts = [self.row_texts(i)[0][0] for i in range(len(self.examples))]
-        encoded = encode_unique(self.tokenizer, contexts, add_special_tokens=False)
-        return [
-            trim_context(preambles[i] + encoded[i], 0, self.max_seq_len, self.rows[i])
-            for i in range(len(self.examples))
-        ]
+        return self.encode_prompts(self.max_seq_len)
 
     def _generation_kwargs(self, overrides: dict[str, Any]) -> dict[str, Any]:
         """LLM Foundry's sampling defaults and token budget, then the task's overrides."""

@@ -201,6 +201,17 @@ class ICLDataset(Dataset[dict[str, Any]]):
             for ids in encoded
         ]
 
+    def encode_prompts(self, room: int) -> list[list[int]]:
+        """Each row's preamble and context ids (the first text of ``row_texts``), cut from the
+        left to at most ``room`` tokens: the prompts of the generation tasks."""
+        preambles = self.encode_preambles()
+        contexts = [self.row_texts(i)[0][0] for i in range(len(self.examples))]
+        encoded = encode_unique(self.tokenizer, contexts, add_special_tokens=False)
+        return [
+            trim_context(preambles[i] + encoded[i], 0, room, self.rows[i])
+            for i in range(len(self.examples))
+        ]
+
     def lengths(self) -> list[int] | None:
         """Each row's length in tokens, for serving rows by length; None keeps file order."""
         return None

@@ -30,11 +30,9 @@ from llmfoundry.eval.datasets import (
     TASK_DATASETS,
     Example,
     ICLDataset,
-    encode_unique,
     pad_sequences,
     require,
     require_strings,
-    trim_context,
 )
 from llmfoundry.eval.sources import ICLRow
 from llmfoundry.utils.exceptions import DatasetError
@@ -175,19 +173,13 @@ class GenerationWithAnswersDataset(ICLDataset):
         return longest + (COT_BUFFER_TOKENS if self.cot_delimiter else 0)
 
     def _encode(self) -> list[list[int]]:
-        preambles = self.encode_preambles()
-        contexts = [self.row_texts(i)[0][0] for i in range(len(self.examples))]
-        encoded = encode_unique(self.tokenizer, contexts, add_special_tokens=False)
         if self.prompt_room < 1:
             row = self.rows[0]
             raise DatasetError(
                 f"{row.source}: answers of up to {self.max_seq_len - self.prompt_room} tokens "
                 f"leave no room for the prompt in max_seq_len={self.max_seq_len}; raise max_seq_len"
             )
-        return [
-            trim_context(preambles[i] + encoded[i], 0, self.prompt_room, self.rows[i])
-            for i in range(len(self.examples))
-        ]
+        return self.encode_prompts(self.prompt_room)
 
     def item(self, index: int) -> dict[str, Any]:
         return {"prompt": self.prompts[index], "answers": list(self.examples[index].answers)}
