@@ -20,9 +20,10 @@ from composer.core import DataSpec
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.data.finetuning.collator import Seq2SeqFinetuningCollator
-from llmfoundry.data.finetuning.dataset_config import check_positive_int, parse_dataset_config
+from llmfoundry.data.finetuning.dataset_config import parse_dataset_config
 from llmfoundry.data.finetuning.packing import BinPackCollator
 from llmfoundry.data.text_collator import CausalLMCollator, count_tokens_in_batch
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.tokenizer_utils import eos_token_id_of, pad_token_id_of
 
@@ -62,7 +63,7 @@ def validate_ds_replication(
     """
     del tokenizer
     for name in ("replication", "seq_parallel_replication", "auto_packing_replication"):
-        check_positive_int(dataset_cfg.get(name), f"{section}.{name}")
+        check_value(dataset_cfg.get(name), PositiveInt | None, f"{section}.{name}")
     if (dataset_cfg.get("seq_parallel_replication") or 1) > 1:
         raise ConfigError(
             f"{section}.seq_parallel_replication is {dataset_cfg['seq_parallel_replication']}, "

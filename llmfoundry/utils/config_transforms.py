@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from llmfoundry import registry
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -36,21 +37,6 @@ class BatchSizeInfo:
     device_train_microbatch_size: int | Literal["auto"]
     # Microbatches per device batch, or 'auto' when Composer searches for the microbatch size.
     device_train_grad_accum: int | Literal["auto"]
-
-
-def _positive_int(value: Any, key: str) -> int | None:
-    """``value`` as a positive int (None stays None).
-
-    Raises:
-        ConfigError: naming ``key`` if it is not a positive integer.
-    """
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{key} must be int or null, got {type(value).__name__} {value!r}")
-    if value <= 0:
-        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-    return value
 
 
 def batch_size_info(
@@ -72,8 +58,9 @@ def batch_size_info(
         ConfigError: if neither batch size is set, they disagree, the global batch does not
             divide evenly, or the microbatch is neither ``'auto'`` nor a divisor of the batch.
     """
-    global_batch = _positive_int(global_batch_size, "global_train_batch_size")
-    device_batch = _positive_int(device_batch_size, "device_train_batch_size")
+    check_value(global_batch_size, PositiveInt | None, "global_train_batch_size")
+    check_value(device_batch_size, PositiveInt | None, "device_train_batch_size")
+    global_batch, device_batch = global_batch_size, device_batch_size
     if global_batch is None:
         if device_batch is None:
             raise ConfigError(

@@ -77,7 +77,7 @@ def test_legacy_top_level_variable_is_accepted_with_warning(
 
 def test_wrong_type_names_key_and_type(tmp_path: Path) -> None:
     with pytest.raises(
-        ConfigError, match="global_train_batch_size must be int or null, got str 'many'"
+        ConfigError, match="global_train_batch_size must be a positive int or null, got str 'many'"
     ):
         load_config(_write(tmp_path, MINIMAL), ["global_train_batch_size=many"])
     with pytest.raises(ConfigError, match="model must be mapping"):

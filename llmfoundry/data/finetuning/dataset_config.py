@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from llmfoundry.data.finetuning.turns import TargetPolicy
-from llmfoundry.utils.config_checks import PositiveInt, check_value
+from llmfoundry.utils.config_checks import NonNegativeInt, PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys
 
@@ -104,8 +104,9 @@ def parse_dataset_config(dataset: Mapping[str, Any], key: str) -> FinetuningData
         if config.packing_ratio not in (None, 1, 1.0):
             raise ConfigError(f"{key}.packing_ratio needs decoder_only_format: true")
     _check_packing_ratio(config.packing_ratio, f"{key}.packing_ratio")
-    check_max_leftover_bins_to_keep(
-        config.max_leftover_bins_to_keep, f"{key}.max_leftover_bins_to_keep"
+    # Leftover bins carried to the next batch; null keeps them all.
+    check_value(
+        config.max_leftover_bins_to_keep, NonNegativeInt | None, f"{key}.max_leftover_bins_to_keep"
     )
     if config.max_leftover_bins_to_keep is not None and config.packing_ratio is None:
         raise ConfigError(
@@ -113,7 +114,7 @@ def parse_dataset_config(dataset: Mapping[str, Any], key: str) -> FinetuningData
             "or remove it"
         )
     for name in ("replication", "seq_parallel_replication", "auto_packing_replication"):
-        check_positive_int(getattr(config, name), f"{key}.{name}")
+        check_value(getattr(config, name), PositiveInt | None, f"{key}.{name}")
     for name in ("safe_load", "allow_pad_trimming", "pad_to_longest", "decoder_only_format"):
         if not isinstance(getattr(config, name), bool):
             raise ConfigError(f"{key}.{name} must be true or false, got {getattr(config, name)!r}")
@@ -144,30 +145,3 @@ def _check_packing_ratio(value: Any, key: str) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 1:
         raise ConfigError(f"{key} is {value!r}; use a number >= 1, auto, or null (no packing)")
-
-
-def check_positive_int(value: Any, key: str) -> None:
-    """Fail unless ``value`` is None or a whole number >= 1.
-
-    Raises:
-        ConfigError: naming ``key``.
-    """
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{key} is {value!r}; use a whole number >= 1 (or leave it out)")
-
-
-def check_max_leftover_bins_to_keep(value: Any, key: str) -> None:
-    """Check a ``max_leftover_bins_to_keep`` value (None or an integer >= 0).
-
-    Raises:
-        ConfigError: naming ``key`` and the accepted values.
-    """
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(
-            f"{key} is {value!r}; use a whole number >= 0 (leftover bins carried to the next "
-            "batch) or null (keep them all)"
-        )

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from llmfoundry.data.finetuning.collator import Seq2SeqFinetuningCollator
-from llmfoundry.data.finetuning.dataset_config import check_max_leftover_bins_to_keep
+from llmfoundry.utils.config_checks import NonNegativeInt, check_value
 from llmfoundry.utils.constants import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class BinPackCollator:
     ) -> None:
         if not collator.decoder_only_format:
             raise ValueError("packing needs decoder_only_format: true")
-        check_max_leftover_bins_to_keep(max_leftover_bins_to_keep, "max_leftover_bins_to_keep")
+        check_value(max_leftover_bins_to_keep, NonNegativeInt | None, "max_leftover_bins_to_keep")
         self.collator = collator
         self.device_batch_size = device_batch_size
         self.max_leftover_bins_to_keep = max_leftover_bins_to_keep

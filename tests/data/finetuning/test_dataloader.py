@@ -64,7 +64,9 @@ def test_yaml_section_builds_through_the_registry(
     assert spec.get_num_tokens_in_batch(first) == int(first["attention_mask"].sum())
 
 
-LEFTOVER_BINS = r"train_loader\.dataset\.max_leftover_bins_to_keep is .*; use a whole number >= 0"
+LEFTOVER_BINS = (
+    r"train_loader\.dataset\.max_leftover_bins_to_keep must be a non-negative int or null, got "
+)
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,10 @@ def test_pad_to_longest_pads_each_batch_to_its_longest_example(
             r"train_loader\.dataset\.seq_parallel_replication is 2, but sequence parallelism is "
             r"not implemented; set it to 1",
         ),
-        ({"auto_packing_replication": 0}, r"auto_packing_replication is 0; use a whole number"),
+        (
+            {"auto_packing_replication": 0},
+            r"auto_packing_replication must be a positive int or null, got int 0",
+        ),
         ({"replication": 2}, r"replication factor 2 does not divide the 1 processes"),
         ({"pad_to_longest": "yes"}, r"pad_to_longest must be true or false"),
         ({"max_leftover_bins_to_keep": 1}, r"max_leftover_bins_to_keep applies to packing only"),

@@ -191,7 +191,9 @@ def test_max_leftover_bins_to_keep_keeps_the_fullest_leftover_bins(
 
 @pytest.mark.parametrize("value", [-1, 2.0, False])
 def test_max_leftover_bins_to_keep_must_be_a_whole_number(value: object) -> None:
-    with pytest.raises(ConfigError, match=r"max_leftover_bins_to_keep is .*; use a whole number"):
+    with pytest.raises(
+        ConfigError, match=r"max_leftover_bins_to_keep must be a non-negative int or null, got "
+    ):
         # Deliberately not an int (what a YAML could hold): the check under test refuses it.
         BinPackCollator(Seq2SeqFinetuningCollator(PAD, 10), 1, cast(int, value))
 
