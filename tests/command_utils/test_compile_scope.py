@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from llmfoundry.command_utils.train import compile_model_or_blocks
-from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
+from llmfoundry.models.mpt import MPTForCausalLM
 from llmfoundry.utils.exceptions import ConfigError
+from tests.fixtures import tiny_config
 
 
 class Wrapper(torch.nn.Module):
@@ -21,8 +22,7 @@ class Wrapper(torch.nn.Module):
 
 
 def tiny_mpt() -> MPTForCausalLM:
-    config = MPTConfig(d_model=32, n_heads=2, n_layers=2, vocab_size=64, max_seq_len=16)
-    return MPTForCausalLM(config)
+    return MPTForCausalLM(tiny_config(max_seq_len=16))
 
 
 def test_no_compile_config_compiles_nothing() -> None:

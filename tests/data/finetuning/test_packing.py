@@ -110,18 +110,12 @@ def test_auto_packing_ratio_is_the_largest_with_nothing_carried_over() -> None:
 def test_packed_loss_equals_the_sum_of_unpacked_losses(
     target_prompts: str, target_responses: str
 ) -> None:
-    from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
+    from tests.fixtures import tiny_config, tiny_model
 
-    torch.manual_seed(0)
-    config = MPTConfig(
-        d_model=32,
-        n_heads=4,
-        n_layers=2,
-        vocab_size=VOCAB,
-        max_seq_len=MAX_SEQ_LEN,
-        attn_config={"alibi": True, "attn_uses_sequence_id": True, "attn_impl": "torch"},
+    config = tiny_config(
+        {"alibi": True, "attn_uses_sequence_id": True}, vocab_size=VOCAB, max_seq_len=MAX_SEQ_LEN
     )
-    model = MPTForCausalLM(config).eval()
+    model = tiny_model(config)
     base = Seq2SeqFinetuningCollator(PAD, MAX_SEQ_LEN, target_prompts, target_responses)
     examples = random_examples(12, seed=2)
     collator = BinPackCollator(base, device_batch_size=3)
