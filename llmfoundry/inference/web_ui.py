@@ -308,6 +308,18 @@ def _chat_tab(
         chatbot.clear(on_clear, None, send_outputs, api_name=False)
 
 
+def _check_token_limit(max_new_tokens_limit: int) -> None:
+    """Fail on a ``--max_new_tokens_limit`` below 1 (checked before a model is loaded).
+
+    Raises:
+        ConfigError: naming the flag and its value.
+    """
+    if max_new_tokens_limit < 1:
+        raise ConfigError(
+            f"--max_new_tokens_limit={max_new_tokens_limit} must be a positive integer"
+        )
+
+
 def build_app(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -333,10 +345,7 @@ def build_app(
         ConfigError: if ``max_new_tokens_limit`` is not positive.
         MissingDependencyError: if Gradio is not installed.
     """
-    if max_new_tokens_limit < 1:
-        raise ConfigError(
-            f"--max_new_tokens_limit={max_new_tokens_limit} must be a positive integer"
-        )
+    _check_token_limit(max_new_tokens_limit)
     gr = import_gradio()
     limit = max_new_tokens_limit
     start = default_max_new_tokens(model, limit)
@@ -404,10 +413,7 @@ def serve_web_ui(
         ConfigError, MissingFileError, MissingDependencyError, TokenizerError: on a bad flag,
             a missing folder, an adapter for another base model, or missing packages.
     """
-    if max_new_tokens_limit < 1:
-        raise ConfigError(
-            f"--max_new_tokens_limit={max_new_tokens_limit} must be a positive integer"
-        )
+    _check_token_limit(max_new_tokens_limit)
     if source.autocast_dtype is not None:
         raise ConfigError(
             "the web UI does not take --autocast_dtype; choose the weights' dtype with --model_dtype"
