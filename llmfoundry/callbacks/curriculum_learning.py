@@ -65,7 +65,7 @@ class Phase:
     train_loader: dict[str, Any]
     key_path: str
 
-    def asplain(self) -> dict[str, Any]:
+    def as_plain(self) -> dict[str, Any]:
         """The phase as checkpoint-safe plain data."""
         return {"duration": str(self.duration), "train_loader": self.train_loader}
 
@@ -158,7 +158,7 @@ class CurriculumLearning(Callback):
             dataset_state = self._state._dataset_state_dict().get("train")
         return {
             "schedule_index": self._index,
-            "phases": [phase.asplain() for phase in self.phases],
+            "phases": [phase.as_plain() for phase in self.phases],
             "train_dataset_state": dataset_state,
         }
 
@@ -166,7 +166,7 @@ class CurriculumLearning(Callback):
         index = int(state["schedule_index"])
         saved = list(state["phases"])
         for i in range(min(index + 1, len(saved))):
-            now = self.phases[i].asplain() if i < len(self.phases) else None
+            now = self.phases[i].as_plain() if i < len(self.phases) else None
             was = saved[i]
             same = now is not None and (
                 now == was if i < index else now["train_loader"] == was["train_loader"]

@@ -19,7 +19,7 @@ from llmfoundry.inference.model_loading import (
     adapter_tokenizer_source,
     load_model_and_tokenizer,
 )
-from llmfoundry.models.hf.export import PRECISION_DTYPES
+from llmfoundry.models.hf.export import dtype_of_precision
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.file_utils import (
     HF_FOLDER_MARKERS,
@@ -68,10 +68,7 @@ def merge_lora(
         ConfigError: for an unknown precision, or an adapter made for another base model.
         MissingFileError: if the base or adapter folder does not exist.
     """
-    if output_precision not in PRECISION_DTYPES:
-        raise ConfigError(
-            f"--output_precision={output_precision!r}: choose one of {', '.join(PRECISION_DTYPES)}"
-        )
+    dtype = dtype_of_precision(output_precision, "--output_precision")
     output = Path(output)
     if output.resolve() in (Path(base).resolve(), Path(adapter).resolve()):
         raise ConfigError(f"--output={str(output)!r} must differ from --base and --adapter")
@@ -86,7 +83,7 @@ def merge_lora(
         tokenizer_source or base, trust_remote_code=trust_remote_code
     )
     merged = cast(PreTrainedModel, cast(Any, model).merge_and_unload())
-    torch.nn.Module.to(merged, PRECISION_DTYPES[output_precision])
+    torch.nn.Module.to(merged, dtype)
     with atomic_directory(output) as staging:
         merged.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)

@@ -36,7 +36,7 @@ from llmfoundry.inference.model_loading import (  # noqa: F401  (re-exported)
 from llmfoundry.inference.options import SWEPT_FLAGS, ModelSource, Sampling
 from llmfoundry.models.hf.export import PRECISION_DTYPES
 from llmfoundry.utils.constants import AUTOCAST_DTYPE_NAMES
-from llmfoundry.utils.exceptions import ConfigError, MissingFileError
+from llmfoundry.utils.exceptions import ConfigError, MissingFileError, TokenizerError
 from llmfoundry.utils.tokenizer_utils import eos_id_set, pad_token_id_of
 
 AUTOCAST_DTYPES = {name: PRECISION_DTYPES[name] for name in AUTOCAST_DTYPE_NAMES}
@@ -173,10 +173,10 @@ def generation_token_ids(
         eos = getattr(generation_config, "eos_token_id", None)
     if eos is None:
         eos = tokenizer.eos_token_id
-    eos_ids = eos_id_set(eos)
-    if pad_token_id is None and tokenizer.pad_token_id is None and not eos_ids:
+    try:
+        return eos, pad_token_id_of(tokenizer, pad_token_id, eos_id_set(eos))
+    except TokenizerError:
         return eos, None  # nothing to pad with: one prompt needs no padding
-    return eos, pad_token_id_of(tokenizer, pad_token_id, eos_ids)
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from transformers import (
 )
 
 from llmfoundry.inference.options import ModelSource
-from llmfoundry.models.hf.export import PRECISION_DTYPES
+from llmfoundry.models.hf.export import dtype_of_precision
 from llmfoundry.models.hf.loading import load_config
 from llmfoundry.models.mpt.configuration_mpt import ATTN_IMPLS as MPT_ATTN_IMPLS
 from llmfoundry.utils.constants import HF_ATTN_IMPLEMENTATIONS
@@ -216,10 +216,7 @@ def load_model_and_tokenizer(
             without flash-attn.
     """
     name = source.name_or_path
-    if source.model_dtype not in PRECISION_DTYPES:
-        raise ConfigError(
-            f"--model_dtype={source.model_dtype!r}: choose one of {', '.join(PRECISION_DTYPES)}"
-        )
+    dtype = dtype_of_precision(source.model_dtype, "--model_dtype")  # before any slow loading
     if looks_like_local_path(name) and not Path(name).expanduser().exists():
         raise MissingFileError(f"--name_or_path: model folder '{name}' does not exist")
     _check_device_map(source.device_map)
@@ -230,7 +227,7 @@ def load_model_and_tokenizer(
         untrusted_hint="; if it ships its own model code add --trust_remote_code",
         **source.hub_kwargs,
     )
-    options = _attn_options(config, source.attn_impl)
+    options = {**_attn_options(config, source.attn_impl), "dtype": dtype}
     _set_max_seq_len(config, source.max_seq_len, name)
     tokenizer_kwargs = {"trust_remote_code": source.trust_remote_code, **source.hub_kwargs}
     tokenizer = build_tokenizer(adapter_tokenizer_source(source.adapter) or name, tokenizer_kwargs)
@@ -262,7 +259,6 @@ def _from_pretrained(
             source.name_or_path,
             config=config,
             trust_remote_code=source.trust_remote_code,
-            dtype=PRECISION_DTYPES[source.model_dtype],
             **source.hub_kwargs,
             **options,
         )
