@@ -132,6 +132,11 @@ class Registry(Generic[T]):
         """Same as :meth:`register`."""
         return self.register(name, func)
 
+    def register_all(self, entries: Mapping[str, T]) -> None:
+        """Register each of ``entries`` under its name (a module's built-in entries, in one table)."""
+        for name, func in entries.items():
+            self.register(name, func)
+
     def register_class(self, name: str, *, func: T) -> T:
         """Register the class ``func`` under ``name`` and return it."""
         self.register(name, func)

@@ -24,7 +24,7 @@ import sys
 from typing import Any
 
 # A sibling file: this script's folder is first on sys.path when it runs.
-from bench_mpt_case import MemoryMeter, _device_name, timed_steps
+from bench_mpt_case import MemoryMeter, _device_name, add_shape_flags, shape_of, timed_steps
 
 RESULT_PREFIX = "BENCH_MOE_RESULT "
 
@@ -47,11 +47,7 @@ def _model(args: argparse.Namespace, kind: str) -> Any:
             "moe_loss_weight": 0.0,
         }
     config = MPTConfig(
-        d_model=args.d_model,
-        n_heads=args.n_heads,
-        n_layers=args.n_layers,
-        max_seq_len=args.seq_len,
-        vocab_size=args.vocab_size,
+        **shape_of(args),
         no_bias=True,
         ffn_config=ffn,
         attn_config={"attn_impl": "sdpa" if args.device == "cuda" else "torch"},
@@ -123,12 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--d_model", type=int, default=256)
-    parser.add_argument("--n_heads", type=int, default=4)
-    parser.add_argument("--n_layers", type=int, default=4)
-    parser.add_argument("--seq_len", type=int, default=512)
+    add_shape_flags(parser, d_model=256, n_heads=4, n_layers=4, seq_len=512, vocab_size=8192)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--vocab_size", type=int, default=8192)
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--top_k", type=int, default=2)
     parser.add_argument("--expert_ratio", type=int, default=2, help="expert width / d_model")

@@ -16,6 +16,7 @@ peak above the built model, i.e. what the steps themselves added.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import gc
@@ -25,7 +26,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 logger = logging.getLogger("bench_mpt")
 
@@ -33,6 +34,37 @@ RESULT_PREFIX = "BENCH_MPT_RESULT "
 NATIVE = "native"
 OURS = "ours"
 NATIVE_ATTN_LABEL = "eager (native)"
+
+
+SHAPE_FLAGS = ("d_model", "n_heads", "n_layers", "seq_len", "vocab_size")
+
+
+def add_shape_flags(parser: argparse.ArgumentParser, **defaults: int) -> None:
+    """The model-shape flags the MoE benchmark and the step profiler share, with the script's
+    ``defaults`` (one for each of :data:`SHAPE_FLAGS`)."""
+    for name in SHAPE_FLAGS:
+        parser.add_argument(f"--{name}", type=int, default=defaults[name])
+
+
+class Shape(TypedDict):
+    """``MPTConfig``'s shape keywords."""
+
+    d_model: int
+    n_heads: int
+    n_layers: int
+    max_seq_len: int
+    vocab_size: int
+
+
+def shape_of(args: argparse.Namespace) -> Shape:
+    """The shape :func:`add_shape_flags`' flags give."""
+    return Shape(
+        d_model=args.d_model,
+        n_heads=args.n_heads,
+        n_layers=args.n_layers,
+        max_seq_len=args.seq_len,
+        vocab_size=args.vocab_size,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,6 +29,9 @@ except ImportError:  # a checkout that is not installed
 import torch
 import torch.nn.functional as F
 
+# A sibling file: this script's folder is first on sys.path when it runs.
+from bench_mpt_case import add_shape_flags, shape_of
+
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
 
 
@@ -38,11 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--d_model", type=int, default=768)
-    parser.add_argument("--n_heads", type=int, default=12)
-    parser.add_argument("--n_layers", type=int, default=12)
-    parser.add_argument("--vocab_size", type=int, default=50368)
-    parser.add_argument("--seq_len", type=int, default=2048)
+    add_shape_flags(parser, d_model=768, n_heads=12, n_layers=12, seq_len=2048, vocab_size=50368)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--attn_impl", default=None, help="default: flex on cuda, torch on cpu")
     parser.add_argument("--compile_blocks", action="store_true")
@@ -81,8 +80,7 @@ def build_model(args: argparse.Namespace, device: torch.device) -> MPTForCausalL
     """MPT with the stock pretraining YAMLs' layer choices (ALiBi, no biases, tied head)."""
     attn_impl = args.attn_impl or ("flex" if device.type == "cuda" else "torch")
     config = MPTConfig(
-        d_model=args.d_model, n_heads=args.n_heads, n_layers=args.n_layers,
-        vocab_size=args.vocab_size, max_seq_len=args.seq_len, expansion_ratio=4,
+        **shape_of(args), expansion_ratio=4,
         attn_config={"attn_impl": attn_impl, "alibi": True}, no_bias=True,
     )  # fmt: skip
     model = MPTForCausalLM(config)

@@ -42,15 +42,16 @@ def gradient_clipping(clipping_type: str, clipping_threshold: float) -> Gradient
     return GradientClipping(clipping_type=clipping_type, clipping_threshold=clipping_threshold)
 
 
-for _name, _cls in {
-    "gradient_clipping": gradient_clipping,
-    "alibi": Alibi,
-    "gated_linear_units": GatedLinearUnits,
-    "low_precision_layernorm": LowPrecisionLayerNorm,
-    "seq_length_warmup": SeqLengthWarmup,
-    "ema": EMA,
-    "sam": SAM,
-    "swa": SWA,
-    "layer_freezing": LayerFreezing,
-}.items():
-    registry.algorithms.register(_name, func=_cls)
+registry.algorithms.register_all(
+    {
+        "gradient_clipping": gradient_clipping,
+        "alibi": Alibi,
+        "gated_linear_units": GatedLinearUnits,
+        "low_precision_layernorm": LowPrecisionLayerNorm,
+        "seq_length_warmup": SeqLengthWarmup,
+        "ema": EMA,
+        "sam": SAM,
+        "swa": SWA,
+        "layer_freezing": LayerFreezing,
+    }
+)

@@ -52,42 +52,44 @@ from llmfoundry.callbacks.run_timeout import RunTimeout
 from llmfoundry.callbacks.scheduled_gc import ScheduledGarbageCollector
 from llmfoundry.callbacks.tok_per_expert import MegaBlocksMoE_TokPerExpert, TokPerExpert
 
-for _name, _cls in {
-    "lr_monitor": LRMonitor,
-    "memory_monitor": MemoryMonitor,
-    "memory_snapshot": MemorySnapshot,
-    "speed_monitor": SpeedMonitor,
-    "runtime_estimator": RuntimeEstimator,
-    "optimizer_monitor": OptimizerMonitor,
-    "nan_monitor": NaNMonitor,
-    "oom_observer": OOMObserver,
-    "system_metrics_monitor": SystemMetricsMonitor,
-    "early_stopper": EarlyStopper,
-    "threshold_stopper": ThresholdStopper,
-    "generate_callback": Generate,
-    "kill_loss_spike": KillLossSpike,
-    "run_timeout": RunTimeout,
-    "scheduled_gc": ScheduledGarbageCollector,
-    "env_logging": EnvironmentLoggingCallback,
-    "eval_output_logging": EvalOutputLogging,
-    "eval_gauntlet": EvalGauntlet,
-    "hf_checkpointer": HuggingFaceCheckpointer,
-    "fdiff_metrics": FDiffMetrics,
-    "global_lr_scaling": GlobalLRScaling,
-    "layer_freezing": LayerFreezing,
-    "mono_checkpoint_saver": MonolithicCheckpointSaver,
-    "loss_perp_v_len": LossPerpVsContextLengthLogger,
-    "load_checkpoint": LoadCheckpoint,
-    "mbmoe_tok_per_expert": TokPerExpert,
-}.items():
-    registry.callbacks.register(_name, func=_cls)
+registry.callbacks.register_all(
+    {
+        "lr_monitor": LRMonitor,
+        "memory_monitor": MemoryMonitor,
+        "memory_snapshot": MemorySnapshot,
+        "speed_monitor": SpeedMonitor,
+        "runtime_estimator": RuntimeEstimator,
+        "optimizer_monitor": OptimizerMonitor,
+        "nan_monitor": NaNMonitor,
+        "oom_observer": OOMObserver,
+        "system_metrics_monitor": SystemMetricsMonitor,
+        "early_stopper": EarlyStopper,
+        "threshold_stopper": ThresholdStopper,
+        "generate_callback": Generate,
+        "kill_loss_spike": KillLossSpike,
+        "run_timeout": RunTimeout,
+        "scheduled_gc": ScheduledGarbageCollector,
+        "env_logging": EnvironmentLoggingCallback,
+        "eval_output_logging": EvalOutputLogging,
+        "eval_gauntlet": EvalGauntlet,
+        "hf_checkpointer": HuggingFaceCheckpointer,
+        "fdiff_metrics": FDiffMetrics,
+        "global_lr_scaling": GlobalLRScaling,
+        "layer_freezing": LayerFreezing,
+        "mono_checkpoint_saver": MonolithicCheckpointSaver,
+        "loss_perp_v_len": LossPerpVsContextLengthLogger,
+        "load_checkpoint": LoadCheckpoint,
+        "mbmoe_tok_per_expert": TokPerExpert,
+    }
+)
 
-for _name, _cls in {
-    "async_eval": AsyncEval,
-    "curriculum_learning": CurriculumLearning,
-    "dataset_swap": DatasetSwap,
-}.items():
-    registry.callbacks_with_config.register(_name, func=_cls)
+registry.callbacks_with_config.register_all(
+    {
+        "async_eval": AsyncEval,
+        "curriculum_learning": CurriculumLearning,
+        "dataset_swap": DatasetSwap,
+    }
+)
 
 # LLM Foundry's class name for run_timeout's callback.
 RunTimeoutCallback = RunTimeout

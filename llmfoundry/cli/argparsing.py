@@ -7,8 +7,8 @@ utilities), so that ``--help`` answers at once.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from llmfoundry.utils.cli_utils import LOGGING_LEVELS, parse_bool, parse_logging_level
 
@@ -16,16 +16,44 @@ __all__ = [
     "CONVERTER_FLAGS",
     "LOGGING_LEVELS",
     "SPELLING_NOTE",
+    "AddFlags",
     "BooleanFlag",
     "NameList",
+    "ParserBuilder",
     "accept_both_spellings",
     "add_converter_flags",
     "add_yaml_arguments",
     "check_yaml_and_overrides",
+    "command_parser",
     "parse_logging_level",
 ]
 
 SPELLING_NOTE = "Every --flag_name may also be spelled --flag-name."
+
+AddFlags = Callable[[argparse.ArgumentParser], object]
+"""A command's flag declarations: ``add_flags(parser)`` adds them to ``parser``."""
+
+
+class ParserBuilder(Protocol):
+    """A command's ``build_parser(prog=None)``."""
+
+    def __call__(self, prog: str | None = None) -> argparse.ArgumentParser:
+        """A new parser for the command, named ``prog`` in its usage line."""
+        ...
+
+
+def command_parser(description: str | None, add_flags: AddFlags, **options: Any) -> ParserBuilder:
+    """A command's ``build_parser``: each parser it builds is described by ``description`` (the
+    command module's docstring, its ``--help`` text), takes ``options`` as
+    :class:`argparse.ArgumentParser` does, gets its flags from ``add_flags`` and accepts both
+    spellings of each (:func:`accept_both_spellings`)."""
+
+    def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+        parser = argparse.ArgumentParser(prog=prog, description=description, **options)
+        add_flags(parser)
+        return accept_both_spellings(parser)
+
+    return build_parser
 
 
 class _StoresValue(argparse.Action):
@@ -130,6 +158,8 @@ def check_yaml_and_overrides(yaml_path: str, overrides: Sequence[str]) -> None:
 # same name means the same option everywhere. A command changes a declaration (its own help,
 # ``required``) with :func:`add_converter_flags`' keyword arguments.
 CONVERTER_FLAGS: dict[str, dict[str, Any]] = {
+    "dataset": {"required": True, "help": "the dataset: a Hub name or a local path"},
+    "splits": {"nargs": "+", "action": NameList, "help": "splits to write (default: train)"},
     "out_root": {"required": True, "help": "output folder; one sub-folder per split"},
     "data_subset": {"help": "subset (config) name, if the dataset has several"},
     "data_files": {

@@ -80,19 +80,20 @@ def mosaicml_logger(*args: Any, **kwargs: Any) -> MosaicMLLogger:
     return logger
 
 
-for _name, _entry in {
-    "wandb": requiring(WandBLogger, "wandb", LOGGERS_EXTRA_HINT),
-    # Composer's TensorboardLogger writes through torch.utils.tensorboard, which needs tensorboard.
-    "tensorboard": requiring(TensorboardLogger, "tensorboard", LOGGERS_EXTRA_HINT),
-    "inmemory": InMemoryLogger,
-    "in_memory_logger": InMemoryLogger,
-    "mlflow": requiring(MLFlowLogger, "mlflow", LOGGERS_EXTRA_HINT),
-    "comet_ml": requiring(CometMLLogger, "comet_ml", "pip install comet_ml"),
-    "file": FileLogger,
-    "run_artifacts": RunArtifactsLogger,
-    "mosaicml": mosaicml_logger,
-}.items():
-    registry.loggers.register(_name, func=_entry)
+registry.loggers.register_all(
+    {
+        "wandb": requiring(WandBLogger, "wandb", LOGGERS_EXTRA_HINT),
+        # Composer's TensorboardLogger writes through torch.utils.tensorboard, which needs tensorboard.
+        "tensorboard": requiring(TensorboardLogger, "tensorboard", LOGGERS_EXTRA_HINT),
+        "inmemory": InMemoryLogger,
+        "in_memory_logger": InMemoryLogger,
+        "mlflow": requiring(MLFlowLogger, "mlflow", LOGGERS_EXTRA_HINT),
+        "comet_ml": requiring(CometMLLogger, "comet_ml", "pip install comet_ml"),
+        "file": FileLogger,
+        "run_artifacts": RunArtifactsLogger,
+        "mosaicml": mosaicml_logger,
+    }
+)
 
 __all__ = [
     "FileLogger",

@@ -34,35 +34,37 @@ __all__ = [
     "NoOp",
 ]
 
-for _name, _cls in {
-    "decoupled_adamw": DecoupledAdamW,
-    "decoupled_sgdw": DecoupledSGDW,
-    "adamw": torch.optim.AdamW,
-    "adam": torch.optim.Adam,
-    "sgd": torch.optim.SGD,
-    "decoupled_lionw": DecoupledLionW,
-    "clip_lion": DecoupledClipLion,
-    "adalr_lion": DecoupledAdaLRLion,
-    "no_op": NoOp,
-}.items():
-    registry.optimizers.register(_name, func=_cls)
+registry.optimizers.register_all(
+    {
+        "decoupled_adamw": DecoupledAdamW,
+        "decoupled_sgdw": DecoupledSGDW,
+        "adamw": torch.optim.AdamW,
+        "adam": torch.optim.Adam,
+        "sgd": torch.optim.SGD,
+        "decoupled_lionw": DecoupledLionW,
+        "clip_lion": DecoupledClipLion,
+        "adalr_lion": DecoupledAdaLRLion,
+        "no_op": NoOp,
+    }
+)
 
-for _name, _cls in {
-    "constant": ConstantScheduler,
-    "constant_with_warmup": ConstantWithWarmupScheduler,
-    "cosine": CosineAnnealingScheduler,
-    "cosine_with_warmup": CosineAnnealingWithWarmupScheduler,
-    "cosine_warm_restarts": CosineAnnealingWarmRestartsScheduler,
-    "exponential": ExponentialScheduler,
-    "linear": LinearScheduler,
-    "linear_decay_with_warmup": LinearWithWarmupScheduler,
-    "multistep": MultiStepScheduler,
-    "multistep_with_warmup": MultiStepWithWarmupScheduler,
-    "polynomial": PolynomialScheduler,
-    "polynomial_with_warmup": PolynomialWithWarmupScheduler,
-    "step": StepScheduler,
-    # LLM Foundry's name; inv_sqrt_tf is this project's earlier name for the same schedule.
-    "inv_sqrt_with_warmup": InverseSquareRootWithWarmupScheduler,
-    "inv_sqrt_tf": InverseSquareRootWithWarmupScheduler,
-}.items():
-    registry.schedulers.register(_name, func=_cls)
+registry.schedulers.register_all(
+    {
+        "constant": ConstantScheduler,
+        "constant_with_warmup": ConstantWithWarmupScheduler,
+        "cosine": CosineAnnealingScheduler,
+        "cosine_with_warmup": CosineAnnealingWithWarmupScheduler,
+        "cosine_warm_restarts": CosineAnnealingWarmRestartsScheduler,
+        "exponential": ExponentialScheduler,
+        "linear": LinearScheduler,
+        "linear_decay_with_warmup": LinearWithWarmupScheduler,
+        "multistep": MultiStepScheduler,
+        "multistep_with_warmup": MultiStepWithWarmupScheduler,
+        "polynomial": PolynomialScheduler,
+        "polynomial_with_warmup": PolynomialWithWarmupScheduler,
+        "step": StepScheduler,
+        # LLM Foundry's name; inv_sqrt_tf is this project's earlier name for the same schedule.
+        "inv_sqrt_with_warmup": InverseSquareRootWithWarmupScheduler,
+        "inv_sqrt_tf": InverseSquareRootWithWarmupScheduler,
+    }
+)

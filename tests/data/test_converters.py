@@ -260,6 +260,10 @@ def test_json_converter_errors_name_the_input(tmp_path: Path) -> None:
     source = write_jsonl(tmp_path / "docs.jsonl", [{"text": "hello"}])
     with pytest.raises(ConfigError, match="--concat_tokens needs --tokenizer"):
         convert_dataset_json(str(source), str(tmp_path / "out"), "train", concat_tokens=8)
+    # The HF converter's rule for the sample options, checked before anything is written.
+    with pytest.raises(ConfigError, match="--concat_tokens must be a positive int, got int 0"):
+        convert_dataset_json(str(source), str(tmp_path / "out"), "train", concat_tokens=0)
+    assert not (tmp_path / "out").exists()
     with pytest.raises(ConfigError, match="did you mean 'zstd'"):
         convert_dataset_json(str(source), str(tmp_path / "out"), "train", compression="zstdd")
     with pytest.raises(

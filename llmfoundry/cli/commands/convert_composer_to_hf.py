@@ -1,22 +1,17 @@
-"""``convert_composer_to_hf``: a Composer checkpoint to a Hugging Face model folder."""
+"""Convert a Composer checkpoint (MPT, any HF causal LM, LoRA; a .pt file or a sharded folder) into
+a Hugging Face folder.
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import accept_both_spellings
+from llmfoundry.cli.argparsing import command_parser
 from llmfoundry.utils.cli_utils import run_user_command
 
-DESCRIPTION = (
-    "Convert a Composer checkpoint (MPT, any HF causal LM, LoRA; a .pt file or a sharded "
-    "folder) into a Hugging Face folder."
-)
 
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The command's flags (LLM Foundry's names)."""
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+def _add_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add(
         "--composer_path",
@@ -51,24 +46,16 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="run the code a tokenizer or model ships (an MPT export needs it to load)",
     )
-    return accept_both_spellings(parser)
+
+
+build_parser = command_parser(__doc__, _add_flags)
 
 
 def convert(args: argparse.Namespace) -> None:
     """Convert, then say where the folder is."""
     from llmfoundry.command_utils.convert_composer_to_hf import convert_composer_to_hf
 
-    out = convert_composer_to_hf(
-        args.composer_path,
-        args.hf_output_path,
-        output_precision=args.output_precision,
-        local_checkpoint_save_location=args.local_checkpoint_save_location,
-        merge_lora=args.merge_lora,
-        base_model=args.base_model,
-        trust_remote_code=args.trust_remote_code,
-        hf_repo_for_upload=args.hf_repo_for_upload,
-        test_uploaded_model=args.test_uploaded_model,
-    )
+    out = convert_composer_to_hf(**vars(args))
     print(f"Hugging Face model written to {out}")
 
 

@@ -1,38 +1,23 @@
-"""``convert_dataset_hf``: a Hugging Face dataset (Hub name or local files) to MDS, by split."""
+"""Convert a Hugging Face dataset to MDS, by split."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import NameList, accept_both_spellings, add_converter_flags
+from llmfoundry.cli.argparsing import add_converter_flags, command_parser
 from llmfoundry.utils.cli_utils import run_user_command
 
-DESCRIPTION = "Convert a Hugging Face dataset to MDS, by split."
 
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The command's flags (LLM Foundry's names)."""
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
-    add = parser.add_argument
-    add(
-        "--dataset",
-        required=True,
-        help="c4, allenai/c4, the_pile, a Hub name, a local path, or json",
+def _add_flags(parser: argparse.ArgumentParser) -> None:
+    splits_help = (
+        "splits to write (presets: train train_small val val_small val_xsmall; others: train)"
     )
     add_converter_flags(
         parser,
+        "dataset",
         "data_subset",
-        data_subset={"help": "subset (config) name; presets: en for c4, all for the_pile"},
-    )
-    add(
-        "--splits",
-        nargs="+",
-        action=NameList,
-        help="splits to write (presets: train train_small val val_small val_xsmall; others: train)",
-    )
-    add_converter_flags(
-        parser,
+        "splits",
         "out_root",
         "compression",
         "concat_tokens",
@@ -42,15 +27,20 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "eos_text",
         "no_wrap",
         "num_workers",
+        dataset={"help": "c4, allenai/c4, the_pile, a Hub name, a local path, or json"},
+        data_subset={"help": "subset (config) name; presets: en for c4, all for the_pile"},
+        splits={"help": splits_help},
     )
-    add("--text_column", help="column holding the text (default: text)")
+    parser.add_argument("--text_column", help="column holding the text (default: text)")
     add_converter_flags(
         parser,
         "data_files",
         "skip_bad_rows",
         skip_bad_rows={"help": "skip rows without string text (counted)"},
     )
-    return accept_both_spellings(parser)
+
+
+build_parser = command_parser(__doc__, _add_flags)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -1,19 +1,15 @@
-"""``convert_dataset_json``: JSON-lines files (rows with a ``text`` field) to MDS."""
+"""Convert JSON-lines files with a 'text' field to MDS."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import accept_both_spellings, add_converter_flags
+from llmfoundry.cli.argparsing import add_converter_flags, command_parser
 from llmfoundry.utils.cli_utils import run_user_command
 
-DESCRIPTION = "Convert JSON-lines files with a 'text' field to MDS."
 
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The command's flags (LLM Foundry's names)."""
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+def _add_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--path", required=True, help="a JSON-lines file or a folder of them")
     add_converter_flags(
@@ -37,7 +33,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
             "(counted in the summary)"
         },
     )
-    return accept_both_spellings(parser)
+
+
+build_parser = command_parser(__doc__, _add_flags)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

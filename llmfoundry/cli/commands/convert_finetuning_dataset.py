@@ -1,30 +1,23 @@
-"""``convert_finetuning_dataset``: finetuning examples (prompt/response or chats) to MDS."""
+"""Convert a finetuning dataset to MDS: tokenized turns with --tokenizer, else the text
+(prompt/response or messages).
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import NameList, accept_both_spellings, add_converter_flags
+from llmfoundry.cli.argparsing import NameList, add_converter_flags, command_parser
 from llmfoundry.utils.cli_utils import parse_bool, run_user_command
 
-DESCRIPTION = (
-    "Convert a finetuning dataset to MDS: tokenized turns with --tokenizer, else the text "
-    "(prompt/response or messages)."
-)
 
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The command's flags (LLM Foundry's names)."""
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
-    add = parser.add_argument
-    add(
-        "--dataset",
-        required=True,
-        help="a Hub name, a local dataset folder, a .jsonl file, a folder of <split>.jsonl "
-        "files, or json with --data_files",
+def _add_flags(parser: argparse.ArgumentParser) -> None:
+    dataset_help = (
+        "a Hub name, a local dataset folder, a .jsonl file, a folder of <split>.jsonl files, "
+        "or json with --data_files"
     )
-    add_converter_flags(parser, "data_subset")
+    add_converter_flags(parser, "dataset", "data_subset", dataset={"help": dataset_help})
+    add = parser.add_argument
     add(
         "--splits",
         nargs="+",
@@ -87,7 +80,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "skip_bad_rows",
         skip_bad_rows={"help": "skip malformed rows (counted in the summary)"},
     )
-    return accept_both_spellings(parser)
+
+
+build_parser = command_parser(__doc__, _add_flags)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

@@ -1,4 +1,6 @@
-"""``convert_hf_to_onnx``: a Hugging Face causal LM folder to ONNX."""
+"""Export a Hugging Face causal LM folder to ONNX (dynamic batch and sequence), checked with
+onnxruntime.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +8,12 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import BooleanFlag, accept_both_spellings
+from llmfoundry.cli.argparsing import BooleanFlag, command_parser
 from llmfoundry.cli.generate_flags import flag_names
 from llmfoundry.utils.cli_utils import run_user_command
 
-DESCRIPTION = (
-    "Export a Hugging Face causal LM folder to ONNX (dynamic batch and sequence), checked "
-    "with onnxruntime."
-)
 
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The command's flags (LLM Foundry's names)."""
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+def _add_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add(*flag_names("pretrained_model_name_or_path"), required=True)
     add(*flag_names("output_folder"), required=True)
@@ -31,28 +26,21 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add(*flag_names("use_auth_token"), default=None, help="hub token")
     add(*flag_names("trust_remote_code"), action=BooleanFlag, default=False)
     add(*flag_names("verify_export"), action=BooleanFlag, default=True)
-    return accept_both_spellings(parser)
+
+
+build_parser = command_parser(__doc__, _add_flags)
 
 
 def export(args: argparse.Namespace) -> None:
     """Export, then say where the model went and how close onnxruntime came to PyTorch."""
     from llmfoundry.command_utils.convert_hf_to_onnx import convert_hf_to_onnx
 
-    from_pretrained_kwargs = json.loads(args.from_pretrained_kwargs or "{}")
-    if args.use_auth_token is not None:
-        from_pretrained_kwargs["token"] = args.use_auth_token
-    result = convert_hf_to_onnx(
-        args.pretrained_model_name_or_path,
-        args.output_folder,
-        export_batch_size=args.export_batch_size,
-        max_seq_len=args.max_seq_len,
-        dtype=args.dtype,
-        export_format=args.export_format,
-        trust_remote_code=args.trust_remote_code,
-        from_pretrained_kwargs=from_pretrained_kwargs,
-        verify_export=args.verify_export,
-        revision=args.revision,
-    )
+    options = vars(args)
+    token = options.pop("use_auth_token")
+    from_pretrained_kwargs = json.loads(options.pop("from_pretrained_kwargs") or "{}")
+    if token is not None:
+        from_pretrained_kwargs["token"] = token
+    result = convert_hf_to_onnx(**options, from_pretrained_kwargs=from_pretrained_kwargs)
     print(f"ONNX model written to {result.onnx_path}")
     if result.max_abs_diff is not None:
         print(f"onnxruntime vs PyTorch: max |logit difference| {result.max_abs_diff:.3g}")

@@ -1,27 +1,18 @@
-"""``convert_text_to_mds``: a folder of ``*.txt`` files to concatenated-token MDS."""
+"""Convert a folder of *.txt files to MDS. Either folder may be an s3://, gs:// or oci:// URI:
+remote input is downloaded to a temporary folder ($TMPDIR) first; remote output is written there
+and uploaded when done, its done-marker last.
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import (
-    accept_both_spellings,
-    add_converter_flags,
-    parse_logging_level,
-)
+from llmfoundry.cli.argparsing import add_converter_flags, command_parser, parse_logging_level
 from llmfoundry.utils.cli_utils import configure_script_logging, parse_bool, run_user_command
 
-DESCRIPTION = (
-    "Convert a folder of *.txt files to MDS. Either folder may be an s3://, gs:// or oci:// "
-    "URI: remote input is downloaded to a temporary folder ($TMPDIR) first; remote output is "
-    "written there and uploaded when done, its done-marker last."
-)
 
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The command's flags (LLM Foundry's names)."""
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+def _add_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--input_folder", required=True, help="local folder or URI, searched recursively for *.txt")
     add("--output_folder", required=True, help="local folder or URI for the MDS")
@@ -72,7 +63,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         default="INFO",
         help="the script's logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (default: INFO)",
     )
-    return accept_both_spellings(parser)
+
+
+build_parser = command_parser(__doc__, _add_flags)
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:

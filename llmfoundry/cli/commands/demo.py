@@ -1,25 +1,23 @@
-"""``demo``: the end-to-end demo on CPU, offline."""
+"""The end-to-end demo on CPU, offline: corpus -> tokenizer -> MDS -> train -> eval -> export ->
+generate.
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import accept_both_spellings
+from llmfoundry.cli.argparsing import command_parser
 from llmfoundry.utils.cli_utils import run_user_command
 
-DESCRIPTION = (
-    "The end-to-end demo on CPU, offline: corpus -> tokenizer -> MDS -> train -> eval -> "
-    "export -> generate."
-)
+
+def _add_flags(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add("--out_dir", default="demo_out")
+    add("--max_duration", default="500ba", help="training length, e.g. 500ba")
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The command's flags."""
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
-    parser.add_argument("--out_dir", default="demo_out")
-    parser.add_argument("--max_duration", default="500ba", help="training length, e.g. 500ba")
-    return accept_both_spellings(parser)
+build_parser = command_parser(__doc__, _add_flags)
 
 
 def run(args: argparse.Namespace) -> None:

@@ -1,28 +1,22 @@
-"""``endpoint_generate``: a file of prompts sent to an OpenAI-compatible endpoint."""
+"""Send a file of prompts to an OpenAI-compatible endpoint and write the completions as JSONL.
+
+    python scripts/inference/endpoint_generate.py --prompts prompts.txt \
+        --endpoint http://127.0.0.1:8000/v1/completions --output out.jsonl --parallel 8
+
+Exits with status 2 if any prompt failed (its line in the output carries the error).
+"""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import accept_both_spellings
+from llmfoundry.cli.argparsing import command_parser
 from llmfoundry.utils.cli_utils import run_user_command
 from llmfoundry.utils.exceptions import UserError
 
-DESCRIPTION = """Send a file of prompts to an OpenAI-compatible endpoint and write the completions as JSONL.
 
-    python scripts/inference/endpoint_generate.py --prompts prompts.txt \\
-        --endpoint http://127.0.0.1:8000/v1/completions --output out.jsonl --parallel 8
-
-Exits with status 2 if any prompt failed (its line in the output carries the error).
-"""
-
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The command's flags."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def _add_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--prompts", dest="prompts_file", required=True, help=".txt or .jsonl")
     add("--endpoint", required=True, help="completions URL or the server's URL")
@@ -36,7 +30,11 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add("--backoff_s", type=float, default=0.5)
     add("--timeout_s", type=float, default=300.0)
     add("--api_key", default=None)
-    return accept_both_spellings(parser)
+
+
+build_parser = command_parser(
+    __doc__, _add_flags, formatter_class=argparse.RawDescriptionHelpFormatter
+)
 
 
 def query(args: argparse.Namespace) -> None:

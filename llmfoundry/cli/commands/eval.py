@@ -1,24 +1,16 @@
-"""``eval``: evaluate models on ICL tasks and eval loaders from a YAML run config."""
+"""Evaluate models on ICL tasks and eval loaders from a YAML run config. Several processes
+(composer -n 2 scripts/eval/eval.py <yaml> [key=value ...]) split every task between them.
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import add_yaml_arguments, check_yaml_and_overrides
+from llmfoundry.cli.argparsing import add_yaml_arguments, check_yaml_and_overrides, command_parser
 from llmfoundry.utils.cli_utils import run_user_command
 
-DESCRIPTION = (
-    "Evaluate models on ICL tasks and eval loaders from a YAML run config. Several processes "
-    "(composer -n 2 scripts/eval/eval.py <yaml> [key=value ...]) split every task between them."
-)
-
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The command's arguments: the YAML and its overrides."""
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
-    return add_yaml_arguments(parser)
+build_parser = command_parser(__doc__, add_yaml_arguments)
 
 
 def evaluate(yaml_path: str, overrides: Sequence[str]) -> None:

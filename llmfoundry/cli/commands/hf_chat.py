@@ -1,11 +1,11 @@
-"""``hf_chat``: chat with a Hugging Face model in the terminal."""
+"""Chat with a Hugging Face model in the terminal (commands: clear, history, quit/exit)."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator, Sequence
 
-from llmfoundry.cli.argparsing import accept_both_spellings
+from llmfoundry.cli.argparsing import command_parser
 from llmfoundry.cli.generate_flags import (
     add_model_flags,
     add_sampling_flags,
@@ -15,14 +15,8 @@ from llmfoundry.cli.generate_flags import (
 )
 from llmfoundry.utils.cli_utils import run_user_command
 
-DESCRIPTION = (
-    "Chat with a Hugging Face model in the terminal (commands: clear, history, quit/exit)."
-)
 
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The command's flags (LLM Foundry's names)."""
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+def _add_flags(parser: argparse.ArgumentParser) -> None:
     max_seq_len_help = (
         "the longest conversation kept (default: the model's max positions); also sets "
         "the config's max_seq_len where it has one"
@@ -37,7 +31,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="space-separated tokens that end a reply, e.g. '<|endoftext|> <|im_end|>' "
         "(default: the tokenizer's end of text, and ChatML's end marker where ChatML is used)",
     )
-    return accept_both_spellings(parser)
+
+
+build_parser = command_parser(__doc__, _add_flags)
 
 
 def typed_lines(prompt: str = "User: ") -> Iterator[str]:

@@ -1,11 +1,11 @@
-"""``hf_generate``: text from a Hugging Face model folder or hub name (optionally with LoRA)."""
+"""Generate text from a Hugging Face model folder or hub name (optionally with a LoRA adapter)."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import accept_both_spellings
+from llmfoundry.cli.argparsing import command_parser
 from llmfoundry.cli.generate_flags import (
     add_model_flags,
     add_sampling_flags,
@@ -16,14 +16,9 @@ from llmfoundry.cli.generate_flags import (
 )
 from llmfoundry.utils.cli_utils import parse_bool, run_user_command
 
-DESCRIPTION = (
-    "Generate text from a Hugging Face model folder or hub name (optionally with a LoRA adapter)."
-)
 
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The command's flags (LLM Foundry's names); the sampling flags take several values."""
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+def _add_flags(parser: argparse.ArgumentParser) -> None:
+    """The sampling flags take several values: one run for each combination."""
     add_model_flags(parser)
     add_sampling_flags(parser, sweep=True)
     add = parser.add_argument
@@ -35,7 +30,9 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     add(*flag_names("max_batch_size"), type=int, default=None)
     add(*flag_names("warmup"), type=parse_bool, nargs="?", const=True, default=True)
-    return accept_both_spellings(parser)
+
+
+build_parser = command_parser(__doc__, _add_flags)
 
 
 def generate(args: argparse.Namespace) -> None:

@@ -1,28 +1,24 @@
-"""``merge_lora``: a peft LoRA adapter merged into its base model, saved as one folder."""
+"""Merge a peft LoRA adapter into its base model and save a standalone Hugging Face folder."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import accept_both_spellings, add_converter_flags
+from llmfoundry.cli.argparsing import add_converter_flags, command_parser
 from llmfoundry.utils.cli_utils import run_user_command
 
-DESCRIPTION = (
-    "Merge a peft LoRA adapter into its base model and save a standalone Hugging Face folder."
-)
 
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The command's flags."""
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+def _add_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--base", required=True, help="base model folder or hub name")
     add("--adapter", required=True, help="folder written by peft save_pretrained")
     add("--output", required=True, help="the merged model folder to write")
     add("--output_precision", default="fp32", choices=["fp32", "fp16", "bf16"])
     add_converter_flags(parser, "trust_remote_code")
-    return accept_both_spellings(parser)
+
+
+build_parser = command_parser(__doc__, _add_flags)
 
 
 def merge(args: argparse.Namespace) -> None:

@@ -5,22 +5,20 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import accept_both_spellings
+from llmfoundry.cli.argparsing import command_parser
 from llmfoundry.utils.cli_utils import run_user_command
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The command's flags."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description="Print a few samples of an MDS text dataset."
-    )
+def _add_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--local_path", required=True, help="the local MDS folder")
     add("--remote_path", default=None, help="the remote MDS folder, if any")
     add("--split", default="val", help="the split sub-folder (default: val)")
     add("--tokenizer", default=None, help="decode samples with this tokenizer")
     add("--max_seq_len", type=int, default=32, help="truncate samples to this")
-    return accept_both_spellings(parser)
+
+
+build_parser = command_parser("Print a few samples of an MDS text dataset.", _add_flags)
 
 
 def preview(args: argparse.Namespace) -> None:

@@ -1,15 +1,4 @@
-"""``serve``: a Hugging Face model folder behind an OpenAI-compatible HTTP endpoint."""
-
-from __future__ import annotations
-
-import argparse
-from collections.abc import Sequence
-
-from llmfoundry.cli.argparsing import BooleanFlag, accept_both_spellings
-from llmfoundry.cli.generate_flags import add_model_flags, take_model_source
-from llmfoundry.utils.cli_utils import run_user_command
-
-DESCRIPTION = """Serve a Hugging Face model folder behind an OpenAI-compatible HTTP endpoint.
+"""Serve a Hugging Face model folder behind an OpenAI-compatible HTTP endpoint.
 
     python scripts/inference/serve.py --name_or_path path/to/hf_folder --trust_remote_code
 
@@ -17,19 +6,22 @@ Endpoints: /health, /v1/models, /v1/completions, /v1/chat/completions (see
 ``llmfoundry/inference/serve.py``).
 """
 
+from __future__ import annotations
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+import argparse
+from collections.abc import Sequence
+
+from llmfoundry.cli.argparsing import BooleanFlag, command_parser
+from llmfoundry.cli.generate_flags import add_model_flags, take_model_source
+from llmfoundry.utils.cli_utils import run_user_command
+
+
+def _add_flags(parser: argparse.ArgumentParser) -> None:
     """The command's flags: the model flags, then the endpoint's. An endpoint flag left out is
     left out of the namespace too, so that :class:`~llmfoundry.inference.serve.ServeConfig`
     supplies its default."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        argument_default=argparse.SUPPRESS,
-    )
-    add_model_flags(parser, without=("autocast_dtype",), aliases={"name_or_path": ["--model_path"]})
     add = parser.add_argument
+    add_model_flags(parser, without=("autocast_dtype",), aliases={"name_or_path": ["--model_path"]})
     add("--model_name", help="name requests use (default: the folder's name)")
     add("--host")
     add("--port", type=int, help="0 picks a free port")
@@ -45,7 +37,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         "(default: $LLMFOUNDRY_API_KEY; none: open)",
     )
     add("--access_log", action=BooleanFlag)
-    return accept_both_spellings(parser)
+
+
+build_parser = command_parser(
+    __doc__,
+    _add_flags,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+    argument_default=argparse.SUPPRESS,
+)
 
 
 def run_server(args: argparse.Namespace) -> None:

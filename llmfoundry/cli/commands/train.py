@@ -1,23 +1,15 @@
-"""``train``: train a model from a YAML run config with ``key=value`` overrides."""
+"""Train a model from a YAML run config. Several processes: composer -n 2 scripts/train/train.py
+<yaml> [key=value ...].
+"""
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 
-from llmfoundry.cli.argparsing import add_yaml_arguments, check_yaml_and_overrides
+from llmfoundry.cli.argparsing import add_yaml_arguments, check_yaml_and_overrides, command_parser
 from llmfoundry.utils.cli_utils import run_user_command
 
-DESCRIPTION = (
-    "Train a model from a YAML run config. Several processes: "
-    "composer -n 2 scripts/train/train.py <yaml> [key=value ...]."
-)
-
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The command's arguments: the YAML and its overrides."""
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
-    return add_yaml_arguments(parser)
+build_parser = command_parser(__doc__, add_yaml_arguments)
 
 
 def train(yaml_path: str, overrides: Sequence[str]) -> None:

@@ -47,6 +47,7 @@ from llmfoundry.command_utils.data_prep.hf_splits import (
 from llmfoundry.command_utils.data_prep.workers import (
     Concatenation,
     TokenizerPool,
+    check_sample_options,
     resolve_workers,
     token_progress,
     tokenizer_pool,
@@ -61,10 +62,6 @@ from llmfoundry.data.data import (
     check_compression,
     check_output_empty,
     write_mds,
-)
-from llmfoundry.utils.config_checks import NonNegativeInt, PositiveInt, check_value
-from llmfoundry.utils.exceptions import (
-    ConfigError,
 )
 from llmfoundry.utils.file_utils import atomic_directory
 from llmfoundry.utils.tokenizer_utils import converter_tokenizer
@@ -202,32 +199,6 @@ def convert_dataset_hf(
             logger.info("split %s: %s", plan.folder, summary.describe())
             summaries[plan.folder] = summary
     return summaries
-
-
-def check_sample_options(
-    concat_tokens: int | None,
-    tokenizer: str | None,
-    bos_text: str | None,
-    eos_text: str | None,
-    num_workers: int | None,
-) -> None:
-    """Fail on options that cannot work together; warn about ignored ones.
-
-    Raises:
-        ConfigError: naming the option.
-    """
-    if concat_tokens is None:
-        if tokenizer is not None or bos_text or eos_text:
-            logger.warning(
-                "--tokenizer/--bos_text/--eos_text are ignored without --concat_tokens: "
-                "writing text samples"
-            )
-    else:
-        check_value(concat_tokens, PositiveInt, "--concat_tokens")
-        if tokenizer is None:
-            raise ConfigError("--concat_tokens needs --tokenizer to tokenize the documents with")
-    if num_workers is not None:  # None: one per usable CPU
-        check_value(num_workers, NonNegativeInt, "--num_workers")
 
 
 def convert_split(

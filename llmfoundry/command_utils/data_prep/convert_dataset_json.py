@@ -24,6 +24,7 @@ from llmfoundry.command_utils.data_prep.json_rows import (
 )
 from llmfoundry.command_utils.data_prep.workers import (
     Concatenation,
+    check_sample_options,
     resolve_workers,
     token_progress,
     tokenizer_pool,
@@ -101,6 +102,7 @@ def convert_dataset_json(
         TokenizerError: if the tokenizer cannot be loaded.
     """
     compression = check_compression(compression)
+    check_sample_options(concat_tokens, tokenizer, bos_text, eos_text, num_workers)
     workers = resolve_workers(num_workers, "--num_workers")
     if split != "train":
         raise ConfigError(
@@ -114,18 +116,10 @@ def convert_dataset_json(
     # at --out_root (only a hidden staging folder, which the next run removes).
     with atomic_directory(out) as staging:
         rows = RowStats(skip_bad_rows)
-        if concat_tokens is None:
-            if tokenizer is not None:
-                logger.warning(
-                    "--tokenizer is ignored without --concat_tokens: writing text samples"
-                )
+        if concat_tokens is None or tokenizer is None:
             documents = tqdm(iter_json_texts(files, rows), desc="documents", unit=" docs")
             summary = write_mds(NoConcat(documents), str(staging), TEXT_COLUMNS, compression, rows)
         else:
-            if tokenizer is None:
-                raise ConfigError(
-                    "--concat_tokens needs --tokenizer to tokenize the documents with"
-                )
             built = converter_tokenizer(tokenizer)
             concatenation = Concatenation(
                 built, concat_tokens, bos_text or "", eos_text or "", no_wrap

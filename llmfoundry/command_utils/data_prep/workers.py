@@ -29,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.data.data import ConcatTokens, Document
 from llmfoundry.data.token_batches import BatchEncoder, TokenIds, batch_encoder
+from llmfoundry.utils.config_checks import NonNegativeInt, PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,33 @@ def resolve_workers(requested: int | None, flag: str, minimum: int = 0) -> int:
 # A worker's function and state, inherited from the parent when it forks.
 _worker_function: Callable[[Any, Any], Any] | None = None
 _worker_state: Any = None
+
+
+def check_sample_options(
+    concat_tokens: int | None,
+    tokenizer: str | None,
+    bos_text: str | None,
+    eos_text: str | None,
+    num_workers: int | None,
+) -> None:
+    """The sample options of the text converters: fail on options that cannot work together
+    and warn about ignored ones.
+
+    Raises:
+        ConfigError: naming the option.
+    """
+    if concat_tokens is None:
+        if tokenizer is not None or bos_text or eos_text:
+            logger.warning(
+                "--tokenizer/--bos_text/--eos_text are ignored without --concat_tokens: "
+                "writing text samples"
+            )
+    else:
+        check_value(concat_tokens, PositiveInt, "--concat_tokens")
+        if tokenizer is None:
+            raise ConfigError("--concat_tokens needs --tokenizer to tokenize the documents with")
+    if num_workers is not None:  # None: one per usable CPU
+        check_value(num_workers, NonNegativeInt, "--num_workers")
 
 
 def chunked(items: Iterable[TaskT], size: int) -> Iterator[list[TaskT]]:
