@@ -128,6 +128,17 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_dir(
+    tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase
+) -> Path:
+    """``save_tiny_llama``'s Llama (hidden 32, 64 positions, seed 0) with the fixture tokenizer,
+    saved once; tests only read it (copy it before changing it)."""
+    from tests.fixtures import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "llama", tokenizer)
+
+
+@pytest.fixture(scope="session")
 def t5_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
     """``save_tiny_t5``'s 1+1-layer T5 with the fixture tokenizer, saved once; tests only read it."""
     from tests.fixtures import save_tiny_t5

@@ -17,8 +17,6 @@ from llmfoundry.utils.builders import (
 )
 from llmfoundry.utils.exceptions import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def test_builtins_are_registered() -> None:
     assert "mpt_causal_lm" in registry.models

@@ -11,10 +11,9 @@ import pytest
 
 from llmfoundry.callbacks.run_timeout import RunTimeout
 from llmfoundry.utils.exceptions import ConfigError
+from tests import REPO
 
 from .scripted import BatchRecorder, ScriptedLossModel, scripted_trainer
-
-REPO = Path(__file__).resolve().parents[2]
 
 # Trains 4 slow batches (0.3 s each, longer than the 0.5 s timeout in total), then "hangs".
 HANGING_RUN = textwrap.dedent(

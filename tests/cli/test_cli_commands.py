@@ -28,8 +28,8 @@ from llmfoundry.cli.argparsing import SPELLING_NOTE, parse_logging_level
 from llmfoundry.cli.cli import app
 from llmfoundry.cli.generate_flags import parse_auth_token
 from llmfoundry.utils.cli_utils import parse_bool
+from tests import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 WIDE = {"COLUMNS": "400"}  # rich never wraps a line of the command list
 HEAVY_MODULES = ("torch", "transformers", "composer", "streaming", "datasets")
 

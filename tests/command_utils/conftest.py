@@ -17,6 +17,7 @@ import torch
 from streaming import MDSWriter
 from transformers import PreTrainedTokenizerBase
 
+from tests import REPO
 from tests.fixtures import mpt_yaml
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from llmfoundry.utils.config_utils import TrainConfig
 
 SEQ_LEN = 64
-TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts/train/train.py"
+TRAIN_SCRIPT = REPO / "scripts/train/train.py"
 
 RUN_YAML = """
 variables:

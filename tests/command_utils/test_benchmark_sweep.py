@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
+from tests import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SWEEP = REPO / "benchmarks" / "train" / "sweep.py"
 # LLM Foundry's published benchmark table, in its order.
 FOUNDRY_COLUMNS = [

@@ -17,11 +17,11 @@ from llmfoundry.inference.generate import generate, load_model_and_tokenizer
 from llmfoundry.inference.model_loading import ModelSource
 from llmfoundry.models.hf import ComposerMPTCausalLM
 from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
+from tests import REPO
 from tests.models.transformers_only import without_llmfoundry_auto_classes
 
 from .conftest import TrainedRun
 
-REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["def ", "    return self."]
 
 

@@ -32,12 +32,12 @@ from llmfoundry.command_utils.convert_composer_to_hf import (
 from llmfoundry.models.hf import ComposerHFCausalLM
 from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
+from tests import REPO
 from tests.fixtures import fit_closed, save_llama, tiny_text_mpt, trainable_adamw
 
 from .conftest import write_run_yaml
 from .tiny_models import composer_launcher
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts/inference/convert_composer_to_hf.py"
 VOCAB, SEQ = 512, 32
 LORA = {"peft_type": "lora", "r": 4, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}

@@ -22,13 +22,13 @@ from llmfoundry.command_utils.eval import EvalResults, eval_from_yaml, render_ta
 from llmfoundry.models.mpt import MPTForCausalLM
 from llmfoundry.utils.builders import build_dataloader_from_section
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
+from tests import REPO
 from tests.command_utils.tiny_models import composer_launcher
 from tests.eval.helpers import MC_ROWS, continuation_log_probs, write_jsonl
 from tests.fixtures import mpt_yaml, save_llama
 
 from .conftest import TrainedRun, mds_dir, trained_run  # noqa: F401  (fixtures)
 
-REPO = Path(__file__).resolve().parents[2]
 MPT = "  model:\n" + mpt_yaml(4)
 EVAL_LOADER = """eval_loader:
   name: text

@@ -17,10 +17,10 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
 from llmfoundry.command_utils.eval import EvalResults, eval_from_yaml, evaluate
 from llmfoundry.utils.config_utils import EvalConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
+from tests import REPO
 from tests.eval.helpers import continuation_log_probs, write_jsonl
 from tests.fixtures import mpt_yaml, save_tiny_llama, tiny_text_mpt
 
-REPO = Path(__file__).resolve().parents[2]
 MC_ROWS = [
     {"query": "The file is opened with", "choices": [" open", " json", " the decoder"], "gold": 0},
     {"query": "A list is written", "choices": [" [1, 2]", " {}", " x"], "gold": 1},

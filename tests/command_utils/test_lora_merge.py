@@ -23,10 +23,10 @@ from llmfoundry.command_utils.merge_lora import merge_lora
 from llmfoundry.inference.generate import load_model_and_tokenizer
 from llmfoundry.inference.model_loading import ModelSource
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
+from tests import REPO
 from tests.command_utils.tiny_models import run_script
 from tests.fixtures import save_lora_adapter, save_tiny_llama, save_tiny_mpt
 
-REPO = Path(__file__).resolve().parents[2]
 IDS = torch.randint(2, 512, (2, 12), generator=torch.Generator().manual_seed(0))
 
 

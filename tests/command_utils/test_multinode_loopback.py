@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import REPO
+
 from .conftest import write_run_yaml
 
-REPO = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO / "scripts/train/train.py"
 
 # Registered through code_paths: each rank writes where it sits in the job at fit start.

@@ -38,11 +38,11 @@ from llmfoundry.utils.builders import (
 )
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.registry_utils import check_kwargs
+from tests import REPO
 from tests.fixtures import tiny_llama
 
 from .conftest import TrainedRun, train_in_memory
 
-REPO = Path(__file__).resolve().parents[2]
 YAML_DIR = REPO / "scripts/train/yamls"
 YAMLS = sorted(YAML_DIR.rglob("*.yaml"))
 IDS = [str(p.relative_to(YAML_DIR)) for p in YAMLS]

@@ -44,12 +44,12 @@ from llmfoundry.utils.builders import (
     build_dataloader_from_section,
 )
 from llmfoundry.utils.config_utils import TrainConfig, load_config
+from tests import REPO
 from tests.fixtures import VOCAB, save_tiny_llama, tiny_config, tiny_model
 
 from .conftest import train_in_memory, write_token_mds
 from .test_shipped_yamls import build_training_sections, count_mpt_params, path_overrides
 
-REPO = Path(__file__).resolve().parents[2]
 TRAIN_DIR = REPO / "scripts/train"
 EXAMPLE_DIR = TRAIN_DIR / "finetune_example"
 STOCK_YAMLS = sorted((TRAIN_DIR / "yamls").rglob("*.yaml")) + sorted(EXAMPLE_DIR.glob("*.yaml"))

@@ -11,11 +11,11 @@ import pytest
 from llmfoundry.command_utils.train import compute_batch_sizes
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
+from tests import REPO
 from tests.command_utils.tiny_models import composer_launcher
 
 from .conftest import TrainedRun, write_run_yaml
 
-REPO = Path(__file__).resolve().parents[2]
 TRAIN_SCRIPT = REPO / "scripts/train/train.py"
 
 

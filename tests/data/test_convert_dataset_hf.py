@@ -20,10 +20,11 @@ from llmfoundry.command_utils.data_prep.convert_dataset_hf import convert_datase
 from llmfoundry.data import ConcatTokensDataset, StreamingTextDataset
 from llmfoundry.data.data import BadRowError, MDSWriteSummary
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
+from tests import REPO
 
 EOS = "<|endoftext|>"
 EOS_ID = 0
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = REPO
 # The module itself (the package attribute of the same name is the function).
 hf_module = importlib.import_module("llmfoundry.command_utils.data_prep.convert_dataset_hf")
 

@@ -20,10 +20,11 @@ from llmfoundry.command_utils.data_prep.convert_text_to_mds import (
 from llmfoundry.data import ConcatTokensDataset, NoConcatDataset, StreamingTextDataset
 from llmfoundry.data.data import MDSWriteSummary
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
+from tests import REPO
 
 EOS = "<|endoftext|>"
 EOS_ID = 0
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = REPO
 
 
 @pytest.fixture

@@ -15,9 +15,10 @@ import pytest
 from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
 from llmfoundry.utils.cli_utils import parse_logging_level
 from llmfoundry.utils.exceptions import TokenizerError
+from tests import REPO
 from tests.data.test_converters import read_tokens, write_text_files
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "data_prep" / "convert_text_to_mds.py"
+SCRIPT = REPO / "scripts" / "data_prep" / "convert_text_to_mds.py"
 REQUIRED = ["--input_folder", "in", "--output_folder", "out", "--concat_tokens", "8"]
 CUSTOM_CODE = """from transformers import PreTrainedTokenizerFast
 

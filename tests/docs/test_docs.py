@@ -36,6 +36,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import REPO
 from tests.docs.conftest import DocsSession
 from tests.docs.markdown_blocks import (
     MARKERS,
@@ -45,7 +46,7 @@ from tests.docs.markdown_blocks import (
     repo_paths,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = REPO
 DOCS = (
     "README.md",
     "TUTORIAL.md",

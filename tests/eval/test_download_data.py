@@ -37,8 +37,8 @@ from llmfoundry.eval.download import (
     load_manifest,
 )
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
+from tests import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "eval" / "download_eval_data.py"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

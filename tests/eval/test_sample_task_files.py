@@ -17,8 +17,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from llmfoundry.callbacks.eval_gauntlet_callback import load_gauntlet_config
+from tests import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "scripts" / "eval" / "local_data"
 TASKS_YAML = REPO / "scripts" / "eval" / "yamls" / "tasks_demo.yaml"
 GAUNTLET_YAML = REPO / "scripts" / "eval" / "yamls" / "eval_gauntlet_demo.yaml"

@@ -17,8 +17,8 @@ from llmfoundry.command_utils.eval import parse_models
 from llmfoundry.command_utils.parallelism import check_fsdp_config
 from llmfoundry.eval.icl import parse_task
 from llmfoundry.utils.config_utils import EvalConfig, load_config
+from tests import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"  # LLM Foundry's relative paths are relative to scripts/
 YAMLS = SCRIPTS / "eval" / "yamls"
 MANIFEST = REPO / "llmfoundry" / "eval" / "data" / "manifest.tsv"

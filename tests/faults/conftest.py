@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import REPO
 from tests.command_utils.conftest import (
     RESUMABLE,
     mds_dir,  # noqa: F401  (a fixture, used by name)
@@ -17,7 +18,6 @@ from tests.command_utils.conftest import (
     write_run_yaml,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 KILLER = Path(__file__).with_name("killer.py")
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from llmfoundry.inference.serve import ModelSource, ServeConfig
+from tests import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests import REPO
+
+ROOT = REPO
 GITHUB = ROOT / ".github"
 WORKFLOW_DIR = GITHUB / "workflows"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.y*ml"))

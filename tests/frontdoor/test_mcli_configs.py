@@ -20,8 +20,9 @@ import yaml
 from mcli import RunConfig
 
 from llmfoundry.utils.config_utils import EvalConfig, TrainConfig, config_from_mapping
+from tests import REPO
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = REPO
 MCLI_DIR = REPO_ROOT / "mcli"
 PARAMETERS_FILE = "/mnt/config/parameters.yaml"
 CLONE_PATH = "llm-foundry"

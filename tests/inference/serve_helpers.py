@@ -22,7 +22,6 @@ from llmfoundry.inference.serve import (
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from tests.fixtures import tiny_config, tiny_model
 
-REPO = Path(__file__).resolve().parents[2]
 NAME = "tiny-mpt"
 CONTEXT = 64
 TOKEN_LIMIT = 60

@@ -22,10 +22,10 @@ from llmfoundry.inference.chat import (
 from llmfoundry.inference.generate import load_model_and_tokenizer
 from llmfoundry.inference.options import ModelSource
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
+from tests import REPO
 from tests.command_utils.tiny_models import run_script
 from tests.fixtures import save_tiny_llama
 
-REPO = Path(__file__).resolve().parents[2]
 SYSTEM = "Be brief."
 
 

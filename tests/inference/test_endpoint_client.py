@@ -24,9 +24,9 @@ from llmfoundry.inference.client import (
 )
 from llmfoundry.inference.serve import ModelSource, RunningServer, ServeConfig, start_server
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
+from tests import REPO
 from tests.inference.serve_helpers import NAME, export_tiny_mpt
 
-REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["def ", "import os", "class A:", "x = [1, 2", "héllo wörld", "    return"]
 
 

@@ -22,17 +22,12 @@ from llmfoundry.inference.generate import (
 )
 from llmfoundry.inference.options import ModelSource, Sampling
 from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, MissingFileError
+from tests import REPO
 from tests.command_utils.tiny_models import ScriptResult, run_script
-from tests.fixtures import save_lora_adapter, save_tiny_llama, save_tiny_mpt
+from tests.fixtures import save_lora_adapter, save_tiny_mpt
 
-REPO = Path(__file__).resolve().parents[2]
 # Different lengths, so that batching them left-pads the shorter ones.
 PROMPTS = ["def f(x):", "import json\nclass Decoder:", "a"]
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
-    return save_tiny_llama(tmp_path_factory.mktemp("gen") / "llama", tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +36,8 @@ def mpt_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedToken
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory: pytest.TempPathFactory, llama_dir: Path) -> Path:
-    base = LlamaForCausalLM.from_pretrained(llama_dir)
+def adapter_dir(tmp_path_factory: pytest.TempPathFactory, tiny_llama_dir: Path) -> Path:
+    base = LlamaForCausalLM.from_pretrained(tiny_llama_dir)
     return save_lora_adapter(base, tmp_path_factory.mktemp("gen") / "adapter", ["q_proj", "v_proj"])
 
 
@@ -52,9 +47,9 @@ def _texts(run: generate_module.GenerationRun) -> list[str]:
 
 @pytest.mark.parametrize("kind", ["llama", "mpt"])
 def test_batches_of_one_generate_the_same_greedy_text_as_one_batch(
-    kind: str, llama_dir: Path, mpt_dir: Path
+    kind: str, tiny_llama_dir: Path, mpt_dir: Path
 ) -> None:
-    folder, trust = (llama_dir, False) if kind == "llama" else (mpt_dir, True)
+    folder, trust = (tiny_llama_dir, False) if kind == "llama" else (mpt_dir, True)
 
     def run(max_batch_size: int | None) -> generate_module.GenerationRun:
         return generate_from_pretrained(
@@ -84,8 +79,8 @@ def test_new_tokens_stop_counting_at_eos() -> None:
     assert count_new_tokens(new_tokens, None) == 12
 
 
-def test_eos_token_id_flag_ends_generation_at_that_token(llama_dir: Path) -> None:
-    model, tokenizer = load_model_and_tokenizer(ModelSource(str(llama_dir)))
+def test_eos_token_id_flag_ends_generation_at_that_token(tiny_llama_dir: Path) -> None:
+    model, tokenizer = load_model_and_tokenizer(ModelSource(str(tiny_llama_dir)))
     encoded = tokenizer("def f(x):", return_tensors="pt")
     with torch.no_grad():
         greedy = cast(Any, model).generate(
@@ -94,7 +89,7 @@ def test_eos_token_id_flag_ends_generation_at_that_token(llama_dir: Path) -> Non
     first_token = int(greedy[0, encoded["input_ids"].shape[1]])
     assert first_token not in tokenizer.all_special_ids
     run = generate_from_pretrained(
-        ModelSource(str(llama_dir)),
+        ModelSource(str(tiny_llama_dir)),
         ["def f(x):"],
         Sampling(max_new_tokens=10, eos_token_id=first_token),
         warmup=False,
@@ -103,13 +98,17 @@ def test_eos_token_id_flag_ends_generation_at_that_token(llama_dir: Path) -> Non
     assert run.generations[0].continuation == tokenizer.decode([first_token])
 
 
-def test_adapter_generates_what_peft_generates_by_hand(llama_dir: Path, adapter_dir: Path) -> None:
+def test_adapter_generates_what_peft_generates_by_hand(
+    tiny_llama_dir: Path, adapter_dir: Path
+) -> None:
     run = generate_from_pretrained(
-        ModelSource(str(llama_dir), adapter=str(adapter_dir)), PROMPTS, Sampling(max_new_tokens=10)
+        ModelSource(str(tiny_llama_dir), adapter=str(adapter_dir)),
+        PROMPTS,
+        Sampling(max_new_tokens=10),
     )
-    tokenizer = AutoTokenizer.from_pretrained(llama_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llama_dir)
     by_hand = peft.PeftModel.from_pretrained(
-        LlamaForCausalLM.from_pretrained(llama_dir), adapter_dir
+        LlamaForCausalLM.from_pretrained(tiny_llama_dir), adapter_dir
     ).eval()
     expected = []
     for prompt in PROMPTS:
@@ -123,15 +122,15 @@ def test_adapter_generates_what_peft_generates_by_hand(llama_dir: Path, adapter_
         )
     assert _texts(run) == expected
     without = generate_from_pretrained(
-        ModelSource(str(llama_dir)), PROMPTS, Sampling(max_new_tokens=10), warmup=False
+        ModelSource(str(tiny_llama_dir)), PROMPTS, Sampling(max_new_tokens=10), warmup=False
     )
     assert _texts(without) != expected, "the adapter changes the model"
 
 
-def test_seed_is_set_after_the_warmup(llama_dir: Path) -> None:
+def test_seed_is_set_after_the_warmup(tiny_llama_dir: Path) -> None:
     def sample(seed: int, warmup: bool) -> list[str]:
         run = generate_from_pretrained(
-            ModelSource(str(llama_dir)),
+            ModelSource(str(tiny_llama_dir)),
             PROMPTS,
             Sampling(max_new_tokens=12, do_sample=True, top_k=0, seed=seed),
             warmup=warmup,
@@ -143,7 +142,7 @@ def test_seed_is_set_after_the_warmup(llama_dir: Path) -> None:
 
 
 def test_attn_impl_overrides_mpt_attn_config_and_hf_attn_implementation(
-    llama_dir: Path, mpt_dir: Path
+    tiny_llama_dir: Path, mpt_dir: Path
 ) -> None:
     ids = torch.randint(2, 512, (2, 12), generator=torch.Generator().manual_seed(0))
     default, _ = load_model_and_tokenizer(ModelSource(str(mpt_dir), trust_remote_code=True))
@@ -154,18 +153,18 @@ def test_attn_impl_overrides_mpt_attn_config_and_hf_attn_implementation(
     assert sdpa.config.attn_config["attn_impl"] == "sdpa"
     with torch.no_grad():
         torch.testing.assert_close(sdpa(input_ids=ids).logits, default(input_ids=ids).logits)
-    eager, _ = load_model_and_tokenizer(ModelSource(str(llama_dir), attn_impl="eager"))
+    eager, _ = load_model_and_tokenizer(ModelSource(str(tiny_llama_dir), attn_impl="eager"))
     assert eager.config._attn_implementation == "eager"
     with pytest.raises(ConfigError, match=r"--attn_impl='eager' is not supported .*torch, flash"):
         load_model_and_tokenizer(
             ModelSource(str(mpt_dir), trust_remote_code=True, attn_impl="eager")
         )
     with pytest.raises(ConfigError, match=r"--attn_impl='torch' is not supported .*eager, sdpa"):
-        load_model_and_tokenizer(ModelSource(str(llama_dir), attn_impl="torch"))
+        load_model_and_tokenizer(ModelSource(str(tiny_llama_dir), attn_impl="torch"))
 
 
-def test_autocast_runs_generate_under_bf16_and_refuses_fp16_on_cpu(llama_dir: Path) -> None:
-    model, tokenizer = load_model_and_tokenizer(ModelSource(str(llama_dir)))
+def test_autocast_runs_generate_under_bf16_and_refuses_fp16_on_cpu(tiny_llama_dir: Path) -> None:
+    model, tokenizer = load_model_and_tokenizer(ModelSource(str(tiny_llama_dir)))
     seen: list[tuple[bool, torch.dtype]] = []
     model.register_forward_pre_hook(
         lambda *_: seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
@@ -177,14 +176,14 @@ def test_autocast_runs_generate_under_bf16_and_refuses_fp16_on_cpu(llama_dir: Pa
     assert seen and not any(enabled for enabled, _ in seen)
     with pytest.raises(ConfigError, match=r"--autocast_dtype=fp16 does not run on CPU"):
         generate_from_pretrained(
-            ModelSource(str(llama_dir), autocast_dtype="fp16", device="cpu"),
+            ModelSource(str(tiny_llama_dir), autocast_dtype="fp16", device="cpu"),
             PROMPTS,
             Sampling(max_new_tokens=3),
         )
 
 
-def test_device_map_needs_accelerate(llama_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    model, _ = load_model_and_tokenizer(ModelSource(str(llama_dir), device_map="cpu"))
+def test_device_map_needs_accelerate(tiny_llama_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, _ = load_model_and_tokenizer(ModelSource(str(tiny_llama_dir), device_map="cpu"))
     assert model.device.type == "cpu"
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
@@ -193,21 +192,23 @@ def test_device_map_needs_accelerate(llama_dir: Path, monkeypatch: pytest.Monkey
         lambda name, *a: None if name == "accelerate" else real_find_spec(name, *a),
     )
     with pytest.raises(MissingDependencyError, match=r"--device_map=auto needs the 'accelerate'"):
-        load_model_and_tokenizer(ModelSource(str(llama_dir), device_map="auto"))
+        load_model_and_tokenizer(ModelSource(str(tiny_llama_dir), device_map="auto"))
 
 
-def test_bad_inputs_name_the_flag_or_file(llama_dir: Path, tmp_path: Path) -> None:
+def test_bad_inputs_name_the_flag_or_file(tiny_llama_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(MissingFileError, match=r"--name_or_path: model folder '.*missing'"):
         generate_from_pretrained(ModelSource(str(tmp_path / "missing")), PROMPTS)
     with pytest.raises(MissingFileError, match=r"--prompts: prompt file '.*nope\.txt'"):
-        generate_from_pretrained(ModelSource(str(llama_dir)), [f"file::{tmp_path / 'nope.txt'}"])
+        generate_from_pretrained(
+            ModelSource(str(tiny_llama_dir)), [f"file::{tmp_path / 'nope.txt'}"]
+        )
     with pytest.raises(ConfigError, match=r"--max_batch_size=0 must be a positive integer"):
-        generate_from_pretrained(ModelSource(str(llama_dir)), PROMPTS, max_batch_size=0)
+        generate_from_pretrained(ModelSource(str(tiny_llama_dir)), PROMPTS, max_batch_size=0)
     with pytest.raises(ConfigError, match=r"--model_dtype='fp8'"):
-        load_model_and_tokenizer(ModelSource(str(llama_dir), model_dtype="fp8"))
+        load_model_and_tokenizer(ModelSource(str(tiny_llama_dir), model_dtype="fp8"))
     with pytest.raises(ConfigError, match=r"--temperature=-0\.5 must be positive"):
         generate_from_pretrained(
-            ModelSource(str(llama_dir)), PROMPTS, Sampling(do_sample=True, temperature=-0.5)
+            ModelSource(str(tiny_llama_dir)), PROMPTS, Sampling(do_sample=True, temperature=-0.5)
         )
 
 
@@ -216,12 +217,12 @@ def _run_script(*args: str) -> ScriptResult:
 
 
 def test_script_prints_each_generation_and_each_batch_speed(
-    llama_dir: Path, adapter_dir: Path, tmp_path: Path
+    tiny_llama_dir: Path, adapter_dir: Path, tmp_path: Path
 ) -> None:
     prompt_file = tmp_path / "prompt.txt"
     prompt_file.write_text(PROMPTS[1], encoding="utf-8")
     result = _run_script(
-        "--name_or_path", str(llama_dir),
+        "--name_or_path", str(tiny_llama_dir),
         "--adapter", str(adapter_dir),
         "--prompts", PROMPTS[0], f"file::{prompt_file}",
         "--max_new_tokens", "6",
@@ -235,7 +236,7 @@ def test_script_prints_each_generation_and_each_batch_speed(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     expected = generate_from_pretrained(
-        ModelSource(str(llama_dir), adapter=str(adapter_dir)),
+        ModelSource(str(tiny_llama_dir), adapter=str(adapter_dir)),
         PROMPTS[:2],
         Sampling(max_new_tokens=6),
         max_batch_size=1,
@@ -252,9 +253,9 @@ def test_script_prints_each_generation_and_each_batch_speed(
     assert [int(n) for _, n in speeds] == [b.new_tokens for b in expected.batches]
 
 
-def test_script_errors_are_one_line(llama_dir: Path, tmp_path: Path) -> None:
+def test_script_errors_are_one_line(tiny_llama_dir: Path, tmp_path: Path) -> None:
     missing = tmp_path / "missing.txt"
-    result = _run_script("--name_or_path", str(llama_dir), "--prompts", f"file::{missing}")
+    result = _run_script("--name_or_path", str(tiny_llama_dir), "--prompts", f"file::{missing}")
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         f"error: --prompts: prompt file '{missing}' does not exist"

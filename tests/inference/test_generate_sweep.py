@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.inference.generate import (
     GenerationRun,
@@ -16,16 +15,10 @@ from llmfoundry.inference.generate import (
 )
 from llmfoundry.inference.options import ModelSource, Sampling
 from llmfoundry.utils.exceptions import ConfigError
+from tests import REPO
 from tests.command_utils.tiny_models import run_script
-from tests.fixtures import save_tiny_llama
 
-REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["def f(x):", "a"]
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
-    return save_tiny_llama(tmp_path_factory.mktemp("sweep") / "llama", tokenizer)
 
 
 def texts(run: GenerationRun) -> list[str]:
@@ -50,10 +43,10 @@ def test_combinations_vary_the_last_flag_fastest() -> None:
 
 
 def test_each_combination_generates_what_a_single_run_with_its_values_does(
-    llama_dir: Path,
+    tiny_llama_dir: Path,
 ) -> None:
     points = generate_sweep(
-        ModelSource(str(llama_dir)),
+        ModelSource(str(tiny_llama_dir)),
         PROMPTS,
         Sampling(max_new_tokens=6, do_sample=True),
         sweep={"temperature": [0.0, 0.9], "seed": [3, 4]},
@@ -65,14 +58,14 @@ def test_each_combination_generates_what_a_single_run_with_its_values_does(
         (0.9, 4),
     ]
     greedy = generate_from_pretrained(
-        ModelSource(str(llama_dir)), PROMPTS, Sampling(max_new_tokens=6), warmup=False
+        ModelSource(str(tiny_llama_dir)), PROMPTS, Sampling(max_new_tokens=6), warmup=False
     )
     # temperature 0 decodes greedily whatever the seed; sampled runs follow their seed
     assert texts(points[0].run) == texts(points[1].run) == texts(greedy)
     for point in points[2:]:
         seed = point.settings["seed"]
         alone = generate_from_pretrained(
-            ModelSource(str(llama_dir)),
+            ModelSource(str(tiny_llama_dir)),
             PROMPTS,
             Sampling(max_new_tokens=6, temperature=0.9, seed=seed, do_sample=True),
         )
@@ -90,10 +83,10 @@ def test_a_bad_value_anywhere_in_the_sweep_fails_before_loading(tmp_path: Path) 
         )
 
 
-def test_script_takes_several_values_per_flag(llama_dir: Path) -> None:
+def test_script_takes_several_values_per_flag(tiny_llama_dir: Path) -> None:
     result = run_script(
         REPO / "scripts/inference/hf_generate.py",
-        "--name_or_path", str(llama_dir),
+        "--name_or_path", str(tiny_llama_dir),
         "--prompts", "a",
         "--max_new_tokens", "3",
         "--temperature", "0", "0.5",

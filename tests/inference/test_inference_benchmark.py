@@ -12,7 +12,6 @@ from typing import Any, cast
 import pytest
 import torch
 from PIL import Image
-from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.inference.benchmark import (
     CSV_NAME,
@@ -23,10 +22,9 @@ from llmfoundry.inference.benchmark import (
 from llmfoundry.inference.generate import load_model_and_tokenizer
 from llmfoundry.inference.options import ModelSource
 from llmfoundry.utils.exceptions import ConfigError
+from tests import REPO
 from tests.command_utils.tiny_models import run_script
-from tests.fixtures import save_tiny_llama
 
-REPO = Path(__file__).resolve().parents[2]
 COLUMNS = [
     "batch_size",
     "input_len",
@@ -37,11 +35,6 @@ COLUMNS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
-    return save_tiny_llama(tmp_path_factory.mktemp("bench") / "llama", tokenizer)
-
-
 def _read_rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
@@ -49,9 +42,9 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
         return list(reader)
 
 
-def test_one_row_per_combination_and_a_png(llama_dir: Path, tmp_path: Path) -> None:
+def test_one_row_per_combination_and_a_png(tiny_llama_dir: Path, tmp_path: Path) -> None:
     result = run_benchmark(
-        ModelSource(str(llama_dir), device="cpu"),
+        ModelSource(str(tiny_llama_dir), device="cpu"),
         tmp_path / "out",
         batch_sizes=[1, 3],
         input_lens=[4, 9],
@@ -76,8 +69,8 @@ def test_one_row_per_combination_and_a_png(llama_dir: Path, tmp_path: Path) -> N
     assert result.plot_path.name == PLOT_NAME
 
 
-def test_every_timed_run_generates_exactly_output_len_tokens(llama_dir: Path) -> None:
-    model, _ = load_model_and_tokenizer(ModelSource(str(llama_dir)))
+def test_every_timed_run_generates_exactly_output_len_tokens(tiny_llama_dir: Path) -> None:
+    model, _ = load_model_and_tokenizer(ModelSource(str(tiny_llama_dir)))
     lengths: list[int] = []
     generate = cast(Any, model).generate
 
@@ -98,27 +91,27 @@ def test_every_timed_run_generates_exactly_output_len_tokens(llama_dir: Path) ->
     assert [(r.batch_size, r.input_len, r.output_len) for r in rows] == [(2, 6, 3), (2, 6, 7)]
 
 
-def test_bad_flags_are_named(llama_dir: Path, tmp_path: Path) -> None:
+def test_bad_flags_are_named(tiny_llama_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(
         ConfigError,
         match=r"--input_lens max 60 \+ --output_lens max 8 exceeds the model's 64 positions",
     ):
-        run_benchmark(ModelSource(str(llama_dir), device="cpu"), tmp_path, [1], [60], [8])
+        run_benchmark(ModelSource(str(tiny_llama_dir), device="cpu"), tmp_path, [1], [60], [8])
     with pytest.raises(
         ConfigError, match=r"--batch_sizes must be one or more positive integers, got \[0\]"
     ):
-        run_benchmark(ModelSource(str(llama_dir), device="cpu"), tmp_path, [0], [4], [2])
+        run_benchmark(ModelSource(str(tiny_llama_dir), device="cpu"), tmp_path, [0], [4], [2])
     with pytest.raises(ConfigError, match=r"--timed_runs=0 must be at least 1"):
         run_benchmark(
-            ModelSource(str(llama_dir), device="cpu"), tmp_path, [1], [4], [2], timed_runs=0
+            ModelSource(str(tiny_llama_dir), device="cpu"), tmp_path, [1], [4], [2], timed_runs=0
         )
     assert not (tmp_path / CSV_NAME).exists()
 
 
-def test_script_writes_csv_and_plot(llama_dir: Path, tmp_path: Path) -> None:
+def test_script_writes_csv_and_plot(tiny_llama_dir: Path, tmp_path: Path) -> None:
     result = run_script(
         REPO / "scripts/inference/benchmarking/benchmark.py",
-        "--name_or_path", str(llama_dir),
+        "--name_or_path", str(tiny_llama_dir),
         "--output_dir", str(tmp_path / "bench"),
         "--batch_sizes", "1", "2",
         "--input_lens", "4",

@@ -23,18 +23,13 @@ from llmfoundry.inference.model_loading import context_length_of, load_model_and
 from llmfoundry.inference.options import ModelSource, Sampling
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
+from tests import REPO
 from tests.command_utils.hub_cache import add_revision, offline_hub_cache  # noqa: F401
 from tests.command_utils.tiny_models import run_script
 from tests.fixtures import VOCAB, save_tiny_llama, save_tiny_mpt, tiny_config, tiny_model
 
-REPO = Path(__file__).resolve().parents[2]
 HF_GENERATE = REPO / "scripts/inference/hf_generate.py"
 PROMPT_FILE_TEXT = "first prompt|||second\nprompt||||||"
-
-
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokenizerBase) -> Path:
-    return save_tiny_llama(tmp_path_factory.mktemp("flags") / "llama", tokenizer)
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +69,13 @@ def test_prompt_files_split_at_the_delimiter(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("flag", ["--prompt-delimiter", "--prompt_delimiter"])
 def test_script_generates_for_each_delimited_prompt(
-    flag: str, llama_dir: Path, tmp_path: Path
+    flag: str, tiny_llama_dir: Path, tmp_path: Path
 ) -> None:
     prompt_file = tmp_path / "prompts.txt"
     prompt_file.write_text(PROMPT_FILE_TEXT, encoding="utf-8")
     result = run_script(
         HF_GENERATE,
-        "-n", str(llama_dir),
+        "-n", str(tiny_llama_dir),
         "-p", f"file::{prompt_file}",
         flag, "|||",
         "--max-new-tokens", "5",
@@ -89,7 +84,7 @@ def test_script_generates_for_each_delimited_prompt(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     expected = generate_from_pretrained(
-        ModelSource(str(llama_dir)),
+        ModelSource(str(tiny_llama_dir)),
         ["first prompt", "second\nprompt"],
         Sampling(max_new_tokens=5),
         warmup=False,
@@ -110,8 +105,8 @@ def _repeated_ngrams(ids: list[int], size: int) -> set[tuple[int, ...]]:
     return repeated
 
 
-def test_no_repeat_ngram_size_blocks_repeated_ngrams(llama_dir: Path) -> None:
-    model, tokenizer = load_model_and_tokenizer(ModelSource(str(llama_dir)))
+def test_no_repeat_ngram_size_blocks_repeated_ngrams(tiny_llama_dir: Path) -> None:
+    model, tokenizer = load_model_and_tokenizer(ModelSource(str(tiny_llama_dir)))
     encoded = tokenizer("a", return_tensors="pt")
 
     def greedy_ids(**extra: Any) -> list[int]:
@@ -127,7 +122,7 @@ def test_no_repeat_ngram_size_blocks_repeated_ngrams(llama_dir: Path) -> None:
     assert not _repeated_ngrams(blocked, 2)
     prompt_len = encoded["input_ids"].shape[1]
     run = generate_from_pretrained(
-        ModelSource(str(llama_dir)),
+        ModelSource(str(tiny_llama_dir)),
         ["a"],
         Sampling(max_new_tokens=40, no_repeat_ngram_size=2, eos_token_id=-1),
         warmup=False,
@@ -137,13 +132,15 @@ def test_no_repeat_ngram_size_blocks_repeated_ngrams(llama_dir: Path) -> None:
     )
     with pytest.raises(ConfigError, match="--no_repeat_ngram_size=-1 must be 0"):
         generate_from_pretrained(
-            ModelSource(str(llama_dir)), ["a"], Sampling(max_new_tokens=4, no_repeat_ngram_size=-1)
+            ModelSource(str(tiny_llama_dir)),
+            ["a"],
+            Sampling(max_new_tokens=4, no_repeat_ngram_size=-1),
         )
 
 
 def test_max_seq_len_sets_the_mpt_context(
     rope_mpt_dir: Path,
-    llama_dir: Path,
+    tiny_llama_dir: Path,
     tmp_path: Path,
     tokenizer: PreTrainedTokenizerBase,
     caplog: pytest.LogCaptureFixture,
@@ -171,7 +168,7 @@ def test_max_seq_len_sets_the_mpt_context(
     )
     assert kept.config.max_seq_len == 64
     with caplog.at_level(logging.WARNING):
-        llama, _ = load_model_and_tokenizer(ModelSource(str(llama_dir), max_seq_len=16))
+        llama, _ = load_model_and_tokenizer(ModelSource(str(tiny_llama_dir), max_seq_len=16))
     assert "--max_seq_len=16 does not change the model" in caplog.text
     assert llama.config.max_position_embeddings == 64
     # Every inference command reads the context the same way: the set max_seq_len wins.
@@ -223,11 +220,11 @@ def test_onnx_export_reads_the_given_hub_revision(
         convert_hf_to_onnx("org/tiny-llama", str(tmp_path / "onnx2"), revision="nope")
 
 
-def test_chat_script_takes_lf_stop_tokens_and_max_seq_len(llama_dir: Path) -> None:
+def test_chat_script_takes_lf_stop_tokens_and_max_seq_len(tiny_llama_dir: Path) -> None:
     for spelling in ("--stop_tokens", "--stop-tokens"):
         result = run_script(
             REPO / "scripts/inference/hf_chat.py",
-            "-n", str(llama_dir),
+            "-n", str(tiny_llama_dir),
             spelling, "<|endoftext|> <|im_end|>",
             "--max_seq_len", "48",
             "--max-new-tokens", "4",

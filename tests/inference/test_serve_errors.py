@@ -25,10 +25,10 @@ from llmfoundry.inference.serve import (
     start_server,
 )
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
+from tests import REPO
 from tests.inference.serve_helpers import (
     NAME,
     PROMPTS,
-    REPO,
     TOKEN_LIMIT,
     completion_body,
     generate_alone,

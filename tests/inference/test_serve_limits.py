@@ -11,7 +11,6 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,11 +29,11 @@ from llmfoundry.inference.serve import (
 )
 from llmfoundry.inference.serve_load_test import LoadTestConfig, format_table, run_load_test
 from llmfoundry.utils.exceptions import ConfigError
+from tests import REPO
 from tests.command_utils.tiny_models import run_script
 from tests.fixtures import tiny_llama
 from tests.inference.serve_helpers import wait_until
 
-REPO = Path(__file__).resolve().parents[2]
 NAME = "tiny"
 CONTEXT = 64  # tiny_llama's positions
 TOKEN_LIMIT = 40

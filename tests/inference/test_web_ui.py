@@ -26,10 +26,10 @@ from llmfoundry.inference.generate import load_model_and_tokenizer
 from llmfoundry.inference.options import ModelSource
 from llmfoundry.inference.web_ui import WebUI, build_app, launch, serve_web_ui
 from llmfoundry.utils.exceptions import ConfigError
+from tests import REPO
 from tests.command_utils.tiny_models import run_script
 from tests.fixtures import save_lora_adapter, save_tiny_llama
 
-REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -15,10 +15,11 @@ from llmfoundry import registry
 from llmfoundry.data.finetuning import build_finetuning_dataloader
 from llmfoundry.models.hf.hf_t5 import ComposerHFT5
 from llmfoundry.utils.exceptions import ConfigError
+from tests import REPO
 from tests.command_utils.conftest import train_in_memory
 
 EOS, PAD, X = 0, 1, -100
-YAML = Path(__file__).resolve().parents[2] / "scripts/train/yamls/finetune/t5-small_dolly_sft.yaml"
+YAML = REPO / "scripts/train/yamls/finetune/t5-small_dolly_sft.yaml"
 ROWS = [{"prompt": f"def add_{i}(a, b):", "response": f" return a + b + {i}"} for i in range(8)]
 
 

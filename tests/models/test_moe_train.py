@@ -13,11 +13,12 @@ import torch.distributed as dist
 from llmfoundry.models.hf.composer_mpt import resolve_lbl_group
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
+from tests import REPO
 from tests.command_utils.conftest import SEQ_LEN, mds_dir, train_in_memory
 
 __all__ = ["mds_dir"]  # the command tests' fixture MDS, used here too
 
-YAMLS = Path(__file__).resolve().parents[2] / "scripts/train/yamls/pretrain"
+YAMLS = REPO / "scripts/train/yamls/pretrain"
 # A few batches on CPU: smaller batches, no loader workers, and the warmup of the learning
 # rate shortened so that 4 batches move the loss.
 SMALL_RUN = [

@@ -22,6 +22,7 @@ from llmfoundry.command_utils.preflight import (
 from llmfoundry.utils.config_checks import NON_NEGATIVE, Schema, check_value, describe
 from llmfoundry.utils.config_utils import EvalConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
+from tests import REPO
 
 
 class _Head(TypedDict, total=False):
@@ -121,9 +122,6 @@ def test_icl_tasks_file_entries_are_checked(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"^icl_tasks\[0\]\.pad_tok_id must be int or null"):
         check_icl_tasks("tasks.yaml", [tmp_path])
-
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_shipped_icl_task_lists_pass() -> None:

@@ -9,8 +9,8 @@ import pytest
 
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
+from tests import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 TINY_YAML = REPO / "scripts/train/yamls/pretrain/mpt-tiny-cpu.yaml"
 
 

@@ -20,9 +20,10 @@ from composer.utils import dist
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.data.finetuning import build_finetuning_dataloader
+from tests import REPO
 
 RANK_SCRIPT = Path(__file__).with_name("hf_prep_rank.py")
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = REPO
 ROWS = [{"prompt": f"def f{i}(x):", "response": f" return x + {i}"} for i in range(12)]
 
 
