@@ -32,6 +32,7 @@ from composer.loggers import Logger
 from streaming import StreamingDataset
 
 from llmfoundry.interfaces.callback_with_config import train_loader_section
+from llmfoundry.utils.config_checks import NonNegativeInt, check_value
 from llmfoundry.utils.exceptions import ConfigError
 
 __all__ = ["DatasetSwap"]
@@ -53,11 +54,8 @@ class DatasetSwap(Callback):
             time) if the train dataset is not a StreamingDataset.
     """
 
-    def __init__(self, train_config: Mapping[str, Any], dataset_index: int) -> None:
-        if isinstance(dataset_index, bool) or not isinstance(dataset_index, int):
-            raise ConfigError(f"{KEY}.dataset_index={dataset_index!r} must be an integer")
-        if dataset_index < 0:
-            raise ConfigError(f"{KEY}.dataset_index={dataset_index} must be >= 0")
+    def __init__(self, train_config: Mapping[str, Any], dataset_index: NonNegativeInt) -> None:
+        check_value(dataset_index, NonNegativeInt, f"{KEY}.dataset_index")
         self.dataset_index = dataset_index
         self.loader_config = train_loader_section(train_config, KEY)
         self.saved_dataset_index = 0  # from the loaded checkpoint

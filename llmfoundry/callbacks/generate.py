@@ -30,6 +30,7 @@ from composer.models import HuggingFaceModel
 from composer.utils import dist
 from transformers import GenerationConfig, GenerationMixin, PreTrainedTokenizerBase
 
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 from llmfoundry.utils.tokenizer_utils import pad_token_id_of
 
@@ -124,7 +125,7 @@ class Generate(ComposerGenerate):
         self,
         prompts: list[str],
         interval: str | int | Time,
-        batch_size: int | None = None,
+        batch_size: PositiveInt | None = None,
         **kwargs: Any,
     ) -> None:
         if (
@@ -133,8 +134,7 @@ class Generate(ComposerGenerate):
             or not all(isinstance(p, str) and p for p in prompts)
         ):
             raise ConfigError(f"{KEY}.prompts must be a non-empty list of non-empty strings")
-        if batch_size is not None and batch_size < 1:
-            raise ConfigError(f"{KEY}.batch_size={batch_size} must be at least 1")
+        check_value(batch_size, PositiveInt | None, f"{KEY}.batch_size")
         try:
             Time.from_input(interval, TimeUnit.EPOCH)
         except (TypeError, ValueError) as err:

@@ -33,11 +33,13 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import checkpoint, dist, ensure_tuple, format_name_with_dist
 
+from llmfoundry.utils.config_checks import NonNegativeInt, PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, TrainingDivergedError
 
 log = logging.getLogger(__name__)
 
 # Composer's all-reduced, rank-averaged training loss (see Trainer._train_loop).
+KEY = "callbacks.kill_loss_spike"
 _TOTAL_LOSS_KEY = "loss/train/total"
 
 
@@ -62,21 +64,18 @@ class KillLossSpike(Callback):
     def __init__(
         self,
         log_only: bool = True,
-        patience: int = 4,
+        patience: NonNegativeInt = 4,
         outlier_multiplier: float = 2,
-        window_size: int = 100,
+        window_size: PositiveInt = 100,
         loss_cap: float = 10,
         rollback: bool = False,
-        max_rollbacks: int = 3,
+        max_rollbacks: NonNegativeInt = 3,
     ) -> None:
-        if window_size < 1:
-            raise ConfigError(f"callbacks.kill_loss_spike.window_size={window_size} must be >= 1")
+        check_value(window_size, PositiveInt, f"{KEY}.window_size")
         if outlier_multiplier <= 0:
-            raise ConfigError(
-                f"callbacks.kill_loss_spike.outlier_multiplier={outlier_multiplier} must be > 0"
-            )
-        if patience < 0 or max_rollbacks < 0:
-            raise ConfigError("callbacks.kill_loss_spike.patience and max_rollbacks must be >= 0")
+            raise ConfigError(f"{KEY}.outlier_multiplier={outlier_multiplier} must be > 0")
+        check_value(patience, NonNegativeInt, f"{KEY}.patience")
+        check_value(max_rollbacks, NonNegativeInt, f"{KEY}.max_rollbacks")
         self.log_only = log_only
         self.patience = patience
         self.outlier_multiplier = outlier_multiplier

@@ -39,6 +39,7 @@ from composer.loggers import Logger
 from composer.models import HuggingFaceModel
 from composer.utils import dist
 
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.constants import IGNORE_INDEX
 from llmfoundry.utils.exceptions import ConfigError
 
@@ -62,14 +63,13 @@ class LossPerpVsContextLengthLogger(Callback):
     """
 
     def __init__(
-        self, log_batch_interval: int, compute_batch_interval: int, ignore_index: int = IGNORE_INDEX
+        self,
+        log_batch_interval: PositiveInt,
+        compute_batch_interval: PositiveInt,
+        ignore_index: int = IGNORE_INDEX,
     ) -> None:
-        for key, value in (
-            ("log_batch_interval", log_batch_interval),
-            ("compute_batch_interval", compute_batch_interval),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{KEY}.{key}={value!r} must be a positive integer")
+        check_value(log_batch_interval, PositiveInt, f"{KEY}.log_batch_interval")
+        check_value(compute_batch_interval, PositiveInt, f"{KEY}.compute_batch_interval")
         if compute_batch_interval > log_batch_interval:
             raise ConfigError(
                 f"{KEY}.compute_batch_interval={compute_batch_interval} is larger than "

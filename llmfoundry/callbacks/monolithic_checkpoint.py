@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
 )
 
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.file_utils import atomic_file
 from llmfoundry.utils.object_store import RemoteFolder, check_listable, is_remote
@@ -64,15 +65,12 @@ class MonolithicCheckpointSaver(Callback):
     def __init__(
         self,
         save_folder: str,
-        batch_interval: int,
+        batch_interval: PositiveInt,
         filename: str = "ep{epoch}-ba{batch}.pt",
         overwrite: bool = False,
         keep_optimizers: bool = False,
     ) -> None:
-        if isinstance(batch_interval, bool) or not isinstance(batch_interval, int):
-            raise ConfigError(f"{KEY}.batch_interval={batch_interval!r} must be an integer")
-        if batch_interval < 1:
-            raise ConfigError(f"{KEY}.batch_interval={batch_interval} must be >= 1")
+        check_value(batch_interval, PositiveInt, f"{KEY}.batch_interval")
         if is_remote(save_folder):
             check_listable(save_folder, f"{KEY}.save_folder")
         self.save_folder = save_folder

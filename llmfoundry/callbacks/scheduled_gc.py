@@ -8,7 +8,7 @@ import torch
 from composer.core import Callback, State
 from composer.loggers import Logger
 
-from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 
 
 def collect_garbage() -> None:
@@ -36,11 +36,8 @@ class ScheduledGarbageCollector(Callback):
         ConfigError: on a ``batch_interval`` below 1.
     """
 
-    def __init__(self, batch_interval: int, eval_keep_disabled: bool = False) -> None:
-        if batch_interval < 1:
-            raise ConfigError(
-                f"callbacks.scheduled_gc.batch_interval={batch_interval} must be >= 1"
-            )
+    def __init__(self, batch_interval: PositiveInt, eval_keep_disabled: bool = False) -> None:
+        check_value(batch_interval, PositiveInt, "callbacks.scheduled_gc.batch_interval")
         self.batch_interval = batch_interval
         self.eval_keep_disabled = eval_keep_disabled
         self._was_enabled: bool | None = None

@@ -10,6 +10,7 @@ from composer.loggers import Logger
 from composer.utils import dist
 
 from llmfoundry.models.mpt.moe import moe_layers
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 
 _STATS = ("min", "max", "median", "std")
 
@@ -74,19 +75,19 @@ class TokPerExpert(Callback):
         all_reduce_stats: sum the counts over all ranks first (a collective: every rank logs).
         normalize: divide each layer's counts by its number of tokens (see
             ``tokens_per_expert_metrics``).
+
+    Raises:
+        ConfigError: on a ``log_interval`` below 1.
     """
 
     def __init__(
         self,
-        log_interval: int = 10,
+        log_interval: PositiveInt = 10,
         log_every_layer: bool = False,
         all_reduce_stats: bool = False,
         normalize: bool = True,
     ) -> None:
-        if log_interval < 1:
-            raise ValueError(
-                f"callbacks.mbmoe_tok_per_expert.log_interval={log_interval} must be at least 1"
-            )
+        check_value(log_interval, PositiveInt, "callbacks.mbmoe_tok_per_expert.log_interval")
         self.log_interval = log_interval
         self.log_every_layer = log_every_layer
         self.all_reduce_stats = all_reduce_stats

@@ -224,6 +224,11 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("callback-kwarg", ["callbacks.speed_monitor.windo=3"], ("callbacks.speed_monitor.windo",)),
     ("callback-type", ["callbacks.speed_monitor.window_size=abc"], ("window_size must be int",)),
     ("callback-name", ["callbacks.speed_monitr={}"], ("callbacks.speed_monitr", "did you mean")),
+    (
+        "callback-range",  # from the PositiveInt annotation on the callback's signature
+        ["callbacks.mbmoe_tok_per_expert={log_interval: 0}"],
+        ("callbacks.mbmoe_tok_per_expert.log_interval must be a positive int, got int 0",),
+    ),
     ("logger-name", ["loggers.wandbb={}"], ("loggers.wandbb", "did you mean 'wandb'")),
     ("logger-type", ["loggers.file.buffer_size=big"], ("loggers.file.buffer_size must be int",)),
     ("algorithm-type", ["algorithms.gradient_clipping.clipping_threshold=x"], ("clipping_thr",)),

@@ -106,7 +106,8 @@ def test_needs_a_train_loader_and_a_valid_index() -> None:
     with pytest.raises(ConfigError, match=r"^callbacks\.dataset_swap needs the run's train_loader"):
         build_callbacks_with_config({"dataset_swap": {"dataset_index": 1}}, {})
     with pytest.raises(
-        ConfigError, match=r"^callbacks\.dataset_swap\.dataset_index=-1 must be >= 0$"
+        ConfigError,
+        match=r"^callbacks\.dataset_swap\.dataset_index must be a non-negative int, got int -1$",
     ):
         build_callbacks_with_config(
             {"dataset_swap": {"dataset_index": -1}}, {"train_loader": {"name": "text"}}

@@ -153,7 +153,10 @@ def test_hf_causal_lm_generations_match_greedy_generate(
         ({"max_new_token": 8}, "generate_callback.max_new_token .*did you mean 'max_new_tokens'"),
         ({"input_ids": [1, 2]}, "generate_callback.input_ids cannot be set"),
         ({"prompts": []}, "generate_callback.prompts must be a non-empty list"),
-        ({"batch_size": 0}, "generate_callback.batch_size=0 must be at least 1"),
+        (
+            {"batch_size": 0},
+            "generate_callback.batch_size must be a positive int or null, got int 0",
+        ),
         ({"interval": "2bx"}, "generate_callback.interval='2bx' is not a duration"),
     ],
 )

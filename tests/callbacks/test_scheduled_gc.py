@@ -67,5 +67,7 @@ def test_a_disabled_gc_stays_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_batch_interval_must_be_positive() -> None:
-    with pytest.raises(ConfigError, match="callbacks.scheduled_gc.batch_interval=0 must be >= 1"):
+    with pytest.raises(
+        ConfigError, match="callbacks.scheduled_gc.batch_interval must be a positive int, got int 0"
+    ):
         scheduled_gc.ScheduledGarbageCollector(0)

@@ -14,6 +14,7 @@ from llmfoundry.callbacks.tok_per_expert import tokens_per_expert_metrics
 from llmfoundry.models.mpt import MPTForCausalLM
 from llmfoundry.models.mpt.moe import moe_layers
 from llmfoundry.utils.builders import build_callbacks
+from llmfoundry.utils.exceptions import ConfigError
 from tests.fixtures import tiny_config
 
 ALL = "mb_moe/all_layers"
@@ -89,5 +90,5 @@ def test_the_callback_logs_the_last_training_forward_every_interval() -> None:
 
 
 def test_log_interval_must_be_positive() -> None:
-    with pytest.raises(ValueError, match="log_interval=0 must be at least 1"):
+    with pytest.raises(ConfigError, match="log_interval must be a positive int, got int 0"):
         TokPerExpert(log_interval=0)
