@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from llmfoundry.utils.config_checks import NonNegativeInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
 from llmfoundry.utils.registry_utils import check_keys
 
@@ -127,8 +128,7 @@ def _named_section(raw: Any, path: str, keys: set[str]) -> tuple[Mapping[str, An
 def _parse_benchmark(raw: Any, path: str, need_baseline: bool) -> GauntletBenchmark:
     section, name = _named_section(raw, path, _BENCHMARK_KEYS)
     num_fewshot = _require(section, "num_fewshot", path)
-    if isinstance(num_fewshot, bool) or not isinstance(num_fewshot, int) or num_fewshot < 0:
-        raise ConfigError(f"{path}.num_fewshot must be an integer >= 0, got {num_fewshot!r}")
+    check_value(num_fewshot, NonNegativeInt, f"{path}.num_fewshot")
     if need_baseline:
         baseline = _require(section, "random_baseline", path)
     else:

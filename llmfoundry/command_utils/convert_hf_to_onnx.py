@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 
 from llmfoundry.inference.model_loading import context_length_of
 from llmfoundry.models.hf.export import PRECISION_DTYPES
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, MissingFileError
 from llmfoundry.utils.file_utils import (
     atomic_directory,
@@ -131,8 +132,7 @@ def _check_settings(name: str, dtype: str, export_format: str, export_batch_size
         raise ConfigError(
             f"--export_format={export_format!r}: choose one of {', '.join(EXPORT_FORMATS)}"
         )
-    if export_batch_size < 1:
-        raise ConfigError(f"--export_batch_size must be at least 1, got {export_batch_size}")
+    check_value(export_batch_size, PositiveInt, "--export_batch_size")
     if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
         raise MissingFileError(f"model folder '{name}' does not exist")
 

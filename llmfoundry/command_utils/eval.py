@@ -69,6 +69,7 @@ from llmfoundry.utils.builders import (
 )
 from llmfoundry.utils.checkpoint_utils import check_load_path
 from llmfoundry.utils.composer_shortcuts import trainer_env_without_cpu_probe
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.config_utils import EvalConfig, config_from_mapping, load_config
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
 from llmfoundry.utils.object_store import is_remote
@@ -189,10 +190,7 @@ def check_eval_config(cfg: EvalConfig) -> None:
             "nothing to evaluate: give icl_tasks (a list or a YAML path) and/or eval_loader / "
             "eval_loaders"
         )
-    if cfg.device_eval_batch_size <= 0:
-        raise ConfigError(
-            f"device_eval_batch_size must be a positive integer, got {cfg.device_eval_batch_size}"
-        )
+    check_value(cfg.device_eval_batch_size, PositiveInt, "device_eval_batch_size")
     gauntlet = cfg.eval_gauntlet or cfg.eval_gauntlet_str
     if gauntlet:
         load_gauntlet_config(resolve_config_file(gauntlet, anchors(cfg)))

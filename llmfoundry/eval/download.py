@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError, did_you_mean
 from llmfoundry.utils.file_utils import atomic_file, format_size
 
@@ -338,8 +339,7 @@ def download_eval_data(
             f"unknown suite {suite!r}{did_you_mean(suite, SUITE_CHOICES)}; "
             f"choose one of {', '.join(SUITE_CHOICES)}"
         )
-    if jobs < 1:
-        raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    check_value(jobs, PositiveInt, "--jobs")
     manifest = load_manifest(manifest_path)
     origin = resolve_source(source, manifest.commit)
     dest = Path(dest).expanduser() if dest is not None else default_dest()

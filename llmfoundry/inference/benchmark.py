@@ -32,6 +32,7 @@ from llmfoundry.inference.generate import (
 from llmfoundry.inference.model_loading import context_length_of
 from llmfoundry.inference.options import ModelSource
 from llmfoundry.utils.cli_utils import run_user_command
+from llmfoundry.utils.config_checks import NonNegativeInt, PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.file_utils import atomic_file
 
@@ -158,10 +159,8 @@ def benchmark_generation(
         ("output_lens", output_lens),
     ):
         _check_sizes(name, values)
-    if timed_runs < 1 or warmup_runs < 0:
-        raise ConfigError(
-            f"--timed_runs={timed_runs} must be at least 1 and --warmup_runs={warmup_runs} at least 0"
-        )
+    check_value(timed_runs, PositiveInt, "--timed_runs")
+    check_value(warmup_runs, NonNegativeInt, "--warmup_runs")
     limit = context_length_of(model)
     if limit is not None and max(input_lens) + max(output_lens) > limit:
         raise ConfigError(

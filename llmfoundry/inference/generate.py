@@ -35,6 +35,7 @@ from llmfoundry.inference.model_loading import (  # noqa: F401  (re-exported)
 )
 from llmfoundry.inference.options import SWEPT_FLAGS, ModelSource, Sampling
 from llmfoundry.models.hf.export import PRECISION_DTYPES
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.constants import AUTOCAST_DTYPE_NAMES
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, TokenizerError
 from llmfoundry.utils.tokenizer_utils import eos_id_set, pad_token_id_of
@@ -277,8 +278,7 @@ def split_batches(prompts: Sequence[str], max_batch_size: int | None) -> Iterato
     Raises:
         ConfigError: if ``max_batch_size`` is not positive.
     """
-    if max_batch_size is not None and max_batch_size < 1:
-        raise ConfigError(f"--max_batch_size={max_batch_size} must be a positive integer")
+    check_value(max_batch_size, PositiveInt | None, "--max_batch_size")
     size = max_batch_size or max(len(prompts), 1)
     for start in range(0, len(prompts), size):
         yield list(prompts[start : start + size])

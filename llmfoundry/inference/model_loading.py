@@ -26,6 +26,7 @@ from llmfoundry.inference.options import ModelSource
 from llmfoundry.models.hf.export import dtype_of_precision
 from llmfoundry.models.hf.loading import load_config
 from llmfoundry.models.mpt.configuration_mpt import ATTN_IMPLS as MPT_ATTN_IMPLS
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.constants import HF_ATTN_IMPLEMENTATIONS
 from llmfoundry.utils.exceptions import (
     ConfigError,
@@ -122,8 +123,7 @@ def _set_max_seq_len(config: PretrainedConfig, max_seq_len: int | None, name: st
     """
     if max_seq_len is None:
         return
-    if max_seq_len < 1:
-        raise ConfigError(f"--max_seq_len={max_seq_len} must be a positive integer")
+    check_value(max_seq_len, PositiveInt, "--max_seq_len")
     current = getattr(config, "max_seq_len", None)
     if not isinstance(current, int):
         logger.warning(

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llmfoundry.inference.options import ModelSource
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError
 
 API_KEY_VARIABLE = "LLMFOUNDRY_API_KEY"
@@ -69,8 +70,7 @@ class ServeConfig:
             "max_queue": self.max_queue,
         }
         for name, value in at_least_one.items():
-            if value < 1:
-                raise ConfigError(f"--{name} must be at least 1, got {value}")
+            check_value(value, PositiveInt, f"--{name}")
         if self.batch_wait_ms < 0:
             raise ConfigError(f"--batch_wait_ms must be 0 or more, got {self.batch_wait_ms}")
         if self.request_timeout <= 0:

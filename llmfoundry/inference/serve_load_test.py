@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from llmfoundry.utils.cli_utils import run_user_command
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, UserError
 
 __all__ = ["LoadTestConfig", "LoadTestResult", "build_parser", "format_table", "run_load_test"]
@@ -65,10 +66,8 @@ class LoadTestConfig:
         Raises:
             ConfigError: naming the flag whose value cannot work.
         """
-        if self.clients < 1:
-            raise ConfigError(f"--clients must be at least 1, got {self.clients}")
-        if self.max_tokens < 1:
-            raise ConfigError(f"--max_tokens must be at least 1, got {self.max_tokens}")
+        check_value(self.clients, PositiveInt, "--clients")
+        check_value(self.max_tokens, PositiveInt, "--max_tokens")
         for name, value in (("seconds", self.seconds), ("timeout", self.timeout)):
             if not value > 0:
                 raise ConfigError(f"--{name} must be positive, got {value}")

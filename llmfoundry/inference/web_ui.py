@@ -44,6 +44,7 @@ from llmfoundry.inference.web_ui_launch import (
     launch,
 )
 from llmfoundry.utils.cli_utils import one_line
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, UserError
 
 if TYPE_CHECKING:
@@ -314,10 +315,7 @@ def _check_token_limit(max_new_tokens_limit: int) -> None:
     Raises:
         ConfigError: naming the flag and its value.
     """
-    if max_new_tokens_limit < 1:
-        raise ConfigError(
-            f"--max_new_tokens_limit={max_new_tokens_limit} must be a positive integer"
-        )
+    check_value(max_new_tokens_limit, PositiveInt, "--max_new_tokens_limit")
 
 
 def build_app(

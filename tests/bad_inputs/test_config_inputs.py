@@ -253,6 +253,11 @@ EVAL_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("eval-unknown", ["resuls_folder=x"], ("'resuls_folder'", "did you mean 'results_folder'")),
     ("eval-batch", ["device_eval_batch_size=four"], ("device_eval_batch_size must be int",)),
     (
+        "eval-batch-zero",
+        ["device_eval_batch_size=0"],
+        ("device_eval_batch_size must be a positive int, got int 0",),
+    ),
+    (
         "eval-list-model",
         ["models.0.model.d_model=63"],
         ("models[0].model.d_model (63)", "models[0].model.n_heads (4)"),

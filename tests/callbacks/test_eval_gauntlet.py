@@ -370,6 +370,11 @@ def _bad_benchmark(**fields: Any) -> dict[str, Any]:
         ),
         (_section(weighting="SAMPLES"), r"^eval_gauntlet\.weighting must be one of EQUAL, "),
         (
+            _bad_benchmark(random_baseline=0.5, num_fewshot=-1),
+            r"^eval_gauntlet\.categories\[1\]\.benchmarks\[0\]\.num_fewshot must be a "
+            r"non-negative int, got int -1$",
+        ),
+        (
             _section(averages={"core": ["world_knowledge", "comonsense_reasoning"]}),
             r"^eval_gauntlet\.averages\.core\[1\] names unknown category 'comonsense_reasoning'; "
             r"did you mean 'commonsense_reasoning'\?",

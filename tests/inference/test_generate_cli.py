@@ -202,7 +202,9 @@ def test_bad_inputs_name_the_flag_or_file(tiny_llama_dir: Path, tmp_path: Path) 
         generate_from_pretrained(
             ModelSource(str(tiny_llama_dir)), [f"file::{tmp_path / 'nope.txt'}"]
         )
-    with pytest.raises(ConfigError, match=r"--max_batch_size=0 must be a positive integer"):
+    with pytest.raises(
+        ConfigError, match=r"--max_batch_size must be a positive int or null, got int 0"
+    ):
         generate_from_pretrained(ModelSource(str(tiny_llama_dir)), PROMPTS, max_batch_size=0)
     with pytest.raises(ConfigError, match=r"--model_dtype='fp8'"):
         load_model_and_tokenizer(ModelSource(str(tiny_llama_dir), model_dtype="fp8"))

@@ -144,8 +144,8 @@ def test_shutting_down_answers_503_with_retry_after(served: ServedModel) -> None
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"max_queue": 0}, "--max_queue must be at least 1, got 0"),
-        ({"max_queue": -3}, "--max_queue must be at least 1, got -3"),
+        ({"max_queue": 0}, "--max_queue must be a positive int, got int 0"),
+        ({"max_queue": -3}, "--max_queue must be a positive int, got int -3"),
         ({"api_key": " "}, "--api_key must not be empty; leave it out to serve without a key"),
     ],
     ids=["queue-zero", "queue-negative", "blank-key"],
@@ -158,7 +158,7 @@ def test_bad_limits_are_one_line_config_errors(overrides: dict[str, Any], messag
 
 def test_serve_flag_errors_before_loading_the_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert serve_main(["--name_or_path", "missing", "--max_queue", "0"]) == 2
-    assert capsys.readouterr().err == "error: --max_queue must be at least 1, got 0\n"
+    assert capsys.readouterr().err == "error: --max_queue must be a positive int, got int 0\n"
 
 
 def test_api_key_comes_from_the_flag_else_the_environment(
@@ -273,7 +273,10 @@ def test_load_test_counts_add_up(server: RunningServer) -> None:
 def test_load_test_script_reports_refusals_and_user_errors(served: ServedModel) -> None:
     script = REPO / "scripts/inference/load_test.py"
     bad = run_script(script, "--url", "http://127.0.0.1:1", "--clients", "0")
-    assert (bad.returncode, bad.stderr) == (2, "error: --clients must be at least 1, got 0\n")
+    assert (bad.returncode, bad.stderr) == (
+        2,
+        "error: --clients must be a positive int, got int 0\n",
+    )
     with start_server(config(api_key=KEY), served) as running:
         unlisted = run_script(script, "--url", running.url, "--seconds", "0.5")
         assert unlisted.returncode == 2

@@ -463,6 +463,10 @@ def test_settings_errors_name_the_key(
         build_composer_model_from_section(
             {"name": "openai_causal_lm", "base_ur": base_url}, tokenizer
         )
+    with pytest.raises(ConfigError, match=r"^model\.logprobs must be a positive int, got int 0$"):
+        build_composer_model_from_section(
+            {"name": "openai_causal_lm", "base_url": base_url, "logprobs": 0}, tokenizer
+        )
     wrong = OpenAICausalLMEvalWrapper(tokenizer, version="gpt-x", base_url=base_url, max_retries=0)
     with pytest.raises(
         UserError, match=r"/completions: HTTP 404: The model 'gpt-x' does not exist"

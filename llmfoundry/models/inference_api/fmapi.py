@@ -19,6 +19,7 @@ from llmfoundry.models.inference_api.wrappers import (
     OpenAICausalLMEvalWrapper,
     OpenAIChatAPIEvalWrapper,
 )
+from llmfoundry.utils.config_checks import PositiveInt
 from llmfoundry.utils.exceptions import ConfigError
 
 API_KEY_ENV = "MOSAICML_API_KEY"
@@ -54,7 +55,7 @@ class FMAPICasualLMEvalWrapper(OpenAICausalLMEvalWrapper):
         version: str | None = None,
         base_url: str | None = None,
         local: bool = False,
-        logprobs: int = DEFAULT_LOGPROBS,
+        logprobs: PositiveInt = DEFAULT_LOGPROBS,
         timeout: float = 120.0,
         max_retries: int = 10,
         client: OpenAIClient | None = None,

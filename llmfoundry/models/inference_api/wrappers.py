@@ -32,6 +32,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.eval.metrics import ICL_METRICS, InContextLearningMetric
 from llmfoundry.models.inference_api.client import OpenAIClient
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.constants import IGNORE_INDEX
 from llmfoundry.utils.exceptions import ConfigError, UserError
 
@@ -201,13 +202,12 @@ class OpenAICausalLMEvalWrapper(InferenceAPIEvalWrapper):
         tokenizer: PreTrainedTokenizerBase | None,
         version: str | None = None,
         base_url: str | None = None,
-        logprobs: int = DEFAULT_LOGPROBS,
+        logprobs: PositiveInt = DEFAULT_LOGPROBS,
         timeout: float = 120.0,
         max_retries: int = 10,
         client: OpenAIClient | None = None,
     ) -> None:
-        if logprobs < 1:
-            raise ConfigError(f"model.logprobs={logprobs} must be at least 1")
+        check_value(logprobs, PositiveInt, "model.logprobs")
         super().__init__(tokenizer, version, base_url, timeout, max_retries, client)
         self.logprobs = logprobs
 
