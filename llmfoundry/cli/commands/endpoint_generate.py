@@ -1,6 +1,6 @@
 """Send a file of prompts to an OpenAI-compatible endpoint and write the completions as JSONL.
 
-    python scripts/inference/endpoint_generate.py --prompts prompts.txt \
+    python scripts/inference/endpoint_generate.py --prompts prompts.txt \\
         --endpoint http://127.0.0.1:8000/v1/completions --output out.jsonl --parallel 8
 
 Exits with status 2 if any prompt failed (its line in the output carries the error).
