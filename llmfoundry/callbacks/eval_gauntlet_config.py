@@ -9,26 +9,15 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Required, TypedDict
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from llmfoundry.utils.config_checks import NonNegativeInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
-from llmfoundry.utils.registry_utils import check_keys
 
 KEY = "eval_gauntlet"
 DEFAULT_AVERAGE = "default_average"
-
-_SECTION_KEYS = {
-    "weighting",
-    "subtract_random_baseline",
-    "rescale_accuracy",
-    "averages",
-    "categories",
-}
-_CATEGORY_KEYS = {"name", "benchmarks"}
-_BENCHMARK_KEYS = {"name", "num_fewshot", "random_baseline"}
 
 
 class Weighting(enum.Enum):
@@ -74,6 +63,28 @@ class GauntletConfig:
 
 # --------------------------------------------------------------------------- config parsing
 
+# The section's keys as a YAML writes them, checked in one pass by ``check_value`` (unknown keys,
+# types and required keys, each named by its full path); the rules across keys follow.
+
+
+class _BenchmarkKeys(TypedDict, total=False):
+    name: Required[str]
+    num_fewshot: Required[NonNegativeInt]
+    random_baseline: float | None  # required while subtract_random_baseline is true
+
+
+class _CategoryKeys(TypedDict):
+    name: str
+    benchmarks: list[_BenchmarkKeys]
+
+
+class _SectionKeys(TypedDict, total=False):
+    weighting: str | Weighting
+    subtract_random_baseline: bool
+    rescale_accuracy: bool
+    averages: dict[str, list[str]] | None
+    categories: Required[list[_CategoryKeys]]
+
 
 def plain_container(value: Any) -> Any:
     """OmegaConf containers as plain dicts/lists; anything else unchanged."""
@@ -82,72 +93,45 @@ def plain_container(value: Any) -> Any:
     return value
 
 
-def _require(section: Mapping[str, Any], key: str, path: str) -> Any:
-    if key not in section or section[key] is None:
-        raise ConfigError(f"{path}.{key} is missing")
-    return section[key]
-
-
-def _as_list(value: Any, path: str) -> list[Any]:
-    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
-        raise ConfigError(f"{path} must be a list, got {type(value).__name__}")
-    return list(value)
-
-
-def _as_mapping(value: Any, path: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{path} must be a mapping, got {type(value).__name__}")
-    return value
-
-
-def _as_bool(value: Any, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{path} must be true or false, got {value!r}")
-    return value
-
-
-def _parse_weighting(value: Any, path: str) -> Weighting:
+def _parse_weighting(value: str | Weighting, path: str) -> Weighting:
     if isinstance(value, Weighting):
         return value
     names = [w.value for w in Weighting]
-    if not isinstance(value, str) or value.upper() not in names:
+    if value.upper() not in names:
         raise ConfigError(f"{path} must be one of {', '.join(names)}, got {value!r}")
     return Weighting(value.upper())
 
 
-def _named_section(raw: Any, path: str, keys: set[str]) -> tuple[Mapping[str, Any], str]:
-    """A benchmark's or category's mapping (only ``keys`` allowed) and its non-empty name."""
-    section = _as_mapping(raw, path)
-    check_keys(section, keys, path)
-    name = _require(section, "name", path)
-    if not isinstance(name, str) or not name:
+def _checked_name(section: Mapping[str, Any], path: str) -> str:
+    name = section["name"]
+    if not name:
         raise ConfigError(f"{path}.name must be a non-empty string, got {name!r}")
-    return section, name
+    return name
 
 
-def _parse_benchmark(raw: Any, path: str, need_baseline: bool) -> GauntletBenchmark:
-    section, name = _named_section(raw, path, _BENCHMARK_KEYS)
-    num_fewshot = _require(section, "num_fewshot", path)
-    check_value(num_fewshot, NonNegativeInt, f"{path}.num_fewshot")
-    if need_baseline:
-        baseline = _require(section, "random_baseline", path)
-    else:
-        baseline = section.get("random_baseline", 0.0)
-        baseline = 0.0 if baseline is None else baseline
-    if isinstance(baseline, bool) or not isinstance(baseline, int | float):
-        raise ConfigError(f"{path}.random_baseline must be a number in [0, 1), got {baseline!r}")
+def _parse_benchmark(
+    section: Mapping[str, Any], path: str, need_baseline: bool
+) -> GauntletBenchmark:
+    baseline = section.get("random_baseline")
+    if baseline is None:
+        if need_baseline:
+            raise ConfigError(f"{path}.random_baseline is missing")
+        baseline = 0.0
     if not 0.0 <= float(baseline) < 1.0:
         raise ConfigError(f"{path}.random_baseline must be in [0, 1), got {baseline!r}")
-    return GauntletBenchmark(name=name, num_fewshot=num_fewshot, random_baseline=float(baseline))
+    return GauntletBenchmark(
+        name=_checked_name(section, path),
+        num_fewshot=section["num_fewshot"],
+        random_baseline=float(baseline),
+    )
 
 
-def _parse_category(raw: Any, path: str, need_baseline: bool) -> GauntletCategory:
-    section, name = _named_section(raw, path, _CATEGORY_KEYS)
-    benchmarks = _as_list(_require(section, "benchmarks", path), f"{path}.benchmarks")
+def _parse_category(section: Mapping[str, Any], path: str, need_baseline: bool) -> GauntletCategory:
+    benchmarks = section["benchmarks"]
     if not benchmarks:
         raise ConfigError(f"{path}.benchmarks is empty; list at least one benchmark")
     return GauntletCategory(
-        name=name,
+        name=_checked_name(section, path),
         benchmarks=tuple(
             _parse_benchmark(b, f"{path}.benchmarks[{i}]", need_baseline)
             for i, b in enumerate(benchmarks)
@@ -159,8 +143,7 @@ def _parse_averages(raw: Any, categories: Sequence[str], path: str) -> dict[str,
     if raw is None:
         return {DEFAULT_AVERAGE: tuple(categories)}
     averages: dict[str, tuple[str, ...]] = {}
-    for name, members in _as_mapping(raw, path).items():
-        member_list = _as_list(members, f"{path}.{name}")
+    for name, member_list in raw.items():
         if not member_list:
             raise ConfigError(f"{path}.{name} is empty; list the categories it averages")
         for i, member in enumerate(member_list):
@@ -190,14 +173,12 @@ def parse_gauntlet_config(section: Mapping[str, Any], path: str = KEY) -> Gauntl
             key, a ``random_baseline`` outside [0, 1), an unknown weighting, a duplicate
             category or an average naming an unknown category.
     """
-    section = _as_mapping(plain_container(section), path)
-    check_keys(section, _SECTION_KEYS, path)
-    subtract = _as_bool(
-        section.get("subtract_random_baseline", True), f"{path}.subtract_random_baseline"
-    )
-    rescale = _as_bool(section.get("rescale_accuracy", True), f"{path}.rescale_accuracy")
+    section = plain_container(section)
+    check_value(section, _SectionKeys, path)
+    subtract = section.get("subtract_random_baseline", True)
+    rescale = section.get("rescale_accuracy", True)
     weighting = _parse_weighting(section.get("weighting", "EQUAL"), f"{path}.weighting")
-    raw_categories = _as_list(_require(section, "categories", path), f"{path}.categories")
+    raw_categories = section["categories"]
     if not raw_categories:
         raise ConfigError(f"{path}.categories is empty; list at least one category")
     categories = tuple(

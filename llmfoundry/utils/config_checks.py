@@ -207,6 +207,13 @@ def is_schema(annotation: Any) -> bool:
     )
 
 
+def _without_requiredness(annotation: Any) -> Any:
+    """``X`` for a TypedDict key's ``Required[X]`` or ``NotRequired[X]``."""
+    while typing.get_origin(annotation) in (typing.Required, typing.NotRequired):
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
 @dataclasses.dataclass(frozen=True)
 class Schema:
     """A section's keys and their annotations, from a dataclass or a TypedDict (``of``).
@@ -225,15 +232,17 @@ class Schema:
     extra: tuple[tuple[str, Any], ...] = ()
 
     def hints(self) -> dict[str, Any]:
-        """Every key the section may have, with its annotation."""
-        hints = typing.get_type_hints(self.of, include_extras=True)
+        """Every key the section may have, with its annotation (``Required[X]`` read as ``X``)."""
+        hints = {k: _without_requiredness(v) for k, v in self._declared().items()}
         if dataclasses.is_dataclass(self.of):
             init = {f.name for f in dataclasses.fields(self.of) if f.init}
             hints = {k: v for k, v in hints.items() if k in init}
         return {**hints, **dict(self.extra)}
 
     def required(self) -> list[str]:
-        """The keys the section must have."""
+        """The keys the section must have. A TypedDict's ``Required[...]``/``NotRequired[...]``
+        count even in a module with postponed annotations, where the class itself cannot see
+        them."""
         if dataclasses.is_dataclass(self.of):
             return [
                 f.name
@@ -242,7 +251,15 @@ class Schema:
                 and f.default is dataclasses.MISSING
                 and f.default_factory is dataclasses.MISSING
             ]
-        return sorted(getattr(self.of, "__required_keys__", ()))
+        marked = {k: typing.get_origin(v) for k, v in self._declared().items()}
+        required = set(getattr(self.of, "__required_keys__", ()))
+        required |= {k for k, origin in marked.items() if origin is typing.Required}
+        return sorted(
+            required - {k for k, origin in marked.items() if origin is typing.NotRequired}
+        )
+
+    def _declared(self) -> dict[str, Any]:
+        return typing.get_type_hints(self.of, include_extras=True)
 
     def problem(self, value: Any, path: str) -> str | None:
         """``_problem`` for a section described by this schema."""

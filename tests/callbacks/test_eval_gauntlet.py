@@ -370,6 +370,15 @@ def _bad_benchmark(**fields: Any) -> dict[str, Any]:
         ),
         (_section(weighting="SAMPLES"), r"^eval_gauntlet\.weighting must be one of EQUAL, "),
         (
+            _section(subtract_random_baseline="yes"),
+            r"^eval_gauntlet\.subtract_random_baseline must be bool \(true or false\), got str "
+            r"'yes'$",
+        ),
+        (
+            _section(categories=[{"name": "x", "benchmarks": "piqa"}]),
+            r"^eval_gauntlet\.categories\[0\]\.benchmarks must be list of mapping, got str",
+        ),
+        (
             _bad_benchmark(random_baseline=0.5, num_fewshot=-1),
             r"^eval_gauntlet\.categories\[1\]\.benchmarks\[0\]\.num_fewshot must be a "
             r"non-negative int, got int -1$",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, NotRequired, Required, TypedDict
 
 import catalogue
 import pytest
@@ -28,6 +28,16 @@ from tests import REPO
 class _Head(TypedDict, total=False):
     kind: str
     depth: Annotated[int, NON_NEGATIVE]
+
+
+class _Marked(TypedDict, total=False):  # this module postpones annotations (PEP 563)
+    name: Required[str]
+    size: Annotated[int, NON_NEGATIVE]
+
+
+class _MarkedTotal(TypedDict):
+    name: str
+    note: NotRequired[str]
 
 
 @dataclasses.dataclass
@@ -54,6 +64,19 @@ def test_sections_are_checked_recursively_with_the_full_key_path(value: Any, mes
         check_value([value], annotation, "m.blocks")
     assert str(info.value).startswith(message)
     assert "\n" not in str(info.value)
+
+
+def test_required_and_not_required_keys_count_under_postponed_annotations() -> None:
+    check_value({"name": "a"}, _Marked, "s")
+    check_value({"name": "a"}, _MarkedTotal, "s")
+    with pytest.raises(ConfigError, match=r"^s\.name is missing; it is required"):
+        check_value({"size": 1}, _Marked, "s")
+    with pytest.raises(ConfigError, match=r"^s\.name must be str, got int 3$"):
+        check_value({"name": 3}, _Marked, "s")
+    with pytest.raises(ConfigError, match=r"^s\.size must be a non-negative int, got int -1$"):
+        check_value({"name": "a", "size": -1}, _Marked, "s")
+    with pytest.raises(ConfigError, match=r"^s\.note must be str, got int 1$"):
+        check_value({"name": "a", "note": 1}, _MarkedTotal, "s")
 
 
 def test_a_schema_marker_keeps_the_field_a_plain_mapping() -> None:
