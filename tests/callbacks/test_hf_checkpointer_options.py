@@ -81,8 +81,14 @@ def _folders(folder: Path) -> list[str]:
     [
         ({"mlflow_logging_config": "chat"}, r"mlflow_logging_config must be a mapping"),
         ({"mlflow_logging_config": {"metadata": [1]}}, r"mlflow_logging_config\.metadata must"),
-        ({"register_wait_seconds": -1}, r"register_wait_seconds=-1 must not be negative"),
-        ({"register_wait_seconds": "soon"}, r"register_wait_seconds must be a number"),
+        (
+            {"register_wait_seconds": -1},
+            r"register_wait_seconds must be a non-negative float, got int -1",
+        ),
+        (
+            {"register_wait_seconds": "soon"},
+            r"register_wait_seconds must be a non-negative float, got str 'soon'",
+        ),
         ({"flatten_imports": "llmfoundry"}, r"flatten_imports must be a list of package names"),
         ({"flatten_imports": [""]}, r"flatten_imports must hold non-empty package names"),
     ],

@@ -116,8 +116,7 @@ def parse_dataset_config(dataset: Mapping[str, Any], key: str) -> FinetuningData
     for name in ("replication", "seq_parallel_replication", "auto_packing_replication"):
         check_value(getattr(config, name), PositiveInt | None, f"{key}.{name}")
     for name in ("safe_load", "allow_pad_trimming", "pad_to_longest", "decoder_only_format"):
-        if not isinstance(getattr(config, name), bool):
-            raise ConfigError(f"{key}.{name} must be true or false, got {getattr(config, name)!r}")
+        check_value(getattr(config, name), bool, f"{key}.{name}")
     return config
 
 
@@ -135,8 +134,7 @@ def _check_source(config: FinetuningDatasetConfig, key: str) -> None:
             f"{key}.{next(iter(config.streaming))} applies to MDS sources only; remove it "
             "(this dataset reads hf_name)"
         )
-    if not isinstance(config.hf_kwargs, Mapping):
-        raise ConfigError(f"{key}.hf_kwargs must be a mapping of load_dataset keyword arguments")
+    check_value(config.hf_kwargs, Mapping[str, Any], f"{key}.hf_kwargs")
     config.hf_kwargs = dict(config.hf_kwargs)
 
 

@@ -322,7 +322,10 @@ def test_safe_load_accepts_local_json_files(
             r"trust_remote_code .* is not allowed",
         ),
         ({"hf_kwargs": {}}, r"hf_name is 'json', so train_loader\.dataset\.hf_kwargs\.data_files"),
-        ({"safe_load": "yes"}, r"train_loader\.dataset\.safe_load must be true or false"),
+        (
+            {"safe_load": "yes"},
+            r"train_loader\.dataset\.safe_load must be bool \(true or false\), got str 'yes'",
+        ),
     ],
 )
 def test_safe_load_refuses_code_and_remote_sources(

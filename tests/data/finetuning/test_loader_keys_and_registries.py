@@ -69,7 +69,10 @@ def test_pad_to_longest_pads_each_batch_to_its_longest_example(
             r"auto_packing_replication must be a positive int or null, got int 0",
         ),
         ({"replication": 2}, r"replication factor 2 does not divide the 1 processes"),
-        ({"pad_to_longest": "yes"}, r"pad_to_longest must be true or false"),
+        (
+            {"pad_to_longest": "yes"},
+            r"pad_to_longest must be bool \(true or false\), got str 'yes'",
+        ),
         ({"max_leftover_bins_to_keep": 1}, r"max_leftover_bins_to_keep applies to packing only"),
     ],
 )
