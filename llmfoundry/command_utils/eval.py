@@ -60,6 +60,7 @@ from llmfoundry.command_utils.run_setup import (
     runtime_precision,
     start_run,
 )
+from llmfoundry.data.text_data import stop_persistent_workers
 from llmfoundry.eval.sources import resolve_config_file
 from llmfoundry.utils.builders import (
     build_callbacks,
@@ -374,6 +375,8 @@ def evaluate_model(
     scores = dict(gauntlet[0].last_scores) if gauntlet else {}
     name = trainer.state.run_name
     trainer.close()
+    for evaluator in evaluators:  # the next model's run should not share memory with them
+        stop_persistent_workers(evaluator.dataloader.dataloader)
     return ModelResults(entry.model_name, rows, scores, throughput.records), name
 
 

@@ -198,6 +198,19 @@ def worker_process_kwargs(
     return {}
 
 
+def stop_persistent_workers(loader: object) -> None:
+    """Stop a ``DataLoader``'s persistent worker processes now; its next iteration starts new
+    ones.
+
+    A finished evaluation's loaders would otherwise keep their workers until the loader is
+    garbage collected, which a Composer ``DataSpec`` (a reference cycle) delays to the cyclic
+    collector. Meanwhile the idle forked workers make every page this process writes a copy,
+    and when the collector does free the loader, torch waits 5 s for each worker.
+    """
+    if isinstance(loader, DataLoader) and loader._iterator is not None:
+        loader._iterator = None  # the iterator's finalizer stops and joins the workers
+
+
 @dataclass(frozen=True)
 class LoaderSettings:
     """A loader section's ``DataLoader`` keys, and the two steps the ``text`` and ``finetuning``

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,7 +24,7 @@ from llmfoundry.cli.commands.preview_text_data import main as preview_main
 from llmfoundry.command_utils.data_prep.convert_dataset_json import convert_dataset_json
 from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
 from llmfoundry.data import CausalLMCollator, StreamingTextDataset, build_text_dataloader
-from llmfoundry.data.text_data import sample_texts
+from llmfoundry.data.text_data import sample_texts, stop_persistent_workers
 from llmfoundry.utils.builders import build_dataloader_from_section
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 
@@ -469,3 +470,17 @@ def test_corrupted_compressed_shard_is_named_when_read(tmp_path: Path) -> None:
     message = str(error.value)
     assert "\n" not in message
     assert "shard.00001.mds.zstd" in message and "truncated or corrupted" in message
+
+
+def test_stop_persistent_workers_ends_them_now_and_the_loader_still_iterates() -> None:
+    data = torch.utils.data.TensorDataset(torch.arange(8))
+    loader = DataLoader(data, batch_size=4, num_workers=2, persistent_workers=True)
+    before = set(multiprocessing.active_children())
+    assert next(iter(loader))[0].tolist() == [0, 1, 2, 3]
+    started = set(multiprocessing.active_children()) - before
+    assert len(started) == 2  # held by the loader after the batch
+    stop_persistent_workers(loader)
+    assert not started & set(multiprocessing.active_children())
+    assert [batch[0].tolist() for batch in loader] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    stop_persistent_workers(loader)
+    stop_persistent_workers([1, 2])  # not a DataLoader: nothing to stop
