@@ -97,13 +97,15 @@ def _stop_leftover_loader_workers() -> Iterator[None]:
     started = set(multiprocessing.active_children()) - before
     if not started:
         return
-    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+    from torch.utils.data import DataLoader
+
+    from llmfoundry.data.text_data import stop_persistent_workers
 
     # type(), not isinstance(): some objects answer __class__ lookups with a warning.
-    iterators = [o for o in gc.get_objects() if issubclass(type(o), _MultiProcessingDataLoaderIter)]
-    for iterator in iterators:
-        if started.intersection(iterator._workers):
-            iterator._shutdown_workers()
+    loaders = [o for o in gc.get_objects() if issubclass(type(o), DataLoader)]
+    for loader in loaders:
+        if started.intersection(getattr(loader._iterator, "_workers", ())):
+            stop_persistent_workers(loader)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

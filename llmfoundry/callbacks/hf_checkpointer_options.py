@@ -20,9 +20,9 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from llmfoundry.utils.config_checks import NON_NEGATIVE, check_value
+from llmfoundry.utils.config_checks import NonNegativeFloat, check_value
 from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def parse_registration(
             f"{KEY}.mlflow_logging_config must be a mapping (task, metadata, input_example), "
             f"got {type(logging_config).__name__}"
         )
-    check_value(wait_seconds, Annotated[float, NON_NEGATIVE], f"{KEY}.register_wait_seconds")
+    check_value(wait_seconds, NonNegativeFloat, f"{KEY}.register_wait_seconds")
     config = dict(logging_config or {})
     metadata = config.get("metadata") or {}
     if not isinstance(metadata, Mapping):

@@ -33,8 +33,8 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import checkpoint, dist, ensure_tuple, format_name_with_dist
 
-from llmfoundry.utils.config_checks import NonNegativeInt, PositiveInt, check_value
-from llmfoundry.utils.exceptions import ConfigError, TrainingDivergedError
+from llmfoundry.utils.config_checks import NonNegativeInt, PositiveFloat, PositiveInt, check_value
+from llmfoundry.utils.exceptions import TrainingDivergedError
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +65,14 @@ class KillLossSpike(Callback):
         self,
         log_only: bool = True,
         patience: NonNegativeInt = 4,
-        outlier_multiplier: float = 2,
+        outlier_multiplier: PositiveFloat = 2,
         window_size: PositiveInt = 100,
         loss_cap: float = 10,
         rollback: bool = False,
         max_rollbacks: NonNegativeInt = 3,
     ) -> None:
         check_value(window_size, PositiveInt, f"{KEY}.window_size")
-        if outlier_multiplier <= 0:
-            raise ConfigError(f"{KEY}.outlier_multiplier={outlier_multiplier} must be > 0")
+        check_value(outlier_multiplier, PositiveFloat, f"{KEY}.outlier_multiplier")
         check_value(patience, NonNegativeInt, f"{KEY}.patience")
         check_value(max_rollbacks, NonNegativeInt, f"{KEY}.max_rollbacks")
         self.log_only = log_only

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -52,6 +53,10 @@ PositiveInt = Annotated[int, POSITIVE]
 """A whole number >= 1 (not a bool): ``check_value(n, PositiveInt, key)``."""
 NonNegativeInt = Annotated[int, NON_NEGATIVE]
 """A whole number >= 0 (not a bool)."""
+PositiveFloat = Annotated[float, POSITIVE]
+"""A number > 0 (an int is accepted, a bool is not)."""
+NonNegativeFloat = Annotated[float, NON_NEGATIVE]
+"""A number >= 0 (an int is accepted, a bool is not)."""
 
 TIME_HINT = "a time string (a number and a unit: 10ba, 2ep, 1000tok, 500sp or 0.5dur)"
 
@@ -207,6 +212,13 @@ def is_schema(annotation: Any) -> bool:
     )
 
 
+@functools.cache
+def _declared_hints(of: Any) -> dict[str, Any]:
+    """``of``'s resolved annotations, read once per class: ``hints`` and ``required`` ask for
+    them on every section (and every list item) a schema checks. Callers do not mutate it."""
+    return typing.get_type_hints(of, include_extras=True)
+
+
 def _without_requiredness(annotation: Any) -> Any:
     """``X`` for a TypedDict key's ``Required[X]`` or ``NotRequired[X]``."""
     while typing.get_origin(annotation) in (typing.Required, typing.NotRequired):
@@ -259,7 +271,7 @@ class Schema:
         )
 
     def _declared(self) -> dict[str, Any]:
-        return typing.get_type_hints(self.of, include_extras=True)
+        return _declared_hints(self.of)
 
     def problem(self, value: Any, path: str) -> str | None:
         """``_problem`` for a section described by this schema."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from llmfoundry import registry
 from llmfoundry.callbacks.kill_loss_spike import KillLossSpike
-from llmfoundry.utils.exceptions import TrainingDivergedError
+from llmfoundry.utils.exceptions import ConfigError, TrainingDivergedError
 
 from .scripted import BatchRecorder, ScriptedLossModel, scripted_trainer
 
@@ -156,3 +157,19 @@ def test_rollback_without_a_checkpoint_stops() -> None:
 def test_inf_counts_as_divergence() -> None:
     with pytest.raises(TrainingDivergedError, match="batch 3 is inf"):
         _fit({2: math.inf}, KillLossSpike())
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"window_size": 0}, "window_size must be a positive int, got int 0"),
+        ({"outlier_multiplier": 0}, "outlier_multiplier must be a positive float, got int 0"),
+        ({"outlier_multiplier": "2"}, "outlier_multiplier must be a positive float, got str '2'"),
+        ({"patience": -1}, "patience must be a non-negative int, got int -1"),
+        ({"max_rollbacks": True}, "max_rollbacks must be a non-negative int, got bool True"),
+    ],
+)
+def test_bad_options_are_one_line_config_errors(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        KillLossSpike(**options)
+    assert str(info.value) == f"callbacks.kill_loss_spike.{message}"
