@@ -39,8 +39,9 @@ from composer.loggers import Logger
 from llmfoundry import registry
 from llmfoundry.interfaces.callback_with_config import plain, train_loader_section
 from llmfoundry.utils.builders import build_dataloader_from_section, build_tokenizer_from_section
+from llmfoundry.utils.config_components import check_call_keys
 from llmfoundry.utils.exceptions import ConfigError
-from llmfoundry.utils.registry_utils import check_keys, check_kwargs
+from llmfoundry.utils.registry_utils import check_keys
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +306,7 @@ def _check_loader_keys(section: dict[str, Any], path: str) -> None:
         )
     builder = registry.dataloaders.get(str(section["name"]))
     kwargs = {k: v for k, v in section.items() if k != "name"}
-    check_kwargs(builder, kwargs, path, reserved=_BUILDER_FILLED)
+    check_call_keys(builder, kwargs, path, reserved=_BUILDER_FILLED)
 
 
 def _parse_duration(value: Any, path: str) -> Time[int]:

@@ -18,12 +18,12 @@ Composer model gives them (for ``mpt_causal_lm``: ``model.transformer.blocks.0..
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 from composer.core import Callback, State
 from composer.loggers import Logger
 
+from llmfoundry.utils.config_checks import NonNegativeFloat, PositiveFloat, check_value
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
 __all__ = ["GlobalLRScaling", "LayerFreezing"]
@@ -51,15 +51,9 @@ class GlobalLRScaling(Callback):
             if the trainer has no optimizer.
     """
 
-    def __init__(self, lr_scale: float, wd_pct: float = 0.0) -> None:
-        if not _is_number(lr_scale) or not lr_scale > 0:
-            raise ConfigError(
-                f"callbacks.global_lr_scaling.lr_scale={lr_scale!r} must be a positive number"
-            )
-        if not _is_number(wd_pct) or not wd_pct >= 0:
-            raise ConfigError(
-                f"callbacks.global_lr_scaling.wd_pct={wd_pct!r} must be a non-negative number"
-            )
+    def __init__(self, lr_scale: PositiveFloat, wd_pct: NonNegativeFloat = 0.0) -> None:
+        check_value(lr_scale, PositiveFloat, "callbacks.global_lr_scaling.lr_scale")
+        check_value(wd_pct, NonNegativeFloat, "callbacks.global_lr_scaling.wd_pct")
         self.lr_scale = float(lr_scale)
         self.wd_pct = float(wd_pct)
         self._scaled_run: str | None = None  # the run whose optimizer was already scaled
@@ -126,7 +120,3 @@ class LayerFreezing(Callback):
             if parameters[name].requires_grad:
                 parameters[name].requires_grad = False
                 log.info("layer_freezing: froze %s", name)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
+from llmfoundry.utils.config_components import accepted_kwargs
 from llmfoundry.utils.exceptions import ConfigError
-from llmfoundry.utils.registry_utils import accepted_kwargs
 
 REPLICATION_VALIDATOR = "dataset_replication_validator"
 FINETUNING_COLLATOR = "finetuning_collator"

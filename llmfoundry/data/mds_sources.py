@@ -18,8 +18,8 @@ from typing import Any
 
 from streaming import Stream
 
+from llmfoundry.utils.config_components import check_call_keys
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
-from llmfoundry.utils.registry_utils import check_kwargs
 
 CONVERT_HINT = "write it with scripts/data_prep/convert_text_to_mds.py or convert_dataset_json.py"
 BAD_SHARD_HINT = (
@@ -166,6 +166,6 @@ def build_streams(streams: Mapping[str, Mapping[str, Any]], section: str) -> lis
     for name, kwargs in streams.items():
         if not isinstance(kwargs, Mapping):
             raise ConfigError(f"{section}.{name} must be a mapping of Stream keyword arguments")
-        check_kwargs(Stream, kwargs, f"{section}.{name}")
+        check_call_keys(Stream, kwargs, f"{section}.{name}")
         built.append(Stream(**kwargs))
     return built

@@ -34,11 +34,12 @@ from llmfoundry.data.mds_sources import CONVERT_HINT, build_streams
 from llmfoundry.data.mds_sources import stream_remote_local_validate as stream_remote_local_validate
 from llmfoundry.data.text_collator import CausalLMCollator
 from llmfoundry.data.text_collator import count_tokens_in_batch as count_tokens_in_batch
+from llmfoundry.utils.config_components import accepted_kwargs
 from llmfoundry.utils.exceptions import (
     ConfigError,
     DatasetError,
 )
-from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys
+from llmfoundry.utils.registry_utils import check_keys
 from llmfoundry.utils.tokenizer_utils import pad_token_id_of
 
 logger = logging.getLogger(__name__)

@@ -20,9 +20,9 @@ from composer.optim import ComposerScheduler
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
-from llmfoundry.utils.config_components import entry_kwargs
+from llmfoundry.utils.config_components import accepted_kwargs, entry_kwargs
 from llmfoundry.utils.exceptions import ConfigError
-from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys, construct_from_registry
+from llmfoundry.utils.registry_utils import check_keys, construct_from_registry
 from llmfoundry.utils.tokenizer_utils import build_tokenizer as load_tokenizer
 
 if TYPE_CHECKING:  # for types only; the builders below load on first use (``__getattr__``)

@@ -17,7 +17,15 @@ from llmfoundry.registry import Registry
 from llmfoundry.utils.config_checks import check_value, shown, unknown_key_error
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
-__all__ = ["check_call_kwargs", "check_component", "check_named_components", "lookup"]
+__all__ = [
+    "accepted_kwargs",
+    "check_call_keys",
+    "check_call_kwargs",
+    "check_component",
+    "check_named_components",
+    "keyword_parameters",
+    "lookup",
+]
 
 
 def _resolved_hints(target: Any) -> dict[str, Any]:
@@ -41,19 +49,43 @@ def _resolved_hints(target: Any) -> dict[str, Any]:
     return hints
 
 
-def signature_of(func: Any) -> tuple[inspect.Signature | None, dict[str, Any]]:
-    """``func``'s signature (its ``__init__``'s for a class) and its resolved annotations."""
+def keyword_parameters(
+    func: Any, reserved: Collection[str] = ()
+) -> tuple[dict[str, inspect.Parameter], bool] | None:
+    """The parameters of ``func`` a config key can set, and whether it also takes ``**kwargs``.
+
+    Args:
+        func: a function, or a class (its ``__init__``'s parameters).
+        reserved: parameters the caller fills itself, left out.
+
+    Returns:
+        The keyword-passable parameters by name and whether ``func`` takes any keyword, or
+        None when ``func`` has no readable signature (some builtins).
+    """
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError):
-        return None, {}
-    return signature, _resolved_hints(func.__init__ if inspect.isclass(func) else func)
+        return None
+    params = {
+        name: p
+        for name, p in signature.parameters.items()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in reserved
+    }
+    return params, any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
 
 
-def check_call_kwargs(
+def accepted_kwargs(func: Any) -> set[str] | None:
+    """The keyword names ``func`` accepts, or None if it takes ``**kwargs`` (anything goes)."""
+    found = keyword_parameters(func)
+    if found is None or found[1]:
+        return None
+    return set(found[0])
+
+
+def check_call_keys(
     func: Any, kwargs: Mapping[str, Any], path: str, reserved: Collection[str] = ()
-) -> None:
-    """Check a section's keys and values against the signature of what they are passed to.
+) -> dict[str, inspect.Parameter]:
+    """Check a section's keys (not their values) against the signature they are passed to.
 
     Args:
         func: the constructor or function the section's keys become keyword arguments of.
@@ -61,28 +93,40 @@ def check_call_kwargs(
         path: the section's key path, for messages (``optimizer``, ``callbacks.speed_monitor``).
         reserved: parameters the builder fills (``params``, ``tokenizer``); the config may not.
 
+    Returns:
+        The parameters the config may set, by name (empty for a signature that cannot be read).
+
     Raises:
-        ConfigError: naming an unknown key (with the valid ones), a value whose type does not
-            fit the parameter's annotation, or a required parameter the section lacks.
+        ConfigError: naming an unknown key (with the valid ones) or a required parameter the
+            section lacks.
     """
-    signature, hints = signature_of(func)
-    if signature is None:
-        return
-    params = {
-        name: p
-        for name, p in signature.parameters.items()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in reserved
-    }
-    takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-    for key, value in kwargs.items():
-        if key in params:
-            if key in hints:
-                check_value(value, hints[key], f"{path}.{key}")
-        elif not takes_any:
+    found = keyword_parameters(func, reserved)
+    if found is None:
+        return {}
+    params, takes_any = found
+    for key in kwargs:
+        if key not in params and not takes_any:
             raise unknown_key_error(path, str(key), params)
     for name, param in params.items():
         if param.default is param.empty and name not in kwargs:
             raise ConfigError(f"{path}.{name} is missing; it is required (add {name}: <value>)")
+    return params
+
+
+def check_call_kwargs(
+    func: Any, kwargs: Mapping[str, Any], path: str, reserved: Collection[str] = ()
+) -> None:
+    """:func:`check_call_keys`, then each value against its parameter's annotation.
+
+    Raises:
+        ConfigError: as :func:`check_call_keys`, or naming a value whose type does not fit
+            (``callbacks.speed_monitor.window_size must be a positive int, got int 0``).
+    """
+    params = check_call_keys(func, kwargs, path, reserved)
+    hints = _resolved_hints(func.__init__ if inspect.isclass(func) else func)
+    for key, value in kwargs.items():
+        if key in params and key in hints:
+            check_value(value, hints[key], f"{path}.{key}")
 
 
 def lookup(registry: Registry[Any], path: str, name: Any) -> Any:
@@ -172,7 +216,7 @@ def check_named_components(
             )
         registry, fills_first = found[0]
         entry = registry.get(name)
-        signature, _ = signature_of(entry)
-        first = next(iter(signature.parameters), None) if signature is not None else None
+        found = keyword_parameters(entry)
+        first = next(iter(found[0]), None) if found is not None else None
         reserved = {first} if fills_first and first is not None else set()
         check_call_kwargs(entry, options, where, reserved)

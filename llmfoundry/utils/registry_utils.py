@@ -8,42 +8,8 @@ from typing import Any
 
 from llmfoundry.registry import Registry
 from llmfoundry.utils.config_checks import unknown_key_error
+from llmfoundry.utils.config_components import check_call_keys
 from llmfoundry.utils.exceptions import ConfigError
-
-
-def accepted_kwargs(func: Any) -> set[str] | None:
-    """The keyword names ``func`` accepts, or None if it takes ``**kwargs`` (anything goes)."""
-    try:
-        signature = inspect.signature(func)
-    except (TypeError, ValueError):
-        return None
-    names: set[str] = set()
-    for param in signature.parameters.values():
-        if param.kind is inspect.Parameter.VAR_KEYWORD:
-            return None
-        if param.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
-            names.add(param.name)
-    return names
-
-
-def check_kwargs(
-    func: Any, kwargs: Mapping[str, Any], section: str, reserved: set[str] | None = None
-) -> None:
-    """Fail on a key of ``kwargs`` that ``func`` does not take.
-
-    Args:
-        func: the constructor the section's keys are passed to.
-        kwargs: the section's keys.
-        section: the key path of the section, for the message (``optimizer``).
-        reserved: names filled by the builder rather than the config (e.g. ``params``).
-
-    Raises:
-        ConfigError: naming the unknown key and the closest accepted one.
-    """
-    accepted = accepted_kwargs(func)
-    if accepted is None:
-        return
-    check_keys(kwargs, accepted - (reserved or set()), section)
 
 
 def check_keys(keys: Iterable[Any], allowed: Collection[str], section: str) -> None:
@@ -84,7 +50,8 @@ def construct_from_registry(
         Whatever the entry returns.
 
     Raises:
-        ConfigError: on a missing ``name``, an unknown name or an unknown key.
+        ConfigError: on a missing ``name``, an unknown name, an unknown key or a missing
+            required one (see :func:`~llmfoundry.utils.config_components.check_call_keys`).
     """
     if "name" not in config:
         raise ConfigError(
@@ -92,12 +59,15 @@ def construct_from_registry(
         )
     kwargs = {k: v for k, v in config.items() if k != "name"}
     func = registry.get(str(config["name"]))
-    check_kwargs(func, kwargs, key_path, reserved=(reserved or set()) | set(extra))
-    try:
-        inspect.signature(func).bind(*args, **kwargs, **extra)
-    except TypeError as err:
-        # A required argument the config did not give.
-        raise ConfigError(f"{key_path} ({config['name']}): {err}") from err
-    except ValueError:
-        pass  # no introspectable signature (some builtins): let the call itself decide
+    filled = _positional_names(func, len(args)) | set(extra) | (reserved or set())
+    check_call_keys(func, kwargs, key_path, reserved=filled)
     return func(*args, **kwargs, **extra)
+
+
+def _positional_names(func: Any, count: int) -> set[str]:
+    """The names of the first ``count`` positional parameters of ``func`` (those ``*args`` fill)."""
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return set()
+    return {p.name for p in params[:count] if p.kind is p.POSITIONAL_OR_KEYWORD}

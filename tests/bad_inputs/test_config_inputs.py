@@ -229,6 +229,11 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ["callbacks.mbmoe_tok_per_expert={log_interval: 0}"],
         ("callbacks.mbmoe_tok_per_expert.log_interval must be a positive int, got int 0",),
     ),
+    (
+        "callback-float-range",
+        ["callbacks.global_lr_scaling={lr_scale: 0.5, wd_pct: -1}"],
+        ("callbacks.global_lr_scaling.wd_pct must be a non-negative float, got int -1",),
+    ),
     ("logger-name", ["loggers.wandbb={}"], ("loggers.wandbb", "did you mean 'wandb'")),
     ("logger-type", ["loggers.file.buffer_size=big"], ("loggers.file.buffer_size must be int",)),
     ("algorithm-type", ["algorithms.gradient_clipping.clipping_threshold=x"], ("clipping_thr",)),

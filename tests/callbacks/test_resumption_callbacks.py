@@ -92,12 +92,23 @@ def test_lr_schedule_and_weight_decay_are_scaled_once_per_run(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"lr_scale": 0}, r"^callbacks\.global_lr_scaling\.lr_scale=0 must be a positive number$"),
+        (
+            {"lr_scale": 0},
+            r"^callbacks\.global_lr_scaling\.lr_scale must be a positive float, got int 0$",
+        ),
+        (
+            {"lr_scale": "half"},
+            r"^callbacks\.global_lr_scaling\.lr_scale must be a positive float, got str 'half'$",
+        ),
         (
             {"lr_scale": 1.0, "wd_pct": -0.1},
-            r"^callbacks\.global_lr_scaling\.wd_pct=-0\.1 must be a non-negative number$",
+            r"^callbacks\.global_lr_scaling\.wd_pct must be a non-negative float, got float -0\.1$",
         ),
-        ({}, r"^callbacks\.global_lr_scaling \(global_lr_scaling\): missing a required argument"),
+        (
+            {},
+            r"^callbacks\.global_lr_scaling\.lr_scale is missing; it is required "
+            r"\(add lr_scale: <value>\)$",
+        ),
     ],
 )
 def test_bad_scaling_values_fail_naming_the_key(section: dict[str, Any], message: str) -> None:

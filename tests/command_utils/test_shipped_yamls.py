@@ -36,8 +36,8 @@ from llmfoundry.utils.builders import (
     build_scheduler_from_section,
     build_tokenizer_from_section,
 )
+from llmfoundry.utils.config_components import check_call_keys
 from llmfoundry.utils.config_utils import TrainConfig, load_config
-from llmfoundry.utils.registry_utils import check_kwargs
 from tests import REPO
 from tests.fixtures import tiny_llama
 
@@ -211,13 +211,13 @@ def test_model_section_builds(path: Path, local_paths: dict[str, Path]) -> None:
     elif section["name"] == "hf_causal_lm":
         # Hub models cannot be downloaded here: check the keys against the constructor.
         kwargs = {k: v for k, v in section.items() if k != "name"}
-        check_kwargs(ComposerHFCausalLM, kwargs, "model", reserved={"tokenizer"})
+        check_call_keys(ComposerHFCausalLM, kwargs, "model", reserved={"tokenizer"})
         if section.get("peft_config") is not None:
             build_lora_config(section["peft_config"])
     elif section["name"] == "hf_t5":
         # tests/models/test_hf_t5.py trains this YAML with a tiny local T5.
         kwargs = {k: v for k, v in section.items() if k != "name"}
-        check_kwargs(ComposerHFT5, kwargs, "model", reserved={"tokenizer"})
+        check_call_keys(ComposerHFT5, kwargs, "model", reserved={"tokenizer"})
     else:
         pytest.fail(f"add a check for model.name={section['name']!r} to this test")
 

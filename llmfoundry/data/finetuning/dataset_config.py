@@ -8,8 +8,9 @@ from typing import Any
 
 from llmfoundry.data.finetuning.turns import TargetPolicy
 from llmfoundry.utils.config_checks import NonNegativeInt, PositiveInt, check_value
+from llmfoundry.utils.config_components import accepted_kwargs
 from llmfoundry.utils.exceptions import ConfigError
-from llmfoundry.utils.registry_utils import accepted_kwargs, check_keys
+from llmfoundry.utils.registry_utils import check_keys
 
 
 @dataclass
