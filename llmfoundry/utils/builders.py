@@ -23,7 +23,7 @@ from llmfoundry import registry
 from llmfoundry.utils.config_components import accepted_kwargs, entry_kwargs
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.registry_utils import check_keys, construct_from_registry
-from llmfoundry.utils.tokenizer_utils import build_tokenizer as load_tokenizer
+from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
 if TYPE_CHECKING:  # for types only; the builders below load on first use (``__getattr__``)
     from torchmetrics import Metric
@@ -48,7 +48,7 @@ def build_tokenizer_from_section(section: Mapping[str, Any]) -> PreTrainedTokeni
     name, kwargs = str(section["name"]), dict(section.get("kwargs") or {})
     if name in registry.tokenizers:
         return construct_from_registry(registry.tokenizers, "tokenizer", {"name": name, **kwargs})
-    return load_tokenizer(name, kwargs)
+    return build_tokenizer(name, kwargs)
 
 
 def build_composer_model_from_section(
@@ -173,13 +173,7 @@ def build_algorithms(section: Mapping[str, Any] | None) -> list[Algorithm]:
 
 
 # LLM Foundry's call shapes: a registry name and its keyword arguments, as plug-ins call them.
-
-
-def build_tokenizer(
-    tokenizer_name: str, tokenizer_kwargs: Mapping[str, Any] | None = None
-) -> PreTrainedTokenizerBase:
-    """A tokenizer by hub name, folder or ``tokenizers`` registry name (``tiktoken``)."""
-    return load_tokenizer(tokenizer_name, tokenizer_kwargs)
+# (``build_tokenizer(name, kwargs)`` is tokenizer_utils' own, exported from here too.)
 
 
 def build_composer_model(
