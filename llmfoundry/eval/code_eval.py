@@ -110,11 +110,10 @@ def check_code_task(where: str, section: Mapping[str, Any], allow_code_eval: boo
     n = section.get("generations_per_sample", 1)
     check_value(n, PositiveInt, f"{where}.generations_per_sample")
     given = section.get("pass_at_k", 1)
+    check_value(given, PositiveInt | list[PositiveInt], f"{where}.pass_at_k")
     ks = given if isinstance(given, list) else [given]
-    if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
-        raise ConfigError(
-            f"{where}.pass_at_k must be a positive integer or a list of them, got {given!r}"
-        )
+    if not ks:
+        raise ConfigError(f"{where}.pass_at_k is an empty list; give at least one k, e.g. [1]")
     if max(ks) > n:
         raise ConfigError(
             f"{where}.pass_at_k={max(ks)} needs at least {max(ks)} completions per row; set "

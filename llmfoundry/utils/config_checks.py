@@ -329,7 +329,7 @@ def describe(annotation: Any) -> str:
     if origin is tuple and args and args[-1] is not Ellipsis:
         return f"a list of {len(args)} ({', '.join(describe(a) for a in args)})"
     if origin in (list, Sequence, tuple, Collection):
-        return f"list of {describe(args[0])}" if args else "list"
+        return f"list of {describe(args[0]).removeprefix('a ')}" if args else "list"
     if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
         return "one of " + ", ".join(_enum_names(annotation))
     return getattr(annotation, "__name__", str(annotation))

@@ -360,7 +360,12 @@ def test_code_tasks_need_allow_code_eval(
     ("change", "message"),
     [
         ({"pass_at_k": 3}, r"icl_tasks\[0\]\.pass_at_k=3 .*generations_per_sample >= 3"),
-        ({"pass_at_k": [1, 0]}, r"icl_tasks\[0\]\.pass_at_k must be a positive integer"),
+        (
+            {"pass_at_k": [1, 0]},
+            r"^icl_tasks\[0\]\.pass_at_k must be a positive int or list of positive int, "
+            r"got list \[1, 0\]$",
+        ),
+        ({"pass_at_k": []}, r"^icl_tasks\[0\]\.pass_at_k is an empty list; give at least one k"),
         ({"generations_per_sample": 0}, r"icl_tasks\[0\]\.generations_per_sample must be"),
         ({"pass_at_l": 1}, r"icl_tasks\[0\]\.pass_at_l is not a valid key"),
         ({"metric_names": ["code_eval_accuracy"], "generations_per_sample": 2}, None),
