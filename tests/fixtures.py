@@ -205,7 +205,8 @@ def composer_mpt(
 
 
 def tiny_lm_mpt(seed: int = 0, **overrides: Any) -> ComposerMPTCausalLM:
-    """``LM_MPT`` (one layer, d_model 16, plain cross-entropy unless overridden), in train mode."""
+    """``LM_MPT`` (one layer, d_model 16, plain cross-entropy unless overridden), in train mode;
+    ``overrides`` replace its keys (``tokenizer=`` gives it a tokenizer)."""
     return composer_mpt(LM_MPT, seed, **overrides)
 
 

@@ -18,11 +18,10 @@ from llmfoundry.callbacks.curriculum_learning import CurriculumLearning
 from llmfoundry.utils.builders import (
     build_callbacks,
     build_callbacks_with_config,
-    build_composer_model_from_section,
     build_dataloader_from_section,
 )
 from llmfoundry.utils.exceptions import ConfigError
-from tests.fixtures import cpu_trainer
+from tests.fixtures import cpu_trainer, tiny_lm_mpt
 
 SEQ_LEN = 16
 BATCH = 2
@@ -86,19 +85,7 @@ def _trainer(
     save_folder: Path,
     load_path: str | None = None,
 ) -> Trainer:
-    model = build_composer_model_from_section(
-        {
-            "name": "mpt_causal_lm",
-            "d_model": 16,
-            "n_heads": 2,
-            "n_layers": 1,
-            "expansion_ratio": 2,
-            "max_seq_len": SEQ_LEN,
-            "vocab_size": 512,
-            "attn_config": {"attn_impl": "torch"},
-        },
-        tokenizer,
-    )
+    model = tiny_lm_mpt(tokenizer=tokenizer, vocab_size=512, max_seq_len=SEQ_LEN)
     callbacks = [
         *build_callbacks(config["callbacks"]),
         *build_callbacks_with_config(config["callbacks"], config),
