@@ -50,6 +50,27 @@ def test_unknown_kwarg_names_key_path() -> None:
         build_callbacks({"speed_monitor": {"window": 3}})
 
 
+def test_building_checks_keys_against_the_slots_the_builder_leaves() -> None:
+    """The builder's positional arguments fill the entry's first parameters; the config may not
+    set those, and must set every other required one."""
+    from llmfoundry.utils.registry_utils import construct_from_registry
+
+    def scaled(values: list[float], factor: float, offset: float = 0.0) -> list[float]:
+        return [v * factor + offset for v in values]
+
+    table: registry.Registry[object] = registry.Registry("scalers", "test entries")
+    table.register("scaled", func=scaled)
+    assert construct_from_registry(table, "scaler", {"name": "scaled", "factor": 2}, [1.0]) == [2.0]
+    with pytest.raises(
+        ConfigError, match=r"^scaler\.factor is missing; it is required \(add factor: <value>\)$"
+    ):
+        construct_from_registry(table, "scaler", {"name": "scaled", "offset": 1}, [1.0])
+    with pytest.raises(ConfigError, match=r"^scaler\.values is not a valid key"):
+        construct_from_registry(
+            table, "scaler", {"name": "scaled", "factor": 2, "values": [3.0]}, [1.0]
+        )
+
+
 def test_builders_pass_kwargs_through() -> None:
     import torch
     from composer.optim.scheduler import CosineAnnealingWithWarmupScheduler
