@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from llmfoundry.optim.lion import DecoupledLionW, global_norm
+from llmfoundry.utils.config_checks import NonNegativeFloat, PositiveFloat, PositiveInt
 
 __all__ = ["DecoupledAdaLRLion", "DecoupledClipLion", "delayed_mean"]
 
@@ -83,11 +84,11 @@ class _OutlierLion(DecoupledLionW):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-4,
+        lr: NonNegativeFloat = 1e-4,
         betas: tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
-        outlier_threshold: float = 5.0,
-        outlier_delay: int = _DEFAULT_DELAY,
+        weight_decay: NonNegativeFloat = 0.0,
+        outlier_threshold: PositiveFloat = 5.0,
+        outlier_delay: PositiveInt = _DEFAULT_DELAY,
     ) -> None:
         _check_outlier_args(outlier_threshold, outlier_delay)
         super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay)
@@ -190,14 +191,14 @@ class DecoupledAdaLRLion(_OutlierLion):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-4,
+        lr: NonNegativeFloat = 1e-4,
         betas: tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
-        outlier_threshold: float = 10.0,
-        timeout: int = 100,
+        weight_decay: NonNegativeFloat = 0.0,
+        outlier_threshold: PositiveFloat = 10.0,
+        timeout: PositiveInt = 100,
         lr_penalty: float = 0.707,
         min_scale: float = 1e-4,
-        outlier_delay: int = _DEFAULT_DELAY,
+        outlier_delay: PositiveInt = _DEFAULT_DELAY,
     ) -> None:
         _check_outlier_args(outlier_threshold, outlier_delay)
         if int(timeout) != timeout or timeout < 1:

@@ -29,6 +29,7 @@ from composer.utils import dist
 from torch.distributed.tensor import DTensor
 
 from llmfoundry.optim.closure_step import ClosureStepOptimizer
+from llmfoundry.utils.config_checks import NonNegativeFloat
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,9 @@ class DecoupledLionW(ClosureStepOptimizer):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-4,
+        lr: NonNegativeFloat = 1e-4,
         betas: tuple[float, float] = (0.9, 0.99),
-        weight_decay: float = 0.0,
+        weight_decay: NonNegativeFloat = 0.0,
     ) -> None:
         if lr < 0.0:
             raise ValueError(f"lr must be >= 0, got {lr}")

@@ -182,6 +182,11 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("optimizer-name", ["optimizer.name=adamx"], ("optimizer.name", "'adamx'", "did you mean")),
     ("optimizer-betas", ["optimizer.betas=[0.9]"], ("optimizer.betas must be a list of 2",)),
     ("optimizer-unknown", ["optimizer.momentun=0.9"], ("optimizer.momentun", "valid:")),
+    (
+        "optimizer-range",  # from the PositiveInt annotation on the Lion variant's signature
+        ["optimizer={name: adalr_lion, lr: 0.001, timeout: 0}"],
+        ("optimizer.timeout must be a positive int, got int 0",),
+    ),
     ("scheduler-warmup", ["scheduler.t_warmup=2bat"], ("scheduler.t_warmup must be", TIME)),
     ("scheduler-name", ["scheduler.name=cosine_warmup"], ("scheduler.name", "did you mean")),
     ("scheduler-type", ["scheduler.alpha=abc"], ("scheduler.alpha must be float",)),
