@@ -34,6 +34,12 @@ from llmfoundry.data.mds_sources import CONVERT_HINT, build_streams
 from llmfoundry.data.mds_sources import stream_remote_local_validate as stream_remote_local_validate
 from llmfoundry.data.text_collator import CausalLMCollator
 from llmfoundry.data.text_collator import count_tokens_in_batch as count_tokens_in_batch
+from llmfoundry.utils.config_checks import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    check_value,
+)
 from llmfoundry.utils.config_components import accepted_kwargs
 from llmfoundry.utils.exceptions import (
     ConfigError,
@@ -96,11 +102,11 @@ def build_text_dataloader(
     device_batch_size: int,
     dataset: Mapping[str, Any],
     drop_last: bool = True,
-    num_workers: int = 8,
+    num_workers: NonNegativeInt = 8,
     pin_memory: bool = True,
-    prefetch_factor: int | None = None,
+    prefetch_factor: PositiveInt | None = None,
     persistent_workers: bool | None = None,
-    timeout: float = 0,
+    timeout: NonNegativeFloat = 0,
     *,
     section: str = "train_loader",
 ) -> DataSpec:
@@ -279,14 +285,21 @@ def loader_settings(
     section: str,
     *,
     drop_last: bool,
-    num_workers: int,
+    num_workers: NonNegativeInt,
     pin_memory: bool,
-    prefetch_factor: int | None,
+    prefetch_factor: PositiveInt | None,
     persistent_workers: bool | None,
-    timeout: float,
+    timeout: NonNegativeFloat,
 ) -> LoaderSettings:
     """The ``name`` loader's settings for ``section`` (``train_loader``...), with the worker-only
-    options resolved by :func:`worker_process_kwargs`."""
+    options resolved by :func:`worker_process_kwargs`.
+
+    Raises:
+        ConfigError: on a negative ``num_workers`` or ``timeout``, or a ``prefetch_factor`` < 1.
+    """
+    check_value(num_workers, NonNegativeInt, f"{section}.num_workers")
+    check_value(prefetch_factor, PositiveInt | None, f"{section}.prefetch_factor")
+    check_value(timeout, NonNegativeFloat, f"{section}.timeout")
     return LoaderSettings(
         name=name,
         section=section,

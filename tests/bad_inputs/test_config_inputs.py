@@ -193,8 +193,17 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("scheduler-unknown", ["scheduler.t_warm=1ba"], ("scheduler.t_warm", "did you mean")),
     # train_loader and its dataset
     ("loader-name", ["train_loader.name=txt"], ("train_loader.name", "'txt'", "did you mean")),
-    ("loader-type", ["train_loader.num_workers=two"], ("train_loader.num_workers must be int",)),
+    (
+        "loader-type",
+        ["train_loader.num_workers=two"],
+        ("train_loader.num_workers must be a non-negative int",),
+    ),
     ("loader-unknown", ["train_loader.shuffle=true"], ("train_loader.shuffle", "valid:")),
+    (
+        "loader-range",
+        ["train_loader.prefetch_factor=0"],
+        ("train_loader.prefetch_factor must be a positive int or null, got int 0",),
+    ),
     ("dataset-unknown", ["train_loader.dataset.shufle=true"], ("train_loader.dataset.shufle",)),
     (
         "dataset-type",
@@ -284,7 +293,11 @@ EVAL_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ("models.3.model.d_model", "counting from 0"),
     ),
     ("eval-entry-key", ["models.0.tokenzer={}"], ("models[0].tokenzer", "did you mean")),
-    ("eval-loader", ["eval_loader.num_workers=many"], ("eval_loader.num_workers must be int",)),
+    (
+        "eval-loader",
+        ["eval_loader.num_workers=many"],
+        ("eval_loader.num_workers must be a non-negative int",),
+    ),
     ("eval-logger", ["loggers.tensorbord={}"], ("loggers.tensorbord", "did you mean")),
 ]
 

@@ -194,6 +194,17 @@ def test_text_loader_rejects_unknown_and_missing_keys(
         build_text_dataloader(tokenizer, 2, dataset, num_workers=0, section="eval_loader")
     with pytest.raises(ConfigError, match=r"train_loader\.dataset\.max_seq_len is missing"):
         build_text_dataloader(tokenizer, 2, {"local": str(token_mds)}, num_workers=0)
+    good = {"local": str(token_mds), "split": "train", "max_seq_len": 16}
+    with pytest.raises(
+        ConfigError, match=r"^train_loader\.num_workers must be a non-negative int, got int -1$"
+    ):
+        build_text_dataloader(tokenizer, 2, good, num_workers=-1)
+    with pytest.raises(
+        ConfigError, match=r"^eval_loader\.timeout must be a non-negative float, got float -1\.0$"
+    ):
+        build_text_dataloader(
+            tokenizer, 2, good, num_workers=0, timeout=-1.0, section="eval_loader"
+        )
 
 
 def test_text_loader_is_registered() -> None:

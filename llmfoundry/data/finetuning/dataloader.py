@@ -53,6 +53,7 @@ from llmfoundry.data.loader_registries import (
 )
 from llmfoundry.data.mds_sources import build_streams
 from llmfoundry.data.text_data import loader_settings
+from llmfoundry.utils.config_checks import NonNegativeFloat, NonNegativeInt, PositiveInt
 from llmfoundry.utils.tokenizer_utils import eos_token_id_of
 
 if TYPE_CHECKING:
@@ -79,11 +80,11 @@ def build_finetuning_dataloader(
     device_batch_size: int,
     dataset: Mapping[str, Any],
     drop_last: bool = True,
-    num_workers: int = 0,
+    num_workers: NonNegativeInt = 0,
     pin_memory: bool = False,
-    prefetch_factor: int | None = None,
+    prefetch_factor: PositiveInt | None = None,
     persistent_workers: bool | None = None,
-    timeout: float = 0,
+    timeout: NonNegativeFloat = 0,
     *,
     section: str = "train_loader",
 ) -> DataSpec:
