@@ -13,12 +13,13 @@ from composer.algorithms import (
 )
 
 from llmfoundry import registry
+from llmfoundry.utils.config_checks import PositiveFloat, check_value
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
 CLIPPING_TYPES = ("norm", "value", "adaptive")
 
 
-def gradient_clipping(clipping_type: str, clipping_threshold: float) -> GradientClipping:
+def gradient_clipping(clipping_type: str, clipping_threshold: PositiveFloat) -> GradientClipping:
     """Composer's ``GradientClipping``, with its arguments checked when the run is built.
 
     Composer itself would only reject a misspelled ``clipping_type`` after the first batch.
@@ -31,10 +32,9 @@ def gradient_clipping(clipping_type: str, clipping_threshold: float) -> Gradient
             f"algorithms.gradient_clipping.clipping_type={clipping_type!r} is not one of "
             f"{', '.join(CLIPPING_TYPES)}{did_you_mean(clipping_type, CLIPPING_TYPES)}"
         )
-    if not clipping_threshold > 0:
-        raise ConfigError(
-            f"algorithms.gradient_clipping.clipping_threshold={clipping_threshold!r} must be > 0"
-        )
+    check_value(
+        clipping_threshold, PositiveFloat, "algorithms.gradient_clipping.clipping_threshold"
+    )
     from llmfoundry.models.moe_parallel import ExpertParallelGradientClipping, expert_mesh
 
     if expert_mesh() is not None:  # experts split over ranks: parameters on two device meshes

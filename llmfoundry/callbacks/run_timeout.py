@@ -20,7 +20,7 @@ import threading
 from composer.core import Callback, State
 from composer.loggers import Logger
 
-from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.config_checks import PositiveFloat, check_value
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,8 @@ class RunTimeout(Callback):
         ConfigError: on a non-positive ``timeout``.
     """
 
-    def __init__(self, timeout: float = 1800) -> None:
-        if not timeout > 0:
-            raise ConfigError(f"callbacks.run_timeout.timeout={timeout} must be > 0 seconds")
+    def __init__(self, timeout: PositiveFloat = 1800) -> None:
+        check_value(timeout, PositiveFloat, "callbacks.run_timeout.timeout")
         self.timeout = timeout
         self.timer: threading.Timer | None = None
 

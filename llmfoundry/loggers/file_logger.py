@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from composer.core import State
 from composer.loggers import FileLogger as ComposerFileLogger
 from composer.loggers import Logger
 
-from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.config_checks import PositiveInt, check_value
 
 LogLevel = Literal["batch", "epoch", "fit"]
-LOG_LEVELS: tuple[str, ...] = ("batch", "epoch", "fit")
+LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 
 
 class FileLogger(ComposerFileLogger):
@@ -36,7 +36,7 @@ class FileLogger(ComposerFileLogger):
         overwrite: replace an existing file.
 
     Raises:
-        ConfigError: on an unknown ``log_level``.
+        ConfigError: on an unknown ``log_level`` or a ``flush_interval`` below 1.
     """
 
     def __init__(
@@ -49,13 +49,11 @@ class FileLogger(ComposerFileLogger):
         capture_stderr: bool = True,
         buffer_size: int = 1,
         log_traces: bool = True,
-        flush_interval: int = 100,
+        flush_interval: PositiveInt = 100,
         overwrite: bool = False,
     ) -> None:
-        if log_level not in LOG_LEVELS:
-            raise ConfigError(
-                f"loggers.file.log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}"
-            )
+        check_value(log_level, LogLevel, "loggers.file.log_level")
+        check_value(flush_interval, PositiveInt, "loggers.file.flush_interval")
         super().__init__(
             filename,
             remote_file_name,

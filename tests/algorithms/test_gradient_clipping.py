@@ -126,7 +126,8 @@ def test_misspelled_clipping_key_is_named() -> None:
         ({"clipping_type": "nrom", "clipping_threshold": 1.0}, "clipping_type='nrom'.*'norm'"),
         (
             {"clipping_type": "norm", "clipping_threshold": 0.0},
-            "clipping_threshold=0.0 must be > 0",
+            r"^algorithms\.gradient_clipping\.clipping_threshold must be a positive float, "
+            r"got float 0\.0$",
         ),
     ],
 )

@@ -251,6 +251,16 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("logger-name", ["loggers.wandbb={}"], ("loggers.wandbb", "did you mean 'wandb'")),
     ("logger-type", ["loggers.file.buffer_size=big"], ("loggers.file.buffer_size must be int",)),
     ("algorithm-type", ["algorithms.gradient_clipping.clipping_threshold=x"], ("clipping_thr",)),
+    (
+        "algorithm-range",
+        ["algorithms.gradient_clipping.clipping_threshold=0"],
+        ("algorithms.gradient_clipping.clipping_threshold must be a positive float, got int 0",),
+    ),
+    (
+        "logger-range",
+        ["loggers.file={flush_interval: 0}"],
+        ("loggers.file.flush_interval must be a positive int, got int 0",),
+    ),
     # tokenizer
     ("tokenizer-unknown", ["tokenizer.nme=x"], ("tokenizer.nme", "did you mean 'name'")),
     # interpolation

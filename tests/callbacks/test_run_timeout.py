@@ -71,6 +71,8 @@ def test_timer_starts_at_fit_end_and_never_holds_the_exit() -> None:
 
 
 def test_timeout_must_be_positive() -> None:
-    with pytest.raises(ConfigError, match="callbacks.run_timeout.timeout=0 must be > 0"):
+    with pytest.raises(
+        ConfigError, match=r"^callbacks\.run_timeout\.timeout must be a positive float, got int 0$"
+    ):
         RunTimeout(timeout=0)
     assert RunTimeout().timeout == 1800

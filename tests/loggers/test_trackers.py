@@ -200,9 +200,24 @@ def test_file_logger_writes_metric_lines(
         assert value == pytest.approx(expected.get(step, expected[max(expected)]), abs=1e-4)
 
 
-def test_file_logger_rejects_unknown_log_level(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"log_level must be one of batch, epoch, fit"):
-        build_loggers({"file": {"filename": str(tmp_path / "x.txt"), "log_level": "step"}})
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"log_level": "step"},
+            r"^loggers\.file\.log_level must be one of 'batch', 'epoch', 'fit', got str 'step'$",
+        ),
+        (
+            {"flush_interval": 0},
+            r"^loggers\.file\.flush_interval must be a positive int, got int 0$",
+        ),
+    ],
+)
+def test_file_logger_rejects_bad_options(
+    tmp_path: Path, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build_loggers({"file": {"filename": str(tmp_path / "x.txt"), **options}})
 
 
 def test_misspelled_logger_key_is_named() -> None:
