@@ -467,6 +467,10 @@ def test_settings_errors_name_the_key(
         build_composer_model_from_section(
             {"name": "openai_causal_lm", "base_url": base_url, "logprobs": 0}, tokenizer
         )
+    with pytest.raises(ConfigError, match=r"^model\.timeout must be a positive float, got int 0$"):
+        build_composer_model_from_section(
+            {"name": "openai_chat", "base_url": base_url, "timeout": 0}, tokenizer
+        )
     wrong = OpenAICausalLMEvalWrapper(tokenizer, version="gpt-x", base_url=base_url, max_retries=0)
     with pytest.raises(
         UserError, match=r"/completions: HTTP 404: The model 'gpt-x' does not exist"

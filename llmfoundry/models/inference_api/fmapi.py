@@ -19,7 +19,7 @@ from llmfoundry.models.inference_api.wrappers import (
     OpenAICausalLMEvalWrapper,
     OpenAIChatAPIEvalWrapper,
 )
-from llmfoundry.utils.config_checks import PositiveInt
+from llmfoundry.utils.config_checks import NonNegativeInt, PositiveFloat, PositiveInt
 from llmfoundry.utils.exceptions import ConfigError
 
 API_KEY_ENV = "MOSAICML_API_KEY"
@@ -56,8 +56,8 @@ class FMAPICasualLMEvalWrapper(OpenAICausalLMEvalWrapper):
         base_url: str | None = None,
         local: bool = False,
         logprobs: PositiveInt = DEFAULT_LOGPROBS,
-        timeout: float = 120.0,
-        max_retries: int = 10,
+        timeout: PositiveFloat = 120.0,
+        max_retries: NonNegativeInt = 10,
         client: OpenAIClient | None = None,
     ) -> None:
         client = client or fmapi_client(base_url, local, timeout, max_retries)
@@ -74,8 +74,8 @@ class FMAPIChatAPIEvalWrapper(OpenAIChatAPIEvalWrapper):
         base_url: str | None = None,
         local: bool = False,
         system_role_prompt: str = DEFAULT_SYSTEM_ROLE_PROMPT,
-        timeout: float = 120.0,
-        max_retries: int = 10,
+        timeout: PositiveFloat = 120.0,
+        max_retries: NonNegativeInt = 10,
         client: OpenAIClient | None = None,
     ) -> None:
         client = client or fmapi_client(base_url, local, timeout, max_retries)

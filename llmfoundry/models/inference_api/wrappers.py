@@ -32,7 +32,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.eval.metrics import ICL_METRICS, InContextLearningMetric
 from llmfoundry.models.inference_api.client import OpenAIClient
-from llmfoundry.utils.config_checks import PositiveInt, check_value
+from llmfoundry.utils.config_checks import NonNegativeInt, PositiveFloat, PositiveInt, check_value
 from llmfoundry.utils.constants import IGNORE_INDEX
 from llmfoundry.utils.exceptions import ConfigError, UserError
 
@@ -75,8 +75,8 @@ class InferenceAPIEvalWrapper(ComposerModel):
         tokenizer: PreTrainedTokenizerBase | None,
         version: str | None = None,
         base_url: str | None = None,
-        timeout: float = 120.0,
-        max_retries: int = 10,
+        timeout: PositiveFloat = 120.0,
+        max_retries: NonNegativeInt = 10,
         client: OpenAIClient | None = None,
     ) -> None:
         super().__init__()
@@ -84,6 +84,8 @@ class InferenceAPIEvalWrapper(ComposerModel):
             raise ConfigError(
                 "the OpenAI API models need the served model's tokenizer: set tokenizer.name"
             )
+        check_value(timeout, PositiveFloat, "model.timeout")
+        check_value(max_retries, NonNegativeInt, "model.max_retries")
         self.tokenizer = tokenizer
         self.client = client or OpenAIClient(base_url, timeout=timeout, max_retries=max_retries)
         self.model_name = version or self._listed_model()
@@ -203,8 +205,8 @@ class OpenAICausalLMEvalWrapper(InferenceAPIEvalWrapper):
         version: str | None = None,
         base_url: str | None = None,
         logprobs: PositiveInt = DEFAULT_LOGPROBS,
-        timeout: float = 120.0,
-        max_retries: int = 10,
+        timeout: PositiveFloat = 120.0,
+        max_retries: NonNegativeInt = 10,
         client: OpenAIClient | None = None,
     ) -> None:
         check_value(logprobs, PositiveInt, "model.logprobs")
@@ -270,8 +272,8 @@ class OpenAIChatAPIEvalWrapper(InferenceAPIEvalWrapper):
         version: str | None = None,
         base_url: str | None = None,
         system_role_prompt: str = DEFAULT_SYSTEM_ROLE_PROMPT,
-        timeout: float = 120.0,
-        max_retries: int = 10,
+        timeout: PositiveFloat = 120.0,
+        max_retries: NonNegativeInt = 10,
         client: OpenAIClient | None = None,
     ) -> None:
         super().__init__(tokenizer, version, base_url, timeout, max_retries, client)
