@@ -47,6 +47,7 @@ from llmfoundry.models.hf.export import (
     write_mpt_folder,
 )
 from llmfoundry.models.mpt import MPTForCausalLM
+from llmfoundry.utils.config_checks import NonNegativeFloat
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.file_utils import atomic_directory
 from llmfoundry.utils.object_store import RemoteFolder, is_remote
@@ -208,7 +209,7 @@ class HuggingFaceCheckpointer(Callback):
         mlflow_logging_config: dict[str, Any] | None = None,
         flatten_imports: Sequence[str] = ("llmfoundry",),
         final_register_only: bool = False,
-        register_wait_seconds: int = 7200,
+        register_wait_seconds: NonNegativeFloat = 7200,
     ) -> None:
         self.dtype = dtype_of_precision(precision, f"{KEY}.precision")
         self.save_interval = parse_save_interval(save_interval)

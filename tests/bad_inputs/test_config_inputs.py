@@ -244,6 +244,15 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ("callbacks.mbmoe_tok_per_expert.log_interval must be a positive int, got int 0",),
     ),
     (
+        "callback-wait-range",
+        [
+            "callbacks.hf_checkpointer={save_folder: hf, save_interval: 1ba, register_wait_seconds: -1}"
+        ],
+        (
+            "callbacks.hf_checkpointer.register_wait_seconds must be a non-negative float, got int -1",
+        ),
+    ),
+    (
         "callback-float-range",
         ["callbacks.global_lr_scaling={lr_scale: 0.5, wd_pct: -1}"],
         ("callbacks.global_lr_scaling.wd_pct must be a non-negative float, got int -1",),
