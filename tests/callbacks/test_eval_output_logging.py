@@ -218,7 +218,11 @@ def test_log_output_text_false_leaves_outputs_out_and_true_needs_a_tokenizer(
 
 @pytest.mark.parametrize("subset_sample", [0, -2])
 def test_bad_subset_sample_is_a_config_error(subset_sample: int) -> None:
-    with pytest.raises(ConfigError, match=f"eval_output_logging.subset_sample={subset_sample}"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"^callbacks\.eval_output_logging\.subset_sample must be one of -1 or a positive "
+        rf"int, got int {subset_sample}$",
+    ):
         build_callbacks({"eval_output_logging": {"subset_sample": subset_sample}})
     with pytest.raises(ConfigError, match="log_tokenzed"):
         build_callbacks({"eval_output_logging": {"log_tokenzed": True}})
