@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from llmfoundry.utils.config_checks import NonNegativeInt, PositiveInt, check_value
 from llmfoundry.utils.exceptions import (
     ConfigError,
     DatasetError,
@@ -232,10 +233,10 @@ def query_endpoint(
     endpoint: str,
     model: str | None = None,
     chat: bool = False,
-    max_tokens: int = 64,
+    max_tokens: PositiveInt = 64,
     temperature: float = 0.0,
-    parallel: int = 4,
-    retries: int = 3,
+    parallel: PositiveInt = 4,
+    retries: NonNegativeInt = 3,
     backoff_s: float = 0.5,
     timeout_s: float = 300.0,
     api_key: str | None = None,
@@ -263,13 +264,9 @@ def query_endpoint(
     Raises:
         ConfigError: on bad settings or an unreadable model listing.
     """
-    for name, value, minimum in (
-        ("parallel", parallel, 1),
-        ("max_tokens", max_tokens, 1),
-        ("retries", retries, 0),
-    ):
-        if value < minimum:
-            raise ConfigError(f"--{name} must be at least {minimum}, got {value}")
+    check_value(parallel, PositiveInt, "--parallel")
+    check_value(max_tokens, PositiveInt, "--max_tokens")
+    check_value(retries, NonNegativeInt, "--retries")
     url, chat = resolve_endpoint(endpoint, chat)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=parallel, max_keepalive_connections=parallel)

@@ -7,12 +7,20 @@ without importing each other.
 
 from __future__ import annotations
 
+import functools
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from llmfoundry.inference.options import ModelSource
-from llmfoundry.utils.config_checks import PositiveInt, check_value
+from llmfoundry.utils.config_checks import (
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    check_value,
+)
 from llmfoundry.utils.exceptions import ConfigError
 
 API_KEY_VARIABLE = "LLMFOUNDRY_API_KEY"
@@ -46,13 +54,13 @@ class ServeConfig:
     model_name: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
-    max_batch_size: int = 8
-    batch_wait_ms: float = 10.0
-    max_new_tokens_limit: int = 1024
-    request_timeout: float = 300.0
-    max_prompts_per_request: int = 32
-    max_body_bytes: int = 1 << 20
-    max_queue: int = 256
+    max_batch_size: PositiveInt = 8
+    batch_wait_ms: NonNegativeFloat = 10.0
+    max_new_tokens_limit: PositiveInt = 1024
+    request_timeout: PositiveFloat = 300.0
+    max_prompts_per_request: PositiveInt = 32
+    max_body_bytes: PositiveInt = 1 << 20
+    max_queue: PositiveInt = 256
     api_key: str | None = field(default=None, repr=False)
     access_log: bool = True
 
@@ -62,19 +70,9 @@ class ServeConfig:
         Raises:
             ConfigError: naming the flag whose value cannot work.
         """
-        at_least_one = {
-            "max_batch_size": self.max_batch_size,
-            "max_new_tokens_limit": self.max_new_tokens_limit,
-            "max_prompts_per_request": self.max_prompts_per_request,
-            "max_body_bytes": self.max_body_bytes,
-            "max_queue": self.max_queue,
-        }
-        for name, value in at_least_one.items():
-            check_value(value, PositiveInt, f"--{name}")
-        if self.batch_wait_ms < 0:
-            raise ConfigError(f"--batch_wait_ms must be 0 or more, got {self.batch_wait_ms}")
-        if self.request_timeout <= 0:
-            raise ConfigError(f"--request_timeout must be positive, got {self.request_timeout}")
+        hints = _field_hints()
+        for name in _RANGED_FIELDS:
+            check_value(getattr(self, name), hints[name], f"--{name}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
         if self.source.autocast_dtype is not None:
@@ -89,6 +87,23 @@ class ServeConfig:
         """The model name requests must use."""
         path = self.source.name_or_path
         return self.model_name or Path(path.rstrip("/")).name or path
+
+
+# The numeric flags whose range their annotation declares.
+_RANGED_FIELDS = (
+    "max_batch_size",
+    "batch_wait_ms",
+    "max_new_tokens_limit",
+    "request_timeout",
+    "max_prompts_per_request",
+    "max_body_bytes",
+    "max_queue",
+)
+
+
+@functools.cache
+def _field_hints() -> dict[str, Any]:
+    return typing.get_type_hints(ServeConfig, include_extras=True)
 
 
 def resolve_api_key(flag: str | None) -> str | None:

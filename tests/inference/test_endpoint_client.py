@@ -173,5 +173,7 @@ def test_prompt_files_and_endpoints_are_checked(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="--endpoint"):
         resolve_endpoint("h:1/v1/completions")
-    with pytest.raises(ConfigError, match="--parallel"):
+    with pytest.raises(ConfigError, match=r"^--parallel must be a positive int, got int 0$"):
         query_endpoint(["a"], "http://h:1", model="m", parallel=0)
+    with pytest.raises(ConfigError, match=r"^--retries must be a non-negative int, got int -1$"):
+        query_endpoint(["a"], "http://h:1", model="m", retries=-1)

@@ -214,10 +214,16 @@ def test_request_over_the_time_limit_gets_504(mpt_dir: Path, served: ServedModel
 
 
 def test_settings_and_missing_folder_are_user_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="--max_batch_size"):
+    with pytest.raises(ConfigError, match=r"^--max_batch_size must be a positive int, got int 0$"):
         ServeConfig(ModelSource("m"), max_batch_size=0)
-    with pytest.raises(ConfigError, match="--request_timeout"):
+    with pytest.raises(
+        ConfigError, match=r"^--request_timeout must be a positive float, got int 0$"
+    ):
         ServeConfig(ModelSource("m"), request_timeout=0)
+    with pytest.raises(
+        ConfigError, match=r"^--batch_wait_ms must be a non-negative float, got float -1\.0$"
+    ):
+        ServeConfig(ModelSource("m"), batch_wait_ms=-1.0)
     assert (
         ServeConfig(ModelSource(str(tmp_path / "models" / "my-model") + "/")).served_name
         == "my-model"
