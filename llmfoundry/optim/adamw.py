@@ -14,12 +14,14 @@ gradients, an accelerator it does not support, ``initial_lr`` 0) get Composer's 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 from composer.optim import DecoupledAdamW as ComposerDecoupledAdamW
 from torch.optim.adamw import adamw as torch_adamw
+
+from llmfoundry.utils.config_checks import NonNegativeFloat
 
 FUSED_DEVICE_TYPES = ("cuda", "cpu")
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -43,7 +45,22 @@ def stepped_params(group: dict[str, Any]) -> list[torch.Tensor]:
 
 
 class DecoupledAdamW(ComposerDecoupledAdamW):
-    """Composer's ``DecoupledAdamW`` (same arguments, update and state), with a fused step."""
+    """Composer's ``DecoupledAdamW`` (same arguments, update and state), with a fused step.
+
+    The constructor restates Composer's parameters and defaults only to declare their ranges,
+    which the run's config check reads (``optimizer.lr: -1`` fails there in one line).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: NonNegativeFloat = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.95),
+        eps: NonNegativeFloat = 1e-8,
+        weight_decay: NonNegativeFloat = 1e-5,
+        amsgrad: bool = False,
+    ) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

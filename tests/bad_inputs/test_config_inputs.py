@@ -178,10 +178,15 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ("model.init_config.fan_mod", "did you mean 'fan_mode'"),
     ),
     # optimizer / scheduler
-    ("optimizer-lr", ["optimizer.lr=abc"], ("optimizer.lr must be float", "'abc'")),
+    ("optimizer-lr", ["optimizer.lr=abc"], ("optimizer.lr must be a non-negative float", "'abc'")),
     ("optimizer-name", ["optimizer.name=adamx"], ("optimizer.name", "'adamx'", "did you mean")),
     ("optimizer-betas", ["optimizer.betas=[0.9]"], ("optimizer.betas must be a list of 2",)),
     ("optimizer-unknown", ["optimizer.momentun=0.9"], ("optimizer.momentun", "valid:")),
+    (
+        "optimizer-adamw-range",  # the base config's decoupled_adamw
+        ["optimizer.weight_decay=-0.1"],
+        ("optimizer.weight_decay must be a non-negative float, got float -0.1",),
+    ),
     (
         "optimizer-range",  # from the PositiveInt annotation on the Lion variant's signature
         ["optimizer={name: adalr_lion, lr: 0.001, timeout: 0}"],
