@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 
 import pytest
 import torch
@@ -83,3 +84,14 @@ def test_zero_initial_lr_takes_composers_loop() -> None:
 
 def test_the_registry_name_builds_the_fused_optimizer() -> None:
     assert registry.optimizers.get("decoupled_adamw") is DecoupledAdamW
+
+
+def test_the_constructor_keeps_composers_parameters_and_defaults() -> None:
+    """Ours restates Composer's constructor only to declare ranges: same names, order, defaults."""
+
+    def shape(cls: type) -> list[tuple[str, object]]:
+        return [(p.name, p.default) for p in inspect.signature(cls).parameters.values()]
+
+    assert shape(DecoupledAdamW) == shape(ComposerDecoupledAdamW)
+    optimizer = DecoupledAdamW([torch.nn.Parameter(torch.zeros(2))])
+    assert optimizer.defaults["lr"] == 1e-3 and optimizer.defaults["weight_decay"] == 1e-5
