@@ -13,7 +13,7 @@ from composer.algorithms import (
 )
 
 from llmfoundry import registry
-from llmfoundry.utils.config_checks import PositiveFloat, check_value
+from llmfoundry.utils.config_checks import PositiveFloat, check_arguments
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
 CLIPPING_TYPES = ("norm", "value", "adaptive")
@@ -32,8 +32,8 @@ def gradient_clipping(clipping_type: str, clipping_threshold: PositiveFloat) -> 
             f"algorithms.gradient_clipping.clipping_type={clipping_type!r} is not one of "
             f"{', '.join(CLIPPING_TYPES)}{did_you_mean(clipping_type, CLIPPING_TYPES)}"
         )
-    check_value(
-        clipping_threshold, PositiveFloat, "algorithms.gradient_clipping.clipping_threshold"
+    check_arguments(
+        gradient_clipping, "algorithms.gradient_clipping.", clipping_threshold=clipping_threshold
     )
     from llmfoundry.models.moe_parallel import ExpertParallelGradientClipping, expert_mesh
 

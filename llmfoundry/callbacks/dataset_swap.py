@@ -32,7 +32,7 @@ from composer.loggers import Logger
 from streaming import StreamingDataset
 
 from llmfoundry.interfaces.callback_with_config import train_loader_section
-from llmfoundry.utils.config_checks import NonNegativeInt, check_value
+from llmfoundry.utils.config_checks import NonNegativeInt, check_arguments
 from llmfoundry.utils.exceptions import ConfigError
 
 __all__ = ["DatasetSwap"]
@@ -55,7 +55,7 @@ class DatasetSwap(Callback):
     """
 
     def __init__(self, train_config: Mapping[str, Any], dataset_index: NonNegativeInt) -> None:
-        check_value(dataset_index, NonNegativeInt, f"{KEY}.dataset_index")
+        check_arguments(DatasetSwap, f"{KEY}.", dataset_index=dataset_index)
         self.dataset_index = dataset_index
         self.loader_config = train_loader_section(train_config, KEY)
         self.saved_dataset_index = 0  # from the loaded checkpoint

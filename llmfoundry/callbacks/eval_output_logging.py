@@ -58,7 +58,7 @@ from composer.utils import dist
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.eval.metrics import example_context
-from llmfoundry.utils.config_checks import PositiveInt, check_value
+from llmfoundry.utils.config_checks import PositiveInt, check_arguments
 from llmfoundry.utils.constants import IGNORE_INDEX
 from llmfoundry.utils.exceptions import ConfigError
 
@@ -227,7 +227,7 @@ class EvalOutputLogging(Callback):
         log_tokens: bool = False,
         log_output_text: bool | None = None,
     ) -> None:
-        check_value(subset_sample, SubsetSample, f"{KEY}.subset_sample")
+        check_arguments(EvalOutputLogging, f"{KEY}.", subset_sample=subset_sample)
         self.log_tokenized = log_tokenized
         self.subset_sample = subset_sample
         self.log_tokens = log_tokens

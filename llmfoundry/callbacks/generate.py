@@ -30,7 +30,7 @@ from composer.models import HuggingFaceModel
 from composer.utils import dist
 from transformers import GenerationConfig, GenerationMixin, PreTrainedTokenizerBase
 
-from llmfoundry.utils.config_checks import PositiveInt, check_value
+from llmfoundry.utils.config_checks import PositiveInt, check_arguments
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 from llmfoundry.utils.tokenizer_utils import pad_token_id_of
 
@@ -134,7 +134,7 @@ class Generate(ComposerGenerate):
             or not all(isinstance(p, str) and p for p in prompts)
         ):
             raise ConfigError(f"{KEY}.prompts must be a non-empty list of non-empty strings")
-        check_value(batch_size, PositiveInt | None, f"{KEY}.batch_size")
+        check_arguments(Generate, f"{KEY}.", batch_size=batch_size)
         try:
             Time.from_input(interval, TimeUnit.EPOCH)
         except (TypeError, ValueError) as err:

@@ -47,7 +47,7 @@ from llmfoundry.models.hf.export import (
     write_mpt_folder,
 )
 from llmfoundry.models.mpt import MPTForCausalLM
-from llmfoundry.utils.config_checks import NonNegativeFloat
+from llmfoundry.utils.config_checks import NonNegativeFloat, check_arguments
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.file_utils import atomic_directory
 from llmfoundry.utils.object_store import RemoteFolder, is_remote
@@ -217,6 +217,9 @@ class HuggingFaceCheckpointer(Callback):
         self.huggingface_folder_name = huggingface_folder_name
         self.overwrite = overwrite
         self.mlflow_registered_model_name = mlflow_registered_model_name
+        check_arguments(
+            HuggingFaceCheckpointer, f"{KEY}.", register_wait_seconds=register_wait_seconds
+        )
         self.registration = parse_registration(
             mlflow_registered_model_name, mlflow_logging_config, register_wait_seconds
         )

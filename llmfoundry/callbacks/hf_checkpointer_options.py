@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from llmfoundry.utils.config_checks import NonNegativeFloat, check_value
 from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError
 
 log = logging.getLogger(__name__)
@@ -63,20 +62,19 @@ def default_input_example(task: str, metadata: Mapping[str, Any]) -> dict[str, A
 
 
 def parse_registration(
-    model_name: str | None, logging_config: Any, wait_seconds: Any
+    model_name: str | None, logging_config: Any, wait_seconds: float
 ) -> MlflowRegistration | None:
     """Validate the MLflow options; None when no model is to be registered.
 
     Raises:
-        ConfigError: naming the key, for a ``mlflow_logging_config`` that is not a mapping,
-            a ``metadata`` that is not a mapping, or a negative ``register_wait_seconds``.
+        ConfigError: naming the key, for a ``mlflow_logging_config`` that is not a mapping or a
+            ``metadata`` that is not a mapping.
     """
     if logging_config is not None and not isinstance(logging_config, Mapping):
         raise ConfigError(
             f"{KEY}.mlflow_logging_config must be a mapping (task, metadata, input_example), "
             f"got {type(logging_config).__name__}"
         )
-    check_value(wait_seconds, NonNegativeFloat, f"{KEY}.register_wait_seconds")
     config = dict(logging_config or {})
     metadata = config.get("metadata") or {}
     if not isinstance(metadata, Mapping):

@@ -33,7 +33,12 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import checkpoint, dist, ensure_tuple, format_name_with_dist
 
-from llmfoundry.utils.config_checks import NonNegativeInt, PositiveFloat, PositiveInt, check_value
+from llmfoundry.utils.config_checks import (
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    check_arguments,
+)
 from llmfoundry.utils.exceptions import TrainingDivergedError
 
 log = logging.getLogger(__name__)
@@ -71,10 +76,14 @@ class KillLossSpike(Callback):
         rollback: bool = False,
         max_rollbacks: NonNegativeInt = 3,
     ) -> None:
-        check_value(window_size, PositiveInt, f"{KEY}.window_size")
-        check_value(outlier_multiplier, PositiveFloat, f"{KEY}.outlier_multiplier")
-        check_value(patience, NonNegativeInt, f"{KEY}.patience")
-        check_value(max_rollbacks, NonNegativeInt, f"{KEY}.max_rollbacks")
+        check_arguments(
+            KillLossSpike,
+            f"{KEY}.",
+            window_size=window_size,
+            outlier_multiplier=outlier_multiplier,
+            patience=patience,
+            max_rollbacks=max_rollbacks,
+        )
         self.log_only = log_only
         self.patience = patience
         self.outlier_multiplier = outlier_multiplier

@@ -39,7 +39,7 @@ from composer.loggers import Logger
 from composer.models import HuggingFaceModel
 from composer.utils import dist
 
-from llmfoundry.utils.config_checks import PositiveInt, check_value
+from llmfoundry.utils.config_checks import PositiveInt, check_arguments
 from llmfoundry.utils.constants import IGNORE_INDEX
 from llmfoundry.utils.exceptions import ConfigError
 
@@ -68,8 +68,12 @@ class LossPerpVsContextLengthLogger(Callback):
         compute_batch_interval: PositiveInt,
         ignore_index: int = IGNORE_INDEX,
     ) -> None:
-        check_value(log_batch_interval, PositiveInt, f"{KEY}.log_batch_interval")
-        check_value(compute_batch_interval, PositiveInt, f"{KEY}.compute_batch_interval")
+        check_arguments(
+            LossPerpVsContextLengthLogger,
+            f"{KEY}.",
+            log_batch_interval=log_batch_interval,
+            compute_batch_interval=compute_batch_interval,
+        )
         if compute_batch_interval > log_batch_interval:
             raise ConfigError(
                 f"{KEY}.compute_batch_interval={compute_batch_interval} is larger than "

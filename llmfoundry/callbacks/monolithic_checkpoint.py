@@ -36,7 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
     get_optimizer_state_dict,
 )
 
-from llmfoundry.utils.config_checks import PositiveInt, check_value
+from llmfoundry.utils.config_checks import PositiveInt, check_arguments
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.file_utils import atomic_file
 from llmfoundry.utils.object_store import RemoteFolder, check_listable, is_remote
@@ -70,7 +70,7 @@ class MonolithicCheckpointSaver(Callback):
         overwrite: bool = False,
         keep_optimizers: bool = False,
     ) -> None:
-        check_value(batch_interval, PositiveInt, f"{KEY}.batch_interval")
+        check_arguments(MonolithicCheckpointSaver, f"{KEY}.", batch_interval=batch_interval)
         if is_remote(save_folder):
             check_listable(save_folder, f"{KEY}.save_folder")
         self.save_folder = save_folder

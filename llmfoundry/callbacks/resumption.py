@@ -23,7 +23,7 @@ from typing import Any
 from composer.core import Callback, State
 from composer.loggers import Logger
 
-from llmfoundry.utils.config_checks import NonNegativeFloat, PositiveFloat, check_value
+from llmfoundry.utils.config_checks import NonNegativeFloat, PositiveFloat, check_arguments
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
 __all__ = ["GlobalLRScaling", "LayerFreezing"]
@@ -52,8 +52,9 @@ class GlobalLRScaling(Callback):
     """
 
     def __init__(self, lr_scale: PositiveFloat, wd_pct: NonNegativeFloat = 0.0) -> None:
-        check_value(lr_scale, PositiveFloat, "callbacks.global_lr_scaling.lr_scale")
-        check_value(wd_pct, NonNegativeFloat, "callbacks.global_lr_scaling.wd_pct")
+        check_arguments(
+            GlobalLRScaling, "callbacks.global_lr_scaling.", lr_scale=lr_scale, wd_pct=wd_pct
+        )
         self.lr_scale = float(lr_scale)
         self.wd_pct = float(wd_pct)
         self._scaled_run: str | None = None  # the run whose optimizer was already scaled

@@ -20,7 +20,7 @@ import threading
 from composer.core import Callback, State
 from composer.loggers import Logger
 
-from llmfoundry.utils.config_checks import PositiveFloat, check_value
+from llmfoundry.utils.config_checks import PositiveFloat, check_arguments
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class RunTimeout(Callback):
     """
 
     def __init__(self, timeout: PositiveFloat = 1800) -> None:
-        check_value(timeout, PositiveFloat, "callbacks.run_timeout.timeout")
+        check_arguments(RunTimeout, "callbacks.run_timeout.", timeout=timeout)
         self.timeout = timeout
         self.timer: threading.Timer | None = None
 

@@ -8,7 +8,7 @@ import torch
 from composer.core import Callback, State
 from composer.loggers import Logger
 
-from llmfoundry.utils.config_checks import PositiveInt, check_value
+from llmfoundry.utils.config_checks import PositiveInt, check_arguments
 
 
 def collect_garbage() -> None:
@@ -37,7 +37,9 @@ class ScheduledGarbageCollector(Callback):
     """
 
     def __init__(self, batch_interval: PositiveInt, eval_keep_disabled: bool = False) -> None:
-        check_value(batch_interval, PositiveInt, "callbacks.scheduled_gc.batch_interval")
+        check_arguments(
+            ScheduledGarbageCollector, "callbacks.scheduled_gc.", batch_interval=batch_interval
+        )
         self.batch_interval = batch_interval
         self.eval_keep_disabled = eval_keep_disabled
         self._was_enabled: bool | None = None

@@ -10,7 +10,7 @@ from composer.loggers import Logger
 from composer.utils import dist
 
 from llmfoundry.models.mpt.moe import moe_layers
-from llmfoundry.utils.config_checks import PositiveInt, check_value
+from llmfoundry.utils.config_checks import PositiveInt, check_arguments
 
 _STATS = ("min", "max", "median", "std")
 
@@ -87,7 +87,7 @@ class TokPerExpert(Callback):
         all_reduce_stats: bool = False,
         normalize: bool = True,
     ) -> None:
-        check_value(log_interval, PositiveInt, "callbacks.mbmoe_tok_per_expert.log_interval")
+        check_arguments(TokPerExpert, "callbacks.mbmoe_tok_per_expert.", log_interval=log_interval)
         self.log_interval = log_interval
         self.log_every_layer = log_every_layer
         self.all_reduce_stats = all_reduce_stats

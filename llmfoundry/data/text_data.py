@@ -38,7 +38,7 @@ from llmfoundry.utils.config_checks import (
     NonNegativeFloat,
     NonNegativeInt,
     PositiveInt,
-    check_value,
+    check_arguments,
 )
 from llmfoundry.utils.config_components import accepted_kwargs
 from llmfoundry.utils.exceptions import (
@@ -297,9 +297,13 @@ def loader_settings(
     Raises:
         ConfigError: on a negative ``num_workers`` or ``timeout``, or a ``prefetch_factor`` < 1.
     """
-    check_value(num_workers, NonNegativeInt, f"{section}.num_workers")
-    check_value(prefetch_factor, PositiveInt | None, f"{section}.prefetch_factor")
-    check_value(timeout, NonNegativeFloat, f"{section}.timeout")
+    check_arguments(
+        loader_settings,
+        f"{section}.",
+        num_workers=num_workers,
+        prefetch_factor=prefetch_factor,
+        timeout=timeout,
+    )
     return LoaderSettings(
         name=name,
         section=section,

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from llmfoundry.utils.config_checks import NonNegativeInt, PositiveInt, check_value
+from llmfoundry.utils.config_checks import NonNegativeInt, PositiveInt, check_arguments
 from llmfoundry.utils.exceptions import (
     ConfigError,
     DatasetError,
@@ -264,9 +264,7 @@ def query_endpoint(
     Raises:
         ConfigError: on bad settings or an unreadable model listing.
     """
-    check_value(parallel, PositiveInt, "--parallel")
-    check_value(max_tokens, PositiveInt, "--max_tokens")
-    check_value(retries, NonNegativeInt, "--retries")
+    check_arguments(query_endpoint, "--", parallel=parallel, max_tokens=max_tokens, retries=retries)
     url, chat = resolve_endpoint(endpoint, chat)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     limits = httpx.Limits(max_connections=parallel, max_keepalive_connections=parallel)

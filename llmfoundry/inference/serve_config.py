@@ -7,19 +7,16 @@ without importing each other.
 
 from __future__ import annotations
 
-import functools
 import os
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from llmfoundry.inference.options import ModelSource
 from llmfoundry.utils.config_checks import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
-    check_value,
+    check_arguments,
 )
 from llmfoundry.utils.exceptions import ConfigError
 
@@ -70,9 +67,7 @@ class ServeConfig:
         Raises:
             ConfigError: naming the flag whose value cannot work.
         """
-        hints = _field_hints()
-        for name in _RANGED_FIELDS:
-            check_value(getattr(self, name), hints[name], f"--{name}")
+        check_arguments(ServeConfig, "--", **{name: getattr(self, name) for name in _RANGED_FIELDS})
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
         if self.source.autocast_dtype is not None:
@@ -99,11 +94,6 @@ _RANGED_FIELDS = (
     "max_body_bytes",
     "max_queue",
 )
-
-
-@functools.cache
-def _field_hints() -> dict[str, Any]:
-    return typing.get_type_hints(ServeConfig, include_extras=True)
 
 
 def resolve_api_key(flag: str | None) -> str | None:

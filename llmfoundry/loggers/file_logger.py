@@ -8,7 +8,7 @@ from composer.core import State
 from composer.loggers import FileLogger as ComposerFileLogger
 from composer.loggers import Logger
 
-from llmfoundry.utils.config_checks import PositiveInt, check_value
+from llmfoundry.utils.config_checks import PositiveInt, check_arguments
 
 LogLevel = Literal["batch", "epoch", "fit"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
@@ -52,8 +52,9 @@ class FileLogger(ComposerFileLogger):
         flush_interval: PositiveInt = 100,
         overwrite: bool = False,
     ) -> None:
-        check_value(log_level, LogLevel, "loggers.file.log_level")
-        check_value(flush_interval, PositiveInt, "loggers.file.flush_interval")
+        check_arguments(
+            FileLogger, "loggers.file.", log_level=log_level, flush_interval=flush_interval
+        )
         super().__init__(
             filename,
             remote_file_name,

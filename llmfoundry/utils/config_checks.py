@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import inspect
+import sys
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -213,10 +215,51 @@ def is_schema(annotation: Any) -> bool:
 
 
 @functools.cache
-def _declared_hints(of: Any) -> dict[str, Any]:
-    """``of``'s resolved annotations, read once per class: ``hints`` and ``required`` ask for
-    them on every section (and every list item) a schema checks. Callers do not mutate it."""
-    return typing.get_type_hints(of, include_extras=True)
+def declared_hints(target: Any) -> dict[str, Any]:
+    """``target``'s resolved annotations (a schema class's keys, a function's parameters), read
+    once per target: schemas ask on every section and list item they check, constructors on
+    every call. A name that does not resolve (one imported only for typing, as in Composer's
+    ``Profiler``) is left out, so its value goes unchecked. Callers do not mutate the result."""
+    try:
+        return typing.get_type_hints(target, include_extras=True)
+    except Exception:
+        pass
+    module = sys.modules.get(getattr(target, "__module__", None) or "")
+    namespace = getattr(inspect.unwrap(target), "__globals__", None) or vars(module or types)
+    hints: dict[str, Any] = {}
+    for name, annotation in dict(getattr(target, "__annotations__", {})).items():
+
+        def stub() -> None: ...
+
+        stub.__annotations__ = {name: annotation}
+        try:
+            hints[name] = typing.get_type_hints(stub, globalns=namespace, include_extras=True)[name]
+        except Exception:
+            continue
+    return hints
+
+
+def parameter_hints(func: Callable[..., Any]) -> dict[str, Any]:
+    """The resolved annotations of ``func``'s parameters (of its ``__init__`` for a class)."""
+    return declared_hints(func.__init__ if inspect.isclass(func) else func)
+
+
+def check_arguments(owner: Callable[..., Any], prefix: str, **values: Any) -> None:
+    """Check each argument in ``values`` against the annotation its parameter has on ``owner``,
+    so that a constructor states each range once, on its signature (which the run's config
+    check reads too): ``check_arguments(RunTimeout, "callbacks.run_timeout.", timeout=t)``.
+
+    Args:
+        owner: the function, or the class whose ``__init__`` declares the parameters.
+        prefix: put before each name in messages (``callbacks.run_timeout.``, ``--``).
+        values: the arguments, by parameter name.
+
+    Raises:
+        ConfigError: ``<prefix><name> must be <what is allowed>, got <type> <value>``.
+    """
+    hints = parameter_hints(owner)
+    for name, value in values.items():
+        check_value(value, hints[name], f"{prefix}{name}")
 
 
 def _without_requiredness(annotation: Any) -> Any:
@@ -271,7 +314,7 @@ class Schema:
         )
 
     def _declared(self) -> dict[str, Any]:
-        return _declared_hints(self.of)
+        return declared_hints(self.of)
 
     def problem(self, value: Any, path: str) -> str | None:
         """``_problem`` for a section described by this schema."""

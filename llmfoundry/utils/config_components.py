@@ -9,12 +9,16 @@ key path (``callbacks.speed_monitor.window_size``).
 from __future__ import annotations
 
 import inspect
-import typing
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any, cast
 
 from llmfoundry.registry import Registry
-from llmfoundry.utils.config_checks import check_value, shown, unknown_key_error
+from llmfoundry.utils.config_checks import (
+    check_value,
+    parameter_hints,
+    shown,
+    unknown_key_error,
+)
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
 __all__ = [
@@ -25,28 +29,8 @@ __all__ = [
     "check_named_components",
     "keyword_parameters",
     "lookup",
+    "positional_names",
 ]
-
-
-def _resolved_hints(target: Any) -> dict[str, Any]:
-    """``target``'s annotations, resolved; one at a time when some do not resolve (a name only
-    imported for typing, as in Composer's ``Profiler``), keeping those that do."""
-    try:
-        return typing.get_type_hints(target, include_extras=True)
-    except Exception:
-        pass
-    namespace = dict(getattr(inspect.unwrap(target), "__globals__", {}))
-    hints: dict[str, Any] = {}
-    for name, annotation in dict(getattr(target, "__annotations__", {})).items():
-
-        def stub() -> None: ...
-
-        stub.__annotations__ = {name: annotation}
-        try:
-            hints[name] = typing.get_type_hints(stub, globalns=namespace, include_extras=True)[name]
-        except Exception:
-            continue  # left unchecked
-    return hints
 
 
 def keyword_parameters(
@@ -72,6 +56,16 @@ def keyword_parameters(
         if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and name not in reserved
     }
     return params, any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+
+
+def positional_names(func: Any, count: int) -> set[str]:
+    """The names of the first ``count`` parameters of ``func`` that a builder's positional
+    arguments fill (and that the config may therefore not set)."""
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return set()
+    return {p.name for p in params[:count] if p.kind is p.POSITIONAL_OR_KEYWORD}
 
 
 def accepted_kwargs(func: Any) -> set[str] | None:
@@ -123,7 +117,7 @@ def check_call_kwargs(
             (``callbacks.speed_monitor.window_size must be a positive int, got int 0``).
     """
     params = check_call_keys(func, kwargs, path, reserved)
-    hints = _resolved_hints(func.__init__ if inspect.isclass(func) else func)
+    hints = parameter_hints(func)
     for key, value in kwargs.items():
         if key in params and key in hints:
             check_value(value, hints[key], f"{path}.{key}")
@@ -216,7 +210,5 @@ def check_named_components(
             )
         registry, fills_first = found[0]
         entry = registry.get(name)
-        found = keyword_parameters(entry)
-        first = next(iter(found[0]), None) if found is not None else None
-        reserved = {first} if fills_first and first is not None else set()
+        reserved = positional_names(entry, 1) if fills_first else set()
         check_call_kwargs(entry, options, where, reserved)

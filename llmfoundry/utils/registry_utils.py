@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 from llmfoundry.registry import Registry
 from llmfoundry.utils.config_checks import unknown_key_error
-from llmfoundry.utils.config_components import check_call_keys
+from llmfoundry.utils.config_components import check_call_keys, positional_names
 from llmfoundry.utils.exceptions import ConfigError
 
 
@@ -59,15 +58,6 @@ def construct_from_registry(
         )
     kwargs = {k: v for k, v in config.items() if k != "name"}
     func = registry.get(str(config["name"]))
-    filled = _positional_names(func, len(args)) | set(extra) | (reserved or set())
+    filled = positional_names(func, len(args)) | set(extra) | (reserved or set())
     check_call_keys(func, kwargs, key_path, reserved=filled)
     return func(*args, **kwargs, **extra)
-
-
-def _positional_names(func: Any, count: int) -> set[str]:
-    """The names of the first ``count`` positional parameters of ``func`` (those ``*args`` fill)."""
-    try:
-        params = list(inspect.signature(func).parameters.values())
-    except (TypeError, ValueError):
-        return set()
-    return {p.name for p in params[:count] if p.kind is p.POSITIONAL_OR_KEYWORD}

@@ -32,7 +32,12 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.eval.metrics import ICL_METRICS, InContextLearningMetric
 from llmfoundry.models.inference_api.client import OpenAIClient
-from llmfoundry.utils.config_checks import NonNegativeInt, PositiveFloat, PositiveInt, check_value
+from llmfoundry.utils.config_checks import (
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    check_arguments,
+)
 from llmfoundry.utils.constants import IGNORE_INDEX
 from llmfoundry.utils.exceptions import ConfigError, UserError
 
@@ -84,8 +89,7 @@ class InferenceAPIEvalWrapper(ComposerModel):
             raise ConfigError(
                 "the OpenAI API models need the served model's tokenizer: set tokenizer.name"
             )
-        check_value(timeout, PositiveFloat, "model.timeout")
-        check_value(max_retries, NonNegativeInt, "model.max_retries")
+        check_arguments(InferenceAPIEvalWrapper, "model.", timeout=timeout, max_retries=max_retries)
         self.tokenizer = tokenizer
         self.client = client or OpenAIClient(base_url, timeout=timeout, max_retries=max_retries)
         self.model_name = version or self._listed_model()
@@ -209,7 +213,7 @@ class OpenAICausalLMEvalWrapper(InferenceAPIEvalWrapper):
         max_retries: NonNegativeInt = 10,
         client: OpenAIClient | None = None,
     ) -> None:
-        check_value(logprobs, PositiveInt, "model.logprobs")
+        check_arguments(OpenAICausalLMEvalWrapper, "model.", logprobs=logprobs)
         super().__init__(tokenizer, version, base_url, timeout, max_retries, client)
         self.logprobs = logprobs
 
