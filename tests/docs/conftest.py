@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
+import selectors
 import shutil
 import signal
 import subprocess
@@ -109,6 +109,10 @@ def warm_server(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], Pa
 def wait_until_ready(process: subprocess.Popen[str]) -> None:
     """Wait for the server's "ready" line."""
     assert process.stdout is not None
-    readable, _, _ = select.select([process.stdout], [], [], WARM_START_TIMEOUT_S)
+    # A selector, not select.select: earlier tests may leave this process with descriptors
+    # numbered past select's limit of 1024.
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        readable = selector.select(WARM_START_TIMEOUT_S)
     if not readable or process.stdout.readline().strip() != "ready":
         pytest.fail("the warm interpreter did not start; DOCS_TEST_COLD_PYTHON=1 runs without it")

@@ -11,8 +11,6 @@ without it each row's text is one sample (column ``text``).
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
 import os
 from collections.abc import Iterable, Iterator, Mapping
@@ -20,7 +18,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import datasets
-from tqdm import tqdm
 
 from llmfoundry.command_utils.data_prep.hf_rows import (
     check_text_column,
@@ -45,26 +42,21 @@ from llmfoundry.command_utils.data_prep.hf_splits import (
     preset_splits,
 )
 from llmfoundry.command_utils.data_prep.workers import (
-    Concatenation,
-    TokenizerPool,
+    Tokenizing,
     check_sample_options,
+    concatenation_for,
     resolve_workers,
-    token_progress,
-    tokenizer_pool,
+    tokenizing_in_workers,
+    write_documents,
 )
 from llmfoundry.data.data import (
-    TEXT_COLUMNS,
-    TOKENS_COLUMNS,
     BadRowError,
     MDSWriteSummary,
-    NoConcat,
     RowStats,
     check_compression,
     check_output_empty,
-    write_mds,
 )
 from llmfoundry.utils.file_utils import atomic_directory
-from llmfoundry.utils.tokenizer_utils import converter_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +96,7 @@ class SampleOptions:
 
     text_column: str
     skip_bad_rows: bool
-    concatenation: Concatenation | None
+    tokenizing: Tokenizing | None
 
 
 def convert_dataset_hf(
@@ -175,17 +167,13 @@ def convert_dataset_hf(
     loaded = load_splits(preset.hub_name if preset else dataset, subset, data_files)
     plans = [plan_split(preset, loaded, dataset, name) for name in wanted]
     column = text_column or (preset.text_column if preset else "text")
-    concatenation = None
-    if tokenizer and concat_tokens:
-        built = converter_tokenizer(tokenizer, kwargs)
-        concatenation = Concatenation(built, concat_tokens, bos_text or "", eos_text or "", no_wrap)
-    options = SampleOptions(column, skip_bad_rows, concatenation)
+    concatenation = concatenation_for(
+        concat_tokens, tokenizer, bos_text, eos_text, no_wrap, tokenizer_kwargs=kwargs
+    )
+    workers = resolve_workers(num_workers, "--num_workers") if concatenation else 0
     summaries: dict[str, MDSWriteSummary] = {}
-    pool = None
-    if concatenation is not None:
-        workers = resolve_workers(num_workers, "--num_workers")
-        pool = tokenizer_pool(concatenation.tokenizer, workers)
-    with pool or contextlib.nullcontext():
+    with tokenizing_in_workers(concatenation, workers) as tokenizing:
+        options = SampleOptions(column, skip_bad_rows, tokenizing)
         for plan in plans:
             rows = loaded[plan.hf_split]
             check_text_column(rows, column, dataset, plan.hf_split)
@@ -193,9 +181,7 @@ def convert_dataset_hf(
             # Each split is written aside and renamed into place once whole: a killed run
             # leaves the splits it finished, and no half split.
             with atomic_directory(os.path.join(out_root, plan.folder)) as staging:
-                summary = convert_split(
-                    rows, plan, out_root, options, compression, pool, total, str(staging)
-                )
+                summary = convert_split(rows, plan, out_root, options, compression, total, staging)
             logger.info("split %s: %s", plan.folder, summary.describe())
             summaries[plan.folder] = summary
     return summaries
@@ -207,15 +193,14 @@ def convert_split(
     out_root: str,
     options: SampleOptions,
     compression: str | None,
-    pool: TokenizerPool | None,
     total: int | None,
-    staging: str | None = None,
+    staging: str | os.PathLike[str] | None = None,
 ) -> MDSWriteSummary:
     """Write one split to ``out_root/<plan.folder>`` (into ``staging`` when given, which the
     caller renames to it; the summary names ``out_root/<plan.folder>``).
 
-    The rows are read here, in order; when concatenating, ``pool`` tokenizes batches of them
-    (in worker processes) and the samples are cut and written here, in order.
+    The rows are read here, in order; when concatenating, the options' pool tokenizes batches
+    of them (in worker processes) and the samples are cut and written here, in order.
 
     Returns:
         What was read and written.
@@ -224,34 +209,21 @@ def convert_split(
         DatasetError: on a bad row, unreadable data, or when no sample was written.
     """
     final = os.path.join(out_root, plan.folder)
-    out = staging or final
     stats = RowStats(options.skip_bad_rows)
     texts = texts_of_rows(rows, plan.hf_split, options.text_column, stats, None)
-    samples: Iterable[Mapping[str, Any]]
-    if options.concatenation is None or pool is None:
-        progress = tqdm(desc=plan.folder, total=total, unit=" samples")
-        samples = counted(NoConcat(texts), progress)
-        columns = TEXT_COLUMNS
-    else:
-        progress = token_progress(plan.folder)
-        samples = options.concatenation.samples(texts, pool, progress)
-        columns = TOKENS_COLUMNS
-    if plan.max_samples is not None:
-        samples = itertools.islice(samples, plan.max_samples)
-    try:
-        summary = write_mds(samples, out, columns, compression, stats)
-    finally:
-        progress.close()
+    summary = write_documents(
+        texts,
+        str(staging or final),
+        compression,
+        stats,
+        plan.folder,
+        options.tokenizing,
+        total=total,
+        max_samples=plan.max_samples,
+    )
     summary = replace(summary, out=final)
     summary.check_not_empty()
     return summary
-
-
-def counted(samples: Iterable[dict[str, Any]], progress: tqdm) -> Iterator[dict[str, Any]]:
-    """Pass ``samples`` through, advancing ``progress`` by one for each."""
-    for sample in samples:
-        progress.update(1)
-        yield sample
 
 
 def texts_of_rows(

@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from tqdm import tqdm
-
 from llmfoundry.command_utils.data_prep.json_rows import (
     JSON_SUFFIXES,
     find_json_files,
@@ -23,25 +21,15 @@ from llmfoundry.command_utils.data_prep.json_rows import (
     text_of_object,
 )
 from llmfoundry.command_utils.data_prep.workers import (
-    Concatenation,
     check_sample_options,
+    concatenation_for,
     resolve_workers,
-    token_progress,
-    tokenizer_pool,
+    tokenizing_in_workers,
+    write_documents,
 )
-from llmfoundry.data.data import (
-    TEXT_COLUMNS,
-    TOKENS_COLUMNS,
-    MDSWriteSummary,
-    NoConcat,
-    RowStats,
-    check_compression,
-    check_output_empty,
-    write_mds,
-)
+from llmfoundry.data.data import MDSWriteSummary, RowStats, check_compression, check_output_empty
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 from llmfoundry.utils.file_utils import atomic_directory
-from llmfoundry.utils.tokenizer_utils import converter_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -114,19 +102,14 @@ def convert_dataset_json(
     check_output_empty(out)
     # Written aside and renamed into place when whole: a killed run leaves no half dataset
     # at --out_root (only a hidden staging folder, which the next run removes).
-    with atomic_directory(out) as staging:
+    concatenation = concatenation_for(concat_tokens, tokenizer, bos_text, eos_text, no_wrap)
+    with (
+        atomic_directory(out) as staging,
+        tokenizing_in_workers(concatenation, workers) as tokenizing,
+    ):
         rows = RowStats(skip_bad_rows)
-        if concat_tokens is None or tokenizer is None:
-            documents = tqdm(iter_json_texts(files, rows), desc="documents", unit=" docs")
-            summary = write_mds(NoConcat(documents), str(staging), TEXT_COLUMNS, compression, rows)
-        else:
-            built = converter_tokenizer(tokenizer)
-            concatenation = Concatenation(
-                built, concat_tokens, bos_text or "", eos_text or "", no_wrap
-            )
-            with tokenizer_pool(built, workers) as pool, token_progress("tokens") as progress:
-                samples = concatenation.samples(iter_json_texts(files, rows), pool, progress)
-                summary = write_mds(samples, str(staging), TOKENS_COLUMNS, compression, rows)
+        documents = iter_json_texts(files, rows)
+        summary = write_documents(documents, str(staging), compression, rows, split, tokenizing)
         if summary.rows_read == 0:
             raise DatasetError(
                 f"no samples were written to {out}: --path '{path}' holds no rows (its files are "

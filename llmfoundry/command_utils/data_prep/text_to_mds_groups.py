@@ -16,16 +16,10 @@ from pathlib import Path
 
 from llmfoundry.command_utils.data_prep.workers import (
     Concatenation,
-    token_progress,
-    tokenizer_pool,
+    tokenizing_in_workers,
+    write_documents,
 )
-from llmfoundry.data.data import (
-    TOKENS_COLUMNS,
-    MDSWriteSummary,
-    RowStats,
-    folder_size,
-    write_mds,
-)
+from llmfoundry.data.data import MDSWriteSummary, RowStats, folder_size
 from llmfoundry.utils.exceptions import DatasetError
 from llmfoundry.utils.tokenizer_utils import converter_tokenizer
 
@@ -61,21 +55,18 @@ def convert_text_files(conversion: TextConversion) -> MDSWriteSummary:
     tokenizer = converter_tokenizer(
         conversion.tokenizer_name, {"trust_remote_code": conversion.trust_remote_code}
     )
+    concatenation = Concatenation(
+        tokenizer,
+        conversion.concat_tokens,
+        conversion.bos_text,
+        conversion.eos_text,
+        conversion.no_wrap,
+    )
     rows = RowStats()
-    with (
-        tokenizer_pool(tokenizer, conversion.processes) as pool,
-        token_progress("tokens") as progress,
-    ):
+    with tokenizing_in_workers(concatenation, conversion.processes) as tokenizing:
         documents = read_documents(conversion.files, lambda: None, rows, conversion.labels)
-        concatenation = Concatenation(
-            tokenizer,
-            conversion.concat_tokens,
-            conversion.bos_text,
-            conversion.eos_text,
-            conversion.no_wrap,
-        )
-        samples = concatenation.samples(documents, pool, progress)
-        summary = write_mds(samples, conversion.out, TOKENS_COLUMNS, conversion.compression, rows)
+        out, compression = conversion.out, conversion.compression
+        summary = write_documents(documents, out, compression, rows, "tokens", tokenizing)
     return replace(summary, bytes_on_disk=folder_size(conversion.out))
 
 

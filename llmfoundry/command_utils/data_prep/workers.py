@@ -13,12 +13,14 @@ worker), so ``N`` workers keep ``N`` cores busy.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
 import signal
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -27,10 +29,20 @@ from typing import Any, Generic, TypeVar
 from tqdm import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from llmfoundry.data.data import ConcatTokens, Document
+from llmfoundry.data.data import (
+    TEXT_COLUMNS,
+    TOKENS_COLUMNS,
+    ConcatTokens,
+    Document,
+    MDSWriteSummary,
+    NoConcat,
+    RowStats,
+    write_mds,
+)
 from llmfoundry.data.token_batches import BatchEncoder, TokenIds, batch_encoder
 from llmfoundry.utils.config_checks import NonNegativeInt, PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.tokenizer_utils import converter_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -282,3 +294,77 @@ def tokenizer_pool(tokenizer: PreTrainedTokenizerBase, workers: int) -> Tokenize
 def token_progress(desc: str) -> tqdm:
     """A progress bar counting tokens (on stderr; it shows tokens per second)."""
     return tqdm(desc=desc, unit=" tok", unit_scale=True, smoothing=0.1)
+
+
+def concatenation_for(
+    concat_tokens: int | None,
+    tokenizer: str | None,
+    bos_text: str | None,
+    eos_text: str | None,
+    no_wrap: bool,
+    tokenizer_kwargs: Mapping[str, Any] | None = None,
+) -> Concatenation | None:
+    """The converters' ``--concat_tokens`` settings with the tokenizer loaded, or None when
+    the samples are untokenized text (no ``concat_tokens`` or no tokenizer)."""
+    if not (concat_tokens and tokenizer):
+        return None
+    built = converter_tokenizer(tokenizer, tokenizer_kwargs)
+    return Concatenation(built, concat_tokens, bos_text or "", eos_text or "", no_wrap)
+
+
+Tokenizing = tuple[Concatenation, TokenizerPool]
+"""How :func:`write_documents` tokenizes: the settings and the pool that runs them."""
+
+
+@contextlib.contextmanager
+def tokenizing_in_workers(
+    concatenation: Concatenation | None, workers: int
+) -> Iterator[Tokenizing | None]:
+    """A running tokenizer pool of ``workers`` processes for ``concatenation`` (None, and no
+    pool, for untokenized text samples); the pool stops on leaving."""
+    if concatenation is None:
+        yield None
+        return
+    with tokenizer_pool(concatenation.tokenizer, workers) as pool:
+        yield concatenation, pool
+
+
+def write_documents(
+    documents: Iterable[Document],
+    out: str,
+    compression: str | None,
+    rows: RowStats,
+    label: str,
+    tokenizing: Tokenizing | None,
+    total: int | None = None,
+    max_samples: int | None = None,
+) -> MDSWriteSummary:
+    """Write ``documents`` to the new MDS folder ``out`` with a progress bar named ``label``.
+
+    Without ``tokenizing`` each document is one ``text`` sample (the bar counts samples out of
+    ``total``); with it the documents are tokenized in its pool and cut into ``tokens``
+    samples (the bar counts tokens). ``max_samples`` stops after that many samples.
+    """
+    samples: Iterable[Mapping[str, Any]]
+    if tokenizing is None:
+        progress = tqdm(desc=label, total=total, unit=" samples")
+        samples = _counted(NoConcat(documents), progress)
+        columns = TEXT_COLUMNS
+    else:
+        concatenation, pool = tokenizing
+        progress = token_progress(label)
+        samples = concatenation.samples(documents, pool, progress)
+        columns = TOKENS_COLUMNS
+    if max_samples is not None:
+        samples = itertools.islice(samples, max_samples)
+    try:
+        return write_mds(samples, out, columns, compression, rows)
+    finally:
+        progress.close()
+
+
+def _counted(samples: Iterable[dict[str, Any]], progress: tqdm) -> Iterator[dict[str, Any]]:
+    """Pass ``samples`` through, advancing ``progress`` by one for each."""
+    for sample in samples:
+        progress.update(1)
+        yield sample
