@@ -18,7 +18,6 @@ import contextlib
 import inspect
 import logging
 import re
-import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -41,7 +40,14 @@ from llmfoundry.models.mpt.config_defaults import (
     FFN_CONFIG_TYPES,
     INIT_CONFIG_TYPES,
 )
-from llmfoundry.utils.config_checks import NON_NEGATIVE, POSITIVE, Schema, check_fields
+from llmfoundry.utils.config_checks import (
+    NON_NEGATIVE,
+    POSITIVE,
+    Schema,
+    check_fields,
+    declared_hints,
+    parameter_hints,
+)
 from llmfoundry.utils.config_components import (
     check_call_kwargs,
     check_component,
@@ -73,7 +79,7 @@ _COMPILE_SCOPES = ("model", "blocks")
 
 def _mpt_hints() -> dict[str, Any]:
     """``MPTConfig``'s keyword arguments and their annotations."""
-    hints = typing.get_type_hints(MPTConfig.__init__)
+    hints = parameter_hints(MPTConfig)
     return {k: v for k, v in hints.items() if k not in ("return", "kwargs", "layer_sources")}
 
 
@@ -175,10 +181,10 @@ def check_parallelism(
     """
     if fsdp_config is not None:
         check_fsdp_config(fsdp_config)
-        check_fields(fsdp_config, typing.get_type_hints(FSDPConfig), "fsdp_config", open_keys=True)
+        check_fields(fsdp_config, declared_hints(FSDPConfig), "fsdp_config", open_keys=True)
     if tp_config is not None:
         check_tp_config(tp_config)
-        hints = {**typing.get_type_hints(TPConfig), "strategy": str}
+        hints = {**declared_hints(TPConfig), "strategy": str}
         hints["tensor_parallel_degree"] = Annotated[int, POSITIVE]
         check_fields(tp_config, hints, "tp_config", open_keys=True)
 

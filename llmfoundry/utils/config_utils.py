@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-import typing
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
@@ -42,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from llmfoundry import registry
-from llmfoundry.utils.config_checks import check_value
+from llmfoundry.utils.config_checks import check_value, declared_hints
 from llmfoundry.utils.config_errors import interpolation_error, override_error, yaml_error
 from llmfoundry.utils.config_helpers import log_config, pop_config, process_init_device
 from llmfoundry.utils.config_transforms import (
@@ -278,7 +277,7 @@ def to_dataclass(resolved: Mapping[str, Any], cls: type[ConfigT]) -> ConfigT:
     Raises:
         ConfigError: naming a missing required key, or a key whose value has the wrong type.
     """
-    hints = typing.get_type_hints(cls, include_extras=True)
+    hints = declared_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     for name, field in fields.items():
         required = (
