@@ -15,16 +15,18 @@ gradients, an accelerator it does not support, ``initial_lr`` 0) get Composer's 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from composer.optim import DecoupledAdamW as ComposerDecoupledAdamW
 from torch.optim.adamw import adamw as torch_adamw
 
-from llmfoundry.utils.config_checks import NonNegativeFloat
+from llmfoundry.utils.config_checks import Marker, NonNegativeFloat
 
 FUSED_DEVICE_TYPES = ("cuda", "cpu")
 FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+AdamBeta = Annotated[float, Marker("beta", low=0, high=1, high_open=True)]
+"""A decay rate of Adam's moments, in ``[0, 1)`` (torch refuses 1)."""
 
 
 def fused_ok(param: torch.Tensor) -> bool:
@@ -55,7 +57,7 @@ class DecoupledAdamW(ComposerDecoupledAdamW):
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
         lr: NonNegativeFloat = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.95),
+        betas: tuple[AdamBeta, AdamBeta] = (0.9, 0.95),
         eps: NonNegativeFloat = 1e-8,
         weight_decay: NonNegativeFloat = 1e-5,
         amsgrad: bool = False,

@@ -27,7 +27,13 @@ from typing import Any
 import torch
 
 from llmfoundry.optim.lion import DecoupledLionW, global_norm
-from llmfoundry.utils.config_checks import NonNegativeFloat, PositiveFloat, PositiveInt
+from llmfoundry.utils.config_checks import (
+    Fraction,
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+)
 
 __all__ = ["DecoupledAdaLRLion", "DecoupledClipLion", "delayed_mean"]
 
@@ -85,7 +91,7 @@ class _OutlierLion(DecoupledLionW):
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
         lr: NonNegativeFloat = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
+        betas: tuple[Probability, Probability] = (0.9, 0.99),
         weight_decay: NonNegativeFloat = 0.0,
         outlier_threshold: PositiveFloat = 5.0,
         outlier_delay: PositiveInt = _DEFAULT_DELAY,
@@ -192,12 +198,12 @@ class DecoupledAdaLRLion(_OutlierLion):
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
         lr: NonNegativeFloat = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
+        betas: tuple[Probability, Probability] = (0.9, 0.99),
         weight_decay: NonNegativeFloat = 0.0,
         outlier_threshold: PositiveFloat = 10.0,
         timeout: PositiveInt = 100,
-        lr_penalty: float = 0.707,
-        min_scale: float = 1e-4,
+        lr_penalty: Fraction = 0.707,
+        min_scale: Fraction = 1e-4,
         outlier_delay: PositiveInt = _DEFAULT_DELAY,
     ) -> None:
         _check_outlier_args(outlier_threshold, outlier_delay)

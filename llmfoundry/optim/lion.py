@@ -29,7 +29,7 @@ from composer.utils import dist
 from torch.distributed.tensor import DTensor
 
 from llmfoundry.optim.closure_step import ClosureStepOptimizer
-from llmfoundry.utils.config_checks import NonNegativeFloat
+from llmfoundry.utils.config_checks import NonNegativeFloat, Probability
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class DecoupledLionW(ClosureStepOptimizer):
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
         lr: NonNegativeFloat = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.99),
+        betas: tuple[Probability, Probability] = (0.9, 0.99),
         weight_decay: NonNegativeFloat = 0.0,
     ) -> None:
         if lr < 0.0:

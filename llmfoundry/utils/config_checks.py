@@ -6,8 +6,9 @@ section against the signature it is passed to with it.
 The annotations come from what already describes a section: the run config dataclasses
 (``TrainConfig``), a constructor's signature (an optimizer, a callback, a dataset) or a table
 of typed defaults (MPT's ``attn_config``). ``Annotated[..., TIME]`` marks a Composer time
-(``10ba``, ``2ep``), ``Annotated[..., POSITIVE]`` a number that must be above zero and
-``Annotated[..., NON_NEGATIVE]`` one that must not be below it. A dataclass or TypedDict
+(``10ba``, ``2ep``); ``Annotated[..., POSITIVE]`` marks a number that must be above zero,
+``NON_NEGATIVE`` one that must not be below it, ``FRACTION`` one in ``(0, 1]`` and
+``PROBABILITY`` one in ``[0, 1]`` (a ``Marker`` states any other interval). A dataclass or TypedDict
 annotation (or ``Annotated[dict[str, Any], Schema(...)]``) is a section: its keys are checked
 in turn, and a problem inside is reported with its own key path (``icl_tasks[0].label``).
 """
@@ -27,8 +28,10 @@ from typing import Annotated, Any, Literal, Union
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
 __all__ = [
+    "FRACTION",
     "NON_NEGATIVE",
     "POSITIVE",
+    "PROBABILITY",
     "TIME",
     "Schema",
     "check_fields",
@@ -42,15 +45,36 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class Marker:
-    """A constraint carried by ``Annotated`` beyond the type: ``TIME``, ``POSITIVE`` or
-    ``NON_NEGATIVE``."""
+    """A constraint carried by ``Annotated`` beyond the type: ``TIME``, or bounds on a number
+    (``POSITIVE``, ``NON_NEGATIVE``, ``FRACTION``, ``PROBABILITY``)."""
 
     name: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, number: float) -> bool:
+        """Whether ``number`` lies within the bounds (NaN never does; any number does for a
+        marker without bounds)."""
+        above = self.low is None or (number > self.low if self.low_open else number >= self.low)
+        below = self.high is None or (number < self.high if self.high_open else number <= self.high)
+        return above and below
+
+    def words(self, base: str) -> str:
+        """``base`` (``float``) qualified by the bounds: ``a positive float``, ``a float in
+        (0, 1]``."""
+        if self.high is None:
+            return f"a {self.name} {base}"
+        low, high = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"a {base} in {low}{self.low:g}, {self.high:g}{high}"
 
 
 TIME = Marker("time")
-POSITIVE = Marker("positive")
-NON_NEGATIVE = Marker("non-negative")
+POSITIVE = Marker("positive", low=0, low_open=True)
+NON_NEGATIVE = Marker("non-negative", low=0)
+FRACTION = Marker("fraction", low=0, high=1, low_open=True)
+PROBABILITY = Marker("probability", low=0, high=1)
 PositiveInt = Annotated[int, POSITIVE]
 """A whole number >= 1 (not a bool): ``check_value(n, PositiveInt, key)``."""
 NonNegativeInt = Annotated[int, NON_NEGATIVE]
@@ -59,6 +83,10 @@ PositiveFloat = Annotated[float, POSITIVE]
 """A number > 0 (an int is accepted, a bool is not)."""
 NonNegativeFloat = Annotated[float, NON_NEGATIVE]
 """A number >= 0 (an int is accepted, a bool is not)."""
+Fraction = Annotated[float, FRACTION]
+"""A number in ``(0, 1]``: a share or a multiplier that may shrink a value but not zero it."""
+Probability = Annotated[float, PROBABILITY]
+"""A number in ``[0, 1]``."""
 
 TIME_HINT = "a time string (a number and a unit: 10ba, 2ep, 1000tok, 500sp or 0.5dur)"
 
@@ -149,14 +177,10 @@ def _union_problem(value: Any, args: tuple[Any, ...], path: str) -> str | None:
 
 
 def _holds(value: Any, marker: Marker) -> bool:
-    """Whether ``value`` satisfies a ``TIME``, ``POSITIVE`` or ``NON_NEGATIVE`` marker."""
+    """Whether ``value`` satisfies a ``TIME`` marker or a number's bounds."""
     if marker is TIME:
         return not isinstance(value, str) or is_time_string(value)
-    if marker is POSITIVE:
-        return not isinstance(value, int | float) or value > 0
-    if marker is NON_NEGATIVE:
-        return not isinstance(value, int | float) or value >= 0
-    return True
+    return not isinstance(value, int | float) or marker.holds(value)
 
 
 def _scalar_fits(value: Any, annotation: Any) -> bool:
@@ -346,11 +370,8 @@ def describe(annotation: Any) -> str:
         base = describe(args[0])
         if TIME in args[1:]:
             return f"{base.replace('str', TIME_HINT)}"
-        if POSITIVE in args[1:]:
-            return f"a positive {base}"
-        if NON_NEGATIVE in args[1:]:
-            return f"a non-negative {base}"
-        return base
+        bounds = [marker for marker in args[1:] if isinstance(marker, Marker)]
+        return bounds[0].words(base) if bounds else base
     if _is_union(annotation):
         if any(_is_time_class(arg) for arg in args):
             plain = [describe(a) for a in args if not _is_time_class(a) and a is not str]

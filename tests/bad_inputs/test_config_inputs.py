@@ -192,6 +192,16 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ["optimizer={name: adalr_lion, lr: 0.001, timeout: 0}"],
         ("optimizer.timeout must be a positive int, got int 0",),
     ),
+    (
+        "optimizer-fraction",  # adalr_lion's lr_penalty multiplies the lr: (0, 1]
+        ["optimizer={name: adalr_lion, lr: 0.001, lr_penalty: 1.5}"],
+        ("optimizer.lr_penalty must be a float in (0, 1], got float 1.5",),
+    ),
+    (
+        "optimizer-betas",  # torch's AdamW refuses a beta of 1
+        ["optimizer.betas=[0.9, 1.0]"],
+        ("optimizer.betas must be a list of 2 (a float in [0, 1), a float in [0, 1))",),
+    ),
     ("scheduler-warmup", ["scheduler.t_warmup=2bat"], ("scheduler.t_warmup must be", TIME)),
     ("scheduler-name", ["scheduler.name=cosine_warmup"], ("scheduler.name", "did you mean")),
     ("scheduler-type", ["scheduler.alpha=abc"], ("scheduler.alpha must be float",)),
