@@ -1,5 +1,7 @@
 """Composer algorithms available by name in a run config's ``algorithms:`` section."""
 
+from typing import Literal
+
 from composer.algorithms import (
     EMA,
     SAM,
@@ -14,12 +16,13 @@ from composer.algorithms import (
 
 from llmfoundry import registry
 from llmfoundry.utils.config_checks import PositiveFloat, check_arguments
-from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
-CLIPPING_TYPES = ("norm", "value", "adaptive")
+ClippingType = Literal["norm", "value", "adaptive"]
 
 
-def gradient_clipping(clipping_type: str, clipping_threshold: PositiveFloat) -> GradientClipping:
+def gradient_clipping(
+    clipping_type: ClippingType, clipping_threshold: PositiveFloat
+) -> GradientClipping:
     """Composer's ``GradientClipping``, with its arguments checked when the run is built.
 
     Composer itself would only reject a misspelled ``clipping_type`` after the first batch.
@@ -27,13 +30,11 @@ def gradient_clipping(clipping_type: str, clipping_threshold: PositiveFloat) -> 
     Raises:
         ConfigError: on an unknown ``clipping_type`` or a threshold that is not positive.
     """
-    if clipping_type not in CLIPPING_TYPES:
-        raise ConfigError(
-            f"algorithms.gradient_clipping.clipping_type={clipping_type!r} is not one of "
-            f"{', '.join(CLIPPING_TYPES)}{did_you_mean(clipping_type, CLIPPING_TYPES)}"
-        )
     check_arguments(
-        gradient_clipping, "algorithms.gradient_clipping.", clipping_threshold=clipping_threshold
+        gradient_clipping,
+        "algorithms.gradient_clipping.",
+        clipping_type=clipping_type,
+        clipping_threshold=clipping_threshold,
     )
     from llmfoundry.models.moe_parallel import ExpertParallelGradientClipping, expert_mesh
 

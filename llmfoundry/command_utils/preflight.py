@@ -282,6 +282,16 @@ def _check_compile_config(section: Mapping[str, Any] | None) -> None:
         return
     _, options = compile_scope(section)
     check_call_kwargs(torch.compile, options, "compile_config", reserved={"model"})
+    mode = options.get("mode")
+    if mode is not None and options.get("backend", "inductor") == "inductor":
+        from torch._inductor import list_mode_options  # torch's own list: it grows over versions
+
+        modes = list(list_mode_options())
+        if mode not in modes:
+            raise ConfigError(
+                f"compile_config.mode={mode!r} is not a torch.compile mode; choose one of "
+                f"{', '.join(modes)} (or leave it out)"
+            )
 
 
 def check_train_config(cfg: TrainConfig) -> None:

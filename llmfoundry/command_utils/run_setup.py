@@ -34,6 +34,11 @@ def setup_logging(python_log_level: str | None) -> None:
     if python_log_level is None:
         return
     level = python_log_level.upper()
+    if level not in logging.getLevelNamesMapping():
+        raise ConfigError(
+            f"python_log_level={python_log_level!r} is not a logging level; use one of debug, "
+            "info, warning, error or critical (any case), or null to leave logging as it is"
+        )
     logging.basicConfig(format="%(asctime)s: pid%(process)d [%(levelname)s] %(name)s: %(message)s")
     for name in ("llmfoundry", "composer"):
         logging.getLogger(name).setLevel(level)

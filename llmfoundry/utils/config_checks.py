@@ -67,7 +67,13 @@ class Marker:
         if self.high is None:
             return f"a {self.name} {base}"
         low, high = "(" if self.low_open else "[", ")" if self.high_open else "]"
-        return f"a {base} in {low}{self.low:g}, {self.high:g}{high}"
+        article = "an" if base[:1] in ("a", "e", "i", "o", "u") else "a"
+        return f"{article} {base} in {low}{_number(self.low)}, {_number(self.high)}{high}"
+
+
+def _number(bound: float | None) -> str:
+    """A bound as a config would write it: ``0``, ``4294967295``, ``0.5``."""
+    return str(int(bound)) if bound is not None and float(bound).is_integer() else str(bound)
 
 
 TIME = Marker("time")
@@ -385,7 +391,7 @@ def describe(annotation: Any) -> str:
     if annotation is None:
         return "null"
     if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
+        return repr(args[0]) if len(args) == 1 else "one of " + ", ".join(repr(a) for a in args)
     if _is_time_class(annotation):
         return TIME_HINT
     if origin in (dict, Mapping):
@@ -414,8 +420,13 @@ def shown(value: Any) -> str:
 
 
 def mismatch(value: Any, annotation: Any, path: str) -> str:
-    """``<path> must be <what is allowed>, got <type> <value>``."""
-    return f"{path} must be {describe(annotation)}, got {type(value).__name__} {shown(value)}"
+    """``<path> must be <what is allowed>, got <type> <value>`` (and the closest allowed word,
+    for a misspelled one of a ``Literal`` of words)."""
+    message = f"{path} must be {describe(annotation)}, got {type(value).__name__} {shown(value)}"
+    words = typing.get_args(annotation) if typing.get_origin(annotation) is Literal else ()
+    if isinstance(value, str) and words and all(isinstance(word, str) for word in words):
+        message += did_you_mean(value, words)
+    return message
 
 
 def check_value(value: Any, annotation: Any, path: str) -> None:

@@ -7,11 +7,23 @@ here.
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from llmfoundry.utils.config_checks import POSITIVE, TIME
+from llmfoundry.utils.config_checks import (
+    POSITIVE,
+    TIME,
+    Marker,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 
 __all__ = ["EvalConfig", "TrainConfig"]
+
+Seed = Annotated[int, Marker("seed", low=0, high=2**32 - 1)]
+"""A random seed: numpy takes ``[0, 2**32 - 1]``."""
+SubsetNumBatches = Literal[-1] | PositiveInt
+"""How many batches an evaluation (or a training epoch) takes: -1 for all of them."""
 
 
 @dataclasses.dataclass
@@ -34,15 +46,15 @@ class TrainConfig:
     max_seq_len: Annotated[int, POSITIVE]
     global_train_batch_size: Annotated[int | None, POSITIVE] = None
     device_train_batch_size: Annotated[int | None, POSITIVE] = None
-    seed: int = 17
+    seed: Seed = 17
     precision: str = "amp_bf16"
     code_paths: list[str] | None = None
     # CUDA allocator and loading knobs, applied before CUDA starts.
-    max_split_size_mb: int | None = None
+    max_split_size_mb: PositiveInt | None = None
     expandable_segments: bool = False
     cuda_load_lazy: bool = False
     # Distributed training.
-    dist_timeout: int | float = 600.0
+    dist_timeout: PositiveFloat = 600.0
     fsdp_config: dict[str, Any] | None = None
     tp_config: dict[str, Any] | None = None
     # Evaluation.
@@ -52,18 +64,18 @@ class TrainConfig:
     icl_tasks_str: str | None = None
     eval_gauntlet: dict[str, Any] | str | None = None
     eval_gauntlet_str: str | None = None
-    icl_subset_num_batches: int | None = None
-    icl_seq_len: int | None = None
+    icl_subset_num_batches: PositiveInt | None = None
+    icl_seq_len: PositiveInt | None = None
     # Run code_evaluation icl_tasks (model-written code, in a sandboxed subprocess).
     allow_code_eval: bool = False
     eval_interval: Annotated[int | str, TIME] = 1
     eval_first: bool = False
-    eval_subset_num_batches: int = -1
+    eval_subset_num_batches: SubsetNumBatches = -1
     device_eval_batch_size: Annotated[int | None, POSITIVE] = None
     # Batches.
     device_train_microbatch_size: int | str = "auto"
     accumulate_train_batch_on_tokens: bool = True
-    train_subset_num_batches: int = -1
+    train_subset_num_batches: SubsetNumBatches = -1
     # Composer skips the batches a resumed run already trained on by iterating past them.
     spin_dataloaders: bool = True
     # Set by the update_batch_size_info config transform: the number of processes and the
@@ -87,7 +99,8 @@ class TrainConfig:
     save_latest_filename: str | None = None
     save_overwrite: bool = False
     save_weights_only: bool = False
-    save_num_checkpoints_to_keep: int = -1
+    # -1 keeps every checkpoint locally, 0 removes each once uploaded.
+    save_num_checkpoints_to_keep: Literal[-1] | NonNegativeInt = -1
     save_ignore_keys: list[str] | None = None
     load_path: str | None = None
     load_weights_only: bool = False
@@ -121,7 +134,7 @@ class EvalConfig:
     """
 
     max_seq_len: Annotated[int, POSITIVE]
-    device_eval_batch_size: int
+    device_eval_batch_size: PositiveInt
     models: list[dict[str, Any]] | None = None
     model: dict[str, Any] | None = None
     tokenizer: dict[str, Any] | None = None
@@ -131,19 +144,19 @@ class EvalConfig:
     # What to evaluate on.
     icl_tasks: list[dict[str, Any]] | str | None = None
     icl_tasks_str: str | None = None
-    icl_subset_num_batches: int | None = None
+    icl_subset_num_batches: PositiveInt | None = None
     # Run code_evaluation icl_tasks (model-written code, in a sandboxed subprocess).
     allow_code_eval: bool = False
     eval_gauntlet: dict[str, Any] | str | None = None
     eval_gauntlet_str: str | None = None
     eval_loader: dict[str, Any] | list[dict[str, Any]] | None = None
     eval_loaders: list[dict[str, Any]] | None = None
-    eval_subset_num_batches: int = -1
+    eval_subset_num_batches: SubsetNumBatches = -1
     # Run settings.
-    seed: int = 17
+    seed: Seed = 17
     precision: str = "amp_bf16"
     run_name: str | None = None
-    dist_timeout: int | float = 600.0
+    dist_timeout: PositiveFloat = 600.0
     fsdp_config: dict[str, Any] | None = None
     # Components and logging.
     callbacks: dict[str, Any] | None = None

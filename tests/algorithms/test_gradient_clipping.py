@@ -123,7 +123,10 @@ def test_misspelled_clipping_key_is_named() -> None:
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"clipping_type": "nrom", "clipping_threshold": 1.0}, "clipping_type='nrom'.*'norm'"),
+        (
+            {"clipping_type": "nrom", "clipping_threshold": 1.0},
+            r"clipping_type must be one of 'norm'.*got str 'nrom'; did you mean 'norm'\?$",
+        ),
         (
             {"clipping_type": "norm", "clipping_threshold": 0.0},
             r"^algorithms\.gradient_clipping\.clipping_threshold must be a positive float, "

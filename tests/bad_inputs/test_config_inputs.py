@@ -113,7 +113,24 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("top-unknown-far", ["zzz=1"], ("'zzz'", "remove it")),
     ("top-type", ["max_seq_len=abc"], ("max_seq_len must be", "int")),
     ("top-negative", ["max_seq_len=-1"], ("max_seq_len must be a positive int",)),
-    ("top-seed", ["seed=abc"], ("seed must be int",)),
+    ("top-seed", ["seed=abc"], ("seed must be an int",)),
+    ("top-seed-range", ["seed=-1"], ("seed must be an int in [0, 4294967295], got int -1",)),
+    ("top-dist-timeout", ["dist_timeout=0"], ("dist_timeout must be a positive float",)),
+    (
+        "top-keep-checkpoints",  # -1 keeps all, 0 deletes each after upload
+        ["save_num_checkpoints_to_keep=-2"],
+        ("save_num_checkpoints_to_keep must be -1 or a non-negative int, got int -2",),
+    ),
+    (
+        "top-eval-subset",
+        ["eval_subset_num_batches=0"],
+        ("eval_subset_num_batches must be -1 or a positive int, got int 0",),
+    ),
+    (
+        "top-log-level",  # before it, logging.setLevel's ValueError traceback
+        ["python_log_level=LOUD"],
+        ("python_log_level='LOUD' is not a logging level", "debug, info, warning"),
+    ),
     ("top-bool", ["save_overwrite=maybe"], ("save_overwrite must be bool (true or false)",)),
     ("max-duration", ["max_duration=10bat"], ("max_duration must be", TIME, "'10bat'")),
     ("eval-interval", ["eval_interval=x"], ("eval_interval must be", TIME)),
@@ -148,6 +165,23 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ("model.attn_config.qk_lnn", "did you mean 'qk_ln'"),
     ),
     ("attn-pdrop", ["model.attn_config.attn_pdrop=abc"], ("model.attn_config.attn_pdrop must be",)),
+    (
+        "attn-pdrop-range",
+        ["model.attn_config.attn_pdrop=1.5"],
+        ("attn_pdrop=1.5 must be in [0, 1]",),
+    ),
+    (
+        "attn-clip-qkv",
+        ["model.attn_config.clip_qkv=-1"],
+        ("clip_qkv=-1 must be a positive number",),
+    ),
+    ("attn-rope-theta", ["model.attn_config.rope_theta=0"], ("rope_theta=0 must be a positive",)),
+    ("init-std", ["model.init_config.init_std=-0.1"], ("init_std=-0.1 must be a non-negative",)),
+    (
+        "model-emb-fraction",
+        ["model.embedding_fraction=0"],
+        ("embedding_fraction=0 must be in (0, 1]",),
+    ),
     (
         "attn-kv-heads",
         ["model.attn_config.attn_type=grouped_query_attention", "model.attn_config.kv_n_heads=3"],
@@ -235,6 +269,11 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("fsdp-type", ["fsdp_config.activation_checkpointing=maybe"], ("fsdp_config.activation_c",)),
     ("compile-unknown", ["compile_config.modes=default"], ("compile_config.modes", "'mode'")),
     ("compile-scope", ["compile_config.scope=layers"], ("compile_config.scope", "use model or")),
+    (
+        "compile-mode",  # torch would refuse it only when compiling, after the model is built
+        ["compile_config.mode=fastest"],
+        ("compile_config.mode='fastest' is not a torch.compile mode", "max-autotune"),
+    ),
     ("tp-degree", ["tp_config.tensor_parallel_degree=0"], ("tp_config.tensor_parallel_degree",)),
     # profiler, icl_tasks entries
     ("profiler-type", ["profiler.schedule.wait=x"], ("profiler.schedule.wait must be int",)),
@@ -304,7 +343,12 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
 
 EVAL_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("eval-unknown", ["resuls_folder=x"], ("'resuls_folder'", "did you mean 'results_folder'")),
-    ("eval-batch", ["device_eval_batch_size=four"], ("device_eval_batch_size must be int",)),
+    (
+        "eval-batch",
+        ["device_eval_batch_size=four"],
+        ("device_eval_batch_size must be a positive int",),
+    ),
+    ("eval-log-level", ["python_log_level=loud"], ("python_log_level='loud' is not a logging",)),
     (
         "eval-batch-zero",
         ["device_eval_batch_size=0"],

@@ -220,7 +220,7 @@ def test_log_output_text_false_leaves_outputs_out_and_true_needs_a_tokenizer(
 def test_bad_subset_sample_is_a_config_error(subset_sample: int) -> None:
     with pytest.raises(
         ConfigError,
-        match=rf"^callbacks\.eval_output_logging\.subset_sample must be one of -1 or a positive "
+        match=rf"^callbacks\.eval_output_logging\.subset_sample must be -1 or a positive "
         rf"int, got int {subset_sample}$",
     ):
         build_callbacks({"eval_output_logging": {"subset_sample": subset_sample}})

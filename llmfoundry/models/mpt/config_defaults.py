@@ -188,3 +188,45 @@ def fc_type_name(fc_type: str | dict[str, Any]) -> str:
             )
         return fc_type["name"]
     return fc_type
+
+
+# The numbers with a range, as (section, key, low, high, low_open): the value must lie in
+# ``[low, high]`` (``(low, high]`` when ``low_open``; no upper bound when ``high`` is None).
+# ``section`` is a nested config, or "" for a field of the model itself; a None value (where
+# the key allows it) and a value of another type (the config check reports those) pass here.
+NUMBER_RANGES: tuple[tuple[str, str, float, float | None, bool], ...] = (
+    ("", "resid_pdrop", 0, 1, False),
+    ("", "emb_pdrop", 0, 1, False),
+    ("", "embedding_fraction", 0, 1, True),
+    ("", "final_logit_softcapping", 0, None, True),
+    ("", "norm_eps", 0, None, False),
+    ("attn_config", "attn_pdrop", 0, 1, False),
+    ("attn_config", "attn_logit_softcapping", 0, None, True),
+    ("attn_config", "clip_qkv", 0, None, True),
+    ("attn_config", "softmax_scale", 0, None, True),
+    ("attn_config", "alibi_bias_max", 0, None, True),
+    ("attn_config", "rope_theta", 0, None, True),
+    ("init_config", "init_std", 0, None, False),
+    ("init_config", "emb_init_std", 0, None, False),
+)
+
+
+def check_number_ranges(fields: dict[str, Any]) -> None:
+    """Check the :data:`NUMBER_RANGES` keys of a model's fields (nested configs merged).
+
+    Raises:
+        MPTConfigError: ``model.attn_config.clip_qkv=-1 must be a positive number``.
+    """
+    for section, key, low, high, low_open in NUMBER_RANGES:
+        value = (fields.get(section) or {}).get(key) if section else fields.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        above = value > low if low_open else value >= low
+        if above and (high is None or value <= high):
+            continue
+        if high is None:
+            allowed = "a positive number" if low_open else "a non-negative number"
+        else:
+            allowed = f"in {'(' if low_open else '['}{low:g}, {high:g}]"
+        path = f"{section}.{key}" if section else key
+        raise MPTConfigError(f"model.{path}={value} must be {allowed}")

@@ -28,6 +28,7 @@ from .config_defaults import (
     INIT_DEVICES,
     LEGACY_INERT_KEYS,
     MPTConfigError,
+    check_number_ranges,
     fc_type_name,
     merge_defaults,
 )
@@ -303,19 +304,7 @@ class MPTConfig(PretrainedConfig):
             raise MPTConfigError(
                 f"model.logit_scale={self.logit_scale!r} is not supported; use a number or 'inv_sqrt_d_model'"
             )
-        if not 0 < self.embedding_fraction <= 1:
-            raise MPTConfigError(
-                f"model.embedding_fraction={self.embedding_fraction} must be in (0, 1]"
-            )
-        for key in ("resid_pdrop", "emb_pdrop"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise MPTConfigError(
-                    f"model.{key}={getattr(self, key)} must be a probability in [0, 1]"
-                )
-        if not 0 <= attn["attn_pdrop"] <= 1:
-            raise MPTConfigError(
-                f"model.attn_config.attn_pdrop={attn['attn_pdrop']} must be in [0, 1]"
-            )
+        check_number_ranges(vars(self))
         if attn["attn_type"] == "grouped_query_attention":
             kv = attn["kv_n_heads"]
             if kv is None or kv <= 0 or self.n_heads % kv != 0:
@@ -323,15 +312,6 @@ class MPTConfig(PretrainedConfig):
                     f"model.attn_config.kv_n_heads={kv} must be a positive divisor of n_heads={self.n_heads} "
                     "for grouped_query_attention"
                 )
-        softcap = attn["attn_logit_softcapping"]
-        if softcap is not None and not softcap > 0:
-            raise MPTConfigError(
-                f"model.attn_config.attn_logit_softcapping={softcap} must be a positive number"
-            )
-        if self.final_logit_softcapping is not None and not self.final_logit_softcapping > 0:
-            raise MPTConfigError(
-                f"model.final_logit_softcapping={self.final_logit_softcapping} must be a positive number"
-            )
         if self.init_config["name"] == "baseline_" and self.init_config["init_std"] is None:
             raise MPTConfigError(
                 "model.init_config.init_std must be set when init_config.name is baseline_"
