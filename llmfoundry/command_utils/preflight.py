@@ -31,6 +31,7 @@ from llmfoundry.command_utils.evaluators import eval_loader_sections
 from llmfoundry.command_utils.parallelism import check_fsdp_config, check_tp_config
 from llmfoundry.data.finetuning.dataloader import build_finetuning_dataloader
 from llmfoundry.data.finetuning.dataset_config import parse_dataset_config
+from llmfoundry.data.mds_sources import check_streams_section
 from llmfoundry.data.text_data import StreamingTextDataset, build_text_dataloader
 from llmfoundry.eval.icl import ICLTaskConfig, load_icl_task_sections, parse_task
 from llmfoundry.models.hf.composer_mpt import LOSS_FNS, ComposerMPTCausalLM, build_mpt_config
@@ -128,8 +129,10 @@ def check_tokenizer_section(section: Any, path: str = "tokenizer") -> None:
 
 
 def _check_text_dataset(dataset: Mapping[str, Any], path: str) -> None:
-    options = {k: v for k, v in dataset.items() if k != "seq_parallel_replication"}
+    # A YAML's streams are a mapping of Stream arguments, not the built Streams the class takes.
+    options = {k: v for k, v in dataset.items() if k not in ("seq_parallel_replication", "streams")}
     check_call_kwargs(StreamingTextDataset, options, path, reserved={"tokenizer", "batch_size"})
+    check_streams_section(dataset.get("streams"), f"{path}.streams")
 
 
 # Loader builder -> the check of its ``dataset:`` section.

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,13 +26,25 @@ from llmfoundry.data.mds_sources import (
     check_index_available,
     check_local_shard_sizes,
 )
-from llmfoundry.utils.config_checks import PositiveInt, check_value
-from llmfoundry.utils.exceptions import ConfigError, DatasetError, UserError, did_you_mean
+from llmfoundry.utils.config_checks import (
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    check_arguments,
+)
+from llmfoundry.utils.exceptions import ConfigError, DatasetError, UserError
 
 # What Streaming's ``__getitem__`` takes: one index, or several (the subclasses take one).
 SampleIndex = int | slice | list[int] | NDArray[np.int64]
 
-TOKEN_ENCODING_TYPES = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+TokenEncoding = Literal["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
+TOKEN_ENCODING_TYPES = get_args(TokenEncoding)
+# Streaming's choices (``streaming.base.shuffle.algos``, ``streaming.base.partition.algos`` and
+# the checks in ``StreamingDataset.__init__``), so that the config check names a bad one.
+ShuffleAlgo = Literal["naive", "py1br", "py1e", "py1s", "py2s"]
+PartitionAlgo = Literal["orig", "relaxed"]
+SamplingMethod = Literal["balanced", "fixed"]
+BatchingMethod = Literal["random", "stratified", "per_stream", "device_per_stream"]
 
 
 class MDSDataset(StreamingDataset):
@@ -83,43 +95,46 @@ class MDSDataset(StreamingDataset):
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase | None,
-        max_seq_len: int,
+        max_seq_len: PositiveInt,
         streams: Sequence[Stream] | None = None,
         remote: str | None = None,
         local: str | None = None,
         split: str | None = None,
-        download_retry: int = 2,
-        download_timeout: float = 60,
+        download_retry: NonNegativeInt = 2,
+        download_timeout: PositiveFloat = 60,
         validate_hash: str | None = None,
         keep_zip: bool = False,
-        epoch_size: int | str | None = None,
-        predownload: int | None = None,
+        epoch_size: PositiveInt | str | None = None,
+        predownload: NonNegativeInt | None = None,
         cache_limit: int | str | None = None,
-        partition_algo: str = "relaxed",
-        num_canonical_nodes: int | None = None,
-        batch_size: int | None = None,
+        partition_algo: PartitionAlgo = "relaxed",
+        num_canonical_nodes: PositiveInt | None = None,
+        batch_size: PositiveInt | None = None,
         shuffle: bool = False,
-        shuffle_algo: str = "py1e",
-        shuffle_seed: int = 9176,
-        shuffle_block_size: int | None = None,
-        sampling_method: str = "balanced",
-        sampling_granularity: int = 1,
-        batching_method: str = "random",
+        shuffle_algo: ShuffleAlgo = "py1e",
+        shuffle_seed: NonNegativeInt = 9176,
+        shuffle_block_size: PositiveInt | None = None,
+        sampling_method: SamplingMethod = "balanced",
+        sampling_granularity: PositiveInt = 1,
+        batching_method: BatchingMethod = "random",
         allow_unsafe_types: bool = False,
-        replication: int | None = None,
+        replication: PositiveInt | None = None,
         stream_name: str = "stream",
         stream_config: dict[str, Any] | None = None,
-        token_encoding_type: str = "int64",
+        token_encoding_type: TokenEncoding = "int64",
         eos_token_id: int | None = None,
         bos_token_id: int | None = None,
     ) -> None:
-        check_value(max_seq_len, PositiveInt, "max_seq_len")
-        if token_encoding_type not in TOKEN_ENCODING_TYPES:
-            raise ConfigError(
-                f"token_encoding_type '{token_encoding_type}' is not supported"
-                f"{did_you_mean(token_encoding_type, TOKEN_ENCODING_TYPES)} "
-                f"(supported: {', '.join(TOKEN_ENCODING_TYPES)})"
-            )
+        check_arguments(
+            MDSDataset,
+            "",
+            max_seq_len=max_seq_len,
+            token_encoding_type=token_encoding_type,
+            partition_algo=partition_algo,
+            shuffle_algo=shuffle_algo,
+            sampling_method=sampling_method,
+            batching_method=batching_method,
+        )
         if not streams and not remote and not local:
             raise ConfigError(
                 "the dataset needs `local` (a folder of MDS files), `remote` or `streams`"

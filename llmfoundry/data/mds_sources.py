@@ -18,7 +18,7 @@ from typing import Any
 
 from streaming import Stream
 
-from llmfoundry.utils.config_components import check_call_keys
+from llmfoundry.utils.config_components import check_call_kwargs
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 
 CONVERT_HINT = "write it with scripts/data_prep/convert_text_to_mds.py or convert_dataset_json.py"
@@ -149,6 +149,26 @@ def stream_remote_local_validate(remote: str | None, local: str | None, split: s
     check_index_available(local, split, remote)
 
 
+def check_streams_section(streams: Any, section: str) -> None:
+    """Check a loader's ``streams:`` mapping (``{name: {remote, local, split, proportion, ...}}``)
+    without building it: each stream's keys and values against ``streaming.Stream``'s signature.
+
+    Raises:
+        ConfigError: naming the stream and its bad key or value.
+    """
+    if streams is None:
+        return
+    if not isinstance(streams, Mapping):
+        raise ConfigError(
+            f"{section} must be a mapping of stream name to Stream keyword arguments "
+            "({name: {local: ..., proportion: ...}})"
+        )
+    for name, kwargs in streams.items():
+        if not isinstance(kwargs, Mapping):
+            raise ConfigError(f"{section}.{name} must be a mapping of Stream keyword arguments")
+        check_call_kwargs(Stream, kwargs, f"{section}.{name}")
+
+
 def build_streams(streams: Mapping[str, Mapping[str, Any]], section: str) -> list[Stream]:
     """Build the ``streams:`` mapping (``{name: {remote, local, split, proportion, ...}}``).
 
@@ -160,12 +180,7 @@ def build_streams(streams: Mapping[str, Mapping[str, Any]], section: str) -> lis
         The streams.
 
     Raises:
-        ConfigError: naming an unknown key of a stream.
+        ConfigError: naming a stream's unknown key or bad value.
     """
-    built = []
-    for name, kwargs in streams.items():
-        if not isinstance(kwargs, Mapping):
-            raise ConfigError(f"{section}.{name} must be a mapping of Stream keyword arguments")
-        check_call_keys(Stream, kwargs, f"{section}.{name}")
-        built.append(Stream(**kwargs))
-    return built
+    check_streams_section(streams, section)
+    return [Stream(**kwargs) for kwargs in streams.values()]

@@ -255,6 +255,21 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ),
     ("dataset-unknown", ["train_loader.dataset.shufle=true"], ("train_loader.dataset.shufle",)),
     (
+        "dataset-streams-pass",  # LLM Foundry's streams mapping passes: the missing tokenizer is next
+        ["train_loader.dataset.streams={a: {local: /tmp/a, proportion: 0.5}}"],
+        ("tokenizer folder", "does not exist"),
+    ),
+    (
+        "dataset-stream-key",
+        ["train_loader.dataset.streams={a: {locl: /tmp/a}}"],
+        ("train_loader.dataset.streams.a.locl is not a valid key", "did you mean 'local'"),
+    ),
+    (
+        "dataset-shuffle-algo",
+        ["train_loader.dataset.shuffle_algo=py2sx"],
+        ("train_loader.dataset.shuffle_algo must be one of", "did you mean 'py2s'"),
+    ),
+    (
         "dataset-type",
         ["train_loader.dataset.max_seq_len=abc"],
         ("train_loader.dataset.max_seq_len",),

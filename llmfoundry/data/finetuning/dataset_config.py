@@ -7,7 +7,13 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from llmfoundry.data.finetuning.turns import TargetPolicy
-from llmfoundry.utils.config_checks import NonNegativeInt, PositiveInt, check_value
+from llmfoundry.utils.config_checks import (
+    NonNegativeInt,
+    PositiveInt,
+    check_fields,
+    declared_hints,
+    parameter_hints,
+)
 from llmfoundry.utils.config_components import accepted_kwargs
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.registry_utils import check_keys
@@ -46,7 +52,7 @@ class FinetuningDatasetConfig:
         streaming: the remaining keys, for ``StreamingFinetuningDataset`` (MDS sources).
     """
 
-    max_seq_len: int
+    max_seq_len: PositiveInt
     hf_name: str | None = None
     hf_kwargs: dict[str, Any] = field(default_factory=dict)
     split: str | None = None
@@ -58,11 +64,11 @@ class FinetuningDatasetConfig:
     target_prompts: str = "none"
     target_responses: str = "last"
     packing_ratio: float | str | None = None
-    max_leftover_bins_to_keep: int | None = None
+    max_leftover_bins_to_keep: NonNegativeInt | None = None
     safe_load: bool = False
-    replication: int | None = None
-    seq_parallel_replication: int | None = None
-    auto_packing_replication: int | None = None
+    replication: PositiveInt | None = None
+    seq_parallel_replication: PositiveInt | None = None
+    auto_packing_replication: PositiveInt | None = None
     streaming: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,7 +83,9 @@ def parse_dataset_config(dataset: Mapping[str, Any], key: str) -> FinetuningData
         ConfigError: on an unknown key (with a did-you-mean), a missing ``max_seq_len``, no
             source or two sources, or a bad value.
     """
-    from llmfoundry.data.text_data import StreamingTextDataset  # Streaming: only to build a loader
+    # Streaming: only to build a loader.
+    from llmfoundry.data.mds_sources import check_streams_section
+    from llmfoundry.data.text_data import StreamingTextDataset
 
     own = {f.name for f in fields(FinetuningDatasetConfig)} - {"streaming"}
     streaming_keys = (accepted_kwargs(StreamingTextDataset) or set()) - {
@@ -86,14 +94,15 @@ def parse_dataset_config(dataset: Mapping[str, Any], key: str) -> FinetuningData
         *own,
     }
     check_keys(dataset, own | streaming_keys, key)
-    if "max_seq_len" not in dataset:
+    if dataset.get("max_seq_len") is None:
         raise ConfigError(f"{key}.max_seq_len is missing; set the longest sequence in tokens")
-    config = FinetuningDatasetConfig(
-        **{k: v for k, v in dataset.items() if k in own and v is not None},
-        streaming={k: v for k, v in dataset.items() if k in streaming_keys},
-    )
-    max_seq_len = config.max_seq_len
-    check_value(max_seq_len, PositiveInt, f"{key}.max_seq_len")
+    given = {k: v for k, v in dataset.items() if k in own and v is not None}  # null: the default
+    check_fields(given, declared_hints(FinetuningDatasetConfig), key)
+    streaming = {k: v for k, v in dataset.items() if k in streaming_keys}
+    options = {k: v for k, v in streaming.items() if k != "streams"}  # streams: see below
+    check_fields(options, parameter_hints(StreamingTextDataset), key)
+    check_streams_section(streaming.get("streams"), f"{key}.streams")
+    config = FinetuningDatasetConfig(**given, streaming=streaming)
     _check_source(config, key)
     TargetPolicy.from_config(config.target_prompts, config.target_responses, key)
     if not config.decoder_only_format:
@@ -106,18 +115,11 @@ def parse_dataset_config(dataset: Mapping[str, Any], key: str) -> FinetuningData
             raise ConfigError(f"{key}.packing_ratio needs decoder_only_format: true")
     _check_packing_ratio(config.packing_ratio, f"{key}.packing_ratio")
     # Leftover bins carried to the next batch; null keeps them all.
-    check_value(
-        config.max_leftover_bins_to_keep, NonNegativeInt | None, f"{key}.max_leftover_bins_to_keep"
-    )
     if config.max_leftover_bins_to_keep is not None and config.packing_ratio is None:
         raise ConfigError(
             f"{key}.max_leftover_bins_to_keep applies to packing only; set {key}.packing_ratio "
             "or remove it"
         )
-    for name in ("replication", "seq_parallel_replication", "auto_packing_replication"):
-        check_value(getattr(config, name), PositiveInt | None, f"{key}.{name}")
-    for name in ("safe_load", "allow_pad_trimming", "pad_to_longest", "decoder_only_format"):
-        check_value(getattr(config, name), bool, f"{key}.{name}")
     return config
 
 
@@ -135,7 +137,6 @@ def _check_source(config: FinetuningDatasetConfig, key: str) -> None:
             f"{key}.{next(iter(config.streaming))} applies to MDS sources only; remove it "
             "(this dataset reads hf_name)"
         )
-    check_value(config.hf_kwargs, Mapping[str, Any], f"{key}.hf_kwargs")
     config.hf_kwargs = dict(config.hf_kwargs)
 
 
