@@ -92,6 +92,14 @@ def check_model_section(section: Any, path: str = "model") -> None:
             or an impossible shape (``d_model`` not divisible by ``n_heads``, ...).
     """
     entry = check_component(registry.models, path, section, reserved={"tokenizer"})
+    if (
+        section.get("peft_config") is not None
+        and "peft_config" in inspect.signature(entry).parameters
+    ):
+        from llmfoundry.models.hf.hf_causal_lm import build_lora_config  # PEFT: only for adapters
+
+        with _model_keys_at(path):
+            build_lora_config(section["peft_config"])
     if not (isinstance(entry, type) and issubclass(entry, ComposerMPTCausalLM)):
         return
     loss_fn = section.get("loss_fn", LOSS_FNS[0])
@@ -107,12 +115,18 @@ def check_model_section(section: Any, path: str = "model") -> None:
         if isinstance(nested, Mapping):
             # Unknown nested keys are MPTConfig's to report (plug-in layers take their own).
             check_fields(nested, types, f"{path}.{key}", open_keys=True)
-    try:
+    with _model_keys_at(path):
         build_mpt_config(mpt_section)
+
+
+@contextlib.contextmanager
+def _model_keys_at(path: str) -> Iterator[None]:
+    """Re-raise a ConfigError that names ``model.<key>`` with ``path`` instead: the model
+    builders name their keys so, and an eval entry's model is ``models[i].model``."""
+    try:
+        yield
     except ConfigError as err:
-        # MPTConfig names its keys model.<key>; an eval entry's model is models[i].model.
-        message = re.sub(r"(?<![\w.\[])model\.", f"{path}.", str(err))
-        raise ConfigError(message) from err
+        raise ConfigError(re.sub(r"(?<![\w.\[])model\.", f"{path}.", str(err))) from err
 
 
 def check_tokenizer_section(section: Any, path: str = "tokenizer") -> None:

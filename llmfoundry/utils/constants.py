@@ -3,6 +3,8 @@ declarations and the converters can read them without loading torch)."""
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 IGNORE_INDEX = -100
 """The label value that the cross-entropy loss skips (PyTorch's default ``ignore_index``)."""
 
@@ -16,5 +18,6 @@ AUTOCAST_DTYPE_NAMES = ("fp16", "bf16")
 HF_ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
 """transformers' ``attn_implementation`` names."""
 
-INIT_DEVICES = ("cpu", "meta", "mixed")
+InitDevice = Literal["cpu", "meta", "mixed"]
 """Where a model is first built: ``meta`` and ``mixed`` build on the meta device."""
+INIT_DEVICES = get_args(InitDevice)

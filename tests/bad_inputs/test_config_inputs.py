@@ -365,6 +365,14 @@ EVAL_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ),
     ("eval-log-level", ["python_log_level=loud"], ("python_log_level='loud' is not a logging",)),
     (
+        "eval-peft-range",  # checked before any model is loaded, under the entry's key path
+        [
+            "models=[{model_name: x, model: {name: hf_causal_lm, pretrained_model_name_or_path:"
+            " /tmp/nowhere, peft_config: {peft_type: LORA, r: 0}}, tokenizer: {name: /tmp/no}}]"
+        ],
+        ("models[0].model.peft_config.r must be a positive int, got int 0",),
+    ),
+    (
         "eval-batch-zero",
         ["device_eval_batch_size=0"],
         ("device_eval_batch_size must be a positive int, got int 0",),

@@ -334,6 +334,12 @@ def test_bad_options_fail_naming_the_key(llama_dir: Path, tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match=r"model\.peft_config\.target_modules=\['Wqkv'\]"):
         ComposerHFCausalLM(None, str(llama_dir), peft_config=LORA_WQKV)
     with pytest.raises(
+        ConfigError, match=r"^model\.peft_config\.r must be a positive int, got int 0$"
+    ):
+        ComposerHFCausalLM(None, str(llama_dir), peft_config={"peft_type": "LORA", "r": 0})
+    with pytest.raises(ConfigError, match=r"^model\.peft_config\.bias must be one of 'none'"):
+        ComposerHFCausalLM(None, str(llama_dir), peft_config={"peft_type": "LORA", "bias": "x"})
+    with pytest.raises(
         ConfigError, match=r"model\.attn_implementation='spda'.*did you mean 'sdpa'"
     ):
         ComposerHFCausalLM(None, str(llama_dir), attn_implementation="spda")

@@ -31,8 +31,15 @@ from llmfoundry.models.hf.composer_mpt import (
 from llmfoundry.models.hf.composer_mpt import shift_labels as shift_labels_for_next_token
 from llmfoundry.models.hf.loading import load_hf_model
 from llmfoundry.utils.composer_shortcuts import composer_hugging_face_init
+from llmfoundry.utils.config_checks import (
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    check_fields,
+    declared_hints,
+)
 from llmfoundry.utils.config_helpers import check_init_device
-from llmfoundry.utils.constants import HF_ATTN_IMPLEMENTATIONS, IGNORE_INDEX
+from llmfoundry.utils.constants import HF_ATTN_IMPLEMENTATIONS, IGNORE_INDEX, InitDevice
 from llmfoundry.utils.exceptions import (
     ConfigError,
     MissingDependencyError,
@@ -45,6 +52,12 @@ from llmfoundry.utils.file_utils import looks_like_local_path
 logger = logging.getLogger(__name__)
 
 LORA_KEYS = frozenset(field.name for field in dataclasses.fields(LoraConfig))
+# Ranges that PEFT's own annotations leave out (lora_alpha: any positive number scales as well).
+LORA_RANGES: dict[str, Any] = {
+    "r": PositiveInt,
+    "lora_alpha": PositiveFloat,
+    "lora_dropout": Probability,
+}
 
 
 def resolve_attn_implementation(
@@ -123,6 +136,7 @@ def build_lora_config(section: Mapping[str, Any]) -> LoraConfig:
             raise ConfigError(
                 f"model.peft_config.{key} is not a LoRA option{did_you_mean(key, LORA_KEYS)}"
             )
+    check_fields(fields, {**declared_hints(LoraConfig), **LORA_RANGES}, "model.peft_config")
     if isinstance(fields.get("target_modules"), Sequence) and not isinstance(
         fields["target_modules"], str
     ):
@@ -275,7 +289,7 @@ class ComposerHFCausalLM(HuggingFaceModel):
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
         use_auth_token: str | bool | None = None,
-        init_device: str = "cpu",
+        init_device: InitDevice = "cpu",
         load_in_8bit: bool = False,
         peft_config: Mapping[str, Any] | None = None,
         pretrained_lora_id_or_path: str | None = None,

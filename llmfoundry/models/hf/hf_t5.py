@@ -24,6 +24,7 @@ from llmfoundry.models.hf.hf_causal_lm import attach_tokenizer
 from llmfoundry.models.hf.loading import NAME_KEY, load_hf_model
 from llmfoundry.utils.composer_shortcuts import composer_hugging_face_init
 from llmfoundry.utils.config_helpers import check_init_device
+from llmfoundry.utils.constants import InitDevice
 from llmfoundry.utils.exceptions import ConfigError
 
 
@@ -85,7 +86,7 @@ class ComposerHFT5(HuggingFaceModel):
         trust_remote_code: bool = False,
         use_auth_token: str | bool | None = None,
         config_overrides: Mapping[str, Any] | None = None,
-        init_device: str = "cpu",
+        init_device: InitDevice = "cpu",
         use_train_metrics: bool = True,
         additional_train_metrics: list[str] | None = None,
         additional_eval_metrics: list[str] | None = None,
