@@ -24,6 +24,7 @@ from llmfoundry.cli.commands.preview_text_data import main as preview_main
 from llmfoundry.command_utils.data_prep.convert_dataset_json import convert_dataset_json
 from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
 from llmfoundry.data import CausalLMCollator, StreamingTextDataset, build_text_dataloader
+from llmfoundry.data.mds_dataset import TokenEncoding
 from llmfoundry.data.text_data import sample_texts, stop_persistent_workers
 from llmfoundry.utils.builders import build_dataloader_from_section
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
@@ -60,7 +61,7 @@ def test_token_samples_read_back_truncated_to_max_seq_len(token_mds: Path) -> No
 
 
 @pytest.mark.parametrize("dtype", ["int32", "int64"])
-def test_legacy_bytes_columns_are_decoded(tmp_path: Path, dtype: str) -> None:
+def test_legacy_bytes_columns_are_decoded(tmp_path: Path, dtype: TokenEncoding) -> None:
     ids = list(range(100, 130))
     write_samples(
         tmp_path / "mds", {"tokens": "bytes"}, [{"tokens": np.asarray(ids, dtype).tobytes()}]
@@ -99,9 +100,10 @@ def test_missing_data_is_named(tmp_path: Path, token_mds: Path) -> None:
         DatasetError, match=r"split 'val' not found in .*splits there: train; write it"
     ):
         StreamingTextDataset(tokenizer=None, max_seq_len=8, local=str(token_mds), split="val")
+    misspelled: Any = "int61"  # what a YAML could hold; the signature's Literal does not allow it
     with pytest.raises(ConfigError, match="did you mean 'int64'"):
         StreamingTextDataset(
-            tokenizer=None, max_seq_len=8, local=str(token_mds), token_encoding_type="int61"
+            tokenizer=None, max_seq_len=8, local=str(token_mds), token_encoding_type=misspelled
         )
 
 

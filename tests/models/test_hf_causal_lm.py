@@ -343,8 +343,9 @@ def test_bad_options_fail_naming_the_key(llama_dir: Path, tmp_path: Path) -> Non
         ConfigError, match=r"model\.attn_implementation='spda'.*did you mean 'sdpa'"
     ):
         ComposerHFCausalLM(None, str(llama_dir), attn_implementation="spda")
+    gpu: Any = "gpu"  # what a YAML could hold; the signature's Literal does not allow it
     with pytest.raises(ConfigError, match=r"model\.init_device='gpu'"):
-        ComposerHFCausalLM(None, str(llama_dir), init_device="gpu")
+        ComposerHFCausalLM(None, str(llama_dir), init_device=gpu)
     with pytest.raises(
         MissingFileError, match=r"model\.pretrained_model_name_or_path=.*no such folder"
     ):
