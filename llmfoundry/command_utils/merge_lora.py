@@ -74,7 +74,7 @@ def merge_lora(
         raise ConfigError(f"--output={str(output)!r} must differ from --base and --adapter")
     check_replaceable_output(output, "--output", HF_FOLDER_MARKERS)
     source = ModelSource(base, trust_remote_code=trust_remote_code, device="cpu", adapter=adapter)
-    model, _ = load_model_and_tokenizer(source)
+    model, _ = load_model_and_tokenizer(source, flag="--base")
     tokenizer_source = adapter_tokenizer_source(adapter)
     if tokenizer_source is None:
         logger.info("the adapter folder has no tokenizer: saving the base model's")

@@ -30,6 +30,7 @@ from llmfoundry.inference.model_loading import (  # noqa: F401  (re-exported)
     TOKENIZER_FILES,
     adapter_tokenizer_source,
     apply_adapter,
+    check_device,
     default_device,
     load_model_and_tokenizer,
 )
@@ -192,6 +193,7 @@ def load_for_generation(source: ModelSource) -> tuple[PreTrainedModel, PreTraine
     """
     if source.device_map is None:
         source = dataclasses.replace(source, device=source.device or default_device())
+        check_device(source.device)
         check_autocast(torch.device(source.device or "cpu").type, source.autocast_dtype)
     return load_model_and_tokenizer(source)
 

@@ -150,6 +150,31 @@ def _check_device_map(device_map: str | None) -> None:
         )
 
 
+def check_device(device: str | None) -> None:
+    """Fail in one line on a ``--device`` torch cannot place the model on here.
+
+    Raises:
+        ConfigError: for a name torch does not know, or a CUDA device this machine lacks.
+    """
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"--device={device!r} is not a torch device (cpu, cuda, cuda:1, ...)"
+        ) from err
+    if parsed.type != "cuda":
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(f"--device={device!r}: this machine has no CUDA device; use --device cpu")
+    if parsed.index is not None and parsed.index >= count:
+        raise ConfigError(
+            f"--device={device!r}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+        )
+
+
 def adapter_tokenizer_source(adapter: str | None) -> str | None:
     """The adapter folder when it holds tokenizer files (a finetune may have added tokens), else None."""
     if adapter is None or not os.path.isdir(adapter):
@@ -196,7 +221,7 @@ def apply_adapter(
 
 
 def load_model_and_tokenizer(
-    source: ModelSource,
+    source: ModelSource, flag: str = "--name_or_path"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer for generation (left padding for batches).
 
@@ -204,6 +229,7 @@ def load_model_and_tokenizer(
         source: which model and how (see :class:`ModelSource`); a device of None means CPU
             here. ``autocast_dtype`` is not used by loading (see
             :func:`~llmfoundry.inference.generate.load_for_generation`).
+        flag: the command's flag for ``source.name_or_path``, named in messages (``--base``).
 
     Returns:
         The model in eval mode (a ``peft.PeftModel`` with an adapter) and the tokenizer.
@@ -218,12 +244,14 @@ def load_model_and_tokenizer(
     name = source.name_or_path
     dtype = dtype_of_precision(source.model_dtype, "--model_dtype")  # before any slow loading
     if looks_like_local_path(name) and not Path(name).expanduser().exists():
-        raise MissingFileError(f"--name_or_path: model folder '{name}' does not exist")
+        raise MissingFileError(f"{flag}: model folder '{name}' does not exist")
     _check_device_map(source.device_map)
+    if source.device_map is None:
+        check_device(source.device)
     config = load_config(
         name,
         source.trust_remote_code,
-        key="--name_or_path",
+        key=flag,
         untrusted_hint="; if it ships its own model code add --trust_remote_code",
         **source.hub_kwargs,
     )

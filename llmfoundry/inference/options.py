@@ -15,8 +15,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmfoundry.utils.cli_utils import parse_bool
+from llmfoundry.utils.config_checks import (
+    Fraction,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Seed,
+    check_arguments,
+)
 from llmfoundry.utils.constants import AUTOCAST_DTYPE_NAMES, DTYPE_NAMES, HF_ATTN_IMPLEMENTATIONS
-from llmfoundry.utils.exceptions import ConfigError
 
 MPT_ATTN_IMPL_NAMES = ("torch", "flash", "sdpa", "triton", "flex")
 """``--attn_impl`` for MPT exports: ``configuration_mpt.ATTN_IMPLS``."""
@@ -138,17 +146,26 @@ class Sampling:
         seed: the torch seed set before generating.
     """
 
-    max_new_tokens: int = _field(100, Flag(parse=int))
-    temperature: float = _field(1.0, Flag(parse=float))
-    top_k: int = _field(50, Flag(parse=int))
-    top_p: float = _field(1.0, Flag(parse=float))
-    repetition_penalty: float = _field(1.0, Flag(parse=float))
-    no_repeat_ngram_size: int = _field(0, Flag("0: off", parse=int))
+    max_new_tokens: PositiveInt = _field(100, Flag(parse=int))
+    temperature: NonNegativeFloat = _field(1.0, Flag("0: greedy", parse=float))
+    top_k: NonNegativeInt = _field(50, Flag("0: off", parse=int))
+    top_p: Fraction = _field(1.0, Flag(parse=float))
+    repetition_penalty: PositiveFloat = _field(1.0, Flag("1: none", parse=float))
+    no_repeat_ngram_size: NonNegativeInt = _field(0, Flag("0: off", parse=int))
     do_sample: bool = _field(False, Flag(parse=parse_bool, optional_value=True))
     use_cache: bool = _field(True, Flag(parse=parse_bool, optional_value=True))
-    eos_token_id: int | None = _field(None, Flag(parse=int))
+    eos_token_id: int | None = _field(None, Flag("-1: never stop early", parse=int))
     pad_token_id: int | None = _field(None, Flag(parse=int))
-    seed: int = _field(42, Flag(parse=int))
+    seed: Seed = _field(42, Flag(parse=int))
+
+    def __post_init__(self) -> None:
+        """Check every value (each combination of a sweep too) before any model is loaded.
+
+        Raises:
+            ConfigError: ``--top_p must be a float in (0, 1], got float 2.0``.
+        """
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        check_arguments(Sampling, "--", **values)
 
     def generate_kwargs(self) -> dict[str, Any]:
         """The ``model.generate`` keyword arguments for these settings (without
@@ -157,17 +174,8 @@ class Sampling:
         Temperature, top-k and top-p only apply with ``do_sample`` and are left out otherwise
         (transformers warns about them under greedy decoding); temperature 0 means greedy
         decoding, as in LLM Foundry.
-
-        Raises:
-            ConfigError: for a negative temperature, a top_p outside (0, 1] or a negative
-                no_repeat_ngram_size.
         """
         do_sample = self.do_sample and self.temperature != 0
-        if self.no_repeat_ngram_size < 0:
-            raise ConfigError(
-                f"--no_repeat_ngram_size={self.no_repeat_ngram_size} must be 0 (off) or a "
-                "positive size"
-            )
         kwargs: dict[str, Any] = {
             "do_sample": do_sample,
             "use_cache": self.use_cache,
@@ -176,10 +184,6 @@ class Sampling:
         if self.no_repeat_ngram_size:
             kwargs["no_repeat_ngram_size"] = self.no_repeat_ngram_size
         if do_sample:
-            if self.temperature <= 0:
-                raise ConfigError(f"--temperature={self.temperature} must be positive (0: greedy)")
-            if not 0 < self.top_p <= 1:
-                raise ConfigError(f"--top_p={self.top_p} must be in (0, 1]")
             kwargs.update(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
         if self.eos_token_id is not None:
             kwargs["eos_token_id"] = self.eos_token_id

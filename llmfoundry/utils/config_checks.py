@@ -93,6 +93,8 @@ Fraction = Annotated[float, FRACTION]
 """A number in ``(0, 1]``: a share or a multiplier that may shrink a value but not zero it."""
 Probability = Annotated[float, PROBABILITY]
 """A number in ``[0, 1]``."""
+Seed = Annotated[int, Marker("seed", low=0, high=2**32 - 1)]
+"""A random seed: numpy takes ``[0, 2**32 - 1]``."""
 
 TIME_HINT = "a time string (a number and a unit: 10ba, 2ep, 1000tok, 500sp or 0.5dur)"
 

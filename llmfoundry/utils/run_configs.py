@@ -12,16 +12,14 @@ from typing import Annotated, Any, Literal
 from llmfoundry.utils.config_checks import (
     POSITIVE,
     TIME,
-    Marker,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    Seed,
 )
 
 __all__ = ["EvalConfig", "TrainConfig"]
 
-Seed = Annotated[int, Marker("seed", low=0, high=2**32 - 1)]
-"""A random seed: numpy takes ``[0, 2**32 - 1]``."""
 SubsetNumBatches = Literal[-1] | PositiveInt
 """How many batches an evaluation (or a training epoch) takes: -1 for all of them."""
 

@@ -166,7 +166,7 @@ def test_missing_or_wrong_folders_are_named(models: Path, tmp_path: Path) -> Non
         MissingFileError, match=r"--adapter='.*llama64' has no adapter_config\.json"
     ):
         merge_lora(str(models / "llama"), str(models / "llama64"), tmp_path / "out")
-    with pytest.raises(MissingFileError, match=r"--name_or_path: model folder '.*nobase'"):
+    with pytest.raises(MissingFileError, match=r"--base: model folder '.*nobase'"):
         merge_lora(str(tmp_path / "nobase"), str(models / "lora"), tmp_path / "out")
     with pytest.raises(ConfigError, match=r"--output_precision='int8'"):
         merge_lora(str(models / "llama"), str(models / "lora"), tmp_path / "out", "int8")

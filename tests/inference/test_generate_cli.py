@@ -208,7 +208,9 @@ def test_bad_inputs_name_the_flag_or_file(tiny_llama_dir: Path, tmp_path: Path) 
         generate_from_pretrained(ModelSource(str(tiny_llama_dir)), PROMPTS, max_batch_size=0)
     with pytest.raises(ConfigError, match=r"--model_dtype='fp8'"):
         load_model_and_tokenizer(ModelSource(str(tiny_llama_dir), model_dtype="fp8"))
-    with pytest.raises(ConfigError, match=r"--temperature=-0\.5 must be positive"):
+    with pytest.raises(
+        ConfigError, match=r"^--temperature must be a non-negative float, got float -0\.5$"
+    ):
         generate_from_pretrained(
             ModelSource(str(tiny_llama_dir)), PROMPTS, Sampling(do_sample=True, temperature=-0.5)
         )

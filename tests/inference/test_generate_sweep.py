@@ -74,7 +74,9 @@ def test_each_combination_generates_what_a_single_run_with_its_values_does(
 
 
 def test_a_bad_value_anywhere_in_the_sweep_fails_before_loading(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"--temperature=-1\.0 must be positive \(0: greedy\)"):
+    with pytest.raises(
+        ConfigError, match=r"^--temperature must be a non-negative float, got float -1\.0$"
+    ):
         generate_sweep(
             ModelSource(str(tmp_path / "not-loaded")),
             PROMPTS,

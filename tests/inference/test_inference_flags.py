@@ -19,7 +19,11 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from llmfoundry.cli.generate_flags import add_model_flags, add_sampling_flags
 from llmfoundry.command_utils.convert_hf_to_onnx import convert_hf_to_onnx, run_onnx
 from llmfoundry.inference.generate import generate_from_pretrained, read_prompts
-from llmfoundry.inference.model_loading import context_length_of, load_model_and_tokenizer
+from llmfoundry.inference.model_loading import (
+    check_device,
+    context_length_of,
+    load_model_and_tokenizer,
+)
 from llmfoundry.inference.options import ModelSource, Sampling
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
@@ -130,7 +134,9 @@ def test_no_repeat_ngram_size_blocks_repeated_ngrams(tiny_llama_dir: Path) -> No
     assert run.generations[0].continuation == tokenizer.decode(
         blocked[prompt_len:], skip_special_tokens=True
     )
-    with pytest.raises(ConfigError, match="--no_repeat_ngram_size=-1 must be 0"):
+    with pytest.raises(
+        ConfigError, match="^--no_repeat_ngram_size must be a non-negative int, got int -1$"
+    ):
         generate_from_pretrained(
             ModelSource(str(tiny_llama_dir)),
             ["a"],
@@ -234,3 +240,29 @@ def test_chat_script_takes_lf_stop_tokens_and_max_seq_len(tiny_llama_dir: Path) 
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
         assert "[user] Hi\n[assistant] " in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"top_p": 2.0}, r"^--top_p must be a float in \(0, 1\], got float 2\.0$"),
+        ({"max_new_tokens": 0}, r"^--max_new_tokens must be a positive int, got int 0$"),
+        ({"top_k": -1}, r"^--top_k must be a non-negative int, got int -1$"),
+        ({"repetition_penalty": 0.0}, r"^--repetition_penalty must be a positive float"),
+        ({"seed": -1}, r"^--seed must be an int in \[0, 4294967295\], got int -1$"),
+    ],
+)
+def test_sampling_values_out_of_range_fail_when_given(values: dict[str, Any], message: str) -> None:
+    # Before: transformers' ValueError traceback at generate time, or silently ignored.
+    with pytest.raises(ConfigError, match=message):
+        Sampling(**values)
+
+
+def test_a_device_this_machine_lacks_is_named_before_loading() -> None:
+    with pytest.raises(ConfigError, match=r"^--device='gpu' is not a torch device"):
+        check_device("gpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    lacking = "has no CUDA device; use --device cpu" if count == 0 else f"has {count} CUDA"
+    with pytest.raises(ConfigError, match=lacking):
+        check_device(f"cuda:{count}")
+    check_device("cpu")
