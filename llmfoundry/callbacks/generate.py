@@ -31,7 +31,7 @@ from composer.utils import dist
 from transformers import GenerationConfig, GenerationMixin, PreTrainedTokenizerBase
 
 from llmfoundry.utils.config_checks import PositiveInt, check_arguments
-from llmfoundry.utils.exceptions import ConfigError, did_you_mean
+from llmfoundry.utils.exceptions import ConfigError, did_you_mean, first_line
 from llmfoundry.utils.tokenizer_utils import pad_token_id_of
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,11 @@ def check_generate_kwargs(kwargs: dict[str, Any]) -> None:
                 f"{KEY}.{name} is neither a callback option (prompts, interval, batch_size) nor a "
                 f"model.generate option{did_you_mean(name, known)}"
             )
+    config_values = {k: v for k, v in kwargs.items() if k in GenerationConfig().to_dict()}
+    try:  # transformers' own check of the values (max_new_tokens 0, ...)
+        GenerationConfig(**config_values).validate()
+    except ValueError as err:
+        raise ConfigError(f"{KEY}: {first_line(err)}") from err
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -158,6 +158,10 @@ def test_hf_causal_lm_generations_match_greedy_generate(
             "generate_callback.batch_size must be a positive int or null, got int 0",
         ),
         ({"interval": "2bx"}, "generate_callback.interval='2bx' is not a duration"),
+        (  # transformers' own value check, at build time instead of at the first interval
+            {"max_new_tokens": 0},
+            "generate_callback: `max_new_tokens` must be greater than 0, but is 0",
+        ),
     ],
 )
 def test_bad_options_fail_when_the_callback_is_built(
