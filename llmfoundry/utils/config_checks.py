@@ -96,11 +96,12 @@ Probability = Annotated[float, PROBABILITY]
 Seed = Annotated[int, Marker("seed", low=0, high=2**32 - 1)]
 """A random seed: numpy takes ``[0, 2**32 - 1]``."""
 
-TIME_HINT = "a time string (a number and a unit: 10ba, 2ep, 1000tok, 500sp or 0.5dur)"
+TIME_HINT = "a time string (a number >= 0 and a unit: 10ba, 2ep, 1000tok, 500sp or 0.5dur)"
 
 
 def is_time_string(text: str) -> bool:
-    """Whether Composer reads ``text`` as a time (``10ba``, ``2ep``, ``0.5dur``, ``1h30m``).
+    """Whether Composer reads ``text`` as a time (``10ba``, ``2ep``, ``0.5dur``, ``1h30m``)
+    that is not negative.
 
     A string without a unit is refused, although Composer reads ``"3"`` as 30 seconds.
     """
@@ -109,10 +110,9 @@ def is_time_string(text: str) -> bool:
     if not any(char.isalpha() for char in text):
         return False
     try:
-        Time.from_timestring(text)
+        return Time.from_timestring(text).value >= 0  # no Composer duration is negative
     except ValueError:
         return False
-    return True
 
 
 def _is_time_class(annotation: Any) -> bool:
@@ -187,7 +187,9 @@ def _union_problem(value: Any, args: tuple[Any, ...], path: str) -> str | None:
 def _holds(value: Any, marker: Marker) -> bool:
     """Whether ``value`` satisfies a ``TIME`` marker or a number's bounds."""
     if marker is TIME:
-        return not isinstance(value, str) or is_time_string(value)
+        if isinstance(value, str):
+            return is_time_string(value)
+        return not isinstance(value, int | float) or value >= 0
     return not isinstance(value, int | float) or marker.holds(value)
 
 
@@ -377,7 +379,8 @@ def describe(annotation: Any) -> str:
     if origin is Annotated:
         base = describe(args[0])
         if TIME in args[1:]:
-            return f"{base.replace('str', TIME_HINT)}"
+            named = {"int": "a non-negative int", "str": TIME_HINT}
+            return " or ".join(named.get(word, word) for word in base.split(" or "))
         bounds = [marker for marker in args[1:] if isinstance(marker, Marker)]
         return bounds[0].words(base) if bounds else base
     if _is_union(annotation):

@@ -30,7 +30,8 @@ class Color(enum.Enum):
         (Annotated[int, POSITIVE], "a positive int"),
         (
             Annotated[int | str, TIME],
-            "int or a time string (a number and a unit: 10ba, 2ep, 1000tok, 500sp or 0.5dur)",
+            "a non-negative int or a time string (a number >= 0 and a unit: 10ba, 2ep, 1000tok, "
+            "500sp or 0.5dur)",
         ),
     ],
 )

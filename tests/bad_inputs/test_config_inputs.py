@@ -133,6 +133,8 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ),
     ("top-bool", ["save_overwrite=maybe"], ("save_overwrite must be bool (true or false)",)),
     ("max-duration", ["max_duration=10bat"], ("max_duration must be", TIME, "'10bat'")),
+    ("max-duration-negative", ["max_duration=-1ba"], ("max_duration must be", TIME, "'-1ba'")),
+    ("warmup-negative", ["scheduler.t_warmup=-1ba"], ("scheduler.t_warmup must be", TIME)),
     ("eval-interval", ["eval_interval=x"], ("eval_interval must be", TIME)),
     ("save-interval", ["save_interval=often"], ("save_interval must be", TIME)),
     ("console-interval", ["console_log_interval=1bx"], ("console_log_interval must be", TIME)),
