@@ -48,6 +48,7 @@ from llmfoundry.models.hf.export import (
 )
 from llmfoundry.models.mpt import MPTForCausalLM
 from llmfoundry.utils.config_checks import NonNegativeFloat, check_arguments
+from llmfoundry.utils.constants import PrecisionName
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.file_utils import atomic_directory
 from llmfoundry.utils.object_store import RemoteFolder, is_remote
@@ -203,7 +204,7 @@ class HuggingFaceCheckpointer(Callback):
         save_folder: str,
         save_interval: str | int | Time,
         huggingface_folder_name: str = "ba{batch}",
-        precision: str = "float32",
+        precision: PrecisionName = "float32",
         overwrite: bool = True,
         mlflow_registered_model_name: str | None = None,
         mlflow_logging_config: dict[str, Any] | None = None,

@@ -11,6 +11,9 @@ IGNORE_INDEX = -100
 DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 """The short precision names the commands take (``--model_dtype``, ``--output_precision``,
 ``--dtype``), each with the ``torch`` dtype it names (the long names LLM Foundry YAMLs use)."""
+PrecisionName = Literal["float32", "float16", "bfloat16", "fp32", "fp16", "bf16"]
+"""A weights dtype by either name (an annotation the config check reads: ``hf_checkpointer``'s
+``precision``); the same names as :data:`DTYPE_NAMES`' values and keys."""
 
 AUTOCAST_DTYPE_NAMES = ("fp16", "bf16")
 """The precisions ``torch.autocast`` can run generation in."""

@@ -324,6 +324,11 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ),
     ),
     (
+        "callback-literal",  # before: found when the callback was built
+        ["callbacks.hf_checkpointer={save_folder: /tmp/x, save_interval: 1ba, precision: fp61}"],
+        ("callbacks.hf_checkpointer.precision must be one of 'float32'", "got str 'fp61'"),
+    ),
+    (
         "callback-float-range",
         ["callbacks.global_lr_scaling={lr_scale: 0.5, wd_pct: -1}"],
         ("callbacks.global_lr_scaling.wd_pct must be a non-negative float, got int -1",),

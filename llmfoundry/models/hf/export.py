@@ -16,14 +16,14 @@ import json
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from llmfoundry.models import mpt as mpt_package
 from llmfoundry.models.mpt import MPTForCausalLM
-from llmfoundry.utils.constants import DTYPE_NAMES
+from llmfoundry.utils.constants import DTYPE_NAMES, PrecisionName
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.file_utils import atomic_directory
 
@@ -34,7 +34,7 @@ PRECISION_DTYPES: dict[str, torch.dtype] = {
 }
 # The long names (the callback's ``precision`` values in LLM Foundry YAMLs), same dtypes.
 LONG_DTYPE_NAMES = {long: short for short, long in DTYPE_NAMES.items()}
-PRECISION_CHOICES = (*LONG_DTYPE_NAMES, *PRECISION_DTYPES)
+PRECISION_CHOICES: tuple[str, ...] = get_args(PrecisionName)
 AUTO_MAP = {
     "AutoConfig": "configuration_mpt.MPTConfig",
     "AutoModelForCausalLM": "modeling_mpt.MPTForCausalLM",
