@@ -34,7 +34,7 @@ from llmfoundry.data.finetuning.dataset_config import parse_dataset_config
 from llmfoundry.data.mds_sources import check_streams_section
 from llmfoundry.data.text_data import StreamingTextDataset, build_text_dataloader
 from llmfoundry.eval.icl import ICLTaskConfig, load_icl_task_sections, parse_task
-from llmfoundry.models.hf.composer_mpt import LOSS_FNS, ComposerMPTCausalLM, build_mpt_config
+from llmfoundry.models.hf.composer_mpt import ComposerMPTCausalLM, build_mpt_config
 from llmfoundry.models.mpt import MPTConfig
 from llmfoundry.models.mpt.config_defaults import (
     ATTN_CONFIG_TYPES,
@@ -102,11 +102,6 @@ def check_model_section(section: Any, path: str = "model") -> None:
             build_lora_config(section["peft_config"])
     if not (isinstance(entry, type) and issubclass(entry, ComposerMPTCausalLM)):
         return
-    loss_fn = section.get("loss_fn", LOSS_FNS[0])
-    if loss_fn not in LOSS_FNS:
-        raise ConfigError(
-            f"{path}.loss_fn={loss_fn!r} is not supported; choose one of {', '.join(LOSS_FNS)}"
-        )
     own = set(inspect.signature(entry).parameters) - {"mpt_config", "tokenizer"}
     mpt_section = {k: v for k, v in section.items() if k != "name" and k not in own}
     check_fields(mpt_section, _mpt_hints(), path, owner=str(section["name"]))

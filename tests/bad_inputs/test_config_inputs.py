@@ -153,7 +153,7 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("model-ratio", ["model.expansion_ratio=big"], ("model.expansion_ratio must be float",)),
     ("model-bool", ["model.no_bias=maybe"], ("model.no_bias must be bool",)),
     ("model-norm-type", ["model.norm_type=layernrm"], ("model.norm_type='layernrm'", "one of")),
-    ("model-loss-fn", ["model.loss_fn=ce"], ("model.loss_fn='ce'", "choose one of")),
+    ("model-loss-fn", ["model.loss_fn=ce"], ("model.loss_fn must be one of", "got str 'ce'")),
     # model.attn_config
     ("attn-qk-ln", ["model.attn_config.qk_ln=maybe"], ("model.attn_config.qk_ln must be bool",)),
     (

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from llmfoundry.models.hf.composer_mpt import ComposerMPTCausalLM, shift_labels
+from llmfoundry.models.hf.composer_mpt import ComposerMPTCausalLM, LossFn, shift_labels
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.models.mpt import MPTConfig, MPTConfigError, MPTForCausalLM, moe_megablocks
 from llmfoundry.models.mpt.config_defaults import FFN_TYPES
@@ -335,7 +335,7 @@ def test_an_mb_dmoe_checkpoint_loads_into_torch_dmoe() -> None:
 # --------------------------------------------------------------------------------- the loss
 
 
-def composer_moe(loss_fn: str, **ffn: Any) -> ComposerMPTCausalLM:
+def composer_moe(loss_fn: LossFn, **ffn: Any) -> ComposerMPTCausalLM:
     torch.manual_seed(0)
     ffn_config = {"ffn_type": "mb_dmoe", **MOE, **ffn}
     return ComposerMPTCausalLM(loss_fn=loss_fn, ffn_config=ffn_config, **TINY)
@@ -347,7 +347,7 @@ def lm_batch() -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("loss_fn", ["torch_crossentropy", "fused_crossentropy"])
-def test_the_loss_is_a_dict_of_cross_entropy_and_router_losses(loss_fn: str) -> None:
+def test_the_loss_is_a_dict_of_cross_entropy_and_router_losses(loss_fn: LossFn) -> None:
     model = composer_moe(loss_fn).train()
     batch = lm_batch()
     losses = model.loss(model(batch), batch)

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, cast
+from typing import Any, Literal, cast, get_args
 
 import torch
 import torch.distributed as dist
@@ -29,12 +29,14 @@ from llmfoundry.models.mpt.moe_config import is_moe
 from llmfoundry.models.mpt.moe_megablocks import OPTIONS_ATTR, megablocks_lbl
 from llmfoundry.models.mpt.moe_options import MoEOptions
 from llmfoundry.utils.composer_shortcuts import composer_hugging_face_init
+from llmfoundry.utils.config_checks import check_arguments
 from llmfoundry.utils.constants import IGNORE_INDEX
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
 logger = logging.getLogger(__name__)
 
-LOSS_FNS = ("fused_crossentropy", "torch_crossentropy")
+LossFn = Literal["fused_crossentropy", "torch_crossentropy"]
+LOSS_FNS = get_args(LossFn)
 # ``layer_sources`` is what a saved config records about its plug-in layers, not a YAML key.
 _MPT_CONFIG_KEYS = {
     name
@@ -230,16 +232,13 @@ class ComposerMPTCausalLM(HuggingFaceModel):
         self,
         tokenizer: PreTrainedTokenizerBase | None = None,
         use_train_metrics: bool = True,
-        loss_fn: str = "fused_crossentropy",
+        loss_fn: LossFn = "fused_crossentropy",
         additional_train_metrics: list[str] | None = None,
         additional_eval_metrics: list[str] | None = None,
         activation_checkpointing_target: Any = None,
         **mpt_config: Any,
     ) -> None:
-        if loss_fn not in LOSS_FNS:
-            raise ConfigError(
-                f"model.loss_fn={loss_fn!r} is not supported; choose one of {', '.join(LOSS_FNS)}"
-            )
+        check_arguments(ComposerMPTCausalLM, "model.", loss_fn=loss_fn)
         config = build_mpt_config(mpt_config)
         if tokenizer is not None and len(tokenizer) > config.vocab_size:
             raise ConfigError(
