@@ -43,6 +43,12 @@ def override_error(item: str, err: Exception) -> ConfigError:
         err: why OmegaConf refused it.
     """
     first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
+        value = item.split("=", 1)[1]
+        return ConfigError(
+            f"could not parse the value of override '{item}': {err.problem}; write {value!r} "
+            "as one YAML value (quote it, or fix the brackets and keys of a list or mapping)"
+        )
     if isinstance(err, IndexError) or "is not an int" in first or "list index" in first:
         key = item.split("=", 1)[0]
         return ConfigError(

@@ -132,7 +132,7 @@ def load_yaml_with_overrides(
             unresolved = OmegaConf.to_container(parsed, resolve=False)
             assert isinstance(unresolved, dict)
             OmegaConf.update(base, key, unresolved["value"], merge=True)
-        except (OmegaConfBaseException, TypeError, ValueError, IndexError) as err:
+        except (OmegaConfBaseException, yaml.YAMLError, TypeError, ValueError, IndexError) as err:
             raise override_error(item, err) from err
     return base
 

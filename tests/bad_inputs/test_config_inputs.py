@@ -361,6 +361,11 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ),
     ("interp-unclosed", ["model.d_model=${variables.x"], ("model.d_model=${variables.x",)),
     ("override-no-equals", ["max_duration"], ("override 'max_duration'", "key=value")),
+    (  # before: YAML's multi-line traceback
+        "override-bad-yaml",
+        ["icl_tasks=[{label: x, num_fewshot: [0], num_fewshot: [1]}]"],
+        ("could not parse the value of override 'icl_tasks=", "found duplicate key num_fewshot"),
+    ),
 ]
 
 EVAL_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
