@@ -19,7 +19,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Required, TypedDict, cast
 
 import torch
 from composer import Trainer
@@ -72,12 +72,19 @@ from llmfoundry.utils.checkpoint_utils import check_load_path
 from llmfoundry.utils.composer_shortcuts import trainer_env_without_cpu_probe
 from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.config_utils import EvalConfig, config_from_mapping, load_config
-from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
+from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 from llmfoundry.utils.object_store import is_remote
 
 logger = logging.getLogger(__name__)
 
-MODEL_KEYS = ("model_name", "model", "tokenizer", "load_path")
+
+class ModelSection(TypedDict, total=False):
+    """One ``models`` entry as a YAML gives it (checked by ``config_checks``)."""
+
+    model_name: Required[str | int]
+    model: Required[dict[str, Any]]
+    tokenizer: dict[str, Any] | None
+    load_path: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,16 +147,7 @@ def parse_models(cfg: EvalConfig) -> list[ModelEntry]:
     entries: list[ModelEntry] = []
     for index, raw in enumerate(model_sections(cfg)):
         where = f"models[{index}]"
-        if not isinstance(raw, Mapping):
-            raise ConfigError(f"{where} must be a mapping with keys {', '.join(MODEL_KEYS)}")
-        for key in raw:
-            if key not in MODEL_KEYS:
-                raise ConfigError(
-                    f"unknown key '{where}.{key}'{did_you_mean(str(key), MODEL_KEYS)}"
-                )
-        for key in ("model_name", "model"):
-            if raw.get(key) is None:
-                raise ConfigError(f"{where}.{key} is missing")
+        check_value(raw, ModelSection, where)
         model = dict(raw["model"])
         load_path = None if raw.get("load_path") is None else str(raw["load_path"])
         if load_path is not None and not is_remote(load_path) and not Path(load_path).exists():

@@ -268,7 +268,7 @@ def test_two_processes_score_what_one_does(
         (
             "- {model_name: a, model: {name: mpt_causal_lm}, load_pth: x}",
             ConfigError,
-            r"unknown key 'models\[0\].load_pth'; did you mean 'load_path'",
+            r"models\[0\].load_pth is not a valid key; did you mean 'load_path'",
         ),
         (
             "- {model_name: a, model: {name: mpt_causal_lm}, tokenizer: {name: t}, load_path: nope.pt}",
