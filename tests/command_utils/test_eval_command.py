@@ -271,6 +271,11 @@ def test_two_processes_score_what_one_does(
             r"models\[0\].load_pth is not a valid key; did you mean 'load_path'",
         ),
         (
+            "- {model_name: a, model: {name: mpt_causal_lm}, tokenizer: {name: t}, load_path: 3}",
+            ConfigError,
+            r"models\[0\].load_path must be str or null, got int 3",
+        ),
+        (
             "- {model_name: a, model: {name: mpt_causal_lm}, tokenizer: {name: t}, load_path: nope.pt}",
             MissingFileError,
             r"models\[0\].load_path 'nope.pt' does not exist",
