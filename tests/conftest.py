@@ -10,6 +10,7 @@ import atexit
 import gc
 import multiprocessing
 import os
+import resource
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +20,20 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
-# Open file descriptors above which finished tests' Streaming shared memory is released.
-OPEN_FILES_TO_RELEASE_AT = 4000
+
+def _open_files_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (a desktop's soft limit
+    is often 1,024, which the Streaming tests pass), and return the limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft != resource.RLIM_INFINITY and soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
+# Open file descriptors above which finished tests' Streaming shared memory is released: a
+# fifth of the limit, at most 4,000 (one test opens a few hundred at most).
+OPEN_FILES_TO_RELEASE_AT = min(4000, _open_files_limit() // 5)
 
 
 @pytest.fixture(autouse=True)
@@ -63,8 +76,8 @@ def _release_streaming_shared_memory() -> Iterator[None]:
 
     Streaming registers each shared-memory block's cleanup with ``atexit``, which keeps every
     block (and its file descriptor) alive until the process exits. A training run builds a
-    handful of datasets; this test process builds hundreds and would run out of descriptors
-    (the limit here is 20,000), so once many are open the finished tests' blocks are closed.
+    handful of datasets; this test process builds hundreds and would run out of descriptors,
+    so once many are open (``OPEN_FILES_TO_RELEASE_AT``) the finished tests' blocks are closed.
     """
     yield
     if len(os.listdir("/proc/self/fd")) < OPEN_FILES_TO_RELEASE_AT:
