@@ -20,7 +20,7 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, TypedDict
 
 import torch
 from composer.profiler import JSONTraceHandler, Profiler, cyclic_schedule
@@ -44,8 +44,10 @@ from llmfoundry.models.mpt.config_defaults import (
 from llmfoundry.utils.config_checks import (
     NON_NEGATIVE,
     POSITIVE,
+    PositiveInt,
     Schema,
     check_fields,
+    check_value,
     declared_hints,
     parameter_hints,
 )
@@ -74,7 +76,23 @@ _NESTED_MPT_TYPES = {
     "ffn_config": FFN_CONFIG_TYPES,
     "init_config": INIT_CONFIG_TYPES,
 }
+
+
+class TokenizerKwargs(TypedDict, total=False):
+    """The ``tokenizer.kwargs`` the config check knows; any other goes to ``from_pretrained``
+    unchecked."""
+
+    model_max_length: PositiveInt
+    padding_side: Literal["left", "right"]
+    truncation_side: Literal["left", "right"]
+    trust_remote_code: bool
+    use_fast: bool
+    add_bos_token: bool
+    add_eos_token: bool
+
+
 _TOKENIZER_TYPES: dict[str, Any] = {"name": str, "kwargs": dict[str, Any] | None}
+_TOKENIZER_KWARGS = Schema(TokenizerKwargs, open_keys=True)
 _COMPILE_SCOPES = ("model", "blocks")
 
 
@@ -133,6 +151,10 @@ def check_tokenizer_section(section: Any, path: str = "tokenizer") -> None:
     if not isinstance(section, Mapping):
         raise ConfigError(f"{path} must be a mapping {{name: ..., kwargs: {{...}}}}")
     check_fields(section, _TOKENIZER_TYPES, path)
+    if section.get("kwargs") is not None:
+        check_value(
+            section["kwargs"], Annotated[dict[str, Any], _TOKENIZER_KWARGS], f"{path}.kwargs"
+        )
     if "name" not in section:
         raise ConfigError(f"{path}.name is missing; give a hub name or a local tokenizer folder")
 

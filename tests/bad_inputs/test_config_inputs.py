@@ -348,6 +348,11 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ),
     # tokenizer
     ("tokenizer-unknown", ["tokenizer.nme=x"], ("tokenizer.nme", "did you mean 'name'")),
+    (
+        "tokenizer-kwarg",  # a known from_pretrained kwarg is typed; others pass unchecked
+        ["tokenizer.kwargs.model_max_length=abc"],
+        ("tokenizer.kwargs.model_max_length must be a positive int, got str 'abc'",),
+    ),
     # interpolation
     ("interp-missing", ["model.d_model=${variables.nope}"], ("model.d_model", "variables.nope")),
     (
