@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import os
 import re
 import shutil
 import sys
@@ -349,6 +350,14 @@ def download_eval_data(
     results: list[FileResult | None] = [None] * len(entries)
     folders = {dest, *((dest / entry.relative_path).parent for entry in entries)}
     new_folders = sorted((f for f in folders if not f.exists()), key=lambda f: -len(f.parts))
+    try:  # one line for a destination nothing can be written to, not one per file
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(
+            f"--dest {dest} cannot be created ({err.strerror}); give a folder you can write to"
+        ) from err
+    if not os.access(dest, os.W_OK):
+        raise ConfigError(f"--dest {dest} is not writable; give a folder you can write to")
 
     from tqdm import tqdm
 

@@ -282,6 +282,10 @@ def test_bad_options_are_user_errors(manifest: Path, mirror: Path, tmp_path: Pat
         fetch(manifest, "s3://bucket/prefix", tmp_path)
     with pytest.raises(MissingFileError, match="manifest"):
         fetch(tmp_path / "none.tsv", mirror, tmp_path)
+    # One line for a destination nothing can be written to (before: one error per file).
+    (tmp_path / "a-file").write_text("x", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"^--dest .*a-file/local_data cannot be created"):
+        fetch(manifest, mirror, tmp_path / "a-file" / "local_data")
     broken = tmp_path / "broken.tsv"
     broken.write_text(f"{REPO_DATA_PREFIX}a/b.jsonl\t12\tnot-a-blob-id\tv0.1\n", encoding="utf-8")
     with pytest.raises(DatasetError, match=r"broken\.tsv:1: blob id"):
