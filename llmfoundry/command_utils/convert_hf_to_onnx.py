@@ -29,6 +29,7 @@ from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, Mis
 from llmfoundry.utils.file_utils import (
     atomic_directory,
     check_replaceable_output,
+    looks_like_local_path,
 )
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
@@ -123,9 +124,11 @@ def verify_onnx(
     return float(np.abs(got - expected)[real].max())
 
 
-def _check_settings(name: str, dtype: str, export_format: str, export_batch_size: int) -> None:
-    """Raises ConfigError for a bad dtype, format or batch size, MissingFileError for a local
-    model folder that does not exist."""
+def _check_settings(
+    name: str, dtype: str, export_format: str, export_batch_size: int, max_seq_len: int | None
+) -> None:
+    """Raises ConfigError for a bad dtype, format, batch size or length, MissingFileError for a
+    local model folder that does not exist."""
     if dtype not in PRECISION_DTYPES:
         raise ConfigError(f"--dtype={dtype!r}: choose one of {', '.join(PRECISION_DTYPES)}")
     if export_format not in EXPORT_FORMATS:
@@ -133,7 +136,9 @@ def _check_settings(name: str, dtype: str, export_format: str, export_batch_size
             f"--export_format={export_format!r}: choose one of {', '.join(EXPORT_FORMATS)}"
         )
     check_value(export_batch_size, PositiveInt, "--export_batch_size")
-    if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+    if max_seq_len is not None and max_seq_len < 2:  # before: 0 meant the model's context
+        raise ConfigError(f"--max_seq_len must be at least 2, got {max_seq_len}")
+    if looks_like_local_path(name) and not Path(name).expanduser().exists():
         raise MissingFileError(f"model folder '{name}' does not exist")
 
 
@@ -223,14 +228,14 @@ def convert_hf_to_onnx(
             or an export whose logits differ from PyTorch's beyond the dtype's tolerance.
         MissingFileError: if a local model folder does not exist.
     """
-    _check_settings(pretrained_model_name_or_path, dtype, export_format, export_batch_size)
+    _check_settings(
+        pretrained_model_name_or_path, dtype, export_format, export_batch_size, max_seq_len
+    )
     check_replaceable_output(output_folder, "--output_folder", (ONNX_FILE,))
     model, tokenizer = load_for_export(
         pretrained_model_name_or_path, dtype, trust_remote_code, from_pretrained_kwargs, revision
     )
-    limit = max_seq_len or context_length(model)
-    if limit < 2:
-        raise ConfigError(f"--max_seq_len must be at least 2, got {limit}")
+    limit = context_length(model) if max_seq_len is None else max_seq_len
     wrapper = LogitsOnly(model)
     sample_len = min(SAMPLE_SEQ_LEN, limit)
     # A traced size of 1 would be specialized into the graph: trace at least 2 rows.

@@ -89,4 +89,7 @@ def test_bad_inputs_name_the_flag_and_write_nothing(tmp_path: Path, mpt_folder: 
         convert_hf_to_onnx(str(mpt_folder), str(tmp_path / "out"), export_format="torchscript")
     with pytest.raises(ConfigError, match="--dtype='fp8'"):
         convert_hf_to_onnx(str(mpt_folder), str(tmp_path / "out"), dtype="fp8")
+    # Before the model loads (before: 0 exported at the model's own context length).
+    with pytest.raises(ConfigError, match="^--max_seq_len must be at least 2, got 0$"):
+        convert_hf_to_onnx(str(mpt_folder), str(tmp_path / "out"), max_seq_len=0)
     assert not (tmp_path / "out").exists()
