@@ -25,6 +25,7 @@ from llmfoundry.models.hf.export import build_with_weights, save_tokenizer, writ
 from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM
 from llmfoundry.utils.checkpoint_utils import weights_mismatch_error
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError, first_line
+from llmfoundry.utils.file_utils import looks_like_local_path
 from llmfoundry.utils.object_store import is_remote
 
 # --- building models from the recorded config ---------------------------------------------
@@ -205,7 +206,7 @@ def _load_base_model(
     name, origin = _base_model_source(contents, base_model)
     if (
         not is_remote(name)
-        and name.startswith(("/", ".", "~"))
+        and looks_like_local_path(name)
         and not Path(name).expanduser().is_dir()
     ):
         raise MissingFileError(
