@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from llmfoundry.utils.cli_utils import run_user_command
-from llmfoundry.utils.config_checks import PositiveInt, check_value
+from llmfoundry.utils.config_checks import PositiveFloat, PositiveInt, check_arguments
 from llmfoundry.utils.exceptions import ConfigError, UserError
 
 __all__ = ["LoadTestConfig", "LoadTestResult", "build_parser", "format_table", "run_load_test"]
@@ -51,12 +51,12 @@ class LoadTestConfig:
     """
 
     url: str
-    clients: int = 8
-    seconds: float = 10.0
+    clients: PositiveInt = 8
+    seconds: PositiveFloat = 10.0
     prompt: str = "def "
-    max_tokens: int = 16
+    max_tokens: PositiveInt = 16
     model: str | None = None
-    timeout: float = 60.0
+    timeout: PositiveFloat = 60.0
     api_key: str | None = field(default=None, repr=False)
     server_pid: int | None = None
 
@@ -66,11 +66,8 @@ class LoadTestConfig:
         Raises:
             ConfigError: naming the flag whose value cannot work.
         """
-        check_value(self.clients, PositiveInt, "--clients")
-        check_value(self.max_tokens, PositiveInt, "--max_tokens")
-        for name, value in (("seconds", self.seconds), ("timeout", self.timeout)):
-            if not value > 0:
-                raise ConfigError(f"--{name} must be positive, got {value}")
+        ranged = ("clients", "seconds", "max_tokens", "timeout")
+        check_arguments(LoadTestConfig, "--", **{name: getattr(self, name) for name in ranged})
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"--url must look like http://host:port, got '{self.url}'")

@@ -292,3 +292,16 @@ def test_load_test_script_reports_refusals_and_user_errors(served: ServedModel) 
     requests, ok, busy, failed = (int(row[i]) for i in (3, 4, 5, 6))
     assert requests > 0 and (ok, busy, failed) == (0, 0, requests)
     assert f"failed by status: 401: {requests} " in refused.stdout
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"seconds": 0}, r"^--seconds must be a positive float, got int 0$"),
+        ({"timeout": -1.0}, r"^--timeout must be a positive float, got float -1\.0$"),
+        ({"max_tokens": 0}, r"^--max_tokens must be a positive int, got int 0$"),
+    ],
+)
+def test_load_test_numbers_are_checked_with_their_flag(flags: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        LoadTestConfig(url="http://127.0.0.1:1", **flags)
