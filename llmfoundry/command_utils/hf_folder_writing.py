@@ -204,11 +204,7 @@ def _load_base_model(
         MissingFileError: if it cannot be found or loaded.
     """
     name, origin = _base_model_source(contents, base_model)
-    if (
-        not is_remote(name)
-        and looks_like_local_path(name)
-        and not Path(name).expanduser().is_dir()
-    ):
+    if not is_remote(name) and looks_like_local_path(name) and not Path(name).expanduser().is_dir():
         raise MissingFileError(
             f"the LoRA base model '{name}' (from {origin}) does not exist; pass --base_model "
             "with the base model's folder or Hub id"
