@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from llmfoundry import registry
 from llmfoundry.data.finetuning.turns import TargetPolicy
 from llmfoundry.utils.config_checks import (
     NonNegativeInt,
@@ -104,6 +105,10 @@ def parse_dataset_config(dataset: Mapping[str, Any], key: str) -> FinetuningData
     check_streams_section(streaming.get("streams"), f"{key}.streams")
     config = FinetuningDatasetConfig(**given, streaming=streaming)
     _check_source(config, key)
+    if config.preprocessing_fn is not None:  # an import path or name that resolves to nothing
+        registry.dataset_constructor.resolve(
+            config.preprocessing_fn, config.hf_name, f"{key}.preprocessing_fn"
+        )
     TargetPolicy.from_config(config.target_prompts, config.target_responses, key)
     if not config.decoder_only_format:
         if (config.target_prompts, config.target_responses) != ("none", "last"):

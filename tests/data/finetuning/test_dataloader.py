@@ -16,6 +16,7 @@ from transformers import PreTrainedTokenizerBase
 from llmfoundry import registry
 from llmfoundry.data.finetuning import build_finetuning_dataloader, dataset_constructor
 from llmfoundry.data.finetuning.collator import IGNORE_INDEX
+from llmfoundry.data.finetuning.dataset_config import parse_dataset_config
 from llmfoundry.data.finetuning.packing import BinPackCollator
 from llmfoundry.utils.builders import build_dataloader_from_section
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
@@ -165,6 +166,11 @@ def test_preprocessing_fn_by_import_path(
     with pytest.raises(ConfigError, match=r"cannot import module 'no_such_tasks'"):
         build_finetuning_dataloader(
             tokenizer, 2, {**dataset, "preprocessing_fn": "no_such_tasks:question_answer"}
+        )
+    # The run's config check (before any model or tokenizer is built) reports it too.
+    with pytest.raises(ConfigError, match=r"^train_loader\.dataset\.preprocessing_fn: cannot"):
+        parse_dataset_config(
+            {**dataset, "preprocessing_fn": "no_such_tasks:question_answer"}, "train_loader.dataset"
         )
     # A row the function fails on (JSON loading fills the missing field with None) is named.
     write_jsonl(tmp_path / "train.jsonl", [*rows, {"q": "no answer"}])
