@@ -48,7 +48,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Mapping
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -58,15 +58,13 @@ from composer.utils import dist
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.eval.metrics import example_context
-from llmfoundry.utils.config_checks import PositiveInt, check_arguments
+from llmfoundry.utils.config_checks import AllOrCount, check_arguments
 from llmfoundry.utils.constants import IGNORE_INDEX
 from llmfoundry.utils.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
 
 KEY = "callbacks.eval_output_logging"
-# ``subset_sample``: -1 keeps every row, a positive count keeps that many.
-SubsetSample = Literal[-1] | PositiveInt
 TABLE_PREFIX = "eval_outputs"
 SUBSET_SEED = 0
 
@@ -223,7 +221,7 @@ class EvalOutputLogging(Callback):
     def __init__(
         self,
         log_tokenized: bool = False,
-        subset_sample: SubsetSample = -1,
+        subset_sample: AllOrCount = -1,
         log_tokens: bool = False,
         log_output_text: bool | None = None,
     ) -> None:

@@ -22,7 +22,7 @@ from llmfoundry.utils.config_checks import (
     PositiveFloat,
     PositiveInt,
     Seed,
-    check_arguments,
+    check_fields_of,
 )
 from llmfoundry.utils.constants import AUTOCAST_DTYPE_NAMES, DTYPE_NAMES, HF_ATTN_IMPLEMENTATIONS
 
@@ -164,8 +164,7 @@ class Sampling:
         Raises:
             ConfigError: ``--top_p must be a float in (0, 1], got float 2.0``.
         """
-        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
-        check_arguments(Sampling, "--", **values)
+        check_fields_of(self, "--")
 
     def generate_kwargs(self) -> dict[str, Any]:
         """The ``model.generate`` keyword arguments for these settings (without

@@ -16,7 +16,7 @@ from llmfoundry.utils.config_checks import (
     NonNegativeFloat,
     PositiveFloat,
     PositiveInt,
-    check_arguments,
+    check_fields_of,
 )
 from llmfoundry.utils.exceptions import ConfigError
 
@@ -67,7 +67,7 @@ class ServeConfig:
         Raises:
             ConfigError: naming the flag whose value cannot work.
         """
-        check_arguments(ServeConfig, "--", **{name: getattr(self, name) for name in _RANGED_FIELDS})
+        check_fields_of(self, "--", _RANGED_FIELDS)
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"--port must be between 0 and 65535, got {self.port}")
         if self.source.autocast_dtype is not None:

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from llmfoundry.utils.cli_utils import run_user_command
-from llmfoundry.utils.config_checks import PositiveFloat, PositiveInt, check_arguments
+from llmfoundry.utils.config_checks import PositiveFloat, PositiveInt, check_fields_of
 from llmfoundry.utils.exceptions import ConfigError, UserError
 
 __all__ = ["LoadTestConfig", "LoadTestResult", "build_parser", "format_table", "run_load_test"]
@@ -66,8 +66,7 @@ class LoadTestConfig:
         Raises:
             ConfigError: naming the flag whose value cannot work.
         """
-        ranged = ("clients", "seconds", "max_tokens", "timeout")
-        check_arguments(LoadTestConfig, "--", **{name: getattr(self, name) for name in ranged})
+        check_fields_of(self, "--", ("clients", "seconds", "max_tokens", "timeout"))
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"--url must look like http://host:port, got '{self.url}'")

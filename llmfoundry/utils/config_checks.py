@@ -95,6 +95,8 @@ Probability = Annotated[float, PROBABILITY]
 """A number in ``[0, 1]``."""
 Seed = Annotated[int, Marker("seed", low=0, high=2**32 - 1)]
 """A random seed: numpy takes ``[0, 2**32 - 1]``."""
+AllOrCount = Literal[-1] | PositiveInt
+"""How many of something to take: -1 for all of them, else a positive count."""
 
 TIME_HINT = "a time string (a number >= 0 and a unit: 10ba, 2ep, 1000tok, 500sp or 0.5dur)"
 
@@ -186,11 +188,10 @@ def _union_problem(value: Any, args: tuple[Any, ...], path: str) -> str | None:
 
 def _holds(value: Any, marker: Marker) -> bool:
     """Whether ``value`` satisfies a ``TIME`` marker or a number's bounds."""
-    if marker is TIME:
-        if isinstance(value, str):
-            return is_time_string(value)
-        return not isinstance(value, int | float) or value >= 0
-    return not isinstance(value, int | float) or marker.holds(value)
+    if marker is TIME and isinstance(value, str):
+        return is_time_string(value)
+    bounds = NON_NEGATIVE if marker is TIME else marker  # a time in a unit-less number: >= 0
+    return not isinstance(value, int | float) or bounds.holds(value)
 
 
 def _scalar_fits(value: Any, annotation: Any) -> bool:
@@ -296,6 +297,14 @@ def check_arguments(owner: Callable[..., Any], prefix: str, **values: Any) -> No
         check_value(value, hints[name], f"{prefix}{name}")
 
 
+def check_fields_of(instance: Any, prefix: str, names: Collection[str] | None = None) -> None:
+    """:func:`check_arguments` for a dataclass instance's fields (``names``, default all): a
+    settings dataclass checks itself in ``__post_init__``. Raises ConfigError as it does."""
+    if names is None:
+        names = [field.name for field in dataclasses.fields(instance)]
+    check_arguments(type(instance), prefix, **{name: getattr(instance, name) for name in names})
+
+
 def _without_requiredness(annotation: Any) -> Any:
     """``X`` for a TypedDict key's ``Required[X]`` or ``NotRequired[X]``."""
     while typing.get_origin(annotation) in (typing.Required, typing.NotRequired):
@@ -379,7 +388,7 @@ def describe(annotation: Any) -> str:
     if origin is Annotated:
         base = describe(args[0])
         if TIME in args[1:]:
-            named = {"int": "a non-negative int", "str": TIME_HINT}
+            named = {"int": NON_NEGATIVE.words("int"), "str": TIME_HINT}
             return " or ".join(named.get(word, word) for word in base.split(" or "))
         bounds = [marker for marker in args[1:] if isinstance(marker, Marker)]
         return bounds[0].words(base) if bounds else base

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from llmfoundry.utils.config_checks import (
     POSITIVE,
     TIME,
+    AllOrCount,
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
@@ -19,9 +20,6 @@ from llmfoundry.utils.config_checks import (
 )
 
 __all__ = ["EvalConfig", "TrainConfig"]
-
-SubsetNumBatches = Literal[-1] | PositiveInt
-"""How many batches an evaluation (or a training epoch) takes: -1 for all of them."""
 
 
 @dataclasses.dataclass
@@ -68,12 +66,12 @@ class TrainConfig:
     allow_code_eval: bool = False
     eval_interval: Annotated[int | str, TIME] = 1
     eval_first: bool = False
-    eval_subset_num_batches: SubsetNumBatches = -1
+    eval_subset_num_batches: AllOrCount = -1
     device_eval_batch_size: Annotated[int | None, POSITIVE] = None
     # Batches.
     device_train_microbatch_size: int | str = "auto"
     accumulate_train_batch_on_tokens: bool = True
-    train_subset_num_batches: SubsetNumBatches = -1
+    train_subset_num_batches: AllOrCount = -1
     # Composer skips the batches a resumed run already trained on by iterating past them.
     spin_dataloaders: bool = True
     # Set by the update_batch_size_info config transform: the number of processes and the
@@ -149,7 +147,7 @@ class EvalConfig:
     eval_gauntlet_str: str | None = None
     eval_loader: dict[str, Any] | list[dict[str, Any]] | None = None
     eval_loaders: list[dict[str, Any]] | None = None
-    eval_subset_num_batches: SubsetNumBatches = -1
+    eval_subset_num_batches: AllOrCount = -1
     # Run settings.
     seed: Seed = 17
     precision: str = "amp_bf16"
