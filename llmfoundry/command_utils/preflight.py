@@ -31,7 +31,7 @@ from llmfoundry.command_utils.evaluators import eval_loader_sections
 from llmfoundry.command_utils.parallelism import check_fsdp_config, check_tp_config
 from llmfoundry.data.finetuning.dataloader import build_finetuning_dataloader
 from llmfoundry.data.finetuning.dataset_config import parse_dataset_config
-from llmfoundry.data.mds_sources import check_streams_section
+from llmfoundry.data.mds_dataset import check_dataset_options
 from llmfoundry.data.text_data import StreamingTextDataset, build_text_dataloader
 from llmfoundry.eval.icl import ICLTaskConfig, load_icl_task_sections, parse_task
 from llmfoundry.models.hf.composer_mpt import ComposerMPTCausalLM, build_mpt_config
@@ -52,6 +52,7 @@ from llmfoundry.utils.config_checks import (
     parameter_hints,
 )
 from llmfoundry.utils.config_components import (
+    check_call_keys,
     check_call_kwargs,
     check_component,
     check_named_components,
@@ -110,17 +111,16 @@ def check_model_section(section: Any, path: str = "model") -> None:
             or an impossible shape (``d_model`` not divisible by ``n_heads``, ...).
     """
     entry = check_component(registry.models, path, section, reserved={"tokenizer"})
-    if (
-        section.get("peft_config") is not None
-        and "peft_config" in inspect.signature(entry).parameters
-    ):
+    own = set(inspect.signature(entry).parameters)
+    if section.get("peft_config") is not None and "peft_config" in own:
         from llmfoundry.models.hf.hf_causal_lm import build_lora_config  # PEFT: only for adapters
 
         with _model_keys_at(path):
             build_lora_config(section["peft_config"])
     if not (isinstance(entry, type) and issubclass(entry, ComposerMPTCausalLM)):
         return
-    own = set(inspect.signature(entry).parameters) - {"mpt_config", "tokenizer"}
+    # The wrapper's own keywords (not the ones the builder fills or **mpt_config collects).
+    own -= {"mpt_config", "tokenizer"}
     mpt_section = {k: v for k, v in section.items() if k != "name" and k not in own}
     check_fields(mpt_section, _mpt_hints(), path, owner=str(section["name"]))
     for key, types in _NESTED_MPT_TYPES.items():
@@ -160,10 +160,9 @@ def check_tokenizer_section(section: Any, path: str = "tokenizer") -> None:
 
 
 def _check_text_dataset(dataset: Mapping[str, Any], path: str) -> None:
-    # A YAML's streams are a mapping of Stream arguments, not the built Streams the class takes.
-    options = {k: v for k, v in dataset.items() if k not in ("seq_parallel_replication", "streams")}
-    check_call_kwargs(StreamingTextDataset, options, path, reserved={"tokenizer", "batch_size"})
-    check_streams_section(dataset.get("streams"), f"{path}.streams")
+    options = {k: v for k, v in dataset.items() if k != "seq_parallel_replication"}
+    check_call_keys(StreamingTextDataset, options, path, reserved={"tokenizer", "batch_size"})
+    check_dataset_options(options, path)
 
 
 # Loader builder -> the check of its ``dataset:`` section.

@@ -11,7 +11,7 @@ in ``__getitem__``: :class:`~llmfoundry.data.text_data.StreamingTextDataset` (to
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, Literal, get_args
 
@@ -25,12 +25,15 @@ from llmfoundry.data.mds_sources import (
     BAD_SHARD_HINT,
     check_index_available,
     check_local_shard_sizes,
+    check_streams_section,
 )
 from llmfoundry.utils.config_checks import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
     check_arguments,
+    check_fields,
+    parameter_hints,
 )
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, UserError
 
@@ -283,3 +286,16 @@ class MDSDataset(StreamingDataset):
     def _check_local_shard_sizes(self) -> None:
         """Fail by name on a local shard file cut short (see :func:`check_local_shard_sizes`)."""
         check_local_shard_sizes(self.shards)
+
+
+def check_dataset_options(options: Mapping[str, Any], path: str) -> None:
+    """Check the values a loader's ``dataset:`` section gives :class:`MDSDataset` (the caller
+    checks which keys it may have): ``streams`` is the mapping of ``Stream`` arguments a YAML
+    writes (the loader builds the streams), the rest fit the constructor's annotations.
+
+    Raises:
+        ConfigError: naming the key (``train_loader.dataset.streams.a.proportion``).
+    """
+    values = {key: value for key, value in options.items() if key != "streams"}
+    check_fields(values, parameter_hints(MDSDataset), path, open_keys=True)
+    check_streams_section(options.get("streams"), f"{path}.streams")

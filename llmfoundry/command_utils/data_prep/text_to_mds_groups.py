@@ -15,13 +15,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from llmfoundry.command_utils.data_prep.workers import (
-    Concatenation,
+    concatenation_for,
     tokenizing_in_workers,
     write_documents,
 )
 from llmfoundry.data.data import MDSWriteSummary, RowStats, folder_size
 from llmfoundry.utils.exceptions import DatasetError
-from llmfoundry.utils.tokenizer_utils import converter_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +51,13 @@ def convert_text_files(conversion: TextConversion) -> MDSWriteSummary:
     Raises:
         DatasetError: if a file is not UTF-8 text (names it).
     """
-    tokenizer = converter_tokenizer(
-        conversion.tokenizer_name, {"trust_remote_code": conversion.trust_remote_code}
-    )
-    concatenation = Concatenation(
-        tokenizer,
+    concatenation = concatenation_for(
         conversion.concat_tokens,
+        conversion.tokenizer_name,
         conversion.bos_text,
         conversion.eos_text,
         conversion.no_wrap,
+        tokenizer_kwargs={"trust_remote_code": conversion.trust_remote_code},
     )
     rows = RowStats()
     with tokenizing_in_workers(concatenation, conversion.processes) as tokenizing:

@@ -13,7 +13,6 @@ from llmfoundry.utils.config_checks import (
     PositiveInt,
     check_fields,
     declared_hints,
-    parameter_hints,
 )
 from llmfoundry.utils.config_components import accepted_kwargs
 from llmfoundry.utils.exceptions import ConfigError
@@ -85,7 +84,7 @@ def parse_dataset_config(dataset: Mapping[str, Any], key: str) -> FinetuningData
             source or two sources, or a bad value.
     """
     # Streaming: only to build a loader.
-    from llmfoundry.data.mds_sources import check_streams_section
+    from llmfoundry.data.mds_dataset import check_dataset_options
     from llmfoundry.data.text_data import StreamingTextDataset
 
     own = {f.name for f in fields(FinetuningDatasetConfig)} - {"streaming"}
@@ -100,9 +99,7 @@ def parse_dataset_config(dataset: Mapping[str, Any], key: str) -> FinetuningData
     given = {k: v for k, v in dataset.items() if k in own and v is not None}  # null: the default
     check_fields(given, declared_hints(FinetuningDatasetConfig), key)
     streaming = {k: v for k, v in dataset.items() if k in streaming_keys}
-    options = {k: v for k, v in streaming.items() if k != "streams"}  # streams: see below
-    check_fields(options, parameter_hints(StreamingTextDataset), key)
-    check_streams_section(streaming.get("streams"), f"{key}.streams")
+    check_dataset_options(streaming, key)
     config = FinetuningDatasetConfig(**given, streaming=streaming)
     _check_source(config, key)
     if config.preprocessing_fn is not None:  # an import path or name that resolves to nothing
