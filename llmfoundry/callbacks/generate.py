@@ -133,6 +133,22 @@ class Generate(ComposerGenerate):
         batch_size: PositiveInt | None = None,
         **kwargs: Any,
     ) -> None:
+        self.check_before_build(prompts, interval, batch_size, **kwargs)
+        super().__init__(prompts=list(prompts), interval=interval, batch_size=batch_size, **kwargs)
+
+    @staticmethod
+    def check_before_build(
+        prompts: list[str],
+        interval: str | int | Time,
+        batch_size: PositiveInt | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """The constructor's checks of its arguments, which the run's config check also makes
+        before the model is built (:func:`llmfoundry.utils.config_components.check_call_kwargs`).
+
+        Raises:
+            ConfigError: as the class says.
+        """
         if (
             isinstance(prompts, str)
             or not prompts
@@ -147,7 +163,6 @@ class Generate(ComposerGenerate):
                 f"{KEY}.interval={interval!r} is not a duration; write e.g. 500ba, 1ep or 10000tok"
             ) from err
         check_generate_kwargs(kwargs)
-        super().__init__(prompts=list(prompts), interval=interval, batch_size=batch_size, **kwargs)
 
     def run_event(self, event: Event, state: State, logger: Logger) -> None:
         """Check the model once at fit start, then let Composer's schedule call :meth:`generate`."""

@@ -13,6 +13,7 @@ from collections.abc import Collection, Mapping, Sequence
 from typing import Any, cast
 
 from llmfoundry.registry import Registry
+from llmfoundry.utils.composer_ranges import range_hints
 from llmfoundry.utils.config_checks import (
     check_value,
     parameter_hints,
@@ -110,17 +111,24 @@ def check_call_keys(
 def check_call_kwargs(
     func: Any, kwargs: Mapping[str, Any], path: str, reserved: Collection[str] = ()
 ) -> None:
-    """:func:`check_call_keys`, then each value against its parameter's annotation.
+    """:func:`check_call_keys`, then each value against its parameter's annotation (narrowed
+    by :data:`~llmfoundry.utils.composer_ranges.COMPOSER_RANGES`), then ``func``'s own
+    ``check_before_build(**kwargs)`` where it has one: a component whose constructor checks more
+    than its signature states (``generate_callback``'s ``model.generate`` keys) exposes those
+    checks so, and they run before anything is built.
 
     Raises:
         ConfigError: as :func:`check_call_keys`, or naming a value whose type does not fit
             (``callbacks.speed_monitor.window_size must be a positive int, got int 0``).
     """
     params = check_call_keys(func, kwargs, path, reserved)
-    hints = parameter_hints(func)
+    hints = parameter_hints(func) | range_hints(func)
     for key, value in kwargs.items():
         if key in params and key in hints:
             check_value(value, hints[key], f"{path}.{key}")
+    own_check = getattr(func, "check_before_build", None)
+    if callable(own_check):
+        own_check(**kwargs)
 
 
 def lookup(registry: Registry[Any], path: str, name: Any) -> Any:

@@ -293,8 +293,17 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ),
     ("tp-degree", ["tp_config.tensor_parallel_degree=0"], ("tp_config.tensor_parallel_degree",)),
     # profiler, icl_tasks entries
-    ("profiler-type", ["profiler.schedule.wait=x"], ("profiler.schedule.wait must be int",)),
+    (
+        "profiler-type",
+        ["profiler.schedule.wait=x"],
+        ("profiler.schedule.wait must be a non-negative int, got str",),
+    ),
     ("profiler-unknown", ["profiler={schedule: {}, sys_prof_cpuu: 1}"], ("profiler.sys_prof_c",)),
+    (
+        "profiler-range",  # Composer's int annotation allows 0: a cycle that records nothing
+        ["profiler.schedule.active=0"],
+        ("profiler.schedule.active must be a positive int, got int 0",),
+    ),
     (
         "icl-type",
         ["icl_tasks=[{label: a, dataset_uri: a.jsonl, icl_task_type: schema, num_fewshot: [-1]}]"],
@@ -307,8 +316,42 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ),
     # callbacks, loggers, algorithms
     ("callback-kwarg", ["callbacks.speed_monitor.windo=3"], ("callbacks.speed_monitor.windo",)),
-    ("callback-type", ["callbacks.speed_monitor.window_size=abc"], ("window_size must be int",)),
+    (
+        "callback-type",
+        ["callbacks.speed_monitor.window_size=abc"],
+        ("window_size must be a positive int, got str",),
+    ),
     ("callback-name", ["callbacks.speed_monitr={}"], ("callbacks.speed_monitr", "did you mean")),
+    (
+        "generate-kwarg",  # before: found after the model was built, when the callback was
+        ["callbacks.generate_callback={prompts: [hi], interval: 1ba, max_new_token: 5}"],
+        ("callbacks.generate_callback.max_new_token is neither", "did you mean 'max_new_tokens'"),
+    ),
+    (
+        "generate-value",  # transformers' own check of the generation values, before the build
+        ["callbacks.generate_callback={prompts: [hi], interval: 1ba, max_new_tokens: 0}"],
+        ("callbacks.generate_callback: ", "max_new_tokens"),
+    ),
+    (
+        "composer-callback-range",  # Composer's own callbacks: ranges from composer_ranges
+        ["callbacks.speed_monitor.window_size=0"],
+        ("callbacks.speed_monitor.window_size must be a positive int, got int 0",),
+    ),
+    (
+        "composer-callback-unit",  # before: a ValueError traceback when the callback was built
+        ["callbacks.speed_monitor.time_unit=hour"],
+        ("callbacks.speed_monitor.time_unit must be one of 'seconds'", "did you mean 'hours'"),
+    ),
+    (
+        "composer-algorithm-range",  # before: a ZeroDivisionError in the first batch
+        ["algorithms={sam: {interval: 0}}"],
+        ("algorithms.sam.interval must be a positive int, got int 0",),
+    ),
+    (
+        "composer-logger-range",
+        ["loggers={tensorboard: {flush_interval: -1}}"],
+        ("loggers.tensorboard.flush_interval must be a positive int, got int -1",),
+    ),
     (
         "callback-range",  # from the PositiveInt annotation on the callback's signature
         ["callbacks.mbmoe_tok_per_expert={log_interval: 0}"],

@@ -5,6 +5,8 @@ the registered config transforms applied to train and eval configs before the ch
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import inspect
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, NotRequired, Required, TypedDict
@@ -19,6 +21,7 @@ from llmfoundry.command_utils.preflight import (
     check_parallelism,
     check_profiler_section,
 )
+from llmfoundry.utils.composer_ranges import COMPOSER_RANGES, range_hints
 from llmfoundry.utils.config_checks import NON_NEGATIVE, Schema, check_value, describe
 from llmfoundry.utils.config_utils import EvalConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
@@ -93,7 +96,8 @@ def test_a_schema_marker_keeps_the_field_a_plain_mapping() -> None:
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"schedule": {"warmup": "x"}}, "profiler.schedule.warmup must be int, got str 'x'"),
+        ({"schedule": {"warmup": "x"}}, "profiler.schedule.warmup must be a non-negative int"),
+        ({"schedule": {"repeat": -1}}, "profiler.schedule.repeat must be a non-negative int"),
         ({"schedule": {"warmpu": 1}}, "profiler.schedule.warmpu is not a valid key; did you"),
         ({"schedule": {}, "sys_prof_cpu": "yes"}, "profiler.sys_prof_cpu must be bool"),
         ({"schedule": {}, "json_trace_handler": {"folder": 3}}, "profiler.json_trace_handler."),
@@ -105,6 +109,22 @@ def test_profiler_section(section: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as info:
         check_profiler_section(section)
     assert str(info.value).startswith(message)
+
+
+def test_composer_ranges_name_real_parameters() -> None:
+    # A Composer upgrade that renames a constructor or a parameter must not silently drop a range.
+    for qualified, ranges in COMPOSER_RANGES.items():
+        module_name, _, attr = qualified.rpartition(".")
+        constructor = getattr(importlib.import_module(module_name), attr)
+        assert range_hints(constructor) is ranges
+        assert set(ranges) <= set(inspect.signature(constructor).parameters), qualified
+    # Every one but the profiler schedule is a registered component the config check reaches.
+    entries = {
+        f"{entry.__module__}.{entry.__qualname__}"
+        for reg in (registry.callbacks, registry.loggers, registry.algorithms)
+        for entry in reg.get_all().values()
+    }
+    assert set(COMPOSER_RANGES) - entries == {"composer.profiler.profiler_schedule.cyclic_schedule"}
 
 
 def test_tp_config_values() -> None:
