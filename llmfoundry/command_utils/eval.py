@@ -30,7 +30,6 @@ from composer.utils import dist, get_device, reproducibility
 from peft import PeftModel
 from transformers import PreTrainedModel
 
-from llmfoundry.callbacks.eval_gauntlet_callback import load_gauntlet_config
 from llmfoundry.command_utils.eval_results import (
     EvalResults,
     EvalThroughput,
@@ -44,6 +43,7 @@ from llmfoundry.command_utils.evaluators import (
     build_gauntlet,
     build_run_evaluators,
     eval_loader_sections,
+    gauntlet_config,
 )
 from llmfoundry.command_utils.parallelism import build_parallelism_config
 from llmfoundry.command_utils.preflight import (
@@ -61,7 +61,6 @@ from llmfoundry.command_utils.run_setup import (
     start_run,
 )
 from llmfoundry.data.text_data import stop_persistent_workers
-from llmfoundry.eval.sources import resolve_config_file
 from llmfoundry.utils.builders import (
     build_callbacks,
     build_composer_model_from_section,
@@ -182,7 +181,7 @@ def check_eval_config(cfg: EvalConfig) -> None:
 
     Raises:
         ConfigError: nothing to evaluate, both ``eval_loader`` and ``eval_loaders``, a
-            non-positive batch size, or an invalid gauntlet (see ``load_gauntlet_config``).
+            non-positive batch size, or an invalid section (see ``check_eval_sections``).
     """
     if not (cfg.icl_tasks or cfg.icl_tasks_str or cfg.eval_loader or cfg.eval_loaders):
         raise ConfigError(
@@ -190,15 +189,7 @@ def check_eval_config(cfg: EvalConfig) -> None:
             "eval_loaders"
         )
     check_value(cfg.device_eval_batch_size, PositiveInt, "device_eval_batch_size")
-    gauntlet = cfg.eval_gauntlet or cfg.eval_gauntlet_str
-    if gauntlet:
-        load_gauntlet_config(resolve_config_file(gauntlet, anchors(cfg)))
     check_eval_sections(cfg)
-
-
-def anchors(cfg: EvalConfig) -> list[Path]:
-    """The run YAML's folder, where relative paths are also looked up."""
-    return [Path(cfg.config_dir)] if cfg.config_dir else []
 
 
 def is_hf_folder(path: str) -> bool:
@@ -406,9 +397,7 @@ def evaluate(
         device=device,
         precision=runtime_precision(cfg.precision, device),
         run_name=run_name_of(cfg.run_name),
-        categories=gauntlet_categories(
-            resolve_config_file(cfg.eval_gauntlet or cfg.eval_gauntlet_str or {}, anchors(cfg))
-        ),
+        categories=gauntlet_categories(gauntlet_config(cfg)),
     )
     dist.initialize_dist(device, timeout=cfg.dist_timeout)
     models: list[ModelResults] = []

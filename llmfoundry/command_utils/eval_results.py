@@ -22,7 +22,7 @@ from composer import Trainer
 from composer.core import Callback, State
 from composer.loggers import InMemoryLogger, Logger
 
-from llmfoundry.callbacks.eval_gauntlet_callback import load_gauntlet_config
+from llmfoundry.callbacks.eval_gauntlet_config import GauntletConfig
 from llmfoundry.utils.file_utils import atomic_write_text
 
 __all__ = [
@@ -121,11 +121,10 @@ def _parse_icl_label(label: str) -> tuple[str, str, int] | None:
     return parts[0], "/".join(parts[2:]), int(match.group(1))
 
 
-def gauntlet_categories(gauntlet: Any) -> dict[str, str]:
+def gauntlet_categories(config: GauntletConfig | None) -> dict[str, str]:
     """Benchmark (task label) → its gauntlet category (the first that lists it)."""
-    if not gauntlet:
+    if config is None:
         return {}
-    config = load_gauntlet_config(gauntlet)
     found: dict[str, str] = {}
     for category in config.categories:
         for bench in category.benchmarks:

@@ -8,17 +8,18 @@ Shared by the train and eval commands: ``build_run_evaluators`` turns ``eval_loa
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from composer import Evaluator
 
 from llmfoundry.callbacks.eval_gauntlet_callback import EvalGauntlet
+from llmfoundry.callbacks.eval_gauntlet_config import GauntletConfig, load_gauntlet_config
 from llmfoundry.eval import InContextLearningMetric, build_icl_evaluators
 from llmfoundry.eval.sources import resolve_config_file
 from llmfoundry.utils.builders import build_dataloader_from_section
 from llmfoundry.utils.config_utils import EvalConfig, TrainConfig
 from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.run_configs import path_anchors
 
 
 def eval_loader_sections(
@@ -95,7 +96,7 @@ def build_run_evaluators(
             default_max_seq_len=getattr(cfg, "icl_seq_len", None) or cfg.max_seq_len,
             default_batch_size=device_eval_batch_size,
             icl_subset_num_batches=cfg.icl_subset_num_batches,
-            anchors=[Path(cfg.config_dir)] if cfg.config_dir else [],
+            anchors=path_anchors(cfg),
             allow_code_eval=cfg.allow_code_eval,
         )
         evaluators += icl_evaluators
@@ -157,19 +158,31 @@ def build_icl_data_and_gauntlet(
     return evaluators, logger_keys, gauntlet
 
 
-def build_gauntlet(cfg: TrainConfig | EvalConfig) -> list[EvalGauntlet]:
-    """The ``eval_gauntlet`` (a section or a YAML path) as a callback scoring each eval round.
+def gauntlet_config(cfg: TrainConfig | EvalConfig) -> GauntletConfig | None:
+    """The run's ``eval_gauntlet`` (a section or a YAML path), read and checked; None without one.
+    The config check calls this before anything is built, and :func:`build_gauntlet` again.
 
     Raises:
-        ConfigError: on a gauntlet without ``icl_tasks`` to score, or a bad gauntlet config.
+        ConfigError: on a gauntlet without ``icl_tasks`` to score, or a bad gauntlet config
+            (naming the key, ``eval_gauntlet.categories[0].benchmarks[1].random_baseline``).
+        MissingFileError: on a gauntlet YAML path that does not exist.
     """
     gauntlet = cfg.eval_gauntlet or cfg.eval_gauntlet_str
     if not gauntlet:
-        return []
+        return None
     if not (cfg.icl_tasks or cfg.icl_tasks_str):
         raise ConfigError(
             "eval_gauntlet scores icl_tasks benchmarks, but the run has no icl_tasks; add "
             "icl_tasks (a list or a YAML path) or remove eval_gauntlet"
         )
-    anchors = [Path(cfg.config_dir)] if cfg.config_dir else []
-    return [EvalGauntlet.from_config(resolve_config_file(gauntlet, anchors))]
+    return load_gauntlet_config(resolve_config_file(gauntlet, path_anchors(cfg)))
+
+
+def build_gauntlet(cfg: TrainConfig | EvalConfig) -> list[EvalGauntlet]:
+    """The ``eval_gauntlet`` as a callback scoring each eval round (none without one).
+
+    Raises:
+        ConfigError, MissingFileError: as :func:`gauntlet_config`.
+    """
+    config = gauntlet_config(cfg)
+    return [] if config is None else [EvalGauntlet.from_config(config)]

@@ -27,7 +27,7 @@ from composer.profiler import JSONTraceHandler, Profiler, cyclic_schedule
 from composer.utils.parallelism import FSDPConfig, TPConfig
 
 from llmfoundry import registry
-from llmfoundry.command_utils.evaluators import eval_loader_sections
+from llmfoundry.command_utils.evaluators import eval_loader_sections, gauntlet_config
 from llmfoundry.command_utils.parallelism import check_fsdp_config, check_tp_config
 from llmfoundry.data.finetuning.dataloader import build_finetuning_dataloader
 from llmfoundry.data.finetuning.dataset_config import parse_dataset_config
@@ -59,6 +59,7 @@ from llmfoundry.utils.config_components import (
 )
 from llmfoundry.utils.config_utils import EvalConfig, TrainConfig
 from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.run_configs import path_anchors
 
 __all__ = [
     "check_eval_sections",
@@ -344,17 +345,18 @@ def check_train_config(cfg: TrainConfig) -> None:
     check_parallelism(cfg.fsdp_config, cfg.tp_config)
     _check_compile_config(cfg.compile_config)
     check_profiler_section(cfg.profiler)
-    anchors = [Path(cfg.config_dir)] if cfg.config_dir else []
-    check_icl_tasks(cfg.icl_tasks or cfg.icl_tasks_str, anchors, cfg.allow_code_eval)
+    check_icl_tasks(cfg.icl_tasks or cfg.icl_tasks_str, path_anchors(cfg), cfg.allow_code_eval)
+    gauntlet_config(cfg)
 
 
 def check_eval_sections(cfg: EvalConfig) -> None:
     """Check the sections of an eval config that its model, loader, callback and logger checks
-    leave: ``icl_tasks`` entries and ``fsdp_config``, before any model is built.
+    leave: ``icl_tasks`` entries, ``eval_gauntlet`` and ``fsdp_config``, before any model is
+    built.
 
     Raises:
         ConfigError, MissingFileError: naming the first bad key and what it allows.
     """
     check_parallelism(cfg.fsdp_config)
-    anchors = [Path(cfg.config_dir)] if cfg.config_dir else []
-    check_icl_tasks(cfg.icl_tasks or cfg.icl_tasks_str, anchors, cfg.allow_code_eval)
+    check_icl_tasks(cfg.icl_tasks or cfg.icl_tasks_str, path_anchors(cfg), cfg.allow_code_eval)
+    gauntlet_config(cfg)

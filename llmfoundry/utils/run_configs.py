@@ -7,6 +7,7 @@ here.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from llmfoundry.utils.config_checks import (
@@ -19,7 +20,7 @@ from llmfoundry.utils.config_checks import (
     Seed,
 )
 
-__all__ = ["EvalConfig", "TrainConfig"]
+__all__ = ["EvalConfig", "TrainConfig", "path_anchors"]
 
 
 @dataclasses.dataclass
@@ -166,3 +167,10 @@ class EvalConfig:
     # Not a YAML key: the folder of the YAML the config came from (set by ``load_config``);
     # relative ``icl_tasks`` / ``eval_gauntlet`` / ``dataset_uri`` paths may be relative to it.
     config_dir: str | None = dataclasses.field(default=None, init=False, repr=False)
+
+
+def path_anchors(cfg: TrainConfig | EvalConfig) -> list[Path]:
+    """The folder of the YAML ``cfg`` came from, where a relative ``icl_tasks`` /
+    ``eval_gauntlet`` / ``dataset_uri`` path is looked up after the working directory (none
+    for a config built in Python)."""
+    return [Path(cfg.config_dir)] if cfg.config_dir else []

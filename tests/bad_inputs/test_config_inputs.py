@@ -105,6 +105,8 @@ results_folder: {save}
 )
 
 TIME = "a time string"
+ONE_TASK = "icl_tasks=[{label: a, dataset_uri: a.jsonl, icl_task_type: schema, num_fewshot: [0]}]"
+GAUNTLET = "{name: c, benchmarks: [{name: a, num_fewshot: 0, random_baseline: %s}]}"
 
 # (id, overrides, what the error line must mention)
 TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
@@ -310,6 +312,16 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ("icl_tasks[0].num_fewshot must be a non-negative int",),
     ),
     (
+        "gauntlet-key",  # before: found after the model was built, when the callback was
+        [ONE_TASK, f"eval_gauntlet={{weightng: EQUAL, categories: [{GAUNTLET % 0.25}]}}"],
+        ("eval_gauntlet.weightng is not a valid key; did you mean 'weighting'",),
+    ),
+    (
+        "gauntlet-without-tasks",
+        [f"eval_gauntlet={{categories: [{GAUNTLET % 0.25}]}}"],
+        ("eval_gauntlet scores icl_tasks benchmarks, but the run has no icl_tasks",),
+    ),
+    (
         "icl-unknown",
         ["icl_tasks=[{label: a, dataset_uri: a.jsonl, icl_task_type: schema, shots: 1}]"],
         ("icl_tasks[0].shots", "valid:"),
@@ -454,6 +466,16 @@ EVAL_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ("models.3.model.d_model", "counting from 0"),
     ),
     ("eval-entry-key", ["models.0.tokenzer={}"], ("models[0].tokenzer", "did you mean")),
+    (
+        "eval-gauntlet-range",  # before: found after the first model was built
+        [ONE_TASK, f"eval_gauntlet={{categories: [{GAUNTLET % 2}]}}"],
+        ("eval_gauntlet.categories[0].benchmarks[0].random_baseline must be in [0, 1), got 2",),
+    ),
+    (
+        "eval-gauntlet-file",
+        [ONE_TASK, "eval_gauntlet=/nowhere/gauntlet.yaml"],
+        ("gauntlet file '/nowhere/gauntlet.yaml' does not exist",),
+    ),
     (
         "eval-loader",
         ["eval_loader.num_workers=many"],
