@@ -3,8 +3,9 @@
 Composer's :class:`~composer.callbacks.Generate` decides *when* to generate (every
 ``interval``, and once more at the end of training); this subclass changes *how*:
 
-* the kwargs meant for ``model.generate`` are checked when the callback is built, so a
-  misspelled one (``max_new_token``) fails at startup instead of at the first generation;
+* the kwargs meant for ``model.generate`` are checked by the run's config check (and when the
+  callback is built), so a misspelled one (``max_new_token``) fails at startup instead of at
+  the first generation;
 * prompts are left-padded by hand, with the tokenizer's pad token or, when it has none, its EOS
   token, so the model's tokenizer (saved into checkpoints) is never modified;
 * generation stops at the tokenizer's EOS token when neither the kwargs nor the model's
@@ -17,7 +18,6 @@ on global rank 0; destinations that cannot show tables simply ignore it.
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Sequence
 from typing import Any, cast
@@ -28,10 +28,11 @@ from composer.core import Event, State, Time, TimeUnit, get_precision_context
 from composer.loggers import Logger
 from composer.models import HuggingFaceModel
 from composer.utils import dist
-from transformers import GenerationConfig, GenerationMixin, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.utils.config_checks import PositiveInt, check_arguments
-from llmfoundry.utils.exceptions import ConfigError, did_you_mean, first_line
+from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.generate_options import INPUT_KWARGS, check_generate_kwargs
 from llmfoundry.utils.tokenizer_utils import pad_token_id_of
 
 log = logging.getLogger(__name__)
@@ -39,57 +40,8 @@ log = logging.getLogger(__name__)
 KEY = "callbacks.generate_callback"
 TABLE_NAME = "generations"
 COLUMNS = ["prompt", "generation"]
-# Filled in by the callback itself, or would break the one-generation-per-prompt table.
-RESERVED_GENERATE_KWARGS = frozenset(
-    {
-        "inputs",
-        "input_ids",
-        "attention_mask",
-        "synced_gpus",
-        "return_dict_in_generate",
-        "num_return_sequences",
-    }
-)
-
-
-def generate_kwarg_names() -> frozenset[str]:
-    """The keyword arguments ``model.generate`` understands: generation-config fields and its own."""
-    config_fields = {name for name in GenerationConfig().to_dict() if not name.startswith("_")} - {
-        "transformers_version"
-    }
-    # Read through ``__dict__``: ``GenerationMixin.generate`` is typed for model instances only.
-    generate_fn = GenerationMixin.__dict__["generate"]
-    own = {
-        name
-        for name, param in inspect.signature(generate_fn).parameters.items()
-        if param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and name != "self"
-    }
-    return frozenset(config_fields | own)
-
-
-def check_generate_kwargs(kwargs: dict[str, Any]) -> None:
-    """Fail on a kwarg ``model.generate`` would reject, or one the callback sets itself.
-
-    Raises:
-        ConfigError: naming the key (and the closest valid one).
-    """
-    known = generate_kwarg_names() - RESERVED_GENERATE_KWARGS
-    for name in kwargs:
-        if name in RESERVED_GENERATE_KWARGS:
-            raise ConfigError(
-                f"{KEY}.{name} cannot be set: the callback generates one continuation per prompt "
-                "and supplies the inputs itself; remove the key"
-            )
-        if name not in known:
-            raise ConfigError(
-                f"{KEY}.{name} is neither a callback option (prompts, interval, batch_size) nor a "
-                f"model.generate option{did_you_mean(name, known)}"
-            )
-    config_values = {k: v for k, v in kwargs.items() if k in GenerationConfig().to_dict()}
-    try:  # transformers' own check of the values (max_new_tokens 0, ...)
-        GenerationConfig(**config_values).validate()
-    except ValueError as err:
-        raise ConfigError(f"{KEY}: {first_line(err)}") from err
+# The callback logs one generation per prompt: more would not fit its table.
+RESERVED_GENERATE_KWARGS = INPUT_KWARGS | {"num_return_sequences"}
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,7 +114,12 @@ class Generate(ComposerGenerate):
             raise ConfigError(
                 f"{KEY}.interval={interval!r} is not a duration; write e.g. 500ba, 1ep or 10000tok"
             ) from err
-        check_generate_kwargs(kwargs)
+        check_generate_kwargs(
+            kwargs,
+            KEY,
+            RESERVED_GENERATE_KWARGS,
+            "a callback option (prompts, interval, batch_size) or a model.generate option",
+        )
 
     def run_event(self, event: Event, state: State, logger: Logger) -> None:
         """Check the model once at fit start, then let Composer's schedule call :meth:`generate`."""

@@ -39,6 +39,7 @@ from llmfoundry.eval.datasets import (
 from llmfoundry.eval.metrics import ICL_METRICS, METRIC_ALIASES
 from llmfoundry.eval.sources import ICLRow, read_task_rows, resolve_relative, split_by_category
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
+from llmfoundry.utils.generate_options import INPUT_KWARGS, check_generate_kwargs
 from llmfoundry.utils.registry_utils import check_keys
 
 __all__ = ["ICLTaskConfig", "build_icl_evaluators", "load_icl_task_sections", "parse_task"]
@@ -194,6 +195,14 @@ def parse_task(
     values["num_fewshot"] = shots
     if values.get("metric_names") is not None:
         values["metric_names"] = _metric_names(where, values["metric_names"])
+    if isinstance(values.get("generation_kwargs"), Mapping):
+        # A code task makes generations_per_sample sequences per prompt; others make one.
+        per_prompt = (
+            set() if values["icl_task_type"] == "code_evaluation" else {"num_return_sequences"}
+        )
+        check_generate_kwargs(
+            values["generation_kwargs"], f"{where}.generation_kwargs", INPUT_KWARGS | per_prompt
+        )
     return ICLTaskConfig(**values)
 
 

@@ -106,6 +106,10 @@ results_folder: {save}
 
 TIME = "a time string"
 ONE_TASK = "icl_tasks=[{label: a, dataset_uri: a.jsonl, icl_task_type: schema, num_fewshot: [0]}]"
+GEN_TASK = (
+    "icl_tasks=[{label: a, dataset_uri: a.jsonl, icl_task_type: generation_task_with_answers, "
+    "num_fewshot: [0], generation_kwargs: %s}]"
+)
 GAUNTLET = "{name: c, benchmarks: [{name: a, num_fewshot: 0, random_baseline: %s}]}"
 
 # (id, overrides, what the error line must mention)
@@ -312,6 +316,26 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ("icl_tasks[0].num_fewshot must be a non-negative int",),
     ),
     (
+        "icl-generate-key",  # before: a transformers error in the first eval round
+        [GEN_TASK % "{max_new_token: 5}"],
+        ("icl_tasks[0].generation_kwargs.max_new_token is not a model.generate option", "did "),
+    ),
+    (
+        "icl-generate-range",  # transformers' own check lets this through
+        [GEN_TASK % "{top_p: 1.5}"],
+        ("icl_tasks[0].generation_kwargs.top_p must be a float in (0, 1], got float 1.5",),
+    ),
+    (
+        "icl-generate-sampling",
+        [GEN_TASK % "{do_sample: true, temperature: 0}"],
+        ("icl_tasks[0].generation_kwargs.temperature is 0 with do_sample: true",),
+    ),
+    (
+        "icl-generate-reserved",  # one generation per question
+        [GEN_TASK % "{num_return_sequences: 2}"],
+        ("icl_tasks[0].generation_kwargs.num_return_sequences cannot be set",),
+    ),
+    (
         "gauntlet-key",  # before: found after the model was built, when the callback was
         [ONE_TASK, f"eval_gauntlet={{weightng: EQUAL, categories: [{GAUNTLET % 0.25}]}}"],
         ("eval_gauntlet.weightng is not a valid key; did you mean 'weighting'",),
@@ -337,12 +361,15 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     (
         "generate-kwarg",  # before: found after the model was built, when the callback was
         ["callbacks.generate_callback={prompts: [hi], interval: 1ba, max_new_token: 5}"],
-        ("callbacks.generate_callback.max_new_token is neither", "did you mean 'max_new_tokens'"),
+        (
+            "callbacks.generate_callback.max_new_token is not a callback option",
+            "did you mean 'max_new_tokens'",
+        ),
     ),
     (
-        "generate-value",  # transformers' own check of the generation values, before the build
+        "generate-value",  # the generation values, before the build
         ["callbacks.generate_callback={prompts: [hi], interval: 1ba, max_new_tokens: 0}"],
-        ("callbacks.generate_callback: ", "max_new_tokens"),
+        ("callbacks.generate_callback.max_new_tokens must be a positive int, got int 0",),
     ),
     (
         "composer-callback-range",  # Composer's own callbacks: ranges from composer_ranges

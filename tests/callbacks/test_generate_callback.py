@@ -158,9 +158,13 @@ def test_hf_causal_lm_generations_match_greedy_generate(
             "generate_callback.batch_size must be a positive int or null, got int 0",
         ),
         ({"interval": "2bx"}, "generate_callback.interval='2bx' is not a duration"),
-        (  # transformers' own value check, at build time instead of at the first interval
+        (  # the ranges transformers leaves out
             {"max_new_tokens": 0},
-            "generate_callback: `max_new_tokens` must be greater than 0, but is 0",
+            "generate_callback.max_new_tokens must be a positive int, got int 0",
+        ),
+        (  # transformers' own value check, at build time instead of at the first interval
+            {"early_stopping": "maybe"},
+            "generate_callback: `early_stopping` must be a boolean or 'never', but is maybe",
         ),
     ],
 )
