@@ -9,7 +9,12 @@ from composer.core import State, Time, TimeUnit
 from composer.optim import ComposerScheduler
 from composer.optim.scheduler import _convert_time
 
+from llmfoundry.utils.config_checks import NonNegativeFloat
+from llmfoundry.utils.exceptions import ConfigError
+
 log = logging.getLogger(__name__)
+
+KEY = "scheduler"
 
 __all__ = ["InverseSquareRootWithWarmupScheduler"]
 
@@ -21,7 +26,9 @@ def _as_time(value: str | Time[int] | Time[float], key: str) -> Time[int] | Time
     try:
         return Time.from_timestring(str(value))
     except (ValueError, TypeError) as err:  # TypeError: a fraction of a whole unit ('1.5ba')
-        raise ValueError(f"{key}={value!r} is not a time such as '100ba' or '0.1dur'") from err
+        raise ConfigError(
+            f"{KEY}.{key}={value!r} is not a time such as '100ba' or '0.1dur'"
+        ) from err
 
 
 class InverseSquareRootWithWarmupScheduler(ComposerScheduler):
@@ -61,9 +68,11 @@ class InverseSquareRootWithWarmupScheduler(ComposerScheduler):
         alpha_f_cooldown: the multiplier the cooldown ends at. Default ``0.0``.
 
     Raises:
-        ValueError: if ``alpha_f_decay < alpha_f_cooldown`` (the lr would rise after warmup) or a
-            time is malformed; at call time, if the converted times do not share a unit or
-            ``t_scale`` is not positive.
+        ConfigError: if ``alpha_f_decay < alpha_f_cooldown`` (the lr would rise after warmup), a
+            time is malformed or the times not in ``dur`` differ in unit (see
+            :meth:`check_before_build`).
+        ValueError: at call time, if the converted times do not share a unit or ``t_scale`` is
+            not positive.
     """
 
     def __init__(
@@ -72,25 +81,59 @@ class InverseSquareRootWithWarmupScheduler(ComposerScheduler):
         t_scale: str | Time[int] | Time[float],
         t_cooldown: str | Time[int] | Time[float],
         t_max: str | Time[int] | Time[float] = "1dur",
-        alpha_f_decay: float = 0.0,
-        alpha_f_cooldown: float = 0.0,
+        alpha_f_decay: NonNegativeFloat = 0.0,
+        alpha_f_cooldown: NonNegativeFloat = 0.0,
     ) -> None:
-        if alpha_f_decay < alpha_f_cooldown:
-            raise ValueError(
-                f"alpha_f_decay ({alpha_f_decay}) must be >= alpha_f_cooldown ({alpha_f_cooldown}) "
-                "so that the lr never rises after warmup"
-            )
-        self.t_warmup = _as_time(t_warmup, "t_warmup")
-        self.t_scale = _as_time(t_scale, "t_scale")
-        self.t_cooldown = _as_time(t_cooldown, "t_cooldown")
-        self.t_max = _as_time(t_max, "t_max")
-        for key, time in (("t_warmup", self.t_warmup), ("t_scale", self.t_scale)):
-            if time.unit == TimeUnit.SECOND:
-                raise ValueError(f"{key} cannot be in seconds")
-        if self.t_scale.value <= 0:
-            raise ValueError(f"t_scale must be positive, got {self.t_scale}")
+        times = self.check_before_build(
+            t_warmup, t_scale, t_cooldown, t_max, alpha_f_decay, alpha_f_cooldown
+        )
+        self.t_warmup, self.t_scale, self.t_cooldown, self.t_max = times
         self.alpha_f_decay = float(alpha_f_decay)
         self.alpha_f_cooldown = float(alpha_f_cooldown)
+
+    @staticmethod
+    def check_before_build(
+        t_warmup: str | Time[int] | Time[float],
+        t_scale: str | Time[int] | Time[float],
+        t_cooldown: str | Time[int] | Time[float],
+        t_max: str | Time[int] | Time[float] = "1dur",
+        alpha_f_decay: NonNegativeFloat = 0.0,
+        alpha_f_cooldown: NonNegativeFloat = 0.0,
+    ) -> tuple[Time[int] | Time[float], ...]:
+        """The constructor's checks, which the run's config check also makes before anything is
+        built: times that parse, no seconds, a positive ``t_scale``, an lr that never rises after
+        warmup, and one unit for the times not given in ``dur`` (epochs count as batches).
+
+        Returns:
+            ``(t_warmup, t_scale, t_cooldown, t_max)`` as :class:`Time`.
+
+        Raises:
+            ConfigError: naming the argument (``scheduler.t_scale``).
+        """
+        if alpha_f_decay < alpha_f_cooldown:
+            raise ConfigError(
+                f"{KEY}.alpha_f_decay ({alpha_f_decay}) must be >= alpha_f_cooldown "
+                f"({alpha_f_cooldown}) so that the lr never rises after warmup"
+            )
+        given = {"t_warmup": t_warmup, "t_scale": t_scale, "t_cooldown": t_cooldown, "t_max": t_max}
+        times = {key: _as_time(value, key) for key, value in given.items()}
+        for key in ("t_warmup", "t_scale"):
+            if times[key].unit == TimeUnit.SECOND:
+                raise ConfigError(f"{KEY}.{key} cannot be in seconds")
+        if times["t_scale"].value <= 0:
+            raise ConfigError(f"{KEY}.t_scale must be positive, got {times['t_scale']}")
+        units = {
+            key: TimeUnit.BATCH if time.unit == TimeUnit.EPOCH else time.unit
+            for key, time in times.items()
+            if time.unit != TimeUnit.DURATION
+        }
+        if len(set(units.values())) > 1:
+            shown = ", ".join(f"{key}={times[key]}" for key in units)
+            raise ConfigError(
+                f"{KEY} times must share one unit ({shown}); give them in the same unit as "
+                "max_duration or as 'dur'"
+            )
+        return tuple(times.values())
 
     def _decay(self, elapsed_after_warmup: float, t_scale: float) -> float:
         """``d(t)`` for ``elapsed_after_warmup = t - t_warmup``."""

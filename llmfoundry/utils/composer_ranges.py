@@ -7,8 +7,8 @@ the run later (a division by zero, or a ``ValueError`` traceback from the constr
 table narrows those annotations. It is keyed by the constructor's qualified name, so reading it
 imports nothing.
 
-A new range for a Composer callback, logger, algorithm or the profiler schedule goes here; our
-own components state theirs on their signatures.
+A new range for a Composer callback, logger, algorithm, scheduler or the profiler schedule goes
+here; our own components state theirs on their signatures.
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ TimeUnitName = Literal["seconds", "minutes", "hours", "days"]
 _CALLBACKS = "composer.callbacks."
 _LOGGERS = "composer.loggers."
 _ALGORITHMS = "composer.algorithms."
+
+_SCHEDULERS = "composer.optim.scheduler."
+# A negative lr multiplier would turn descent into ascent.
+_MULTIPLIER = NonNegativeFloat
 
 COMPOSER_RANGES: dict[str, dict[str, Any]] = {
     "composer.profiler.profiler_schedule.cyclic_schedule": {
@@ -76,6 +80,25 @@ COMPOSER_RANGES: dict[str, dict[str, Any]] = {
         "anneal_steps": PositiveInt,
         "anneal_strategy": Literal["linear", "cos"],
     },
+    f"{_SCHEDULERS}ConstantScheduler": {"alpha": _MULTIPLIER},
+    f"{_SCHEDULERS}ConstantWithWarmupScheduler": {"alpha": _MULTIPLIER},
+    f"{_SCHEDULERS}CosineAnnealingScheduler": {"alpha_f": _MULTIPLIER},
+    f"{_SCHEDULERS}CosineAnnealingWithWarmupScheduler": {"alpha_f": _MULTIPLIER},
+    f"{_SCHEDULERS}CosineAnnealingWarmRestartsScheduler": {
+        "t_mult": PositiveFloat,
+        "alpha_f": _MULTIPLIER,
+    },
+    f"{_SCHEDULERS}ExponentialScheduler": {"gamma": _MULTIPLIER},
+    f"{_SCHEDULERS}LinearScheduler": {"alpha_i": _MULTIPLIER, "alpha_f": _MULTIPLIER},
+    f"{_SCHEDULERS}LinearWithWarmupScheduler": {"alpha_i": _MULTIPLIER, "alpha_f": _MULTIPLIER},
+    f"{_SCHEDULERS}MultiStepScheduler": {"gamma": _MULTIPLIER},
+    f"{_SCHEDULERS}MultiStepWithWarmupScheduler": {"gamma": _MULTIPLIER},
+    f"{_SCHEDULERS}PolynomialScheduler": {"power": NonNegativeFloat, "alpha_f": _MULTIPLIER},
+    f"{_SCHEDULERS}PolynomialWithWarmupScheduler": {
+        "power": NonNegativeFloat,
+        "alpha_f": _MULTIPLIER,
+    },
+    f"{_SCHEDULERS}StepScheduler": {"gamma": _MULTIPLIER},
     f"{_ALGORITHMS}alibi.alibi.Alibi": {
         "max_sequence_length": PositiveInt,
         "train_sequence_length_scaling": PositiveFloat,

@@ -246,7 +246,25 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ),
     ("scheduler-warmup", ["scheduler.t_warmup=2bat"], ("scheduler.t_warmup must be", TIME)),
     ("scheduler-name", ["scheduler.name=cosine_warmup"], ("scheduler.name", "did you mean")),
-    ("scheduler-type", ["scheduler.alpha=abc"], ("scheduler.alpha must be float",)),
+    ("scheduler-type", ["scheduler.alpha=abc"], ("scheduler.alpha must be a non-negative float",)),
+    (
+        "scheduler-range",  # a negative lr multiplier: Composer's float annotation allows it
+        ["scheduler.alpha=-1"],
+        ("scheduler.alpha must be a non-negative float, got int -1",),
+    ),
+    (
+        "scheduler-units",  # before: a ValueError in the first batch
+        ["scheduler={name: inv_sqrt_tf, t_warmup: 10ba, t_scale: 100tok, t_cooldown: 0tok}"],
+        ("scheduler times must share one unit (t_warmup=10ba, t_scale=100tok",),
+    ),
+    (
+        "scheduler-rising",  # before: a ValueError traceback when the scheduler was built
+        [
+            "scheduler={name: inv_sqrt_tf, t_warmup: 1ba, t_scale: 1ba, t_cooldown: 1ba, "
+            "alpha_f_decay: 0.1, alpha_f_cooldown: 0.5}"
+        ],
+        ("scheduler.alpha_f_decay (0.1) must be >= alpha_f_cooldown (0.5)",),
+    ),
     ("scheduler-unknown", ["scheduler.t_warm=1ba"], ("scheduler.t_warm", "did you mean")),
     # train_loader and its dataset
     ("loader-name", ["train_loader.name=txt"], ("train_loader.name", "'txt'", "did you mean")),

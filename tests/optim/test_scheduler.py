@@ -97,16 +97,20 @@ def test_inv_sqrt_tf_defaults_decay_to_zero_without_cooldown() -> None:
 
 
 def test_inv_sqrt_tf_rejects_mixed_units_and_rising_lr() -> None:
+    # Units that differ as given fail when the scheduler is built (and at the config check).
+    with pytest.raises(ConfigError, match="t_warmup=10ba"):
+        InverseSquareRootWithWarmupScheduler(t_warmup="10ba", t_scale="100tok", t_cooldown="0tok")
+    # A 'dur' time takes max_duration's unit, known only once training starts.
     scheduler = InverseSquareRootWithWarmupScheduler(
-        t_warmup="10ba", t_scale="100tok", t_cooldown="0tok"
+        t_warmup="10ba", t_scale="0.1dur", t_cooldown="0ba"
     )
     with pytest.raises(ValueError, match="t_warmup=10ba"):
         scheduler(_at(_state("1000tok"), batch=20, token=200))
-    with pytest.raises(ValueError, match="alpha_f_decay"):
+    with pytest.raises(ConfigError, match="alpha_f_decay"):
         InverseSquareRootWithWarmupScheduler(
             "1ba", "1ba", "1ba", alpha_f_decay=0.0, alpha_f_cooldown=0.5
         )
-    with pytest.raises(ValueError, match="t_scale"):
+    with pytest.raises(ConfigError, match="t_scale"):
         InverseSquareRootWithWarmupScheduler("1ba", "0ba", "1ba")
 
 

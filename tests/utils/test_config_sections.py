@@ -121,7 +121,7 @@ def test_composer_ranges_name_real_parameters() -> None:
     # Every one but the profiler schedule is a registered component the config check reaches.
     entries = {
         f"{entry.__module__}.{entry.__qualname__}"
-        for reg in (registry.callbacks, registry.loggers, registry.algorithms)
+        for reg in (registry.callbacks, registry.loggers, registry.algorithms, registry.schedulers)
         for entry in reg.get_all().values()
     }
     assert set(COMPOSER_RANGES) - entries == {"composer.profiler.profiler_schedule.cyclic_schedule"}
