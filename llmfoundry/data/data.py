@@ -348,8 +348,25 @@ def folder_size(folder: str) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
 
 
+def check_not_a_file(out: str, flag: str = "--out_root") -> None:
+    """Refuse a local output folder where a file stands: at ``out`` or at a parent of it (the
+    ``--out_root`` of a per-split output).
+
+    Raises:
+        ConfigError: naming the file and ``flag``.
+    """
+    if "://" in out:
+        return
+    for path in (Path(out), *Path(out).parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "" if path == Path(out) else f" (its parent '{path}')"
+                raise ConfigError(f"output folder '{out}'{where} is a file; choose another {flag}")
+            return
+
+
 def check_output_empty(out: str, flag: str = "--out_root") -> None:
-    """Refuse to write into a folder that already has files.
+    """Refuse to write into a folder that already has files, or where a file is.
 
     Args:
         out: the output folder.
@@ -358,6 +375,7 @@ def check_output_empty(out: str, flag: str = "--out_root") -> None:
     Raises:
         ConfigError: naming the folder.
     """
+    check_not_a_file(out, flag)
     folder = Path(out)
     if folder.is_dir() and any(folder.iterdir()):
         raise ConfigError(f"output folder '{out}' is not empty; delete it or choose another {flag}")

@@ -73,8 +73,13 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     The staging folder sits next to ``target`` (same filesystem, so the final rename is atomic)
     and gets a new folder's usual permissions; on error it is removed and ``target`` is left as
     it was. Staging folders a killed run left for the same ``target`` are removed first.
+
+    Raises:
+        NotADirectoryError: if ``target`` is a file (a folder never replaces one).
     """
     target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise NotADirectoryError(f"'{target}' is a file; an output folder cannot replace it")
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in target.parent.glob(f".{target.name}.partial-*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)

@@ -337,3 +337,38 @@ def test_a_converter_names_a_number_flag_out_of_range(
     assert result.code == 2
     assert_one_line_error(result, expected)
     assert files_under(tmp_path / "out") == set()
+
+
+@pytest.mark.parametrize("command", ["json", "text", "hf", "finetuning"])
+def test_a_converter_never_replaces_a_file_with_its_output(
+    command: str, tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    # Before: the output folder replaced the file (an input, say) and moved it to a hidden name.
+    (tmp_path / "in").mkdir()
+    rows = _write(tmp_path / "in" / "a.jsonl", GOOD_PAIR_ROW + "\n")
+    text_rows = _write(tmp_path / "in" / "b.jsonl", GOOD_TEXT_ROW + "\n")
+    txt = tmp_path / "txt"
+    txt.mkdir()
+    _write(txt / "a.txt", "some text")
+    target = tmp_path / "in" / "a.jsonl"  # the output path names an existing file
+    out = str(target)
+    argv = {
+        "json": (json_main, ["--path", text_rows, "--out_root", out, "--concat_tokens", "4"]),
+        "text": (
+            text_main,
+            ["--input_folder", str(txt), "--output_folder", out, "--concat_tokens", "4"],
+        ),
+        "hf": (hf_main, ["--dataset", "json", "--data_files", text_rows, "--out_root", out]),
+        "finetuning": (
+            finetuning_main,
+            ["--dataset", "json", "--data_files", rows, "--out_root", out],
+        ),
+    }
+    main, args = argv[command]
+    before = target.read_bytes()
+    result = run_cli(main, [*args, "--tokenizer", str(tokenizer_dir)])
+    assert result.code == 2
+    message = assert_one_line_error(result, f"output folder '{out}")
+    assert "is a file; choose another --" in message
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == ["a.jsonl", "b.jsonl"]

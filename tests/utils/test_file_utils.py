@@ -47,6 +47,17 @@ def test_a_file_is_refused(tmp_path: Path) -> None:
         check_replaceable_output(tmp_path / "model", "--output", HF_FOLDER_MARKERS)
 
 
+def test_an_atomic_folder_never_replaces_a_file(tmp_path: Path) -> None:
+    (tmp_path / "data.jsonl").write_text("rows")
+    with (
+        pytest.raises(NotADirectoryError, match="data.jsonl' is a file"),
+        atomic_directory(tmp_path / "data.jsonl") as staging,
+    ):
+        (staging / "index.json").write_text("{}")
+    assert (tmp_path / "data.jsonl").read_text() == "rows"
+    assert [p.name for p in tmp_path.iterdir()] == ["data.jsonl"]
+
+
 def test_the_folder_appears_with_the_umasks_permissions_and_stale_staging_goes(
     tmp_path: Path,
 ) -> None:

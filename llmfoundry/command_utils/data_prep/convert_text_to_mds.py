@@ -40,7 +40,7 @@ from llmfoundry.command_utils.data_prep.text_to_mds_groups import (
     convert_text_files,
 )
 from llmfoundry.command_utils.data_prep.workers import usable_cpus
-from llmfoundry.data.data import MDSWriteSummary, check_compression
+from llmfoundry.data.data import MDSWriteSummary, check_compression, check_not_a_file
 from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
 from llmfoundry.utils.file_utils import atomic_directory
@@ -352,6 +352,7 @@ def previous_conversion(
             (an interrupted run, or unrelated data); the message says to pass ``--reprocess``.
     """
     if target is None:
+        check_not_a_file(output_folder, "--output_folder")
         marker_text, holds_files = local_marker(output_folder)
     else:
         marker_text, holds_files = remote_marker(target)
