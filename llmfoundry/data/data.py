@@ -29,7 +29,7 @@ from llmfoundry.data.mds_writer import MiniMDSWriter, supports, zstd_level
 from llmfoundry.data.token_batches import SampleCutter, TokenIds, batch_encoder, batch_texts
 from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, did_you_mean
-from llmfoundry.utils.file_utils import format_size
+from llmfoundry.utils.file_utils import check_not_a_file, format_size
 
 logger = logging.getLogger(__name__)
 
@@ -346,23 +346,6 @@ def folder_size(folder: str) -> int:
     if "://" in folder or not Path(folder).is_dir():
         return 0
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-
-
-def check_not_a_file(out: str, flag: str = "--out_root") -> None:
-    """Refuse a local output folder where a file stands: at ``out`` or at a parent of it (the
-    ``--out_root`` of a per-split output).
-
-    Raises:
-        ConfigError: naming the file and ``flag``.
-    """
-    if "://" in out:
-        return
-    for path in (Path(out), *Path(out).parents):
-        if path.exists():
-            if not path.is_dir():
-                where = "" if path == Path(out) else f" (its parent '{path}')"
-                raise ConfigError(f"output folder '{out}'{where} is a file; choose another {flag}")
-            return
 
 
 def check_output_empty(out: str, flag: str = "--out_root") -> None:

@@ -36,6 +36,23 @@ def format_size(num_bytes: int) -> str:
     return f"{size:,.1f} TB"
 
 
+def check_not_a_file(out: str, flag: str = "--out_root") -> None:
+    """Refuse a local output folder where a file stands: at ``out`` or at a parent of it (the
+    ``--out_root`` of a per-split output). A remote URI is left to its store.
+
+    Raises:
+        ConfigError: naming the file and ``flag``.
+    """
+    if "://" in out:
+        return
+    for path in (Path(out), *Path(out).parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "" if path == Path(out) else f" (its parent '{path}')"
+                raise ConfigError(f"output folder '{out}'{where} is a file; choose another {flag}")
+            return
+
+
 def check_replaceable_output(target: str | Path, flag: str, markers: tuple[str, ...]) -> None:
     """Refuse an output folder that a command would replace but did not write.
 

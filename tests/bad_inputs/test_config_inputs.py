@@ -354,6 +354,11 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ("icl_tasks[0].generation_kwargs.num_return_sequences cannot be set",),
     ),
     (
+        "save-folder-file",  # before: found at the first checkpoint, after training to it
+        ["save_folder=run.yaml/{run_name}"],  # the run's YAML, in the working directory
+        ("output folder 'run.yaml' is a file; choose another save_folder",),
+    ),
+    (
         "gauntlet-key",  # before: found after the model was built, when the callback was
         [ONE_TASK, f"eval_gauntlet={{weightng: EQUAL, categories: [{GAUNTLET % 0.25}]}}"],
         ("eval_gauntlet.weightng is not a valid key; did you mean 'weighting'",),
@@ -511,6 +516,11 @@ EVAL_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ("models.3.model.d_model", "counting from 0"),
     ),
     ("eval-entry-key", ["models.0.tokenzer={}"], ("models[0].tokenzer", "did you mean")),
+    (
+        "eval-results-file",  # before: found after every model was evaluated
+        ["results_folder=run.yaml"],
+        ("output folder 'run.yaml' is a file; choose another results_folder",),
+    ),
     (
         "eval-gauntlet-range",  # before: found after the first model was built
         [ONE_TASK, f"eval_gauntlet={{categories: [{GAUNTLET % 2}]}}"],

@@ -40,10 +40,10 @@ from llmfoundry.command_utils.data_prep.text_to_mds_groups import (
     convert_text_files,
 )
 from llmfoundry.command_utils.data_prep.workers import usable_cpus
-from llmfoundry.data.data import MDSWriteSummary, check_compression, check_not_a_file
+from llmfoundry.data.data import MDSWriteSummary, check_compression
 from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
-from llmfoundry.utils.file_utils import atomic_directory
+from llmfoundry.utils.file_utils import atomic_directory, check_not_a_file
 from llmfoundry.utils.object_store import RemoteFolder, check_listable, is_remote
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
