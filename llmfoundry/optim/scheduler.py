@@ -4,6 +4,7 @@ also registered as ``inv_sqrt_tf``)."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from composer.core import State, Time, TimeUnit
 from composer.optim import ComposerScheduler
@@ -29,6 +30,35 @@ def _as_time(value: str | Time[int] | Time[float], key: str) -> Time[int] | Time
         raise ConfigError(
             f"{KEY}.{key}={value!r} is not a time such as '100ba' or '0.1dur'"
         ) from err
+
+
+def _checked_times(
+    given: dict[str, str | Time[int] | Time[float]],
+) -> dict[str, Time[int] | Time[float]]:
+    """The scheduler's times parsed: no seconds for ``t_warmup``/``t_scale``, a positive
+    ``t_scale``, and one unit for those not given in ``dur`` (epochs count as batches).
+
+    Raises:
+        ConfigError: naming the argument (``scheduler.t_scale``).
+    """
+    times = {key: _as_time(value, key) for key, value in given.items()}
+    for key in ("t_warmup", "t_scale"):
+        if times[key].unit == TimeUnit.SECOND:
+            raise ConfigError(f"{KEY}.{key} cannot be in seconds")
+    if times["t_scale"].value <= 0:
+        raise ConfigError(f"{KEY}.t_scale must be positive, got {times['t_scale']}")
+    units = {
+        key: TimeUnit.BATCH if time.unit == TimeUnit.EPOCH else time.unit
+        for key, time in times.items()
+        if time.unit != TimeUnit.DURATION
+    }
+    if len(set(units.values())) > 1:
+        shown = ", ".join(f"{key}={times[key]}" for key in units)
+        raise ConfigError(
+            f"{KEY} times must share one unit ({shown}); give them in the same unit as "
+            "max_duration or as 'dur'"
+        )
+    return times
 
 
 class InverseSquareRootWithWarmupScheduler(ComposerScheduler):
@@ -69,8 +99,8 @@ class InverseSquareRootWithWarmupScheduler(ComposerScheduler):
 
     Raises:
         ConfigError: if ``alpha_f_decay < alpha_f_cooldown`` (the lr would rise after warmup), a
-            time is malformed or the times not in ``dur`` differ in unit (see
-            :meth:`check_before_build`).
+            time is malformed, ``t_scale`` is not positive or the times not in ``dur`` differ
+            in unit.
         ValueError: at call time, if the converted times do not share a unit or ``t_scale`` is
             not positive.
     """
@@ -84,56 +114,28 @@ class InverseSquareRootWithWarmupScheduler(ComposerScheduler):
         alpha_f_decay: NonNegativeFloat = 0.0,
         alpha_f_cooldown: NonNegativeFloat = 0.0,
     ) -> None:
-        times = self.check_before_build(
-            t_warmup, t_scale, t_cooldown, t_max, alpha_f_decay, alpha_f_cooldown
-        )
-        self.t_warmup, self.t_scale, self.t_cooldown, self.t_max = times
-        self.alpha_f_decay = float(alpha_f_decay)
-        self.alpha_f_cooldown = float(alpha_f_cooldown)
-
-    @staticmethod
-    def check_before_build(
-        t_warmup: str | Time[int] | Time[float],
-        t_scale: str | Time[int] | Time[float],
-        t_cooldown: str | Time[int] | Time[float],
-        t_max: str | Time[int] | Time[float] = "1dur",
-        alpha_f_decay: NonNegativeFloat = 0.0,
-        alpha_f_cooldown: NonNegativeFloat = 0.0,
-    ) -> tuple[Time[int] | Time[float], ...]:
-        """The constructor's checks, which the run's config check also makes before anything is
-        built: times that parse, no seconds, a positive ``t_scale``, an lr that never rises after
-        warmup, and one unit for the times not given in ``dur`` (epochs count as batches).
-
-        Returns:
-            ``(t_warmup, t_scale, t_cooldown, t_max)`` as :class:`Time`.
-
-        Raises:
-            ConfigError: naming the argument (``scheduler.t_scale``).
-        """
         if alpha_f_decay < alpha_f_cooldown:
             raise ConfigError(
                 f"{KEY}.alpha_f_decay ({alpha_f_decay}) must be >= alpha_f_cooldown "
                 f"({alpha_f_cooldown}) so that the lr never rises after warmup"
             )
-        given = {"t_warmup": t_warmup, "t_scale": t_scale, "t_cooldown": t_cooldown, "t_max": t_max}
-        times = {key: _as_time(value, key) for key, value in given.items()}
-        for key in ("t_warmup", "t_scale"):
-            if times[key].unit == TimeUnit.SECOND:
-                raise ConfigError(f"{KEY}.{key} cannot be in seconds")
-        if times["t_scale"].value <= 0:
-            raise ConfigError(f"{KEY}.t_scale must be positive, got {times['t_scale']}")
-        units = {
-            key: TimeUnit.BATCH if time.unit == TimeUnit.EPOCH else time.unit
-            for key, time in times.items()
-            if time.unit != TimeUnit.DURATION
-        }
-        if len(set(units.values())) > 1:
-            shown = ", ".join(f"{key}={times[key]}" for key in units)
-            raise ConfigError(
-                f"{KEY} times must share one unit ({shown}); give them in the same unit as "
-                "max_duration or as 'dur'"
-            )
-        return tuple(times.values())
+        times = _checked_times(
+            {"t_warmup": t_warmup, "t_scale": t_scale, "t_cooldown": t_cooldown, "t_max": t_max}
+        )
+        self.t_warmup, self.t_scale = times["t_warmup"], times["t_scale"]
+        self.t_cooldown, self.t_max = times["t_cooldown"], times["t_max"]
+        self.alpha_f_decay = float(alpha_f_decay)
+        self.alpha_f_cooldown = float(alpha_f_cooldown)
+
+    @staticmethod
+    def check_before_build(**kwargs: Any) -> None:
+        """Make the constructor's checks before anything is built (the run's config check calls
+        this): building a scheduler is cheap and touches nothing, so one is built and dropped.
+
+        Raises:
+            ConfigError: as the constructor.
+        """
+        InverseSquareRootWithWarmupScheduler(**kwargs)
 
     def _decay(self, elapsed_after_warmup: float, t_scale: float) -> float:
         """``d(t)`` for ``elapsed_after_warmup = t - t_warmup``."""

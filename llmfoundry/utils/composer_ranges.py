@@ -23,7 +23,7 @@ from llmfoundry.utils.config_checks import (
     Probability,
 )
 
-__all__ = ["COMPOSER_RANGES", "TimeUnitName", "range_hints"]
+__all__ = ["COMPOSER_RANGES", "SCHEDULER_RANGES", "TimeUnitName", "range_hints"]
 
 # The units Composer's speed and runtime callbacks report in.
 TimeUnitName = Literal["seconds", "minutes", "hours", "days"]
@@ -32,9 +32,6 @@ _CALLBACKS = "composer.callbacks."
 _LOGGERS = "composer.loggers."
 _ALGORITHMS = "composer.algorithms."
 
-_SCHEDULERS = "composer.optim.scheduler."
-# A negative lr multiplier would turn descent into ascent.
-_MULTIPLIER = NonNegativeFloat
 
 COMPOSER_RANGES: dict[str, dict[str, Any]] = {
     "composer.profiler.profiler_schedule.cyclic_schedule": {
@@ -80,33 +77,29 @@ COMPOSER_RANGES: dict[str, dict[str, Any]] = {
         "anneal_steps": PositiveInt,
         "anneal_strategy": Literal["linear", "cos"],
     },
-    f"{_SCHEDULERS}ConstantScheduler": {"alpha": _MULTIPLIER},
-    f"{_SCHEDULERS}ConstantWithWarmupScheduler": {"alpha": _MULTIPLIER},
-    f"{_SCHEDULERS}CosineAnnealingScheduler": {"alpha_f": _MULTIPLIER},
-    f"{_SCHEDULERS}CosineAnnealingWithWarmupScheduler": {"alpha_f": _MULTIPLIER},
-    f"{_SCHEDULERS}CosineAnnealingWarmRestartsScheduler": {
-        "t_mult": PositiveFloat,
-        "alpha_f": _MULTIPLIER,
-    },
-    f"{_SCHEDULERS}ExponentialScheduler": {"gamma": _MULTIPLIER},
-    f"{_SCHEDULERS}LinearScheduler": {"alpha_i": _MULTIPLIER, "alpha_f": _MULTIPLIER},
-    f"{_SCHEDULERS}LinearWithWarmupScheduler": {"alpha_i": _MULTIPLIER, "alpha_f": _MULTIPLIER},
-    f"{_SCHEDULERS}MultiStepScheduler": {"gamma": _MULTIPLIER},
-    f"{_SCHEDULERS}MultiStepWithWarmupScheduler": {"gamma": _MULTIPLIER},
-    f"{_SCHEDULERS}PolynomialScheduler": {"power": NonNegativeFloat, "alpha_f": _MULTIPLIER},
-    f"{_SCHEDULERS}PolynomialWithWarmupScheduler": {
-        "power": NonNegativeFloat,
-        "alpha_f": _MULTIPLIER,
-    },
-    f"{_SCHEDULERS}StepScheduler": {"gamma": _MULTIPLIER},
     f"{_ALGORITHMS}alibi.alibi.Alibi": {
         "max_sequence_length": PositiveInt,
         "train_sequence_length_scaling": PositiveFloat,
     },
 }
 
+# Every Composer scheduler's parameters of these names: a negative lr multiplier (alpha, alpha_i,
+# alpha_f, gamma) would turn descent into ascent.
+SCHEDULER_RANGES: dict[str, Any] = {
+    "alpha": NonNegativeFloat,
+    "alpha_i": NonNegativeFloat,
+    "alpha_f": NonNegativeFloat,
+    "gamma": NonNegativeFloat,
+    "power": NonNegativeFloat,
+    "t_mult": PositiveFloat,
+}
+_SCHEDULER_MODULE = "composer.optim.scheduler"
+
 
 def range_hints(func: Any) -> dict[str, Any]:
-    """The narrowed annotations :data:`COMPOSER_RANGES` holds for ``func`` (empty for others)."""
-    name = f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', '')}"
-    return COMPOSER_RANGES.get(name, {})
+    """The narrowed annotations :data:`COMPOSER_RANGES` (or, for a Composer scheduler,
+    :data:`SCHEDULER_RANGES`) holds for ``func``; empty for others."""
+    module = getattr(func, "__module__", "")
+    if module == _SCHEDULER_MODULE:
+        return SCHEDULER_RANGES
+    return COMPOSER_RANGES.get(f"{module}.{getattr(func, '__qualname__', '')}", {})

@@ -21,7 +21,7 @@ from llmfoundry.command_utils.preflight import (
     check_parallelism,
     check_profiler_section,
 )
-from llmfoundry.utils.composer_ranges import COMPOSER_RANGES, range_hints
+from llmfoundry.utils.composer_ranges import COMPOSER_RANGES, SCHEDULER_RANGES, range_hints
 from llmfoundry.utils.config_checks import NON_NEGATIVE, Schema, check_value, describe
 from llmfoundry.utils.config_utils import EvalConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
@@ -121,10 +121,19 @@ def test_composer_ranges_name_real_parameters() -> None:
     # Every one but the profiler schedule is a registered component the config check reaches.
     entries = {
         f"{entry.__module__}.{entry.__qualname__}"
-        for reg in (registry.callbacks, registry.loggers, registry.algorithms, registry.schedulers)
+        for reg in (registry.callbacks, registry.loggers, registry.algorithms)
         for entry in reg.get_all().values()
     }
     assert set(COMPOSER_RANGES) - entries == {"composer.profiler.profiler_schedule.cyclic_schedule"}
+    # Each scheduler range names a parameter of a registered Composer scheduler.
+    composer_schedulers = [
+        entry
+        for entry in registry.schedulers.get_all().values()
+        if entry.__module__ == "composer.optim.scheduler"
+    ]
+    assert all(range_hints(entry) is SCHEDULER_RANGES for entry in composer_schedulers)
+    parameters = {name for e in composer_schedulers for name in inspect.signature(e).parameters}
+    assert set(SCHEDULER_RANGES) <= parameters
 
 
 def test_tp_config_values() -> None:
