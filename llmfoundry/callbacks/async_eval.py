@@ -25,8 +25,8 @@ __all__ = ["ASYNC_EVAL_UNSUPPORTED", "AsyncEval"]
 
 ASYNC_EVAL_UNSUPPORTED = (
     "callbacks.async_eval launches evaluation runs on the MosaicML platform, which this project "
-    "does not use; run scripts/eval/eval.py on the checkpoints the run saves, or evaluate during "
-    "training with eval_interval"
+    "does not use; remove it, and run scripts/eval/eval.py on the checkpoints the run saves or "
+    "evaluate during training with eval_interval"
 )
 
 
@@ -49,4 +49,10 @@ class AsyncEval(Callback):
         eval_run_config: Mapping[str, Any] | None = None,
     ) -> None:
         del train_config, interval, eval_run_config
+        raise ConfigError(ASYNC_EVAL_UNSUPPORTED)
+
+    @staticmethod
+    def check_before_build(**kwargs: Any) -> None:
+        """The config check's call: the same refusal, before the model is built."""
+        del kwargs
         raise ConfigError(ASYNC_EVAL_UNSUPPORTED)

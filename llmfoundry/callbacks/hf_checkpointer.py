@@ -40,6 +40,7 @@ from llmfoundry.callbacks.hf_checkpointer_options import (
     register_folder,
     run_with_deadline,
 )
+from llmfoundry.interfaces.checked_by_building import CheckedByBuilding
 from llmfoundry.models.hf.export import (
     copy_with_weights,
     dtype_of_precision,
@@ -161,7 +162,7 @@ def write_hf_folder(
         save_tokenizer(tokenizer, folder)
 
 
-class HuggingFaceCheckpointer(Callback):
+class HuggingFaceCheckpointer(CheckedByBuilding, Callback):
     """Save the model as Hugging Face folders during training and at its end.
 
     Folders are ``<save_folder>/huggingface/<huggingface_folder_name>``; each appears complete

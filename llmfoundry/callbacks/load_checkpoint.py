@@ -22,6 +22,7 @@ from composer.callbacks import LoadCheckpoint as ComposerLoadCheckpoint
 from composer.core import Event, State
 from composer.loggers import Logger
 
+from llmfoundry.interfaces.checked_by_building import CheckedByBuilding
 from llmfoundry.utils.checkpoint_utils import check_load_path
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
 from llmfoundry.utils.object_store import is_remote
@@ -31,7 +32,7 @@ __all__ = ["LoadCheckpoint"]
 KEY = "callbacks.load_checkpoint"
 
 
-class LoadCheckpoint(ComposerLoadCheckpoint):
+class LoadCheckpoint(CheckedByBuilding, ComposerLoadCheckpoint):
     """Load the checkpoint at ``load_path`` when ``event`` fires.
 
     Args:

@@ -39,6 +39,7 @@ from composer.loggers import Logger
 from composer.models import HuggingFaceModel
 from composer.utils import dist
 
+from llmfoundry.interfaces.checked_by_building import CheckedByBuilding
 from llmfoundry.utils.config_checks import PositiveInt, check_arguments
 from llmfoundry.utils.constants import IGNORE_INDEX
 from llmfoundry.utils.exceptions import ConfigError
@@ -49,7 +50,7 @@ KEY = "callbacks.loss_perp_v_len"
 TABLE_PREFIX = "metrics/train/LossPerpVLenTable"
 
 
-class LossPerpVsContextLengthLogger(Callback):
+class LossPerpVsContextLengthLogger(CheckedByBuilding, Callback):
     """Log tables of the mean loss and perplexity at each context position.
 
     Args:

@@ -23,6 +23,7 @@ from typing import Any
 from composer.core import Callback, State
 from composer.loggers import Logger
 
+from llmfoundry.interfaces.checked_by_building import CheckedByBuilding
 from llmfoundry.utils.config_checks import NonNegativeFloat, PositiveFloat, check_arguments
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
 
@@ -90,7 +91,7 @@ class GlobalLRScaling(Callback):
         self._scaled_run = str(scaled_run) if scaled_run is not None else None
 
 
-class LayerFreezing(Callback):
+class LayerFreezing(CheckedByBuilding, Callback):
     """Stop training the named parameters (``requires_grad = False``) from ``fit_start`` on.
 
     Args:

@@ -4,12 +4,12 @@ also registered as ``inv_sqrt_tf``)."""
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from composer.core import State, Time, TimeUnit
 from composer.optim import ComposerScheduler
 from composer.optim.scheduler import _convert_time
 
+from llmfoundry.interfaces.checked_by_building import CheckedByBuilding
 from llmfoundry.utils.config_checks import NonNegativeFloat
 from llmfoundry.utils.exceptions import ConfigError
 
@@ -61,7 +61,7 @@ def _checked_times(
     return times
 
 
-class InverseSquareRootWithWarmupScheduler(ComposerScheduler):
+class InverseSquareRootWithWarmupScheduler(CheckedByBuilding, ComposerScheduler):
     r"""Linear warmup, inverse-square-root decay, then an optional linear cooldown.
 
     The multiplier of the optimizer's lr at time :math:`t` (T5 / tensor2tensor's ``rsqrt`` decay,
@@ -126,16 +126,6 @@ class InverseSquareRootWithWarmupScheduler(ComposerScheduler):
         self.t_cooldown, self.t_max = times["t_cooldown"], times["t_max"]
         self.alpha_f_decay = float(alpha_f_decay)
         self.alpha_f_cooldown = float(alpha_f_cooldown)
-
-    @staticmethod
-    def check_before_build(**kwargs: Any) -> None:
-        """Make the constructor's checks before anything is built (the run's config check calls
-        this): building a scheduler is cheap and touches nothing, so one is built and dropped.
-
-        Raises:
-            ConfigError: as the constructor.
-        """
-        InverseSquareRootWithWarmupScheduler(**kwargs)
 
     def _decay(self, elapsed_after_warmup: float, t_scale: float) -> float:
         """``d(t)`` for ``elapsed_after_warmup = t - t_warmup``."""

@@ -394,6 +394,29 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ["callbacks.generate_callback={prompts: [hi], interval: 1ba, max_new_tokens: 0}"],
         ("callbacks.generate_callback.max_new_tokens must be a positive int, got int 0",),
     ),
+    (  # the constructors' own checks, made by building one at the config check
+        "built-event",
+        ["callbacks.load_checkpoint={load_path: x.pt, event: before_lod}"],
+        ("callbacks.load_checkpoint.event='before_lod' is not a Composer event", "before_load"),
+    ),
+    (
+        "built-cross-field",
+        ["callbacks.loss_perp_v_len={log_batch_interval: 2, compute_batch_interval: 5}"],
+        ("callbacks.loss_perp_v_len.compute_batch_interval=5 is larger than log_batch",),
+    ),
+    (
+        "built-nested",
+        [
+            "callbacks.hf_checkpointer={save_folder: hf, save_interval: 1ba, "
+            "mlflow_logging_config: {metadata: 3}}"
+        ],
+        ("callbacks.hf_checkpointer.mlflow_logging_config.metadata must be a mapping",),
+    ),
+    (
+        "async-eval",  # refused whatever its keys, before the model is built
+        ["callbacks.async_eval={interval: 1ba}"],
+        ("callbacks.async_eval launches evaluation runs on the MosaicML platform",),
+    ),
     (
         "composer-callback-range",  # Composer's own callbacks: ranges from composer_ranges
         ["callbacks.speed_monitor.window_size=0"],

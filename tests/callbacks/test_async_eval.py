@@ -11,8 +11,8 @@ from llmfoundry.utils.exceptions import ConfigError
 
 MESSAGE = (
     "callbacks.async_eval launches evaluation runs on the MosaicML platform, which this project "
-    "does not use; run scripts/eval/eval.py on the checkpoints the run saves, or evaluate during "
-    "training with eval_interval"
+    "does not use; remove it, and run scripts/eval/eval.py on the checkpoints the run saves or "
+    "evaluate during training with eval_interval"
 )
 RUN_CONFIG = {"save_folder": "/ck", "save_interval": "1000ba", "train_loader": {"name": "text"}}
 
