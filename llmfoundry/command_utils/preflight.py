@@ -59,7 +59,7 @@ from llmfoundry.utils.config_components import (
 )
 from llmfoundry.utils.config_utils import EvalConfig, TrainConfig
 from llmfoundry.utils.exceptions import ConfigError
-from llmfoundry.utils.file_utils import check_not_a_file
+from llmfoundry.utils.file_utils import check_output_folder
 from llmfoundry.utils.run_configs import path_anchors
 
 __all__ = [
@@ -329,14 +329,6 @@ def _check_compile_config(section: Mapping[str, Any] | None) -> None:
             )
 
 
-def _check_output_folder(value: str | None, key: str) -> None:
-    """A local ``save_folder`` / ``results_folder`` (up to its first ``{placeholder}``) must
-    not stand where a file does: the run would fail at its first save, or after evaluating."""
-    fixed = (value or "").split("{", 1)[0].rstrip("/")
-    if fixed:
-        check_not_a_file(fixed, key)
-
-
 def check_train_config(cfg: TrainConfig) -> None:
     """Check every section of a training config, before anything is built or written.
 
@@ -356,7 +348,6 @@ def check_train_config(cfg: TrainConfig) -> None:
     check_profiler_section(cfg.profiler)
     check_icl_tasks(cfg.icl_tasks or cfg.icl_tasks_str, path_anchors(cfg), cfg.allow_code_eval)
     gauntlet_config(cfg)
-    _check_output_folder(cfg.save_folder, "save_folder")
 
 
 def check_eval_sections(cfg: EvalConfig) -> None:
@@ -370,4 +361,5 @@ def check_eval_sections(cfg: EvalConfig) -> None:
     check_parallelism(cfg.fsdp_config)
     check_icl_tasks(cfg.icl_tasks or cfg.icl_tasks_str, path_anchors(cfg), cfg.allow_code_eval)
     gauntlet_config(cfg)
-    _check_output_folder(cfg.results_folder, "results_folder")
+    if cfg.results_folder is not None:  # else the results are written after every model ran
+        check_output_folder(cfg.results_folder, "results_folder")

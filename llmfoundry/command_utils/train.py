@@ -57,6 +57,7 @@ from llmfoundry.utils.config_transforms import batch_size_info
 from llmfoundry.utils.config_utils import TrainConfig, config_from_mapping, load_config
 from llmfoundry.utils.cpu_malloc import tune_cpu_malloc
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
+from llmfoundry.utils.file_utils import check_output_folder
 from llmfoundry.utils.object_store import is_remote
 
 logger = logging.getLogger(__name__)
@@ -151,18 +152,8 @@ def check_run_options(cfg: TrainConfig) -> None:
         raise MissingFileError(
             f"load_path '{cfg.load_path}' does not exist; give a checkpoint file or folder"
         )
-    if cfg.save_folder is not None and not is_remote(cfg.save_folder):
-        # Placeholders ({run_name}, {rank}) are filled in later; check the part before them.
-        # Nothing is created here: a run that fails before training leaves no folder behind.
-        fixed = Path(cfg.save_folder.split("{", 1)[0] or ".").absolute()
-        existing = next(p for p in (fixed, *fixed.parents) if p.exists() or p == p.parent)
-        if not existing.is_dir():
-            raise ConfigError(
-                f"save_folder '{cfg.save_folder}' cannot be created ('{existing}' is not a "
-                "folder); choose a writable folder"
-            )
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise ConfigError(f"save_folder '{cfg.save_folder}' is not writable")
+    if cfg.save_folder is not None:
+        check_output_folder(cfg.save_folder, "save_folder")
 
 
 def build_profiler(section: Mapping[str, Any] | None) -> Profiler | None:

@@ -29,7 +29,7 @@ from llmfoundry.data.mds_writer import MiniMDSWriter, supports, zstd_level
 from llmfoundry.data.token_batches import SampleCutter, TokenIds, batch_encoder, batch_texts
 from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, did_you_mean
-from llmfoundry.utils.file_utils import check_not_a_file, format_size
+from llmfoundry.utils.file_utils import check_output_folder, format_size
 
 logger = logging.getLogger(__name__)
 
@@ -349,7 +349,7 @@ def folder_size(folder: str) -> int:
 
 
 def check_output_empty(out: str, flag: str = "--out_root") -> None:
-    """Refuse to write into a folder that already has files, or where a file is.
+    """Refuse to write into a folder that already has files, or that cannot be made.
 
     Args:
         out: the output folder.
@@ -358,7 +358,7 @@ def check_output_empty(out: str, flag: str = "--out_root") -> None:
     Raises:
         ConfigError: naming the folder.
     """
-    check_not_a_file(out, flag)
+    check_output_folder(out, flag)
     folder = Path(out)
     if folder.is_dir() and any(folder.iterdir()):
         raise ConfigError(f"output folder '{out}' is not empty; delete it or choose another {flag}")

@@ -36,21 +36,25 @@ def format_size(num_bytes: int) -> str:
     return f"{size:,.1f} TB"
 
 
-def check_not_a_file(out: str, flag: str = "--out_root") -> None:
-    """Refuse a local output folder where a file stands: at ``out`` or at a parent of it (the
-    ``--out_root`` of a per-split output). A remote URI is left to its store.
+def check_output_folder(out: str, key: str) -> None:
+    """Refuse a local output folder that cannot be made: one where a file stands (at ``out`` or
+    at a parent of it) or under a folder this process cannot write to. The part from the first
+    ``{placeholder}`` on (``{run_name}``) is left out; a remote URI is left to its store.
+    Nothing is created.
 
     Raises:
-        ConfigError: naming the file and ``flag``.
+        ConfigError: naming ``key`` (``save_folder``, ``--out_root``) and the folder.
     """
     if "://" in out:
         return
-    for path in (Path(out), *Path(out).parents):
-        if path.exists():
-            if not path.is_dir():
-                where = "" if path == Path(out) else f" (its parent '{path}')"
-                raise ConfigError(f"output folder '{out}'{where} is a file; choose another {flag}")
-            return
+    fixed = Path(out.split("{", 1)[0] or ".").absolute()
+    existing = next(p for p in (fixed, *fixed.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise ConfigError(
+            f"{key} '{out}' cannot be created ('{existing}' is a file); choose another folder"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} '{out}' is not writable; choose a folder you can write to")
 
 
 def check_replaceable_output(target: str | Path, flag: str, markers: tuple[str, ...]) -> None:

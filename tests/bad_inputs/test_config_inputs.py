@@ -354,11 +354,6 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ("icl_tasks[0].generation_kwargs.num_return_sequences cannot be set",),
     ),
     (
-        "save-folder-file",  # before: found at the first checkpoint, after training to it
-        ["save_folder=run.yaml/{run_name}"],  # the run's YAML, in the working directory
-        ("output folder 'run.yaml' is a file; choose another save_folder",),
-    ),
-    (
         "gauntlet-key",  # before: found after the model was built, when the callback was
         [ONE_TASK, f"eval_gauntlet={{weightng: EQUAL, categories: [{GAUNTLET % 0.25}]}}"],
         ("eval_gauntlet.weightng is not a valid key; did you mean 'weighting'",),
@@ -541,8 +536,8 @@ EVAL_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("eval-entry-key", ["models.0.tokenzer={}"], ("models[0].tokenzer", "did you mean")),
     (
         "eval-results-file",  # before: found after every model was evaluated
-        ["results_folder=run.yaml"],
-        ("output folder 'run.yaml' is a file; choose another results_folder",),
+        ["results_folder=run.yaml"],  # the run's YAML, in the working directory
+        ("results_folder 'run.yaml' cannot be created (", "run.yaml' is a file)"),
     ),
     (
         "eval-gauntlet-range",  # before: found after the first model was built

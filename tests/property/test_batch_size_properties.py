@@ -10,6 +10,7 @@ multiply back to it. Time strings such as ``'100ba'`` or ``'0.1dur'`` (``max_dur
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 from unittest import mock
 
@@ -135,11 +136,13 @@ INTEGER_UNITS = ["ep", "ba", "sp", "tok", "iter"]
 
 
 def scheduler_with(key: str, text: str) -> InverseSquareRootWithWarmupScheduler:
-    """The inverse-square-root schedule with ``key`` set to ``text`` (the others valid)."""
-    times = {"t_warmup": "0ba", "t_cooldown": "0ba", "t_max": "1dur", key: text}
+    """The inverse-square-root schedule with ``key`` set to ``text`` (the others valid, in
+    ``text``'s unit: the schedule's times must share one)."""
+    unit = next((u for u in INTEGER_UNITS if re.fullmatch(rf"[0-9.]+{u}", text)), "ba")
+    times = {"t_warmup": f"0{unit}", "t_cooldown": f"0{unit}", "t_max": "1dur", key: text}
     return InverseSquareRootWithWarmupScheduler(
         t_warmup=times["t_warmup"],
-        t_scale="1ba",
+        t_scale=f"1{unit}",
         t_cooldown=times["t_cooldown"],
         t_max=times["t_max"],
     )
@@ -178,7 +181,7 @@ malformed_times = st.one_of(
 @FAST
 @given(text=malformed_times, key=st.sampled_from(["t_warmup", "t_cooldown"]))
 def test_a_malformed_time_string_names_the_key_in_one_line(text: str, key: str) -> None:
-    with pytest.raises(ValueError) as raises:
+    with pytest.raises(ConfigError) as raises:
         scheduler_with(key, text)
     one_line_error_naming(key, raises)
 
@@ -186,6 +189,6 @@ def test_a_malformed_time_string_names_the_key_in_one_line(text: str, key: str) 
 @FAST
 @given(value=st.integers(0, 99), unit=st.sampled_from(INTEGER_UNITS))
 def test_a_fraction_of_an_integer_unit_names_the_key(value: int, unit: str) -> None:
-    with pytest.raises(ValueError) as raises:
+    with pytest.raises(ConfigError) as raises:
         scheduler_with("t_warmup", f"{value}.5{unit}")
     one_line_error_naming("t_warmup", raises)

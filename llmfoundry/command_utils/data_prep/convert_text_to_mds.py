@@ -43,7 +43,7 @@ from llmfoundry.command_utils.data_prep.workers import usable_cpus
 from llmfoundry.data.data import MDSWriteSummary, check_compression
 from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
-from llmfoundry.utils.file_utils import atomic_directory, check_not_a_file
+from llmfoundry.utils.file_utils import atomic_directory, check_output_folder
 from llmfoundry.utils.object_store import RemoteFolder, check_listable, is_remote
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
@@ -352,7 +352,7 @@ def previous_conversion(
             (an interrupted run, or unrelated data); the message says to pass ``--reprocess``.
     """
     if target is None:
-        check_not_a_file(output_folder, "--output_folder")
+        check_output_folder(output_folder, "--output_folder")
         marker_text, holds_files = local_marker(output_folder)
     else:
         marker_text, holds_files = remote_marker(target)
