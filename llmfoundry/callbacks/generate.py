@@ -30,6 +30,7 @@ from composer.models import HuggingFaceModel
 from composer.utils import dist
 from transformers import PreTrainedTokenizerBase
 
+from llmfoundry.interfaces.checked_by_building import CheckedByBuilding
 from llmfoundry.utils.config_checks import PositiveInt, check_arguments
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.generate_options import INPUT_KWARGS, check_generate_kwargs
@@ -60,7 +61,7 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return input_ids, attention_mask
 
 
-class Generate(ComposerGenerate):
+class Generate(CheckedByBuilding, ComposerGenerate):
     """Every ``interval`` (and at the end of training), log greedy or sampled continuations of ``prompts``.
 
     Args:
@@ -85,22 +86,6 @@ class Generate(ComposerGenerate):
         batch_size: PositiveInt | None = None,
         **kwargs: Any,
     ) -> None:
-        self.check_before_build(prompts, interval, batch_size, **kwargs)
-        super().__init__(prompts=list(prompts), interval=interval, batch_size=batch_size, **kwargs)
-
-    @staticmethod
-    def check_before_build(
-        prompts: list[str],
-        interval: str | int | Time,
-        batch_size: PositiveInt | None = None,
-        **kwargs: Any,
-    ) -> None:
-        """The constructor's checks of its arguments, which the run's config check also makes
-        before the model is built (:func:`llmfoundry.utils.config_components.check_call_kwargs`).
-
-        Raises:
-            ConfigError: as the class says.
-        """
         if (
             isinstance(prompts, str)
             or not prompts
@@ -120,6 +105,7 @@ class Generate(ComposerGenerate):
             RESERVED_GENERATE_KWARGS,
             "a callback option (prompts, interval, batch_size) or a model.generate option",
         )
+        super().__init__(prompts=list(prompts), interval=interval, batch_size=batch_size, **kwargs)
 
     def run_event(self, event: Event, state: State, logger: Logger) -> None:
         """Check the model once at fit start, then let Composer's schedule call :meth:`generate`."""

@@ -112,10 +112,11 @@ def check_call_kwargs(
     func: Any, kwargs: Mapping[str, Any], path: str, reserved: Collection[str] = ()
 ) -> None:
     """:func:`check_call_keys`, then each value against its parameter's annotation (narrowed
-    by :data:`~llmfoundry.utils.composer_ranges.COMPOSER_RANGES`), then ``func``'s own
+    by :mod:`~llmfoundry.utils.composer_ranges`), then ``func``'s own
     ``check_before_build(**kwargs)`` where it has one: a component whose constructor checks more
-    than its signature states (``generate_callback``'s ``model.generate`` keys) exposes those
-    checks so, and they run before anything is built.
+    than its signature states (``generate_callback``'s ``model.generate`` keys) has one, most
+    by subclassing :class:`~llmfoundry.interfaces.CheckedByBuilding`, so that those checks run
+    before anything is built.
 
     Raises:
         ConfigError: as :func:`check_call_keys`, or naming a value whose type does not fit
