@@ -11,6 +11,7 @@ import pytest
 import llmfoundry  # noqa: F401
 from llmfoundry import registry
 from llmfoundry.utils.builders import (
+    build_algorithms,
     build_callbacks,
     build_optimizer_from_section,
     build_scheduler_from_section,
@@ -88,6 +89,17 @@ def test_builders_pass_kwargs_through() -> None:
     assert str(sched.t_warmup) == "7ba" and sched.alpha_f == 0.1
     (monitor,) = build_callbacks({"speed_monitor": {"window_size": 3}})
     assert type(monitor).__name__ == "SpeedMonitor"
+
+
+def test_a_constructors_own_refusal_is_one_line_naming_the_entry() -> None:
+    # Composer's EMA refuses half_life and smoothing together (its default half_life is set):
+    # before, a ValueError traceback once the model was built.
+    with pytest.raises(ConfigError) as err:
+        build_algorithms({"ema": {"half_life": "10ba", "smoothing": 0.9}})
+    assert str(err.value).startswith("algorithms.ema: Only one of")
+    assert isinstance(err.value.__cause__, ValueError)
+    with pytest.raises(ConfigError, match=r"^callbacks\.speed_monitor: "):
+        build_callbacks({"speed_monitor": {"window_size": -3}})  # built without the config check
 
 
 def test_plugin_registers_through_entry_point(tmp_path: Path) -> None:

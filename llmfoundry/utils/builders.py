@@ -22,7 +22,11 @@ from transformers import PreTrainedTokenizerBase
 from llmfoundry import registry
 from llmfoundry.utils.config_components import accepted_kwargs, entry_kwargs
 from llmfoundry.utils.exceptions import ConfigError
-from llmfoundry.utils.registry_utils import check_keys, construct_from_registry
+from llmfoundry.utils.registry_utils import (
+    check_keys,
+    construct_from_registry,
+    constructor_errors_at,
+)
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
 
 if TYPE_CHECKING:  # for types only; the builders below load on first use (``__getattr__``)
@@ -84,7 +88,8 @@ def build_optimizer_from_section(
 
 def build_scheduler_from_section(section: Mapping[str, Any]) -> ComposerScheduler:
     """Build the ``scheduler:`` section."""
-    return construct_from_registry(registry.schedulers, "scheduler", section)
+    with constructor_errors_at("scheduler"):
+        return construct_from_registry(registry.schedulers, "scheduler", section)
 
 
 def _build_named_components(
@@ -103,11 +108,11 @@ def _build_named_components(
                 f"{section_name}.{name}.name is not a valid key: the key '{name}' already names "
                 "the entry"
             )
-        components.append(
-            construct_from_registry(
+        with constructor_errors_at(f"{section_name}.{name}"):
+            component = construct_from_registry(
                 reg, f"{section_name}.{name}", {"name": name, **options}, **own_name
             )
-        )
+        components.append(component)
     return components
 
 

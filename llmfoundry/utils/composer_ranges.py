@@ -13,9 +13,11 @@ here; our own components state theirs on their signatures.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from llmfoundry.utils.config_checks import (
+    PROBABILITY,
+    TIME,
     NonNegativeFloat,
     NonNegativeInt,
     PositiveFloat,
@@ -27,6 +29,10 @@ __all__ = ["COMPOSER_RANGES", "SCHEDULER_RANGES", "TimeUnitName", "range_hints"]
 
 # The units Composer's speed and runtime callbacks report in.
 TimeUnitName = Literal["seconds", "minutes", "hours", "days"]
+# A Composer time string (its annotation is a plain str); or a count.
+_TIME = Annotated[str, TIME]
+_OPTIONAL_TIME = Annotated[str | None, TIME]
+_COUNT_OR_TIME = Annotated[int | str, TIME]
 
 _CALLBACKS = "composer.callbacks."
 _LOGGERS = "composer.loggers."
@@ -55,7 +61,10 @@ COMPOSER_RANGES: dict[str, dict[str, Any]] = {
     },
     f"{_CALLBACKS}oom_observer.OOMObserver": {"max_entries": PositiveInt},
     f"{_CALLBACKS}optimizer_monitor.OptimizerMonitor": {"batch_log_interval": PositiveInt},
-    f"{_CALLBACKS}early_stopper.EarlyStopper": {"min_delta": NonNegativeFloat},
+    f"{_CALLBACKS}early_stopper.EarlyStopper": {
+        "min_delta": NonNegativeFloat,
+        "patience": _COUNT_OR_TIME,
+    },
     f"{_LOGGERS}tensorboard_logger.TensorboardLogger": {"flush_interval": PositiveInt},
     f"{_LOGGERS}mosaicml_logger.MosaicMLLogger": {"log_interval": PositiveInt},
     f"{_ALGORITHMS}layer_freezing.layer_freezing.LayerFreezing": {
@@ -73,7 +82,15 @@ COMPOSER_RANGES: dict[str, dict[str, Any]] = {
         "max_seq_length": PositiveInt,
         "step_size": PositiveInt,
     },
+    f"{_ALGORITHMS}ema.ema.EMA": {
+        "half_life": _OPTIONAL_TIME,
+        "smoothing": Annotated[float | None, PROBABILITY],
+        "ema_start": _TIME,
+    },
     f"{_ALGORITHMS}swa.swa.SWA": {
+        "swa_start": _TIME,
+        "swa_end": _TIME,
+        "update_interval": _TIME,
         "anneal_steps": PositiveInt,
         "anneal_strategy": Literal["linear", "cos"],
     },

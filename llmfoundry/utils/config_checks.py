@@ -113,7 +113,7 @@ def is_time_string(text: str) -> bool:
         return False
     try:
         return Time.from_timestring(text).value >= 0  # no Composer duration is negative
-    except ValueError:
+    except (TypeError, ValueError):  # TypeError: a fraction of a whole unit ('1.5ba')
         return False
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+import contextlib
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 from llmfoundry.registry import Registry
 from llmfoundry.utils.config_checks import unknown_key_error
 from llmfoundry.utils.config_components import check_call_keys, positional_names
-from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.exceptions import ConfigError, UserError, first_line
 
 
 def check_keys(keys: Iterable[Any], allowed: Collection[str], section: str) -> None:
@@ -61,3 +62,20 @@ def construct_from_registry(
     filled = positional_names(func, len(args)) | set(extra) | (reserved or set())
     check_call_keys(func, kwargs, key_path, reserved=filled)
     return func(*args, **kwargs, **extra)
+
+
+@contextlib.contextmanager
+def constructor_errors_at(key_path: str) -> Iterator[None]:
+    """Turn a ``TypeError``/``ValueError`` a light constructor raises (a Composer callback or
+    scheduler refusing its arguments: ``ema``'s half_life together with smoothing) into a
+    one-line :class:`ConfigError` naming ``key_path``; the original stays as its cause.
+
+    Only for components whose constructors just store and check their arguments: in a model's
+    build such an error is more likely a bug, and keeps its traceback.
+    """
+    try:
+        yield
+    except UserError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{key_path}: {first_line(err)}") from err

@@ -141,6 +141,12 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ("max-duration", ["max_duration=10bat"], ("max_duration must be", TIME, "'10bat'")),
     ("max-duration-negative", ["max_duration=-1ba"], ("max_duration must be", TIME, "'-1ba'")),
     ("warmup-negative", ["scheduler.t_warmup=-1ba"], ("scheduler.t_warmup must be", TIME)),
+    (
+        "duration-fraction",  # before: a TypeError traceback from the check itself
+        ["max_duration=1.5ba"],
+        ("max_duration must be a non-negative int or a time string", "got str '1.5ba'"),
+    ),
+    ("interval-fraction", ["eval_interval=1.5ep"], ("eval_interval must be", "'1.5ep'")),
     ("eval-interval", ["eval_interval=x"], ("eval_interval must be", TIME)),
     ("save-interval", ["save_interval=often"], ("save_interval must be", TIME)),
     ("console-interval", ["console_log_interval=1bx"], ("console_log_interval must be", TIME)),
@@ -426,6 +432,11 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         "composer-algorithm-range",  # before: a ZeroDivisionError in the first batch
         ["algorithms={sam: {interval: 0}}"],
         ("algorithms.sam.interval must be a positive int, got int 0",),
+    ),
+    (
+        "composer-time",  # Composer annotates it as a plain str
+        ["algorithms={ema: {half_life: 10bax}}"],
+        ("algorithms.ema.half_life must be a time string", "got str '10bax'"),
     ),
     (
         "composer-logger-range",
