@@ -51,7 +51,7 @@ from llmfoundry.models.mpt import MPTForCausalLM
 from llmfoundry.utils.config_checks import NonNegativeFloat, check_arguments
 from llmfoundry.utils.constants import PrecisionName
 from llmfoundry.utils.exceptions import ConfigError
-from llmfoundry.utils.file_utils import atomic_directory
+from llmfoundry.utils.file_utils import atomic_directory, check_output_folder
 from llmfoundry.utils.object_store import RemoteFolder, is_remote
 
 log = logging.getLogger(__name__)
@@ -215,6 +215,7 @@ class HuggingFaceCheckpointer(CheckedByBuilding, Callback):
     ) -> None:
         self.dtype = dtype_of_precision(precision, f"{KEY}.precision")
         self.save_interval = parse_save_interval(save_interval)
+        check_output_folder(save_folder, f"{KEY}.save_folder")
         self.save_folder = save_folder
         self.huggingface_folder_name = huggingface_folder_name
         self.overwrite = overwrite

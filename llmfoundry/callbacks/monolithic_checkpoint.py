@@ -38,7 +38,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from llmfoundry.utils.config_checks import PositiveInt, check_arguments
 from llmfoundry.utils.exceptions import ConfigError
-from llmfoundry.utils.file_utils import atomic_file
+from llmfoundry.utils.file_utils import atomic_file, check_output_folder
 from llmfoundry.utils.object_store import RemoteFolder, check_listable, is_remote
 
 __all__ = ["MonolithicCheckpointSaver"]
@@ -71,6 +71,7 @@ class MonolithicCheckpointSaver(Callback):
         keep_optimizers: bool = False,
     ) -> None:
         check_arguments(MonolithicCheckpointSaver, f"{KEY}.", batch_interval=batch_interval)
+        self.check_before_build(save_folder)
         if is_remote(save_folder):
             check_listable(save_folder, f"{KEY}.save_folder")
         self.save_folder = save_folder
@@ -79,6 +80,17 @@ class MonolithicCheckpointSaver(Callback):
         self.overwrite = overwrite
         self.keep_optimizers = keep_optimizers
         self.saved: list[str] = []  # where each checkpoint went (path or URI), in order
+
+    @staticmethod
+    def check_before_build(save_folder: str, **kwargs: Any) -> None:
+        """The config check's call: a local ``save_folder`` must be one that can be made (a
+        remote one is listed when the callback is built).
+
+        Raises:
+            ConfigError: naming ``callbacks.mono_checkpoint_saver.save_folder``.
+        """
+        del kwargs
+        check_output_folder(save_folder, f"{KEY}.save_folder")
 
     def batch_checkpoint(self, state: State, logger: Logger) -> None:
         del logger

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal, get_args
 
 from composer.core import State
 from composer.loggers import FileLogger as ComposerFileLogger
 from composer.loggers import Logger
 
+from llmfoundry.interfaces.checked_by_building import CheckedByBuilding
 from llmfoundry.utils.config_checks import PositiveInt, check_arguments
+from llmfoundry.utils.file_utils import check_output_folder
 
 LogLevel = Literal["batch", "epoch", "fit"]
 LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 
 
-class FileLogger(ComposerFileLogger):
+class FileLogger(CheckedByBuilding, ComposerFileLogger):
     """Write metrics (and, by default, the process's stdout/stderr) to a text file.
 
     Metric lines read ``[metric][batch=<step>]: <name>: <value>``. Composer 0.32 dropped the
@@ -55,6 +58,7 @@ class FileLogger(ComposerFileLogger):
         check_arguments(
             FileLogger, "loggers.file.", log_level=log_level, flush_interval=flush_interval
         )
+        check_output_folder(str(Path(filename).parent), "loggers.file.filename's folder")
         super().__init__(
             filename,
             remote_file_name,

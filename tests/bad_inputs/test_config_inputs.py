@@ -413,6 +413,21 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ],
         ("callbacks.hf_checkpointer.mlflow_logging_config.metadata must be a mapping",),
     ),
+    (  # an output folder a callback or logger writes to, checked before the model is built
+        "callback-folder",
+        ["callbacks.hf_checkpointer={save_folder: 'run.yaml/{run_name}', save_interval: 1ba}"],
+        ("callbacks.hf_checkpointer.save_folder 'run.yaml/{run_name}' cannot be created",),
+    ),
+    (
+        "mono-folder",
+        ["callbacks.mono_checkpoint_saver={save_folder: run.yaml, batch_interval: 1}"],
+        ("callbacks.mono_checkpoint_saver.save_folder 'run.yaml' cannot be created",),
+    ),
+    (
+        "logger-folder",
+        ["loggers.file.filename=run.yaml/log.txt"],
+        ("loggers.file.filename's folder 'run.yaml' cannot be created",),
+    ),
     (
         "async-eval",  # refused whatever its keys, before the model is built
         ["callbacks.async_eval={interval: 1ba}"],
