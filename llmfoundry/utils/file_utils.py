@@ -87,13 +87,30 @@ def _default_mode() -> int:
     return 0o777 & ~mask
 
 
+def _make_parents(target: Path) -> list[Path]:
+    """Create ``target``'s missing parent folders; return them, deepest first."""
+    missing = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed write created, deepest first, while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another output landed there), or already gone
+            return
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
     """Yield a staging folder that replaces ``target`` only when the block finishes without error.
 
     The staging folder sits next to ``target`` (same filesystem, so the final rename is atomic)
-    and gets a new folder's usual permissions; on error it is removed and ``target`` is left as
-    it was. Staging folders a killed run left for the same ``target`` are removed first.
+    and gets a new folder's usual permissions; on error it is removed, so are the parent folders
+    this call created while they are empty, and ``target`` is left as it was. Staging folders a
+    killed run left for the same ``target`` are removed first.
 
     Raises:
         NotADirectoryError: if ``target`` is a file (a folder never replaces one).
@@ -101,7 +118,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"'{target}' is a file; an output folder cannot replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_parents(target)
     for stale in target.parent.glob(f".{target.name}.partial-*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
@@ -110,6 +127,7 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_if_empty(created)
         raise
     if target.exists():
         old = target.with_name(f".{target.name}.old")
@@ -126,11 +144,12 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to ``target`` that is renamed onto it when the block succeeds.
 
     Whatever the block writes there (text, a CSV, a saved figure) appears at ``target`` whole or
-    not at all; on error the temporary file is removed and ``target`` is left as it was.
-    Temporary files a killed run left for the same ``target`` are removed first.
+    not at all; on error the temporary file is removed, so are the parent folders this call
+    created while they are empty, and ``target`` is left as it was. Temporary files a killed run
+    left for the same ``target`` are removed first.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    created = _make_parents(target)
     for stale in target.parent.glob(f".{target.stem}.partial-*{target.suffix}"):
         stale.unlink(missing_ok=True)
     handle, name = tempfile.mkstemp(
@@ -142,6 +161,7 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
         yield staging
     except BaseException:
         staging.unlink(missing_ok=True)
+        _remove_if_empty(created)
         raise
     os.replace(staging, target)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from llmfoundry.utils.file_utils import (
     HF_FOLDER_MARKERS,
     JSONLineError,
     atomic_directory,
+    atomic_file,
     check_replaceable_output,
     format_size,
     json_object_of_line,
@@ -56,6 +59,20 @@ def test_an_atomic_folder_never_replaces_a_file(tmp_path: Path) -> None:
         (staging / "index.json").write_text("{}")
     assert (tmp_path / "data.jsonl").read_text() == "rows"
     assert [p.name for p in tmp_path.iterdir()] == ["data.jsonl"]
+
+
+@pytest.mark.parametrize("atomic", [atomic_directory, atomic_file])
+def test_a_failed_write_leaves_no_folder_it_created(
+    atomic: Callable[[Path], AbstractContextManager[Path]], tmp_path: Path
+) -> None:
+    # Before: a converter that failed on its first row left an empty --out_root behind.
+    with pytest.raises(RuntimeError), atomic(tmp_path / "out" / "deep" / "train"):
+        raise RuntimeError("a bad row")
+    assert list(tmp_path.iterdir()) == []  # out/ and out/deep/ are gone again
+    (tmp_path / "kept").mkdir()  # a folder that was there before stays
+    with pytest.raises(RuntimeError), atomic(tmp_path / "kept" / "train"):
+        raise RuntimeError("a bad row")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"]
 
 
 def test_the_folder_appears_with_the_umasks_permissions_and_stale_staging_goes(
