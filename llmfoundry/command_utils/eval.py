@@ -30,6 +30,7 @@ from composer.utils import dist, get_device, reproducibility
 from peft import PeftModel
 from transformers import PreTrainedModel
 
+from llmfoundry.callbacks.eval_gauntlet_config import GauntletConfig
 from llmfoundry.command_utils.eval_results import (
     EvalResults,
     EvalThroughput,
@@ -294,12 +295,13 @@ def load_hf_weights(model: ComposerModel, folder: str, where: str) -> None:
 
 @dataclasses.dataclass
 class RunSetup:
-    """What every model of an eval run shares: device, precision, run name, gauntlet categories."""
+    """What every model of an eval run shares: device, precision, run name, the gauntlet (read
+    once)."""
 
     device: Device
     precision: str
     run_name: str | None
-    categories: dict[str, str]
+    gauntlet: GauntletConfig | None
 
 
 def evaluate_model(
@@ -322,7 +324,7 @@ def evaluate_model(
         check_load_path(checkpoint, model, f"{entry.where}.load_path", strict=not has_adapter)
     logger.info("%s: evaluating %s", entry.where, entry.model_name)
     evaluators = build_run_evaluators(cfg, tokenizer, model, cfg.device_eval_batch_size)
-    gauntlet = build_gauntlet(cfg)
+    gauntlet = build_gauntlet(run.gauntlet)
     throughput = EvalThroughput()
     memory = InMemoryLogger()
     with trainer_env_without_cpu_probe():
@@ -359,7 +361,7 @@ def evaluate_model(
         entry.model_name,
         trainer,
         memory,
-        run.categories,
+        gauntlet_categories(run.gauntlet),
     )
     scores = dict(gauntlet[0].last_scores) if gauntlet else {}
     name = trainer.state.run_name
@@ -397,7 +399,7 @@ def evaluate(
         device=device,
         precision=runtime_precision(cfg.precision, device),
         run_name=run_name_of(cfg.run_name),
-        categories=gauntlet_categories(gauntlet_config(cfg)),
+        gauntlet=gauntlet_config(cfg),
     )
     dist.initialize_dist(device, timeout=cfg.dist_timeout)
     models: list[ModelResults] = []

@@ -160,7 +160,8 @@ def build_icl_data_and_gauntlet(
 
 def gauntlet_config(cfg: TrainConfig | EvalConfig) -> GauntletConfig | None:
     """The run's ``eval_gauntlet`` (a section or a YAML path), read and checked; None without one.
-    The config check calls this before anything is built, and :func:`build_gauntlet` again.
+    The config check calls this before anything is built, and the command again to build the
+    callback (:func:`build_gauntlet`).
 
     Raises:
         ConfigError: on a gauntlet without ``icl_tasks`` to score, or a bad gauntlet config
@@ -178,11 +179,7 @@ def gauntlet_config(cfg: TrainConfig | EvalConfig) -> GauntletConfig | None:
     return load_gauntlet_config(resolve_config_file(gauntlet, path_anchors(cfg)))
 
 
-def build_gauntlet(cfg: TrainConfig | EvalConfig) -> list[EvalGauntlet]:
-    """The ``eval_gauntlet`` as a callback scoring each eval round (none without one).
-
-    Raises:
-        ConfigError, MissingFileError: as :func:`gauntlet_config`.
-    """
-    config = gauntlet_config(cfg)
+def build_gauntlet(config: GauntletConfig | None) -> list[EvalGauntlet]:
+    """The gauntlet (from :func:`gauntlet_config`) as a callback scoring each eval round; none
+    without one."""
     return [] if config is None else [EvalGauntlet.from_config(config)]

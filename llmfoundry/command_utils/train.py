@@ -23,7 +23,11 @@ from composer.utils import dist, get_device, reproducibility
 
 from llmfoundry.callbacks.graceful_stop import GracefulStop
 from llmfoundry.command_utils import resume
-from llmfoundry.command_utils.evaluators import build_gauntlet, build_run_evaluators
+from llmfoundry.command_utils.evaluators import (
+    build_gauntlet,
+    build_run_evaluators,
+    gauntlet_config,
+)
 from llmfoundry.command_utils.meta_init import sharded_model_build
 from llmfoundry.command_utils.parallelism import build_parallelism_config
 from llmfoundry.command_utils.preflight import (
@@ -263,7 +267,7 @@ def train_callbacks(
     return [
         *build_callbacks(cfg.callbacks),
         *build_callbacks_with_config(cfg.callbacks, run_config),
-        *build_gauntlet(cfg),
+        *build_gauntlet(gauntlet_config(cfg)),
         GracefulStop(),  # SIGTERM: stop at a batch boundary and save (graceful_stop)
     ]
 
