@@ -7,7 +7,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -94,6 +94,32 @@ def _make_parents(target: Path) -> list[Path]:
     return missing
 
 
+_STAGING_TRIES = 5  # concurrent failed writes that may remove a shared parent in between
+
+
+def _staging_next_to(target: Path, make: Callable[[Path], Path]) -> tuple[list[Path], Path]:
+    """Create ``target``'s missing parents, then the staging entry ``make(target.parent)``.
+
+    Returns the parent folders this call created (deepest first) and the staging path. Writers
+    in other threads share parents: one that fails removes the empty parents it created, which
+    can happen between our ``mkdir`` and ``make``; that shows as ``FileNotFoundError`` and the
+    parents are made again.
+    """
+    created: set[Path] = set()
+    for _ in range(_STAGING_TRIES - 1):
+        try:
+            created.update(_make_parents(target))
+            return _deepest_first(created), make(target.parent)
+        except FileNotFoundError:
+            continue
+    created.update(_make_parents(target))  # the last try lets the error through
+    return _deepest_first(created), make(target.parent)
+
+
+def _deepest_first(folders: set[Path]) -> list[Path]:
+    return sorted(folders, key=lambda folder: len(folder.parts), reverse=True)
+
+
 def _remove_if_empty(folders: list[Path]) -> None:
     """Remove the folders a failed write created, deepest first, while they are empty."""
     for folder in folders:
@@ -118,10 +144,11 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise NotADirectoryError(f"'{target}' is a file; an output folder cannot replace it")
-    created = _make_parents(target)
     for stale in target.parent.glob(f".{target.name}.partial-*"):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+    created, staging = _staging_next_to(
+        target, lambda parent: Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=parent))
+    )
     staging.chmod(_default_mode())
     try:
         yield staging
@@ -149,14 +176,9 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
     left for the same ``target`` are removed first.
     """
     target = Path(target)
-    created = _make_parents(target)
     for stale in target.parent.glob(f".{target.stem}.partial-*{target.suffix}"):
         stale.unlink(missing_ok=True)
-    handle, name = tempfile.mkstemp(
-        prefix=f".{target.stem}.partial-", suffix=target.suffix, dir=target.parent
-    )
-    os.close(handle)
-    staging = Path(name)
+    created, staging = _staging_next_to(target, lambda parent: _new_partial_file(parent, target))
     try:
         yield staging
     except BaseException:
@@ -164,6 +186,14 @@ def atomic_file(target: str | Path) -> Iterator[Path]:
         _remove_if_empty(created)
         raise
     os.replace(staging, target)
+
+
+def _new_partial_file(parent: Path, target: Path) -> Path:
+    handle, name = tempfile.mkstemp(
+        prefix=f".{target.stem}.partial-", suffix=target.suffix, dir=parent
+    )
+    os.close(handle)
+    return Path(name)
 
 
 def atomic_write_text(target: str | Path, text: str) -> Path:

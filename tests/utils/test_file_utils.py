@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -73,6 +74,38 @@ def test_a_failed_write_leaves_no_folder_it_created(
     with pytest.raises(RuntimeError), atomic(tmp_path / "kept" / "train"):
         raise RuntimeError("a bad row")
     assert [p.name for p in tmp_path.iterdir()] == ["kept"]
+
+
+@pytest.mark.parametrize(
+    ("atomic", "maker"), [(atomic_directory, "mkdtemp"), (atomic_file, "mkstemp")]
+)
+def test_a_parent_removed_by_a_concurrent_failed_write_is_made_again(
+    atomic: Callable[[Path], AbstractContextManager[Path]],
+    maker: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before: eval-data download threads share a category folder; one failing file removed the
+    # folder it had created just before another thread made its staging file there (CI flake).
+    real = getattr(tempfile, maker)
+    removed: list[Path] = []
+
+    def other_writer_cleans_up_first(*args: object, dir: str | Path, **kwargs: object) -> object:
+        if not removed:
+            Path(dir).rmdir()
+            removed.append(Path(dir))
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, maker, other_writer_cleans_up_first)
+    target = tmp_path / "world_knowledge" / "beta.jsonl"
+    with atomic(target) as staging:
+        if staging.is_dir():
+            (staging / "rows.jsonl").write_text("rows")
+        else:
+            staging.write_text("rows")
+    assert removed == [target.parent]
+    assert target.exists()
+    assert [p.name for p in target.parent.iterdir()] == ["beta.jsonl"]
 
 
 def test_the_folder_appears_with_the_umasks_permissions_and_stale_staging_goes(
