@@ -18,7 +18,7 @@ import contextlib
 import inspect
 import logging
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypedDict
 
@@ -105,8 +105,11 @@ def _mpt_hints() -> dict[str, Any]:
     return {k: v for k, v in hints.items() if k not in ("return", "kwargs", "layer_sources")}
 
 
-def check_model_section(section: Any, path: str = "model") -> None:
+def check_model_section(section: Any, path: str = "model") -> MPTConfig | None:
     """Check a ``model:`` section without building the model.
+
+    Returns:
+        The model's ``MPTConfig`` for an MPT model, else None.
 
     Raises:
         ConfigError: on an unknown model name, key or layer name, a value of the wrong type,
@@ -120,7 +123,7 @@ def check_model_section(section: Any, path: str = "model") -> None:
         with _model_keys_at(path):
             build_lora_config(section["peft_config"])
     if not (isinstance(entry, type) and issubclass(entry, ComposerMPTCausalLM)):
-        return
+        return None
     # The wrapper's own keywords (not the ones the builder fills or **mpt_config collects).
     own -= {"mpt_config", "tokenizer"}
     mpt_section = {k: v for k, v in section.items() if k != "name" and k not in own}
@@ -131,7 +134,27 @@ def check_model_section(section: Any, path: str = "model") -> None:
             # Unknown nested keys are MPTConfig's to report (plug-in layers take their own).
             check_fields(nested, types, f"{path}.{key}", open_keys=True)
     with _model_keys_at(path):
-        build_mpt_config(mpt_section)
+        return build_mpt_config(mpt_section)
+
+
+def check_sequence_lengths(model: MPTConfig | None, loaders: Iterable[tuple[str, Any]]) -> None:
+    """Refuse a loader whose sequences are longer than an MPT model with learned position
+    embeddings can take (it would fail in the first batch).
+
+    Raises:
+        ConfigError: naming the loader's ``dataset.max_seq_len`` and ``model.max_seq_len``.
+    """
+    if model is None or not model.learned_pos_emb:
+        return
+    for path, section in loaders:
+        dataset = section.get("dataset") if isinstance(section, Mapping) else None
+        length = dataset.get("max_seq_len") if isinstance(dataset, Mapping) else None
+        if isinstance(length, int) and length > model.max_seq_len:
+            raise ConfigError(
+                f"{path}.dataset.max_seq_len={length} is longer than model.max_seq_len="
+                f"{model.max_seq_len}, the most its learned position embeddings take; set "
+                f"model.max_seq_len to at least {length} or lower the loader's"
+            )
 
 
 @contextlib.contextmanager
@@ -335,13 +358,17 @@ def check_train_config(cfg: TrainConfig) -> None:
     Raises:
         ConfigError: naming the first bad key (full key path) and what it allows.
     """
-    check_model_section(cfg.model)
+    mpt = check_model_section(cfg.model)
     check_tokenizer_section(cfg.tokenizer)
     check_component(registry.optimizers, "optimizer", cfg.optimizer, reserved={"params"})
     check_component(registry.schedulers, "scheduler", cfg.scheduler)
-    check_loader_section("train_loader", cfg.train_loader)
-    for _, path, section in eval_loader_sections(cfg.eval_loader, cfg.eval_loaders):
+    loaders = [("train_loader", cfg.train_loader)] + [
+        (path, section)
+        for _, path, section in eval_loader_sections(cfg.eval_loader, cfg.eval_loaders)
+    ]
+    for path, section in loaders:
         check_loader_section(path, section)
+    check_sequence_lengths(mpt, loaders)
     check_named_sections(cfg.callbacks, cfg.loggers, cfg.algorithms)
     check_parallelism(cfg.fsdp_config, cfg.tp_config)
     _check_compile_config(cfg.compile_config)

@@ -459,9 +459,10 @@ def unknown_key_message(
     path: str, key: str, allowed: Collection[str], owner: str | None = None
 ) -> str:
     """The one line for a key a section does not take (``owner``: whose keys they are)."""
+    valid = f"valid: {', '.join(sorted(allowed))}" if allowed else "it takes no keys; use {}"
     return (
         f"{path}.{key} is not a valid key{f' for {owner}' if owner else ''}"
-        f"{did_you_mean(key, allowed)} (valid: {', '.join(sorted(allowed))})"
+        f"{did_you_mean(key, allowed)} ({valid})"
     )
 
 

@@ -34,6 +34,20 @@ __all__ = [
 ]
 
 
+# Composer's Callback and Algorithm base classes take and drop any argument (a stub signature
+# for type checkers), so a subclass without its own ``__init__`` (``nan_monitor``) takes none.
+_DISCARDING_INITS = frozenset(
+    {"composer.core.callback.Callback.__init__", "composer.core.algorithm.Algorithm.__init__"}
+)
+
+
+def _discards_arguments(func: Any) -> bool:
+    init = func.__init__ if isinstance(func, type) else None
+    return f"{getattr(init, '__module__', '')}.{getattr(init, '__qualname__', '')}" in (
+        _DISCARDING_INITS
+    )
+
+
 def keyword_parameters(
     func: Any, reserved: Collection[str] = ()
 ) -> tuple[dict[str, inspect.Parameter], bool] | None:
@@ -47,6 +61,8 @@ def keyword_parameters(
         The keyword-passable parameters by name and whether ``func`` takes any keyword, or
         None when ``func`` has no readable signature (some builtins).
     """
+    if _discards_arguments(func):
+        return {}, False
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError):

@@ -214,7 +214,27 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ("model.ffn_config.ffn_hidden_size",),
     ),
     ("ffn-act", ["model.ffn_config.ffn_act_fn=swishy"], ("model.ffn_config.ffn_act_fn='swishy'",)),
+    (
+        "ffn-act-option",
+        ["model.ffn_config.ffn_act_fn={name: gelu, approximate: sideways}"],
+        ("model.ffn_config.ffn_act_fn=", "'sideways'", "does not run"),
+    ),
     ("init-name", ["model.init_config.name=foo_init_"], ("model.init_config.name='foo_init_'",)),
+    (
+        "init-fan-mode",
+        ["model.init_config.fan_mode=fan_inn"],
+        ("model.init_config.fan_mode='fan_inn'", "fan_in, fan_out"),
+    ),
+    (
+        "seq-len-over-learned-positions",
+        ["model.max_seq_len=16"],
+        ("train_loader.dataset.max_seq_len=64 is longer than model.max_seq_len=16",),
+    ),
+    (
+        "callback-takes-no-keys",
+        ["callbacks.nan_monitor={bad: 1}"],
+        ("callbacks.nan_monitor.bad is not a valid key", "takes no keys"),
+    ),
     (
         "init-type",
         ["model.init_config.init_std=abc"],

@@ -37,7 +37,26 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
         {"ffn_config": {"ffn_type": "te_ln_mlp"}},
         r"ffn_config\.ffn_type needs NVIDIA TransformerEngine.*'te' extra",
     ),
-    "bad_activation": ({"ffn_config": {"ffn_act_fn": {"name": "tanh"}}}, r"ffn_config\.ffn_act_fn"),
+    "bad_activation": (
+        {"ffn_config": {"ffn_act_fn": {"name": "tanhh"}}},
+        r"ffn_config\.ffn_act_fn\.name='tanhh' is not .*did you mean 'tanh'",
+    ),
+    "bad_activation_option": (
+        {"ffn_config": {"ffn_act_fn": {"name": "gelu", "approximate": "sideways"}}},
+        r"ffn_config\.ffn_act_fn=.*'sideways'.* does not run \(approximate argument",
+    ),
+    "bad_activation_keyword": (
+        {"ffn_config": {"ffn_act_fn": {"name": "leaky_relu", "slope": 0.1}}},
+        r"ffn_config\.ffn_act_fn=.*does not run \(.*'slope'",
+    ),
+    "bad_fan_mode": (
+        {"init_config": {"fan_mode": "fan_inn"}},
+        r"init_config\.fan_mode='fan_inn' is not supported; choose one of fan_in, fan_out",
+    ),
+    "bad_kaiming_nonlinearity": (
+        {"init_config": {"name": "kaiming_uniform_", "init_nonlinearity": "gelu"}},
+        r"init_config\.init_nonlinearity='gelu' is not supported; choose one of linear",
+    ),
     "bad_init_name": ({"init_config": {"name": "orthogonal_"}}, r"init_config\.name"),
     "baseline_without_std": ({"init_config": {"name": "baseline_"}}, r"init_config\.init_std"),
     "bad_logit_scale": ({"logit_scale": "sqrt"}, r"model\.logit_scale='sqrt'"),

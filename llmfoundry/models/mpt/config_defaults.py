@@ -109,8 +109,24 @@ FFN_TYPES = (
     *BUILTIN_NAMES["ffns_with_norm"],
     *BUILTIN_NAMES["ffns_with_megablocks"],
 )
-FFN_ACT_FNS = ("gelu", "relu", "silu")
 INIT_NAMES = BUILTIN_NAMES["param_init_fns"]
+# What torch's kaiming_uniform_ / kaiming_normal_ take as ``mode`` and ``nonlinearity`` (the
+# names torch.nn.init.calculate_gain knows).
+FAN_MODES = ("fan_in", "fan_out")
+GAINS = (
+    "linear",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "sigmoid",
+    "tanh",
+    "relu",
+    "leaky_relu",
+    "selu",
+)
 INIT_DEVICES = ("cpu", "meta", "mixed")  # = utils.constants.INIT_DEVICES (this file is exported)
 FC_TYPES = BUILTIN_NAMES["fcs"]
 ROPE_HF_TYPES = ("no_scaling", "linear", "dynamic")

@@ -17,13 +17,15 @@ from transformers import PretrainedConfig
 # transformers 4.x copies into its module cache only the files that a remote-code module
 # imports directly, not the files those import: every sibling module this file needs is
 # imported here by name (the ``noqa: F401`` ones are there for that alone).
+from .activations import check_activation
 from .block_overrides import layer_attn_configs
 from .config_defaults import (
     ATTN_CONFIG_DEFAULTS,
     ATTN_IMPLS,
-    FFN_ACT_FNS,
+    FAN_MODES,
     FFN_CONFIG_DEFAULTS,
     FLEX_IMPLS,
+    GAINS,
     INIT_CONFIG_DEFAULTS,
     INIT_DEVICES,
     LEGACY_INERT_KEYS,
@@ -286,15 +288,13 @@ class MPTConfig(PretrainedConfig):
         checks: list[tuple[str, Any, tuple[Any, ...]]] = [
             ("init_device", self.init_device, INIT_DEVICES)
         ]
-        act = self.ffn_config.get("ffn_act_fn")
-        if act is not None:
-            checks.append(
-                (
-                    "ffn_config.ffn_act_fn",
-                    act.get("name") if isinstance(act, dict) else act,
-                    FFN_ACT_FNS,
-                )
-            )
+        if str(self.init_config["name"]).startswith("kaiming_"):  # torch's kaiming_*_ read these
+            checks += [
+                ("init_config.fan_mode", self.init_config["fan_mode"], FAN_MODES),
+                ("init_config.init_nonlinearity", self.init_config["init_nonlinearity"], GAINS),
+            ]
+        if self.ffn_config.get("ffn_act_fn") is not None:
+            check_activation(self.ffn_config["ffn_act_fn"])
         for key, value, allowed in checks:
             if value not in allowed:
                 raise MPTConfigError(

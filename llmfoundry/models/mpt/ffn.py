@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .activations import DEFAULT_ACT, build_activation
 from .config_layers import find_layer
 from .configuration_mpt import MPTConfig
 from .fc import build_linear, mark_residual, transformer_engine
@@ -22,21 +23,8 @@ from .moe import MoEFFN
 from .moe_megablocks import announce_fallback, build_megablocks_moe, megablocks_usable
 from .moe_options import moe_options
 
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
-_DEFAULT_ACT: dict[str, Any] = {"name": "gelu", "approximate": "none"}
 # MegaBlocks' default expert activation (mb_moe / mb_dmoe without ffn_act_fn).
 _MOE_DEFAULT_ACT: dict[str, Any] = {"name": "gelu", "approximate": "tanh"}
-
-
-def build_activation(spec: str | dict[str, Any] | None) -> nn.Module:
-    """Build the FFN activation from ``ffn_config.ffn_act_fn`` (``{name: gelu, approximate: tanh}``)."""
-    if spec is None:
-        spec = _DEFAULT_ACT
-    if isinstance(spec, str):
-        spec = {"name": spec}
-    kwargs = dict(spec)
-    name = kwargs.pop("name")
-    return _ACTIVATIONS[name](**kwargs)
 
 
 def _hidden_size(d_model: int, expansion_ratio: float, ffn_hidden_size: int | None) -> int:
@@ -130,7 +118,7 @@ def _moe_builder(ffn_type: str) -> Callable[..., nn.Module]:
     afterwards (``llmfoundry.models.moe_parallel``).
     """
     megablocks = ffn_type != "torch_dmoe"
-    default_act = _MOE_DEFAULT_ACT if megablocks else _DEFAULT_ACT
+    default_act = _MOE_DEFAULT_ACT if megablocks else DEFAULT_ACT
 
     def build(
         d_model: int,

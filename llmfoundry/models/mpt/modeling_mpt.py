@@ -20,6 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 # transformers 4.x copies into its module cache only the files that a remote-code module
 # imports directly, not the files those import: every sibling module this file needs is
 # imported here by name (the ``noqa: F401`` ones are there for that alone).
+from .activations import build_activation  # noqa: F401
 from .attention import GroupedQueryAttention
 from .attention_impls import AttentionInputs  # noqa: F401
 from .block_overrides import layer_attn_configs  # noqa: F401
