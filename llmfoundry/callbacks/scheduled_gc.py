@@ -29,18 +29,29 @@ class ScheduledGarbageCollector(Callback):
 
     Args:
         batch_interval: batches between collections.
+        gen_1_batch_interval: batches between extra collections of the two youngest generations
+            only (``gc.collect(1)``, cheaper than a full one), on the same schedule; None: none.
         eval_keep_disabled: keep automatic collection off during evaluation too (by default it
             is switched back on while evaluating).
 
     Raises:
-        ConfigError: on a ``batch_interval`` below 1.
+        ConfigError: on an interval below 1.
     """
 
-    def __init__(self, batch_interval: PositiveInt, eval_keep_disabled: bool = False) -> None:
+    def __init__(
+        self,
+        batch_interval: PositiveInt,
+        gen_1_batch_interval: PositiveInt | None = None,
+        eval_keep_disabled: bool = False,
+    ) -> None:
         check_arguments(
-            ScheduledGarbageCollector, "callbacks.scheduled_gc.", batch_interval=batch_interval
+            ScheduledGarbageCollector,
+            "callbacks.scheduled_gc.",
+            batch_interval=batch_interval,
+            gen_1_batch_interval=gen_1_batch_interval,
         )
         self.batch_interval = batch_interval
+        self.gen_1_batch_interval = gen_1_batch_interval
         self.eval_keep_disabled = eval_keep_disabled
         self._was_enabled: bool | None = None
 
@@ -52,7 +63,10 @@ class ScheduledGarbageCollector(Callback):
 
     def before_dataloader(self, state: State, logger: Logger) -> None:
         del logger
-        if int(state.timestamp.batch) % self.batch_interval == 0:
+        batch = int(state.timestamp.batch)
+        if self.gen_1_batch_interval is not None and batch % self.gen_1_batch_interval == 0:
+            gc.collect(1)
+        if batch % self.batch_interval == 0:
             collect_garbage()
 
     def eval_start(self, state: State, logger: Logger) -> None:

@@ -71,3 +71,37 @@ def test_batch_interval_must_be_positive() -> None:
         ConfigError, match="callbacks.scheduled_gc.batch_interval must be a positive int, got int 0"
     ):
         scheduled_gc.ScheduledGarbageCollector(0)
+
+
+def test_gen_1_interval_adds_young_generation_collections(monkeypatch: pytest.MonkeyPatch) -> None:
+    # LLM Foundry's gen_1_batch_interval: gc.collect(1) on its own schedule, before the full one.
+    calls: list[str] = []
+    trainer_ref: list[Any] = []
+
+    def at_batch(kind: str) -> None:
+        calls.append(f"{kind}@ba{int(trainer_ref[0].state.timestamp.batch)}")
+
+    monkeypatch.setattr(scheduled_gc, "collect_garbage", lambda: at_batch("full"))
+
+    def collect(generation: int = 2) -> int:
+        if generation == 1:  # other callers' full collections are not this callback's
+            at_batch("gen1")
+        return 0
+
+    monkeypatch.setattr(scheduled_gc.gc, "collect", collect)
+    callback = registry.callbacks.get("scheduled_gc")(batch_interval=4, gen_1_batch_interval=2)
+    trainer = scripted_trainer(ScriptedLossModel(), [callback], max_duration="5ba")
+    trainer_ref.append(trainer)
+    trainer.fit()
+    trainer.close()
+    assert calls == [
+        "full@ba0",  # fit start
+        "gen1@ba0",
+        "full@ba0",
+        "gen1@ba2",
+        "gen1@ba4",
+        "full@ba4",
+        "full@ba5",  # fit end
+    ]
+    with pytest.raises(ConfigError, match="gen_1_batch_interval must be a positive int"):
+        scheduled_gc.ScheduledGarbageCollector(3, gen_1_batch_interval=0)
