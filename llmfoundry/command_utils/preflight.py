@@ -62,6 +62,8 @@ from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.file_utils import check_output_folder
 from llmfoundry.utils.run_configs import path_anchors
 
+logger = logging.getLogger(__name__)
+
 __all__ = [
     "check_eval_sections",
     "check_icl_tasks",
@@ -137,23 +139,24 @@ def check_model_section(section: Any, path: str = "model") -> MPTConfig | None:
         return build_mpt_config(mpt_section)
 
 
-def check_sequence_lengths(model: MPTConfig | None, loaders: Iterable[tuple[str, Any]]) -> None:
-    """Refuse a loader whose sequences are longer than an MPT model with learned position
-    embeddings can take (it would fail in the first batch).
-
-    Raises:
-        ConfigError: naming the loader's ``dataset.max_seq_len`` and ``model.max_seq_len``.
-    """
+def warn_on_sequence_lengths(model: MPTConfig | None, loaders: Iterable[tuple[str, Any]]) -> None:
+    """Warn about a loader whose ``max_seq_len`` is longer than an MPT model with learned
+    position embeddings takes: a sample that long fails in its batch. (Not an error: samples
+    are often shorter, such as pre-tokenized ones, and LLM Foundry runs such a config.)"""
     if model is None or not model.learned_pos_emb:
         return
     for path, section in loaders:
         dataset = section.get("dataset") if isinstance(section, Mapping) else None
         length = dataset.get("max_seq_len") if isinstance(dataset, Mapping) else None
         if isinstance(length, int) and length > model.max_seq_len:
-            raise ConfigError(
-                f"{path}.dataset.max_seq_len={length} is longer than model.max_seq_len="
-                f"{model.max_seq_len}, the most its learned position embeddings take; set "
-                f"model.max_seq_len to at least {length} or lower the loader's"
+            logger.warning(
+                "%s.dataset.max_seq_len=%d is longer than model.max_seq_len=%d, the most its "
+                "learned position embeddings take: a longer sample will fail; set "
+                "model.max_seq_len to at least %d or lower the loader's",
+                path,
+                length,
+                model.max_seq_len,
+                length,
             )
 
 
@@ -368,7 +371,7 @@ def check_train_config(cfg: TrainConfig) -> None:
     ]
     for path, section in loaders:
         check_loader_section(path, section)
-    check_sequence_lengths(mpt, loaders)
+    warn_on_sequence_lengths(mpt, loaders)
     check_named_sections(cfg.callbacks, cfg.loggers, cfg.algorithms)
     check_parallelism(cfg.fsdp_config, cfg.tp_config)
     _check_compile_config(cfg.compile_config)

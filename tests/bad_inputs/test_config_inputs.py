@@ -226,11 +226,6 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ("model.init_config.fan_mode='fan_inn'", "fan_in, fan_out"),
     ),
     (
-        "seq-len-over-learned-positions",
-        ["model.max_seq_len=16"],
-        ("train_loader.dataset.max_seq_len=64 is longer than model.max_seq_len=16",),
-    ),
-    (
         "callback-takes-no-keys",
         ["callbacks.nan_monitor={bad: 1}"],
         ("callbacks.nan_monitor.bad is not a valid key", "takes no keys"),

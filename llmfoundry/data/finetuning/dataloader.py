@@ -79,9 +79,9 @@ def build_finetuning_dataloader(
     tokenizer: PreTrainedTokenizerBase,
     device_batch_size: int,
     dataset: Mapping[str, Any],
-    drop_last: bool = True,
+    drop_last: bool = False,
     num_workers: NonNegativeInt = 0,
-    pin_memory: bool = False,
+    pin_memory: bool = True,
     prefetch_factor: PositiveInt | None = None,
     persistent_workers: bool | None = None,
     timeout: NonNegativeFloat = 0,
@@ -96,9 +96,9 @@ def build_finetuning_dataloader(
         device_batch_size: rows per batch on this device (the replication validator may say
             otherwise).
         dataset: the ``dataset:`` keys (:class:`FinetuningDatasetConfig`, plus MDS keys).
-        drop_last: drop the last incomplete batch.
+        drop_last: drop the last incomplete batch (off by default, as in LLM Foundry).
         num_workers: data loader worker processes (0 loads in the main process).
-        pin_memory: pin batches in page-locked memory.
+        pin_memory: pin batches in page-locked memory (when CUDA is available).
         prefetch_factor: batches loaded ahead per worker (default 2; with 0 workers it does not
             apply and is dropped with one logged note).
         persistent_workers: keep workers alive between epochs (default True; dropped, with a

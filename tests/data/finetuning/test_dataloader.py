@@ -115,6 +115,18 @@ def test_bad_row_names_the_file_row_and_field(
         build_finetuning_dataloader(tokenizer, 2, dataset)
 
 
+def test_a_section_without_drop_last_keeps_the_last_short_batch(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    # LLM Foundry 0.22's finetuning loader defaults: drop_last false, pin_memory true (pinning
+    # only applies with CUDA).
+    section = {"name": "finetuning", "dataset": json_dataset(tmp_path, ROWS[:5])}
+    spec = build_dataloader_from_section("train_loader", section, tokenizer, 2)
+    assert [len(batch["input_ids"]) for batch in spec.dataloader] == [2, 2, 1]
+    loader = dataloader_of(spec)
+    assert loader.pin_memory is torch.cuda.is_available()
+
+
 def test_long_examples_are_truncated_or_dropped_and_counted(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase, caplog: pytest.LogCaptureFixture
 ) -> None:
