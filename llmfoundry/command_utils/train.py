@@ -115,14 +115,21 @@ def compute_batch_sizes(cfg: TrainConfig, world_size: int, device: Device) -> Ba
 
 
 def apply_cuda_env(cfg: TrainConfig) -> None:
-    """Set the CUDA allocator/loading environment from the config, before CUDA starts."""
-    allocator = []
+    """Set the CUDA allocator/loading environment from the config, before CUDA starts.
+
+    The config's allocator options are added to the ``PYTORCH_CUDA_ALLOC_CONF`` the process
+    was started with (the config's value wins for an option set in both).
+    """
+    ours: dict[str, str] = {}
     if cfg.max_split_size_mb is not None:
-        allocator.append(f"max_split_size_mb:{cfg.max_split_size_mb}")
+        ours["max_split_size_mb"] = str(cfg.max_split_size_mb)
     if cfg.expandable_segments:
-        allocator.append("expandable_segments:True")
-    if allocator:
-        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ",".join(allocator)
+        ours["expandable_segments"] = "True"
+    if ours:
+        given = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+        options = dict(item.split(":", 1) for item in given.split(",") if ":" in item)
+        options.update(ours)
+        os.environ["PYTORCH_CUDA_ALLOC_CONF"] = ",".join(f"{k}:{v}" for k, v in options.items())
     if cfg.cuda_load_lazy:
         os.environ["CUDA_MODULE_LOADING"] = "LAZY"
 

@@ -48,7 +48,7 @@ class TrainConfig:
     code_paths: list[str] | None = None
     # CUDA allocator and loading knobs, applied before CUDA starts.
     max_split_size_mb: PositiveInt | None = None
-    expandable_segments: bool = False
+    expandable_segments: bool = True  # LLM Foundry's default too
     cuda_load_lazy: bool = False
     # Distributed training.
     dist_timeout: PositiveFloat = 600.0

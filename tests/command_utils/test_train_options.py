@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from composer.loggers import InMemoryLogger
 from composer.utils.parallelism import FSDP2Config
 
 from llmfoundry.command_utils.parallelism import build_parallelism_config
-from llmfoundry.command_utils.train import compute_batch_sizes, train
+from llmfoundry.command_utils.train import apply_cuda_env, compute_batch_sizes, train
 from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, UserError
 
@@ -305,3 +306,34 @@ def test_compile_config_compiles_the_model_and_trains_the_same(
         losses[name] = [float(v) for _, v in memory.data["loss/train/total"]]
     assert len(losses["plain"]) == 3
     assert losses["compiled"] == pytest.approx(losses["plain"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("given", "overrides", "expected"),
+    [
+        (None, [], "expandable_segments:True"),  # LLM Foundry's default
+        (None, ["expandable_segments=false"], None),
+        (
+            "garbage_collection_threshold:0.6,expandable_segments:False",
+            ["max_split_size_mb=128"],
+            "garbage_collection_threshold:0.6,expandable_segments:True,max_split_size_mb:128",
+        ),
+    ],
+    ids=["default", "off", "merged-with-the-environment"],
+)
+def test_cuda_allocator_options_reach_the_environment(
+    tmp_path: Path,
+    mds_dir: Path,
+    tokenizer_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    given: str | None,
+    overrides: list[str],
+    expected: str | None,
+) -> None:
+    if given is None:
+        monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    else:
+        monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", given)
+    cfg, _ = config(tmp_path, mds_dir, tokenizer_dir, overrides)
+    apply_cuda_env(cfg)
+    assert os.environ.get("PYTORCH_CUDA_ALLOC_CONF") == expected
