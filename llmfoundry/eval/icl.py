@@ -37,6 +37,7 @@ from llmfoundry.eval.datasets import (
     split_icl_batch,
 )
 from llmfoundry.eval.metrics import ICL_METRICS, METRIC_ALIASES
+from llmfoundry.eval.row_fields import check_row_field_keys, renamed_rows
 from llmfoundry.eval.sources import ICLRow, read_task_rows, resolve_relative, split_by_category
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError, did_you_mean
 from llmfoundry.utils.generate_options import INPUT_KWARGS, check_generate_kwargs
@@ -76,6 +77,10 @@ class ICLTaskConfig:
     pad_tok_id: int | None = None
     hf_loading_vars: dict[str, Any] | None = None
     hf_parsing_map: dict[str, list[str]] | None = None
+    # the row field read in place of the usual one (``eval.row_fields``)
+    context_key: str | None = None
+    answer_key: str | None = None
+    choices_key: str | None = None
     # generation tasks only (other task types ignore them, as LLM Foundry does)
     cot_delimiter: str = ""
     early_stopping_criteria: list[str] | None = None
@@ -184,6 +189,7 @@ def parse_task(
             )
         values["prelimiter"] = values.pop("question_prelimiter")
     values["icl_task_type"] = _check_task_type(where, values)
+    check_row_field_keys(where, values["icl_task_type"], values)
     shots = values.get("num_fewshot", [0])
     shots = [shots] if isinstance(shots, int) else list(shots)
     if not shots or not all(
@@ -297,7 +303,7 @@ def build_icl_evaluators(
             rows_cache[cache_key] = read_task_rows(
                 task.dataset_uri, task.label, anchors, task.hf_loading_vars, task.hf_parsing_map
             )
-        rows = rows_cache[cache_key]
+        rows = list(renamed_rows(task.icl_task_type, vars(task), rows_cache[cache_key]))
         groups = split_by_category(rows) if task.has_categories else {"": rows}
         metric_names = list(task.metric_names or DEFAULT_METRICS[task.icl_task_type])
         # As in LLM Foundry, icl_subset_num_batches does not apply to a task split by category
