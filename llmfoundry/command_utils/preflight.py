@@ -44,6 +44,7 @@ from llmfoundry.models.mpt.config_defaults import (
 from llmfoundry.utils.config_checks import (
     NON_NEGATIVE,
     POSITIVE,
+    AllOrCount,
     PositiveInt,
     Schema,
     check_fields,
@@ -231,6 +232,13 @@ def check_named_sections(
     check_named_components([(registry.algorithms, False)], "algorithms", algorithms)
 
 
+# A device-mesh dimension: -1 fills what the others leave of the world (Composer's mesh).
+_FSDP_DEGREES: dict[str, Any] = {
+    "data_parallel_shard_degree": AllOrCount,
+    "data_parallel_replicate_degree": AllOrCount | None,
+}
+
+
 def check_parallelism(
     fsdp_config: Mapping[str, Any] | None, tp_config: Mapping[str, Any] | None = None
 ) -> None:
@@ -242,7 +250,15 @@ def check_parallelism(
     """
     if fsdp_config is not None:
         check_fsdp_config(fsdp_config)
-        check_fields(fsdp_config, declared_hints(FSDPConfig), "fsdp_config", open_keys=True)
+        hints = {**declared_hints(FSDPConfig), **_FSDP_DEGREES}
+        check_fields(fsdp_config, hints, "fsdp_config", open_keys=True)
+        shard = fsdp_config.get("data_parallel_shard_degree", -1)  # Composer's defaults
+        if shard == -1 and fsdp_config.get("data_parallel_replicate_degree") == -1:
+            raise ConfigError(
+                "fsdp_config: data_parallel_shard_degree (default -1) and "
+                "data_parallel_replicate_degree are both -1 (fill the rest of the world); set "
+                "one of them to a count"
+            )
     if tp_config is not None:
         check_tp_config(tp_config)
         hints = {**declared_hints(TPConfig), "strategy": str}

@@ -329,6 +329,16 @@ TRAIN_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
     ),
     ("fsdp-value", ["fsdp_config.sharding_strategy=HALF"], ("fsdp_config.sharding_strategy",)),
     ("fsdp-type", ["fsdp_config.activation_checkpointing=maybe"], ("fsdp_config.activation_c",)),
+    (
+        "fsdp-shard-degree",
+        ["fsdp_config.data_parallel_shard_degree=0"],
+        ("fsdp_config.data_parallel_shard_degree must be -1 or a positive int, got int 0",),
+    ),
+    (
+        "fsdp-two-fill-degrees",
+        ["fsdp_config.data_parallel_replicate_degree=-1"],
+        ("data_parallel_shard_degree (default -1) and data_parallel_replicate_degree are both -1",),
+    ),
     ("compile-unknown", ["compile_config.modes=default"], ("compile_config.modes", "'mode'")),
     ("compile-scope", ["compile_config.scope=layers"], ("compile_config.scope", "use model or")),
     (
