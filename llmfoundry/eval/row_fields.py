@@ -1,7 +1,9 @@
 """LLM Foundry's ``context_key`` / ``answer_key`` / ``choices_key`` task keys: the row field a task
 type reads in place of its usual one, for task data whose fields are named otherwise.
 
-Only the keys that change what LLM Foundry 0.22 reads from a row are taken, per task type:
+The keys taken, per task type (LLM Foundry 0.22 honours them for ``multiple_choice`` and
+``schema``; for ``language_modeling`` and generation tasks it reads ``context`` / ``answer``
+whatever the key says, and fails on data named otherwise, so there they are ours):
 
 ====================================  ==============================================
 task type                             keys (the row field each one replaces)
