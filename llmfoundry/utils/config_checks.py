@@ -460,10 +460,8 @@ def unknown_key_message(
 ) -> str:
     """The one line for a key a section does not take (``owner``: whose keys they are)."""
     valid = f"valid: {', '.join(sorted(allowed))}" if allowed else "it takes no keys; use {}"
-    return (
-        f"{path}.{key} is not a valid key{f' for {owner}' if owner else ''}"
-        f"{did_you_mean(key, allowed)} ({valid})"
-    )
+    whose = f" for {owner}" if owner else ""
+    return f"{path}.{key} is not a valid key{whose}{did_you_mean(key, allowed)} ({valid})"
 
 
 def unknown_key_error(

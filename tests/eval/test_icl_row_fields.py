@@ -85,27 +85,32 @@ def test_renamed_fields_give_the_same_batches(
     _same(_batches(tokenizer, {**task, "dataset_uri": other, **given}), expected)
 
 
-def test_a_key_the_task_type_does_not_read_is_refused(
-    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+@pytest.mark.parametrize(
+    ("extra", "error", "message"),
+    [
+        (
+            {"answer_key": "target"},
+            ConfigError,
+            r"icl_tasks\[0\]\.answer_key does not apply to a language_modeling task "
+            r"\(it takes context_key\); remove it",
+        ),
+        ({"context_key": ["text"]}, ConfigError, r"icl_tasks\[0\]\.context_key must be the name"),
+        (
+            {"context_key": "text"},
+            DatasetError,
+            r"lm\.jsonl, row 1: missing field 'text' \(the task's context field\)",
+        ),
+    ],
+    ids=["not-read-by-the-type", "not-a-name", "row-without-the-field"],
+)
+def test_bad_row_field_keys_fail_naming_the_key_or_row(
+    tmp_path: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    extra: dict[str, Any],
+    error: type[Exception],
+    message: str,
 ) -> None:
     uri = write_jsonl(tmp_path / "lm.jsonl", LM_ROWS)
-    task = {"label": "t", "icl_task_type": "language_modeling", "dataset_uri": uri}
-    with pytest.raises(
-        ConfigError,
-        match=r"icl_tasks\[0\]\.answer_key does not apply to a language_modeling task "
-        r"\(it takes context_key\); remove it",
-    ):
-        icl_evaluators([{**task, "answer_key": "target"}], tokenizer)
-    with pytest.raises(ConfigError, match=r"icl_tasks\[0\]\.context_key must be the name"):
-        icl_evaluators([{**task, "context_key": ["text"]}], tokenizer)
-
-
-def test_a_row_without_the_named_field_is_named(
-    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
-) -> None:
-    uri = write_jsonl(tmp_path / "lm.jsonl", LM_ROWS)
-    task = {"label": "t", "icl_task_type": "language_modeling", "dataset_uri": uri}
-    with pytest.raises(
-        DatasetError, match=r"lm\.jsonl, row 1: missing field 'text' \(the task's context field\)"
-    ):
-        icl_evaluators([{**task, "context_key": "text"}], tokenizer)
+    task = {"label": "t", "icl_task_type": "language_modeling", "dataset_uri": uri, **extra}
+    with pytest.raises(error, match=message):
+        icl_evaluators([task], tokenizer)

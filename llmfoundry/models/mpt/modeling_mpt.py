@@ -271,11 +271,9 @@ class MPTForCausalLM(MPTPreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.config: MPTConfig = config
         self.transformer = MPTModel(config)
-        self.lm_head: nn.Linear | None = (
-            None
-            if config.tie_word_embeddings
-            else nn.Linear(config.d_model, config.vocab_size, bias=False)
-        )
+        self.lm_head: nn.Linear | None = None  # tied: the logits use wte's weight
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.logit_multiplier = config.logit_multiplier
         self.post_init()
 
