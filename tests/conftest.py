@@ -53,13 +53,15 @@ LAUNCHER_ENV_VARS = (
     "MASTER_ADDR",
     "MASTER_PORT",
 )
+# What an in-process train run sets from its config before CUDA starts (``apply_cuda_env``).
+CUDA_ENV_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "CUDA_MODULE_LOADING")
 
 
 @pytest.fixture(autouse=True)
 def _leave_no_process_group() -> Iterator[None]:
-    """Tear down the process group an in-process run started, and restore the launcher
-    variables Composer set for it, so that no test sees an earlier test's distributed state."""
-    before = {name: os.environ.get(name) for name in LAUNCHER_ENV_VARS}
+    """Tear down the process group an in-process run started, and restore the launcher and CUDA
+    variables set for it, so that no test sees an earlier test's run environment."""
+    before = {name: os.environ.get(name) for name in (*LAUNCHER_ENV_VARS, *CUDA_ENV_VARS)}
     yield
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
