@@ -303,7 +303,7 @@ def build_icl_evaluators(
             rows_cache[cache_key] = read_task_rows(
                 task.dataset_uri, task.label, anchors, task.hf_loading_vars, task.hf_parsing_map
             )
-        rows = list(renamed_rows(task.icl_task_type, vars(task), rows_cache[cache_key]))
+        rows = renamed_rows(task.icl_task_type, vars(task), rows_cache[cache_key])
         groups = split_by_category(rows) if task.has_categories else {"": rows}
         metric_names = list(task.metric_names or DEFAULT_METRICS[task.icl_task_type])
         # As in LLM Foundry, icl_subset_num_batches does not apply to a task split by category

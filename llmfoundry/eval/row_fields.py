@@ -17,7 +17,7 @@ task type                             keys (the row field each one replaces)
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -53,9 +53,7 @@ def check_row_field_keys(where: str, task_type: str, section: Mapping[str, Any])
             raise ConfigError(f"{where}.{key} must be the name of a row field, got {value!r}")
 
 
-def renamed_rows(
-    task_type: str, section: Mapping[str, Any], rows: Sequence[ICLRow]
-) -> Sequence[ICLRow]:
+def renamed_rows(task_type: str, section: Mapping[str, Any], rows: list[ICLRow]) -> list[ICLRow]:
     """``rows`` with each field a ``*_key`` of ``section`` names copied to the field it stands
     for (``context_key: question`` makes ``question`` the ``context``).
 

@@ -113,7 +113,7 @@ INIT_NAMES = BUILTIN_NAMES["param_init_fns"]
 # What torch's kaiming_uniform_ / kaiming_normal_ take as ``mode`` and ``nonlinearity`` (the
 # names torch.nn.init.calculate_gain knows).
 FAN_MODES = ("fan_in", "fan_out")
-GAINS = (
+KAIMING_NONLINEARITIES = (
     "linear",
     "conv1d",
     "conv2d",

@@ -25,9 +25,9 @@ from .config_defaults import (
     FAN_MODES,
     FFN_CONFIG_DEFAULTS,
     FLEX_IMPLS,
-    GAINS,
     INIT_CONFIG_DEFAULTS,
     INIT_DEVICES,
+    KAIMING_NONLINEARITIES,
     LEGACY_INERT_KEYS,
     MPTConfigError,
     check_number_ranges,
@@ -291,7 +291,11 @@ class MPTConfig(PretrainedConfig):
         if str(self.init_config["name"]).startswith("kaiming_"):  # torch's kaiming_*_ read these
             checks += [
                 ("init_config.fan_mode", self.init_config["fan_mode"], FAN_MODES),
-                ("init_config.init_nonlinearity", self.init_config["init_nonlinearity"], GAINS),
+                (
+                    "init_config.init_nonlinearity",
+                    self.init_config["init_nonlinearity"],
+                    KAIMING_NONLINEARITIES,
+                ),
             ]
         if self.ffn_config.get("ffn_act_fn") is not None:
             check_activation(self.ffn_config["ffn_act_fn"])
