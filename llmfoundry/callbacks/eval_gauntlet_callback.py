@@ -18,10 +18,10 @@ one) looks like::
 
 How the numbers are made:
 
-* a benchmark's raw score is the accuracy metric (the first metric whose name contains
-  ``Accuracy``, else the first metric) of the evaluator labelled ``{name}/{num_fewshot}-shot``.
-  A task split into categories (evaluators ``{name}/{category}/{k}-shot`` or
-  ``{name}/{k}-shot/{category}``) scores the plain mean of its categories' accuracies;
+* a benchmark's raw score is the mean of the metrics whose name contains ``Accuracy`` of the
+  evaluator labelled ``{name}/{num_fewshot}-shot``. A task split into categories (evaluators
+  ``{name}/{category}/{k}-shot`` or ``{name}/{k}-shot/{category}``) scores the plain mean over
+  all its categories' accuracy metrics;
 * with ``subtract_random_baseline`` the score is ``raw - random_baseline``, and with
   ``rescale_accuracy`` as well it is then divided by ``1 - random_baseline`` (so chance is 0
   and a perfect score 1);
@@ -31,8 +31,9 @@ How the numbers are made:
   when given, else from ``len()`` of the evaluator's dataset (else the samples it evaluated);
 * an average is the plain mean of its categories' scores.
 
-A benchmark whose evaluator did not run is skipped (one warning names all of them); a category
-left with no benchmark, and an average left with no category, are left out.
+As in LLM Foundry, a benchmark that did not run (or has no accuracy metric) leaves its whole
+category unscored (one warning names the benchmarks, one each category), and an average none of
+whose categories scored is 0. A round in which no benchmark of the gauntlet ran logs nothing.
 
 The callback computes the scores once per evaluation round: at ``Event.EVAL_AFTER_ALL`` during
 ``fit`` and at ``Event.EVAL_STANDALONE_END`` after ``Trainer.eval()``. It logs
@@ -146,29 +147,32 @@ def score_gauntlet(
         sizes: number of samples per benchmark label (needed for size-based weightings).
 
     Returns:
-        The scores; ``missing`` lists the benchmark labels absent from ``accuracies``.
+        The scores; ``missing`` lists the benchmark labels absent from ``accuracies``. Nothing
+        is scored when ``accuracies`` is empty.
     """
     benchmark_scores: dict[str, float] = {}
     category_scores: dict[str, float] = {}
     missing: list[str] = []
     for category in config.categories:
-        total = weight_sum = 0.0
-        for bench in category.benchmarks:
-            if bench.label not in accuracies:
-                missing.append(bench.label)
-                continue
-            score = adjusted_score(config, accuracies[bench.label], bench.random_baseline)
-            benchmark_scores[bench.label] = score
-            weight = benchmark_weight(config.weighting, sizes.get(bench.label), bench.label)
-            total += weight * score
-            weight_sum += weight
-        if weight_sum > 0:
-            category_scores[category.name] = total / weight_sum
+        ran = [bench for bench in category.benchmarks if bench.label in accuracies]
+        missing += [bench.label for bench in category.benchmarks if bench.label not in accuracies]
+        scores = {
+            bench.label: adjusted_score(config, accuracies[bench.label], bench.random_baseline)
+            for bench in ran
+        }
+        benchmark_scores.update(scores)
+        if not ran or len(ran) < len(category.benchmarks):
+            continue  # as in LLM Foundry, a category is scored only when all of it ran
+        weights = {
+            label: benchmark_weight(config.weighting, sizes.get(label), label) for label in scores
+        }
+        total = sum(weights[label] * score for label, score in scores.items())
+        category_scores[category.name] = total / sum(weights.values())
     averages: dict[str, float] = {}
     for name, members in config.averages.items():
         present = [category_scores[m] for m in members if m in category_scores]
-        if present:
-            averages[name] = sum(present) / len(present)
+        if accuracies:  # LLM Foundry logs 0 for an average none of whose categories scored
+            averages[name] = sum(present) / len(present) if present else 0.0
     return GauntletScores(benchmark_scores, category_scores, averages, tuple(missing))
 
 
@@ -198,11 +202,8 @@ def gauntlet_table(scores: Mapping[str, float] | GauntletScores) -> str:
 # --------------------------------------------------------------------------- callback
 
 
-def _pick_accuracy(metrics: Mapping[str, Any]) -> Any | None:
-    for name, metric in metrics.items():
-        if "Accuracy" in name:
-            return metric
-    return next(iter(metrics.values()), None)
+def _accuracy_metrics(metrics: Mapping[str, Any]) -> list[Any]:
+    return [metric for name, metric in metrics.items() if "Accuracy" in name]
 
 
 def _matches(label: str, bench: GauntletBenchmark) -> bool:
@@ -354,9 +355,9 @@ class EvalGauntlet(Callback):
         for category in self.config.categories:
             for bench in category.benchmarks:
                 parts = [label for label in usable if _matches(label, bench)]
-                metrics = [_pick_accuracy(usable[label]) for label in parts]
-                values = [float(m.compute()) for m in metrics if m is not None]
-                if not values or len(values) < len(parts):
+                metrics = [m for label in parts for m in _accuracy_metrics(usable[label])]
+                values = [float(m.compute()) for m in metrics]
+                if not values:
                     continue
                 accuracies[bench.label] = sum(values) / len(values)
                 sizes[bench.label] = sum(self._sizes_seen.get(label, 0) for label in parts)
@@ -380,8 +381,8 @@ class EvalGauntlet(Callback):
             key = f"category:{category.name}"
             if category.name not in result.categories and key not in self._warned:
                 log.warning(
-                    "eval_gauntlet: category %r has no benchmark that ran; it is left out of "
-                    "the averages",
+                    "eval_gauntlet: category %r is not scored (not all of its benchmarks ran) "
+                    "and is left out of the averages",
                     category.name,
                 )
                 self._warned.add(key)

@@ -226,7 +226,8 @@ def test_default_average_covers_every_category() -> None:
     assert logged(memory, "default_average") == pytest.approx([(0.45 + 0.375) / 2])
 
 
-def test_missing_benchmarks_are_skipped_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_missing_benchmark_leaves_its_category_unscored(caplog: pytest.LogCaptureFixture) -> None:
+    # LLM Foundry's rule: a category is scored only when every one of its benchmarks ran.
     categories = [
         *CATEGORIES[:1],
         {
@@ -241,23 +242,68 @@ def test_missing_benchmarks_are_skipped_with_one_warning(caplog: pytest.LogCaptu
             "benchmarks": [{"name": "squad", "num_fewshot": 3, "random_baseline": 0.0}],
         },
     ]
+    averages = {
+        "core_average": ["world_knowledge", "commonsense_reasoning"],
+        "reading_only": ["reading_comprehension"],
+    }
     caplog.set_level(logging.WARNING, logger="llmfoundry.callbacks.eval_gauntlet_callback")
-    callback, memory = run_eval(EvalGauntlet(categories=categories))
+    callback, memory = run_eval(EvalGauntlet(categories=categories, averages=averages))
 
     benchmark_warnings = [r.getMessage() for r in caplog.records if "no evaluator ran" in r.message]
     assert len(benchmark_warnings) == 1
     assert "hellaswag/10-shot" in benchmark_warnings[0]
     assert "squad/3-shot" in benchmark_warnings[0]
-    assert any("'reading_comprehension'" in r.getMessage() for r in caplog.records)
-    # Scores of the remaining benchmarks are unchanged; the empty category is left out.
+    for name in ("'commonsense_reasoning'", "'reading_comprehension'"):
+        assert any(name in r.getMessage() for r in caplog.records), name
+    # piqa and winograd ran, but without hellaswag their category is not scored; an average
+    # none of whose categories scored is 0, as LLM Foundry logs it.
     assert callback.last_scores == pytest.approx(
-        {
-            "world_knowledge": 0.45,
-            "commonsense_reasoning": 0.375,
-            "default_average": (0.45 + 0.375) / 2,
-        }
+        {"world_knowledge": 0.45, "core_average": 0.45, "reading_only": 0.0}
     )
-    assert logged(memory, "reading_comprehension") == []
+    assert logged(memory, "commonsense_reasoning") == []
+    assert logged(memory, "reading_only") == [0.0]
+
+
+def test_benchmark_score_is_the_mean_of_its_accuracy_metrics() -> None:
+    class TwoAccuracies(FlagModel):
+        def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
+            metrics = super().get_metrics(is_train)
+            return {**metrics, "InverseAccuracy": StubLoss()}
+
+    model = TwoAccuracies()
+    metric_names = {
+        "jeopardy/3-shot": ["StubAccuracy", "InverseAccuracy"],
+        "arc_easy/3-shot": ["StubAccuracy"],
+        "piqa/0-shot": ["^StubLoss$"],  # Composer reads each name as a regular expression
+        "winograd/0-shot": ["^StubLoss$"],
+    }
+    callback = gauntlet()
+    trainer = cpu_trainer(
+        model,
+        eval_dataloader=[
+            Evaluator(
+                label=label,
+                dataloader=DataLoader(Flags(*RUN[label]), batch_size=4),
+                metric_names=names,
+            )
+            for label, names in metric_names.items()
+        ],
+        optimizers=torch.optim.SGD(model.parameters(), lr=0.01),
+        callbacks=[callback],
+    )
+    trainer.eval()
+    trainer.close()
+    # jeopardy: mean of 0.3 and 1 - 0.3; arc_easy (0.7 - 0.25) / 0.75. piqa and winograd have no
+    # metric named *Accuracy* (StubLoss only), so commonsense_reasoning is not scored.
+    assert callback.last_scores == pytest.approx(
+        {"world_knowledge": (0.5 + 0.6) / 2, "core_average": 0.55, "knowledge_only": 0.55}
+    )
+
+
+def test_a_round_without_any_gauntlet_benchmark_logs_nothing() -> None:
+    callback, memory = run_eval(gauntlet(), {"lambada/0-shot": (1, 2)})
+    assert callback.last_scores == {}
+    assert not [key for key in memory.data if key.startswith(PREFIX)]
 
 
 def test_category_split_task_scores_mean_of_its_categories() -> None:
@@ -281,8 +327,8 @@ def test_logs_once_per_round_during_fit_from_the_evaluators_that_ran() -> None:
     memory = InMemoryLogger()
     callback = gauntlet()
     round_evaluators = evaluators(RUN)
-    # jeopardy runs only in the second round: the first round scores world_knowledge from
-    # arc_easy alone rather than from a stale or never-updated jeopardy metric.
+    # jeopardy runs only in the second round: the first round does not score world_knowledge
+    # (rather than from arc_easy alone or from a stale, never-updated jeopardy metric).
     round_evaluators[0].eval_interval = "2ba"
     fit_closed(
         model,
@@ -294,8 +340,9 @@ def test_logs_once_per_round_during_fit_from_the_evaluators_that_ran() -> None:
         callbacks=[callback],
         loggers=[memory],
     )
-    assert logged(memory, "world_knowledge") == pytest.approx([0.6, 0.45])
+    assert logged(memory, "world_knowledge") == pytest.approx([0.45])
     assert logged(memory, "commonsense_reasoning") == pytest.approx([0.375, 0.375])
+    assert logged(memory, "knowledge_only") == pytest.approx([0.0, 0.45])
 
 
 def test_registered_callback_and_gauntlet_table() -> None:
