@@ -226,3 +226,23 @@ def test_auto_map_modules_import_every_sibling_they_need_directly(entry: str) ->
             reached.add(sibling)
             todo.append(sibling)
     assert reached - {entry} <= direct, sorted(reached - direct - {entry})
+
+
+def test_ffn_config_expansion_ratio_overrides_the_models(tmp_path: Path) -> None:
+    # LLM Foundry's mpt-30b/mpt-760m YAMLs set it there; the FFN takes it over the top-level one.
+    config = tiny_config(expansion_ratio=2, ffn_config={"expansion_ratio": 3})
+    ffn = cast(Any, tiny_model(config).transformer.blocks[0]).ffn
+    assert ffn.up_proj.weight.shape == (96, 32)
+    assert config.ffn_hidden_size == 96
+    moe = tiny_config(
+        ffn_config={"ffn_type": "torch_dmoe", "moe_num_experts": 2, "expansion_ratio": 3}
+    )
+    assert moe.ffn_hidden_size == 96
+    # config.json holds the key only when it was set (LLM Foundry's loader cannot take a null).
+    assert "expansion_ratio" not in tiny_config().to_dict()["ffn_config"]
+    config.save_pretrained(tmp_path)
+    assert MPTConfig.from_pretrained(tmp_path).ffn_config["expansion_ratio"] == 3
+    with pytest.raises(
+        ValueError, match=r"^model\.ffn_config\.expansion_ratio=0 must be a positive"
+    ):
+        tiny_config(ffn_config={"expansion_ratio": 0})

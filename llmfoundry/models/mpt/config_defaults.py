@@ -86,6 +86,7 @@ FFN_CONFIG_TYPES: dict[str, Any] = {
     "ffn_type": str,
     "ffn_act_fn": str | dict[str, Any] | None,
     "ffn_hidden_size": int | None,
+    "expansion_ratio": float,
 }
 
 INIT_CONFIG_TYPES: dict[str, Any] = {

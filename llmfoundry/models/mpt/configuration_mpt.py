@@ -81,8 +81,8 @@ class MPTConfig(PretrainedConfig):
         emb_pdrop: dropout on the embeddings.
         learned_pos_emb: add a learned absolute position embedding (``transformer.wpe``).
         attn_config: attention options (see ``ATTN_CONFIG_DEFAULTS``).
-        ffn_config: feed-forward options: ``ffn_type``, ``ffn_act_fn``, ``ffn_hidden_size``
-            (and the MoE keys of ``torch_dmoe``/``mb_moe``/``mb_dmoe``, see :mod:`.moe_config`).
+        ffn_config: feed-forward options: ``ffn_type``, ``ffn_act_fn``, ``ffn_hidden_size``,
+            ``expansion_ratio`` (overriding the model's, as in LLM Foundry) (and the MoE keys of ``torch_dmoe``/``mb_moe``/``mb_dmoe``, see :mod:`.moe_config`).
         init_device: where weights are first created: ``cpu``, ``meta`` or ``mixed``.
         logit_scale: multiply the output logits by this number, or by ``1/sqrt(d_model)``
             when set to ``"inv_sqrt_d_model"``.
@@ -258,12 +258,18 @@ class MPTConfig(PretrainedConfig):
         return self.n_heads
 
     @property
+    def ffn_expansion_ratio(self) -> float:
+        """The FFN's width multiple: ``ffn_config.expansion_ratio`` (which LLM Foundry lets
+        override the model's) when set, else ``expansion_ratio``."""
+        return self.ffn_config.get("expansion_ratio", self.expansion_ratio)
+
+    @property
     def ffn_hidden_size(self) -> int:
         """Hidden width of the feed-forward block."""
         explicit = self.ffn_config.get("ffn_hidden_size")
         if explicit is not None:
             return int(explicit)
-        return int(self.d_model * self.expansion_ratio)
+        return int(self.d_model * self.ffn_expansion_ratio)
 
     @property
     def logit_multiplier(self) -> float | None:
@@ -278,7 +284,7 @@ class MPTConfig(PretrainedConfig):
         """Check each field and the combinations the model cannot run with."""
         attn = self.attn_config
         self._validate_sizes()
-        check_moe_config(self.ffn_config, self.d_model, self.expansion_ratio)
+        check_moe_config(self.ffn_config, self.d_model, self.ffn_expansion_ratio)
         if self.d_model % self.n_heads != 0:
             raise MPTConfigError(
                 f"model.d_model ({self.d_model}) must be divisible by model.n_heads ({self.n_heads})"
@@ -351,9 +357,12 @@ class MPTConfig(PretrainedConfig):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise MPTConfigError(f"model.{key}={value!r} must be a positive integer")
-        ratio = self.expansion_ratio
-        if not isinstance(ratio, int | float) or isinstance(ratio, bool) or not ratio > 0:
-            raise MPTConfigError(f"model.expansion_ratio={ratio!r} must be a positive number")
+        for key, ratio in (
+            ("expansion_ratio", self.expansion_ratio),
+            ("ffn_config.expansion_ratio", self.ffn_expansion_ratio),
+        ):
+            if not isinstance(ratio, int | float) or isinstance(ratio, bool) or not ratio > 0:
+                raise MPTConfigError(f"model.{key}={ratio!r} must be a positive number")
         hidden = self.ffn_config.get("ffn_hidden_size")
         if hidden is not None and (not isinstance(hidden, int) or hidden < 1):
             raise MPTConfigError(

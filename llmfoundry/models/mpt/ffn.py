@@ -181,7 +181,7 @@ def build_ffn(config: MPTConfig, device: str | None = None) -> nn.Module:
     options = {
         key: value
         for key, value in config.ffn_config.items()
-        if key != "ffn_type" and value is not None
+        if key not in ("ffn_type", "expansion_ratio") and value is not None
     }
     # MegaBlocks' ``bias`` key (in an MoE ffn_config) is inert: as in LLM Foundry, the model's
     # ``no_bias`` decides.
@@ -191,7 +191,7 @@ def build_ffn(config: MPTConfig, device: str | None = None) -> nn.Module:
         options["normalization"] = "RMSNorm" if "rmsnorm" in config.norm_type else "LayerNorm"
     module = ffn(
         d_model=config.d_model,
-        expansion_ratio=config.expansion_ratio,
+        expansion_ratio=config.ffn_expansion_ratio,
         device=device,
         bias=not config.no_bias,
         fc_type={"name": config.fc_type},

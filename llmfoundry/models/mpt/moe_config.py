@@ -40,6 +40,11 @@ def merge_ffn_config(ffn_config: Mapping[str, Any] | None) -> dict[str, Any]:
             MoE key whose value has the wrong type.
     """
     given = dict(ffn_config or {})
+    # LLM Foundry lets ffn_config.expansion_ratio override the model's; it has no default here,
+    # so that config.json holds it only when set (LLM Foundry's loader cannot take a null).
+    own_ratio = (
+        {"expansion_ratio": given.pop("expansion_ratio")} if "expansion_ratio" in given else {}
+    )
     ffn_type = given.get("ffn_type", FFN_CONFIG_DEFAULTS["ffn_type"])
     moe = ffn_type in MOE_FFN_TYPES
     merged = merge_defaults(
@@ -56,7 +61,7 @@ def merge_ffn_config(ffn_config: Mapping[str, Any] | None) -> dict[str, Any]:
                     f"model.ffn_config.{key}={merged[key]!r} has the wrong type; "
                     f"expected {_type_name(hint)}"
                 )
-    return merged
+    return {**merged, **own_ratio}
 
 
 def check_moe_config(ffn_config: Mapping[str, Any], d_model: int, expansion_ratio: float) -> None:
