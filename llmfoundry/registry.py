@@ -279,6 +279,31 @@ def import_function(path: str, key: str) -> PreprocessingFn:
     return cast(PreprocessingFn, function)
 
 
+class ColumnMapping:
+    """The preprocessing function of ``preprocessing_fn: {prompt: <column>, response: <column>}``
+    (LLM Foundry's mapping form): each row's two named columns become its prompt and response."""
+
+    def __init__(self, prompt: str, response: str) -> None:
+        self.prompt, self.response = prompt, response
+        self.__name__ = f"{{prompt: {prompt}, response: {response}}}"
+
+    def __call__(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
+        return {"prompt": row[self.prompt], "response": row[self.response]}
+
+    @classmethod
+    def from_config(cls, mapping: Mapping[str, Any], key: str) -> ColumnMapping:
+        """Raises:
+        ConfigError: unless the keys are exactly ``prompt`` and ``response``, naming columns."""
+        if set(mapping) != {"prompt", "response"} or not all(
+            isinstance(column, str) for column in mapping.values()
+        ):
+            raise ConfigError(
+                f"{key} as a mapping takes exactly prompt and response, each naming a column "
+                f"(e.g. {{prompt: text, response: summary}}); got {dict(mapping)}"
+            )
+        return cls(mapping["prompt"], mapping["response"])
+
+
 class DatasetConstructor:
     """The finetuning preprocessing functions by dataset (hub) name, in the registry
     ``registry`` (``dataset_constructor``; plug-ins add entries through the entry-point group
@@ -325,13 +350,14 @@ class DatasetConstructor:
         return self.registry.get_all().get(name)
 
     def resolve(
-        self, preprocessing_fn: str | None, hf_name: str | None, key: str
+        self, preprocessing_fn: str | Mapping[str, Any] | None, hf_name: str | None, key: str
     ) -> PreprocessingFn | None:
         """The preprocessing function a dataset config asks for.
 
         Args:
-            preprocessing_fn: ``"package.module:function"`` (imported), a registered name, or
-                None to use the function registered for ``hf_name`` (if any).
+            preprocessing_fn: ``"package.module:function"`` (imported), a registered name, a
+                :class:`ColumnMapping` section, or None to use the function registered for
+                ``hf_name`` (if any).
             hf_name: the dataset's hub name or builder (``json``).
             key: the config key path of ``preprocessing_fn``, for messages.
 
@@ -343,6 +369,8 @@ class DatasetConstructor:
         """
         if preprocessing_fn is None:
             return self.get(hf_name) if hf_name is not None else None
+        if isinstance(preprocessing_fn, Mapping):
+            return ColumnMapping.from_config(preprocessing_fn, key)
         if ":" in preprocessing_fn:
             return import_function(preprocessing_fn, key)
         function = self.get(preprocessing_fn)

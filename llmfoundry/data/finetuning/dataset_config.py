@@ -28,8 +28,9 @@ class FinetuningDatasetConfig:
         hf_name: a Hugging Face dataset (hub id, local folder or builder such as ``json``).
         hf_kwargs: extra keyword arguments of ``datasets.load_dataset`` (``data_files``, ...).
         split: the split to read (an HF split, or the MDS sub-folder).
-        preprocessing_fn: ``"package.module:function"`` or a registered name; None uses the
-            function registered for ``hf_name``, if any.
+        preprocessing_fn: ``"package.module:function"``, a registered name, or the columns
+            holding the prompt and the response (``{prompt: text, response: summary}``); None
+            uses the function registered for ``hf_name``, if any.
         allow_pad_trimming: trim each batch after the first to its longest example, rounded up
             to a multiple of 8.
         pad_to_longest: pad each batch to its longest example instead of ``max_seq_len``.
@@ -56,7 +57,7 @@ class FinetuningDatasetConfig:
     hf_name: str | None = None
     hf_kwargs: dict[str, Any] = field(default_factory=dict)
     split: str | None = None
-    preprocessing_fn: str | None = None
+    preprocessing_fn: str | dict[str, str] | None = None
     allow_pad_trimming: bool = False
     pad_to_longest: bool = False
     decoder_only_format: bool = True

@@ -192,6 +192,32 @@ def test_preprocessing_fn_by_import_path(
         build_finetuning_dataloader(tokenizer, 2, dataset)
 
 
+def test_preprocessing_fn_as_a_column_mapping(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    # LLM Foundry's mapping form: the named columns become the prompt and the response.
+    rows = [{"text": "Long story.", "summary": " Short."}, {"text": "Tale.", "summary": " T."}]
+    mapping = {"prompt": "text", "response": "summary"}
+    dataset = json_dataset(tmp_path, rows, preprocessing_fn=mapping)
+    batch = next(iter(build_finetuning_dataloader(tokenizer, 2, dataset).dataloader))
+    expected = ids(tokenizer, "Long story.", special=True) + ids(tokenizer, " Short.") + [EOS]
+    assert batch["input_ids"][0, : len(expected)].tolist() == expected
+
+    with pytest.raises(
+        ConfigError,
+        match=r"^train_loader\.dataset\.preprocessing_fn as a mapping takes exactly prompt and "
+        r"response",
+    ):
+        parse_dataset_config(
+            {**dataset, "preprocessing_fn": {"prompt": "text", "answer": "summary"}},
+            "train_loader.dataset",
+        )
+    # JSON loading fills a row's missing column with None: the row is named.
+    write_jsonl(tmp_path / "train.jsonl", [*rows, {"text": "no summary", "abstract": "x"}])
+    with pytest.raises(DatasetError, match=r"row 2: field 'response' must be a string, got None"):
+        build_finetuning_dataloader(tokenizer, 2, dataset)
+
+
 def test_registered_alpaca_preprocessing(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
