@@ -10,6 +10,13 @@ import torch
 from llmfoundry.utils.constants import IGNORE_INDEX
 from llmfoundry.utils.exceptions import ConfigError
 
+# The dataset keys that let ``eos_token_id`` / ``bos_token_id`` differ from the tokenizer's
+# (LLM Foundry's; the built-in replication validator checks the ids against the tokenizer).
+TOKEN_ID_OVERRIDES = {
+    "eos_token_id": "override_eos_token_id_mismatch_error",
+    "bos_token_id": "override_bos_token_id_mismatch_error",
+}
+
 
 class CausalLMCollator:
     """Pad token-id samples on the right into a causal-LM batch.

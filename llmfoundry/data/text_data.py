@@ -32,7 +32,7 @@ from llmfoundry.data.mds_dataset import TOKEN_ENCODING_TYPES as TOKEN_ENCODING_T
 from llmfoundry.data.mds_dataset import MDSDataset, SampleIndex
 from llmfoundry.data.mds_sources import CONVERT_HINT, build_streams
 from llmfoundry.data.mds_sources import stream_remote_local_validate as stream_remote_local_validate
-from llmfoundry.data.text_collator import CausalLMCollator
+from llmfoundry.data.text_collator import TOKEN_ID_OVERRIDES, CausalLMCollator
 from llmfoundry.data.text_collator import count_tokens_in_batch as count_tokens_in_batch
 from llmfoundry.utils.config_checks import (
     NonNegativeFloat,
@@ -52,6 +52,9 @@ logger = logging.getLogger(__name__)
 
 # LLM Foundry's name for the token dtypes a text MDS column may be stored in.
 SUPPORTED_MDS_ENCODING_TYPES = list(TOKEN_ENCODING_TYPES)
+# The ``text`` loader's dataset keys besides StreamingTextDataset's, read by the replication
+# validator.
+TEXT_LOADER_KEYS = frozenset({"seq_parallel_replication", *TOKEN_ID_OVERRIDES.values()})
 
 
 class StreamingTextDataset(MDSDataset):
@@ -120,7 +123,8 @@ def build_text_dataloader(
         device_batch_size: samples per batch on this device.
         dataset: :class:`StreamingTextDataset`'s keyword arguments (``max_seq_len`` is required;
             ``streams`` is a mapping of stream name to ``streaming.Stream`` keyword arguments),
-            and ``seq_parallel_replication`` (for the replication validator).
+            ``seq_parallel_replication`` and the ``override_*_token_id_mismatch_error`` flags
+            (for the replication validator).
         drop_last: drop the last incomplete batch.
         num_workers: data loader worker processes (0 loads in the main process).
         pin_memory: pin batches in page-locked memory.
@@ -141,7 +145,7 @@ def build_text_dataloader(
     key = f"{section}.dataset"
     dataset_cfg = dict(dataset)
     dataset_keys = (accepted_kwargs(StreamingTextDataset) or set()) - {"tokenizer", "batch_size"}
-    check_keys(dataset_cfg, dataset_keys | {"seq_parallel_replication"}, key)
+    check_keys(dataset_cfg, dataset_keys | TEXT_LOADER_KEYS, key)
     if "max_seq_len" not in dataset_cfg:
         raise ConfigError(f"{key}.max_seq_len is missing; set the sample length in tokens")
     replication, dataset_batch_size = validate_replication(

@@ -22,7 +22,11 @@ from transformers import PreTrainedTokenizerBase
 from llmfoundry.data.finetuning.collator import Seq2SeqFinetuningCollator
 from llmfoundry.data.finetuning.dataset_config import parse_dataset_config
 from llmfoundry.data.finetuning.packing import BinPackCollator
-from llmfoundry.data.text_collator import CausalLMCollator, count_tokens_in_batch
+from llmfoundry.data.text_collator import (
+    TOKEN_ID_OVERRIDES,
+    CausalLMCollator,
+    count_tokens_in_batch,
+)
 from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.tokenizer_utils import eos_token_id_of, pad_token_id_of
@@ -49,19 +53,22 @@ def validate_ds_replication(
     and ``device_batch_size``.
 
     ``auto_packing_replication`` is only checked: this validator has no sequence parallelism
-    for it to stand in for.
+    for it to stand in for. As LLM Foundry's, it also checks the section's ``eos_token_id`` /
+    ``bos_token_id`` against the tokenizer's (:func:`check_token_ids`).
 
     Args:
         dataset_cfg: the loader's ``dataset`` section.
-        tokenizer: the run's tokenizer (unused here).
+        tokenizer: the run's tokenizer.
         device_batch_size: the run's rows per batch on a device.
         section: the ``dataset`` section's key path, for messages.
 
     Raises:
         ConfigError: on ``seq_parallel_replication`` above 1 (not implemented; a plug-in
-            validator may support it), a non-integer batch size or a bad replication value.
+            validator may support it), a non-integer batch size, a bad replication value, or
+            a token id that differs from the tokenizer's without its override.
     """
-    del tokenizer
+    if tokenizer is not None:
+        check_token_ids(dataset_cfg, tokenizer, section)
     for name in ("replication", "seq_parallel_replication", "auto_packing_replication"):
         check_value(dataset_cfg.get(name), PositiveInt | None, f"{section}.{name}")
     if (dataset_cfg.get("seq_parallel_replication") or 1) > 1:
@@ -75,6 +82,25 @@ def validate_ds_replication(
             f"the device batch size must be a whole number of rows, got {device_batch_size!r}"
         )
     return int(dataset_cfg.get("replication") or 1), device_batch_size
+
+
+def check_token_ids(
+    dataset_cfg: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, section: str
+) -> None:
+    """A ``dataset`` section's ``eos_token_id`` / ``bos_token_id`` must be the tokenizer's, unless
+    its ``override_*_token_id_mismatch_error`` is true (then a warning says they differ).
+
+    Raises:
+        ConfigError: naming the key, both ids and the override key.
+    """
+    for key, override in TOKEN_ID_OVERRIDES.items():
+        given, own = dataset_cfg.get(key), getattr(tokenizer, key, None)
+        if given is None or given == own:
+            continue
+        message = f"{section}.{key} is {given}, but the tokenizer's {key} is {own}"
+        if not dataset_cfg.get(override):
+            raise ConfigError(f"{message}; fix it, or set {section}.{override}: true")
+        logger.warning("%s (%s is set)", message, override)
 
 
 def get_finetuning_collator(

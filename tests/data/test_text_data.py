@@ -23,6 +23,7 @@ from llmfoundry import registry
 from llmfoundry.cli.commands.preview_text_data import main as preview_main
 from llmfoundry.command_utils.data_prep.convert_dataset_json import convert_dataset_json
 from llmfoundry.command_utils.data_prep.convert_text_to_mds import convert_text_to_mds
+from llmfoundry.command_utils.preflight import check_loader_section
 from llmfoundry.data import CausalLMCollator, StreamingTextDataset, build_text_dataloader
 from llmfoundry.data.mds_dataset import TokenEncoding
 from llmfoundry.data.text_data import sample_texts, stop_persistent_workers
@@ -142,6 +143,28 @@ def test_text_loader_batches_and_counts_non_pad_tokens(
     assert isinstance(spec.dataloader, DataLoader)
     assert isinstance(spec.dataloader.dataset, StreamingTextDataset)
     assert spec.dataloader.dataset.eos_token_id == 0
+
+
+def test_eos_token_id_must_be_the_tokenizers_unless_overridden(
+    token_mds: Path, tokenizer: PreTrainedTokenizerBase, caplog: pytest.LogCaptureFixture
+) -> None:
+    # LLM Foundry's check: a sequence_id split at an id the tokenizer does not end texts with is
+    # a mistake unless override_eos_token_id_mismatch_error says otherwise.
+    dataset = {"local": str(token_mds), "split": "train", "max_seq_len": 16, "eos_token_id": 4}
+    with pytest.raises(
+        ConfigError,
+        match=r"^train_loader\.dataset\.eos_token_id is 4, but the tokenizer's eos_token_id is 0; "
+        r"fix it, or set train_loader\.dataset\.override_eos_token_id_mismatch_error: true$",
+    ):
+        build_text_dataloader(tokenizer, 4, dataset, num_workers=0)
+    overridden = {**dataset, "override_eos_token_id_mismatch_error": True}
+    check_loader_section("train_loader", {"name": "text", "dataset": overridden})
+    with caplog.at_level(logging.WARNING, logger="llmfoundry.data.utils"):
+        spec = build_text_dataloader(tokenizer, 4, overridden, num_workers=0)
+    assert "eos_token_id is 4, but the tokenizer's eos_token_id is 0" in caplog.text
+    first = next(iter(spec.dataloader))
+    # The second sample is 2..6: its id 4 ends document 0, so 5 and 6 are document 1.
+    assert first["sequence_id"][1, :5].tolist() == [0, 0, 0, 1, 1]
 
 
 def test_text_loader_with_workers(token_mds: Path, tokenizer: PreTrainedTokenizerBase) -> None:

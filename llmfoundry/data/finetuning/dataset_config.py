@@ -50,6 +50,9 @@ class FinetuningDatasetConfig:
         auto_packing_replication: the ``seq_parallel_replication`` that ``packing_ratio:
             auto`` profiles for; the replication validator sees it (with
             ``seq_parallel_replication: 1``) when the profiler asks how many rows a batch has.
+        eos_token_id, bos_token_id: LLM Foundry's keys, only checked against the tokenizer's
+            ids (by the built-in replication validator) unless
+            ``override_eos_token_id_mismatch_error`` / ``override_bos_token_id_mismatch_error``.
         streaming: the remaining keys, for ``StreamingFinetuningDataset`` (MDS sources).
     """
 
@@ -70,6 +73,10 @@ class FinetuningDatasetConfig:
     replication: PositiveInt | None = None
     seq_parallel_replication: PositiveInt | None = None
     auto_packing_replication: PositiveInt | None = None
+    eos_token_id: NonNegativeInt | None = None
+    bos_token_id: NonNegativeInt | None = None
+    override_eos_token_id_mismatch_error: bool = False
+    override_bos_token_id_mismatch_error: bool = False
     streaming: dict[str, Any] = field(default_factory=dict)
 
 

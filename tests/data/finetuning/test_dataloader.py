@@ -218,6 +218,24 @@ def test_preprocessing_fn_as_a_column_mapping(
         build_finetuning_dataloader(tokenizer, 2, dataset)
 
 
+def test_eos_token_id_is_checked_against_the_tokenizer(
+    tmp_path: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
+    # LLM Foundry's DBRX finetuning YAMLs name the tokenizer's EOS id; finetuning only checks it.
+    rows = build_finetuning_dataloader(tokenizer, 2, json_dataset(tmp_path, ROWS)).dataloader
+    same = build_finetuning_dataloader(tokenizer, 2, json_dataset(tmp_path, ROWS, eos_token_id=EOS))
+    assert all(
+        torch.equal(a["input_ids"], b["input_ids"])
+        for a, b in zip(rows, same.dataloader, strict=True)
+    )
+    with pytest.raises(ConfigError, match=r"^train_loader\.dataset\.bos_token_id is 7, but the"):
+        build_finetuning_dataloader(tokenizer, 2, json_dataset(tmp_path, ROWS, bos_token_id=7))
+    overridden = json_dataset(
+        tmp_path, ROWS, bos_token_id=7, override_bos_token_id_mismatch_error=True
+    )
+    assert len(list(build_finetuning_dataloader(tokenizer, 2, overridden).dataloader)) == 3
+
+
 def test_registered_alpaca_preprocessing(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
