@@ -219,8 +219,14 @@ def check_models_and_sections(cfg: EvalConfig, entries: Sequence[ModelEntry]) ->
         ConfigError: naming the first bad key (``models[0].model.n_layers``) and what it allows.
     """
     for entry in entries:
-        check_model_section(model_section(entry), f"{entry.where}.model")
+        section = model_section(entry)
+        check_model_section(section, f"{entry.where}.model")
         check_tokenizer_section(entry.tokenizer, f"{entry.where}.tokenizer")
+        if cfg.fsdp_config is not None and section.get("load_in_8bit"):
+            raise ConfigError(
+                f"{entry.where}.model.load_in_8bit: FSDP cannot shard 8-bit (bitsandbytes) "
+                "weights, as in LLM Foundry; remove fsdp_config or set load_in_8bit: false"
+            )
     for _, path, section in eval_loader_sections(cfg.eval_loader, cfg.eval_loaders):
         check_loader_section(path, section)
     check_named_sections(cfg.callbacks, cfg.loggers)

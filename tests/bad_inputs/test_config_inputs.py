@@ -606,6 +606,15 @@ EVAL_CASES: list[tuple[str, list[str], tuple[str, ...]]] = [
         ("eval_loader.num_workers must be a non-negative int",),
     ),
     ("eval-logger", ["loggers.tensorbord={}"], ("loggers.tensorbord", "did you mean")),
+    (
+        "eval-8bit-fsdp",  # LLM Foundry refuses it too, after the config is read
+        [
+            "models=[{model_name: x, model: {name: hf_causal_lm, pretrained_model_name_or_path:"
+            " /tmp/nowhere, load_in_8bit: true}, tokenizer: {name: /tmp/no}}]",
+            "fsdp_config={sharding_strategy: FULL_SHARD}",
+        ],
+        ("models[0].model.load_in_8bit: FSDP cannot shard 8-bit",),
+    ),
 ]
 
 
