@@ -11,6 +11,7 @@ without a terminal.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 from collections.abc import Iterable, Sequence
@@ -27,7 +28,7 @@ from llmfoundry.inference.generate import (
     load_for_generation,
 )
 from llmfoundry.inference.model_loading import context_length_of
-from llmfoundry.inference.options import ModelSource, Sampling
+from llmfoundry.inference.options import WARMUP_MESSAGE, ModelSource, Sampling
 from llmfoundry.utils.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -294,12 +295,15 @@ def chat_from_pretrained(
     *,
     system_prompt: str | None = None,
     stop_tokens: str | Sequence[str] | None = None,
+    warmup: bool = False,
     output: TextIO | None = None,
     notices: TextIO | None = None,
 ) -> ChatSession:
     """Load a model (:func:`~llmfoundry.inference.generate.load_for_generation`) and chat with
     it over ``lines``. ``source.max_seq_len`` also bounds the conversation (see
-    :class:`ChatSession`, as do ``stop_tokens``); ``sampling.seed`` seeds torch first.
+    :class:`ChatSession`, as do ``stop_tokens``); ``sampling.seed`` seeds torch first. With
+    ``warmup`` the model first answers :data:`WARMUP_MESSAGE`, as LLM Foundry's chat does,
+    and that turn stays in the conversation.
 
     Returns:
         The session, with the turns it kept.
@@ -323,5 +327,5 @@ def chat_from_pretrained(
         notices=notices,
         stop_tokens=stop_tokens,
     )
-    run_chat(session, lines)
+    run_chat(session, itertools.chain([WARMUP_MESSAGE] if warmup else [], lines))
     return session

@@ -119,7 +119,7 @@ def check_autocast(device_type: str, autocast_dtype: str | None) -> None:
     Raises:
         ConfigError: for an unknown dtype, or fp16 on CPU (CPU autocast runs only bf16).
     """
-    if autocast_dtype is None:
+    if autocast_dtype in (None, "fp32"):  # fp32: no autocast (LLM Foundry's choice too)
         return
     if autocast_dtype not in AUTOCAST_DTYPES:
         raise ConfigError(
@@ -135,13 +135,14 @@ def check_autocast(device_type: str, autocast_dtype: str | None) -> None:
 def autocast_context(
     device_type: str, autocast_dtype: str | None
 ) -> contextlib.AbstractContextManager[Any]:
-    """``torch.autocast`` for ``autocast_dtype`` on ``device_type``, or a no-op for None.
+    """``torch.autocast`` for ``autocast_dtype`` on ``device_type``, or a no-op for None and
+    ``fp32``.
 
     Raises:
         ConfigError: see :func:`check_autocast`.
     """
     check_autocast(device_type, autocast_dtype)
-    if autocast_dtype is None:
+    if autocast_dtype in (None, "fp32"):
         return contextlib.nullcontext()
     return torch.autocast(device_type, dtype=AUTOCAST_DTYPES[autocast_dtype])
 

@@ -26,6 +26,10 @@ from llmfoundry.utils.config_checks import (
 )
 from llmfoundry.utils.constants import AUTOCAST_DTYPE_NAMES, DTYPE_NAMES, HF_ATTN_IMPLEMENTATIONS
 
+# LLM Foundry's chat opens with this turn (unless --warmup false) and this system prompt.
+WARMUP_MESSAGE = "Write a welcome message to the user."
+DEFAULT_SYSTEM_PROMPT = "You are a friendly chatbot who aims to be helpful and honest."
+
 MPT_ATTN_IMPL_NAMES = ("torch", "flash", "sdpa", "triton", "flex")
 """``--attn_impl`` for MPT exports: ``configuration_mpt.ATTN_IMPLS``."""
 
@@ -96,7 +100,10 @@ class ModelSource:
     model_dtype: str = _field("fp32", Flag(choices=tuple(DTYPE_NAMES)))
     autocast_dtype: str | None = _field(
         None,
-        Flag("run generate under torch.autocast (CPU: bf16 only)", choices=AUTOCAST_DTYPE_NAMES),
+        Flag(
+            "run generate under torch.autocast (fp32: none; CPU: bf16 only)",
+            choices=("fp32", *AUTOCAST_DTYPE_NAMES),
+        ),
     )
     trust_remote_code: bool = _field(False, Flag(parse=parse_bool, optional_value=True))
     use_auth_token: str | bool | None = _field(

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -66,8 +67,14 @@ def check_replaceable_output(target: str | Path, flag: str, markers: tuple[str, 
         markers: files one of which a previous output of the command holds.
 
     Raises:
-        ConfigError: if ``target`` is a file, or a non-empty folder holding none of ``markers``.
+        ConfigError: if ``target`` is an object-store URI, a file, or a non-empty folder holding
+            none of ``markers``.
     """
+    if len(urllib.parse.urlparse(str(target)).scheme) > 1:  # not a Windows drive letter
+        raise ConfigError(
+            f"{flag}={str(target)!r}: writing to an object store is not supported by this "
+            "command; give a local folder and upload it afterwards"
+        )
     path = Path(target)
     if path.is_file():
         raise ConfigError(f"{flag}={str(target)!r} is a file; give the path of a folder to write")

@@ -20,7 +20,7 @@ from llmfoundry.inference.chat import (
     run_chat,
 )
 from llmfoundry.inference.generate import load_model_and_tokenizer
-from llmfoundry.inference.options import ModelSource
+from llmfoundry.inference.options import WARMUP_MESSAGE, ModelSource
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 from tests import REPO
 from tests.command_utils.tiny_models import run_script
@@ -274,7 +274,9 @@ def test_script_chats_over_stdin_until_eof(chat_dir: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Assistant: " in result.stdout
-    assert f"[system] {SYSTEM}\n[user] Hi\n[assistant] " in result.stdout
+    # As in LLM Foundry, the chat opens with a warm-up turn that stays in the conversation.
+    assert f"[system] {SYSTEM}\n[user] {WARMUP_MESSAGE}\n[assistant] " in result.stdout
+    assert "\n[user] Hi\n[assistant] " in result.stdout
 
 
 @pytest.mark.parametrize(

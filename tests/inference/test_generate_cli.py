@@ -174,6 +174,9 @@ def test_autocast_runs_generate_under_bf16_and_refuses_fp16_on_cpu(tiny_llama_di
     seen.clear()
     generate_batch(model, tokenizer, PROMPTS, 3)
     assert seen and not any(enabled for enabled, _ in seen)
+    seen.clear()
+    generate_batch(model, tokenizer, PROMPTS, 3, autocast_dtype="fp32")  # LLM Foundry's: none
+    assert seen and not any(enabled for enabled, _ in seen)
     with pytest.raises(ConfigError, match=r"--autocast_dtype=fp16 does not run on CPU"):
         generate_from_pretrained(
             ModelSource(str(tiny_llama_dir), autocast_dtype="fp16", device="cpu"),

@@ -16,6 +16,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from llmfoundry.cli.commands.hf_chat import build_parser as build_chat_parser
 from llmfoundry.cli.generate_flags import add_model_flags, add_sampling_flags
 from llmfoundry.command_utils.convert_hf_to_onnx import convert_hf_to_onnx, run_onnx
 from llmfoundry.inference.generate import generate_from_pretrained, read_prompts
@@ -24,7 +25,12 @@ from llmfoundry.inference.model_loading import (
     context_length_of,
     load_model_and_tokenizer,
 )
-from llmfoundry.inference.options import ModelSource, Sampling
+from llmfoundry.inference.options import (
+    DEFAULT_SYSTEM_PROMPT,
+    WARMUP_MESSAGE,
+    ModelSource,
+    Sampling,
+)
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
 from tests import REPO
@@ -87,10 +93,10 @@ def test_script_generates_for_each_delimited_prompt(
         "--device", "cpu",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    expected = generate_from_pretrained(
+    expected = generate_from_pretrained(  # the script samples by default, as LLM Foundry's
         ModelSource(str(tiny_llama_dir)),
         ["first prompt", "second\nprompt"],
-        Sampling(max_new_tokens=5),
+        Sampling(max_new_tokens=5, do_sample=True),
         warmup=False,
     )
     for generation in expected.generations:
@@ -235,11 +241,17 @@ def test_chat_script_takes_lf_stop_tokens_and_max_seq_len(tiny_llama_dir: Path) 
             "--max_seq_len", "48",
             "--max-new-tokens", "4",
             "--do_sample", "false",
+            "--warmup", "false",
+            "--system_prompt", "",
             "--device", "cpu",
             stdin="Hi\nhistory\n",
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
         assert "[user] Hi\n[assistant] " in result.stdout
+        assert WARMUP_MESSAGE not in result.stdout
+    # LLM Foundry's defaults: a warm-up turn and its system prompt.
+    defaults = build_chat_parser().parse_args(["-n", str(tiny_llama_dir)])
+    assert (defaults.warmup, defaults.system_prompt) == (True, DEFAULT_SYSTEM_PROMPT)
 
 
 @pytest.mark.parametrize(
@@ -266,3 +278,13 @@ def test_a_device_this_machine_lacks_is_named_before_loading() -> None:
     with pytest.raises(ConfigError, match=lacking):
         check_device(f"cuda:{count}")
     check_device("cpu")
+
+
+def test_onnx_script_takes_lf_optional_value_flags() -> None:
+    from llmfoundry.cli.commands.convert_hf_to_onnx import build_parser
+
+    base = ["--pretrained_model_name_or_path", "m", "--output_folder", "out"]
+    parsed = build_parser().parse_args([*base, "--trust_remote_code", "false", "--use_auth_token"])
+    assert (parsed.trust_remote_code, parsed.use_auth_token) == (False, True)
+    parsed = build_parser().parse_args([*base, "--trust_remote_code", "--use_auth_token", "hf_x"])
+    assert (parsed.trust_remote_code, parsed.use_auth_token) == (True, "hf_x")

@@ -189,3 +189,13 @@ def test_a_json_line_reads_as_its_object() -> None:
 )
 def test_sizes_are_shown_in_si_units(num_bytes: int, shown: str) -> None:
     assert format_size(num_bytes) == shown
+
+
+def test_an_object_store_output_is_refused_rather_than_written_to_a_local_s3_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Path("s3://bucket/out") is the relative local folder s3:/bucket/out: refuse it in one line.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"^--hf_output_path='s3://bucket/out': writing to an"):
+        check_replaceable_output("s3://bucket/out", "--hf_output_path", HF_FOLDER_MARKERS)
+    assert list(tmp_path.iterdir()) == []

@@ -9,7 +9,8 @@ import json
 from collections.abc import Sequence
 
 from llmfoundry.cli.argparsing import BooleanFlag, command_parser
-from llmfoundry.cli.generate_flags import flag_names
+from llmfoundry.cli.generate_flags import add_dataclass_flags, flag_names
+from llmfoundry.inference.options import ModelSource
 from llmfoundry.utils.cli_utils import run_user_command
 
 
@@ -22,9 +23,10 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
     add(*flag_names("dtype"), default="fp32", choices=["fp32", "fp16", "bf16"])
     add(*flag_names("export_format"), default="onnx", choices=["onnx"])
     add(*flag_names("from_pretrained_kwargs"), default="", help="JSON object")
-    add(*flag_names("revision"), default=None, help="hub revision: branch, tag or commit")
-    add(*flag_names("use_auth_token"), default=None, help="hub token")
-    add(*flag_names("trust_remote_code"), action=BooleanFlag, default=False)
+    # As hf_generate's: --trust_remote_code [true|false], --use_auth_token [TOKEN|true|false].
+    add_dataclass_flags(
+        parser, ModelSource, only=("trust_remote_code", "use_auth_token", "revision")
+    )
     add(*flag_names("verify_export"), action=BooleanFlag, default=True)
 
 

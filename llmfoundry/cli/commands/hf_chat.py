@@ -13,7 +13,8 @@ from llmfoundry.cli.generate_flags import (
     take_model_source,
     take_sampling,
 )
-from llmfoundry.utils.cli_utils import run_user_command
+from llmfoundry.inference.options import DEFAULT_SYSTEM_PROMPT, WARMUP_MESSAGE
+from llmfoundry.utils.cli_utils import parse_bool, run_user_command
 
 
 def _add_flags(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +25,15 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
     add_model_flags(parser, helps={"max_seq_len": max_seq_len_help})
     add_sampling_flags(parser, max_new_tokens=512, do_sample=True)
     add = parser.add_argument
-    add(*flag_names("system_prompt"), default=None)
+    add(*flag_names("system_prompt"), default=DEFAULT_SYSTEM_PROMPT)
+    add(
+        *flag_names("warmup"),
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=True,
+        help=f"first answer {WARMUP_MESSAGE!r} (kept in the conversation)",
+    )
     add(
         *flag_names("stop_tokens"),
         default=None,

@@ -20,7 +20,7 @@ from llmfoundry.utils.cli_utils import parse_bool, run_user_command
 def _add_flags(parser: argparse.ArgumentParser) -> None:
     """The sampling flags take several values: one run for each combination."""
     add_model_flags(parser)
-    add_sampling_flags(parser, sweep=True)
+    add_sampling_flags(parser, do_sample=True, sweep=True)  # LLM Foundry samples by default
     add = parser.add_argument
     add(*flag_names("prompts", "-p"), nargs="+", default=["My name is"], help="text, or file::path")
     add(
