@@ -292,8 +292,11 @@ class ColumnMapping:
 
     @classmethod
     def from_config(cls, mapping: Mapping[str, Any], key: str) -> ColumnMapping:
-        """Raises:
-        ConfigError: unless the keys are exactly ``prompt`` and ``response``, naming columns."""
+        """The mapping of a ``preprocessing_fn`` key (``key``, for messages).
+
+        Raises:
+            ConfigError: unless its keys are exactly ``prompt`` and ``response``, naming columns.
+        """
         if set(mapping) != {"prompt", "response"} or not all(
             isinstance(column, str) for column in mapping.values()
         ):
