@@ -12,6 +12,7 @@ import csv
 import itertools
 import logging
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -43,6 +44,7 @@ DESCRIPTION = (
     "lengths. Writes results.csv and latency_vs_throughput.png to --output_dir and prints the table."
 )
 CSV_NAME = "results.csv"
+YAML_SUFFIXES = (".yaml", ".yml")
 PLOT_NAME = "latency_vs_throughput.png"
 
 
@@ -260,6 +262,32 @@ def run_benchmark(
             path, missing package or tokenizer.
     """
     model, tokenizer = load_for_generation(source)
+    return benchmark_and_write(
+        model,
+        tokenizer,
+        output_dir,
+        batch_sizes,
+        input_lens,
+        output_lens,
+        warmup_runs=warmup_runs,
+        timed_runs=timed_runs,
+        autocast_dtype=source.autocast_dtype,
+        seed=seed,
+    )
+
+
+def benchmark_and_write(
+    model: PreTrainedModel,
+    tokenizer: Any,
+    output_dir: str | Path,
+    batch_sizes: Sequence[int],
+    input_lens: Sequence[int],
+    output_lens: Sequence[int],
+    **timing: Any,
+) -> BenchmarkResult:
+    """:func:`benchmark_generation` with prompts that avoid the EOS and pad ids, then the CSV
+    and the plot in ``output_dir``; ``timing`` holds its keyword arguments (``warmup_runs``,
+    ``timed_runs``, ``autocast_dtype``, ``seed``)."""
     eos, pad = generation_token_ids(model, tokenizer)
     avoid = {pad} if pad is not None else set()
     avoid |= {eos} if isinstance(eos, int) else set(eos or [])
@@ -268,18 +296,37 @@ def run_benchmark(
         batch_sizes,
         input_lens,
         output_lens,
-        warmup_runs=warmup_runs,
-        timed_runs=timed_runs,
-        autocast_dtype=source.autocast_dtype,
         pad_token_id=pad,
         avoid_token_ids=sorted(avoid),
-        seed=seed,
+        **timing,
     )
     output_dir = Path(output_dir)
     return BenchmarkResult(
         rows=rows,
         csv_path=write_csv(rows, output_dir / CSV_NAME),
         plot_path=plot_latency_vs_throughput(rows, output_dir / PLOT_NAME),
+    )
+
+
+def run_yaml_benchmark(yaml_path: str, overrides: Sequence[str] = ()) -> BenchmarkResult:
+    """LLM Foundry's form: the model, tokenizer and grid from a YAML (see
+    :mod:`~llmfoundry.inference.benchmark_yaml`)."""
+    from llmfoundry.inference.benchmark_yaml import build_benchmark_model, load_benchmark_yaml
+
+    config = load_benchmark_yaml(yaml_path, overrides)
+    model, tokenizer = build_benchmark_model(config)
+    logger.info("benchmark %s", config.benchmark_name)
+    return benchmark_and_write(
+        model,
+        tokenizer,
+        config.output_dir,
+        config.batch_sizes,
+        config.input_lengths,
+        config.output_lengths,
+        warmup_runs=config.num_warmup_batches,
+        timed_runs=config.num_batches,
+        autocast_dtype=config.autocast_dtype,
+        seed=config.seed,
     )
 
 
@@ -298,9 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     return accept_both_spellings(parser)
 
 
-def print_benchmark(args: argparse.Namespace) -> None:
-    """Run the benchmark for the parsed flags and print one CSV line per combination."""
-    result = run_benchmark(take_model_source(args), **vars(args))
+def print_result(result: BenchmarkResult) -> None:
+    """One CSV line per combination, then where the files went."""
     print(",".join(f.name for f in fields(BenchmarkRow)))
     for row in result.rows:
         print(
@@ -309,7 +355,15 @@ def print_benchmark(args: argparse.Namespace) -> None:
     print(f"wrote {result.csv_path} and {result.plot_path}")
 
 
+def print_benchmark(args: argparse.Namespace) -> None:
+    """Run the benchmark for the parsed flags and print the table."""
+    print_result(run_benchmark(take_model_source(args), **vars(args)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """The benchmark script: parse ``argv`` (default: ``sys.argv[1:]``), run and print; returns
-    the exit code."""
+    """The benchmark script: ``benchmark.py <yaml> [key=value ...]`` (LLM Foundry's form) or the
+    flags of :func:`build_parser`; runs and prints, returns the exit code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0].endswith(YAML_SUFFIXES):
+        return run_user_command(lambda: print_result(run_yaml_benchmark(argv[0], argv[1:])))
     return run_user_command(print_benchmark, build_parser().parse_args(argv))
