@@ -42,13 +42,30 @@ app.add_typer(eval_cli.app, name="eval")
 data_prep = typer.Typer(
     cls=QuickHelpGroup, no_args_is_help=True, help="Convert datasets to MDS for training."
 )
-for _module, _help in [
-    (convert_dataset_hf, "A Hugging Face dataset (Hub name or local files) to MDS."),
-    (convert_dataset_json, "JSON-lines files (a 'text' field) to MDS."),
-    (convert_finetuning_dataset, "Finetuning examples (prompt/response or chats) to MDS."),
-    (convert_text_to_mds, "A folder of *.txt files to concatenated-token MDS."),
+for _name, _main, _help in [
+    (
+        "convert_dataset_hf",
+        convert_dataset_hf.main,
+        "A Hugging Face dataset (Hub name or local files) to MDS.",
+    ),
+    # Its command writes zstd shards by default, as LLM Foundry's does (the script: none).
+    (
+        "convert_dataset_json",
+        convert_dataset_json.cli_main,
+        "JSON-lines files (a 'text' field) to MDS.",
+    ),
+    (
+        "convert_finetuning_dataset",
+        convert_finetuning_dataset.main,
+        "Finetuning examples (prompt/response or chats) to MDS.",
+    ),
+    (
+        "convert_text_to_mds",
+        convert_text_to_mds.main,
+        "A folder of *.txt files to concatenated-token MDS.",
+    ),
 ]:
-    add_pass_through(data_prep, _module.__name__.rpartition(".")[2], _module.main, _help)
+    add_pass_through(data_prep, _name, _main, _help)
 app.add_typer(data_prep, name="data_prep")
 
 convert = typer.Typer(

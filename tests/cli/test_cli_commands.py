@@ -297,7 +297,10 @@ def test_data_prep_command_with_kebab_flags_writes_what_the_script_writes(
     assert result.exit_code == 0, result.output
 
     script = REPO / "scripts/data_prep/convert_dataset_json.py"
+    # The command writes zstd shards unless told otherwise, as LLM Foundry's; the script, as
+    # LLM Foundry's script, writes them uncompressed.
     argv = [str(script), *common, "--out_root", str(tmp_path / "script"), "--concat_tokens", "16"]
+    argv += ["--compression", "zstd"]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(sys, "argv", argv)
         with pytest.raises(SystemExit) as done:
@@ -305,8 +308,10 @@ def test_data_prep_command_with_kebab_flags_writes_what_the_script_writes(
     assert done.value.code == 0
 
     written = _mds_files(tmp_path / "cli")
-    assert any(name.endswith(".mds") for name in written)
+    assert any(name.endswith(".mds.zstd") for name in written)
     assert written == _mds_files(tmp_path / "script")
+    parsed = convert_dataset_json.build_parser("x").parse_args([*common, "--out_root", "o"])
+    assert parsed.compression is None
 
 
 def test_eval_runs_a_yaml_and_keeps_download_data(

@@ -38,9 +38,20 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
 build_parser = command_parser(__doc__, _add_flags)
 
 
-def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Parse ``argv`` (default: ``sys.argv[1:]``) and convert; returns the exit code."""
-    args = build_parser(prog).parse_args(argv)
+def main(
+    argv: Sequence[str] | None = None, prog: str | None = None, compression: str | None = None
+) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and convert; returns the exit code.
+    ``compression`` is the default of ``--compression``."""
+    parser = build_parser(prog)
+    parser.set_defaults(compression=compression)
+    args = parser.parse_args(argv)
     from llmfoundry.command_utils.data_prep.convert_dataset_json import convert_dataset_json
 
     return run_user_command(convert_dataset_json, **vars(args))
+
+
+def cli_main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``llmfoundry data_prep convert_dataset_json``: :func:`main` with zstd shards by default,
+    as LLM Foundry's command writes them (its script, like ours, writes uncompressed ones)."""
+    return main(argv, prog, compression="zstd")
