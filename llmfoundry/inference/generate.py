@@ -18,7 +18,6 @@ import itertools
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -38,7 +37,8 @@ from llmfoundry.inference.options import SWEPT_FLAGS, ModelSource, Sampling
 from llmfoundry.models.hf.export import PRECISION_DTYPES
 from llmfoundry.utils.config_checks import PositiveInt, check_value
 from llmfoundry.utils.constants import AUTOCAST_DTYPE_NAMES
-from llmfoundry.utils.exceptions import ConfigError, MissingFileError, TokenizerError
+from llmfoundry.utils.exceptions import ConfigError, TokenizerError
+from llmfoundry.utils.prompt_files import load_prompts
 from llmfoundry.utils.tokenizer_utils import eos_id_set, pad_token_id_of
 
 AUTOCAST_DTYPES = {name: PRECISION_DTYPES[name] for name in AUTOCAST_DTYPE_NAMES}
@@ -84,33 +84,6 @@ class GenerationRun:
     def generations(self) -> list[Generation]:
         """Every generation, in prompt order."""
         return [g for batch in self.batches for g in batch.generations]
-
-
-def read_prompts(prompts: Sequence[str], delimiter: str | None = None) -> list[str]:
-    """Expand ``file::path`` entries into the file's prompts; other entries are prompts as given.
-
-    Args:
-        prompts: prompts, and ``file::path`` entries (``~`` is expanded).
-        delimiter: splits a prompt file into several prompts (empty pieces are dropped), as
-            LLM Foundry's ``--prompt-delimiter``; None: each file is one prompt.
-
-    Raises:
-        MissingFileError: for a ``file::`` path that does not exist.
-        ConfigError: for an empty delimiter.
-    """
-    if delimiter == "":
-        raise ConfigError("--prompt-delimiter must not be empty; leave it out to read whole files")
-    expanded = []
-    for prompt in prompts:
-        if not prompt.startswith("file::"):
-            expanded.append(prompt)
-            continue
-        path = Path(prompt.removeprefix("file::")).expanduser()
-        if not path.is_file():
-            raise MissingFileError(f"--prompts: prompt file '{path}' does not exist")
-        text = path.read_text(encoding="utf-8")
-        expanded += [text] if delimiter is None else [p for p in text.split(delimiter) if p]
-    return expanded
 
 
 def check_autocast(device_type: str, autocast_dtype: str | None) -> None:
@@ -358,13 +331,14 @@ def generate_sweep(
     Prompts run in batches of at most ``max_batch_size``, left-padded; with ``warmup`` the
     first batch is generated once untimed before the first timed run. Each combination sets
     its seed just before its runs, so sampled text does not depend on the warmup or on the
-    other combinations. ``prompt_delimiter`` splits prompt files (:func:`read_prompts`).
+    other combinations. ``prompt_delimiter`` splits prompt files
+    (:func:`~llmfoundry.utils.prompt_files.load_prompts`).
 
     Raises:
         ConfigError, MissingFileError, MissingDependencyError, TokenizerError: on a bad flag,
             path, missing package or tokenizer.
     """
-    texts = read_prompts(prompts, prompt_delimiter)
+    texts = load_prompts(prompts, prompt_delimiter)
     if not texts:
         raise ConfigError("--prompts is empty; give at least one prompt")
     batches = list(split_batches(texts, max_batch_size))

@@ -53,6 +53,7 @@ LF_NAMES = {
     "stream_remote_local_validate SUPPORTED_MDS_ENCODING_TYPES",
     "llmfoundry.optim": "DecoupledAdaLRLion DecoupledClipLion DecoupledLionW InverseSquareRootWithWarmupScheduler",
     "llmfoundry.interfaces": "CallbackWithConfig",
+    "llmfoundry.utils.prompt_files": "load_prompts load_prompts_from_file",
 }
 
 

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokeni
 from llmfoundry.cli.commands.hf_chat import build_parser as build_chat_parser
 from llmfoundry.cli.generate_flags import add_model_flags, add_sampling_flags
 from llmfoundry.command_utils.convert_hf_to_onnx import convert_hf_to_onnx, run_onnx
-from llmfoundry.inference.generate import generate_from_pretrained, read_prompts
+from llmfoundry.inference.generate import generate_from_pretrained
 from llmfoundry.inference.model_loading import (
     check_device,
     context_length_of,
@@ -33,6 +33,7 @@ from llmfoundry.inference.options import (
 )
 from llmfoundry.models.hf.export import save_mpt_as_hf
 from llmfoundry.utils.exceptions import ConfigError, MissingFileError
+from llmfoundry.utils.prompt_files import load_prompts
 from tests import REPO
 from tests.command_utils.hub_cache import add_revision, offline_hub_cache  # noqa: F401
 from tests.command_utils.tiny_models import run_script
@@ -71,10 +72,10 @@ def test_prompt_files_split_at_the_delimiter(tmp_path: Path) -> None:
     prompt_file = tmp_path / "prompts.txt"
     prompt_file.write_text(PROMPT_FILE_TEXT, encoding="utf-8")
     entries = ["typed", f"file::{prompt_file}"]
-    assert read_prompts(entries, "|||") == ["typed", "first prompt", "second\nprompt"]
-    assert read_prompts(entries) == ["typed", PROMPT_FILE_TEXT]
+    assert load_prompts(entries, "|||") == ["typed", "first prompt", "second\nprompt"]
+    assert load_prompts(entries) == ["typed", PROMPT_FILE_TEXT]
     with pytest.raises(ConfigError, match="--prompt-delimiter must not be empty"):
-        read_prompts(entries, "")
+        load_prompts(entries, "")
 
 
 @pytest.mark.parametrize("flag", ["--prompt-delimiter", "--prompt_delimiter"])
