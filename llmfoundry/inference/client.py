@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -167,48 +168,75 @@ def _api_base(url: str) -> str:
 
 
 @dataclass
-class _Settings:
+class RequestSettings:
+    """What every request of a run carries and how it is sent.
+
+    Attributes:
+        url: the URL posted to.
+        chat: the chat API (one prompt a request, as one user message).
+        fields: the request's other fields (``model``, ``max_tokens``, ``temperature``, ...).
+        retry: when a failed request is tried again.
+        min_interval_s: the least time between the starts of two requests (a rate limit).
+    """
+
     url: str
     chat: bool
-    model: str
-    max_tokens: int
-    temperature: float
+    fields: dict[str, Any]
     retry: RetryPolicy
+    min_interval_s: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _next_start: float = 0.0
+
+    def wait_for_turn(self) -> None:
+        """Sleep until the rate limit lets the next request start."""
+        if self.min_interval_s <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next_start)
+            self._next_start = start + self.min_interval_s
+        time.sleep(start - now)
 
 
-def _request_body(settings: _Settings, prompt: str) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": settings.model,
-        "max_tokens": settings.max_tokens,
-        "temperature": settings.temperature,
-    }
+def _request_body(settings: RequestSettings, prompts: Sequence[str]) -> dict[str, Any]:
+    body = dict(settings.fields)
     if settings.chat:
-        body["messages"] = [{"role": "user", "content": prompt}]
+        body["messages"] = [{"role": "user", "content": prompts[0]}]
     else:
-        body["prompt"] = prompt
+        body["prompt"] = prompts[0] if len(prompts) == 1 else list(prompts)
     return body
 
 
-def _send(client: httpx.Client, settings: _Settings, prompt: str) -> EndpointResult:
-    """One prompt, with retries; failures become the result's ``error``."""
+def send_batch(
+    client: httpx.Client, settings: RequestSettings, prompts: Sequence[str]
+) -> list[EndpointResult]:
+    """One request for ``prompts`` (a list prompt when there are several), with retries; a
+    failure becomes every prompt's ``error``."""
+    settings.wait_for_turn()
     start = time.perf_counter()
-    body = _request_body(settings, prompt)
-    label = f"prompt {prompt[:40]!r}"
-    outcome = post_with_retries(client, settings.url, body, settings.retry, label)
+    label = f"prompt {prompts[0][:40]!r}" + (f" (+{len(prompts) - 1})" if len(prompts) > 1 else "")
+    outcome = post_with_retries(
+        client, settings.url, _request_body(settings, prompts), settings.retry, label
+    )
     latency = time.perf_counter() - start
     response = outcome.response
     if response is None:
-        attempts = settings.retry.retries + 1
-        return EndpointResult(
-            prompt, None, None, latency, f"{outcome.last_error} (after {attempts} attempts)"
-        )
-    if response.status_code != 200:
-        return EndpointResult(
-            prompt, None, None, latency, error_message(response, settings.retry.message_chars)
-        )
-    choice = response.json()["choices"][0]
-    text = choice["message"]["content"] if settings.chat else choice["text"]
-    return EndpointResult(prompt, text, choice["finish_reason"], latency)
+        error = f"{outcome.last_error} (after {settings.retry.retries + 1} attempts)"
+    elif response.status_code != 200:
+        error = error_message(response, settings.retry.message_chars)
+    else:
+        choices = response.json()["choices"]
+        by_index = {int(c.get("index", i)): c for i, c in enumerate(choices)}
+        return [
+            EndpointResult(
+                prompt,
+                by_index[i]["message"]["content"] if settings.chat else by_index[i]["text"],
+                by_index[i]["finish_reason"],
+                latency,
+            )
+            for i, prompt in enumerate(prompts)
+        ]
+    return [EndpointResult(prompt, None, None, latency, error) for prompt in prompts]
 
 
 def served_model_name(client: httpx.Client, url: str) -> str:
@@ -267,20 +295,44 @@ def query_endpoint(
     check_arguments(query_endpoint, "--", parallel=parallel, max_tokens=max_tokens, retries=retries)
     url, chat = resolve_endpoint(endpoint, chat)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    limits = httpx.Limits(max_connections=parallel, max_keepalive_connections=parallel)
-    with httpx.Client(
-        timeout=timeout_s, headers=headers, limits=limits, transport=transport
-    ) as client:
-        settings = _Settings(
+    with endpoint_client(parallel, timeout_s, headers, transport) as client:
+        settings = RequestSettings(
             url=url,
             chat=chat,
-            model=model or served_model_name(client, url),
-            max_tokens=max_tokens,
-            temperature=temperature,
+            fields={
+                "model": model or served_model_name(client, url),
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+            },
             retry=RetryPolicy(retries, backoff_s, RETRIED_STATUSES),
         )
-        with ThreadPoolExecutor(parallel, thread_name_prefix="endpoint") as pool:
-            return list(pool.map(lambda prompt: _send(client, settings, prompt), prompts))
+        return send_in_batches(client, settings, prompts, 1, parallel)
+
+
+def endpoint_client(
+    parallel: int,
+    timeout_s: float,
+    headers: dict[str, str],
+    transport: httpx.BaseTransport | None = None,
+) -> httpx.Client:
+    """An HTTP client that keeps ``parallel`` connections."""
+    limits = httpx.Limits(max_connections=parallel, max_keepalive_connections=parallel)
+    return httpx.Client(timeout=timeout_s, headers=headers, limits=limits, transport=transport)
+
+
+def send_in_batches(
+    client: httpx.Client,
+    settings: RequestSettings,
+    prompts: Sequence[str],
+    batch_size: int,
+    parallel: int,
+) -> list[EndpointResult]:
+    """Every prompt, ``batch_size`` a request and ``parallel`` requests at once; one result per
+    prompt, in input order."""
+    batches = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
+    with ThreadPoolExecutor(parallel, thread_name_prefix="endpoint") as pool:
+        answered = pool.map(lambda batch: send_batch(client, settings, batch), batches)
+        return [result for batch in answered for result in batch]
 
 
 def write_results(results: Sequence[EndpointResult], output: str | Path) -> Path:

@@ -117,6 +117,7 @@ class GenerationRow:
         logprobs: list this many alternatives per token in the result's ``logprobs`` (None:
             no log-probabilities).
         echo: the log-probabilities also cover the prompt's tokens.
+        top_k: sample among this many likeliest tokens, 0 for all (sampling only).
     """
 
     prompt_ids: list[int]
@@ -131,6 +132,7 @@ class GenerationRow:
     cancelled: threading.Event = field(default_factory=threading.Event)
     logprobs: int | None = None
     echo: bool = False
+    top_k: int = 0
 
     @property
     def batch_key(self) -> Hashable:
@@ -443,8 +445,10 @@ class GenerationWorker:
             eos_token_id=sorted(self._eos_ids),
         )
         if sampling:
-            # OpenAI's sampling has no top-k: turn off transformers' default of 50.
-            generation_config.update(temperature=first.temperature, top_p=first.top_p, top_k=0)
+            # top_k 0 (OpenAI's sampling has none) turns off transformers' default of 50.
+            generation_config.update(
+                temperature=first.temperature, top_p=first.top_p, top_k=first.top_k
+            )
         self.generate_calls += 1
         start = time.perf_counter()
         device = model.device

@@ -188,6 +188,7 @@ class Endpoint:
                     stop=prepared.stops,
                     temperature=sampling.temperature,
                     top_p=sampling.top_p,
+                    top_k=sampling.top_k,
                     seed=sampling.seed,
                     group=group,
                     on_done=lambda result, i=index: deliver((i, result)),

@@ -33,6 +33,7 @@ COMMON_FIELDS = (
     "max_tokens",
     "temperature",
     "top_p",
+    "top_k",
     "n",
     "stop",
     "seed",
@@ -148,6 +149,8 @@ class SamplingRequest:
         max_tokens: the requested limit, or None for the endpoint's default.
         temperature: 0 for greedy decoding.
         top_p: nucleus sampling mass.
+        top_k: sample among this many likeliest tokens (0: all; not in OpenAI's API, but vLLM's
+            and LLM Foundry's endpoint_generate send it; -1 is read as 0, as vLLM does).
         stop: stop strings.
         seed: sampler seed, or None.
         stream: answer with server-sent events.
@@ -157,6 +160,7 @@ class SamplingRequest:
     max_tokens: int | None
     temperature: float
     top_p: float
+    top_k: int
     stop: list[str]
     seed: int | None
     stream: bool
@@ -241,6 +245,7 @@ def parse_sampling(
         max_tokens=_int_field(body, max_tokens_field, minimum=1),
         temperature=_float_field(body, "temperature", 1.0, 0.0, 2.0, low_open=False),
         top_p=_float_field(body, "top_p", 1.0, 0.0, 1.0, low_open=True),
+        top_k=max(_int_field(body, "top_k", minimum=-1) or 0, 0),
         stop=stops,
         seed=_int_field(body, "seed"),
         stream=stream,

@@ -218,6 +218,21 @@ def test_sampled_requests_run_apart_and_repeat_with_a_seed(server: RunningServer
     assert texts[0] == texts[1], "the same seed gives the same text"
 
 
+def test_top_k_one_samples_the_greedy_text(server: RunningServer, served: ServedModel) -> None:
+    # vLLM's top_k (LLM Foundry's endpoint_generate sends it): sampling among the single
+    # likeliest token is greedy decoding, whatever the temperature and seed.
+    greedy = generate_alone(served, PROMPTS[0], 10)
+    for seed in (1, 2):
+        body = completion_body(PROMPTS[0], 10, temperature=1.5, top_k=1, seed=seed)
+        assert _post_text(server.url, body) == greedy
+    # -1 (vLLM's "all tokens") is accepted; a wrong type is refused naming the field.
+    assert _post_text(server.url, completion_body(PROMPTS[0], 3, top_k=-1))
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        response = http.post("/v1/completions", json=completion_body(PROMPTS[0], top_k="many"))
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "top_k"
+
+
 def test_transformers_native_model_batches_like_alone(
     tmp_path: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
