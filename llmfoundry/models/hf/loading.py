@@ -1,6 +1,7 @@
 """Which classes read a Hugging Face folder, and loading a causal LM from one for training.
 
-Importing ``llmfoundry`` registers our MPT classes with transformers' Auto classes
+Importing ``llmfoundry.models.hf`` (every command does; ``import llmfoundry`` stays light and
+does not) registers our MPT classes with transformers' Auto classes
 (:func:`register_auto_classes`) for ``model_type`` ``mpt`` and ``llmfoundry_mpt``. An MPT folder
 (our export, an LLM Foundry 0.22 export, or the Hub layout of ``mosaicml/mpt-7b``) then loads
 through ``AutoConfig`` / ``AutoModelForCausalLM`` as our ``MPTConfig`` / ``MPTForCausalLM``,
