@@ -122,3 +122,21 @@ def test_the_torch_loss_hands_its_token_losses_to_the_train_metrics(
     torch.testing.assert_close(loss.detach(), expected)
     torch.testing.assert_close(metrics["LanguageCrossEntropy"].compute(), expected)
     torch.testing.assert_close(metrics["LanguagePerplexity"].compute(), expected.exp())
+
+
+def test_token_accuracy_is_a_train_metric_only_when_asked_for() -> None:
+    # LLM Foundry logs it by default; here the fused loss forms no logits, so it is opt-in.
+    assert "TokenAccuracy" not in ComposerMPTCausalLM(**TINY).get_metrics(is_train=True)
+    model = ComposerMPTCausalLM(additional_train_metrics=["token_accuracy"], **TINY).train()
+    batch = _batch(pad_last=4)
+    outputs = model(batch)  # the fused loss: no logits
+    assert outputs.logits is None
+    with torch.no_grad():
+        metric_inputs = model.eval_forward(batch, outputs)
+        metric = model.get_metrics(is_train=True)["TokenAccuracy"]
+        model.update_metric(batch, metric_inputs, metric)
+        logits = model.eval().eval_forward(batch)
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    expected = (logits[:, :-1].argmax(-1)[keep] == targets[keep]).float().mean()
+    torch.testing.assert_close(metric.compute(), expected)
