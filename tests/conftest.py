@@ -13,12 +13,14 @@ import os
 import resource
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
+from tests.fixtures import BUCKET
 
 
 def _open_files_limit() -> int:
@@ -188,3 +190,25 @@ def t5_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer: PreTrainedTokeni
     from tests.fixtures import save_tiny_t5
 
     return save_tiny_t5(tmp_path_factory.mktemp("tiny-t5"), tokenizer)
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A mocked S3 with one empty bucket; yields a boto3 client for it."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    # Streaming's S3 clients use S3_ENDPOINT_URL when set; moto intercepts the default endpoint.
+    monkeypatch.delenv("S3_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    import boto3
+    from moto import mock_aws
+
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client

@@ -52,6 +52,7 @@ from llmfoundry.utils.tokenizer_utils import train_byte_level_bpe
 # ------------------------------------------------------------------------------- tokenizers
 
 VOCAB = 512  # the fixture tokenizer's size
+BUCKET = "corpus-bucket"  # the one bucket of the conftest's in-process S3 (``s3``)
 STDLIB_MODULES = (
     "json/__init__.py",
     "json/decoder.py",

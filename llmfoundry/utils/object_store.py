@@ -226,3 +226,25 @@ class RemoteFolder:
         if self.scheme == "gs" and getattr(self._uploader.authentication, "name", "") == "HMAC":
             return self._uploader.gcs_client
         return None
+
+
+def replace_remote_folder(local: Path, uri: str, flag: str, markers: tuple[str, ...]) -> None:
+    """Upload the folder ``local`` to the prefix ``uri``, replacing an earlier output there.
+
+    The prefix's objects are deleted first (a marker first), then the files are uploaded with
+    the markers last, so an interrupted upload never looks like a finished output.
+
+    Raises:
+        ConfigError: if the prefix holds objects but none of ``markers`` (not an earlier
+            output: it is left alone), or an upload or deletion fails.
+        MissingDependencyError: if the scheme's client library is not installed.
+    """
+    remote = RemoteFolder(uri, flag, local)
+    old = remote.list_files()
+    if old and not any(marker in old for marker in markers):
+        raise ConfigError(
+            f"{flag} '{uri}' holds objects that are not an earlier output (no "
+            f"{' or '.join(markers)}); give a new or empty prefix"
+        )
+    remote.delete(sorted(old, key=lambda name: name not in markers))
+    remote.upload_local_files(last=lambda name: (name in markers,))

@@ -32,8 +32,8 @@ from llmfoundry.utils.config_utils import TrainConfig, load_config
 from llmfoundry.utils.exceptions import ConfigError
 from tests.command_utils.conftest import mds_dir, write_run_yaml  # noqa: F401  (fixture)
 from tests.command_utils.tiny_models import composer_launcher, run_with_repo_on_path
-from tests.data.conftest import BUCKET, s3  # noqa: F401  (the moto S3 fixture)
 from tests.fixtures import (
+    BUCKET,
     fit_closed,
     hf_logits,
     lora_llama,
@@ -226,7 +226,7 @@ def test_final_folder_is_registered_with_mlflow(
 
 
 def test_remote_save_folder_uploads_a_loadable_folder(
-    s3: Any,  # noqa: F811  (the imported fixture)
+    s3: Any,
     tmp_path: Path,
     tokenizer: PreTrainedTokenizerBase,
 ) -> None:

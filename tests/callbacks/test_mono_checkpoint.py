@@ -13,8 +13,7 @@ from llmfoundry.callbacks import MonolithicCheckpointSaver
 from llmfoundry.utils.builders import build_callbacks
 from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
 from llmfoundry.utils.exceptions import ConfigError
-from tests.data.conftest import BUCKET, s3  # noqa: F401  (the moto S3 fixture)
-from tests.fixtures import WeightsAt, lm_trainer, tiny_lm_mpt, token_loader, weights
+from tests.fixtures import BUCKET, WeightsAt, lm_trainer, tiny_lm_mpt, token_loader, weights
 
 
 def _assert_same_weights(saved: dict[str, Any], expected: dict[str, torch.Tensor]) -> None:
@@ -80,7 +79,7 @@ def test_keep_optimizers_and_resume_from_the_file(tmp_path: Path) -> None:
 
 
 def test_uploads_to_an_object_store_and_respects_overwrite(
-    s3: Any,  # noqa: F811  (the imported fixture)
+    s3: Any,
     tmp_path: Path,
 ) -> None:
     section = {"save_folder": f"s3://{BUCKET}/runs/{{run_name}}", "batch_interval": 1}

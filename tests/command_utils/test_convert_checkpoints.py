@@ -33,7 +33,7 @@ from llmfoundry.models.hf import ComposerHFCausalLM
 from llmfoundry.utils.checkpoint_utils import load_composer_checkpoint
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
 from tests import REPO
-from tests.fixtures import fit_closed, save_llama, tiny_text_mpt, trainable_adamw
+from tests.fixtures import BUCKET, fit_closed, save_llama, tiny_text_mpt, trainable_adamw
 
 from .conftest import write_run_yaml
 from .tiny_models import composer_launcher
@@ -361,6 +361,37 @@ def test_script_flags_and_an_unreachable_hub(
     )
     assert f"the converted folder is complete at '{out}'" in last
     _assert_same_model(AutoModelForCausalLM.from_pretrained(out), trained.model, tokenizer)
+
+
+def test_script_uploads_to_an_object_store_prefix(
+    tmp_path: Path,
+    llama_run: tuple[ComposerHFCausalLM, Path],
+    tokenizer: PreTrainedTokenizerBase,
+    s3: Any,
+) -> None:
+    """As LLM Foundry's script: an s3:// --hf_output_path gets the folder uploaded; an earlier
+    export there is replaced whole, a prefix of other objects is left alone."""
+    from llmfoundry.cli.commands.convert_composer_to_hf import main
+
+    trained, checkpoint = llama_run
+    s3.put_object(Bucket=BUCKET, Key="models/hf/model-00009-of-00009.safetensors", Body=b"old")
+    s3.put_object(Bucket=BUCKET, Key="models/hf/config.json", Body=b"{}")  # an earlier export
+    argv = ["--composer_path", str(checkpoint), "--hf_output_path", f"s3://{BUCKET}/models/hf"]
+    assert main(argv) == 0
+    listed = s3.list_objects_v2(Bucket=BUCKET, Prefix="models/hf/")["Contents"]
+    names = sorted(obj["Key"].removeprefix("models/hf/") for obj in listed)
+    assert "config.json" in names and "model-00009-of-00009.safetensors" not in names
+    local = tmp_path / "down"
+    local.mkdir()
+    for name in names:
+        s3.download_file(BUCKET, f"models/hf/{name}", str(local / name))
+    _assert_same_model(AutoModelForCausalLM.from_pretrained(local), trained.model, tokenizer)
+
+    s3.put_object(Bucket=BUCKET, Key="mine/notes.txt", Body=b"keep me")
+    assert main([*argv[:3], f"s3://{BUCKET}/mine"]) == 2
+    assert [
+        obj["Key"] for obj in s3.list_objects_v2(Bucket=BUCKET, Prefix="mine/")["Contents"]
+    ] == ["mine/notes.txt"]
 
 
 @pytest.mark.slow

@@ -1,26 +1,23 @@
-"""Fixtures and helpers of the data tests: an in-process S3 (moto) for object-store folders,
-reading MDS folders and finetuning loaders back, and a spec's loader and collator, typed."""
+"""Fixtures and helpers of the data tests: reading MDS folders and finetuning loaders back, and a
+spec's loader and collator, typed. (The in-process S3, ``s3``, is the root conftest's.)"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-import boto3
 import pytest
 import torch
 from composer.core import DataSpec
-from moto import mock_aws
 from streaming import StreamingDataset
 from streaming.base.util import clean_stale_shared_memory
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.data.finetuning import build_finetuning_dataloader
+from tests.fixtures import BUCKET as BUCKET  # the moto bucket of the root conftest's s3 fixture
 
-BUCKET = "corpus-bucket"
 CollatorT = TypeVar("CollatorT")
 
 
@@ -28,25 +25,6 @@ CollatorT = TypeVar("CollatorT")
 def clean_shared_memory() -> None:
     """Clear stale Streaming shared memory once per module, before its first test."""
     clean_stale_shared_memory()
-
-
-@pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A mocked S3 with one empty bucket; yields a boto3 client for it."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    # Streaming's S3 clients use S3_ENDPOINT_URL when set; moto intercepts the default endpoint.
-    monkeypatch.delenv("S3_ENDPOINT_URL", raising=False)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket=BUCKET)
-        yield client
 
 
 def index_columns(folder: Path) -> tuple[list[str], list[str]]:

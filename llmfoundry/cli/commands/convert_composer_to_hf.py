@@ -5,6 +5,7 @@ a Hugging Face folder.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections.abc import Sequence
 
 from llmfoundry.cli.argparsing import command_parser
@@ -18,7 +19,12 @@ def _add_flags(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="Composer checkpoint: a .pt file or a sharded checkpoint folder (path or URI)",
     )
-    add("--hf_output_path", required=True, help="folder to write")
+    add(
+        "--hf_output_path",
+        required=True,
+        help="folder to write: a local path, or an object-store URI (s3://, gs://, oci://) that "
+        "the folder is uploaded to",
+    )
     add("--local_checkpoint_save_location", default=None, help="keep a downloaded checkpoint here")
     add(
         "--output_precision",
@@ -52,11 +58,23 @@ build_parser = command_parser(__doc__, _add_flags)
 
 
 def convert(args: argparse.Namespace) -> None:
-    """Convert, then say where the folder is."""
+    """Convert (into a temporary folder that is then uploaded, for an object-store
+    ``--hf_output_path``, as LLM Foundry's script does), then say where the folder is."""
     from llmfoundry.command_utils.convert_composer_to_hf import convert_composer_to_hf
+    from llmfoundry.utils.file_utils import HF_FOLDER_MARKERS
+    from llmfoundry.utils.object_store import RemoteFolder, is_remote, replace_remote_folder
 
-    out = convert_composer_to_hf(**vars(args))
-    print(f"Hugging Face model written to {out}")
+    target = args.hf_output_path
+    if not is_remote(target):
+        print(f"Hugging Face model written to {convert_composer_to_hf(**vars(args))}")
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        RemoteFolder(
+            target, "--hf_output_path", scratch
+        )  # the bucket is reachable, before the work
+        local = convert_composer_to_hf(**{**vars(args), "hf_output_path": f"{scratch}/hf"})
+        replace_remote_folder(local, target, "--hf_output_path", HF_FOLDER_MARKERS)
+    print(f"Hugging Face model uploaded to {target}")
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
