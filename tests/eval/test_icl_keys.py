@@ -27,7 +27,6 @@ from llmfoundry.eval.metrics import (
     InContextLearningMCExpectedCalibrationError,
 )
 from llmfoundry.utils.exceptions import ConfigError
-from tests.data.conftest import BUCKET, s3  # noqa: F401  (the moto S3 fixture)
 
 from .helpers import (
     SEQ,

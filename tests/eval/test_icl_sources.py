@@ -13,7 +13,7 @@ from streaming.base.storage import CloudDownloader
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.utils.exceptions import ConfigError, DatasetError, MissingFileError
-from tests.data.conftest import BUCKET, s3  # noqa: F401  (the moto S3 fixture)
+from tests.fixtures import BUCKET
 
 from .helpers import (
     all_prompts,
@@ -127,7 +127,7 @@ LM_ROWS = [{"context": f"ctx{i}", "continuation": f" cont{i}"} for i in range(4)
 
 
 def test_s3_dataset_uri_gives_the_local_rows_and_downloads_once(
-    s3: Any,  # noqa: F811
+    s3: Any,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     tokenizer: PreTrainedTokenizerBase,
