@@ -20,11 +20,12 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import catalogue
 
 from llmfoundry.utils.exceptions import ConfigError, did_you_mean
+from llmfoundry.utils.preprocessing_fns import ColumnMapping, PreprocessingFn, import_function
 
 if TYPE_CHECKING:  # what each registry builds; annotations only, nothing heavy at run time
     from composer.core import Algorithm, Callback, DataSpec
@@ -41,10 +42,6 @@ if TYPE_CHECKING:  # what each registry builds; annotations only, nothing heavy 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-PreprocessingFn = Callable[[Mapping[str, Any]], Mapping[str, Any]]
-"""A finetuning preprocessing function: a dataset row -> a ``{prompt, response}`` or
-``{messages}`` example."""
 
 
 class Registry(Generic[T]):
@@ -250,61 +247,6 @@ tp_strategies: Registry[Callable[..., dict[str, ParallelStyle]]] = Registry(
     "Tensor-parallel layer plans: (model: ComposerModel) -> dict[str, ParallelStyle].",
     builtins=("llmfoundry.tp",),
 )
-
-
-def import_function(path: str, key: str) -> PreprocessingFn:
-    """Import ``"package.module:function"``.
-
-    Raises:
-        ConfigError: naming ``key`` if the module cannot be imported or lacks the function.
-    """
-    module_name, _, function_name = path.partition(":")
-    if not module_name or not function_name:
-        raise ConfigError(f"{key}: '{path}' is not of the form 'package.module:function'")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ConfigError(
-            f"{key}: cannot import module '{module_name}' ({err}); check the name and that it "
-            "is installed or on PYTHONPATH"
-        ) from err
-    function: object = getattr(module, function_name, None)
-    if not callable(function):
-        public = [name for name in dir(module) if not name.startswith("_")]
-        raise ConfigError(
-            f"{key}: module '{module_name}' has no function '{function_name}'"
-            f"{did_you_mean(function_name, public)}"
-        )
-    # A row -> example function is what the config names; its signature is not checked.
-    return cast(PreprocessingFn, function)
-
-
-class ColumnMapping:
-    """The preprocessing function of ``preprocessing_fn: {prompt: <column>, response: <column>}``
-    (LLM Foundry's mapping form): each row's two named columns become its prompt and response."""
-
-    def __init__(self, prompt: str, response: str) -> None:
-        self.prompt, self.response = prompt, response
-        self.__name__ = f"{{prompt: {prompt}, response: {response}}}"
-
-    def __call__(self, row: Mapping[str, Any]) -> Mapping[str, Any]:
-        return {"prompt": row[self.prompt], "response": row[self.response]}
-
-    @classmethod
-    def from_config(cls, mapping: Mapping[str, Any], key: str) -> ColumnMapping:
-        """The mapping of a ``preprocessing_fn`` key (``key``, for messages).
-
-        Raises:
-            ConfigError: unless its keys are exactly ``prompt`` and ``response``, naming columns.
-        """
-        if set(mapping) != {"prompt", "response"} or not all(
-            isinstance(column, str) for column in mapping.values()
-        ):
-            raise ConfigError(
-                f"{key} as a mapping takes exactly prompt and response, each naming a column "
-                f"(e.g. {{prompt: text, response: summary}}); got {dict(mapping)}"
-            )
-        return cls(mapping["prompt"], mapping["response"])
 
 
 class DatasetConstructor:
