@@ -70,12 +70,12 @@ class EndpointSummary:
 
     Attributes:
         results: one per prompt, in input order.
-        output: the JSONL file written.
+        output: the file written (for LLM Foundry's CSV form, an object-store URI).
         elapsed_s: wall time of the whole run.
     """
 
     results: list[EndpointResult]
-    output: Path
+    output: Path | str
     elapsed_s: float
 
     @property

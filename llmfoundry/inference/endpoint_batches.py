@@ -4,11 +4,13 @@
         -e https://my-host/serving-endpoints/my-model/invocations
 
 The prompts (``-i``) are strings and ``file::path`` files, split at ``--prompt-delimiter`` (a
-newline by default). ``--batch-size`` prompts go in one request (a list ``prompt``) to the URL as
-given (``-e``, else ``$ENDPOINT_URL``), at most ``--rate-limit`` requests a second, with
+newline by default); an object-store file (``s3://bucket/prompts.txt``) is downloaded and read the
+same way. ``--batch-size`` prompts go in one request (a list ``prompt``) to the URL as given
+(``-e``, else ``$ENDPOINT_URL``), at most ``--rate-limit`` requests a second, with
 ``max_tokens``, ``temperature``, ``top_k`` and ``top_p`` (defaults 100, 1.0, 50 and 1.0, as in
 LLM Foundry); ``$ENDPOINT_API_KEY`` is the ``Authorization`` header, as it is. The answers go to
-the CSV file ``-o`` with LLM Foundry's columns ``batch,prompt,output``.
+the CSV file ``-o`` with LLM Foundry's columns ``batch,prompt,output``; an object-store ``-o`` is
+a folder that gets ``output.csv``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import csv
 import io
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +43,8 @@ from llmfoundry.utils.config_checks import (
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.file_utils import atomic_write_text
 from llmfoundry.utils.http_client import RetryPolicy
-from llmfoundry.utils.prompt_files import load_prompts
+from llmfoundry.utils.object_store import RemoteFolder
+from llmfoundry.utils.prompt_files import PROMPTFILE_PREFIX, load_prompts
 
 if TYPE_CHECKING:
     import httpx
@@ -50,8 +54,9 @@ logger = logging.getLogger(__name__)
 ENDPOINT_URL_ENV = "ENDPOINT_URL"
 ENDPOINT_API_KEY_ENV = "ENDPOINT_API_KEY"
 CSV_COLUMNS = ("batch", "prompt", "output")
-# LLM Foundry also reads inputs from, and writes the CSV to, object stores; this form does not.
-OBJECT_STORE_PREFIXES = ("s3://", "gs://", "oci://", "azure://", "dbfs:/")
+CSV_NAME = "output.csv"  # the file an object-store -o folder gets
+# Inputs that name an object-store file rather than being prompts themselves.
+OBJECT_STORE_PREFIXES = ("s3://", "gs://", "oci://")
 
 
 @dataclass(frozen=True)
@@ -126,17 +131,12 @@ def generate_csv_from_endpoint(
 
     Raises:
         ConfigError, MissingFileError: on bad settings, a missing prompt file, or an
-            object-store input or output (download or upload it yourself).
+            object store that cannot be read or written.
     """
     query = query or BatchedQuery()
-    for path in (*inputs, str(output_file)):
-        if path.removeprefix("file::").startswith(OBJECT_STORE_PREFIXES):
-            raise ConfigError(
-                f"'{path}': object-store paths are not supported here; download or upload the "
-                "file yourself and give its local path"
-            )
     start = time.perf_counter()
-    prompts = load_prompts(inputs, prompt_delimiter)
+    with tempfile.TemporaryDirectory() as scratch:
+        prompts = load_prompts(_downloaded(inputs, Path(scratch)), prompt_delimiter)
     if not prompts:
         raise ConfigError("-i/--inputs gave no prompts")
     url = endpoint_url(endpoint)
@@ -164,5 +164,31 @@ def generate_csv_from_endpoint(
     logger.info("sending %d prompts to %s, %d a request", len(prompts), url, query.batch_size)
     with endpoint_client(query.parallel, query.timeout_s, headers, transport) as client:
         results = send_in_batches(client, settings, prompts, query.batch_size, query.parallel)
-    path = write_csv(results, query.batch_size, output_file)
-    return EndpointSummary(results=results, output=path, elapsed_s=time.perf_counter() - start)
+    output = _write_output(results, query.batch_size, str(output_file))
+    return EndpointSummary(results=results, output=output, elapsed_s=time.perf_counter() - start)
+
+
+def _downloaded(inputs: Sequence[str], scratch: Path) -> list[str]:
+    """``inputs`` with each object-store file downloaded into ``scratch`` and named
+    ``file::<local path>``."""
+    local: list[str] = []
+    for number, entry in enumerate(inputs):
+        if not entry.startswith(OBJECT_STORE_PREFIXES):
+            local.append(entry)
+            continue
+        prefix, _, name = entry.rpartition("/")
+        folder = RemoteFolder(prefix, "-i/--inputs", scratch / str(number))
+        folder.download(name, folder.local / name)
+        local.append(f"{PROMPTFILE_PREFIX}{folder.local / name}")
+    return local
+
+
+def _write_output(results: Sequence[EndpointResult], batch_size: int, target: str) -> Path | str:
+    """The CSV at ``target``, or, for an object-store folder, its ``output.csv`` uploaded."""
+    if not target.startswith(OBJECT_STORE_PREFIXES):
+        return write_csv(results, batch_size, target)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = RemoteFolder(target, "-o/--output-folder", scratch)
+        write_csv(results, batch_size, folder.local / CSV_NAME)
+        folder.upload(CSV_NAME)
+    return f"{folder.uri}/{CSV_NAME}"

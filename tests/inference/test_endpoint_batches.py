@@ -20,6 +20,7 @@ from llmfoundry.inference.serve import ModelSource, RunningServer, ServeConfig, 
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.http_client import RetryPolicy
 from tests import REPO
+from tests.fixtures import BUCKET
 from tests.inference.serve_helpers import NAME, export_tiny_mpt
 
 PROMPTS = ["def ", "import os", "class A:", "x = [1, 2", "    return"]
@@ -106,6 +107,33 @@ def test_requests_carry_lf_defaults_and_the_raw_key(
     assert [row[2] for row in _rows(tmp_path / "o.csv")[1:]] == [p[::-1] for p in prompts]
 
 
+def test_object_store_inputs_are_read_and_the_csv_uploaded(tmp_path: Path, s3: Any) -> None:
+    # As LLM Foundry's script: an s3:// input is a prompt file; an s3:// -o folder gets output.csv.
+    s3.put_object(Bucket=BUCKET, Key="prompts/p.txt", Body=b"first\nsecond\n")
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        prompts = json.loads(request.content)["prompt"]
+        prompts = prompts if isinstance(prompts, list) else [prompts]
+        choices = [
+            {"index": i, "text": p.upper(), "finish_reason": "length"}
+            for i, p in enumerate(prompts)
+        ]
+        return httpx.Response(200, json={"choices": choices})
+
+    summary = generate_csv_from_endpoint(
+        ["typed", f"s3://{BUCKET}/prompts/p.txt"], f"s3://{BUCKET}/results", "http://h/v1",
+        transport=httpx.MockTransport(handler),
+    )  # fmt: skip
+    assert summary.output == f"s3://{BUCKET}/results/output.csv"
+    s3.download_file(BUCKET, "results/output.csv", str(tmp_path / "out.csv"))
+    assert _rows(tmp_path / "out.csv") == [
+        ["batch", "prompt", "output"],
+        ["0", "typed", "TYPED"],
+        ["0", "first", "FIRST"],
+        ["0", "second", "SECOND"],
+    ]
+
+
 def test_the_rate_limit_spaces_request_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
     monkeypatch.setattr("llmfoundry.inference.client.time.sleep", slept.append)
@@ -122,8 +150,6 @@ def test_bad_settings_fail_in_one_line(tmp_path: Path, monkeypatch: pytest.Monke
         generate_csv_from_endpoint(["a"], tmp_path / "o.csv")
     with pytest.raises(ConfigError, match=r"--batch-size 20 is larger than --rate-limit 5"):
         BatchedQuery(batch_size=20, rate_limit=5)
-    with pytest.raises(ConfigError, match=r"'s3://b/o.csv': object-store paths are not supported"):
-        generate_csv_from_endpoint(["a"], "s3://b/o.csv", "http://h/v1/completions")
     from llmfoundry.cli.commands.endpoint_generate import build_parser, query
 
     mixed = build_parser().parse_args(["--prompts", "p.txt", "-o", "o.csv"])
