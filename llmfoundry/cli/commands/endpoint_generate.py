@@ -29,7 +29,13 @@ CSV_FORM = ("inputs", "output_folder", "top_k", "top_p", "batch_size", "rate_lim
 def _add_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--prompts", dest="prompts_file", default=None, help=".txt or .jsonl (our form)")
-    add("-i", "--inputs", nargs="+", default=None, help="prompts, file::path and s3:// files (LF form)")
+    add(
+        "-i",
+        "--inputs",
+        nargs="+",
+        default=None,
+        help="prompts, file::path and s3:// files (LF form)",
+    )
     add("--prompt_delimiter", default="\n", help="splits a file:: prompt file (LF form)")
     add("-e", "--endpoint", default=None, help="completions URL (LF form default: $ENDPOINT_URL)")
     add("--output", default=None, help="JSONL file to write (our form)")
