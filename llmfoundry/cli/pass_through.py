@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import typer
 from typer.core import TyperCommand, TyperGroup
 
-YAML_SUFFIXES = (".yaml", ".yml")
+from llmfoundry.utils.constants import YAML_SUFFIXES
 
 
 class CommandMain(Protocol):

@@ -34,6 +34,7 @@ from llmfoundry.inference.model_loading import context_length_of
 from llmfoundry.inference.options import ModelSource
 from llmfoundry.utils.cli_utils import run_user_command
 from llmfoundry.utils.config_checks import NonNegativeInt, PositiveInt, check_value
+from llmfoundry.utils.constants import YAML_SUFFIXES
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.file_utils import atomic_file
 
@@ -44,7 +45,6 @@ DESCRIPTION = (
     "lengths. Writes results.csv and latency_vs_throughput.png to --output_dir and prints the table."
 )
 CSV_NAME = "results.csv"
-YAML_SUFFIXES = (".yaml", ".yml")
 PLOT_NAME = "latency_vs_throughput.png"
 
 
@@ -283,11 +283,14 @@ def benchmark_and_write(
     batch_sizes: Sequence[int],
     input_lens: Sequence[int],
     output_lens: Sequence[int],
-    **timing: Any,
+    *,
+    warmup_runs: int,
+    timed_runs: int,
+    autocast_dtype: str | None,
+    seed: int,
 ) -> BenchmarkResult:
     """:func:`benchmark_generation` with prompts that avoid the EOS and pad ids, then the CSV
-    and the plot in ``output_dir``; ``timing`` holds its keyword arguments (``warmup_runs``,
-    ``timed_runs``, ``autocast_dtype``, ``seed``)."""
+    and the plot in ``output_dir``."""
     eos, pad = generation_token_ids(model, tokenizer)
     avoid = {pad} if pad is not None else set()
     avoid |= {eos} if isinstance(eos, int) else set(eos or [])
@@ -296,9 +299,12 @@ def benchmark_and_write(
         batch_sizes,
         input_lens,
         output_lens,
+        warmup_runs=warmup_runs,
+        timed_runs=timed_runs,
+        autocast_dtype=autocast_dtype,
         pad_token_id=pad,
         avoid_token_ids=sorted(avoid),
-        **timing,
+        seed=seed,
     )
     output_dir = Path(output_dir)
     return BenchmarkResult(

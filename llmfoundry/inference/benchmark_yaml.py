@@ -69,6 +69,7 @@ def build_benchmark_model(config: BenchmarkYaml) -> tuple[PreTrainedModel, Any]:
     Raises:
         ConfigError, TokenizerError: on a bad section or an unloadable tokenizer.
     """
+    from llmfoundry.inference.model_loading import check_device, default_device
     from llmfoundry.models.hf.export import dtype_of_precision
     from llmfoundry.utils.builders import (
         build_composer_model_from_section,
@@ -76,7 +77,8 @@ def build_benchmark_model(config: BenchmarkYaml) -> tuple[PreTrainedModel, Any]:
     )
 
     dtype = dtype_of_precision(config.model_dtype, "model_dtype")
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_device(config.device)
+    device = config.device or default_device()
     tokenizer = build_tokenizer_from_section(config.tokenizer)
     composer_model = build_composer_model_from_section(config.model, tokenizer)
     module = cast(torch.nn.Module, cast(Any, composer_model).model)

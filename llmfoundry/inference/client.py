@@ -184,8 +184,8 @@ class RequestSettings:
     fields: dict[str, Any]
     retry: RetryPolicy
     min_interval_s: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _next_start: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _next_start: float = field(default=0.0, init=False, repr=False)
 
     def wait_for_turn(self) -> None:
         """Sleep until the rate limit lets the next request start."""
@@ -228,15 +228,20 @@ def send_batch(
         choices = response.json()["choices"]
         by_index = {int(c.get("index", i)): c for i, c in enumerate(choices)}
         return [
-            EndpointResult(
-                prompt,
-                by_index[i]["message"]["content"] if settings.chat else by_index[i]["text"],
-                by_index[i]["finish_reason"],
-                latency,
-            )
+            _result(prompt, by_index.get(i), settings.chat, latency)
             for i, prompt in enumerate(prompts)
         ]
     return [EndpointResult(prompt, None, None, latency, error) for prompt in prompts]
+
+
+def _result(
+    prompt: str, choice: dict[str, Any] | None, chat: bool, latency: float
+) -> EndpointResult:
+    """The prompt's answer from its ``choice`` (None: the answer had none for it)."""
+    if choice is None:
+        return EndpointResult(prompt, None, None, latency, "the answer holds no choice for it")
+    text = choice["message"]["content"] if chat else choice["text"]
+    return EndpointResult(prompt, text, choice["finish_reason"], latency)
 
 
 def served_model_name(client: httpx.Client, url: str) -> str:

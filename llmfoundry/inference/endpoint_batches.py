@@ -43,7 +43,7 @@ from llmfoundry.utils.config_checks import (
 from llmfoundry.utils.exceptions import ConfigError
 from llmfoundry.utils.file_utils import atomic_write_text
 from llmfoundry.utils.http_client import RetryPolicy
-from llmfoundry.utils.object_store import RemoteFolder
+from llmfoundry.utils.object_store import LISTABLE_SCHEMES, RemoteFolder, is_remote
 from llmfoundry.utils.prompt_files import PROMPTFILE_PREFIX, load_prompts
 
 if TYPE_CHECKING:
@@ -56,7 +56,7 @@ ENDPOINT_API_KEY_ENV = "ENDPOINT_API_KEY"
 CSV_COLUMNS = ("batch", "prompt", "output")
 CSV_NAME = "output.csv"  # the file an object-store -o folder gets
 # Inputs that name an object-store file rather than being prompts themselves.
-OBJECT_STORE_PREFIXES = ("s3://", "gs://", "oci://")
+OBJECT_STORE_PREFIXES = tuple(f"{scheme}://" for scheme in LISTABLE_SCHEMES)
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ def _downloaded(inputs: Sequence[str], scratch: Path) -> list[str]:
 
 def _write_output(results: Sequence[EndpointResult], batch_size: int, target: str) -> Path | str:
     """The CSV at ``target``, or, for an object-store folder, its ``output.csv`` uploaded."""
-    if not target.startswith(OBJECT_STORE_PREFIXES):
+    if not is_remote(target):
         return write_csv(results, batch_size, target)
     with tempfile.TemporaryDirectory() as scratch:
         folder = RemoteFolder(target, "-o/--output-folder", scratch)

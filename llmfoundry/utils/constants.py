@@ -21,6 +21,9 @@ AUTOCAST_DTYPE_NAMES = ("fp16", "bf16")
 HF_ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flex_attention")
 """transformers' ``attn_implementation`` names."""
 
+YAML_SUFFIXES = (".yaml", ".yml")
+"""The suffixes of a run config that a command line names (``llmfoundry eval my.yaml``)."""
+
 InitDevice = Literal["cpu", "meta", "mixed"]
 """Where a model is first built: ``meta`` and ``mixed`` build on the meta device."""
 INIT_DEVICES = get_args(InitDevice)

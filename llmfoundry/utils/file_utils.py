@@ -7,12 +7,12 @@ import json
 import os
 import shutil
 import tempfile
-import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
 from llmfoundry.utils.exceptions import ConfigError
+from llmfoundry.utils.object_store import is_remote
 
 # What an earlier Hugging Face export holds: a folder with one of these files is
 # replaced by a rerun; any other non-empty folder is refused (it may hold the user's files).
@@ -70,7 +70,7 @@ def check_replaceable_output(target: str | Path, flag: str, markers: tuple[str, 
         ConfigError: if ``target`` is an object-store URI, a file, or a non-empty folder holding
             none of ``markers``.
     """
-    if len(urllib.parse.urlparse(str(target)).scheme) > 1:  # not a Windows drive letter
+    if is_remote(str(target)):
         raise ConfigError(
             f"{flag}={str(target)!r}: writing to an object store is not supported by this "
             "command; give a local folder and upload it afterwards"

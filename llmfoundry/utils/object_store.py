@@ -15,8 +15,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from llmfoundry.utils.exceptions import ConfigError, MissingDependencyError, UserError
 
 logger = logging.getLogger(__name__)
@@ -183,6 +181,8 @@ class RemoteFolder:
         Raises:
             ConfigError: if an upload fails.
         """
+        from tqdm import tqdm  # here: file_utils reads is_remote from this module
+
         names = sorted(
             (p.relative_to(self.local).as_posix() for p in self.local.rglob("*") if p.is_file()),
             key=lambda name: (*last(name), name),
@@ -228,6 +228,22 @@ class RemoteFolder:
         return None
 
 
+def earlier_output(remote: RemoteFolder, markers: tuple[str, ...]) -> dict[str, int | None]:
+    """The objects under ``remote``'s prefix, which must be none or an earlier output (holding
+    one of ``markers``): the check a command makes before its work and again before replacing.
+
+    Raises:
+        ConfigError: naming the flag and the prefix if they are something else.
+    """
+    old = remote.list_files()
+    if old and not any(marker in old for marker in markers):
+        raise ConfigError(
+            f"{remote.flag} '{remote.uri}' holds objects that are not an earlier output (no "
+            f"{' or '.join(markers)}); give a new or empty prefix"
+        )
+    return old
+
+
 def replace_remote_folder(local: Path, uri: str, flag: str, markers: tuple[str, ...]) -> None:
     """Upload the folder ``local`` to the prefix ``uri``, replacing an earlier output there.
 
@@ -240,11 +256,6 @@ def replace_remote_folder(local: Path, uri: str, flag: str, markers: tuple[str, 
         MissingDependencyError: if the scheme's client library is not installed.
     """
     remote = RemoteFolder(uri, flag, local)
-    old = remote.list_files()
-    if old and not any(marker in old for marker in markers):
-        raise ConfigError(
-            f"{flag} '{uri}' holds objects that are not an earlier output (no "
-            f"{' or '.join(markers)}); give a new or empty prefix"
-        )
+    old = earlier_output(remote, markers)
     remote.delete(sorted(old, key=lambda name: name not in markers))
     remote.upload_local_files(last=lambda name: (name in markers,))

@@ -46,10 +46,8 @@ def load_prompts(prompts: Sequence[str], prompt_delimiter: str | None = None) ->
 
     Raises:
         MissingFileError: for a ``file::`` path that does not exist.
-        ConfigError: for an empty delimiter.
+        ConfigError: for an empty delimiter with a prompt file.
     """
-    if prompt_delimiter == "":
-        raise ConfigError("--prompt-delimiter must not be empty; leave it out to read whole files")
     expanded: list[str] = []
     for prompt in prompts:
         if prompt.startswith(PROMPTFILE_PREFIX):

@@ -134,6 +134,18 @@ def test_object_store_inputs_are_read_and_the_csv_uploaded(tmp_path: Path, s3: A
     ]
 
 
+def test_a_prompt_the_answer_left_out_is_a_failed_prompt(tmp_path: Path) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:  # answers the first prompt only
+        return httpx.Response(
+            200, json={"choices": [{"index": 0, "text": "x", "finish_reason": "stop"}]}
+        )
+
+    summary = generate_csv_from_endpoint(
+        ["a", "b"], tmp_path / "o.csv", "http://h/v1", transport=httpx.MockTransport(handler)
+    )
+    assert [r.error for r in summary.results] == [None, "the answer holds no choice for it"]
+
+
 def test_the_rate_limit_spaces_request_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
     monkeypatch.setattr("llmfoundry.inference.client.time.sleep", slept.append)

@@ -62,16 +62,20 @@ def convert(args: argparse.Namespace) -> None:
     ``--hf_output_path``, as LLM Foundry's script does), then say where the folder is."""
     from llmfoundry.command_utils.convert_composer_to_hf import convert_composer_to_hf
     from llmfoundry.utils.file_utils import HF_FOLDER_MARKERS
-    from llmfoundry.utils.object_store import RemoteFolder, is_remote, replace_remote_folder
+    from llmfoundry.utils.object_store import (
+        RemoteFolder,
+        earlier_output,
+        is_remote,
+        replace_remote_folder,
+    )
 
     target = args.hf_output_path
     if not is_remote(target):
         print(f"Hugging Face model written to {convert_composer_to_hf(**vars(args))}")
         return
     with tempfile.TemporaryDirectory() as scratch:
-        RemoteFolder(
-            target, "--hf_output_path", scratch
-        )  # the bucket is reachable, before the work
+        # The bucket is reachable and the prefix replaceable before the work, not after it.
+        earlier_output(RemoteFolder(target, "--hf_output_path", scratch), HF_FOLDER_MARKERS)
         local = convert_composer_to_hf(**{**vars(args), "hf_output_path": f"{scratch}/hf"})
         replace_remote_folder(local, target, "--hf_output_path", HF_FOLDER_MARKERS)
     print(f"Hugging Face model uploaded to {target}")

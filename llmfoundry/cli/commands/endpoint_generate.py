@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmfoundry.cli.argparsing import command_parser
 from llmfoundry.utils.cli_utils import run_user_command
 from llmfoundry.utils.exceptions import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from llmfoundry.inference.client import EndpointSummary
 
 # The flags of each form alone (dest names).
 JSONL_FORM = ("prompts_file", "output", "chat")
@@ -64,7 +67,7 @@ def _given(options: dict[str, Any], names: Sequence[str]) -> list[str]:
     return [name for name in names if options.get(name) not in (None, False)]
 
 
-def _query_jsonl(options: dict[str, Any]) -> Any:
+def _query_jsonl(options: dict[str, Any]) -> EndpointSummary:
     """Our form: ``--prompts``, ``--endpoint`` and ``--output``."""
     from llmfoundry.inference.client import generate_from_endpoint
 
@@ -85,7 +88,7 @@ def _query_jsonl(options: dict[str, Any]) -> Any:
     return generate_from_endpoint(**options)
 
 
-def _query_csv(options: dict[str, Any]) -> Any:
+def _query_csv(options: dict[str, Any]) -> EndpointSummary:
     """LLM Foundry's form: ``-i``, ``-o`` and ``-e`` (or ``$ENDPOINT_URL``)."""
     from llmfoundry.inference.endpoint_batches import BatchedQuery, generate_csv_from_endpoint
 
