@@ -146,6 +146,7 @@ class CodeEvaluationDataset(ICLDataset):
     """
 
     task_keys = ("generations_per_sample", "pass_at_k", "generation_kwargs")
+    context_key = "prompt"
 
     def __init__(
         self,
@@ -191,18 +192,13 @@ class CodeEvaluationDataset(ICLDataset):
         fields["language"] = language
         return Example(fields)
 
-    def shot_text(self, example: Example, preceded: bool) -> str:
-        """Prompt (with delimiters) and its canonical solution."""
-        fields = example.fields
-        return self.style.context(fields["prompt"], preceded) + fields["canonical_solution"]
+    def shot_answer(self, example: Example) -> str:
+        """The canonical solution."""
+        return example.fields["canonical_solution"]
 
-    def row_texts(self, index: int) -> tuple[list[str], list[str]]:
-        """The prompt with its delimiters (unstripped); the canonical solution."""
-        fields, preceded = self.examples[index].fields, len(self.preambles[index]) > 0
-        return (
-            [self.style.final_context(fields["prompt"], preceded)],
-            [fields["canonical_solution"]],
-        )
+    def scored_texts(self, example: Example) -> list[str]:
+        """The canonical solution."""
+        return [example.fields["canonical_solution"]]
 
     def _encode(self) -> list[list[int]]:
         return self.encode_prompts(self.max_seq_len)

@@ -109,6 +109,8 @@ class ICLDataset(Dataset[dict[str, Any]]):
 
     # Task keys (``ICLTaskConfig`` fields) this type takes beyond the common ones.
     task_keys: tuple[str, ...] = ()
+    # The row field a prompt ends with (before the continuation delimiter).
+    context_key = "context"
 
     def __init__(
         self,
@@ -159,13 +161,26 @@ class ICLDataset(Dataset[dict[str, Any]]):
         """Check a row's (stripped) fields and keep what the task needs."""
         raise NotImplementedError
 
-    def shot_text(self, example: Example, preceded: bool) -> str:
-        """The text of ``example`` used as a shot (with its answer)."""
+    def shot_answer(self, example: Example) -> str:
+        """The answer ``example`` shows as a shot, after its context and delimiter."""
         raise NotImplementedError
 
-    def row_texts(self, index: int) -> tuple[list[str], list[str]]:
-        """Row ``index``'s contexts (appended to its preamble) and scored continuations."""
+    def scored_texts(self, example: Example) -> list[str]:
+        """The continuations scored (or answers accepted) after ``example``'s context."""
         raise NotImplementedError
+
+    def shot_text(self, example: Example, preceded: bool) -> str:
+        """The text of ``example`` used as a shot: its ``context_key`` field with the
+        delimiters, then :meth:`shot_answer`."""
+        context = self.style.context(example.fields[self.context_key], preceded)
+        return context + self.shot_answer(example)
+
+    def row_texts(self, index: int) -> tuple[list[str], list[str]]:
+        """Row ``index``'s contexts (appended to its preamble) and scored continuations: the
+        ``context_key`` field as a prompt ends it, and :meth:`scored_texts`."""
+        example, preceded = self.examples[index], len(self.preambles[index]) > 0
+        context = self.style.final_context(example.fields[self.context_key], preceded)
+        return [context], self.scored_texts(example)
 
     def item(self, index: int) -> dict[str, Any]:
         """What ``__getitem__`` returns for row ``index`` (before reordering)."""
@@ -353,23 +368,19 @@ class LanguageModelingDataset(_LogLikelihoodDataset):
         require(row, fields, "continuation", str)
         return Example(fields)
 
-    def shot_text(self, example: Example, preceded: bool) -> str:
-        """Context, delimiter, continuation."""
-        fields = example.fields
-        return self.style.context(fields["context"], preceded) + fields["continuation"]
+    def shot_answer(self, example: Example) -> str:
+        """The continuation."""
+        return example.fields["continuation"]
 
-    def row_texts(self, index: int) -> tuple[list[str], list[str]]:
-        """The stripped context; the continuation (with a prefix space where needed)."""
-        fields, preceded = self.examples[index].fields, len(self.preambles[index]) > 0
-        return (
-            [self.style.final_context(fields["context"], preceded)],
-            [self.style.continuation(fields["continuation"])],
-        )
+    def scored_texts(self, example: Example) -> list[str]:
+        """The continuation (with a prefix space where needed)."""
+        return [self.style.continuation(example.fields["continuation"])]
 
 
 class MultipleChoiceDataset(_LogLikelihoodDataset):
     """``multiple_choice`` rows: a ``query``, its ``choices`` and the index ``gold`` of the right one."""
 
+    context_key = "query"
     options_key = "choices"
 
     def parse_row(self, row: ICLRow, fields: dict[str, Any]) -> Example:
@@ -378,18 +389,13 @@ class MultipleChoiceDataset(_LogLikelihoodDataset):
         choices = require_strings(row, fields, "choices")
         return Example(fields, gold=require_gold(row, fields, len(choices), "choices"))
 
-    def shot_text(self, example: Example, preceded: bool) -> str:
-        """Query, delimiter, gold choice."""
-        fields = example.fields
-        return self.style.context(fields["query"], preceded) + fields["choices"][example.gold]
+    def shot_answer(self, example: Example) -> str:
+        """The gold choice."""
+        return example.fields["choices"][example.gold]
 
-    def row_texts(self, index: int) -> tuple[list[str], list[str]]:
-        """The stripped query; every choice (with a prefix space where needed)."""
-        fields, preceded = self.examples[index].fields, len(self.preambles[index]) > 0
-        return (
-            [self.style.final_context(fields["query"], preceded)],
-            [self.style.continuation(choice) for choice in fields["choices"]],
-        )
+    def scored_texts(self, example: Example) -> list[str]:
+        """Every choice (with a prefix space where needed)."""
+        return [self.style.continuation(choice) for choice in example.fields["choices"]]
 
     def loader_batch_size(self, batch_size: int) -> int:
         """Questions per batch: ``batch_size`` counts rows, one per choice of the first question."""

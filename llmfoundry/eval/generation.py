@@ -149,17 +149,13 @@ class GenerationWithAnswersDataset(ICLDataset):
             return f"{fields.get('chain_of_thought') or ''}{self.cot_delimiter}{answer}"
         return answer
 
-    def shot_text(self, example: Example, preceded: bool) -> str:
-        """Context, delimiter, (chain of thought, cot delimiter), answer."""
-        fields = example.fields
-        return self.style.context(fields["context"], preceded) + self.answer_text(
-            fields, fields["answer"]
-        )
+    def shot_answer(self, example: Example) -> str:
+        """(Chain of thought, cot delimiter), answer."""
+        return self.answer_text(example.fields, example.fields["answer"])
 
-    def row_texts(self, index: int) -> tuple[list[str], list[str]]:
-        """The stripped context; the accepted answers."""
-        example, preceded = self.examples[index], len(self.preambles[index]) > 0
-        return [self.style.final_context(example.fields["context"], preceded)], example.answers
+    def scored_texts(self, example: Example) -> list[str]:
+        """The accepted answers."""
+        return example.answers
 
     def _longest_answer_tokens(self) -> int:
         # Measured on the rows as read (unstripped), as LLM Foundry measures them.
