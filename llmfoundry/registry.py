@@ -190,7 +190,11 @@ algorithms: Registry[Callable[..., Algorithm]] = Registry(
 models: Registry[Callable[..., ComposerModel]] = Registry(
     "models",
     "Composer models: (tokenizer: PreTrainedTokenizerBase | None, **model_section) -> ComposerModel.",
-    builtins=("llmfoundry.models.hf", "llmfoundry.models.inference_api"),
+    builtins=(
+        "llmfoundry.models.hf",
+        "llmfoundry.models.inference_api",
+        "llmfoundry.models.llm_embed",
+    ),
 )
 tokenizers: Registry[Callable[..., PreTrainedTokenizerBase]] = Registry(
     "tokenizers",

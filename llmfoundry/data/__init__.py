@@ -42,10 +42,13 @@ __getattr__, __dir__ = lazy_exports(
         "get_text_collator": _UTILS,
         "validate_ds_replication": _UTILS,
         "build_dataloader": "llmfoundry.utils.builders",
+        "StreamingPairsDataset": "llmfoundry.data.contrastive_pairs",
+        "build_pairs_dataloader": "llmfoundry.data.contrastive_pairs",
     },
 )
 
 if TYPE_CHECKING:
+    from llmfoundry.data.contrastive_pairs import StreamingPairsDataset, build_pairs_dataloader
     from llmfoundry.data.data import TEXT_COLUMNS, TOKENS_COLUMNS, MDSWriteSummary, write_mds
     from llmfoundry.data.finetuning import (
         BinPackCollator,
@@ -80,9 +83,11 @@ __all__ = [
     "NoConcatDataset",
     "Seq2SeqFinetuningCollator",
     "StreamingFinetuningDataset",
+    "StreamingPairsDataset",
     "StreamingTextDataset",
     "build_dataloader",
     "build_finetuning_dataloader",
+    "build_pairs_dataloader",
     "build_text_dataloader",
     "count_tokens_in_batch",
     "dataset_constructor",

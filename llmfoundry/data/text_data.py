@@ -40,7 +40,7 @@ from llmfoundry.utils.config_checks import (
     PositiveInt,
     check_arguments,
 )
-from llmfoundry.utils.config_components import accepted_kwargs
+from llmfoundry.utils.config_components import accepted_kwargs, keyword_parameters
 from llmfoundry.utils.exceptions import (
     ConfigError,
     DatasetError,
@@ -142,21 +142,9 @@ def build_text_dataloader(
         ConfigError: naming an unknown or missing ``dataset`` key.
         DatasetError: if the data is missing.
     """
-    key = f"{section}.dataset"
     dataset_cfg = dict(dataset)
-    dataset_keys = (accepted_kwargs(StreamingTextDataset) or set()) - {"tokenizer", "batch_size"}
-    check_keys(dataset_cfg, dataset_keys | TEXT_LOADER_KEYS, key)
-    if "max_seq_len" not in dataset_cfg:
-        raise ConfigError(f"{key}.max_seq_len is missing; set the sample length in tokens")
-    replication, dataset_batch_size = validate_replication(
-        dataset_cfg, tokenizer, device_batch_size, key
-    )
-    dataset_kwargs = {k: v for k, v in dataset_cfg.items() if k in dataset_keys}
-    dataset_kwargs["replication"] = replication if replication > 1 else None
-    if dataset_kwargs.get("streams") is not None:
-        dataset_kwargs["streams"] = build_streams(dataset_kwargs["streams"], f"{key}.streams")
-    text_dataset = StreamingTextDataset(
-        tokenizer=tokenizer, batch_size=dataset_batch_size, **dataset_kwargs
+    text_dataset, dataset_batch_size = mds_dataset_from_section(
+        StreamingTextDataset, dataset_cfg, tokenizer, device_batch_size, f"{section}.dataset"
     )
     settings = loader_settings(
         "text",
@@ -172,6 +160,45 @@ def build_text_dataloader(
         TEXT_COLLATOR, dataset_cfg, tokenizer, dataset_batch_size
     )
     return settings.data_spec(text_dataset, loader_batch_size, collate_fn, dataset_cfg)
+
+
+def mds_dataset_from_section(
+    dataset_cls: Callable[..., MDSDataset],
+    dataset_cfg: dict[str, Any],
+    tokenizer: PreTrainedTokenizerBase,
+    device_batch_size: int,
+    key: str,
+    **fixed: Any,
+) -> tuple[MDSDataset, int]:
+    """Build ``dataset_cls`` from a loader's ``dataset:`` section (``key``, read from
+    ``dataset_cfg``): its keys checked against the constructor's, the replication validator
+    consulted, ``streams`` built. ``fixed`` are constructor arguments the loader sets itself.
+
+    Returns:
+        The dataset and the per-device batch size the replication validator gave.
+
+    Raises:
+        ConfigError: naming an unknown or missing ``dataset`` key.
+    """
+    reserved = {"tokenizer", "batch_size", *fixed}
+    own, passes_on = keyword_parameters(dataset_cls) or ({}, True)
+    # A subclass taking ``**kwargs`` passes them to MDSDataset.
+    inherited = (accepted_kwargs(MDSDataset) or set()) if passes_on else set()
+    dataset_keys = (set(own) | inherited) - reserved
+    check_keys(dataset_cfg, dataset_keys | TEXT_LOADER_KEYS, key)
+    if "max_seq_len" not in dataset_cfg:
+        raise ConfigError(f"{key}.max_seq_len is missing; set the sample length in tokens")
+    replication, dataset_batch_size = validate_replication(
+        dataset_cfg, tokenizer, device_batch_size, key
+    )
+    dataset_kwargs = {k: v for k, v in dataset_cfg.items() if k in dataset_keys}
+    dataset_kwargs["replication"] = replication if replication > 1 else None
+    if dataset_kwargs.get("streams") is not None:
+        dataset_kwargs["streams"] = build_streams(dataset_kwargs["streams"], f"{key}.streams")
+    built = dataset_cls(
+        tokenizer=tokenizer, batch_size=dataset_batch_size, **dataset_kwargs, **fixed
+    )
+    return built, dataset_batch_size
 
 
 def worker_process_kwargs(
@@ -269,7 +296,18 @@ class LoaderSettings:
         sampler: Sampler[Any] | None = None,
     ) -> DataSpec:
         """The section's ``DataLoader`` over ``dataset``, as the ``data_specs`` entry wraps it."""
-        loader = DataLoader(
+        loader = self.loader(dataset, batch_size, collate_fn, sampler)
+        return build_data_spec(loader, dataset_cfg, f"{self.section}.dataset")
+
+    def loader(
+        self,
+        dataset: Dataset[Any],
+        batch_size: int,
+        collate_fn: Callable[[Any], Any],
+        sampler: Sampler[Any] | None = None,
+    ) -> DataLoader[Any]:
+        """The section's ``DataLoader`` over ``dataset``."""
+        return DataLoader(
             dataset,
             batch_size=batch_size,
             collate_fn=collate_fn,
@@ -281,7 +319,6 @@ class LoaderSettings:
             timeout=self.timeout,
             **self.worker_kwargs,
         )
-        return build_data_spec(loader, dataset_cfg, f"{self.section}.dataset")
 
 
 def loader_settings(

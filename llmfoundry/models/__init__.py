@@ -19,6 +19,8 @@ __getattr__, __dir__ = lazy_exports(
         "FMAPIChatAPIEvalWrapper": _API,
         "OpenAICausalLMEvalWrapper": _API,
         "OpenAIChatAPIEvalWrapper": _API,
+        "ContrastiveModel": "llmfoundry.models.llm_embed",
+        "FinetuneEmbeddingModel": "llmfoundry.models.llm_embed",
         "MPTConfig": _MPT,
         "MPTForCausalLM": _MPT,
         "MPTModel": _MPT,
@@ -34,14 +36,17 @@ if TYPE_CHECKING:
         OpenAICausalLMEvalWrapper,
         OpenAIChatAPIEvalWrapper,
     )
+    from llmfoundry.models.llm_embed import ContrastiveModel, FinetuneEmbeddingModel
     from llmfoundry.models.mpt import MPTConfig, MPTForCausalLM, MPTModel, MPTPreTrainedModel
 
 __all__ = [
     "ComposerHFCausalLM",
     "ComposerHFT5",
     "ComposerMPTCausalLM",
+    "ContrastiveModel",
     "FMAPICasualLMEvalWrapper",
     "FMAPIChatAPIEvalWrapper",
+    "FinetuneEmbeddingModel",
     "MPTConfig",
     "MPTForCausalLM",
     "MPTModel",

@@ -245,7 +245,7 @@ class ComposerMPTCausalLM(HuggingFaceModel):
                 f"model.vocab_size={config.vocab_size} is smaller than the tokenizer's {len(tokenizer)} tokens; "
                 "raise model.vocab_size"
             )
-        model = self._build_model(config)
+        model = self.build_mpt(config)
         try:
             model.activation_checkpointing_target = activation_checkpointing_target
         except ValueError as err:
@@ -271,7 +271,7 @@ class ComposerMPTCausalLM(HuggingFaceModel):
         )
 
     @staticmethod
-    def _build_model(config: MPTConfig) -> MPTForCausalLM:
+    def build_mpt(config: MPTConfig) -> MPTForCausalLM:
         """Create the model where ``init_device`` says; ``meta``/``mixed`` are materialized on CPU.
 
         Sharded (FSDP) materialization of meta weights belongs to the distributed setup: inside

@@ -194,7 +194,7 @@ def attach_tokenizer(
         set_pad_token_id(model, tokenizer)
 
 
-def _add_adapter(
+def add_adapter(
     model: PreTrainedModel,
     lora_config: LoraConfig | None,
     pretrained_lora_id_or_path: str | None,
@@ -317,7 +317,7 @@ class ComposerHFCausalLM(HuggingFaceModel):
             quantization_config=quantization_config,
         )
         attach_tokenizer(model, tokenizer, allow_embedding_resizing)
-        wrapped = _add_adapter(model, lora_config, pretrained_lora_id_or_path, use_auth_token)
+        wrapped = add_adapter(model, lora_config, pretrained_lora_id_or_path, use_auth_token)
 
         composer_hugging_face_init(
             self,
