@@ -53,6 +53,8 @@ LF_NAMES = {
     "stream_remote_local_validate SUPPORTED_MDS_ENCODING_TYPES",
     "llmfoundry.optim": "DecoupledAdaLRLion DecoupledClipLion DecoupledLionW InverseSquareRootWithWarmupScheduler",
     "llmfoundry.interfaces": "CallbackWithConfig",
+    "llmfoundry.models.llm_embed": "ContrastiveModel ContrastiveEvalLoss FinetuneEmbeddingModel",
+    "llmfoundry.data.contrastive_pairs": "StreamingPairsDataset build_pairs_dataloader",
     "llmfoundry.utils.prompt_files": "load_prompts load_prompts_from_file",
 }
 

@@ -1,5 +1,6 @@
-"""An LLM Foundry contrastive YAML (``contrastive_lm`` on ``contrastive_pairs`` data) trains and
-evaluates through ``train``."""
+"""An LLM Foundry contrastive YAML (``contrastive_lm`` on ``contrastive_pairs`` data, in the form
+of LLM Foundry's embedding README: ``init_device: meta``, ``split: null``, query and passage
+prefixes) trains and evaluates through ``train``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ max_seq_len: 16
 run_name: contrastive-test
 model:
   name: contrastive_lm
+  init_device: meta
   loss_fn: torch_crossentropy
   contrastive_config:
     temperature: 0.5
@@ -38,9 +40,12 @@ train_loader:
   name: contrastive_pairs
   dataset:
     local: {data}
-    split: train
+    split: null
     max_seq_len: 16
     shuffle: true
+    shuffle_seed: 3
+    prepend_query: 'query: '
+    prepend_passage: 'passage: '
     append_eos_token: true
   drop_last: true
   num_workers: 0
@@ -49,8 +54,10 @@ eval_loader:
   name: contrastive_pairs
   dataset:
     local: {data}
-    split: train
+    split: null
     max_seq_len: 16
+    prepend_query: 'query: '
+    prepend_passage: 'passage: '
     append_eos_token: true
   drop_last: false
   num_workers: 0
@@ -77,7 +84,7 @@ def test_contrastive_yaml_trains_and_logs_its_eval_loss(
     tmp_path: Path, tokenizer_dir: Path, tokenizer: PreTrainedTokenizerBase
 ) -> None:
     with MDSWriter(
-        out=str(tmp_path / "pairs" / "train"),
+        out=str(tmp_path / "pairs"),
         columns=dict.fromkeys(("query_text", "positive_passage", "negative_passages"), "str"),
     ) as writer:
         for i in range(8):
