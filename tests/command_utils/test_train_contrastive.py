@@ -15,26 +15,13 @@ from transformers import PreTrainedTokenizerBase
 
 from llmfoundry.command_utils.train import train
 from llmfoundry.models.llm_embed import ContrastiveModel
+from tests.fixtures import mpt_yaml
 
 RUN = """
 max_seq_len: 16
 run_name: contrastive-test
 model:
-  name: contrastive_lm
-  init_device: meta
-  loss_fn: torch_crossentropy
-  contrastive_config:
-    temperature: 0.5
-    vector_representation: eos
-  d_model: 32
-  n_heads: 4
-  n_layers: 2
-  expansion_ratio: 2
-  max_seq_len: 16
-  vocab_size: 512
-  attn_config:
-    attn_impl: torch
-tokenizer:
+{model}tokenizer:
   name: {tokenizer}
 train_loader:
   name: contrastive_pairs
@@ -91,7 +78,14 @@ def test_contrastive_yaml_trains_and_logs_its_eval_loss(
             negatives = [f"nothing about {i + 1}", f"other {i + 2}"]
             row = {"query_text": f"find {i}", "positive_passage": f"here is {i}"}
             writer.write({**row, "negative_passages": json.dumps(negatives)})
-    text = RUN.format(tokenizer=tokenizer_dir, data=tmp_path / "pairs")
+    model = mpt_yaml(
+        2,
+        name="contrastive_lm",
+        init_device="meta",
+        loss_fn="torch_crossentropy",
+        contrastive_config={"temperature": 0.5, "vector_representation": "eos"},
+    )
+    text = RUN.format(tokenizer=tokenizer_dir, data=tmp_path / "pairs", model=model)
     trainer = train(yaml.safe_load(text))
     assert int(trainer.state.timestamp.batch) == 4
     model = trainer.state.model

@@ -14,16 +14,8 @@ from transformers import PreTrainedModel
 
 from llmfoundry.models.llm_embed import ContrastiveModel
 from llmfoundry.utils.tokenizer_utils import build_tokenizer
+from tests.fixtures import TEXT_MPT
 
-MPT_KEYS: dict[str, Any] = {
-    "d_model": 32,
-    "n_heads": 4,
-    "n_layers": 2,
-    "expansion_ratio": 2,
-    "max_seq_len": 16,
-    "vocab_size": 512,
-    "attn_config": {"attn_impl": "torch"},
-}
 MODES: dict[str, dict[str, Any]] = {
     "autograd": {},
     "legacy": {"use_legacy_gradient_passthrough": True},
@@ -43,7 +35,7 @@ def build(tokenizer_dir: str, **settings: Any) -> ContrastiveModel:
     """The same seeded model in every process."""
     torch.manual_seed(0)
     config = {"temperature": TEMPERATURE, "gather_in_batch_negatives": True, **settings}
-    return ContrastiveModel(build_tokenizer(tokenizer_dir), contrastive_config=config, **MPT_KEYS)
+    return ContrastiveModel(build_tokenizer(tokenizer_dir), contrastive_config=config, **TEXT_MPT)
 
 
 def embedding_grad(model: ContrastiveModel) -> torch.Tensor:

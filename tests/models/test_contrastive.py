@@ -4,7 +4,6 @@ sample's query, positive and hard negatives, as LLM Foundry 0.22 computes it."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -23,17 +22,8 @@ from llmfoundry.models.llm_embed.modeling_llm_embed import (
     split_queries_and_passages,
 )
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
-from tests.fixtures import VOCAB, randomize
+from tests.fixtures import TEXT_MPT, VOCAB, randomize
 
-MPT_KEYS: dict[str, Any] = {
-    "d_model": 32,
-    "n_heads": 4,
-    "n_layers": 2,
-    "expansion_ratio": 2,
-    "max_seq_len": 16,
-    "vocab_size": VOCAB,
-    "attn_config": {"attn_impl": "torch"},
-}
 PAD = 1  # the fixture tokenizer's <|pad|>
 LENGTHS = [[5, 7, 3], [8, 4, 6]]  # real tokens of each text (query, positive, negative)
 
@@ -85,7 +75,7 @@ def test_loss_is_infonce_over_each_queries_positive(
     tokenizer: PreTrainedTokenizerBase, how: str, temperature: float
 ) -> None:
     config = {"vector_representation": how, "temperature": temperature}
-    model = ContrastiveModel(tokenizer, contrastive_config=config, **MPT_KEYS)
+    model = ContrastiveModel(tokenizer, contrastive_config=config, **TEXT_MPT)
     randomize(network(model)).eval()
     batch = padded_batch()
     with torch.no_grad():
@@ -98,7 +88,7 @@ def test_loss_is_infonce_over_each_queries_positive(
 
 def test_eval_metric_averages_batch_losses(tokenizer: PreTrainedTokenizerBase) -> None:
     assert registry.models.get("contrastive_lm") is ContrastiveModel
-    model = ContrastiveModel(tokenizer, **MPT_KEYS).eval()
+    model = ContrastiveModel(tokenizer, **TEXT_MPT).eval()
     batch = padded_batch()
     metric = model.get_metrics(is_train=False)["ContrastiveEvalLoss"]
     assert isinstance(metric, ContrastiveEvalLoss) and model.get_metrics(is_train=True) == {}
@@ -114,14 +104,14 @@ def test_eval_metric_averages_batch_losses(tokenizer: PreTrainedTokenizerBase) -
 def test_bad_settings_and_batches_are_named(tokenizer: PreTrainedTokenizerBase) -> None:
     build = registry.models.get("contrastive_lm")
     with pytest.raises(ConfigError, match=r"model\.contrastive_config\.temprature is not a valid"):
-        build(tokenizer, contrastive_config={"temprature": 2}, **MPT_KEYS)
+        build(tokenizer, contrastive_config={"temprature": 2}, **TEXT_MPT)
     with pytest.raises(ConfigError, match=r"vector_representation must be one of"):
-        build(tokenizer, contrastive_config={"vector_representation": "cls"}, **MPT_KEYS)
+        build(tokenizer, contrastive_config={"vector_representation": "cls"}, **TEXT_MPT)
     with pytest.raises(ConfigError, match=r"^model\.d_model is not a key of contrastive_lm with"):
         build(tokenizer, pretrained_model_name_or_path="/nowhere", d_model=8)
     with pytest.raises(ConfigError, match=r"^model\.d_modl is not a valid key"):
-        build(tokenizer, **{**MPT_KEYS, "d_modl": 8})
-    model = build(tokenizer, **MPT_KEYS)
+        build(tokenizer, **{**TEXT_MPT, "d_modl": 8})
+    model = build(tokenizer, **TEXT_MPT)
     with pytest.raises(DatasetError, match=r"must be \(batch, texts, seq\).*got shape \(2, 10\)"):
         model({"input_ids": torch.ones(2, 10, dtype=torch.long)})
 
