@@ -86,6 +86,23 @@ def test_loss_is_infonce_over_each_queries_positive(
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 
+def test_a_hugging_face_causal_lm_is_pooled_from_its_final_hidden_states(
+    tokenizer: PreTrainedTokenizerBase, tiny_llama_dir: Path
+) -> None:
+    model = ContrastiveModel(
+        tokenizer,
+        contrastive_config={"vector_representation": "eos"},
+        pretrained_model_name_or_path=str(tiny_llama_dir),
+        use_flash_attention_2=False,
+    ).eval()
+    batch = padded_batch()
+    with torch.no_grad():
+        loss = model.loss(model(batch), batch)
+        vectors = embeddings(model, batch, "eos")
+    expected = F.cross_entropy(vectors[[0, 3]] @ vectors[[1, 2, 4, 5]].T, torch.tensor([0, 2]))
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_eval_metric_averages_batch_losses(tokenizer: PreTrainedTokenizerBase) -> None:
     assert registry.models.get("contrastive_lm") is ContrastiveModel
     model = ContrastiveModel(tokenizer, **TEXT_MPT).eval()

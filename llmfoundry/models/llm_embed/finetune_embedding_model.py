@@ -27,8 +27,7 @@ class FinetuneEmbeddingModel(ContrastiveModel):
     ) -> torch.nn.Module:
         """The ``AutoModel`` at ``pretrained_model_name_or_path``, in fp32."""
         source = self.source
-        name = source["pretrained_model_name_or_path"]
-        if name is None:
+        if source.name is None:
             raise ConfigError(
                 "model.pretrained_model_name_or_path is missing; finetune_embedding_model "
                 "finetunes a Hugging Face encoder (a folder or Hub id)"
@@ -36,13 +35,13 @@ class FinetuneEmbeddingModel(ContrastiveModel):
         unknown_keys(extra, "finetune_embedding_model")
         del tokenizer
         return load_hf_model(
-            name,
+            source.name,
             AutoModel,
-            pretrained=bool(source["pretrained"]),
-            config_overrides=source["config_overrides"],
-            trust_remote_code=bool(source["trust_remote_code"]),
-            token=source["use_auth_token"],
-            init_device=str(source["init_device"]),
+            pretrained=source.pretrained,
+            config_overrides=source.config_overrides,
+            trust_remote_code=source.trust_remote_code,
+            token=source.use_auth_token,
+            init_device=source.init_device,
         )
 
     def last_hidden_state(self, outputs: Any) -> torch.Tensor:

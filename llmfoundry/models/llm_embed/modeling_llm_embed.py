@@ -58,6 +58,7 @@ __all__ = [
     "ContrastiveConfig",
     "ContrastiveEvalLoss",
     "ContrastiveModel",
+    "EmbeddingSource",
     "contrastive_targets",
     "pool_embeddings",
     "split_queries_and_passages",
@@ -104,6 +105,22 @@ class ContrastiveConfig:
         section = dict(section or {})
         check_fields(section, declared_hints(cls), "model.contrastive_config")
         return cls(**section)
+
+
+@dataclass(frozen=True)
+class EmbeddingSource:
+    """Where an embedding model's network comes from (the ``model:`` keys of that name)."""
+
+    name: str | None
+    lora_id_or_path: str | None
+    trust_remote_code: bool
+    init_device: InitDevice
+    use_flash_attention_2: bool
+    use_auth_token: str | bool | None
+    config_overrides: Mapping[str, Any] | None
+    load_in_8bit: bool
+    pretrained: bool
+    attn_implementation: str
 
 
 class ContrastiveEvalLoss(Metric):
@@ -241,18 +258,18 @@ class ContrastiveModel(HuggingFaceModel):
         self.settings = ContrastiveConfig.from_section(contrastive_config)
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        self.source = {
-            "pretrained_model_name_or_path": pretrained_model_name_or_path,
-            "pretrained_lora_id_or_path": pretrained_lora_id_or_path,
-            "trust_remote_code": trust_remote_code,
-            "init_device": init_device,
-            "use_flash_attention_2": use_flash_attention_2,
-            "use_auth_token": use_auth_token,
-            "config_overrides": config_overrides,
-            "load_in_8bit": load_in_8bit,
-            "pretrained": pretrained,
-            "attn_implementation": attn_implementation,
-        }
+        self.source = EmbeddingSource(
+            pretrained_model_name_or_path,
+            pretrained_lora_id_or_path,
+            trust_remote_code,
+            init_device,
+            use_flash_attention_2,
+            use_auth_token,
+            config_overrides,
+            load_in_8bit,
+            pretrained,
+            attn_implementation,
+        )
         model = self.build_inner_model(tokenizer, kwargs)
         composer_hugging_face_init(
             self,
@@ -273,32 +290,27 @@ class ContrastiveModel(HuggingFaceModel):
         """The network: a Hugging Face causal LM when ``pretrained_model_name_or_path`` is set
         (``extra`` must then be empty), else an MPT whose config ``extra`` holds."""
         source = self.source
-        name = source["pretrained_model_name_or_path"]
-        if name is None:
-            config = build_mpt_config({**extra, "init_device": source["init_device"]})
+        if source.name is None:
+            config = build_mpt_config({**extra, "init_device": source.init_device})
             return ComposerMPTCausalLM.build_mpt(config)
         unknown_keys(extra, "contrastive_lm with pretrained_model_name_or_path")
-        use_flash = bool(source["use_flash_attention_2"])
-        if use_flash and source["attn_implementation"] != "flash_attention_2":
+        use_flash = source.use_flash_attention_2
+        if use_flash and source.attn_implementation != "flash_attention_2":
             log.warning("model.use_flash_attention_2 is set; it overrides attn_implementation")
         model = load_hf_model(
-            name,
-            pretrained=bool(source["pretrained"]),
-            config_overrides=source["config_overrides"],
-            trust_remote_code=bool(source["trust_remote_code"]),
-            token=source["use_auth_token"],
+            source.name,
+            pretrained=source.pretrained,
+            config_overrides=source.config_overrides,
+            trust_remote_code=source.trust_remote_code,
+            token=source.use_auth_token,
             attn_implementation=resolve_attn_implementation(
-                use_flash, None if use_flash else source["attn_implementation"]
+                use_flash, None if use_flash else source.attn_implementation
             ),
-            init_device=str(source["init_device"]),
-            quantization_config=build_quantization_config(
-                bool(source["load_in_8bit"]), bool(source["pretrained"])
-            ),
+            init_device=source.init_device,
+            quantization_config=build_quantization_config(source.load_in_8bit, source.pretrained),
         )
         attach_tokenizer(model, tokenizer, allow_embedding_resizing=True)
-        return add_adapter(
-            model, None, source["pretrained_lora_id_or_path"], source["use_auth_token"]
-        )
+        return add_adapter(model, None, source.lora_id_or_path, source.use_auth_token)
 
     def forward(self, batch: Mapping[str, Any]) -> Any:
         """Run every text of the ``(batch, texts, seq)`` batch, returning the hidden states."""
@@ -372,10 +384,10 @@ def unknown_keys(extra: Mapping[str, Any], owner: str) -> None:
     Raises:
         ConfigError: naming the first one.
     """
-    for key in extra:
+    if extra:
         raise ConfigError(
-            f"model.{key} is not a key of {owner} (the MPT keys apply only without "
-            "pretrained_model_name_or_path); remove it"
+            f"model.{next(iter(extra))} is not a key of {owner} (the MPT keys apply only "
+            "without pretrained_model_name_or_path); remove it"
         )
 
 
