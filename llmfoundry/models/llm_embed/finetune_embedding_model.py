@@ -11,7 +11,6 @@ import torch
 from transformers import AutoModel, PreTrainedTokenizerBase
 
 from llmfoundry import registry
-from llmfoundry.models.hf.loading import load_hf_model
 from llmfoundry.models.llm_embed.modeling_llm_embed import ContrastiveModel, unknown_keys
 from llmfoundry.utils.exceptions import ConfigError
 
@@ -34,15 +33,7 @@ class FinetuneEmbeddingModel(ContrastiveModel):
             )
         unknown_keys(extra, "finetune_embedding_model")
         del tokenizer
-        return load_hf_model(
-            source.name,
-            AutoModel,
-            pretrained=source.pretrained,
-            config_overrides=source.config_overrides,
-            trust_remote_code=source.trust_remote_code,
-            token=source.use_auth_token,
-            init_device=source.init_device,
-        )
+        return source.load(AutoModel)
 
     def last_hidden_state(self, outputs: Any) -> torch.Tensor:
         """The encoder's ``last_hidden_state``."""

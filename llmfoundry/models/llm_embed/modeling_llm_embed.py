@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from composer.models import HuggingFaceModel
 from torch.distributed.nn.functional import all_gather
 from torchmetrics import Metric
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from llmfoundry import registry
 from llmfoundry.models.hf.composer_mpt import (
@@ -121,6 +121,21 @@ class EmbeddingSource:
     load_in_8bit: bool
     pretrained: bool
     attn_implementation: str
+
+    def load(self, auto_class: Any, **options: Any) -> PreTrainedModel:
+        """The ``auto_class`` model at ``name`` (see ``load_hf_model``; ``options`` are its
+        further keywords)."""
+        assert self.name is not None, "the callers build an MPT (or fail) without a name"
+        return load_hf_model(
+            self.name,
+            auto_class,
+            pretrained=self.pretrained,
+            config_overrides=self.config_overrides,
+            trust_remote_code=self.trust_remote_code,
+            token=self.use_auth_token,
+            init_device=self.init_device,
+            **options,
+        )
 
 
 class ContrastiveEvalLoss(Metric):
@@ -297,16 +312,11 @@ class ContrastiveModel(HuggingFaceModel):
         use_flash = source.use_flash_attention_2
         if use_flash and source.attn_implementation != "flash_attention_2":
             log.warning("model.use_flash_attention_2 is set; it overrides attn_implementation")
-        model = load_hf_model(
-            source.name,
-            pretrained=source.pretrained,
-            config_overrides=source.config_overrides,
-            trust_remote_code=source.trust_remote_code,
-            token=source.use_auth_token,
+        model = source.load(
+            AutoModelForCausalLM,
             attn_implementation=resolve_attn_implementation(
                 use_flash, None if use_flash else source.attn_implementation
             ),
-            init_device=source.init_device,
             quantization_config=build_quantization_config(source.load_in_8bit, source.pretrained),
         )
         attach_tokenizer(model, tokenizer, allow_embedding_resizing=True)
