@@ -32,7 +32,11 @@ from llmfoundry.command_utils.parallelism import check_fsdp_config, check_tp_con
 from llmfoundry.data.finetuning.dataloader import build_finetuning_dataloader
 from llmfoundry.data.finetuning.dataset_config import parse_dataset_config
 from llmfoundry.data.mds_dataset import check_dataset_options
-from llmfoundry.data.text_data import TEXT_LOADER_KEYS, StreamingTextDataset, build_text_dataloader
+from llmfoundry.data.text_data import (
+    StreamingTextDataset,
+    build_text_dataloader,
+    dataset_section_keys,
+)
 from llmfoundry.eval.icl import ICLTaskConfig, load_icl_task_sections, parse_task
 from llmfoundry.models.hf.composer_mpt import ComposerMPTCausalLM, build_mpt_config
 from llmfoundry.models.mpt import MPTConfig
@@ -189,7 +193,9 @@ def check_tokenizer_section(section: Any, path: str = "tokenizer") -> None:
 
 
 def _check_text_dataset(dataset: Mapping[str, Any], path: str) -> None:
-    options = {k: v for k, v in dataset.items() if k not in TEXT_LOADER_KEYS}
+    # Other keys are dropped, with a warning, when the loader is built (drop_ignored_keys).
+    keys = dataset_section_keys(StreamingTextDataset)
+    options = {k: v for k, v in dataset.items() if k in keys}
     check_call_keys(StreamingTextDataset, options, path, reserved={"tokenizer", "batch_size"})
     check_dataset_options(options, path)
 

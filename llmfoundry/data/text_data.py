@@ -11,7 +11,7 @@ prints a few samples (LLM Foundry's command; :mod:`llmfoundry.cli.commands.previ
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,10 +41,7 @@ from llmfoundry.utils.config_checks import (
     check_arguments,
 )
 from llmfoundry.utils.config_components import accepted_kwargs, keyword_parameters
-from llmfoundry.utils.exceptions import (
-    ConfigError,
-    DatasetError,
-)
+from llmfoundry.utils.exceptions import ConfigError, DatasetError, did_you_mean
 from llmfoundry.utils.registry_utils import check_keys
 from llmfoundry.utils.tokenizer_utils import pad_token_id_of
 
@@ -124,7 +121,8 @@ def build_text_dataloader(
         dataset: :class:`StreamingTextDataset`'s keyword arguments (``max_seq_len`` is required;
             ``streams`` is a mapping of stream name to ``streaming.Stream`` keyword arguments),
             ``seq_parallel_replication`` and the ``override_*_token_id_mismatch_error`` flags
-            (for the replication validator).
+            (for the replication validator). Any other key is dropped with a warning, as LLM
+            Foundry drops it.
         drop_last: drop the last incomplete batch.
         num_workers: data loader worker processes (0 loads in the main process).
         pin_memory: pin batches in page-locked memory.
@@ -139,12 +137,17 @@ def build_text_dataloader(
         A ``DataSpec`` whose token count is the number of non-padding tokens.
 
     Raises:
-        ConfigError: naming an unknown or missing ``dataset`` key.
+        ConfigError: naming a missing ``dataset`` key or a bad value.
         DatasetError: if the data is missing.
     """
     dataset_cfg = dict(dataset)
     text_dataset, dataset_batch_size = mds_dataset_from_section(
-        StreamingTextDataset, dataset_cfg, tokenizer, device_batch_size, f"{section}.dataset"
+        StreamingTextDataset,
+        dataset_cfg,
+        tokenizer,
+        device_batch_size,
+        f"{section}.dataset",
+        ignore_unknown=True,
     )
     settings = loader_settings(
         "text",
@@ -162,29 +165,59 @@ def build_text_dataloader(
     return settings.data_spec(text_dataset, loader_batch_size, collate_fn, dataset_cfg)
 
 
+def dataset_section_keys(
+    dataset_cls: Callable[..., MDSDataset], fixed: Collection[str] = ()
+) -> set[str]:
+    """The keys a loader's ``dataset:`` section may give ``dataset_cls`` (its constructor's,
+    and MDSDataset's when it passes ``**kwargs`` on), without those the loader sets itself."""
+    own, passes_on = keyword_parameters(dataset_cls) or ({}, True)
+    inherited = (accepted_kwargs(MDSDataset) or set()) if passes_on else set()
+    return (set(own) | inherited) - {"tokenizer", "batch_size", *fixed}
+
+
+def drop_ignored_keys(dataset_cfg: dict[str, Any], accepted: Collection[str], key: str) -> None:
+    """Remove the keys of ``dataset_cfg`` not in ``accepted``, warning once for each.
+
+    LLM Foundry's ``text`` loader passes its dataset only the keys the dataset takes and drops
+    the rest without a word, so its YAMLs may carry such keys (``tokenizer_name`` in older ones);
+    they run here too, and a misspelt key is named.
+    """
+    for name in [k for k in dataset_cfg if k not in accepted]:
+        logger.warning(
+            "%s.%s is ignored, as LLM Foundry ignores it: this loader's dataset takes no such "
+            "key%s",
+            key,
+            name,
+            did_you_mean(name, accepted),
+        )
+        del dataset_cfg[name]
+
+
 def mds_dataset_from_section(
     dataset_cls: Callable[..., MDSDataset],
     dataset_cfg: dict[str, Any],
     tokenizer: PreTrainedTokenizerBase,
     device_batch_size: int,
     key: str,
+    *,
+    ignore_unknown: bool = False,
     **fixed: Any,
 ) -> tuple[MDSDataset, int]:
     """Build ``dataset_cls`` from a loader's ``dataset:`` section (``key``, read from
     ``dataset_cfg``): its keys checked against the constructor's, the replication validator
     consulted, ``streams`` built. ``fixed`` are constructor arguments the loader sets itself.
+    With ``ignore_unknown`` a key the section may not have is dropped from ``dataset_cfg`` with
+    a warning (see :func:`drop_ignored_keys`) instead of failing.
 
     Returns:
         The dataset and the per-device batch size the replication validator gave.
 
     Raises:
-        ConfigError: naming an unknown or missing ``dataset`` key.
+        ConfigError: naming an unknown (unless ignored) or missing ``dataset`` key.
     """
-    reserved = {"tokenizer", "batch_size", *fixed}
-    own, passes_on = keyword_parameters(dataset_cls) or ({}, True)
-    # A subclass taking ``**kwargs`` passes them to MDSDataset.
-    inherited = (accepted_kwargs(MDSDataset) or set()) if passes_on else set()
-    dataset_keys = (set(own) | inherited) - reserved
+    dataset_keys = dataset_section_keys(dataset_cls, fixed)
+    if ignore_unknown:
+        drop_ignored_keys(dataset_cfg, dataset_keys | TEXT_LOADER_KEYS, key)
     check_keys(dataset_cfg, dataset_keys | TEXT_LOADER_KEYS, key)
     if "max_seq_len" not in dataset_cfg:
         raise ConfigError(f"{key}.max_seq_len is missing; set the sample length in tokens")

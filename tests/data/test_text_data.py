@@ -208,15 +208,28 @@ def test_text_loader_mixes_streams(
         build_text_dataloader(tokenizer, 2, {"streams": streams, "max_seq_len": 16}, num_workers=0)
 
 
-def test_text_loader_rejects_unknown_and_missing_keys(
-    token_mds: Path, tokenizer: PreTrainedTokenizerBase
+def test_text_loader_ignores_unknown_keys_with_a_warning_and_rejects_missing_ones(
+    token_mds: Path, tokenizer: PreTrainedTokenizerBase, caplog: pytest.LogCaptureFixture
 ) -> None:
+    # As LLM Foundry's text loader, which drops them silently (older YAMLs set tokenizer_name).
     dataset = {"local": str(token_mds), "split": "train", "max_seq_len": 16, "shufle": True}
-    with pytest.raises(
-        ConfigError,
-        match=r"eval_loader\.dataset\.shufle is not a valid key; did you mean 'shuffle'",
-    ):
-        build_text_dataloader(tokenizer, 2, dataset, num_workers=0, section="eval_loader")
+    with caplog.at_level(logging.WARNING, logger="llmfoundry.data.text_data"):
+        spec = build_text_dataloader(
+            tokenizer,
+            2,
+            {**dataset, "tokenizer_name": "gpt2"},
+            num_workers=0,
+            section="eval_loader",
+        )
+    assert [r.getMessage() for r in caplog.records] == [
+        "eval_loader.dataset.shufle is ignored, as LLM Foundry ignores it: this loader's dataset "
+        "takes no such key; did you mean 'shuffle'?",
+        "eval_loader.dataset.tokenizer_name is ignored, as LLM Foundry ignores it: this loader's "
+        "dataset takes no such key",
+    ]
+    loader = spec.dataloader
+    assert isinstance(loader, DataLoader) and isinstance(loader.dataset, StreamingTextDataset)
+    assert loader.dataset.shuffle is False
     with pytest.raises(ConfigError, match=r"train_loader\.dataset\.max_seq_len is missing"):
         build_text_dataloader(tokenizer, 2, {"local": str(token_mds)}, num_workers=0)
     good = {"local": str(token_mds), "split": "train", "max_seq_len": 16}
