@@ -29,6 +29,7 @@ from composer.utils.parallelism import FSDPConfig, TPConfig
 from llmfoundry import registry
 from llmfoundry.command_utils.evaluators import eval_loader_sections, gauntlet_config
 from llmfoundry.command_utils.parallelism import check_fsdp_config, check_tp_config
+from llmfoundry.data.contrastive_pairs import build_pairs_dataloader, check_pairs_dataset
 from llmfoundry.data.finetuning.dataloader import build_finetuning_dataloader
 from llmfoundry.data.finetuning.dataset_config import parse_dataset_config
 from llmfoundry.data.mds_dataset import check_dataset_options
@@ -204,6 +205,7 @@ def _check_text_dataset(dataset: Mapping[str, Any], path: str) -> None:
 _DATASET_CHECKS: dict[Any, Callable[[Mapping[str, Any], str], Any]] = {
     build_text_dataloader: _check_text_dataset,
     build_finetuning_dataloader: parse_dataset_config,
+    build_pairs_dataloader: check_pairs_dataset,
 }
 
 

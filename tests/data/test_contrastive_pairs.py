@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from llmfoundry import registry
+from llmfoundry.command_utils.preflight import check_loader_section
 from llmfoundry.data.contrastive_pairs import (
     StreamingPairsDataset,
     collate_pairs,
@@ -100,6 +101,19 @@ def test_bad_sections_and_uneven_samples_are_named(
         build(tokenizer, local, eos_token_id=0)
     with pytest.raises(ConfigError, match=r"train_loader\.dataset\.prepend_qury is not a valid"):
         build(tokenizer, local, prepend_qury="q")
+    section = {"name": "contrastive_pairs", "dataset": {"local": local, "max_seq_len": SEQ}}
+    with pytest.raises(ConfigError, match=r"^train_loader\.drop_last is missing; it is required"):
+        check_loader_section("train_loader", {**section, "num_workers": 0})
+    loader = {**section, "drop_last": False, "num_workers": 0}
+    check_loader_section("train_loader", loader)
+    for key, value, message in [
+        ("prepend_query", 3, r"prepend_query must be str, got int 3"),
+        ("max_hard_negatives", 2, r"max_hard_negatives is not a valid key"),
+        ("shuffle_seed", -1, r"shuffle_seed must be a non-negative int"),
+    ]:
+        bad = {**loader, "dataset": {**section["dataset"], key: value}}
+        with pytest.raises(ConfigError, match=rf"^train_loader\.dataset\.{message}"):
+            check_loader_section("train_loader", bad)
     one, two = ([[1] * 3, [2] * 3], [[1] * 3, [2] * 3, [3] * 3])
     with pytest.raises(DatasetError, match="mixes samples of 2 and 3 texts"):
         collate_pairs(

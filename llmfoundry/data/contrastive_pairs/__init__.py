@@ -4,6 +4,7 @@
 from llmfoundry.data.contrastive_pairs.dataloader import (
     StreamingPairsDataset,
     build_pairs_dataloader,
+    check_pairs_dataset,
     collate_pairs,
     contrastive_texts,
 )
@@ -11,6 +12,7 @@ from llmfoundry.data.contrastive_pairs.dataloader import (
 __all__ = [
     "StreamingPairsDataset",
     "build_pairs_dataloader",
+    "check_pairs_dataset",
     "collate_pairs",
     "contrastive_texts",
 ]

@@ -24,16 +24,36 @@ import torch
 from composer.core import DataSpec
 from transformers import PreTrainedTokenizerBase
 
-from llmfoundry.data.mds_dataset import MDSDataset, SampleIndex
-from llmfoundry.data.text_data import loader_settings, mds_dataset_from_section
-from llmfoundry.utils.config_checks import NonNegativeFloat, NonNegativeInt, PositiveInt
+from llmfoundry.data.mds_dataset import MDSDataset, SampleIndex, check_dataset_options
+from llmfoundry.data.text_data import (
+    TEXT_LOADER_KEYS,
+    dataset_section_keys,
+    loader_settings,
+    mds_dataset_from_section,
+)
+from llmfoundry.utils.config_checks import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveInt,
+    check_fields,
+    parameter_hints,
+)
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
+from llmfoundry.utils.registry_utils import check_keys
 
-__all__ = ["StreamingPairsDataset", "build_pairs_dataloader", "collate_pairs", "contrastive_texts"]
+__all__ = [
+    "StreamingPairsDataset",
+    "build_pairs_dataloader",
+    "check_pairs_dataset",
+    "collate_pairs",
+    "contrastive_texts",
+]
 
 PAIR_COLUMNS = ("text_a", "text_b")
 TRIPLE_COLUMNS = ("query_text", "positive_passage", "negative_passages")
 MODEL_INPUTS = ("input_ids", "attention_mask")
+# Set by the loader (``max_hard_negatives`` is a loader key in LLM Foundry), not by ``dataset:``.
+PAIRS_FIXED = ("max_hard_negatives",)
 
 
 def contrastive_texts(sample: Mapping[str, Any], idx: int) -> tuple[str, str, list[str]]:
@@ -153,12 +173,38 @@ def count_pair_tokens(batch: Mapping[str, torch.Tensor]) -> int:
     return int(batch["attention_mask"].sum().item())
 
 
+def check_pairs_dataset(dataset: Mapping[str, Any], path: str) -> None:
+    """Check a ``contrastive_pairs`` loader's ``dataset:`` section (at ``path``) before anything
+    is built: its keys, and their values against :class:`StreamingPairsDataset`'s annotations
+    (the MDS keys as every MDS loader's).
+
+    Raises:
+        ConfigError: naming an unknown, missing or mistyped key, or ``eos_token_id`` /
+            ``bos_token_id`` (which mark sequence boundaries in packed text, not here).
+    """
+    for token_key in ("eos_token_id", "bos_token_id"):
+        if token_key in dataset:
+            raise ConfigError(
+                f"{path}.{token_key} is not taken by the contrastive_pairs loader (each text is "
+                "its own row); remove it"
+            )
+    check_keys(
+        dataset, dataset_section_keys(StreamingPairsDataset, PAIRS_FIXED) | TEXT_LOADER_KEYS, path
+    )
+    if "max_seq_len" not in dataset:
+        raise ConfigError(f"{path}.max_seq_len is missing; set each text's length in tokens")
+    hints = parameter_hints(StreamingPairsDataset)
+    check_fields({k: v for k, v in dataset.items() if k in hints}, hints, path)
+    mds = {k: v for k, v in dataset.items() if k not in hints and k not in TEXT_LOADER_KEYS}
+    check_dataset_options(mds, path)
+
+
 def build_pairs_dataloader(
     tokenizer: PreTrainedTokenizerBase,
     device_batch_size: int,
     dataset: Mapping[str, Any],
-    drop_last: bool = True,
-    num_workers: NonNegativeInt = 8,
+    drop_last: bool,
+    num_workers: NonNegativeInt,
     pin_memory: bool = True,
     prefetch_factor: PositiveInt | None = None,
     persistent_workers: bool | None = None,
@@ -173,22 +219,18 @@ def build_pairs_dataloader(
         tokenizer: the run's tokenizer (it needs a pad token).
         device_batch_size: samples (queries) per batch on this device.
         dataset: :class:`StreamingPairsDataset`'s keyword arguments (``max_seq_len`` required).
+        drop_last, num_workers: required, as in LLM Foundry.
         max_hard_negatives: hard negatives kept per sample (None: all), as LLM Foundry takes it
             at the loader level.
-        drop_last, num_workers, pin_memory, prefetch_factor, persistent_workers, timeout,
-            section: as :func:`~llmfoundry.data.text_data.build_text_dataloader`.
+        pin_memory, prefetch_factor, persistent_workers, timeout, section: as
+            :func:`~llmfoundry.data.text_data.build_text_dataloader`.
 
     Raises:
         ConfigError: naming an unknown or missing ``dataset`` key, or ``eos_token_id`` /
             ``bos_token_id`` (which mark sequence boundaries in packed text, not here).
     """
     key = f"{section}.dataset"
-    for token_key in ("eos_token_id", "bos_token_id"):
-        if token_key in dataset:
-            raise ConfigError(
-                f"{key}.{token_key} is not taken by the contrastive_pairs loader (each text is "
-                "its own row); remove it"
-            )
+    check_pairs_dataset(dataset, key)
     dataset_cfg = dict(dataset)
     pairs, dataset_batch_size = mds_dataset_from_section(
         StreamingPairsDataset,
