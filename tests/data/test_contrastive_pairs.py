@@ -89,7 +89,8 @@ def test_eos_append_and_seeded_negative_shuffle(
     assert texts == [f"find 1{eos}", f"here is 1{eos}", *(f"{n}{eos}" for n in negatives[:2])]
     assert texts[2:] != [f"not 1 but {n}{eos}" for n in range(2)]
     assert dataset.texts(dataset.get_item(1), 1) == texts
-    with pytest.raises(ConfigError, match="append_eos_token and dataset.append_token exclude"):
+    exclusive = r"^train_loader\.dataset\.append_eos_token and train_loader\.dataset\.append_token"
+    with pytest.raises(ConfigError, match=exclusive):
         build(tokenizer, local, append_eos_token=True, append_token="!")
 
 

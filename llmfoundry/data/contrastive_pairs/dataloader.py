@@ -112,17 +112,15 @@ class StreamingPairsDataset(MDSDataset):
         shuffle_hard_negatives: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        tokenizer = self.tokenizer
-        if tokenizer is None or tokenizer.pad_token is None:
+        tokenizer = kwargs.get("tokenizer")
+        if not isinstance(tokenizer, PreTrainedTokenizerBase) or tokenizer.pad_token is None:
             raise ConfigError(
                 "the contrastive_pairs loader pads every text to max_seq_len and needs a "
                 "tokenizer with a pad token (set tokenizer.kwargs.pad_token)"
             )
         if append_eos_token and append_token:
-            raise ConfigError(
-                "dataset.append_eos_token and dataset.append_token exclude each other; set one"
-            )
+            raise ConfigError("append_eos_token and append_token exclude each other; set one")
+        super().__init__(**kwargs)
         self.max_hard_negatives = max_hard_negatives
         self.prepend_query = prepend_query
         self.prepend_passage = prepend_passage
@@ -191,6 +189,10 @@ def check_pairs_dataset(dataset: Mapping[str, Any], path: str) -> None:
     check_keys(
         dataset, dataset_section_keys(StreamingPairsDataset, PAIRS_FIXED) | TEXT_LOADER_KEYS, path
     )
+    if dataset.get("append_eos_token") and dataset.get("append_token"):
+        raise ConfigError(
+            f"{path}.append_eos_token and {path}.append_token exclude each other; set one"
+        )
     if "max_seq_len" not in dataset:
         raise ConfigError(f"{path}.max_seq_len is missing; set each text's length in tokens")
     hints = parameter_hints(StreamingPairsDataset)
