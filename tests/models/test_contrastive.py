@@ -21,6 +21,7 @@ from llmfoundry.models.llm_embed.modeling_llm_embed import (
     pool_embeddings,
     split_queries_and_passages,
 )
+from llmfoundry.utils.config_components import check_component
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
 from tests.fixtures import TEXT_MPT, VOCAB, randomize
 
@@ -124,6 +125,10 @@ def test_bad_settings_and_batches_are_named(tokenizer: PreTrainedTokenizerBase) 
         build(tokenizer, contrastive_config={"temprature": 2}, **TEXT_MPT)
     with pytest.raises(ConfigError, match=r"vector_representation must be one of"):
         build(tokenizer, contrastive_config={"vector_representation": "cls"}, **TEXT_MPT)
+    # The run's config check reads the same from the signature, before anything is built.
+    section = {"name": "contrastive_lm", "contrastive_config": {"temperature": 0}, **TEXT_MPT}
+    with pytest.raises(ConfigError, match=r"^model\.contrastive_config\.temperature must be a"):
+        check_component(registry.models, "model", section, reserved={"tokenizer"})
     with pytest.raises(ConfigError, match=r"^model\.d_model is not a key of contrastive_lm with"):
         build(tokenizer, pretrained_model_name_or_path="/nowhere", d_model=8)
     with pytest.raises(ConfigError, match=r"^model\.d_modl is not a valid key"):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 import torch
 import torch.distributed as dist
@@ -45,9 +45,9 @@ from llmfoundry.utils.composer_shortcuts import composer_hugging_face_init
 from llmfoundry.utils.config_checks import (
     PositiveFloat,
     PositiveInt,
+    Schema,
     check_arguments,
-    check_fields,
-    declared_hints,
+    check_value,
 )
 from llmfoundry.utils.constants import InitDevice
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
@@ -96,15 +96,19 @@ class ContrastiveConfig:
     infonce_process_group_size: PositiveInt | None = None
 
     @classmethod
-    def from_section(cls, section: Mapping[str, Any] | None) -> ContrastiveConfig:
-        """Check ``model.contrastive_config`` and build it.
+    def from_section(cls, section: ContrastiveSection | None) -> ContrastiveConfig:
+        """Check ``model.contrastive_config`` (as the run's config check does, from the model's
+        signature) and build it.
 
         Raises:
             ConfigError: naming an unknown key or a value of the wrong type.
         """
-        section = dict(section or {})
-        check_fields(section, declared_hints(cls), "model.contrastive_config")
-        return cls(**section)
+        check_value(section, ContrastiveSection | None, "model.contrastive_config")
+        return cls(**(section or {}))
+
+
+# ``model.contrastive_config``: a mapping with ContrastiveConfig's keys, checked by key path.
+ContrastiveSection = Annotated[Mapping[str, Any], Schema(ContrastiveConfig)]
 
 
 @dataclass(frozen=True)
@@ -255,7 +259,7 @@ class ContrastiveModel(HuggingFaceModel):
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
-        contrastive_config: Mapping[str, Any] | None = None,
+        contrastive_config: ContrastiveSection | None = None,
         pretrained_model_name_or_path: str | None = None,
         pretrained_lora_id_or_path: str | None = None,
         trust_remote_code: bool = False,
