@@ -175,6 +175,18 @@ def dataset_section_keys(
     return (set(own) | inherited) - {"tokenizer", "batch_size", *fixed}
 
 
+def check_section_keys(dataset_cfg: Mapping[str, Any], dataset_keys: set[str], key: str) -> None:
+    """A loader's ``dataset:`` section (at ``key``) has only ``dataset_keys`` and the replication
+    validator's keys, and ``max_seq_len``.
+
+    Raises:
+        ConfigError: naming an unknown key (with the closest one) or the missing ``max_seq_len``.
+    """
+    check_keys(dataset_cfg, dataset_keys | TEXT_LOADER_KEYS, key)
+    if "max_seq_len" not in dataset_cfg:
+        raise ConfigError(f"{key}.max_seq_len is missing; set the sample length in tokens")
+
+
 def drop_ignored_keys(dataset_cfg: dict[str, Any], accepted: Collection[str], key: str) -> None:
     """Remove the keys of ``dataset_cfg`` not in ``accepted``, warning once for each.
 
@@ -218,9 +230,7 @@ def mds_dataset_from_section(
     dataset_keys = dataset_section_keys(dataset_cls, fixed)
     if ignore_unknown:
         drop_ignored_keys(dataset_cfg, dataset_keys | TEXT_LOADER_KEYS, key)
-    check_keys(dataset_cfg, dataset_keys | TEXT_LOADER_KEYS, key)
-    if "max_seq_len" not in dataset_cfg:
-        raise ConfigError(f"{key}.max_seq_len is missing; set the sample length in tokens")
+    check_section_keys(dataset_cfg, dataset_keys, key)
     replication, dataset_batch_size = validate_replication(
         dataset_cfg, tokenizer, device_batch_size, key
     )

@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 from llmfoundry.data.mds_dataset import MDSDataset, SampleIndex, check_dataset_options
 from llmfoundry.data.text_data import (
     TEXT_LOADER_KEYS,
+    check_section_keys,
     dataset_section_keys,
     loader_settings,
     mds_dataset_from_section,
@@ -39,7 +40,6 @@ from llmfoundry.utils.config_checks import (
     parameter_hints,
 )
 from llmfoundry.utils.exceptions import ConfigError, DatasetError
-from llmfoundry.utils.registry_utils import check_keys
 
 __all__ = [
     "StreamingPairsDataset",
@@ -186,15 +186,11 @@ def check_pairs_dataset(dataset: Mapping[str, Any], path: str) -> None:
                 f"{path}.{token_key} is not taken by the contrastive_pairs loader (each text is "
                 "its own row); remove it"
             )
-    check_keys(
-        dataset, dataset_section_keys(StreamingPairsDataset, PAIRS_FIXED) | TEXT_LOADER_KEYS, path
-    )
+    check_section_keys(dataset, dataset_section_keys(StreamingPairsDataset, PAIRS_FIXED), path)
     if dataset.get("append_eos_token") and dataset.get("append_token"):
         raise ConfigError(
             f"{path}.append_eos_token and {path}.append_token exclude each other; set one"
         )
-    if "max_seq_len" not in dataset:
-        raise ConfigError(f"{path}.max_seq_len is missing; set each text's length in tokens")
     hints = parameter_hints(StreamingPairsDataset)
     check_fields({k: v for k, v in dataset.items() if k in hints}, hints, path)
     mds = {k: v for k, v in dataset.items() if k not in hints and k not in TEXT_LOADER_KEYS}
