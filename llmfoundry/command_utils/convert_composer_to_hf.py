@@ -239,3 +239,34 @@ def convert_composer_to_hf(
         if test_uploaded_model:
             check_model_generates(hf_repo_for_upload, is_adapter, trust_remote_code)
     return output
+
+
+def convert_composer_to_hf_uri(hf_output_path: str, **options: Any) -> str:
+    """:func:`convert_composer_to_hf` to a local folder or an object-store prefix
+    (``s3://``, ``gs://``, ``oci://``), as LLM Foundry's script takes either: a prefix is checked
+    (reachable, empty or an earlier export) before the work, the folder is converted into a
+    temporary one, and that replaces the prefix's earlier export. ``options`` are
+    :func:`convert_composer_to_hf`'s other arguments.
+
+    Returns:
+        Where the folder is: the local path or the URI.
+
+    Raises:
+        ConfigError, MissingFileError, DatasetError: as :func:`convert_composer_to_hf`, or for
+            a prefix that holds other objects or cannot be written.
+    """
+    from llmfoundry.utils.object_store import (
+        RemoteFolder,
+        earlier_output,
+        is_remote,
+        replace_remote_folder,
+    )
+
+    if not is_remote(hf_output_path):
+        return str(convert_composer_to_hf(hf_output_path=hf_output_path, **options))
+    flag = "--hf_output_path"
+    with tempfile.TemporaryDirectory() as scratch:
+        earlier_output(RemoteFolder(hf_output_path, flag, scratch), HF_FOLDER_MARKERS)
+        local = convert_composer_to_hf(hf_output_path=f"{scratch}/hf", **options)
+        replace_remote_folder(local, hf_output_path, flag, HF_FOLDER_MARKERS)
+    return hf_output_path

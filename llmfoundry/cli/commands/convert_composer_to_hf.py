@@ -5,7 +5,6 @@ a Hugging Face folder.
 from __future__ import annotations
 
 import argparse
-import tempfile
 from collections.abc import Sequence
 
 from llmfoundry.cli.argparsing import command_parser
@@ -58,27 +57,11 @@ build_parser = command_parser(__doc__, _add_flags)
 
 
 def convert(args: argparse.Namespace) -> None:
-    """Convert (into a temporary folder that is then uploaded, for an object-store
-    ``--hf_output_path``, as LLM Foundry's script does), then say where the folder is."""
-    from llmfoundry.command_utils.convert_composer_to_hf import convert_composer_to_hf
-    from llmfoundry.utils.file_utils import HF_FOLDER_MARKERS
-    from llmfoundry.utils.object_store import (
-        RemoteFolder,
-        earlier_output,
-        is_remote,
-        replace_remote_folder,
-    )
+    """Convert (and upload, for an object-store ``--hf_output_path``), then say where the
+    folder is."""
+    from llmfoundry.command_utils.convert_composer_to_hf import convert_composer_to_hf_uri
 
-    target = args.hf_output_path
-    if not is_remote(target):
-        print(f"Hugging Face model written to {convert_composer_to_hf(**vars(args))}")
-        return
-    with tempfile.TemporaryDirectory() as scratch:
-        # The bucket is reachable and the prefix replaceable before the work, not after it.
-        earlier_output(RemoteFolder(target, "--hf_output_path", scratch), HF_FOLDER_MARKERS)
-        local = convert_composer_to_hf(**{**vars(args), "hf_output_path": f"{scratch}/hf"})
-        replace_remote_folder(local, target, "--hf_output_path", HF_FOLDER_MARKERS)
-    print(f"Hugging Face model uploaded to {target}")
+    print(f"Hugging Face model written to {convert_composer_to_hf_uri(**vars(args))}")
 
 
 def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
